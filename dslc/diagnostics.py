@@ -1,0 +1,128 @@
+"""Located error messages: the one place where user mistakes become text.
+
+Every stage reports a user mistake as a `Diagnostic` (a stable code, a message, the
+source span, an optional hint and notes such as the block call chain). Stages
+collect several before giving up, then raise `CompileError` once; the CLI renders
+them here, `FILE:LINE:COL: error[E0301]: message`, the source line and a caret:
+
+    models/bad.net:7:15: error[E0301]: linear expects rank 2, got f32[N, 64, 7, 7]
+        x = image |> linear(10)
+                     ^^^^^^^^^^
+      hint: insert flatten
+
+Codes are listed with explanations in docs/errors.md (a test keeps the two in step).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of a source file; lines and columns count from 1, `end_col` is exclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(slots=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    notes: list[tuple[Span | None, str]] = field(default_factory=list)
+    severity: str = "error"
+
+    def with_note(self, span: Span | None, text: str) -> "Diagnostic":
+        self.notes.append((span, text))
+        return self
+
+
+class CompileError(Exception):
+    """One or more user mistakes, ready to be rendered; never a compiler bug."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = list(diagnostics)
+        super().__init__(self.diagnostics[0].message if diagnostics else "compile error")
+
+    @classmethod
+    def single(cls, code: str, message: str, span: Span | None = None, hint: str | None = None):
+        return cls([Diagnostic(code, message, span, hint)])
+
+    def render(self, sources: "SourceCache | None" = None) -> str:
+        return render_all(self.diagnostics, sources)
+
+
+class UsageError(Exception):
+    """A bad command-line request (unknown flag value, bad --set): exit status 2."""
+
+
+def did_you_mean(word: str, candidates) -> str | None:
+    """A 'did you mean ...?' hint for a misspelt name, or None if nothing is close."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+class SourceCache:
+    """The text of every file a compilation read, so messages can quote it."""
+
+    def __init__(self):
+        self._text: dict[str, str] = {}
+
+    def add(self, file: str, text: str) -> None:
+        self._text[file] = text
+
+    def line(self, file: str, number: int) -> str | None:
+        text = self._text.get(file)
+        if text is None:
+            try:
+                text = Path(file).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return None
+            self._text[file] = text
+        lines = text.splitlines()
+        return lines[number - 1] if 1 <= number <= len(lines) else None
+
+
+def _excerpt(span: Span, sources: SourceCache) -> list[str]:
+    text = sources.line(span.file, span.line)
+    if text is None:
+        return []
+    start = max(span.col - 1, 0)
+    end = span.end_col - 1 if span.end_line == span.line else len(text)
+    width = max(end - start, 1)
+    expanded = text.expandtabs(4)
+    prefix = text[:start].expandtabs(4)
+    return [f"    {expanded}", f"    {' ' * len(prefix)}{'^' * width}"]
+
+
+def render(d: Diagnostic, sources: SourceCache | None = None) -> str:
+    """Text of one diagnostic: location, message, the quoted line with a caret, hint, notes."""
+    sources = sources or SourceCache()
+    where = f"{d.span}: " if d.span else ""
+    out = [f"{where}{d.severity}[{d.code}]: {d.message}"]
+    if d.span:
+        out += _excerpt(d.span, sources)
+    if d.hint:
+        out.append(f"  hint: {d.hint}")
+    for span, text in d.notes:
+        out.append(f"  note: {span}: {text}" if span else f"  note: {text}")
+    return "\n".join(out)
+
+
+def render_all(diagnostics: list[Diagnostic], sources: SourceCache | None = None) -> str:
+    sources = sources or SourceCache()
+    body = "\n".join(render(d, sources) for d in diagnostics)
+    errors = sum(d.severity == "error" for d in diagnostics)
+    if errors > 1:
+        body += f"\n{errors} errors"
+    return body

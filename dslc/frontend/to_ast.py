@@ -1,0 +1,135 @@
+"""Lark parse tree -> AST. Builds dataclasses and nothing else.
+
+No validation happens here on purpose: an exception raised inside a Lark
+Transformer arrives wrapped in `VisitError` and loses its position, so every check
+that can fail lives in resolve.py, which reports with the spans recorded here.
+"""
+from __future__ import annotations
+
+import ast as pyast
+
+from lark import Token, Transformer, v_args
+
+from dslc.diagnostics import Span
+from dslc.frontend import ast
+
+
+def token_span(file: str, tok: Token) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+@v_args(meta=True, inline=True)
+class ToAst(Transformer):
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    # ---- top level
+    def start(self, meta, *items):
+        pick = lambda kind: tuple(i for i in items if isinstance(i, kind))
+        return ast.Module(self.file, pick(ast.Import), pick(ast.BlockDef), pick(ast.ModelDef), pick(ast.TrainDef))
+
+    def import_stmt(self, meta, path):
+        return ast.Import(pyast.literal_eval(path), self._span(meta))
+
+    def formal(self, meta, name, type_=None, default=None):
+        return ast.Formal(str(name), str(type_) if type_ is not None else None, default, self._span(meta))
+
+    def body(self, meta, *stmts):
+        return tuple(stmts)
+
+    def _formals(self, rest):
+        return tuple(f for f in rest if isinstance(f, ast.Formal))
+
+    def block_def(self, meta, name, *rest):
+        return ast.BlockDef(str(name), self._formals(rest), rest[-1], self._span(meta), token_span(self.file, name))
+
+    def model_def(self, meta, name, *rest):
+        return ast.ModelDef(str(name), self._formals(rest), rest[-1], self._span(meta), token_span(self.file, name))
+
+    def train_def(self, meta, model, alias, *entries):
+        return ast.TrainDef(str(model), str(alias) if alias is not None else None, tuple(entries),
+                            self._span(meta), token_span(self.file, model))
+
+    def recipe_entry(self, meta, key, value):
+        return ast.RecipeEntry(str(key), value, self._span(meta), token_span(self.file, key))
+
+    # ---- statements
+    def tensor_type(self, meta, dtype, *dims):
+        return ast.TensorTypeExpr(str(dtype), tuple(d for d in dims if d is not None), self._span(meta),
+                                  token_span(self.file, dtype))
+
+    def input_decl(self, meta, name, type_):
+        return ast.InputDecl(str(name), type_, self._span(meta))
+
+    def param_decl(self, meta, name, type_, init):
+        return ast.ParamDecl(str(name), type_, init, self._span(meta))
+
+    def assign(self, meta, label, target, value):
+        return ast.Assign(str(target), value, str(label) if label is not None else None, self._span(meta))
+
+    def output_decl(self, meta, name, value):
+        return ast.OutputDecl(str(name), value, self._span(meta))
+
+    def metric_decl(self, meta, name, value):
+        return ast.MetricDecl(str(name) if name is not None else None, value, self._span(meta))
+
+    def loss_decl(self, meta, value):
+        return ast.LossDecl(value, self._span(meta))
+
+    def return_stmt(self, meta, value):
+        return ast.Return(value, self._span(meta))
+
+    def repeat_stmt(self, meta, count, index, body):
+        return ast.Repeat(count, str(index) if index is not None else None, body, self._span(meta))
+
+    # ---- expressions
+    def _binop(op):
+        def rule(self, meta, left, right):
+            return ast.BinOp(op, left, right, self._span(meta))
+        return rule
+
+    add, sub, mul, div, matmul = _binop("add"), _binop("sub"), _binop("mul"), _binop("div"), _binop("matmul")
+
+    def neg(self, meta, operand):
+        return ast.Neg(operand, self._span(meta))
+
+    def int_lit(self, meta, tok):
+        return ast.Num(int(tok), self._span(meta))
+
+    def float_lit(self, meta, tok):
+        return ast.Num(float(tok), self._span(meta))
+
+    def str_lit(self, meta, tok):
+        return ast.Str(pyast.literal_eval(tok), self._span(meta))
+
+    def true_lit(self, meta):
+        return ast.Bool(True, self._span(meta))
+
+    def false_lit(self, meta):
+        return ast.Bool(False, self._span(meta))
+
+    def name(self, meta, tok):
+        return ast.Name(str(tok), self._span(meta))
+
+    def list_lit(self, meta, *items):
+        return ast.ListLit(tuple(i for i in items if i is not None), self._span(meta))
+
+    def kwarg(self, meta, name, value):
+        return ast.Kwarg(str(name), value, self._span(meta))
+
+    def call(self, meta, func, *args):
+        args = [a for a in args if a is not None]
+        return ast.Call(str(func), tuple(a for a in args if not isinstance(a, ast.Kwarg)),
+                        tuple(a for a in args if isinstance(a, ast.Kwarg)), self._span(meta),
+                        token_span(self.file, func))
+
+    def pipe_name(self, meta, value, func):
+        fs = token_span(self.file, func)
+        return ast.Call(str(func), (), (), fs, fs, piped=value)
+
+    def pipe_call(self, meta, value, call):
+        return ast.Call(call.func, call.args, call.kwargs, call.span, call.func_span, piped=value)

@@ -1,0 +1,91 @@
+"""Matrix products: `x @ W` (matmul) and the fully-connected layer (linear).
+
+Weights are laid out (in, out), so `linear` is exactly `x @ W + b`, as in the
+from-scratch networks of the lectures; fan_in is the first dimension.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dslc.ir.graph import Init
+from dslc.ir.types import TensorType
+from dslc.ops.registry import Attr, OpDef, ParamSlot, ShapeError, expect_float, expect_rank, register
+
+
+def _matmul_shape(ins, attrs):
+    a, b = ins
+    for t, side in ((a, "left"), (b, "right")):
+        expect_float(t, "matmul")
+        expect_rank(t, 2, f"matmul ({side} side)", hint="flatten it first" if t.rank > 2 else None)
+    if a.dtype != b.dtype:
+        raise ShapeError(f"matmul: dtypes differ, {a.show()} and {b.show()}", code="E0305")
+    n, k = a.shape[::-1] if attrs["transpose_a"] else a.shape
+    k2, m = b.shape[::-1] if attrs["transpose_b"] else b.shape
+    if k != k2:
+        raise ShapeError(f"matmul: inner dimensions differ, {a.show()} @ {b.show()} ({k} vs {k2})", code="E0307")
+    return TensorType(a.dtype, (n, m))
+
+
+def _matmul_ref(a, b, transpose_a, transpose_b):
+    return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+
+def _matmul_grad(b, n, g):
+    x, y = n.inputs
+    ta, tb = n.attr("transpose_a"), n.attr("transpose_b")
+    # C = op(A) op(B): dA = g op(B)^T (transposed back if A was), likewise dB.
+    dx = b.matmul(y, g, transpose_a=tb, transpose_b=True) if ta else b.matmul(g, y, transpose_b=not tb)
+    dy = b.matmul(g, x, transpose_a=True, transpose_b=ta) if tb else b.matmul(x, g, transpose_a=not ta)
+    return dx, dy
+
+
+def _matmul_flops(ins, out, attrs):
+    k = ins[0].shape[0] if attrs["transpose_a"] else ins[0].shape[1]
+    return 2 * out.numel() * k
+
+
+register(OpDef(
+    "matmul", "linalg", ("x", "y"),
+    (Attr("transpose_a", "bool", False), Attr("transpose_b", "bool", False)),
+    shape=_matmul_shape, formula="out[i, j] = sum_k x[i, k] * y[k, j]  (written x @ y)",
+    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad))
+
+
+def _linear_in(ins) -> int:
+    x = ins[0]
+    expect_float(x, "linear")
+    expect_rank(x, 2, "linear", hint="insert flatten" if x.rank > 2 else None)
+    if not isinstance(x.shape[1], int):
+        raise ShapeError(f"linear needs a fixed number of input features, got {x.show()}", code="E0303")
+    return x.shape[1]
+
+
+def _linear_shape(ins, attrs):
+    d_in = _linear_in(ins)
+    if attrs["out"] <= 0:
+        raise ShapeError(f"linear: out must be positive, got {attrs['out']}", code="E0310")
+    if len(ins) > 1 and ins[1].shape != (d_in, attrs["out"]):
+        raise ShapeError(f"linear: weight {ins[1].show()} does not fit ({d_in}, {attrs['out']})")
+    return TensorType(ins[0].dtype, (ins[0].shape[0], attrs["out"]))
+
+
+def _linear_ref(x, w, b=None, **attrs):
+    y = x @ w
+    return y + b if b is not None else y
+
+
+def _linear_grad(b, n, g):
+    x, w, *bias = n.inputs
+    grads = [b.matmul(g, w, transpose_b=True), b.matmul(x, g, transpose_a=True)]
+    return grads + [b.sum(g, axis=(0,))] * len(bias)
+
+
+register(OpDef(
+    "linear", "layer", ("x",),
+    (Attr("out", "int", doc="output features"), Attr("bias", "bool", True),
+     Attr("init", "init", Init("kaiming"), doc="weight initialiser"), Attr("bias_init", "init", Init("zeros"))),
+    params=(ParamSlot("weight", "weight", lambda ins, a: (_linear_in(ins), a["out"]), "init"),
+            ParamSlot("bias", "bias", lambda ins, a: (a["out"],), "bias_init", present=lambda a: a["bias"])),
+    shape=_linear_shape, formula="y = x @ W + b,  W: (in, out), b: (out)",
+    flops=lambda ins, out, a: 2 * out.numel() * ins[0].shape[1] + (out.numel() if a["bias"] else 0),
+    reference=_linear_ref, grad=_linear_grad))

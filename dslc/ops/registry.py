@@ -1,0 +1,141 @@
+"""The op registry: every op of the language is one `OpDef`, defined once.
+
+An op block (in elementwise.py, linalg.py, conv.py, ...) puts side by side
+everything the compiler knows about the op: its tensor inputs, attributes with
+defaults, the parameters it creates when used as a layer, its shape rule, FLOPs,
+its formula for `dslc ops`, the NumPy reference semantics, the gradient rule, and
+(for ops whose training behaviour differs) a training-mode lowering. Later stages
+look ops up here by name; a registry test fails when an op lacks a rule.
+
+Shape rules receive the types of *all* node inputs (user inputs, then the op's
+parameters) and the attribute dict, and raise `ShapeError` for a user mistake.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from dslc.ir.graph import Init
+from dslc.ir.types import TensorType
+
+REQUIRED = object()
+
+
+class ShapeError(Exception):
+    """A shape or attribute mistake found by a rule; resolve.py attaches the span."""
+
+    def __init__(self, message: str, hint: str | None = None, code: str = "E0301"):
+        super().__init__(message)
+        self.message, self.hint, self.code = message, hint, code
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute. kind: int, float, bool, str, enum, ints (int or list of ints), init, axes."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    choices: tuple = ()
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """A parameter a layer creates: `linear(10)` creates `linear.weight` and `linear.bias`.
+
+    `shape(input_types, attrs)` gives its shape; `init` is an attribute name holding an
+    Init or a fixed Init; `present(attrs)` says whether it exists (bias=false drops it).
+    role: weight (regularised by l1/l2/elastic), bias, scale, shift, or state (not trained).
+    """
+
+    name: str
+    role: str
+    shape: Callable[[Sequence[TensorType], Mapping], tuple]
+    init: str | Init
+    present: Callable[[Mapping], bool] = lambda attrs: True
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    category: str
+    inputs: tuple[str, ...]  # user-supplied tensors; a trailing '*xs' takes any number
+    attrs: tuple[Attr, ...]
+    shape: Callable[[Sequence[TensorType], Mapping], TensorType]
+    formula: str
+    params: tuple[ParamSlot, ...] = ()
+    flops: Callable[[Sequence[TensorType], TensorType, Mapping], int] | None = None
+    reference: Callable[..., Any] | None = None
+    grad: Callable[..., Any] | None = None
+    train: Callable[..., Any] | None = None  # training-mode lowering (dropout, batchnorm)
+    integer_inputs: tuple[int, ...] = ()  # inputs that are labels/indices: never differentiated
+    doc: str = ""
+
+    @property
+    def variadic(self) -> bool:
+        return bool(self.inputs) and self.inputs[-1].startswith("*")
+
+    def attr(self, name: str) -> Attr | None:
+        return next((a for a in self.attrs if a.name == name), None)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name!r} defined twice")
+    OPS[op.name] = op
+    return op
+
+
+def get(name: str) -> OpDef:
+    _load()
+    return OPS[name]
+
+
+def all_ops() -> dict[str, OpDef]:
+    _load()
+    return OPS
+
+
+def _load() -> None:
+    # The families register themselves on import; importing here keeps callers
+    # free of import-order concerns without any import-time magic elsewhere.
+    from dslc.ops import conv, elementwise, linalg, loss, norm, reduce, shape, source  # noqa: F401
+
+
+# ---- helpers shared by shape rules ---------------------------------------------------
+
+def expect_rank(t: TensorType, ranks, what: str, hint: str | None = None) -> None:
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if t.rank not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(f"{what} expects rank {want}, got {t.show()}", hint)
+
+
+def expect_float(t: TensorType, what: str) -> None:
+    if not t.is_float:
+        raise ShapeError(f"{what} expects a floating-point tensor, got {t.show()}", code="E0302")
+
+
+def expect_static(d, what: str) -> int:
+    if not isinstance(d, int):
+        raise ShapeError(f"{what} must be a fixed size, got symbolic dimension {d}", code="E0303")
+    return d
+
+
+def normalize_axis(axis: int, rank: int, what: str) -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{what}: axis {axis} is out of range for rank {rank}", code="E0304")
+    return axis % rank
+
+
+def pair(v) -> tuple[int, int]:
+    """An int-or-pair attribute (kernel, stride, pad) as a pair."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
