@@ -61,6 +61,21 @@ class ParamSlot:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """Concrete inputs for the registry-generated tests: the types of ALL node inputs
+    (user inputs then parameters), attributes, and the domain values are drawn from.
+
+    domain: "any" (standard normal), "positive" (0.5..2), "kinks" (|x| >= 0.1, keeps
+    finite differences away from relu/abs/max kinks). Integer inputs are labels drawn
+    in [0, classes) where classes is the last dimension of the first input.
+    """
+
+    inputs: tuple[TensorType, ...]
+    attrs: dict = field(default_factory=dict)
+    domain: str = "any"
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     category: str
@@ -74,6 +89,7 @@ class OpDef:
     grad: Callable[..., Any] | None = None
     train: Callable[..., Any] | None = None  # training-mode lowering (dropout, batchnorm)
     integer_inputs: tuple[int, ...] = ()  # inputs that are labels/indices: never differentiated
+    samples: tuple[Sample, ...] = ()  # for the tests generated from the registry
     doc: str = ""
 
     @property

@@ -46,6 +46,10 @@ class GradBuilder:
     def op(self, op: str, *inputs: str, **attrs) -> str:
         return self._b.add(op, list(inputs), attrs, name=self._b.unique(self._prefix + op))
 
+    def named(self, name: str, op: str, *inputs: str, span=None, **attrs) -> str:
+        """Append a node under an exact name (a lowering that keeps a layer's name)."""
+        return self._b.add(op, list(inputs), attrs, span, name=name)
+
     def __getattr__(self, op: str):
         if op.startswith("_"):
             raise AttributeError(op)
