@@ -1,17 +1,27 @@
 """The `dslc` command line. Each verb is a small function; errors are rendered in one place.
 
-Exit status: 0 success, 1 a user mistake in a .net file or data (located message),
-2 a bad command line. A Python traceback is always a dslc bug.
+Exit status: 0 success, 1 a user mistake in a .net file, in data or with a file
+named on the command line (located message), 2 a bad command line. A Python
+traceback is always a dslc bug.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import dslc
-from dslc.diagnostics import CompileError, UsageError
+from dslc.diagnostics import CompileError, UsageError, did_you_mean
+
+
+class CliError(Exception):
+    """A user mistake outside any .net source (a missing program, an unwritable file): exit 1."""
 
 
 def parse_value(text: str) -> Any:
@@ -41,17 +51,129 @@ def _load(args) -> dslc.Model:
     return dslc.load(args.file, model=args.model, **parse_sets(args.set))
 
 
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename, so a reader (or a
+    crash half-way) never sees a half-written file."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# ---- check ---------------------------------------------------------------------------
+
 def cmd_check(args) -> int:
     summary = _load(args).summary()
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.text())
     return 0
 
 
+# ---- inspect -------------------------------------------------------------------------
+
+TEXT_SUFFIXES = {".txt": "text", ".json": "json", ".dot": "dot", ".gv": "dot"}
+IMAGE_SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+
+
+def _output_kind(fmt: str | None, out: str | None) -> tuple[str, str | None]:
+    """(printer format, Graphviz image format or None) from --format and the -o suffix."""
+    suffix = Path(out).suffix.lower() if out else ""
+    if suffix in IMAGE_SUFFIXES:
+        if fmt not in (None, "dot"):
+            raise UsageError(f"-o {out} draws the graph with Graphviz; --format {fmt} cannot be drawn")
+        return "dot", IMAGE_SUFFIXES[suffix]
+    if fmt:
+        return fmt, None
+    if out and suffix not in TEXT_SUFFIXES:
+        known = ", ".join(sorted(TEXT_SUFFIXES) + sorted(IMAGE_SUFFIXES))
+        raise UsageError(f"cannot tell the format of -o {out} from its suffix ({known}); pass --format")
+    return TEXT_SUFFIXES.get(suffix, "text"), None
+
+
+def render_dot(source: str, image: str, what: str) -> bytes:
+    """Run Graphviz `dot -T<image>` on DOT source; `what` names the output in messages."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise CliError(f"writing {what} needs Graphviz's `dot` program, which is not on PATH; "
+                       f"install graphviz, or write a .dot file instead")
+    done = subprocess.run([dot, f"-T{image}"], input=source.encode(), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise CliError(f"Graphviz failed to draw {what}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def cmd_inspect(args) -> int:
+    # Imported here, not at the top: stages imports every pass, which `dslc ops` never needs.
+    from dslc.ir import printer
+    from dslc.ir.verify import maybe_check
+    from dslc.stages import STAGES, build
+
+    if args.stage not in STAGES:
+        hint = did_you_mean(args.stage, STAGES)
+        raise UsageError(f"unknown stage {args.stage!r}; the stages are: {', '.join(STAGES)}"
+                         + (f" ({hint})" if hint else ""))
+    fmt, image = _output_kind(args.format, args.output)
+    graph = maybe_check(build(_load(args), args.stage), f"building stage {args.stage}")
+    text = {"text": printer.to_text, "json": printer.to_json, "dot": printer.to_dot}[fmt](graph)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    write_atomic(args.output, render_dot(text, image, args.output) if image else text.encode())
+    return 0
+
+
+# ---- ops -----------------------------------------------------------------------------
+
+def cmd_ops(args) -> int:
+    from dslc import catalog
+
+    if args.name is None:
+        print(catalog.op_table())
+        return 0
+    page = catalog.describe(args.name)
+    if page is None:
+        hint = did_you_mean(args.name, catalog.names())
+        raise CliError(f"unknown op {args.name!r}" + (f"; {hint}" if hint else "; `dslc ops` lists them all"))
+    print(page)
+    return 0
+
+
+# ---- gradcheck -----------------------------------------------------------------------
+
+def cmd_gradcheck(args) -> int:
+    from dslc import gradcheck as gc  # float64 numerics: loaded only for this verb
+
+    if args.batch < 1 or args.max_elements < 1:
+        raise UsageError("--batch and --max-elements must be at least 1")
+    rows = gc.gradcheck(_load(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
+                        max_elements=args.max_elements)
+    print(json.dumps(gc.to_json(rows, args.threshold), indent=2) if args.json
+          else gc.format_table(rows, args.threshold))
+    return 0 if all(r.passed for r in rows) else 1
+
+
+# ---- the parser ----------------------------------------------------------------------
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a .net file")
     p.add_argument("--model", help="which model of the file (default: the first one defined in it)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a hyper-parameter of the model (repeatable), e.g. --set width=32")
+
+
+def _verb(verbs, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    return verbs.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +183,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dslc {dslc.__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    p = verbs.add_parser("check", help="parse, resolve and shape-check a model; print its summary",
-                         description="Parse, resolve and shape-check a model, then print one row per layer "
-                                     "with its output shape, parameter count and forward FLOPs.")
+    p = _verb(verbs, "check", "parse, resolve and shape-check a model; print its summary",
+              "Parse, resolve and shape-check a model, then print one row per layer "
+              "with its output shape, parameter count and forward FLOPs.",
+              "  dslc check models/lenet5.net\n  dslc check models/mlp_bn.net --set width=32 --json")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=cmd_check)
+
+    p = _verb(verbs, "inspect", "print a model's graph IR at some stage, as text, JSON or a Graphviz drawing",
+              "Print the graph IR of a model at one stage of the compiler: text (one node per line "
+              "with its type and source line), JSON (round-trips exactly), or DOT for Graphviz. "
+              "With -o, the format follows the file's suffix: .txt, .json, .dot/.gv, or "
+              ".svg/.png/.pdf (drawn by Graphviz's `dot`). Under DSLC_VERIFY=1 the graph is "
+              "verified before printing.",
+              "  dslc inspect models/lenet5.net\n"
+              "  dslc inspect models/lenet5.net --format json > lenet5.json\n"
+              "  dslc inspect models/lenet5.net -o lenet5.svg")
+    _add_model_args(p)
+    p.add_argument("--stage", default="typed", help="which stage of the graph to print (default: typed); "
+                                                     "an unknown name lists the stages")
+    p.add_argument("--format", choices=("text", "json", "dot"),
+                   help="output format (default: text, or from the suffix of -o)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of standard output")
+    p.set_defaults(run=cmd_inspect)
+
+    p = _verb(verbs, "ops", "list the ops of the language, or describe one",
+              "Without NAME: every op of the language grouped by category, with its formula. "
+              "With NAME: its attributes (kinds, defaults, choices), tensor inputs, the "
+              "parameters it creates, formula and an example of its shape rule. "
+              "`dslc ops init` lists the initialisers.",
+              "  dslc ops\n  dslc ops conv2d\n  dslc ops init")
+    p.add_argument("name", nargs="?", help="an op, `init`, or an initialiser name")
+    p.set_defaults(run=cmd_ops)
+
+    p = _verb(verbs, "gradcheck", "check a model's gradients against central differences in float64",
+              "Run the model in float64 and training mode (dropout masks fixed) on a random batch, and "
+              "compare the gradient of the loss with respect to every trainable parameter and float "
+              "input with central differences: every element of small tensors, a seeded random "
+              "subset of large ones. Exit status 1 if any tensor's max relative error reaches the threshold.",
+              "  dslc gradcheck models/two_layer.net\n  dslc gradcheck models/small_cnn.net --set width=4 --json")
+    _add_model_args(p)
+    p.add_argument("--batch", type=int, default=2, help="batch size of the random inputs (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs, parameters and masks (default: 0)")
+    p.add_argument("--threshold", type=float, default=1e-6, help="largest relative error that passes "
+                                                                  "(default: 1e-6)")
+    p.add_argument("--max-elements", type=int, default=50, metavar="K",
+                   help="check every element of a tensor up to K elements, else K random ones (default: 50)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(run=cmd_gradcheck)
     return parser
 
 
@@ -83,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except CompileError as e:
         print(e.render(getattr(e, "sources", None)), file=sys.stderr)
+        return 1
+    except CliError as e:
+        print(f"dslc: error: {e}", file=sys.stderr)
         return 1
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)

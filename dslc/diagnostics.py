@@ -50,8 +50,10 @@ class Diagnostic:
 class CompileError(Exception):
     """One or more user mistakes, ready to be rendered; never a compiler bug."""
 
-    def __init__(self, diagnostics: list[Diagnostic]):
+    def __init__(self, diagnostics: list[Diagnostic], sources: "SourceCache | None" = None):
         self.diagnostics = list(diagnostics)
+        # The text the compiler read, so that a caller passing `text=` sees that text quoted.
+        self.sources = sources
         super().__init__(self.diagnostics[0].message if diagnostics else "compile error")
 
     @classmethod
@@ -59,7 +61,7 @@ class CompileError(Exception):
         return cls([Diagnostic(code, message, span, hint)])
 
     def render(self, sources: "SourceCache | None" = None) -> str:
-        return render_all(self.diagnostics, sources)
+        return render_all(self.diagnostics, sources or self.sources)
 
 
 class UsageError(Exception):

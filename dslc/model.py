@@ -4,18 +4,34 @@
     print(m.summary().text())
     m.graph            # the typed graph IR
     m.param_specs      # {name: (shape, dtype, init, trainable, role)}
+    params = m.init(seed=0)
+    m.forward(params, {"image": x, "label": y})        # {"probs": ..., "loss": ..., "accuracy": ...}
+    loss, grads = m.grad(params, {"image": x, "label": y})
+
+forward and grad run the NumPy reference executor (dslc/reference.py): they are
+the oracle the compiled kernels are tested against, not the fast path.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from dslc.diagnostics import CompileError
+import numpy as np
+
+from dslc import reference
+from dslc.diagnostics import CompileError, did_you_mean
 from dslc.frontend.program import Program, load_program
 from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
+from dslc.ir.types import NUMPY_DTYPE
+from dslc.ops.init import sample
+from dslc.passes import train_mode
+from dslc.passes.autodiff import differentiate, trainable_params
+from dslc.passes.cast import cast
 from dslc.summary import Summary, summarize
+
+Arrays = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,57 @@ class Model:
     def summary(self) -> Summary:
         return summarize(self.graph)
 
+    def with_dtype(self, dtype: str) -> "Model":
+        """The same model computing in `dtype` ("f64" for gradient checking): every float type is cast."""
+        return Model(self.program, self.name, cast(self.graph, dtype), self.overrides)
+
+    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Fresh parameters (and running statistics) from their initialisers, drawn in graph order."""
+        rng = np.random.default_rng(seed)
+        return {p.name: sample(p.attr("init"), p.type.bind({}), rng, NUMPY_DTYPE[p.type.dtype])
+                for p in self.graph.params}
+
+    def forward(self, params: Arrays, inputs: Arrays, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        """Outputs, loss and metrics by name. train=True runs the training-mode graph: dropout
+        masks drawn from `seed`, batchnorm on batch statistics (running statistics untouched)."""
+        graph = train_mode.lower(self.graph) if train else self.graph
+        out = reference.run_outputs(graph, inputs, params, rng=np.random.default_rng(seed))
+        return {name: v for (kind, name), v in out.items() if kind in ("output", "loss", "metric")}
+
+    def grad(self, params: Arrays, inputs: Arrays, wrt: Sequence[str] | None = None, train: bool = True,
+             seed: int = 0) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, gradients) of the loss w.r.t. every trainable parameter, or w.r.t. the parameters
+        and float inputs named in `wrt` (saliency: `m.grad(params, feeds, wrt=["image"])`)."""
+        out = reference.run_outputs(self.grad_graph(wrt, train), inputs, params, rng=np.random.default_rng(seed))
+        loss = next(v for (kind, _), v in out.items() if kind == "loss")
+        return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
+
+    def grad_graph(self, wrt: Sequence[str] | None = None, train: bool = True) -> Graph:
+        """The (training-mode) graph with an Output("grad", name, ...) per name of `wrt`."""
+        if self.graph.loss is None:
+            raise self._error("E0401", f"model '{self.name}' has no loss to differentiate",
+                              "declare one, e.g. `loss cross_entropy(logits, label)`")
+        names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(wrt)
+        for name in names:
+            self._check_wrt(name)
+        return differentiate(train_mode.lower(self.graph) if train else self.graph, names)
+
+    def _check_wrt(self, name: str) -> None:
+        sources = [n.name for n in self.graph.nodes if n.op in ("input", "param")]
+        if name not in sources:
+            raise self._error("E0404", f"model '{self.name}' has no input or parameter '{name}' to differentiate "
+                                       f"with respect to", did_you_mean(name, sources) or
+                              f"it has: {', '.join(sources)}")
+        if not self.graph[name].type.is_float:
+            raise self._error("E0403", f"cannot differentiate with respect to '{name}': it is "
+                                       f"{self.graph[name].type.show()}, an integer input (labels have no gradient)")
+
+    def _error(self, code: str, message: str, hint: str | None = None) -> CompileError:
+        """A diagnostic located at the model's name in its source file."""
+        err = CompileError.single(code, message, self.program.models[self.name].name_span, hint)
+        err.sources = self.program.sources
+        return err
+
     def __repr__(self) -> str:
         return f"<Model {self.name} from {self.program.root}: {len(self.graph)} nodes>"
 
@@ -51,7 +118,6 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     if name is None:
         raise CompileError.single("E0241", f"{program.root} defines no model")
     if name not in program.models:
-        from dslc.diagnostics import did_you_mean
         raise CompileError.single("E0242", f"{program.root} has no model '{name}'",
                                   hint=did_you_mean(name, program.models) or
                                   f"it defines: {', '.join(program.models)}")

@@ -1,8 +1,10 @@
 """The Lark seam: .net text -> AST, with Lark's exceptions turned into diagnostics.
 
-Two traps are handled here and nowhere else: `UnexpectedEOF` carries line/column -1
-(we point at the end of the file instead), and the parser is built once per process
-(grammar loading is the slow part of Lark).
+Lark's exceptions are converted here and nowhere else, minding two traps:
+`UnexpectedEOF` (and an `UnexpectedToken` at `$END`) carries line/column -1, so we
+point at the end of the file instead; and the Transformer never raises (a raise
+inside it would arrive as `VisitError`), it records lexical problems that we report.
+The parser is built once per process: loading the grammar is the slow part of Lark.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ _TOKEN_NAMES = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
     "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'",
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'",
-    "SLASH": "'/'", "AT": "'@'", "__ANON_0": "'|>'", "$END": "end of file",
+    "SLASH": "'/'", "AT": "'@'", "PIPE": "'|>'", "$END": "end of file",
 }
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT"}
+_MAX_EXPECTED = 5  # longer lists of expected tokens say nothing useful
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,26 +51,44 @@ def _end_span(file: str, text: str) -> Span:
     return Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
 
 
+def _bad_character(file: str, text: str, err: UnexpectedCharacters) -> Diagnostic:
+    ch = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
+    span = Span(file, err.line, err.column, err.line, err.column + 1)
+    if ch == '"':  # the STRING pattern failed, so the closing quote is missing on this line
+        return Diagnostic("E0104", "unterminated string", span, hint="close the string on the same line")
+    return Diagnostic("E0101", f"unexpected character {ch!r}", span)
+
+
 def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
-        return Diagnostic("E0102", "unexpected end of file",
-                          _end_span(file, text), hint="a '}' or ')' may be missing")
+        return Diagnostic("E0102", "unexpected end of file", _end_span(file, text),
+                          hint="a '}' or ')' may be missing")
     if isinstance(err, UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
-        return Diagnostic("E0101", f"unexpected character {ch!r}",
-                          Span(file, err.line, err.column, err.line, err.column + 1))
+        return _bad_character(file, text, err)
     tok = err.token
     span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
-    expected = _expected(err.expected)
-    if len(err.expected) > 5:
-        return Diagnostic("E0103", f"unexpected {_describe(tok)}", span)
-    return Diagnostic("E0103", f"unexpected {_describe(tok)}; expected {expected}", span)
+    message = f"unexpected {_describe(tok)}"
+    if len(err.expected) <= _MAX_EXPECTED:
+        message += f"; expected {_expected(err.expected)}"
+    hint = None
+    if tok.type in _OPERATORS and "PIPE" in err.expected:
+        # `x |> f + 1`: a pipeline stage is a call, so arithmetic cannot follow it directly.
+        hint = "a pipeline ends the expression; use parentheses: (x |> f) + y"
+    return Diagnostic("E0103", message, span, hint)
 
 
 def parse(text: str, file: str = "<string>") -> ast.Module:
-    """Parse one .net file; raises CompileError with a located syntax error."""
+    """Parse one .net file; raises CompileError with located syntax errors.
+
+    >>> parse("model m { input x : f32[N, 2]  output y = relu(x) }").models[0].name
+    'm'
+    """
     try:
         tree = parser().parse(text)
     except UnexpectedInput as err:
         raise CompileError([_syntax_error(file, text, err)]) from None
-    return ToAst(file).transform(tree)
+    builder = ToAst(file)
+    module = builder.transform(tree)
+    if builder.problems:
+        raise CompileError(builder.problems)
+    return module

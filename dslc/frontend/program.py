@@ -49,27 +49,47 @@ def display_path(path: Path) -> str:
 
 
 def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
-    """Parse `path` and its imports; raises CompileError with every problem found."""
+    """Parse `path` and its imports; raises CompileError with every problem found.
+
+    `text`, when given, is used instead of reading `path` (imports are still read
+    from disk, relative to `path`).
+    """
     root = Path(path)
     prog = Program(root=display_path(root))
-    errors: list[Diagnostic] = []
     if text is None:
-        try:
-            text = root.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CompileError.single("E0001", f"no such file: {prog.root}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise CompileError.single("E0001", f"cannot read {prog.root}: {e}") from None
-    _load(prog, root.resolve(), text, [], errors)
+        text = _read(root)
+        if not isinstance(text, str):
+            raise CompileError.single("E0001", f"cannot read {prog.root}: {_reason(text)}")
+    errors: list[Diagnostic] = []
+    _load(prog, root.resolve(), text, [], errors, set())
+    if not errors:
+        _collect(prog, errors)
     if errors:
-        raise CompileError(errors)
-    _collect(prog, errors)
-    if errors:
-        raise CompileError(errors)
+        raise CompileError(errors, prog.sources)
     return prog
 
 
-def _load(prog: Program, path: Path, text: str, chain: list[tuple[Path, Span]], errors) -> None:
+def _read(path: Path) -> str | OSError | UnicodeDecodeError:
+    """The text of a file, or the reason it cannot be read (a value, so callers word the error)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return e
+
+
+def _reason(err: OSError | UnicodeDecodeError) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, IsADirectoryError):
+        return "it is a directory"
+    return (err.strerror or str(err)).lower()
+
+
+def _load(prog: Program, path: Path, text: str, chain: list[Path], errors, seen: set[Path]) -> None:
+    """Parse one file, then the files it imports (depth first, each file once)."""
+    seen.add(path)
     name = display_path(path)
     prog.sources.add(name, text)
     try:
@@ -78,33 +98,34 @@ def _load(prog: Program, path: Path, text: str, chain: list[tuple[Path, Span]], 
         errors.extend(e.diagnostics)
         return
     prog.modules[name] = module
+    stack = chain + [path]
     for imp in module.imports:
         target = (path.parent / imp.path).resolve()
-        target_name = display_path(target)
-        stack = [p for p, _ in chain] + [path]
         if target in stack:
             cycle = " -> ".join(display_path(p) for p in stack[stack.index(target):] + [target])
-            errors.append(Diagnostic("E0111", f"import cycle: {cycle}", imp.span,
+            errors.append(Diagnostic("E0003", f"import cycle: {cycle}", imp.span,
                                      hint="move the shared blocks into a file that both import"))
             continue
-        if target_name in prog.modules:
+        if target in seen:  # a diamond: already read (or already reported) through another path
             continue
-        try:
-            sub = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            errors.append(Diagnostic("E0110", f"cannot import '{imp.path}': no such file {target_name}",
-                                     imp.span, hint="import paths are relative to the importing file"))
+        sub = _read(target)
+        if not isinstance(sub, str):
+            seen.add(target)
+            errors.append(Diagnostic("E0002", f"cannot import '{imp.path}': {display_path(target)}: "
+                                     f"{_reason(sub)}", imp.span,
+                                     hint="import paths are relative to the importing file"))
             continue
-        _load(prog, target, sub, chain + [(path, imp.span)], errors)
+        _load(prog, target, sub, stack, errors, seen)
 
 
 def _collect(prog: Program, errors: list[Diagnostic]) -> None:
+    """Gather the definitions of all files into one namespace; a name may be defined once."""
     seen: dict[str, Span] = {}
     for module in prog.modules.values():
-        for kind, defs, table in (("block", module.blocks, prog.blocks), ("model", module.models, prog.models)):
+        for defs, table in ((module.blocks, prog.blocks), (module.models, prog.models)):
             for d in defs:
                 if d.name in seen:
-                    errors.append(Diagnostic("E0112", f"'{d.name}' is defined twice", d.name_span)
+                    errors.append(Diagnostic("E0203", f"'{d.name}' is defined twice", d.name_span)
                                   .with_note(seen[d.name], "first defined here"))
                     continue
                 seen[d.name] = d.name_span

@@ -3,8 +3,8 @@
 Blocks are expanded where they are called (their layers get hierarchical names such
 as `residual_1.conv_bn_relu.conv2d`), `repeat` is unrolled, hyper-parameters are
 plain Python values folded at compile time, and each op call is bound to its
-`OpDef`: tensor inputs first, then attributes by position or keyword, then the
-parameters the layer creates, then the op's shape rule gives the result type.
+`OpDef` (calls.py): tensor inputs first, then attributes by position or keyword,
+then the parameters the layer creates, then the op's shape rule gives the result type.
 
 Errors do not stop elaboration: the failing value becomes `POISON`, which silences
 everything computed from it, so independent mistakes are all reported in one run.
@@ -16,120 +16,98 @@ from typing import Any
 
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
+from dslc.frontend.calls import Calls
 from dslc.frontend.program import Program
+from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, FoldError, ParamGroup, Scope, Symbol, Tensor,
+                                  as_hyper, describe, fold, poisoned)
 from dslc.ir.builder import GraphBuilder
-from dslc.ir.graph import Graph, Init, Output
+from dslc.ir.graph import Graph, Output
 from dslc.ir.types import DTYPES, Sym, TensorType
 from dslc.ops import registry
-from dslc.ops.attrs import AttrError, convert_attr, convert_init
-from dslc.ops.init import INITS
 
-HYPER_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-MAX_BLOCK_DEPTH = 64
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor value during elaboration: a node name and its type."""
-
-    name: str
-    type: TensorType
+# Unrolling limits: a real model stays far below them; a runaway `repeat` or a block
+# that calls itself twice per level would otherwise take forever instead of failing.
+MAX_REPEAT = 10_000
+MAX_STEPS = 100_000
 
 
-@dataclass(frozen=True)
-class Symbol:
-    """A bare name bound to nothing: valid as an enum attribute (pad=same) or an initialiser."""
-
-    id: str
-    span: Span
-
-
-@dataclass(frozen=True)
-class ParamGroup:
-    """`weights`: every parameter with the weight role defined so far (for l1/l2/elastic)."""
-
-    names: tuple[str, ...]
-
-
-class _Poison:
-    def __repr__(self):
-        return "POISON"
-
-
-POISON = _Poison()
-
-
-class _Abort(Exception):
-    """Unwinds one statement after its diagnostic has been recorded."""
+class _Halt(Exception):
+    """Stops the whole elaboration (the unrolling budget is spent)."""
 
 
 @dataclass
-class Scope:
-    prefix: str  # "" for the model, "residual_1." inside a block instance
-    vars: dict[str, Any]
-    in_block: str | None = None
-    chain: tuple[tuple[str, Span], ...] = ()  # block calls that led here, for notes
-    returned: Any = None
-
-
-@dataclass
-class Elaborator:
+class Elaborator(Calls):
     program: Program
     builder: GraphBuilder = field(default_factory=GraphBuilder)
     errors: list[Diagnostic] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
+    steps: int = 0
 
     # ---- diagnostics
 
-    def error(self, scope: Scope, code: str, message: str, span: Span, hint: str | None = None) -> _Abort:
-        d = Diagnostic(code, message, span, hint)
-        for block, call_span in reversed(scope.chain):
-            d.with_note(call_span, f"in block '{block}' called here")
-        self.errors.append(d)
-        return _Abort()
+    def error(self, scope: Scope, code: str, message: str, span: Span | None, hint: str | None = None) -> Abort:
+        """Record a diagnostic (once: a block called twice reports its mistake once) and
+        return the exception that unwinds the current statement."""
+        if not any(e.code == code and e.message == message and e.span == span for e in self.errors):
+            d = Diagnostic(code, message, span, hint)
+            for block, call_span, times in _chain_notes(scope.chain):
+                d.with_note(call_span, f"in block '{block}' called here"
+                            + (f" ({times} times, recursively)" if times > 1 else ""))
+            self.errors.append(d)
+        return Abort()
 
     # ---- models
 
     def model(self, mdef: ast.ModelDef, overrides: dict[str, Any], override_span: Span | None) -> Graph:
         scope = Scope("", {})
-        hyper = self._bind_hyper(mdef, overrides, override_span)
-        scope.vars.update(hyper)
-        self.block_body(mdef.body, scope)
+        scope.vars.update(self._bind_hyper(mdef, overrides, override_span))
+        try:
+            self.block_body(mdef.body, scope)
+        except _Halt:
+            pass
         if not self.errors:
             self._check_model(mdef)
         if self.errors:
-            raise CompileError(self.errors)
+            raise CompileError(self.errors, self.program.sources)
         return self.builder.graph(mdef.name, self.outputs, "typed")
 
     def _bind_hyper(self, mdef: ast.ModelDef, overrides: dict[str, Any], span: Span | None) -> dict:
         values: dict[str, Any] = {}
         scope = Scope("", values)
         for f in mdef.formals:
+            if f.name in values:
+                self.error(scope, "E0204", f"parameter '{f.name}' is declared twice", f.span)
+                continue
+            values[f.name] = POISON  # until it is bound: later mistakes about it are not new
             if f.type is None:
                 self.error(scope, "E0230", f"model parameter '{f.name}' needs a type (int, float, bool or str)",
                            f.span)
                 continue
             if f.type not in HYPER_TYPES:
                 self.error(scope, "E0231", f"unknown hyper-parameter type '{f.type}'", f.span,
-                           did_you_mean(f.type, HYPER_TYPES))
+                           did_you_mean(f.type, HYPER_TYPES) or "one of int, float, bool, str")
                 continue
-            if f.name in overrides:
+            given = f.name in overrides
+            if given:
                 value = overrides[f.name]
             elif f.default is not None:
                 try:
-                    value = self.eval(f.default, scope)
-                except _Abort:
+                    value = self.tensor_or_value(f.default, scope)
+                except Abort:
                     continue
             else:
                 self.error(scope, "E0232", f"hyper-parameter '{f.name}' has no default; give one with "
                            f"--set {f.name}=VALUE", f.span)
                 continue
-            checked = _as_hyper(value, f.type)
+            checked = as_hyper(value, f.type)
             if checked is None:
-                where = f.default.span if f.name not in overrides and f.default is not None else f.span
-                self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {_describe(value)}",
-                           where)
+                if given:
+                    self.error(scope, "E0233", f"--set {f.name}: hyper-parameter '{f.name}' is {f.type}, got "
+                               f"{describe(value)}", span or f.span)
+                else:
+                    self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {describe(value)}",
+                               f.default.span)
                 continue
             values[f.name] = checked
         known = {f.name for f in mdef.formals}
@@ -153,13 +131,18 @@ class Elaborator:
             if scope.returned is not None:
                 self.error(scope, "E0245", "statement after return", stmt.span)
                 return
+            self.steps += 1
+            if self.steps > MAX_STEPS:
+                self.error(scope, "E0259", f"the model unrolls to more than {MAX_STEPS} statements", stmt.span,
+                           hint="a repeat count or a block calling itself is probably larger than meant")
+                raise _Halt()
             try:
                 self.stmt(stmt, scope)
-            except _Abort:
+            except Abort:
                 if isinstance(stmt, ast.Return):
                     scope.returned = POISON
                 target = getattr(stmt, "target", None) or getattr(stmt, "name", None)
-                if target and not isinstance(stmt, (ast.OutputDecl,)):
+                if target and not isinstance(stmt, ast.OutputDecl):
                     scope.vars[target] = POISON
 
     def stmt(self, s, scope: Scope) -> None:
@@ -184,21 +167,31 @@ class Elaborator:
             self.loss(s, scope)
         elif isinstance(s, ast.Return):
             if not scope.in_block:
-                raise self.error(scope, "E0247", "'return' outside a block", s.span)
-            scope.returned = self.eval(s.value, scope)
+                raise self.error(scope, "E0247", "'return' outside a block", s.span,
+                                 hint="a model ends with `output` or `loss`")
+            scope.returned = self.tensor_or_value(s.value, scope)
         elif isinstance(s, ast.Repeat):
-            count = self.eval(s.count, scope)
-            if type(count) is not int or count < 0:
-                raise self.error(scope, "E0248", f"repeat count must be a non-negative int, got {_describe(count)}",
-                                 s.count.span)
-            for i in range(count):
-                if s.index:
-                    scope.vars[s.index] = i
-                self.block_body(s.body, scope)
+            self.repeat(s, scope)
+
+    def repeat(self, s: ast.Repeat, scope: Scope) -> None:
+        count = self.tensor_or_value(s.count, scope)
+        if type(count) is not int or count < 0:
+            raise self.error(scope, "E0248", f"repeat count must be a non-negative int, got {describe(count)}",
+                             s.count.span)
+        if count > MAX_REPEAT:
+            raise self.error(scope, "E0248", f"repeat count {count} is too large (at most {MAX_REPEAT})",
+                             s.count.span)
+        for i in range(count):
+            if s.index:
+                scope.vars[s.index] = i
+            self.block_body(s.body, scope)
 
     def _check_free(self, name: str, span: Span, scope: Scope) -> None:
         if name in scope.vars:
             raise self.error(scope, "E0249", f"'{name}' is already defined", span)
+        if name in self.builder.index or name in self.builder._taken:
+            raise self.error(scope, "E0249", f"'{name}' is already the name of a layer", span,
+                             hint="declare inputs and parameters before the layers, or rename it")
 
     def param_decl(self, s: ast.ParamDecl, scope: Scope) -> None:
         t = self.tensor_type(s.type, scope, allow_symbolic=False)
@@ -258,7 +251,9 @@ class Elaborator:
         self.outputs.append(Output("output", s.name, t.name))
 
     def metric(self, s: ast.MetricDecl, scope: Scope) -> None:
-        name = s.name or (s.value.func if isinstance(s.value, ast.Call) else None)
+        # `metric accuracy(logits, y)` is named after the call, `metric err` after the variable.
+        name = s.name or (s.value.func if isinstance(s.value, ast.Call) else
+                          s.value.id if isinstance(s.value, ast.Name) else None)
         if name is None:
             raise self.error(scope, "E0252", "cannot name this metric", s.span,
                              hint="write `metric NAME = expression`")
@@ -290,7 +285,7 @@ class Elaborator:
                              did_you_mean(te.dtype, DTYPES) or f"one of {', '.join(DTYPES)}")
         dims = []
         for d in te.dims:
-            value = self.eval(d, scope, symbols=True)
+            value = self.tensor_or_value(d, scope)
             if isinstance(value, Symbol):
                 if not allow_symbolic:
                     raise self.error(scope, "E0261", f"parameter shapes must be fixed; '{value.id}' is not "
@@ -300,31 +295,31 @@ class Elaborator:
                 dims.append(value)
             else:
                 raise self.error(scope, "E0262", f"a dimension must be a positive int or a symbol, got "
-                                 f"{_describe(value)}", d.span)
+                                 f"{describe(value)}", d.span)
         return TensorType(te.dtype, tuple(dims))
 
     # ---- expressions
 
     def tensor_or_value(self, e, scope: Scope):
         value = self.eval(e, scope)
-        if value is POISON:
-            raise _Abort()
+        if poisoned(value):
+            raise Abort()
         return value
 
     def want_tensor(self, value, span: Span, scope: Scope, what: str) -> Tensor:
         if value is POISON:
-            raise _Abort()
+            raise Abort()
         if isinstance(value, Tensor):
             return value
         if isinstance(value, Symbol):
             raise self.unknown_name(value, scope)
-        raise self.error(scope, "E0270", f"{what} must be a tensor, got {_describe(value)}", span)
+        raise self.error(scope, "E0270", f"{what} must be a tensor, got {describe(value)}", span)
 
-    def unknown_name(self, sym: Symbol, scope: Scope) -> _Abort:
+    def unknown_name(self, sym: Symbol, scope: Scope) -> Abort:
         candidates = [k for k, v in scope.vars.items() if v is not POISON]
         return self.error(scope, "E0201", f"unknown name '{sym.id}'", sym.span, did_you_mean(sym.id, candidates))
 
-    def eval(self, e, scope: Scope, symbols: bool = False):
+    def eval(self, e, scope: Scope):
         """Value of an expression: a Python value, a Tensor, a Symbol, Init, ParamGroup, or POISON."""
         if isinstance(e, (ast.Num, ast.Str, ast.Bool)):
             return e.value
@@ -335,12 +330,9 @@ class Elaborator:
                 return ParamGroup(tuple(self.weights))
             return Symbol(e.id, e.span)
         if isinstance(e, ast.ListLit):
-            return [self.eval(i, scope, symbols) for i in e.items]
+            return [self.eval(i, scope) for i in e.items]
         if isinstance(e, ast.Neg):
-            v = self.eval(e.operand, scope)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return -v
-            return self.arith("neg", [v], [e.operand.span], e.span, scope)
+            return self.arith("neg", [self.eval(e.operand, scope)], [e.operand.span], e.span, scope)
         if isinstance(e, ast.BinOp):
             a, b = self.eval(e.left, scope), self.eval(e.right, scope)
             return self.arith(e.op, [a, b], [e.left.span, e.right.span], e.span, scope)
@@ -349,15 +341,18 @@ class Elaborator:
         raise TypeError(f"unknown expression {e!r}")
 
     def arith(self, op: str, values: list, spans: list[Span], span: Span, scope: Scope):
-        if any(v is POISON for v in values):
+        if any(poisoned(v) for v in values):
             return POISON
         for v, s in zip(values, spans):
             if isinstance(v, Symbol):
                 raise self.unknown_name(v, scope)
             if not isinstance(v, (Tensor, int, float)) or isinstance(v, bool):
-                raise self.error(scope, "E0271", f"cannot use {_describe(v)} in arithmetic", s)
+                raise self.error(scope, "E0271", f"cannot use {describe(v)} in arithmetic", s)
         if not any(isinstance(v, Tensor) for v in values):
-            return _fold(op, values, span, self, scope)
+            try:
+                return fold(op, values)
+            except FoldError as err:
+                raise self.error(scope, err.code, err.message, span) from None
         if op == "matmul" and not all(isinstance(v, Tensor) for v in values):
             raise self.error(scope, "E0271", "'@' needs two tensors", span)
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
@@ -372,242 +367,16 @@ class Elaborator:
             raise self.error(scope, err.code, err.message, span, err.hint) from None
         return Tensor(node, self.builder.type_of(node))
 
-    def init_value(self, e, scope: Scope) -> Init:
-        """An initialiser written as `xavier`, `xavier()` or `kaiming(mode=fan_out)`."""
-        v = self.eval(e, scope)
-        if isinstance(v, Init):
-            return v
-        if isinstance(v, Symbol) and v.id in INITS:
-            return Init(v.id)
-        name = v.id if isinstance(v, Symbol) else None
-        raise self.error(scope, "E0221", f"expected an initialiser, got {name or _describe(v)}", e.span,
-                         did_you_mean(name, INITS) if name else f"one of {', '.join(INITS)}")
 
-    # ---- calls
-
-    def call(self, c: ast.Call, scope: Scope):
-        if c.func in self.program.blocks:
-            return self.block_call(c, scope)
-        if c.func in INITS:
-            return self.init_call(c, scope)
-        ops = registry.all_ops()
-        if c.func not in ops or ops[c.func].category == "source":
-            known = list(ops) + list(self.program.blocks) + list(INITS)
-            raise self.error(scope, "E0202", f"unknown op or block '{c.func}'", c.func_span,
-                             did_you_mean(c.func, known) or "`dslc ops` lists every op")
-        return self.op_call(ops[c.func], c, scope)
-
-    def _args(self, c: ast.Call, scope: Scope) -> tuple[list, list[Span]]:
-        args = ([c.piped] if c.piped is not None else []) + list(c.args)
-        return [self.eval(a, scope) for a in args], [a.span for a in args]
-
-    def init_call(self, c: ast.Call, scope: Scope) -> Init:
-        if c.piped is not None:
-            raise self.error(scope, "E0222", f"'{c.func}' is an initialiser, not a layer", c.func_span)
-        spec = INITS[c.func]
-        names = [a[0] for a in spec.args]
-        if len(c.args) > len(names):
-            raise self.error(scope, "E0211", f"{c.func}() takes at most {len(names)} arguments", c.span)
-        given = dict(zip(names, c.args))
-        for kw in c.kwargs:
-            if kw.name not in names:
-                raise self.error(scope, "E0210", f"{c.func}() has no argument '{kw.name}'", kw.span,
-                                 did_you_mean(kw.name, names) or (f"it takes: {', '.join(names)}" if names else
-                                                                  "it takes no arguments"))
-            given[kw.name] = kw.value
-        out = []
-        for name, default, choices in spec.args:
-            if name not in given:
-                continue
-            try:
-                out.append((name, convert_init(self.eval(given[name], scope), default, choices, name)))
-            except AttrError as err:
-                raise self.error(scope, "E0212", f"{c.func}(): {err}", given[name].span, err.hint)
-        return Init(c.func, tuple(sorted(out)))
-
-    def op_call(self, op: registry.OpDef, c: ast.Call, scope: Scope):
-        values, spans = self._args(c, scope)
-        if any(v is POISON for v in values):
-            return POISON
-        n_in = len(values) if op.variadic else len(op.inputs)
-        if op.variadic:
-            n_in = next((i for i, v in enumerate(values) if not isinstance(v, (Tensor, ParamGroup))), len(values))
-        tensors, positional = values[:n_in], values[n_in:]
-        inputs: list[str] = []
-        for v, s, slot in zip(tensors, spans, op.inputs + (op.inputs[-1:] * len(tensors) if op.variadic else ())):
-            if isinstance(v, ParamGroup) and op.variadic:
-                inputs.extend(v.names)
-                continue
-            inputs.append(self.want_tensor(v, s, scope, f"{op.name} input '{slot.lstrip('*')}'").name)
-        if len(inputs) < len(op.inputs) and not op.variadic:
-            missing = ", ".join(op.inputs[len(inputs):])
-            raise self.error(scope, "E0213", f"{op.name} expects {len(op.inputs)} tensor input"
-                             f"{'s' if len(op.inputs) > 1 else ''} ({', '.join(op.inputs)}); missing {missing}",
-                             c.span, hint="`x |> op(...)` passes x as the first input")
-        if op.variadic and not inputs:
-            raise self.error(scope, "E0213", f"{op.name} expects at least one tensor input", c.span)
-        attrs = self._bind_attrs(op, positional, spans[n_in:], c, scope)
-        base = scope.prefix + op.name
-        name = self.builder.unique(base)
-        inputs += self._make_params(op, inputs, attrs, name, c.span, scope)
-        return self.make_node(op.name, inputs, attrs, c.span, name, scope)
-
-    def _bind_attrs(self, op: registry.OpDef, positional, spans, c: ast.Call, scope: Scope) -> dict:
-        names = [a.name for a in op.attrs]
-        if len(positional) > len(names):
-            raise self.error(scope, "E0211", f"{op.name} takes {len(op.inputs)} tensor input(s) and "
-                             f"{len(names)} attribute(s); got {len(positional)} extra positional argument(s)",
-                             spans[len(names)] if spans[len(names):] else c.span,
-                             hint=f"its attributes are: {', '.join(names)}" if names else None)
-        raw = dict(zip(names, zip(positional, spans)))
-        for kw in c.kwargs:
-            if kw.name not in names:
-                raise self.error(scope, "E0210", f"{op.name} has no attribute '{kw.name}'", kw.span,
-                                 did_you_mean(kw.name, names) or (f"its attributes are: {', '.join(names)}"
-                                                                  if names else f"{op.name} takes no attributes"))
-            if kw.name in raw:
-                raise self.error(scope, "E0214", f"attribute '{kw.name}' given twice", kw.span)
-            raw[kw.name] = (self.eval(kw.value, scope), kw.value.span)
-        out = {}
-        for a in op.attrs:
-            if a.name not in raw:
-                if a.required:
-                    raise self.error(scope, "E0215", f"{op.name} needs attribute '{a.name}'", c.span,
-                                     f"for example {op.name}({a.name}=...)")
-                continue
-            value, span = raw[a.name]
-            if value is POISON:
-                raise _Abort()
-            if isinstance(value, Tensor):
-                raise self.error(scope, "E0216", f"{op.name} attribute '{a.name}' must be a compile-time "
-                                 "value, got a tensor", span)
-            try:
-                out[a.name] = convert_attr(a, value)
-            except AttrError as err:
-                if isinstance(value, Symbol) and a.kind not in ("enum", "init"):
-                    raise self.unknown_name(value, scope)
-                raise self.error(scope, "E0212", f"{op.name} attribute '{a.name}': {err}", span, err.hint)
-        return out
-
-    def _make_params(self, op: registry.OpDef, inputs: list[str], attrs: dict, name: str, span: Span,
-                     scope: Scope) -> list[str]:
-        types = [self.builder.type_of(i) for i in inputs]
-        full = {a.name: a.default for a in op.attrs if not a.required} | attrs
-        made = []
-        for slot in op.params:
-            if not slot.present(full):
-                continue
-            try:
-                shape = tuple(slot.shape(types, full))
-            except registry.ShapeError as err:
-                raise self.error(scope, err.code, err.message, span, err.hint)
-            bad = [d for d in shape if not isinstance(d, int)]
-            if bad:
-                raise self.error(scope, "E0303", f"{op.name} would create parameter '{slot.name}' of symbolic "
-                                 f"shape [{', '.join(map(str, shape))}]", span,
-                                 hint="parameters need fixed sizes; only the batch dimension may be symbolic")
-            init = full[slot.init] if isinstance(slot.init, str) else slot.init
-            dtype = next((t.dtype for t in types if t.is_float), "f32")
-            pname = f"{name}.{slot.name}"
-            self.builder.source(pname, "param", TensorType(dtype, shape),
-                                {"init": init, "trainable": slot.role != "state", "role": slot.role}, span)
-            if slot.role == "weight":
-                self.weights.append(pname)
-            made.append(pname)
-        return made
-
-    def block_call(self, c: ast.Call, scope: Scope):
-        block = self.program.blocks[c.func]
-        if len(scope.chain) >= MAX_BLOCK_DEPTH:
-            raise self.error(scope, "E0255", f"block '{c.func}' calls itself without end", c.func_span)
-        values, spans = self._args(c, scope)
-        if any(v is POISON for v in values):
-            return POISON
-        formals = {f.name: f for f in block.formals}
-        if len(values) > len(block.formals):
-            raise self.error(scope, "E0211", f"block '{block.name}' takes {len(block.formals)} argument(s), "
-                             f"got {len(values)}", c.span)
-        bound = {f.name: (v, s) for f, v, s in zip(block.formals, values, spans)}
-        for kw in c.kwargs:
-            if kw.name not in formals:
-                raise self.error(scope, "E0210", f"block '{block.name}' has no parameter '{kw.name}'", kw.span,
-                                 did_you_mean(kw.name, formals))
-            if kw.name in bound:
-                raise self.error(scope, "E0214", f"argument '{kw.name}' given twice", kw.span)
-            bound[kw.name] = (self.eval(kw.value, scope), kw.value.span)
-        name = self.builder.unique(scope.prefix + block.name)
-        inner = Scope(name + ".", {}, block.name, scope.chain + ((block.name, c.span),))
-        for f in block.formals:
-            if f.name in bound:
-                value, span = bound[f.name]
-            elif f.default is not None:
-                value, span = self.eval(f.default, inner), f.default.span
-            else:
-                raise self.error(scope, "E0217", f"block '{block.name}' needs argument '{f.name}'", c.span)
-            if value is POISON:
-                return POISON
-            if f.type is None:
-                value = self.want_tensor(value, span, scope, f"block '{block.name}' argument '{f.name}'")
-            else:
-                checked = _as_hyper(value, f.type) if f.type in HYPER_TYPES else None
-                if checked is None:
-                    raise self.error(scope, "E0233", f"block '{block.name}' parameter '{f.name}' is {f.type}, "
-                                     f"got {_describe(value)}", span)
-                value = checked
-            inner.vars[f.name] = value
-        self.block_body(block.body, inner)
-        if inner.returned is None:
-            raise self.error(scope, "E0256", f"block '{block.name}' returns nothing", block.name_span,
-                             hint="end the block with `return VALUE`")
-        return inner.returned
-
-
-def _as_hyper(value, type_name: str):
-    if type_name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if type_name == "int" and type(value) is int:
-        return value
-    if type_name == "bool" and isinstance(value, bool):
-        return value
-    if type_name == "str" and isinstance(value, (str, Symbol)):
-        return value.id if isinstance(value, Symbol) else value
-    return None
-
-
-def _describe(v) -> str:
-    if isinstance(v, Tensor):
-        return f"a tensor {v.type}"
-    if isinstance(v, Symbol):
-        return f"the name '{v.id}'"
-    if isinstance(v, bool):
-        return f"the bool {str(v).lower()}"
-    if isinstance(v, int):
-        return f"the int {v}"
-    if isinstance(v, float):
-        return f"the float {v:g}"
-    if isinstance(v, str):
-        return f"the string {v!r}"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, Init):
-        return f"the initialiser {v}"
-    if isinstance(v, ParamGroup):
-        return "the parameter group 'weights'"
-    return repr(v)
-
-
-def _fold(op: str, values, span: Span, el: Elaborator, scope: Scope):
-    """Arithmetic on compile-time numbers (hyper-parameters), done now."""
-    if op == "neg":
-        return -values[0]
-    a, b = values
-    if op == "div":
-        if b == 0:
-            raise el.error(scope, "E0272", "division by zero", span)
-        return a // b if type(a) is int and type(b) is int and a % b == 0 else a / b
-    if op == "matmul":
-        raise el.error(scope, "E0271", "'@' needs two tensors", span)
-    return {"add": a + b, "sub": a - b, "mul": a * b}[op]
+def _chain_notes(chain):
+    """The block call chain, innermost first, with a recursion's repeated calls folded into one."""
+    notes: list[list] = []
+    for block, span in reversed(chain):
+        if notes and notes[-1][0] == block and notes[-1][1] == span:
+            notes[-1][2] += 1
+        else:
+            notes.append([block, span, 1])
+    return notes
 
 
 def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None,

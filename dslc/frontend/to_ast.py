@@ -1,21 +1,34 @@
 """Lark parse tree -> AST. Builds dataclasses and nothing else.
 
-No validation happens here on purpose: an exception raised inside a Lark
-Transformer arrives wrapped in `VisitError` and loses its position, so every check
-that can fail lives in resolve.py, which reports with the spans recorded here.
+Nothing here may raise: an exception inside a Lark Transformer arrives wrapped in
+`VisitError` and loses its position. The few lexical checks that belong to this
+stage (string escapes, number ranges) are *recorded* in `problems` and reported by
+parse.py; everything about meaning lives in resolve.py, which reports with the
+spans recorded here.
 """
 from __future__ import annotations
 
-import ast as pyast
+import math
+import re
 
 from lark import Token, Transformer, v_args
 
-from dslc.diagnostics import Span
+from dslc.diagnostics import Diagnostic, Span
 from dslc.frontend import ast
+
+# The escapes a .net string may contain; anything else after a backslash is an error
+# (rather than Python's lenient rules, which would silently keep "\q" as two characters).
+ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+_ESCAPE = re.compile(r"\\(.)")
+INT_MAX = 2**63 - 1  # the largest integer any later stage (NumPy int64) can hold
 
 
 def token_span(file: str, tok: Token) -> Span:
     return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _clip(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[:width] + "..."
 
 
 @v_args(meta=True, inline=True)
@@ -23,6 +36,23 @@ class ToAst(Transformer):
     def __init__(self, file: str):
         super().__init__()
         self.file = file
+        self.problems: list[Diagnostic] = []
+
+    def _problem(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.problems.append(Diagnostic(code, message, span, hint))
+
+    def _string(self, tok: Token) -> str:
+        """The value of a STRING token (quotes removed, escapes decoded); bad escapes are recorded."""
+        def decode(m: re.Match) -> str:
+            esc = m.group(1)
+            if esc not in ESCAPES:
+                col = tok.column + 1 + m.start()
+                self._problem("E0105", f"unknown escape '\\{esc}' in a string",
+                              Span(self.file, tok.line, col, tok.line, col + 2),
+                              hint='the escapes are \\" \\\\ \\n \\t \\r')
+            return ESCAPES.get(esc, esc)
+        # The lexer guarantees that every backslash is followed by one character.
+        return _ESCAPE.sub(decode, tok[1:-1])
 
     def _span(self, meta) -> Span:
         return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -33,7 +63,7 @@ class ToAst(Transformer):
         return ast.Module(self.file, pick(ast.Import), pick(ast.BlockDef), pick(ast.ModelDef), pick(ast.TrainDef))
 
     def import_stmt(self, meta, path):
-        return ast.Import(pyast.literal_eval(path), self._span(meta))
+        return ast.Import(self._string(path), self._span(meta))
 
     def formal(self, meta, name, type_=None, default=None):
         return ast.Formal(str(name), str(type_) if type_ is not None else None, default, self._span(meta))
@@ -98,13 +128,22 @@ class ToAst(Transformer):
         return ast.Neg(operand, self._span(meta))
 
     def int_lit(self, meta, tok):
+        # Checking the length first also keeps int() away from Python's limit on digits.
+        if len(tok.lstrip("0")) > len(str(INT_MAX)) or int(tok) > INT_MAX:
+            self._problem("E0106", f"the integer {_clip(tok)} is too large", self._span(meta),
+                          hint=f"integers go up to {INT_MAX}")
+            return ast.Num(INT_MAX, self._span(meta))
         return ast.Num(int(tok), self._span(meta))
 
     def float_lit(self, meta, tok):
-        return ast.Num(float(tok), self._span(meta))
+        value = float(tok)
+        if math.isinf(value):
+            self._problem("E0106", f"the number {_clip(tok)} is too large", self._span(meta),
+                          hint="floating-point numbers go up to about 1.8e308")
+        return ast.Num(value, self._span(meta))
 
     def str_lit(self, meta, tok):
-        return ast.Str(pyast.literal_eval(tok), self._span(meta))
+        return ast.Str(self._string(tok), self._span(meta))
 
     def true_lit(self, meta):
         return ast.Bool(True, self._span(meta))

@@ -1,4 +1,5 @@
-"""Elementwise ops: arithmetic with NumPy broadcasting, and the activation functions.
+"""Elementwise ops: arithmetic with NumPy broadcasting, the activation functions,
+and the activations over one axis (softmax, log_softmax, maxout).
 
 Gradient rules return one cotangent per input in the input's *broadcast* shape;
 autodiff un-broadcasts them (one helper, dslc/passes/autodiff.py). At a kink the
@@ -13,7 +14,8 @@ from scipy.special import erf
 
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
-from dslc.ops.registry import Attr, OpDef, ParamSlot, ShapeError, expect_float, expect_rank, register
+from dslc.ops.registry import (Attr, OpDef, ParamSlot, Sample, ShapeError, expect_float, expect_rank, expect_static,
+                               normalize_axis, register)
 
 
 def broadcast(a: TensorType, b: TensorType, what: str) -> TensorType:
@@ -38,18 +40,32 @@ def _numel_flops(k: int = 1):
     return lambda ins, out, attrs: k * out.numel()
 
 
-def _binary(name: str, formula: str, fn, grad, flops: int = 1) -> OpDef:
+def _f32(*shape) -> TensorType:
+    return TensorType("f32", shape)
+
+
+def _samples(*inputs, domain="any", **attrs) -> tuple[Sample, ...]:
+    return (Sample(tuple(_f32(*s) for s in inputs), attrs, domain),)
+
+
+# Broadcasting both ways: a row vector against a matrix, and [2, 1, 3] against [4, 1].
+_BROADCAST = (Sample((_f32(3, 4), _f32(4))), Sample((_f32(2, 1, 3), _f32(4, 1))))
+
+
+def _binary(name: str, formula: str, fn, grad, samples=_BROADCAST) -> OpDef:
     return register(OpDef(
         name, "arithmetic", ("x", "y"), (),
         shape=lambda ins, attrs: broadcast(ins[0], ins[1], name),
-        formula=formula, flops=_numel_flops(flops), reference=fn, grad=grad))
+        formula=formula, flops=_numel_flops(1), reference=fn, grad=grad, samples=samples, elementwise="broadcast"))
 
 
 _binary("add", "x + y", np.add, lambda b, n, g: (g, g))
 _binary("sub", "x - y", np.subtract, lambda b, n, g: (g, b.neg(g)))
 _binary("mul", "x * y", np.multiply, lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])))
+# d(x/y)/dy = -x/y^2 = -(x/y)/y, reusing the forward result.
 _binary("div", "x / y", np.divide,
-        lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.mul(g, b.div(n.name, n.inputs[1])))))
+        lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.mul(g, b.div(n.name, n.inputs[1])))),
+        samples=tuple(Sample(s.inputs, domain="positive") for s in _BROADCAST))
 
 
 def _same(what: str):
@@ -59,24 +75,27 @@ def _same(what: str):
     return rule
 
 
-def _unary(name: str, formula: str, fn, grad, attrs=(), flops: int = 1, category="activation") -> OpDef:
+def _unary(name: str, formula: str, fn, grad, attrs=(), flops: int = 1, category="activation",
+           domain="any") -> OpDef:
     return register(OpDef(name, category, ("x",), attrs, shape=_same(name), formula=formula,
-                          flops=_numel_flops(flops), reference=fn, grad=grad))
+                          flops=_numel_flops(flops), reference=fn, grad=grad,
+                          samples=_samples((3, 5), domain=domain), elementwise="broadcast"))
 
 
 _unary("neg", "-x", np.negative, lambda b, n, g: (b.neg(g),), category="arithmetic")
 
 # relu'(0) = 0 (the subgradient PyTorch and the CS231n notes use).
 _unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0),
-       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),))
+       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),), domain="kinks")
 _unary("leaky_relu", "x if x > 0 else alpha * x  (at 0: slope alpha)",
        lambda x, alpha: np.where(x > 0, x, alpha * x),
        lambda b, n, g: (b.mul(g, b.step(n.inputs[0], low=n.attr("alpha"))),),
-       attrs=(Attr("alpha", "float", 0.01),), flops=2)
+       attrs=(Attr("alpha", "float", 0.01),), flops=2, domain="kinks")
+# elu is C1 for alpha = 1 only; at 0 the slope is alpha (the x <= 0 branch), as in PyTorch.
 _unary("elu", "x if x > 0 else alpha * (exp(x) - 1)",
        lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
        lambda b, n, g: (b.mul(g, b.elu_deriv(n.inputs[0], alpha=n.attr("alpha"))),),
-       attrs=(Attr("alpha", "float", 1.0),), flops=4)
+       attrs=(Attr("alpha", "float", 1.0),), flops=4, domain="kinks")
 _unary("gelu", "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact, not the tanh approximation)",
        lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0))).astype(x.dtype),
        lambda b, n, g: (b.mul(g, b.gelu_deriv(n.inputs[0])),), flops=8)
@@ -93,10 +112,11 @@ def _sigmoid(x):
 
 # ---- derivative helpers: ops that only gradient rules emit ------------------------
 
-def _helper(name: str, formula: str, fn, attrs=(), flops: int = 2) -> OpDef:
+def _helper(name: str, formula: str, fn, attrs=(), flops: int = 2, domain: str = "kinks") -> OpDef:
     # Their own gradients are never needed: autodiff is first-order here.
     return register(OpDef(name, "derivative", ("x",), attrs, shape=_same(name), formula=formula,
-                          flops=_numel_flops(flops), reference=fn))
+                          flops=_numel_flops(flops), reference=fn, samples=_samples((3, 5), domain=domain),
+                          elementwise="broadcast"))
 
 
 _helper("step", "1 if x > 0 else low", lambda x, low: np.where(x > 0, 1.0, low).astype(x.dtype),
@@ -109,6 +129,8 @@ _helper("gelu_deriv", "Phi(x) + x * phi(x)",
         .astype(x.dtype), flops=10)
 _helper("sigmoid_deriv", "s * (1 - s), given s = sigmoid(x)", lambda s: s * (1 - s))
 _helper("tanh_deriv", "1 - t^2, given t = tanh(x)", lambda t: 1 - t * t)
+# Used by fold-batchnorm (gamma / sqrt(var + eps)) rather than by a gradient rule.
+_helper("rsqrt", "1 / sqrt(x)", lambda x: (1.0 / np.sqrt(x)).astype(x.dtype), flops=2, domain="positive")
 
 
 # ---- prelu: a learnable slope per channel (axis 1), He et al. 2015 -----------------
@@ -117,13 +139,18 @@ def _per_channel(alpha, x):
     return alpha.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-def _prelu_shape(ins, attrs):
+def _prelu_channels(ins) -> int:
     x = ins[0]
     expect_float(x, "prelu")
     expect_rank(x, (2, 3, 4, 5), "prelu", hint="prelu learns one slope per channel (axis 1)")
-    if len(ins) > 1 and ins[1].shape != (x.shape[1],):
-        raise ShapeError(f"prelu: slope shape {ins[1].show()} does not fit input {x.show()}")
-    return x
+    return expect_static(x.shape[1], "prelu channels")
+
+
+def _prelu_shape(ins, attrs):
+    c = _prelu_channels(ins)
+    if len(ins) > 1 and ins[1].shape != (c,):
+        raise ShapeError(f"prelu: slope shape {ins[1].show()} does not fit input {ins[0].show()}")
+    return ins[0]
 
 
 def _prelu_grad(b, n, g):
@@ -133,12 +160,105 @@ def _prelu_grad(b, n, g):
     return b.mul(g, b.prelu_deriv(x, alpha)), b.sum(b.mul(g, b.mul(x, b.step(b.neg(x)))), axis=others)
 
 
+_PRELU_SAMPLES = (Sample((_f32(2, 3, 4), _f32(3)), domain="kinks"), Sample((_f32(4, 2), _f32(2)), domain="kinks"))
+
 register(OpDef(
     "prelu", "activation", ("x",), (Attr("init", "init", Init("constant", (("value", 0.25),))),),
-    params=(ParamSlot("alpha", "shift", lambda ins, a: (ins[0].shape[1],), "init"),),
+    params=(ParamSlot("alpha", "shift", lambda ins, a: (_prelu_channels(ins),), "init"),),
     shape=_prelu_shape, formula="x if x > 0 else alpha[c] * x  (alpha learned per channel, initially 0.25)",
-    flops=_numel_flops(2), reference=lambda x, alpha: np.where(x > 0, x, _per_channel(alpha, x) * x),
-    grad=_prelu_grad))
-register(OpDef("prelu_deriv", "derivative", ("x", "alpha"), (), shape=lambda ins, attrs: ins[0],
+    flops=_numel_flops(2), reference=lambda x, alpha, init: np.where(x > 0, x, _per_channel(alpha, x) * x),
+    grad=_prelu_grad, samples=_PRELU_SAMPLES, elementwise="channel"))
+register(OpDef("prelu_deriv", "derivative", ("x", "alpha"), (), shape=_prelu_shape,
                formula="1 if x > 0 else alpha[c]", flops=_numel_flops(1),
-               reference=lambda x, alpha: np.where(x > 0, 1.0, _per_channel(alpha, x)).astype(x.dtype)))
+               reference=lambda x, alpha: np.where(x > 0, 1.0, _per_channel(alpha, x)).astype(x.dtype),
+               samples=_PRELU_SAMPLES, elementwise="channel"))
+
+
+# ---- activations over one axis ---------------------------------------------------
+
+def _axis_shape(what: str):
+    def rule(ins, attrs):
+        x = ins[0]
+        expect_float(x, what)
+        normalize_axis(attrs["axis"], x.rank, what)
+        return x
+    return rule
+
+
+def softmax_ref(x, axis=-1):
+    # Shifting by the max makes exp overflow-free without changing the result.
+    z = np.exp(x - x.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def log_softmax_ref(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+_AXIS = (Attr("axis", "int", -1, doc="the axis that sums to one (classes)"),)
+_AXIS_SAMPLES = (Sample((_f32(3, 5),)), Sample((_f32(2, 3, 4),), {"axis": 1}))
+
+
+def _softmax_grad(b, n, g):
+    s, axis = n.name, (n.attr("axis"),)
+    # ds_i/dx_j = s_i (delta_ij - s_j)  =>  dx = s * (g - sum(g * s))
+    return (b.mul(s, b.sub(g, b.sum(b.mul(g, s), axis=axis, keepdims=True))),)
+
+
+def _log_softmax_grad(b, n, g):
+    x, axis = n.inputs[0], n.attr("axis")
+    # d log s_i / dx_j = delta_ij - s_j  =>  dx = g - softmax(x) * sum(g)
+    return (b.sub(g, b.mul(b.softmax(x, axis=axis), b.sum(g, axis=(axis,), keepdims=True))),)
+
+
+register(OpDef(
+    "softmax", "activation", ("x",), _AXIS, shape=_axis_shape("softmax"),
+    formula="softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x)  along `axis`",
+    flops=_numel_flops(5), reference=softmax_ref, grad=_softmax_grad, samples=_AXIS_SAMPLES))
+register(OpDef(
+    "log_softmax", "activation", ("x",), _AXIS, shape=_axis_shape("log_softmax"),
+    formula="log_softmax(x)_i = x_i - m - log sum_j exp(x_j - m),  m = max x  along `axis`",
+    flops=_numel_flops(5), reference=log_softmax_ref, grad=_log_softmax_grad, samples=_AXIS_SAMPLES))
+
+
+# ---- maxout (Goodfellow et al. 2013): the max over groups of k channels -----------
+
+def _maxout_shape(ins, attrs):
+    x, k = ins[0], attrs["k"]
+    expect_float(x, "maxout")
+    expect_rank(x, (2, 3, 4, 5), "maxout", hint="maxout groups the channels (axis 1) of [N, C, ...]")
+    c = expect_static(x.shape[1], "maxout channels")
+    if k <= 0 or c % k:
+        raise ShapeError(f"maxout: k={k} must divide the {c} channels of {x.show()}", code="E0312",
+                         hint="the output has C / k channels, so k must be a divisor of C")
+    return TensorType(x.dtype, (x.shape[0], c // k) + x.shape[2:])
+
+
+def _groups(x, k):
+    """[N, C, ...] -> [N, C/k, k, ...]: channel c goes to group c // k."""
+    return x.reshape(x.shape[:1] + (x.shape[1] // k, k) + x.shape[2:])
+
+
+def _maxout_grad_ref(x, g, k):
+    # Ties: argmax picks the first maximum of each group, and only it gets the gradient.
+    z = _groups(x, k)
+    first = np.expand_dims(z.argmax(axis=2), 2)
+    picked = np.arange(k).reshape((1, 1, k) + (1,) * (x.ndim - 2)) == first
+    return (picked * np.expand_dims(g, 2)).reshape(x.shape).astype(x.dtype)
+
+
+_K = (Attr("k", "int", doc="channels per group"),)
+
+register(OpDef(
+    "maxout", "activation", ("x",), _K, shape=_maxout_shape,
+    formula="y[n, c, ...] = max_{j < k} x[n, c*k + j, ...]  (out channels C / k)",
+    flops=lambda ins, out, a: ins[0].numel(), reference=lambda x, k: _groups(x, k).max(axis=2),
+    grad=lambda b, n, g: (b.maxout_grad(n.inputs[0], g, k=n.attr("k")),),
+    doc="Channels c*k .. c*k + k - 1 form group c. Gradient at a tie: the first maximum of the group gets it all.",
+    samples=(Sample((_f32(2, 6, 3),), {"k": 3}, "kinks"), Sample((_f32(3, 4),), {"k": 2}, "kinks"))))
+register(OpDef(
+    "maxout_grad", "derivative", ("x", "g"), _K, shape=lambda ins, attrs: ins[0],
+    formula="g routed to the first maximum of each group of k channels, 0 elsewhere",
+    flops=lambda ins, out, a: out.numel(), reference=_maxout_grad_ref,
+    samples=(Sample((_f32(2, 6, 3), _f32(2, 2, 3)), {"k": 3}, "kinks"),)))

@@ -5,11 +5,13 @@ from-scratch networks of the lectures; fan_in is the first dimension.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
-from dslc.ops.registry import Attr, OpDef, ParamSlot, ShapeError, expect_float, expect_rank, register
+from dslc.ops.registry import Attr, OpDef, ParamSlot, Sample, ShapeError, expect_float, expect_rank, register
+
+
+def _f32(*shape) -> TensorType:
+    return TensorType("f32", shape)
 
 
 def _matmul_shape(ins, attrs):
@@ -48,7 +50,11 @@ register(OpDef(
     "matmul", "linalg", ("x", "y"),
     (Attr("transpose_a", "bool", False), Attr("transpose_b", "bool", False)),
     shape=_matmul_shape, formula="out[i, j] = sum_k x[i, k] * y[k, j]  (written x @ y)",
-    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad))
+    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad,
+    samples=(Sample((_f32(3, 4), _f32(4, 5))),
+             Sample((_f32(4, 3), _f32(4, 5)), {"transpose_a": True}),
+             Sample((_f32(3, 4), _f32(5, 4)), {"transpose_b": True}),
+             Sample((_f32(4, 3), _f32(5, 4)), {"transpose_a": True, "transpose_b": True}))))
 
 
 def _linear_in(ins) -> int:
@@ -88,4 +94,6 @@ register(OpDef(
             ParamSlot("bias", "bias", lambda ins, a: (a["out"],), "bias_init", present=lambda a: a["bias"])),
     shape=_linear_shape, formula="y = x @ W + b,  W: (in, out), b: (out)",
     flops=lambda ins, out, a: 2 * out.numel() * ins[0].shape[1] + (out.numel() if a["bias"] else 0),
-    reference=_linear_ref, grad=_linear_grad))
+    reference=_linear_ref, grad=_linear_grad,
+    samples=(Sample((_f32(3, 4), _f32(4, 5), _f32(5)), {"out": 5}),
+             Sample((_f32(2, 3), _f32(3, 2)), {"out": 2, "bias": False}))))

@@ -1,19 +1,36 @@
 """Losses, metrics and regularisers: each yields a scalar.
 
 Classification losses take logits f32[N, C] and integer labels i64[N] and average
-over the batch; labels are never differentiated. Regularisers take any number of
-tensors, usually the parameter group `weights` (every weight of linear, conv2d and
-`param` of rank >= 2; never biases or batchnorm scale/shift).
+over the batch; labels are never differentiated. Regression losses (mse, l1_loss,
+bce_with_logits) take a prediction and a float target of the same shape and average
+over all elements. Regularisers take any number of tensors, usually the parameter
+group `weights` (every weight of linear, conv2d and `param` of rank >= 2; never
+biases or batchnorm scale/shift).
+
+A mean's count includes the symbolic batch N, so it is never a constant in the
+graph: gradients scale by `expand(g, like, mean=True)`, which divides by the count
+of `like` at run time.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from dslc.ir.types import TensorType
-from dslc.ops.registry import Attr, OpDef, ShapeError, expect_float, expect_rank, register
+from dslc.ops.elementwise import log_softmax_ref
+from dslc.ops.registry import Attr, OpDef, Sample, ShapeError, expect_float, expect_rank, register
 
 
-def _class_shape(what: str, out_dtype=None):
+def _f32(*shape) -> TensorType:
+    return TensorType("f32", shape)
+
+
+def _scalar(x, like):
+    return np.asarray(x, dtype=like.dtype)
+
+
+# ---- classification: logits [N, C], labels [N] ----------------------------------------
+
+def _class_shape(what: str):
     def rule(ins, attrs):
         logits, label = ins
         expect_float(logits, what)
@@ -23,61 +40,168 @@ def _class_shape(what: str, out_dtype=None):
         if label.shape != logits.shape[:1]:
             raise ShapeError(f"{what}: labels {label.show()} do not match logits {logits.show()}; "
                              f"expected [{logits.shape[0]}]", code="E0308")
-        return TensorType(out_dtype or logits.dtype, ())
+        return TensorType(logits.dtype, ())
     return rule
 
 
-def log_softmax_rows(z):
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+def _grad_shape(ins, attrs):
+    return ins[0]
+
+
+_CLASS_SAMPLES = (Sample((_f32(4, 5), TensorType("i64", (4,)))),)
+_CLASS_GRAD_SAMPLES = (Sample((_f32(4, 5), TensorType("i64", (4,)), _f32())),)
 
 
 def _ce_ref(logits, label):
-    return -log_softmax_rows(logits)[np.arange(len(label)), label].mean(dtype=logits.dtype)
+    return _scalar(-log_softmax_ref(logits, axis=1)[np.arange(len(label)), label].mean(), logits)
 
 
 register(OpDef(
     "cross_entropy", "loss", ("logits", "label"), (),
     shape=_class_shape("cross_entropy"), integer_inputs=(1,),
     formula="mean_i -log softmax(logits_i)[label_i]", flops=lambda ins, out, a: 4 * ins[0].numel(),
-    reference=_ce_ref, grad=lambda b, n, g: (b.cross_entropy_grad(*n.inputs, g), None)))
+    reference=_ce_ref, grad=lambda b, n, g: (b.cross_entropy_grad(*n.inputs, g), None),
+    samples=_CLASS_SAMPLES))
 
 
 def _ce_grad_ref(logits, label, g):
-    p = np.exp(log_softmax_rows(logits))
+    p = np.exp(log_softmax_ref(logits, axis=1))
     p[np.arange(len(label)), label] -= 1
     return (p * (g / len(label))).astype(logits.dtype)
 
 
 register(OpDef(
     "cross_entropy_grad", "derivative", ("logits", "label", "g"), (),
-    shape=lambda ins, attrs: ins[0], formula="(softmax(logits) - onehot(label)) * g / N",
-    flops=lambda ins, out, a: 5 * ins[0].numel(), reference=_ce_grad_ref, integer_inputs=(1,)))
+    shape=_grad_shape, formula="(softmax(logits) - onehot(label)) * g / N",
+    flops=lambda ins, out, a: 5 * ins[0].numel(), reference=_ce_grad_ref, integer_inputs=(1,),
+    samples=_CLASS_GRAD_SAMPLES))
+
+
+def _hinge_margins(s, label, margin):
+    """m[i, j] = s[i, j] - s[i, y_i] + margin for j != y_i, and 0 at j = y_i (excluded from the sum)."""
+    m = s - s[np.arange(len(label)), label][:, None] + margin
+    m[np.arange(len(label)), label] = 0
+    return m
+
+
+def _svm_grad_ref(logits, label, g, margin):
+    # max(0, m) has derivative 0 at m = 0: only strictly violated margins count.
+    active = (_hinge_margins(logits, label, margin) > 0).astype(logits.dtype)
+    active[np.arange(len(label)), label] = -active.sum(axis=1)
+    return (active * (g / len(label))).astype(logits.dtype)
+
+
+_MARGIN = (Attr("margin", "float", 1.0, doc="the margin Delta"),)
+
+register(OpDef(
+    "svm", "loss", ("logits", "label"), _MARGIN,
+    shape=_class_shape("svm"), integer_inputs=(1,),
+    formula="mean_i sum_{j != y_i} max(0, s_ij - s_i,y_i + margin)  (multiclass hinge, CS231n)",
+    flops=lambda ins, out, a: 4 * ins[0].numel(),
+    reference=lambda s, label, margin: _scalar(np.maximum(_hinge_margins(s, label, margin), 0).sum(axis=1).mean(), s),
+    grad=lambda b, n, g: (b.svm_grad(*n.inputs, g, margin=n.attr("margin")), None),
+    doc="Scores [N, C] and integer labels [N]. At the hinge (a margin met exactly) the gradient is 0.",
+    samples=_CLASS_SAMPLES + (Sample(_CLASS_SAMPLES[0].inputs, {"margin": 0.5}),)))
+register(OpDef(
+    "svm_grad", "derivative", ("logits", "label", "g"), _MARGIN,
+    shape=_grad_shape,
+    formula="d/ds_ij = [m_ij > 0] * g / N for j != y_i;  d/ds_i,y_i = -sum_j [m_ij > 0] * g / N",
+    flops=lambda ins, out, a: 4 * ins[0].numel(), reference=_svm_grad_ref, integer_inputs=(1,),
+    samples=_CLASS_GRAD_SAMPLES))
 
 
 register(OpDef(
     "accuracy", "metric", ("logits", "label"), (),
     shape=_class_shape("accuracy"), integer_inputs=(1,),
     formula="mean_i [argmax(logits_i) == label_i]", flops=lambda ins, out, a: ins[0].numel(),
-    reference=lambda logits, label: np.asarray((logits.argmax(axis=1) == label).mean(), dtype=logits.dtype)))
+    reference=lambda logits, label: _scalar((logits.argmax(axis=1) == label).mean(), logits),
+    # Piecewise constant in the logits: its derivative is 0 wherever it exists.
+    grad=lambda b, n, g: (b.zeros_like(n.inputs[0]), None), samples=_CLASS_SAMPLES))
 
+
+# ---- regression: prediction and target of one shape, mean over all elements ----------
+
+def _pair_shape(what: str, first: str):
+    def rule(ins, attrs):
+        x, t = ins
+        expect_float(x, what)
+        expect_float(t, what)
+        if x.dtype != t.dtype:
+            raise ShapeError(f"{what}: dtypes differ, {x.show()} and {t.show()}", code="E0305")
+        if x.shape != t.shape:
+            raise ShapeError(f"{what}: {first} {x.show()} and target {t.show()} differ in shape", code="E0308",
+                             hint="the target must have exactly the shape of the " + first)
+        return TensorType(x.dtype, ())
+    return rule
+
+
+def _mean_of(b, g, like):
+    """g / (number of elements of `like`), broadcast to its shape: the count is known at run time only."""
+    return b.expand(g, like, mean=True)
+
+
+def _mse_grad(b, n, g):
+    d = b.sub(*n.inputs)
+    dp = b.mul(b.mul(d, b.const(2.0, n.type.dtype)), _mean_of(b, g, d))
+    return dp, b.neg(dp)
+
+
+def _l1_loss_grad(b, n, g):
+    d = b.sub(*n.inputs)
+    # |d| has a kink at 0: sign(0) = 0 (the subgradient of minimum norm).
+    dp = b.mul(b.sign(d), _mean_of(b, g, d))
+    return dp, b.neg(dp)
+
+
+def _bce_ref(x, t):
+    # max(x, 0) - x t + log(1 + exp(-|x|)) equals -t log s - (1 - t) log(1 - s), s = sigmoid(x), without overflow.
+    return _scalar(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))), x)
+
+
+def _bce_grad(b, n, g):
+    x, t = n.inputs
+    w = _mean_of(b, g, x)
+    return b.mul(b.sub(b.sigmoid(x), t), w), b.mul(b.neg(x), w)
+
+
+_PAIR_SAMPLES = (Sample((_f32(3, 4), _f32(3, 4))), Sample((_f32(2, 3, 2), _f32(2, 3, 2))))
+
+register(OpDef(
+    "mse", "loss", ("pred", "target"), (), shape=_pair_shape("mse", "prediction"),
+    formula="mean over all elements of (pred - target)^2", flops=lambda ins, out, a: 3 * ins[0].numel(),
+    reference=lambda p, t: _scalar(np.mean((p - t) ** 2), p), grad=_mse_grad, samples=_PAIR_SAMPLES))
+register(OpDef(
+    "l1_loss", "loss", ("pred", "target"), (), shape=_pair_shape("l1_loss", "prediction"),
+    formula="mean over all elements of |pred - target|", flops=lambda ins, out, a: 3 * ins[0].numel(),
+    reference=lambda p, t: _scalar(np.mean(np.abs(p - t)), p), grad=_l1_loss_grad,
+    samples=tuple(Sample(s.inputs, domain="kinks") for s in _PAIR_SAMPLES)))
+register(OpDef(
+    "bce_with_logits", "loss", ("logits", "target"), (), shape=_pair_shape("bce_with_logits", "logits"),
+    formula="mean of max(x, 0) - x * t + log(1 + exp(-|x|))  (= binary cross-entropy of sigmoid(x), t in [0, 1])",
+    flops=lambda ins, out, a: 6 * ins[0].numel(), reference=_bce_ref, grad=_bce_grad, samples=_PAIR_SAMPLES))
+
+
+# ---- regularisers over a group of tensors ---------------------------------------------
 
 def _reg_shape(what):
     def rule(ins, attrs):
         for t in ins:
             expect_float(t, what)
         if len({t.dtype for t in ins}) > 1:
-            raise ShapeError(f"{what}: mixed dtypes", code="E0305")
+            raise ShapeError(f"{what}: mixed dtypes {', '.join(t.show() for t in ins)}", code="E0305")
         return TensorType(ins[0].dtype, ())
     return rule
+
+
+_REG_SAMPLES = (Sample((_f32(3, 4), _f32(2, 2, 3)), domain="kinks"),)
 
 
 def _regulariser(name, formula, per_tensor, grad, attrs=()):
     register(OpDef(
         name, "regulariser", ("*xs",), attrs, shape=_reg_shape(name), formula=formula,
         flops=lambda ins, out, a: 2 * sum(t.numel() for t in ins),
-        reference=lambda *xs, **a: np.asarray(sum(per_tensor(x, **a).sum() for x in xs), dtype=xs[0].dtype),
-        grad=grad))
+        reference=lambda *xs, **a: _scalar(sum(per_tensor(x, **a).sum() for x in xs), xs[0]),
+        grad=grad, samples=_REG_SAMPLES))
 
 
 # |w| has a kink at 0: sign(0) = 0 is used (the subgradient of minimum norm).
@@ -92,4 +216,5 @@ _regulariser("elastic", "sum_w sum (beta * w^2 + |w|)  (CS231n's elastic net)",
              attrs=(Attr("beta", "float", 0.5),))
 
 register(OpDef("sign", "derivative", ("x",), (), shape=lambda ins, attrs: ins[0], formula="sign(x), 0 at 0",
-               flops=lambda ins, out, a: out.numel(), reference=np.sign))
+               flops=lambda ins, out, a: out.numel(), reference=np.sign,
+               samples=(Sample((_f32(3, 5),), domain="kinks"),), elementwise="broadcast"))

@@ -90,6 +90,10 @@ class OpDef:
     train: Callable[..., Any] | None = None  # training-mode lowering (dropout, batchnorm)
     integer_inputs: tuple[int, ...] = ()  # inputs that are labels/indices: never differentiated
     samples: tuple[Sample, ...] = ()  # for the tests generated from the registry
+    # How an elementwise op indexes its inputs, for fusion: "broadcast" (NumPy rules) or
+    # "channel" (the first input elementwise, the others per channel along axis 1). None:
+    # not elementwise (reductions, matmul, convolutions, shape ops).
+    elementwise: str | None = None
     doc: str = ""
 
     @property
@@ -123,7 +127,7 @@ def all_ops() -> dict[str, OpDef]:
 def _load() -> None:
     # The families register themselves on import; importing here keeps callers
     # free of import-order concerns without any import-time magic elsewhere.
-    from dslc.ops import conv, elementwise, linalg, loss, norm, reduce, shape, source  # noqa: F401
+    from dslc.ops import conv, dropout, elementwise, fused, linalg, loss, norm, optim, reduce, shape, source  # noqa: F401
 
 
 # ---- helpers shared by shape rules ---------------------------------------------------

@@ -1,0 +1,81 @@
+"""The one shape every loader returns, and the one error every loader raises.
+
+A `Dataset` is a pair of arrays, inputs `x` (float32, examples first: [N, C, H, W] for
+images, [N, F] for tables) and class labels `y` (int64 in 0..classes-1). `checked` is
+the single gate every loader passes its arrays through, so "empty data", "3 images but
+2 labels" and "label 12 of 10 classes" are reported the same way whatever the format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(Exception):
+    """A data file that cannot be used: missing, truncated, corrupt or inconsistent.
+
+    `str(e)` is one line naming the file, e.g. `data/mnist/t10k-labels-idx1-ubyte: truncated:
+    header says 10000 labels (10008 bytes), file has 9000 bytes`; the CLI prints it and exits 1.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.message, self.path = message, None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Labelled examples: x float32 [N, ...], y int64 [N] in 0..classes-1.
+
+    >>> ds = Dataset(np.zeros((2, 3), np.float32), np.array([0, 1]), 2, "toy")
+    >>> len(ds), ds.shape
+    (2, (3,))
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: int
+    name: str
+    class_names: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. (1, 28, 28)."""
+        return self.x.shape[1:]
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> "Dataset":
+        """The examples at `indices` (a copy), keeping classes and class names."""
+        return Dataset(self.x[indices], self.y[indices], self.classes, name or self.name, self.class_names)
+
+
+def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None = None,
+            class_names=None) -> Dataset:
+    """A Dataset from loaded arrays, or DataError (naming `path`) when they cannot be one.
+
+    `classes` defaults to max(y) + 1; labels must be whole numbers in 0..classes-1.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError("no examples", path)
+    if y.ndim != 1:
+        raise DataError(f"labels must be one number per example, got an array of shape {y.shape}", path)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} examples but {len(y)} labels", path)
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(f"labels must be whole numbers, got dtype {y.dtype}", path)
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"labels must be >= 0, found {y.min()}", path)
+    classes = int(y.max()) + 1 if classes is None else classes
+    if y.max() >= classes:
+        raise DataError(f"label {y.max()} out of range for {classes} classes", path)
+    names = tuple(class_names) if class_names is not None else None
+    if names is not None and len(names) != classes:
+        raise DataError(f"{len(names)} class names for {classes} classes", path)
+    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, classes, name, names)

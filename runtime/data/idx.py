@@ -1,0 +1,60 @@
+"""MNIST and Fashion-MNIST from their IDX files (LeCun et al., http://yann.lecun.com/exdb/mnist/).
+
+An IDX file is a 4-byte magic number — two zero bytes, a type code (0x08 = unsigned
+byte) and the number of dimensions — then one big-endian int32 per dimension, then the
+values in C order. MNIST images are idx3 (magic 2051 = 0x00000803), labels idx1 (2049).
+Images are scaled from 0..255 to 0..1 and given one channel: x float32 [N, 1, 28, 28].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dslc.runtime.data.dataset import DataError, Dataset, checked
+from dslc.runtime.data.files import directory, find, read_bytes
+
+# type code -> big-endian dtype, from the IDX format description
+_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def read_idx(path, ndim: int) -> np.ndarray:
+    """The array in IDX file `path` (optionally gzipped), which must have `ndim` dimensions,
+    e.g. read_idx(folder / "train-labels-idx1-ubyte.gz", 1) -> uint8 [60000]."""
+    raw = read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
+        raise DataError(f"not an IDX file (bad magic number {raw[:4].hex() or 'none'})", path)
+    if raw[3] != ndim:
+        raise DataError(f"expected an idx{ndim} file, the magic number says idx{raw[3]}", path)
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"truncated: the header needs {start} bytes, file has {len(raw)}", path)
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, 4))
+    dtype = np.dtype(_TYPES[raw[2]])
+    expected = start + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "trailing bytes"
+        raise DataError(f"{problem}: header says shape {shape} ({expected} bytes), file has {len(raw)} bytes", path)
+    return np.frombuffer(raw, dtype, offset=start).reshape(shape)
+
+
+def _split(folder, prefix: str, name: str, class_names) -> Dataset:
+    # both the official names (train-images-idx3-ubyte) and the common dotted ones
+    images = find(folder, f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte")
+    labels = find(folder, f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte")
+    x, y = read_idx(images, 3), read_idx(labels, 1)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} images but {labels.name} has {len(y)} labels", images)
+    return checked(x[:, None].astype(np.float32) / 255.0, y, name, labels, 10, class_names)
+
+
+def mnist(dir, name: str = "mnist", class_names=None) -> tuple[Dataset, Dataset]:
+    """(train, test) from the four MNIST IDX files in `dir`: 60,000 and 10,000 images [1, 28, 28]."""
+    folder = directory(dir)
+    return _split(folder, "train", name, class_names), _split(folder, "t10k", f"{name}-test", class_names)
+
+
+def fashion_mnist(dir) -> tuple[Dataset, Dataset]:
+    """(train, test) from Fashion-MNIST (Xiao et al. 2017), which uses MNIST's file names and format."""
+    return mnist(dir, "fashion_mnist", FASHION_CLASSES)

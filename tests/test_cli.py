@@ -1,0 +1,237 @@
+"""The command line: exit status 0/1/2, located messages and never a traceback.
+
+A few runs go through a real subprocess (the installed entry point's behaviour,
+byte-identical output across processes); the rest call `main` in-process to stay fast.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import dslc
+from dslc import cli
+from dslc.ir.printer import from_json, to_json
+from dslc.ops import registry
+from dslc.stages import STAGES
+
+from conftest import MODELS
+
+GOOD = """
+model tiny(width: int = 8) {
+    input x : f32[N, 4]
+    input y : i64[N]
+    logits = x |> linear(width) |> relu |> linear(3)
+    output logits
+    loss cross_entropy(logits, y)
+}
+"""
+
+# linear on an image: a located shape error on line 4.
+BAD = """
+model broken {
+    input image : f32[N, 1, 4, 4]
+    logits = image |> linear(3)
+    output logits
+}
+"""
+
+
+def dslc_run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "dslc.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.fixture
+def good(net):
+    return net(GOOD, "good.net")
+
+
+# ---- through a real process --------------------------------------------------------
+
+def test_inspect_succeeds(good):
+    done = dslc_run("inspect", good, "--set", "width=5")
+    assert done.returncode == 0
+    assert "%linear : f32[N, 5] = linear(%x, %linear.weight, %linear.bias)" in done.stdout
+
+
+def test_json_is_byte_identical_across_processes(good):
+    first = dslc_run("inspect", good, "--format", "json", "--stage", "train_step", cwd=good.parent)
+    second = dslc_run("inspect", good, "--format", "json", "--stage", "train_step", cwd=good.parent)
+    assert first.returncode == 0 and first.stdout == second.stdout
+    g = from_json(first.stdout)
+    assert g.stage == "train_step" and to_json(g) == first.stdout
+
+
+def test_user_mistake_is_located_and_exits_1(net):
+    done = dslc_run("inspect", net(BAD, "bad.net"))
+    assert done.returncode == 1
+    assert "bad.net:4:" in done.stderr and "linear expects rank 2" in done.stderr and "^" in done.stderr
+
+
+def test_unknown_stage_exits_2(good):
+    done = dslc_run("inspect", good, "--stage", "backwards")
+    assert done.returncode == 2
+    assert all(s in done.stderr for s in STAGES) and "did you mean 'backward'" in done.stderr
+
+
+def test_unknown_op_exits_1():
+    done = dslc_run("ops", "conv3d")
+    assert done.returncode == 1 and "did you mean 'conv2d'?" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+def test_inspect_draws_svg(good, tmp_path):
+    out = tmp_path / "g.svg"
+    done = dslc_run("inspect", good, "--stage", "backward", "-o", out)
+    assert done.returncode == 0 and done.stdout == ""
+    svg = out.read_text()
+    assert "<svg" in svg and "linear.weight" in svg
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+# ---- in-process --------------------------------------------------------------------
+
+def test_check_version_and_bad_command_lines(capsys, good):
+    code, out, _ = run(capsys, "check", good)
+    assert code == 0 and 'Model "tiny"' in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"dslc {dslc.__version__}"
+    assert run(capsys, "inspect", good, "--format", "yaml")[0] == 2
+    assert run(capsys, "frobnicate")[0] == 2
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".json", "json"), (".txt", "text"), (".dot", "dot"), (".gv", "dot")])
+def test_output_format_follows_suffix(capsys, good, tmp_path, suffix, fmt):
+    out = tmp_path / f"graph{suffix}"
+    code, stdout, _ = run(capsys, "inspect", good, "-o", out)
+    assert code == 0 and stdout == ""
+    text = out.read_text()
+    graph = dslc.load(good).graph
+    if fmt == "json":
+        assert from_json(text) == graph
+    elif fmt == "text":
+        assert text.startswith("graph tiny  (stage typed;")
+    else:
+        assert text.startswith('digraph "tiny" {')
+
+
+def test_explicit_format_wins_for_text_files(capsys, good, tmp_path):
+    out = tmp_path / "graph.txt"
+    assert run(capsys, "inspect", good, "--format", "json", "-o", out)[0] == 0
+    assert json.loads(out.read_text())["name"] == "tiny"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "json", "-o", "x.png"], "cannot be drawn"),
+    (["-o", "graph.yaml"], "cannot tell the format"),
+    (["--set", "width"], "--set expects KEY=VALUE"),
+])
+def test_output_usage_errors(capsys, good, tmp_path, args, message):
+    code, _, err = run(capsys, "inspect", good, *args)
+    assert code == 2 and message in err
+
+
+def test_unwritable_output_exits_1(capsys, good, tmp_path):
+    code, _, err = run(capsys, "inspect", good, "-o", tmp_path / "no" / "such" / "dir.json")
+    assert code == 1 and "cannot write" in err and "dir.json" in err
+
+
+def test_missing_graphviz_is_a_clear_error(capsys, good, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    code, _, err = run(capsys, "inspect", good, "-o", tmp_path / "g.png")
+    assert code == 1 and "Graphviz" in err and "g.png" in err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_unreadable_model_file_exits_1(capsys, tmp_path):
+    code, _, err = run(capsys, "inspect", tmp_path / "missing.net")
+    assert code == 1 and "missing.net" in err
+    code, _, err = run(capsys, "check", tmp_path)  # a directory
+    assert code == 1 and "cannot read" in err
+
+
+def test_stage_without_loss_is_a_user_error(capsys, net):
+    code, _, err = run(capsys, "inspect", net("model f {\n input x : f32[N, 2]\n output y = x |> relu\n}\n"),
+                       "--stage", "backward")
+    assert code == 1 and "no loss" in err
+
+
+def test_malformed_dslc_verify_is_a_usage_error(capsys, good, monkeypatch):
+    monkeypatch.setenv("DSLC_VERIFY", "maybe")
+    code, _, err = run(capsys, "inspect", good)
+    assert code == 2 and "DSLC_VERIFY" in err
+
+
+@pytest.mark.parametrize("verb", ["check", "inspect", "ops"])
+def test_every_verb_has_help_with_an_example(capsys, verb):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args([verb, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"dslc {verb}" in out.split("examples:")[1]
+
+
+def test_no_verb_prints_help_and_exits_2(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "inspect" in out and "ops" in out
+
+
+def test_ops_table_lists_language_ops_by_category(capsys):
+    code, out, _ = run(capsys, "ops")
+    assert code == 0
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    internal = {"source", "derivative", "optimizer", "kernel"}  # emitted by the compiler, not written in models
+    assert listed == {n for n, op in registry.all_ops().items() if op.category not in internal}
+    assert out.splitlines()[0] == "layer" and "  relu" in out
+
+
+@pytest.mark.parametrize("name", sorted(registry.all_ops()))
+def test_ops_page_of_every_op(capsys, name):
+    code, out, _ = run(capsys, "ops", name)
+    op = registry.get(name)
+    assert code == 0 and out.startswith(f"{name}  ({op.category})") and op.formula.splitlines()[0] in out
+    for a in op.attrs:
+        assert f"  {a.name} " in out
+        assert all(str(c) in out for c in a.choices)
+    for p in op.params:
+        assert f"{name}.{p.name}" in out
+    assert "sample rejected" not in out
+
+
+def test_ops_page_details(capsys):
+    out = run(capsys, "ops", "conv2d")[1]
+    assert "out        int   required   output channels" in out
+    assert "shape:       conv2d(" in out and "-> f64[" in out
+    assert "conv2d.bias    role bias    init from `bias_init` (default zeros())" in out
+    out = run(capsys, "ops", "cross_entropy")[1]
+    assert "labels:      label" in out
+
+
+def test_ops_initialisers(capsys):
+    code, out, _ = run(capsys, "ops", "init")
+    assert code == 0 and "kaiming(mode=fan_in (fan_in|fan_out)" in out and "zeros()" in out
+    code, out, _ = run(capsys, "ops", "xavier")
+    assert code == 0 and len(out.splitlines()) == 2 and out.splitlines()[1].startswith("  xavier(dist=")
+
+
+def test_lenet5_inspects_at_every_stage(capsys):
+    path = MODELS / "lenet5.net"
+    if not path.exists():
+        pytest.skip("models/lenet5.net is not there yet")
+    for stage in STAGES:
+        code, out, err = run(capsys, "inspect", path, "--stage", stage)
+        assert code == 0, err
+        assert "%c1.conv2d : f32[N, 6, 28, 28] = conv2d(" in out

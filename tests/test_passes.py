@@ -1,0 +1,125 @@
+"""Optimiser passes: Before/Expected structure per pass, and numeric equivalence with the reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dslc
+from dslc import reference, stages
+from dslc.ir.verify import check
+from dslc.passes.cse import cse
+from dslc.passes.dce import dce
+from dslc.passes.pipeline import PASS_NAMES, optimize
+from dslc.passes.simplify import simplify
+from tests.conftest import MODELS
+
+
+def ops(graph):
+    return [n.op for n in graph.nodes if n.op not in ("input", "param", "const")]
+
+
+def test_dce_removes_what_no_output_needs(net):
+    g = dslc.load(net("""model m {
+        input x : f32[N, 4]
+        unused = relu(x) * 2.0
+        output y = tanh(x)
+    }""")).graph
+    out, report = dce(g)
+    assert ops(out) == ["tanh"] and report == "removed 3 dead nodes"
+    check(out)
+
+
+def test_cse_merges_repeats_but_never_random_masks(net):
+    g = dslc.load(net("""model m {
+        input x : f32[N, 4]
+        output y = relu(x) + relu(x) * 2.0 + 2.0 * 0.0
+    }""")).graph
+    out, report = cse(g)
+    assert ops(out).count("relu") == 1 and report.startswith("merged")
+    train = stages._build(dslc.load(net("""model m {
+        input x : f32[N, 4]
+        output y = (x |> dropout(0.5)) + (x |> dropout(0.5))
+    }""", "d.net")).graph, "train", None, ())
+    assert len(cse(train)[0].of_op("random")) == 2
+
+
+def test_simplify_identities_and_constants(net):
+    g = dslc.load(net("""model m {
+        input x : f32[N, 4]
+        output y = (x * 1.0 + 0.0) * (2.0 * 3.0) - -(-x)
+    }""")).graph
+    out, _ = dce(simplify(g)[0])
+    assert ops(out) == ["mul", "sub"]
+    assert [n.attr("value") for n in out.of_op("const")] == [6.0]
+
+
+def test_simplify_reshape_and_transpose_chains(net):
+    g = dslc.load(net("""model m {
+        input x : f32[N, 2, 3]
+        a = reshape(reshape(x, [-1, 3, 2]), [-1, 6])
+        output y = transpose(transpose(a, [1, 0]), [1, 0])
+        output z = reshape(x, [-1, 2, 3])
+    }""")).graph
+    out, _ = dce(simplify(g)[0])
+    assert ops(out) == ["reshape"]
+    assert out[out.outputs[1].value].op == "input"
+
+
+def _equal(before, after, feeds, params, rtol=1e-5):
+    rng = np.random.default_rng(0)
+    randoms = {n.name: reference.draw_random(n, n.type.bind({"N": len(next(iter(feeds.values())))}), rng)
+               for n in before.of_op("random")}
+    a = reference.run_outputs(before, feeds, params, randoms=randoms)
+    b = reference.run_outputs(after, feeds, params, randoms=randoms)
+    assert a.keys() == b.keys()
+    for key in a:
+        scale = max(np.abs(a[key]).max(), 1e-30)
+        assert np.abs(a[key] - b[key]).max() / scale <= rtol, key
+
+
+def _feeds(model, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for n in model.graph.inputs:
+        shape = n.type.bind({"N": batch})
+        if n.type.is_float:
+            feeds[n.name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            feeds[n.name] = rng.integers(0, 2, shape)
+    return feeds
+
+
+SMALL = sorted(p.name for p in MODELS.glob("*.net") if p.stem not in ("alexnet", "vgg16"))
+
+
+@pytest.mark.parametrize("file", SMALL)
+@pytest.mark.parametrize("stage", ["infer", "train_step"])
+def test_pipeline_keeps_results_pass_by_pass(file, stage):
+    model = dslc.load(MODELS / file)
+    graph = stages.build(model, stage)
+    params = model.init(seed=1)
+    params |= {n.name: np.zeros(n.type.bind({}), np.float32) + 0.1 for n in graph.params if n.name not in params}
+    for n in graph.params:  # running variances and optimizer state must stay positive
+        if "var" in n.name or n.name.startswith("opt."):
+            params[n.name] = np.abs(params[n.name]) + 0.5
+    feeds = _feeds(model) | {n.name: np.asarray(0.01 if n.name == "lr" else 1.0, np.float32)
+                             for n in graph.inputs if n.name in ("lr", "step")}
+
+    def each(name, before, after):
+        check(after)
+        _equal(before, after, feeds, params)
+
+    optimized, results = optimize(graph, check=each)
+    assert [r.name for r in results] == list(PASS_NAMES)
+    # Folded weights are computed from parameters alone (once per load), so only the
+    # per-batch work must not grow.
+    assert len(per_batch(optimized)) <= len(per_batch(graph))
+
+
+def per_batch(graph):
+    """Nodes that depend on a batch input: the work done every step."""
+    dep = {n.name for n in graph.inputs}
+    for n in graph.nodes:
+        if any(i in dep for i in n.inputs):
+            dep.add(n.name)
+    return dep - {n.name for n in graph.inputs}
