@@ -116,20 +116,58 @@ def cmd_inspect(args) -> int:
     # Imported here, not at the top: stages imports every pass, which `dslc ops` never needs.
     from dslc.ir import printer
     from dslc.ir.verify import maybe_check
-    from dslc.stages import STAGES, build
+    from dslc.passes import pipeline
+    from dslc.stages import build
 
-    if args.stage not in STAGES:
-        hint = did_you_mean(args.stage, STAGES)
-        raise UsageError(f"unknown stage {args.stage!r}; the stages are: {', '.join(STAGES)}"
-                         + (f" ({hint})" if hint else ""))
+    pipeline.check_pass_names(list(args.disable_pass or []) + ([args.after] if args.after else []))
     fmt, image = _output_kind(args.format, args.output)
     graph = maybe_check(build(_load(args), args.stage), f"building stage {args.stage}")
+    if args.passes or args.verify:
+        print(_pass_table(graph, args))
+        return 0
+    if args.after or args.opt is not None:
+        graph, _ = pipeline.optimize(graph, 2 if args.opt is None else args.opt, args.disable_pass or (),
+                                     args.after, check=lambda name, _, after: maybe_check(after, name))
     text = {"text": printer.to_text, "json": printer.to_json, "dot": printer.to_dot}[fmt](graph)
     if args.output is None:
         sys.stdout.write(text)
         return 0
     write_atomic(args.output, render_dot(text, image, args.output) if image else text.encode())
     return 0
+
+
+def _pass_table(graph, args) -> str:
+    """`inspect --passes`: each pass's report with node count and bytes after it; with
+    --verify also the largest relative difference of every output against the graph before it."""
+    from dslc.passes import check_numeric, pipeline
+
+    bindings = check_numeric.random_bindings(graph, batch=args.batch, seed=0) if args.verify else None
+    diffs: dict[str, float] = {}
+
+    def measure(name, before, after):
+        if bindings:
+            diffs[name] = check_numeric.max_rel_difference(before, after, *bindings)
+
+    level = 2 if args.opt is None else args.opt
+    _, results = pipeline.optimize(graph, level, args.disable_pass or (), args.after, check=measure)
+    rows = [("(start)", str(len(graph)), f"{_value_bytes(graph, args.batch):,}", "", "")]
+    for r in results:
+        diff = f"{diffs[r.name]:.1e}" if r.name in diffs else ""
+        rows.append((r.name, str(len(r.graph)), f"{_value_bytes(r.graph, args.batch):,}", diff,
+                     r.report.split(": ", 1)[1]))
+    header = ("pass", "nodes", f"bytes@N={args.batch}", "max rel diff" if args.verify else "", "report")
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(4)]
+    fmt = lambda row: "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(row, widths + [0]))).rstrip()
+    return "\n".join([f"{graph.name} ({graph.stage}) at -O{level}", fmt(header)] + [fmt(r) for r in rows])
+
+
+def _value_bytes(graph, batch: int) -> int:
+    """Bytes of every value computed per step, one buffer per value (no reuse)."""
+    from dslc.ir.types import NUMPY_DTYPE
+    import numpy as np
+    return sum(n.type.numel({"N": batch}) * np.dtype(NUMPY_DTYPE[n.type.dtype]).itemsize
+               for n in graph.nodes if n.op not in ("input", "param", "const"))
 
 
 # ---- ops -----------------------------------------------------------------------------
@@ -199,13 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
               "verified before printing.",
               "  dslc inspect models/lenet5.net\n"
               "  dslc inspect models/lenet5.net --format json > lenet5.json\n"
-              "  dslc inspect models/lenet5.net -o lenet5.svg")
+              "  dslc inspect models/lenet5.net -o lenet5.svg\n"
+              "  dslc inspect models/small_cnn.net --stage infer --passes --verify\n"
+              "  dslc inspect models/small_cnn.net --stage infer --after fold-batchnorm")
     _add_model_args(p)
     p.add_argument("--stage", default="typed", help="which stage of the graph to print (default: typed); "
                                                      "an unknown name lists the stages")
     p.add_argument("--format", choices=("text", "json", "dot"),
                    help="output format (default: text, or from the suffix of -o)")
     p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of standard output")
+    p.add_argument("-O", dest="opt", type=int, choices=(0, 1, 2), metavar="LEVEL",
+                   help="optimise the graph first: 0 nothing, 1 cheap clean-ups, 2 everything")
+    p.add_argument("--after", metavar="PASS", help="show the graph after this pass of the pipeline (implies -O2)")
+    p.add_argument("--disable-pass", action="append", metavar="PASS", help="leave out a pass (repeatable)")
+    p.add_argument("--passes", action="store_true",
+                   help="print the pipeline: each pass's report, node count and bytes after it")
+    p.add_argument("--verify", action="store_true",
+                   help="with the pass table, run the NumPy reference before and after every pass on "
+                        "random inputs and report the largest relative difference")
+    p.add_argument("--batch", type=int, default=2, help="batch size for byte counts and --verify (default: 2)")
     p.set_defaults(run=cmd_inspect)
 
     p = _verb(verbs, "ops", "list the ops of the language, or describe one",

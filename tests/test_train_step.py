@@ -124,8 +124,8 @@ def feeds_for(graph, data, opt: Optimizer, t: int):
     return {**data, "lr": opt.lr, **({"step": float(t)} if "step" in names else {})}
 
 
-def gradients(model, params, data, randoms=None):
-    out = run_outputs(build(model, "backward"), data, params, randoms=randoms)
+def gradients(model, params, data):
+    out = run_outputs(build(model, "backward"), data, params)
     return out[("loss", "loss")], {name: v for (kind, name), v in out.items() if kind == "grad"}
 
 

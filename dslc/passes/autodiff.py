@@ -24,6 +24,7 @@ from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Node, Output
 from dslc.ir.types import TensorType
 from dslc.ops import registry
+from dslc.passes.dce import prune
 
 
 class GradBuilder:
@@ -109,7 +110,9 @@ def differentiate(graph: Graph, wrt: Sequence[str], loss: str | None = None) -> 
         if name not in total:  # the loss does not depend on it: its gradient is zero
             total[name] = gb.zeros_like(name)
         outputs.append(Output("grad", name, total[name]))
-    return b.graph(graph.name, outputs, "backward")
+    # Rules emit a cotangent for every input; those of inputs nobody asked about (frozen
+    # parameters, running statistics) are dropped here, so they are never computed.
+    return prune(b.graph(graph.name, outputs, "backward"))
 
 
 def _accumulate(b: GradBuilder, parts: list[str]) -> str:

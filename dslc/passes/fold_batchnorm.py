@@ -43,9 +43,9 @@ def fold_batchnorm(graph: Graph) -> tuple[Graph, str]:
         scale = b.mul(gamma, b.rsqrt(b.add(var, b.const(node.attr("eps"), dtype))))
         channels = ctx.graph[node.inputs[1]].type.shape[0]
         per_out = b.reshape(scale, shape=(channels, 1, 1, 1)) if layer.op == "conv2d" else scale
-        new_w = b.mul(weight, per_out)
+        new_w = b.named(f"{node.name}.folded_weight", "mul", weight, per_out)
         shifted = b.sub(bias[0], mean) if bias else b.neg(mean)
-        new_b = b.add(b.mul(shifted, scale), beta)
+        new_b = b.named(f"{node.name}.folded_bias", "add", b.mul(shifted, scale), beta)
         attrs = tuple((k, True if k == "bias" else v) for k, v in layer.attrs)
         # The folded layer takes the batchnorm's name: it now computes what the batchnorm did.
         return ctx.b._b.append(layer.replace(name=node.name, inputs=(x, new_w, new_b), attrs=attrs, type=node.type))

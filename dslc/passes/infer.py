@@ -20,6 +20,7 @@ from __future__ import annotations
 from dslc.diagnostics import CompileError
 from dslc.ir.graph import Graph, Node, Output
 from dslc.ops import registry
+from dslc.passes.dce import ancestors, prune
 
 IDENTITY_AT_INFERENCE = ("dropout", "stochastic_depth")
 SAME_AS_AT_INFERENCE = {"dropconnect": "linear"}
@@ -56,7 +57,7 @@ def _kept_outputs(graph: Graph) -> list[Output]:
 
 def first_loss_input(graph: Graph) -> str | None:
     """What the first loss op (cross_entropy, ...) the loss depends on reads as its prediction."""
-    needed = _ancestors(graph, [graph.loss])
+    needed = ancestors(graph, [graph.loss])
     for node in graph.nodes:
         if node.name in needed and registry.get(node.op).category == "loss":
             return node.inputs[0]
@@ -67,19 +68,3 @@ def _as_op(node: Node, op: str) -> Node:
     """`node` as `op` (same inputs and name), keeping the attributes `op` declares."""
     keep = {a.name for a in registry.get(op).attrs}
     return node.replace(op=op, attrs=tuple((k, v) for k, v in node.attrs if k in keep))
-
-
-def _ancestors(graph: Graph, roots) -> set[str]:
-    seen, todo = set(), list(roots)
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(graph[name].inputs)
-    return seen
-
-
-def prune(graph: Graph) -> Graph:
-    """`graph` without the nodes no output needs (dead-node removal); order is kept."""
-    needed = _ancestors(graph, [o.value for o in graph.outputs])
-    return graph.replace(nodes=[n for n in graph.nodes if n.name in needed])

@@ -15,6 +15,7 @@ from dslc.ir.graph import Graph
 from dslc.passes.cse import cse
 from dslc.passes.dce import dce
 from dslc.passes.fold_batchnorm import fold_batchnorm
+from dslc.passes.fuse import fuse
 from dslc.passes.simplify import simplify
 
 
@@ -34,6 +35,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("const-fold", simplify, 1),
     Pass("cse", cse, 1),
     Pass("dce", dce, 1),
+    Pass("fuse", fuse, 2),
 )
 PASS_NAMES = tuple(p.name for p in PIPELINE)
 

@@ -41,7 +41,7 @@ from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Init, Output
 from dslc.ir.types import scalar
 from dslc.passes.autodiff import GradBuilder, differentiate, trainable_params
-from dslc.passes.infer import prune
+from dslc.passes.dce import prune
 from dslc.passes.train_mode import lower
 
 KINDS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")

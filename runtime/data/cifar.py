@@ -149,12 +149,19 @@ def _frombuffer(buf, dtype, shape, order):
     return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order)
 
 
+def _latin1(text, encoding="latin1"):
+    # how Python 3 writes bytes in protocol 2: _codecs.encode(text, "latin1")
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("only latin-1 encoded bytes are allowed")
+    return text.encode("latin1")
+
+
 # The only names an array pickle uses, each mapped to an inert stand-in above, never to
 # the real NumPy function: resolving nothing from the file is what makes loading safe.
 _STANDINS = {
     **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): None, ("numpy", "dtype"): _Dtype,
+    ("numpy", "ndarray"): None, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
 }
 
 

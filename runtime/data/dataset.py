@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,27 @@ class Dataset:
         return Dataset(self.x[indices], self.y[indices], self.classes, name or self.name, self.class_names)
 
 
+class Batch(NamedTuple):
+    """One training step's examples. Without mixup, y_b is None and lam 1. With mixup the
+    inputs are lam * x_i + (1 - lam) * x_j and the loss must be the same blend,
+    lam * loss(y) + (1 - lam) * loss(y_b); for cross-entropy that is the loss against the
+    soft targets `targets(classes)`, since cross-entropy is linear in its target."""
+
+    x: np.ndarray
+    y: np.ndarray
+    y_b: np.ndarray | None = None
+    lam: float = 1.0
+
+    def targets(self, classes: int) -> np.ndarray:
+        """Soft targets float32 [B, classes]: lam * onehot(y) + (1 - lam) * onehot(y_b)."""
+        t = np.zeros((len(self.y), classes), np.float32)
+        rows = np.arange(len(self.y))
+        t[rows, self.y] = self.lam
+        if self.y_b is not None:
+            t[rows, self.y_b] += 1 - self.lam
+        return t
+
+
 def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None = None,
             class_names=None) -> Dataset:
     """A Dataset from loaded arrays, or DataError (naming `path`) when they cannot be one.
@@ -62,6 +84,7 @@ def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None =
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or len(x) == 0:
         raise DataError("no examples", path)
+    x = x[:, None] if x.ndim == 1 else x  # one scalar feature per example: [N] -> [N, 1]
     if y.ndim != 1:
         raise DataError(f"labels must be one number per example, got an array of shape {y.shape}", path)
     if len(x) != len(y):

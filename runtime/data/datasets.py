@@ -35,20 +35,16 @@ def digits() -> Dataset:
                    tuple(str(d) for d in range(10)))
 
 
-def _dir(args: Mapping, root: Path) -> Path:
-    return root / args["dir"]
-
-
-# recipe call -> loader, each returning (train, test or None)
+# recipe call -> (required arguments, loader returning (train, test or None))
 LOADERS = {
-    "digits": lambda a, root: (digits(), None),
-    "mnist": lambda a, root: mnist(_dir(a, root)),
-    "fashion_mnist": lambda a, root: fashion_mnist(_dir(a, root)),
-    "cifar10": lambda a, root: cifar10(_dir(a, root)),
-    "cifar100": lambda a, root: cifar100(_dir(a, root), a.get("labels", "fine")),
-    "npz": lambda a, root: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y")), None),
-    "csv": lambda a, root: (csv(root / a["path"], a.get("label", "label")), None),
-    "image_folder": lambda a, root: (image_folder(_dir(a, root), int(a["size"])), None),
+    "digits": ((), lambda a, root: (digits(), None)),
+    "mnist": (("dir",), lambda a, root: mnist(root / a["dir"])),
+    "fashion_mnist": (("dir",), lambda a, root: fashion_mnist(root / a["dir"])),
+    "cifar10": (("dir",), lambda a, root: cifar10(root / a["dir"])),
+    "cifar100": (("dir",), lambda a, root: cifar100(root / a["dir"], a.get("labels", "fine"))),
+    "npz": (("path",), lambda a, root: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y")), None)),
+    "csv": (("path",), lambda a, root: (csv(root / a["path"], a.get("label", "label")), None)),
+    "image_folder": (("dir", "size"), lambda a, root: (image_folder(root / a["dir"], int(a["size"])), None)),
 }
 
 
@@ -62,7 +58,9 @@ def load(call_name: str, args: Mapping | None = None, root=".") -> tuple[Dataset
     """
     if call_name not in LOADERS:
         raise DataError(f"unknown dataset '{call_name}'; known: {', '.join(LOADERS)}")
-    try:
-        return LOADERS[call_name](dict(args or {}), Path(root))
-    except KeyError as e:
-        raise DataError(f"dataset {call_name}() needs the argument {e.args[0]}") from None
+    needs, loader = LOADERS[call_name]
+    args = dict(args or {})
+    missing = [k for k in needs if k not in args]
+    if missing:
+        raise DataError(f"dataset {call_name}() needs the argument(s) {', '.join(missing)}")
+    return loader(args, Path(root))
