@@ -18,6 +18,7 @@ from typing import Any
 
 import dslc
 from dslc.diagnostics import CompileError, UsageError, did_you_mean
+from dslc.runtime.data import DataError
 
 
 class CliError(Exception):
@@ -74,7 +75,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 # ---- check ---------------------------------------------------------------------------
 
 def cmd_check(args) -> int:
-    summary = _load(args).summary()
+    model = _load(args)
+    if model.warnings:
+        from dslc.diagnostics import render_all
+        print(render_all(model.warnings, model.program.sources), file=sys.stderr)
+    summary = model.summary()
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.text())
     return 0
 
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except CompileError as e:
         print(e.render(getattr(e, "sources", None)), file=sys.stderr)
         return 1
-    except CliError as e:
+    except (CliError, DataError) as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 1
     except UsageError as e:

@@ -21,6 +21,7 @@ import numpy as np
 
 from dslc import reference
 from dslc.diagnostics import CompileError, did_you_mean
+from dslc.frontend import recipe
 from dslc.frontend.program import Program, load_program
 from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
@@ -47,6 +48,7 @@ class ParamSpec:
 class Model:
     def __init__(self, program: Program, name: str, graph: Graph, overrides: dict[str, Any]):
         self.program, self.name, self.graph, self.overrides = program, name, graph, overrides
+        self.warnings: list = []  # diagnostics of severity "warning" found while loading
 
     @property
     def param_specs(self) -> dict[str, ParamSpec]:
@@ -94,9 +96,10 @@ class Model:
     def _check_wrt(self, name: str) -> None:
         sources = [n.name for n in self.graph.nodes if n.op in ("input", "param")]
         if name not in sources:
+            inputs = ", ".join(n.name for n in self.graph.inputs)
             raise self._error("E0404", f"model '{self.name}' has no input or parameter '{name}' to differentiate "
                                        f"with respect to", did_you_mean(name, sources) or
-                              f"it has: {', '.join(sources)}")
+                              f"its inputs are {inputs}; `dslc check` lists its parameters")
         if not self.graph[name].type.is_float:
             raise self._error("E0403", f"cannot differentiate with respect to '{name}': it is "
                                        f"{self.graph[name].type.show()}, an integer input (labels have no gradient)")
@@ -121,4 +124,12 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
         raise CompileError.single("E0242", f"{program.root} has no model '{name}'",
                                   hint=did_you_mean(name, program.models) or
                                   f"it defines: {', '.join(program.models)}")
-    return Model(program, name, elaborate(program, name, overrides), overrides)
+    graph = elaborate(program, name, overrides)
+    # The file's training recipes are checked too: a mistake there is a mistake in the file.
+    found = recipe.validate_program(program, lambda m: graph if m == name else elaborate(program, m))
+    errors = [d for d in found if d.severity == "error"]
+    if errors:
+        raise CompileError(errors)
+    model = Model(program, name, graph, overrides)
+    model.warnings = [d for d in found if d.severity != "error"]
+    return model

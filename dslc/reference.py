@@ -63,9 +63,6 @@ def evaluate(graph: Graph, feeds: Mapping[str, np.ndarray], params: Mapping[str,
     return values
 
 
-run = evaluate  # the short name used by tests and the trainer
-
-
 def run_outputs(graph: Graph, feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
                 rng: np.random.Generator | None = None,
                 randoms: Mapping[str, np.ndarray] | None = None) -> dict[tuple[str, str], np.ndarray]:

@@ -125,12 +125,11 @@ def sample(fn: Schedule, epochs: float, points: int = 1001) -> tuple[list[float]
 
 def plot_schedule(fn: Schedule, epochs: float, path, title: str = "learning rate") -> None:
     """Draw lr(t) over the run into a PNG at `path` (written atomically), for `dslc lr FILE`."""
-    from dslc.runtime.plots import figure, save_figure
+    from dslc.runtime.runs import figure, save_figure  # matplotlib loads only when plotting
 
-    fig, ax = figure(1)
+    fig, (ax,) = figure(1)
     ts, lrs = sample(fn, epochs)
-    ax[0].plot(ts, lrs, color="tab:blue")
-    ax[0].set(xlabel="epoch", ylabel="learning rate", title=title, xlim=(0, epochs))
-    ax[0].set_ylim(bottom=0)
-    ax[0].grid(alpha=0.3)
+    ax.plot(ts, lrs, color="tab:blue")
+    ax.set(xlabel="epoch", ylabel="learning rate", title=title, xlim=(0, epochs))
+    ax.set_ylim(bottom=0)
     save_figure(fig, path)

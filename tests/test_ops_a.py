@@ -243,6 +243,7 @@ ORACLES = {
     "elu_deriv": lambda x, alpha: _deriv(lambda v: F.elu(v, alpha), x),
     "gelu_deriv": lambda x: _deriv(F.gelu, x),
     "sigmoid_deriv": lambda s: s - s * s, "tanh_deriv": lambda t: 1 - t ** 2,  # given the forward result
+    "rsqrt": torch.rsqrt,
     "prelu": lambda x, alpha, init: F.prelu(x, alpha), "prelu_deriv": lambda x, alpha: _deriv(lambda v: F.prelu(v, alpha), x),
     "softmax": lambda x, axis: torch.softmax(x, axis), "log_softmax": lambda x, axis: torch.log_softmax(x, axis),
     "maxout": _maxout, "maxout_grad": lambda x, g, k: _vjp(_maxout, x, g, k),

@@ -448,7 +448,8 @@ def test_batchnorm_training_matches_torch(shape):
     r = b.source("r", "input", typ(shape))
     loss = b.add("sum", [b.add("mul", [y, r])])
     wrt = ["a0", "a1", "a2"]
-    graph = differentiate(b.graph("t", [Output("loss", "loss", loss)], "typed"), wrt)
+    outputs = [Output("loss", "loss", loss)] + [Output("state", s, v) for s, v in updates]
+    graph = differentiate(b.graph("t", outputs, "typed"), wrt)
     arrays = [randn(*shape) * 2 + 1, randn(c, seed=1), randn(c, seed=2), randn(c, seed=3),
               np.abs(randn(c, seed=4)) + 0.5, randn(*shape, seed=5)]
     env = run(graph, dict(zip(["a0", "a1", "a2", "a3", "a4", "r"], arrays)))

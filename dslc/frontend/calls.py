@@ -33,12 +33,13 @@ class Calls:
             return self.block_call(c, scope)
         if c.func in INITS:
             return self.init_call(c, scope)
-        ops = _user_ops()
-        if c.func not in ops:
-            known = list(ops) + list(self.program.blocks) + list(INITS)
+        op = registry.all_ops().get(c.func)
+        if op is None or op.category == "source":  # input, param, const have their own syntax
+            known = [n for n, o in registry.all_ops().items() if o.category != "source"]
             raise self.error(scope, "E0202", f"unknown op or block '{c.func}'", c.func_span,
-                             did_you_mean(c.func, known) or "`dslc ops` lists every op")
-        return self.op_call(ops[c.func], c, scope)
+                             did_you_mean(c.func, known + list(self.program.blocks) + list(INITS))
+                             or "`dslc ops` lists every op")
+        return self.op_call(op, c, scope)
 
     def _args(self, c: ast.Call, scope: Scope) -> tuple[list, list]:
         args = ([c.piped] if c.piped is not None else []) + list(c.args)
@@ -116,7 +117,7 @@ class Calls:
         if op.variadic and not inputs:
             raise self.error(scope, "E0213", f"{op.name} expects at least one tensor input", c.span)
         attrs = self._bind_attrs(op, positional, spans[n_in:], c, scope)
-        name = self.builder.unique(scope.prefix + op.name)
+        name = self.fresh(scope.prefix + op.name)
         inputs += self._make_params(op, inputs, attrs, name, c, scope)
         return self.make_node(op.name, inputs, attrs, c.span, name, scope)
 
@@ -211,7 +212,7 @@ class Calls:
             if kw.name in bound:
                 raise self.error(scope, "E0214", f"argument '{kw.name}' given twice", kw.span)
             bound[kw.name] = (self.eval(kw.value, scope), kw.value.span)
-        name = self.builder.unique(scope.prefix + block.name)
+        name = self.fresh(scope.prefix + block.name)
         inner = Scope(name + ".", {}, block.name, scope.chain + ((block.name, c.span),))
         for f in block.formals:
             if f.name in bound:
@@ -236,11 +237,6 @@ class Calls:
             raise self.error(scope, "E0256", f"block '{block.name}' returns nothing", block.name_span,
                              hint="end the block with `return VALUE`")
         return inner.returned
-
-
-def _user_ops() -> dict[str, registry.OpDef]:
-    """The ops a program may call: all but the sources (input, param, const), which have syntax."""
-    return {n: op for n, op in registry.all_ops().items() if op.category != "source"}
 
 
 def _has_tensor(v) -> bool:

@@ -42,7 +42,8 @@ class Elaborator(Calls):
     errors: list[Diagnostic] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
-    steps: int = 0
+    steps: int = 0  # statements run so far, against MAX_STEPS
+    next_suffix: dict[str, int] = field(default_factory=dict)  # for fresh()
 
     # ---- diagnostics
 
@@ -356,8 +357,25 @@ class Elaborator(Calls):
         if op == "matmul" and not all(isinstance(v, Tensor) for v in values):
             raise self.error(scope, "E0271", "'@' needs two tensors", span)
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
-        names = [v.name if isinstance(v, Tensor) else self.builder.const(float(v), dtype, span) for v in values]
-        return self.make_node(op, names, {}, span, self.builder.unique(scope.prefix + op), scope)
+        names = [v.name if isinstance(v, Tensor) else
+                 self.builder.source(self.fresh("const"), "const", TensorType(dtype, ()), {"value": float(v)}, span)
+                 for v in values]
+        return self.make_node(op, names, {}, span, self.fresh(scope.prefix + op), scope)
+
+    def fresh(self, base: str) -> str:
+        """`base`, or `base_1`, `base_2`, ... whichever is free (Keras-style layer names).
+
+        The same names as GraphBuilder.unique, found in constant time: the search for
+        `base` resumes where it last stopped, so unrolling n layers is not O(n^2).
+        """
+        k = self.next_suffix.get(base, 0)
+        name = f"{base}_{k}" if k else base
+        while name in self.builder._taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.next_suffix[base] = k + 1
+        self.builder.reserve(name)
+        return name
 
     def make_node(self, op: str, inputs: list[str], attrs: dict, span: Span, name: str, scope: Scope) -> Tensor:
         """Append a node named `name` (already unique); a shape error becomes a diagnostic."""

@@ -42,7 +42,8 @@ class Batches:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if drop_last and batch > len(dataset):
-            raise ValueError(f"batch {batch} > {len(dataset)} examples with drop_last: an epoch would be empty")
+            raise ValueError(f"batch {batch} > {len(dataset)} examples with drop_last: "
+                             "an epoch would be empty")
         self.dataset, self.batch, self.shuffle, self.drop_last = dataset, batch, shuffle, drop_last
         self.augment, self.transform, self.prefetch = augment, transform, prefetch
         self.rng = np.random.default_rng(seed)

@@ -79,7 +79,8 @@ def _pickled(path: Path, *label_keys: str):
     """Like `_binary`, for one pickled batch of the python version."""
     batch = safe_unpickle(read_bytes(path), path)
     if not isinstance(batch, dict) or "data" not in batch or any(k not in batch for k in label_keys):
-        raise DataError(f"not a CIFAR python batch: expected a dict with data and {', '.join(label_keys)}", path)
+        raise DataError(f"not a CIFAR python batch: expected a dict with data and "
+                        f"{', '.join(label_keys)}", path)
     data = np.asarray(batch["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         raise DataError(f"data must be uint8 [N, {_PIXELS}], got {data.dtype} {list(data.shape)}", path)

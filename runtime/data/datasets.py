@@ -27,7 +27,7 @@ def digits() -> Dataset:
     1,797 grey images, 10 classes of about 180 each. Each pixel counts the inked pixels
     of a 4x4 block, 0..16; it is divided by 16, so x is float32 [1797, 1, 8, 8] in 0..1
     like every other image loader. No test set ships with it: the "held-out digits split"
-    is `holdout(digits(), 0.2, seed=0)` (1,437 train, 360 test).
+    is `holdout(digits(), 0.2, seed=0)` (1,438 train, 359 test).
     """
     with np.load(DIGITS_FILE, allow_pickle=False) as f:
         x, y = f["x"], f["y"]

@@ -35,7 +35,8 @@ def read_idx(path, ndim: int) -> np.ndarray:
     expected = start + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "trailing bytes"
-        raise DataError(f"{problem}: header says shape {shape} ({expected} bytes), file has {len(raw)} bytes", path)
+        raise DataError(f"{problem}: header says shape {shape} ({expected} bytes), "
+                        f"file has {len(raw)} bytes", path)
     return np.frombuffer(raw, dtype, offset=start).reshape(shape)
 
 

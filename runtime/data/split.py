@@ -33,7 +33,7 @@ def split(dataset: Dataset, fraction: float, seed: int = 0,
 
 
 def holdout(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, test) for data that ships without a test set, e.g. digits: 1,437 + 360 examples."""
+    """(train, test) for data that ships without a test set, e.g. digits: 1,438 + 359 examples."""
     return split(dataset, fraction, seed, (dataset.name, f"{dataset.name}-test"))
 
 

@@ -30,7 +30,8 @@ def npz(path, x: str = "x", y: str = "y") -> Dataset:
         with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             missing = [k for k in (x, y) if k not in archive.files]
             if missing:
-                raise DataError(f"no array named {', '.join(missing)} (it has: {', '.join(archive.files)})", path)
+                raise DataError(f"no array named {', '.join(missing)} "
+                                f"(it has: {', '.join(archive.files)})", path)
             xs, ys = archive[x], archive[y]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise DataError(f"not a readable .npz archive ({e})", path) from None
@@ -64,7 +65,8 @@ def csv(path, label: str | int = "label") -> Dataset:
             try:
                 x[n, j] = float(r[i])
             except ValueError:
-                raise DataError(f"row {n + 2}, column '{header[i]}': {r[i]!r} is not a number", path) from None
+                raise DataError(f"row {n + 2}, column '{header[i]}': {r[i]!r} is not a number",
+                                path) from None
     y, names = _labels([r[col].strip() for r in body])
     return checked(x, y, path.stem, path, None if names is None else len(names), names)
 

@@ -1,0 +1,276 @@
+"""Checkpoints that survive a kill at any moment and never execute code when loaded.
+
+A checkpoint is a directory (runs/NAME/last/, runs/NAME/best/):
+
+    weights.safetensors     parameters and batchnorm running statistics, by graph name
+    optimizer.safetensors   optimizer state arrays (moments, accumulators)
+    state.json              step, epoch, RNG states, normalisation statistics, model and recipe
+                            hashes, metrics so far, dslc version, and a SHA-256 of each file
+
+safetensors and JSON hold only data, so loading a checkpoint someone sent you cannot run
+their code (unlike pickle). The checksums catch a file damaged after it was written.
+
+Writing is atomic: everything goes into a hidden sibling `.NAME.tmp`, each file and the
+directory are fsynced, then the old checkpoint is renamed to `.NAME.old`, the new one into
+place, and `.NAME.old` removed. POSIX cannot rename a directory over a non-empty one, hence
+the two renames; a kill between them leaves only `.NAME.old`, which `load_checkpoint` uses.
+At every instant either NAME or `.NAME.old` is a complete checkpoint.
+
+    save_checkpoint("runs/m/last", params, opt_state, {"step": 100, "epoch": 2})
+    ckpt = load_checkpoint("runs/m/last")
+    problems = compare(ckpt, model.graph, optimizer="sgd")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+import safetensors.numpy as st
+
+from dslc import __version__
+from dslc.ir.types import NUMPY_DTYPE
+
+FORMAT = 1
+WEIGHTS, OPTIMIZER, STATE = "weights.safetensors", "optimizer.safetensors", "state.json"
+_RESERVED = ("format", "dslc_version", "files")  # keys of state.json that save_checkpoint writes
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: arrays by name and the JSON state (ndarrays decoded)."""
+
+    path: Path
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    state: dict[str, Any]
+
+
+# ---- durable files ---------------------------------------------------------------------
+
+def fsync_dir(path) -> None:
+    """Make a rename or a new entry in directory `path` durable (a file's fsync does not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Replace the file at `path` by `data` so a reader (or a crash) sees the old or the new
+    content, never a mix: write a temporary sibling, fsync it, rename it over, fsync the dir."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_synced(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+# ---- JSON with arrays ------------------------------------------------------------------
+
+def _encode(value):
+    """JSON-able form of a state value: ndarrays become {"__ndarray__": {dtype, shape, data}}."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": {"dtype": value.dtype.str, "shape": list(value.shape),
+                                "data": value.ravel().tolist()}}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(obj: dict):
+    if set(obj) != {"__ndarray__"}:
+        return obj
+    spec = obj["__ndarray__"]
+    dtype = np.dtype(spec["dtype"])
+    if dtype.kind not in "biuf":  # only plain numbers: no object arrays from a file
+        raise ValueError(f"array of dtype {dtype} is not allowed")
+    return np.asarray(spec["data"], dtype=dtype).reshape(spec["shape"])
+
+
+# ---- save and load ---------------------------------------------------------------------
+
+def _siblings(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+
+
+def _arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # safetensors needs C-contiguous ndarrays; np.require keeps 0-d arrays 0-d.
+    return {str(k): np.require(np.asarray(v), requirements="C") for k, v in arrays.items()}
+
+
+def save_checkpoint(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[str, np.ndarray],
+                    state: Mapping[str, Any]) -> Path:
+    """Write a checkpoint directory atomically (see the module docstring); returns its path.
+
+    `state` is JSON data plus ndarrays (normalisation statistics), by convention with
+    step, epoch, rng, normalization, model_hash, recipe_hash, optimizer (its name), metrics.
+    """
+    path = Path(path)
+    clash = [k for k in _RESERVED if k in state]
+    if clash:
+        raise ValueError(f"state keys {clash} are written by save_checkpoint itself")
+    tmp, old = _siblings(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+    tmp.mkdir()
+    files = {}
+    for name, arrays in ((WEIGHTS, weights), (OPTIMIZER, optimizer)):
+        data = st.save(_arrays(arrays))
+        _write_synced(tmp / name, data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    doc = {"format": FORMAT, "dslc_version": __version__, "files": files, **_encode(dict(state))}
+    _write_synced(tmp / STATE, json.dumps(doc, indent=1).encode())
+    fsync_dir(tmp)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # stale: `path` is complete, so .old is not needed
+        os.rename(path, old)
+        fsync_dir(path.parent)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def find_checkpoint(path) -> Path:
+    """The complete checkpoint directory for `path`: itself, or `.NAME.old` when a save was
+    killed between its two renames. Raises CheckpointError when there is neither."""
+    path = Path(path)
+    old = _siblings(path)[1]
+    if (path / "last").is_dir() and not (path / STATE).exists():
+        raise CheckpointError(f"{path} is a run directory; its checkpoints are {path / 'last'} and {path / 'best'}")
+    if path.is_dir():
+        return path
+    if not path.exists() and old.is_dir():
+        return old
+    raise CheckpointError(f"{path}: {'not a checkpoint directory' if path.exists() else 'no checkpoint there'}")
+
+
+def _read_state(file: Path) -> dict:
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    try:
+        state = json.loads(text, object_hook=_decode)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: bad JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{file}: bad array entry ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("files"), dict):
+        raise CheckpointError(f"{file}: not a dslc checkpoint state (no 'files' table)")
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: checkpoint format {state.get('format')!r}; this dslc reads {FORMAT}")
+    return state
+
+
+def _read_arrays(file: Path, expected: Mapping | None) -> dict[str, np.ndarray]:
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    if expected is None:
+        raise CheckpointError(f"{file}: not listed in state.json")
+    if len(data) != expected.get("bytes") or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+        raise CheckpointError(f"{file}: corrupt or truncated ({len(data)} bytes; the checksum in "
+                              f"state.json does not match)")
+    try:
+        return st.load(data)
+    except Exception as e:  # safetensors raises its own SafetensorError for a bad header
+        raise CheckpointError(f"{file}: not a valid safetensors file ({e})") from None
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Load a checkpoint directory (or the `.NAME.old` a killed save left); CheckpointError
+    names the file when something is missing, truncated, corrupt or not JSON."""
+    where = find_checkpoint(path)
+    state = _read_state(where / STATE)
+    files = state.pop("files")
+    weights = _read_arrays(where / WEIGHTS, files.get(WEIGHTS))
+    optimizer = _read_arrays(where / OPTIMIZER, files.get(OPTIMIZER))
+    return Checkpoint(where, weights, optimizer, state)
+
+
+# ---- identity: hashes and differences ----------------------------------------------------
+
+def digest(obj) -> str:
+    """A short stable hash of JSON-able data (keys sorted; non-JSON values by str())."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_hash(graph) -> str:
+    """Hash of a model's graph: every node's name, op, inputs, attributes and type (parameter
+    names, shapes and dtypes included) and the outputs. Source positions are left out, so
+    editing comments or moving lines keeps the hash; changing an activation does not."""
+    nodes = [[n.name, n.op, list(n.inputs), [[k, str(v)] for k, v in n.attrs], n.type.show()] for n in graph.nodes]
+    return digest({"nodes": nodes, "outputs": [[o.kind, o.name, o.value] for o in graph.outputs]})
+
+
+def recipe_hash(recipe) -> str:
+    """Hash of a checked Recipe's resolved settings (its JSON form)."""
+    return digest(recipe.to_json())
+
+
+class Difference(NamedTuple):
+    """One way a checkpoint does not fit a model. kind: missing, extra, shape, dtype,
+    optimizer or structure (same parameters, different graph)."""
+
+    kind: str
+    name: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
+def compare(checkpoint: Checkpoint, graph, optimizer: str | None = None) -> list[Difference]:
+    """Every difference between a checkpoint and a model (and optimizer name); [] when it fits.
+
+        for d in compare(load_checkpoint("runs/m/last"), model.graph, "adam"): print(d)
+    """
+    saved = checkpoint.weights
+    wanted = {p.name: p for p in graph.params}
+    out = [Difference("missing", n, "in the model, not in the checkpoint") for n in wanted if n not in saved]
+    out += [Difference("extra", n, "in the checkpoint, not in the model") for n in saved if n not in wanted]
+    for name, p in wanted.items():
+        if name not in saved:
+            continue
+        shape, have = tuple(p.type.shape), saved[name]
+        if tuple(have.shape) != shape:
+            out.append(Difference("shape", name, f"checkpoint has shape {list(have.shape)}, model {list(shape)}"))
+        if have.dtype != np.dtype(NUMPY_DTYPE[p.type.dtype]):
+            out.append(Difference("dtype", name, f"checkpoint has {have.dtype}, model {NUMPY_DTYPE[p.type.dtype]}"))
+    was = checkpoint.state.get("optimizer")
+    if optimizer is not None and was is not None and was != optimizer:
+        out.append(Difference("optimizer", "optimizer", f"checkpoint was trained with {was}, recipe uses {optimizer}"))
+    saved_hash = checkpoint.state.get("model_hash")
+    if not out and saved_hash is not None and saved_hash != model_hash(graph):
+        out.append(Difference("structure", "model", "same parameters but a different graph (layers, "
+                                                    "activations or attributes changed)"))
+    return out

@@ -1,0 +1,139 @@
+"""Learning-rate schedules: closed forms at chosen times, warm-up continuity, parity with the
+recipe schema, PyTorch's schedulers at whole epochs, and the plot."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+
+from dslc.frontend import recipe as R
+from dslc.frontend.parse import parse
+from dslc.runtime import schedules as S
+
+LR = 0.1
+
+
+def make(name: str, total: float = 20, lr: float = LR, **args):
+    """lr(t) for schedule `name` with recipe arguments `args` (defaults from the schema)."""
+    return S.schedule_from_recipe(R.SCHEDULES[name].make(**args), lr, total)
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_every_recipe_schedule_is_implemented_with_the_same_arguments():
+    assert set(S.SCHEDULES) == set(R.SCHEDULES)
+    for name, spec in R.SCHEDULES.items():
+        ours = list(inspect.signature(S.SCHEDULES[name]).parameters)[2:]  # after (lr0, total)
+        assert ours == [a.name for a in spec.args if a.name != "warmup"], name
+
+
+# ---- closed forms ------------------------------------------------------------------------
+
+def test_constant():
+    fn = make("constant")
+    assert all(fn(t) == LR for t in (0, 0.5, 7.3, 20, 25))
+
+
+@pytest.mark.parametrize("t, drops", [(0, 0), (2.999, 0), (3, 1), (5.9, 1), (6, 2), (0.3 * 30, 3), (19.5, 6)])
+def test_step_drops_at_multiples_of_every(t, drops):
+    assert close(make("step", every=3, gamma=0.5)(t), LR * 0.5 ** drops)
+
+
+def test_step_boundaries_computed_in_floating_point_drop_on_time():
+    fn = make("step", every=0.1, gamma=0.5)
+    assert close(fn(3 * 0.1), LR * 0.5 ** 3)  # 3 * 0.1 / 0.1 = 2.9999999999999996
+
+
+@pytest.mark.parametrize("t", [0, 0.25, 1, 7.5, 20])
+def test_exponential_and_inverse_time(t):
+    assert close(make("exponential", k=0.3)(t), LR * math.exp(-0.3 * t))
+    assert close(make("inverse_time", k=0.3)(t), LR / (1 + 0.3 * t))
+
+
+@pytest.mark.parametrize("t, want", [(0, LR), (10, (LR + 1e-3) / 2), (20, 1e-3), (30, 1e-3),
+                                     (5, 1e-3 + (LR - 1e-3) * (1 + math.cos(math.pi / 4)) / 2)])
+def test_cosine_runs_over_the_whole_training(t, want):
+    assert close(make("cosine", min_lr=1e-3)(t), want)
+
+
+@pytest.mark.parametrize("t, want", [(0, 0.01), (2, 0.1), (4, 0.01), (1, 0.055), (5, 0.055), (9, 0.055),
+                                     (10, 0.1), (0.4, 0.01 + 0.09 * 0.2)])
+def test_cyclical_is_triangular_between_absolute_bounds(t, want):
+    assert close(make("cyclical", low=0.01, high=0.1, period=4)(t), want)
+
+
+def test_one_cycle_rises_to_max_lr_then_anneals():
+    fn = make("one_cycle", total=10, lr=0.004, max_lr=0.1, pct=0.3)
+    assert close(fn(0), 0.004) and close(fn(3), 0.1) and close(fn(10), 0.004 / 1e4)
+    assert close(fn(1.5), 0.1 + (0.004 - 0.1) * (1 + math.cos(math.pi / 2)) / 2)
+    assert close(fn(6.5), 0.004 / 1e4 + (0.1 - 0.004 / 1e4) * (1 + math.cos(math.pi / 2)) / 2)
+    rise = [fn(3 * i / 50) for i in range(51)]
+    fall = [fn(3 + 7 * i / 50) for i in range(51)]
+    assert rise == sorted(rise) and fall == sorted(fall, reverse=True)
+
+
+# ---- warm-up -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, args", [("constant", {}), ("cosine", {"min_lr": 0.0}), ("step", {"every": 4}),
+                                        ("exponential", {"k": 0.5}), ("one_cycle", {"max_lr": 1.0})])
+def test_warmup_ramps_linearly_from_near_zero_and_joins_continuously(name, args):
+    plain, warm = make(name, **args), make(name, warmup=2, **args)
+    assert close(warm(0), S.WARMUP_START * plain(0))
+    assert close(warm(1), plain(1) * (S.WARMUP_START + (1 - S.WARMUP_START) / 2))
+    eps = 1e-9
+    assert abs(warm(2 - eps) - warm(2 + eps)) < 1e-6 and close(warm(2), plain(2))
+    assert all(close(warm(t), plain(t)) for t in (2.5, 4, 9.9, 20))
+
+
+def test_warmup_of_a_constant_rate_is_a_straight_line():
+    fn = make("constant", warmup=4)
+    values = [fn(t / 10) for t in range(41)]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert max(steps) - min(steps) < 1e-15 and values[-1] == LR
+
+
+# ---- from a written recipe -------------------------------------------------------------------
+
+def test_schedule_from_a_parsed_recipe():
+    text = "train m {\n data = digits()\n optimizer = sgd(0.2)\n epochs = 12\n schedule = step(5, gamma=0.5, warmup=1)\n}"
+    recipe, errors = R.validate(parse(text, "r.net").trains[0])
+    assert errors == []
+    fn = S.schedule_from_recipe(recipe["schedule"], recipe["optimizer"]["lr"], recipe["epochs"])
+    assert close(fn(0.5), 0.2 * (S.WARMUP_START + (1 - S.WARMUP_START) * 0.5))
+    assert close(fn(4.9), 0.2) and close(fn(5), 0.1) and close(fn(11), 0.05)
+
+
+def test_unknown_schedule_and_empty_run_are_refused():
+    with pytest.raises(ValueError, match="unknown schedule 'poly'"):
+        S.schedule_from_recipe(R.CallValue("poly", (("warmup", 0.0),)), LR, 10)
+    with pytest.raises(ValueError, match="positive run length"):
+        make("cosine", total=0)
+
+
+# ---- PyTorch's schedulers as an independent oracle, at whole epochs ---------------------------
+
+@pytest.mark.slow  # importing torch takes seconds
+@pytest.mark.parametrize("name, args, kind, torch_args", [
+    ("step", {"every": 3, "gamma": 0.3}, "StepLR", {"step_size": 3, "gamma": 0.3}),
+    ("exponential", {"k": 0.2}, "ExponentialLR", {"gamma": math.exp(-0.2)}),
+    ("cosine", {"min_lr": 0.01}, "CosineAnnealingLR", {"T_max": 12, "eta_min": 0.01}),
+])
+def test_matches_torch_schedulers_at_whole_epochs(name, args, kind, torch_args):
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    sched = getattr(torch.optim.lr_scheduler, kind)(opt, **torch_args)
+    fn = make(name, total=12, **args)
+    for epoch in range(13):
+        assert math.isclose(fn(epoch), opt.param_groups[0]["lr"], rel_tol=1e-9, abs_tol=1e-12), (name, epoch)
+        opt.step()
+        sched.step()
+
+
+def test_plot_schedule_writes_a_png(tmp_path):
+    out = tmp_path / "lr.png"
+    S.plot_schedule(make("one_cycle", max_lr=0.5, warmup=1), 20, out)
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
