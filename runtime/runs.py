@@ -130,7 +130,10 @@ def figure(panels: int):
     state or GUI backend is involved (rendering uses Agg)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5 * panels, 4), layout="constrained")
+    width = 5.5 * panels
+    fig = Figure(figsize=(width, 4))
+    # Fixed margins in inches: an automatic layout engine would draw the figure twice.
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.13, top=0.86, wspace=0.25)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -168,7 +171,8 @@ def _panels(axes, runs: list[tuple[str, list[dict]]]) -> None:
             ax.text(0.5, 0.5, "no metric logged", ha="center", va="center", transform=ax.transAxes)
             continue
         for i, (run, records) in enumerate(runs):
-            _draw(ax, records, name, color=f"C{i}", label=f"{run} " if len(runs) > 1 else "")
+            many = len(runs) > 1  # one colour per run; a lone run gets one per split
+            _draw(ax, records, name, color=f"C{i}" if many else None, label=f"{run} " if many else "")
         ax.set(xlabel="epoch", ylabel=name, title=name)
         if ax.lines:
             ax.legend(fontsize="small")
@@ -261,8 +265,11 @@ class Run:
         self._rewrite(records, fresh_jsonl=False)
 
     def _rewrite(self, records: list[dict], fresh_jsonl: bool) -> None:
+        """Bring the derived files (and the JSONL itself when `fresh_jsonl`) in line with `records`."""
         if fresh_jsonl:
             write_atomic(self.path / JSONL, "".join(json.dumps(r) + "\n" for r in records).encode())
         write_atomic(self.path / CSV, to_csv(records).encode())
         if records:
             plot_curves(records, self.path / CURVES, title=self.path.name)
+        else:  # resumed before the first epoch: a stale picture would show epochs that no longer exist
+            (self.path / CURVES).unlink(missing_ok=True)

@@ -98,7 +98,8 @@ def test_warmup_of_a_constant_rate_is_a_straight_line():
 # ---- from a written recipe -------------------------------------------------------------------
 
 def test_schedule_from_a_parsed_recipe():
-    text = "train m {\n data = digits()\n optimizer = sgd(0.2)\n epochs = 12\n schedule = step(5, gamma=0.5, warmup=1)\n}"
+    text = ("train m {\n data = digits()\n optimizer = sgd(0.2)\n epochs = 12\n"
+            " schedule = step(5, gamma=0.5, warmup=1)\n}")
     recipe, errors = R.validate(parse(text, "r.net").trains[0])
     assert errors == []
     fn = S.schedule_from_recipe(recipe["schedule"], recipe["optimizer"]["lr"], recipe["epochs"])

@@ -233,8 +233,8 @@ class Calls:
                 value = checked
             inner.vars[f.name] = value
         self.block_body(block.body, inner)
-        if inner.returned is None:
-            raise self.error(scope, "E0256", f"block '{block.name}' returns nothing", block.name_span,
+        if inner.returned is None:  # reported with the call site as a note
+            raise self.error(inner, "E0256", f"block '{block.name}' returns nothing", block.name_span,
                              hint="end the block with `return VALUE`")
         return inner.returned
 

@@ -27,7 +27,7 @@ def lower(graph: Graph) -> KernelGraph:
     """The kernel graph of `graph` (any stage; normally optimised, with `fused` nodes)."""
     static = _static_nodes(graph)
     part = Partition(graph)
-    patterns: dict[str, str] = {}
+    updates: dict[str, list[list[str]]] = {}  # group -> its chains
     for chains in _by_signature(graph, update_chains(graph, static)):
         first = chains[0][0]
         for n in (n for chain in chains for n in chain):
@@ -35,11 +35,9 @@ def lower(graph: Graph) -> KernelGraph:
             # and come back: these merges cannot fail.
             if not part.merge(first, n):
                 raise AssertionError(f"update chain through {n} is not convex")
-        patterns[part.group(first)] = "update"
+        updates[part.group(first)] = chains
     roles = group_sweeps(part, static)
     taken = {m for g in part.groups() for m in g}
-    for members in part.groups():
-        patterns.setdefault(part.group(members[0]), "sweep")
     units = [part.of(n.name) for n in graph if n.op not in SOURCES
              and (n.name not in taken or part.group(n.name) == n.name)]
     users = graph.consumers()
@@ -51,9 +49,9 @@ def lower(graph: Graph) -> KernelGraph:
         if len(nodes) == 1:
             kernels.append(_single(nodes[0], graph, users, outputs, static))
             continue
-        pattern = patterns[part.group(members[0])]
-        parts = (tuple(tuple(c) for c in _chains_of(members, graph, users)) if pattern == "update"
-                 else sweep_parts(graph, members, roles))
+        chains = updates.get(part.group(members[0]))
+        pattern = "sweep" if chains is None else "update"
+        parts = sweep_parts(graph, members, roles) if chains is None else tuple(tuple(c) for c in chains)
         order = [n for p in parts for n in p]
         kernels.append(_group(_unique(_group_name(nodes, pattern), names), pattern, [graph[n] for n in order],
                               parts, users, outputs, static))
@@ -77,25 +75,6 @@ def _by_signature(graph: Graph, chains: list[list[str]]) -> list[list[list[str]]
     for chain in chains:
         classes.setdefault(signature(graph, chain), []).append(chain)
     return list(classes.values())
-
-
-def _chains_of(members: list[str], graph: Graph, users) -> list[list[str]]:
-    """Split an update group back into its independent chains (connected components)."""
-    inside = set(members)
-    comp: dict[str, int] = {}
-    chains: list[list[str]] = []
-    for m in members:  # graph order: a chain's first node has no producer in the group
-        linked = [comp[i] for i in graph[m].inputs if i in comp]
-        linked += [comp[u.name] for u in users[m] if u.name in comp]
-        if linked:
-            k = linked[0]
-        else:
-            k = len(chains)
-            chains.append([])
-        comp[m] = k
-        chains[k].append(m)
-    assert all(set(c) <= inside for c in chains)
-    return chains
 
 
 def _io(nodes: list[Node], users, outputs: set[str]) -> tuple[tuple, tuple, tuple]:
