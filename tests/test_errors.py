@@ -541,11 +541,50 @@ model m {
 }
 """,
          [("3:14", 'E0202', "unknown op or block 'lineer'"), ("4:24", 'E0210', "linear has no attribute 'biass'"), ("5:14", 'E0201', "unknown name 'xx'"), ("8:10", 'E0320', 'the loss must be a scalar, got f32[N, 4]')]),
+    Case("symbolic_features", """\
+model m {
+    input x : f32[N, M]
+    output y = x |> linear(3)
+}
+""",
+         [("3:21", 'E0303', 'linear needs a fixed number of input features, got f32[N, M]')]),
+    Case("output_not_tensor", """\
+model m(k: int = 3) {
+    input x : f32[N, 4]
+    output y = k * 2
+}
+""",
+         [("3:16", 'E0270', "output 'y' must be a tensor, got the int 6")]),
+    Case("arithmetic_on_string", """\
+model m {
+    input x : f32[N, 4]
+    output y = x + "a"
+}
+""",
+         [("3:20", 'E0271', "cannot use the string 'a' in arithmetic")]),
+    Case("init_as_layer", """\
+model m {
+    input x : f32[N, 4]
+    output y = x |> xavier
+}
+""",
+         [("3:21", 'E0222', "'xavier' is an initialiser, not a layer")]),
+    Case("unroll_budget", """\
+model m {
+    input x : f32[N, 4]
+    repeat 400 {
+        repeat 400 {
+            x = x
+        }
+    }
+    output y = x
+}
+""",
+         [("5:13", 'E0259', 'the model unrolls to more than 100000 statements')]),
 ]
 
 # A subset run through the command line as well (a subprocess each, so kept small).
-CLI_CASES = ["eof_missing_brace", "bad_character", "unknown_escape", "unknown_attribute", "linear_rank4",
-             "nested_blocks", "duplicate_definition", "several_errors"]
+CLI_CASES = ["eof_missing_brace", "unknown_escape", "nested_blocks", "several_errors"]
 
 
 def _diagnostics(tmp_path, monkeypatch, source: str, **overrides):

@@ -4,26 +4,30 @@ Two patterns, each meaning something precise to a backend:
 
 update  The optimizer's per-parameter chains (dslc/passes/train_step.py): for each
         updated parameter or state, the elementwise nodes over its shape that feed only
-        its update (Adam: m, v, then w; a weight-decay add; a running-statistic update).
-        Chains with the same scalar program (same ops, attributes and wiring; shapes may
-        differ) form one group, one part per chain. Backend: ONE launch over the
-        concatenation of all segments (a pointer/size table, as in multi-tensor apply);
-        element i of segment s evaluates the chain in order, reading its inputs at i.
+        its update (Adam: m, v, then w; momentum: velocity, then w; batchnorm's running
+        statistics). Chains with the same scalar program (same ops, attributes and
+        wiring; shapes may differ) form one group, one part per chain. Backend: ONE
+        launch over the concatenation of all segments (a pointer/size table, as in
+        multi-tensor apply); element i of segment s evaluates the chain in order,
+        reading its inputs at i.
 
 sweep   Batchnorm-like work over one activation S = [N, C, ...] (C = axis 1): members
         are per-element maps of S-shaped, per-channel (C,) and scalar values, reductions
         of S-shaped values to (C,) over every axis but 1, and per-channel ops on (C,)
-        values. Forward: mean, var, unbiased var, the running-statistic updates, the
-        normalisation and the activation after it; backward: batchnorm_grad_x, the
-        gamma and beta gradient sums, var_grad, expand and their sum. Backend: part s
-        is one pass over S; its per-channel ops run first (they only need reductions
-        of earlier passes), then the maps and reductions of that pass fused in one loop
-        nest. A reduction's result is usable from the next pass on, so the number of
-        parts is the number of passes over the data (2 for batchnorm, forward and back).
+        values. Forward: mean, var and unbiased var, then the normalisation and the
+        activation (and residual add, dropout mask) after it; backward: batchnorm_grad_x,
+        the gamma and beta gradient sums, the mean's and var's gradients and their sum.
+        Backend: part s is one pass over S; its per-channel ops run first (they only
+        need reductions of earlier passes), then its maps and reductions fused in one
+        loop nest. A reduction's result is usable from the next pass on, so the number
+        of parts is the number of passes over the data (2 for batchnorm, both ways).
+        Without reductions a sweep is one elementwise pass with several outputs.
 
-Grouping never changes what is computed: the members in `parts` order are a valid
-order to evaluate them one by one. A merge is only made when the group stays convex in
-the graph of groups (no path leaves it and comes back), so the kernels stay a DAG.
+Update chains are grouped first, so running-statistic updates land in one launch for
+all layers rather than in each layer's sweep. Grouping never changes what is computed:
+the members in `parts` order are a valid order to evaluate them one by one. A merge is
+only made when the group stays convex in the graph of groups (no path leaves it and
+comes back), so the kernels stay a DAG.
 """
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ class Partition:
         for n in graph:
             for i in dict.fromkeys(n.inputs):
                 self.succ[i].append(n.name)
+        self.order = {n.name: k for k, n in enumerate(graph.nodes)}
         self.rep: dict[str, str] = {}
         self.members: dict[str, list[str]] = {}
 
@@ -72,8 +77,7 @@ class Partition:
         union = self.of(ga) + self.of(gb)
         if not self._convex(set(union)):
             return False
-        order = {n.name: k for k, n in enumerate(self.graph.nodes)}
-        union.sort(key=order.__getitem__)
+        union.sort(key=self.order.__getitem__)
         for m in union:
             self.rep[m] = ga
         self.members.pop(gb, None)

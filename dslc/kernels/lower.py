@@ -35,11 +35,10 @@ def lower(graph: Graph) -> KernelGraph:
             # and come back: these merges cannot fail.
             if not part.merge(first, n):
                 raise AssertionError(f"update chain through {n} is not convex")
-        updates[part.group(first)] = chains
+        if len(part.of(first)) > 1:  # a lone one-node chain stays free to join a sweep
+            updates[part.group(first)] = chains
     roles = group_sweeps(part, static)
-    taken = {m for g in part.groups() for m in g}
-    units = [part.of(n.name) for n in graph if n.op not in SOURCES
-             and (n.name not in taken or part.group(n.name) == n.name)]
+    units = [part.of(n.name) for n in graph if n.op not in SOURCES and part.group(n.name) == n.name]
     users = graph.consumers()
     outputs = {o.value for o in graph.outputs}
     names: set[str] = {n.name for n in graph}
@@ -47,14 +46,14 @@ def lower(graph: Graph) -> KernelGraph:
     for members in units:
         nodes = [graph[m] for m in members]
         if len(nodes) == 1:
-            kernels.append(_single(nodes[0], graph, users, outputs, static))
+            kernels.append(_single(nodes[0], graph, static))
             continue
         chains = updates.get(part.group(members[0]))
         pattern = "sweep" if chains is None else "update"
         parts = sweep_parts(graph, members, roles) if chains is None else tuple(tuple(c) for c in chains)
         order = [n for p in parts for n in p]
         kernels.append(_group(_unique(_group_name(nodes, pattern), names), pattern, [graph[n] for n in order],
-                              parts, users, outputs, static))
+                              parts, users, outputs, static, any(roles.get(m, ("",))[0] == "reduce" for m in members)))
     return KernelGraph(graph.name, graph.stage, _buffers(graph), _order(kernels), graph.outputs)
 
 
@@ -85,7 +84,7 @@ def _io(nodes: list[Node], users, outputs: set[str]) -> tuple[tuple, tuple, tupl
     return ins, outs, scratch
 
 
-def _single(node: Node, graph: Graph, users, outputs, static) -> Kernel:
+def _single(node: Node, graph: Graph, static: set[str]) -> Kernel:
     prologue = node.name in static
     if node.op in VIEW_OPS:
         return Kernel(node.name, "view", node.op, (node,), node.inputs[:1], (node.name,), prologue=prologue)
@@ -101,10 +100,10 @@ def _single(node: Node, graph: Graph, users, outputs, static) -> Kernel:
     return Kernel(node.name, "extern", node.op, (node,), ins, (node.name,), prologue=prologue)
 
 
-def _group(name, pattern, nodes, parts, users, outputs, static) -> Kernel:
+def _group(name, pattern, nodes, parts, users, outputs, static, reduces: bool) -> Kernel:
     ins, outs, scratch = _io(nodes, users, outputs)
     return Kernel(name, "group", pattern, tuple(nodes), ins, outs, scratch, parts=parts,
-                  reduces=pattern == "sweep", prologue=all(n.name in static for n in nodes))
+                  reduces=reduces, prologue=all(n.name in static for n in nodes))
 
 
 def _group_name(nodes: list[Node], pattern: str) -> str:

@@ -1,0 +1,283 @@
+"""The CPU library kernels (dslc.runtime.cpu) against the op references of the registry.
+
+Oracle: each op's NumPy `reference` from dslc/ops/*.py, evaluated in float64 on the
+same input values. Tolerance: |got - ref| <= tol * (|ref| + max|ref|), tol = 1e-4
+for float32 kernels and 1e-10 for float64 (relative to the result's scale, so a
+sum that cancels to near zero is judged against the size of its terms).
+
+Shapes cover the edge cases a model produces: batch 1, odd sizes, stride, padding
+(symmetric, asymmetric `same`, valid), dilation, groups (incl. depthwise), 1x1
+convolutions, and conv chunks of one image as well as the default chunking.
+The first run compiles every kernel (about a minute); later runs load Numba's cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dslc.ops import registry
+from dslc.ops.norm import bn_axes, per_channel
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def ref(op: str, *arrays, **attrs):
+    """The registry reference of `op`, computed in float64."""
+    return registry.get(op).reference(*(a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays),
+                                      **attrs)
+
+
+def close(got, want, dtype):
+    want = np.asarray(want, np.float64)
+    tol = TOL[dtype]
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(initial=0.0), 1e-30))
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ---- gemm and linear ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm(dtype, ta, tb):
+    rng = np.random.default_rng(0)
+    a = randn(rng, (7, 3) if ta else (3, 7), dtype)
+    b = randn(rng, (5, 7) if tb else (7, 5), dtype)
+    out = np.empty((3, 5), dtype)
+    gemm.gemm(a, b, out, ta, tb)
+    close(out, ref("matmul", a, b, transpose_a=ta, transpose_b=tb), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, d_in, d_out", [(1, 3, 2), (5, 7, 4), (64, 33, 10)])
+@pytest.mark.parametrize("bias, relu", [(True, False), (False, False), (True, True), (False, True)])
+def test_linear(dtype, n, d_in, d_out, bias, relu):
+    rng = np.random.default_rng(1)
+    x, w, g = randn(rng, (n, d_in), dtype), randn(rng, (d_in, d_out), dtype), randn(rng, (n, d_out), dtype)
+    b = randn(rng, (d_out,), dtype) if bias else None
+    y = np.empty((n, d_out), dtype)
+    gemm.linear_forward(x, w, b, y, relu)
+    want = ref("linear", x, w, *([b] if bias else []), out=d_out, bias=bias)
+    close(y, ref("relu", want) if relu else want, dtype)
+
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty((d_out,), dtype)
+    gemm.linear_backward(x, w, g, dx, dw, db if bias else None)
+    close(dx, ref("matmul", g, w, transpose_a=False, transpose_b=True), dtype)
+    close(dw, ref("matmul", x, g, transpose_a=True, transpose_b=False), dtype)
+    if bias:
+        close(db, ref("sum", g, axis=(0,), keepdims=False), dtype)
+    gemm.linear_backward(x, w, g, None, dw, None)  # a first layer: no input gradient
+    close(dw, ref("matmul", x, g, transpose_a=True, transpose_b=False), dtype)
+
+
+# ---- conv2d ---------------------------------------------------------------------------
+
+# (N, C, H, W, out, kernel, stride, pad, dilation, groups, bias)
+CONV_CASES = [
+    (1, 1, 5, 5, 2, 3, 1, 0, 1, 1, True),              # batch 1, valid
+    (3, 3, 7, 9, 5, (3, 2), (2, 1), 1, 1, 1, True),    # odd sizes, rectangular kernel and stride
+    (2, 4, 7, 6, 6, (2, 3), 2, "same", (1, 2), 2, False),  # asymmetric same padding, dilation, groups
+    (2, 8, 5, 5, 4, 1, 1, 0, 1, 1, True),              # 1x1
+    (3, 8, 5, 6, 4, 1, 2, 0, 1, 1, False),             # 1x1 strided
+    (2, 3, 9, 8, 4, 3, 1, 2, 2, 1, True),              # dilation 2, pad 2
+    (2, 4, 6, 6, 4, 3, 1, "same", 1, 4, True),         # depthwise
+    (2, 2, 10, 11, 3, 3, 3, "valid", 1, 1, True),      # stride 3, windows not covering the edge
+    (2, 3, 6, 5, 4, 3, 1, (2, 0), 1, 1, False),        # padding rows only
+]
+
+
+def _conv_args(case):
+    n, c, h, w, o, kernel, stride, pad, dilation, groups, bias = case
+    attrs = dict(kernel=kernel, stride=stride, pad=pad, dilation=dilation, groups=groups)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    return (n, c, h, w), (o, c // groups, kh, kw), attrs, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", [1, None])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case, chunk, dtype):
+    x_shape, w_shape, attrs, bias = _conv_args(case)
+    rng = np.random.default_rng(2)
+    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
+    b = randn(rng, w_shape[:1], dtype) if bias else None
+    geo = conv.geometry(attrs, x_shape[2:])
+    want = ref("conv2d", x, w, *([b] if bias else []), out=w_shape[0], bias=bias, **attrs)
+    ws = np.empty(conv.workspace_size(x_shape, w_shape, want.shape[2:], chunk), dtype)
+
+    y = np.empty(want.shape, dtype)
+    conv.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
+    close(y, want, dtype)
+
+    g = randn(rng, want.shape, dtype)
+    dx = np.full(x_shape, np.nan, dtype)  # every element must be written
+    conv.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
+    close(dx, ref("conv2d_grad_input", g, w, size=x_shape[2:], **attrs), dtype)
+
+    dw, db = np.full(w_shape, np.nan, dtype), np.full(w_shape[:1], np.nan, dtype)
+    conv.conv2d_grad_weight(g, x, dw, db if bias else None, *geo, attrs["groups"], ws)
+    close(dw, ref("conv2d_grad_weight", g, x, **attrs), dtype)
+    if bias:
+        close(db, ref("sum", g, axis=(0, 2, 3), keepdims=False), dtype)
+
+
+def test_conv2d_rejects_a_wrong_geometry_or_workspace():
+    x, w = np.zeros((2, 3, 6, 6)), np.zeros((4, 3, 3, 3))
+    ws = np.zeros(conv.workspace_size(x.shape, w.shape, (6, 6)))
+    with pytest.raises(ValueError, match="output shape"):
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 4, 4)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
+    with pytest.raises(ValueError, match="groups"):
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 2, ws)
+    with pytest.raises(ValueError, match="workspace"):
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws[:100])
+
+
+# ---- pooling --------------------------------------------------------------------------
+
+# (N, C, H, W, kernel, stride, pad)
+POOL_CASES = [
+    (2, 3, 4, 4, 2, None, 0),
+    (1, 2, 5, 7, 3, 2, 1),
+    (2, 2, 7, 6, (2, 3), (1, 2), (1, 0)),
+    (1, 3, 7, 5, 3, 2, "same"),
+    (3, 1, 6, 6, 3, 3, "valid"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_pool(kind, case, dtype):
+    n, c, h, w, kernel, stride, pad = case
+    attrs = dict(kernel=kernel, stride=stride, pad=pad)
+    rng = np.random.default_rng(3)
+    # Small integers make ties common: maxpool must route g to the first maximum, row-major.
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype) if kind == "maxpool" else randn(rng, (n, c, h, w), dtype)
+    geo = pool.pool_geometry(attrs, (h, w), kind)
+    want = ref(kind, x, **attrs)
+    y = np.empty(want.shape, dtype)
+    getattr(pool, f"{kind}_forward")(x, y, *geo)
+    close(y, want, dtype)
+
+    g = randn(rng, want.shape, dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    if kind == "maxpool":
+        pool.maxpool_backward(g, x, dx, *geo)
+        close(dx, ref("maxpool_grad", g, x, **attrs), dtype)
+    else:
+        pool.avgpool_backward(g, dx, *geo)
+        close(dx, ref("avgpool_grad", g, size=(h, w), **attrs), dtype)
+
+
+def test_maxpool_nan_is_the_maximum():
+    x = np.array([[[[1.0, np.nan], [np.nan, 5.0]]]])
+    y, dx = np.empty((1, 1, 1, 1)), np.empty_like(x)
+    pool.maxpool_forward(x, y, 2, 2, 2, 2, 0, 0)
+    pool.maxpool_backward(np.ones((1, 1, 1, 1)), x, dx, 2, 2, 2, 2, 0, 0)
+    assert np.isnan(y[0, 0, 0, 0])
+    np.testing.assert_array_equal(dx, ref("maxpool_grad", np.ones((1, 1, 1, 1)), x, kernel=2, stride=None, pad=0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 3, 1, 1), (2, 3, 5)])
+def test_global_avgpool(shape, dtype):
+    rng = np.random.default_rng(4)
+    x, g = randn(rng, shape, dtype), randn(rng, shape[:2], dtype)
+    y, dx = np.empty(shape[:2], dtype), np.empty(shape, dtype)
+    pool.global_avgpool_forward(x, y)
+    close(y, ref("global_avgpool", x), dtype)
+    pool.global_avgpool_backward(g, dx)
+    axes = tuple(range(2, len(shape)))
+    close(dx, ref("expand", g, x, axis=axes, keepdims=False, mean=True), dtype)
+
+
+# ---- batchnorm ------------------------------------------------------------------------
+
+def _bn_backward_ref(g, x, gamma, mean, var, eps):
+    """dx, dgamma, dbeta as autodiff composes them (dslc/ops/norm.py `_bn_grad` + mean/var grads)."""
+    axes = bn_axes(x.ndim)
+    dx_direct = ref("batchnorm_grad_x", g, gamma, var, eps=eps)
+    dgamma = ref("batchnorm_grad_gamma", g, x, mean, var, eps=eps)
+    dmean = -dx_direct.sum(axis=axes)
+    dvar = dgamma * gamma * -0.5 / (var + eps)
+    dx = (dx_direct + ref("expand", dmean, x, axis=axes, keepdims=False, mean=True)
+          + ref("var_grad", dvar, x, axis=axes, keepdims=False, unbiased=False))
+    return dx, dgamma, g.astype(np.float64).sum(axis=axes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, offset", [((4, 3, 5, 5), 0.0), ((1, 2, 3, 3), 0.0), ((5, 4), 0.0), ((1, 3), 0.0),
+                                           ((8, 2, 3, 4), 100.0)])
+def test_batchnorm(shape, offset, dtype):
+    eps = 1e-5
+    rng = np.random.default_rng(5)
+    c = shape[1]
+    x = (randn(rng, shape, np.float64) * 2 + offset).astype(dtype)  # offset: |mean| >> std
+    gamma, beta, g = randn(rng, (c,), dtype), randn(rng, (c,), dtype), randn(rng, shape, dtype)
+    axes = bn_axes(len(shape))
+    bmean = ref("mean", x, axis=axes, keepdims=False)
+    bvar = ref("var", x, axis=axes, keepdims=False, unbiased=False)
+
+    y, mean, var = np.empty(shape, dtype), np.empty(c, dtype), np.empty(c, dtype)
+    batchnorm.batchnorm_forward_train(x, gamma, beta, y, mean, var, eps)
+    close(mean, bmean, dtype)
+    close(var, bvar, dtype)
+    close(y, ref("batchnorm", x, gamma, beta, bmean, bvar, momentum=0.1, eps=eps), dtype)
+
+    dx, dgamma, dbeta = np.empty(shape, dtype), np.empty(c, dtype), np.empty(c, dtype)
+    batchnorm.batchnorm_backward(g, x, gamma, mean, var, dx, dgamma, dbeta, eps)
+    # The reference uses the kernel's own (rounded) statistics, so only the backward is judged.
+    for got, want in zip((dx, dgamma, dbeta), _bn_backward_ref(g, x, gamma, mean, var, eps)):
+        close(got, want, dtype)
+
+    running_mean, running_var = randn(rng, (c,), dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    batchnorm.batchnorm_forward_infer(x, gamma, beta, running_mean, running_var, y, eps)
+    close(y, ref("batchnorm", x, gamma, beta, running_mean, running_var, momentum=0.1, eps=eps), dtype)
+
+
+def test_batchnorm_backward_against_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    x, g = rng.standard_normal((6, 3, 4, 4)), rng.standard_normal((6, 3, 4, 4))
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    y, mean, var = np.empty_like(x), np.empty(3), np.empty(3)
+    batchnorm.batchnorm_forward_train(x, gamma, beta, y, mean, var, 1e-5)
+    dx, dgamma, dbeta = np.empty_like(x), np.empty(3), np.empty(3)
+    batchnorm.batchnorm_backward(g, x, gamma, mean, var, dx, dgamma, dbeta, 1e-5)
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    ty = torch.nn.functional.batch_norm(tx, None, None, tg, tb, training=True, eps=1e-5)
+    ty.backward(torch.tensor(g))
+    for got, want in ((y, ty), (dx, tx.grad), (dgamma, tg.grad), (dbeta, tb.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
+# ---- softmax and cross-entropy --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", [((4, 5), -1), ((1, 1), -1), ((2, 3, 4), 1), ((3, 4), 0)])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax(op, shape, axis, dtype):
+    x = (randn(np.random.default_rng(7), shape, np.float64) * 5).astype(dtype)
+    y = np.empty(shape, dtype)
+    getattr(softmax, f"{op}_forward")(x, y, axis)
+    close(y, ref(op, x, axis=axis), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("n, k", [(1, 3), (7, 10), (64, 10)])
+def test_softmax_cross_entropy(n, k, label_dtype, dtype):
+    rng = np.random.default_rng(8)
+    logits = (randn(rng, (n, k), np.float64) * 4).astype(dtype)
+    labels = rng.integers(0, k, n).astype(label_dtype)
+    loss = np.empty((), dtype)
+    softmax.softmax_cross_entropy_forward(logits, labels, loss)
+    close(loss, ref("cross_entropy", logits, labels), dtype)
+    g, d = np.asarray(1.5, dtype), np.empty((n, k), dtype)
+    softmax.softmax_cross_entropy_backward(logits, labels, g, d)
+    close(d, ref("cross_entropy_grad", logits, labels, g), dtype)
