@@ -21,7 +21,6 @@ from dslc.ops.registry import OpDef, ParamSlot, ShapeError
 
 # Ops that only the compiler emits (gradients, optimizer updates, fused kernels) or that
 # carry no computation (sources); `dslc ops NAME` still describes them.
-INTERNAL = ("source", "derivative", "optimizer", "kernel")
 # The order a reader meets them when writing a model; categories not named here follow, sorted.
 ORDER = ("layer", "activation", "pool", "norm", "arithmetic", "linalg", "shape", "reduce",
          "loss", "metric", "regulariser")
@@ -41,7 +40,7 @@ def op_table() -> str:
     """Every language op, grouped by category, one line each: name and formula."""
     by_cat: dict[str, list[OpDef]] = {}
     for op in sorted(registry.all_ops().values(), key=lambda o: o.name):
-        if op.category not in INTERNAL:
+        if op.category not in registry.INTERNAL:
             by_cat.setdefault(op.category, []).append(op)
     cats = [c for c in ORDER if c in by_cat] + sorted(c for c in by_cat if c not in ORDER)
     width = max(len(o.name) for ops in by_cat.values() for o in ops)
@@ -50,7 +49,7 @@ def op_table() -> str:
         lines.append(cat)
         lines += [f"  {o.name.ljust(width)}  {_first_line(o.formula)}" for o in by_cat[cat]]
     lines += ["", "`dslc ops NAME` describes one op; `dslc ops init` lists the initialisers.",
-              f"Ops the compiler emits itself ({', '.join(INTERNAL[1:])}) are not listed."]
+              f"Ops the compiler emits itself ({', '.join(registry.INTERNAL[1:])}) are not listed."]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from dslc import reference
 from dslc.ir.graph import Graph
 from dslc.passes.pipeline import optimize
+from dslc.runtime.errors import DeviceError
 
 UPDATES = ("param", "state")  # output kinds a step writes back into `params`
 
@@ -65,10 +66,6 @@ class ReferenceExecutor:
 
     def compile(self, graph: Graph) -> ReferenceStep:
         return ReferenceStep(optimize(graph)[0])
-
-
-class DeviceError(Exception):
-    """A device that was asked for but is not there (no GPU, no CuPy): the CLI exits 1."""
 
 
 def executor_for(device: str = "cpu") -> Executor:

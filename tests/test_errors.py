@@ -541,6 +541,22 @@ model m {
 }
 """,
          [("3:14", 'E0202', "unknown op or block 'lineer'"), ("4:24", 'E0210', "linear has no attribute 'biass'"), ("5:14", 'E0201', "unknown name 'xx'"), ("8:10", 'E0320', 'the loss must be a scalar, got f32[N, 4]')]),
+    Case("internal_op", """\
+model m {
+    input x : f32[N, 4]
+    output y = x |> conv2d_grad_weight(x)
+}
+""",
+         [("3:21", 'E0205', "'conv2d_grad_weight' is an op the compiler emits itself (derivative); a program "
+                            "cannot call it")]),
+    Case("source_op", """\
+model m {
+    input x : f32[N, 4]
+    output y = x |> input
+}
+""",
+         [("3:21", 'E0205', "'input' is an op the compiler emits itself (source); a program cannot call it")],
+         hint="declare inputs and parameters with `input` and `param`"),
     Case("symbolic_features", """\
 model m {
     input x : f32[N, M]

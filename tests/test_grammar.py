@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lark import Token, Tree
+
 from dslc.diagnostics import CompileError, Span
 from dslc.frontend import ast
 from dslc.frontend.parse import parse, parser
@@ -282,8 +284,36 @@ def test_language_sketch_parses():
     assert sx(resnet.body[-1].value) == "(add cross_entropy(logits label) (mul 0.0005 l2(weights)))"
 
 
+@pytest.mark.parametrize("text, where", [("model m {\n\n\n", (1, 10)), ("", None), ("model", (1, 6)),
+                                         ("block b(x) {\n  return x\n  # }\n", (3, 6))])
+def test_end_of_file_is_located_after_the_last_text(text, where):
+    """Lark reports line/column -1 at the end of input; parse.py points after the last text."""
+    if where is None:
+        assert parse(text).models == ()
+        return
+    with pytest.raises(CompileError) as info:
+        parse(text)
+    (d,) = info.value.diagnostics
+    assert (d.code, d.span.line, d.span.col) == ("E0102", *where)
+
+
+def _no_lark_objects(node) -> bool:
+    """True if the AST holds only our dataclasses and plain values (no Lark Tree or Token left)."""
+    if isinstance(node, (Tree, Token)):
+        return False
+    if isinstance(node, tuple):
+        return all(_no_lark_objects(i) for i in node)
+    if hasattr(node, "__dataclass_fields__") and not isinstance(node, Span):
+        return all(_no_lark_objects(getattr(node, f)) for f in node.__dataclass_fields__)
+    return isinstance(node, (str, int, float, bool, type(None), Span))
+
+
+def test_every_rule_becomes_an_ast_node():
+    assert _no_lark_objects(parse(SKETCH.read_text()))
+
+
 def test_models_directory_parses():
     root = Path(__file__).resolve().parent.parent / "models"
     files = sorted(root.glob("*.net"))
     for path in files:
-        parse(path.read_text(), str(path))
+        assert _no_lark_objects(parse(path.read_text(), str(path)))

@@ -28,6 +28,8 @@ PARAMS = {
     "two_layer.net": 7_510,
     # 64*128 + 128 + 128*10 + 10
     "digits_mlp.net": 9_610,
+    # conv 3*3*1*16 + 3*3*16*32 + 3*3*32*64, batchnorm 2*(16 + 32 + 64), linear 64*10 + 10
+    "digits_cnn.net": 144 + 4_608 + 18_432 + 224 + 650,  # 24,058
     "lenet5.net": 61_706,
     "alexnet.net": 62_378_344,
     "vgg16.net": 138_357_544,

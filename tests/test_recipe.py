@@ -81,7 +81,7 @@ def test_shorthands_and_defaults():
     recipe, errors = check("data = digits\nschedule = constant\nclip = 5\naugment = hflip()\n"
                            "stop = early(metric=val_loss)\nsteps = 100\ncheckpoint = none")
     assert errors == []
-    assert recipe["data"] == R.CallValue("digits") and recipe["schedule"]["warmup"] == 0.0
+    assert recipe["data"] == R.CallValue("digits", (("classes", ()),)) and recipe["schedule"]["warmup"] == 0.0
     assert recipe["clip"] == R.CallValue("norm", (("max_norm", 5.0),))
     assert recipe["augment"] == (R.CallValue("hflip", (("p", 0.5),)),)
     assert recipe["stop"]["mode"] == "min"  # derived from a metric that ends in loss
@@ -256,7 +256,7 @@ def test_overrides_set_whole_values_and_arguments(base):
     assert r["optimizer"]["beta1"] == 0.8 and r["optimizer"].name == "adam"
     assert (r["epochs"], r["steps"]) == (None, 50)  # steps replaces epochs
     r = R.apply_overrides(base, {"freeze": "stem*", "data": 'mnist("data/mnist")', "data.dir": "other/dir"})
-    assert r["freeze"] == ("stem*",) and r["data"] == R.CallValue("mnist", (("dir", "other/dir"),))
+    assert r["freeze"] == ("stem*",) and r["data"] == R.CallValue("mnist", (("dir", "other/dir"), ("classes", ())))
     r = R.apply_overrides(base, {"stop.metric": "val_accuracy", "clip": 1, "normalize": "none"})
     assert r["stop"]["mode"] == "max" and r["clip"]["max_norm"] == 1.0 and r["normalize"] == "none"
 

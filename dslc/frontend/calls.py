@@ -34,11 +34,16 @@ class Calls:
         if c.func in INITS:
             return self.init_call(c, scope)
         op = registry.all_ops().get(c.func)
-        if op is None or op.category == "source":  # input, param, const have their own syntax
-            known = [n for n, o in registry.all_ops().items() if o.category != "source"]
+        if op is None:
+            known = [n for n, o in registry.all_ops().items() if o.category not in registry.INTERNAL]
             raise self.error(scope, "E0202", f"unknown op or block '{c.func}'", c.func_span,
                              did_you_mean(c.func, known + list(self.program.blocks) + list(INITS))
                              or "`dslc ops` lists every op")
+        if op.category in registry.INTERNAL:
+            raise self.error(scope, "E0205", f"'{c.func}' is an op the compiler emits itself ({op.category}); "
+                             "a program cannot call it", c.func_span,
+                             "declare inputs and parameters with `input` and `param`" if op.category == "source"
+                             else "`dslc ops` lists the ops a program can call")
         return self.op_call(op, c, scope)
 
     def _args(self, c: ast.Call, scope: Scope) -> tuple[list, list]:
@@ -117,7 +122,7 @@ class Calls:
         if op.variadic and not inputs:
             raise self.error(scope, "E0213", f"{op.name} expects at least one tensor input", c.span)
         attrs = self._bind_attrs(op, positional, spans[n_in:], c, scope)
-        name = self.fresh(scope.prefix + op.name)
+        name = self.builder.unique(scope.prefix + op.name)
         inputs += self._make_params(op, inputs, attrs, name, c, scope)
         return self.make_node(op.name, inputs, attrs, c.span, name, scope)
 
@@ -212,7 +217,7 @@ class Calls:
             if kw.name in bound:
                 raise self.error(scope, "E0214", f"argument '{kw.name}' given twice", kw.span)
             bound[kw.name] = (self.eval(kw.value, scope), kw.value.span)
-        name = self.fresh(scope.prefix + block.name)
+        name = self.builder.unique(scope.prefix + block.name)
         inner = Scope(name + ".", {}, block.name, scope.chain + ((block.name, c.span),))
         for f in block.formals:
             if f.name in bound:

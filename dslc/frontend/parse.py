@@ -47,7 +47,8 @@ def _expected(names) -> str:
 
 
 def _end_span(file: str, text: str) -> Span:
-    lines = text.splitlines() or [""]
+    """Just past the last character that is not white space: where the missing text belongs."""
+    lines = text.rstrip().splitlines() or [""]
     return Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
 
 

@@ -8,7 +8,8 @@ given by position, in the order shown, or by name; a bare name stands for a call
 arguments (`schedule = constant`); `key = none` turns an optional setting off.
 
     data       digits() | mnist(dir) | fashion_mnist(dir) | cifar10(dir) | cifar100(dir, labels=fine)
-               | npz(path, x="x", y="y") | csv(path, label="label") | image_folder(dir, size)   required
+               | npz(path, x="x", y="y") | csv(path, label="label") | image_folder(dir, size);
+               each also takes `classes=[...]` (keyword only): keep those classes       required
     split      validation(fraction, test=0, seed=0) | none         validation(0.1, test=0, seed=0)
     normalize  none | mean_image | per_channel (statistics of the training split)      per_channel
     augment    [hflip(p=0.5), random_crop(size, pad=0), random_resized_crop(size, scale=[0.08, 1.0]),
@@ -422,18 +423,26 @@ def _decay(default: float) -> Arg:
     return Arg("weight_decay", NONNEG_NUM, default, "L2 penalty coefficient added to the gradient")
 
 
+_CLASSES = Arg("classes", ListOf(Num(True, NONNEG)), (), "keep only these classes, relabelled 0..k-1 in this "
+               "order (all when empty)", positional=False)
+
+
+def _dataset(name: str, doc: str, *args: Arg) -> CallSpec:
+    return CallSpec(name, doc, (*args, _CLASSES))
+
+
 DATASETS = _family(
-    CallSpec("digits", "8x8 grey digits shipped with dslc (1,797 images, 10 classes); no download"),
-    CallSpec("mnist", "MNIST IDX files in dir", (_DIR,)),
-    CallSpec("fashion_mnist", "Fashion-MNIST IDX files in dir", (_DIR,)),
-    CallSpec("cifar10", "CIFAR-10 binary batches in dir", (_DIR,)),
-    CallSpec("cifar100", "CIFAR-100 binary files in dir", (_DIR, Arg("labels", Word(("fine", "coarse")), "fine"))),
-    CallSpec("npz", "a NumPy .npz holding features/images and integer labels",
-             (_PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels"))),
-    CallSpec("csv", "a CSV file with a header; one column is the class, the others features",
-             (_PATH, Arg("label", TEXT, "label", "name of the class column"))),
-    CallSpec("image_folder", "one sub-folder of images per class, resized to size x size",
-             (_DIR, Arg("size", INT_POS, doc="side of the square images in pixels"))))
+    _dataset("digits", "8x8 grey digits shipped with dslc (1,797 images, 10 classes); no download"),
+    _dataset("mnist", "MNIST IDX files in dir", _DIR),
+    _dataset("fashion_mnist", "Fashion-MNIST IDX files in dir", _DIR),
+    _dataset("cifar10", "CIFAR-10 binary batches in dir", _DIR),
+    _dataset("cifar100", "CIFAR-100 binary files in dir", _DIR, Arg("labels", Word(("fine", "coarse")), "fine")),
+    _dataset("npz", "a NumPy .npz holding features/images and integer labels",
+             _PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels")),
+    _dataset("csv", "a CSV file with a header; one column is the class, the others features",
+             _PATH, Arg("label", TEXT, "label", "name of the class column")),
+    _dataset("image_folder", "one sub-folder of images per class, resized to size x size",
+             _DIR, Arg("size", INT_POS, doc="side of the square images in pixels")))
 
 SPLITS = _family(CallSpec(
     "validation", "hold out a random fraction of the training data (and a test fraction if none ships)",

@@ -43,7 +43,6 @@ class Elaborator(Calls):
     outputs: list[Output] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
     steps: int = 0  # statements run so far, against MAX_STEPS
-    next_suffix: dict[str, int] = field(default_factory=dict)  # for fresh()
 
     # ---- diagnostics
 
@@ -190,7 +189,7 @@ class Elaborator(Calls):
     def _check_free(self, name: str, span: Span, scope: Scope) -> None:
         if name in scope.vars:
             raise self.error(scope, "E0249", f"'{name}' is already defined", span)
-        if name in self.builder.index or name in self.builder._taken:
+        if self.builder.taken(name):
             raise self.error(scope, "E0249", f"'{name}' is already the name of a layer", span,
                              hint="declare inputs and parameters before the layers, or rename it")
 
@@ -213,7 +212,7 @@ class Elaborator(Calls):
             return
         # A label names the statement's single layer, or prefixes its several layers.
         label = scope.prefix + s.label
-        if label in self.builder.index or label in self.builder._taken:
+        if self.builder.taken(label):
             raise self.error(scope, "E0250", f"layer name '{s.label}' is already used", s.span)
         mark = len(self.builder.nodes)
         sub = Scope(label + ".", scope.vars, scope.in_block, scope.chain)
@@ -358,24 +357,9 @@ class Elaborator(Calls):
             raise self.error(scope, "E0271", "'@' needs two tensors", span)
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
         names = [v.name if isinstance(v, Tensor) else
-                 self.builder.source(self.fresh("const"), "const", TensorType(dtype, ()), {"value": float(v)}, span)
+                 self.builder.source(self.builder.unique("const"), "const", TensorType(dtype, ()), {"value": float(v)}, span)
                  for v in values]
-        return self.make_node(op, names, {}, span, self.fresh(scope.prefix + op), scope)
-
-    def fresh(self, base: str) -> str:
-        """`base`, or `base_1`, `base_2`, ... whichever is free (Keras-style layer names).
-
-        The same names as GraphBuilder.unique, found in constant time: the search for
-        `base` resumes where it last stopped, so unrolling n layers is not O(n^2).
-        """
-        k = self.next_suffix.get(base, 0)
-        name = f"{base}_{k}" if k else base
-        while name in self.builder._taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.next_suffix[base] = k + 1
-        self.builder.reserve(name)
-        return name
+        return self.make_node(op, names, {}, span, self.builder.unique(scope.prefix + op), scope)
 
     def make_node(self, op: str, inputs: list[str], attrs: dict, span: Span, name: str, scope: Scope) -> Tensor:
         """Append a node named `name` (already unique); a shape error becomes a diagnostic."""

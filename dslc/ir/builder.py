@@ -31,21 +31,32 @@ class GraphBuilder:
         self.nodes: list[Node] = list(nodes)
         self.index: dict[str, Node] = {n.name: n for n in self.nodes}
         self._taken: set[str] = set(self.index)
+        self._next: dict[str, int] = {}  # where the search for a free `base_k` resumes
 
     def type_of(self, name: str) -> TensorType:
         return self.index[name].type
 
     def unique(self, base: str) -> str:
-        """`base`, or `base_1`, `base_2`, ... whichever is free (Keras-style layer names)."""
-        name, k = base, 0
+        """`base`, or `base_1`, `base_2`, ... whichever is free (Keras-style layer names).
+
+        The search resumes where it last stopped for `base` (names are never freed), so
+        unrolling n layers costs O(n), not O(n^2).
+        """
+        k = self._next.get(base, 0)
+        name = f"{base}_{k}" if k else base
         while name in self._taken:
             k += 1
             name = f"{base}_{k}"
+        self._next[base] = k + 1
         self._taken.add(name)
         return name
 
     def reserve(self, name: str) -> None:
         self._taken.add(name)
+
+    def taken(self, name: str) -> bool:
+        """Whether `name` is a node or already reserved."""
+        return name in self._taken
 
     def append(self, node: Node) -> str:
         if node.name in self.index:

@@ -106,6 +106,10 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {}
 
+# Categories of ops the compiler emits itself (gradients, optimizer updates, fused
+# kernels, graph sources): a program may not call them and `dslc ops` does not list them.
+INTERNAL = ("source", "derivative", "optimizer", "kernel")
+
 
 def register(op: OpDef) -> OpDef:
     if op.name in OPS:
@@ -156,6 +160,10 @@ def normalize_axis(axis: int, rank: int, what: str) -> int:
     return axis % rank
 
 
-def pair(v) -> tuple[int, int]:
-    """An int-or-pair attribute (kernel, stride, pad) as a pair."""
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def pair(v, what: str = "a window attribute") -> tuple[int, int]:
+    """An int-or-pair attribute (kernel, stride, pad) as a pair; a longer list is a mistake."""
+    if isinstance(v, int):
+        return v, v
+    if len(v) != 2:
+        raise ShapeError(f"{what} takes an int or a pair [height, width], got {list(v)}", code="E0310")
+    return int(v[0]), int(v[1])

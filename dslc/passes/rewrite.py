@@ -34,7 +34,8 @@ class Ctx:
 def rewrite(graph: Graph, fn: Callable[[Node, Ctx], str | None], prefix: str = "opt.") -> tuple[Graph, int]:
     """The rewritten graph and the number of nodes `fn` replaced."""
     builder = GraphBuilder()
-    builder._taken |= {n.name for n in graph.nodes}  # new nodes never shadow old names
+    for n in graph.nodes:  # new nodes never shadow old names
+        builder.reserve(n.name)
     ctx = Ctx(graph, GradBuilder(builder, prefix))
     for node in graph.nodes:
         replacement = fn(node, ctx)

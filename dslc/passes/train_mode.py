@@ -19,8 +19,14 @@ reserved first, so a helper node can never take a later layer's name.
 
     g = lower(model.graph)
     g.outputs_of("state")  # Output("state", "bn1.running_mean", "bn1.running_mean_new"), ...
+
+Nodes named in `keep` are copied as they are, keeping inference semantics: a frozen
+batchnorm layer (transfer learning) normalises with its running statistics and does
+not update them.
 """
 from __future__ import annotations
+
+from typing import Collection
 
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Output
@@ -28,8 +34,9 @@ from dslc.ops import registry
 from dslc.passes.autodiff import GradBuilder
 
 
-def lower(graph: Graph) -> Graph:
-    """The training-mode graph of `graph` (stage "train"); the graph itself is left unchanged."""
+def lower(graph: Graph, keep: Collection[str] = ()) -> Graph:
+    """The training-mode graph of `graph` (stage "train"), nodes in `keep` left in inference
+    mode; the graph itself is left unchanged."""
     b = GraphBuilder()
     for n in graph.nodes:
         b.reserve(n.name)
@@ -38,7 +45,7 @@ def lower(graph: Graph) -> Graph:
     for node in graph.nodes:
         node = node.replace(inputs=tuple(renamed.get(i, i) for i in node.inputs))
         hook = registry.get(node.op).train
-        if hook is None:
+        if hook is None or node.name in keep:
             b.append(node)
             continue
         value, updates = hook(GradBuilder(b, prefix=f"{node.name}."), node)

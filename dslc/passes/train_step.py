@@ -29,7 +29,17 @@ the same group `l2(weights)` regularises.
 
 Frozen parameters get no update and no gradient nodes: they are not
 differentiated, and the cotangents gradient rules compute for them anyway are
-pruned with every other node no output needs.
+pruned with every other node no output needs. A layer with running statistics
+whose parameters are all frozen keeps inference semantics (train_mode.lower's
+`keep`): a frozen batchnorm normalises with its running statistics and does not
+update them.
+
+Gradient clipping by global norm (`clip = norm(max_norm)`, PyTorch's
+clip_grad_norm_) rescales every gradient by one factor before the update rule
+(and before weight decay is added):
+
+    ||g||^2 = sum over trained parameters of sum g^2
+    g      *= min(1, max_norm / ||g||)
 """
 from __future__ import annotations
 
@@ -105,26 +115,47 @@ class Optimizer:
         return self.kind in ("adam", "adamw")
 
 
-def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[str] = ()) -> Graph:
-    """The graph of one training step of the typed graph `graph` (stage "train_step")."""
+def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[str] = (),
+               clip: float | None = None) -> Graph:
+    """The graph of one training step of the typed graph `graph` (stage "train_step");
+    `clip` is the max_norm of global-norm gradient clipping (None: no clipping)."""
     opt, frozen = Optimizer.of(optimizer), set(frozen)
     _check(graph, frozen)
-    back = differentiate(lower(graph), [p.name for p in trainable_params(graph) if p.name not in frozen])
+    keep = [n.name for n in graph if _frozen_with_statistics(graph, n, frozen)]
+    back = differentiate(lower(graph, keep), [p.name for p in trainable_params(graph) if p.name not in frozen])
     b = GraphBuilder(back.nodes)
     dtype = back[back.loss].type.dtype
     lr = b.source(LR, "input", scalar(dtype))
     step = b.source(STEP, "input", scalar(dtype)) if opt.needs_step else None
     outputs = [o for o in back.outputs if o.kind in ("loss", "metric", "state")]
-    for grad in back.outputs_of("grad"):
+    grads = back.outputs_of("grad")
+    scale = _clip_scale(b, [g.value for g in grads], clip, dtype) if clip and grads else None
+    for grad in grads:
         w = back[grad.name]
         state = {slot: b.source(f"opt.{slot}.{w.name}", "param", w.type,
                                 {"init": Init("zeros"), "trainable": False, "role": "state"})
                  for slot in opt.slots}
         u = _Update(b, opt, w.name, lr, step, state, opt.weight_decay if w.attr("role") == "weight" else 0.0)
-        g = grad.value if opt.kind == "adamw" or not u.wd else u.ops.add(grad.value, u.times(w.name, u.wd))
+        g = grad.value if scale is None else u.ops.mul(grad.value, scale)
+        g = g if opt.kind == "adamw" or not u.wd else u.ops.add(g, u.times(w.name, u.wd))
         outputs.append(Output("param", w.name, _RULES[opt.kind](u, g)))
         outputs += [Output("state", state[slot], u.updated[slot]) for slot in opt.slots]
     return prune(b.graph(graph.name, outputs, "train_step"))
+
+
+def _frozen_with_statistics(graph: Graph, node, frozen: set[str]) -> bool:
+    params = [graph[i] for i in node.inputs if graph[i].op == "param"]
+    return any(p.attr("role") == "state" for p in params) and all(p.name in frozen for p in params)
+
+
+def _clip_scale(b: GraphBuilder, grads: list[str], max_norm: float, dtype: str) -> str:
+    """min(1, max_norm / ||g||) over all gradients, as 1 - relu(1 - max_norm rsqrt(||g||^2 + tiny))
+    (`tiny` keeps an all-zero gradient finite: its factor is then 1)."""
+    ops = GradBuilder(b, prefix="clip.")
+    one = ops.const(1.0, dtype)
+    squares = ops.add(ops.l2(*grads), ops.const(1e-30, dtype))
+    ratio = ops.mul(ops.const(max_norm, dtype), ops.rsqrt(squares))
+    return ops.sub(one, ops.relu(ops.sub(one, ratio)))
 
 
 def _check(graph: Graph, frozen: set[str]) -> None:

@@ -5,8 +5,7 @@ that is not elementwise (matrix products, convolutions, pooling, batch statistic
 softmax with its loss) is a model-independent kernel here, one module per family:
 
     gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
-    im2col.py     the layout moves of im2col convolution (im2col, col2im, gather, scatter)
-    conv.py       conv2d forward, grad-input, grad-weight and bias grad; workspace sizes
+    conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
     pool.py       max/avg pooling and global average pooling, forward and backward
     batchnorm.py  batchnorm training forward (batch statistics), backward, inference
     softmax.py    softmax, log_softmax, softmax-cross-entropy forward and backward
@@ -16,6 +15,8 @@ Conventions shared by every kernel:
   allocates in steady state, so a training step's memory is planned once.
 - Arrays are C-contiguous NCHW (images) or row-major [N, F] (features), float32 or
   float64; Numba compiles one specialisation per dtype, both cached on disk.
+- A kernel calls only njit helpers of its own file: Numba's cache notices changes to
+  the kernel's source file, not to a callee's in another file.
 - Reductions of float32 data accumulate in float64: batch statistics over 10^5
   elements would otherwise drift past float32's 1e-4 test tolerance.
 

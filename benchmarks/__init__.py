@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.kernels` times the CPU library kernels."""

@@ -1,0 +1,99 @@
+"""Extern kernels on the CPU: which library kernel (dslc/runtime/cpu/) computes an op, and how to call it.
+
+`call(node, args, shapes)` gives the Python call of a kernel graph's extern node;
+`args` are the identifiers of the node's inputs followed by its output, `shapes` the
+inputs' static shapes (geometry needs H and W, which are never symbolic). Convolutions
+share one flat `workspace` (im2col columns); `workspace_elements` sizes it for a bound
+batch. An op missing here has no library kernel yet: the generator runs its NumPy
+reference instead (it allocates), see `numba_cpu.py`.
+
+A few small kernels with no library home (accuracy) are written here as source and
+emitted into the generated module that uses them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from dslc.runtime.cpu.conv import geometry, workspace_size
+from dslc.runtime.cpu.pool import pool_geometry
+
+CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+
+
+def _geom(node, size) -> str:
+    return ", ".join(str(v) for v in geometry(node.attr_dict, size)) + f", {node.attr('groups')}"
+
+
+def _pool(node, size, what) -> str:
+    attrs = dict(node.attr_dict)
+    return ", ".join(str(v) for v in pool_geometry(attrs, size, what))
+
+
+def _opt(args, k: int) -> str:
+    return args[k] if len(args) > k + 1 else "None"
+
+
+# op -> (args, input shapes, node) -> call; args = input identifiers then the output's.
+CALLS: dict[str, Callable] = {
+    "matmul": lambda n, a, s: f"gemm.gemm({a[0]}, {a[1]}, {a[-1]}, {n.attr('transpose_a')}, {n.attr('transpose_b')})",
+    "linear": lambda n, a, s: f"gemm.linear_forward({a[0]}, {a[1]}, {_opt(a, 2)}, {a[-1]}, False)",
+    "conv2d": lambda n, a, s: (f"conv.conv2d_forward({a[0]}, {a[1]}, {_opt(a, 2)}, {a[-1]}, "
+                               f"{_geom(n, s[0][2:])}, workspace)"),
+    "conv2d_grad_input": lambda n, a, s: (f"conv.conv2d_grad_input({a[0]}, {a[1]}, {a[-1]}, "
+                                          f"{_geom(n, tuple(n.attr('size')))}, workspace)"),
+    "conv2d_grad_weight": lambda n, a, s: (f"conv.conv2d_grad_weight({a[0]}, {a[1]}, {a[-1]}, None, "
+                                           f"{_geom(n, s[1][2:])}, workspace)"),
+    "maxpool": lambda n, a, s: f"pool.maxpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'maxpool')})",
+    "maxpool_grad": lambda n, a, s: (f"pool.maxpool_backward({a[0]}, {a[1]}, {a[-1]}, "
+                                     f"{_pool(n, s[1][2:], 'maxpool')})"),
+    "avgpool": lambda n, a, s: f"pool.avgpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'avgpool')})",
+    "avgpool_grad": lambda n, a, s: (f"pool.avgpool_backward({a[0]}, {a[-1]}, "
+                                     f"{_pool(n, tuple(n.attr('size')), 'avgpool')})"),
+    "global_avgpool": lambda n, a, s: f"pool.global_avgpool_forward({a[0]}, {a[-1]})",
+    "softmax": lambda n, a, s: f"softmax.softmax_forward({a[0]}, {a[-1]}, {n.attr('axis')})",
+    "log_softmax": lambda n, a, s: f"softmax.log_softmax_forward({a[0]}, {a[-1]}, {n.attr('axis')})",
+    "cross_entropy": lambda n, a, s: f"softmax.softmax_cross_entropy_forward({a[0]}, {a[1]}, {a[-1]})",
+    "cross_entropy_grad": lambda n, a, s: (f"softmax.softmax_cross_entropy_backward({a[0]}, {a[1]}, {a[2]}, "
+                                           f"{a[-1]})"),
+    "accuracy": lambda n, a, s: f"accuracy({a[0]}, {a[1]}, {a[-1]})",
+}
+
+# Library modules the calls above name, imported by every generated module.
+IMPORTS = "from dslc.runtime.cpu import conv, gemm, pool, softmax"
+
+# Kernels with no library module yet, emitted into the generated module when used.
+HELPERS = {
+    "accuracy": '''\
+@njit(cache=True, error_model="numpy")
+def accuracy(logits, label, out):
+    """out[()] = the fraction of rows whose first maximum is at the label (np.argmax's tie rule)."""
+    hits = 0
+    for i in range(logits.shape[0]):
+        best = 0
+        for k in range(1, logits.shape[1]):
+            if logits[i, k] > logits[i, best]:
+                best = k
+        hits += best == label[i]
+    out[()] = hits / logits.shape[0]
+''',
+}
+
+
+def has_library(op: str) -> bool:
+    return op in CALLS
+
+
+def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> str:
+    return CALLS[node.op](node, args, shapes)
+
+
+def workspace_elements(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> int:
+    """Elements of the shared workspace that `node` needs at these bound shapes (0: none)."""
+    if node.op == "conv2d":
+        return workspace_size(shapes[0], shapes[1], out_shape[2:])
+    if node.op == "conv2d_grad_input":  # out is dx [N, C, H, W], g [N, O, Ho, Wo]
+        return workspace_size(out_shape, shapes[1], shapes[0][2:])
+    if node.op == "conv2d_grad_weight":  # g [N, O, Ho, Wo], x [N, C, H, W], out dw
+        return workspace_size(shapes[1], out_shape, shapes[0][2:])
+    return 0
+

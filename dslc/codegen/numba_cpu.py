@@ -1,0 +1,225 @@
+"""KernelGraph -> the source of a Python module whose kernels Numba compiles.
+
+    source = generate(lower(optimize(build(model, "train_step"))[0]))
+
+The module holds one `@njit` function per generated kernel, named after its layer
+(`k_stage1_conv_bn_relu_sweep`), each under a header naming the ops it fuses and the
+`.net` lines they came from, and two drivers:
+
+    step(<every buffer>, workspace, fallback)       the kernels in order, one call each
+    prologue(<every buffer>, workspace, fallback)   kernels of never-updated parameters
+
+Buffers arrive as arrays already bound to the memory plan's arena (see
+dslc/runtime/cpu/runner.py), in the order of the module's `BUFFERS`; nothing in the
+module allocates. Extern kernels call the library in dslc/runtime/cpu/ (externs.py);
+a kernel this generator cannot write yet (an op with no scalar expression or library
+kernel) is a `fallback(k)` call: the runner evaluates kernel k with the NumPy
+references, which allocates, and `FALLBACK` lists them so tests can tell.
+
+The text depends only on the kernel graph (never on the batch size, the memory plan or
+the clock), so the same graph always gives byte-identical source: the cache key and
+golden diffs rely on it.
+"""
+from __future__ import annotations
+
+import dslc
+from dslc.codegen import externs, groups, loops
+from dslc.codegen.scalar import CONSTANTS, has_scalar
+from dslc.codegen.source import Namer, Source, where
+from dslc.ir.graph import Node
+from dslc.ir.types import concrete
+from dslc.kernels.graph import Kernel, KernelGraph, index_maps
+
+MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
+                  "workspace", "fallback", "BUFFERS", "FALLBACK", "max", "min") + tuple(CONSTANTS)
+
+
+class Generator:
+    def __init__(self, kg: KernelGraph):
+        self.kg = kg
+        self.names = Namer(reserved=MODULE_GLOBALS + tuple(externs.HELPERS))
+        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
+        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
+        self.globals = self.names
+        self.params: dict[str, list[str]] = {}
+        self.fallback: list[int] = []
+        self.helpers: set[str] = set()
+        self.kernels: list[Kernel] = list(kg.kernels)
+
+    # ---- what kernels need from the generator -------------------------------------------
+    def arg(self, buffer: str) -> str:
+        return self.buffer_names[buffer]
+
+    def kernel_name(self, kernel: Kernel) -> str:
+        return self.kernel_names[kernel.name]
+
+    def bound(self, buffer: str) -> tuple[int, ...]:
+        """A shape with the batch bound to 1: only its static (spatial) sizes may be used."""
+        return tuple(concrete(d, {"N": 1}) for d in self.kg.buffer(buffer).shape)
+
+    def buffer_params(self, kernel: Kernel) -> list[str]:
+        return [self.arg(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
+
+    def local_names(self, kernel: Kernel) -> Namer:
+        """Names for a kernel's locals: clear of every global and of its parameters."""
+        return Namer(reserved=set(self.names.taken))
+
+    def signature(self, src: Source, kernel: Kernel, parallel: bool, workspace: bool = False,
+                  accumulate: bool = False) -> str:
+        """Write the decorator; return the `def` line. fastmath only for float32 graphs, and
+        only contraction (and reassociation of float64 accumulators): within float32 rounding."""
+        params = self.buffer_params(kernel) + (["workspace"] if workspace else [])
+        self.params[kernel.name] = params
+        # error_model="numpy": x / 0 is inf or nan as in the references, never an exception.
+        opts = ["cache=True", 'error_model="numpy"'] + (["parallel=True"] if parallel else [])
+        if self.kg.buffer(kernel.outputs[0]).dtype == "f32":
+            opts.append('fastmath={"reassoc", "contract"}' if accumulate else 'fastmath={"contract"}')
+        src.line(f"@njit({', '.join(opts)})")
+        return src.wrapped(f"def {self.kernel_name(kernel)}(", params, "):")
+
+
+def generate(kg: KernelGraph) -> str:
+    """The module source for `kg` (see the module docstring)."""
+    return generate_with(kg)[1]
+
+
+def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
+    """The generator's state (kernels as emitted, fallbacks) and the module source."""
+    gen = Generator(kg)
+    kernels = Source()
+    gen.kernels = [_as_loop(k, kg) for k in kg.kernels]
+    for pos, k in enumerate(gen.kernels):
+        if k.kind == "view":
+            continue
+        function = Source()
+        if not _emit(gen, function, k):
+            gen.fallback.append(pos)
+        elif function.lines:  # extern calls have no function of their own
+            kernels.blank()
+            kernels.blank()
+            _header(kernels, pos, k)
+            kernels.lines.extend(function.lines)
+    src = Source()
+    _module_header(src, kg, gen)
+    for name in sorted(gen.helpers):
+        src.blank()
+        src.blank()
+        src.lines.extend(externs.HELPERS[name].rstrip("\n").splitlines())
+    src.lines.extend(kernels.lines)
+    for driver, prologue in (("prologue", True), ("step", False)):
+        src.blank()
+        src.blank()
+        _driver(src, gen, driver, prologue)
+    return gen, src.text()
+
+
+def _as_loop(k: Kernel, kg: KernelGraph) -> Kernel:
+    """A lone sum/mean is a reduce loop with a one-node body, like a lone elementwise op."""
+    node = k.nodes[0]
+    if k.kind != "extern" or node.op not in ("sum", "mean") or not kg.buffer(node.inputs[0]).type.is_float:
+        return k
+    body = node.replace(inputs=tuple(f"${k.inputs.index(i)}" for i in node.inputs))
+    fused = Node(node.name, "fused", k.inputs, (("kind", "reduce"), ("body", (body,))), node.type, node.span)
+    maps = index_maps(fused, [kg.buffer(i).type for i in k.inputs])
+    return Kernel(k.name, "fused", "reduce", (fused,), k.inputs, k.outputs, index_maps=maps, reduces=True,
+                  prologue=k.prologue)
+
+
+def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
+    """Write kernel k's function; False when it must fall back to the references."""
+    if k.kind == "extern":
+        if k.nodes[0].op in externs.HELPERS:
+            gen.helpers.add(k.nodes[0].op)
+        if externs.has_library(k.nodes[0].op):
+            gen.params[k.name] = [gen.arg(b) for b in k.inputs + k.outputs]
+            return True
+        if k.nodes[0].op == "expand" and gen.kg.buffer(k.name).type.is_float:
+            loops.expand(gen, src, k)
+            return True
+        if k.nodes[0].op in loops.PENALTY:
+            loops.regulariser(gen, src, k)
+            return True
+        return False
+    if k.kind == "fused":
+        body = k.nodes[0].attr("body")
+        elementwise = body[:-1] if k.op == "reduce" else body
+        if not all(b.op in ("const",) + loops.HOSTS or has_scalar(b.op) for b in elementwise):
+            return False
+        host = next((b for b in body if b.op in loops.HOSTS), None)
+        if host is not None and not all(r.startswith("$") for r in host.inputs):
+            return False  # elementwise work before the host: it needs a buffer the body does not have
+        if k.op == "reduce":
+            if body[-1].op not in ("sum", "mean") or "identity" not in k.index_maps:
+                return False
+            loops.reduce(gen, src, k)
+        else:
+            loops.elementwise(gen, src, k)
+        return True
+    if k.op == "update" and groups.update_supported(gen.kg, k):
+        groups.update(gen, src, k)
+        return True
+    if k.op == "sweep" and groups.sweep_supported(gen.kg, k):
+        groups.sweep(gen, src, k)
+        return True
+    return False
+
+
+def _header(src: Source, pos: int, k: Kernel) -> None:
+    what = f"{k.kind} {k.op}" + (f", {len(k.parts)} parts" if k.parts else "") + (", prologue" if k.prologue else "")
+    src.comment(f"---- kernel {pos}: {k.name} ({what})")
+    covered = k.covers()
+    width = max(len(n.name) for n in covered)
+    ops = max(len(n.op) for n in covered)
+    for n in covered[:12]:
+        src.comment(f"  {n.name:<{width}}  {n.op:<{ops}}  {where(n.span)}")
+    if len(covered) > 12:
+        src.comment(f"  ... and {len(covered) - 12} more ({', '.join(sorted({n.op for n in covered[12:]}))})")
+
+
+def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
+    import numba
+    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {dslc.__version__} for Numba {numba.__version__} "
+                "(dslc/codegen/numba_cpu.py).")
+    src.comment("Do not edit: `dslc compile` regenerates it, byte for byte, from the model.")
+    ext = sum(k.kind == "extern" for k in kg.kernels)
+    src.comment(f"{len(kg.kernels)} kernels: {len(kg.kernels) - ext - len(gen.fallback)} generated, "
+                f"{ext} library calls, {len(gen.fallback)} NumPy fallbacks.")
+    src.line("import math")
+    src.blank()
+    src.line("import numpy as np")
+    src.line("from numba import njit, prange")
+    src.blank()
+    src.line(externs.IMPORTS)
+    src.blank()
+    for name, value in CONSTANTS.items():
+        src.line(f"{name} = {value}")
+    src.comment("The drivers' buffer parameters, in order: the runner binds arena views to them by position.")
+    src.line(src.wrapped("BUFFERS = (", [repr(b.name) for b in kg.buffers], ",)" if len(kg.buffers) == 1 else ")"))
+    src.comment("Kernels (by position in the kernel graph) run by the NumPy references: they allocate.")
+    src.line(f"FALLBACK = ({', '.join(str(p) for p in gen.fallback)}{',' if len(gen.fallback) == 1 else ''})")
+
+
+def _driver(src: Source, gen: Generator, name: str, prologue: bool) -> None:
+    params = [gen.arg(b.name) for b in gen.kg.buffers] + ["workspace", "fallback"]
+    with src.block(src.wrapped(f"def {name}(", params, "):")):
+        src.line('"""' + ("Kernels that read only never-updated parameters: once per parameter load."
+                          if prologue else "One run of the graph: every kernel in order.") + '"""')
+        for pos, k in enumerate(gen.kernels):
+            if k.prologue != prologue:
+                continue
+            if k.kind == "view":
+                src.comment(f"{k.name}: a view of {k.inputs[0]} ({k.op})")
+            elif pos in gen.fallback:
+                src.line(f"fallback({pos})  # {k.name}: {_ops(k)} by the NumPy reference")
+            elif k.kind == "extern" and externs.has_library(k.nodes[0].op):
+                node = k.nodes[0]
+                args = [gen.arg(b) for b in k.inputs + k.outputs]
+                src.comment(f"{k.name}: {node.op}, {where(node.span)}")
+                src.line(externs.call(node, args, [gen.bound(i) for i in k.inputs]))
+            else:
+                src.line(src.wrapped(f"{gen.kernel_name(k)}(", gen.params[k.name], ")"))
+        src.line("return None")
+
+
+def _ops(k: Kernel) -> str:
+    return "+".join(dict.fromkeys(n.op for n in k.covers()))

@@ -1,0 +1,126 @@
+"""A small writer for generated source: indentation, stable names, header comments.
+
+Every backend (the Numba CPU generator today, a CUDA one later) emits text through
+`Source` and names things through `Namer`, so generated files look alike and are
+byte-identical for identical input: no dict-order or id()-dependent names, no
+timestamps.
+
+    src = Source()
+    with src.block("def k_fc_relu(fc_linear, fc_relu):"):
+        src.line("...")
+    names = Namer(reserved={"np", "math"})
+    names.get("fc.relu")          # 'fc_relu' (the same answer every time for the same key)
+"""
+from __future__ import annotations
+
+import keyword
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+INDENT = "    "
+WIDTH = 110
+
+
+class Source:
+    """Lines of text with an indentation level; `text()` joins them with a final newline."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.level = 0
+
+    def line(self, text: str = "") -> None:
+        """One line (or several, from `wrapped`, whose continuations carry their own indent)."""
+        first, *rest = text.split("\n") if text else [""]
+        self.lines.append(INDENT * self.level + first if first else "")
+        self.lines.extend(rest)
+
+    def comment(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.line(f"# {part}".rstrip())
+
+    @contextmanager
+    def block(self, header: str):
+        """`header` (ending in ':') with the lines written inside indented one level."""
+        self.line(header)
+        self.level += 1
+        try:
+            yield
+        finally:
+            self.level -= 1
+
+    def wrapped(self, head: str, items: list[str], tail: str = "", width: int = WIDTH) -> str:
+        """`head` + items joined by ', ' + `tail`, broken over lines that fit `width`; returns
+        the text (for `block`) with continuation lines aligned under the first item."""
+        pad = " " * (len(INDENT * self.level) + len(head))
+        lines, cur = [], head
+        for k, item in enumerate(items):
+            piece = item + (", " if k < len(items) - 1 else tail)
+            if len(cur) + len(piece.rstrip()) + len(INDENT * self.level) > width and cur.strip() != head.strip():
+                lines.append(cur.rstrip())
+                cur = pad + piece
+            else:
+                cur += piece
+        if not items:
+            cur += tail
+        lines.append(cur)
+        return "\n".join(lines)
+
+    def blank(self) -> None:
+        if self.lines and self.lines[-1]:
+            self.lines.append("")
+
+    def text(self) -> str:
+        while self.lines and not self.lines[-1]:
+            self.lines.pop()
+        return "\n".join(self.lines) + "\n"
+
+
+def identifier(name: str) -> str:
+    """A valid Python identifier that reads like `name`: `stage1.conv_bn_relu.conv2d` ->
+    `stage1_conv_bn_relu_conv2d`; a leading digit or a keyword gets a `_` in front."""
+    out = re.sub(r"\W+", "_", name).strip("_") or "_"
+    if out[0].isdigit() or keyword.iskeyword(out):
+        out = "_" + out
+    return out
+
+
+class Namer:
+    """Stable, unique identifiers for keys (buffer or kernel names), in first-asked order.
+
+    Two keys that sanitise alike (`a.b` and `a_b`) get `a_b` and `a_b_1`: the order of
+    the calls decides, and generators ask in graph order, so names never change between
+    runs for the same graph.
+    """
+
+    def __init__(self, reserved: Iterable[str] = (), prefix: str = ""):
+        self.taken = set(reserved)
+        self.prefix = prefix
+        self.names: dict[str, str] = {}
+
+    def get(self, key: str) -> str:
+        if key not in self.names:
+            base = identifier(self.prefix + key)
+            out, k = base, 1
+            while out in self.taken:
+                out, k = f"{base}_{k}", k + 1
+            self.taken.add(out)
+            self.names[key] = out
+        return self.names[key]
+
+    def fresh(self, hint: str) -> str:
+        """A new identifier not tied to any key (temporaries)."""
+        base = identifier(hint)
+        out, k = base, 1
+        while out in self.taken:
+            out, k = f"{base}_{k}", k + 1
+        self.taken.add(out)
+        return out
+
+
+def where(span) -> str:
+    """`file.net:LINE` of a span (the file's name only, so the text does not depend on the
+    directory the model was loaded from), or `-` for nodes made by a pass."""
+    return f"{Path(span.file).name}:{span.line}" if span is not None else "-"
+

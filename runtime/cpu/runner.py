@@ -1,0 +1,154 @@
+"""Run a generated module: one arena, allocated once, and the kernels in order.
+
+    cg = compile_graph(build(model, "train_step"), batch=64)
+    cg.load_params(model.init())                   # copied into the arena; prologue runs
+    out = cg.run({"image": x, "label": y, "lr": 0.01, "step": 1.0})
+    out["loss", "loss"]; cg.params()["fc.weight"]  # parameters are updated in place
+
+Every buffer of the kernel graph is a view into one byte array at its planned offset
+(dslc/passes/memory_plan.py); the views, the conv workspace and the argument tuple of
+the module's `step` are made once, so a steady-state step allocates nothing: it copies
+the feeds in, draws the dropout masks into their buffers, calls `step`, and copies the
+updates the plan could not do in place back. `run` returns the same dict every time,
+holding views of the arena: they are overwritten by the next run (copy what you keep).
+
+Parameters and optimizer state live in the arena between steps; `load_params` puts
+them there (and runs the prologue kernels, which depend only on them) and `params()`
+copies them out.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Mapping
+
+import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts its threads)
+
+import numpy as np
+from numba import njit
+
+from dslc.codegen import cache, externs
+from dslc.codegen.numba_cpu import Generator, generate_with
+from dslc.debug import debug_level
+from dslc.ir.graph import Graph
+from dslc.ir.types import NUMPY_DTYPE
+from dslc.kernels import lower
+from dslc.kernels.graph import KernelGraph, bindings
+from dslc.ops import registry
+from dslc.passes.memory_plan import MemoryPlan, plan
+
+
+@njit(cache=True)
+def _bernoulli(u, p, scale):
+    """u (uniform draws) -> scale where u < p, else 0: a dropout mask, in place."""
+    for i in range(u.size):
+        u[i] = scale if u[i] < p else 0.0
+
+
+class CompiledGraph:
+    """A kernel graph bound to a memory plan and a generated module (see the module docstring)."""
+
+    def __init__(self, kg: KernelGraph, memory: MemoryPlan, gen: Generator, module, path):
+        self.kg, self.plan, self.module, self.path = kg, memory, module, path
+        self.kernels = gen.kernels
+        self.arena = np.zeros(memory.arena_bytes, np.uint8)
+        self.views = {b.name: self._view(b) for b in kg.buffers}
+        dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), np.float32)
+        self.workspace = np.zeros(max(1, workspace_elements(kg, self.kernels, memory.batch)), dtype)
+        self._args = tuple(self.views[n] for n in module.BUFFERS) + (self.workspace, self._fallback)
+        self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
+        self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
+                         for b in kg.buffers if b.role == "random"]
+        self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]
+        # An update's output is its parameter's own buffer, which holds the new value after
+        # the step (written in place, or copied back): callers keep one array per parameter.
+        self._outputs = {(o.kind, o.name): self.views[o.name if o.kind in ("param", "state") else o.value]
+                         for o in kg.outputs}
+        self.param_names = [b.name for b in kg.buffers if b.role in ("param", "state")]
+        for b in kg.buffers:
+            if b.role == "const":
+                self.views[b.name][...] = dict(b.attrs)["value"]
+        self.rng = np.random.default_rng(0)
+        self.fallbacks = tuple(module.FALLBACK)
+        self._prologue_done = False
+
+    def _view(self, b) -> np.ndarray:
+        start = self.plan.offsets[b.name]
+        raw = self.arena[start:start + b.nbytes(self.plan.batch)]
+        return raw.view(NUMPY_DTYPE[b.dtype]).reshape(b.type.bind(self.plan.batch))
+
+    def load_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Copy parameters and state into the arena (names missing from `params` are kept),
+        then run the prologue kernels that depend on them."""
+        changed = False
+        for name in self.param_names:
+            if name in params and params[name] is not self.views[name]:
+                np.copyto(self.views[name], params[name], casting="same_kind")
+                changed = True
+        if changed or not self._prologue_done:
+            self.module.prologue(*self._args)
+            self._prologue_done = True
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and optimizer state as they are now."""
+        return {name: self.views[name].copy() for name in self.param_names}
+
+    def run(self, feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray] | None = None,
+            randoms: Mapping[str, np.ndarray] | None = None,
+            rng: np.random.Generator | None = None) -> dict[tuple[str, str], np.ndarray]:
+        """One run: outputs keyed (kind, name) as dslc.reference.run_outputs gives them (views
+        of the arena, valid until the next run). `params`, when given, is loaded first;
+        dropout masks come from `randoms` by name, else are drawn from `rng` (or the
+        graph's own generator)."""
+        if params is not None:
+            self.load_params(params)
+        for name, view in self._inputs:
+            np.copyto(view, feeds[name], casting="same_kind")
+        for name, view, flat, attrs in self._randoms:
+            if randoms is not None and name in randoms:
+                np.copyto(view, randoms[name], casting="same_kind")
+            else:
+                (rng or self.rng).random(dtype=flat.dtype, out=flat)
+                _bernoulli(flat, attrs["p"], attrs["scale"])
+        self.module.step(*self._args)
+        for value, target in self._writebacks:
+            np.copyto(target, value)
+        return self._outputs
+
+    def _fallback(self, position: int) -> None:
+        """Kernel `position` by the NumPy references, node by node (allocates)."""
+        for node in self.kernels[position].nodes:
+            value = registry.get(node.op).reference(*(self.views[i] for i in node.inputs), **node.attr_dict)
+            np.copyto(self.views[node.name], value, casting="same_kind")
+
+
+def workspace_elements(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
+    """The largest workspace any convolution (extern, or an epilogue's host) needs at `batch`."""
+    shape = lambda name: kg.buffer(name).type.bind(batch)
+    need = 0
+    for k in kernels:
+        node = k.nodes[0]
+        if k.kind == "extern" and node.op in externs.CONV_OPS:
+            need = max(need, externs.workspace_elements(node, [shape(i) for i in node.inputs], shape(node.name)))
+        elif k.kind == "fused" and k.op == "epilogue":
+            for b in node.attr("body"):
+                if b.op in externs.CONV_OPS:
+                    ins = [shape(node.inputs[int(r[1:])]) for r in b.inputs]
+                    need = max(need, externs.workspace_elements(b, ins, shape(node.name)))
+    return need
+
+
+def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) -> CompiledGraph:
+    """Optimise, lower, plan and generate `graph`, load (or build) its cached module, bind it."""
+    from dslc.passes.pipeline import optimize
+    kg = lower(optimize(graph, level)[0])
+    return compile_kernels(kg, batch)
+
+
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> CompiledGraph:
+    gen, source = generate_with(kg)
+    module, path = cache.load(kg, source)
+    if debug_level() >= 2:
+        print(f"dslc: {kg.name} ({kg.stage}) -> {path}", file=sys.stderr)
+    if debug_level() >= 4:
+        print(source, file=sys.stderr)
+    return CompiledGraph(kg, plan(kg, bindings(batch)), gen, module, path)

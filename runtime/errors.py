@@ -1,0 +1,18 @@
+"""The errors the runtime's commands raise for situations a user, not a bug, caused.
+
+Like a DataError or a CheckpointError, the CLI prints the message (which names the file,
+run or device concerned) and exits with status 1; Interrupted exits with 130, the
+status of a process ended by Ctrl-C.
+"""
+
+
+class TrainError(Exception):
+    """A run that cannot start or go on: diverged, cannot resume, no recipe, bad input file."""
+
+
+class DeviceError(Exception):
+    """A device that was asked for but is not there (no GPU, no CuPy)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: the checkpoint is written and the message says how to resume."""

@@ -1,0 +1,138 @@
+"""From a recipe and a model to arrays a step can eat: data, splits, statistics, input layout.
+
+    data = load_data(recipe)                       # train / val / test, normalisation statistics
+    fit = layout(model, data.train)                # which input reads images, which reads labels
+    feeds = fit.feeds(data.transform(x), y)        # {"image": x [N, 64], "label": y}
+
+A recipe's data call may keep only some classes (`digits(classes=[5, 6, 7, 8, 9])`): the
+examples of other classes are dropped and the labels renumbered 0..k-1 in the order given,
+so a 5-class head fits; the class names keep the original classes. That is what a
+transfer-learning recipe uses to train on one half of a dataset and fine-tune on the other.
+
+Relative data paths are read from the working directory, as every path on a command line is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from dslc.diagnostics import CompileError
+from dslc.passes.infer import first_loss_input
+from dslc.runtime.data import DataError, Dataset, load, normalize, partition
+
+SHAPE_CODE = "E0513"  # data that does not fit the model's inputs
+
+
+def select_classes(dataset: Dataset, classes) -> Dataset:
+    """The examples whose label is in `classes`, relabelled 0..len(classes)-1 in that order.
+
+    >>> from dslc.runtime.data import digits
+    >>> part = select_classes(digits(), [5, 6])
+    >>> part.classes, part.class_names, sorted(set(part.y.tolist()))
+    (2, ('5', '6'), [0, 1])
+    """
+    classes = [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < dataset.classes]
+    if bad or len(set(classes)) != len(classes):
+        what = f"class {bad[0]} is not one of 0..{dataset.classes - 1}" if bad else "a class is listed twice"
+        raise DataError(f"classes={classes}: {what}", dataset.name)
+    relabel = np.full(dataset.classes, -1, np.int64)
+    relabel[classes] = np.arange(len(classes))
+    keep = np.flatnonzero(relabel[dataset.y] >= 0)
+    names = tuple(dataset.class_names[c] if dataset.class_names else str(c) for c in classes)
+    return Dataset(dataset.x[keep], relabel[dataset.y[keep]], len(classes), dataset.name, names)
+
+
+@dataclass
+class Data:
+    """The splits a recipe asks for and the normalisation statistics of its training split."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    stats: dict
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return normalize.apply(x, self.stats)
+
+    def split(self, name: str) -> Dataset:
+        """One split by name (train, val, test); DataError when the recipe leaves it empty."""
+        found = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if found is None:
+            raise DataError(f"the recipe's split leaves no {name} data (see its `split = validation(...)`)")
+        return found
+
+
+def load_data(recipe, stats: dict | None = None) -> Data:
+    """Load `recipe["data"]`, keep its `classes`, split it as `recipe["split"]` says and fit the
+    normalisation on the training split, unless saved `stats` are given (evaluating a run)."""
+    call = recipe["data"]
+    args = call.kwargs
+    classes = args.pop("classes", ())
+    train, test = load(call.name, args)
+    if classes:
+        train = select_classes(train, classes)
+        test = None if test is None else select_classes(test, classes)
+    split = recipe["split"]
+    if split is None:
+        parts = (train, None, test)
+    else:
+        parts = partition(train, test, split["fraction"], split["test"], split["seed"])
+    stats = stats if stats is not None else normalize.fit(parts[0].x, recipe["normalize"])
+    return Data(*parts, stats)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How examples feed a model: input `x` reads them reshaped to `shape`, input `y` the labels."""
+
+    x: str
+    y: str
+    shape: tuple[int, ...]
+    classes: int
+
+    def feeds(self, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        out = {self.x: x.reshape((len(x),) + self.shape)}
+        if y is not None:
+            out[self.y] = y
+        return out
+
+
+def layout(model, dataset: Dataset) -> Layout:
+    """Match a dataset to the model's inputs: one float input for the examples (whose shape must
+    equal the example shape, or hold as many numbers: images into an MLP are flattened) and one
+    integer input for the labels, with at least as many logits as classes. A mistake is located
+    at the input (or loss) it concerns, before any training starts."""
+    graph = model.graph
+    floats = [n for n in graph.inputs if n.type.is_float]
+    ints = [n for n in graph.inputs if not n.type.is_float]
+    if len(floats) != 1 or len(ints) != 1:
+        raise _error(model, f"the trainer feeds a classifier: one float input for the examples and one integer "
+                     f"input for the labels; model '{graph.name}' has inputs "
+                     f"{', '.join(f'{n.name} {n.type.show()}' for n in graph.inputs)}",
+                     (floats or ints or [None])[0])
+    x, y = floats[0], ints[0]
+    want = x.type.shape[1:]
+    if not all(isinstance(d, int) for d in want) or (want != dataset.shape and prod(want) != prod(dataset.shape)):
+        raise _error(model, f"data {dataset.name} has examples of shape {list(dataset.shape)} but input "
+                     f"'{x.name}' is {x.type.show()}", x,
+                     f"declare `input {x.name} : {x.type.dtype}[N, {', '.join(map(str, dataset.shape))}]`"
+                     + (f" or f32[N, {prod(dataset.shape)}]" if len(dataset.shape) > 1 else ""))
+    if y.type.shape[1:]:
+        raise _error(model, f"labels are one class number per example; input '{y.name}' is {y.type.show()}", y)
+    logits = first_loss_input(graph) if graph.loss is not None else None
+    width = graph[logits].type.shape[-1] if logits else None
+    if isinstance(width, int) and width < dataset.classes:
+        raise _error(model, f"data {dataset.name} has {dataset.classes} classes but the loss reads "
+                     f"{graph[logits].type.show()} scores: {width} classes", graph[logits],
+                     "set the model's class count, e.g. --set classes=...")
+    return Layout(x.name, y.name, tuple(want), dataset.classes)
+
+
+def _error(model, message: str, node, hint: str | None = None) -> CompileError:
+    span = node.span if node is not None and node.span else model.program.models[model.name].name_span
+    err = CompileError.single(SHAPE_CODE, message, span, hint)
+    err.sources = model.program.sources
+    return err

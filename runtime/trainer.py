@@ -1,0 +1,389 @@
+"""The training loop behind `dslc train`: a model, its recipe, and a run directory.
+
+    result = train(dslc.load("models/digits_mlp.net"), recipe, "runs/digits_mlp")
+    result.test.metrics["accuracy"]
+
+One run: load and split the data the recipe names, fit the normalisation on the training
+split, build the training-step graph (the recipe's optimizer, `freeze` globs, gradient
+clipping; mixup's blended loss when augment has mixup) and compile it once; then, per
+step, feed a batch, the scheduled learning rate and the step count, and let the step
+update the parameters in place. After each epoch: validation loss and metrics, the
+update/weight ratio of every trained parameter (|dW| / |W| of the epoch's last step; the
+lectures suggest about 1e-3), one record in metrics.jsonl, curves.png redrawn, the
+`best` checkpoint when the watched metric improved (the stop metric, else validation
+accuracy, else validation loss), `last` every `checkpoint = every(n)` epochs, and early
+stopping. At the end the test split is evaluated with the best weights.
+
+Stopping cleanly: a non-finite loss raises TrainError naming the step and the last good
+checkpoint (with detect_anomaly, also the first non-finite node, see anomaly.py); Ctrl-C
+finishes the current step, writes `last` and raises Interrupted. `resume` continues a run
+from its `last` checkpoint exactly as if it had never stopped (see state.py).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dslc.diagnostics import CompileError
+from dslc.frontend.recipe import select_params
+from dslc.ir.types import NUMPY_DTYPE
+from dslc.passes.train_step import LR, STEP, Optimizer, train_step
+from dslc.runtime import anomaly, state
+from dslc.runtime.checkpoint import load_checkpoint, model_hash, write_atomic
+from dslc.runtime.data import Batches, build_augment
+from dslc.runtime.errors import Interrupted, TrainError
+from dslc.runtime.evaluate import Evaluation, Evaluator
+from dslc.runtime.executor import executor_for
+from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
+from dslc.runtime.prepare import layout, load_data
+from dslc.runtime.rng import Streams, stream
+from dslc.runtime.runs import Run, RunError, make_config
+from dslc.runtime.schedules import schedule_from_recipe
+from dslc.runtime.transfer import init_from
+
+RESULT = "result.json"
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    epochs: int
+    steps: int
+    seconds: float
+    best_epoch: int
+    stopped_early: bool
+    test: Evaluation | None
+
+
+def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: bool = False,
+          device: str | None = None, detect_anomaly: bool = False, echo=print,
+          overrides: dict | None = None) -> TrainResult:
+    """Train `model` with the checked Recipe `recipe` into run directory `out_dir`, or continue
+    the run in `resume`. `force` overwrites an existing run, or resumes despite a changed
+    recipe; `device` overrides the recipe's; `echo` prints the per-epoch summaries;
+    `overrides` (the command line's --set pairs) are recorded in config.json for `resume_settings`."""
+    trainer = Trainer(model, recipe, device, quiet, detect_anomaly, echo)
+    if resume is not None:
+        trainer.resume(Path(resume), force)
+    else:
+        trainer.start(Path(out_dir), force, overrides or {})
+    return trainer.run()
+
+
+def resume_settings(run_dir) -> tuple[str | None, dict]:
+    """(recipe name, --set pairs) a run was started with, so that `--resume DIR` alone trains
+    the same recipe and model; pairs given again on the command line win."""
+    try:
+        config = Run(run_dir).config
+    except RunError as e:
+        raise TrainError(f"cannot resume: {e}") from None
+    return config.get("recipe", {}).get("name"), dict(config.get("overrides", {}))
+
+
+def default_run_dir(name: str, root="runs") -> Path:
+    """runs/NAME, or runs/NAME-2, -3, ... when it already holds a run: a second
+    `dslc train` of the same file never overwrites the first."""
+    base = Path(root) / name
+    candidates = (base if i == 1 else base.with_name(f"{name}-{i}") for i in range(1, 10_000))
+    return next(p for p in candidates if not (p / "config.json").exists())
+
+
+def derived_seed(seed: int, name: str) -> int:
+    """An integer seed of its own for one use of the recipe's seed (init, shuffle)."""
+    return int(stream(seed, name).integers(2**63))
+
+
+class Trainer:
+    def __init__(self, model, recipe, device, quiet, detect_anomaly, echo):
+        self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
+        self.opt = Optimizer.from_recipe(recipe["optimizer"])
+        self.data = load_data(recipe)
+        self.fit = layout(model, self.data.train)
+        self.executor = executor_for(device or recipe["device"])
+        augment = build_augment(recipe["augment"])
+        graph = mix_losses(model.graph, self.fit.y) if augment.mixup else model.graph
+        self.graph = _compile_error_located(model, lambda: train_step(
+            graph, self.opt, select_params(model.graph, recipe["freeze"]),
+            recipe["clip"]["max_norm"] if recipe["clip"] else None))
+        self.step_fn = self.executor.compile(self.graph)
+        self.dtype = self.graph[LR].type.dtype
+        self.loss_name = self.graph.outputs_of("loss")[0].name
+        self.metric_names = [o.name for o in self.graph.outputs_of("metric")]
+        self.trained = [o.name for o in self.graph.outputs_of("param")]
+        self.evaluator = Evaluator(model, self.fit, self.executor)
+        seed = recipe["seed"]
+        self.batches = Batches(self.data.train, recipe["batch"], seed=derived_seed(seed, "shuffle"),
+                               augment=augment, transform=self.data.transform)
+        self.per_epoch = len(self.batches)
+        self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
+        self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
+        self.streams = Streams(seed)
+        self.params = self._initial_params(seed)
+        self.progress = state.Progress()
+        self.watch = self._watched()
+        self.saved: tuple[Path, int, int] | None = None  # the last `last` checkpoint: path, epoch, step
+        self.interrupted = False
+
+    # ---- setting up ------------------------------------------------------------------
+
+    def _initial_params(self, seed: int) -> dict[str, np.ndarray]:
+        params = self.model.init(derived_seed(seed, "init"))
+        init = self.recipe["init"]
+        if init is not None:
+            params.update(init_from(self.model, init["path"], init["skip"]))
+        for node in self.graph.params:  # optimizer state starts at zero
+            if node.name not in params:
+                params[node.name] = np.zeros(node.type.bind({}), NUMPY_DTYPE[node.type.dtype])
+        return params
+
+    def _watched(self) -> tuple[str, str, float, int | None]:
+        """(metric, min|max, min_delta, patience or None): what picks `best` and stops early."""
+        stop = self.recipe["stop"]
+        if stop is not None:
+            return stop["metric"], stop["mode"], stop["min_delta"], stop["patience"]
+        split = "val" if self.data.val is not None else "train"
+        metric = f"{split}_accuracy" if "accuracy" in self.metric_names else f"{split}_loss"
+        return metric, "min" if metric.endswith("loss") else "max", 0.0, None
+
+    def start(self, out_dir: Path, force: bool, overrides: dict) -> None:
+        config = make_config(self.recipe, model_hash(self.model.graph), self.recipe["seed"], model=self.model.name,
+                             file=str(self.model.program.root), executor=self.executor.name, overrides=overrides)
+        try:
+            self.out = Run.create(out_dir, config, overwrite=force)
+        except RunError as e:
+            raise TrainError(f"{e} (or pass --force to start it again)") from None
+
+    def resume(self, run_dir: Path, force: bool) -> None:
+        ckpt = load_checkpoint(run_dir / "last")
+        problems = state.model_changes(ckpt, self.model.graph, self.opt.kind)
+        if problems:
+            raise TrainError(f"cannot resume {run_dir}: model '{self.model.name}' differs from its checkpoint "
+                             f"{ckpt.path}:\n" + "\n".join(f"  {p}" for p in problems))
+        changes = state.recipe_changes(ckpt.state["recipe"], self.recipe)
+        if changes and not force:
+            raise TrainError(f"the recipe changed since {run_dir} was saved:\n"
+                             + "\n".join(f"  {c}" for c in changes) + "\npass --force to continue with the new recipe")
+        if changes:
+            self.echo("continuing with the changed recipe: " + "; ".join(changes))
+        else:  # the same data and recipe: the saved statistics are the ones fitted before
+            self.data.stats = ckpt.state["normalization"]
+        self.params.update(ckpt.weights)
+        self.params.update(ckpt.optimizer)
+        try:
+            self.batches.restore(ckpt.state["batches"])
+        except ValueError as e:
+            raise TrainError(f"cannot continue the data stream of {run_dir}: {e}") from None
+        self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
+        self.progress = state.Progress.from_json(ckpt.state["progress"])
+        self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
+        self.out = Run.resume(run_dir, self.progress.epoch)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        if not self.quiet:
+            self.echo(self._banner())
+        old = self._catch_sigint()
+        try:
+            while self.progress.step < self.total and not self.progress.stopped:
+                self._epoch()
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+        return self._finish()
+
+    def _catch_sigint(self):
+        """Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return signal.signal(signal.SIGINT, handler)
+
+    def _epoch(self) -> None:
+        from tqdm import tqdm
+
+        p = self.progress
+        epochs = math.ceil(self.total / self.per_epoch)
+        bar = tqdm(total=self.per_epoch, initial=self.batches.position, desc=f"epoch {p.epoch + 1}/{epochs}",
+                   unit="step", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   disable=self.quiet or not sys.stderr.isatty())
+        with bar:
+            for batch in self.batches:
+                started = time.perf_counter()
+                loss = self._step(batch)
+                spent = time.perf_counter() - started
+                p.seconds += spent
+                p.epoch_seconds += spent
+                bar.update(1)
+                bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{len(batch.y) / spent:.0f}"}, refresh=False)
+                if self.interrupted:
+                    self._checkpoint("last")
+                    raise Interrupted(f"interrupted at step {p.step} (epoch {p.epoch + 1}); checkpoint written to "
+                                      f"{self.out.last}; continue with: dslc train "
+                                      f"{self.model.program.root} --resume {self.out.path}")
+                if p.step >= self.total and self.batches.position < self.per_epoch:
+                    break  # a `steps = N` run ends mid-epoch; at an epoch's end the stream finishes it
+        self._end_epoch()
+
+    def feeds(self, batch) -> dict[str, np.ndarray]:
+        dtype = NUMPY_DTYPE[self.dtype]
+        feeds = self.fit.feeds(batch.x, batch.y)
+        feeds[LR] = np.asarray(self.schedule(self.progress.step / self.per_epoch), dtype)
+        if self.opt.needs_step:
+            feeds[STEP] = np.asarray(self.progress.step + 1, dtype)  # Adam's t counts from 1
+        if MIX_LABEL in self.graph:
+            feeds.update(mix_feeds(batch, self.dtype))
+        return feeds
+
+    def _step(self, batch) -> float:
+        p = self.progress
+        feeds = self.feeds(batch)
+        rng = self.streams["dropout"]
+        last = self.batches.position == self.per_epoch or p.step + 1 == self.total
+        before = {k: self.params[k].copy() for k in self.trained} if last else None
+        replay = (copy.deepcopy(rng.bit_generator.state), {k: v.copy() for k, v in self.params.items()}) \
+            if self.detect else None
+        with np.errstate(all="ignore"):
+            out = self.step_fn(feeds, self.params, rng)
+        loss = float(out[self.loss_name])
+        if not math.isfinite(loss):
+            self._diverged(loss, feeds, replay)
+        p.step += 1
+        n = len(batch.y)
+        for name in ("examples", self.loss_name, *self.metric_names):
+            value = n if name == "examples" else float(out[name]) * n
+            p.sums[name] = p.sums.get(name, 0.0) + value
+        if before is not None:
+            p.ratios = {k: _ratio(self.params[k], w) for k, w in before.items()}
+        return loss
+
+    def _diverged(self, loss: float, feeds, replay) -> None:
+        p = self.progress
+        where = f"step {p.step + 1} (epoch {p.epoch + 1}, batch {self.batches.position} of {self.per_epoch})"
+        if self.saved:
+            good = f"the last good checkpoint is {self.saved[0]} (epoch {self.saved[1]}, step {self.saved[2]})"
+        else:
+            good = "no checkpoint was saved before it"
+        if replay is not None:
+            rng_state, params = replay
+            rng = np.random.default_rng()
+            rng.bit_generator.state = rng_state
+            detail = anomaly.explain(self.graph, feeds, params, rng)  # unoptimised: the user's names
+        else:
+            detail = "rerun with --detect-anomaly to find the first operation that produced it"
+        raise TrainError(f"the loss is {loss} at {where}; {good}\n  {detail}")
+
+    def _end_epoch(self) -> None:
+        p = self.progress
+        started = time.perf_counter()
+        p.epoch += 1
+        n = p.sums.get("examples", 0.0) or 1.0
+        record = {"epoch": p.epoch, "step": p.step, "train_loss": p.sums.get(self.loss_name, 0.0) / n,
+                  **{f"train_{m}": p.sums.get(m, 0.0) / n for m in self.metric_names}}
+        if self.data.val is not None:
+            record.update(self.evaluator(self.data.val, self.params, self.data.transform).record("val"))
+        record["lr"] = self.schedule((p.step - 1) / self.per_epoch)
+        metric, mode, min_delta, patience = self.watch
+        value = record.get(metric, float("nan"))
+        improved = p.best is None or (value < p.best - min_delta if mode == "min" else value > p.best + min_delta)
+        if improved:
+            p.best, p.best_epoch, p.bad_epochs = value, p.epoch, 0
+        else:
+            p.bad_epochs += 1
+        p.stopped = patience is not None and p.bad_epochs >= patience
+        record["update_ratio"] = p.ratios
+        spent = time.perf_counter() - started
+        p.seconds += spent
+        p.epoch_seconds += spent
+        record["time"] = p.epoch_seconds
+        p.sums, p.ratios, p.epoch_seconds = {}, {}, 0.0
+        # The record goes first: a kill before the checkpoint replays this epoch, whose record
+        # Run.resume then drops; the other order would lose the record for good.
+        self.out.log(record)
+        every = self.recipe["checkpoint"]
+        if improved and every is not None:
+            self._checkpoint("best")
+        done = p.stopped or p.step >= self.total
+        if done or (every is not None and p.epoch % every["n"] == 0):
+            self._checkpoint("last")
+        if not self.quiet:
+            self.echo(self._summary(record, improved))
+        if p.stopped:
+            self.echo(f"stopping early: {metric} has not improved for {p.bad_epochs} epochs "
+                      f"(best {p.best:.4f} at epoch {p.best_epoch})")
+
+    def _checkpoint(self, name: str) -> None:
+        extra = {"optimizer": self.opt.kind, "recipe": self.recipe.to_json(), "rng": self.streams.state(),
+                 "batches": self.batches.state(), "normalization": self.data.stats, "model": self.model.name,
+                 "classes": self.fit.classes, "class_names": list(self.data.train.class_names or ()),
+                 "example_shape": list(self.data.train.shape)}
+        path = state.save(self.out.path / name, self.params, self.model.graph, self.progress, extra)
+        if name == "last":
+            self.saved = (path, self.progress.epoch, self.progress.step)
+
+    # ---- reporting -------------------------------------------------------------------
+
+    def _banner(self) -> str:
+        d, p = self.data, self.progress
+        sizes = " / ".join(f"{len(s):,} {n}" for n, s in (("train", d.train), ("val", d.val), ("test", d.test)) if s)
+        what = "resuming at" if p.step else "starting"
+        return (f"{what} step {p.step} of {self.total} ({self.per_epoch} per epoch) | model {self.model.name}, "
+                f"data {d.train.name}: {sizes} | {self.executor.name} executor | run {self.out.path}")
+
+    def _summary(self, r: dict, improved: bool) -> str:
+        epochs = math.ceil(self.total / self.per_epoch)
+        parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}"]
+        for split in ("train", "val"):
+            shown = [f"{k[len(split) + 1:]} {v:.4f}" for k, v in r.items() if k.startswith(split + "_")]
+            if shown:
+                parts.append(f"{split} " + " ".join(shown))
+        parts += [f"lr {r['lr']:.3g}", f"{r['time']:.1f}s"]
+        return "  ".join(parts) + ("  *" if improved else "")
+
+    def _finish(self) -> TrainResult:
+        p = self.progress
+        test = None
+        if self.data.test is not None:
+            best = self.out.best
+            params = dict(self.params)
+            if (best / "state.json").exists():
+                params.update(load_checkpoint(best).weights)
+            test = self.evaluator(self.data.test, params, self.data.transform)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in test.record("test").items())
+            self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {p.best_epoch})")
+        self.echo(f"trained {p.epoch} epochs ({p.step} steps) in {p.seconds:.1f}s; run saved in {self.out.path}")
+        result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test)
+        summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,
+                   "stopped_early": p.stopped, **(test.record("test") if test else {})}
+        write_atomic(self.out.path / RESULT, json.dumps(summary, indent=2).encode())
+        return result
+
+
+def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:
+    """|new - old| / |old| (Frobenius norms); None for an all-zero parameter."""
+    norm = float(np.linalg.norm(old))
+    return float(np.linalg.norm(new - old)) / norm if norm else None
+
+
+def _compile_error_located(model, build):
+    """Run `build`; a CompileError it raises without a location is placed at the model's name."""
+    try:
+        return build()
+    except CompileError as err:
+        mdef = model.program.models.get(model.name)
+        for d in err.diagnostics:
+            d.span = d.span or (mdef.name_span if mdef is not None else None)
+        err.sources = model.program.sources
+        raise

@@ -1,0 +1,155 @@
+"""The Numba CPU backend against the NumPy reference: models, every op's samples, edge cases.
+
+Each case compiles an unoptimised graph with `compile_graph` (which optimises, lowers,
+plans and generates it) and compares every output (loss, metrics, gradients, updated
+parameters and optimizer state) with `dslc.reference.run_outputs` on the same graph:
+|got - want| <= 1e-4 * max|want| per output, in float32. Optimizer state starts
+non-zero so Adam's first step is not the ill-conditioned g/|g|, and dropout masks are
+fixed so both sides draw the same. Compiled kernels are cached (DSLC_CACHE), so only
+the first run of this file pays Numba's compile time; the model cases are marked slow.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dslc
+from dslc import reference
+from dslc.ir.builder import GraphBuilder, complete_attrs
+from dslc.ir.graph import Output
+from dslc.passes.autodiff import differentiate
+from dslc.passes.train_step import Optimizer
+from dslc.runtime.cpu.runner import compile_graph
+from dslc.stages import build
+from tests.conftest import MODELS
+from tests.test_registry import OPS, SAMPLES, feeds_for, typed
+
+TOL = 1e-4
+SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
+         "resnet20": {"n": 1, "width": 4}, "mlp_bn": {"h1": 24, "h2": 12}, "digits_cnn": {"width": 4},
+         "digits_mlp": {"hidden": 16}, "two_layer": {"hidden": 12}}
+# Ops with no library kernel or generated loop yet: run by the NumPy reference (they allocate).
+FALLBACK_OPS = {"svm", "svm_grad", "slice", "slice_grad", "pad"}
+TOO_BIG = {"alexnet": "227x227 inputs with fixed widths: minutes per step in the reference",
+           "vgg16": "224x224 inputs with fixed widths: minutes per step in the reference"}
+
+
+def arrays(graph, batch: int, seed: int = 0):
+    """Feeds, parameters (optimizer state non-zero, variances positive) and fixed masks, float32."""
+    rng = np.random.default_rng(seed)
+    sizes = {"N": batch}
+    f32 = lambda a: np.asarray(a, np.float32)
+    feeds = {}
+    for n in graph.inputs:
+        shape = n.type.bind(sizes)
+        classes = 10
+        feeds[n.name] = (f32(rng.standard_normal(shape)) if n.type.is_float
+                         else rng.integers(0, classes, shape).astype(np.int64 if n.type.dtype == "i64" else np.int32))
+    feeds.update({k: f32(v) for k, v in (("lr", 0.05), ("step", 3.0)) if k in feeds})
+    params = {p.name: f32(rng.uniform(0.5, 1.5, p.type.bind({})) if p.name.startswith(("opt.v.", "opt.cache."))
+                          or p.name.endswith("running_var") else 0.1 * rng.standard_normal(p.type.bind({})))
+              for p in graph.params}
+    randoms = {r.name: f32((rng.random(r.type.bind(sizes)) < r.attr("p")) * r.attr("scale"))
+               for r in graph.of_op("random")}
+    return feeds, params, randoms
+
+
+def check(graph, batch: int, seed: int = 0):
+    """Compile `graph`, run it once, compare every output with the reference; the CompiledGraph."""
+    feeds, params, randoms = arrays(graph, batch, seed)
+    want = reference.run_outputs(graph, feeds, params, randoms=randoms)
+    cg = compile_graph(graph, batch)
+    got = cg.run(feeds, params, randoms=randoms)
+    for key, w in want.items():
+        g = got[key]
+        assert g.shape == w.shape, f"{key}: shape {g.shape}, reference {w.shape}"
+        scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
+        err = float(np.max(np.abs(g.astype(np.float64) - w))) / scale if w.size else 0.0
+        assert err <= TOL, f"{graph.name} {graph.stage} {key}: relative error {err:.2e} > {TOL}"
+    return cg
+
+
+def _models():
+    out = []
+    for path in sorted(MODELS.glob("*.net")):
+        name = path.stem
+        marks = [pytest.mark.slow]
+        if name in TOO_BIG:
+            marks.append(pytest.mark.skip(reason=TOO_BIG[name]))
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+@pytest.mark.parametrize("stage", ["train_step", "infer"])
+@pytest.mark.parametrize("name", _models())
+def test_model_matches_reference(name, stage):
+    model = dslc.load(MODELS / f"{name}.net", **SMALL.get(name, {}))
+    cg = check(build(model, stage), batch=3)
+    for k in (cg.kernels[p] for p in cg.fallbacks):
+        pre_host = k.op == "epilogue"  # elementwise work before a conv/matmul host (see the report)
+        assert pre_host or k.nodes[0].op in FALLBACK_OPS, f"{k.name} ({k.kind} {k.op}) fell back to NumPy"
+
+
+@pytest.mark.parametrize("opt", [Optimizer("sgd", lr=0.1, momentum=0.9, nesterov=True),
+                                 Optimizer("adam", lr=1e-3, weight_decay=0.01), Optimizer("rmsprop", lr=1e-3),
+                                 Optimizer("adagrad", lr=1e-2)], ids=["nesterov", "adamw", "rmsprop", "adagrad"])
+def test_every_optimizer_step_matches_reference(opt):
+    model = dslc.load(MODELS / "two_layer.net", hidden=12)
+    check(build(model, "train_step", opt), batch=5)
+
+
+def test_batch_of_one_and_odd_sizes():
+    model = dslc.load(MODELS / "mlp_bn.net", h1=7, h2=5)
+    check(build(model, "infer"), batch=1)
+    check(build(model, "train_step"), batch=7)
+
+
+def _op_graph(name, sample):
+    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it."""
+    op = OPS[name]
+    types = typed(sample, "f32")
+    attrs = dict(complete_attrs(op, sample.attrs))
+    b = GraphBuilder()
+    xs = [b.source(f"x{k}", "input", t) for k, t in enumerate(types)]
+    out = b.add(name, xs, attrs)
+    loss = out
+    if b.type_of(out).rank:
+        loss = b.add("sum", [b.add("mul", [out, b.source("r", "input", b.type_of(out))])])
+    graph = b.graph(f"op_{name}", [Output("loss", "loss", loss)], "typed")
+    wrt = [x for k, x in enumerate(xs) if k not in op.integer_inputs and types[k].is_float]
+    return (differentiate(graph, wrt) if op.grad and wrt else graph), types, sample.domain
+
+
+@pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
+                         ids=[f"{n}-{k}" for n, k, _ in SAMPLES if n not in ("dropconnect",)])
+def test_op_sample_matches_reference(name, k, sample):
+    graph, types, domain = _op_graph(name, sample)
+    feeds = {f"x{i}": v for i, v in enumerate(feeds_for(types, domain))}
+    if "r" in graph:
+        feeds["r"] = np.random.default_rng(1).standard_normal(graph["r"].type.bind({})).astype(np.float32)
+    want = reference.run_outputs(graph, feeds, {})
+    cg = compile_graph(graph, 1)
+    got = cg.run(feeds, {})
+    for key, w in want.items():
+        scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
+        err = float(np.max(np.abs(got[key].astype(np.float64) - w))) / scale if w.size else 0.0
+        assert err <= TOL, f"{name}: {key} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("geometry", [dict(kernel=3, stride=2, pad=1, dilation=1, groups=1),
+                                      dict(kernel=(2, 3), stride=(2, 1), pad="same", dilation=(1, 2), groups=2),
+                                      dict(kernel=1, stride=1, pad=0, dilation=1, groups=4),
+                                      dict(kernel=3, stride=3, pad="valid", dilation=2, groups=1)],
+                         ids=["s2p1", "same-dilated-groups", "1x1-depthwise", "valid-dilated"])
+def test_convolution_geometries(net, geometry):
+    args = ", ".join(f"{k}={v if not isinstance(v, tuple) else list(v)}" for k, v in geometry.items())
+    path = net(f"""
+model m() {{
+    input image : f32[N, 4, 9, 7]
+    input label : i64[N]
+    x = image |> conv2d(4, {args}) |> relu |> maxpool(2, stride=1, pad=1) |> avgpool(2) |> flatten
+    logits = x |> linear(10)
+    loss cross_entropy(logits, label)
+}}""")
+    model = dslc.load(path)
+    check(build(model, "train_step", Optimizer("sgd", lr=0.1, momentum=0.9)), batch=3)
