@@ -41,6 +41,7 @@ def lr_find(model, recipe, start: float = 1e-7, end: float = 10.0, steps: int = 
     if not 0 < start < end or steps < 2:
         raise ValueError("lr-find needs 0 < start < end and at least 2 steps")
     trainer = Trainer(model, recipe, device, quiet=True, detect_anomaly=False, echo=lambda _: None)
+    trainer.load_init()
     lrs, losses, avg, best = [], [], 0.0, math.inf
     batches = iter(())
     with np.errstate(all="ignore"):

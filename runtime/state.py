@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from dslc.frontend.recipe import KEYS, Recipe
-from dslc.runtime.checkpoint import compare, model_hash, recipe_hash, save_checkpoint
+from dslc.runtime.checkpoint import compare, model_hash, save_checkpoint
 
 OPT_PREFIX = "opt."  # optimizer state is named opt.SLOT.PARAM in the training-step graph
 
@@ -54,8 +54,6 @@ def save(path, params: dict, model_graph, progress: Progress, extra: dict):
     optimizer = {k: v for k, v in params.items() if k.startswith(OPT_PREFIX)}
     state = {"step": progress.step, "epoch": progress.epoch, "progress": progress.to_json(),
              "model_hash": model_hash(model_graph), **extra}
-    if "recipe" in extra:
-        state["recipe_hash"] = recipe_hash(Recipe.from_json(extra["recipe"]))
     return save_checkpoint(path, weights, optimizer, state)
 
 

@@ -38,7 +38,7 @@ from dslc.frontend.recipe import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.runtime import anomaly, state
-from dslc.runtime.checkpoint import load_checkpoint, model_hash, write_atomic
+from dslc.runtime.checkpoint import load_checkpoint, model_hash, recipe_hash, write_atomic
 from dslc.runtime.data import Batches, build_augment
 from dslc.runtime.errors import Interrupted, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator
@@ -110,6 +110,10 @@ class Trainer:
         self.fit = layout(model, self.data.train)
         self.executor = executor_for(device or recipe["device"])
         augment = build_augment(recipe["augment"])
+        try:  # a transform that does not fit the examples fails now, not in the data thread
+            augment(self.data.train.x[:2], self.data.train.y[:2], np.random.default_rng(0))
+        except ValueError as e:
+            raise TrainError(f"augment of {self.data.train.name}: {e}") from None
         graph = mix_losses(model.graph, self.fit.y) if augment.mixup else model.graph
         self.graph = _compile_error_located(model, lambda: train_step(
             graph, self.opt, select_params(model.graph, recipe["freeze"]),
@@ -127,7 +131,7 @@ class Trainer:
         self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
         self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
         self.streams = Streams(seed)
-        self.params = self._initial_params(seed)
+        self.params = self._fresh_params(seed)
         self.progress = state.Progress()
         self.watch = self._watched()
         self.saved: tuple[Path, int, int] | None = None  # the last `last` checkpoint: path, epoch, step
@@ -135,15 +139,18 @@ class Trainer:
 
     # ---- setting up ------------------------------------------------------------------
 
-    def _initial_params(self, seed: int) -> dict[str, np.ndarray]:
+    def _fresh_params(self, seed: int) -> dict[str, np.ndarray]:
         params = self.model.init(derived_seed(seed, "init"))
-        init = self.recipe["init"]
-        if init is not None:
-            params.update(init_from(self.model, init["path"], init["skip"]))
         for node in self.graph.params:  # optimizer state starts at zero
             if node.name not in params:
                 params[node.name] = np.zeros(node.type.bind({}), NUMPY_DTYPE[node.type.dtype])
         return params
+
+    def load_init(self) -> None:
+        """Apply the recipe's `init = checkpoint(run, skip=[...])` (a new run, or the range test)."""
+        init = self.recipe["init"]
+        if init is not None:
+            self.params.update(init_from(self.model, init["path"], init["skip"]))
 
     def _watched(self) -> tuple[str, str, float, int | None]:
         """(metric, min|max, min_delta, patience or None): what picks `best` and stops early."""
@@ -155,6 +162,7 @@ class Trainer:
         return metric, "min" if metric.endswith("loss") else "max", 0.0, None
 
     def start(self, out_dir: Path, force: bool, overrides: dict) -> None:
+        self.load_init()
         config = make_config(self.recipe, model_hash(self.model.graph), self.recipe["seed"], model=self.model.name,
                              file=str(self.model.program.root), executor=self.executor.name, overrides=overrides)
         try:
@@ -325,7 +333,8 @@ class Trainer:
                       f"(best {p.best:.4f} at epoch {p.best_epoch})")
 
     def _checkpoint(self, name: str) -> None:
-        extra = {"optimizer": self.opt.kind, "recipe": self.recipe.to_json(), "rng": self.streams.state(),
+        extra = {"optimizer": self.opt.kind, "recipe": self.recipe.to_json(), "recipe_hash": recipe_hash(self.recipe),
+                 "rng": self.streams.state(),
                  "batches": self.batches.state(), "normalization": self.data.stats, "model": self.model.name,
                  "classes": self.fit.classes, "class_names": list(self.data.train.class_names or ()),
                  "example_shape": list(self.data.train.shape)}

@@ -131,7 +131,7 @@ def workspace_elements(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> in
             need = max(need, externs.workspace_elements(node, [shape(i) for i in node.inputs], shape(node.name)))
         elif k.kind == "fused" and k.op == "epilogue":
             for b in node.attr("body"):
-                if b.op in externs.CONV_OPS:
+                if b.op in externs.CONV_OPS and all(r.startswith("$") for r in b.inputs):
                     ins = [shape(node.inputs[int(r[1:])]) for r in b.inputs]
                     need = max(need, externs.workspace_elements(b, ins, shape(node.name)))
     return need

@@ -1,0 +1,170 @@
+"""The training verbs of the command line: train, eval, predict, ensemble, plot, lr, lr-find.
+Each happy path on the shipped digits, and the mistakes a person makes: exit status 1 with
+a message naming the file (2 for a bad command line), never a traceback."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dslc.cli import main
+from dslc.runtime.data import digits
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MLP = MODELS / "digits_mlp.net"
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two quick runs of the digits MLP with different seeds."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (0, 1):
+        assert main(["train", str(MLP), "--epochs", "3", "--set", f"seed={seed}", "--out", str(root / f"s{seed}"),
+                     "--quiet"]) == 0
+    return root / "s0", root / "s1"
+
+
+def test_train_prints_epochs_and_test_accuracy(tmp_path, capsys):
+    code, out, _ = run(capsys, "train", MLP, "--epochs", "2", "--out", tmp_path / "r", "--set", "hidden=32",
+                       "--set", "optimizer.lr=0.01")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("starting step 0 of 40")
+    assert lines[1].startswith("epoch 1/2  train loss") and "val loss" in lines[1]
+    assert "test_accuracy" in lines[-2] and "359 examples" in lines[-2]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["overrides"] == {"hidden": 32, "optimizer.lr": 0.01, "epochs": 2}
+    assert config["recipe"]["entries"]["optimizer"]["args"]["lr"] == 0.01
+
+
+def test_train_default_run_directory_is_never_overwritten(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert run(capsys, "train", MLP, "--epochs", "2", "--quiet")[0] == 0
+    assert (tmp_path / "runs" / "digits_mlp" / "config.json").exists()
+    assert (tmp_path / "runs" / "digits_mlp-2" / "config.json").exists()
+    code, _, err = run(capsys, "train", MLP, "--epochs", "2", "--quiet", "--out", "runs/digits_mlp")
+    assert code == 1 and "already holds a run" in err and "--force" in err
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["nowhere.net"], 1, "nowhere.net"),
+    ([MLP, "--as", "fast"], 1, "no recipe named 'fast'"),
+    ([MLP, "--set", "optimizer.lr=-1"], 2, "optimizer.lr=-1"),
+    ([MLP, "--set", "epochz=3"], 1, "epochz"),  # not a recipe key: a model hyper-parameter it lacks
+    ([MLP, "--device", "gpu"], 1, "gpu"),
+    ([MLP, "--resume", "nowhere"], 1, "nowhere"),
+    ([MLP, "--resume", "a", "--out", "b"], 2, "--out cannot go with it"),
+    ([MLP, "--set", "augment=[random_crop(16)]"], 1, "random_crop(16, pad=0) does not fit images of 8x8"),
+])
+def test_train_mistakes(tmp_path, capsys, monkeypatch, args, status, message):
+    monkeypatch.chdir(tmp_path)
+    if "gpu" in args and importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed")
+    code, _, err = run(capsys, "train", *args)
+    assert code == status and message in err
+
+
+def test_train_data_that_does_not_fit_is_located(tmp_path, capsys):
+    bad = tmp_path / "bad.net"
+    bad.write_text(MLP.read_text().replace("f32[N, 64]", "f32[N, 60]"))
+    code, _, err = run(capsys, "train", bad, "--out", tmp_path / "r")
+    assert code == 1 and f"{bad}:5:" in err and "E0513" in err and "[1, 8, 8]" in err
+
+
+def test_eval_text_and_json(runs, capsys):
+    code, out, _ = run(capsys, "eval", MLP, "--checkpoint", runs[0])
+    assert code == 0 and "test split of digits-test (359 examples)" in out and "top-5 accuracy" in out
+    code, out, _ = run(capsys, "eval", MLP, "--checkpoint", runs[0] / "last", "--split", "val", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["split"] == "val" and report["examples"] == 180
+    confusion = np.array(report["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 180
+    assert np.trace(confusion) / 180 == pytest.approx(report["accuracy"])
+    assert report["accuracy"] == pytest.approx(report["metrics"]["accuracy"], abs=1e-6)
+    assert report["top5_accuracy"] >= report["accuracy"]
+
+
+def test_eval_mistakes(runs, tmp_path, capsys):
+    code, _, err = run(capsys, "eval", MLP, "--checkpoint", tmp_path / "none")
+    assert code == 1 and "none" in err
+    code, _, err = run(capsys, "eval", MLP, "--checkpoint", runs[0], "--set", "hidden=16")
+    assert code == 1 and "does not fit model 'digits_mlp'" in err and "[64, 16]" in err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "state.json").write_text("{")
+    code, _, err = run(capsys, "eval", MLP, "--checkpoint", tmp_path / "broken")
+    assert code == 1 and "bad JSON" in err
+
+
+def test_predict_npy_and_image(runs, tmp_path, capsys):
+    data = digits()
+    np.save(tmp_path / "x.npy", data.x[:4])
+    code, out, _ = run(capsys, "predict", MLP, "--checkpoint", runs[0], "--input", tmp_path / "x.npy", "--top", "2")
+    assert code == 0 and len(out.splitlines()) == 4 and out.startswith("0: ")
+    code, out, _ = run(capsys, "predict", MLP, "--checkpoint", runs[0], "--input", tmp_path / "x.npy", "--json")
+    rows = json.loads(out)
+    assert len(rows) == 4 and len(rows[0]) == 5
+    assert sum(r["probability"] for r in rows[0]) <= 1 + 1e-6
+    correct = sum(row[0]["class"] == str(y) for row, y in zip(rows, data.y[:4]))
+    assert correct >= 2
+    from PIL import Image
+    Image.fromarray((data.x[0, 0] * 255).astype(np.uint8)).resize((32, 32)).save(tmp_path / "d.png")
+    code, out, _ = run(capsys, "predict", MLP, "--checkpoint", runs[0], "--input", tmp_path / "d.png", "--top", "1")
+    assert code == 0 and out.startswith("0: ")
+
+
+def test_predict_mistakes(runs, tmp_path, capsys):
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 7)))
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    (tmp_path / "x.txt").write_text("1 2 3")
+    for name, message in (("wrong.npy", "neither one example"), ("junk.png", "not a readable image"),
+                          ("x.txt", "cannot read .txt"), ("missing.npy", "no such file")):
+        code, _, err = run(capsys, "predict", MLP, "--checkpoint", runs[0], "--input", tmp_path / name)
+        assert code == 1 and message in err and name in err
+    assert run(capsys, "predict", MLP, "--checkpoint", runs[0], "--input", "x.npy", "--top", "0")[0] == 2
+
+
+def test_ensemble(runs, capsys):
+    code, out, _ = run(capsys, "ensemble", MLP, "--checkpoint", runs[0], "--checkpoint", runs[1], "--json")
+    report = json.loads(out)
+    assert code == 0 and len(report["members"]) == 2 and report["examples"] == 359
+    best_member = max(m["accuracy"] for m in report["members"])
+    assert report["accuracy"] >= best_member - 0.03  # averaging rarely hurts much, usually helps
+    code, out, _ = run(capsys, "ensemble", MLP, "--checkpoint", runs[0], "--checkpoint", runs[1])
+    assert code == 0 and "ensemble of 2: accuracy" in out
+    code, _, err = run(capsys, "ensemble", MLP, "--checkpoint", runs[0])
+    assert code == 2 and "at least two" in err
+
+
+def test_plot_runs(runs, tmp_path, capsys):
+    code, out, _ = run(capsys, "plot", *runs, "-o", tmp_path / "both.png")
+    assert code == 0 and (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run(capsys, "plot", tmp_path / "nothing", "-o", tmp_path / "x.png")
+    assert code == 1 and "nothing" in err
+
+
+def test_lr_plots_the_schedule(tmp_path, capsys):
+    code, out, _ = run(capsys, "lr", MLP, "-o", tmp_path / "lr.png")
+    assert code == 0 and (tmp_path / "lr.png").exists()
+    assert "epoch 0: 3e-05" in out and "epoch 40: 0" in out  # warm-up from 1% of 3e-3; cosine to 0
+    code, out, _ = run(capsys, "lr", MLP, "--set", "steps=100", "-o", tmp_path / "lr2.png")
+    assert code == 0 and "epoch 5: 0" in out  # 100 steps of 20 per epoch
+
+
+def test_lr_find_suggests_a_rate(tmp_path, capsys):
+    code, out, _ = run(capsys, "lr-find", MLP, "--steps", "60", "-o", tmp_path / "find.png")
+    assert code == 0 and (tmp_path / "find.png").exists()
+    suggested = float(out.split("suggested lr ")[1].split()[0])
+    assert 1e-5 < suggested < 1.0
+    code, _, err = run(capsys, "lr-find", MLP, "--start", "1", "--end", "0.1")
+    assert code == 2 and "start < end" in err
