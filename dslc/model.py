@@ -56,7 +56,9 @@ class Model:
                                   p.attr("role")) for p in self.graph.params}
 
     def summary(self) -> Summary:
-        return summarize(self.graph)
+        """The layer table; parameters the training recipe freezes are marked not trainable."""
+        from dslc.stages import recipe_settings  # stages builds on this module
+        return summarize(self.graph, frozen=set(recipe_settings(self)[1]))
 
     def with_dtype(self, dtype: str) -> "Model":
         """The same model computing in `dtype` ("f64" for gradient checking): every float type is cast."""

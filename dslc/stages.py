@@ -38,10 +38,11 @@ def build(model: Model, stage: str, optimizer: "Optimizer | Mapping | None" = No
         hint = did_you_mean(stage, STAGES)
         raise UsageError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}" + (f" ({hint})" if hint else ""))
     try:
+        clip = None
         if stage == "train_step" and optimizer is None:
-            optimizer, recipe_frozen = recipe_settings(model)
+            optimizer, recipe_frozen, clip = recipe_settings(model)
             frozen = frozen or recipe_frozen
-        return maybe_check(_build(model.graph, stage, optimizer, frozen), stage)
+        return maybe_check(_build(model.graph, stage, optimizer, frozen, clip), stage)
     except CompileError as err:
         mdef = model.program.models.get(model.name)
         for d in err.diagnostics:
@@ -50,19 +51,23 @@ def build(model: Model, stage: str, optimizer: "Optimizer | Mapping | None" = No
         raise
 
 
-def recipe_settings(model: Model) -> tuple[Optimizer, list[str]]:
-    """The optimizer and frozen parameters of the recipe that trains `model` (the one named
-    after it first), or (DEFAULT_OPTIMIZER, []) when no recipe does; a broken recipe is an error."""
+def recipe_settings(model: Model) -> tuple[Optimizer, list[str], float | None]:
+    """The optimizer, frozen parameters and gradient-clipping norm of the recipe that trains
+    `model` (the one named after it first), or (DEFAULT_OPTIMIZER, [], None) when no recipe
+    does; a broken recipe is an error."""
     trains = sorted((t for t in model.program.trains if t.model == model.name), key=lambda t: t.alias is not None)
     if not trains:
-        return DEFAULT_OPTIMIZER, []
+        return DEFAULT_OPTIMIZER, [], None
     settings, errors = recipe.validate(trains[0], model.graph)
+    errors = [e for e in errors if e.severity == "error"]
     if errors:
         raise CompileError(errors)
-    return Optimizer.from_recipe(settings["optimizer"]), recipe.select_params(model.graph, settings["freeze"])
+    clip = settings["clip"]["max_norm"] if settings["clip"] else None
+    return (Optimizer.from_recipe(settings["optimizer"]), recipe.select_params(model.graph, settings["freeze"]),
+            clip)
 
 
-def _build(graph: Graph, stage: str, optimizer, frozen) -> Graph:
+def _build(graph: Graph, stage: str, optimizer, frozen, clip=None) -> Graph:
     if stage == "typed":
         return graph
     if stage == "train":
@@ -70,5 +75,5 @@ def _build(graph: Graph, stage: str, optimizer, frozen) -> Graph:
     if stage == "backward":
         return differentiate(lower(graph), [p.name for p in trainable_params(graph)])
     if stage == "train_step":
-        return train_step(graph, optimizer, frozen)
+        return train_step(graph, optimizer, frozen, clip)
     return inference(graph)

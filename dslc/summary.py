@@ -20,6 +20,7 @@ class Row:
     shape: str
     params: int
     flops: int
+    trainable: int  # of `params`, those the training recipe updates (not frozen)
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ class Summary:
                 "trainable_params": self.trainable_params, "flops": self.flops}
 
     def text(self) -> str:
-        header = ("Layer", "Op", "Output shape", "Params", "FLOPs")
-        rows = [(r.name, r.op, r.shape, f"{r.params:,}", f"{r.flops:,}") for r in self.layers]
+        header = ("Layer", "Op", "Output shape", "Params", "FLOPs", "Train")
+        rows = [(r.name, r.op, r.shape, f"{r.params:,}", f"{r.flops:,}", _train_mark(r)) for r in self.layers]
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-        line = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+        line = lambda cells: "  ".join(c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
                                        for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
         rule = "-" * len(line(header))
         out = [f'Model "{self.model}"', rule, line(header), rule] + [line(r) for r in rows] + [rule]
@@ -58,7 +59,17 @@ def is_learnable(node) -> bool:
     return node.op == "param" and node.attr("role") != "state"
 
 
-def summarize(graph: Graph) -> Summary:
+def _train_mark(row: Row) -> str:
+    if row.params == 0:
+        return ""
+    return "yes" if row.trainable == row.params else "frozen" if row.trainable == 0 else "partly"
+
+
+def summarize(graph: Graph, frozen=frozenset()) -> Summary:
+    """The summary of `graph`; parameters named in `frozen` (a recipe's `freeze`) count as not trainable."""
+    def trains(p) -> bool:
+        return is_learnable(p) and p.attr("trainable") and p.name not in frozen
+
     layers, total_flops = [], 0
     params = {n.name: n for n in graph.params}
     for n in graph.nodes:
@@ -66,14 +77,15 @@ def summarize(graph: Graph) -> Summary:
             continue
         if n.op == "param":  # an explicit `param` declaration is its own row
             count = n.type.numel() if is_learnable(n) else 0
-            layers.append(Row(n.name, "param", n.type.show(), count, 0))
+            layers.append(Row(n.name, "param", n.type.show(), count, 0, count if trains(n) else 0))
             continue
         owned = [params[i] for i in n.inputs if i in params and i.startswith(n.name + ".")]
         count = sum(p.type.numel() for p in owned if is_learnable(p))
         op = registry.get(n.op)
         flops = op.flops([graph[i].type for i in n.inputs], n.type, n.attr_dict) if op.flops else 0
         total_flops += flops
-        layers.append(Row(n.name, n.op, n.type.show(), count, flops))
+        layers.append(Row(n.name, n.op, n.type.show(), count, flops,
+                          sum(p.type.numel() for p in owned if trains(p))))
     learnable = [p for p in graph.params if is_learnable(p)]
     return Summary(
         model=graph.name,
@@ -82,5 +94,5 @@ def summarize(graph: Graph) -> Summary:
                  for o in graph.outputs},
         layers=layers,
         params=sum(p.type.numel() for p in learnable),
-        trainable_params=sum(p.type.numel() for p in learnable if p.attr("trainable")),
+        trainable_params=sum(p.type.numel() for p in learnable if trains(p)),
         flops=total_flops)

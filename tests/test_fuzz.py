@@ -24,7 +24,7 @@ from hypothesis.extra.lark import from_lark  # noqa: E402
 
 import dslc  # noqa: E402
 from dslc.diagnostics import CompileError  # noqa: E402
-from dslc.frontend.calls import INTERNAL  # noqa: E402
+from dslc.ops.registry import INTERNAL  # noqa: E402
 from dslc.frontend.parse import parser  # noqa: E402
 from dslc.ops import registry  # noqa: E402
 

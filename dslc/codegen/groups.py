@@ -18,8 +18,8 @@ sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of th
 from __future__ import annotations
 
 from dslc.codegen.loops import PARALLEL_MIN, emit_body, first, loop, numel
-from dslc.codegen.scalar import expression
-from dslc.codegen.source import Source
+from dslc.codegen.scalar import has_scalar
+from dslc.codegen.source import Namer, Source
 
 REDUCE_OPS = ("mean", "var", "sum", "batchnorm_grad_gamma")
 
@@ -38,7 +38,6 @@ def update_supported(kg, kernel) -> bool:
 
 
 def _scalar_ops(node) -> bool:
-    from dslc.codegen.scalar import has_scalar
     if node.op == "fused":
         return all(b.op == "const" or _scalar_ops(b) for b in node.attr("body"))
     return has_scalar(node.op)
@@ -91,7 +90,6 @@ def update(gen, src, kernel) -> None:
 
 def _chain_text(nodes, ext, outs) -> str:
     """`def chain(p0, p1, ...)`: the chain's scalar program, returning its stored values."""
-    from dslc.codegen.source import Namer
     params = [f"p{k}" for k in range(len(ext))]
     text = Source()
     with text.block(f"def chain({', '.join(params)}):"):
@@ -251,14 +249,10 @@ def sweep(gen, src, kernel) -> None:
 
 
 def _channel_op(st, n) -> None:
-    values = emit_body(st.src, [n], lambda r: st.chan[r] if r in st.chan else _loaded(st, r), st.names)
+    values = emit_body(st.src, [n], st.chan.__getitem__, st.names)
     st.chan[n.name] = values[n.name]
     if n.name in st.kernel.outputs:
         st.src.line(f"{st.gen.arg(n.name)}[c] = {values[n.name]}")
-
-
-def _loaded(st, name):
-    raise AssertionError(f"per-channel op reads {name}, which is not per-channel")
 
 
 def _map(st, n, stats, count) -> None:

@@ -29,6 +29,7 @@ from dslc.codegen.source import Namer, Source, where
 from dslc.ir.graph import Node
 from dslc.ir.types import concrete
 from dslc.kernels.graph import Kernel, KernelGraph, index_maps
+from dslc.ops import registry
 
 MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
                   "workspace", "fallback", "BUFFERS", "FALLBACK", "max", "min") + tuple(CONSTANTS)
@@ -114,14 +115,21 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
 
 
 def _as_loop(k: Kernel, kg: KernelGraph) -> Kernel:
-    """A lone sum/mean is a reduce loop with a one-node body, like a lone elementwise op."""
+    """A lone sum/mean is a reduce loop with a one-node body, and a lone optimizer update an
+    elementwise loop, as lowering already does for a lone elementwise op."""
     node = k.nodes[0]
-    if k.kind != "extern" or node.op not in ("sum", "mean") or not kg.buffer(node.inputs[0]).type.is_float:
+    if k.kind != "extern" or not kg.buffer(node.name).type.is_float:
+        return k
+    if node.op in ("sum", "mean"):
+        kind = "reduce"
+    elif registry.get(node.op).category == "optimizer" and has_scalar(node.op):
+        kind = "elementwise"
+    else:
         return k
     body = node.replace(inputs=tuple(f"${k.inputs.index(i)}" for i in node.inputs))
-    fused = Node(node.name, "fused", k.inputs, (("kind", "reduce"), ("body", (body,))), node.type, node.span)
+    fused = Node(node.name, "fused", k.inputs, (("kind", kind), ("body", (body,))), node.type, node.span)
     maps = index_maps(fused, [kg.buffer(i).type for i in k.inputs])
-    return Kernel(k.name, "fused", "reduce", (fused,), k.inputs, k.outputs, index_maps=maps, reduces=True,
+    return Kernel(k.name, "fused", kind, (fused,), k.inputs, k.outputs, index_maps=maps, reduces=kind == "reduce",
                   prologue=k.prologue)
 
 

@@ -5,7 +5,8 @@ sum/mean reduction), producers are absorbed while all of these hold:
   - the producer is elementwise (its OpDef says how it indexes its inputs),
   - it iterates over the same shape as the group (no hidden recomputation under broadcast),
   - every consumer of it is already in the group and it is not a graph output
-    (each fused node has one result, so nothing else may need the intermediate).
+    (each fused node has one result, so nothing else may need the intermediate),
+  - it does not feed an epilogue host (a GEMM or convolution reads its inputs from memory).
 Scalar constants are copied into every body that uses them. An elementwise group may
 also absorb one matmul, linear or conv2d that feeds it as its *epilogue host*, so bias
 and activation are applied while the product is still in cache.
@@ -42,6 +43,8 @@ def _grow(root: Node, graph: Graph, users, outputs: set[str], taken: set[str]) -
                     continue
                 if not all(u.name in members for u in users[p.name]):
                     continue
+                if any(u.op in EPILOGUE_HOSTS for u in users[p.name]):
+                    continue  # a host reads its inputs from memory: they stay materialised
                 host = (kind == "elementwise" and p.op in EPILOGUE_HOSTS
                         and not any(graph[m].op in EPILOGUE_HOSTS for m in members))
                 if p.type.shape == shape and (_is_elementwise(p) or host):
