@@ -145,9 +145,11 @@ def cmd_inspect(args) -> int:
 
 
 def _pass_table(graph, args) -> str:
-    """`inspect --passes`: each pass's report with node count and bytes after it; with
-    --verify also the largest relative difference of every output against the graph before it."""
-    from dslc.passes import check_numeric, pipeline
+    """`inspect --passes`: each pass's report, with the node count and the memory-planned
+    bytes of the graph after it (against one buffer per value); with --verify also the
+    largest relative difference of every output against the graph before the pass."""
+    from dslc.kernels.lower import lower
+    from dslc.passes import check_numeric, memory_plan, pipeline
 
     bindings = check_numeric.random_bindings(graph, batch=args.batch, seed=0) if args.verify else None
     diffs: dict[str, float] = {}
@@ -156,26 +158,23 @@ def _pass_table(graph, args) -> str:
         if bindings:
             diffs[name] = check_numeric.max_rel_difference(before, after, *bindings)
 
+    def planned(g) -> tuple[str, str]:
+        p = memory_plan.plan(lower(g), args.batch)
+        return f"{p.arena_bytes:,}", f"{p.naive_bytes:,}"
+
     level = 2 if args.opt is None else args.opt
     _, results = pipeline.optimize(graph, level, args.disable_pass or (), args.after, check=measure)
-    rows = [("(start)", str(len(graph)), f"{_value_bytes(graph, args.batch):,}", "", "")]
+    rows = [("(start)", str(len(graph)), *planned(graph), "", "")]
     for r in results:
         diff = f"{diffs[r.name]:.1e}" if r.name in diffs else ""
-        rows.append((r.name, str(len(r.graph)), f"{_value_bytes(r.graph, args.batch):,}", diff,
-                     r.report.split(": ", 1)[1]))
-    header = ("pass", "nodes", f"bytes@N={args.batch}", "max rel diff" if args.verify else "", "report")
-    widths = [max(len(row[i]) for row in rows + [header]) for i in range(4)]
-    fmt = lambda row: "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w)
+        rows.append((r.name, str(len(r.graph)), *planned(r.graph), diff, r.report.split(": ", 1)[1]))
+    header = ("pass", "nodes", f"planned@N={args.batch}", "one-per-value", "max rel diff" if args.verify else "",
+              "report")
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(5)]
+    fmt = lambda row: "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(row, widths + [0]))).rstrip()
-    return "\n".join([f"{graph.name} ({graph.stage}) at -O{level}", fmt(header)] + [fmt(r) for r in rows])
-
-
-def _value_bytes(graph, batch: int) -> int:
-    """Bytes of every value computed per step, one buffer per value (no reuse)."""
-    from dslc.ir.types import NUMPY_DTYPE
-    import numpy as np
-    return sum(n.type.numel({"N": batch}) * np.dtype(NUMPY_DTYPE[n.type.dtype]).itemsize
-               for n in graph.nodes if n.op not in ("input", "param", "const"))
+    return "\n".join([f"{graph.name} ({graph.stage}) at -O{level}, bytes of per-step values",
+                      fmt(header)] + [fmt(r) for r in rows])
 
 
 # ---- ops -----------------------------------------------------------------------------

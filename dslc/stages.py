@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from dslc.diagnostics import CompileError, UsageError, did_you_mean
 from dslc.frontend import recipe
@@ -22,6 +22,7 @@ from dslc.passes.infer import inference
 from dslc.passes.train_mode import lower
 from dslc.passes.train_step import Optimizer, train_step
 
+T = TypeVar("T")
 STAGES = ("typed", "train", "backward", "train_step", "infer")
 DEFAULT_OPTIMIZER = Optimizer("sgd", lr=0.01)
 
@@ -37,12 +38,22 @@ def build(model: Model, stage: str, optimizer: "Optimizer | Mapping | None" = No
     if stage not in STAGES:
         hint = did_you_mean(stage, STAGES)
         raise UsageError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}" + (f" ({hint})" if hint else ""))
-    try:
+    def build_stage():
+        nonlocal optimizer, frozen
         clip = None
         if stage == "train_step" and optimizer is None:
             optimizer, recipe_frozen, clip = recipe_settings(model)
             frozen = frozen or recipe_frozen
         return maybe_check(_build(model.graph, stage, optimizer, frozen, clip), stage)
+
+    return located_at_model(model, build_stage)
+
+
+def located_at_model(model: Model, build: Callable[[], T]) -> T:
+    """Run `build`; a CompileError it raises without a location (a pass found no loss,
+    nothing to infer) is placed at the model's name, with the model's sources to quote."""
+    try:
+        return build()
     except CompileError as err:
         mdef = model.program.models.get(model.name)
         for d in err.diagnostics:

@@ -93,3 +93,41 @@ def per_batch(graph):
         if any(i in dep for i in n.inputs):
             dep.add(n.name)
     return dep - {n.name for n in graph.inputs}
+
+
+@pytest.mark.parametrize("file", ["small_cnn.net", "cifar_cnn.net", "resnet20.net"])
+def test_inference_graphs_have_no_batchnorm_after_folding(file):
+    graph = stages.build(dslc.load(MODELS / file), "infer")
+    assert graph.of_op("batchnorm")
+    folded, results = optimize(graph, after="fold-batchnorm")
+    assert not folded.of_op("batchnorm")
+    assert results[0].report.startswith("fold-batchnorm: folded ")
+
+
+def test_batchnorm_in_training_is_left_exact(net):
+    graph = stages.build(dslc.load(MODELS / "small_cnn.net"), "train_step")
+    assert optimize(graph, after="fold-batchnorm")[0].of_op("batchnorm") == graph.of_op("batchnorm")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--after", "fold-batchnrom"], "unknown pass 'fold-batchnrom'; did you mean 'fold-batchnorm'?"),
+    (["--disable-pass", "nope"], "unknown pass 'nope'"),
+    (["-O", "3"], "invalid choice"),
+])
+def test_bad_pass_options_exit_2(flags, message):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "dslc.cli", "inspect", str(MODELS / "small_cnn.net"), *flags],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_passes_table_reports_every_pass():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "dslc.cli", "inspect", str(MODELS / "small_cnn.net"),
+                           "--stage", "infer", "--passes", "--verify"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in PASS_NAMES:
+        assert name in done.stdout
+    assert "folded 2 batchnorm into conv2d/linear" in done.stdout
