@@ -423,7 +423,8 @@ def _add_training_verbs(verbs) -> None:
     _add_recipe_args(p, epochs=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME, or runs/NAME-2, ... if taken)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--device", choices=("cpu", "gpu"), help="where to train (default: the recipe's device)")
+    p.add_argument("--device", choices=("cpu", "gpu", "reference"),
+                   help="where to train (default: the recipe's device; reference: the NumPy interpreter)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--detect-anomaly", action="store_true",
                    help="when the loss becomes NaN or Inf, replay the step to name the first non-finite node")

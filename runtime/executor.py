@@ -13,8 +13,11 @@ declared outputs) by name. Random nodes (dropout masks) draw from `rng`, so the
 caller decides where randomness comes from and can checkpoint its state.
 
 The graph is optimised first (dslc.passes.pipeline at -O2: constant folding, common
-subexpressions, dead code, fusion), which changes no result. The only executor today
-is the NumPy reference interpreter; compiled backends implement the same two calls.
+subexpressions, dead code, fusion), which changes no result. Two executors implement
+these two calls: the CPU default, Numba-compiled kernels in one planned arena
+(dslc/runtime/cpu/executor.py: after a step `params` holds live arena views, so copy
+what you keep), and the NumPy reference interpreter, slow and obviously right, which
+`--device reference` (executor_for("reference")) selects to check the compiled one.
 """
 from __future__ import annotations
 
@@ -69,15 +72,19 @@ class ReferenceExecutor:
 
 
 def executor_for(device: str = "cpu") -> Executor:
-    """The executor for a recipe's or the command line's device: cpu, gpu or auto.
+    """The executor for a recipe's or the command line's device: cpu, gpu, auto or reference.
 
-    auto means the GPU when one can be used, else the CPU; asking for gpu explicitly
-    without one is a DeviceError rather than a silent fall-back.
+    auto means the GPU when one can be used, else the CPU (the Numba executor); asking
+    for gpu explicitly without one is a DeviceError rather than a silent fall-back.
+    reference is the NumPy interpreter on the CPU, for checking the compiled kernels.
     """
-    if device in ("cpu", "auto"):
+    if device == "reference":
         return ReferenceExecutor()
+    if device in ("cpu", "auto"):
+        from dslc.runtime.cpu.executor import NumbaExecutor  # imports Numba: only when training
+        return NumbaExecutor()
     if device != "gpu":
-        raise DeviceError(f"unknown device '{device}'; devices: cpu, gpu, auto")
+        raise DeviceError(f"unknown device '{device}'; devices: cpu, gpu, auto, reference")
     try:
         import cupy
         count = cupy.cuda.runtime.getDeviceCount()

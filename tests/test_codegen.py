@@ -7,6 +7,7 @@ NUMBA_DISABLE_JIT, and the trainer's executor adapter.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,31 @@ def test_compile_emits_identical_files(tmp_path, capsys, monkeypatch):
         a = (tmp_path / "a" / f"mlp_bn_{stage}.py").read_bytes()
         assert a == (tmp_path / "b" / f"mlp_bn_{stage}.py").read_bytes()
     assert "mlp_bn train_step:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compile_again_is_answered_from_the_build_record(tmp_path, capsys, monkeypatch):
+    """A second compile of an unchanged model finds its kernels built; an edit, or a deleted
+    Numba cache file, makes it build again."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    net = tmp_path / "two_layer.net"
+    net.write_text((MODELS / "two_layer.net").read_text())
+    compile_ = ["compile", str(net), "--stage", "train_step", "--set", "hidden=5"]
+
+    def run() -> str:
+        assert main(compile_) == 0
+        return capsys.readouterr().out
+
+    assert "built already" not in run()
+    assert "built already" in run()
+    record = next((tmp_path / "cache" / "built").glob("*.json"))
+    assert any(a.endswith(".nbi") for a in json.loads(record.read_text())["artefacts"])
+    net.write_text(net.read_text() + "\n# an edit\n")
+    assert "built already" not in run()
+    assert "built already" in run()
+    for index in (tmp_path / "cache" / "__pycache__").glob("*.nbi"):
+        index.unlink()
+    assert "built already" not in run()
 
 
 SCRIPT = """

@@ -7,7 +7,7 @@ sum that cancels to near zero is judged against the size of its terms).
 
 Shapes cover the edge cases a model produces: batch 1, odd sizes, stride, padding
 (symmetric, asymmetric `same`, valid), dilation, groups (incl. depthwise), 1x1
-convolutions, and conv chunks of one image as well as the default chunking.
+convolutions, im2col in blocks of output rows, and one workspace slot as well as several.
 The first run compiles every kernel (about a minute); later runs load Numba's cache.
 """
 from __future__ import annotations
@@ -88,6 +88,8 @@ CONV_CASES = [
     (2, 4, 6, 6, 4, 3, 1, "same", 1, 4, True),         # depthwise
     (2, 2, 10, 11, 3, 3, 3, "valid", 1, 1, True),      # stride 3, windows not covering the edge
     (2, 3, 6, 5, 4, 3, 1, (2, 0), 1, 1, False),        # padding rows only
+    (2, 16, 32, 32, 4, 3, 1, "same", 1, 1, True),      # im2col in 2 blocks of rows (> COL_BLOCK)
+    (1, 64, 30, 31, 2, 3, 1, 1, 2, 1, False),          # 4 blocks, dilation 2
 ]
 
 
@@ -99,16 +101,16 @@ def _conv_args(case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chunk", [1, None])
+@pytest.mark.parametrize("parts", [1, 3])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d(case, chunk, dtype):
+def test_conv2d(case, parts, dtype):
     x_shape, w_shape, attrs, bias = _conv_args(case)
     rng = np.random.default_rng(2)
     x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
     b = randn(rng, w_shape[:1], dtype) if bias else None
     geo = conv.geometry(attrs, x_shape[2:])
     want = ref("conv2d", x, w, *([b] if bias else []), out=w_shape[0], bias=bias, **attrs)
-    ws = np.empty(conv.workspace_size(x_shape, w_shape, want.shape[2:], chunk), dtype)
+    ws = np.empty(conv.workspace_shape(x_shape, w_shape, want.shape[2:], parts), dtype)
 
     y = np.empty(want.shape, dtype)
     conv.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
@@ -128,20 +130,21 @@ def test_conv2d(case, chunk, dtype):
 
 def test_conv2d_rejects_a_wrong_geometry_or_workspace():
     x, w = np.zeros((2, 3, 6, 6)), np.zeros((4, 3, 3, 3))
-    ws = np.zeros(conv.workspace_size(x.shape, w.shape, (6, 6)))
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6)))
     with pytest.raises(ValueError, match="output shape"):
         conv.conv2d_forward(x, w, None, np.zeros((2, 4, 4, 4)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
     with pytest.raises(ValueError, match="groups"):
         conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 2, ws)
     with pytest.raises(ValueError, match="workspace"):
-        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws[:100])
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, np.zeros((2, 100)))
 
 
 # ---- pooling --------------------------------------------------------------------------
 
 # (N, C, H, W, kernel, stride, pad)
 POOL_CASES = [
-    (2, 3, 4, 4, 2, None, 0),
+    (2, 3, 4, 4, 2, None, 0),                  # the 2x2 stride-2 fast path
+    (2, 3, 5, 7, 2, 2, 0),                     # ... with an odd last row and column in no window
     (1, 2, 5, 7, 3, 2, 1),
     (2, 2, 7, 6, (2, 3), (1, 2), (1, 0)),
     (1, 3, 7, 5, 3, 2, "same"),

@@ -3,7 +3,8 @@
     module, path = load(kg, source)
 
 The key hashes the kernel graph's deterministic text, the generated source, the dslc
-version and the Numba version; the file is `<model>_<stage>_<key>.py` in
+version, the Numba version and the library kernels' sources (a generated kernel may
+inline one); the file is `<model>_<stage>_<key>.py` in
 `dslc.debug.cache_dir()` (DSLC_CACHE, default ~/.cache/dslc). A file is written once
 and never rewritten: Numba's own cache (`cache=True`, stored in `__pycache__` beside the
 file) is invalidated by the source file's modification time, so leaving an existing
@@ -13,14 +14,15 @@ compiling them again.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-
-import numba
 
 import dslc
 from dslc.codegen.source import identifier
@@ -33,9 +35,30 @@ def kernel_text(kg: KernelGraph) -> str:
     return repr((kg.name, kg.stage, kg.buffers, kg.kernels, kg.outputs))
 
 
+@lru_cache(maxsize=None)
+def numba_version() -> str:
+    """Numba's version, read from its package metadata: importing Numba takes a quarter second."""
+    return importlib.metadata.version("numba")
+
+
+def digest(root: Path, pattern: str) -> str:
+    """sha256 over the relative names and contents of the files under `root` matching `pattern`."""
+    h = hashlib.sha256()
+    for f in sorted(root.glob(pattern)):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def library_digest() -> str:
+    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py)."""
+    from dslc.runtime import cpu
+    return digest(Path(cpu.__file__).parent, "*.py")
+
+
 def key(kg: KernelGraph, source: str) -> str:
     h = hashlib.sha256()
-    for part in (dslc.__version__, numba.__version__, kernel_text(kg), source):
+    for part in (dslc.__version__, numba_version(), library_digest(), kernel_text(kg), source):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -45,8 +68,8 @@ def path_for(kg: KernelGraph, source: str) -> Path:
     return cache_dir() / f"{identifier(kg.name)}_{kg.stage}_{key(kg, source)}.py"
 
 
-def load(kg: KernelGraph, source: str) -> tuple[ModuleType, Path]:
-    """Import the module for `source`, writing it to the cache first if it is not there."""
+def store(kg: KernelGraph, source: str) -> Path:
+    """The cache file for `source`, written first if it is not there."""
     path = path_for(kg, source)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +78,12 @@ def load(kg: KernelGraph, source: str) -> tuple[ModuleType, Path]:
         with os.fdopen(fd, "w") as f:
             f.write(source)
         os.replace(tmp, path)
+    return path
+
+
+def load(kg: KernelGraph, source: str) -> tuple[ModuleType, Path]:
+    """Import the module for `source`, writing it to the cache first if it is not there."""
+    path = store(kg, source)
     name = f"dslc_generated_{path.stem}"
     if name in sys.modules:
         return sys.modules[name], path
@@ -63,3 +92,67 @@ def load(kg: KernelGraph, source: str) -> tuple[ModuleType, Path]:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module, path
+
+
+# ---- build records: an unchanged `dslc compile` is answered without compiling anything ----
+
+def code_digest() -> str:
+    """The hash of everything that turns a .net file into kernels: dslc's own sources (the
+    front end, passes, code generator), its grammar and the CPU library."""
+    import dslc.grammar
+    package = Path(dslc.__file__).parent
+    return hashlib.sha256("".join((digest(package, "**/*.py"), digest(Path(dslc.grammar.__file__).parent, "*.lark"),
+                                   library_digest())).encode()).hexdigest()
+
+
+def record_path(request: dict) -> Path:
+    """Where the build record of a compile request lives: keyed by the request (file, model,
+    settings, stages, batch), the code that compiles it, the versions and the cache locations."""
+    ident = json.dumps([request, dslc.__version__, numba_version(), code_digest(),
+                        os.environ.get("NUMBA_CACHE_DIR", ""), str(cache_dir())], sort_keys=True)
+    return cache_dir() / "built" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
+
+
+def _sha(path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def write_record(path: Path, inputs, artefacts, lines: list[str]) -> None:
+    """Record a finished build: the .net files read (and their hashes), the files it made
+    (generated modules, Numba's cache indexes) and the lines it printed."""
+    record = {"inputs": {str(Path(f).resolve()): _sha(f) for f in inputs},
+              "artefacts": sorted({str(Path(f).resolve()) for f in artefacts}), "lines": lines}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path` when its build is still current: every input file unchanged and
+    every artefact still there; else None (the request must be compiled)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if any(_sha(f) != h for f, h in record["inputs"].items()):
+        return None
+    if not all(Path(f).exists() for f in record["artefacts"]):
+        return None
+    return record
+
+
+def numba_indexes(modules) -> list[Path]:
+    """The Numba cache index files of every cached kernel defined in `modules` (after a run
+    has compiled and saved them): a build is current only while these exist."""
+    out = []
+    for module in modules:
+        for value in vars(module).values():
+            index = getattr(getattr(getattr(value, "_cache", None), "_cache_file", None), "_index_path", None)
+            if index and getattr(value, "signatures", None) and getattr(value, "__module__", "") == module.__name__:
+                out.append(Path(index))
+    return out

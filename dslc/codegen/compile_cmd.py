@@ -5,15 +5,21 @@
 
 For each stage the kernel graph is generated (dslc/codegen/numba_cpu.py), written to
 the cache (dslc/codegen/cache.py) and every kernel is compiled by running the graph
-once on zeros at `--batch` (Numba compiles on first call; a second `dslc compile` of
-the same model loads the compiled kernels from Numba's cache instead). `--emit DIR`
-also writes `DIR/<model>_<stage>.py`, byte-identical for identical input.
-The time of each stage is printed, so cold and warm starts can be compared.
+once on zeros at `--batch` (Numba compiles on first call and saves the machine code in
+its own cache). `--emit DIR` also writes `DIR/<model>_<stage>.py`, byte-identical for
+identical input. The time of each stage is printed, so cold and warm starts compare.
+
+A finished build leaves a record (cache.write_record): the .net files it read, the
+modules and Numba cache files it made. The same request again, with every input file
+and every piece of dslc's code unchanged and the artefacts still there, is answered
+from the record: the kernels are built already, so nothing is loaded, not even Numba
+(a second `dslc compile` takes a fraction of a second). Anything changed, and it builds.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 STAGES = ("train_step", "infer")
 
@@ -23,7 +29,7 @@ def add_compile_verb(verbs, verb, add_model_args) -> None:
     p = verb(verbs, "compile", "generate and build a model's CPU kernels; optionally write their source",
              "Lower a model to its kernel graph, generate the Numba kernels of the training step and "
              "the inference graph, cache them (DSLC_CACHE, default ~/.cache/dslc) and compile them by "
-             "one run on zeros. A second compile of the same model loads them from the cache.",
+             "one run on zeros. A second compile of the same model finds them built and returns at once.",
              "  dslc compile models/small_cnn.net\n"
              "  dslc compile models/mlp_bn.net --stage train_step --emit generated/")
     add_model_args(p)
@@ -37,47 +43,91 @@ def add_compile_verb(verbs, verb, add_model_args) -> None:
 
 
 def cmd_compile(args) -> int:
+    from dslc.cli import parse_sets
+    from dslc.codegen import cache
+    start = time.perf_counter()
+    stages = list(dict.fromkeys(args.stage or STAGES))
+    request = {"file": str(Path(args.file).resolve()), "model": args.model, "set": sorted(args.set or []),
+               "stages": stages, "batch": args.batch, "target": args.target}
+    record_at = cache.record_path(request)
+    record = None if args.no_build else cache.read_record(record_at)
+    if record is not None:
+        for line, (stage, module) in record["lines"]:
+            where = _emit(args, line.split()[0], stage, Path(module)) or module
+            print(f"{line}: built already ({time.perf_counter() - start:.2f} s) -> {where}")
+        return 0
     import dslc
-    from dslc.cli import parse_sets, write_atomic
-    from dslc.codegen.source import identifier
     from dslc.stages import build
     model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
-    for stage in args.stage or STAGES:
+    lines, modules = [], []
+    for stage in stages:
         if stage == "train_step" and not any(o.kind == "loss" for o in model.graph.outputs):
             print(f"{model.name} train_step: skipped, the model has no loss")
             continue
         start = time.perf_counter()
-        graph = build(model, stage)
-        cg, source = _compile(graph, args.batch, build_it=not args.no_build)
+        cg, path = _compile(build(model, stage), args.batch, build_it=not args.no_build)
         seconds = time.perf_counter() - start
-        if args.emit:
-            out = Path(args.emit) / f"{identifier(model.name)}_{stage}.py"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(out, source.encode())
-            where = out
-        else:
-            where = cg.path
         kernels = cg.kernels
         made = sum(k.kind in ("fused", "group") for k in kernels) - len(cg.fallbacks)
-        print(f"{model.name} {stage}: {len(kernels)} kernels ({made} generated, "
-              f"{sum(k.kind == 'extern' for k in kernels)} library, {len(cg.fallbacks)} NumPy fallbacks) "
-              f"in {seconds:.2f} s -> {where}")
+        summary = (f"{model.name} {stage}: {len(kernels)} kernels ({made} generated, "
+                   f"{sum(k.kind == 'extern' for k in kernels)} library, {len(cg.fallbacks)} NumPy fallbacks)")
+        where = _emit(args, model.name, stage, path) or path
+        print(f"{summary} in {seconds:.2f} s -> {where}")
+        lines.append((summary, (stage, str(path))))
+        if not args.no_build:
+            modules.append(cg.module)
+    if modules:
+        artefacts = [p for _, (_, p) in lines] + cache.numba_indexes(_with_libraries(modules))
+        cache.write_record(record_at, model.program.modules, artefacts, lines)
     return 0
 
 
+def _emit(args, name: str, stage: str, module: Path) -> Path | None:
+    """With --emit, copy the generated module to DIR/<model>_<stage>.py; its path, else None."""
+    if not args.emit:
+        return None
+    from dslc.cli import write_atomic
+    from dslc.codegen.source import identifier
+    out = Path(args.emit) / f"{identifier(name)}_{stage}.py"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, module.read_bytes())
+    return out
+
+
+def _with_libraries(modules) -> list:
+    """The generated modules and the library modules (dslc/runtime/cpu/) they call."""
+    from types import ModuleType
+    libraries = {v for m in modules for v in vars(m).values()
+                 if isinstance(v, ModuleType) and v.__name__.startswith("dslc.runtime.cpu")}
+    return list(modules) + sorted(libraries, key=lambda m: m.__name__)
+
+
 def _compile(graph, batch: int, build_it: bool):
-    """The bound CompiledGraph and its source; with build_it, one run on zeros compiles every kernel."""
+    """The CompiledGraph (or, without build_it, the generator's kernels) and the module path;
+    with build_it, one run on zeros compiles every kernel."""
     import numpy as np
 
     from dslc.ir.types import NUMPY_DTYPE
+    if not build_it:
+        return _generated(graph)
     from dslc.runtime.cpu.runner import compile_graph
     cg = compile_graph(graph, batch)
-    if build_it:
-        feeds = {}
-        for b in cg.kg.buffers:
-            if b.role == "input":
-                shape = b.type.bind(cg.plan.batch)
-                # scalars (learning rate, step count) 1, data and labels 0
-                feeds[b.name] = (np.ones if not shape else np.zeros)(shape, NUMPY_DTYPE[b.dtype])
-        cg.run(feeds)
-    return cg, cg.path.read_text()
+    feeds = {}
+    for b in cg.kg.buffers:
+        if b.role == "input":
+            shape = b.type.bind(cg.plan.batch)
+            # scalars (learning rate, step count) 1, data and labels 0
+            feeds[b.name] = (np.ones if not shape else np.zeros)(shape, NUMPY_DTYPE[b.dtype])
+    cg.run(feeds)
+    return cg, cg.path
+
+
+def _generated(graph):
+    """Generate and cache the source only (no Numba): the generator's kernels and fallbacks."""
+    from dslc.codegen import cache
+    from dslc.codegen.numba_cpu import generate_with
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    kg = lower(optimize(graph)[0])
+    gen, source = generate_with(kg)
+    return SimpleNamespace(kernels=gen.kernels, fallbacks=tuple(gen.fallback)), cache.store(kg, source)

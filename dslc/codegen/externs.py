@@ -3,8 +3,8 @@
 `call(node, args, shapes)` gives the Python call of a kernel graph's extern node;
 `args` are the identifiers of the node's inputs followed by its output, `shapes` the
 inputs' static shapes (geometry needs H and W, which are never symbolic). Convolutions
-share one flat `workspace` (im2col columns); `workspace_elements` sizes it for a bound
-batch. An op missing here has no library kernel yet: the generator runs its NumPy
+share one `workspace` [threads, slot] (im2col blocks); `workspace_slot` sizes a slot
+for a bound batch. An op missing here has no library kernel yet: the generator runs its NumPy
 reference instead (it allocates), see `numba_cpu.py`.
 
 A few small kernels with no library home (accuracy) are written here as source and
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dslc.runtime.cpu.conv import geometry, workspace_size
-from dslc.runtime.cpu.pool import pool_geometry
+from dslc.runtime.cpu.geometry import geometry, pool_geometry, workspace_shape
 
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 
@@ -87,13 +86,14 @@ def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> str:
     return CALLS[node.op](node, args, shapes)
 
 
-def workspace_elements(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> int:
-    """Elements of the shared workspace that `node` needs at these bound shapes (0: none)."""
+def workspace_slot(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> int:
+    """Elements of one thread's slot of the shared workspace [threads, slot] that `node`
+    needs at these bound shapes (0: none)."""
     if node.op == "conv2d":
-        return workspace_size(shapes[0], shapes[1], out_shape[2:])
+        return workspace_shape(shapes[0], shapes[1], out_shape[2:])[1]
     if node.op == "conv2d_grad_input":  # out is dx [N, C, H, W], g [N, O, Ho, Wo]
-        return workspace_size(out_shape, shapes[1], shapes[0][2:])
+        return workspace_shape(out_shape, shapes[1], shapes[0][2:])[1]
     if node.op == "conv2d_grad_weight":  # g [N, O, Ho, Wo], x [N, C, H, W], out dw
-        return workspace_size(shapes[1], out_shape, shapes[0][2:])
+        return workspace_shape(shapes[1], out_shape, shapes[0][2:])[1]
     return 0
 

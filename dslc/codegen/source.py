@@ -1,9 +1,9 @@
 """A small writer for generated source: indentation, stable names, header comments.
 
-Every backend (the Numba CPU generator today, a CUDA one later) emits text through
-`Source` and names things through `Namer`, so generated files look alike and are
-byte-identical for identical input: no dict-order or id()-dependent names, no
-timestamps.
+Every backend (the Numba CPU generator, the CUDA one) emits text through `Source` and
+names things through `Namer`, so generated files look alike and are byte-identical for
+identical input: no dict-order or id()-dependent names, no timestamps. `Source(c=True)`
+writes C: `//` comments and `{ }` blocks.
 
     src = Source()
     with src.block("def k_fc_relu(fc_linear, fc_relu):"):
@@ -26,9 +26,10 @@ WIDTH = 110
 class Source:
     """Lines of text with an indentation level; `text()` joins them with a final newline."""
 
-    def __init__(self):
+    def __init__(self, c: bool = False):
         self.lines: list[str] = []
         self.level = 0
+        self.c = c
 
     def line(self, text: str = "") -> None:
         """One line (or several, from `wrapped`, whose continuations carry their own indent)."""
@@ -38,17 +39,20 @@ class Source:
 
     def comment(self, text: str) -> None:
         for part in text.splitlines() or [""]:
-            self.line(f"# {part}".rstrip())
+            self.line(f"{'//' if self.c else '#'} {part}".rstrip())
 
     @contextmanager
     def block(self, header: str):
-        """`header` (ending in ':') with the lines written inside indented one level."""
-        self.line(header)
+        """`header` (ending in ':') with the lines written inside indented one level; in C,
+        `header {` ... `}`."""
+        self.line(header + (" {" if self.c else ""))
         self.level += 1
         try:
             yield
         finally:
             self.level -= 1
+            if self.c:
+                self.line("}")
 
     def wrapped(self, head: str, items: list[str], tail: str = "", width: int = WIDTH) -> str:
         """`head` + items joined by ', ' + `tail`, broken over lines that fit `width`; returns

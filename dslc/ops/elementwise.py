@@ -14,8 +14,8 @@ from scipy.special import erf
 
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
-from dslc.ops.registry import (Attr, OpDef, ParamSlot, Sample, ShapeError, expect_float, expect_rank, expect_static,
-                               normalize_axis, register)
+from dslc.ops.registry import (Attr, OpDef, ParamSlot, Sample, Scalar, ShapeError, expect_float, expect_rank,
+                               expect_static, normalize_axis, register)
 
 
 def broadcast(a: TensorType, b: TensorType, what: str) -> TensorType:
@@ -52,20 +52,22 @@ def _samples(*inputs, domain="any", **attrs) -> tuple[Sample, ...]:
 _BROADCAST = (Sample((_f32(3, 4), _f32(4))), Sample((_f32(2, 1, 3), _f32(4, 1))))
 
 
-def _binary(name: str, formula: str, fn, grad, samples=_BROADCAST) -> OpDef:
+def _binary(name: str, formula: str, fn, grad, scalar: Scalar, samples=_BROADCAST) -> OpDef:
     return register(OpDef(
         name, "arithmetic", ("x", "y"), (),
         shape=lambda ins, attrs: broadcast(ins[0], ins[1], name),
-        formula=formula, flops=_numel_flops(1), reference=fn, grad=grad, samples=samples, elementwise="broadcast"))
+        formula=formula, flops=_numel_flops(1), reference=fn, grad=grad, samples=samples, elementwise="broadcast",
+        scalar=scalar))
 
 
-_binary("add", "x + y", np.add, lambda b, n, g: (g, g))
-_binary("sub", "x - y", np.subtract, lambda b, n, g: (g, b.neg(g)))
-_binary("mul", "x * y", np.multiply, lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])))
+_binary("add", "x + y", np.add, lambda b, n, g: (g, g), Scalar.both("{0} + {1}"))
+_binary("sub", "x - y", np.subtract, lambda b, n, g: (g, b.neg(g)), Scalar.both("{0} - {1}"))
+_binary("mul", "x * y", np.multiply, lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])),
+        Scalar.both("{0} * {1}"))
 # d(x/y)/dy = -x/y^2 = -(x/y)/y, reusing the forward result.
 _binary("div", "x / y", np.divide,
         lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.mul(g, b.div(n.name, n.inputs[1])))),
-        samples=tuple(Sample(s.inputs, domain="positive") for s in _BROADCAST))
+        Scalar.both("{0} / {1}"), samples=tuple(Sample(s.inputs, domain="positive") for s in _BROADCAST))
 
 
 def _same(what: str):
@@ -75,33 +77,43 @@ def _same(what: str):
     return rule
 
 
-def _unary(name: str, formula: str, fn, grad, attrs=(), flops: int = 1, category="activation",
+def _unary(name: str, formula: str, fn, grad, scalar: Scalar, attrs=(), flops: int = 1, category="activation",
            domain="any") -> OpDef:
     return register(OpDef(name, category, ("x",), attrs, shape=_same(name), formula=formula,
                           flops=_numel_flops(flops), reference=fn, grad=grad,
-                          samples=_samples((3, 5), domain=domain), elementwise="broadcast"))
+                          samples=_samples((3, 5), domain=domain), elementwise="broadcast", scalar=scalar))
 
 
-_unary("neg", "-x", np.negative, lambda b, n, g: (b.neg(g),), category="arithmetic")
+_unary("neg", "-x", np.negative, lambda b, n, g: (b.neg(g),), Scalar.both("-{0}"), category="arithmetic")
 
-# relu'(0) = 0 (the subgradient PyTorch and the CS231n notes use).
+# relu'(0) = 0 (the subgradient PyTorch and the CS231n notes use). NaN stays NaN, as
+# np.maximum: CUDA's fmax would return 0, hence the comparison.
 _unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0),
-       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),), domain="kinks")
+       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),),
+       Scalar("max({0}, 0.0)", "({0} < 0.0 ? 0.0 : {0})"), domain="kinks")
 _unary("leaky_relu", "x if x > 0 else alpha * x  (at 0: slope alpha)",
        lambda x, alpha: np.where(x > 0, x, alpha * x),
        lambda b, n, g: (b.mul(g, b.step(n.inputs[0], low=n.attr("alpha"))),),
+       Scalar("{0} if {0} > 0.0 else {alpha} * {0}", "({0} > 0.0 ? {0} : {alpha} * {0})"),
        attrs=(Attr("alpha", "float", 0.01),), flops=2, domain="kinks")
 # elu is C1 for alpha = 1 only; at 0 the slope is alpha (the x <= 0 branch), as in PyTorch.
 _unary("elu", "x if x > 0 else alpha * (exp(x) - 1)",
        lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
        lambda b, n, g: (b.mul(g, b.elu_deriv(n.inputs[0], alpha=n.attr("alpha"))),),
+       Scalar("{0} if {0} > 0.0 else {alpha} * math.expm1(min({0}, 0.0))",
+              "({0} > 0.0 ? {0} : {alpha} * expm1(fmin({0}, 0.0)))"),
        attrs=(Attr("alpha", "float", 1.0),), flops=4, domain="kinks")
 _unary("gelu", "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact, not the tanh approximation)",
        lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0))).astype(x.dtype),
-       lambda b, n, g: (b.mul(g, b.gelu_deriv(n.inputs[0])),), flops=8)
+       lambda b, n, g: (b.mul(g, b.gelu_deriv(n.inputs[0])),),
+       Scalar("0.5 * {0} * (1.0 + math.erf({0} * SQRT1_2))", "0.5 * {0} * (1.0 + erf({0} * SQRT1_2))"), flops=8)
+# Two branches so that exp never overflows, as in the reference.
 _unary("sigmoid", "1 / (1 + exp(-x))", lambda x: _sigmoid(x),
-       lambda b, n, g: (b.mul(g, b.sigmoid_deriv(n.name)),), flops=4)
-_unary("tanh", "tanh(x)", np.tanh, lambda b, n, g: (b.mul(g, b.tanh_deriv(n.name)),), flops=4)
+       lambda b, n, g: (b.mul(g, b.sigmoid_deriv(n.name)),),
+       Scalar("1.0 / (1.0 + math.exp(-{0})) if {0} >= 0.0 else math.exp({0}) / (1.0 + math.exp({0}))",
+              "({0} >= 0.0 ? 1.0 / (1.0 + exp(-{0})) : exp({0}) / (1.0 + exp({0})))"), flops=4)
+_unary("tanh", "tanh(x)", np.tanh, lambda b, n, g: (b.mul(g, b.tanh_deriv(n.name)),),
+       Scalar("math.tanh({0})", "tanh({0})"), flops=4)
 
 
 def _sigmoid(x):
@@ -112,25 +124,30 @@ def _sigmoid(x):
 
 # ---- derivative helpers: ops that only gradient rules emit ------------------------
 
-def _helper(name: str, formula: str, fn, attrs=(), flops: int = 2, domain: str = "kinks") -> OpDef:
+def _helper(name: str, formula: str, fn, scalar: Scalar, attrs=(), flops: int = 2, domain: str = "kinks") -> OpDef:
     # Their own gradients are never needed: autodiff is first-order here.
     return register(OpDef(name, "derivative", ("x",), attrs, shape=_same(name), formula=formula,
                           flops=_numel_flops(flops), reference=fn, samples=_samples((3, 5), domain=domain),
-                          elementwise="broadcast"))
+                          elementwise="broadcast", scalar=scalar))
 
 
 _helper("step", "1 if x > 0 else low", lambda x, low: np.where(x > 0, 1.0, low).astype(x.dtype),
-        attrs=(Attr("low", "float", 0.0),), flops=1)
+        Scalar("1.0 if {0} > 0.0 else {low}", "({0} > 0.0 ? 1.0 : {low})"), attrs=(Attr("low", "float", 0.0),), flops=1)
 _helper("elu_deriv", "1 if x > 0 else alpha * exp(x)",
         lambda x, alpha: np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0))).astype(x.dtype),
+        Scalar("1.0 if {0} > 0.0 else {alpha} * math.exp(min({0}, 0.0))",
+               "({0} > 0.0 ? 1.0 : {alpha} * exp(fmin({0}, 0.0)))"),
         attrs=(Attr("alpha", "float", 1.0),))
 _helper("gelu_deriv", "Phi(x) + x * phi(x)",
         lambda x: (0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
-        .astype(x.dtype), flops=10)
-_helper("sigmoid_deriv", "s * (1 - s), given s = sigmoid(x)", lambda s: s * (1 - s))
-_helper("tanh_deriv", "1 - t^2, given t = tanh(x)", lambda t: 1 - t * t)
+        .astype(x.dtype),
+        Scalar("0.5 * (1.0 + math.erf({0} * SQRT1_2)) + {0} * math.exp(-0.5 * {0} * {0}) * INV_SQRT_2PI",
+               "0.5 * (1.0 + erf({0} * SQRT1_2)) + {0} * exp(-0.5 * {0} * {0}) * INV_SQRT_2PI"), flops=10)
+_helper("sigmoid_deriv", "s * (1 - s), given s = sigmoid(x)", lambda s: s * (1 - s), Scalar.both("{0} * (1.0 - {0})"))
+_helper("tanh_deriv", "1 - t^2, given t = tanh(x)", lambda t: 1 - t * t, Scalar.both("1.0 - {0} * {0}"))
 # Used by fold-batchnorm (gamma / sqrt(var + eps)) rather than by a gradient rule.
-_helper("rsqrt", "1 / sqrt(x)", lambda x: (1.0 / np.sqrt(x)).astype(x.dtype), flops=2, domain="positive")
+_helper("rsqrt", "1 / sqrt(x)", lambda x: (1.0 / np.sqrt(x)).astype(x.dtype),
+        Scalar("1.0 / math.sqrt({0})", "1.0 / sqrt({0})"), flops=2, domain="positive")
 
 
 # ---- prelu: a learnable slope per channel (axis 1), He et al. 2015 -----------------
@@ -167,11 +184,13 @@ register(OpDef(
     params=(ParamSlot("alpha", "shift", lambda ins, a: (_prelu_channels(ins),), "init"),),
     shape=_prelu_shape, formula="x if x > 0 else alpha[c] * x  (alpha learned per channel, initially 0.25)",
     flops=_numel_flops(2), reference=lambda x, alpha, init: np.where(x > 0, x, _per_channel(alpha, x) * x),
-    grad=_prelu_grad, samples=_PRELU_SAMPLES, elementwise="channel"))
+    grad=_prelu_grad, samples=_PRELU_SAMPLES, elementwise="channel",
+    scalar=Scalar("{0} if {0} > 0.0 else {1} * {0}", "({0} > 0.0 ? {0} : {1} * {0})")))
 register(OpDef("prelu_deriv", "derivative", ("x", "alpha"), (), shape=_prelu_shape,
                formula="1 if x > 0 else alpha[c]", flops=_numel_flops(1),
                reference=lambda x, alpha: np.where(x > 0, 1.0, _per_channel(alpha, x)).astype(x.dtype),
-               samples=_PRELU_SAMPLES, elementwise="channel"))
+               samples=_PRELU_SAMPLES, elementwise="channel",
+               scalar=Scalar("1.0 if {0} > 0.0 else {1}", "({0} > 0.0 ? 1.0 : {1})")))
 
 
 # ---- activations over one axis ---------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 
 from dslc.ir.types import TensorType
 from dslc.ops.elementwise import log_softmax_ref
-from dslc.ops.registry import Attr, OpDef, Sample, ShapeError, expect_float, expect_rank, register
+from dslc.ops.registry import Attr, OpDef, Sample, Scalar, ShapeError, expect_float, expect_rank, register
 
 
 def _f32(*shape) -> TensorType:
@@ -217,4 +217,6 @@ _regulariser("elastic", "sum_w sum (beta * w^2 + |w|)  (CS231n's elastic net)",
 
 register(OpDef("sign", "derivative", ("x",), (), shape=lambda ins, attrs: ins[0], formula="sign(x), 0 at 0",
                flops=lambda ins, out, a: out.numel(), reference=np.sign,
-               samples=(Sample((_f32(3, 5),), domain="kinks"),), elementwise="broadcast"))
+               samples=(Sample((_f32(3, 5),), domain="kinks"),), elementwise="broadcast",
+               scalar=Scalar("1.0 if {0} > 0.0 else (-1.0 if {0} < 0.0 else {0} * 0.0)",
+                             "({0} > 0.0 ? 1.0 : ({0} < 0.0 ? -1.0 : {0} * 0.0))")))

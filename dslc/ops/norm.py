@@ -22,7 +22,7 @@ import numpy as np
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
 from dslc.ops.reduce import reduced_axes
-from dslc.ops.registry import (Attr, OpDef, ParamSlot, Sample, ShapeError, expect_float, expect_rank,
+from dslc.ops.registry import (Attr, OpDef, ParamSlot, Sample, Scalar, ShapeError, expect_float, expect_rank,
                                expect_static, register)
 
 
@@ -150,6 +150,8 @@ register(OpDef(
             "(over N, and H, W; biased var), in inference the running statistics",
     flops=lambda ins, out, a: 4 * out.numel(), reference=_bn_ref, grad=_bn_grad, train=_bn_train,
     elementwise="channel",
+    scalar=Scalar("({0} - {3}) * ({1} / math.sqrt({4} + {eps})) + {2}",
+                  "({0} - {3}) * ({1} / sqrt({4} + {eps})) + {2}"),
     samples=(Sample((_f64(4, 3, 2, 2), _f64(3), _f64(3), _f64(3), _f64(3)), domain="positive"),
              Sample((_f64(5, 4), _f64(4), _f64(4), _f64(4), _f64(4)), domain="positive"))))
 
@@ -164,6 +166,7 @@ register(OpDef(
     shape=lambda ins, attrs: ins[0], formula="g * gamma[c] / sqrt(var[c] + eps)",
     flops=lambda ins, out, a: out.numel(),
     reference=lambda g, gamma, var, eps: (g * per_channel(gamma / np.sqrt(var + eps), g.ndim)).astype(g.dtype),
+    scalar=Scalar("{0} * ({1} / math.sqrt({2} + {eps}))", "{0} * ({1} / sqrt({2} + {eps}))"),
     samples=(Sample((_f64(4, 3, 2, 2), _f64(3), _f64(3)), domain="positive"),)))
 
 register(OpDef(

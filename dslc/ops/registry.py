@@ -76,6 +76,28 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Scalar:
+    """What one element of a generated loop computes, for each code generator.
+
+    `cpu` is a Python expression (Numba compiles it; `math.*` functions), `cuda` a CUDA C
+    expression over doubles (`exp`, `erf`, `pow`, `?:`). `{0}`, `{1}`, ... are the op's
+    inputs at the current element (plain local names, so repeating one repeats no work),
+    `{name}` an attribute as a literal. Either may instead be a function of the attribute
+    dict returning the template, for ops whose formula depends on an attribute. Named
+    constants (SQRT1_2, INV_SQRT_2PI) are defined by dslc/codegen/scalar.py for both.
+    Each must agree with the op's `reference`; the backends' tests run every sample.
+    """
+
+    cpu: str | Callable[[Mapping], str]
+    cuda: str | Callable[[Mapping], str]
+
+    @staticmethod
+    def both(template: str) -> "Scalar":
+        """The same text is valid Python and CUDA C (arithmetic only)."""
+        return Scalar(template, template)
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     category: str
@@ -94,6 +116,8 @@ class OpDef:
     # "channel" (the first input elementwise, the others per channel along axis 1). None:
     # not elementwise (reductions, matmul, convolutions, shape ops).
     elementwise: str | None = None
+    # Elementwise and optimizer ops: the per-element expression the code generators emit.
+    scalar: Scalar | None = None
     doc: str = ""
 
     @property

@@ -1,51 +1,48 @@
-"""conv2d forward, input gradient and weight/bias gradient: im2col + BLAS GEMM.
+"""conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
 
 Layouts as in dslc/ops/conv.py: x [N, C, H, W], w [O, C/G, kh, kw], y [N, O, Ho, Wo];
-geometry comes from its `Window` (use `geometry(attrs, size)` below), so `pad=same`
-with an odd total pads one more at the bottom/right, exactly like the reference.
+geometry comes from its `Window` (`geometry(attrs, size)`, dslc/runtime/cpu/geometry.py),
+so `pad=same` with an odd total pads one more at the bottom/right, like the reference.
 
-The batch is processed in chunks of `nb` images, each chunk as GEMMs on two matrices
+For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo pixels:
 
-    col [C*kh*kw, nb*Ho*Wo]  col[(c*kh + u)*kw + v, b*Ho*Wo + i*Wo + j] = xpad[n0+b, c, i*sh + u*dh, j*sw + v*dw]
-    mat [O,       nb*Ho*Wo]  mat[o, b*Ho*Wo + i*Wo + j] = y[n0+b, o, i, j]  (the output, or its gradient)
+    col [C*kh*kw, P]   col[(c*kh + u)*kw + v, p] = xpad[c, i*sh + u*dh, j*sw + v*dw],  p = (i - r0)*Wo + j
+    y_i [O, Ho*Wo]     the image's output (or output gradient): NCHW already is [O, pixels]
 
-    forward      col = im2col(x chunk);  mat_g = W_g @ col_g;    y chunk = scatter(mat) + b
-    grad-input   mat = gather(g chunk);  col_g = W_g^T @ mat_g;  dx chunk = col2im(col)
-    grad-weight  col = im2col(x chunk);  mat = gather(g chunk);  dW_g += mat_g @ col_g^T
+    forward      col = im2col(x_i);  y_i[g][:, block] = W_g @ col_g
+    grad-input   col_g = W_g^T @ g_i[g][:, block];  dx_i += col2im(col)
+    grad-weight  col = im2col(x_i);  dW_g += g_i[g][:, block] @ col_g^T
 
-Rows of col are channel-major, so group g's rows are one contiguous block, as are
-its weights in W.reshape(O, C/G*kh*kw). Putting a chunk's pixels side by side makes
-each GEMM wide (>= TARGET_COLUMNS pixels) so BLAS keeps both cores busy, while col
-stays a few MB; the price is that mat is [O, pixels] where NCHW is [image, O, pixels],
-so `scatter`/`gather` move it (the bias add rides along).
+Rows of col are channel-major, so group g's rows are one contiguous block, as are its
+weights in W.reshape(O, C/G*kh*kw). Because an image's output is already [O, pixels],
+the GEMM writes (or reads) it in place: no scatter or gather. Blocks of rows keep col
+within a core's L2 cache (geometry.COL_BLOCK elements) from im2col to the GEMM.
 
-The data moves are parallel Numba loops over (image, channel) pairs: a pair owns
-disjoint rows of col and one plane of the image, so no two threads write the same
-element (col2im sums overlapping windows of a plane inside one thread). Each GEMM
-is one BLAS call between those loops, never inside one (see the package docstring).
-Padding is never materialised: `_span` clips each kernel offset to the columns that
-land in the image and the rest of col is written as zeros.
+Threads: each kernel is a parallel loop over `parts` (the threads, at most N), part p
+taking images [N*p/parts, N*(p+1)/parts) with its own slot of the workspace; its GEMMs
+are single-threaded BLAS calls (dslc/runtime/cpu/blas.py). The weight gradient sums
+each part's images into the part's own partial, then adds the partials in part order,
+so the result does not depend on which thread ran first. A 1x1 convolution with stride
+1 and no padding needs no im2col: x_i itself is col.
 
-All three kernels take one flat workspace of `workspace_size(...)` elements (the
-same size serves all three, so a model can share one buffer among its convs):
-[col | mat | dW partial]. The chunk size follows from the workspace's size. Kernels
-check the geometry against the array shapes and raise ValueError on a mismatch
-instead of reading out of bounds.
-
-The helpers live in this file, not a module of their own, because Numba's on-disk
-cache of a kernel is invalidated only by changes to the kernel's own source file.
+The workspace is [parts, slot]: one row per part holding [col block | dW partial]
+(`workspace_shape`); a slot sized for the largest convolution serves them all. The
+number of parts comes from the workspace, not from Numba's thread count (reading that
+inside a kernel keeps Numba from caching it). Kernels check the geometry against the array shapes and
+raise ValueError on a mismatch instead of reading out of bounds.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
-from dslc.ops.conv import window
+from dslc.runtime.cpu import geometry as _geometry
+from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
-TARGET_COLUMNS = 4096  # output pixels per GEMM: past this BLAS runs near peak on 2 cores
+_tile_rows = njit(cache=True)(_geometry.tile_rows)
 
 
-# ---- data movement: parallel Numba loops --------------------------------------------
+# ---- data movement ----------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
 def _span(offset, stride, size, count):
@@ -56,110 +53,107 @@ def _span(offset, stride, size, count):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, parallel=True)
-def im2col(x, n0, nb, col, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """Fill col [C*kh*kw, nb*ho*wo] from images x[n0:n0+nb] (zeros where the window is in padding)."""
-    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hw = ho * wo
-    for t in prange(nb * c_in):
-        b, c = t // c_in, t % c_in
-        src = x[n0 + b, c]
+@njit(cache=True, inline="always")
+def _rows_in(r0, r1, u, sh, pt, dh, h):
+    """The output rows [ia, ib) within [r0, r1) whose kernel row u reads inside the image."""
+    lo, hi = _span(u * dh - pt, sh, h, r1)
+    ia = min(max(lo, r0), r1)
+    return ia, max(hi, ia)
+
+
+@njit(cache=True, inline="always")
+def _zero_edges(cf, d0, first, last, w, j0, j1):
+    """Zero columns [0, j0) and [j1, w) of rows [first, last) of the col row at cf[d0:], seen as [rows, w]."""
+    for i in range(first, last):
+        for j in range(j0):
+            cf[d0 + i * w + j] = 0
+        for j in range(j1, w):
+            cf[d0 + i * w + j] = 0
+
+
+# The two loops below index flat arrays rather than slicing per output row: every slice
+# is a new array view whose reference count lives on the parent's (the workspace's)
+# cache line, and two threads updating it thousands of times per image stop scaling.
+# The long copies do slice, once per col row, so that they vectorise.
+
+@njit(cache=True)
+def _im2col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
+    """Fill col [C*kh*kw, (r1-r0)*wo] from one image src [C, H, W] (zeros where a window is in padding).
+
+    With stride 1 and wo == W (`same` padding) a col row is the image plane shifted by a
+    constant, so it is one long vectorised copy whose wrapped-around edge columns are
+    then zeroed; otherwise each output row is copied on its own.
+    """
+    c_in, h, w = src.shape
+    flat, cf = src.reshape(-1), col.reshape(-1)
+    n = (r1 - r0) * wo
+    for c in range(c_in):
         for u in range(kh):
+            ia, ib = _rows_in(r0, r1, u, sh, pt, dh, h)
             for v in range(kw):
-                dst = col[(c * kh + u) * kw + v, b * hw:(b + 1) * hw]
+                d0 = ((c * kh + u) * kw + v) * n
                 off = v * dw - pl
                 j0, j1 = _span(off, sw, w, wo)
-                for i in range(ho):
-                    r, base = i * sh - pt + u * dh, i * wo
-                    if r < 0 or r >= h:
-                        dst[base:base + wo] = 0
-                        continue
-                    dst[base:base + j0] = 0
-                    if sw == 1:  # contiguous: a vectorised copy
-                        dst[base + j0:base + j1] = src[r, j0 + off:j1 + off]
-                    else:
-                        for j in range(j0, j1):
-                            dst[base + j] = src[r, j * sw + off]
-                    dst[base + j1:base + wo] = 0
+                for q in range(d0, d0 + (ia - r0) * wo):
+                    cf[q] = 0
+                for q in range(d0 + (ib - r0) * wo, d0 + n):
+                    cf[q] = 0
+                if ib == ia:
+                    continue
+                if sh == 1 and sw == 1 and wo == w and j1 > j0:
+                    q0, q1 = d0 + (ia - r0) * w + j0, d0 + (ib - r0 - 1) * w + j1
+                    s0 = (c * h + ia - pt + u * dh) * w + off + j0
+                    seg, part = cf[q0:q1], flat[s0:s0 + q1 - q0]
+                    for q in range(seg.size):
+                        seg[q] = part[q]
+                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    continue
+                for i in range(ia, ib):
+                    b = d0 + (i - r0) * wo
+                    start = (c * h + i * sh - pt + u * dh) * w + off
+                    for j in range(j0):
+                        cf[b + j] = 0
+                    for j in range(j0, j1):
+                        cf[b + j] = flat[start + j * sw]
+                    for j in range(j1, wo):
+                        cf[b + j] = 0
 
 
-@njit(cache=True, parallel=True)
-def col2im(col, n0, nb, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """dx[n0:n0+nb] = the adjoint of im2col: each col entry added back where it was read from."""
-    c_in, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    hw = ho * wo
-    for t in prange(nb * c_in):
-        b, c = t // c_in, t % c_in
-        plane = dx[n0 + b, c]
-        plane[:] = 0
+@njit(cache=True)
+def _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
+    """dst [C, H, W] += the adjoint of _im2col: each col entry added back where it was read from.
+
+    The stride-1, wo == W case mirrors _im2col's: the edge columns of col (which belong
+    to no pixel) are zeroed, then the row is added as one long vectorised span.
+    """
+    c_in, h, w = dst.shape
+    flat, cf = dst.reshape(-1), col.reshape(-1)
+    n = (r1 - r0) * wo
+    for c in range(c_in):
         for u in range(kh):
+            ia, ib = _rows_in(r0, r1, u, sh, pt, dh, h)
+            if ib == ia:
+                continue
             for v in range(kw):
-                src = col[(c * kh + u) * kw + v, b * hw:(b + 1) * hw]
+                d0 = ((c * kh + u) * kw + v) * n
                 off = v * dw - pl
                 j0, j1 = _span(off, sw, w, wo)
-                for i in range(ho):
-                    r = i * sh - pt + u * dh
-                    if 0 <= r < h:
-                        dst, base = plane[r], i * wo
-                        for j in range(j0, j1):
-                            dst[j * sw + off] += src[base + j]
+                if sh == 1 and sw == 1 and wo == w and j1 > j0:
+                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    q0, q1 = d0 + (ia - r0) * w + j0, d0 + (ib - r0 - 1) * w + j1
+                    s0 = (c * h + ia - pt + u * dh) * w + off + j0
+                    seg, part = flat[s0:s0 + q1 - q0], cf[q0:q1]
+                    for q in range(seg.size):
+                        seg[q] += part[q]
+                    continue
+                for i in range(ia, ib):
+                    b = d0 + (i - r0) * wo
+                    start = (c * h + i * sh - pt + u * dh) * w + off
+                    for j in range(j0, j1):
+                        flat[start + j * sw] += cf[b + j]
 
 
-@njit(cache=True, parallel=True)
-def scatter(mat, n0, nb, y, bias):
-    """y[n0+b, o] = mat[o, b*hw:(b+1)*hw] (+ bias[o]): GEMM result to NCHW; bias may be None."""
-    o_all = y.shape[1]
-    hw = y.shape[2] * y.shape[3]
-    flat = y.reshape(y.shape[0], o_all, hw)
-    for t in prange(nb * o_all):
-        b, o = t // o_all, t % o_all
-        if bias is None:
-            flat[n0 + b, o, :] = mat[o, b * hw:(b + 1) * hw]
-        else:
-            bo = bias[o]
-            for k in range(hw):
-                flat[n0 + b, o, k] = mat[o, b * hw + k] + bo
-
-
-@njit(cache=True, parallel=True)
-def gather(g, n0, nb, mat):
-    """mat[o, b*hw:(b+1)*hw] = g[n0+b, o]: NCHW gradient to the GEMM layout (scatter's adjoint)."""
-    o_all = g.shape[1]
-    hw = g.shape[2] * g.shape[3]
-    flat = g.reshape(g.shape[0], o_all, hw)
-    for t in prange(nb * o_all):
-        b, o = t // o_all, t % o_all
-        mat[o, b * hw:(b + 1) * hw] = flat[n0 + b, o, :]
-
-
-# ---- the kernels -----------------------------------------------------------------------
-
-def geometry(attrs, size) -> tuple[int, int, int, int, int, int, int, int]:
-    """(stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w) of a conv2d/pool node.
-
-    attrs: the node's attributes (kernel, stride, pad, dilation); size: input (H, W).
-    >>> geometry({"kernel": 3, "stride": 2, "pad": "same", "dilation": 1}, (5, 6))
-    (2, 2, 1, 1, 0, 1, 1, 1)
-    """
-    win = window(attrs, tuple(size), "conv2d")
-    (sh, sw), (dh, dw), ((pt, pb), (pl, pr)) = win.stride, win.dilation, win.pads
-    return sh, sw, pt, pb, pl, pr, dh, dw
-
-
-def workspace_size(x_shape, w_shape, out_hw, chunk: int | None = None) -> int:
-    """Elements of the flat workspace for conv2d_forward/grad_input/grad_weight.
-
-    x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo); chunk: images per
-    GEMM (default: enough for TARGET_COLUMNS output pixels).
-    >>> workspace_size((64, 32, 14, 14), (64, 32, 3, 3), (14, 14))
-    1467264
-    """
-    n, c = x_shape[:2]
-    o, cg, kh, kw = w_shape
-    hw = out_hw[0] * out_hw[1]
-    nb = min(n, chunk or -(-TARGET_COLUMNS // hw))
-    return (c * kh * kw + o) * nb * hw + o * cg * kh * kw
-
+# ---- shared checks ------------------------------------------------------------------------
 
 @njit(cache=True)
 def _check(x_shape, w_shape, y_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups):
@@ -175,17 +169,26 @@ def _check(x_shape, w_shape, y_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups):
 
 
 @njit(cache=True)
-def _chunk(ws, rows, hw, n, reserved):
-    """Images per chunk that the workspace holds: rows*nb*hw elements plus `reserved`."""
-    nb = min(n, (ws.size - reserved) // (rows * hw))
-    if nb < 1:
-        raise ValueError("conv2d: workspace too small; size it with workspace_size")
-    return nb
+def _plan(workspace, n, k, o, kg, ho, wo, direct):
+    """(parts, output rows per block, col elements): a part per workspace row, at most one per image."""
+    rows = ho if direct else _tile_rows(k, ho, wo)
+    cols = k * rows * wo
+    if workspace.shape[1] < cols + o * kg or workspace.shape[0] < 1:
+        raise ValueError("conv2d: workspace too small; size it with workspace_shape")
+    return min(n, workspace.shape[0]), rows, cols
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
+    """A 1x1, stride-1, unpadded convolution: the image itself is the im2col matrix."""
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pb == 0 and pl == 0 and pr == 0
+
+
+# ---- the kernels -----------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                   col_workspace):
+                   workspace):
     """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
@@ -194,20 +197,30 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     k, hw = c * kh * kw, ho * wo
     kg, og = k // groups, o // groups
     w2 = w.reshape(o, kg)
-    chunk = _chunk(col_workspace, k + o, hw, n, o * kg)
-    for n0 in range(0, n, chunk):
-        nb = min(chunk, n - n0)
-        col = col_workspace[:k * nb * hw].reshape(k, nb * hw)
-        mat = col_workspace[k * nb * hw:(k + o) * nb * hw].reshape(o, nb * hw)
-        im2col(x, n0, nb, col, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, ho, wo)
-        for g in range(groups):
-            np.dot(w2[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], mat[g * og:(g + 1) * og])
-        scatter(mat, n0, nb, out, b)
+    direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
+    for p in prange(parts):
+        block = workspace[p, :cols]
+        for i in range(n * p // parts, n * (p + 1) // parts):
+            y = out[i].reshape(o, hw)
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                if direct:
+                    col = x[i].reshape(k, hw)
+                else:
+                    col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+                    _im2col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+                for g in range(groups):
+                    gemm_block(w2[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg],
+                               y[g * og:(g + 1) * og, r0 * wo:r1 * wo], False, False, False)
+            if b is not None:
+                for oi in range(o):
+                    y[oi] += b[oi]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                      col_workspace):
+                      workspace):
     """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
@@ -216,45 +229,61 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     k, hw = c * kh * kw, ho * wo
     kg, og = k // groups, o // groups
     w2 = w.reshape(o, kg)
-    chunk = _chunk(col_workspace, k + o, hw, n, o * kg)
-    for n0 in range(0, n, chunk):
-        nb = min(chunk, n - n0)
-        col = col_workspace[:k * nb * hw].reshape(k, nb * hw)
-        mat = col_workspace[k * nb * hw:(k + o) * nb * hw].reshape(o, nb * hw)
-        gather(g, n0, nb, mat)
-        for grp in range(groups):
-            np.dot(w2[grp * og:(grp + 1) * og].T, mat[grp * og:(grp + 1) * og], col[grp * kg:(grp + 1) * kg])
-        col2im(col, n0, nb, dx, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, ho, wo)
+    direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
+    for p in prange(parts):
+        block = workspace[p, :cols]
+        for i in range(n * p // parts, n * (p + 1) // parts):
+            gi = g[i].reshape(o, hw)
+            if direct:
+                col = dx[i].reshape(k, hw)
+                for grp in range(groups):
+                    gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og],
+                               col[grp * kg:(grp + 1) * kg], True, False, False)
+                continue
+            dx[i][:] = 0
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+                for grp in range(groups):
+                    gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
+                               col[grp * kg:(grp + 1) * kg], True, False, False)
+                _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       col_workspace):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None.
-
-    The first chunk's GEMM writes dw directly; later chunks write a partial in the
-    workspace's tail and add it, since `np.dot(..., out)` cannot accumulate.
-    """
+                       workspace):
+    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]
     ho, wo = g.shape[2], g.shape[3]
     k, hw = c * kh * kw, ho * wo
     kg, og = k // groups, o // groups
+    direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
+    for p in prange(parts):
+        block = workspace[p, :cols]
+        partial = workspace[p, cols:cols + o * kg].reshape(o, kg)
+        first = True
+        for i in range(n * p // parts, n * (p + 1) // parts):
+            gi = g[i].reshape(o, hw)
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                if direct:
+                    col = x[i].reshape(k, hw)
+                else:
+                    col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+                    _im2col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+                for grp in range(groups):
+                    gemm_block(gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo], col[grp * kg:(grp + 1) * kg],
+                               partial[grp * og:(grp + 1) * og], False, True, not first)
+                first = False
     dw2 = dw.reshape(o, kg)
-    part = col_workspace[col_workspace.size - o * kg:].reshape(o, kg)
-    chunk = _chunk(col_workspace, k + o, hw, n, o * kg)
-    for n0 in range(0, n, chunk):
-        nb = min(chunk, n - n0)
-        col = col_workspace[:k * nb * hw].reshape(k, nb * hw)
-        mat = col_workspace[k * nb * hw:(k + o) * nb * hw].reshape(o, nb * hw)
-        im2col(x, n0, nb, col, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, ho, wo)
-        gather(g, n0, nb, mat)
-        target = dw2 if n0 == 0 else part
-        for grp in range(groups):
-            np.dot(mat[grp * og:(grp + 1) * og], col[grp * kg:(grp + 1) * kg].T, target[grp * og:(grp + 1) * og])
-        if n0 > 0:
-            dw2 += part
+    dw2[:] = workspace[0, cols:cols + o * kg].reshape(o, kg)
+    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
+        dw2 += workspace[p, cols:cols + o * kg].reshape(o, kg)
     if db is not None:
         conv2d_grad_bias(g, db)
 

@@ -1,10 +1,10 @@
-"""Matrix products through BLAS: GEMM with transpose flags and the linear layer.
+"""Matrix products: GEMM with transpose flags and the linear layer, split over threads.
 
-`np.dot` inside @njit on contiguous float32/float64 matrices calls the BLAS sgemm /
-dgemm that SciPy ships (OpenBLAS), at BLAS speed; a hand-written Numba loop nest
-reaches about a third of that, so every product here is one `np.dot` into a
-preallocated `out`. A transposed operand is passed as `a.T`, an F-contiguous view
-that BLAS reads through its transpose flag: no copy.
+Every product is single-threaded BLAS sgemm/dgemm (blas.gemm_block) on a block of the
+output: a parallel loop gives each thread a band of rows (or of columns, when the
+output is wider than tall) and each band is one BLAS call reading the operands in
+place, transposed or not, through its leading dimensions: no copy. Products below
+MIN_SPLIT multiply-adds run as one call, since waking the threads costs more.
 
 linear's weight is (in, out), so y = x @ W + b; its backward pieces are
 dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
@@ -14,26 +14,40 @@ dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from dslc.runtime.cpu.blas import gemm_block, num_threads
+
+MIN_SPLIT = 1 << 19  # multiply-adds: about 50 us on one core, several times the cost of a parallel loop
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _parts(m, n, k):
+    return num_threads() if m * n * k >= MIN_SPLIT and max(m, n) >= 2 * num_threads() else 1
+
+
+@njit(cache=True, parallel=True)
 def gemm(a, b, out, trans_a, trans_b):
-    """out = op(a) @ op(b), op = transpose when its flag is set (the registry's `matmul`).
-
-    Each flag combination is its own `np.dot` call: `a` and `a.T` have different
-    Numba types (C and F layout), so they cannot share one variable.
-    """
-    if trans_a:
-        if trans_b:
-            np.dot(a.T, b.T, out)
-        else:
-            np.dot(a.T, b, out)
-    elif trans_b:
-        np.dot(a, b.T, out)
-    else:
-        np.dot(a, b, out)
+    """out = op(a) @ op(b), op = transpose when its flag is set (the registry's `matmul`)."""
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    parts = _parts(m, n, k)
+    if parts == 1:
+        gemm_block(a, b, out, trans_a, trans_b, False)
+    elif m >= n:  # bands of rows of out: rows of op(a)
+        for p in prange(parts):
+            lo, hi = m * p // parts, m * (p + 1) // parts
+            if trans_a:
+                gemm_block(a[:, lo:hi], b, out[lo:hi], True, trans_b, False)
+            else:
+                gemm_block(a[lo:hi], b, out[lo:hi], False, trans_b, False)
+    else:  # bands of columns of out: columns of op(b)
+        for p in prange(parts):
+            lo, hi = n * p // parts, n * (p + 1) // parts
+            if trans_b:
+                gemm_block(a, b[lo:hi], out[:, lo:hi], trans_a, True, False)
+            else:
+                gemm_block(a, b[:, lo:hi], out[:, lo:hi], trans_a, False, False)
 
 
 @njit(cache=True)
@@ -44,7 +58,7 @@ def linear_forward(x, w, b, out, relu):
     cache. `b` may be None (bias=false); Numba compiles that case without the add.
     relu keeps NaN (like np.maximum): only values below zero are replaced.
     """
-    np.dot(x, w, out)
+    gemm(x, w, out, False, False)
     if b is None and not relu:
         return
     n, m = out.shape
@@ -78,7 +92,7 @@ def linear_backward(x, w, g, dx, dw, db):
     without a bias. A fused relu's mask is applied to g by the caller beforehand.
     """
     if dx is not None:
-        np.dot(g, w.T, dx)
-    np.dot(x.T, g, dw)
+        gemm(g, w, dx, False, True)
+    gemm(x, g, dw, True, False)
     if db is not None:
         bias_grad(g, db)

@@ -12,12 +12,19 @@ np.max) and the first NaN takes the gradient (like np.argmax).
 
 Every kernel is parallel over the N*C planes: a plane's windows, even overlapping
 ones, are all handled by one thread, so the backward's `+=` never races.
+
+The 2x2, stride-2, unpadded max pool (nearly every CNN's) has its own loops: the four
+values of a window are loaded and compared as scalars, and the backward writes each
+input position exactly once (no zeroing pass, no `+=`, no branch), which is several
+times faster than the general loops over a clipped window.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
-from dslc.ops.conv import window
+from dslc.runtime.cpu.geometry import pool_geometry  # noqa: F401  (the kernels' geometry, re-exported)
 
 
 @njit(cache=True, inline="always")
@@ -40,9 +47,83 @@ def _first_max(plane, r0, r1, c0, c1):
     return br, bc
 
 
+@njit(cache=True, inline="always")
+def _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
+    return kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_t == 0 and pad_l == 0
+
+
+@njit(cache=True, inline="always")
+def _takes(v, best):
+    """Whether v replaces best as the maximum: greater, or the first NaN (NaN beats everything)."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_2x2_forward(x, out):
+    ch, ho, wo = x.shape[1], out.shape[2], out.shape[3]
+    for t in prange(x.shape[0] * ch):
+        plane, dst = x[t // ch, t % ch], out[t // ch, t % ch]
+        for i in range(ho):
+            for j in range(wo):
+                best = plane[2 * i, 2 * j]
+                for v in (plane[2 * i, 2 * j + 1], plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]):
+                    best = v if _takes(v, best) else best
+                dst[i, j] = best
+
+
+def _bits(a):
+    """The array's elements as same-sized integers (a view), for branch-free masking."""
+    return a.view(np.int32 if a.dtype.itemsize == 4 else np.int64)
+
+
+@overload(_bits)
+def _bits_impl(a):
+    ints = np.int32 if a.dtype.bitwidth == 32 else np.int64
+    return lambda a: a.view(ints)
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_2x2_backward(g, x, dx):
+    """Each g goes to its window's first maximum, written as integer bits ANDed with a mask of
+    all ones or zeros: a select per position without a branch (random data mispredicts half of
+    them, 4x slower), and exact for any g (multiplying by a 0/1 mask would turn inf into NaN)."""
+    ch = x.shape[1]
+    ho, wo = g.shape[2], g.shape[3]
+    gb, db = _bits(g), _bits(dx)
+    for t in prange(x.shape[0] * ch):
+        plane, src, dst = x[t // ch, t % ch], gb[t // ch, t % ch], db[t // ch, t % ch]
+        for i in range(ho):
+            for j in range(wo):
+                a, b = plane[2 * i, 2 * j], plane[2 * i, 2 * j + 1]
+                c, d = plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]
+                m = a
+                for v in (b, c, d):
+                    m = v if _takes(v, m) else m
+                # the first position holding m; with a NaN in the window, the first NaN
+                fa = _is_max(a, m)
+                fb = _is_max(b, m) & (1 - fa)
+                fc = _is_max(c, m) & (1 - fa) & (1 - fb)
+                gv = src[i, j]
+                dst[2 * i, 2 * j] = gv & -fa
+                dst[2 * i, 2 * j + 1] = gv & -fb
+                dst[2 * i + 1, 2 * j] = gv & -fc
+                dst[2 * i + 1, 2 * j + 1] = gv & -(1 - fa - fb - fc)
+        dst[2 * ho:, :] = 0  # an odd last row or column is in no window
+        dst[:, 2 * wo:] = 0
+
+
+@njit(cache=True, inline="always")
+def _is_max(v, m):
+    """1 when v is the window's maximum m (or both are NaN), else 0."""
+    return np.int64((v == m) | ((v != v) & (m != m)))
+
+
 @njit(cache=True, parallel=True)
 def maxpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """out[n, c, i, j] = max of the window at (i*sh - pt, j*sw - pl), padding excluded."""
+    if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
+        _maxpool_2x2_forward(x, out)
+        return
     n, ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
     for t in prange(n * ch):
@@ -64,6 +145,9 @@ def maxpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
 @njit(cache=True, parallel=True)
 def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """dx = g routed to the first maximum of each window (summed where windows overlap)."""
+    if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
+        _maxpool_2x2_backward(g, x, dx)
+        return
     n, ch, h, w = x.shape
     ho, wo = g.shape[2], g.shape[3]
     for t in prange(n * ch):
@@ -134,13 +218,3 @@ def global_avgpool_backward(g, dx):
     ch, size = flat.shape[1], flat.shape[2]
     for t in prange(flat.shape[0] * ch):
         flat[t // ch, t % ch, :] = g[t // ch, t % ch] / size
-
-
-def pool_geometry(attrs, size, what: str = "maxpool") -> tuple[int, int, int, int, int, int]:
-    """(kh, kw, stride_h, stride_w, pad_t, pad_l) of a maxpool/avgpool node for input (H, W).
-
-    >>> pool_geometry({"kernel": 3, "stride": 2, "pad": 1}, (5, 6))
-    (3, 3, 2, 2, 1, 1)
-    """
-    win = window(attrs, tuple(size), what)
-    return win.kernel + win.stride + (win.pads[0][0], win.pads[1][0])

@@ -18,6 +18,7 @@ copies them out.
 """
 from __future__ import annotations
 
+import atexit
 import sys
 from typing import Mapping
 
@@ -35,6 +36,8 @@ from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings
 from dslc.ops import registry
 from dslc.passes.memory_plan import MemoryPlan, plan
+from dslc.runtime.cpu.geometry import default_parts
+from dslc.runtime.cpu.profile import Profile
 
 
 @njit(cache=True)
@@ -53,7 +56,7 @@ class CompiledGraph:
         self.arena = np.zeros(memory.arena_bytes, np.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
         dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), np.float32)
-        self.workspace = np.zeros(max(1, workspace_elements(kg, self.kernels, memory.batch)), dtype)
+        self.workspace = np.zeros((default_parts(), max(1, workspace_slot(kg, self.kernels, memory.batch))), dtype)
         self._args = tuple(self.views[n] for n in module.BUFFERS) + (self.workspace, self._fallback)
         self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
@@ -69,6 +72,10 @@ class CompiledGraph:
                 self.views[b.name][...] = dict(b.attrs)["value"]
         self.rng = np.random.default_rng(0)
         self.fallbacks = tuple(module.FALLBACK)
+        self._step = module.step
+        if debug_level() >= 2:  # time every kernel; the table is printed when the process exits
+            self._step = Profile(module.step)
+            atexit.register(self._step.report, f"of {kg.name} ({kg.stage}, {dict(memory.batch)})")
         self._prologue_done = False
 
     def _view(self, b) -> np.ndarray:
@@ -109,7 +116,7 @@ class CompiledGraph:
             else:
                 (rng or self.rng).random(dtype=flat.dtype, out=flat)
                 _bernoulli(flat, attrs["p"], attrs["scale"])
-        self.module.step(*self._args)
+        self._step(*self._args)
         for value, target in self._writebacks:
             np.copyto(target, value)
         return self._outputs
@@ -121,19 +128,20 @@ class CompiledGraph:
             np.copyto(self.views[node.name], value, casting="same_kind")
 
 
-def workspace_elements(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
-    """The largest workspace any convolution (extern, or an epilogue's host) needs at `batch`."""
+def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
+    """The largest workspace slot (per thread) any convolution (extern, or an epilogue's host)
+    needs at `batch`."""
     shape = lambda name: kg.buffer(name).type.bind(batch)
     need = 0
     for k in kernels:
         node = k.nodes[0]
         if k.kind == "extern" and node.op in externs.CONV_OPS:
-            need = max(need, externs.workspace_elements(node, [shape(i) for i in node.inputs], shape(node.name)))
+            need = max(need, externs.workspace_slot(node, [shape(i) for i in node.inputs], shape(node.name)))
         elif k.kind == "fused" and k.op == "epilogue":
             for b in node.attr("body"):
                 if b.op in externs.CONV_OPS and all(r.startswith("$") for r in b.inputs):
                     ins = [shape(node.inputs[int(r[1:])]) for r in b.inputs]
-                    need = max(need, externs.workspace_elements(b, ins, shape(node.name)))
+                    need = max(need, externs.workspace_slot(b, ins, shape(node.name)))
     return need
 
 

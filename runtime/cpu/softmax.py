@@ -66,10 +66,13 @@ def log_softmax_forward(x, out, axis):
 
 @njit(cache=True)
 def softmax_cross_entropy_forward(logits, labels, loss):
-    """loss[()] = mean_i -log softmax(logits_i)[labels_i]."""
+    """loss[()] = mean_i -log softmax(logits_i)[labels_i]; a label outside [0, K) is a ValueError
+    (it would index past the row: the reference's one-hot has no such class either)."""
     z = logits.reshape(logits.shape[0], logits.shape[1], 1)
     total = 0.0
     for i in range(z.shape[0]):
+        if labels[i] < 0 or labels[i] >= z.shape[1]:
+            raise ValueError("cross_entropy: a label is outside [0, classes)")
         m, lse = _max_lse(z, i, 0)
         total += m + lse - z[i, labels[i], 0]
     loss[()] = total / z.shape[0]

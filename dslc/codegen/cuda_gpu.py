@@ -1,0 +1,273 @@
+"""KernelGraph -> one CUDA C module (`.cu`) and the launches that run it, for CuPy.
+
+    module = generate(lower(optimize(build(model, "train_step"))[0]))
+    module.source      # the .cu text: nvcc -cubin compiles it, cupy.RawModule loads it
+    module.launches    # one Launch per kernel graph kernel, in order
+
+The module holds one `extern "C" __global__` function per generated kernel, named after
+its layer (`k_stage1_conv_bn_relu_sweep`) under a header naming the ops it fuses and
+their `.net` lines (cuda_loops.py: fused loops, expand, regularisers; cuda_groups.py:
+the optimizer update and batchnorm sweeps), and the library kernels the graph's extern
+ops use (dslc/runtime/cuda/library.py), once per dtype. GEMMs are not in the source:
+the runner (dslc/runtime/cuda/runner.py) calls cuBLAS through `cupy.matmul` for
+matmul, linear and the convolutions' im2col products, and launches the rest.
+
+Generated kernels take their buffers as pointers, in `Launch.args` order, followed by
+the graph's symbolic sizes (`const long long N`): the text depends only on the kernel
+graph, never on the batch size or the memory plan, so the same graph always gives
+byte-identical source. A kernel this generator cannot write (an op with no expression
+and no library kernel: slice, pad, svm ...) is a `fallback` launch: the runner computes
+it on the host with the NumPy references, as the CPU backend does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dslc
+from dslc.codegen import cuda_groups, cuda_loops
+from dslc.codegen.groups import sweep_supported, update_supported
+from dslc.codegen.numba_cpu import _as_loop
+from dslc.codegen.scalar import CONSTANTS, has_scalar
+from dslc.codegen.source import Namer, Source, identifier, where
+from dslc.ir.types import Dim, Sym
+from dslc.kernels.graph import Kernel, KernelGraph, bindings
+from dslc.runtime.cuda import library
+
+BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
+MAX_BLOCKS = 8192  # grid-stride loops cover the rest
+CTYPE = library.CTYPE
+C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "default", "delete", "do", "double",
+           "else", "enum", "extern", "false", "float", "for", "goto", "if", "inline", "int", "long", "new",
+           "operator", "private", "public", "register", "return", "short", "signed", "sizeof", "static",
+           "struct", "switch", "template", "this", "true", "typedef", "typename", "union", "unsigned", "using",
+           "virtual", "void", "volatile", "while", "max", "min", "exp", "log", "sqrt", "erf", "tanh", "pow",
+           "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
+# Fixed names the loop emitters use for indices: never a buffer's or local's name.
+LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the runner runs kernel `position` of the kernel graph.
+
+    kind: generated (`function` in the module, pointers to `args` then the graph's
+    symbols), library (the runner's call for the extern op, see runtime/cuda/ops.py),
+    epilogue (the host op by the library, then `function` over its output), fallback
+    (NumPy on the host) or view (nothing). The grid covers `work`: one thread per element,
+    or one block per element when `per_block`; `segments` is gridDim.y.
+    """
+
+    position: int
+    kind: str
+    name: str
+    function: str = ""
+    args: tuple[str, ...] = ()
+    work: tuple[Dim, ...] = ()
+    per_block: bool = False
+    segments: int = 1
+
+    def grid(self, batch) -> tuple[int, int]:
+        """(gridDim.x, gridDim.y) at a batch size (an int N or {symbol: size})."""
+        sizes = bindings(batch)
+        count = 1
+        for d in self.work:
+            count *= d if isinstance(d, int) else d.coef * _prod(sizes[s] for s in d.syms)
+        blocks = count if self.per_block else -(-count // BLOCK)
+        return max(1, min(blocks, MAX_BLOCKS)), self.segments
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+@dataclass(frozen=True)
+class CudaModule:
+    name: str
+    stage: str
+    source: str
+    launches: tuple[Launch, ...]
+    kernels: tuple[Kernel, ...]  # as generated: a lone sum/mean or optimizer op as a loop
+    symbols: tuple[str, ...]  # the trailing `long long` parameters of generated kernels
+
+    @property
+    def fallbacks(self) -> tuple[int, ...]:
+        return tuple(launch.position for launch in self.launches if launch.kind == "fallback")
+
+
+class Generator:
+    def __init__(self, kg: KernelGraph):
+        self.kg = kg
+        self.names = Namer(reserved=C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
+        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
+        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
+        self.symbols = tuple(sorted({s for b in kg.buffers for d in b.shape if isinstance(d, Sym) for s in d.syms}))
+        self.segments: dict[str, int] = {}
+        self.library: set[tuple[str, str, str | None]] = set()
+
+    def arg(self, buffer: str) -> str:
+        return self.buffer_names[buffer]
+
+    def ctype(self, buffer: str) -> str:
+        return CTYPE[self.kg.buffer(buffer).dtype]
+
+    def kernel_name(self, kernel: Kernel) -> str:
+        return self.kernel_names[kernel.name]
+
+    def local_names(self) -> Namer:
+        """Names for a kernel's locals: clear of every global, buffer and loop index."""
+        return Namer(reserved=set(self.names.taken))
+
+    def params(self, kernel: Kernel) -> list[str]:
+        return list(dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch))
+
+    def signature(self, kernel: Kernel) -> str:
+        """The `extern "C" __global__` line: written buffers as `T*`, read-only ones as
+        `const T*`, then the symbolic sizes."""
+        written = set(kernel.outputs + kernel.scratch)
+        params = [f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}" for b in self.params(kernel)]
+        params += [f"const long long {s}" for s in self.symbols]
+        return Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
+
+    def need(self, op: str, kernel: Kernel, node) -> None:
+        """Record the library kernels extern `op` uses, for its dtypes."""
+        dtype = self.kg.buffer(node.inputs[0]).dtype
+        labels = [self.kg.buffer(i).dtype for i in node.inputs if self.kg.buffer(i).dtype in ("i32", "i64")]
+        for name in library.NEEDS[op]:
+            self.library.add((name, dtype, labels[0] if name in library.LABELLED else None))
+
+
+def generate(kg: KernelGraph) -> CudaModule:
+    """The module and launches of a kernel graph (see the module docstring)."""
+    gen = Generator(kg)
+    kernels = tuple(_as_loop(k, kg) for k in kg.kernels)
+    body, launches = Source(c=True), []
+    for pos, k in enumerate(kernels):
+        function = Source(c=True)
+        launch = _emit(gen, function, pos, k)
+        launches.append(launch)
+        if function.lines:
+            body.blank()
+            _header(body, pos, k)
+            body.lines.extend(function.lines)
+    src = Source(c=True)
+    _module_header(src, kg, launches)
+    src.lines.extend(library.PRELUDE.splitlines())
+    src.blank()
+    for name, value in CONSTANTS.items():  # macros: an unused one draws no warning
+        src.line(f"#define {name} {value}")
+    order = {name: k for k, name in enumerate(library.KERNELS)}
+    for name, dtype, label in sorted(gen.library, key=lambda t: (order[t[0]], t[1], t[2] or "")):
+        src.blank()
+        src.lines.extend(library.source(name, dtype, label).splitlines())
+    src.lines.extend(body.lines)
+    src.blank()
+    _launch_order(src, kernels, launches)
+    return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels, gen.symbols)
+
+
+def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
+    """Write kernel k's function (if it has one) and say how it is launched."""
+    if k.kind == "view":
+        return Launch(pos, "view", k.name)
+    out = gen.kg.buffer(k.outputs[0])
+    generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)), **kw)
+    if k.kind == "extern":
+        node = k.nodes[0]
+        if node.op in library.NEEDS:
+            gen.need(node.op, k, node)
+            return Launch(pos, "library", k.name)
+        if node.op == "expand" and out.type.is_float:
+            cuda_loops.expand(gen, src, k)
+            return generated(work=out.shape)
+        if node.op in cuda_loops.PENALTY:
+            cuda_loops.regulariser(gen, src, k)
+            return generated(per_block=True)
+        return Launch(pos, "fallback", k.name)
+    if k.kind == "fused":
+        body = k.nodes[0].attr("body")
+        elementwise = body[:-1] if k.op == "reduce" else body
+        if not all(b.op == "const" or b.op in cuda_loops.HOSTS or has_scalar(b.op) for b in elementwise):
+            return Launch(pos, "fallback", k.name)
+        host = next((b for b in body if b.op in cuda_loops.HOSTS), None)
+        if host is not None and not all(r.startswith("$") for r in host.inputs):
+            return Launch(pos, "fallback", k.name)  # elementwise work before the host: no buffer for it
+        if k.op == "reduce":
+            if body[-1].op not in ("sum", "mean"):
+                return Launch(pos, "fallback", k.name)
+            cuda_loops.reduce(gen, src, k)
+            axes = body[-1].attr("axis")
+            space = k.nodes[0].type.shape if body[-1].attr("keepdims") or axes is None else None
+            kept = out.shape if space is None else tuple(d for d in space if d != 1)
+            return generated(work=kept, per_block=True)
+        cuda_loops.elementwise(gen, src, k)
+        if host is not None:
+            gen.need(host.op, k, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
+            return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=out.shape)
+        return generated(work=out.shape)
+    if k.op == "update" and update_supported(gen.kg, k):
+        cuda_groups.update(gen, src, k)
+        largest = max((n.type.shape for n in k.nodes), key=lambda s: _prod(s))
+        return generated(work=largest, segments=gen.segments[k.name])
+    if k.op == "sweep" and sweep_supported(gen.kg, k):
+        cuda_groups.sweep(gen, src, k)
+        return generated(work=(cuda_groups.sweep_space(gen.kg, k)[1],), per_block=True)
+    return Launch(pos, "fallback", k.name)
+
+
+def _header(src: Source, pos: int, k: Kernel) -> None:
+    what = f"{k.kind} {k.op}" + (f", {len(k.parts)} parts" if k.parts else "") + (", prologue" if k.prologue else "")
+    src.comment(f"---- kernel {pos}: {k.name} ({what})")
+    covered = k.covers()
+    width = max(len(n.name) for n in covered)
+    ops = max(len(n.op) for n in covered)
+    for n in covered[:12]:
+        src.comment(f"  {n.name:<{width}}  {n.op:<{ops}}  {where(n.span)}")
+    if len(covered) > 12:
+        src.comment(f"  ... and {len(covered) - 12} more ({', '.join(sorted({n.op for n in covered[12:]}))})")
+
+
+def _module_header(src: Source, kg: KernelGraph, launches: list[Launch]) -> None:
+    count = {kind: sum(launch.kind == kind for launch in launches) for kind in
+             ("generated", "epilogue", "library", "fallback", "view")}
+    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {dslc.__version__} for CUDA (dslc/codegen/cuda_gpu.py).")
+    src.comment("Do not edit: `dslc compile --target gpu` regenerates it, byte for byte, from the model.")
+    src.comment(f"{len(launches)} kernels: {count['generated']} generated, {count['epilogue']} library GEMMs or "
+                f"convolutions with a generated epilogue, {count['library']} library calls, "
+                f"{count['fallback']} host fallbacks, {count['view']} views.")
+    src.comment("GEMMs run in cuBLAS (cupy.matmul); every other launch is a function of this file, with "
+                f"{BLOCK} threads per block.")
+    src.blank()
+
+
+def _launch_order(src: Source, kernels, launches: list[Launch]) -> None:
+    """The step as the runner runs it, as a comment: what each kernel graph kernel launches."""
+    src.comment("---- the step, in order (dslc/runtime/cuda/runner.py)")
+    for launch, k in zip(launches, kernels):
+        node = k.nodes[0]
+        text = {"generated": launch.function, "view": f"(a view of {k.inputs[0] if k.inputs else ''})",
+                "library": f"library {node.op}", "fallback": f"host fallback: {'+'.join(n.op for n in k.covers())}",
+                "epilogue": f"library {next(b.op for b in node.attr('body') if b.op in cuda_loops.HOSTS)}, "
+                            f"then {launch.function}" if launch.kind == "epilogue" else ""}[launch.kind]
+        src.comment(f"  {launch.position:>3}{' prologue' if k.prologue else ''}  {k.name}: {text}")
+
+
+def emit_cuda(model, stage: str, out_dir) -> Path:
+    """Write `out_dir/<model>_<stage>.cu`, the generated CUDA of `model` at `stage` (train_step
+    or infer), optimised as the runner would; the path.
+
+    >>> emit_cuda(dslc.load("models/digits_mlp.net"), "infer", "out/")  # doctest: +SKIP
+    PosixPath('out/digits_mlp_infer.cu')
+    """
+    from dslc.cli import write_atomic
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    from dslc.stages import build
+    module = generate(lower(optimize(build(model, stage))[0]))
+    out = Path(out_dir) / f"{identifier(model.name)}_{stage}.cu"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, module.source.encode())
+    return out

@@ -1,0 +1,171 @@
+"""BLAS GEMM on row-major blocks, for Numba kernels that split their work over threads themselves.
+
+    gemm_block(a, b, c, trans_a, trans_b, accumulate)   # c (+)= op(a) @ op(b), in the calling thread
+
+Why not `np.dot` with BLAS's own threads: on a small machine two thread pools fight.
+OpenBLAS's workers spin for a while after each call and Numba's parallel loops then
+find the cores taken (a loop right after a GEMM ran 3-15x slower), while a
+multi-threaded BLAS called from inside a parallel loop serialises. So every kernel
+here parallelises with `prange` over independent blocks (images of a convolution,
+row or column halves of a product) and calls a single-threaded BLAS inside the loop:
+one pool, no spinning, and each thread's GEMM works on data it just wrote to its own
+cache. `use_one_blas_thread()` makes the BLAS Numba calls (SciPy's OpenBLAS)
+single-threaded; it runs when this module is imported.
+
+`gemm_block` calls Numba's own `numba_xxgemm` helper (the sgemm/dgemm SciPy exports,
+which is what `np.dot` uses inside @njit), but with leading dimensions, so a block can
+be any row range or column range of a larger matrix with unit stride along its rows,
+and with beta = 1 (`accumulate`), which `np.dot(a, b, out)` cannot do. Row-major C =
+op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap and the flags
+stay. alpha and beta are passed by pointer, to stack slots (`_address_of`): pointers to
+global arrays would make Numba refuse to cache every kernel that calls this.
+
+Kernels in other files inline `gemm_block`, and Numba revalidates a cached kernel
+against its own file only: `_drop_stale_cache` (run at import, before any kernel of
+the package is loaded) keeps a hash of the package's sources beside Numba's cache
+and drops the package's cached kernels when any file changed.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
+from numba.np.numpy_support import as_dtype
+
+_N, _T = ord("N"), ord("T")
+
+
+def _signature(dtype):
+    ptr = types.CPointer(dtype)
+    return types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
+                      ptr, ptr, types.intp, ptr, types.intp, ptr, ptr, types.intp)
+
+
+def num_threads() -> int:
+    """The size of Numba's thread pool, callable in cached kernels."""
+    return numba.get_num_threads()
+
+
+@overload(num_threads)
+def _num_threads():
+    # `numba.get_num_threads()` embeds a ctypes pointer, which keeps Numba from caching
+    # the kernel; this names the symbol the threading layer registers, declared as
+    # Numba's own parallel loops declare it (intp: two declarations in one module must agree).
+    get = types.ExternalFunction("get_num_threads", types.intp())
+    return lambda: get()
+
+
+@intrinsic
+def _address_of(typingctx, value):
+    """A pointer to a stack slot holding `value`, valid in the calling function."""
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once_value(builder, args[0])
+    return types.CPointer(value)(value), codegen
+
+
+def gemm_block(a, b, c, trans_a, trans_b, accumulate):
+    """c = op(a) @ op(b), or c += ... with accumulate; op transposes when its flag is set.
+    2-D arrays of one float dtype, each with unit stride along its last axis (any row stride).
+    This body runs only without the JIT (NUMBA_DISABLE_JIT=1); compiled code uses the overload."""
+    product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if accumulate:
+        c += product
+    else:
+        c[...] = product
+
+
+@overload(gemm_block)
+def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
+    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in (a, b, c)) or \
+            a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
+        raise TypingError("gemm_block: a, b, c must be 2-D float32 or float64 arrays of one dtype")
+    xxgemm = types.ExternalFunction("numba_xxgemm", _signature(a.dtype))
+    kind = ord("s" if a.dtype == types.float32 else "d")
+    one, zero = as_dtype(a.dtype).type(1), as_dtype(a.dtype).type(0)
+
+    def impl(a, b, c, trans_a, trans_b, accumulate):
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        if (b.shape[1] if trans_b else b.shape[0]) != k or (a.shape[1] if trans_a else a.shape[0]) != m \
+                or (b.shape[0] if trans_b else b.shape[1]) != n:
+            raise ValueError("gemm_block: shapes do not match")
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            if not accumulate:
+                c[:] = 0
+            return
+        lda, ldb, ldc = _leading(a), _leading(b), _leading(c)
+        xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k, _address_of(one), b.ctypes, ldb,
+               a.ctypes, lda, _address_of(one if accumulate else zero), c.ctypes, ldc)
+    return impl
+
+
+@njit(inline="always")
+def _leading(x):
+    """The row stride of x in elements; its rows must be contiguous. The leading dimension
+    of a one-row block is free: BLAS only needs it >= the row length."""
+    if x.shape[1] > 1 and x.strides[1] != x.itemsize:
+        raise ValueError("gemm_block: rows must be contiguous")
+    return max(x.strides[0] // x.itemsize, x.shape[1], 1)
+
+
+@njit(cache=True)
+def _warm_up(x):
+    """One 1x1 product on the calling (main) thread: Numba's helper looks up SciPy's sgemm and
+    dgemm on first use, taking the GIL, which a worker of a parallel loop could not get."""
+    gemm_block(x, x, x, False, False, True)
+
+
+_STAMP = "dslc-sources.sha256"
+
+
+def _drop_stale_cache() -> None:
+    """Delete Numba's cached kernels of this package when any of its source files changed.
+
+    The cache lives where Numba puts it for this directory (`__pycache__`, or under
+    NUMBA_CACHE_DIR); a stamp file there holds the hash of the package's sources.
+    """
+    from numba.core.caching import CompileResultCacheImpl
+    here = Path(__file__).parent
+    sources = sorted(here.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()
+    try:
+        cache = Path(CompileResultCacheImpl(_drop_stale_cache)._locator.get_cache_path())
+        stamp = cache / _STAMP
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        stems = {p.stem for p in sources}
+        for f in (*cache.glob("*.nbi"), *cache.glob("*.nbc")):
+            if f.name.split(".")[0] in stems:
+                f.unlink(missing_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+    except (OSError, RuntimeError):  # no writable cache: Numba compiles in memory, nothing is stale
+        pass
+
+
+def use_one_blas_thread() -> bool:
+    """Make SciPy's OpenBLAS (the BLAS Numba calls) single-threaded; False when it is another BLAS."""
+    import scipy.linalg.cython_blas as cython_blas
+    lib = ctypes.CDLL(cython_blas.__file__)  # symbol lookups also search its dependencies
+    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+        setter = getattr(lib, name, None)
+        if setter is not None:
+            setter(1)
+            return True
+    return False
+
+
+_drop_stale_cache()
+numba.get_num_threads()  # starts the pool, which registers `get_num_threads` for num_threads
+use_one_blas_thread()
+_warm_up(np.zeros((1, 1), np.float32))
+_warm_up(np.zeros((1, 1), np.float64))

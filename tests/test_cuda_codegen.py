@@ -1,0 +1,222 @@
+"""The CUDA code generator without a GPU: registry expressions, the source's text, and nvcc.
+
+- every elementwise and optimizer op carries both scalar expressions in its op block,
+  and each CUDA expression computes what the CPU one does (compiled as C++ on the host,
+  where a C++ compiler exists; the CPU ones are checked against the references by
+  tests/test_numba_backend.py), at points on both sides of every kink;
+- generation is byte-identical, names kernels after layers with `.net` lines, never
+  imports CuPy, and `emit_cuda` writes the module;
+- where `nvcc` is on the PATH, the generated module of every model in models/ (train_step
+  and infer, default sizes) compiles with `nvcc -cubin` for sm_80 and sm_90: one nvcc call
+  per architecture for all modules. digits_mlp compiles unmarked for each architecture;
+  the whole set (about 30 s per architecture) is marked slow.
+
+Running the kernels needs a GPU: tests/test_gpu.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+import string
+import subprocess
+import sys
+
+import pytest
+
+import dslc
+from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, emit_cuda, generate
+from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
+from dslc.ir.types import Sym
+from dslc.kernels import lower
+from dslc.ops import registry
+from dslc.passes.pipeline import optimize
+from dslc.runtime.cuda import library
+from dslc.stages import build
+from tests.conftest import MODELS
+
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+ARCHS = ("sm_80", "sm_90")
+STAGES = ("train_step", "infer")
+
+
+def module(model="small_cnn.net", stage="train_step", **overrides):
+    return generate(lower(optimize(build(dslc.load(MODELS / model, **overrides), stage))[0]))
+
+
+# ---- the op registry ---------------------------------------------------------------------
+
+def test_every_elementwise_and_optimizer_op_has_both_expressions():
+    """Fails when an op that fusion or the update groups can put in a loop lacks either."""
+    ops = registry.all_ops()
+    needed = {n for n, op in ops.items() if op.elementwise is not None or op.category == "optimizer"}
+    lacking = sorted(n for n in needed if ops[n].scalar is None or not ops[n].scalar.cpu or not ops[n].scalar.cuda)
+    assert not lacking, f"no scalar expression (cpu and cuda) for {lacking}"
+    assert set(SCALAR) == set(CUDA) == {n for n, op in ops.items() if op.scalar is not None}
+
+
+def _attr_sets(op):
+    base = {a.name: a.default for a in op.attrs if isinstance(a.default, (int, float, bool))}
+    return [base] + ([dict(base, square=not base["square"])] if "square" in base else [])
+
+
+# Points on both sides of zero (the kinks), and positive ones for sqrt/div domains.
+POINTS = (-2.5, -0.3, 0.0, 0.7, 1.9)
+
+
+def _arity(name: str, attrs) -> int:
+    """Operands an expression reads: params (prelu's slope, batchnorm's) follow the inputs."""
+    template = SCALAR[name](attrs) if callable(SCALAR[name]) else SCALAR[name]
+    return 1 + max(int(field) for _, field, _, _ in string.Formatter().parse(template) if field and field.isdigit())
+
+
+def _cases():
+    for name in sorted(SCALAR):
+        op = registry.get(name)
+        for attrs in _attr_sets(op):
+            arity = _arity(name, attrs)
+            for k, x in enumerate(POINTS):  # the first operand takes every point
+                yield name, attrs, tuple(POINTS[(k + j) % len(POINTS)] if j == 0 else 0.5 + j * 0.25 + abs(x)
+                                         for j in range(arity))
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
+def test_cuda_expressions_compute_what_the_cpu_expressions_do(tmp_path):
+    """Each CUDA expression, compiled as host C++ (the same <cmath> names), against the
+    CPU expression evaluated by Python at the same points."""
+    cases = []
+    for name, attrs, args in _cases():
+        env = {"math": math, "max": max, "min": min, **{k: float(v) for k, v in CONSTANTS.items()}}
+        operands = [f"a{j}" for j in range(len(args))]
+        try:
+            want = eval(expression(name, operands, attrs), env, dict(zip(operands, args)))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            continue  # outside the op's domain: the reference's NaN/inf, not compared
+        cases.append((name, attrs, args, want, expression(name, operands, attrs, target="cuda")))
+    lines = ["#include <cmath>", "#include <cstdio>", "using namespace std;"]
+    lines += [f"#define {k} {v}" for k, v in CONSTANTS.items()]
+    lines.append("int main() {")
+    for k, (_, _, args, _, expr) in enumerate(cases):
+        binds = " ".join(f"const double a{j} = {a!r};" for j, a in enumerate(args))
+        lines.append(f"  {{ {binds} printf(\"%.17g\\n\", (double)({expr})); }}")
+    lines.append("  return 0;\n}")
+    src = tmp_path / "expressions.cpp"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "expressions"
+    subprocess.run([CXX, "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
+    got = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    assert len(got) == len(cases)
+    for (name, attrs, args, want, expr), g in zip(cases, got):
+        assert math.isclose(float(g), want, rel_tol=1e-12, abs_tol=1e-12), \
+            f"{name}{args} {attrs}: cuda {g} ({expr}), cpu {want}"
+
+
+# ---- the generated text ----------------------------------------------------------------------
+
+def test_generation_is_deterministic():
+    assert module().source == module().source  # fresh loads, parses and lowerings
+
+
+def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
+    src = module().source
+    assert 'extern "C" __global__ void k_stage1_conv_bn_relu_sweep(' in src
+    assert 'extern "C" __global__ void k_update_adam_step(' in src
+    header = src[src.index("// ---- kernel 1: stage1.conv_bn_relu.sweep"):src.index("void k_stage1_conv_bn_relu_sweep")]
+    assert "batchnorm" in header and "relu" in header and "small_cnn.net:14" in header
+    assert "// ---- the step, in order" in src and "fc.linear: library linear" in src
+    assert "0 host fallbacks" in src
+
+
+def test_the_batch_size_is_a_parameter_of_every_generated_kernel():
+    m = module("digits_mlp.net")
+    assert m.symbols == ("N",)
+    assert m.source.count('extern "C" __global__ void k_') == m.source.count("const long long N) {") == 5
+
+
+def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
+    fallbacks = set()
+    for path in sorted(MODELS.glob("*.net")):
+        for stage in STAGES:
+            m = module(path.name, stage)
+            fallbacks |= {m.kernels[p].nodes[0].op for p in m.fallbacks}
+    # Shape ops and the hinge loss run on the host, as on the CPU (test_numba_backend.FALLBACK_OPS).
+    assert fallbacks <= {"slice", "slice_grad", "pad", "svm", "svm_grad"}, fallbacks
+
+
+def test_launch_grids_cover_the_work():
+    n = Sym.of("N")
+    assert Launch(0, "generated", "k", work=(n, 100)).grid(64) == (-(-6400 // BLOCK), 1)
+    assert Launch(0, "generated", "k", work=(n, 10**6)).grid(64) == (MAX_BLOCKS, 1)
+    assert Launch(0, "generated", "k", work=(16,), per_block=True).grid(3) == (16, 1)
+    assert Launch(0, "generated", "k", work=(), per_block=True).grid(3) == (1, 1)
+    assert Launch(0, "generated", "k", work=(64, 128), segments=4).grid(8) == (32, 4)
+
+
+def test_library_kernels_are_included_once_per_dtype():
+    src = module("mlp_bn.net").source
+    assert src.count("void dslc_cross_entropy_forward_f32_i64(") == 1
+    assert src.count("__device__ double dslc_row_lse(") == 1  # shared by the loss and its gradient
+    assert "#undef scalar_t" in src and "@" not in src
+
+
+def test_generating_needs_no_cupy():
+    code = ("import sys, dslc\nfrom dslc.codegen.cuda_gpu import generate\nfrom dslc.kernels import lower\n"
+            "from dslc.passes.pipeline import optimize\nfrom dslc.stages import build\n"
+            f"generate(lower(optimize(build(dslc.load({str(MODELS / 'digits_mlp.net')!r}), 'train_step'))[0]))\n"
+            "import dslc.runtime.cuda.runner\nassert 'cupy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_emit_cuda_writes_the_module(tmp_path):
+    path = emit_cuda(dslc.load(MODELS / "digits_mlp.net"), "infer", tmp_path / "out")
+    assert path == tmp_path / "out" / "digits_mlp_infer.cu"
+    assert path.read_text() == module("digits_mlp.net", "infer").source
+
+
+def test_a_gpu_device_without_cupy_is_a_clear_error():
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here")
+    from dslc.runtime.cuda.runner import cupy as get_cupy
+    from dslc.runtime.errors import DeviceError
+    with pytest.raises(DeviceError, match="cupy-cuda12x"):
+        get_cupy()
+
+
+# ---- nvcc -----------------------------------------------------------------------------------
+
+def nvcc(sources: dict[str, str], arch: str, tmp_path) -> None:
+    """Compile every source with one `nvcc -cubin` call; fail with nvcc's output on an error."""
+    for name, text in sources.items():
+        (tmp_path / f"{name}.cu").write_text(text)
+    files = [f"{name}.cu" for name in sources]
+    done = subprocess.run([NVCC, "-cubin", f"-arch={arch}", *files], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, f"nvcc -arch={arch} failed:\n{done.stdout}\n{done.stderr}"
+    assert all((tmp_path / f"{name}.cubin").stat().st_size > 0 for name in sources)
+
+
+def _sources(names) -> dict[str, str]:
+    return {f"{name}_{stage}": module(f"{name}.net", stage).source for name in names for stage in STAGES}
+
+
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_digits_mlp_compiles(arch, tmp_path):
+    nvcc(_sources(["digits_mlp"]), arch, tmp_path)
+
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_compiles(arch, tmp_path):
+    nvcc(_sources(sorted(p.stem for p in MODELS.glob("*.net"))), arch, tmp_path)
+
+
+@needs_nvcc
+def test_every_library_kernel_compiles_for_both_dtypes(tmp_path):
+    parts = [library.PRELUDE] + [library.source(k, d, label) for k in library.KERNELS for d in ("f32", "f64")
+                                 for label in (("i32", "i64") if k in library.LABELLED else (None,))]
+    nvcc({"library": "\n\n".join(parts) + "\n"}, ARCHS[0], tmp_path)

@@ -1,0 +1,114 @@
+"""The CUDA backend on a GPU against the NumPy reference: models, optimizers, every op's samples.
+
+Marked `gpu`: skipped unless CuPy imports and sees a CUDA device (run `pytest -m gpu`
+on a machine with one). The cases mirror tests/test_numba_backend.py and reuse its
+inputs: every output (loss, metrics, gradients, updated parameters and optimizer state)
+within |got - want| <= 1e-4 * max|want| of `dslc.reference.run_outputs`, in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dslc
+from dslc import reference
+from dslc.passes.train_step import Optimizer
+from dslc.stages import build
+from tests.conftest import MODELS
+from tests.test_numba_backend import SMALL, TOL, TOO_BIG, _op_graph, arrays
+from tests.test_registry import SAMPLES, feeds_for
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU")]
+
+
+def compare(graph, batch: int, feeds, params, randoms=None):
+    """Run `graph` on the GPU; every output within TOL of the reference. The GpuGraph."""
+    import cupy
+
+    from dslc.runtime.cuda.runner import compile_graph
+    want = reference.run_outputs(graph, feeds, params, randoms=randoms)
+    gg = compile_graph(graph, batch)
+    got = gg.run(feeds, params, randoms=randoms)
+    for key, w in want.items():
+        g = cupy.asnumpy(got[key])
+        assert g.shape == w.shape, f"{key}: shape {g.shape}, reference {w.shape}"
+        scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
+        err = float(np.max(np.abs(g.astype(np.float64) - w))) / scale if w.size else 0.0
+        assert err <= TOL, f"{graph.name} {graph.stage} {key}: relative error {err:.2e} > {TOL}"
+    return gg
+
+
+def check(graph, batch: int, seed: int = 0):
+    feeds, params, randoms = arrays(graph, batch, seed)
+    return compare(graph, batch, feeds, params, randoms)
+
+
+def _models():
+    return [pytest.param(p.stem, id=p.stem, marks=[pytest.mark.skip(reason=TOO_BIG[p.stem])] if p.stem in TOO_BIG
+                         else []) for p in sorted(MODELS.glob("*.net"))]
+
+
+@pytest.mark.parametrize("stage", ["train_step", "infer"])
+@pytest.mark.parametrize("name", _models())
+def test_model_matches_reference(name, stage):
+    model = dslc.load(MODELS / f"{name}.net", **SMALL.get(name, {}))
+    check(build(model, stage), batch=3)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_big_model_infers(name):
+    """The two 224x224 models at batch 1, inference only (the reference takes a while)."""
+    check(build(dslc.load(MODELS / f"{name}.net"), "infer"), batch=1)
+
+
+@pytest.mark.parametrize("opt", [Optimizer("sgd", lr=0.1, momentum=0.9, nesterov=True),
+                                 Optimizer("adam", lr=1e-3, weight_decay=0.01), Optimizer("rmsprop", lr=1e-3),
+                                 Optimizer("adagrad", lr=1e-2)], ids=["nesterov", "adamw", "rmsprop", "adagrad"])
+def test_every_optimizer_step_matches_reference(opt):
+    check(build(dslc.load(MODELS / "two_layer.net", hidden=12), "train_step", opt), batch=5)
+
+
+def test_odd_batch_sizes_and_a_large_batch():
+    """Grid-stride loops and chunked convolutions at sizes that do not divide the block."""
+    model = dslc.load(MODELS / "mlp_bn.net", h1=7, h2=5)
+    check(build(model, "infer"), batch=1)
+    check(build(model, "train_step"), batch=7)
+    check(build(dslc.load(MODELS / "small_cnn.net", **SMALL["small_cnn"]), "train_step"), batch=130)
+
+
+@pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
+                         ids=[f"{n}-{k}" for n, k, _ in SAMPLES if n not in ("dropconnect",)])
+def test_op_sample_matches_reference(name, k, sample):
+    graph, types, domain = _op_graph(name, sample)
+    feeds = {f"x{i}": v for i, v in enumerate(feeds_for(types, domain))}
+    if "r" in graph:
+        feeds["r"] = np.random.default_rng(1).standard_normal(graph["r"].type.bind({})).astype(np.float32)
+    compare(graph, 1, feeds, {})
+
+
+def test_parameters_stay_on_the_gpu_across_steps():
+    """Two steps in a row equal two reference steps; params() is a host copy."""
+    import cupy
+    graph = build(dslc.load(MODELS / "digits_mlp.net", **SMALL["digits_mlp"]), "train_step")
+    feeds, params, randoms = arrays(graph, 4)
+    from dslc.runtime.cuda.runner import compile_graph
+    gg = compile_graph(graph, 4)
+    gg.load_params(params)
+    want = dict(params)
+    for _ in range(2):
+        gg.run(feeds, randoms=randoms)
+        out = reference.run_outputs(graph, feeds, want, randoms=randoms)
+        want.update({name: v for (kind, name), v in out.items() if kind in ("param", "state")})
+    got = gg.params()
+    assert all(isinstance(v, np.ndarray) and not isinstance(v, cupy.ndarray) for v in got.values())
+    for name, w in want.items():
+        assert np.max(np.abs(got[name] - w)) <= TOL * max(float(np.max(np.abs(w))), 1e-6), name
