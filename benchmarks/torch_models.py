@@ -55,14 +55,14 @@ def cifar_cnn(opt, l2: float = 5e-4):
 BUILDERS = {"mlp": mlp_bn, "small_cnn": small_cnn, "cifar_cnn": cifar_cnn}
 
 
-def step_function(name: str, opt, x, y):
-    """A function running one eager training step of model `name` on (x, y) NumPy arrays:
-    zero the gradients, forward, loss (and the accuracy metric dslc also computes),
-    backward, optimizer step."""
+def step_function(name: str, opt, x, y, device: str = "cpu"):
+    """A function running one eager training step of model `name` on (x, y) NumPy arrays
+    copied once to `device`: zero the gradients, forward, loss (and the accuracy metric
+    dslc also computes), backward, optimizer step."""
     torch.manual_seed(0)
     net, optimizer, loss_fn = BUILDERS[name](opt)
-    net.train()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    net.to(device).train()  # moves the parameters in place: the optimizer keeps them
+    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -247,7 +247,7 @@ def _checkpoint_model(args) -> dslc.Model:
 def cmd_eval(args) -> int:
     from dslc.runtime import predict
 
-    report = predict.evaluate_checkpoint(_checkpoint_model(args), args.checkpoint, args.split)
+    report = predict.evaluate_checkpoint(_checkpoint_model(args), args.checkpoint, args.split, args.device)
     print(json.dumps(report, indent=2) if args.json else predict.format_eval(report))
     return 0
 
@@ -257,7 +257,7 @@ def cmd_predict(args) -> int:
 
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    rows = predict.predict(_checkpoint_model(args), args.checkpoint, args.input, args.top)
+    rows = predict.predict(_checkpoint_model(args), args.checkpoint, args.input, args.top, args.device)
     print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
           else predict.format_predictions(rows))
     return 0
@@ -268,7 +268,7 @@ def cmd_ensemble(args) -> int:
 
     if len(args.checkpoint) < 2:
         raise UsageError("an ensemble needs at least two --checkpoint DIR")
-    report = predict.ensemble(_checkpoint_model(args), args.checkpoint, args.split)
+    report = predict.ensemble(_checkpoint_model(args), args.checkpoint, args.split, args.device)
     print(json.dumps(report, indent=2) if args.json else predict.format_ensemble(report))
     return 0
 
@@ -409,6 +409,7 @@ def _add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False) -> None
     p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
                         + ("; repeat for each member" if many else ""))
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to run (default: cpu)")
 
 
 def _add_training_verbs(verbs) -> None:

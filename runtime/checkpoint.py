@@ -35,6 +35,7 @@ import safetensors.numpy as st
 
 from dslc import __version__
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.runtime.host import to_host
 
 FORMAT = 1
 WEIGHTS, OPTIMIZER, STATE = "weights.safetensors", "optimizer.safetensors", "state.json"
@@ -116,8 +117,9 @@ def _siblings(path: Path) -> tuple[Path, Path]:
 
 
 def _arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # safetensors needs C-contiguous ndarrays; np.require keeps 0-d arrays 0-d.
-    return {str(k): np.require(np.asarray(v), requirements="C") for k, v in arrays.items()}
+    # safetensors needs C-contiguous ndarrays; np.require keeps 0-d arrays 0-d. GPU arrays
+    # (training with --device gpu) come to the host here, only when a checkpoint is written.
+    return {str(k): np.require(to_host(v), requirements="C") for k, v in arrays.items()}
 
 
 def save_checkpoint(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[str, np.ndarray],

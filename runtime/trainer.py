@@ -43,6 +43,7 @@ from dslc.runtime.data import Batches, build_augment
 from dslc.runtime.errors import Interrupted, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
+from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, load_data
 from dslc.runtime.rng import Streams, stream
@@ -288,6 +289,7 @@ class Trainer:
             rng_state, params = replay
             rng = np.random.default_rng()
             rng.bit_generator.state = rng_state
+            params = {k: to_host(v) for k, v in params.items()}  # the NumPy interpreter replays it
             detail = anomaly.explain(self.graph, feeds, params, rng)  # unoptimised: the user's names
         else:
             detail = "rerun with --detect-anomaly to find the first operation that produced it"
@@ -381,7 +383,9 @@ class Trainer:
 
 
 def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:
-    """|new - old| / |old| (Frobenius norms); None for an all-zero parameter."""
+    """|new - old| / |old| (Frobenius norms); None for an all-zero parameter. Once an epoch,
+    so GPU parameters are simply copied to the host for it."""
+    new, old = to_host(new), to_host(old)
     norm = float(np.linalg.norm(old))
     return float(np.linalg.norm(new - old)) / norm if norm else None
 

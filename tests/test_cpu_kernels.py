@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dslc.ops import registry
-from dslc.ops.norm import bn_axes, per_channel
+from dslc.ops.norm import bn_axes
 from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax
 
 DTYPES = [np.float32, np.float64]

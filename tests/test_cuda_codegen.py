@@ -9,7 +9,11 @@
 - where `nvcc` is on the PATH, the generated module of every model in models/ (train_step
   and infer, default sizes) compiles with `nvcc -cubin` for sm_80 and sm_90: one nvcc call
   per architecture for all modules. digits_mlp compiles unmarked for each architecture;
-  the whole set (about 30 s per architecture) is marked slow.
+  the whole set (about 30 s per architecture) is marked slow;
+- `dslc compile --target gpu` writes one `.cu` per stage, byte-identical when repeated,
+  and builds it with nvcc where there is one (says so where there is none);
+- without a GPU, `--device gpu` (train, eval, predict, the benchmark) is a one-line error
+  and exit status 1, `--device auto` trains on the CPU; `to_host` leaves NumPy arrays alone.
 
 Running the kernels needs a GPU: tests/test_gpu.py.
 """
@@ -22,9 +26,11 @@ import string
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import dslc
+from dslc.cli import main
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, emit_cuda, generate
 from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
 from dslc.ir.types import Sym
@@ -32,6 +38,7 @@ from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.runtime.cuda import library
+from dslc.runtime.host import to_host
 from dslc.stages import build
 from tests.conftest import MODELS
 
@@ -164,7 +171,9 @@ def test_generating_needs_no_cupy():
     code = ("import sys, dslc\nfrom dslc.codegen.cuda_gpu import generate\nfrom dslc.kernels import lower\n"
             "from dslc.passes.pipeline import optimize\nfrom dslc.stages import build\n"
             f"generate(lower(optimize(build(dslc.load({str(MODELS / 'digits_mlp.net')!r}), 'train_step'))[0]))\n"
-            "import dslc.runtime.cuda.runner\nassert 'cupy' not in sys.modules")
+            "import dslc.runtime.cuda.runner\nassert 'cupy' not in sys.modules\n"
+            # the shared loop forms live in dslc/kernels/: the CUDA generator needs no CPU generator
+            "assert not {'dslc.codegen.numba_cpu', 'dslc.codegen.groups', 'numba'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -220,3 +229,110 @@ def test_every_library_kernel_compiles_for_both_dtypes(tmp_path):
     parts = [library.PRELUDE] + [library.source(k, d, label) for k in library.KERNELS for d in ("f32", "f64")
                                  for label in (("i32", "i64") if k in library.LABELLED else (None,))]
     nvcc({"library": "\n\n".join(parts) + "\n"}, ARCHS[0], tmp_path)
+
+
+# ---- dslc compile --target gpu -----------------------------------------------------------------
+
+DIGITS = str(MODELS / "digits_mlp.net")
+
+
+def compile_gpu(capsys, *args) -> tuple[int, str, str]:
+    code = main(["compile", DIGITS, "--target", "gpu", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compile_target_gpu_emits_one_cu_per_stage_byte_identical(tmp_path, capsys):
+    sources = []
+    for _ in range(2):
+        code, out, _ = compile_gpu(capsys, "--emit", str(tmp_path), "--no-build")
+        assert code == 0 and "digits_mlp train_step: 12 kernels (4 generated" in out
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_infer.cu", "digits_mlp_train_step.cu"]
+        sources.append({p.name: p.read_bytes() for p in tmp_path.iterdir()})
+    assert sources[0] == sources[1]
+    assert sources[0]["digits_mlp_infer.cu"] == module("digits_mlp.net", "infer").source.encode()
+
+
+def test_compile_target_gpu_without_nvcc_only_writes_the_source(tmp_path, capsys, monkeypatch):
+    """Without --emit the module goes to the cache (DSLC_CACHE), named by its hash."""
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "nvcc" else real(name, *a, **k))
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path))
+    code, out, _ = compile_gpu(capsys, "--stage", "infer")
+    assert code == 0 and "nvcc is not on the PATH: the CUDA source was only written, not compiled" in out
+    written = list(tmp_path.iterdir())
+    assert len(written) == 1 and written[0].name.startswith("digits_mlp_infer_") and written[0].suffix == ".cu"
+    assert written[0].read_text() == module("digits_mlp.net", "infer").source
+
+
+@needs_nvcc
+def test_compile_target_gpu_builds_with_nvcc(tmp_path, capsys):
+    code, out, _ = compile_gpu(capsys, "--stage", "infer", "--emit", str(tmp_path), "--arch", "sm_90")
+    assert code == 0 and "nvcc -cubin -arch=sm_90: built in" in out
+    assert (tmp_path / "digits_mlp_infer.cubin").stat().st_size > 0
+
+
+@needs_nvcc
+def test_an_nvcc_failure_is_reported_with_its_messages(tmp_path, capsys):
+    code, _, err = compile_gpu(capsys, "--stage", "infer", "--emit", str(tmp_path), "--arch", "sm_bogus")
+    assert code == 1 and "nvcc -arch=sm_bogus failed" in err and "Traceback" not in err
+
+
+# ---- --device gpu without a GPU -----------------------------------------------------------------
+
+no_cupy = pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A two-step run of a small digits_mlp, trained by the NumPy reference (no compile)."""
+    run = tmp_path_factory.mktemp("gpu") / "run"
+    assert main(["train", DIGITS, "--device", "reference", "--set", "steps=2", "--set", "hidden=8",
+                 "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+@no_cupy
+@pytest.mark.parametrize("verb", ["train", "eval", "predict"])
+def test_device_gpu_without_a_gpu_is_a_clear_error(verb, small_run, tmp_path, capsys):
+    capsys.readouterr()
+    args = {"train": ["--out", str(tmp_path / "run")],
+            "eval": ["--checkpoint", str(small_run)],
+            "predict": ["--checkpoint", str(small_run), "--input", str(tmp_path / "x.npy")]}[verb]
+    np.save(tmp_path / "x.npy", np.zeros((2, 64), np.float32))
+    code = main([verb, DIGITS, "--set", "hidden=8", "--device", "gpu", *args])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("dslc: error: device gpu: no usable CUDA GPU") and "cupy-cuda12x" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # train stops before it makes a run directory
+
+
+@no_cupy
+def test_device_auto_without_a_gpu_is_the_cpu():
+    from dslc.runtime.executor import executor_for
+    assert executor_for("auto").name == "numba"
+
+
+@no_cupy
+def test_the_gpu_benchmark_without_a_gpu_exits_1(capsys):
+    from benchmarks.train_step import main as bench
+    assert bench(["--device", "gpu", "--models", "mlp", "--steps", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("benchmarks.train_step: device gpu: no usable CUDA GPU")
+
+
+def test_to_host_leaves_numpy_arrays_alone_and_copies_device_arrays():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    view = a[:, 1]
+    assert to_host(a) is a and to_host(view) is view  # no copy: the CPU path allocates nothing
+    assert to_host(np.float32(2.0)) == 2.0
+
+    class Device:  # what to_host relies on in a cupy.ndarray: the CUDA array interface and get()
+        __cuda_array_interface__ = {}
+
+        def get(self):
+            return a.copy()
+    got = to_host(Device())
+    assert isinstance(got, np.ndarray) and got is not a and np.array_equal(got, a)
+    assert isinstance(to_host([1.0, 2.0]), np.ndarray)

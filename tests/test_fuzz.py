@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from lark import Lark
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
@@ -25,7 +26,7 @@ from hypothesis.extra.lark import from_lark  # noqa: E402
 import dslc  # noqa: E402
 from dslc.diagnostics import CompileError  # noqa: E402
 from dslc.ops.registry import INTERNAL  # noqa: E402
-from dslc.frontend.parse import parser  # noqa: E402
+from dslc.frontend.parse import grammar_text  # noqa: E402
 from dslc.ops import registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def _spaced(strategy):
 
 
 def _grammar_programs():
-    lark = parser()
+    lark = Lark(grammar_text(), parser="lalr", maybe_placeholders=True)  # uncached: from_lark walks .grammar
     literal = {t.name: t.pattern.value for t in lark.terminals if t.pattern.type == "str"}  # "model", "{", ...
     words = set(literal.values())
     explicit = {

@@ -4,14 +4,22 @@ Marked `gpu`: skipped unless CuPy imports and sees a CUDA device (run `pytest -m
 on a machine with one). The cases mirror tests/test_numba_backend.py and reuse its
 inputs: every output (loss, metrics, gradients, updated parameters and optimizer state)
 within |got - want| <= 1e-4 * max|want| of `dslc.reference.run_outputs`, in float32.
+
+The trainer's side: `executor_for("gpu")` gives the CUDA executor, whose steps
+keep the parameters on the GPU and match the reference executor's; digits_mlp trained
+with --device gpu reaches the CPU's test accuracy within a point; a checkpoint written
+from GPU parameters loads and evaluates on the CPU.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 import dslc
 from dslc import reference
+from dslc.cli import main
 from dslc.passes.train_step import Optimizer
 from dslc.stages import build
 from tests.conftest import MODELS
@@ -112,3 +120,63 @@ def test_parameters_stay_on_the_gpu_across_steps():
     assert all(isinstance(v, np.ndarray) and not isinstance(v, cupy.ndarray) for v in got.values())
     for name, w in want.items():
         assert np.max(np.abs(got[name] - w)) <= TOL * max(float(np.max(np.abs(w))), 1e-6), name
+
+
+# ---- the executor and the trainer --------------------------------------------------------
+
+def test_executor_for_gpu_is_the_cuda_executor_and_auto_still_the_cpu():
+    from dslc.runtime.cuda.executor import GpuExecutor
+    from dslc.runtime.executor import executor_for
+    assert isinstance(executor_for("gpu"), GpuExecutor) and executor_for("auto").name == "numba"
+
+
+def test_gpu_executor_steps_match_the_reference_executor():
+    """Two trainer-style steps (conv, batchnorm state, adam): the parameters stay CuPy arrays
+    between steps and equal the reference's (to_host copies them)."""
+    import cupy
+
+    from dslc.runtime.executor import ReferenceExecutor, executor_for
+    from dslc.runtime.host import to_host
+    # no dropout: the reference draws masks in float64, the runners in the graph's float32
+    graph = build(dslc.load(MODELS / "small_cnn.net", **SMALL["small_cnn"]), "train_step", Optimizer("adam", lr=1e-2))
+    feeds, params, _ = arrays(graph, 6)
+    got, want = dict(params), dict(params)
+    gpu, ref = executor_for("gpu").compile(graph), ReferenceExecutor().compile(graph)
+    for step in range(2):
+        out = gpu(feeds, got, np.random.default_rng(step))
+        expected = ref(feeds, want, np.random.default_rng(step))
+        assert abs(float(out["loss"]) - float(expected["loss"])) <= TOL * max(abs(float(expected["loss"])), 1e-6)
+    assert all(isinstance(got[o.name], cupy.ndarray) for o in graph.outputs_of("param"))
+    for name, w in want.items():
+        g = to_host(got[name])
+        assert np.max(np.abs(g - w)) <= TOL * max(float(np.max(np.abs(w))), 1e-6), name
+
+
+def _train(tmp_path, device: str, epochs: int):
+    from dslc.runtime.recipes import model_and_recipe
+    from dslc.runtime.trainer import train
+    model, recipe = model_and_recipe(MODELS / "digits_mlp.net", None, {"epochs": epochs})
+    return train(model, recipe, tmp_path / device, quiet=True, echo=lambda _: None, device=device)
+
+
+@pytest.mark.slow
+def test_digits_mlp_on_the_gpu_reaches_the_cpu_accuracy(tmp_path):
+    cpu, gpu = _train(tmp_path, "cpu", 10), _train(tmp_path, "gpu", 10)
+    assert cpu.test.metrics["accuracy"] > 0.9
+    assert abs(gpu.test.metrics["accuracy"] - cpu.test.metrics["accuracy"]) <= 0.01
+
+
+def test_a_checkpoint_of_gpu_parameters_loads_and_evaluates_on_the_cpu(tmp_path, capsys):
+    from dslc.runtime.checkpoint import load_checkpoint
+    run = _train(tmp_path, "gpu", 1).run
+    ckpt = load_checkpoint(run / "last")
+    assert ckpt.weights and all(type(v) is np.ndarray for v in {**ckpt.weights, **ckpt.optimizer}.values())
+    reports = []
+    for device in ("cpu", "gpu"):
+        capsys.readouterr()
+        assert main(["eval", str(MODELS / "digits_mlp.net"), "--checkpoint", str(run), "--json",
+                     "--device", device]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    # the same predictions, but for at most one near-tie the float32 rounding may break differently
+    assert abs(reports[0]["accuracy"] - reports[1]["accuracy"]) <= 1 / reports[0]["examples"]
+    assert abs(reports[0]["loss"] - reports[1]["loss"]) <= TOL * max(abs(reports[0]["loss"]), 1e-6)

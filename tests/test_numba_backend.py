@@ -104,6 +104,20 @@ def test_batch_of_one_and_odd_sizes():
     check(build(model, "train_step"), batch=7)
 
 
+
+@pytest.mark.slow
+def test_batchnorm_sweeps_over_rows_in_channel_blocks():
+    """Batchnorm over [N, C] runs by rows in blocks of ROWS_BLOCK channels, with its
+    per-channel values in the workspace: a partial last block (70 = 64 + 6 channels) and,
+    at 1100 channels, the parallel loop dealing blocks to the workspace's slots."""
+    from dslc.codegen.groups import ROWS_BLOCK
+    model = dslc.load(MODELS / "mlp_bn.net", h1=1100, h2=70)
+    cg = check(build(model, "train_step", Optimizer("adam", lr=1e-3)), batch=5)
+    source = cg.path.read_text()
+    assert source.count("scratch = workspace[p].view(np.float64)") == 4  # 2 layers, forward and backward
+    assert "for p in prange(workspace.shape[0]):" in source and "for p in range(1):" in source
+    assert cg.workspace.shape[1] * cg.workspace.itemsize >= 8 * ROWS_BLOCK
+
 def _op_graph(name, sample):
     """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it."""
     op = OPS[name]

@@ -2,6 +2,7 @@
 
     dslc compile models/small_cnn.net                       # train_step and infer, built and cached
     dslc compile models/small_cnn.net --emit out/ --stage infer
+    dslc compile models/small_cnn.net --target gpu --emit out/   # out/small_cnn_train_step.cu, ...
 
 For each stage the kernel graph is generated (dslc/codegen/numba_cpu.py), written to
 the cache (dslc/codegen/cache.py) and every kernel is compiled by running the graph
@@ -14,6 +15,13 @@ modules and Numba cache files it made. The same request again, with every input 
 and every piece of dslc's code unchanged and the artefacts still there, is answered
 from the record: the kernels are built already, so nothing is loaded, not even Numba
 (a second `dslc compile` takes a fraction of a second). Anything changed, and it builds.
+
+`--target gpu` generates the CUDA module of each stage (dslc/codegen/cuda_gpu.py), writes
+it to `DIR/<model>_<stage>.cu` (without --emit, to the cache, named by its hash), and,
+where `nvcc` is on the PATH, compiles it with `nvcc -cubin` for `--arch` (default: the
+local GPU's, else sm_80), printing the time as the cpu target does. Neither CuPy nor a
+GPU is needed: this is how a machine without one checks the generated kernels. Without
+nvcc it says so, and the source is only written. No build record: nvcc takes seconds.
 """
 from __future__ import annotations
 
@@ -22,29 +30,38 @@ from pathlib import Path
 from types import SimpleNamespace
 
 STAGES = ("train_step", "infer")
+DEFAULT_ARCH = "sm_80"  # A100: what `--target gpu` compiles for when no GPU is here to ask
 
 
 def add_compile_verb(verbs, verb, add_model_args) -> None:
     """Register the verb on the CLI's subparsers (`verb` and `add_model_args` are cli.py's helpers)."""
-    p = verb(verbs, "compile", "generate and build a model's CPU kernels; optionally write their source",
+    p = verb(verbs, "compile", "generate and build a model's CPU (or GPU) kernels; optionally write their source",
              "Lower a model to its kernel graph, generate the Numba kernels of the training step and "
              "the inference graph, cache them (DSLC_CACHE, default ~/.cache/dslc) and compile them by "
-             "one run on zeros. A second compile of the same model finds them built and returns at once.",
+             "one run on zeros. A second compile of the same model finds them built and returns at once. "
+             "With --target gpu: generate the CUDA source of each stage and, where nvcc is on the PATH, "
+             "compile it with nvcc -cubin (no GPU or CuPy needed).",
              "  dslc compile models/small_cnn.net\n"
-             "  dslc compile models/mlp_bn.net --stage train_step --emit generated/")
+             "  dslc compile models/mlp_bn.net --stage train_step --emit generated/\n"
+             "  dslc compile models/small_cnn.net --target gpu --emit generated/")
     add_model_args(p)
-    p.add_argument("--target", choices=("cpu",), default="cpu", help="code generator (default: cpu, Numba)")
+    p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                   help="code generator (default: cpu, Numba; gpu: CUDA C, compiled by nvcc when present)")
     p.add_argument("--stage", choices=STAGES, action="append",
                    help="which graph to compile (repeatable; default: train_step and infer)")
-    p.add_argument("--emit", metavar="DIR", help="also write the generated source to DIR/<model>_<stage>.py")
+    p.add_argument("--emit", metavar="DIR",
+                   help="also write the generated source to DIR/<model>_<stage>.py (gpu: .cu)")
     p.add_argument("--batch", type=int, default=2, help="batch size of the warm-up run (default: 2)")
     p.add_argument("--no-build", action="store_true", help="generate and cache the source only; compile nothing")
+    p.add_argument("--arch", help=f"gpu: the nvcc -arch (default: the local GPU's, else {DEFAULT_ARCH})")
     p.set_defaults(run=cmd_compile)
 
 
 def cmd_compile(args) -> int:
     from dslc.cli import parse_sets
     from dslc.codegen import cache
+    if args.target == "gpu":
+        return _compile_gpu(args)
     start = time.perf_counter()
     stages = list(dict.fromkeys(args.stage or STAGES))
     request = {"file": str(Path(args.file).resolve()), "model": args.model, "set": sorted(args.set or []),
@@ -60,10 +77,7 @@ def cmd_compile(args) -> int:
     from dslc.stages import build
     model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
     lines, modules = [], []
-    for stage in stages:
-        if stage == "train_step" and not any(o.kind == "loss" for o in model.graph.outputs):
-            print(f"{model.name} train_step: skipped, the model has no loss")
-            continue
+    for stage in _stages(model, stages):
         start = time.perf_counter()
         cg, path = _compile(build(model, stage), args.batch, build_it=not args.no_build)
         seconds = time.perf_counter() - start
@@ -80,6 +94,14 @@ def cmd_compile(args) -> int:
         artefacts = [p for _, (_, p) in lines] + cache.numba_indexes(_with_libraries(modules))
         cache.write_record(record_at, model.program.modules, artefacts, lines)
     return 0
+
+
+def _stages(model, stages) -> list[str]:
+    """The stages the model has: train_step needs a loss (said when skipped)."""
+    if "train_step" in stages and not any(o.kind == "loss" for o in model.graph.outputs):
+        print(f"{model.name} train_step: skipped, the model has no loss")
+        return [s for s in stages if s != "train_step"]
+    return stages
 
 
 def _emit(args, name: str, stage: str, module: Path) -> Path | None:
@@ -131,3 +153,79 @@ def _generated(graph):
     kg = lower(optimize(graph)[0])
     gen, source = generate_with(kg)
     return SimpleNamespace(kernels=gen.kernels, fallbacks=tuple(gen.fallback)), cache.store(kg, source)
+
+
+# ---- --target gpu ------------------------------------------------------------------------
+
+def _compile_gpu(args) -> int:
+    """Generate each stage's CUDA module, write it, and compile it with nvcc where there is one."""
+    import shutil
+
+    import dslc
+    from dslc.cli import parse_sets
+    from dslc.codegen.cuda_gpu import stage_module
+    model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    nvcc = None if args.no_build else shutil.which("nvcc")
+    arch = args.arch or _local_arch()
+    for stage in _stages(model, list(dict.fromkeys(args.stage or STAGES))):
+        start = time.perf_counter()
+        module = stage_module(model, stage)
+        path = _write_cu(args, model.name, stage, module.source)
+        count = {kind: sum(launch.kind == kind for launch in module.launches)
+                 for kind in ("generated", "epilogue", "library", "fallback")}
+        print(f"{model.name} {stage}: {sum(count.values())} kernels ({count['generated']} generated, "
+              f"{count['library']} library, {count['epilogue']} library GEMM/conv + generated epilogue, "
+              f"{count['fallback']} host fallbacks) in {time.perf_counter() - start:.2f} s -> {path}")
+        if nvcc is not None:
+            start = time.perf_counter()
+            cubin = _nvcc(nvcc, path, arch)
+            print(f"  nvcc -cubin -arch={arch}: built in {time.perf_counter() - start:.2f} s -> {cubin}")
+        elif not args.no_build:
+            print("  nvcc is not on the PATH: the CUDA source was only written, not compiled")
+    return 0
+
+
+def _write_cu(args, name: str, stage: str, source: str) -> Path:
+    """DIR/<model>_<stage>.cu with --emit, else the cache's <model>_<stage>_<hash>.cu; written
+    atomically, and byte-identical for identical input."""
+    import hashlib
+
+    from dslc.cli import write_atomic
+    from dslc.codegen.source import identifier
+    from dslc.debug import cache_dir
+    if args.emit:
+        out = Path(args.emit) / f"{identifier(name)}_{stage}.cu"
+    else:
+        out = cache_dir() / f"{identifier(name)}_{stage}_{hashlib.sha256(source.encode()).hexdigest()[:20]}.cu"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, source.encode())
+    return out
+
+
+def _nvcc(nvcc: str, source: Path, arch: str) -> Path:
+    """`nvcc -cubin` of one module beside it; a CliError with nvcc's messages when it fails."""
+    import subprocess
+
+    from dslc.cli import CliError
+    cubin = source.with_suffix(".cubin")
+    done = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(source)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise CliError(f"nvcc -arch={arch} failed on {source}:\n{(done.stdout + done.stderr).strip()}")
+    return cubin
+
+
+def _local_arch() -> str:
+    """sm_XY of the first GPU nvidia-smi reports; DEFAULT_ARCH where there is none."""
+    import shutil
+    import subprocess
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return DEFAULT_ARCH
+    try:
+        done = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+        major, minor = done.stdout.split()[0].strip().split(".")
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):  # no driver, no device
+        return DEFAULT_ARCH
+    return f"sm_{int(major)}{int(minor)}"

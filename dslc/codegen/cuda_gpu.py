@@ -26,12 +26,11 @@ from pathlib import Path
 
 import dslc
 from dslc.codegen import cuda_groups, cuda_loops
-from dslc.codegen.groups import sweep_supported, update_supported
-from dslc.codegen.numba_cpu import _as_loop
 from dslc.codegen.scalar import CONSTANTS, has_scalar
 from dslc.codegen.source import Namer, Source, identifier, where
 from dslc.ir.types import Dim, Sym
 from dslc.kernels.graph import Kernel, KernelGraph, bindings
+from dslc.kernels.loop_forms import as_loop, sweep_space, sweep_supported, update_supported
 from dslc.runtime.cuda import library
 
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
@@ -143,7 +142,7 @@ class Generator:
 def generate(kg: KernelGraph) -> CudaModule:
     """The module and launches of a kernel graph (see the module docstring)."""
     gen = Generator(kg)
-    kernels = tuple(_as_loop(k, kg) for k in kg.kernels)
+    kernels = tuple(as_loop(k, kg) for k in kg.kernels)
     body, launches = Source(c=True), []
     for pos, k in enumerate(kernels):
         function = Source(c=True)
@@ -214,7 +213,7 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
         return generated(work=largest, segments=gen.segments[k.name])
     if k.op == "sweep" and sweep_supported(gen.kg, k):
         cuda_groups.sweep(gen, src, k)
-        return generated(work=(cuda_groups.sweep_space(gen.kg, k)[1],), per_block=True)
+        return generated(work=(sweep_space(gen.kg, k)[1],), per_block=True)
     return Launch(pos, "fallback", k.name)
 
 
@@ -255,19 +254,23 @@ def _launch_order(src: Source, kernels, launches: list[Launch]) -> None:
         src.comment(f"  {launch.position:>3}{' prologue' if k.prologue else ''}  {k.name}: {text}")
 
 
+def stage_module(model, stage: str) -> CudaModule:
+    """The generated module of `model` at `stage` (train_step or infer), optimised and
+    lowered as the runner does it."""
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    from dslc.stages import build
+    return generate(lower(optimize(build(model, stage))[0]))
+
+
 def emit_cuda(model, stage: str, out_dir) -> Path:
-    """Write `out_dir/<model>_<stage>.cu`, the generated CUDA of `model` at `stage` (train_step
-    or infer), optimised as the runner would; the path.
+    """Write `out_dir/<model>_<stage>.cu`, the generated CUDA of `model` at `stage`; the path.
 
     >>> emit_cuda(dslc.load("models/digits_mlp.net"), "infer", "out/")  # doctest: +SKIP
     PosixPath('out/digits_mlp_infer.cu')
     """
     from dslc.cli import write_atomic
-    from dslc.kernels import lower
-    from dslc.passes.pipeline import optimize
-    from dslc.stages import build
-    module = generate(lower(optimize(build(model, stage))[0]))
     out = Path(out_dir) / f"{identifier(model.name)}_{stage}.cu"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, module.source.encode())
+    write_atomic(out, stage_module(model, stage).source.encode())
     return out

@@ -18,16 +18,11 @@ sweep   One block per channel (grid-stride over the channels). The passes run in
 from __future__ import annotations
 
 from dslc.codegen.cuda_loops import dim, emit_body, numel
-from dslc.codegen.groups import REDUCE_OPS, sweep_space
 from dslc.codegen.source import Namer, Source
+from dslc.kernels.loop_forms import externals, is_reduce, sweep_space
 
 
 # ---- update ---------------------------------------------------------------------------
-
-def _externals(nodes) -> list[str]:
-    inside = {n.name for n in nodes}
-    return list(dict.fromkeys(i for n in nodes for i in n.inputs if i not in inside))
-
 
 def update(gen, src, kernel) -> None:
     by = {n.name: n for n in kernel.nodes}
@@ -36,7 +31,7 @@ def update(gen, src, kernel) -> None:
     plan = []
     for part in kernel.parts:
         nodes = [by[m] for m in part]
-        ext, outs = _externals(nodes), [m for m in part if m in outputs]
+        ext, outs = externals(nodes), [m for m in part if m in outputs]
         text = _chain_text(nodes, ext, outs)
         if text not in chains:
             chains[text] = gen.names.fresh("chain_" + gen.kernel_name(kernel)[2:])
@@ -84,10 +79,6 @@ RESERVED_LOCALS = ("exp", "log", "sqrt", "erf", "tanh", "pow", "fmin", "fmax", "
 
 
 # ---- sweep ----------------------------------------------------------------------------
-
-def _is_reduce(node) -> bool:
-    return node.op in REDUCE_OPS or (node.op == "fused" and node.attr("kind") == "reduce")
-
 
 class _Sweep:
     """State of one sweep kernel's emission: which value lives where."""
@@ -145,7 +136,7 @@ def sweep(gen, src, kernel) -> None:
         body.comment(f"pass {p + 1} of {len(kernel.parts)}")
         members = [st.by[m] for m in part]
         for n in members:
-            if st.kind(n.name) != "space" and not _is_reduce(n):
+            if st.kind(n.name) != "space" and not is_reduce(n):
                 st.store_channel(n.name, emit_body(body, [n], st.chan.__getitem__, st.names)[n.name])
         want: dict[str, bool] = {}  # x -> whether its sum of squares is needed too
         for x, square in [(n.inputs[0], n.op == "var") for n in members if n.op in ("mean", "var")] + (
@@ -161,7 +152,7 @@ def sweep(gen, src, kernel) -> None:
                 stats[x] = (k, s1, s2)
                 accs[x] = square
         sums = {n.name: st.names.fresh("acc") for n in members
-                if n.op in ("sum", "batchnorm_grad_gamma") or (n.op == "fused" and _is_reduce(n))}
+                if n.op in ("sum", "batchnorm_grad_gamma") or (n.op == "fused" and is_reduce(n))}
         # Each thread's partial sums, block-summed after the element loop into the names above.
         partial = {s: st.names.fresh(s + "_t") for s in
                    [s for x, sq in accs.items() for s in stats[x][1:(3 if sq else 2)]] + list(sums.values())}
@@ -178,7 +169,7 @@ def sweep(gen, src, kernel) -> None:
             if square:
                 inner.line(f"{partial[s2]} += {d} * {d};")
         for n in members:
-            if st.kind(n.name) == "space" and not _is_reduce(n):
+            if st.kind(n.name) == "space" and not is_reduce(n):
                 _map(st, n, stats, count)
             elif n.name in sums:
                 _accumulate(st, n, sums[n.name])
@@ -190,7 +181,7 @@ def sweep(gen, src, kernel) -> None:
         for acc, t in partial.items():
             body.line(f"const double {acc} = dslc_block_sum({t});")
         for n in members:
-            if _is_reduce(n):
+            if is_reduce(n):
                 _finish(st, n, stats, sums, count)
     with src.block(gen.signature(kernel)):
         with src.block(f"for (long long c = blockIdx.x; c < {channels}; c += gridDim.x)"):

@@ -18,35 +18,12 @@ sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of th
 from __future__ import annotations
 
 from dslc.codegen.loops import PARALLEL_MIN, emit_body, first, loop, numel
-from dslc.codegen.scalar import has_scalar
 from dslc.codegen.source import Namer, Source
-
-REDUCE_OPS = ("mean", "var", "sum", "batchnorm_grad_gamma")
+from dslc.kernels.loop_forms import externals, sweep_space
+from dslc.kernels.loop_forms import is_reduce as _is_reduce  # the name `sweep` reads
 
 
 # ---- update ---------------------------------------------------------------------------
-
-def update_supported(kg, kernel) -> bool:
-    by = {n.name: n for n in kernel.nodes}
-    for part in kernel.parts:
-        shape = by[part[-1]].type.shape
-        for i in _externals([by[m] for m in part]):
-            s = kg.buffer(i).shape
-            if s != shape and not all(d == 1 for d in s):
-                return False
-    return all(_scalar_ops(n) for n in kernel.nodes)
-
-
-def _scalar_ops(node) -> bool:
-    if node.op == "fused":
-        return all(b.op == "const" or _scalar_ops(b) for b in node.attr("body"))
-    return has_scalar(node.op)
-
-
-def _externals(nodes) -> list[str]:
-    inside = {n.name for n in nodes}
-    return list(dict.fromkeys(i for n in nodes for i in n.inputs if i not in inside))
-
 
 def update(gen, src, kernel) -> None:
     by = {n.name: n for n in kernel.nodes}
@@ -55,7 +32,7 @@ def update(gen, src, kernel) -> None:
     plan = []
     for part in kernel.parts:
         nodes = [by[m] for m in part]
-        ext, outs = _externals(nodes), [m for m in part if m in outputs]
+        ext, outs = externals(nodes), [m for m in part if m in outputs]
         text = _chain_text(nodes, ext, outs)
         if text not in chains:
             chains[text] = gen.globals.fresh("chain_" + gen.kernel_name(kernel)[2:])
@@ -102,60 +79,64 @@ def _chain_text(nodes, ext, outs) -> str:
 
 # ---- sweep ----------------------------------------------------------------------------
 
-def _is_reduce(node) -> bool:
-    return node.op in REDUCE_OPS or (node.op == "fused" and node.attr("kind") == "reduce")
+ROWS_BLOCK = 64  # channels per block of a rows-layout sweep: one vectorised row segment
 
 
-def sweep_space(kg, kernel):
-    """S: the activation every map and reduction of the sweep runs over (rank >= 2)."""
-    names = [i for n in kernel.nodes for i in n.inputs] + [n.name for n in kernel.nodes]
-    return next(s for s in (kg.buffer(i).shape for i in names) if len(s) >= 2 and not all(d == 1 for d in s))
+def rows_layout(space) -> bool:
+    """A sweep over [N, C] (nothing per channel beyond the batch) runs row by row.
 
-
-def sweep_supported(kg, kernel) -> bool:
-    space = sweep_space(kg, kernel)
-    produced = {n.name for n in kernel.nodes}
-    chan = (space[1],)
-    for n in kernel.nodes:
-        if n.op == "fused" and n.attr("kind") == "reduce":
-            root = n.attr("body")[-1]
-            if root.op not in ("sum", "mean") or not all(_scalar_ops(b) for b in n.attr("body")[:-1]):
-                return False
-        elif n.op == "var_grad" and n.inputs[1] in produced:
-            return False
-        elif n.op not in REDUCE_OPS + ("expand", "var_grad") and not _scalar_ops(n):
-            return False
-        for i in n.inputs:
-            s = kg.buffer(i).shape
-            if s not in (space, chan) and not all(d == 1 for d in s):
-                return False
-    return any(kg.buffer(i).shape == space for i in kernel.inputs)
+    Channel by channel, each of N elements is C floats from the last: one cache line per
+    element, and no vector loads. Row by row, a block of channels advances together along
+    a contiguous row segment; its per-channel values (sums, statistics, channel ops) live
+    in a float64 slice of the thread's workspace instead of in locals (measured on the
+    mlp_bn batchnorm sweep, [128, 512]: 0.55 ms channel by channel, 0.08 ms by rows).
+    """
+    return all(d == 1 for d in space[2:])
 
 
 class _Sweep:
-    """State of one sweep kernel's emission: which value lives where."""
+    """State of one sweep kernel's emission: which value lives where.
+
+    The layout decides two things only: how an element of the activation is indexed
+    (`at`), and where a per-channel value lives (`channel_value`): a local of the loop over
+    channels, or slot [cc] of a block-sized slice of the workspace (`cc` = c - block start).
+    """
 
     def __init__(self, gen, src, kernel):
         self.gen, self.src, self.kernel = gen, src, kernel
         self.kg = gen.kg
         self.space = sweep_space(self.kg, kernel)
+        self.rows = rows_layout(self.space)
         self.names = gen.local_names(kernel)
         self.phase = {m: p for p, part in enumerate(kernel.parts) for m in part}
         self.by = {n.name: n for n in kernel.nodes}
         self.chan: dict[str, str] = {}  # per-channel values of the current c
-        self.views: dict[str, str] = {}  # S-shaped buffers as [N, C, S]
+        self.views: dict[str, str] = {}  # S-shaped buffers as [N, C, S] (rows: [N, C])
         self.elem: dict[str, str] = {}
+        self.slices: list[str] = []  # rows: the workspace slices, in order
 
     def kind(self, name: str) -> str:
         s = self.kg.buffer(name).shape
         return "space" if s == self.space else ("scalar" if all(d == 1 for d in s) else "channel")
 
+    def at(self, n: str = "n") -> str:
+        return f"[{n}, c]" if self.rows else f"[{n}, c, j]" if n == "n" else f"[{n}, c, 0]"
+
     def view(self, name: str) -> str:
         if name not in self.views:
             arr = self.gen.arg(name)
-            self.views[name] = self.names.fresh(arr + "_3")
-            self.hoisted.append(f"{self.views[name]} = {arr}.reshape({arr}.shape[0], {arr}.shape[1], -1)")
+            self.views[name] = self.names.fresh(arr + ("_2" if self.rows else "_3"))
+            shape = f"{arr}.shape[0], {arr}.shape[1]" + ("" if self.rows else ", -1")
+            self.hoisted.append(f"{self.views[name]} = {arr}.reshape({shape})")
         return self.views[name]
+
+    def channel_value(self, hint: str) -> str:
+        """Where a new per-channel value lives: a local, or (rows) its slot of a slice."""
+        local = self.names.fresh(hint)
+        if not self.rows:
+            return local
+        self.slices.append(local)
+        return f"{local}[cc]"
 
     def get(self, name: str) -> str:
         """The value of `name` at the current element (loads from memory on first use)."""
@@ -164,7 +145,7 @@ class _Sweep:
         if name in self.chan:
             return self.chan[name]
         local = self.names.fresh(name.rsplit(".", 1)[-1])
-        self.src.line(f"{local} = {self.view(name)}[n, c, j]")
+        self.src.line(f"{local} = {self.view(name)}{self.at()}")
         self.elem[name] = local
         return local
 
@@ -178,24 +159,28 @@ class _Sweep:
 def sweep(gen, src, kernel) -> None:
     st = _Sweep(gen, src, kernel)
     par = numel(st.space) >= PARALLEL_MIN
-    body = Source()
-    st.src, st.hoisted = body, []
-    body.level = 2
+    st.hoisted = []
     means = {n.inputs[1] for n in kernel.nodes if n.op == "var_grad"}  # x whose mean var_grad needs
+    loads = Source()  # channel inputs of the current c (channel layout)
     for i in kernel.inputs:
         if st.kind(i) == "channel":
-            st.chan[i] = st.names.fresh(i.rsplit(".", 1)[-1])
-            body.line(f"{st.chan[i]} = {gen.arg(i)}[c]")
+            if st.rows:
+                st.chan[i] = f"{gen.arg(i)}[c]"
+            else:
+                st.chan[i] = st.names.fresh(i.rsplit(".", 1)[-1])
+                loads.line(f"{st.chan[i]} = {gen.arg(i)}[c]")
         elif st.kind(i) == "scalar":
             st.chan[i] = st.names.fresh(i.rsplit(".", 1)[-1])
             st.hoisted.append(f"{st.chan[i]} = {gen.arg(i)}[{first(len(gen.kg.buffer(i).shape))}]")
     ref = st.view(next(i for i in kernel.inputs if st.kind(i) == "space"))
     count = st.names.fresh("count")
-    st.hoisted.append(f"{count} = {ref}.shape[0] * {ref}.shape[2]")
+    st.hoisted.append(f"{count} = {ref}.shape[0]" + ("" if st.rows else f" * {ref}.shape[2]"))
     stats: dict[str, tuple[str, str, str]] = {}  # x -> (shift, sum of x - shift, sum of squares)
+    passes = []  # per pass: (comment, before the element loop, in it, after it)
     for p, part in enumerate(kernel.parts):
-        body.comment(f"pass {p + 1} of {len(kernel.parts)}")
+        before, inner, after = Source(), Source(), Source()
         members = [st.by[m] for m in part]
+        st.src = before
         for n in members:
             if st.kind(n.name) != "space" and not _is_reduce(n):
                 _channel_op(st, n)
@@ -206,21 +191,20 @@ def sweep(gen, src, kernel) -> None:
         accs = {}
         for x, square in want.items():
             if x not in stats or (square and not stats[x][2]):
-                k = st.names.fresh("shift")
-                body.line(f"{k} = {st.view(x)}[0, c, 0]" if x in kernel.inputs else f"{k} = 0.0")
-                s1, s2 = st.names.fresh("s1"), st.names.fresh("s2") if square else ""
-                body.line(f"{s1} = 0.0")
+                k = st.channel_value("shift")
+                before.line(f"{k} = {st.view(x)}{st.at('0')}" if x in kernel.inputs else f"{k} = 0.0")
+                s1, s2 = st.channel_value("s1"), st.channel_value("s2") if square else ""
+                before.line(f"{s1} = 0.0")
                 if square:
-                    body.line(f"{s2} = 0.0")
+                    before.line(f"{s2} = 0.0")
                 stats[x] = (k, s1, s2)
                 accs[x] = square
         sums = {}
         for n in members:
             if n.op in ("sum", "batchnorm_grad_gamma") or (n.op == "fused" and _is_reduce(n)):
-                sums[n.name] = st.names.fresh("acc")
-                body.line(f"{sums[n.name]} = 0.0")
-        inner = Source()  # the (n, j) loop's body; a pass of per-channel ops only has none
-        inner.level, st.src, st.elem = body.level + 2, inner, {}
+                sums[n.name] = st.channel_value("acc")
+                before.line(f"{sums[n.name]} = 0.0")
+        st.src, st.elem = inner, {}  # the element loop's body; a pass of per-channel ops only has none
         for x, square in accs.items():
             k, s1, s2 = stats[x]
             d = st.names.fresh("d")
@@ -233,26 +217,81 @@ def sweep(gen, src, kernel) -> None:
                 _map(st, n, stats, count)
             elif n.name in sums:
                 _accumulate(st, n, sums[n.name])
-        st.src = body
-        if inner.lines:
-            with body.block(f"for n in range({ref}.shape[0]):"):
-                with body.block(f"for j in range({ref}.shape[2]):"):
-                    body.lines.extend(inner.lines)
+        st.src = after
         for n in members:
             if _is_reduce(n):
                 _finish(st, n, stats, sums, count)
-    with src.block(gen.signature(src, kernel, parallel=par, accumulate=True)):
+        passes.append((f"pass {p + 1} of {len(kernel.parts)}", before, inner, after))
+    if st.rows:
+        gen.scratch_bytes = max(gen.scratch_bytes, len(st.slices) * ROWS_BLOCK * 8)
+    with src.block(gen.signature(src, kernel, parallel=par, workspace=st.rows, accumulate=True)):
         for line in st.hoisted:
             src.line(line)
-        with src.block(f"for c in {loop(par)}({ref}.shape[1]):"):
-            src.lines.extend(body.lines)
+        (_rows if st.rows else _channels)(st, src, ref, par, loads, passes)
+
+
+def _channels(st, src, ref, par, loads, passes) -> None:
+    """One (parallel) loop over channels; in it, each pass's (n, j) loop."""
+    with src.block(f"for c in {loop(par)}({ref}.shape[1]):"):
+        src.lines.extend(_indented(loads, src))
+        for comment, before, inner, after in passes:
+            src.comment(comment)
+            src.lines.extend(_indented(before, src))
+            if inner.lines:
+                with src.block(f"for n in range({ref}.shape[0]):"):
+                    with src.block(f"for j in range({ref}.shape[2]):"):
+                        src.lines.extend(_indented(inner, src))
+            src.lines.extend(_indented(after, src))
+
+
+def _rows(st, src, ref, par, loads, passes) -> None:
+    """Blocks of ROWS_BLOCK channels, dealt to the workspace's slots; per pass, a loop over
+    the block's channels, the (n, c) loop along rows, and a loop over channels again."""
+    parts = "workspace.shape[0]" if par else "1"
+    with src.block(f"for p in {loop(par)}({parts}):"):
+        src.line("scratch = workspace[p].view(np.float64)")
+        for k, name in enumerate(st.slices):
+            src.line(f"{name} = scratch[{k * ROWS_BLOCK}:{(k + 1) * ROWS_BLOCK}]")
+        with src.block(f"for lo in range(p * {ROWS_BLOCK}, {ref}.shape[1], {parts} * {ROWS_BLOCK}):"):
+            src.line(f"hi = min(lo + {ROWS_BLOCK}, {ref}.shape[1])")
+            for comment, before, inner, after in passes:
+                src.comment(comment)
+                for body, rows in ((before, False), (inner, True), (after, False)):
+                    if not body.lines:
+                        continue
+                    if rows:
+                        with src.block(f"for n in range({ref}.shape[0]):"):
+                            _channel_loop(src, body)
+                    else:
+                        _channel_loop(src, body)
+
+
+def _channel_loop(src, body) -> None:
+    with src.block("for c in range(lo, hi):"):
+        src.line("cc = c - lo")
+        src.lines.extend(_indented(body, src))
+
+
+def _indented(body, src) -> list[str]:
+    """`body`'s lines (written at level 0) at `src`'s current level."""
+    pad = "    " * src.level
+    return [pad + line if line.strip() else line for line in body.lines]
 
 
 def _channel_op(st, n) -> None:
     values = emit_body(st.src, [n], st.chan.__getitem__, st.names)
-    st.chan[n.name] = values[n.name]
+    _bind_channel(st, n, values[n.name])
+
+
+def _bind_channel(st, n, value: str) -> None:
+    """A per-channel result: kept where later passes find it, and stored if an output."""
+    if st.rows:  # computed in a loop over the block's channels, read in later loops
+        slot = st.channel_value(n.name.rsplit(".", 1)[-1])
+        st.src.line(f"{slot} = {value}")
+        value = slot
+    st.chan[n.name] = value
     if n.name in st.kernel.outputs:
-        st.src.line(f"{st.gen.arg(n.name)}[c] = {values[n.name]}")
+        st.src.line(f"{st.gen.arg(n.name)}[c] = {value}")
 
 
 def _map(st, n, stats, count) -> None:
@@ -269,7 +308,7 @@ def _map(st, n, stats, count) -> None:
         value = emit_body(st.src, [n], st.get, st.names)[n.name]
     st.elem[n.name] = value
     if st.stored(n.name):
-        st.src.line(f"{st.view(n.name)}[n, c, j] = {value}")
+        st.src.line(f"{st.view(n.name)}{st.at()} = {value}")
 
 
 def _accumulate(st, n, acc: str) -> None:
@@ -303,6 +342,4 @@ def _finish(st, n, stats, sums, count) -> None:
         st.src.line(f"{value} = {sums[n.name]}")
     else:
         st.src.line(f"{value} = {sums[n.name]} / {count}")
-    st.chan[n.name] = value
-    if n.name in st.kernel.outputs:
-        st.src.line(f"{st.gen.arg(n.name)}[c] = {value}")
+    _bind_channel(st, n, value)

@@ -27,10 +27,9 @@ from dslc.codegen import externs, groups, loops
 from dslc.codegen.cache import numba_version
 from dslc.codegen.scalar import CONSTANTS, has_scalar
 from dslc.codegen.source import Namer, Source, where
-from dslc.ir.graph import Node
 from dslc.ir.types import concrete
-from dslc.kernels.graph import Kernel, KernelGraph, index_maps
-from dslc.ops import registry
+from dslc.kernels.graph import Kernel, KernelGraph
+from dslc.kernels.loop_forms import as_loop, sweep_supported, update_supported
 
 MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
                   "workspace", "fallback", "BUFFERS", "FALLBACK", "max", "min") + tuple(CONSTANTS)
@@ -47,6 +46,7 @@ class Generator:
         self.fallback: list[int] = []
         self.helpers: set[str] = set()
         self.kernels: list[Kernel] = list(kg.kernels)
+        self.scratch_bytes = 0  # per thread: float64 scratch of rows-layout sweeps (groups.py)
 
     # ---- what kernels need from the generator -------------------------------------------
     def arg(self, buffer: str) -> str:
@@ -89,7 +89,7 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
     """The generator's state (kernels as emitted, fallbacks) and the module source."""
     gen = Generator(kg)
     kernels = Source()
-    gen.kernels = [_as_loop(k, kg) for k in kg.kernels]
+    gen.kernels = [as_loop(k, kg) for k in kg.kernels]
     for pos, k in enumerate(gen.kernels):
         if k.kind == "view":
             continue
@@ -113,25 +113,6 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
         src.blank()
         _driver(src, gen, driver, prologue)
     return gen, src.text()
-
-
-def _as_loop(k: Kernel, kg: KernelGraph) -> Kernel:
-    """A lone sum/mean is a reduce loop with a one-node body, and a lone optimizer update an
-    elementwise loop, as lowering already does for a lone elementwise op."""
-    node = k.nodes[0]
-    if k.kind != "extern" or not kg.buffer(node.name).type.is_float:
-        return k
-    if node.op in ("sum", "mean"):
-        kind = "reduce"
-    elif registry.get(node.op).category == "optimizer" and has_scalar(node.op):
-        kind = "elementwise"
-    else:
-        return k
-    body = node.replace(inputs=tuple(f"${k.inputs.index(i)}" for i in node.inputs))
-    fused = Node(node.name, "fused", k.inputs, (("kind", kind), ("body", (body,))), node.type, node.span)
-    maps = index_maps(fused, [kg.buffer(i).type for i in k.inputs])
-    return Kernel(k.name, "fused", kind, (fused,), k.inputs, k.outputs, index_maps=maps, reduces=kind == "reduce",
-                  prologue=k.prologue)
 
 
 def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
@@ -164,10 +145,10 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
         else:
             loops.elementwise(gen, src, k)
         return True
-    if k.op == "update" and groups.update_supported(gen.kg, k):
+    if k.op == "update" and update_supported(gen.kg, k):
         groups.update(gen, src, k)
         return True
-    if k.op == "sweep" and groups.sweep_supported(gen.kg, k):
+    if k.op == "sweep" and sweep_supported(gen.kg, k):
         groups.sweep(gen, src, k)
         return True
     return False

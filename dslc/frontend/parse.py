@@ -29,10 +29,17 @@ _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT"}
 _MAX_EXPECTED = 5  # longer lists of expected tokens say nothing useful
 
 
+def grammar_text() -> str:
+    """The surface syntax, grammar/net.lark (installed as dslc.grammar)."""
+    return resources.files("dslc.grammar").joinpath("net.lark").read_text(encoding="utf-8")
+
+
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
-    text = resources.files("dslc.grammar").joinpath("net.lark").read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # cache=True: Lark keeps the analysed LALR tables in a temporary file keyed by the
+    # grammar's and options' hash (a fifth of a second saved at every process start).
+    # A cached parser has no `.grammar`; tools that walk the grammar build their own.
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 def _describe(tok: Token | None) -> str:

@@ -9,8 +9,8 @@ multi-threaded BLAS called from inside a parallel loop serialises. So every kern
 here parallelises with `prange` over independent blocks (images of a convolution,
 row or column halves of a product) and calls a single-threaded BLAS inside the loop:
 one pool, no spinning, and each thread's GEMM works on data it just wrote to its own
-cache. `use_one_blas_thread()` makes the BLAS Numba calls (SciPy's OpenBLAS)
-single-threaded; it runs when this module is imported.
+cache. `use_one_blas_thread()` makes every OpenBLAS in the process (NumPy's and
+SciPy's; Numba calls one of them) single-threaded; it runs when this module is imported.
 
 `gemm_block` calls Numba's own `numba_xxgemm` helper (the sgemm/dgemm SciPy exports,
 which is what `np.dot` uses inside @njit), but with leading dimensions, so a block can
@@ -27,7 +27,6 @@ and drops the package's cached kernels when any file changed.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 from pathlib import Path
 
@@ -152,16 +151,20 @@ def _drop_stale_cache() -> None:
         pass
 
 
-def use_one_blas_thread() -> bool:
-    """Make SciPy's OpenBLAS (the BLAS Numba calls) single-threaded; False when it is another BLAS."""
-    import scipy.linalg.cython_blas as cython_blas
-    lib = ctypes.CDLL(cython_blas.__file__)  # symbol lookups also search its dependencies
-    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-        setter = getattr(lib, name, None)
-        if setter is not None:
-            setter(1)
-            return True
-    return False
+def use_one_blas_thread() -> int:
+    """Make every OpenBLAS loaded in the process single-threaded; how many were found.
+
+    Numba's `numba_xxgemm` resolves through SciPy's cython_blas, yet with NumPy 2 and
+    SciPy each bundling a scipy-openblas the work was measured running on NumPy's
+    (its 2 workers busy while SciPy's was set to 1 thread), so limiting one library by
+    name is not enough: threadpoolctl finds them all. MKL or an OpenMP runtime another
+    package brought (PyTorch's, in the benchmark) is left alone.
+    """
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded, so threadpoolctl sees its OpenBLAS)
+    from threadpoolctl import ThreadpoolController
+    blas = ThreadpoolController().select(internal_api="openblas")
+    blas.limit(limits=1)
+    return len(blas.lib_controllers)
 
 
 _drop_stale_cache()

@@ -56,7 +56,11 @@ class CompiledGraph:
         self.arena = np.zeros(memory.arena_bytes, np.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
         dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), np.float32)
-        self.workspace = np.zeros((default_parts(), max(1, workspace_slot(kg, self.kernels, memory.batch))), dtype)
+        # slots of whole float64s: rows-layout sweeps view theirs as float64 scratch
+        per_f64 = 8 // np.dtype(dtype).itemsize
+        slot = max(1, workspace_slot(kg, self.kernels, memory.batch), -(-gen.scratch_bytes // np.dtype(dtype).itemsize))
+        slot = -(-slot // per_f64) * per_f64
+        self.workspace = np.zeros((default_parts(), slot), dtype)
         self._args = tuple(self.views[n] for n in module.BUFFERS) + (self.workspace, self._fallback)
         self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))

@@ -6,7 +6,7 @@
 As the Numba executor (dslc/runtime/cpu/executor.py): a step is bound lazily per batch
 size, and after a step `params` holds the arena's own arrays for every updated parameter
 and state, here CuPy arrays on the GPU, so the next step copies nothing. Whoever needs
-host arrays (a checkpoint) copies them with `cupy.asnumpy`, only when it writes.
+host arrays (a checkpoint) copies them with dslc.runtime.host.to_host, only when it writes.
 Results (loss, metrics, declared outputs) are copied to the host: they are small, and
 the trainer logs them every step.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from dslc.ir.graph import Graph
 from dslc.reference import bind_inputs
 from dslc.runtime.cuda.runner import GpuGraph, compile_kernels, cupy
+from dslc.runtime.host import to_host
 
 UPDATES = ("param", "state")
 
@@ -29,7 +30,7 @@ class GpuStep:
     def __init__(self, graph: Graph, level: int = 2):
         from dslc.kernels import lower
         from dslc.passes.pipeline import optimize
-        self.cp = cupy()
+        cupy()  # a DeviceError now, not at the first step
         self.graph = graph
         self.kernels = lower(optimize(graph, level)[0])
         self.compiled: dict[tuple, GpuGraph] = {}
@@ -47,7 +48,7 @@ class GpuStep:
         out = gg.run(feeds, rng=rng)
         for name, kind in self._updates:
             params[name] = out[kind, name]
-        return {name: self.cp.asnumpy(out[kind, name]) for kind, name in self._results}
+        return {name: to_host(out[kind, name]) for kind, name in self._results}
 
 
 class GpuExecutor:

@@ -36,6 +36,7 @@ from dslc.ops import registry
 from dslc.passes.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
+from dslc.runtime.host import to_host
 
 
 def cupy():
@@ -112,7 +113,7 @@ class GpuGraph:
     def _fallback(self, k) -> None:
         """Kernel k by the NumPy references, node by node, through host copies."""
         for node in k.nodes:
-            ins = [self.cp.asnumpy(self.views[i]) for i in node.inputs]
+            ins = [to_host(self.views[i]) for i in node.inputs]
             value = registry.get(node.op).reference(*ins, **node.attr_dict)
             view = self.views[node.name]
             view.set(np.ascontiguousarray(np.asarray(value, view.dtype).reshape(view.shape)))
@@ -133,7 +134,7 @@ class GpuGraph:
 
     def params(self) -> dict[str, np.ndarray]:
         """Host copies of the parameters and optimizer state as they are now."""
-        return {name: self.cp.asnumpy(self.views[name]) for name in self.param_names}
+        return {name: to_host(self.views[name]) for name in self.param_names}
 
     def _put(self, view, value) -> None:
         if isinstance(value, self.cp.ndarray):
