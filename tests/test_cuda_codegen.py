@@ -220,8 +220,10 @@ def test_digits_mlp_compiles(arch, tmp_path):
 @needs_nvcc
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_model_compiles(arch, tmp_path):
-    nvcc(_sources(sorted(p.stem for p in MODELS.glob("*.net"))), arch, tmp_path)
+@pytest.mark.parametrize("model", sorted(p.stem for p in MODELS.glob("*.net")))
+def test_every_model_compiles(model, arch, tmp_path):
+    """One case per model and arch, so parallel test workers share them out."""
+    nvcc(_sources([model]), arch, tmp_path)
 
 
 @needs_nvcc
