@@ -31,6 +31,7 @@ from dslc import reference
 from dslc.ir.graph import Graph
 from dslc.passes.pipeline import optimize
 from dslc.runtime.errors import DeviceError
+from dslc.runtime.host import to_host
 
 UPDATES = ("param", "state")  # output kinds a step writes back into `params`
 
@@ -62,6 +63,39 @@ class ReferenceStep:
         for name, value in self._updates:
             params[name] = values[value]
         return {name: values[value] for name, value in self._results}
+
+
+class ArenaStep:
+    """One graph run by a compiled backend (Numba on the CPU, CUDA on the GPU), bound on first
+    use for each batch size it is run at (the last batch of an epoch is often smaller: the
+    kernels are the same, only the arena is planned again).
+
+    `bind(kernels, sizes)` is the backend's `compile_kernels`: it plans the arena and binds the
+    generated module. After a step `params` holds the arena's own arrays for every updated
+    parameter and state, so the next step copies nothing; results (loss, metrics, outputs)
+    come back as host arrays (`to_host`: the arena's views themselves on the CPU).
+    """
+
+    def __init__(self, graph: Graph, bind, level: int = 2):
+        from dslc.kernels import lower
+        self.graph = graph
+        self.kernels = lower(optimize(graph, level)[0])
+        self.bind = bind
+        self.compiled: dict[tuple, object] = {}
+        self._updates = [(o.name, o.kind) for o in graph.outputs if o.kind in UPDATES]
+        self._results = [(o.kind, o.name) for o in graph.outputs if o.kind not in UPDATES]
+
+    def __call__(self, feeds, params, rng=None):
+        sizes = reference.bind_inputs(self.graph, feeds)
+        key = tuple(sorted(sizes.items()))
+        bound = self.compiled.get(key)
+        if bound is None:
+            bound = self.compiled[key] = self.bind(self.kernels, sizes or {"N": 1})
+        bound.load_params(params)  # copies only arrays that are not already the arena's
+        out = bound.run(feeds, rng=rng)
+        for name, kind in self._updates:
+            params[name] = out[kind, name]
+        return {name: to_host(out[kind, name]) for kind, name in self._results}
 
 
 class ReferenceExecutor:

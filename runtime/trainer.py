@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dslc.diagnostics import CompileError
 from dslc.frontend.recipe import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
@@ -50,6 +49,7 @@ from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import Run, RunError, make_config
 from dslc.runtime.schedules import schedule_from_recipe
 from dslc.runtime.transfer import init_from
+from dslc.stages import located_at_model
 
 RESULT = "result.json"
 
@@ -116,7 +116,7 @@ class Trainer:
         except ValueError as e:
             raise TrainError(f"augment of {self.data.train.name}: {e}") from None
         graph = mix_losses(model.graph, self.fit.y) if augment.mixup else model.graph
-        self.graph = _compile_error_located(model, lambda: train_step(
+        self.graph = located_at_model(model, lambda: train_step(
             graph, self.opt, select_params(model.graph, recipe["freeze"]),
             recipe["clip"]["max_norm"] if recipe["clip"] else None))
         self.step_fn = self.executor.compile(self.graph)
@@ -390,13 +390,3 @@ def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:
     return float(np.linalg.norm(new - old)) / norm if norm else None
 
 
-def _compile_error_located(model, build):
-    """Run `build`; a CompileError it raises without a location is placed at the model's name."""
-    try:
-        return build()
-    except CompileError as err:
-        mdef = model.program.models.get(model.name)
-        for d in err.diagnostics:
-            d.span = d.span or (mdef.name_span if mdef is not None else None)
-        err.sources = model.program.sources
-        raise

@@ -27,7 +27,7 @@ from pathlib import Path
 import dslc
 from dslc.codegen import cuda_groups, cuda_loops
 from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, identifier, where
+from dslc.codegen.source import Namer, Source, identifier, kernel_header
 from dslc.ir.types import Dim, Sym
 from dslc.kernels.graph import Kernel, KernelGraph, bindings
 from dslc.kernels.loop_forms import as_loop, sweep_space, sweep_supported, update_supported
@@ -150,7 +150,7 @@ def generate(kg: KernelGraph) -> CudaModule:
         launches.append(launch)
         if function.lines:
             body.blank()
-            _header(body, pos, k)
+            kernel_header(body, pos, k)
             body.lines.extend(function.lines)
     src = Source(c=True)
     _module_header(src, kg, launches)
@@ -215,18 +215,6 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
         cuda_groups.sweep(gen, src, k)
         return generated(work=(sweep_space(gen.kg, k)[1],), per_block=True)
     return Launch(pos, "fallback", k.name)
-
-
-def _header(src: Source, pos: int, k: Kernel) -> None:
-    what = f"{k.kind} {k.op}" + (f", {len(k.parts)} parts" if k.parts else "") + (", prologue" if k.prologue else "")
-    src.comment(f"---- kernel {pos}: {k.name} ({what})")
-    covered = k.covers()
-    width = max(len(n.name) for n in covered)
-    ops = max(len(n.op) for n in covered)
-    for n in covered[:12]:
-        src.comment(f"  {n.name:<{width}}  {n.op:<{ops}}  {where(n.span)}")
-    if len(covered) > 12:
-        src.comment(f"  ... and {len(covered) - 12} more ({', '.join(sorted({n.op for n in covered[12:]}))})")
 
 
 def _module_header(src: Source, kg: KernelGraph, launches: list[Launch]) -> None:

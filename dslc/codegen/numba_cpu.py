@@ -26,7 +26,7 @@ import dslc
 from dslc.codegen import externs, groups, loops
 from dslc.codegen.cache import numba_version
 from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, where
+from dslc.codegen.source import Namer, Source, kernel_header, where
 from dslc.ir.types import concrete
 from dslc.kernels.graph import Kernel, KernelGraph
 from dslc.kernels.loop_forms import as_loop, sweep_supported, update_supported
@@ -99,7 +99,7 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
         elif function.lines:  # extern calls have no function of their own
             kernels.blank()
             kernels.blank()
-            _header(kernels, pos, k)
+            kernel_header(kernels, pos, k)
             kernels.lines.extend(function.lines)
     src = Source()
     _module_header(src, kg, gen)
@@ -152,18 +152,6 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
         groups.sweep(gen, src, k)
         return True
     return False
-
-
-def _header(src: Source, pos: int, k: Kernel) -> None:
-    what = f"{k.kind} {k.op}" + (f", {len(k.parts)} parts" if k.parts else "") + (", prologue" if k.prologue else "")
-    src.comment(f"---- kernel {pos}: {k.name} ({what})")
-    covered = k.covers()
-    width = max(len(n.name) for n in covered)
-    ops = max(len(n.op) for n in covered)
-    for n in covered[:12]:
-        src.comment(f"  {n.name:<{width}}  {n.op:<{ops}}  {where(n.span)}")
-    if len(covered) > 12:
-        src.comment(f"  ... and {len(covered) - 12} more ({', '.join(sorted({n.op for n in covered[12:]}))})")
 
 
 def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:

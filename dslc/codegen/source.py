@@ -128,3 +128,17 @@ def where(span) -> str:
     directory the model was loaded from), or `-` for nodes made by a pass."""
     return f"{Path(span.file).name}:{span.line}" if span is not None else "-"
 
+
+
+def kernel_header(src: Source, pos: int, k) -> None:
+    """The comment above kernel `pos` of a generated module (Python or CUDA alike): its kind,
+    then each node it covers with its op and `.net` line (the first 12, then the rest's ops)."""
+    what = f"{k.kind} {k.op}" + (f", {len(k.parts)} parts" if k.parts else "") + (", prologue" if k.prologue else "")
+    src.comment(f"---- kernel {pos}: {k.name} ({what})")
+    covered = k.covers()
+    width = max(len(n.name) for n in covered)
+    ops = max(len(n.op) for n in covered)
+    for n in covered[:12]:
+        src.comment(f"  {n.name:<{width}}  {n.op:<{ops}}  {where(n.span)}")
+    if len(covered) > 12:
+        src.comment(f"  ... and {len(covered) - 12} more ({', '.join(sorted({n.op for n in covered[12:]}))})")

@@ -11,41 +11,9 @@ them as live (they change with every step) and copy what it wants to keep.
 """
 from __future__ import annotations
 
-from typing import Mapping, MutableMapping
-
-import numpy as np
-
 from dslc.ir.graph import Graph
-from dslc.reference import bind_inputs
-from dslc.runtime.cpu.runner import CompiledGraph, compile_kernels
-
-UPDATES = ("param", "state")
-
-
-class NumbaStep:
-    """One graph, compiled on first use for each batch size it is run at."""
-
-    def __init__(self, graph: Graph, level: int = 2):
-        from dslc.kernels import lower
-        from dslc.passes.pipeline import optimize
-        self.graph = graph
-        self.kernels = lower(optimize(graph, level)[0])
-        self.compiled: dict[tuple, CompiledGraph] = {}
-        self._updates = [(o.name, o.kind) for o in graph.outputs if o.kind in UPDATES]
-        self._results = [(o.kind, o.name) for o in graph.outputs if o.kind not in UPDATES]
-
-    def __call__(self, feeds: Mapping[str, np.ndarray], params: MutableMapping[str, np.ndarray],
-                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        sizes = bind_inputs(self.graph, feeds)
-        key = tuple(sorted(sizes.items()))
-        cg = self.compiled.get(key)
-        if cg is None:
-            cg = self.compiled[key] = compile_kernels(self.kernels, sizes or {"N": 1})
-        cg.load_params(params)  # copies only arrays that are not already the arena's
-        out = cg.run(feeds, rng=rng)
-        for name, kind in self._updates:
-            params[name] = out[kind, name]
-        return {name: out[kind, name] for kind, name in self._results}
+from dslc.runtime.cpu.runner import compile_kernels
+from dslc.runtime.executor import ArenaStep
 
 
 class NumbaExecutor:
@@ -53,5 +21,5 @@ class NumbaExecutor:
 
     name = "numba"
 
-    def compile(self, graph: Graph) -> NumbaStep:
-        return NumbaStep(graph)
+    def compile(self, graph: Graph) -> ArenaStep:
+        return ArenaStep(graph, compile_kernels)
