@@ -23,3 +23,17 @@ def to_host(a) -> np.ndarray:
     if hasattr(a, "__cuda_array_interface__") and callable(getattr(a, "get", None)):
         return a.get()
     return np.asarray(a)
+
+
+def host_block(value, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` as a C-contiguous host array of exactly `dtype` and `shape`, ready to be
+    copied to a device buffer of that shape.
+
+    Not `np.ascontiguousarray`: it returns at least one dimension, so a scalar (a learning
+    rate, a step count, a constant) became shape (1,) and CuPy refused to copy it into its
+    0-d buffer; that failed every training step on the first GPU run.
+
+    >>> host_block(2.0, np.float32, ()).shape
+    ()
+    """
+    return np.require(np.asarray(value, dtype).reshape(shape), requirements="C")

@@ -13,7 +13,8 @@
 - `dslc compile --target gpu` writes one `.cu` per stage, byte-identical when repeated,
   and builds it with nvcc where there is one (says so where there is none);
 - without a GPU, `--device gpu` (train, eval, predict, the benchmark) is a one-line error
-  and exit status 1, `--device auto` trains on the CPU; `to_host` leaves NumPy arrays alone.
+  and exit status 1, `--device auto` trains on the CPU; `to_host` leaves NumPy arrays alone;
+- what failed on the first GPU run (scalar copies, labelled kernel names) is checked here.
 
 Running the kernels needs a GPU: tests/test_gpu.py.
 """
@@ -338,3 +339,32 @@ def test_to_host_leaves_numpy_arrays_alone_and_copies_device_arrays():
     got = to_host(Device())
     assert isinstance(got, np.ndarray) and got is not a and np.array_equal(got, a)
     assert isinstance(to_host([1.0, 2.0]), np.ndarray)
+
+
+# ---- what failed on the first GPU run, checked here without one ----------------------------
+
+@pytest.mark.parametrize("value,shape", [(np.float32(0.5), ()), (3, ()), (np.ones((2, 3)).T, (3, 2)),
+                                         (np.arange(4.0), (2, 2))])
+def test_host_block_keeps_the_buffers_shape_even_for_scalars(value, shape):
+    """The runner copies feeds, constants and parameters to the GPU through host_block: a 0-d
+    learning rate stays 0-d (np.ascontiguousarray made it (1,), and CuPy refused the copy)."""
+    from dslc.runtime.host import host_block
+    got = host_block(value, np.float32, shape)
+    assert got.shape == shape and got.dtype == np.float32 and got.flags.c_contiguous
+
+
+def test_labelled_library_kernels_are_named_from_a_label_array():
+    """The accuracy and cross-entropy kernels take a label array: its dtype names the kernel
+    (an array's truth value, `label and ...`, raised on the GPU for every labelled launch)."""
+    from dslc.runtime.cuda.ops import Library
+
+    class Module:
+        names: list = []
+
+        def get_function(self, name):
+            self.names.append(name)
+            return lambda grid, block, args: None
+    lib = Library(np, Module(), None)
+    lib._launch("accuracy", np.zeros((4, 3), np.float32), 4, (), label=np.array([0, 1, 2, 1]))
+    lib._launch("softmax", np.zeros((4, 3), np.float32), 4, ())
+    assert Module.names == ["dslc_accuracy_f32_i64", "dslc_softmax_f32"]

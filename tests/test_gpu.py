@@ -124,10 +124,10 @@ def test_parameters_stay_on_the_gpu_across_steps():
 
 # ---- the executor and the trainer --------------------------------------------------------
 
-def test_executor_for_gpu_is_the_cuda_executor_and_auto_still_the_cpu():
+def test_executor_for_gpu_and_auto_is_the_cuda_executor():
     from dslc.runtime.cuda.executor import GpuExecutor
     from dslc.runtime.executor import executor_for
-    assert isinstance(executor_for("gpu"), GpuExecutor) and executor_for("auto").name == "numba"
+    assert isinstance(executor_for("gpu"), GpuExecutor) and isinstance(executor_for("auto"), GpuExecutor)
 
 
 def test_gpu_executor_steps_match_the_reference_executor():
@@ -168,7 +168,7 @@ def test_digits_mlp_on_the_gpu_reaches_the_cpu_accuracy(tmp_path):
 
 def test_a_checkpoint_of_gpu_parameters_loads_and_evaluates_on_the_cpu(tmp_path, capsys):
     from dslc.runtime.checkpoint import load_checkpoint
-    run = _train(tmp_path, "gpu", 1).run
+    run = _train(tmp_path, "gpu", 2).run
     ckpt = load_checkpoint(run / "last")
     assert ckpt.weights and all(type(v) is np.ndarray for v in {**ckpt.weights, **ckpt.optimizer}.values())
     reports = []

@@ -60,7 +60,7 @@ class Library:
         self.np = __import__("numpy")
 
     def _launch(self, kernel: str, x, count: int, args, label=None):
-        fn = self.module.get_function(function_name(kernel, _dtype(x), label and _dtype(label)))
+        fn = self.module.get_function(function_name(kernel, _dtype(x), None if label is None else _dtype(label)))
         blocks = 1 if kernel in SINGLE_BLOCK else max(1, min(-(-count // BLOCK), MAX_BLOCKS))
         fn((blocks,), (BLOCK,), args)
 

@@ -36,7 +36,7 @@ from dslc.ops import registry
 from dslc.passes.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
-from dslc.runtime.host import to_host
+from dslc.runtime.host import host_block, to_host
 
 
 def cupy():
@@ -116,7 +116,7 @@ class GpuGraph:
             ins = [to_host(self.views[i]) for i in node.inputs]
             value = registry.get(node.op).reference(*ins, **node.attr_dict)
             view = self.views[node.name]
-            view.set(np.ascontiguousarray(np.asarray(value, view.dtype).reshape(view.shape)))
+            view.set(host_block(value, view.dtype, view.shape))
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Copy parameters and state to the GPU (names missing from `params` are kept), then
@@ -140,7 +140,7 @@ class GpuGraph:
         if isinstance(value, self.cp.ndarray):
             self.cp.copyto(view, value.reshape(view.shape).astype(view.dtype, copy=False))
         else:
-            view.set(np.ascontiguousarray(np.asarray(value, view.dtype).reshape(view.shape)))
+            view.set(host_block(value, view.dtype, view.shape))
 
     def run(self, feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray] | None = None,
             randoms: Mapping[str, np.ndarray] | None = None,
