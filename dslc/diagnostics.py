@@ -68,6 +68,10 @@ class UsageError(Exception):
     """A bad command-line request (unknown flag value, bad --set): exit status 2."""
 
 
+class CliError(Exception):
+    """A user mistake outside any .net source (a missing program, an unwritable file): exit 1."""
+
+
 def did_you_mean(word: str, candidates) -> str | None:
     """A 'did you mean ...?' hint for a misspelt name, or None if nothing is close."""
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)

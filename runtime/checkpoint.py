@@ -34,6 +34,7 @@ import numpy as np
 import safetensors.numpy as st
 
 from dslc import __version__
+from dslc.files import fsync_dir, write_synced
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime.host import to_host
 
@@ -54,34 +55,6 @@ class Checkpoint:
     weights: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     state: dict[str, Any]
-
-
-# ---- durable files ---------------------------------------------------------------------
-
-def fsync_dir(path) -> None:
-    """Make a rename or a new entry in directory `path` durable (a file's fsync does not)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path, data: bytes) -> None:
-    """Replace the file at `path` by `data` so a reader (or a crash) sees the old or the new
-    content, never a mix: write a temporary sibling, fsync it, rename it over, fsync the dir."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_synced(tmp, data)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # ---- JSON with arrays ------------------------------------------------------------------
@@ -140,10 +113,10 @@ def save_checkpoint(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[
     files = {}
     for name, arrays in ((WEIGHTS, weights), (OPTIMIZER, optimizer)):
         data = st.save(_arrays(arrays))
-        _write_synced(tmp / name, data)
+        write_synced(tmp / name, data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     doc = {"format": FORMAT, "dslc_version": __version__, "files": files, **_encode(dict(state))}
-    _write_synced(tmp / STATE, json.dumps(doc, indent=1).encode())
+    write_synced(tmp / STATE, json.dumps(doc, indent=1).encode())
     fsync_dir(tmp)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)  # stale: `path` is complete, so .old is not needed

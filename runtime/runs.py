@@ -32,7 +32,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dslc.runtime.checkpoint import digest, write_atomic
+from dslc.files import write_atomic
+from dslc.runtime.checkpoint import digest
 
 CONFIG, JSONL, CSV, CURVES = "config.json", "metrics.jsonl", "metrics.csv", "curves.png"
 

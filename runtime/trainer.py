@@ -37,7 +37,8 @@ from dslc.frontend.recipe import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.runtime import anomaly, state
-from dslc.runtime.checkpoint import load_checkpoint, model_hash, recipe_hash, write_atomic
+from dslc.files import write_atomic
+from dslc.runtime.checkpoint import load_checkpoint, model_hash, recipe_hash
 from dslc.runtime.data import Batches, build_augment
 from dslc.runtime.errors import Interrupted, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator

@@ -14,6 +14,7 @@ import pytest
 
 import dslc
 from dslc import cli
+from dslc.cli import inspect_verbs
 from dslc.ir.printer import from_json, to_json
 from dslc.ops import registry
 from dslc.stages import STAGES
@@ -150,7 +151,7 @@ def test_unwritable_output_exits_1(capsys, good, tmp_path):
 
 
 def test_missing_graphviz_is_a_clear_error(capsys, good, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(inspect_verbs.shutil, "which", lambda name: None)
     code, _, err = run(capsys, "inspect", good, "-o", tmp_path / "g.png")
     assert code == 1 and "Graphviz" in err and "g.png" in err
     assert not (tmp_path / "g.png").exists()

@@ -7,7 +7,6 @@
     externs.py    library kernels of dslc/runtime/cpu/ and how to call them
     numba_cpu.py  the whole module for Numba: kernels, `step` and `prologue` drivers
     cache.py      generated modules on disk, keyed by graph, versions and source
-    compile_cmd.py  `dslc compile`
     cuda_gpu.py   the same kernel graph as CUDA C (cuda_loops.py, cuda_groups.py): one
                   __global__ kernel per fused/group kernel, run through CuPy
 

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +26,7 @@ from types import ModuleType
 import dslc
 from dslc.codegen.source import identifier
 from dslc.debug import cache_dir
+from dslc.files import write_atomic
 from dslc.kernels.graph import KernelGraph
 
 
@@ -73,11 +73,8 @@ def store(kg: KernelGraph, source: str) -> Path:
     path = path_for(kg, source)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a concurrent process sees either no file or the whole file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
+        # A concurrent process sees either no file or the whole file; no fsync: it can be remade.
+        write_atomic(path, source.encode(), durable=False)
     return path
 
 
@@ -126,10 +123,7 @@ def write_record(path: Path, inputs, artefacts, lines: list[str]) -> None:
     record = {"inputs": {str(Path(f).resolve()): _sha(f) for f in inputs},
               "artefacts": sorted({str(Path(f).resolve()) for f in artefacts}), "lines": lines}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1).encode(), durable=False)
 
 
 def read_record(path: Path) -> dict | None:

@@ -29,12 +29,16 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from dslc.cli.common import add_model_args, parse_sets, verb
+from dslc.diagnostics import CliError
+from dslc.files import write_atomic
+
 STAGES = ("train_step", "infer")
 DEFAULT_ARCH = "sm_80"  # A100: what `--target gpu` compiles for when no GPU is here to ask
 
 
-def add_compile_verb(verbs, verb, add_model_args) -> None:
-    """Register the verb on the CLI's subparsers (`verb` and `add_model_args` are cli.py's helpers)."""
+def register(verbs) -> None:
+    """Add compile to the CLI's subparsers."""
     p = verb(verbs, "compile", "generate and build a model's CPU (or GPU) kernels; optionally write their source",
              "Lower a model to its kernel graph, generate the Numba kernels of the training step and "
              "the inference graph, cache them (DSLC_CACHE, default ~/.cache/dslc) and compile them by "
@@ -58,7 +62,6 @@ def add_compile_verb(verbs, verb, add_model_args) -> None:
 
 
 def cmd_compile(args) -> int:
-    from dslc.cli import parse_sets
     from dslc.codegen import cache
     if args.target == "gpu":
         return _compile_gpu(args)
@@ -108,7 +111,6 @@ def _emit(args, name: str, stage: str, module: Path) -> Path | None:
     """With --emit, copy the generated module to DIR/<model>_<stage>.py; its path, else None."""
     if not args.emit:
         return None
-    from dslc.cli import write_atomic
     from dslc.codegen.source import identifier
     out = Path(args.emit) / f"{identifier(name)}_{stage}.py"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,6 @@ def _compile_gpu(args) -> int:
     import shutil
 
     import dslc
-    from dslc.cli import parse_sets
     from dslc.codegen.cuda_gpu import stage_module
     model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
     nvcc = None if args.no_build else shutil.which("nvcc")
@@ -190,7 +191,6 @@ def _write_cu(args, name: str, stage: str, source: str) -> Path:
     atomically, and byte-identical for identical input."""
     import hashlib
 
-    from dslc.cli import write_atomic
     from dslc.codegen.source import identifier
     from dslc.debug import cache_dir
     if args.emit:
@@ -206,7 +206,6 @@ def _nvcc(nvcc: str, source: Path, arch: str) -> Path:
     """`nvcc -cubin` of one module beside it; a CliError with nvcc's messages when it fails."""
     import subprocess
 
-    from dslc.cli import CliError
     cubin = source.with_suffix(".cubin")
     done = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(source)],
                           capture_output=True, text=True)

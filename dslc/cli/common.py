@@ -1,0 +1,84 @@
+"""What every verb shares: --set parsing, loading the model, and the arguments verbs have in common.
+
+    sets = parse_sets(["width=32", "optimizer.lr=1e-3"])   # {"width": 32, "optimizer.lr": 0.001}
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import dslc
+from dslc.diagnostics import UsageError
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: int, float, true/false, or else a string."""
+    low = text.strip()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(low)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def load_model(args) -> dslc.Model:
+    return dslc.load(args.file, model=args.model, **parse_sets(args.set))
+
+
+def recipe_sets(args) -> dict[str, Any]:
+    sets = parse_sets(args.set)
+    if getattr(args, "epochs", None) is not None:
+        sets["epochs"] = args.epochs
+    return sets
+
+
+def model_and_recipe(args):
+    from dslc.runtime.recipes import model_and_recipe as load
+
+    return load(args.file, args.as_name, recipe_sets(args))
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a .net file")
+    p.add_argument("--model", help="which model of the file (default: the first one defined in it)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hyper-parameter of the model (repeatable), e.g. --set width=32")
+
+
+def verb(verbs, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    return verbs.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
+    p.add_argument("file", help="a .net file with a `train` block")
+    p.add_argument("--as", dest="as_name", metavar="NAME",
+                   help="which recipe (`train MODEL as NAME`; default: the first model's recipe)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe setting (epochs=5, optimizer.lr=0.01) or else a model "
+                        "hyper-parameter (hidden=64); repeatable")
+    if epochs:
+        p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (same as --set epochs=N)")
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    add_model_args(p)
+    p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
+                   help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
+                        + ("; repeat for each member" if many else ""))
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to run (default: cpu)")
+
+

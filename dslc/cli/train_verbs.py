@@ -1,0 +1,172 @@
+"""The verbs that train a model or use what training left: train, eval, predict, ensemble, plot, lr-find, lr.
+
+Their bodies live in dslc.runtime; each verb here parses its flags and prints the result.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe,
+                                 recipe_sets, verb)
+from dslc.diagnostics import UsageError
+
+
+def cmd_train(args) -> int:
+    from dslc.runtime import trainer
+    from dslc.runtime.recipes import model_and_recipe as load_recipe
+
+    if args.resume and args.out:
+        raise UsageError("--resume DIR continues the run in DIR; --out cannot go with it")
+    as_name, sets = args.as_name, recipe_sets(args)
+    if args.resume:  # the same recipe and settings as the run's start, unless given anew
+        saved_name, saved_sets = trainer.resume_settings(args.resume)
+        as_name, sets = as_name or saved_name, {**saved_sets, **sets}
+    model, recipe = load_recipe(args.file, as_name, sets)
+    out = args.out or (None if args.resume else
+                       trainer.default_run_dir(recipe.name) if not args.force else Path("runs") / recipe.name)
+    trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet, device=args.device,
+                  detect_anomaly=args.detect_anomaly, overrides=sets)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dslc.runtime import predict
+
+    report = predict.evaluate_checkpoint(load_model(args), args.checkpoint, args.split, args.device)
+    print(json.dumps(report, indent=2) if args.json else predict.format_eval(report))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from dslc.runtime import predict
+
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    rows = predict.predict(load_model(args), args.checkpoint, args.input, args.top, args.device)
+    print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
+          else predict.format_predictions(rows))
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from dslc.runtime import predict
+
+    if len(args.checkpoint) < 2:
+        raise UsageError("an ensemble needs at least two --checkpoint DIR")
+    report = predict.ensemble(load_model(args), args.checkpoint, args.split, args.device)
+    print(json.dumps(report, indent=2) if args.json else predict.format_ensemble(report))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from dslc.runtime.runs import plot_runs
+
+    plot_runs(args.runs, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_lr(args) -> int:
+    from dslc.runtime.lrfind import schedule_plot
+
+    _, recipe = model_and_recipe(args)
+    points = schedule_plot(recipe, args.output)
+    print(f"wrote {args.output}: " + ", ".join(f"epoch {t:g}: {lr:.3g}" for t, lr in points))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from dslc.runtime.lrfind import lr_find, plot_lr_find
+
+    model, recipe = model_and_recipe(args)
+    try:
+        found = lr_find(model, recipe, args.start, args.end, args.steps, args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    plot_lr_find(found, args.output, f"learning-rate range test of {recipe.name}")
+    advice = (f"suggested lr {found.suggestion:.3g} (a tenth of the rate at the lowest loss)" if found.suggestion
+              else "the loss was never finite: lower --start")
+    print(f"wrote {args.output}; {advice}")
+    return 0
+
+
+def register(verbs) -> None:
+    """Add train, eval, predict, ensemble, plot, lr-find and lr to the CLI's subparsers."""
+    p = verb(verbs, "train", "train a model with the recipe of its `train` block",
+              "Train a model on the data its recipe names and leave a run directory (config.json, "
+              "metrics.jsonl/csv, curves.png, checkpoints last/ and best/). A progress bar shows each "
+              "epoch on a terminal; one summary line per epoch and the final test accuracy are printed. "
+              "Ctrl-C writes a checkpoint before stopping (exit status 130); --resume continues exactly.",
+              "  dslc train models/digits_mlp.net\n"
+              "  dslc train models/digits_mlp.net --epochs 5 --set optimizer.lr=0.003 --out runs/quick\n"
+              "  dslc train models/digits_mlp.net --resume runs/digits_mlp")
+    add_recipe_args(p, epochs=True)
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME, or runs/NAME-2, ... if taken)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--device", choices=("cpu", "gpu", "reference"),
+                   help="where to train (default: the recipe's device; reference: the NumPy interpreter)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    p.add_argument("--detect-anomaly", action="store_true",
+                   help="when the loss becomes NaN or Inf, replay the step to name the first non-finite node")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing run directory, or resume although the recipe changed")
+    p.set_defaults(run=cmd_train)
+
+    p = verb(verbs, "eval", "evaluate a checkpoint on the test, validation or training split",
+              "Rebuild the data split a checkpoint was trained with (its recipe and normalisation are "
+              "saved in it) and print loss, metrics, accuracy and, with more than 5 classes, top-5 "
+              "accuracy; --json adds the confusion matrix (rows: true class, columns: predicted).",
+              "  dslc eval models/digits_mlp.net --checkpoint runs/digits_mlp\n"
+              "  dslc eval models/digits_mlp.net --checkpoint runs/digits_mlp/last --split val --json")
+    add_checkpoint_args(p)
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON, confusion matrix included")
+    p.set_defaults(run=cmd_eval)
+
+    p = verb(verbs, "predict", "classify examples from a .npy array or an image file",
+              "Print the most probable classes of each example: a .npy holding one example or a batch, "
+              "or an image (converted to the checkpoint's channels and size, pixels scaled to 0..1).",
+              "  dslc predict models/digits_mlp.net --checkpoint runs/digits_mlp --input x.npy --top 3")
+    add_checkpoint_args(p)
+    p.add_argument("--input", required=True, metavar="FILE", help="x.npy or an image (.png, .jpg, ...)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per example (default: 5)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.set_defaults(run=cmd_predict)
+
+    p = verb(verbs, "ensemble", "evaluate the average prediction of several checkpoints",
+              "Average the predicted class probabilities of several checkpoints of one model (e.g. "
+              "trained with different seeds) and report each member's and the ensemble's accuracy.",
+              "  dslc ensemble models/digits_mlp.net --checkpoint runs/a --checkpoint runs/b")
+    add_checkpoint_args(p, many=True)
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=cmd_ensemble)
+
+    p = verb(verbs, "plot", "draw the loss and accuracy curves of one or several runs",
+              "Draw loss and the first metric, train (dashed) vs validation (solid), of each run "
+              "into one PNG, one colour per run.",
+              "  dslc plot runs/digits_mlp runs/digits_cnn -o compare.png")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default: curves.png)")
+    p.set_defaults(run=cmd_plot)
+
+    p = verb(verbs, "lr-find", "run the learning-rate range test and suggest a rate",
+              "Train from the initial weights for a few steps while the learning rate grows "
+              "exponentially; plot the smoothed loss against the rate and suggest a tenth of the "
+              "rate where the loss is lowest.",
+              "  dslc lr-find models/digits_mlp.net -o lr_find.png")
+    add_recipe_args(p)
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=int, default=100, help="steps of the test (default: 100)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="where to run (default: the recipe's device)")
+    p.add_argument("-o", "--output", default="lr_find.png", help="PNG to write (default: lr_find.png)")
+    p.set_defaults(run=cmd_lr_find)
+
+    p = verb(verbs, "lr", "plot the learning-rate schedule of a recipe without training",
+              "Draw the learning rate the recipe's schedule gives over its run, warm-up included.",
+              "  dslc lr models/small_cnn.net -o lr.png")
+    add_recipe_args(p, epochs=True)
+    p.add_argument("-o", "--output", default="lr.png", help="PNG to write (default: lr.png)")
+    p.set_defaults(run=cmd_lr)
