@@ -51,3 +51,17 @@ def feeds_for(types, domain, seed=0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     classes = types[0].shape[-1] if types[0].rank else 2
     return [draw(t, domain, rng, classes) for t in types]
+
+
+def trained_like(model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights from the initialisers, with batchnorm's scale, shift and running statistics moved
+    away from 1 and 0, as after training (folding them is then no identity)."""
+    rng = np.random.default_rng(seed)
+    weights = model.init(seed)
+    for name, spec in model.param_specs.items():
+        shape = weights[name].shape
+        if spec.role == "scale" or name.endswith("running_var"):
+            weights[name] = rng.uniform(0.5, 1.5, shape).astype(weights[name].dtype)
+        elif spec.role in ("shift", "state"):
+            weights[name] = rng.normal(0.0, 0.2, shape).astype(weights[name].dtype)
+    return weights

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MODELS, feeds_for, typed
+from conftest import MODELS, feeds_for, trained_like, typed
 
 import dslc
 from dslc.cli import main
@@ -91,20 +91,6 @@ def test_every_refused_op_in_a_graph_is_listed_at_once():
 
 
 # ---- whole models ---------------------------------------------------------------------------
-
-def trained_like(model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights from the initialisers, with batchnorm's scale, shift and running statistics moved
-    away from 1 and 0, as after training (folding them is then no identity)."""
-    rng = np.random.default_rng(seed)
-    weights = model.init(seed)
-    for name, spec in model.param_specs.items():
-        shape = weights[name].shape
-        if spec.role == "scale" or name.endswith("running_var"):
-            weights[name] = rng.uniform(0.5, 1.5, shape).astype(weights[name].dtype)
-        elif spec.role in ("shift", "state"):
-            weights[name] = rng.normal(0.0, 0.2, shape).astype(weights[name].dtype)
-    return weights
-
 
 def with_logits(model, graph):
     """`graph` with the logits (what the loss reads) as an output too: sharper than probabilities."""
