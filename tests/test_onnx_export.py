@@ -13,7 +13,7 @@ from conftest import MODELS, feeds_for, trained_like, typed
 
 import dslc
 from dslc.cli import main
-from dslc.diagnostics import CompileError
+from dslc.diagnostics import CompileError, Span
 from dslc.ir.builder import GraphBuilder, complete_attrs
 from dslc.ir.graph import Output
 from dslc.ir.types import TensorType
@@ -39,22 +39,29 @@ SLOW = ("vgg16",)  # 138M weights: initialising them and the reference's 15 GFLO
 # ---- the registry, op by op -----------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_every_op_is_exported_or_refused_for_a_reason(name):
+def test_every_op_is_exported_or_refused_where_it_is(name):
     op = OPS[name]
     if name in ("input", "param", "const"):
         return  # written as graph inputs and initializers
     if name in onnx_ops.LOWERINGS:
         assert op.samples, f"{name} is exported but has no Sample to test its lowering on"
-    else:
-        with pytest.raises(onnx_ops.Refused):
-            onnx_ops.lowering(name)
-        assert onnx_ops.refusal(name), f"{name} is neither exported nor refused with a reason"
+        return
+    assert onnx_ops.refusal(name), f"{name} is neither exported nor refused with a reason"
+    for sample in op.samples:  # the refusal names the op and points at the node's source
+        graph, _ = _op_graph(name, typed(sample, "f32"), sample.attrs)
+        with pytest.raises(CompileError) as info:
+            onnx_export.to_onnx(graph, {})
+        (d,) = info.value.diagnostics
+        assert (d.code, d.span) == ("E0601", SPAN) and f"cannot export {name} ('y')" in d.message
+
+
+SPAN = Span("m.net", 3, 5, 3, 20)
 
 
 def _op_graph(name, types, attrs):
     b = GraphBuilder()
     xs = [b.source(f"x{i}", "input", t) for i, t in enumerate(types)]
-    y = b.add(name, xs, attrs, name="y")
+    y = b.add(name, xs, attrs, name="y", span=SPAN)
     return b.graph("op", [Output("output", "y", y)], "infer"), xs
 
 
@@ -163,7 +170,7 @@ def test_export_a_checkpoint_and_check_it(tmp_path, capsys):
 def test_check_fails_above_the_tolerance(tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", str(MODELS / "lenet5.net"), "-o", str(out), "--check", "--tolerance", "1e-12"]) == 1
-    assert "differs from dslc by" in capsys.readouterr().err and out.exists()
+    assert "differs from dslc by" in capsys.readouterr().err and not out.exists()
 
 
 def test_export_without_the_onnx_package_says_how_to_install_it(tmp_path, capsys, monkeypatch):

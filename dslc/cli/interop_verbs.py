@@ -4,6 +4,8 @@ Their bodies live in dslc.interop; each verb here parses its flags and prints th
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from dslc.cli.common import add_model_args, load_model, verb
 from dslc.diagnostics import CliError, UsageError
 
@@ -16,23 +18,26 @@ def cmd_export(args) -> int:
         raise UsageError("--batch must be at least 1 and --tolerance positive")
     onnx_export.require_onnx()
     model = load_model(args)
+    output = Path(args.output or f"{model.name}.onnx")
+    if not output.parent.is_dir():  # before minutes of work, not after
+        raise CliError(f"cannot write {output}: no directory {output.parent}")
     if args.checkpoint:
         weights = dict(load_for(model, args.checkpoint).weights)
     else:
         weights = model.init(seed=0)
         print(f"note: no --checkpoint: the weights are {model.name}'s fresh initialisation (seed 0)")
     proto = onnx_export.export(model, weights, args.O, args.checkpoint)
-    output = args.output or f"{model.name}.onnx"
+    if args.check:  # before writing: a file that fails its check does not replace a good one
+        rows = onnx_check.check(model, weights, proto, batch=args.batch)
+        print(f"onnxruntime against dslc's inference, batch {args.batch}:\n"
+              f"{onnx_check.format_rows(rows, args.tolerance)}")
+        worst = max(r.error for r in rows)
+        if worst > args.tolerance:
+            raise CliError(f"the exported model differs from dslc by {worst:.2e}, more than --tolerance "
+                           f"{args.tolerance:g}; {output} was not written")
     size = onnx_export.save(proto, output)
     print(f"wrote {output}: {len(proto.graph.node)} ONNX nodes, {size / 1e6:.1f} MB, opset "
           f"{proto.opset_import[0].version}, -O{args.O}")
-    if not args.check:
-        return 0
-    rows = onnx_check.check(model, weights, proto, batch=args.batch)
-    print(f"onnxruntime against dslc's inference, batch {args.batch}:\n{onnx_check.format_rows(rows, args.tolerance)}")
-    worst = max(r.error for r in rows)
-    if worst > args.tolerance:
-        raise CliError(f"{output} differs from dslc by {worst:.2e}, more than --tolerance {args.tolerance:g}")
     return 0
 
 
@@ -52,7 +57,7 @@ def register(verbs) -> None:
              "the sha256 of its .net source as metadata. -O2 (the default) folds batchnorm into the "
              "layer before it; -O0 writes it as BatchNormalization. --check runs the file in "
              "onnxruntime on random inputs and reports the largest difference from dslc's inference "
-             "(exit status 1 above --tolerance). Needs `pip install -e '.[onnx]'`.",
+             "(above --tolerance: exit status 1, nothing written). Needs `pip install -e '.[onnx]'`.",
              "  dslc export models/digits_mlp.net --checkpoint runs/digits_mlp -o digits_mlp.onnx\n"
              "  dslc export models/resnet20.net -O0 --check -o resnet20.onnx")
     add_model_args(p)
