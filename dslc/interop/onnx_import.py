@@ -73,6 +73,7 @@ class _Writer:
 
     def __init__(self, onnx, proto, source: Path):
         self.onnx, self.graph, self.source = onnx, proto.graph, source
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
         self.types = {v.name: v.type.tensor_type for v in
                       list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output)}
@@ -85,6 +86,7 @@ class _Writer:
     # ---- the program ----------------------------------------------------------------------
 
     def program(self, name: str, weights_file: str) -> str:
+        self.output_names = {o.name: self.fresh(o.name) for o in self.graph.output}  # outputs keep their names
         problems = []
         for i in self.graph.input:
             if i.name not in self.consts:
@@ -95,6 +97,9 @@ class _Writer:
         failed: set[str] = set()  # what untranslated nodes compute: their users are not reported again
         for node in self.graph.node:
             try:
+                if node.input and all(i in self.consts for i in node.input if i):
+                    self.fold(node)  # weights reshaped for broadcasting, shapes computed from constants
+                    continue
                 if failed.isdisjoint(node.input) or node.op_type not in SUPPORTED:
                     self.translate(node)
                     continue
@@ -116,14 +121,14 @@ class _Writer:
     def outputs(self) -> list[str]:
         lines, outs = [], list(self.graph.output)
         for o in outs:
-            lines.append(f"output {self.fresh(o.name)} = {self.var(o.name)}")
+            lines.append(f"output {self.output_names[o.name]} = {self.var(o.name)}")
         if len(outs) == 1 and self.is_classifier(outs[0].name):
             producer = next((n for n in self.graph.node if outs[0].name in n.output), None)
             logits = self.var(producer.input[0]) if producer is not None and producer.op_type == "Softmax" \
                 else self.var(outs[0].name)
             label = self.fresh("label")
             lines += ["# A classifier: the labels, its accuracy and the cross-entropy of its logits.",
-                      f"input {label} : i64[N]", f"metric accuracy({logits}, {label})",
+                      f"input {label} : i64[{self.dims(outs[0].name)[0]}]", f"metric accuracy({logits}, {label})",
                       f"loss cross_entropy({logits}, {label})"]
         return lines
 
@@ -166,15 +171,17 @@ class _Writer:
     def var(self, name: str) -> str:
         """The .net expression of tensor `name`: a variable, a number, or a declared parameter."""
         if name in self.squeezed:  # a consumer that needs the [N, C, 1, 1] form after all
-            c = self.squeezed.pop(name)
-            self.lines.append(f"{self.vars[name]}_4d = {self.vars[name]} |> reshape([-1, {c}, 1, 1])")
-            self.vars[name] = f"{self.vars[name]}_4d"
+            c, four_d = self.squeezed.pop(name), self.fresh(f"{self.vars[name]}_4d")
+            self.lines.append(f"{four_d} = {self.vars[name]} |> reshape([-1, {c}, 1, 1])")
+            self.vars[name] = four_d
         if name in self.vars:
             return self.vars[name]
         if name in self.consts:
             value = self.consts[name]
             if value.size == 1 and value.ndim == 0:
                 return _number(value.item())
+            if str(value.dtype) not in DTYPES:
+                raise Unsupported(f"constant '{name}' is {value.dtype}; dslc computes in {', '.join(DTYPES)}")
             param = self.vars[name] = self.fresh(name)
             self.lines.append(f"param {param} : {DTYPES[str(value.dtype)]}[{', '.join(map(str, value.shape))}] "
                               "= zeros()")
@@ -206,12 +213,22 @@ class _Writer:
             name, default = WITH_ALPHA[op]
             self.assign(node, f"{self.var(node.input[0])} |> {name}(alpha={_number(attrs.get('alpha', default))})")
         elif op in ("Softmax", "LogSoftmax"):
+            if self.opset < 13 and len(self.dims(node.input[0])) > 2:
+                raise Unsupported("before opset 13 softmax normalises over every axis from `axis` on")
+            axis = attrs.get("axis", -1 if self.opset >= 13 else 1)
             self.assign(node, f"{self.var(node.input[0])} |> {'softmax' if op == 'Softmax' else 'log_softmax'}"
-                              f"(axis={attrs.get('axis', -1)})")
+                              f"(axis={axis})")
         elif op in _LAYERS:
             _LAYERS[op](self, node, attrs)
         else:
             raise Unsupported("dslc has no such op")
+
+    def fold(self, node) -> None:
+        """A node of constants only is computed here, by onnx's own reference implementation."""
+        from onnx.reference import ReferenceEvaluator
+
+        results = ReferenceEvaluator(node).run(None, {i: self.consts[i] for i in node.input if i})
+        self.consts.update(zip(node.output, (np.asarray(r) for r in results)))
 
     def assign(self, node, expr: str, params: dict[str, np.ndarray] | None = None) -> None:
         """`label: label = expr`: one statement per node; a layer's parameters under the label."""
@@ -236,7 +253,7 @@ def _ints(values) -> str:
     return str(values[0]) if len(set(values)) == 1 else f"[{', '.join(map(str, values))}]"
 
 
-def _window(node, attrs, dims) -> str:
+def _window(attrs, dims) -> str:
     """kernel, stride, pad (and dilation) of a Conv or pooling node as .net attributes."""
     kernel = attrs.get("kernel_shape", dims[2:])
     if len(kernel) != 2:
@@ -263,7 +280,7 @@ def _conv(w: _Writer, node, attrs) -> None:
         params["bias"] = w.const(node.input[2])
     group = attrs.get("group", 1)
     extra = (f", groups={group}" if group != 1 else "") + ("" if bias else ", bias=false")
-    w.assign(node, f"{w.var(node.input[0])} |> conv2d({weight.shape[0]}, {_window(node, attrs, weight.shape)}{extra})",
+    w.assign(node, f"{w.var(node.input[0])} |> conv2d({weight.shape[0]}, {_window(attrs, weight.shape)}{extra})",
              params)
 
 
@@ -273,7 +290,7 @@ def _pool(w: _Writer, node, attrs) -> None:
     if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and any(attrs.get("pads", [0])):
         raise Unsupported("padding left out of the average (count_include_pad=0); dslc counts it, as PyTorch")
     op = "maxpool" if node.op_type == "MaxPool" else "avgpool"
-    w.assign(node, f"{w.var(node.input[0])} |> {op}({_window(node, attrs, w.dims(node.input[0]))})")
+    w.assign(node, f"{w.var(node.input[0])} |> {op}({_window(attrs, w.dims(node.input[0]))})")
 
 
 def _global_avgpool(w: _Writer, node, attrs) -> None:
@@ -307,18 +324,21 @@ def _reshape(w: _Writer, node, attrs) -> None:
 
 
 def _gemm(w: _Writer, node, attrs) -> None:
-    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-        raise Unsupported("transA, alpha or beta; dslc's linear is x @ W + b")
-    weight = w.const(node.input[1])
-    weight = weight if attrs.get("transB", 0) else weight.T  # PyTorch's (out, in), as torch_weights reads it
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        raise Unsupported("alpha or beta other than 1; dslc multiplies plainly")
+    a, b, c = node.input[0], node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if b not in w.consts or attrs.get("transA", 0):  # a product of two tensors, as dslc exports matmul
+        flags = ", ".join(f"transpose_{k}={'true' if attrs.get(f'trans{k.upper()}', 0) else 'false'}" for k in "ab")
+        w.assign(node, f"matmul({w.var(a)}, {w.var(b)}, {flags})" + (f" + {w.var(c)}" if c else ""))
+        return
+    weight = w.consts[b] if attrs.get("transB", 0) else w.consts[b].T  # PyTorch's (out, in), as torch_weights reads it
     params = {"weight": weight}
-    if len(node.input) > 2 and node.input[2]:
-        bias = w.const(node.input[2])
+    if c:
+        bias = w.const(c)
         if bias.shape != (weight.shape[0],):
             raise Unsupported(f"a bias of shape {list(bias.shape)}; dslc's linear adds one per output")
         params["bias"] = bias
-    extra = "" if "bias" in params else ", bias=false"
-    w.assign(node, f"{w.var(node.input[0])} |> linear({weight.shape[0]}{extra})", params)
+    w.assign(node, f"{w.var(a)} |> linear({weight.shape[0]}{'' if c else ', bias=false'})", params)
 
 
 def _matmul(w: _Writer, node, attrs) -> None:
