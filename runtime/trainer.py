@@ -152,7 +152,7 @@ class Trainer:
         """Apply the recipe's `init = checkpoint(run, skip=[...])` (a new run, or the range test)."""
         init = self.recipe["init"]
         if init is not None:
-            self.params.update(init_from(self.model, init["path"], init["skip"]))
+            self.params.update(init_from(self.model, init))
 
     def _watched(self) -> tuple[str, str, float, int | None]:
         """(metric, min|max, min_delta, patience or None): what picks `best` and stops early."""

@@ -1,4 +1,5 @@
-"""Starting from saved weights: which checkpoint a path means, and `init = checkpoint(run, skip=[...])`.
+"""Starting from saved weights: which checkpoint a path means, and a recipe's `init`:
+`init = checkpoint(run, skip=[...])` or `init = torch_weights(file, skip=[...])` (torch_weights.py).
 
 A path on the command line or in a recipe may name a checkpoint directory (runs/m/best)
 or a whole run (runs/m), which means its best checkpoint, else its last one.
@@ -8,7 +9,7 @@ skip globs select (matched like `freeze`: a parameter's name or a layer it is in
 keep their fresh initialisation: typically the classifier head, re-learnt for new classes.
 
     params = model.init(seed)
-    params.update(init_from(model, "runs/digits-0to4", skip=["out*"]))
+    params.update(from_checkpoint(model, "runs/digits-0to4", skip=["out*"]))
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from dslc.frontend.recipe import select_params
 from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare, load_checkpoint
+from dslc.runtime.torch_weights import load_torch_weights
 
 
 def resolve(path) -> Path:
@@ -34,7 +36,14 @@ def load(path) -> Checkpoint:
     return load_checkpoint(resolve(path))
 
 
-def init_from(model, path, skip=()) -> dict[str, np.ndarray]:
+def init_from(model, init) -> dict[str, np.ndarray]:
+    """The weights a recipe's `init` call gives: checkpoint(path, skip) or torch_weights(path, skip, mapping)."""
+    if init.name == "torch_weights":
+        return load_torch_weights(model, init["path"], init["skip"], init["mapping"])
+    return from_checkpoint(model, init["path"], init["skip"])
+
+
+def from_checkpoint(model, path, skip=()) -> dict[str, np.ndarray]:
     """The model's parameters from checkpoint `path`, except those the `skip` globs select.
 
     Every other parameter must be in the checkpoint with the same shape and dtype; a

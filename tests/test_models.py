@@ -34,6 +34,7 @@ PARAMS = {
     "alexnet.net": 62_378_344,
     "vgg16.net": 138_357_544,
     "resnet20.net": 269_722,
+    "resnet18.net": 11_689_512,  # torchvision's resnet18
     # convs 9*1*32 + 9*32*64, batchnorm 2*32 + 2*64, fc 64*7*7*128 + 128, out 128*10 + 10
     "small_cnn.net": 288 + 18_432 + 64 + 128 + 401_536 + 1_290,  # 421,738
     # linears without bias (batchnorm follows): 784*512 + 512*256, batchnorm 2*512 + 2*256, out 256*10 + 10

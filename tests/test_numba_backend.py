@@ -31,7 +31,8 @@ SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hid
 # Ops with no library kernel or generated loop yet: run by the NumPy reference (they allocate).
 FALLBACK_OPS = {"svm", "svm_grad", "slice", "slice_grad", "pad"}
 TOO_BIG = {"alexnet": "227x227 inputs with fixed widths: minutes per step in the reference",
-           "vgg16": "224x224 inputs with fixed widths: minutes per step in the reference"}
+           "vgg16": "224x224 inputs with fixed widths: minutes per step in the reference",
+           "resnet18": "224x224 inputs with fixed widths: minutes per step in the reference"}
 
 
 def arrays(graph, batch: int, seed: int = 0):

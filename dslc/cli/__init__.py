@@ -14,14 +14,14 @@ import argparse
 import sys
 
 import dslc
-from dslc.cli import compile_verb, inspect_verbs, train_verbs
+from dslc.cli import compile_verb, inspect_verbs, interop_verbs, train_verbs
 from dslc.diagnostics import CliError, CompileError, UsageError
 from dslc.runtime.checkpoint import CheckpointError
 from dslc.runtime.data import DataError
 from dslc.runtime.errors import DeviceError, Interrupted, TrainError
 from dslc.runtime.runs import RunError
 
-VERBS = (inspect_verbs, train_verbs, compile_verb)
+VERBS = (inspect_verbs, train_verbs, compile_verb, interop_verbs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -510,7 +510,10 @@ STOPS = _family(CallSpec(
 
 CHECKPOINTS = _family(CallSpec("every", "save the last and best weights every n epochs", (Arg("n", INT_POS),)))
 INITS = _family(CallSpec("checkpoint", "start from saved weights, except the parameters the skip globs match",
-                         (_PATH, Arg("skip", ListOf(TEXT), ()))))
+                         (_PATH, Arg("skip", ListOf(TEXT), ()))),
+                CallSpec("torch_weights", "start from a PyTorch state_dict (.safetensors, or .pt read weights-only), "
+                         "except the parameters the skip globs match", (_PATH, Arg("skip", ListOf(TEXT), ()),
+                         Arg("mapping", TEXT, None, "JSON file {torch name: dslc name or null}"))))
 
 
 @dataclass(frozen=True)
