@@ -74,11 +74,17 @@ def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
         p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (same as --set epochs=N)")
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: bool = False) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
                         + ("; repeat for each member" if many else ""))
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--force", action="store_true",
+                   help="use the checkpoint although the model's graph changed since it was saved (a warning)")
+    if recipe:
+        p.add_argument("--as", dest="as_name", metavar="NAME",
+                       help="the recipe whose data to use (default: the one named like the checkpoint's "
+                            "recipe, else the model's)")
 
 
