@@ -125,7 +125,7 @@ def prepare(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[str, np.
     for file, named in arrays.items():
         bad = _non_finite(named)
         if bad:
-            raise CheckpointError(f"{path} not written: {bad} (in {file}); the previous checkpoint is kept")
+            raise CheckpointError(f"{path} not written: {bad} (in {file})")
     tmp = _siblings(path)[0]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def prepare(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[str, np.
         fsync_dir(tmp)
     except OSError as e:
         discard(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason(e)}; the previous one is kept") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason(e)}") from None
     return tmp
 
 

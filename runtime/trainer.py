@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -176,7 +177,7 @@ class Trainer:
         self.load_init()
         config = make_config(self.recipe, model_hash(self.model.graph), self.recipe["seed"], model=self.model.name,
                              file=str(self.model.program.root), executor=self.executor.name, overrides=overrides)
-        if (out_dir / CONFIG).exists() and not force:
+        if os.path.lexists(out_dir / CONFIG) and not force:
             raise TrainError(f"{out_dir} already holds a run; resume it, choose another name, "
                              f"or pass --force to start it again")
         try:

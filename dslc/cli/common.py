@@ -79,7 +79,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: 
     p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
                         + ("; repeat for each member" if many else ""))
-    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto", "reference"), default="cpu",
+                   help="where to run (default: cpu; reference: the NumPy interpreter, nothing compiled)")
     p.add_argument("--force", action="store_true",
                    help="use the checkpoint although the model's graph changed since it was saved (a warning)")
     if recipe:

@@ -71,8 +71,8 @@ def path_for(kg: KernelGraph, source: str) -> Path:
 def store(kg: KernelGraph, source: str) -> Path:
     """The cache file for `source`, written first if it is not there."""
     path = path_for(kg, source)
+    ensure_dir(path.parent)  # first: a cache directory that cannot be one is said so
     if not path.exists():
-        ensure_dir(path.parent)
         # A concurrent process sees either no file or the whole file; no fsync: it can be remade.
         write_atomic(path, source.encode(), durable=False)
     return path
