@@ -89,7 +89,8 @@ def optimizer_changes(ckpt, step_graph) -> list[str]:
             continue
         shape, dtype = tuple(node.type.shape), np.dtype(NUMPY_DTYPE[node.type.dtype])
         if tuple(have.shape) != shape or have.dtype != dtype:
-            out.append(f"{name}: checkpoint has {have.dtype} {list(have.shape)}, the step {dtype} {list(shape)}")
+            out.append(f"{name}: the checkpoint's optimizer state is {have.dtype} {list(have.shape)}, the "
+                       f"training step's {dtype} {list(shape)}")
     return out
 
 

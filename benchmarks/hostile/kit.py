@@ -49,7 +49,7 @@ class Case:
     seconds: float = 60.0
     stdout: Path | None = None          # where stdout goes (a node, a file); else captured
     close_stdout: bool = False          # stdout a pipe whose reader has gone
-    background: list | None = None      # another dslc command started first, stopped after
+    background: list | None = None      # another dslc command started first, stopped (Ctrl-C) after
     wait_for: Path | None = None        # ...and the file it must have made before the main one starts
     during: Callable[[subprocess.Popen], None] | None = None  # done to the process while it runs
     after: Callable[["Outcome"], list[str]] | None = None     # more checks: problems found
@@ -227,9 +227,13 @@ def execute(case: Case, ws: Workspace) -> Outcome:
     finally:
         if case.stdout:
             stdout.close()
-        if background is not None:
-            background.kill()
-            background.wait()
+        if background is not None:  # Ctrl-C: it saves and stops cleanly, leaving no temporaries
+            background.send_signal(signal.SIGINT)
+            try:
+                background.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                background.kill()
+                background.wait()
     decode = lambda b: (b or b"").decode("utf-8", "replace")
     return Outcome(proc.returncode, "" if case.close_stdout else decode(out), decode(err), time.monotonic() - start)
 

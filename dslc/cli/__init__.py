@@ -14,17 +14,16 @@ so that a full disk or a closed pipe behind it is one message, not an OSError.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
 import dslc
-from dslc.diagnostics import CliError
 
 VERB_MODULES = ("inspect_verbs", "train_verbs", "compile_verb")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    """The argparse parser of every verb."""
+    import argparse
     from importlib import import_module
 
     parser = argparse.ArgumentParser(
@@ -40,25 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status (see the module docstring)."""
     real = sys.stdout
-    sys.stdout = watched = _Stdout(real)
+    try:
+        return _watched(argv)
+    except KeyboardInterrupt:  # before the trainer's own handler: importing, compiling, loading data
+        return 130
+    finally:
+        sys.stdout = real
+
+
+def _watched(argv: list[str] | None) -> int:
+    """The command, with standard output watched (dslc/cli/stdout.py)."""
+    from dslc.cli.stdout import StdoutError, Watched
+
+    sys.stdout = watched = Watched(sys.stdout)
     try:
         status = _dispatch(argv)
         watched.flush()
         return status
-    except KeyboardInterrupt:  # before the trainer's own handler, e.g. while importing or compiling
-        return 130
     except BrokenPipeError:  # the reader went away (`dslc ops | head -3`): nothing more to say
         watched.discard()
         return 0
     except StdoutError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        sys.stdout = real
 
 
 def _dispatch(argv: list[str] | None) -> int:
-    from dslc.diagnostics import CompileError, UsageError
+    from dslc.cli.stdout import StdoutError
+    from dslc.diagnostics import CliError, CompileError, UsageError
     from dslc.runtime.checkpoint import CheckpointError
     from dslc.runtime.data import DataError
     from dslc.runtime.errors import DeviceError, Interrupted, TrainError
@@ -88,47 +96,3 @@ def _dispatch(argv: list[str] | None) -> int:
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 2
-
-
-class StdoutError(CliError):
-    """Standard output cannot take what a command prints (a full disk, an I/O error)."""
-
-
-class _Stdout:
-    """sys.stdout while a command runs: the first failed write or flush raises StdoutError
-    (BrokenPipeError stays itself), and later output is dropped, so the message is said once
-    and Python's own flush at exit finds nothing left to fail on."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-    def write(self, text: str) -> int:
-        return self._guard(self._stream.write, text)
-
-    def flush(self) -> None:
-        self._guard(self._stream.flush)
-
-    def _guard(self, call, *args):
-        try:
-            return call(*args)
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            from dslc.files import reason
-            self.discard()
-            raise StdoutError(f"cannot write to standard output: {reason(e)}") from None
-
-    def discard(self) -> None:
-        """Send the rest, and what is still buffered, to /dev/null."""
-        try:
-            fd = self._stream.fileno()
-        except (AttributeError, OSError, ValueError):  # not a file (a test's capture): just stop writing
-            fd = None
-        if fd is not None:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
-        self._stream = open(os.devnull, "w")
