@@ -231,9 +231,11 @@ def _predict(array_bytes: bytes, *says, memory=None):
     return make
 
 
-def _predict_fifo(ws):
-    fifo = ws.fifo("x.npy")
-    return Case(use(ws, "predict", "--input", fifo), 1, says=("x.npy", "FIFO"), keep=(fifo,), seconds=10)
+def _predict_fifo(name: str):
+    def make(ws):
+        fifo = ws.fifo(name)
+        return Case(use(ws, "predict", "--input", fifo), 1, says=(name, "FIFO"), keep=(fifo,), seconds=10)
+    return make
 
 
 TRIALS += [
@@ -241,7 +243,8 @@ TRIALS += [
     Trial(3, "weights.safetensors symlinked to a zero device", _checkpoint_file_is("weights.safetensors", _as_zero)),
     Trial(3, "state.json symlinked to a zero device", _checkpoint_file_is("state.json", _as_zero)),
     Trial(3, "state.json a FIFO", _checkpoint_file_is("state.json", _as_fifo)),
-    Trial(3, "predict: a FIFO as input", _predict_fifo),
+    Trial(3, "predict: a FIFO as .npy input", _predict_fifo("x.npy")),
+    Trial(3, "predict: a FIFO as image input", _predict_fifo("x.png")),
     Trial(3, "predict: .npy header claiming 64 TiB",
           _predict(npy(header={"descr": "<f4", "fortran_order": False, "shape": (2**44, 1)}, data=bytes(64)),
                    "claims shape", memory=CAP)),

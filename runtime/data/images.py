@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslc.files import human_bytes
+from dslc.files import UnreadableFile, human_bytes, open_regular
 from dslc.runtime.data.dataset import DataError, Dataset, checked
 from dslc.runtime.data.files import check_memory, directory
 
@@ -23,17 +23,19 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 def decode_image(path, mode: str, size: tuple[int, int]) -> np.ndarray:
     """The image in `path` converted to `mode` ("RGB", "L") and resized to `size` (width,
-    height) bilinearly, as uint8; DataError for a file Pillow cannot decode or one whose
-    header claims more pixels than Pillow's limit."""
+    height) bilinearly, as uint8; DataError for a file that is not regular (a FIFO is not
+    waited on), that Pillow cannot decode, or whose header claims more pixels than its limit."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as f, Image.open(f) as image:
             width, height = image.size
             if width * height > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"the image claims {width:,} x {height:,} pixels, more than Pillow's limit of "
                                 f"{Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)", path)
             return np.asarray(image.convert(mode).resize(size, Image.BILINEAR))
+    except UnreadableFile as e:
+        raise DataError(e.reason, path) from None
     except Image.DecompressionBombError as e:
         raise DataError(f"refused as a decompression bomb ({e})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
