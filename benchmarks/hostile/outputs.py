@@ -107,11 +107,17 @@ def _full_disk(ws, w):
     return Case(w(folder / "out"), 1, says=(str(folder / "out"), "no space"))
 
 
+def _the_input(ws, w):
+    net = ws.net(name="model.net")
+    argv = [net if a == MLP else a for a in w(net)]
+    return Case(argv, 2, says=("model.net", "reads"), keep=(net,))
+
+
 FILE_KINDS = {"a null device": _null, "a full device": _full_device, "a block device": _block_device,
               "a symlink": _symlink, "an existing file": _existing_file, "a FIFO with no reader": _fifo,
               "/proc/self/fd/1": _proc_fd, "a directory": _directory, "a file as parent": _file_as_parent,
               "a missing parent": _missing_parent, "a name too long": _too_long,
-              "a read-only directory": _read_only, "a full disk": _full_disk}
+              "a read-only directory": _read_only, "a full disk": _full_disk, "the model it reads": _the_input}
 
 
 # Each kind of directory path: the directory must be made or refused, never a node replaced.

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import dslc
@@ -32,6 +33,18 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value)
     return out
+
+
+def output_is_not(output, *inputs) -> None:
+    """UsageError when `-o OUTPUT` names a file the command reads (`dslc inspect m.net -o m.net`
+    would replace the model with its graph)."""
+    for given in inputs:
+        try:
+            same = output is not None and os.path.samefile(output, given)
+        except OSError:  # either is absent or unreadable: not the same existing file
+            same = False
+        if same:
+            raise UsageError(f"-o {output} is {given}, which this command reads; choose another output file")
 
 
 def load_model(args) -> dslc.Model:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe, parse_sets,
-                             recipe_sets, verb)
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe, output_is_not,
+                             parse_sets, recipe_sets, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -72,6 +72,7 @@ def cmd_ensemble(args) -> int:
 def cmd_plot(args) -> int:
     from dslc.runtime.runs import plot_runs
 
+    output_is_not(args.output, *(f"{run}/metrics.jsonl" for run in args.runs))
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
     return 0
@@ -80,6 +81,7 @@ def cmd_plot(args) -> int:
 def cmd_lr(args) -> int:
     from dslc.runtime.lrfind import schedule_plot
 
+    output_is_not(args.output, args.file)
     _, recipe = model_and_recipe(args)
     points = schedule_plot(recipe, args.output)
     print(f"wrote {args.output}: " + ", ".join(f"epoch {t:g}: {lr:.3g}" for t, lr in points))
@@ -89,6 +91,7 @@ def cmd_lr(args) -> int:
 def cmd_lr_find(args) -> int:
     from dslc.runtime.lrfind import lr_find, plot_lr_find
 
+    output_is_not(args.output, args.file)
     model, recipe = model_and_recipe(args)
     try:
         found = lr_find(model, recipe, args.start, args.end, args.steps, args.device)

@@ -27,7 +27,7 @@ def read_idx(path, ndim: int) -> np.ndarray:
     e.g. read_idx(folder / "train-images-idx3-ubyte.gz", 1) -> uint8 [60000].
 
     The header is read first: its dimensions are unsigned 32-bit counts, and the size they
-    claim must fit in memory (with the float32 copy a loader makes) before the data is read;
+    claim must fit in memory (with the float32 copies a loader makes) before the data is read;
     then exactly that many bytes are read, and one more to find trailing bytes, however
     far a .gz file would inflate."""
     with opened(path) as f:
@@ -43,8 +43,9 @@ def read_idx(path, ndim: int) -> np.ndarray:
         shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
         dtype = np.dtype(_TYPES[magic[2]])
         nbytes = prod(shape) * dtype.itemsize
-        check_memory(nbytes + prod(shape) * 4, f"the header's shape {shape} ({human_bytes(nbytes)}, "
-                                               "and its float32 copy)", path)
+        # the raw values, then the loader's float32 copy and its scaled twin
+        check_memory(nbytes + prod(shape) * 8, f"the header's shape {shape} ({human_bytes(nbytes)}, "
+                                               "and its float32 copies)", path)
         data = f.read(nbytes + 1)
     if len(data) != nbytes:
         problem = "truncated" if len(data) < nbytes else "trailing bytes"

@@ -25,9 +25,11 @@ import numpy as np
 
 from dslc.runtime.data.arrays import read_npz
 from dslc.runtime.data.dataset import DataError, Dataset, checked
-from dslc.runtime.data.files import read_bytes
+from dslc.files import human_bytes
+from dslc.runtime.data.files import check_memory, read_bytes
 
-CSV_LIMIT = 4 << 30  # bytes of a CSV table; the rows are held in memory while parsed
+CSV_LIMIT = 1 << 30  # bytes of a CSV table
+PARSED = 10  # bytes of memory per byte of CSV while its rows are held as Python strings
 
 
 def npz(path, x: str = "x", y: str = "y") -> Dataset:
@@ -43,7 +45,9 @@ def csv(path, label: str | int = "label") -> Dataset:
     """The dataset in a CSV file with a header row; `label` names (or indexes) the class column."""
     path = Path(path)
     try:
-        text = read_bytes(path, CSV_LIMIT, "a CSV table").decode("utf-8-sig")
+        raw = read_bytes(path, CSV_LIMIT, "a CSV table")
+        check_memory(len(raw) * PARSED, f"parsing its {human_bytes(len(raw))} into rows", path)
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
     reader = _csv.reader(io.StringIO(text))
