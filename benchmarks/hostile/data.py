@@ -132,6 +132,14 @@ def _npz(ws, **members) -> str:
     return 'npz("d.npz")'
 
 
+def _written(name: str, data: bytes, call: str):
+    """A stage writing `data` to workspace/NAME, then training on `call`."""
+    def stage(ws) -> str:
+        ws.file(name, data)
+        return call
+    return stage
+
+
 LABELS = npy(np.arange(10) % 10)
 TRIALS = [
     Trial(3, "npz of a zero device", _node_data("npz", "npz")),
@@ -156,7 +164,7 @@ TRIALS = [
                                          data=bytes(64)), y=LABELS),
                says=("array x", "claims shape"), memory=CAP, seconds=5),
     data_trial(".npy given as npz(...)", 9,
-               lambda ws: (ws.file("d.npz", npy(np.zeros((10, 64), np.float32))), 'npz("d.npz")')[1],
+               _written("d.npz", npy(np.zeros((10, 64), np.float32)), 'npz("d.npz")'),
                says=("d.npz", ".npy array, not an .npz")),
     data_trial("complex features", 9,
                lambda ws: _npz(ws, x=npy(np.ones((10, 64), np.complex64)), y=LABELS), says=("complex",)),
@@ -172,11 +180,10 @@ TRIALS = [
     data_trial("inf in a CSV", 9, lambda ws: _csv(ws, "label,f\n1,inf\n0,1\n"), says=("t.csv", "row 2, column 2")),
     data_trial("1e400 in a CSV", 9, lambda ws: _csv(ws, "label,f\n1,2\n0,1e400\n"), says=("t.csv", "row 3")),
     data_trial("PNG of 65 bytes claiming 100000x100000", 3,
-               lambda ws: (ws.file("imgs/a/bomb.png", png_claiming(100_000, 100_000)),
-                           'image_folder("imgs", size=8)')[1],
+               _written("imgs/a/bomb.png", png_claiming(100_000, 100_000), 'image_folder("imgs", size=8)'),
                says=("bomb.png", "pixels"), memory=CAP, seconds=5),
     data_trial("image_folder(size=100000)", 3,
-               lambda ws: (ws.file("imgs/a/one.png", png_claiming(4, 4)), 'image_folder("imgs", size=100000)')[1],
+               _written("imgs/a/one.png", png_claiming(4, 4), 'image_folder("imgs", size=100000)'),
                says=("imgs", "memory"), memory=CAP, seconds=5),
     data_trial("CIFAR labels: a shared list nested 60 levels", 4,
                lambda ws: cifar_dir(ws, shared_list(60)), says=("data_batch_2", "nested"), memory=CAP, seconds=5),

@@ -63,6 +63,13 @@ def _in(key: str, **values):
     return lambda doc: doc[key].update(values)
 
 
+def _counter(key: str, value):
+    """Set a counter both at the top of state.json and in its progress, as a careful editor would."""
+    def change(doc):
+        doc[key] = doc["progress"][key] = value
+    return change
+
+
 def _directory_for(path):
     path.unlink()
     path.mkdir()
@@ -95,10 +102,8 @@ TRIALS = [
                    lambda run: (run / "metrics.jsonl").write_text('{"val_loss": 1.0}\n'), "metrics.jsonl:1",
                    verb="plot"),
     state_trial(7, "progress: batches.position = 10^6", _in("batches", position=10**6), "'batches.position'"),
-    state_trial(7, "progress: a negative epoch", lambda doc: (doc.update(epoch=-1), doc["progress"].update(epoch=-1)),
-                "epoch"),
-    state_trial(7, "progress: step = 10^12", lambda doc: (doc.update(step=10**12), doc["progress"].update(step=10**12)),
-                "'step'"),
+    state_trial(7, "progress: a negative epoch", _counter("epoch", -1), "epoch"),
+    state_trial(7, "progress: step = 10^12", _counter("step", 10**12), "'step'"),
     state_trial(7, "progress: classes = -1", _set(classes=-1), "'classes'"),
 ]
 

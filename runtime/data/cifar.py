@@ -105,8 +105,10 @@ def _labels(value, key: str, count: int, path) -> np.ndarray:
     else:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if not ok:
-        raise DataError(f"'{key}' must be a list of integers, one per image, got "
-                        f"{'an array' if isinstance(value, np.ndarray) else type(value).__name__}", path)
+        got = (f"an array of {value.dtype} {list(value.shape)}" if isinstance(value, np.ndarray)
+               else "a list holding other things than integers" if isinstance(value, (list, tuple))
+               else "None" if value is None else f"a {type(value).__name__}")
+        raise DataError(f"'{key}' must be a list of integers, one per image, got {got}", path)
     if len(value) != count:
         raise DataError(f"{count} images but {len(value)} labels in '{key}'", path)
     return np.asarray(value, np.int64).reshape(count)
