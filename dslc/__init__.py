@@ -6,7 +6,18 @@
 """
 __version__ = "0.1.0"
 
-from dslc.diagnostics import CompileError  # noqa: E402
-from dslc.model import Model, load  # noqa: E402
-
 __all__ = ["CompileError", "Model", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    """`dslc.load`, `dslc.Model` and `dslc.CompileError`, imported on first use. Importing the
+    package itself costs nothing: the front end (Lark, NumPy) takes a quarter second, which
+    `dslc --help` should not wait for, and the CLI's Ctrl-C handling starts only once its
+    `main` runs, so nothing may happen before that."""
+    if name in ("Model", "load"):
+        from dslc import model
+        return getattr(model, name)
+    if name == "CompileError":
+        from dslc.diagnostics import CompileError
+        return CompileError
+    raise AttributeError(f"module 'dslc' has no attribute {name!r}")

@@ -1,30 +1,62 @@
-"""Writing files a user or a run points at: the one atomic writer of dslc.
+"""Reading and writing the files a user or a run points at: the one place that touches them raw.
 
-Every file dslc writes whole (`-o`, `--emit`, a run's config.json and metrics, the kernel
-cache) goes through `write_atomic`: the bytes go to a uniquely named temporary sibling
-(so two processes never share one), which is renamed over the target only when it is
-complete. A reader, or a crash half-way, sees the old file or the new one, never a mix,
-and a failed write leaves no temporary file behind. `durable=True` (the default) also
-fsyncs the file and its directory, so the rename survives a power cut; the kernel cache,
-which can always be regenerated, skips that cost.
+Writing. Every file dslc writes whole (`-o`, `--emit`, a run's config.json and metrics, the
+kernel cache) goes through `write_atomic`, which looks at what the path names first:
+- a regular file, or nothing yet: the bytes go to a uniquely named temporary sibling (two
+  processes never share one), renamed over the target only when complete. A reader, or a
+  crash half-way, sees the old file or the new one, never a mix; a failed write leaves no
+  temporary behind; the old file's permissions are kept. A symlink stays a symlink: the
+  file it points at is the one replaced. `durable=True` (the default) also fsyncs the file
+  and its directory, so the rename survives a power cut; the kernel cache, which can always
+  be regenerated, skips that cost.
+- a character device or a pipe (`-o /dev/null`, a FIFO, `/dev/stdout`, `/proc/self/fd/1`):
+  the bytes are written into it, as a shell redirection would; the node is never replaced.
+  A pipe with no reader is refused rather than waited on.
+- a directory, a block device or a socket: refused.
+A failure the user can act on (a missing directory, no permission, a full disk, a name too
+long) is a `CliError` naming the path and the reason: exit status 1, never a traceback.
 
-A failure the user can act on (a missing directory, no permission, a full disk) is a
-`CliError` naming the path and the reason: exit status 1, never a traceback.
+Reading. `open_regular` opens only regular files, without blocking on a FIFO, so `/dev/zero`
+or a pipe given as a data file, a checkpoint or a run file is refused at once; `read_limited`
+also bounds what is read by a limit of the caller's (what such a file can sensibly hold) and
+by the memory this process may still take (`memory_available`: the machine's available memory,
+or less under `ulimit -v`). A size a header claims is checked with `check_memory` before
+anything is allocated for it.
 
     >>> import tempfile, pathlib
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
     >>> write_atomic(target, b"hello")
-    >>> target.read_bytes()
+    >>> read_limited(target, 100, "a greeting")
     b'hello'
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import resource
+import stat
+import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from dslc.diagnostics import CliError
 
+_REASONS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "a part of the path is not a directory",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
+            errno.ENAMETOOLONG: "file name too long", errno.EISDIR: "is a directory",
+            errno.ELOOP: "too many levels of symbolic links", errno.EIO: "input/output error"}
+
+
+def reason(e: OSError) -> str:
+    """A short lower-case reason for an OS error, without the path (the message names it)."""
+    return _REASONS.get(e.errno, (e.strerror or str(e)).lower())
+
+
+# ---- writing ---------------------------------------------------------------------------
 
 def fsync_dir(path) -> None:
     """Make a rename or a new entry in directory `path` durable (a file's fsync does not)."""
@@ -37,10 +69,22 @@ def fsync_dir(path) -> None:
 
 def write_synced(path, data: bytes) -> None:
     """Write `data` to a new file at `path` and fsync it (inside a directory being built)."""
-    with open(path, "wb") as f:
+    with open(path, "xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def ensure_dir(path) -> Path:
+    """Create directory `path` and its parents if needed; CliError when it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CliError(f"cannot create directory {path}: a file of that name is in the way") from None
+    except OSError as e:
+        raise CliError(f"cannot create directory {path}: {reason(e)}") from None
+    return path
 
 
 def _umask() -> int:
@@ -49,25 +93,206 @@ def _umask() -> int:
     return mask
 
 
+# /dev/stdout, /dev/fd/N, /proc/self/fd/N: an open descriptor of this process, used as it is
+# (reopening it would truncate a redirected file, renaming over it would lose the output).
+def _own_fd(path: Path) -> int | None:
+    pattern = rf"/(?:dev/(?:std(out|err)|fd/(\d+))|proc/(?:self|{os.getpid()})/fd/(\d+))"
+    match = re.fullmatch(pattern, os.path.abspath(path))
+    if match is None:
+        return None
+    std, *numbers = match.groups()
+    return {"out": 1, "err": 2}[std] if std else int(next(n for n in numbers if n))
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
-    """Replace the file at `path` by `data` atomically (see the module docstring)."""
+    """Write `data` to `path`: replace a regular file atomically, write into a character device
+    or a pipe, refuse anything else (see the module docstring)."""
     path = Path(path)
+    fd = _own_fd(path)
+    if fd is not None:
+        return _write_fd(fd, data, path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        st = os.stat(path)  # follows symlinks: what the path finally names
+    except FileNotFoundError:
+        st = None
     except OSError as e:
-        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        raise CliError(f"cannot write {path}: {reason(e)}") from None
+    if st is None or stat.S_ISREG(st.st_mode):
+        mode = 0o666 & ~_umask() if st is None else stat.S_IMODE(st.st_mode)
+        return _replace(path, Path(os.path.realpath(path)), data, durable, mode)
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return _write_into(path, data)
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a socket")
+    raise CliError(f"cannot write {path}: it is {kind}; give the name of a file")
+
+
+def _replace(shown: Path, target: Path, data: bytes, durable: bool, mode: int) -> None:
+    """Write a temporary sibling of `target` and rename it over `target`; errors name `shown`."""
+    tmp = None
     try:
+        # The temporary's name is bounded, so a target name near the limit still gets one.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:80]}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
             if durable:
-                f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; keep the old file's, or the usual
+        os.replace(tmp, target)
+        tmp = None
         if durable:
-            fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+            fsync_dir(target.parent)
+    except OSError as e:
+        raise CliError(f"cannot write {shown}: {_where(e, target)}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _where(e: OSError, target: Path) -> str:
+    """The reason of a failed write, saying which directory is missing when one is."""
+    if e.errno == errno.ENOENT and not target.parent.exists():
+        return f"no such directory {target.parent}"
+    return reason(e)
+
+
+def _write_into(path: Path, data: bytes) -> None:
+    """Write into a character device or a FIFO; a FIFO nobody reads is an error, not a hang."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        why = "a pipe with no reader" if e.errno == errno.ENXIO else reason(e)
+        raise CliError(f"cannot write {path}: {why}") from None
+    try:
+        os.set_blocking(fd, True)
+        _write_fd(fd, data, path)
+    finally:
+        os.close(fd)
+
+
+def _write_fd(fd: int, data: bytes, shown: Path) -> None:
+    if fd in (1, 2):  # what print() buffered so far comes first
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise CliError(f"cannot write {shown}: {reason(e)}") from None
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+class UnreadableFile(CliError):
+    """A file that cannot be read as asked: `path` and `reason` apart, for callers that raise
+    their own error type (DataError, CheckpointError) with the same words."""
+
+    def __init__(self, path, why: str):
+        self.path, self.reason = str(path), why
+        super().__init__(f"{path}: {why}")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path) -> BinaryIO:
+    """`path` opened for binary reading when it is a regular file (symlinks followed);
+    UnreadableFile otherwise. Opening never blocks: a FIFO is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise UnreadableFile(path, "no such file" if e.errno == errno.ENOENT else reason(e)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnreadableFile(path, f"is {_kind(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_limited(path, limit: int, what: str) -> bytes:
+    """The bytes of regular file `path`, refused when it holds more than `limit` bytes (`what`
+    names the kind of file in the message) or more than memory allows."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise UnreadableFile(path, f"{human_bytes(size)}; more than the {human_bytes(limit)} {what} may hold")
+        check_memory(size, f"reading it ({human_bytes(size)})", path)
+        try:
+            return f.read(size)
+        except OSError as e:
+            raise UnreadableFile(path, f"cannot read: {reason(e)}") from None
+
+
+def human_bytes(n: int) -> str:
+    """4096 -> '4.0 KiB', 3 * 2**30 -> '3.0 GiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # unreachable: PiB ends the loop
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f.read(1 << 16).decode("ascii", "replace").splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _address_space_left() -> int | None:
+    """What `ulimit -v` (RLIMIT_AS) still allows this process, when it is set."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            used = int(f.read(256).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        used = 0
+    return max(soft - used, 0)
+
+
+def memory_available() -> int:
+    """Bytes this process may still allocate: the machine's available memory (MemAvailable,
+    else its physical memory), less under an address-space limit."""
+    found = _meminfo_available()
+    if found is None:
+        found = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    left = _address_space_left()
+    return found if left is None else min(found, left)
+
+
+def check_memory(nbytes: int, what: str, path) -> None:
+    """UnreadableFile naming `path` when `what` (needing `nbytes`) would not fit in memory."""
+    available = memory_available()
+    if nbytes > available:
+        raise UnreadableFile(path, f"{what} needs {human_bytes(nbytes)} of memory; "
+                                   f"{human_bytes(available)} is available")
+
+
+def read_json(path, limit: int, what: str, object_hook=None):
+    """The JSON document in regular file `path` (at most `limit` bytes; `what` names it in
+    messages); UnreadableFile for bad UTF-8 or JSON, with the line and column."""
+    import json
+
+    raw = read_limited(path, limit, what)
+    try:
+        return json.loads(raw.decode("utf-8"), object_hook=object_hook)
+    except UnicodeDecodeError as e:
+        raise UnreadableFile(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UnreadableFile(path, f"bad JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise UnreadableFile(path, "JSON nested too deeply to be a dslc file") from None

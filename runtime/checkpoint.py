@@ -8,13 +8,19 @@ A checkpoint is a directory (runs/NAME/last/, runs/NAME/best/):
                             hashes, metrics so far, dslc version, and a SHA-256 of each file
 
 safetensors and JSON hold only data, so loading a checkpoint someone sent you cannot run
-their code (unlike pickle). The checksums catch a file damaged after it was written.
+their code (unlike pickle). The checksums catch a file damaged after it was written. Every
+file is read bounded: state.json up to STATE_LIMIT, each safetensors file only when its size
+on disk is the one state.json records and fits in memory; a FIFO or device is refused.
+Weights and optimizer state holding NaN or infinity are refused both ways: a run whose
+state diverged must not replace a good checkpoint with it, nor be evaluated as one.
 
-Writing is atomic: everything goes into a hidden sibling `.NAME.tmp`, each file and the
-directory are fsynced, then the old checkpoint is renamed to `.NAME.old`, the new one into
-place, and `.NAME.old` removed. POSIX cannot rename a directory over a non-empty one, hence
-the two renames; a kill between them leaves only `.NAME.old`, which `load_checkpoint` uses.
-At every instant either NAME or `.NAME.old` is a complete checkpoint.
+Writing is atomic, in two steps a trainer can split (`prepare` both `best` and `last`, then
+`commit` both, so a full disk leaves neither half-written): `prepare` puts everything into a
+hidden sibling `.NAME.tmp` and fsyncs each file and the directory; `commit` renames the old
+checkpoint to `.NAME.old`, the new one into place, and removes `.NAME.old`. POSIX cannot
+rename a directory over a non-empty one, hence the two renames; a kill between them leaves
+only `.NAME.old`, which `load_checkpoint` uses. At every instant either NAME or `.NAME.old`
+is a complete checkpoint; a failed write removes its `.NAME.tmp` and keeps the old one.
 
     save_checkpoint("runs/m/last", params, opt_state, {"step": 100, "epoch": 2})
     ckpt = load_checkpoint("runs/m/last")
@@ -34,13 +40,14 @@ import numpy as np
 import safetensors.numpy as st
 
 from dslc import __version__
-from dslc.files import fsync_dir, write_synced
+from dslc.files import UnreadableFile, check_memory, fsync_dir, open_regular, read_json, reason, write_synced
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime.host import to_host
 
 FORMAT = 1
 WEIGHTS, OPTIMIZER, STATE = "weights.safetensors", "optimizer.safetensors", "state.json"
 _RESERVED = ("format", "dslc_version", "files")  # keys of state.json that save_checkpoint writes
+STATE_LIMIT = 64 << 20  # bytes of state.json: counters, RNG states, a mean image, the recipe
 
 
 class CheckpointError(Exception):
@@ -102,30 +109,74 @@ def save_checkpoint(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[
     `state` is JSON data plus ndarrays (normalisation statistics), by convention with
     step, epoch, rng, normalization, model_hash, recipe_hash, optimizer (its name), metrics.
     """
+    return commit(prepare(path, weights, optimizer, state), path)
+
+
+def prepare(path, weights: Mapping[str, np.ndarray], optimizer: Mapping[str, np.ndarray],
+            state: Mapping[str, Any]) -> Path:
+    """Write the checkpoint for `path` complete and fsynced into its hidden sibling `.NAME.tmp`
+    (returned), which `commit` puts in place. CheckpointError, leaving no temporary, when a
+    value is not finite or the disk refuses (full, read-only)."""
     path = Path(path)
     clash = [k for k in _RESERVED if k in state]
     if clash:
         raise ValueError(f"state keys {clash} are written by save_checkpoint itself")
-    tmp, old = _siblings(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
-    tmp.mkdir()
-    files = {}
-    for name, arrays in ((WEIGHTS, weights), (OPTIMIZER, optimizer)):
-        data = st.save(_arrays(arrays))
-        write_synced(tmp / name, data)
-        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    doc = {"format": FORMAT, "dslc_version": __version__, "files": files, **_encode(dict(state))}
-    write_synced(tmp / STATE, json.dumps(doc, indent=1).encode())
-    fsync_dir(tmp)
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)  # stale: `path` is complete, so .old is not needed
-        os.rename(path, old)
+    arrays = {WEIGHTS: _arrays(weights), OPTIMIZER: _arrays(optimizer)}
+    for file, named in arrays.items():
+        bad = _non_finite(named)
+        if bad:
+            raise CheckpointError(f"{path} not written: {bad} (in {file})")
+    tmp = _siblings(path)[0]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+        tmp.mkdir()
+        files = {}
+        for name, named in arrays.items():
+            data = st.save(named)
+            write_synced(tmp / name, data)
+            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        doc = {"format": FORMAT, "dslc_version": __version__, "files": files, **_encode(dict(state))}
+        write_synced(tmp / STATE, json.dumps(doc, indent=1).encode())
+        fsync_dir(tmp)
+    except OSError as e:
+        discard(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason(e)}") from None
+    return tmp
+
+
+def commit(tmp: Path, path) -> Path:
+    """Put the checkpoint `prepare` wrote in `tmp` in place of `path` (see the module docstring)."""
+    path = Path(path)
+    old = _siblings(path)[1]
+    try:
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # stale: `path` is complete, so .old is not needed
+            os.rename(path, old)
+            fsync_dir(path.parent)
+        os.rename(tmp, path)
         fsync_dir(path.parent)
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
+    except OSError as e:
+        discard(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason(e)}") from None
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def discard(tmp: Path) -> None:
+    """Remove a prepared checkpoint that will not be committed."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """'NAME holds N nan/inf values' for the first float array that is not all finite."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            nans = int(np.isnan(a).sum())
+            infs = int(np.isinf(a).sum())
+            what = " and ".join(f"{n:,} {w}" for n, w in ((nans, "NaN"), (infs, "infinite")) if n)
+            return f"{name} holds {what} value{'s' if nans + infs > 1 else ''}"
+    return None
 
 
 def find_checkpoint(path) -> Path:
@@ -143,16 +194,12 @@ def find_checkpoint(path) -> Path:
 
 
 def _read_state(file: Path) -> dict:
+    if not os.path.lexists(file):
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
     try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
-    try:
-        state = json.loads(text, object_hook=_decode)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: bad JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        state = read_json(file, STATE_LIMIT, "a checkpoint's state.json", object_hook=_decode)
+    except UnreadableFile as e:
+        raise CheckpointError(str(e)) from None
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{file}: bad array entry ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("files"), dict):
@@ -162,22 +209,36 @@ def _read_state(file: Path) -> dict:
     return state
 
 
-def _read_arrays(file: Path, expected: Mapping | None) -> dict[str, np.ndarray]:
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete") from None
-    except OSError as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if expected is None:
+def _read_arrays(file: Path, expected) -> dict[str, np.ndarray]:
+    """The arrays of one safetensors file of a checkpoint, read only when its size on disk is
+    the one state.json records (so a huge or sparse file is refused before it is read)."""
+    if not os.path.lexists(file):
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
+    if not isinstance(expected, dict):
         raise CheckpointError(f"{file}: not listed in state.json")
-    if len(data) != expected.get("bytes") or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+    try:
+        with open_regular(file) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != expected.get("bytes"):
+                raise CheckpointError(f"{file}: corrupt or truncated ({size:,} bytes; state.json records "
+                                      f"another size)")
+            check_memory(size, "loading it", file)
+            data = f.read(size)
+    except UnreadableFile as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({reason(e)})") from None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
         raise CheckpointError(f"{file}: corrupt or truncated ({len(data)} bytes; the checksum in "
                               f"state.json does not match)")
     try:
-        return st.load(data)
+        arrays = st.load(data)
     except Exception as e:  # safetensors raises its own SafetensorError for a bad header
         raise CheckpointError(f"{file}: not a valid safetensors file ({e})") from None
+    bad = _non_finite(arrays)
+    if bad:
+        raise CheckpointError(f"{file}: {bad}; a checkpoint of a diverged run cannot be used")
+    return arrays
 
 
 def load_checkpoint(path) -> Checkpoint:

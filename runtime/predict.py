@@ -1,43 +1,102 @@
 """Using a trained model: `dslc eval`, `dslc predict` and `dslc ensemble`.
 
-A checkpoint carries what it needs to be used on its own: the recipe it was trained
-with (so the same data split is rebuilt), the normalisation statistics of its training
-split, the example shape and the class names. Evaluation runs the typed graph
-(inference semantics); prediction the inference graph (no loss, no labels needed).
+A checkpoint carries the numbers it needs to be used on its own: the normalisation
+statistics of its training split, the example shape and the class names. What data to
+evaluate on comes from the recipe of the .net file the command names (and its --set),
+never from the checkpoint: a checkpoint someone sent you cannot make `dslc eval` open a
+file of its choosing. The checkpoint's recipe is only compared with it, and a difference
+in data or split is a warning. The model must fit the checkpoint: every parameter with
+its shape and dtype (else an error), and the same graph by the saved model hash, as
+`--resume` requires (else an error unless `--force`, which warns). Evaluation runs the
+typed graph (inference semantics); prediction the inference graph (no loss, no labels).
 
-    report = evaluate_checkpoint(model, "runs/digits_mlp", "test")
+    ckpt = open_checkpoint("runs/digits_mlp")
+    model, recipe = model_and_recipe_for("models/digits_mlp.net", ckpt)
+    fit_model(ckpt, model)
+    report = evaluate_checkpoint(model, recipe, ckpt, "test")
     report["accuracy"], report["confusion"]
-    rows = predict(model, "runs/digits_mlp", "digit.png", top=3)
+    rows = predict(model, ckpt, "digit.png", top=3)
 """
 from __future__ import annotations
 
+import sys
 from math import prod
 from pathlib import Path
 
 import numpy as np
 
-from dslc.frontend.recipe import Recipe
 from dslc.passes.infer import inference
-from dslc.runtime import transfer
-from dslc.runtime.checkpoint import Checkpoint, compare
+from dslc.runtime import state, transfer
+from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare
 from dslc.runtime.data import DataError, normalize
+from dslc.runtime.data.arrays import read_npy
+from dslc.runtime.data.dataset import first_non_finite
+from dslc.runtime.data.images import decode_image
 from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
 from dslc.runtime.prepare import layout, load_data
+from dslc.runtime.recipes import model_and_recipe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+USES = ("example_shape", "normalization", "classes")  # the state.json keys these commands read
 
 
-def load_for(model, path) -> Checkpoint:
-    """The checkpoint `path` means, checked to hold every parameter of `model` with its shape."""
+def open_checkpoint(path) -> Checkpoint:
+    """The checkpoint `path` means (a run: its best, else its last), its state.json checked."""
     ckpt = transfer.load(path)
+    state.check(ckpt, USES)
+    return ckpt
+
+
+def model_and_recipe_for(file, ckpt: Checkpoint, as_name: str | None = None, model: str | None = None,
+                         sets: dict | None = None):
+    """(Model, Recipe) of .net `file` to use `ckpt` with: recipe `as_name`; else the recipe of
+    the same name as the checkpoint's, when the file has one (only the name is taken from
+    the checkpoint); else the file's recipe for `model` (default: its first model)."""
+    if as_name is None and model is None:
+        saved = ckpt.state.get("recipe")
+        name = saved.get("name") if isinstance(saved, dict) else None
+        from dslc.frontend.program import load_program
+        if isinstance(name, str) and any((t.alias or t.model) == name for t in load_program(file).trains):
+            as_name = name
+    return model_and_recipe(file, as_name, sets, model=model)
+
+
+def fit_model(ckpt: Checkpoint, model, force: bool = False, warn=None) -> None:
+    """TrainError unless `ckpt` holds every parameter of `model` with its shape and dtype, and
+    (unless `force`, which warns instead) was saved from the same graph (model hash)."""
+    warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
     problems = [d for d in compare(ckpt, model.graph) if d.kind in ("missing", "shape", "dtype")]
     if problems:
         raise TrainError(f"{ckpt.path} does not fit model '{model.name}':\n" + "\n".join(f"  {d}" for d in problems))
-    if "recipe" not in ckpt.state:
-        raise TrainError(f"{ckpt.path}: the checkpoint records no recipe, so its data cannot be rebuilt")
-    return ckpt
+    changed = [d for d in compare(ckpt, model.graph) if d.kind == "structure"]
+    if changed and not force:
+        raise TrainError(f"{ckpt.path} was saved from another graph than model '{model.name}' of "
+                         f"{model.program.root}: {changed[0].detail}; its numbers would not mean what they "
+                         "did. Pass --force to use it anyway")
+    if changed:
+        warn(f"{ckpt.path} was saved from another graph than model '{model.name}' ({changed[0].detail})")
+
+
+def _data_of(recipe) -> dict:
+    entries = recipe.to_json()["entries"]
+    return {k: entries.get(k) for k in ("data", "split")}
+
+
+def _warn_if_other_data(ckpt: Checkpoint, recipe, warn) -> None:
+    saved = ckpt.state.get("recipe")
+    entries = saved.get("entries") if isinstance(saved, dict) else None
+    if isinstance(entries, dict) and {k: entries.get(k) for k in ("data", "split")} != _data_of(recipe):
+        warn(f"{ckpt.path} was trained with another `data` or `split` than recipe '{recipe.name}'; "
+             f"evaluating on the recipe's (give the --set the training run had, if any)")
+
+
+def _stats_fit(ckpt: Checkpoint, x: np.ndarray) -> None:
+    try:
+        normalize.apply(x[:1], ckpt.state["normalization"])
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path / 'state.json'}: 'normalization' does not fit the data: {e}") from None
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: int) -> dict:
@@ -52,11 +111,15 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: int) -
     return out
 
 
-def evaluate_checkpoint(model, path, split: str = "test", device: str = "cpu") -> dict:
-    """Loss, the model's metrics, accuracy, top-5 and confusion matrix of one checkpoint on one split."""
-    ckpt = load_for(model, path)
-    data = load_data(Recipe.from_json(ckpt.state["recipe"]), stats=ckpt.state["normalization"])
+def evaluate_checkpoint(model, recipe, ckpt: Checkpoint, split: str = "test", device: str = "cpu",
+                        warn=None) -> dict:
+    """Loss, the model's metrics, accuracy, top-5 and confusion matrix of one checkpoint on one
+    split of the data `recipe` names, normalised with the checkpoint's statistics."""
+    warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
+    _warn_if_other_data(ckpt, recipe, warn)
+    data = load_data(recipe, stats=ckpt.state["normalization"])
     dataset = data.split(split)
+    _stats_fit(ckpt, dataset.x)
     ev = Evaluator(model, layout(model, dataset), executor_for(device))
     result = ev(dataset, dict(ckpt.weights), data.transform, probabilities=True)
     return {"checkpoint": str(ckpt.path), "split": split, "data": dataset.name, "examples": result.examples,
@@ -65,23 +128,21 @@ def evaluate_checkpoint(model, path, split: str = "test", device: str = "cpu") -
             "class_names": list(dataset.class_names or range(dataset.classes))}
 
 
-def ensemble(model, paths, split: str = "test", device: str = "cpu") -> dict:
+def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", device: str = "cpu",
+             warn=None) -> dict:
     """Each checkpoint's accuracy and that of the average of their predicted probabilities.
 
-    Every member is fed the same examples (the data and split of the first checkpoint's
-    recipe, which the others must share) normalised with its own statistics.
+    Every member is fed the same examples (the data and split of `recipe`) normalised with
+    its own statistics.
     """
-    members = [load_for(model, p) for p in paths]
-    first = Recipe.from_json(members[0].state["recipe"])
-    for m in members[1:]:
-        other = Recipe.from_json(m.state["recipe"])
-        if (other["data"], other["split"]) != (first["data"], first["split"]):
-            raise TrainError(f"{m.path} was trained on other data or another split than {members[0].path}; "
-                             "an ensemble is evaluated on one split")
-    raw = load_data(first, stats={"kind": "none"}).split(split)
+    warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
+    for m in members:
+        _warn_if_other_data(m, recipe, warn)
+    raw = load_data(recipe, stats={"kind": "none"}).split(split)
     ev = Evaluator(model, layout(model, raw), executor_for(device))
     rows, total = [], np.zeros((len(raw), raw.classes))
     for m in members:
+        _stats_fit(m, raw.x)
         stats = m.state["normalization"]
         probs = ev(raw, dict(m.weights), lambda x: normalize.apply(x, stats), probabilities=True).probs
         total += probs[:, :raw.classes]
@@ -94,7 +155,8 @@ def ensemble(model, paths, split: str = "test", device: str = "cpu") -> dict:
 
 def read_input(file, example_shape: tuple[int, ...]) -> np.ndarray:
     """Examples [n, *example_shape] float32 from a .npy (one example or a batch, possibly
-    flattened) or an image file (converted to the channels and size of the examples, 0..1)."""
+    flattened) or an image file (converted to the channels and size of the examples, 0..1).
+    DataError for an empty batch or a value that is not finite, naming the example."""
     file = Path(file)
     if not file.exists():
         raise DataError("no such file", file)
@@ -103,42 +165,40 @@ def read_input(file, example_shape: tuple[int, ...]) -> np.ndarray:
     if file.suffix.lower() != ".npy":
         raise DataError(f"cannot read {file.suffix or 'a file without suffix'}: give a .npy array or an image "
                         f"({', '.join(IMAGE_SUFFIXES)})", file)
-    try:
-        x = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"not a readable .npy array ({e})", file) from None
-    if x.dtype.kind not in "fiub":
-        raise DataError(f"holds {x.dtype} values, not numbers", file)
+    x = read_npy(file)
     size = prod(example_shape)
     if x.size == size:
-        return x.reshape((1, *example_shape)).astype(np.float32)
-    if x.ndim >= 2 and prod(x.shape[1:]) == size:
-        return x.reshape((len(x), *example_shape)).astype(np.float32)
-    raise DataError(f"array of shape {list(x.shape)} is neither one example of shape {list(example_shape)} "
-                    f"nor a batch of them", file)
+        x = x.reshape((1, *example_shape))
+    elif x.ndim >= 2 and prod(x.shape[1:]) == size and len(x):
+        x = x.reshape((len(x), *example_shape))
+    elif x.size == 0:
+        raise DataError(f"holds no examples (an array of shape {list(x.shape)})", file)
+    else:
+        raise DataError(f"array of shape {list(x.shape)} is neither one example of shape {list(example_shape)} "
+                        f"nor a batch of them", file)
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    bad = first_non_finite(x)
+    if bad is not None:
+        raise DataError(f"example {bad} (counting from 0) holds NaN, infinity or a value beyond float32", file)
+    return x
 
 
 def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     if len(example_shape) != 3 or example_shape[0] not in (1, 3):
         raise DataError(f"the model reads examples of shape {list(example_shape)}, not images", file)
     channels, height, width = example_shape
-    try:
-        with Image.open(file) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(img, np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"not a readable image ({e})", file) from None
+    pixels = decode_image(file, "L" if channels == 1 else "RGB", (width, height)).astype(np.float32) / 255.0
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
 
-def predict(model, path, input_file, top: int = 5, device: str = "cpu") -> list[list[tuple[str, float]]]:
+def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cpu") -> list[list[tuple[str, float]]]:
     """For each example of `input_file`: its `top` most probable classes as (name, probability)."""
-    ckpt = load_for(model, path)
     shape = tuple(ckpt.state["example_shape"])
     names = ckpt.state.get("class_names") or [str(i) for i in range(ckpt.state["classes"])]
-    x = normalize.apply(read_input(input_file, shape), ckpt.state["normalization"])
+    x = read_input(input_file, shape)
+    _stats_fit(ckpt, x)
+    x = normalize.apply(x, ckpt.state["normalization"])
     fit = layout(model, _Shaped(shape, len(names)))
     graph = inference(model.graph)
     step = executor_for(device).compile(graph)

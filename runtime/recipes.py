@@ -25,8 +25,10 @@ def split_sets(sets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return ({k: v for k, v in sets.items() if is_recipe(k)}, {k: v for k, v in sets.items() if not is_recipe(k)})
 
 
-def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | None = None):
-    """(Model, checked Recipe with the --set overrides) for a command on `file` (see the module doc)."""
+def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | None = None,
+                     model: str | None = None):
+    """(Model, checked Recipe with the --set overrides) for a command on `file` (see the module
+    doc); without `as_name`, the recipe of `model` (default: the file's first model)."""
     recipe_sets, model_sets = split_sets(sets or {})
     program = load_program(file)
     trains = {t.alias or t.model: t for t in program.trains}
@@ -37,12 +39,12 @@ def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | No
             raise TrainError(f"{file}: no recipe named '{as_name}'; {hint}")
         model_name = trains[as_name].model
     else:
-        model_name = program.default_model()
+        model_name = model or program.default_model()
         mine = sorted((t for t in program.trains if t.model == model_name), key=lambda t: t.alias is not None)
         if not mine:
             raise TrainError(f"{file}: no `train` block for model '{model_name}'; add one, e.g. "
                              f"`train {model_name} {{ data = digits() }}`")
         as_name = mine[0].alias or mine[0].model
-    model = dslc.load(file, model=model_name, **model_sets)  # checks every recipe of the file too
-    recipes, _ = R.program_recipes(model.program, lambda m: model.graph if m == model.name else None)
-    return model, R.apply_overrides(recipes[as_name], recipe_sets, model.graph)
+    loaded = dslc.load(file, model=model_name, **model_sets)  # checks every recipe of the file too
+    recipes, _ = R.program_recipes(loaded.program, lambda m: loaded.graph if m == loaded.name else None)
+    return loaded, R.apply_overrides(recipes[as_name], recipe_sets, loaded.graph)

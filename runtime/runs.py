@@ -15,6 +15,12 @@ metrics.jsonl is appended and fsynced each epoch; metrics.csv and curves.png are
 whole and atomically from it, so the CSV header always covers every row even when a later
 epoch brings a new column, and no reader ever sees half a file.
 
+One process writes a run at a time: `create` and `resume` take an exclusive lock on the
+directory (flock, released when the process ends), and a second writer is refused with a
+RunError rather than interleaving its epochs with the first's. config.json and
+metrics.jsonl are read bounded and checked (a hand-edited file is a RunError naming the
+file, line and key).
+
     run = Run.create("runs/lenet5", make_config(recipe, model_hash(graph), seed=0))
     run.log({"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "lr": 0.1})
     plot_runs(["runs/a", "runs/b"], "compare.png")
@@ -22,6 +28,7 @@ epoch brings a new column, and no reader ever sees half a file.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
@@ -32,10 +39,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dslc.files import write_atomic
+from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, reason, write_atomic
 from dslc.runtime.checkpoint import digest
+from dslc.runtime.jsondoc import Doc, is_int
 
 CONFIG, JSONL, CSV, CURVES = "config.json", "metrics.jsonl", "metrics.csv", "curves.png"
+CONFIG_LIMIT = 16 << 20  # bytes: a resolved recipe and some versions
+METRICS_LIMIT = 256 << 20  # one record per epoch, each with every parameter's update ratio
 
 
 class RunError(Exception):
@@ -109,19 +119,35 @@ def to_csv(records: Iterable[Mapping[str, Any]]) -> str:
 
 
 def read_records(path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
+    """The records of a metrics.jsonl (none when it is absent); a torn last line (a run killed
+    mid-write) is skipped. RunError names the line of a record that is not one."""
+    if not os.path.lexists(path):
         return []
+    try:
+        lines = read_limited(path, METRICS_LIMIT, "a metrics.jsonl").decode("utf-8", "replace").splitlines()
+    except UnreadableFile as e:
+        raise RunError(str(e)) from None
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             if i != len(lines) - 1:
                 raise RunError(f"{path}:{i + 1}: not a JSON record") from None
+            continue
+        records.append(_checked_record(record, f"{path}:{i + 1}"))
     return records
+
+
+def _checked_record(record, where: str) -> dict:
+    """A metrics record as the plots and `resume` read it: an object with an integer epoch,
+    every train_/val_ value a number or null."""
+    doc = Doc(record, where, RunError)
+    doc.int("epoch", lo=0)
+    for key, value in record.items():
+        if key.startswith(("train_", "val_")) and not (value is None or is_int(value) or isinstance(value, float)):
+            raise doc.fail(key, "a number or null", value)
+    return record
 
 
 # ---- plots -----------------------------------------------------------------------------------
@@ -202,6 +228,24 @@ def plot_runs(run_dirs: Iterable, path) -> None:
 
 # ---- the run directory -------------------------------------------------------------------------
 
+# (device, inode) of each run directory this process has locked -> the descriptor holding the flock
+_HELD: dict[tuple[int, int], int] = {}
+
+
+def _ends_a_line(file: Path) -> bool:
+    """True when `file` is absent, empty or ends with a newline (its last record is whole)."""
+    try:
+        with open(file, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        raise RunError(f"cannot read {file}: {reason(e)}") from None
+
+
 class Run:
     """A run directory: its config, per-epoch metrics and checkpoint locations."""
 
@@ -218,33 +262,82 @@ class Run:
 
     @classmethod
     def create(cls, path, config: Mapping, overwrite: bool = False) -> "Run":
-        """A new run at `path` with its config.json. An existing run is an error unless
-        `overwrite`, which clears its metrics and curves (checkpoints are replaced as saved)."""
+        """A new run at `path` with its config.json, locked for this process. An existing run
+        is an error unless `overwrite`, which clears its metrics and curves (checkpoints are
+        replaced as saved)."""
         run = cls(path)
-        if (run.path / CONFIG).exists() and not overwrite:
+        if os.path.lexists(run.path / CONFIG) and not overwrite:
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
-        run.path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run.path)
+        run.lock()
+        if os.path.lexists(run.path / CONFIG) and not overwrite:  # made by a process that just ended
+            run.close()
+            raise RunError(f"{run.path} already holds a run; resume it or choose another name")
         for name in (JSONL, CSV, CURVES):
-            (run.path / name).unlink(missing_ok=True)
+            try:
+                (run.path / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise RunError(f"cannot clear {run.path / name}: {reason(e)}") from None
         write_atomic(run.path / CONFIG, json.dumps(dict(config), indent=2).encode())
         return run
 
     @classmethod
     def resume(cls, path, epoch: int) -> "Run":
-        """An existing run continued after `epoch` (the checkpoint's): later records, from
-        epochs trained after that checkpoint was saved, are dropped so they are not repeated."""
+        """An existing run continued after `epoch` (the checkpoint's), locked for this process:
+        later records, from epochs trained after that checkpoint was saved, are dropped so they
+        are not repeated."""
         run = cls(path)
-        if not (run.path / CONFIG).exists():
-            raise RunError(f"{run.path}: no {CONFIG}; nothing to resume")
+        run.config  # read for its checks: a run without a readable config is not one
+        run.lock()
         run._rewrite([r for r in run.history() if r["epoch"] <= epoch], fresh_jsonl=True)
         return run
 
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run directory until `close` or the end of the process;
+        RunError when another process holds it (this process may open its runs again)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise RunError(f"cannot open the run directory {self.path}: {reason(e)}") from None
+        st = os.fstat(fd)
+        self._lock = (st.st_dev, st.st_ino)
+        if self._lock in _HELD:
+            os.close(fd)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            del self._lock
+            raise RunError(f"{self.path} is being written by another dslc process; wait for it to end, "
+                           "or train into another directory (--out)") from None
+        _HELD[self._lock] = fd
+
+    def close(self) -> None:
+        """Release the lock `create` or `resume` took."""
+        fd = _HELD.pop(self.__dict__.pop("_lock", None), None)
+        if fd is not None:
+            os.close(fd)
+
     @property
     def config(self) -> dict:
+        """config.json, checked to be an object whose `recipe` names its recipe and whose
+        `overrides` are plain --set values (what `--resume` reads back)."""
+        file = self.path / CONFIG
+        if not os.path.lexists(file):
+            raise RunError(f"{self.path}: no {CONFIG}; nothing to resume, is it a run directory?")
         try:
-            return json.loads((self.path / CONFIG).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RunError(f"{self.path / CONFIG}: unreadable ({e})") from None
+            config = read_json(file, CONFIG_LIMIT, "a config.json")
+        except UnreadableFile as e:
+            raise RunError(str(e)) from None
+        doc = Doc(config, file, RunError)
+        recipe = doc.obj("recipe", optional=True)
+        if recipe is not None:
+            recipe.str("name")
+        overrides = doc.obj("overrides", optional=True)
+        if overrides is not None:
+            overrides.values(lambda v: isinstance(v, (str, int, float, bool)), "a number, a string or a boolean")
+        return config
 
     def history(self) -> list[dict]:
         return read_records(self.path / JSONL)
@@ -256,13 +349,16 @@ class Run:
         file = self.path / JSONL
         line = json.dumps(dict(record), default=_plain)
         records = self.history() + [json.loads(line)]
-        if file.exists() and file.stat().st_size and not file.read_bytes().endswith(b"\n"):
+        if not _ends_a_line(file):
             self._rewrite(records, fresh_jsonl=True)  # drop a torn line rather than extend it
             return
-        with open(file, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(file, "a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunError(f"cannot write {file}: {reason(e)}") from None
         self._rewrite(records, fresh_jsonl=False)
 
     def _rewrite(self, records: list[dict], fresh_jsonl: bool) -> None:

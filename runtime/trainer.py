@@ -15,15 +15,20 @@ accuracy, else validation loss), `last` every `checkpoint = every(n)` epochs, an
 stopping. At the end the test split is evaluated with the best weights.
 
 Stopping cleanly: a non-finite loss raises TrainError naming the step and the last good
-checkpoint (with detect_anomaly, also the first non-finite node, see anomaly.py); Ctrl-C
-finishes the current step, writes `last` and raises Interrupted. `resume` continues a run
-from its `last` checkpoint exactly as if it had never stopped (see state.py).
+checkpoint (with detect_anomaly, also the first non-finite node, see anomaly.py), and so
+does a state that became non-finite without the loss showing it (a batchnorm variance
+overflowing): no checkpoint is replaced by it. A disk that fills up or turns read-only
+stops the run the same way, `last` and `best` left as they were. Ctrl-C finishes the
+current step, writes `last` and raises Interrupted. `resume` continues a run from its
+`last` checkpoint exactly as if it had never stopped (see state.py), after checking that
+its state.json, weights and optimizer state fit this model, recipe and data.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -36,9 +41,10 @@ import numpy as np
 from dslc.frontend.recipe import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
-from dslc.runtime import anomaly, state
+from dslc.diagnostics import CliError
 from dslc.files import write_atomic
-from dslc.runtime.checkpoint import load_checkpoint, model_hash, recipe_hash
+from dslc.runtime import anomaly, checkpoint, state
+from dslc.runtime.checkpoint import CheckpointError, load_checkpoint, model_hash, recipe_hash
 from dslc.runtime.data import Batches, build_augment
 from dslc.runtime.errors import Interrupted, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator
@@ -47,7 +53,7 @@ from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, load_data
 from dslc.runtime.rng import Streams, stream
-from dslc.runtime.runs import Run, RunError, make_config
+from dslc.runtime.runs import CONFIG, Run, RunError, make_config
 from dslc.runtime.schedules import schedule_from_recipe
 from dslc.runtime.transfer import init_from
 from dslc.stages import located_at_model
@@ -74,11 +80,15 @@ def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: 
     recipe; `device` overrides the recipe's; `echo` prints the per-epoch summaries;
     `overrides` (the command line's --set pairs) are recorded in config.json for `resume_settings`."""
     trainer = Trainer(model, recipe, device, quiet, detect_anomaly, echo)
-    if resume is not None:
-        trainer.resume(Path(resume), force)
-    else:
-        trainer.start(Path(out_dir), force, overrides or {})
-    return trainer.run()
+    try:
+        if resume is not None:
+            trainer.resume(Path(resume), force)
+        else:
+            trainer.start(Path(out_dir), force, overrides or {})
+        return trainer.run()
+    finally:
+        if hasattr(trainer, "out"):
+            trainer.out.close()  # the run directory's lock
 
 
 def resume_settings(run_dir) -> tuple[str | None, dict]:
@@ -167,14 +177,19 @@ class Trainer:
         self.load_init()
         config = make_config(self.recipe, model_hash(self.model.graph), self.recipe["seed"], model=self.model.name,
                              file=str(self.model.program.root), executor=self.executor.name, overrides=overrides)
+        if os.path.lexists(out_dir / CONFIG) and not force:
+            raise TrainError(f"{out_dir} already holds a run; resume it, choose another name, "
+                             f"or pass --force to start it again")
         try:
             self.out = Run.create(out_dir, config, overwrite=force)
         except RunError as e:
-            raise TrainError(f"{e} (or pass --force to start it again)") from None
+            raise TrainError(str(e)) from None
 
     def resume(self, run_dir: Path, force: bool) -> None:
         ckpt = load_checkpoint(run_dir / "last")
+        state.check(ckpt)
         problems = state.model_changes(ckpt, self.model.graph, self.opt.kind)
+        problems += [] if problems else state.optimizer_changes(ckpt, self.graph)
         if problems:
             raise TrainError(f"cannot resume {run_dir}: model '{self.model.name}' differs from its checkpoint "
                              f"{ckpt.path}:\n" + "\n".join(f"  {p}" for p in problems))
@@ -190,12 +205,38 @@ class Trainer:
         self.params.update(ckpt.optimizer)
         try:
             self.batches.restore(ckpt.state["batches"])
-        except ValueError as e:
-            raise TrainError(f"cannot continue the data stream of {run_dir}: {e}") from None
-        self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
+            self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise TrainError(f"cannot continue the random streams of {run_dir} from {ckpt.path / 'state.json'}: "
+                             f"{e}") from None
         self.progress = state.Progress.from_json(ckpt.state["progress"])
+        self._check_progress(ckpt, changed=bool(changes))
         self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
-        self.out = Run.resume(run_dir, self.progress.epoch)
+        try:
+            self.out = Run.resume(run_dir, self.progress.epoch)
+        except RunError as e:
+            raise TrainError(f"cannot resume: {e}") from None
+
+    def _check_progress(self, ckpt, changed: bool) -> None:
+        """Refuse counters no run of this recipe and data can reach (a hand-edited state.json):
+        the step must be where the data stream is, within the recipe's steps unless the recipe
+        changed, and the classes and example shape those of the data."""
+        p, b, per_epoch, s = self.progress, ckpt.state["batches"], self.per_epoch, ckpt.state
+        impossible = None
+        if b["position"] > per_epoch:
+            impossible = f"'batches.position' {b['position']} is beyond the {per_epoch} batches of an epoch"
+        elif p.step != b["epoch"] * per_epoch + b["position"]:
+            impossible = (f"'step' {p.step} is not where the data stream is ({b['epoch']} epochs and "
+                          f"{b['position']} batches of {per_epoch})")
+        elif p.epoch not in (b["epoch"], b["epoch"] + 1):
+            impossible = f"'epoch' {p.epoch} does not fit the data stream's {b['epoch']} epochs"
+        elif p.step > self.total and not changed:
+            impossible = f"'step' {p.step} is beyond the recipe's {self.total} steps"
+        elif s["classes"] != self.fit.classes or s["example_shape"] != list(self.data.train.shape):
+            impossible = (f"'classes' {s['classes']} and 'example_shape' {s['example_shape']} are not the "
+                          f"data's ({self.fit.classes} classes of shape {list(self.data.train.shape)})")
+        if impossible:
+            raise TrainError(f"cannot resume from {ckpt.path / 'state.json'}: {impossible}")
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -239,7 +280,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{len(batch.y) / spent:.0f}"}, refresh=False)
                 if self.interrupted:
-                    self._checkpoint("last")
+                    self._save(["last"])
                     raise Interrupted(f"interrupted at step {p.step} (epoch {p.epoch + 1}); checkpoint written to "
                                       f"{self.out.last}; continue with: dslc train "
                                       f"{self.model.program.root} --resume {self.out.path}")
@@ -322,28 +363,52 @@ class Trainer:
         p.sums, p.ratios, p.epoch_seconds = {}, {}, 0.0
         # The record goes first: a kill before the checkpoint replays this epoch, whose record
         # Run.resume then drops; the other order would lose the record for good.
-        self.out.log(record)
+        try:
+            self.out.log(record)
+        except (RunError, CliError) as e:
+            raise self._stopped(str(e)) from None
         every = self.recipe["checkpoint"]
-        if improved and every is not None:
-            self._checkpoint("best")
         done = p.stopped or p.step >= self.total
-        if done or (every is not None and p.epoch % every["n"] == 0):
-            self._checkpoint("last")
+        due = done or (every is not None and p.epoch % every["n"] == 0)
+        self._save((["best"] if improved and every is not None else []) + (["last"] if due else []))
         if not self.quiet:
             self.echo(self._summary(record, improved))
         if p.stopped:
             self.echo(f"stopping early: {metric} has not improved for {p.bad_epochs} epochs "
                       f"(best {p.best:.4f} at epoch {p.best_epoch})")
 
-    def _checkpoint(self, name: str) -> None:
+    def _save(self, names: list[str]) -> None:
+        """Write the checkpoints `names` (best, last) together: each is prepared in full before
+        any is put in place, so a full disk, a read-only directory or a non-finite state leaves
+        every one of them as it was, and the run stops with a TrainError saying so."""
         extra = {"optimizer": self.opt.kind, "recipe": self.recipe.to_json(), "recipe_hash": recipe_hash(self.recipe),
                  "rng": self.streams.state(),
                  "batches": self.batches.state(), "normalization": self.data.stats, "model": self.model.name,
                  "classes": self.fit.classes, "class_names": list(self.data.train.class_names or ()),
                  "example_shape": list(self.data.train.shape)}
-        path = state.save(self.out.path / name, self.params, self.model.graph, self.progress, extra)
-        if name == "last":
-            self.saved = (path, self.progress.epoch, self.progress.step)
+        prepared = []
+        try:
+            for name in names:
+                path = self.out.path / name
+                prepared.append((state.prepare(path, self.params, self.model.graph, self.progress, extra), path))
+            for tmp, path in prepared:  # best first: a kill between the two leaves `last` one epoch behind
+                checkpoint.commit(tmp, path)
+        except CheckpointError as e:
+            for tmp, _ in prepared:
+                checkpoint.discard(tmp)
+            raise self._stopped(str(e)) from None
+        if "last" in names:
+            self.saved = (self.out.last, self.progress.epoch, self.progress.step)
+
+    def _stopped(self, why: str) -> TrainError:
+        """The error that ends a run which cannot write its files: what failed, what is kept."""
+        p = self.progress
+        if self.saved:
+            kept = (f"the last good checkpoint is {self.saved[0]} (epoch {self.saved[1]}, step {self.saved[2]}); "
+                    f"continue with: dslc train {self.model.program.root} --resume {self.out.path}")
+        else:
+            kept = "no checkpoint was saved before it"
+        return TrainError(f"stopped at epoch {p.epoch} (step {p.step}): {why}\n  {kept}")
 
     # ---- reporting -------------------------------------------------------------------
 
@@ -368,13 +433,15 @@ class Trainer:
         p = self.progress
         test = None
         if self.data.test is not None:
-            best = self.out.best
+            best, best_epoch = self.out.best, p.best_epoch
             params = dict(self.params)
             if (best / "state.json").exists():
-                params.update(load_checkpoint(best).weights)
+                saved = load_checkpoint(best)
+                params.update(saved.weights)
+                best_epoch = saved.state.get("epoch", best_epoch)  # what the files hold, even after a failed save
             test = self.evaluator(self.data.test, params, self.data.transform)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in test.record("test").items())
-            self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {p.best_epoch})")
+            self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {best_epoch})")
         self.echo(f"trained {p.epoch} epochs ({p.step} steps) in {p.seconds:.1f}s; run saved in {self.out.path}")
         result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test)
         summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,

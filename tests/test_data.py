@@ -293,7 +293,7 @@ def test_csv(tmp_path):
 def test_csv_failures(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("label,f\n1,2\n0,x\n")
-    _fails(lambda: csv(path), "row 3", "'x' is not a number", str(path))
+    _fails(lambda: csv(path), "row 3, column 2 ('f'): not a number", str(path))
     path.write_text("label,f\n1,2\n0\n")
     _fails(lambda: csv(path), "row 3 has 1 fields")
     path.write_text("label,f\n")
@@ -331,7 +331,7 @@ def test_image_folder_failures(tmp_path):
     (tmp_path / "a").mkdir()
     _fails(lambda: image_folder(tmp_path, 4), "no png/jpg/jpeg images")
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    _fails(lambda: image_folder(tmp_path, 4), "cannot decode image", "broken.png")
+    _fails(lambda: image_folder(tmp_path, 4), "not a readable image", "broken.png")
 
 
 def test_load_rejects_unknown_calls():

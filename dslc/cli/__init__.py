@@ -1,41 +1,77 @@
 """The `dslc` command line: one module per family of verbs, errors rendered in one place.
 
 Exit status: 0 success, 1 a user mistake in a .net file, in data or with a file
-named on the command line (located message), 2 a bad command line. A Python
-traceback is always a dslc bug.
+named on the command line (located message), 2 a bad command line, 130 Ctrl-C. A
+Python traceback is always a dslc bug.
 
 Each verb module has `register(verbs)`, adding its verbs (flags, help, examples) to the
-parser; VERBS lists them in the order `dslc --help` shows them. A new verb is a module
+parser; VERB_MODULES lists them in the order `dslc --help` shows them. A new verb is a module
 here and one entry in that list.
+
+Nothing heavy is imported before `main` runs, so that Ctrl-C while Python starts up ends
+with status 130 rather than a KeyboardInterrupt traceback; and standard output is watched,
+so that a full disk or a closed pipe behind it is one message, not an OSError.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import dslc
-from dslc.cli import compile_verb, inspect_verbs, interop_verbs, train_verbs
-from dslc.diagnostics import CliError, CompileError, UsageError
-from dslc.runtime.checkpoint import CheckpointError
-from dslc.runtime.data import DataError
-from dslc.runtime.errors import DeviceError, Interrupted, TrainError
-from dslc.runtime.runs import RunError
 
-VERBS = (inspect_verbs, train_verbs, compile_verb, interop_verbs)
+VERB_MODULES = ("inspect_verbs", "train_verbs", "compile_verb", "interop_verbs")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    """The argparse parser of every verb."""
+    import argparse
+    from importlib import import_module
+
     parser = argparse.ArgumentParser(
         prog="dslc", description="dslc compiles neural networks written in the .net language.",
         epilog="Run `dslc VERB --help` for the options of one verb.")
     parser.add_argument("--version", action="version", version=f"dslc {dslc.__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in VERBS:
-        module.register(verbs)
+    for name in VERB_MODULES:
+        import_module(f"dslc.cli.{name}").register(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status (see the module docstring)."""
+    real = sys.stdout
+    try:
+        return _watched(argv)
+    except KeyboardInterrupt:  # before the trainer's own handler: importing, compiling, loading data
+        return 130
+    finally:
+        sys.stdout = real
+
+
+def _watched(argv: list[str] | None) -> int:
+    """The command, with standard output watched (dslc/cli/stdout.py)."""
+    from dslc.cli.stdout import StdoutError, Watched
+
+    sys.stdout = watched = Watched(sys.stdout)
+    try:
+        status = _dispatch(argv)
+        watched.flush()
+        return status
+    except BrokenPipeError:  # the reader went away (`dslc ops | head -3`): nothing more to say
+        watched.discard()
+        return 0
+    except StdoutError as e:
+        print(f"dslc: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    from dslc.cli.stdout import StdoutError
+    from dslc.diagnostics import CliError, CompileError, UsageError
+    from dslc.runtime.checkpoint import CheckpointError
+    from dslc.runtime.data import DataError
+    from dslc.runtime.errors import DeviceError, Interrupted, TrainError
+    from dslc.runtime.runs import RunError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -49,18 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     except CompileError as e:
         print(e.render(getattr(e, "sources", None)), file=sys.stderr)
         return 1
+    except StdoutError:
+        raise
     except (CliError, DataError, CheckpointError, RunError, TrainError, DeviceError) as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 1
     except Interrupted as e:
         print(f"dslc: {e}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        return 130
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
-
-

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import dslc
@@ -32,6 +33,18 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value)
     return out
+
+
+def output_is_not(output, *inputs) -> None:
+    """UsageError when `-o OUTPUT` names a file the command reads (`dslc inspect m.net -o m.net`
+    would replace the model with its graph)."""
+    for given in inputs:
+        try:
+            same = output is not None and os.path.samefile(output, given)
+        except OSError:  # either is absent or unreadable: not the same existing file
+            same = False
+        if same:
+            raise UsageError(f"-o {output} is {given}, which this command reads; choose another output file")
 
 
 def load_model(args) -> dslc.Model:
@@ -74,11 +87,18 @@ def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
         p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (same as --set epochs=N)")
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: bool = False) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
                         + ("; repeat for each member" if many else ""))
-    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto", "reference"), default="cpu",
+                   help="where to run (default: cpu; reference: the NumPy interpreter, nothing compiled)")
+    p.add_argument("--force", action="store_true",
+                   help="use the checkpoint although the model's graph changed since it was saved (a warning)")
+    if recipe:
+        p.add_argument("--as", dest="as_name", metavar="NAME",
+                       help="the recipe whose data to use (default: the one named like the checkpoint's "
+                            "recipe, else the model's)")
 
 

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 
 from dslc.cli.common import add_model_args, parse_sets, verb
 from dslc.diagnostics import CliError
-from dslc.files import write_atomic
+from dslc.files import ensure_dir, write_atomic
 
 STAGES = ("train_step", "infer")
 DEFAULT_ARCH = "sm_80"  # A100: what `--target gpu` compiles for when no GPU is here to ask
@@ -112,8 +112,7 @@ def _emit(args, name: str, stage: str, module: Path) -> Path | None:
     if not args.emit:
         return None
     from dslc.codegen.source import identifier
-    out = Path(args.emit) / f"{identifier(name)}_{stage}.py"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(args.emit) / f"{identifier(name)}_{stage}.py"
     write_atomic(out, module.read_bytes())
     return out
 
@@ -194,10 +193,10 @@ def _write_cu(args, name: str, stage: str, source: str) -> Path:
     from dslc.codegen.source import identifier
     from dslc.debug import cache_dir
     if args.emit:
-        out = Path(args.emit) / f"{identifier(name)}_{stage}.cu"
+        out = ensure_dir(args.emit) / f"{identifier(name)}_{stage}.cu"
     else:
-        out = cache_dir() / f"{identifier(name)}_{stage}_{hashlib.sha256(source.encode()).hexdigest()[:20]}.cu"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+        out = ensure_dir(cache_dir()) / f"{identifier(name)}_{stage}_{digest}.cu"
     write_atomic(out, source.encode())
     return out
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dslc.cli.common import add_model_args, load_model, verb
+from dslc.cli.common import add_model_args, load_model, output_is_not, verb
 from dslc.diagnostics import CliError, UsageError, did_you_mean
 from dslc.files import write_atomic
 
@@ -66,6 +66,7 @@ def cmd_inspect(args) -> int:
 
     pipeline.check_pass_names(list(args.disable_pass or []) + ([args.after] if args.after else []))
     fmt, image = _output_kind(args.format, args.output)
+    output_is_not(args.output, args.file)
     graph = maybe_check(build(load_model(args), args.stage), f"building stage {args.stage}")
     if args.passes or args.verify:
         print(_pass_table(graph, args))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe,
-                                 recipe_sets, verb)
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe, output_is_not,
+                             parse_sets, recipe_sets, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -33,7 +33,10 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from dslc.runtime import predict
 
-    report = predict.evaluate_checkpoint(load_model(args), args.checkpoint, args.split, args.device)
+    ckpt = predict.open_checkpoint(args.checkpoint)
+    model, recipe = predict.model_and_recipe_for(args.file, ckpt, args.as_name, args.model, parse_sets(args.set))
+    predict.fit_model(ckpt, model, args.force)
+    report = predict.evaluate_checkpoint(model, recipe, ckpt, args.split, args.device)
     print(json.dumps(report, indent=2) if args.json else predict.format_eval(report))
     return 0
 
@@ -43,7 +46,10 @@ def cmd_predict(args) -> int:
 
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    rows = predict.predict(load_model(args), args.checkpoint, args.input, args.top, args.device)
+    ckpt = predict.open_checkpoint(args.checkpoint)
+    model = load_model(args)
+    predict.fit_model(ckpt, model, args.force)
+    rows = predict.predict(model, ckpt, args.input, args.top, args.device)
     print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
           else predict.format_predictions(rows))
     return 0
@@ -54,7 +60,11 @@ def cmd_ensemble(args) -> int:
 
     if len(args.checkpoint) < 2:
         raise UsageError("an ensemble needs at least two --checkpoint DIR")
-    report = predict.ensemble(load_model(args), args.checkpoint, args.split, args.device)
+    members = [predict.open_checkpoint(path) for path in args.checkpoint]
+    model, recipe = predict.model_and_recipe_for(args.file, members[0], args.as_name, args.model, parse_sets(args.set))
+    for ckpt in members:
+        predict.fit_model(ckpt, model, args.force)
+    report = predict.ensemble(model, recipe, members, args.split, args.device)
     print(json.dumps(report, indent=2) if args.json else predict.format_ensemble(report))
     return 0
 
@@ -62,6 +72,7 @@ def cmd_ensemble(args) -> int:
 def cmd_plot(args) -> int:
     from dslc.runtime.runs import plot_runs
 
+    output_is_not(args.output, *(f"{run}/metrics.jsonl" for run in args.runs))
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
     return 0
@@ -70,6 +81,7 @@ def cmd_plot(args) -> int:
 def cmd_lr(args) -> int:
     from dslc.runtime.lrfind import schedule_plot
 
+    output_is_not(args.output, args.file)
     _, recipe = model_and_recipe(args)
     points = schedule_plot(recipe, args.output)
     print(f"wrote {args.output}: " + ", ".join(f"epoch {t:g}: {lr:.3g}" for t, lr in points))
@@ -79,6 +91,7 @@ def cmd_lr(args) -> int:
 def cmd_lr_find(args) -> int:
     from dslc.runtime.lrfind import lr_find, plot_lr_find
 
+    output_is_not(args.output, args.file)
     model, recipe = model_and_recipe(args)
     try:
         found = lr_find(model, recipe, args.start, args.end, args.steps, args.device)
@@ -114,12 +127,14 @@ def register(verbs) -> None:
     p.set_defaults(run=cmd_train)
 
     p = verb(verbs, "eval", "evaluate a checkpoint on the test, validation or training split",
-              "Rebuild the data split a checkpoint was trained with (its recipe and normalisation are "
-              "saved in it) and print loss, metrics, accuracy and, with more than 5 classes, top-5 "
-              "accuracy; --json adds the confusion matrix (rows: true class, columns: predicted).",
+              "Build the data split of the .net file's recipe (the one named like the checkpoint's, "
+              "else --as NAME, else the model's), normalise it with the checkpoint's statistics and "
+              "print loss, metrics, accuracy and, with more than 5 classes, top-5 accuracy; --json adds "
+              "the confusion matrix (rows: true class, columns: predicted). The checkpoint's own recipe "
+              "is never used to find data: a checkpoint cannot make eval read a file.",
               "  dslc eval models/digits_mlp.net --checkpoint runs/digits_mlp\n"
               "  dslc eval models/digits_mlp.net --checkpoint runs/digits_mlp/last --split val --json")
-    add_checkpoint_args(p)
+    add_checkpoint_args(p, recipe=True)
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
     p.add_argument("--json", action="store_true", help="print the report as JSON, confusion matrix included")
     p.set_defaults(run=cmd_eval)
@@ -138,7 +153,7 @@ def register(verbs) -> None:
               "Average the predicted class probabilities of several checkpoints of one model (e.g. "
               "trained with different seeds) and report each member's and the ensemble's accuracy.",
               "  dslc ensemble models/digits_mlp.net --checkpoint runs/a --checkpoint runs/b")
-    add_checkpoint_args(p, many=True)
+    add_checkpoint_args(p, many=True, recipe=True)
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_ensemble)

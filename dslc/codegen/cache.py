@@ -26,7 +26,7 @@ from types import ModuleType
 import dslc
 from dslc.codegen.source import identifier
 from dslc.debug import cache_dir
-from dslc.files import write_atomic
+from dslc.files import ensure_dir, write_atomic
 from dslc.kernels.graph import KernelGraph
 
 
@@ -71,8 +71,8 @@ def path_for(kg: KernelGraph, source: str) -> Path:
 def store(kg: KernelGraph, source: str) -> Path:
     """The cache file for `source`, written first if it is not there."""
     path = path_for(kg, source)
+    ensure_dir(path.parent)  # first: a cache directory that cannot be one is said so
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         # A concurrent process sees either no file or the whole file; no fsync: it can be remade.
         write_atomic(path, source.encode(), durable=False)
     return path
@@ -122,7 +122,7 @@ def write_record(path: Path, inputs, artefacts, lines: list[str]) -> None:
     (generated modules, Numba's cache indexes) and the lines it printed."""
     record = {"inputs": {str(Path(f).resolve()): _sha(f) for f in inputs},
               "artefacts": sorted({str(Path(f).resolve()) for f in artefacts}), "lines": lines}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     write_atomic(path, json.dumps(record, indent=1).encode(), durable=False)
 
 

@@ -257,8 +257,7 @@ def emit_cuda(model, stage: str, out_dir) -> Path:
     >>> emit_cuda(dslc.load("models/digits_mlp.net"), "infer", "out/")  # doctest: +SKIP
     PosixPath('out/digits_mlp_infer.cu')
     """
-    from dslc.files import write_atomic
-    out = Path(out_dir) / f"{identifier(model.name)}_{stage}.cu"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from dslc.files import ensure_dir, write_atomic
+    out = ensure_dir(out_dir) / f"{identifier(model.name)}_{stage}.cu"
     write_atomic(out, stage_module(model, stage).source.encode())
     return out

@@ -7,6 +7,11 @@ Two distributions are read:
   which resolves no global at all, so loading a file never runs code from it.
 `dir` may be the extracted folder itself or the folder holding it (cifar-10-batches-bin, ...).
 Pixels are scaled to 0..1: x float32 [N, 3, 32, 32].
+
+A batch file is read bounded (at most the 60,000 images of the whole set), the unpickled
+structure is at most a few levels deep and shared objects are resolved once (a 62 KB
+pickle of `L = [L, L]` nested 60 times is 60 lists, not 2**60), and labels must be one
+integer per image, checked against the classes in the file that holds them.
 """
 from __future__ import annotations
 
@@ -20,6 +25,10 @@ from dslc.runtime.data.dataset import DataError, Dataset, checked
 from dslc.runtime.data.files import directory, find, read_bytes
 
 _PIXELS = 3 * 32 * 32
+_MOST = 60_000  # images in the largest file of either distribution (the whole of CIFAR)
+PICKLE_LIMIT = _MOST * (_PIXELS + 64) + (1 << 20)  # bytes: pixels, labels and file names
+NAMES_LIMIT = 1 << 20  # bytes of a label-names file
+DEPTH = 8  # levels of nesting a CIFAR pickle needs: dict -> list -> bytes, with room to spare
 
 
 def cifar10(dir) -> tuple[Dataset, Dataset]:
@@ -66,8 +75,8 @@ def _locate(folder: Path, stem: str, first: str) -> tuple[Path | None, Path | No
 
 def _binary(path: Path, label_bytes: int):
     """(uint8 images [N, 3, 32, 32], uint8 labels [N, label_bytes], path) of one binary file."""
-    raw = read_bytes(path)
     record = label_bytes + _PIXELS
+    raw = read_bytes(path, _MOST * record, "a CIFAR binary file")
     if not raw or len(raw) % record:
         raise DataError(f"truncated or not a CIFAR binary file: {len(raw)} bytes is not a whole "
                         f"number of {record}-byte records", path)
@@ -77,20 +86,39 @@ def _binary(path: Path, label_bytes: int):
 
 def _pickled(path: Path, *label_keys: str):
     """Like `_binary`, for one pickled batch of the python version."""
-    batch = safe_unpickle(read_bytes(path), path)
+    batch = safe_unpickle(read_bytes(path, PICKLE_LIMIT, "a CIFAR python batch"), path)
     if not isinstance(batch, dict) or "data" not in batch or any(k not in batch for k in label_keys):
         raise DataError(f"not a CIFAR python batch: expected a dict with data and "
                         f"{', '.join(label_keys)}", path)
-    data = np.asarray(batch["data"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
-        raise DataError(f"data must be uint8 [N, {_PIXELS}], got {data.dtype} {list(data.shape)}", path)
-    labels = np.stack([np.asarray(batch[k]) for k in label_keys], axis=1) if len(data) else np.zeros((0, 1))
-    if len(labels) != len(data):
-        raise DataError(f"{len(data)} images but {len(labels)} labels", path)
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
+        got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"data must be a uint8 array [N, {_PIXELS}], got {got}", path)
+    labels = np.stack([_labels(batch[k], k, len(data), path) for k in label_keys], axis=1)
     return data.reshape(-1, 3, 32, 32), labels, path
 
 
+def _labels(value, key: str, count: int, path) -> np.ndarray:
+    """`count` integer labels from a batch's list (or 1-D integer array) under `key`."""
+    if isinstance(value, np.ndarray):
+        ok = value.ndim == 1 and value.dtype.kind in "iu"
+    else:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        got = (f"an array of {value.dtype} {list(value.shape)}" if isinstance(value, np.ndarray)
+               else "a list holding other things than integers" if isinstance(value, (list, tuple))
+               else "None" if value is None else f"a {type(value).__name__}")
+        raise DataError(f"'{key}' must be a list of integers, one per image, got {got}", path)
+    if len(value) != count:
+        raise DataError(f"{count} images but {len(value)} labels in '{key}'", path)
+    return np.asarray(value, np.int64).reshape(count)
+
+
 def _join(parts, pick: int, name: str, classes: int, names) -> Dataset:
+    for _, labels, path in parts:  # each file's labels checked there, so a message names the right one
+        bad = labels[:, pick][(labels[:, pick] < 0) | (labels[:, pick] >= classes)]
+        if len(bad):
+            raise DataError(f"label {int(bad[0])} out of range for {classes} classes", path)
     x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
     return checked(x, np.concatenate([p[1][:, pick] for p in parts]), name, parts[0][2], classes, names)
 
@@ -99,14 +127,15 @@ def _text_names(path: Path, classes: int):
     """Class names from a one-name-per-line file, or None when it is absent or does not fit."""
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    text = read_bytes(path, NAMES_LIMIT, "a label-names file").decode("utf-8", "replace")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     return tuple(names) if len(names) == classes else None
 
 
 def _pickled_names(path: Path, key: str, classes: int):
     if not path.is_file():
         return None
-    meta = safe_unpickle(read_bytes(path), path)
+    meta = safe_unpickle(read_bytes(path, NAMES_LIMIT, "a CIFAR meta file"), path)
     names = meta.get(key) or [] if isinstance(meta, dict) else []
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return tuple(names) if len(names) == classes else None
@@ -186,13 +215,23 @@ def safe_unpickle(raw: bytes, path) -> object:
         raise DataError(f"unsafe, corrupt or truncated pickle: {e or type(e).__name__}", path) from None
 
 
-def _resolve(obj):
+def _resolve(obj, depth: int = 0, done: dict | None = None):
+    """`obj` with stand-ins replaced by arrays and bytes keys decoded. An object the pickle
+    shares is resolved once (`done`, by id) and stays shared; nesting beyond DEPTH is refused."""
+    done = {} if done is None else done
+    if id(obj) in done:
+        return done[id(obj)]
+    if depth > DEPTH:
+        raise pickle.UnpicklingError(f"nested more than {DEPTH} levels deep; a CIFAR batch is not")
     if isinstance(obj, _Array):
         if not hasattr(obj, "array"):
             raise pickle.UnpicklingError("an array without data")
-        return obj.array
-    if isinstance(obj, dict):
-        return {(k.decode() if isinstance(k, bytes) else k): _resolve(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v) for v in obj)
-    return obj
+        out = obj.array
+    elif isinstance(obj, dict):
+        out = {(k.decode() if isinstance(k, bytes) else k): _resolve(v, depth + 1, done) for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        out = type(obj)(_resolve(v, depth + 1, done) for v in obj)
+    else:
+        return obj
+    done[id(obj)] = out
+    return out

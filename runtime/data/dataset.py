@@ -79,7 +79,8 @@ def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None =
             class_names=None) -> Dataset:
     """A Dataset from loaded arrays, or DataError (naming `path`) when they cannot be one.
 
-    `classes` defaults to max(y) + 1; labels must be whole numbers in 0..classes-1.
+    `classes` defaults to max(y) + 1; labels must be whole numbers in 0..classes-1; every
+    input must be finite once in float32 (NaN, infinity or 1e400 are named by example).
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or len(x) == 0:
@@ -101,4 +102,21 @@ def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None =
     names = tuple(class_names) if class_names is not None else None
     if names is not None and len(names) != classes:
         raise DataError(f"{len(names)} class names for {classes} classes", path)
-    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, classes, name, names)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, reported next
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    bad = first_non_finite(x)
+    if bad is not None:
+        raise DataError(f"example {bad} (counting from 0) holds a value that is not a finite float32 number "
+                        "(NaN, infinity, or beyond 3.4e38)", path)
+    return Dataset(x, y, classes, name, names)
+
+
+def first_non_finite(x: np.ndarray, chunk: int = 4096) -> int | None:
+    """The index of the first example of `x` [N, ...] holding NaN or infinity, else None;
+    checked a chunk of examples at a time, so no mask of the whole array is made."""
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].reshape(min(chunk, len(x) - start), -1)
+        ok = np.isfinite(part).all(axis=1)
+        if not ok.all():
+            return start + int(np.argmin(ok))
+    return None

@@ -2,41 +2,41 @@
 
 npz: arrays named `x` and `y` (names configurable); uint8 inputs are taken to be 0..255
 pixels and scaled to 0..1, any other number type is used as it is. Arrays of Python
-objects are refused (allow_pickle=False), so a file cannot run code when loaded.
+objects (which would unpickle), complex numbers and records are refused, and every
+header is checked before its array is read (arrays.py), so a file cannot run code or
+claim terabytes.
 
 csv: a header row, then one example per row; the label column (by name, or by 0-based
 index when no column has that name) holds the class, every other column a float feature:
 x float32 [N, F]. Labels that are all whole numbers are the class indices; otherwise
 each distinct label text is a class, numbered in sorted order and kept as class_names.
+
+Every value must be finite (no NaN, no infinity, nothing beyond float32's range): a bad
+value is reported at load with its row and column, not as a NaN loss at step 1. Messages
+name rows and columns but never quote a cell, so a file read by mistake is not echoed.
 """
 from __future__ import annotations
 
 import csv as _csv
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from dslc.runtime.data.arrays import read_npz
 from dslc.runtime.data.dataset import DataError, Dataset, checked
-from dslc.runtime.data.files import read_bytes
+from dslc.files import human_bytes
+from dslc.runtime.data.files import check_memory, read_bytes
+
+CSV_LIMIT = 1 << 30  # bytes of a CSV table
+PARSED = 10  # bytes of memory per byte of CSV while its rows are held as Python strings
 
 
 def npz(path, x: str = "x", y: str = "y") -> Dataset:
     """The dataset in a .npz archive holding arrays `x` [N, ...] and `y` [N]."""
     path = Path(path)
-    raw = read_bytes(path)
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-            missing = [k for k in (x, y) if k not in archive.files]
-            if missing:
-                raise DataError(f"no array named {', '.join(missing)} "
-                                f"(it has: {', '.join(archive.files)})", path)
-            xs, ys = archive[x], archive[y]
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise DataError(f"not a readable .npz archive ({e})", path) from None
-    if not (np.issubdtype(xs.dtype, np.number) or xs.dtype == bool):
-        raise DataError(f"array {x} must hold numbers, got dtype {xs.dtype}", path)
+    arrays = read_npz(path, (x, y))
+    xs, ys = arrays[x], arrays[y]
     xs = xs.astype(np.float32) / 255.0 if xs.dtype == np.uint8 else xs
     return checked(xs, ys, path.stem, path)
 
@@ -45,10 +45,16 @@ def csv(path, label: str | int = "label") -> Dataset:
     """The dataset in a CSV file with a header row; `label` names (or indexes) the class column."""
     path = Path(path)
     try:
-        text = read_bytes(path).decode("utf-8-sig")
+        raw = read_bytes(path, CSV_LIMIT, "a CSV table")
+        check_memory(len(raw) * PARSED, f"parsing its {human_bytes(len(raw))} into rows", path)
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    rows = [r for r in _csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    reader = _csv.reader(io.StringIO(text))
+    try:
+        rows = [r for r in reader if any(cell.strip() for cell in r)]
+    except _csv.Error as e:  # e.g. a field over the csv module's 131,072-character limit
+        raise DataError(f"line {reader.line_num}: not a CSV row ({e})", path) from None
     if not rows:
         raise DataError("empty file: expected a header row", path)
     header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -60,15 +66,26 @@ def csv(path, label: str | int = "label") -> Dataset:
         raise DataError("no examples: the file has only a header", path)
     features = [i for i in range(len(header)) if i != col]
     x = np.empty((len(body), len(features)), np.float32)
-    for n, r in enumerate(body):
-        for j, i in enumerate(features):
-            try:
-                x[n, j] = float(r[i])
-            except ValueError:
-                raise DataError(f"row {n + 2}, column '{header[i]}': {r[i]!r} is not a number",
-                                path) from None
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported below
+        for n, r in enumerate(body):
+            for j, i in enumerate(features):
+                try:
+                    x[n, j] = float(r[i])
+                except ValueError:
+                    raise DataError(f"row {n + 2}, column {_name(header, i)}: not a number", path) from None
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        n, j = bad[0]
+        raise DataError(f"row {n + 2}, column {_name(header, features[j])}: not a finite float32 number "
+                        "(NaN, infinity, or beyond 3.4e38)", path)
     y, names = _labels([r[col].strip() for r in body])
     return checked(x, y, path.stem, path, None if names is None else len(names), names)
+
+
+def _name(header: list[str], i: int) -> str:
+    """Column `i` for a message: its number, and its header name when that is a short one."""
+    name = header[i]
+    return f"{i + 1} ('{name}')" if name.isprintable() and len(name) <= 32 else str(i + 1)
 
 
 def _column(header: list[str], label, path) -> int:
@@ -76,7 +93,9 @@ def _column(header: list[str], label, path) -> int:
         return header.index(str(label))
     if str(label).lstrip("-").isdigit() and -len(header) <= int(label) < len(header):
         return int(label) % len(header)
-    raise DataError(f"no label column '{label}' (columns: {', '.join(header)})", path)
+    shown = [h for h in header if h.isprintable() and len(h) <= 32]
+    columns = f"columns: {', '.join(shown)}" if len(shown) == len(header) <= 50 else f"{len(header)} columns"
+    raise DataError(f"no label column '{label}' ({columns})", path)
 
 
 def _labels(cells: list[str]):
