@@ -12,7 +12,8 @@ from dslc.diagnostics import CliError, UsageError
 
 def cmd_export(args) -> int:
     from dslc.interop import onnx_check, onnx_export
-    from dslc.runtime.predict import load_for
+    from dslc.runtime import transfer
+    from dslc.runtime.predict import fit_model
 
     if args.batch < 1 or args.tolerance <= 0:
         raise UsageError("--batch must be at least 1 and --tolerance positive")
@@ -22,7 +23,9 @@ def cmd_export(args) -> int:
     if not output.parent.is_dir():  # before minutes of work, not after
         raise CliError(f"cannot write {output}: no directory {output.parent}")
     if args.checkpoint:
-        weights = dict(load_for(model, args.checkpoint).weights)
+        ckpt = transfer.load(args.checkpoint)  # only its weights are written: no state.json keys needed
+        fit_model(ckpt, model)  # every parameter with its shape, saved from this graph
+        weights = dict(ckpt.weights)
     else:
         weights = model.init(seed=0)
         print(f"note: no --checkpoint: the weights are {model.name}'s fresh initialisation (seed 0)")
