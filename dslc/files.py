@@ -71,3 +71,4 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) 
         if isinstance(e, OSError):
             raise CliError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
