@@ -115,18 +115,26 @@ class SourceCache:
         return lines[number - 1].removesuffix("\r") if 1 <= number <= len(lines) else None
 
 
+QUOTE_WIDTH = 100  # a longer source line is quoted as a window around the caret
+
+
 def _excerpt(span: Span, sources: SourceCache) -> list[str]:
     text = sources.line(span.file, span.line)
     if text is None:
         return []
-    start = max(span.col - 1, 0)
-    end = span.end_col - 1 if span.end_line == span.line else len(text)
-    width = max(end - start, 1)
     # One visible character per control character, so the caret stays under its column.
-    text = "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text)
-    expanded = text.expandtabs(4)
-    prefix = text[:start].expandtabs(4)
-    return [f"    {expanded}", f"    {' ' * len(prefix)}{'^' * width}"]
+    raw = "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text)
+    text = raw.expandtabs(4)
+    start = len(raw[:max(span.col - 1, 0)].expandtabs(4))
+    end = len(raw[:span.end_col - 1].expandtabs(4)) if span.end_line == span.line else len(text)
+    width = max(end - start, 1)
+    if len(text) > QUOTE_WIDTH:
+        left = max(0, min(start - QUOTE_WIDTH // 4, len(text) - QUOTE_WIDTH))
+        shown = text[left:left + QUOTE_WIDTH]
+        text = ("..." if left else "") + shown + ("..." if left + QUOTE_WIDTH < len(text) else "")
+        start += 3 - left if left else -left
+        width = min(width, QUOTE_WIDTH - (start - (3 if left else 0)))
+    return [f"    {text}", f"    {' ' * start}{'^' * max(width, 1)}"]
 
 
 def render(d: Diagnostic, sources: SourceCache | None = None) -> str:

@@ -701,6 +701,45 @@ def test_tabs_expand_in_the_quote(tmp_path, monkeypatch):
     assert err.render().splitlines()[1:3] == ["        output y = xx", "                   ^^"]
 
 
+# ---- programs deep or long beyond the bounds ------------------------------------------------
+
+def _deep_model(expr: str) -> str:
+    return f"model m {{\n    input x : f32[N, 4]\n    output y = {expr}\n}}\n"
+
+
+def test_long_pipeline_and_sum_need_no_recursion(tmp_path, monkeypatch):
+    """A 2,000-stage pipeline and a 2,000-term sum nest no brackets: they elaborate."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test.net").write_text(_deep_model("(x" + " |> relu" * 2000 + ")" + " + x" * 2000))
+    model = dslc.load("test.net")
+    assert sum(n.op == "relu" for n in model.graph) == 2000 and sum(n.op == "add" for n in model.graph) == 2000
+
+
+def test_brackets_nested_beyond_the_bound(tmp_path, monkeypatch):
+    from dslc.frontend.parse import MAX_NESTING
+    n = MAX_NESTING + 1
+    (d,) = _diagnostics(tmp_path, monkeypatch, _deep_model("relu(" * n + "x" + ")" * n)).diagnostics
+    # the model's `{` is the first bracket open, so the limit is crossed at relu number MAX_NESTING
+    assert (d.code, _where(d.span)) == ("E0108", f"3:{20 + 5 * (MAX_NESTING - 1)}")
+
+
+def test_file_with_too_many_tokens(tmp_path, monkeypatch):
+    from dslc.frontend.parse import MAX_TOKENS
+    source = _deep_model("x" + " |> relu" * (MAX_TOKENS // 2))
+    (d,) = _diagnostics(tmp_path, monkeypatch, source).diagnostics
+    assert d.code == "E0107" and d.span.line == 3 and "more than 100,000 tokens" in d.message
+
+
+def test_nesting_counted_through_block_calls(tmp_path, monkeypatch):
+    """Each block nests 900 deep and calls the next: the elaborator's bound is reached in block k5."""
+    blocks = [f"block k{i}(x) {{\n    return {'relu(' * 900}{f'k{i + 1}(x)' if i < 9 else 'x'}{')' * 900}\n}}"
+              for i in range(10)]
+    err = _diagnostics(tmp_path, monkeypatch, "\n".join(blocks) + "\n" + _deep_model("k0(x)"))
+    (d,) = err.diagnostics
+    assert (d.code, d.span.line) == ("E0257", 17)
+    assert [s.line for s, _ in d.notes] == [14, 11, 8, 5, 2, 33]
+
+
 # ---- hyper-parameters given from outside (--set / keyword arguments of dslc.load) ----------
 
 HYPER = """\

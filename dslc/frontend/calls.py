@@ -28,9 +28,10 @@ _SYMBOL_KINDS = ("enum", "init", "pad", "str")
 
 
 class Calls:
-    def call(self, c: ast.Call, scope: Scope):
+    def call(self, c: ast.Call, scope: Scope, piped=None):
+        """The value of call `c`; `piped` is the value of `c.piped` when the caller has it."""
         if c.func in self.program.blocks:
-            return self.block_call(c, scope)
+            return self.block_call(c, scope, piped)
         if c.func in INITS:
             return self.init_call(c, scope)
         op = registry.all_ops().get(c.func)
@@ -44,11 +45,13 @@ class Calls:
                              "a program cannot call it", c.func_span,
                              "declare inputs and parameters with `input` and `param`" if op.category == "source"
                              else "`dslc ops` lists the ops a program can call")
-        return self.op_call(op, c, scope)
+        return self.op_call(op, c, scope, piped)
 
-    def _args(self, c: ast.Call, scope: Scope) -> tuple[list, list]:
+    def _args(self, c: ast.Call, scope: Scope, piped=None) -> tuple[list, list]:
+        """The values and spans of the positional arguments, the piped value first."""
         args = ([c.piped] if c.piped is not None else []) + list(c.args)
-        return [self.eval(a, scope) for a in args], [a.span for a in args]
+        values = [piped if piped is not None and a is c.piped else self.eval(a, scope) for a in args]
+        return values, [a.span for a in args]
 
     # ---- initialisers
 
@@ -99,8 +102,8 @@ class Calls:
 
     # ---- ops
 
-    def op_call(self, op: registry.OpDef, c: ast.Call, scope: Scope):
-        values, spans = self._args(c, scope)
+    def op_call(self, op: registry.OpDef, c: ast.Call, scope: Scope, piped=None):
+        values, spans = self._args(c, scope, piped)
         if any(poisoned(v) for v in values):
             return POISON
         n_in = len(op.inputs)
@@ -190,11 +193,12 @@ class Calls:
 
     # ---- blocks
 
-    def block_call(self, c: ast.Call, scope: Scope):
+    def block_call(self, c: ast.Call, scope: Scope, piped=None):
         block = self.program.blocks[c.func]
         if len(scope.chain) >= MAX_BLOCK_DEPTH:
             raise self.error(scope, "E0255", f"block '{c.func}' calls itself without end", c.func_span)
-        values, spans = self._args(c, scope)
+        self.called.add(c.func)
+        values, spans = self._args(c, scope, piped)
         if any(poisoned(v) for v in values):
             return POISON
         formals = {}

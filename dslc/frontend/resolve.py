@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dslc.deep import deep
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
 from dslc.frontend.calls import Calls
@@ -29,6 +30,9 @@ from dslc.ops import registry
 # that calls itself twice per level would otherwise take forever instead of failing.
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
+# Nested expressions, counting into the blocks they call: more than any program needs, and
+# few enough that elaboration stays far below deep.RECURSION_LIMIT (about 6 frames a level).
+MAX_DEPTH = 5_000
 
 
 class _Halt(Exception):
@@ -43,6 +47,8 @@ class Elaborator(Calls):
     outputs: list[Output] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
     steps: int = 0  # statements run so far, against MAX_STEPS
+    depth: int = 0  # expressions being evaluated, one inside the other, against MAX_DEPTH
+    called: set[str] = field(default_factory=set)  # the blocks elaboration has called
 
     # ---- diagnostics
 
@@ -320,7 +326,37 @@ class Elaborator(Calls):
         return self.error(scope, "E0201", f"unknown name '{sym.id}'", sym.span, did_you_mean(sym.id, candidates))
 
     def eval(self, e, scope: Scope):
-        """Value of an expression: a Python value, a Tensor, a Symbol, Init, ParamGroup, or POISON."""
+        """Value of an expression: a Python value, a Tensor, a Symbol, Init, ParamGroup, or POISON.
+
+        A pipeline `x |> f |> g` and a sum `a + b + c` nest to the left as deep as they are
+        long; their left spine is walked here in a loop, so a 300-stage pipeline costs no
+        recursion. Only nesting in brackets recurses, bounded by MAX_DEPTH.
+        """
+        spine = []
+        while (isinstance(e, ast.Call) and e.piped is not None) or isinstance(e, (ast.BinOp, ast.Neg)):
+            spine.append(e)
+            e = e.piped if isinstance(e, ast.Call) else e.left if isinstance(e, ast.BinOp) else e.operand
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.error(scope, "E0257", f"expressions nest more than {MAX_DEPTH} deep here, counting "
+                                 "the blocks they call", e.span, hint="name intermediate values: `y = f(x)`")
+            value = self._leaf(e, scope)
+            for outer in reversed(spine):
+                if isinstance(outer, ast.Call):
+                    value = self.call(outer, scope, piped=value)
+                elif isinstance(outer, ast.Neg):
+                    value = self.arith("neg", [value], [outer.operand.span], outer.span, scope)
+                else:
+                    right = self.eval(outer.right, scope)
+                    value = self.arith(outer.op, [value, right], [outer.left.span, outer.right.span], outer.span,
+                                       scope)
+            return value
+        finally:
+            self.depth -= 1
+
+    def _leaf(self, e, scope: Scope):
+        """Value of an expression that is not a pipeline stage, a binary operation or a negation."""
         if isinstance(e, (ast.Num, ast.Str, ast.Bool)):
             return e.value
         if isinstance(e, ast.Name):
@@ -331,11 +367,6 @@ class Elaborator(Calls):
             return Symbol(e.id, e.span)
         if isinstance(e, ast.ListLit):
             return [self.eval(i, scope) for i in e.items]
-        if isinstance(e, ast.Neg):
-            return self.arith("neg", [self.eval(e.operand, scope)], [e.operand.span], e.span, scope)
-        if isinstance(e, ast.BinOp):
-            a, b = self.eval(e.left, scope), self.eval(e.right, scope)
-            return self.arith(e.op, [a, b], [e.left.span, e.right.span], e.span, scope)
         if isinstance(e, ast.Call):
             return self.call(e, scope)
         raise TypeError(f"unknown expression {e!r}")
@@ -381,6 +412,7 @@ def _chain_notes(chain):
     return notes
 
 
+@deep
 def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None,
               override_span: Span | None = None) -> Graph:
     """The typed graph of `model`; raises CompileError with every mistake found."""
