@@ -16,6 +16,8 @@ import dslc
 from dslc.diagnostics import did_you_mean
 from dslc.frontend import recipe as R
 from dslc.frontend.program import load_program
+from dslc.frontend.recipe_overrides import apply_overrides
+from dslc.frontend.values import literals
 from dslc.runtime.errors import TrainError
 
 
@@ -43,6 +45,6 @@ def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | No
             raise TrainError(f"{file}: no `train` block for model '{model_name}'; add one, e.g. "
                              f"`train {model_name} {{ data = digits() }}`")
         as_name = mine[0].alias or mine[0].model
-    model = dslc.load(file, model=model_name, **model_sets)  # checks every recipe of the file too
+    model = dslc.load(file, model=model_name, **literals(model_sets))  # checks every recipe of the file too
     recipes, _ = R.program_recipes(model.program, lambda m: model.graph if m == model.name else None)
-    return model, R.apply_overrides(recipes[as_name], recipe_sets, model.graph)
+    return model, apply_overrides(recipes[as_name], recipe_sets, model.graph)

@@ -1,6 +1,6 @@
 """What every verb shares: --set parsing, loading the model, and the arguments verbs have in common.
 
-    sets = parse_sets(["width=32", "optimizer.lr=1e-3"])   # {"width": 32, "optimizer.lr": 0.001}
+    sets = parse_sets(["width=32", "optimizer.lr=1e-3"])   # {"width": "32", "optimizer.lr": "1e-3"}
 """
 from __future__ import annotations
 
@@ -8,34 +8,24 @@ import argparse
 from typing import Any
 
 import dslc
-from dslc.diagnostics import UsageError
+from dslc.diagnostics import UsageError, printable
+from dslc.frontend.values import literals
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: int, float, true/false, or else a string."""
-    low = text.strip()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(low)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """The KEY=VALUE pairs of --set, values as written: each is read later as one .net value
+    by what it sets (a hyper-parameter, a recipe setting), never pasted into source."""
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
+            raise UsageError(f"--set expects KEY=VALUE, got {printable(item)!r}")
+        out[key.strip()] = value
     return out
 
 
 def load_model(args) -> dslc.Model:
-    return dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    return dslc.load(args.file, model=args.model, **literals(parse_sets(args.set)))
 
 
 def recipe_sets(args) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from dslc.cli.common import add_model_args, parse_sets, verb
+from dslc.cli.common import add_model_args, load_model, verb
 from dslc.diagnostics import CliError
 from dslc.files import write_atomic
 
@@ -76,9 +76,8 @@ def cmd_compile(args) -> int:
             where = _emit(args, line.split()[0], stage, Path(module)) or module
             print(f"{line}: built already ({time.perf_counter() - start:.2f} s) -> {where}")
         return 0
-    import dslc
     from dslc.stages import build
-    model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    model = load_model(args)
     lines, modules = [], []
     for stage in _stages(model, stages):
         start = time.perf_counter()
@@ -163,9 +162,8 @@ def _compile_gpu(args) -> int:
     """Generate each stage's CUDA module, write it, and compile it with nvcc where there is one."""
     import shutil
 
-    import dslc
     from dslc.codegen.cuda_gpu import stage_module
-    model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    model = load_model(args)
     nvcc = None if args.no_build else shutil.which("nvcc")
     arch = args.arch or _local_arch()
     for stage in _stages(model, list(dict.fromkeys(args.stage or STAGES))):

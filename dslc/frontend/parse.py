@@ -53,7 +53,9 @@ def parser() -> Lark:
     # cache=True: Lark keeps the analysed LALR tables in a temporary file keyed by the
     # grammar's and options' hash (a fifth of a second saved at every process start).
     # A cached parser has no `.grammar`; tools that walk the grammar build their own.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    # Two entry points: a whole file, and one expression (a --set value, read as a value).
+    return Lark(grammar_text(), parser="lalr", start=["start", "expr"], propagate_positions=True,
+                maybe_placeholders=True, cache=True)
 
 
 def _describe(tok: Token | None) -> str:
@@ -90,7 +92,7 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
     tok = err.token
     span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
     message = f"unexpected {_describe(tok)}"
-    if len(err.expected) <= _MAX_EXPECTED:
+    if 0 < len(err.expected) <= _MAX_EXPECTED:
         message += f"; expected {_expected(err.expected)}"
     hint = None
     if tok.type in _OPERATORS and "PIPE" in err.expected:
@@ -133,13 +135,27 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     >>> parse("model m { input x : f32[N, 2]  output y = relu(x) }").models[0].name
     'm'
     """
+    return _parse(text, file, "start")
+
+
+def parse_expression(text: str, file: str = "<string>") -> ast.Expr:
+    """Parse `text` as exactly one expression, or raise CompileError: nothing before or after
+    it can close a block or start a definition, so a value can never change the program.
+
+    >>> parse_expression("adam(lr=1e-3)").kwargs[0].value.value
+    0.001
+    """
+    return _parse(text, file, "expr")
+
+
+def _parse(text: str, file: str, start: str):
     check_bounds(text, file)
     try:
-        tree = parser().parse(text)
+        tree = parser().parse(text, start=start)
     except UnexpectedInput as err:
         raise CompileError([_syntax_error(file, text, err)]) from None
     builder = ToAst(file)
-    module = builder.transform(tree)
+    result = builder.transform(tree)
     if builder.problems:
         raise CompileError(builder.problems)
-    return module
+    return result

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dslc.deep import deep
-from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean
 from dslc.frontend import ast
 from dslc.frontend.calls import Calls
 from dslc.frontend.program import Program
@@ -65,9 +65,10 @@ class Elaborator(Calls):
 
     # ---- models
 
-    def model(self, mdef: ast.ModelDef, overrides: dict[str, Any], override_span: Span | None) -> Graph:
+    def model(self, mdef: ast.ModelDef, overrides: dict[str, Any]) -> Graph:
+        _check_overrides(mdef, overrides)
         scope = Scope("", {})
-        scope.vars.update(self._bind_hyper(mdef, overrides, override_span))
+        scope.vars.update(self._bind_hyper(mdef, overrides))
         try:
             self.block_body(mdef.body, scope)
         except _Halt:
@@ -78,7 +79,8 @@ class Elaborator(Calls):
             raise CompileError(self.errors, self.program.sources)
         return self.builder.graph(mdef.name, self.outputs, "typed")
 
-    def _bind_hyper(self, mdef: ast.ModelDef, overrides: dict[str, Any], span: Span | None) -> dict:
+    def _bind_hyper(self, mdef: ast.ModelDef, overrides: dict[str, Any]) -> dict:
+        """The hyper-parameters' values: `overrides` (already checked) or the defaults."""
         values: dict[str, Any] = {}
         scope = Scope("", values)
         for f in mdef.formals:
@@ -94,35 +96,23 @@ class Elaborator(Calls):
                 self.error(scope, "E0231", f"unknown hyper-parameter type '{f.type}'", f.span,
                            did_you_mean(f.type, HYPER_TYPES) or "one of int, float, bool, str")
                 continue
-            given = f.name in overrides
-            if given:
-                value = overrides[f.name]
-            elif f.default is not None:
-                try:
-                    value = self.tensor_or_value(f.default, scope)
-                except Abort:
-                    continue
-            else:
+            if f.name in overrides:
+                values[f.name] = as_hyper(overrides[f.name], f.type)
+                continue
+            if f.default is None:
                 self.error(scope, "E0232", f"hyper-parameter '{f.name}' has no default; give one with "
                            f"--set {f.name}=VALUE", f.span)
                 continue
+            try:
+                value = self.tensor_or_value(f.default, scope)
+            except Abort:
+                continue
             checked = as_hyper(value, f.type)
             if checked is None:
-                if given:
-                    self.error(scope, "E0233", f"--set {f.name}: hyper-parameter '{f.name}' is {f.type}, got "
-                               f"{describe(value)}", span or f.span)
-                else:
-                    self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {describe(value)}",
-                               f.default.span)
+                self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {describe(value)}",
+                           f.default.span)
                 continue
             values[f.name] = checked
-        known = {f.name for f in mdef.formals}
-        for k in overrides:
-            if k not in known:
-                hint = did_you_mean(k, known) or (f"'{mdef.name}' takes: {', '.join(sorted(known))}" if known
-                                                  else f"'{mdef.name}' has no hyper-parameters")
-                self.error(scope, "E0234", f"--set {k}: model '{mdef.name}' has no hyper-parameter '{k}'",
-                           span or mdef.name_span, hint)
         return values
 
     def _check_model(self, mdef: ast.ModelDef) -> None:
@@ -413,7 +403,23 @@ def _chain_notes(chain):
 
 
 @deep
-def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None,
-              override_span: Span | None = None) -> Graph:
-    """The typed graph of `model`; raises CompileError with every mistake found."""
-    return Elaborator(program).model(program.models[model], overrides or {}, override_span)
+def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None) -> Graph:
+    """The typed graph of `model`; raises CompileError with every mistake found, and
+    UsageError when `overrides` (--set) name or give a hyper-parameter wrongly."""
+    return Elaborator(program).model(program.models[model], overrides or {})
+
+
+def _check_overrides(mdef: ast.ModelDef, overrides: dict[str, Any]) -> None:
+    """Every --set of a hyper-parameter names one of the model's, with a value of its type;
+    a mistake is the command line's (UsageError), all of them in one message."""
+    declared = {f.name: f.type for f in mdef.formals}
+    problems = []
+    for key, value in overrides.items():
+        if key not in declared:
+            hint = did_you_mean(key, declared) or (f"'{mdef.name}' takes: {', '.join(sorted(declared))}" if declared
+                                                   else f"'{mdef.name}' has no hyper-parameters")
+            problems.append(f"--set {key}: model '{mdef.name}' has no hyper-parameter '{key}'; {hint}")
+        elif declared[key] in HYPER_TYPES and as_hyper(value, declared[key]) is None:
+            problems.append(f"--set {key}: hyper-parameter '{key}' is {declared[key]}, got {describe(value)}")
+    if problems:
+        raise UsageError("\n".join(problems))
