@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
+    except MemoryError as e:  # an allocation no check foresaw: NumPy's message has the size
+        print(f"dslc: error: out of memory{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return 1
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import dslc
@@ -22,6 +23,39 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--set expects KEY=VALUE, got {printable(item)!r}")
         out[key.strip()] = value
     return out
+
+
+# ---- argument types: a bad number is argparse's usage error (exit 2), never a traceback later
+
+def count(text: str) -> int:
+    """An integer >= 1 (a batch, a number of steps, of epochs, of elements)."""
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An integer seed in [0, 2**32 - 1], as in a recipe."""
+    value = _number(text, int, "an integer")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 4294967295], got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0 (a learning rate, a threshold)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
 def load_model(args) -> dslc.Model:
@@ -61,7 +95,7 @@ def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
                    help="override a recipe setting (epochs=5, optimizer.lr=0.01) or else a model "
                         "hyper-parameter (hidden=64); repeatable")
     if epochs:
-        p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (same as --set epochs=N)")
+        p.add_argument("--epochs", type=count, metavar="N", help="train N epochs (same as --set epochs=N)")
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False) -> None:

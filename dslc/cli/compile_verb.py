@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from dslc.cli.common import add_model_args, load_model, verb
+from dslc.cli.common import add_model_args, count, load_model, verb
 from dslc.diagnostics import CliError
 from dslc.files import write_atomic
 
@@ -55,7 +55,7 @@ def register(verbs) -> None:
                    help="which graph to compile (repeatable; default: train_step and infer)")
     p.add_argument("--emit", metavar="DIR",
                    help="also write the generated source to DIR/<model>_<stage>.py (gpu: .cu)")
-    p.add_argument("--batch", type=int, default=2, help="batch size of the warm-up run (default: 2)")
+    p.add_argument("--batch", type=count, default=2, help="batch size of the warm-up run (default: 2)")
     p.add_argument("--no-build", action="store_true", help="generate and cache the source only; compile nothing")
     p.add_argument("--arch", help=f"gpu: the nvcc -arch (default: the local GPU's, else {DEFAULT_ARCH})")
     p.set_defaults(run=cmd_compile)

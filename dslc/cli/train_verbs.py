@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe,
-                                 recipe_sets, verb)
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, count, load_model, model_and_recipe, positive,
+                             recipe_sets, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -41,8 +41,6 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from dslc.runtime import predict
 
-    if args.top < 1:
-        raise UsageError("--top must be at least 1")
     rows = predict.predict(load_model(args), args.checkpoint, args.input, args.top, args.device)
     print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
           else predict.format_predictions(rows))
@@ -130,7 +128,7 @@ def register(verbs) -> None:
               "  dslc predict models/digits_mlp.net --checkpoint runs/digits_mlp --input x.npy --top 3")
     add_checkpoint_args(p)
     p.add_argument("--input", required=True, metavar="FILE", help="x.npy or an image (.png, .jpg, ...)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per example (default: 5)")
+    p.add_argument("--top", type=count, default=5, metavar="K", help="classes shown per example (default: 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(run=cmd_predict)
 
@@ -157,9 +155,9 @@ def register(verbs) -> None:
               "rate where the loss is lowest.",
               "  dslc lr-find models/digits_mlp.net -o lr_find.png")
     add_recipe_args(p)
-    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
-    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default: 10)")
-    p.add_argument("--steps", type=int, default=100, help="steps of the test (default: 100)")
+    p.add_argument("--start", type=positive, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end", type=positive, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=count, default=100, help="steps of the test (default: 100)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="where to run (default: the recipe's device)")
     p.add_argument("-o", "--output", default="lr_find.png", help="PNG to write (default: lr_find.png)")
     p.set_defaults(run=cmd_lr_find)
