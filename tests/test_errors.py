@@ -740,6 +740,45 @@ def test_nesting_counted_through_block_calls(tmp_path, monkeypatch):
     assert [s.line for s, _ in d.notes] == [14, 11, 8, 5, 2, 33]
 
 
+# ---- blocks no model calls are checked without arguments ------------------------------------
+
+UNCALLED = """\
+block used(x) {
+    return relu(x)
+}
+block unused(x, c: int) {
+    y = x |> conv2d(c, kernal=3) |> relux
+    z = y + undefined
+    return z
+}
+block empty(x) {
+    y = relu(x)
+}
+model m {
+    input x : f32[N, 4]
+    output y = used(x)
+}
+"""
+
+
+def test_uncalled_blocks_are_checked(tmp_path, monkeypatch):
+    err = _diagnostics(tmp_path, monkeypatch, UNCALLED)
+    assert [(d.code, _where(d.span)) for d in err.diagnostics] == [
+        ("E0210", "5:24"), ("E0202", "5:37"), ("E0201", "6:13"), ("E0256", "9:7")]
+    assert err.diagnostics[0].notes[0][1] == "in block 'unused', checked without arguments since model 'm' " \
+                                             "does not call it"
+
+
+def test_uncalled_block_without_mistakes_is_fine(tmp_path, monkeypatch):
+    """Symbols such as `same` and defaults the caller would give are no mistakes without a call."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test.net").write_text(
+        "block conv(x, c: int = 8) {\n    y = x |> conv2d(c, 3, pad=same, init=kaiming(mode=fan_out))\n"
+        "    repeat 2 as i {\n        y = y + i * y\n    }\n    return y |> maxpool(2)\n}\n"
+        "model m {\n    input x : f32[N, 4]\n    output y = relu(x)\n}\n")
+    assert dslc.load("test.net").name == "m"
+
+
 # ---- hyper-parameters given from outside (--set / keyword arguments of dslc.load) ----------
 
 HYPER = """\

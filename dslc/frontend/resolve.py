@@ -18,6 +18,7 @@ from dslc.deep import deep
 from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean
 from dslc.frontend import ast
 from dslc.frontend.calls import Calls
+from dslc.frontend.check_blocks import check_uncalled
 from dslc.frontend.program import Program
 from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, FoldError, ParamGroup, Scope, Symbol, Tensor,
                                   as_hyper, describe, fold, poisoned)
@@ -73,6 +74,8 @@ class Elaborator(Calls):
             self.block_body(mdef.body, scope)
         except _Halt:
             pass
+        else:  # what nothing called was not checked: check it without arguments
+            self.errors += check_uncalled(self.program, self.called, mdef.name)
         if not self.errors:
             self._check_model(mdef)
         if self.errors:
