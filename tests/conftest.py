@@ -1,13 +1,10 @@
-"""Shared test helpers: paths of the repository and a writer of temporary .net files."""
+"""Fixtures every test module may use (plain helpers and constants are in helpers.py)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 

@@ -41,7 +41,7 @@ from dslc.passes.pipeline import optimize
 from dslc.runtime.cuda import library
 from dslc.runtime.host import to_host
 from dslc.stages import build
-from tests.conftest import MODELS
+from helpers import MODELS
 
 NVCC = shutil.which("nvcc")
 CXX = shutil.which("g++") or shutil.which("c++")

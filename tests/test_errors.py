@@ -17,7 +17,7 @@ import pytest
 
 import dslc
 from dslc.diagnostics import CompileError, UsageError, render_all
-from conftest import ROOT
+from helpers import ROOT
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dslc.passes.pipeline import optimize
 from dslc.passes.train_step import Optimizer
 from dslc.reference import run_outputs
 from dslc.stages import build
-from tests.conftest import MODELS
+from helpers import MODELS
 
 N = 8
 

@@ -14,44 +14,17 @@ import pytest
 from dslc.gradcheck import check_graph
 from dslc.ir.builder import GraphBuilder, complete_attrs
 from dslc.ir.graph import Output
-from dslc.ir.types import NUMPY_DTYPE, TensorType
-from dslc.ops import registry
+from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.autodiff import differentiate
+from helpers import OPS, SAMPLES, feeds_for, typed
 
-OPS = registry.all_ops()
 NO_GRAD = ("derivative", "source", "metric", "optimizer", "kernel")  # never differentiated through
 NO_SAMPLES = ("source", "kernel")  # fused kernels are built by the fuse pass from sampled ops
-SAMPLES = [(name, k, s) for name, op in OPS.items() for k, s in enumerate(op.samples)]
 GRAD_SAMPLES = [s for s in SAMPLES if OPS[s[0]].grad]
 
 
 def _ids(samples):
     return [f"{name}-{k}" for name, k, _ in samples]
-
-
-def draw(t: TensorType, domain: str, rng: np.random.Generator, classes: int) -> np.ndarray:
-    """A value of type `t` from the Sample's domain; integer inputs are labels in [0, classes)."""
-    shape = tuple(t.shape)
-    if not t.is_float:
-        return rng.integers(0, classes, shape).astype(NUMPY_DTYPE[t.dtype])
-    if domain == "positive":
-        x = rng.uniform(0.5, 2.0, shape)
-    elif domain == "kinks":
-        x = rng.standard_normal(shape)
-        x = x + np.where(x >= 0, 0.1, -0.1)  # |x| >= 0.1: finite differences never cross a kink
-    else:
-        x = rng.standard_normal(shape)
-    return x.astype(NUMPY_DTYPE[t.dtype])
-
-
-def typed(sample, dtype: str) -> list[TensorType]:
-    return [t.with_dtype(dtype) if t.is_float else t for t in sample.inputs]
-
-
-def feeds_for(types, domain, seed=0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    classes = types[0].shape[-1] if types[0].rank else 2
-    return [draw(t, domain, rng, classes) for t in types]
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

@@ -12,8 +12,8 @@ import pytest
 
 from dslc.cli import main
 from dslc.runtime.data import digits
+from helpers import MODELS
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 MLP = MODELS / "digits_mlp.net"
 
 
