@@ -83,7 +83,7 @@ def ensemble(model, paths, split: str = "test", device: str = "cpu") -> dict:
     rows, total = [], np.zeros((len(raw), raw.classes))
     for m in members:
         stats = m.state["normalization"]
-        probs = ev(raw, dict(m.weights), lambda x: normalize.apply(x, stats), probabilities=True).probs
+        probs = ev(raw, dict(m.weights), lambda x, stats=stats: normalize.apply(x, stats), probabilities=True).probs
         total += probs[:, :raw.classes]
         rows.append({"checkpoint": str(m.path), "accuracy": classification_report(probs, raw.y, raw.classes)["accuracy"]})
     mean = total / len(members)

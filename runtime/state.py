@@ -68,6 +68,10 @@ def recipe_changes(saved: dict, recipe) -> list[str]:
     out = []
     for key in dict.fromkeys([*before, *after]):
         if before.get(key) != after.get(key):
-            show = lambda v: "none" if v is None else KEYS[key].type.show(v) if key in KEYS else repr(v)
-            out.append(f"{key}: {show(before.get(key))} -> {show(after.get(key))}")
+            out.append(f"{key}: {_show(key, before.get(key))} -> {_show(key, after.get(key))}")
     return out
+
+
+def _show(key: str, value) -> str:
+    """A recipe setting's value as the recipe writes it."""
+    return "none" if value is None else KEYS[key].type.show(value) if key in KEYS else repr(value)

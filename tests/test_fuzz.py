@@ -28,7 +28,7 @@ from dslc.diagnostics import CompileError  # noqa: E402
 from dslc.ops.registry import INTERNAL  # noqa: E402
 from dslc.frontend.parse import grammar_text  # noqa: E402
 from dslc.ops import registry  # noqa: E402
-from helpers import FIXTURES, MODELS
+from helpers import FIXTURES, MODELS  # noqa: E402
 
 SOURCES = sorted(MODELS.glob("*.net")) + sorted(FIXTURES.glob("*.net"))
 

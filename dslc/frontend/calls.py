@@ -97,7 +97,7 @@ class Calls:
             try:
                 out.append((name, convert_init(value, default, choices, name)))
             except AttrError as err:
-                raise self.error(scope, "E0212", f"{c.func}(): {err}", given[name].span, err.hint)
+                raise self.error(scope, "E0212", f"{c.func}(): {err}", given[name].span, err.hint) from None
         return Init(c.func, tuple(sorted(out)))
 
     # ---- ops
@@ -161,8 +161,8 @@ class Calls:
                 out[a.name] = convert_attr(a, value)
             except AttrError as err:
                 if isinstance(value, Symbol) and a.kind.removeprefix("optional_") not in _SYMBOL_KINDS:
-                    raise self.unknown_name(value, scope)
-                raise self.error(scope, "E0212", f"{op.name} attribute '{a.name}': {err}", span, err.hint)
+                    raise self.unknown_name(value, scope) from None
+                raise self.error(scope, "E0212", f"{op.name} attribute '{a.name}': {err}", span, err.hint) from None
         return out
 
     def _make_params(self, op: registry.OpDef, inputs: list[str], attrs: dict, name: str, c: ast.Call,
@@ -176,7 +176,7 @@ class Calls:
             try:
                 shape = tuple(slot.shape(types, full))
             except registry.ShapeError as err:
-                raise self.error(scope, err.code, err.message, c.span, err.hint)
+                raise self.error(scope, err.code, err.message, c.span, err.hint) from None
             if not all(isinstance(d, int) for d in shape):
                 raise self.error(scope, "E0303", f"{op.name} would create parameter '{slot.name}' of symbolic "
                                  f"shape [{', '.join(map(str, shape))}]", c.span,
