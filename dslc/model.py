@@ -54,7 +54,7 @@ class Model:
 
     @property
     def param_specs(self) -> dict[str, ParamSpec]:
-        return {p.name: ParamSpec(p.name, tuple(p.type.shape), p.type.dtype, p.attr("init"), p.attr("trainable"),
+        return {p.name: ParamSpec(p.name, p.type.bind({}), p.type.dtype, p.attr("init"), p.attr("trainable"),
                                   p.attr("role")) for p in self.graph.params}
 
     def summary(self) -> Summary:
@@ -138,6 +138,6 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     errors = [d for d in found if d.severity == "error"]
     if errors:
         raise CompileError(errors)
-    model = Model(program, name, graph, overrides)
-    model.warnings = [d for d in found if d.severity != "error"]
-    return model
+    loaded = Model(program, name, graph, overrides)
+    loaded.warnings = [d for d in found if d.severity != "error"]
+    return loaded

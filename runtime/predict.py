@@ -12,6 +12,7 @@ split, the example shape and the class names. Evaluation runs the typed graph
 from __future__ import annotations
 
 from math import prod
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def load_for(model, path) -> Checkpoint:
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: int) -> dict:
     """Accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix (rows: true class)."""
     order = np.argsort(-probs, axis=1, kind="stable")
-    out = {"accuracy": float(np.mean(order[:, 0] == labels))}
+    out: dict[str, Any] = {"accuracy": float(np.mean(order[:, 0] == labels))}
     if classes > 5:
         out["top5_accuracy"] = float(np.mean((order[:, :5] == labels[:, None]).any(axis=1)))
     confusion = np.zeros((classes, classes), np.int64)
@@ -126,8 +127,8 @@ def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
     channels, height, width = example_shape
     try:
         with Image.open(file) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(img, np.float32) / 255.0
+            resized = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(resized, np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"not a readable image ({e})", file) from None
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]

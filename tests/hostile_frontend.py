@@ -65,19 +65,19 @@ def model(body: str, head: str = "") -> str:
     return f"{head}model m {{\n    input x : f32[N, 4]\n{body}\n}}\n"
 
 
-def write(files: dict[str, str | bytes]) -> Callable[[Path], None]:
-    def make(d: Path) -> None:
-        for name, text in files.items():
-            path = d / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return make
+def write(d: Path, contents: dict[str, str]) -> None:
+    for name, text in contents.items():
+        path = d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
-def files(contents: dict[str, str | bytes], *argv: str) -> Callable[[Path], list[str]]:
+def files(contents: dict[str, str], *argv: str) -> Callable[[Path], list[str]]:
     """Write `contents`, then run `dslc ARGV`."""
-    make = write(contents)
-    return lambda d: (make(d), list(argv))[1]
+    def setup(d: Path) -> list[str]:
+        write(d, contents)
+        return list(argv)
+    return setup
 
 
 def digits_through_a_symlinked_folder(*argv: str) -> Callable[[Path], list[str]]:
@@ -92,7 +92,7 @@ def digits_through_a_symlinked_folder(*argv: str) -> Callable[[Path], list[str]]
 
 def fifo(name: str, contents: dict[str, str], *argv: str) -> Callable[[Path], list[str]]:
     def setup(d: Path) -> list[str]:
-        write(contents)(d)
+        write(d, contents)
         os.mkfifo(d / name)
         return list(argv)
     return setup
@@ -100,10 +100,27 @@ def fifo(name: str, contents: dict[str, str], *argv: str) -> Callable[[Path], li
 
 def link(name: str, target: str, contents: dict[str, str], *argv: str) -> Callable[[Path], list[str]]:
     def setup(d: Path) -> list[str]:
-        write(contents)(d)
+        write(d, contents)
         (d / name).symlink_to(target)
         return list(argv)
     return setup
+
+
+def mistake_through_symlink(d: Path) -> list[str]:
+    digits_through_a_symlinked_folder()(d)
+    (d / "shared" / "digits_mlp.net").write_text(model("    output y = x |> relu(3)"))
+    return ["check", "models/digits_mlp.net"]
+
+
+def fifo_behind_a_symlink(d: Path) -> list[str]:
+    os.mkfifo(d / "f")
+    (d / "g.net").symlink_to("f")
+    return ["check", "g.net"]
+
+
+def directory(d: Path) -> list[str]:
+    (d / "dir.net").mkdir()
+    return ["check", "dir.net"]
 
 
 def import_chain(n: int) -> Callable[[Path], list[str]]:
@@ -129,10 +146,7 @@ TRIALS = [
         "lr", "models/digits_mlp.net", "-o", "lr.png"), 0, ("wrote lr.png",)),
     Trial("1", "gradcheck-through-symlink", digits_through_a_symlinked_folder(
         "gradcheck", "models/digits_mlp.net", "--max-elements", "5"), 0, ("fc1.linear.weight",)),
-    Trial("1", "mistake-through-symlink", lambda d: (digits_through_a_symlinked_folder()(d),
-                                                     (d / "shared" / "digits_mlp.net").write_text(
-                                                         model("    output y = x |> relu(3)")),
-                                                     ["check", "models/digits_mlp.net"])[2], 1,
+    Trial("1", "mistake-through-symlink", mistake_through_symlink, 1,
           ("models/digits_mlp.net:3:26: error[E0211]",)),
 
     # 3: sources are regular files, read with a bound
@@ -147,11 +161,10 @@ TRIALS = [
           ("cannot read f.net: a FIFO, not a regular file",), seconds=5),
     Trial("3", "fifo-as-import", fifo("f.net", {"m.net": 'import "f.net"\n' + model("    output y = relu(x)")},
                                       "check", "m.net"), 1, ("m.net:1:1: error[E0002]", "a FIFO"), seconds=5),
-    Trial("3", "symlink-to-fifo", lambda d: (fifo("f", {})(d), (d / "g.net").symlink_to("f"),
-                                             ["check", "g.net"])[2], 1, ("cannot read g.net: a FIFO",), seconds=5),
+    Trial("3", "symlink-to-fifo", fifo_behind_a_symlink, 1, ("cannot read g.net: a FIFO",), seconds=5),
     Trial("3", "source-over-the-bound", files({"big.net": "# " + "x" * (2 << 20) + "\n"}, "check", "big.net"), 1,
           ("cannot read big.net: larger than 1 MiB",), seconds=5),
-    Trial("3", "directory-as-source", lambda d: ((d / "dir.net").mkdir(), ["check", "dir.net"])[1], 1,
+    Trial("3", "directory-as-source", directory, 1,
           ("cannot read dir.net: it is a directory",)),
 
     # 5: deep but plausible programs work; absurd ones get a located message
@@ -196,7 +209,7 @@ TRIALS = [
           ("--set epochs=2 } model zz", "cannot read", "unexpected '}'")),
     Trial("10", "set-seed-1e308", lambda d: ["lr", DIGITS, "--set", "seed=1e308", "-o", "lr.png"], 2,
           ("--set seed=1e308: seed must be in [0, 4294967295], got 1e+308",)),
-    *[Trial("10", f"{verb}-batch-{b}", lambda d, verb=verb, extra=extra, b=b: [verb, DIGITS, *extra, "--batch", b], 2,
+    *[Trial("10", f"{verb}-batch-{b}", files({}, verb, DIGITS, *extra, "--batch", b), 2,
             ("argument --batch: must be at least 1",))
       for verb, extra, b in (("compile", [], "0"), ("compile", [], "-2"), ("inspect", ["--passes", "--verify"], "-1"),
                              ("inspect", ["--passes"], "0"), ("gradcheck", [], "0"))],

@@ -11,10 +11,13 @@ the block's formals, and its layers get the instance's name as prefix.
 """
 from __future__ import annotations
 
-from dslc.diagnostics import did_you_mean
+from typing import Any, Callable
+
+from dslc.diagnostics import Span, did_you_mean
 from dslc.frontend import ast
-from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, ParamGroup, Scope, Symbol, Tensor, as_hyper,
+from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, ParamGroup, Poison, Scope, Symbol, Tensor, as_hyper,
                                   describe, poisoned)
+from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
 from dslc.ops import registry
@@ -28,6 +31,18 @@ _SYMBOL_KINDS = ("enum", "init", "pad", "str")
 
 
 class Calls:
+    # What the Elaborator (resolve.py) supplies; declared here for readers and the type checker.
+    program: Any  # the Program being elaborated
+    builder: GraphBuilder
+    weights: list[str]
+    called: set[str]
+    error: Callable[..., Abort]
+    eval: Callable[[Any, Scope], Any]
+    want_tensor: Callable[[Any, Span, Scope, str], Tensor]
+    unknown_name: Callable[[Symbol, Scope], Abort]
+    make_node: Callable[[str, list[str], dict, Span, str, Scope], Tensor]
+    block_body: Callable[[Any, Scope], None]
+
     def call(self, c: ast.Call, scope: Scope, piped=None):
         """The value of call `c`; `piped` is the value of `c.piped` when the caller has it."""
         if c.func in self.program.blocks:
@@ -71,7 +86,7 @@ class Calls:
         raise self.error(scope, "E0221", f"expected an initialiser, got {name or describe(v)}", e.span,
                          did_you_mean(name, INITS) if name else f"one of {', '.join(INITS)}")
 
-    def init_call(self, c: ast.Call, scope: Scope) -> Init:
+    def init_call(self, c: ast.Call, scope: Scope) -> Init | Poison:
         if c.piped is not None:
             raise self.error(scope, "E0222", f"'{c.func}' is an initialiser, not a layer", c.func_span)
         spec = INITS[c.func]

@@ -89,6 +89,7 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
                           hint="a '}' or ')' may be missing")
     if isinstance(err, UnexpectedCharacters):
         return _bad_character(file, text, err)
+    assert isinstance(err, UnexpectedToken)  # the last kind the LALR parser raises
     tok = err.token
     span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
     message = f"unexpected {_describe(tok)}"

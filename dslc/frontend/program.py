@@ -11,6 +11,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dslc.diagnostics import CompileError, Diagnostic, SourceCache, Span, printable, quoted
 from dslc.frontend import ast
@@ -75,9 +76,10 @@ def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
     real = _real(path)
     prog = Program(root=_name(path, real))
     if text is None:
-        text = _read(real)
-        if not isinstance(text, str):
-            raise CompileError.single("E0001", f"cannot read {printable(prog.root)}: {_reason(text)}")
+        read = _read(real)
+        if not isinstance(read, str):
+            raise CompileError.single("E0001", f"cannot read {printable(prog.root)}: {_reason(read)}")
+        text = read
     errors: list[Diagnostic] = []
     _load(prog, prog.root, real, text, errors)
     if not errors:
@@ -119,7 +121,7 @@ def _load(prog: Program, name: str, path: Path, text: str, errors: list[Diagnost
     seen: set[Path] = set()
     todo: list[tuple[str, Path, str | None, tuple[Path, ...], ast.Import | None]] = [(name, path, text, (), None)]
     while todo:
-        name, path, text, chain, imp = todo.pop()
+        name, path, given, chain, imp = todo.pop()
         if imp is not None:  # an import: the checks the importing file's statement gets
             if path in chain:
                 cycle = " -> ".join(prog.display[p] for p in chain[chain.index(path):]) + f" -> {prog.display[path]}"
@@ -128,13 +130,15 @@ def _load(prog: Program, name: str, path: Path, text: str, errors: list[Diagnost
                 continue
             if path in seen:  # a diamond: already read (or already reported) through another path
                 continue
-            text = _read(path)
-            if not isinstance(text, str):
+            read = _read(path)
+            if not isinstance(read, str):
                 seen.add(path)
                 errors.append(Diagnostic("E0002", f"cannot import {quoted(imp.path)}: {printable(name)}: "
-                                         f"{_reason(text)}", imp.span,
+                                         f"{_reason(read)}", imp.span,
                                          hint="import paths are relative to the importing file"))
                 continue
+            given = read
+        text = given or ""
         seen.add(path)
         prog.display[path] = name
         prog.sources.add(name, text)
@@ -157,7 +161,9 @@ def _collect(prog: Program, errors: list[Diagnostic]) -> None:
     """Gather the definitions of all files into one namespace; a name may be defined once."""
     seen: dict[str, Span] = {}
     for module in prog.modules.values():
-        for defs, table in ((module.blocks, prog.blocks), (module.models, prog.models)):
+        tables: tuple[tuple[tuple[Any, ...], dict[str, Any]], ...] = (
+            (module.blocks, prog.blocks), (module.models, prog.models))
+        for defs, table in tables:
             for d in defs:
                 if d.name in seen:
                     errors.append(Diagnostic("E0203", f"'{d.name}' is defined twice", d.name_span)

@@ -247,7 +247,7 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
 
 def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
     """Checks that need the model: globs must select parameters, stop must watch a real metric."""
-    globs = []
+    globs: list[tuple[str, Any]] = []  # (pattern, the expression that wrote it)
     if "freeze" in given:
         e = given["freeze"].value
         globs += zip(values["freeze"], e.items if isinstance(e, ast.ListLit) else (e,))

@@ -24,7 +24,7 @@ from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, FoldError, ParamGr
                                   as_hyper, describe, fold, poisoned)
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Output
-from dslc.ir.types import DTYPES, Sym, TensorType
+from dslc.ir.types import DTYPES, Dim, Sym, TensorType
 from dslc.ops import registry
 
 # Unrolling limits: a real model stays far below them; a runaway `repeat` or a block
@@ -282,7 +282,7 @@ class Elaborator(Calls):
         if te.dtype not in DTYPES:
             raise self.error(scope, "E0260", f"unknown dtype '{te.dtype}'", te.dtype_span,
                              did_you_mean(te.dtype, DTYPES) or f"one of {', '.join(DTYPES)}")
-        dims = []
+        dims: list[Dim] = []
         for d in te.dims:
             value = self.tensor_or_value(d, scope)
             if isinstance(value, Symbol):

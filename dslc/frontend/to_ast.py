@@ -118,12 +118,20 @@ class ToAst(Transformer_NonRecursive):
         return ast.Repeat(count, str(index) if index is not None else None, body, self._span(meta))
 
     # ---- expressions
-    def _binop(op):
-        def rule(self, meta, left, right):
-            return ast.BinOp(op, left, right, self._span(meta))
-        return rule
+    def add(self, meta, left, right):
+        return ast.BinOp("add", left, right, self._span(meta))
 
-    add, sub, mul, div, matmul = _binop("add"), _binop("sub"), _binop("mul"), _binop("div"), _binop("matmul")
+    def sub(self, meta, left, right):
+        return ast.BinOp("sub", left, right, self._span(meta))
+
+    def mul(self, meta, left, right):
+        return ast.BinOp("mul", left, right, self._span(meta))
+
+    def div(self, meta, left, right):
+        return ast.BinOp("div", left, right, self._span(meta))
+
+    def matmul(self, meta, left, right):
+        return ast.BinOp("matmul", left, right, self._span(meta))
 
     def neg(self, meta, operand):
         return ast.Neg(operand, self._span(meta))

@@ -46,12 +46,12 @@ class ParamGroup:
     names: tuple[str, ...]
 
 
-class _Poison:
+class Poison:
     def __repr__(self):
         return "POISON"
 
 
-POISON = _Poison()
+POISON = Poison()
 
 
 class Abort(Exception):

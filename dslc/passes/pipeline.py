@@ -65,7 +65,7 @@ def check_pass_names(names) -> None:
 
 
 def optimize(graph: Graph, level: int = 2, disable=(), after: str | None = None,
-             check: Callable[[str, Graph, Graph], None] | None = None) -> tuple[Graph, list[PassResult]]:
+             check: Callable[[str, Graph, Graph], object] | None = None) -> tuple[Graph, list[PassResult]]:
     """Run the pipeline; stop after pass `after` if given. `check(name, before, after)` runs between passes."""
     check_pass_names(list(disable) + ([after] if after else []))
     debug = debug_level()

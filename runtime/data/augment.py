@@ -220,7 +220,8 @@ def build_augment(calls) -> Augment:
     >>> build_augment([("hflip", {"p": 0.5}), ("random_crop", {"size": 32, "pad": 4})]).transforms
     (HFlip(p=0.5), RandomCrop(size=32, pad=4))
     """
-    transforms, mixups = [], []
+    transforms: list = []
+    mixups: list[Mixup] = []
     for call in calls:
         name, args = (call.name, call.kwargs) if hasattr(call, "kwargs") else call
         if name not in TRANSFORMS:

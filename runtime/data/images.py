@@ -34,7 +34,7 @@ def image_folder(dir, size: int) -> Dataset:
     for n, (path, _) in enumerate(files):
         try:
             with Image.open(path) as image:
-                x[n] = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+                x[n] = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot decode image ({e})", path) from None
     y = np.array([c for _, c in files], np.int64)
