@@ -166,6 +166,13 @@ TRIALS = [
           ("cannot read big.net: larger than 1 MiB",), seconds=5),
     Trial("3", "directory-as-source", directory, 1,
           ("cannot read dir.net: it is a directory",)),
+    *[Trial("3", f"{verb.split()[0]}-{kind}", setup, 1, (f"error[E0001]: cannot read {shown}: {why}",), seconds=10)
+      for verb in ("compile", "inspect", "gradcheck", "train", "lr", "eval --checkpoint run")
+      for kind, shown, why, setup in (
+          ("symlink-loop", "loop.net", "a loop of symbolic links",
+           link("loop.net", "loop.net", {}, *verb.split(), "loop.net")),
+          ("fifo", "f.net", "a FIFO", fifo("f.net", {}, *verb.split(), "f.net")),
+          ("dev-zero", "/dev/zero", "a character device", files({}, *verb.split(), "/dev/zero")))],
 
     # 5: deep but plausible programs work; absurd ones get a located message
     Trial("5", "pipeline-300", files({"p.net": model("    output y = x" + " |> relu" * 300)}, "check", "p.net"), 0,

@@ -25,6 +25,7 @@ nvcc it says so, and the source is only written. No build record: nvcc takes sec
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,7 +68,7 @@ def cmd_compile(args) -> int:
         return _compile_gpu(args)
     start = time.perf_counter()
     stages = list(dict.fromkeys(args.stage or STAGES))
-    request = {"file": str(Path(args.file).resolve()), "model": args.model, "set": sorted(args.set or []),
+    request = {"file": os.path.realpath(args.file),  # realpath: a symlink loop is load()'s to report "model": args.model, "set": sorted(args.set or []),
                "stages": stages, "batch": args.batch, "target": args.target}
     record_at = cache.record_path(request)
     record = None if args.no_build else cache.read_record(record_at)
