@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from typing import Sequence
 
 from dslc.ir.builder import complete_attrs
 from dslc.ir.printer import show_value
@@ -27,7 +28,7 @@ ORDER = ("layer", "activation", "pool", "norm", "arithmetic", "linalg", "shape",
 _ALWAYS_PRESENT = ParamSlot.__dataclass_fields__["present"].default
 
 
-def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() for r in rows]
 
@@ -65,7 +66,7 @@ def _usage(op: OpDef) -> str:
 
 
 def _attr_rows(op: OpDef) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for a in op.attrs:
         note = a.doc
         if a.choices:
@@ -75,7 +76,7 @@ def _attr_rows(op: OpDef) -> list[tuple[str, ...]]:
 
 
 def _param_rows(op: OpDef) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for p in op.params:
         if isinstance(p.init, str):
             init = f"init from `{p.init}` (default {show_value(op.attr(p.init).default)})"

@@ -1,8 +1,10 @@
 """Every `DSLC_*` environment variable is read here, and only here.
 
     DSLC_VERIFY=1    run the IR verifier (dslc/ir/verify.py) after every pass
-    DSLC_DEBUG=N     the inspection ladder: 1 pass reports, 2 timings and the kernel
-                     list, 3 the IR after each pass, 4 the generated source
+    DSLC_DEBUG=N     the inspection ladder, on standard error: 1 each optimiser pass's
+                     report (dslc/passes/pipeline.py), 2 also per-kernel timings at
+                     exit (runtime/cpu/runner.py), 3 also the IR before and after each
+                     pass, 4 also the generated source of each compiled module
     DSLC_CACHE=DIR   where compiled kernels are cached (default ~/.cache/dslc)
 
 The variables are read on every call rather than once at import, so a test (or a

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from dslc.reading import read_bounded
+
+QUOTED_FILE_BYTES = 1 << 20  # a file is quoted from disk only if no stage kept its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,7 @@ class Span:
     end_col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{printable(self.file)}:{self.line}:{self.col}"
 
 
 @dataclass(slots=True)
@@ -72,6 +75,17 @@ class CliError(Exception):
     """A user mistake outside any .net source (a missing program, an unwritable file): exit 1."""
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a newline shown as \\n): a name or path from
+    the user is printed on one line and cannot move the cursor or fake another message."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def quoted(text: str) -> str:
+    """'text' in single quotes, control characters escaped: how messages show user strings."""
+    return f"'{printable(text)}'"
+
+
 def did_you_mean(word: str, candidates) -> str | None:
     """A 'did you mean ...?' hint for a misspelt name, or None if nothing is close."""
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
@@ -88,27 +102,39 @@ class SourceCache:
         self._text[file] = text
 
     def line(self, file: str, number: int) -> str | None:
+        """Line `number` as the parser counts lines: only "\\n" ends one (str.splitlines
+        would also split at a form feed, U+0085 or U+2028 and quote the wrong line)."""
         text = self._text.get(file)
         if text is None:
             try:
-                text = Path(file).read_text(encoding="utf-8", errors="replace")
+                text = read_bounded(file, QUOTED_FILE_BYTES).decode("utf-8", errors="replace")
             except OSError:
                 return None
             self._text[file] = text
-        lines = text.splitlines()
-        return lines[number - 1] if 1 <= number <= len(lines) else None
+        lines = text.split("\n")
+        return lines[number - 1].removesuffix("\r") if 1 <= number <= len(lines) else None
+
+
+QUOTE_WIDTH = 100  # a longer source line is quoted as a window around the caret
 
 
 def _excerpt(span: Span, sources: SourceCache) -> list[str]:
     text = sources.line(span.file, span.line)
     if text is None:
         return []
-    start = max(span.col - 1, 0)
-    end = span.end_col - 1 if span.end_line == span.line else len(text)
+    # One visible character per control character, so the caret stays under its column.
+    raw = "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text)
+    text = raw.expandtabs(4)
+    start = len(raw[:max(span.col - 1, 0)].expandtabs(4))
+    end = len(raw[:span.end_col - 1].expandtabs(4)) if span.end_line == span.line else len(text)
     width = max(end - start, 1)
-    expanded = text.expandtabs(4)
-    prefix = text[:start].expandtabs(4)
-    return [f"    {expanded}", f"    {' ' * len(prefix)}{'^' * width}"]
+    if len(text) > QUOTE_WIDTH:
+        left = max(0, min(start - QUOTE_WIDTH // 4, len(text) - QUOTE_WIDTH))
+        shown = text[left:left + QUOTE_WIDTH]
+        text = ("..." if left else "") + shown + ("..." if left + QUOTE_WIDTH < len(text) else "")
+        start += 3 - left if left else -left
+        width = min(width, QUOTE_WIDTH - (start - (3 if left else 0)))
+    return [f"    {text}", f"    {' ' * start}{'^' * max(width, 1)}"]
 
 
 def render(d: Diagnostic, sources: SourceCache | None = None) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from dslc import reference
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.memory import array_bytes, require
 from dslc.model import Model
 from dslc.ops import registry
 from dslc.passes.autodiff import trainable_params
@@ -148,6 +149,7 @@ def random_feeds(graph: Graph, batch: int, rng: np.random.Generator) -> dict[str
     """Standard-normal float inputs and uniform labels; every symbolic dimension is `batch`."""
     symbols = {s for n in graph.inputs for d in n.type.shape if not isinstance(d, int) for s in d.syms}
     sizes = dict.fromkeys(symbols, batch)
+    require(array_bytes([n.type for n in graph.inputs], sizes), f"a random batch of {batch:,} for '{graph.name}'")
     feeds = {}
     for n in graph.inputs:
         shape, dtype = n.type.bind(sizes), NUMPY_DTYPE[n.type.dtype]

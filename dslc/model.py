@@ -13,6 +13,7 @@ the oracle the compiled kernels are tested against, not the fast path.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -26,6 +27,7 @@ from dslc.frontend.program import Program, load_program
 from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.memory import array_bytes, require
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -52,7 +54,7 @@ class Model:
 
     @property
     def param_specs(self) -> dict[str, ParamSpec]:
-        return {p.name: ParamSpec(p.name, tuple(p.type.shape), p.type.dtype, p.attr("init"), p.attr("trainable"),
+        return {p.name: ParamSpec(p.name, p.type.bind({}), p.type.dtype, p.attr("init"), p.attr("trainable"),
                                   p.attr("role")) for p in self.graph.params}
 
     def summary(self) -> Summary:
@@ -65,7 +67,11 @@ class Model:
         return Model(self.program, self.name, cast(self.graph, dtype), self.overrides)
 
     def init(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Fresh parameters (and running statistics) from their initialisers, drawn in graph order."""
+        """Fresh parameters (and running statistics) from their initialisers, drawn in graph order;
+        memory.OutOfMemory, before allocating anything, when they cannot fit."""
+        count = sum(math.prod(p.type.bind({})) for p in self.graph.params)
+        require(array_bytes([p.type for p in self.graph.params], {}),
+                f"model '{self.name}' ({self.program.root}) has {count:,} parameters, which")
         rng = np.random.default_rng(seed)
         return {p.name: sample(p.attr("init"), p.type.bind({}), rng, NUMPY_DTYPE[p.type.dtype])
                 for p in self.graph.params}
@@ -132,6 +138,6 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     errors = [d for d in found if d.severity == "error"]
     if errors:
         raise CompileError(errors)
-    model = Model(program, name, graph, overrides)
-    model.warnings = [d for d in found if d.severity != "error"]
-    return model
+    loaded = Model(program, name, graph, overrides)
+    loaded.warnings = [d for d in found if d.severity != "error"]
+    return loaded

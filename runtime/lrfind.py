@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -42,8 +43,10 @@ def lr_find(model, recipe, start: float = 1e-7, end: float = 10.0, steps: int = 
         raise ValueError("lr-find needs 0 < start < end and at least 2 steps")
     trainer = Trainer(model, recipe, device, quiet=True, detect_anomaly=False, echo=lambda _: None)
     trainer.load_init()
-    lrs, losses, avg, best = [], [], 0.0, math.inf
-    batches = iter(())
+    lrs: list[float] = []
+    losses: list[float] = []
+    avg, best = 0.0, math.inf
+    batches: Iterator = iter(())
     with np.errstate(all="ignore"):
         for i in range(steps):
             batch = next(batches, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from math import prod
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def _stats_fit(ckpt: Checkpoint, x: np.ndarray) -> None:
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: int) -> dict:
     """Accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix (rows: true class)."""
     order = np.argsort(-probs, axis=1, kind="stable")
-    out = {"accuracy": float(np.mean(order[:, 0] == labels))}
+    out: dict[str, Any] = {"accuracy": float(np.mean(order[:, 0] == labels))}
     if classes > 5:
         out["top5_accuracy"] = float(np.mean((order[:, :5] == labels[:, None]).any(axis=1)))
     confusion = np.zeros((classes, classes), np.int64)
@@ -144,7 +145,7 @@ def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", devi
     for m in members:
         _stats_fit(m, raw.x)
         stats = m.state["normalization"]
-        probs = ev(raw, dict(m.weights), lambda x: normalize.apply(x, stats), probabilities=True).probs
+        probs = ev(raw, dict(m.weights), lambda x, stats=stats: normalize.apply(x, stats), probabilities=True).probs
         total += probs[:, :raw.classes]
         rows.append({"checkpoint": str(m.path), "accuracy": classification_report(probs, raw.y, raw.classes)["accuracy"]})
     mean = total / len(members)

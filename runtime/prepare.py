@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import Protocol
 
 import numpy as np
 
@@ -76,6 +77,7 @@ def load_data(recipe, stats: dict | None = None) -> Data:
         train = select_classes(train, classes)
         test = None if test is None else select_classes(test, classes)
     split = recipe["split"]
+    parts: tuple[Dataset, Dataset | None, Dataset | None]
     if split is None:
         parts = (train, None, test)
     else:
@@ -100,7 +102,20 @@ class Layout:
         return out
 
 
-def layout(model, dataset: Dataset) -> Layout:
+class Shaped(Protocol):
+    """What `layout` reads of a dataset (predict has only the checkpoint's record of one)."""
+
+    @property
+    def classes(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+def layout(model, dataset: Shaped) -> Layout:
     """Match a dataset to the model's inputs: one float input for the examples (whose shape must
     equal the example shape, or hold as many numbers: images into an MLP are flattened) and one
     integer input for the labels, with at least as many logits as classes. A mistake is located

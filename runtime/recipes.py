@@ -16,6 +16,8 @@ import dslc
 from dslc.diagnostics import did_you_mean
 from dslc.frontend import recipe as R
 from dslc.frontend.program import load_program
+from dslc.frontend.recipe_overrides import apply_overrides
+from dslc.frontend.values import literals
 from dslc.runtime.errors import TrainError
 
 
@@ -45,6 +47,6 @@ def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | No
             raise TrainError(f"{file}: no `train` block for model '{model_name}'; add one, e.g. "
                              f"`train {model_name} {{ data = digits() }}`")
         as_name = mine[0].alias or mine[0].model
-    loaded = dslc.load(file, model=model_name, **model_sets)  # checks every recipe of the file too
+    loaded = dslc.load(file, model=model_name, **literals(model_sets))  # checks every recipe of the file too
     recipes, _ = R.program_recipes(loaded.program, lambda m: loaded.graph if m == loaded.name else None)
-    return loaded, R.apply_overrides(recipes[as_name], recipe_sets, loaded.graph)
+    return loaded, apply_overrides(recipes[as_name], recipe_sets, loaded.graph)

@@ -37,7 +37,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, reason, write_atomic
 from dslc.runtime.checkpoint import digest
@@ -174,7 +174,7 @@ def save_figure(fig, path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def metric_names(records: list[Mapping]) -> list[str]:
+def metric_names(records: Sequence[Mapping]) -> list[str]:
     """Metrics logged with a train_ or val_ prefix, loss excluded: ["accuracy", ...]."""
     names = [k.split("_", 1)[1] for r in records for k in r if k.startswith(("train_", "val_"))]
     return [m for m in dict.fromkeys(names) if m != "loss"]

@@ -9,14 +9,15 @@ no hidden state, so a resumed run gets exactly the rates it would have had.
     lr = schedule_from_recipe(recipe["schedule"], base_lr=0.1, total_epochs=30)
     lr(0.0), lr(29.5)
 
-The names and arguments are those of `dslc.frontend.recipe.SCHEDULES` (the recipe schema);
-a test checks that every schedule the schema accepts is implemented here with the same
-arguments.
+The recipe calls are declared here too (SCHEMA, beside the functions): a test checks that
+every schedule the schema accepts is implemented with the same arguments.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
+
+from dslc.frontend.recipe_values import NONNEG_NUM, POS, Arg, CallSpec, FRACTION, Num, Range, family, when
 
 Schedule = Callable[[float], float]
 
@@ -87,6 +88,29 @@ def one_cycle(lr0: float, total: float, max_lr: float, pct: float) -> Schedule:
 
 SCHEDULES: dict[str, Callable[..., Schedule]] = {f.__name__: f for f in (
     constant, step, exponential, inverse_time, cosine, cyclical, one_cycle)}
+
+
+# The recipe's `schedule = ...` calls; every one also takes `warmup=EPOCHS` by keyword.
+_WARMUP = Arg("warmup", NONNEG_NUM, 0.0, "epochs of linear warm-up from 0 to the rate", positional=False)
+
+
+def _schedule(name: str, doc: str, *args: Arg, check=None) -> CallSpec:
+    return CallSpec(name, doc, (*args, _WARMUP), check)
+
+
+SCHEMA = family(
+    _schedule("constant", "the optimizer's rate throughout"),
+    _schedule("step", "multiply the rate by gamma every `every` epochs",
+              Arg("every", POS), Arg("gamma", Num(range=Range(0, 1, lo_open=True)), 0.1)),
+    _schedule("exponential", "lr * exp(-k * epoch)", Arg("k", POS)),
+    _schedule("inverse_time", "lr / (1 + k * epoch)", Arg("k", POS)),
+    _schedule("cosine", "cosine decay from lr to min_lr over the training", Arg("min_lr", NONNEG_NUM, 0.0)),
+    _schedule("cyclical", "triangular cycles between low and high, `period` epochs each",
+              Arg("low", POS), Arg("high", POS), Arg("period", POS),
+              check=when(lambda a: a["low"] >= a["high"], "E0505", "high",
+                         "high must exceed low, got low={low}, high={high}")),
+    _schedule("one_cycle", "rise to max_lr during the first pct of training, then anneal",
+              Arg("max_lr", POS), Arg("pct", Num(range=FRACTION), 0.3)))
 
 
 def with_warmup(fn: Schedule, warmup: float) -> Schedule:

@@ -13,7 +13,6 @@ no bias correction) is off by 1e-2 or more.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,13 +21,13 @@ import dslc
 from dslc.passes.train_step import Optimizer
 from dslc.reference import run_outputs
 from dslc.stages import build
+from helpers import MODELS
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 # torch.optim imports torch._dynamo on first use, ~5 s on a busy machine; the dslc side takes ~1 s.
 pytestmark = pytest.mark.slow
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 RTOL = 1e-5
 ADAM = Optimizer("adam", lr=1e-3)
 

@@ -44,8 +44,8 @@ def test_random_crop():
     padded = np.pad(X, ((0, 0), (0, 0), (3, 3), (3, 3)))
     offsets = set()
     for i in range(len(X)):  # each output is one window of the zero-padded image
-        found = [(t, l) for t in range(7) for l in range(9)
-                 if np.array_equal(out[i], padded[i, :, t:t + 10, l:l + 10])]
+        found = [(t, left) for t in range(7) for left in range(9)
+                 if np.array_equal(out[i], padded[i, :, t:t + 10, left:left + 10])]
         assert found
         offsets.add(found[0])
     assert len(offsets) > 4

@@ -19,7 +19,7 @@ from dslc.ir.printer import from_json, to_json
 from dslc.ops import registry
 from dslc.stages import STAGES
 
-from conftest import MODELS
+from helpers import MODELS
 
 GOOD = """
 model tiny(width: int = 8) {

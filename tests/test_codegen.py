@@ -25,7 +25,7 @@ from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.stages import build
-from tests.conftest import MODELS, ROOT
+from helpers import MODELS, ROOT, arrays
 
 
 def kernel_graph(model="small_cnn.net", stage="train_step", **overrides):
@@ -128,7 +128,7 @@ import numpy as np, dslc
 from dslc import reference
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from tests.test_numba_backend import arrays
+from helpers import arrays
 graph = build(dslc.load("models/two_layer.net", hidden=6), "train_step")
 feeds, params, _ = arrays(graph, 3)
 want = reference.run_outputs(graph, feeds, params)
@@ -140,7 +140,7 @@ print("ok", numba.config.DISABLE_JIT)
 
 
 def test_generated_code_runs_as_plain_python_without_the_jit(tmp_path):
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", DSLC_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", DSLC_CACHE=str(tmp_path), PYTHONPATH=str(ROOT / "tests"))
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -149,7 +149,6 @@ def test_generated_code_runs_as_plain_python_without_the_jit(tmp_path):
 
 def test_executor_adapter_updates_params_in_place():
     from dslc.runtime.cpu.executor import NumbaExecutor
-    from tests.test_numba_backend import arrays
     graph = build(dslc.load(MODELS / "two_layer.net", hidden=6), "train_step")
     feeds, params, _ = arrays(graph, 4)
     expected = dslc.reference.run_outputs(graph, feeds, params)
@@ -162,5 +161,5 @@ def test_executor_adapter_updates_params_in_place():
     first = {k: v for k, v in params.items()}
     step(feeds, params)  # the arena's arrays came back: nothing is copied, nothing re-bound
     assert all(params[k] is v for k, v in first.items() if k in {o.name for o in graph.outputs})
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="input .x.: expected f32\[N, 64\], got shape \(4, 3\)"):
         step({**feeds, "x": np.zeros((4, 3), np.float32)}, params)

@@ -41,7 +41,7 @@ from dslc.passes.pipeline import optimize
 from dslc.runtime.cuda import library
 from dslc.runtime.host import to_host
 from dslc.stages import build
-from tests.conftest import MODELS
+from helpers import MODELS
 
 NVCC = shutil.which("nvcc")
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -105,7 +105,7 @@ def test_cuda_expressions_compute_what_the_cpu_expressions_do(tmp_path):
     lines = ["#include <cmath>", "#include <cstdio>", "using namespace std;"]
     lines += [f"#define {k} {v}" for k, v in CONSTANTS.items()]
     lines.append("int main() {")
-    for k, (_, _, args, _, expr) in enumerate(cases):
+    for _, _, args, _, expr in cases:
         binds = " ".join(f"const double a{j} = {a!r};" for j, a in enumerate(args))
         lines.append(f"  {{ {binds} printf(\"%.17g\\n\", (double)({expr})); }}")
     lines.append("  return 0;\n}")

@@ -28,9 +28,9 @@ from dslc.diagnostics import CompileError  # noqa: E402
 from dslc.ops.registry import INTERNAL  # noqa: E402
 from dslc.frontend.parse import grammar_text  # noqa: E402
 from dslc.ops import registry  # noqa: E402
+from helpers import FIXTURES, MODELS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted((ROOT / "models").glob("*.net")) + sorted((ROOT / "tests" / "fixtures").glob("*.net"))
+SOURCES = sorted(MODELS.glob("*.net")) + sorted(FIXTURES.glob("*.net"))
 
 FUZZ = settings(derandomize=True, deadline=timedelta(seconds=5), database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

@@ -22,9 +22,7 @@ from dslc import reference
 from dslc.cli import main
 from dslc.passes.train_step import Optimizer
 from dslc.stages import build
-from tests.conftest import MODELS
-from tests.test_numba_backend import SMALL, TOL, TOO_BIG, _op_graph, arrays
-from tests.test_registry import SAMPLES, feeds_for
+from helpers import MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
 
 
 def _gpu_available() -> bool:
@@ -96,7 +94,7 @@ def test_odd_batch_sizes_and_a_large_batch():
 @pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
                          ids=[f"{n}-{k}" for n, k, _ in SAMPLES if n not in ("dropconnect",)])
 def test_op_sample_matches_reference(name, k, sample):
-    graph, types, domain = _op_graph(name, sample)
+    graph, types, domain = op_graph(name, sample)
     feeds = {f"x{i}": v for i, v in enumerate(feeds_for(types, domain))}
     if "r" in graph:
         feeds["r"] = np.random.default_rng(1).standard_normal(graph["r"].type.bind({})).astype(np.float32)

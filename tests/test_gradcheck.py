@@ -13,7 +13,7 @@ from dslc import gradcheck as gc
 from dslc.cli import main
 from dslc.diagnostics import CompileError
 from dslc.ops import registry
-from conftest import MODELS
+from helpers import MODELS
 
 MLP = """
 model mlp(hidden: int = 6) {

@@ -5,7 +5,6 @@ precedence and associativity read at a glance: `a + b * c` -> "(add a (mul b c))
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,11 @@ from lark import Token, Tree
 from dslc.diagnostics import CompileError, Span
 from dslc.frontend import ast
 from dslc.frontend.parse import parse, parser
+from helpers import FIXTURES, MODELS
 
 # A copy of the design sketch of the language (/work/shared/design/language-sketch.net):
 # the grammar must stay able to read it.
-SKETCH = Path(__file__).resolve().parent / "fixtures" / "language-sketch.net"
+SKETCH = FIXTURES / "language-sketch.net"
 
 
 def sx(e) -> str:
@@ -313,7 +313,7 @@ def test_every_rule_becomes_an_ast_node():
 
 
 def test_models_directory_parses():
-    root = Path(__file__).resolve().parent.parent / "models"
+    root = MODELS
     files = sorted(root.glob("*.net"))
     for path in files:
         assert _no_lark_objects(parse(path.read_text(), str(path)))

@@ -11,7 +11,7 @@ from dslc.kernels.graph import index_maps
 from dslc.passes.pipeline import optimize
 from dslc.passes.train_step import Optimizer
 from dslc.stages import build
-from tests.conftest import MODELS
+from helpers import MODELS
 
 SOURCES = ("input", "param", "const", "random")
 ADAM = Optimizer("adam", lr=1e-3)

@@ -15,7 +15,7 @@ from dslc.passes.pipeline import optimize
 from dslc.passes.train_step import Optimizer
 from dslc.reference import run_outputs
 from dslc.stages import build
-from tests.conftest import MODELS
+from helpers import MODELS
 
 N = 8
 
@@ -80,8 +80,8 @@ def test_buffers_live_at_the_same_time_never_share_bytes(case):
     _, kg, p = case
     spans = sorted((p.offsets[b], p.offsets[b] + kg.buffer(b).nbytes(p.batch), *p.lifetimes[b], b)
                    for b in p.lifetimes if kg.buffer(b).nbytes(p.batch))
-    for k, (lo, hi, start, end, name) in enumerate(spans):
-        for lo2, hi2, start2, end2, name2 in spans[k + 1:]:
+    for k, (_, hi, start, end, name) in enumerate(spans):
+        for lo2, _, start2, end2, name2 in spans[k + 1:]:
             if lo2 >= hi:
                 break
             assert end < start2 or end2 < start, f"{name} and {name2} overlap in bytes and in time"

@@ -20,8 +20,8 @@ import pytest
 import dslc
 from dslc.frontend.recipe import program_recipes
 from dslc.ir.verify import verify
+from helpers import MODELS
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 
 PARAMS = {
     # 64*100 + 100 + 100*10 + 10

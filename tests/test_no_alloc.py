@@ -23,8 +23,7 @@ import dslc
 from dslc.passes.train_step import Optimizer
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from tests.conftest import MODELS
-from tests.test_numba_backend import arrays
+from helpers import MODELS, arrays
 
 BATCH = 64
 CASES = {

@@ -15,44 +15,13 @@ import pytest
 
 import dslc
 from dslc import reference
-from dslc.ir.builder import GraphBuilder, complete_attrs
-from dslc.ir.graph import Output
-from dslc.passes.autodiff import differentiate
 from dslc.passes.train_step import Optimizer
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from tests.conftest import MODELS
-from tests.test_registry import OPS, SAMPLES, feeds_for, typed
+from helpers import MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
 
-TOL = 1e-4
-SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
-         "resnet20": {"n": 1, "width": 4}, "mlp_bn": {"h1": 24, "h2": 12}, "digits_cnn": {"width": 4},
-         "digits_mlp": {"hidden": 16}, "two_layer": {"hidden": 12}}
 # Ops with no library kernel or generated loop yet: run by the NumPy reference (they allocate).
 FALLBACK_OPS = {"svm", "svm_grad", "slice", "slice_grad", "pad"}
-TOO_BIG = {"alexnet": "227x227 inputs with fixed widths: minutes per step in the reference",
-           "vgg16": "224x224 inputs with fixed widths: minutes per step in the reference",
-           "resnet18": "224x224 inputs with fixed widths: minutes per step in the reference"}
-
-
-def arrays(graph, batch: int, seed: int = 0):
-    """Feeds, parameters (optimizer state non-zero, variances positive) and fixed masks, float32."""
-    rng = np.random.default_rng(seed)
-    sizes = {"N": batch}
-    f32 = lambda a: np.asarray(a, np.float32)
-    feeds = {}
-    for n in graph.inputs:
-        shape = n.type.bind(sizes)
-        classes = 10
-        feeds[n.name] = (f32(rng.standard_normal(shape)) if n.type.is_float
-                         else rng.integers(0, classes, shape).astype(np.int64 if n.type.dtype == "i64" else np.int32))
-    feeds.update({k: f32(v) for k, v in (("lr", 0.05), ("step", 3.0)) if k in feeds})
-    params = {p.name: f32(rng.uniform(0.5, 1.5, p.type.bind({})) if p.name.startswith(("opt.v.", "opt.cache."))
-                          or p.name.endswith("running_var") else 0.1 * rng.standard_normal(p.type.bind({})))
-              for p in graph.params}
-    randoms = {r.name: f32((rng.random(r.type.bind(sizes)) < r.attr("p")) * r.attr("scale"))
-               for r in graph.of_op("random")}
-    return feeds, params, randoms
 
 
 def check(graph, batch: int, seed: int = 0):
@@ -119,26 +88,10 @@ def test_batchnorm_sweeps_over_rows_in_channel_blocks():
     assert "for p in prange(workspace.shape[0]):" in source and "for p in range(1):" in source
     assert cg.workspace.shape[1] * cg.workspace.itemsize >= 8 * ROWS_BLOCK
 
-def _op_graph(name, sample):
-    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it."""
-    op = OPS[name]
-    types = typed(sample, "f32")
-    attrs = dict(complete_attrs(op, sample.attrs))
-    b = GraphBuilder()
-    xs = [b.source(f"x{k}", "input", t) for k, t in enumerate(types)]
-    out = b.add(name, xs, attrs)
-    loss = out
-    if b.type_of(out).rank:
-        loss = b.add("sum", [b.add("mul", [out, b.source("r", "input", b.type_of(out))])])
-    graph = b.graph(f"op_{name}", [Output("loss", "loss", loss)], "typed")
-    wrt = [x for k, x in enumerate(xs) if k not in op.integer_inputs and types[k].is_float]
-    return (differentiate(graph, wrt) if op.grad and wrt else graph), types, sample.domain
-
-
 @pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
                          ids=[f"{n}-{k}" for n, k, _ in SAMPLES if n not in ("dropconnect",)])
 def test_op_sample_matches_reference(name, k, sample):
-    graph, types, domain = _op_graph(name, sample)
+    graph, types, domain = op_graph(name, sample)
     feeds = {f"x{i}": v for i, v in enumerate(feeds_for(types, domain))}
     if "r" in graph:
         feeds["r"] = np.random.default_rng(1).standard_normal(graph["r"].type.bind({})).astype(np.float32)

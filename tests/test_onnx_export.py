@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MODELS, feeds_for, trained_like, typed
+from helpers import MODELS, feeds_for, trained_like, typed
 
 import dslc
 from dslc.cli import main

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import MODELS, feeds_for, trained_like, typed
+from helpers import MODELS, feeds_for, trained_like, typed
 
 import dslc
 from dslc import reference

@@ -11,7 +11,7 @@ from dslc.passes.cse import cse
 from dslc.passes.dce import dce
 from dslc.passes.pipeline import PASS_NAMES, optimize
 from dslc.passes.simplify import simplify
-from tests.conftest import MODELS
+from helpers import MODELS
 
 
 def ops(graph):

@@ -16,7 +16,7 @@ from dslc.ir.types import Sym, TensorType
 from dslc.ir.verify import verify
 from dslc.stages import STAGES, build
 
-from conftest import MODELS
+from helpers import MODELS
 
 # Blocks, repeat, labels, a hand-written param with initialiser arguments, symbolic
 # dimensions with a coefficient (reshape to [2*N, 32]) and every attribute kind:

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import feeds_for, typed
 
 from dslc.gradcheck import check_graph
 from dslc.ir.builder import GraphBuilder, complete_attrs
 from dslc.ir.graph import Output
 from dslc.ir.types import NUMPY_DTYPE
-from dslc.ops import registry
 from dslc.passes.autodiff import differentiate
+from helpers import OPS, SAMPLES, feeds_for, typed
 
-OPS = registry.all_ops()
 NO_GRAD = ("derivative", "source", "metric", "optimizer", "kernel")  # never differentiated through
 NO_SAMPLES = ("source", "kernel")  # fused kernels are built by the fuse pass from sampled ops
-SAMPLES = [(name, k, s) for name, op in OPS.items() for k, s in enumerate(op.samples)]
 GRAD_SAMPLES = [s for s in SAMPLES if OPS[s[0]].grad]
 
 

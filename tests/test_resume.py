@@ -1,8 +1,12 @@
-"""Resuming is exact: a run killed at a random moment (SIGKILL), interrupted with Ctrl-C
-(SIGINT, mid-epoch) or killed while writing a checkpoint ends with parameters and
-optimizer state bit-identical to an uninterrupted run of the same seed. The recipe
-exercises every source of randomness: shuffling, augmentation, dropout masks, and the
-step-dependent learning rate and Adam bias correction. A changed model is refused."""
+"""Resuming is exact: a run killed (SIGKILL) at a step drawn from a seeded generator,
+interrupted with Ctrl-C (SIGINT) mid-epoch, or killed while writing a checkpoint ends with
+parameters and optimizer state bit-identical to an uninterrupted run of the same seed. The
+recipe exercises every source of randomness: shuffling, augmentation, dropout masks, and
+the step-dependent learning rate and Adam bias correction. A changed model is refused.
+
+The signal lands where the test says: the training process is started through LAUNCH,
+which sends it to itself right after a given step (not after a sleep, which lands
+wherever the machine's load puts it)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,17 +80,26 @@ def assert_same_final_state(run: Path, reference: Path) -> None:
     assert drop_time(read_records(run / "metrics.jsonl")) == drop_time(read_records(reference / "metrics.jsonl"))
 
 
-def start(model_file, out) -> subprocess.Popen:
-    return subprocess.Popen(cli("train", model_file, "--out", out, "--quiet"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+# `python -c LAUNCH STEP SIGNAL ARGS...`: dslc ARGS, sending SIGNAL to itself once STEP is done.
+LAUNCH = """
+import os, signal, sys
+from dslc.cli import main
+from dslc.runtime.trainer import Trainer
+at, sig, real = int(sys.argv[1]), getattr(signal, sys.argv[2]), Trainer._step
+def step_then_signal(self, batch):
+    loss = real(self, batch)
+    if self.progress.step == at:
+        os.kill(os.getpid(), sig)
+    return loss
+Trainer._step = step_then_signal
+sys.exit(main(sys.argv[3:]))
+"""
 
 
-def wait_for_checkpoint(proc, out: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not (out / "last" / "state.json").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint written in time"
-        time.sleep(0.02)
+def train_until(model_file, out, step: int, sig: str) -> subprocess.CompletedProcess:
+    """Train into `out`, sending `sig` (SIGKILL, SIGINT) to the process right after `step`."""
+    return subprocess.run([sys.executable, "-c", LAUNCH, str(step), sig, "train", str(model_file), "--out",
+                           str(out), "--quiet"], capture_output=True, text=True, timeout=600)
 
 
 def resume(model_file, out) -> None:
@@ -95,43 +107,31 @@ def resume(model_file, out) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(model_file, uninterrupted):
+def test_sigkill_at_a_drawn_step_then_resume_is_bit_identical(model_file, uninterrupted):
+    step = random.Random(2024).randrange(41, 6 * 40)  # after the first checkpoint, before the end
     out = model_file.parent / "killed"
-    proc = start(model_file, out)
-    wait_for_checkpoint(proc, out)
-    delay = random.uniform(0.0, 1.5)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(out / "last").state["step"]
-    print(f"killed {delay:.2f}s after the first checkpoint; resuming from step {killed_at}")
+    done = train_until(model_file, out, step, "SIGKILL")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    # checkpoints are written at the end of each epoch of 40 steps, after its last step
+    assert load_checkpoint(out / "last").state["step"] == (step - 1) // 40 * 40
     resume(model_file, out)
     assert_same_final_state(out, uninterrupted)
 
 
 def test_ctrl_c_writes_a_checkpoint_mid_epoch_and_resumes_exactly(model_file, uninterrupted):
     out = model_file.parent / "interrupted"
-    proc = start(model_file, out)
-    wait_for_checkpoint(proc, out)
-    time.sleep(random.uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130, err
-    assert "checkpoint written to" in err and "--resume" in err
+    done = train_until(model_file, out, 97, "SIGINT")  # step 17 of epoch 3
+    assert done.returncode == 130, done.stderr
+    assert "interrupted at step 97 (epoch 3)" in done.stderr and "--resume" in done.stderr
     state = load_checkpoint(out / "last").state
-    assert state["step"] == state["epoch"] * 40 + state["batches"]["position"]
+    assert (state["step"], state["epoch"], state["batches"]["position"]) == (97, 2, 17)
     resume(model_file, out)
     assert_same_final_state(out, uninterrupted)
 
 
 def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(model_file, uninterrupted):
     out = model_file.parent / "torn"
-    proc = start(model_file, out)
-    wait_for_checkpoint(proc, out)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert train_until(model_file, out, 50, "SIGKILL").returncode == -signal.SIGKILL
     # The state a kill between save_checkpoint's two renames leaves: the previous checkpoint
     # moved aside to .last.old, and a half-written new one in .last.tmp.
     os.rename(out / "last", out / ".last.old")

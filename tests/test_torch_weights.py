@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MODELS
+from helpers import MODELS
 
 import dslc
 from dslc import reference

@@ -24,6 +24,7 @@ from dslc.runtime.prepare import layout, select_classes
 from dslc.runtime.recipes import model_and_recipe, split_sets
 from dslc.runtime.runs import read_records
 from dslc.runtime.trainer import train
+from helpers import MODELS
 
 MLP = """
 model mlp(hidden: int = 32, classes: int = 10, p: float = 0.0) {{
@@ -177,7 +178,7 @@ def test_mixup_loss_is_the_blend_of_both_labels(tmp_path):
 
 
 def test_frozen_batchnorm_uses_and_keeps_running_statistics():
-    model = dslc.load(dslc_models() / "digits_cnn.net")
+    model = dslc.load(MODELS / "digits_cnn.net")
     frozen = R.select_params(model.graph, ["conv1*"])
     graph = train_step(model.graph, {"kind": "sgd", "lr": 0.1}, frozen)
     states = [o.name for o in graph.outputs_of("state")]
@@ -185,11 +186,6 @@ def test_frozen_batchnorm_uses_and_keeps_running_statistics():
     assert not any(o.name.startswith("conv1") for o in graph.outputs_of("param"))
     # the frozen layer normalises with its running statistics: its node stays a plain batchnorm
     assert graph["conv1.conv_bn_relu.batchnorm"].op == "batchnorm"
-
-
-def dslc_models():
-    from pathlib import Path
-    return Path(__file__).resolve().parent.parent / "models"
 
 
 def test_select_classes_relabels_in_the_order_given():

@@ -9,7 +9,7 @@ from dslc.ir.types import TensorType
 from dslc.ir.verify import check, maybe_check, verify
 from dslc.stages import STAGES, build
 
-from conftest import MODELS
+from helpers import MODELS
 
 MODEL = """
 block unit(x, c: int) {

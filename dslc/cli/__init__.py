@@ -93,6 +93,9 @@ def _dispatch(argv: list[str] | None) -> int:
     except Interrupted as e:
         print(f"dslc: {e}", file=sys.stderr)
         return 130
+    except MemoryError as e:  # an allocation no check foresaw: NumPy's message has the size
+        print(f"dslc: error: out of memory{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return 1
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 2

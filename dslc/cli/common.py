@@ -1,37 +1,28 @@
 """What every verb shares: --set parsing, loading the model, and the arguments verbs have in common.
 
-    sets = parse_sets(["width=32", "optimizer.lr=1e-3"])   # {"width": 32, "optimizer.lr": 0.001}
+    sets = parse_sets(["width=32", "optimizer.lr=1e-3"])   # {"width": "32", "optimizer.lr": "1e-3"}
 """
 from __future__ import annotations
 
 import argparse
 import os
+import math
 from typing import Any
 
 import dslc
-from dslc.diagnostics import UsageError
+from dslc.diagnostics import UsageError, printable
+from dslc.frontend.values import literals
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: int, float, true/false, or else a string."""
-    low = text.strip()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(low)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """The KEY=VALUE pairs of --set, values as written: each is read later as one .net value
+    by what it sets (a hyper-parameter, a recipe setting), never pasted into source."""
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
+            raise UsageError(f"--set expects KEY=VALUE, got {printable(item)!r}")
+        out[key.strip()] = value
     return out
 
 
@@ -45,10 +36,41 @@ def output_is_not(output, *inputs) -> None:
             same = False
         if same:
             raise UsageError(f"-o {output} is {given}, which this command reads; choose another output file")
+# ---- argument types: a bad number is argparse's usage error (exit 2), never a traceback later
+
+def count(text: str) -> int:
+    """An integer >= 1 (a batch, a number of steps, of epochs, of elements)."""
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An integer seed in [0, 2**32 - 1], as in a recipe."""
+    value = _number(text, int, "an integer")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 4294967295], got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0 (a learning rate, a threshold)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
 def load_model(args) -> dslc.Model:
-    return dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    return dslc.load(args.file, model=args.model, **literals(parse_sets(args.set)))
 
 
 def recipe_sets(args) -> dict[str, Any]:
@@ -84,7 +106,7 @@ def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
                    help="override a recipe setting (epochs=5, optimizer.lr=0.01) or else a model "
                         "hyper-parameter (hidden=64); repeatable")
     if epochs:
-        p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (same as --set epochs=N)")
+        p.add_argument("--epochs", type=count, metavar="N", help="train N epochs (same as --set epochs=N)")
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: bool = False) -> None:

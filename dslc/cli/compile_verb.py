@@ -25,11 +25,12 @@ nvcc it says so, and the source is only written. No build record: nvcc takes sec
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from dslc.cli.common import add_model_args, parse_sets, verb
+from dslc.cli.common import add_model_args, count, load_model, verb
 from dslc.diagnostics import CliError
 from dslc.files import ensure_dir, write_atomic
 
@@ -55,7 +56,7 @@ def register(verbs) -> None:
                    help="which graph to compile (repeatable; default: train_step and infer)")
     p.add_argument("--emit", metavar="DIR",
                    help="also write the generated source to DIR/<model>_<stage>.py (gpu: .cu)")
-    p.add_argument("--batch", type=int, default=2, help="batch size of the warm-up run (default: 2)")
+    p.add_argument("--batch", type=count, default=2, help="batch size of the warm-up run (default: 2)")
     p.add_argument("--no-build", action="store_true", help="generate and cache the source only; compile nothing")
     p.add_argument("--arch", help=f"gpu: the nvcc -arch (default: the local GPU's, else {DEFAULT_ARCH})")
     p.set_defaults(run=cmd_compile)
@@ -67,7 +68,7 @@ def cmd_compile(args) -> int:
         return _compile_gpu(args)
     start = time.perf_counter()
     stages = list(dict.fromkeys(args.stage or STAGES))
-    request = {"file": str(Path(args.file).resolve()), "model": args.model, "set": sorted(args.set or []),
+    request = {"file": os.path.realpath(args.file),  # realpath: a symlink loop is load()'s to report "model": args.model, "set": sorted(args.set or []),
                "stages": stages, "batch": args.batch, "target": args.target}
     record_at = cache.record_path(request)
     record = None if args.no_build else cache.read_record(record_at)
@@ -76,9 +77,8 @@ def cmd_compile(args) -> int:
             where = _emit(args, line.split()[0], stage, Path(module)) or module
             print(f"{line}: built already ({time.perf_counter() - start:.2f} s) -> {where}")
         return 0
-    import dslc
     from dslc.stages import build
-    model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    model = load_model(args)
     lines, modules = [], []
     for stage in _stages(model, stages):
         start = time.perf_counter()
@@ -162,9 +162,8 @@ def _compile_gpu(args) -> int:
     """Generate each stage's CUDA module, write it, and compile it with nvcc where there is one."""
     import shutil
 
-    import dslc
     from dslc.codegen.cuda_gpu import stage_module
-    model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
+    model = load_model(args)
     nvcc = None if args.no_build else shutil.which("nvcc")
     arch = args.arch or _local_arch()
     for stage in _stages(model, list(dict.fromkeys(args.stage or STAGES))):

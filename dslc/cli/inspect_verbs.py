@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dslc.cli.common import add_model_args, load_model, output_is_not, verb
+from dslc.cli.common import add_model_args, count, load_model, output_is_not, positive, seed, verb
 from dslc.diagnostics import CliError, UsageError, did_you_mean
 from dslc.files import write_atomic
 
@@ -136,8 +136,6 @@ def cmd_ops(args) -> int:
 def cmd_gradcheck(args) -> int:
     from dslc import gradcheck as gc  # float64 numerics: loaded only for this verb
 
-    if args.batch < 1 or args.max_elements < 1:
-        raise UsageError("--batch and --max-elements must be at least 1")
     rows = gc.gradcheck(load_model(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
                         max_elements=args.max_elements)
     print(json.dumps(gc.to_json(rows, args.threshold), indent=2) if args.json
@@ -182,7 +180,7 @@ def register(verbs) -> None:
     p.add_argument("--verify", action="store_true",
                    help="with the pass table, run the NumPy reference before and after every pass on "
                         "random inputs and report the largest relative difference")
-    p.add_argument("--batch", type=int, default=2, help="batch size for byte counts and --verify (default: 2)")
+    p.add_argument("--batch", type=count, default=2, help="batch size for byte counts and --verify (default: 2)")
     p.set_defaults(run=cmd_inspect)
 
     p = verb(verbs, "ops", "list the ops of the language, or describe one",
@@ -201,11 +199,11 @@ def register(verbs) -> None:
               "subset of large ones. Exit status 1 if any tensor's max relative error reaches the threshold.",
               "  dslc gradcheck models/two_layer.net\n  dslc gradcheck models/small_cnn.net --set width=4 --json")
     add_model_args(p)
-    p.add_argument("--batch", type=int, default=2, help="batch size of the random inputs (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the inputs, parameters and masks (default: 0)")
-    p.add_argument("--threshold", type=float, default=1e-6, help="largest relative error that passes "
-                                                                  "(default: 1e-6)")
-    p.add_argument("--max-elements", type=int, default=50, metavar="K",
+    p.add_argument("--batch", type=count, default=2, help="batch size of the random inputs (default: 2)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the inputs, parameters and masks (default: 0)")
+    p.add_argument("--threshold", type=positive, default=1e-6, help="largest relative error that passes "
+                                                                     "(default: 1e-6)")
+    p.add_argument("--max-elements", type=count, default=50, metavar="K",
                    help="check every element of a tensor up to K elements, else K random ones (default: 50)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(run=cmd_gradcheck)

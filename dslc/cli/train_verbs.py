@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, load_model, model_and_recipe, output_is_not,
-                             parse_sets, recipe_sets, verb)
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, count, load_model, model_and_recipe,
+                             output_is_not, parse_sets, positive, recipe_sets, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -44,8 +44,6 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from dslc.runtime import predict
 
-    if args.top < 1:
-        raise UsageError("--top must be at least 1")
     ckpt = predict.open_checkpoint(args.checkpoint)
     model = load_model(args)
     predict.fit_model(ckpt, model, args.force)
@@ -145,7 +143,7 @@ def register(verbs) -> None:
               "  dslc predict models/digits_mlp.net --checkpoint runs/digits_mlp --input x.npy --top 3")
     add_checkpoint_args(p)
     p.add_argument("--input", required=True, metavar="FILE", help="x.npy or an image (.png, .jpg, ...)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per example (default: 5)")
+    p.add_argument("--top", type=count, default=5, metavar="K", help="classes shown per example (default: 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(run=cmd_predict)
 
@@ -172,9 +170,9 @@ def register(verbs) -> None:
               "rate where the loss is lowest.",
               "  dslc lr-find models/digits_mlp.net -o lr_find.png")
     add_recipe_args(p)
-    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
-    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default: 10)")
-    p.add_argument("--steps", type=int, default=100, help="steps of the test (default: 100)")
+    p.add_argument("--start", type=positive, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end", type=positive, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=count, default=100, help="steps of the test (default: 100)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="where to run (default: the recipe's device)")
     p.add_argument("-o", "--output", default="lr_find.png", help="PNG to write (default: lr_find.png)")
     p.set_defaults(run=cmd_lr_find)

@@ -117,7 +117,7 @@ def _sha(path) -> str | None:
         return None
 
 
-def write_record(path: Path, inputs, artefacts, lines: list[str]) -> None:
+def write_record(path: Path, inputs, artefacts, lines: list) -> None:
     """Record a finished build: the .net files read (and their hashes), the files it made
     (generated modules, Numba's cache indexes) and the lines it printed."""
     record = {"inputs": {str(Path(f).resolve()): _sha(f) for f in inputs},

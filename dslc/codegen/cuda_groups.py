@@ -91,6 +91,7 @@ class _Sweep:
         self.by = {n.name: n for n in kernel.nodes}
         self.chan: dict[str, str] = {}  # per-channel values of the current c
         self.elem: dict[str, str] = {}  # values at the current element
+        self.partial: dict[str, str] = {}  # each thread's partial sums, by statistic
         self.src = Source(c=True)
 
     def kind(self, name: str) -> str:

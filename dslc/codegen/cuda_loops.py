@@ -151,7 +151,8 @@ def elementwise(gen, src, kernel) -> None:
             if host is not None:
                 h = names.fresh(host.name.rsplit(".", 1)[-1])
                 src.line(f"const double {h} = {out}[i];")
-                resolve = lambda r: h if r == host.name else loads.resolve(r)
+                def resolve(ref: str, h: str = h, real=loads.resolve) -> str:
+                    return h if ref == host.name else real(ref)
                 tail = [b for b in body if b is not host]
             values = emit_body(src, tail, resolve, names)
             src.line(f"{out}[i] = ({gen.ctype(out_name)})({values[body[-1].name]});")

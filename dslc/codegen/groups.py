@@ -114,6 +114,7 @@ class _Sweep:
         self.views: dict[str, str] = {}  # S-shaped buffers as [N, C, S] (rows: [N, C])
         self.elem: dict[str, str] = {}
         self.slices: list[str] = []  # rows: the workspace slices, in order
+        self.hoisted: list[str] = []  # lines emitted once, before the loops
 
     def kind(self, name: str) -> str:
         s = self.kg.buffer(name).shape

@@ -167,8 +167,10 @@ def elementwise(gen, src, kernel) -> None:
                     with src.block(f"for j in range({out_at}.shape[2]):"):
                         _element(src, loads, body, host, f"{out_at}[n, c, j]")
         else:
-            _nd_loops(src, out, len(space), par, lambda: (
-                loads.load(src, kernel.index_maps, "c"), _element(src, loads, body, host, f"{out}[{index(len(space))}]")))
+            def inner() -> None:
+                loads.load(src, kernel.index_maps, "c")
+                _element(src, loads, body, host, f"{out}[{index(len(space))}]")
+            _nd_loops(src, out, len(space), par, inner)
 
 
 def _element(src, loads, body, host, out_at: str) -> None:

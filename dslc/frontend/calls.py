@@ -11,10 +11,13 @@ the block's formals, and its layers get the instance's name as prefix.
 """
 from __future__ import annotations
 
-from dslc.diagnostics import did_you_mean
+from typing import Any, Callable
+
+from dslc.diagnostics import Span, did_you_mean
 from dslc.frontend import ast
-from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, ParamGroup, Scope, Symbol, Tensor, as_hyper,
+from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, ParamGroup, Poison, Scope, Symbol, Tensor, as_hyper,
                                   describe, poisoned)
+from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
 from dslc.ops import registry
@@ -28,9 +31,22 @@ _SYMBOL_KINDS = ("enum", "init", "pad", "str")
 
 
 class Calls:
-    def call(self, c: ast.Call, scope: Scope):
+    # What the Elaborator (resolve.py) supplies; declared here for readers and the type checker.
+    program: Any  # the Program being elaborated
+    builder: GraphBuilder
+    weights: list[str]
+    called: set[str]
+    error: Callable[..., Abort]
+    eval: Callable[[Any, Scope], Any]
+    want_tensor: Callable[[Any, Span, Scope, str], Tensor]
+    unknown_name: Callable[[Symbol, Scope], Abort]
+    make_node: Callable[[str, list[str], dict, Span, str, Scope], Tensor]
+    block_body: Callable[[Any, Scope], None]
+
+    def call(self, c: ast.Call, scope: Scope, piped=None):
+        """The value of call `c`; `piped` is the value of `c.piped` when the caller has it."""
         if c.func in self.program.blocks:
-            return self.block_call(c, scope)
+            return self.block_call(c, scope, piped)
         if c.func in INITS:
             return self.init_call(c, scope)
         op = registry.all_ops().get(c.func)
@@ -44,11 +60,13 @@ class Calls:
                              "a program cannot call it", c.func_span,
                              "declare inputs and parameters with `input` and `param`" if op.category == "source"
                              else "`dslc ops` lists the ops a program can call")
-        return self.op_call(op, c, scope)
+        return self.op_call(op, c, scope, piped)
 
-    def _args(self, c: ast.Call, scope: Scope) -> tuple[list, list]:
+    def _args(self, c: ast.Call, scope: Scope, piped=None) -> tuple[list, list]:
+        """The values and spans of the positional arguments, the piped value first."""
         args = ([c.piped] if c.piped is not None else []) + list(c.args)
-        return [self.eval(a, scope) for a in args], [a.span for a in args]
+        values = [piped if piped is not None and a is c.piped else self.eval(a, scope) for a in args]
+        return values, [a.span for a in args]
 
     # ---- initialisers
 
@@ -68,7 +86,7 @@ class Calls:
         raise self.error(scope, "E0221", f"expected an initialiser, got {name or describe(v)}", e.span,
                          did_you_mean(name, INITS) if name else f"one of {', '.join(INITS)}")
 
-    def init_call(self, c: ast.Call, scope: Scope) -> Init:
+    def init_call(self, c: ast.Call, scope: Scope) -> Init | Poison:
         if c.piped is not None:
             raise self.error(scope, "E0222", f"'{c.func}' is an initialiser, not a layer", c.func_span)
         spec = INITS[c.func]
@@ -94,13 +112,13 @@ class Calls:
             try:
                 out.append((name, convert_init(value, default, choices, name)))
             except AttrError as err:
-                raise self.error(scope, "E0212", f"{c.func}(): {err}", given[name].span, err.hint)
+                raise self.error(scope, "E0212", f"{c.func}(): {err}", given[name].span, err.hint) from None
         return Init(c.func, tuple(sorted(out)))
 
     # ---- ops
 
-    def op_call(self, op: registry.OpDef, c: ast.Call, scope: Scope):
-        values, spans = self._args(c, scope)
+    def op_call(self, op: registry.OpDef, c: ast.Call, scope: Scope, piped=None):
+        values, spans = self._args(c, scope, piped)
         if any(poisoned(v) for v in values):
             return POISON
         n_in = len(op.inputs)
@@ -158,8 +176,8 @@ class Calls:
                 out[a.name] = convert_attr(a, value)
             except AttrError as err:
                 if isinstance(value, Symbol) and a.kind.removeprefix("optional_") not in _SYMBOL_KINDS:
-                    raise self.unknown_name(value, scope)
-                raise self.error(scope, "E0212", f"{op.name} attribute '{a.name}': {err}", span, err.hint)
+                    raise self.unknown_name(value, scope) from None
+                raise self.error(scope, "E0212", f"{op.name} attribute '{a.name}': {err}", span, err.hint) from None
         return out
 
     def _make_params(self, op: registry.OpDef, inputs: list[str], attrs: dict, name: str, c: ast.Call,
@@ -173,7 +191,7 @@ class Calls:
             try:
                 shape = tuple(slot.shape(types, full))
             except registry.ShapeError as err:
-                raise self.error(scope, err.code, err.message, c.span, err.hint)
+                raise self.error(scope, err.code, err.message, c.span, err.hint) from None
             if not all(isinstance(d, int) for d in shape):
                 raise self.error(scope, "E0303", f"{op.name} would create parameter '{slot.name}' of symbolic "
                                  f"shape [{', '.join(map(str, shape))}]", c.span,
@@ -190,11 +208,12 @@ class Calls:
 
     # ---- blocks
 
-    def block_call(self, c: ast.Call, scope: Scope):
+    def block_call(self, c: ast.Call, scope: Scope, piped=None):
         block = self.program.blocks[c.func]
         if len(scope.chain) >= MAX_BLOCK_DEPTH:
             raise self.error(scope, "E0255", f"block '{c.func}' calls itself without end", c.func_span)
-        values, spans = self._args(c, scope)
+        self.called.add(c.func)
+        values, spans = self._args(c, scope, piped)
         if any(poisoned(v) for v in values):
             return POISON
         formals = {}

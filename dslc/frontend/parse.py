@@ -5,10 +5,18 @@ Lark's exceptions are converted here and nowhere else, minding two traps:
 point at the end of the file instead; and the Transformer never raises (a raise
 inside it would arrive as `VisitError`), it records lexical problems that we report.
 The parser is built once per process: loading the grammar is the slow part of Lark.
+
+Size and depth are bounded before Lark sees the text, so that any file either parses or
+gets a located message, quickly: at most MAX_TOKENS tokens (the parser's time grows with
+them; a 300-layer model is a few thousand) and at most MAX_NESTING brackets open at once
+(every later stage walks nested expressions recursively). Long pipelines and sums nest
+no brackets; the tree they make is turned into the AST without recursion.
 """
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 from importlib import resources
 
 from lark import Lark, Token
@@ -27,6 +35,12 @@ _TOKEN_NAMES = {
 }
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT"}
 _MAX_EXPECTED = 5  # longer lists of expected tokens say nothing useful
+MAX_TOKENS = 100_000
+MAX_NESTING = 1_000
+# What the bounds count: tokens roughly as the lexer splits them (a comment is one), and
+# brackets outside strings and comments. A broken string is left for the parser to report.
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\|>|[A-Za-z0-9_.]+|\S')
+_BRACKET = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[(\[{]|[)\]}]')
 
 
 def grammar_text() -> str:
@@ -39,7 +53,9 @@ def parser() -> Lark:
     # cache=True: Lark keeps the analysed LALR tables in a temporary file keyed by the
     # grammar's and options' hash (a fifth of a second saved at every process start).
     # A cached parser has no `.grammar`; tools that walk the grammar build their own.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    # Two entry points: a whole file, and one expression (a --set value, read as a value).
+    return Lark(grammar_text(), parser="lalr", start=["start", "expr"], propagate_positions=True,
+                maybe_placeholders=True, cache=True)
 
 
 def _describe(tok: Token | None) -> str:
@@ -73,10 +89,11 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
                           hint="a '}' or ')' may be missing")
     if isinstance(err, UnexpectedCharacters):
         return _bad_character(file, text, err)
+    assert isinstance(err, UnexpectedToken)  # the last kind the LALR parser raises
     tok = err.token
     span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
     message = f"unexpected {_describe(tok)}"
-    if len(err.expected) <= _MAX_EXPECTED:
+    if 0 < len(err.expected) <= _MAX_EXPECTED:
         message += f"; expected {_expected(err.expected)}"
     hint = None
     if tok.type in _OPERATORS and "PIPE" in err.expected:
@@ -85,18 +102,61 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
     return Diagnostic("E0103", message, span, hint)
 
 
+def _at(file: str, text: str, pos: int, width: int = 1) -> Span:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return Span(file, line, col, line, col + width)
+
+
+def check_bounds(text: str, file: str) -> None:
+    """Raise CompileError (located) if `text` has more than MAX_TOKENS tokens or nests
+    brackets deeper than MAX_NESTING; both are counted by regular expressions, in C."""
+    if len(_TOKEN.findall(text)) > MAX_TOKENS:
+        m = next(itertools.islice(_TOKEN.finditer(text), MAX_TOKENS, None))
+        raise CompileError([Diagnostic("E0107", f"{file} is too long: more than {MAX_TOKENS:,} tokens",
+                                       _at(file, text, m.start()),
+                                       hint="a .net file holds at most that many; a repeat loop or a block "
+                                            "writes a long model in a few lines")])
+    depth = 0
+    for m in _BRACKET.finditer(text):
+        ch = m.group()
+        if ch in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise CompileError([Diagnostic("E0108", f"brackets nest more than {MAX_NESTING} deep here",
+                                               _at(file, text, m.start()),
+                                               hint="name intermediate values: `y = f(x)` on a line of its own")])
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)  # a stray closing bracket is the parser's to report
+
+
 def parse(text: str, file: str = "<string>") -> ast.Module:
     """Parse one .net file; raises CompileError with located syntax errors.
 
     >>> parse("model m { input x : f32[N, 2]  output y = relu(x) }").models[0].name
     'm'
     """
+    return _parse(text, file, "start")
+
+
+def parse_expression(text: str, file: str = "<string>") -> ast.Expr:
+    """Parse `text` as exactly one expression, or raise CompileError: nothing before or after
+    it can close a block or start a definition, so a value can never change the program.
+
+    >>> parse_expression("adam(lr=1e-3)").kwargs[0].value.value
+    0.001
+    """
+    return _parse(text, file, "expr")
+
+
+def _parse(text: str, file: str, start: str):
+    check_bounds(text, file)
     try:
-        tree = parser().parse(text)
+        tree = parser().parse(text, start=start)
     except UnexpectedInput as err:
         raise CompileError([_syntax_error(file, text, err)]) from None
     builder = ToAst(file)
-    module = builder.transform(tree)
+    result = builder.transform(tree)
     if builder.problems:
         raise CompileError(builder.problems)
-    return module
+    return result

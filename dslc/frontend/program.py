@@ -7,13 +7,16 @@ twice is an error pointing at both places.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from dslc.diagnostics import CompileError, Diagnostic, SourceCache, Span
+from dslc.diagnostics import CompileError, Diagnostic, SourceCache, Span, printable, quoted
 from dslc.frontend import ast
 from dslc.frontend.parse import parse
+from dslc.reading import Refused, read_bounded
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Program:
     models: dict[str, ast.ModelDef] = field(default_factory=dict)
     trains: list[ast.TrainDef] = field(default_factory=list)
     sources: SourceCache = field(default_factory=SourceCache)
+    display: dict[Path, str] = field(default_factory=dict)  # real path -> the name messages use
 
     @property
     def root_module(self) -> ast.Module:
@@ -39,13 +43,28 @@ class Program:
         return next(iter(self.models), None)
 
 
-def display_path(path: Path) -> str:
+MAX_SOURCE_BYTES = 1 << 20  # a .net file is written by hand: 1 MiB is ~20,000 lines
+
+
+def display_path(path: str | os.PathLike) -> str:
     """A path as the user would type it: relative to the working directory when inside it."""
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
         return str(path)
-    return str(Path(path).resolve()) if rel.startswith("..") else rel
+    return os.path.abspath(path) if rel.startswith("..") else rel
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """The file a path names, symbolic links followed (a loop is left for open() to report)."""
+    return Path(os.path.realpath(path))
+
+
+def _name(lexical: str | os.PathLike, real: Path) -> str:
+    """How messages name a file: as it was reached (`models/x.net` through a symlinked
+    folder), unless that spelling names another file, then by where it really is."""
+    plain = os.path.normpath(lexical)
+    return display_path(plain) if _real(plain) == real else display_path(real)
 
 
 def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
@@ -54,14 +73,15 @@ def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
     `text`, when given, is used instead of reading `path` (imports are still read
     from disk, relative to `path`).
     """
-    root = Path(path)
-    prog = Program(root=display_path(root))
+    real = _real(path)
+    prog = Program(root=_name(path, real))
     if text is None:
-        text = _read(root)
-        if not isinstance(text, str):
-            raise CompileError.single("E0001", f"cannot read {prog.root}: {_reason(text)}")
+        read = _read(real)
+        if not isinstance(read, str):
+            raise CompileError.single("E0001", f"cannot read {printable(prog.root)}: {_reason(read)}")
+        text = read
     errors: list[Diagnostic] = []
-    _load(prog, root.resolve(), text, [], errors, set())
+    _load(prog, prog.root, real, text, errors)
     if not errors:
         _collect(prog, errors)
     if errors:
@@ -70,9 +90,10 @@ def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
 
 
 def _read(path: Path) -> str | OSError | UnicodeDecodeError:
-    """The text of a file, or the reason it cannot be read (a value, so callers word the error)."""
+    """The text of a file, or the reason it cannot be read (a value, so callers word the error).
+    Only a regular file of at most MAX_SOURCE_BYTES is read (a FIFO or /dev/zero is refused)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path, MAX_SOURCE_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return e
 
@@ -80,49 +101,69 @@ def _read(path: Path) -> str | OSError | UnicodeDecodeError:
 def _reason(err: OSError | UnicodeDecodeError) -> str:
     if isinstance(err, UnicodeDecodeError):
         return f"not UTF-8 text (byte {err.start})"
+    if isinstance(err, Refused):
+        return err.strerror
     if isinstance(err, FileNotFoundError):
         return "no such file"
     if isinstance(err, IsADirectoryError):
         return "it is a directory"
+    if err.errno == errno.ELOOP:
+        return "a loop of symbolic links"
     return (err.strerror or str(err)).lower()
 
 
-def _load(prog: Program, path: Path, text: str, chain: list[Path], errors, seen: set[Path]) -> None:
-    """Parse one file, then the files it imports (depth first, each file once)."""
-    seen.add(path)
-    name = display_path(path)
-    prog.sources.add(name, text)
-    try:
-        module = parse(text, name)
-    except CompileError as e:
-        errors.extend(e.diagnostics)
-        return
-    prog.modules[name] = module
-    stack = chain + [path]
-    for imp in module.imports:
-        target = (path.parent / imp.path).resolve()
-        if target in stack:
-            cycle = " -> ".join(display_path(p) for p in stack[stack.index(target):] + [target])
-            errors.append(Diagnostic("E0003", f"import cycle: {cycle}", imp.span,
-                                     hint="move the shared blocks into a file that both import"))
+def _load(prog: Program, name: str, path: Path, text: str, errors: list[Diagnostic]) -> None:
+    """Parse the root file, then the files it imports, depth first, each file once.
+
+    A work list rather than recursion: a chain of a thousand imports is legal. Each entry
+    carries the chain of files that led to it, where an import cycle is found.
+    """
+    seen: set[Path] = set()
+    todo: list[tuple[str, Path, str | None, tuple[Path, ...], ast.Import | None]] = [(name, path, text, (), None)]
+    while todo:
+        name, path, given, chain, imp = todo.pop()
+        if imp is not None:  # an import: the checks the importing file's statement gets
+            if path in chain:
+                cycle = " -> ".join(prog.display[p] for p in chain[chain.index(path):]) + f" -> {prog.display[path]}"
+                errors.append(Diagnostic("E0003", f"import cycle: {printable(cycle)}", imp.span,
+                                         hint="move the shared blocks into a file that both import"))
+                continue
+            if path in seen:  # a diamond: already read (or already reported) through another path
+                continue
+            read = _read(path)
+            if not isinstance(read, str):
+                seen.add(path)
+                errors.append(Diagnostic("E0002", f"cannot import {quoted(imp.path)}: {printable(name)}: "
+                                         f"{_reason(read)}", imp.span,
+                                         hint="import paths are relative to the importing file"))
+                continue
+            given = read
+        text = given or ""
+        seen.add(path)
+        prog.display[path] = name
+        prog.sources.add(name, text)
+        try:
+            module = parse(text, name)
+        except CompileError as e:
+            errors.extend(e.diagnostics)
             continue
-        if target in seen:  # a diamond: already read (or already reported) through another path
-            continue
-        sub = _read(target)
-        if not isinstance(sub, str):
-            seen.add(target)
-            errors.append(Diagnostic("E0002", f"cannot import '{imp.path}': {display_path(target)}: "
-                                     f"{_reason(sub)}", imp.span,
-                                     hint="import paths are relative to the importing file"))
-            continue
-        _load(prog, target, sub, stack, errors, seen)
+        prog.modules[name] = module
+        folder = os.path.dirname(name)
+        for sub in reversed(module.imports):
+            target = _real(path.parent / sub.path)
+            # Named through the importing file's name where that reaches the same file.
+            shown = _name(os.path.join(folder, sub.path), target) if _real(folder or ".") == path.parent \
+                else display_path(target)
+            todo.append((prog.display.get(target, shown), target, None, chain + (path,), sub))
 
 
 def _collect(prog: Program, errors: list[Diagnostic]) -> None:
     """Gather the definitions of all files into one namespace; a name may be defined once."""
     seen: dict[str, Span] = {}
     for module in prog.modules.values():
-        for defs, table in ((module.blocks, prog.blocks), (module.models, prog.models)):
+        tables: tuple[tuple[tuple[Any, ...], dict[str, Any]], ...] = (
+            (module.blocks, prog.blocks), (module.models, prog.models))
+        for defs, table in tables:
             for d in defs:
                 if d.name in seen:
                     errors.append(Diagnostic("E0203", f"'{d.name}' is defined twice", d.name_span)

@@ -14,21 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from dslc.deep import deep
+from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean
 from dslc.frontend import ast
 from dslc.frontend.calls import Calls
+from dslc.frontend.check_blocks import check_uncalled
 from dslc.frontend.program import Program
 from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, FoldError, ParamGroup, Scope, Symbol, Tensor,
                                   as_hyper, describe, fold, poisoned)
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Output
-from dslc.ir.types import DTYPES, Sym, TensorType
+from dslc.ir.types import DTYPES, Dim, Sym, TensorType
 from dslc.ops import registry
 
 # Unrolling limits: a real model stays far below them; a runaway `repeat` or a block
 # that calls itself twice per level would otherwise take forever instead of failing.
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
+# Nested expressions, counting into the blocks they call: more than any program needs, and
+# few enough that elaboration stays far below deep.RECURSION_LIMIT (about 6 frames a level).
+MAX_DEPTH = 5_000
 
 
 class _Halt(Exception):
@@ -43,6 +48,8 @@ class Elaborator(Calls):
     outputs: list[Output] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
     steps: int = 0  # statements run so far, against MAX_STEPS
+    depth: int = 0  # expressions being evaluated, one inside the other, against MAX_DEPTH
+    called: set[str] = field(default_factory=set)  # the blocks elaboration has called
 
     # ---- diagnostics
 
@@ -59,20 +66,24 @@ class Elaborator(Calls):
 
     # ---- models
 
-    def model(self, mdef: ast.ModelDef, overrides: dict[str, Any], override_span: Span | None) -> Graph:
+    def model(self, mdef: ast.ModelDef, overrides: dict[str, Any]) -> Graph:
+        _check_overrides(mdef, overrides)
         scope = Scope("", {})
-        scope.vars.update(self._bind_hyper(mdef, overrides, override_span))
+        scope.vars.update(self._bind_hyper(mdef, overrides))
         try:
             self.block_body(mdef.body, scope)
         except _Halt:
             pass
+        else:  # what nothing called was not checked: check it without arguments
+            self.errors += check_uncalled(self.program, self.called, mdef.name)
         if not self.errors:
             self._check_model(mdef)
         if self.errors:
             raise CompileError(self.errors, self.program.sources)
         return self.builder.graph(mdef.name, self.outputs, "typed")
 
-    def _bind_hyper(self, mdef: ast.ModelDef, overrides: dict[str, Any], span: Span | None) -> dict:
+    def _bind_hyper(self, mdef: ast.ModelDef, overrides: dict[str, Any]) -> dict:
+        """The hyper-parameters' values: `overrides` (already checked) or the defaults."""
         values: dict[str, Any] = {}
         scope = Scope("", values)
         for f in mdef.formals:
@@ -88,35 +99,23 @@ class Elaborator(Calls):
                 self.error(scope, "E0231", f"unknown hyper-parameter type '{f.type}'", f.span,
                            did_you_mean(f.type, HYPER_TYPES) or "one of int, float, bool, str")
                 continue
-            given = f.name in overrides
-            if given:
-                value = overrides[f.name]
-            elif f.default is not None:
-                try:
-                    value = self.tensor_or_value(f.default, scope)
-                except Abort:
-                    continue
-            else:
+            if f.name in overrides:
+                values[f.name] = as_hyper(overrides[f.name], f.type)
+                continue
+            if f.default is None:
                 self.error(scope, "E0232", f"hyper-parameter '{f.name}' has no default; give one with "
                            f"--set {f.name}=VALUE", f.span)
                 continue
+            try:
+                value = self.tensor_or_value(f.default, scope)
+            except Abort:
+                continue
             checked = as_hyper(value, f.type)
             if checked is None:
-                if given:
-                    self.error(scope, "E0233", f"--set {f.name}: hyper-parameter '{f.name}' is {f.type}, got "
-                               f"{describe(value)}", span or f.span)
-                else:
-                    self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {describe(value)}",
-                               f.default.span)
+                self.error(scope, "E0233", f"hyper-parameter '{f.name}' is {f.type}, got {describe(value)}",
+                           f.default.span)
                 continue
             values[f.name] = checked
-        known = {f.name for f in mdef.formals}
-        for k in overrides:
-            if k not in known:
-                hint = did_you_mean(k, known) or (f"'{mdef.name}' takes: {', '.join(sorted(known))}" if known
-                                                  else f"'{mdef.name}' has no hyper-parameters")
-                self.error(scope, "E0234", f"--set {k}: model '{mdef.name}' has no hyper-parameter '{k}'",
-                           span or mdef.name_span, hint)
         return values
 
     def _check_model(self, mdef: ast.ModelDef) -> None:
@@ -283,7 +282,7 @@ class Elaborator(Calls):
         if te.dtype not in DTYPES:
             raise self.error(scope, "E0260", f"unknown dtype '{te.dtype}'", te.dtype_span,
                              did_you_mean(te.dtype, DTYPES) or f"one of {', '.join(DTYPES)}")
-        dims = []
+        dims: list[Dim] = []
         for d in te.dims:
             value = self.tensor_or_value(d, scope)
             if isinstance(value, Symbol):
@@ -320,7 +319,37 @@ class Elaborator(Calls):
         return self.error(scope, "E0201", f"unknown name '{sym.id}'", sym.span, did_you_mean(sym.id, candidates))
 
     def eval(self, e, scope: Scope):
-        """Value of an expression: a Python value, a Tensor, a Symbol, Init, ParamGroup, or POISON."""
+        """Value of an expression: a Python value, a Tensor, a Symbol, Init, ParamGroup, or POISON.
+
+        A pipeline `x |> f |> g` and a sum `a + b + c` nest to the left as deep as they are
+        long; their left spine is walked here in a loop, so a 300-stage pipeline costs no
+        recursion. Only nesting in brackets recurses, bounded by MAX_DEPTH.
+        """
+        spine = []
+        while (isinstance(e, ast.Call) and e.piped is not None) or isinstance(e, (ast.BinOp, ast.Neg)):
+            spine.append(e)
+            e = e.piped if isinstance(e, ast.Call) else e.left if isinstance(e, ast.BinOp) else e.operand
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.error(scope, "E0257", f"expressions nest more than {MAX_DEPTH} deep here, counting "
+                                 "the blocks they call", e.span, hint="name intermediate values: `y = f(x)`")
+            value = self._leaf(e, scope)
+            for outer in reversed(spine):
+                if isinstance(outer, ast.Call):
+                    value = self.call(outer, scope, piped=value)
+                elif isinstance(outer, ast.Neg):
+                    value = self.arith("neg", [value], [outer.operand.span], outer.span, scope)
+                else:
+                    right = self.eval(outer.right, scope)
+                    value = self.arith(outer.op, [value, right], [outer.left.span, outer.right.span], outer.span,
+                                       scope)
+            return value
+        finally:
+            self.depth -= 1
+
+    def _leaf(self, e, scope: Scope):
+        """Value of an expression that is not a pipeline stage, a binary operation or a negation."""
         if isinstance(e, (ast.Num, ast.Str, ast.Bool)):
             return e.value
         if isinstance(e, ast.Name):
@@ -331,11 +360,6 @@ class Elaborator(Calls):
             return Symbol(e.id, e.span)
         if isinstance(e, ast.ListLit):
             return [self.eval(i, scope) for i in e.items]
-        if isinstance(e, ast.Neg):
-            return self.arith("neg", [self.eval(e.operand, scope)], [e.operand.span], e.span, scope)
-        if isinstance(e, ast.BinOp):
-            a, b = self.eval(e.left, scope), self.eval(e.right, scope)
-            return self.arith(e.op, [a, b], [e.left.span, e.right.span], e.span, scope)
         if isinstance(e, ast.Call):
             return self.call(e, scope)
         raise TypeError(f"unknown expression {e!r}")
@@ -381,7 +405,24 @@ def _chain_notes(chain):
     return notes
 
 
-def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None,
-              override_span: Span | None = None) -> Graph:
-    """The typed graph of `model`; raises CompileError with every mistake found."""
-    return Elaborator(program).model(program.models[model], overrides or {}, override_span)
+@deep
+def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None) -> Graph:
+    """The typed graph of `model`; raises CompileError with every mistake found, and
+    UsageError when `overrides` (--set) name or give a hyper-parameter wrongly."""
+    return Elaborator(program).model(program.models[model], overrides or {})
+
+
+def _check_overrides(mdef: ast.ModelDef, overrides: dict[str, Any]) -> None:
+    """Every --set of a hyper-parameter names one of the model's, with a value of its type;
+    a mistake is the command line's (UsageError), all of them in one message."""
+    declared = {f.name: f.type for f in mdef.formals}
+    problems = []
+    for key, value in overrides.items():
+        if key not in declared:
+            hint = did_you_mean(key, declared) or (f"'{mdef.name}' takes: {', '.join(sorted(declared))}" if declared
+                                                   else f"'{mdef.name}' has no hyper-parameters")
+            problems.append(f"--set {key}: model '{mdef.name}' has no hyper-parameter '{key}'; {hint}")
+        elif declared[key] in HYPER_TYPES and as_hyper(value, declared[key]) is None:
+            problems.append(f"--set {key}: hyper-parameter '{key}' is {declared[key]}, got {describe(value)}")
+    if problems:
+        raise UsageError("\n".join(problems))

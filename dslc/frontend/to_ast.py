@@ -1,6 +1,7 @@
 """Lark parse tree -> AST. Builds dataclasses and nothing else.
 
-Nothing here may raise: an exception inside a Lark Transformer arrives wrapped in
+The tree is walked without recursion (Transformer_NonRecursive): a pipeline of a thousand
+stages is a tree a thousand levels deep. Nothing here may raise: an exception inside a Lark Transformer arrives wrapped in
 `VisitError` and loses its position. The few lexical checks that belong to this
 stage (string escapes, number ranges) are *recorded* in `problems` and reported by
 parse.py; everything about meaning lives in resolve.py, which reports with the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer_NonRecursive, v_args
 
 from dslc.diagnostics import Diagnostic, Span
 from dslc.frontend import ast
@@ -32,7 +33,7 @@ def _clip(text: str, width: int = 24) -> str:
 
 
 @v_args(meta=True, inline=True)
-class ToAst(Transformer):
+class ToAst(Transformer_NonRecursive):
     def __init__(self, file: str):
         super().__init__()
         self.file = file
@@ -117,12 +118,20 @@ class ToAst(Transformer):
         return ast.Repeat(count, str(index) if index is not None else None, body, self._span(meta))
 
     # ---- expressions
-    def _binop(op):
-        def rule(self, meta, left, right):
-            return ast.BinOp(op, left, right, self._span(meta))
-        return rule
+    def add(self, meta, left, right):
+        return ast.BinOp("add", left, right, self._span(meta))
 
-    add, sub, mul, div, matmul = _binop("add"), _binop("sub"), _binop("mul"), _binop("div"), _binop("matmul")
+    def sub(self, meta, left, right):
+        return ast.BinOp("sub", left, right, self._span(meta))
+
+    def mul(self, meta, left, right):
+        return ast.BinOp("mul", left, right, self._span(meta))
+
+    def div(self, meta, left, right):
+        return ast.BinOp("div", left, right, self._span(meta))
+
+    def matmul(self, meta, left, right):
+        return ast.BinOp("matmul", left, right, self._span(meta))
 
     def neg(self, meta, operand):
         return ast.Neg(operand, self._span(meta))

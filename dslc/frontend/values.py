@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dslc.diagnostics import Span
+from dslc.diagnostics import CompileError, Span, UsageError, printable
+from dslc.frontend.ast import Bool, Name, Neg, Num, Str
+from dslc.frontend.parse import parse_expression
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
 
@@ -44,12 +46,12 @@ class ParamGroup:
     names: tuple[str, ...]
 
 
-class _Poison:
+class Poison:
     def __repr__(self):
         return "POISON"
 
 
-POISON = _Poison()
+POISON = Poison()
 
 
 class Abort(Exception):
@@ -71,16 +73,49 @@ def poisoned(v) -> bool:
 
 
 def as_hyper(value, type_name: str):
-    """`value` as a hyper-parameter of type `type_name`, or None if it is not one."""
+    """`value` as a hyper-parameter of type `type_name`, or None if it is not one (a float
+    must be finite and an int must fit in int64, as written in a file)."""
     if type_name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        number = float(value) if abs(value) <= INT_MAX else math.inf  # a huge int overflows a float
+        return number if math.isfinite(number) else None
     if type_name == "int" and type(value) is int:
-        return value
+        return value if abs(value) <= INT_MAX else None
     if type_name == "bool" and isinstance(value, bool):
         return value
     if type_name == "str" and isinstance(value, (str, Symbol)):
         return value.id if isinstance(value, Symbol) else value
     return None
+
+
+def literal(raw, where: str):
+    """A hyper-parameter override as a value: a string (from --set) is read as one .net
+    literal (`64`, `-1e-3`, `true`, `"text"`, or a bare word, taken as a string); any other
+    value is used as given. A string that is no literal is a UsageError naming `where`.
+
+    >>> literal("1e-3", "--set lr=1e-3"), literal("relu", "--set act=relu")
+    (0.001, 'relu')
+    """
+    if not isinstance(raw, str):
+        return raw
+    try:
+        e = parse_expression(raw.strip(), where)
+    except CompileError as err:
+        raise UsageError(f"{where}: cannot read {raw!r} as a value: {err.diagnostics[0].message}") from None
+    sign = 1
+    while isinstance(e, Neg):
+        sign, e = -sign, e.operand
+    if isinstance(e, Num):
+        return sign * e.value
+    if sign == 1 and isinstance(e, (Str, Bool)):
+        return e.value
+    if sign == 1 and isinstance(e, Name):
+        return e.id
+    raise UsageError(f"{where}: a hyper-parameter is a number, true, false or a string, not {raw!r}")
+
+
+def literals(sets: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameter overrides (KEY -> --set value) as values: {"width": "32"} -> {"width": 32}."""
+    return {key: literal(raw, f"--set {key}={printable(str(raw))}") for key, raw in sets.items()}
 
 
 def describe(v) -> str:

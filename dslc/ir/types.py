@@ -42,6 +42,7 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
         return a * b
     if isinstance(a, int):
         a, b = b, a
+    assert isinstance(a, Sym)  # one of the two is symbolic, and it is now `a`
     if isinstance(b, int):
         return Sym(a.coef * b, a.syms) if b != 0 else 0
     return Sym(a.coef * b.coef, tuple(sorted(a.syms + b.syms)))

@@ -55,7 +55,7 @@ class Partition:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.succ = {n.name: [] for n in graph}
+        self.succ: dict[str, list[str]] = {n.name: [] for n in graph}
         for n in graph:
             for i in dict.fromkeys(n.inputs):
                 self.succ[i].append(n.name)

@@ -43,7 +43,13 @@ def _ints(v, what: str, allow_neg: bool = False) -> tuple[int, ...]:
     return tuple(items)
 
 
-def _show(v) -> str:
+def _show(v, width: int = 60) -> str:
+    """A value as a message quotes it, cut to about `width` characters."""
+    text = _show_all(v)
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def _show_all(v) -> str:
     s = _sym(v)
     if s is not None:
         return f"the name '{s}'"

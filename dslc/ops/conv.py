@@ -78,14 +78,17 @@ def window(attrs, size, what: str) -> Window:
     dilation = pair(attrs.get("dilation", 1))
     pad = attrs["pad"]
     if pad == "same":
-        pads = tuple(same_padding(s, k, st, d) for s, k, st, d in zip(size, kernel, stride, dilation))
+        pads = (same_padding(size[0], kernel[0], stride[0], dilation[0]),
+                same_padding(size[1], kernel[1], stride[1], dilation[1]))
     elif pad == "valid":
         pads = ((0, 0), (0, 0))
     else:
         if any(v < 0 for v in pair(pad)):
             raise ShapeError(f"{what}: pad must be non-negative, got {pad}", code="E0310")
-        pads = tuple((p, p) for p in pair(pad))
-    out = tuple(out_size(s, k, st, d, p, what) for s, k, st, d, p in zip(size, kernel, stride, dilation, pads))
+        ph, pw = pair(pad)
+        pads = ((ph, ph), (pw, pw))
+    out = (out_size(size[0], kernel[0], stride[0], dilation[0], pads[0], what),
+           out_size(size[1], kernel[1], stride[1], dilation[1], pads[1], what))
     return Window(kernel, stride, dilation, pads, out)
 
 
@@ -93,7 +96,7 @@ def _image(t: TensorType, what: str) -> tuple[int, int]:
     """Check an NCHW image type; its static spatial size."""
     expect_float(t, what)
     expect_rank(t, 4, what, hint=f"{what} takes images [N, C, H, W]")
-    return tuple(expect_static(d, f"{what} spatial size") for d in t.shape[2:])
+    return expect_static(t.shape[2], f"{what} spatial size"), expect_static(t.shape[3], f"{what} spatial size")
 
 
 # ---- conv2d ---------------------------------------------------------------------------
@@ -195,7 +198,7 @@ register(OpDef(
     "conv2d_grad_input", "derivative", ("g", "w"), _GEOM_ATTRS + (Attr("size", "ints", doc="input H, W"),),
     shape=_conv_grad_input_shape,
     formula="dx = col2im(sum_o g[n, o, i, j] * W[o, c, u, v])  (the transposed convolution of g by W)",
-    flops=lambda ins, out, a: 2 * ins[0].numel() * ins[1].numel() // ins[1].shape[0],
+    flops=lambda ins, out, a: 2 * ins[0].numel() * ins[1].numel() // expect_static(ins[1].shape[0], "weight"),
     reference=_conv_grad_input_ref,
     samples=(Sample((_f64(2, 4, 3, 3), _f64(4, 3, 3, 3)), {"size": (5, 5), "kernel": 3, "stride": 1, "pad": 0,
                                                            "dilation": 1, "groups": 1}),)))
@@ -205,7 +208,7 @@ register(OpDef(
     shape=lambda ins, attrs: TensorType(ins[1].dtype, (ins[0].shape[1], ins[1].shape[1] // attrs["groups"])
                                         + pair(attrs["kernel"])),
     formula="dW[o, c, u, v] = sum_{n, i, j} g[n, o, i, j] * xpad[n, g(o)*C/G + c, i*s + u*d, j*s + v*d]",
-    flops=lambda ins, out, a: 2 * ins[0].numel() * out.numel() // out.shape[0],
+    flops=lambda ins, out, a: 2 * ins[0].numel() * out.numel() // expect_static(out.shape[0], "weight"),
     reference=_conv_grad_weight_ref,
     samples=(Sample((_f64(2, 4, 3, 3), _f64(2, 3, 5, 5)), {"kernel": 3, "stride": 1, "pad": 0, "dilation": 1,
                                                            "groups": 1}),)))

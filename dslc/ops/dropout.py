@@ -11,6 +11,8 @@ scale = 1/keep) that the executor draws afresh every step:
 """
 from __future__ import annotations
 
+from typing import Any
+
 from dslc.ir.graph import Init
 from dslc.ir.types import TensorType
 from dslc.ops import registry
@@ -43,7 +45,7 @@ def _same(what: str, ranks=None):
 
 
 _f64 = lambda *shape: TensorType("f64", shape)
-_identity = dict(flops=lambda ins, out, a: out.numel(), reference=lambda x, p: x, grad=lambda b, n, g: (g,))
+_identity: dict[str, Any] = dict(flops=lambda ins, out, a: out.numel(), reference=lambda x, p: x, grad=lambda b, n, g: (g,))
 
 
 # ---- dropout (Srivastava et al. 2014): each element independently ---------------------
@@ -121,6 +123,6 @@ register(OpDef(
     shape=_dropconnect_shape, train=_dropconnect_train,
     formula="training: y = x @ (W * M) + b, M[i, j] = 1/(1-p) with probability 1-p else 0, one mask per "
             "step shared by the batch; inference: y = x @ W + b  (W: (in, out); the bias is never dropped)",
-    flops=lambda ins, out, a: 2 * out.numel() * ins[0].shape[1] + (out.numel() if a["bias"] else 0),
+    flops=lambda ins, out, a: 2 * out.numel() * _in_features(ins, a) + (out.numel() if a["bias"] else 0),
     reference=_linear_ref, grad=lambda b, n, g: registry.get("linear").grad(b, n, g),
     samples=(Sample((_f64(3, 4), _f64(4, 5), _f64(5)), {"out": 5}),)))

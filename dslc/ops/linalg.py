@@ -93,7 +93,7 @@ register(OpDef(
     params=(ParamSlot("weight", "weight", lambda ins, a: (_linear_in(ins), a["out"]), "init"),
             ParamSlot("bias", "bias", lambda ins, a: (a["out"],), "bias_init", present=lambda a: a["bias"])),
     shape=_linear_shape, formula="y = x @ W + b,  W: (in, out), b: (out)",
-    flops=lambda ins, out, a: 2 * out.numel() * ins[0].shape[1] + (out.numel() if a["bias"] else 0),
+    flops=lambda ins, out, a: 2 * out.numel() * _linear_in(ins) + (out.numel() if a["bias"] else 0),
     reference=_linear_ref, grad=_linear_grad,
     samples=(Sample((_f32(3, 4), _f32(4, 5), _f32(5)), {"out": 5}),
              Sample((_f32(2, 3), _f32(3, 2)), {"out": 2, "bias": False}))))

@@ -13,7 +13,7 @@ hard-codes a dtype is caught here rather than producing a mixed-precision graph.
 from __future__ import annotations
 
 from dslc.ir.graph import Graph, Node
-from dslc.ir.types import FLOAT_DTYPES
+from dslc.ir.types import FLOAT_DTYPES, TensorType
 from dslc.ops import registry
 
 
@@ -21,7 +21,7 @@ def cast(graph: Graph, dtype: str) -> Graph:
     """`graph` with every float type changed to `dtype` (f32 or f64)."""
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"cast: {dtype!r} is not a floating-point dtype ({', '.join(FLOAT_DTYPES)})")
-    types: dict[str, object] = {}
+    types: dict[str, TensorType] = {}
     nodes: list[Node] = []
     for n in graph.nodes:
         op = registry.get(n.op)

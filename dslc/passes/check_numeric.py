@@ -14,6 +14,7 @@ import numpy as np
 from dslc import reference
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.memory import array_bytes, require
 from dslc.ops.init import sample
 
 # Scalars a training step reads; anything else that is a scalar float input gets 1.
@@ -25,6 +26,8 @@ def random_bindings(graph: Graph, batch: int = 2, seed: int = 0):
     parameters from their initialisers (statistics kept positive), fixed random masks."""
     rng = np.random.default_rng(seed)
     sizes = {"N": batch}
+    require(array_bytes([n.type for n in (*graph.inputs, *graph.params)], sizes),
+            f"a random batch of {batch:,} for '{graph.name}'")
     feeds = {}
     for n in graph.inputs:
         shape, dtype = n.type.bind(sizes), NUMPY_DTYPE[n.type.dtype]

@@ -67,7 +67,7 @@ def _fused_node(root: Node, members: list[Node], kind: str, graph: Graph) -> Nod
             src = graph[i]
             if i in inside:
                 inputs.append(i)
-            elif src.op == "const" and not (m.op in EPILOGUE_HOSTS):
+            elif src.op == "const" and m.op not in EPILOGUE_HOSTS:
                 if i not in consts:
                     body.append(src)
                     consts.add(i)

@@ -4,14 +4,22 @@ Each pass is a plain function `Graph -> (Graph, report)`; `-O`, `--disable-pass`
 `--after` read this list and nothing else. Levels: -O0 runs nothing, -O1 the cheap
 clean-ups, -O2 (the default) everything. A pass that only applies to one kind of graph
 says so in `stages` (folding batchnorm is only exact with running statistics).
+
+The first rungs of the DSLC_DEBUG ladder are printed here, to standard error, since every
+optimised graph passes through: 1 each pass's report with the node count after it
+(`dslc: pipeline small_cnn (infer) fuse: 18 ops into 7 fused kernels [31 nodes]`), 3 also
+the graph's text before the first pass and after each pass that ran.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from dslc.debug import debug_level
 from dslc.diagnostics import UsageError, did_you_mean
 from dslc.ir.graph import Graph
+from dslc.ir.printer import to_text
 from dslc.passes.cse import cse
 from dslc.passes.dce import dce
 from dslc.passes.fold_batchnorm import fold_batchnorm
@@ -57,9 +65,12 @@ def check_pass_names(names) -> None:
 
 
 def optimize(graph: Graph, level: int = 2, disable=(), after: str | None = None,
-             check: Callable[[str, Graph, Graph], None] | None = None) -> tuple[Graph, list[PassResult]]:
+             check: Callable[[str, Graph, Graph], object] | None = None) -> tuple[Graph, list[PassResult]]:
     """Run the pipeline; stop after pass `after` if given. `check(name, before, after)` runs between passes."""
     check_pass_names(list(disable) + ([after] if after else []))
+    debug = debug_level()
+    if debug >= 3:
+        _show(graph, "before the pipeline")
     results: list[PassResult] = []
     for p in PIPELINE:
         if p.applies(graph, level, disable):
@@ -68,8 +79,18 @@ def optimize(graph: Graph, level: int = 2, disable=(), after: str | None = None,
                 check(p.name, graph, new)
             graph = new
             results.append(PassResult(p.name, f"{p.name}: {report}", graph, True))
+            if debug >= 3:
+                _show(graph, f"after {p.name}")
         else:
             results.append(PassResult(p.name, f"{p.name}: skipped", graph, False))
+        if debug >= 1:
+            print(f"dslc: pipeline {graph.name} ({graph.stage}) {results[-1].report} [{len(graph)} nodes]",
+                  file=sys.stderr)
         if p.name == after:
             break
     return graph, results
+
+
+def _show(graph: Graph, when: str) -> None:
+    """DSLC_DEBUG=3: the graph as `dslc inspect` prints it, under a header saying when."""
+    print(f"dslc: ---- {graph.name} ({graph.stage}) {when} ----\n{to_text(graph).rstrip()}", file=sys.stderr)

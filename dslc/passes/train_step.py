@@ -47,6 +47,7 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Mapping
 
 from dslc.diagnostics import CompileError, did_you_mean
+from dslc.frontend.recipe_values import BELOW_ONE, FLAG, NONNEG_NUM, POS, Arg, CallSpec, Num, family, when
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Init, Output
 from dslc.ir.types import scalar
@@ -99,8 +100,8 @@ class Optimizer:
 
     @classmethod
     def from_recipe(cls, call) -> "Optimizer":
-        """From a recipe's checked `optimizer = adam(lr=1e-3)` (a frontend.recipe.CallValue, whose
-        argument names are these fields and whose values the recipe schema has range-checked)."""
+        """From a recipe's checked `optimizer = adam(lr=1e-3)` (a CallValue of SCHEMA below, whose
+        argument names are these fields and whose values the schema has range-checked)."""
         return cls.of({"kind": call.name, **call.kwargs})
 
     @property
@@ -113,6 +114,30 @@ class Optimizer:
     @property
     def needs_step(self) -> bool:
         return self.kind in ("adam", "adamw")
+
+
+# The recipe's `optimizer = ...` calls: their arguments are Optimizer's fields, range-checked.
+_LR = Arg("lr", POS, doc="base learning rate")
+_EPS = Arg("eps", POS, 1e-8, "added to the denominator for stability")
+_BETAS = (Arg("beta1", Num(range=BELOW_ONE), 0.9, "decay of the gradient mean"),
+          Arg("beta2", Num(range=BELOW_ONE), 0.999, "decay of the squared-gradient mean"))
+
+
+def _decay(default: float) -> Arg:
+    return Arg("weight_decay", NONNEG_NUM, default, "L2 penalty coefficient added to the gradient")
+
+
+SCHEMA = family(
+    CallSpec("sgd", "stochastic gradient descent, optionally with (Nesterov) momentum",
+             (_LR, Arg("momentum", Num(range=BELOW_ONE), 0.0), Arg("nesterov", FLAG, False), _decay(0.0)),
+             when(lambda a: a["nesterov"] and a["momentum"] == 0, "E0506", "nesterov",
+                  "nesterov=true needs momentum > 0")),
+    CallSpec("adagrad", "per-parameter rates scaled by accumulated squared gradients", (_LR, _EPS, _decay(0.0))),
+    CallSpec("rmsprop", "rates scaled by a moving average of squared gradients",
+             (_LR, Arg("decay", Num(range=BELOW_ONE), 0.99), _EPS, _decay(0.0))),
+    CallSpec("adam", "Adam with bias correction", (Arg("lr", POS, 1e-3), *_BETAS, _EPS, _decay(0.0))),
+    CallSpec("adamw", "Adam with weight decay applied to the weights, not the gradient",
+             (Arg("lr", POS, 1e-3), *_BETAS, _EPS, Arg("weight_decay", NONNEG_NUM, 0.01, "decoupled decay"))))
 
 
 def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[str] = (),

@@ -135,7 +135,7 @@ class CompiledGraph:
 def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
     """The largest workspace slot (per thread) any convolution (extern, or an epilogue's host)
     needs at `batch`."""
-    shape = lambda name: kg.buffer(name).type.bind(batch)
+    shape = lambda name: kg.buffer(name).type.bind(dict(batch))
     need = 0
     for k in kernels:
         node = k.nodes[0]

@@ -65,8 +65,8 @@ class GpuGraph:
         self.workspace = cp.zeros(max(1, self._workspace_elements()), dtype)
         self.library = ops.Library(cp, self.raw, self.workspace)
         self.symbols = tuple(np.int64(memory.batch[s]) for s in module.symbols)
-        self._steps = [(module.kernels[l.position].prologue, self._bind(l)) for l in module.launches
-                       if l.kind != "view"]
+        self._steps = [(module.kernels[launch.position].prologue, self._bind(launch)) for launch in module.launches
+                       if launch.kind != "view"]
         self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
         self._randoms = [(b.name, self.views[b.name], dict(b.attrs)) for b in kg.buffers if b.role == "random"]
         self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from dslc.frontend.recipe_values import (INT_POS, NONNEG, NONNEG_NUM, POS, PROB, Arg, CallSpec, ListOf, Num, Range,
+                                         family, when)
 from dslc.runtime.data.dataset import Batch
 
 
@@ -184,6 +186,20 @@ class Mixup:
 TRANSFORMS = {"hflip": HFlip, "random_crop": RandomCrop, "random_resized_crop": RandomResizedCrop,
               "color_jitter": ColorJitter, "cutout": Cutout, "mixup": Mixup}
 
+# The recipe's `augment = [...]` calls, with the defaults of the classes above (a test compares them).
+SCHEMA = family(
+    CallSpec("hflip", "mirror images left-right", (Arg("p", Num(range=PROB), 0.5, "probability"),)),
+    CallSpec("random_crop", "pad by `pad` pixels, then crop a random size x size window",
+             (Arg("size", INT_POS), Arg("pad", Num(True, NONNEG), 0))),
+    CallSpec("random_resized_crop", "crop a random area share in `scale` and resize it to size x size",
+             (Arg("size", INT_POS), Arg("scale", ListOf(Num(range=Range(0, 1, lo_open=True)), 2), (0.08, 1.0))),
+             when(lambda a: a["scale"][0] > a["scale"][1], "E0505", "scale",
+                  "scale must be [low, high] with low <= high, got {scale}")),
+    CallSpec("color_jitter", "scale brightness/contrast/saturation by a random factor in [1-x, 1+x]",
+             tuple(Arg(k, NONNEG_NUM, 0.0) for k in ("brightness", "contrast", "saturation"))),
+    CallSpec("cutout", "zero a random size x size square", (Arg("size", INT_POS),)),
+    CallSpec("mixup", "blend pairs of examples and labels with weight ~ Beta(alpha, alpha)", (Arg("alpha", POS),)))
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -204,7 +220,8 @@ def build_augment(calls) -> Augment:
     >>> build_augment([("hflip", {"p": 0.5}), ("random_crop", {"size": 32, "pad": 4})]).transforms
     (HFlip(p=0.5), RandomCrop(size=32, pad=4))
     """
-    transforms, mixups = [], []
+    transforms: list = []
+    mixups: list[Mixup] = []
     for call in calls:
         name, args = (call.name, call.kwargs) if hasattr(call, "kwargs") else call
         if name not in TRANSFORMS:

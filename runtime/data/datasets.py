@@ -12,6 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
+from dslc.frontend.recipe_values import (INT_POS, NONNEG, REQUIRED, TEXT, Arg, CallSpec, ListOf, Num, Word,
+                                         family)
 from dslc.runtime.data.cifar import cifar10, cifar100
 from dslc.runtime.data.dataset import DataError, Dataset, checked
 from dslc.runtime.data.idx import fashion_mnist, mnist
@@ -35,16 +37,39 @@ def digits() -> Dataset:
                    tuple(str(d) for d in range(10)))
 
 
-# recipe call -> (required arguments, loader returning (train, test or None))
+# The recipe's `data = ...` calls; each also takes `classes=[...]` by keyword (the trainer keeps
+# those classes). LOADERS gives each its reader: (arguments, root folder) -> (train, test or None).
+_DIR, _PATH = Arg("dir", TEXT, doc="folder holding the files"), Arg("path", TEXT, doc="file to read")
+_CLASSES = Arg("classes", ListOf(Num(True, NONNEG)), (), "keep only these classes, relabelled 0..k-1 in this "
+               "order (all when empty)", positional=False)
+
+
+def _dataset(name: str, doc: str, *args: Arg) -> CallSpec:
+    return CallSpec(name, doc, (*args, _CLASSES))
+
+
+SCHEMA = family(
+    _dataset("digits", "8x8 grey digits shipped with dslc (1,797 images, 10 classes); no download"),
+    _dataset("mnist", "MNIST IDX files in dir", _DIR),
+    _dataset("fashion_mnist", "Fashion-MNIST IDX files in dir", _DIR),
+    _dataset("cifar10", "CIFAR-10 binary batches in dir", _DIR),
+    _dataset("cifar100", "CIFAR-100 binary files in dir", _DIR, Arg("labels", Word(("fine", "coarse")), "fine")),
+    _dataset("npz", "a NumPy .npz holding features/images and integer labels",
+             _PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels")),
+    _dataset("csv", "a CSV file with a header; one column is the class, the others features",
+             _PATH, Arg("label", TEXT, "label", "name of the class column")),
+    _dataset("image_folder", "one sub-folder of images per class, resized to size x size",
+             _DIR, Arg("size", INT_POS, doc="side of the square images in pixels")))
+
 LOADERS = {
-    "digits": ((), lambda a, root: (digits(), None)),
-    "mnist": (("dir",), lambda a, root: mnist(root / a["dir"])),
-    "fashion_mnist": (("dir",), lambda a, root: fashion_mnist(root / a["dir"])),
-    "cifar10": (("dir",), lambda a, root: cifar10(root / a["dir"])),
-    "cifar100": (("dir",), lambda a, root: cifar100(root / a["dir"], a.get("labels", "fine"))),
-    "npz": (("path",), lambda a, root: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y")), None)),
-    "csv": (("path",), lambda a, root: (csv(root / a["path"], a.get("label", "label")), None)),
-    "image_folder": (("dir", "size"), lambda a, root: (image_folder(root / a["dir"], int(a["size"])), None)),
+    "digits": lambda a, root: (digits(), None),
+    "mnist": lambda a, root: mnist(root / a["dir"]),
+    "fashion_mnist": lambda a, root: fashion_mnist(root / a["dir"]),
+    "cifar10": lambda a, root: cifar10(root / a["dir"]),
+    "cifar100": lambda a, root: cifar100(root / a["dir"], a.get("labels", "fine")),
+    "npz": lambda a, root: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y")), None),
+    "csv": lambda a, root: (csv(root / a["path"], a.get("label", "label")), None),
+    "image_folder": lambda a, root: (image_folder(root / a["dir"], int(a["size"])), None),
 }
 
 
@@ -58,9 +83,9 @@ def load(call_name: str, args: Mapping | None = None, root=".") -> tuple[Dataset
     """
     if call_name not in LOADERS:
         raise DataError(f"unknown dataset '{call_name}'; known: {', '.join(LOADERS)}")
-    needs, loader = LOADERS[call_name]
+    loader = LOADERS[call_name]
     args = dict(args or {})
-    missing = [k for k in needs if k not in args]
+    missing = [a.name for a in SCHEMA[call_name].args if a.default is REQUIRED and a.name not in args]
     if missing:
         raise DataError(f"dataset {call_name}() needs the argument(s) {', '.join(missing)}")
     return loader(args, Path(root))

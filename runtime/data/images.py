@@ -33,7 +33,7 @@ def decode_image(path, mode: str, size: tuple[int, int]) -> np.ndarray:
             if width * height > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"the image claims {width:,} x {height:,} pixels, more than Pillow's limit of "
                                 f"{Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)", path)
-            return np.asarray(image.convert(mode).resize(size, Image.BILINEAR))
+            return np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR))
     except UnreadableFile as e:
         raise DataError(e.reason, path) from None
     except Image.DecompressionBombError as e:
