@@ -34,14 +34,15 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from io import BufferedReader
 
+from dslc import reading
 from dslc.diagnostics import CliError
+from dslc.reading import human_bytes, memory_available
 
 _REASONS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "a part of the path is not a directory",
             errno.EACCES: "permission denied", errno.EPERM: "permission denied",
@@ -193,28 +194,15 @@ class UnreadableFile(CliError):
         super().__init__(f"{path}: {why}")
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def open_regular(path) -> BinaryIO:
+def open_regular(path) -> BufferedReader:
     """`path` opened for binary reading when it is a regular file (symlinks followed);
     UnreadableFile otherwise. Opening never blocks: a FIFO is refused, not waited on."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return reading.open_regular(path)
+    except reading.Refused as e:
+        raise UnreadableFile(path, f"is {e.strerror}") from None
     except OSError as e:
         raise UnreadableFile(path, "no such file" if e.errno == errno.ENOENT else reason(e)) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise UnreadableFile(path, f"is {_kind(mode)}, not a regular file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def read_limited(path, limit: int, what: str) -> bytes:
@@ -229,49 +217,6 @@ def read_limited(path, limit: int, what: str) -> bytes:
             return f.read(size)
         except OSError as e:
             raise UnreadableFile(path, f"cannot read: {reason(e)}") from None
-
-
-def human_bytes(n: int) -> str:
-    """4096 -> '4.0 KiB', 3 * 2**30 -> '3.0 GiB'."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""  # unreachable: PiB ends the loop
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f.read(1 << 16).decode("ascii", "replace").splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _address_space_left() -> int | None:
-    """What `ulimit -v` (RLIMIT_AS) still allows this process, when it is set."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            used = int(f.read(256).split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        used = 0
-    return max(soft - used, 0)
-
-
-def memory_available() -> int:
-    """Bytes this process may still allocate: the machine's available memory (MemAvailable,
-    else its physical memory), less under an address-space limit."""
-    found = _meminfo_available()
-    if found is None:
-        found = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    left = _address_space_left()
-    return found if left is None else min(found, left)
 
 
 def check_memory(nbytes: int, what: str, path) -> None:

@@ -15,63 +15,25 @@ and, under an address-space limit (`ulimit -v`, RLIMIT_AS), what is left of that
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from dslc.diagnostics import CliError
 from dslc.ir.types import NUMPY_DTYPE
-from dslc.reading import size_text
+from dslc.reading import human_bytes, memory_available
 
 
 class OutOfMemory(CliError):
     """Arrays that cannot fit: a user's choice of sizes, reported with the figures (exit 1)."""
 
 
-def available_bytes() -> int | None:
-    """Bytes this process could still allocate, or None where the platform does not say."""
-    found = [b for b in (_mem_available(), _address_space_left()) if b is not None]
-    return min(found) if found else None
-
-
 def require(nbytes: int, what: str) -> None:
     """Raise OutOfMemory when `nbytes` exceed what is available; `what` starts the message."""
-    free = available_bytes()
-    if free is not None and nbytes > free:
-        raise OutOfMemory(f"{what} needs {size_text(nbytes)}; this machine has {size_text(free)} available")
+    free = memory_available()
+    if nbytes > free:
+        raise OutOfMemory(f"{what} needs {human_bytes(nbytes)}; this machine has {human_bytes(free)} available")
 
 
 def array_bytes(types, sizes: dict[str, int]) -> int:
     """Bytes of arrays of these TensorTypes with the symbolic dimensions bound to `sizes`."""
     return sum(math.prod(t.bind(sizes)) * np.dtype(NUMPY_DTYPE[t.dtype]).itemsize for t in types)
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f.read(1 << 16).splitlines():
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _address_space_left() -> int | None:
-    """What an RLIMIT_AS leaves beyond the address space already mapped (Linux), or None."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            mapped = int(f.read(4096).split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        mapped = 0
-    return max(soft - mapped, 0)

@@ -13,6 +13,7 @@ never echoes the content of a file.
 """
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Any, Callable
 
@@ -31,7 +32,8 @@ def describe(v) -> str:
         return {True: "true", False: "false", None: "null"}[v]
     if is_int(v) or isinstance(v, float):
         return repr(v) if len(repr(v)) <= 24 else f"a {len(str(v))}-digit number"
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+    kinds: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(v), type(v).__name__)
 
 
 class Doc:
@@ -72,21 +74,21 @@ class Doc:
         return self.get(key, lambda v: (null and v is None) or (is_number(v) and (lo is None or v >= lo)),
                         wanted, optional)
 
-    def str(self, key: str, optional: bool = False) -> str | None:
+    def str(self, key: builtins.str, optional: builtins.bool = False) -> builtins.str | None:
         return self.get(key, lambda v: isinstance(v, str), "a string", optional)
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: builtins.str) -> builtins.bool:
         return self.get(key, lambda v: isinstance(v, bool), "true or false")
 
-    def obj(self, key: str, optional: bool = False) -> "Doc | None":
+    def obj(self, key: builtins.str, optional: builtins.bool = False) -> "Doc | None":
         value = self.get(key, lambda v: isinstance(v, dict), "an object", optional)
         return None if value is None else Doc(value, self.file, self.error, f"{self.prefix}{key}.")
 
-    def list(self, key: str, ok: Callable[[Any], bool], wanted: str) -> list:
+    def list(self, key: builtins.str, ok: Callable[[Any], builtins.bool], wanted: builtins.str) -> builtins.list:
         """A list whose every item passes `ok`; `wanted` describes the items."""
         return self.get(key, lambda v: isinstance(v, list) and all(map(ok, v)), f"a list of {wanted}")
 
-    def values(self, ok: Callable[[Any], bool], wanted: str) -> dict:
+    def values(self, ok: Callable[[Any], builtins.bool], wanted: builtins.str) -> dict:
         """This object as a dict, every value passing `ok` (e.g. the sums of a half-done epoch)."""
         for key, value in self.value.items():
             if not ok(value):

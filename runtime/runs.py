@@ -287,7 +287,7 @@ class Run:
         later records, from epochs trained after that checkpoint was saved, are dropped so they
         are not repeated."""
         run = cls(path)
-        run.config  # read for its checks: a run without a readable config is not one
+        _ = run.config  # read for its checks: a run without a readable config is not one
         run.lock()
         run._rewrite([r for r in run.history() if r["epoch"] <= epoch], fresh_jsonl=True)
         return run

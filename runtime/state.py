@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
 
 import numpy as np
 
@@ -203,9 +204,16 @@ def _example_shape(doc: Doc) -> None:
                         f"of at most 2**31 numbers")
 
 
+def _text(key: str) -> Callable[[Doc], None]:
+    """The check that `key` is a string."""
+    def check(doc: Doc) -> None:
+        doc.str(key)
+    return check
+
+
 CHECKS = {"progress": _progress, "rng": _rng, "batches": _batches, "recipe": _recipe,
           "example_shape": _example_shape, "normalization": _normalization, "classes": _classes,
-          **{key: lambda doc, key=key: doc.str(key) for key in ("model_hash", "recipe_hash", "optimizer", "model")}}
+          **{key: _text(key) for key in ("model_hash", "recipe_hash", "optimizer", "model")}}
 TOP = ("step", "epoch", "dslc_version", "format", "class_names", *CHECKS)  # every key a trainer's state.json has
 
 

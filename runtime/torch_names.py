@@ -45,7 +45,7 @@ def _resnet(blocks: tuple[int, ...]) -> dict[str, str]:
     `basic_down` (stride 2 and a projection shortcut; not in stage 1) followed by `basic` blocks,
     which dslc numbers per block name: basic, basic_1, ... Inside a block the labels are
     torchvision's (conv1, bn1, conv2, bn2); its `downsample` is a Sequential of conv and batchnorm."""
-    table = {}
+    table: dict[str, str] = {}
     for i, count in enumerate(blocks, start=1):
         seen: dict[str, int] = {}
         for j in range(count):

@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from dslc.diagnostics import CliError
-from dslc.files import (UnreadableFile, check_memory, ensure_dir, human_bytes, read_json, read_limited,
+from dslc.reading import human_bytes
+from dslc.files import (UnreadableFile, check_memory, ensure_dir, read_json, read_limited,
                         write_atomic)
 
 
@@ -93,4 +94,4 @@ def test_a_size_beyond_memory_is_refused_before_allocating():
     check_memory(1 << 20, "a megabyte", "x")
     with pytest.raises(UnreadableFile, match="8.0 TiB"):
         check_memory(8 << 40, "8 TiB", "x")
-    assert human_bytes(3 << 30) == "3.0 GiB" and human_bytes(12) == "12 bytes"
+    assert human_bytes(3 << 30) == "3 GiB" and human_bytes(3.5 * 2**30) == "3.5 GiB" and human_bytes(12) == "12 bytes"

@@ -90,7 +90,7 @@ class Site:
         time), every other axis a fixed size; a second symbolic axis cannot be written so."""
         if any(not isinstance(d, int) for d in t.shape[1:]):
             raise Refused(f"{self.node.op} on {t.show()}: only the first axis may be symbolic in ONNX export")
-        return [0 if not isinstance(t.shape[0], int) else t.shape[0]] + list(t.shape[1:])
+        return [0 if not isinstance(t.shape[0], int) else t.shape[0]] + [d for d in t.shape[1:] if isinstance(d, int)]
 
 
 Lowering = Callable[[Site], str]

@@ -16,11 +16,12 @@ import os
 import zipfile
 from math import prod
 from pathlib import Path
-from typing import BinaryIO
+from io import BufferedIOBase
+from typing import cast
 
 import numpy as np
 
-from dslc.files import human_bytes
+from dslc.reading import human_bytes
 from dslc.runtime.data.dataset import DataError
 from dslc.runtime.data.files import check_memory, opened
 
@@ -28,7 +29,7 @@ MAGIC_NPY, MAGIC_ZIP = b"\x93NUMPY", b"PK"
 HEADER_LIMIT = 10_000  # bytes of a .npy header: NumPy's own default for untrusted files
 
 
-def _array(f: BinaryIO, size: int, path, name: str) -> np.ndarray:
+def _array(f: BufferedIOBase, size: int, path, name: str) -> np.ndarray:
     """The array of an open .npy stream holding `size` bytes in all; `name` says which in messages."""
     try:
         version = np.lib.format.read_magic(f)
@@ -85,8 +86,9 @@ def read_npz(path: Path, names) -> dict[str, np.ndarray]:
                     raise DataError(f"no array named {', '.join(missing)} (it has: {have})", path)
                 out = {}
                 for name in names:
-                    with archive.open(members[name]) as member:
-                        out[name] = _array(member, members[name].file_size, path, f"array {name}")
+                    with archive.open(members[name]) as member:  # a ZipExtFile: a BufferedIOBase
+                        out[name] = _array(cast(BufferedIOBase, member), members[name].file_size, path,
+                                           f"array {name}")
                 return out
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
             raise DataError(f"not a readable .npz archive ({e or type(e).__name__})", path) from None

@@ -17,9 +17,11 @@ import os
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from io import BufferedIOBase
+from typing import Iterator
 
-from dslc.files import UnreadableFile, human_bytes, memory_available, open_regular, reason
+from dslc.files import UnreadableFile, open_regular, reason
+from dslc.reading import human_bytes, memory_available
 from dslc.files import check_memory as _check_memory
 from dslc.runtime.data.dataset import DataError
 
@@ -52,7 +54,7 @@ def check_memory(nbytes: int, what: str, path) -> None:
 
 
 @contextmanager
-def opened(path: Path) -> Iterator[BinaryIO]:
+def opened(path: Path) -> Iterator[BufferedIOBase]:
     """`path` open for reading, decompressed on the fly when its name ends in .gz; DataError
     (naming it) unless it is a regular file, and for any read or gzip failure inside the block."""
     try:

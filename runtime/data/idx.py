@@ -11,7 +11,7 @@ from math import prod
 
 import numpy as np
 
-from dslc.files import human_bytes
+from dslc.reading import human_bytes
 from dslc.runtime.data.dataset import DataError, Dataset, checked
 from dslc.runtime.data.files import check_memory, directory, find, opened
 

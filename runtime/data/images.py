@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslc.files import UnreadableFile, human_bytes, open_regular
+from dslc.files import UnreadableFile, open_regular
+from dslc.reading import human_bytes
 from dslc.runtime.data.dataset import DataError, Dataset, checked
 from dslc.runtime.data.files import check_memory, directory
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from dslc.runtime.data.arrays import read_npz
 from dslc.runtime.data.dataset import DataError, Dataset, checked
-from dslc.files import human_bytes
+from dslc.reading import human_bytes
 from dslc.runtime.data.files import check_memory, read_bytes
 
 CSV_LIMIT = 1 << 30  # bytes of a CSV table
