@@ -31,8 +31,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from dslc.frontend.program import load_program
     from dslc.runtime import predict
 
+    load_program(args.file)  # a mistake in the .net file first, as every verb reports it
     ckpt = predict.open_checkpoint(args.checkpoint)
     model, recipe = predict.model_and_recipe_for(args.file, ckpt, args.as_name, args.model, parse_sets(args.set))
     predict.fit_model(ckpt, model, args.force)
@@ -44,8 +46,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from dslc.runtime import predict
 
-    ckpt = predict.open_checkpoint(args.checkpoint)
     model = load_model(args)
+    ckpt = predict.open_checkpoint(args.checkpoint)
     predict.fit_model(ckpt, model, args.force)
     rows = predict.predict(model, ckpt, args.input, args.top, args.device)
     print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
@@ -54,10 +56,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
+    from dslc.frontend.program import load_program
     from dslc.runtime import predict
 
     if len(args.checkpoint) < 2:
         raise UsageError("an ensemble needs at least two --checkpoint DIR")
+    load_program(args.file)  # a mistake in the .net file first, as every verb reports it
     members = [predict.open_checkpoint(path) for path in args.checkpoint]
     model, recipe = predict.model_and_recipe_for(args.file, members[0], args.as_name, args.model, parse_sets(args.set))
     for ckpt in members:
