@@ -159,6 +159,14 @@ def test_lr_plots_the_schedule(tmp_path, capsys):
     assert "epoch 0: 3e-05" in out and "epoch 40: 0" in out  # warm-up from 1% of 3e-3; cosine to 0
     code, out, _ = run(capsys, "lr", MLP, "--set", "steps=100", "-o", tmp_path / "lr2.png")
     assert code == 0 and "epoch 5: 0" in out  # 100 steps of 20 per epoch
+    code, out, _ = run(capsys, "lr", MLP, "--set", "schedule=cyclical(1e-4, 1e-2, 2)", "-o", tmp_path / "lr3.png")
+    assert code == 0 and "epoch 0: 0.0001, epoch 1: 0.01, epoch 2: 0.0001" in out and ", ..., epoch 40: " in out
+
+
+def test_train_overrides_warmup_and_epochs_together(tmp_path, capsys):
+    code, out, _ = run(capsys, "train", MLP, "--epochs", "1", "--set", "schedule.warmup=0", "--out", tmp_path / "r",
+                       "--set", "hidden=16")
+    assert code == 0 and "epoch 1/1" in out
 
 
 def test_lr_find_suggests_a_rate(tmp_path, capsys):

@@ -85,8 +85,11 @@ def cmd_lr(args) -> int:
 
     output_is_not(args.output, args.file)
     _, recipe = model_and_recipe(args)
-    points = schedule_plot(recipe, args.output)
-    print(f"wrote {args.output}: " + ", ".join(f"epoch {t:g}: {lr:.3g}" for t, lr in points))
+    points, more = schedule_plot(recipe, args.output)
+    shown = [f"epoch {t:.4g}: {lr:.3g}" for t, lr in points]
+    if recipe["schedule"].name == "reduce_on_plateau":
+        shown.append("then lowered when the validation stalls")
+    print(f"wrote {args.output}: " + ", ".join(shown[:-1] + ["..."] * more + shown[-1:]))
     return 0
 
 

@@ -22,8 +22,12 @@ arguments (`schedule = constant`); `key = none` turns an optional setting off.
                | adam(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0)
                | adamw(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)    adam()
     schedule   constant() | step(every, gamma=0.1) | exponential(k) | inverse_time(k)
-               | cosine(min_lr=0) | cyclical(low, high, period) | one_cycle(max_lr, pct=0.3);
-               each also takes `warmup=EPOCHS` (keyword only); time is counted in epochs  constant()
+               | inverse_sqrt(start=1) | linear(min_lr=0) | cosine(min_lr=0)
+               | cosine_restarts(period, mult=1, min_lr=0) | cyclical(low, high, period)
+               | one_cycle(max_lr, pct=0.3) | reduce_on_plateau(metric=val_loss, factor=0.1,
+               patience=3, mode, threshold=1e-4, min_lr=0); each also takes `warmup=EPOCHS`
+               (keyword only); time is counted in epochs                                  constant()
+    lr         float > 0, shorthand for the optimizer's lr argument (moved there)
     weight_decay  float >= 0, shorthand for the optimizer's weight_decay argument (moved there)
     clip       norm(max_norm) or a bare number: clip gradients to this global L2 norm   none
     stop       early(metric=val_loss, patience=5, mode=min|max, min_delta=0); mode defaults to
@@ -153,6 +157,7 @@ KEYS = {k.name: k for k in (
     Key("steps", INT_POS, None, "optimiser steps, instead of epochs", True, excludes="epochs"),
     Key("optimizer", Calls(OPTIMIZERS, "optimizer"), OPTIMIZERS["adam"].make(), "the update rule"),
     Key("schedule", Calls(SCHEDULES, "schedule"), SCHEDULES["constant"].make(), "learning rate over time"),
+    Key("lr", POS, None, "the optimizer's lr", moves_to=("optimizer", "lr")),
     Key("weight_decay", NONNEG_NUM, None, "the optimizer's weight_decay", moves_to=("optimizer", "weight_decay")),
     Key("clip", Calls(CLIPS, "clipping rule", bare_number="norm"), None, "gradient clipping", True),
     Key("stop", Calls(STOPS, "stopping rule"), None, "early stopping", True),
@@ -235,18 +240,20 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
                 values[target] = values[target].with_arg(arg, values[key.name])
     sched, opt = values["schedule"], values["optimizer"]
     where = given["schedule"].value if "schedule" in given else None
-    if sched.name == "cosine" and sched["min_lr"] >= opt["lr"]:
-        span = (arg_expr(where, SCHEDULES["cosine"], "min_lr") or where or train).span
-        errors.append(Diagnostic("E0505", f"schedule cosine(): min_lr ({sched['min_lr']:g}) must be below the "
+    if sched.name in ("cosine", "cosine_restarts", "linear") and sched["min_lr"] >= opt["lr"]:
+        span = (arg_expr(where, SCHEDULES[sched.name], "min_lr") or where or train).span
+        errors.append(Diagnostic("E0505", f"schedule {sched.name}(): min_lr ({sched['min_lr']:g}) must be below the "
                                  f"optimizer's lr ({opt['lr']:g})", span))
     if values["epochs"] is not None and sched["warmup"] >= values["epochs"]:
         span = (arg_expr(where, SCHEDULES[sched.name], "warmup") or where or train).span
         errors.append(Diagnostic("E0505", f"schedule {sched.name}(): warmup ({sched['warmup']:g} epochs) must be "
                                  f"shorter than training ({values['epochs']} epochs)", span))
-    stop = values["stop"]
-    if stop is not None and stop["metric"].startswith("val_") and values["split"] is None:
-        errors.append(Diagnostic("E0506", f"stop watches '{stop['metric']}' but split = none leaves no "
-                                 "validation data", given["stop"].span).with_note(given["split"].span, "here"))
+    for key in ("stop", "schedule"):
+        call = values[key]
+        watched = call["metric"] if call is not None and call.name in ("early", "reduce_on_plateau") else None
+        if watched is not None and watched.startswith("val_") and values["split"] is None:
+            errors.append(Diagnostic("E0506", f"{key} watches '{watched}' but split = none leaves no validation "
+                                     "data", (given.get(key) or train).span).with_note(given["split"].span, "here"))
 
 
 def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
@@ -276,14 +283,14 @@ def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors)
         errors.append(Diagnostic("E0514", f"freeze selects every trainable parameter of model '{graph.name}', "
                                  "so nothing would train", given["freeze"].value.span,
                                  "freeze fewer parameters, or evaluate the model with `dslc eval` instead"))
-    stop = values["stop"]
-    if stop is not None and "stop" in given:
-        known = ["loss"] + [o.name for o in graph.outputs_of("metric")]
-        metrics = [f"{p}_{m}" for p in ("train", "val") for m in known]
-        if stop["metric"] not in metrics:
-            e = arg_expr(given["stop"].value, STOPS["early"], "metric") or given["stop"].value
-            errors.append(Diagnostic("E0503", f"model '{graph.name}' has no metric '{stop['metric']}'", e.span,
-                                     did_you_mean(stop["metric"], metrics) or f"metrics: {', '.join(metrics)}"))
+    known = ["loss"] + [o.name for o in graph.outputs_of("metric")]
+    metrics = [f"{p}_{m}" for p in ("train", "val") for m in known]
+    for key, spec in (("stop", STOPS["early"]), ("schedule", SCHEDULES["reduce_on_plateau"])):
+        call = values[key]
+        if call is not None and call.name == spec.name and key in given and call["metric"] not in metrics:
+            e = arg_expr(given[key].value, spec, "metric") or given[key].value
+            errors.append(Diagnostic("E0503", f"model '{graph.name}' has no metric '{call['metric']}'", e.span,
+                                     did_you_mean(call["metric"], metrics) or f"metrics: {', '.join(metrics)}"))
 
 
 def _prefixes(names) -> set[str]:
@@ -324,7 +331,7 @@ def program_recipes(program, graph_of: Callable[[str], Any] | None = None):
                           .with_note(recipes[name].span, "first recipe here"))
             continue
         graph = None
-        if graph_of is not None and any(e.key in ("freeze", "init", "stop") for e in train.entries):
+        if graph_of is not None and any(_needs_graph(e) for e in train.entries):
             try:
                 graph = graph_of(train.model)
             except CompileError:
@@ -332,6 +339,12 @@ def program_recipes(program, graph_of: Callable[[str], Any] | None = None):
         recipes[name], found = validate(train, graph)
         errors += found
     return recipes, errors
+
+
+def _needs_graph(entry: ast.RecipeEntry) -> bool:
+    """Whether checking `entry` needs the model's graph: globs and watched metrics."""
+    watches = entry.key == "schedule" and getattr(entry.value, "func", None) == "reduce_on_plateau"
+    return entry.key in ("freeze", "init", "stop") or watches
 
 
 def validate_program(program, graph_of: Callable[[str], Any] | None = None) -> list[Diagnostic]:
