@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from dslc.passes.train_step import LR
-from dslc.runtime.runs import figure, save_figure
+from dslc.runtime.plots import figure, save_figure
 from dslc.runtime.prepare import load_data
 from dslc.runtime.schedules import landmarks, plot_schedule, schedule_from_recipe
 from dslc.runtime.trainer import Trainer

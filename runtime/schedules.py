@@ -259,7 +259,7 @@ def landmarks(fn: Schedule, epochs: float, limit: int = 8, points: int = 4001) -
 
 def plot_schedule(fn: Schedule, epochs: float, path, title: str = "learning rate") -> None:
     """Draw lr(t) over the run into a PNG at `path` (written atomically), for `dslc lr FILE`."""
-    from dslc.runtime.runs import figure, save_figure  # matplotlib loads only when plotting
+    from dslc.runtime.plots import figure, save_figure  # matplotlib loads only when plotting
 
     fig, (ax,) = figure(1)
     ts, lrs = sample(fn, epochs)

@@ -13,20 +13,35 @@ from dslc.diagnostics import UsageError
 
 
 def cmd_train(args) -> int:
-    from dslc.runtime import trainer
+    from dslc.runtime import overfit, trainer
     from dslc.runtime.recipes import model_and_recipe as load_recipe
 
     if args.resume and args.out:
         raise UsageError("--resume DIR continues the run in DIR; --out cannot go with it")
+    if args.overfit and (args.resume or args.test):
+        raise UsageError(f"--overfit trains a fresh run on a few examples; --{'resume' if args.resume else 'test'} "
+                         "cannot go with it")
     as_name, sets = args.as_name, recipe_sets(args)
     if args.resume:  # the same recipe and settings as the run's start, unless given anew
         saved_name, saved_sets = trainer.resume_settings(args.resume)
         as_name, sets = as_name or saved_name, {**saved_sets, **sets}
     model, recipe = load_recipe(args.file, as_name, sets)
+    options = trainer.Options(test=args.test, tensorboard=args.tensorboard, check_reg=args.check_reg)
+    name = recipe.name
+    if args.overfit:
+        model, recipe, changes = overfit.setup(model, recipe, args.overfit, epochs_given="epochs" in sets)
+        options = trainer.Options(tensorboard=args.tensorboard, check_reg=args.check_reg, examples=args.overfit,
+                                  stop_below=overfit.TARGET)
+        name += "-overfit"
+        print("overfitting: " + ", ".join(changes) + f"; stops once the training loss is below {overfit.TARGET:g}")
     out = args.out or (None if args.resume else
-                       trainer.default_run_dir(recipe.name) if not args.force else Path("runs") / recipe.name)
-    trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet, device=args.device,
-                  detect_anomaly=args.detect_anomaly, overrides=sets)
+                       trainer.default_run_dir(name) if not args.force else Path("runs") / name)
+    result = trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet,
+                           device=args.device, detect_anomaly=args.detect_anomaly, overrides=sets, options=options)
+    if args.overfit:
+        reached, sentence = overfit.verdict(result, args.overfit)
+        print(sentence)
+        return 0 if reached else 1
     return 0
 
 
@@ -113,12 +128,17 @@ def register(verbs) -> None:
     """Add train, eval, predict, ensemble, plot, lr-find and lr to the CLI's subparsers."""
     p = verb(verbs, "train", "train a model with the recipe of its `train` block",
               "Train a model on the data its recipe names and leave a run directory (config.json, "
-              "metrics.jsonl/csv, curves.png, checkpoints last/ and best/). A progress bar shows each "
-              "epoch on a terminal; one summary line per epoch and the final test accuracy are printed. "
-              "Ctrl-C writes a checkpoint before stopping (exit status 130); --resume continues exactly.",
+              "metrics.jsonl/csv, metrics_steps.csv, curves.png, checkpoints last/ and best/). A sanity "
+              "block checks the loss at initialisation first; a progress bar shows each epoch on a "
+              "terminal; one summary line per epoch and the best validation metric are printed. The test "
+              "split is evaluated only with --test (or later by `dslc eval --split test`), so that "
+              "settings are chosen on validation data. Ctrl-C writes a checkpoint before stopping (exit "
+              "status 130); --resume continues exactly.",
               "  dslc train models/digits_mlp.net\n"
               "  dslc train models/digits_mlp.net --epochs 5 --set optimizer.lr=0.003 --out runs/quick\n"
-              "  dslc train models/digits_mlp.net --resume runs/digits_mlp")
+              "  dslc train models/digits_mlp.net --resume runs/digits_mlp\n"
+              "  dslc train models/small_cnn.net --overfit 20          # can it learn 20 examples by heart?\n"
+              "  dslc train models/digits_mlp.net --tensorboard --test")
     add_recipe_args(p, epochs=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME, or runs/NAME-2, ... if taken)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
@@ -129,6 +149,15 @@ def register(verbs) -> None:
                    help="when the loss becomes NaN or Inf, replay the step to name the first non-finite node")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing run directory, or resume although the recipe changed")
+    p.add_argument("--test", action="store_true",
+                   help="evaluate the test split once at the end, with the best weights")
+    p.add_argument("--overfit", type=count, metavar="N",
+                   help="train on N examples with regularisation and augmentation off until the training loss "
+                        "is near zero (exit status 1 if it never gets there); a sanity check of model and recipe")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN/tensorboard (the `tensorboard` extra)")
+    p.add_argument("--check-reg", action="store_true",
+                   help="sanity check: the loss must rise when regularisation is turned up 10x")
     p.set_defaults(run=cmd_train)
 
     p = verb(verbs, "eval", "evaluate a checkpoint on the test, validation or training split",

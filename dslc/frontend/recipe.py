@@ -34,6 +34,8 @@ arguments (`schedule = constant`); `key = none` turns an optional setting off.
                min for a metric ending in "loss", else max; metrics: train_/val_ + loss or a
                metric of the model                                                    none
     checkpoint every(n): save the last and best weights every n epochs | none           every(1)
+    keep       every(n) | restarts (each minimum of a cosine_restarts or cyclical rate):
+               snapshot checkpoints in snapshots/epoch-NNNN, for `dslc ensemble --snapshots`  none
     init       checkpoint(path, skip=[globs]) | none                                     none
     freeze     [globs] of parameters (or layers: a glob may match any dotted prefix)    []
     seed       int in [0, 2**32 - 1]                                                     0
@@ -125,6 +127,10 @@ STOPS = family(CallSpec(
           "metric must start with train_ or val_, got '{metric}'")))
 
 CHECKPOINTS = family(CallSpec("every", "save the last and best weights every n epochs", (Arg("n", INT_POS),)))
+KEEPS = family(CallSpec("every", "keep a snapshot every n epochs", (Arg("n", INT_POS),)),
+               CallSpec("restarts", "keep a snapshot at each minimum of the learning rate: the end of each cycle "
+                        "of cosine_restarts or cyclical (a snapshot ensemble)"))
+RESTARTING = ("cosine_restarts", "cyclical")  # the schedules whose rate has minima before the end
 INITS = family(CallSpec("checkpoint", "start from saved weights, except the parameters the skip globs match",
                         (Arg("path", TEXT, doc="checkpoint or run directory"), Arg("skip", ListOf(TEXT), ()))),
                CallSpec("torch_weights", "start from a PyTorch state_dict (.safetensors, or .pt read weights-only), "
@@ -162,6 +168,7 @@ KEYS = {k.name: k for k in (
     Key("clip", Calls(CLIPS, "clipping rule", bare_number="norm"), None, "gradient clipping", True),
     Key("stop", Calls(STOPS, "stopping rule"), None, "early stopping", True),
     Key("checkpoint", Calls(CHECKPOINTS, "checkpoint rule"), CHECKPOINTS["every"].make(n=1), "saving", True),
+    Key("keep", Calls(KEEPS, "snapshot rule"), None, "snapshots kept in snapshots/ for ensembles", True),
     Key("init", Calls(INITS, "initialisation"), None, "initial weights", True),
     Key("freeze", ListOf(TEXT), (), "globs of parameters kept fixed"),
     Key("seed", Num(True, Range(0, 2**32 - 1)), 0, "seed of initialisation, shuffling and augmentation"),
@@ -248,6 +255,11 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
         span = (arg_expr(where, SCHEDULES[sched.name], "warmup") or where or train).span
         errors.append(Diagnostic("E0505", f"schedule {sched.name}(): warmup ({sched['warmup']:g} epochs) must be "
                                  f"shorter than training ({values['epochs']} epochs)", span))
+    keep = values["keep"]
+    if keep is not None and keep.name == "restarts" and sched.name not in RESTARTING:
+        errors.append(Diagnostic("E0506", f"keep = restarts, but schedule {sched.name}() never restarts, so only "
+                                 "the last epoch would be kept", given["keep"].span,
+                                 "use schedule = cosine_restarts(period) or cyclical(...), or keep = every(n)"))
     for key in ("stop", "schedule"):
         call = values[key]
         watched = call["metric"] if call is not None and call.name in ("early", "reduce_on_plateau") else None

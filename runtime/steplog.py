@@ -1,0 +1,125 @@
+"""The per-step log of a run: metrics_steps.csv, one row per optimiser step.
+
+The lectures ask to watch the loss per iteration, not per epoch: its noise tells a batch
+size from a learning rate, and a loss that explodes within an epoch shows here first.
+
+    step,epoch,loss,lr
+    1,0.05,2.8868,3e-05
+
+`epoch` is the training time in epochs at the end of the step (step / steps per
+epoch), the x axis the per-epoch curves share. Recording a step costs one tuple
+appended to a list (the loss is already on the host: the trainer checks it for NaN);
+the rows are written in batches, when an epoch ends, before a checkpoint, and at least
+every FLUSH_SECONDS on long epochs, so a run can be watched live. A run resumed from a
+checkpoint drops the rows of the steps after it (`truncate`), as metrics.jsonl drops
+later epochs.
+
+    log = StepLog(run_dir / STEPS, per_epoch=20)
+    log.add(step=1, loss=2.89, lr=3e-5)
+    rows = log.flush()                    # written; returned for TensorBoard
+    read_steps(run_dir / STEPS)           # [{"step": 1, "epoch": 0.05, "loss": 2.89, "lr": 3e-05}]
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from dslc.files import UnreadableFile, read_limited, reason, write_atomic
+from dslc.runtime.errors import RunError
+
+STEPS = "metrics_steps.csv"
+HEADER = "step,epoch,loss,lr\n"
+FLUSH_SECONDS = 10.0  # the longest a written row waits in memory during a long epoch
+LIMIT = 1 << 30  # bytes: about 25 million steps
+
+
+class StepLog:
+    """Rows of one run's steps, buffered in memory and appended to `path` in batches."""
+
+    def __init__(self, path, per_epoch: int):
+        self.path, self.per_epoch = Path(path), per_epoch
+        self.rows: list[tuple[int, float, float]] = []
+        self.flushed_at = time.monotonic()
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        self.rows.append((step, loss, lr))
+
+    def due(self) -> bool:
+        """Whether rows have waited FLUSH_SECONDS (checked once per step: one clock read)."""
+        return bool(self.rows) and time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+
+    def flush(self) -> list[dict]:
+        """Append the buffered rows to the file and return them as dicts; RunError when the
+        file cannot be written (the run stops as for any run file)."""
+        rows = [{"step": s, "epoch": round(s / self.per_epoch, 6), "loss": loss, "lr": lr}
+                for s, loss, lr in self.rows]
+        self.rows, self.flushed_at = [], time.monotonic()
+        if rows:
+            text = "".join(f"{r['step']},{r['epoch']!r},{r['loss']!r},{r['lr']!r}\n" for r in rows)
+            _append(self.path, text)
+        return rows
+
+
+def _append(path: Path, text: str) -> None:
+    try:
+        fresh = not os.path.lexists(path) or os.path.getsize(path) == 0
+        with open(path, "a") as f:
+            f.write((HEADER if fresh else "") + text)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {reason(e)}") from None
+
+
+def read_steps(path) -> list[dict]:
+    """The rows of a metrics_steps.csv (none when it is absent), read bounded; a torn last
+    line (a run killed mid-write) is skipped, a bad row elsewhere is a RunError naming its line."""
+    if not os.path.lexists(path):
+        return []
+    try:
+        lines = read_limited(path, LIMIT, "a metrics_steps.csv").decode("utf-8", "replace").splitlines()
+    except UnreadableFile as e:
+        raise RunError(str(e)) from None
+    if lines and lines[0] + "\n" != HEADER:
+        raise RunError(f"{path}:1: expected the header {HEADER.strip()!r}")
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        row = _row(line)
+        if row is None:
+            if i != len(lines):
+                raise RunError(f"{path}:{i}: not a row of step,epoch,loss,lr")
+            continue
+        rows.append(row)
+    return rows
+
+
+def _row(line: str) -> dict | None:
+    parts = line.split(",")
+    try:
+        step, epoch, loss, lr = int(parts[0]), float(parts[1]), float(parts[2]), float(parts[3])
+    except (ValueError, IndexError):
+        return None
+    if len(parts) != 4 or step < 1 or not (math.isfinite(epoch) and math.isfinite(lr)):
+        return None
+    return {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
+
+
+def truncate(path, step: int) -> None:
+    """Drop the rows after `step` (and a torn last line): a resumed run writes them again.
+    Rows are in step order, so the file is cut before the first later row."""
+    if not os.path.lexists(path):
+        return
+    try:
+        data = read_limited(path, LIMIT, "a metrics_steps.csv")
+    except UnreadableFile as e:
+        raise RunError(str(e)) from None
+    keep = 0
+    for line in data.splitlines(keepends=True):
+        text = line.decode("utf-8", "replace")
+        row = _row(text.rstrip("\n"))
+        whole = text.endswith("\n") and ((keep == 0 and text == HEADER) or (row is not None and row["step"] <= step))
+        if not whole:
+            break
+        keep += len(line)
+    if keep < len(data):
+        write_atomic(path, data[:keep])
