@@ -6,8 +6,9 @@ cannot fit twenty examples has a bug (a wrong gradient, a learning rate far off,
 that do not match their inputs), and finding it on twenty examples takes seconds.
 
 What changes for the run, and nothing else: the data is N examples of the training split
-(seeded by the recipe's seed; no validation or test), the batch at most N, augmentation
-off, the optimizer's weight decay 0, penalty terms and dropout off (passes/unregularise.py),
+(seeded by the recipe's seed; no validation or test), the batch at most N, the rate
+constant (a decay to zero would stop it short of zero loss), augmentation off, the
+optimizer's weight decay 0, penalty terms and dropout off (passes/unregularise.py),
 no periodic checkpoints or early stopping, and training stops once an epoch's loss is
 below TARGET. Without --epochs it runs about STEPS steps.
 
@@ -31,13 +32,14 @@ STEPS = 300  # the default length of the run, in steps
 def setup(model, recipe, n: int, epochs_given: bool = False):
     """(model, recipe) for overfitting `n` examples, and the changes made, for the banner."""
     batch = min(recipe["batch"], n)
+    warmup = recipe["schedule"]["warmup"]
     sets: dict = {"augment": "[]", "optimizer.weight_decay": 0.0, "batch": batch, "checkpoint": "none",
-                  "stop": "none", "keep": "none"}
+                  "stop": "none", "keep": "none", "schedule": f"constant(warmup={warmup!r})"}
     if not epochs_given:
         sets["epochs"] = math.ceil(STEPS / math.ceil(n / batch))
     recipe = apply_overrides(recipe, sets, model.graph)
     graph, changed = unregularised(model.graph)
-    changes = [f"{n} training examples", f"batch {batch}", "augmentation off", "weight decay 0"]
+    changes = [f"{n} training examples", f"batch {batch}", "a constant rate", "augmentation off", "weight decay 0"]
     if changed:
         changes.append(f"{changed} penalty or dropout node{'s' if changed > 1 else ''} off")
     return Model(model.program, model.name, graph, model.overrides), recipe, changes

@@ -438,9 +438,9 @@ class Trainer:
             p.best, p.best_epoch, p.bad_epochs = value, p.epoch, 0
         else:
             p.bad_epochs += 1
-        p.stopped = patience is not None and p.bad_epochs >= patience
         below = self.options.stop_below
-        p.stopped = p.stopped or (below is not None and record["train_loss"] < below)
+        reached = below is not None and record["train_loss"] < below
+        p.stopped = reached or (patience is not None and p.bad_epochs >= patience)
         record["update_ratio"] = p.ratios
         spent = time.perf_counter() - started
         p.seconds += spent
@@ -463,7 +463,9 @@ class Trainer:
                    + [f"{SNAPSHOTS}/epoch-{p.epoch:04d}"] * self._snapshot_due(done))
         if not self.quiet:
             self.echo(self._summary(record, improved))
-        if p.stopped:
+        if reached:
+            self.echo(f"stopping: the training loss {record['train_loss']:.4g} is below {below:g}")
+        elif p.stopped:
             self.echo(f"stopping early: {metric} has not improved for {p.bad_epochs} epochs "
                       f"(best {p.best:.4f} at epoch {p.best_epoch})")
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from dslc.cli.common import (add_checkpoint_args, add_recipe_args, count, load_model, model_and_recipe,
-                             output_is_not, parse_sets, positive, recipe_sets, verb)
+                             output_is_not, parse_sets, positive, recipe_sets, seed, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -47,13 +47,14 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from dslc.frontend.program import load_program
-    from dslc.runtime import predict
+    from dslc.runtime import predict, tta
 
     load_program(args.file)  # a mistake in the .net file first, as every verb reports it
     ckpt = predict.open_checkpoint(args.checkpoint)
     model, recipe = predict.model_and_recipe_for(args.file, ckpt, args.as_name, args.model, parse_sets(args.set))
     predict.fit_model(ckpt, model, args.force)
-    report = predict.evaluate_checkpoint(model, recipe, ckpt, args.split, args.device)
+    report = predict.evaluate_checkpoint(model, recipe, ckpt, args.split, args.device,
+                                         tta=tta.parse(args.tta) if args.tta else ())
     print(json.dumps(report, indent=2) if args.json else predict.format_eval(report))
     return 0
 
@@ -64,8 +65,9 @@ def cmd_predict(args) -> int:
     model = load_model(args)
     ckpt = predict.open_checkpoint(args.checkpoint)
     predict.fit_model(ckpt, model, args.force)
-    rows = predict.predict(model, ckpt, args.input, args.top, args.device)
-    print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows], indent=2) if args.json
+    rows = predict.predict(model, ckpt, args.input, args.top, args.device, args.mc_samples, args.seed)
+    keys = ("class", "probability", "std")
+    print(json.dumps([[dict(zip(keys, cell)) for cell in row] for row in rows], indent=2) if args.json
           else predict.format_predictions(rows))
     return 0
 
@@ -74,10 +76,11 @@ def cmd_ensemble(args) -> int:
     from dslc.frontend.program import load_program
     from dslc.runtime import predict
 
-    if len(args.checkpoint) < 2:
-        raise UsageError("an ensemble needs at least two --checkpoint DIR")
     load_program(args.file)  # a mistake in the .net file first, as every verb reports it
-    members = [predict.open_checkpoint(path) for path in args.checkpoint]
+    paths = list(args.checkpoint or []) + [snap for run in args.snapshots or [] for snap in predict.snapshots(run)]
+    if len(paths) < 2:
+        raise UsageError("an ensemble needs at least two members: --checkpoint DIR or --snapshots RUN")
+    members = [predict.open_checkpoint(path) for path in paths]
     model, recipe = predict.model_and_recipe_for(args.file, members[0], args.as_name, args.model, parse_sets(args.set))
     for ckpt in members:
         predict.fit_model(ckpt, model, args.force)
@@ -87,10 +90,10 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from dslc.runtime.runs import plot_runs
+    from dslc.runtime.runs import plot_run_ratios, plot_runs
 
     output_is_not(args.output, *(f"{run}/metrics.jsonl" for run in args.runs))
-    plot_runs(args.runs, args.output)
+    (plot_run_ratios if args.ratios else plot_runs)(args.runs, args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -170,6 +173,8 @@ def register(verbs) -> None:
               "  dslc eval models/digits_mlp.net --checkpoint runs/digits_mlp/last --split val --json")
     add_checkpoint_args(p, recipe=True)
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--tta", metavar="KINDS",
+                   help="test-time augmentation: average over views of each image, `flip`, `crops` or `flip,crops`")
     p.add_argument("--json", action="store_true", help="print the report as JSON, confusion matrix included")
     p.set_defaults(run=cmd_eval)
 
@@ -180,23 +185,33 @@ def register(verbs) -> None:
     add_checkpoint_args(p)
     p.add_argument("--input", required=True, metavar="FILE", help="x.npy or an image (.png, .jpg, ...)")
     p.add_argument("--top", type=count, default=5, metavar="K", help="classes shown per example (default: 5)")
+    p.add_argument("--mc-samples", type=count, metavar="K",
+                   help="Monte-Carlo dropout: K passes with dropout on; mean probability and its spread")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the dropout masks of --mc-samples (default: 0)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(run=cmd_predict)
 
     p = verb(verbs, "ensemble", "evaluate the average prediction of several checkpoints",
               "Average the predicted class probabilities of several checkpoints of one model (e.g. "
-              "trained with different seeds) and report each member's and the ensemble's accuracy.",
-              "  dslc ensemble models/digits_mlp.net --checkpoint runs/a --checkpoint runs/b")
-    add_checkpoint_args(p, many=True, recipe=True)
+              "trained with different seeds, or the snapshots one run kept with `keep = ...`) and report "
+              "each member's and the ensemble's accuracy.",
+              "  dslc ensemble models/digits_mlp.net --checkpoint runs/a --checkpoint runs/b\n"
+              "  dslc ensemble models/digits_mlp.net --snapshots runs/digits_mlp --split val")
+    add_checkpoint_args(p, many=True, recipe=True, required=False)
+    p.add_argument("--snapshots", action="append", metavar="RUN",
+                   help="every snapshot a run kept in RUN/snapshots (its recipe's `keep`); repeatable")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_ensemble)
 
     p = verb(verbs, "plot", "draw the loss and accuracy curves of one or several runs",
               "Draw loss and the first metric, train (dashed) vs validation (solid), of each run "
-              "into one PNG, one colour per run.",
-              "  dslc plot runs/digits_mlp runs/digits_cnn -o compare.png")
+              "into one PNG, one colour per run; with --ratios, the update/weight ratio of every "
+              "parameter over the epochs instead (one panel per run, the 1e-3 guide line dashed).",
+              "  dslc plot runs/digits_mlp runs/digits_cnn -o compare.png\n"
+              "  dslc plot runs/digits_mlp --ratios -o ratios.png")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--ratios", action="store_true", help="plot the update/weight ratios per parameter")
     p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default: curves.png)")
     p.set_defaults(run=cmd_plot)
 
