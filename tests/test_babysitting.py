@@ -20,7 +20,7 @@ from dslc.runtime.data import digits
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
 from dslc.runtime.steplog import STEPS, read_steps
-from dslc.runtime.trainer import Options, derived_seed, train
+from dslc.runtime.trainer import derived_seed, train
 from helpers import MODELS
 
 MLP = MODELS / "digits_mlp.net"
