@@ -136,6 +136,18 @@ def default_run_dir(name: str, root="runs") -> Path:
     return next(p for p in candidates if not (p / "config.json").exists())
 
 
+def watched_metric(recipe, metrics: list[str], validation: bool = True) -> tuple[str, str, float, int | None]:
+    """(metric, min|max, min_delta, patience or None): what picks a run's `best` checkpoint and
+    stops it early: the recipe's stop metric, else the validation (or, without validation
+    data, training) accuracy when the model has that metric, else the loss."""
+    stop = recipe["stop"]
+    if stop is not None:
+        return stop["metric"], stop["mode"], stop["min_delta"], stop["patience"]
+    split = "val" if validation else "train"
+    metric = f"{split}_accuracy" if "accuracy" in metrics else f"{split}_loss"
+    return metric, "min" if metric.endswith("loss") else "max", 0.0, None
+
+
 def derived_seed(seed: int, name: str) -> int:
     """An integer seed of its own for one use of the recipe's seed (init, shuffle)."""
     return int(stream(seed, name).integers(2**63))
@@ -198,13 +210,7 @@ class Trainer:
             self.params.update(init_from(self.model, init))
 
     def _watched(self) -> tuple[str, str, float, int | None]:
-        """(metric, min|max, min_delta, patience or None): what picks `best` and stops early."""
-        stop = self.recipe["stop"]
-        if stop is not None:
-            return stop["metric"], stop["mode"], stop["min_delta"], stop["patience"]
-        split = "val" if self.data.val is not None else "train"
-        metric = f"{split}_accuracy" if "accuracy" in self.metric_names else f"{split}_loss"
-        return metric, "min" if metric.endswith("loss") else "max", 0.0, None
+        return watched_metric(self.recipe, self.metric_names, self.data.val is not None)
 
     def start(self, out_dir: Path, force: bool, overrides: dict) -> None:
         self.load_init()

@@ -50,6 +50,10 @@ Diagnostics (E05xx):
     E0506 settings that conflict     E0511 two recipes share a name
     E0512 (warning) a glob matches only layers without parameters, so it selects nothing
     E0514 the recipe freezes every trainable parameter, so nothing would train
+    E0515 a mistake in the search block: an unknown key, not a distribution, bad bounds
+
+A recipe may also hold one `search { KEY = DISTRIBUTION ... }` block, the space `dslc
+search` samples (search_space.py); `Recipe.space` holds its dimensions.
 
 The calls of the big families are declared beside what implements them, as ops are:
 datasets in runtime/data/datasets.py, augmentations in runtime/data/augment.py, schedules
@@ -64,6 +68,7 @@ from typing import Any, Callable
 
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
+from dslc.frontend.search_space import Dimension, check_space
 from dslc.frontend.recipe_values import (BELOW_ONE, FRACTION, INT_POS, NONNEG, NONNEG_NUM, POS, REQUIRED, TEXT, Arg,
                                          Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr, family,
                                          when)
@@ -81,6 +86,7 @@ class Recipe:
     name: str
     entries: tuple[tuple[str, Any], ...]
     span: Span | None = field(default=None, compare=False)
+    space: tuple[Dimension, ...] = field(default=(), compare=False)  # its search block (search_space.py)
 
     def __getitem__(self, key: str):
         return dict(self.entries)[key]
@@ -184,10 +190,11 @@ def defaults(model: str = "", name: str | None = None) -> Recipe:
 
 # ---- checking a train block ------------------------------------------------------
 
-def validate(train: ast.TrainDef, model_graph=None) -> tuple[Recipe, list[Diagnostic]]:
+def validate(train: ast.TrainDef, model_graph=None, hyper: dict[str, str] | None = None) -> tuple[Recipe, list[Diagnostic]]:
     """Check one train block: the Recipe (bad settings keep their defaults) and every mistake found.
 
-    `model_graph` (the model's typed Graph) enables the checks of freeze/skip globs and stop metrics.
+    `model_graph` (the model's typed Graph) enables the checks of freeze/skip globs and stop metrics;
+    `hyper` (the model's hyper-parameters and their types) those of the search block's keys.
         recipe, errors = validate(module.trains[0])
     """
     errors: list[Diagnostic] = []
@@ -219,8 +226,9 @@ def validate(train: ast.TrainDef, model_graph=None) -> tuple[Recipe, list[Diagno
         if "data" not in seen:
             errors.append(Diagnostic("E0507", f"recipe '{train.alias or train.model}' has no data",
                                      train.model_span, "add e.g. `data = digits()`"))
+    space, found = check_space(train.searches, values, KEYS, hyper)
     entries = tuple((k, v) for k, v in values.items() if not KEYS[k].moves_to)
-    return Recipe(train.model, train.alias or train.model, entries, train.span), errors
+    return Recipe(train.model, train.alias or train.model, entries, train.span, space), errors + found
 
 
 def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.TrainDef, errors) -> None:
@@ -348,7 +356,8 @@ def program_recipes(program, graph_of: Callable[[str], Any] | None = None):
                 graph = graph_of(train.model)
             except CompileError:
                 graph = None
-        recipes[name], found = validate(train, graph)
+        hyper = {f.name: f.type for f in program.models[train.model].formals if f.type is not None}
+        recipes[name], found = validate(train, graph, hyper)
         errors += found
     return recipes, errors
 

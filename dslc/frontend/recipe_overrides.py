@@ -103,7 +103,7 @@ def _apply(recipe: Recipe, sets: dict[str, Any], model_graph) -> Recipe:
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors:
         raise UsageError("\n".join(_message(d) for d in errors))
-    return replace(result, span=recipe.span)
+    return replace(result, span=recipe.span, space=recipe.space)
 
 
 def _changes_arg_of(dotted: str) -> str | None:
