@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dslc.frontend.search_space import Dimension
+from dslc.frontend.recipe_search import Dimension
 
 TOP = 0.25  # refine keeps the region of this share of the trials (at least TOP_MIN of them)
 TOP_MIN = 3

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, write_atomic
-from dslc.frontend.search_space import Dimension, value_text
+from dslc.frontend.recipe_search import Dimension, value_text
 from dslc.runtime import sampling
 from dslc.runtime.engines import Engine, Outcome, Task
 from dslc.runtime.errors import TrainError

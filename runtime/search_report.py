@@ -11,7 +11,7 @@ import csv
 import io
 import math
 
-from dslc.frontend.search_space import Dimension, value_text
+from dslc.frontend.recipe_search import Dimension, value_text
 from dslc.runtime.plots import figure, save_figure
 
 

@@ -18,7 +18,7 @@ import pytest
 import dslc
 from dslc.cli import main
 from dslc.diagnostics import CompileError
-from dslc.frontend.search_space import Dimension
+from dslc.frontend.recipe_search import Dimension
 from dslc.runtime import sampling
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records

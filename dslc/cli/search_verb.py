@@ -18,7 +18,7 @@ def space_of(model, recipe, texts: list[str]):
     a dimension); UsageError naming the --space that is wrong."""
     from dslc.frontend import recipe as R
     from dslc.frontend.parse import parse_expression
-    from dslc.frontend.search_space import dimension
+    from dslc.frontend.recipe_search import dimension
     from dslc.diagnostics import CompileError, Span
 
     dims = {d.key: d for d in recipe.space}

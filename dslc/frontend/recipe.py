@@ -53,7 +53,7 @@ Diagnostics (E05xx):
     E0515 a mistake in the search block: an unknown key, not a distribution, bad bounds
 
 A recipe may also hold one `search { KEY = DISTRIBUTION ... }` block, the space `dslc
-search` samples (search_space.py); `Recipe.space` holds its dimensions.
+search` samples (recipe_search.py); `Recipe.space` holds its dimensions.
 
 The calls of the big families are declared beside what implements them, as ops are:
 datasets in runtime/data/datasets.py, augmentations in runtime/data/augment.py, schedules
@@ -68,7 +68,7 @@ from typing import Any, Callable
 
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
-from dslc.frontend.search_space import Dimension, check_space
+from dslc.frontend.recipe_search import Dimension, check_space
 from dslc.frontend.recipe_values import (BELOW_ONE, FRACTION, INT_POS, NONNEG, NONNEG_NUM, POS, REQUIRED, TEXT, Arg,
                                          Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr, family,
                                          when)
@@ -86,7 +86,7 @@ class Recipe:
     name: str
     entries: tuple[tuple[str, Any], ...]
     span: Span | None = field(default=None, compare=False)
-    space: tuple[Dimension, ...] = field(default=(), compare=False)  # its search block (search_space.py)
+    space: tuple[Dimension, ...] = field(default=(), compare=False)  # its search block (recipe_search.py)
 
     def __getitem__(self, key: str):
         return dict(self.entries)[key]
