@@ -104,7 +104,7 @@ def check_graph(backward: Graph, feeds: Mapping[str, np.ndarray], params: Mappin
         else:
             picked = np.sort(rng.choice(x.size, min(samples, x.size), False))
             dirs = [d / np.linalg.norm(d) for d in (rng.standard_normal(x.shape) for _ in range(directions))]
-        checks = [_unit(x.shape, i) for i in picked] + dirs
+        checks = [_unit(x.shape, int(i)) for i in picked] + dirs
         errors = [numeric.check(out.name, d, float(np.vdot(g, d))) for d in checks]
         kept = [e for e in errors if e is not None]
         worst = float(max(kept, default=0.0))

@@ -104,7 +104,8 @@ class LocalProcesses:
             raise TrainError(f"cannot start trial {task.id}: {reason(e)}") from None
 
     def run(self, tasks: Sequence[Task], done: Callable[[Outcome], None]) -> None:
-        waiting, running = list(tasks), {}
+        waiting = list(tasks)
+        running: dict[str, tuple[Task, subprocess.Popen]] = {}
         try:
             while waiting or running:
                 while waiting and len(running) < self.jobs:

@@ -40,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -430,7 +431,7 @@ class Trainer:
         started = time.perf_counter()
         p.epoch += 1
         n = p.sums.get("examples", 0.0) or 1.0
-        record = {"epoch": p.epoch, "step": p.step, "train_loss": p.sums.get(self.loss_name, 0.0) / n,
+        record: dict[str, Any] = {"epoch": p.epoch, "step": p.step, "train_loss": p.sums.get(self.loss_name, 0.0) / n,
                   **{f"train_{m}": p.sums.get(m, 0.0) / n for m in self.metric_names}}
         if self.data.val is not None:
             record.update(self.evaluator(self.data.val, self.params, self.data.transform).record("val"))

@@ -61,5 +61,10 @@ def views(kinds: tuple[str, ...], example_shape: tuple[int, ...]) -> list[tuple[
         base += [(f"shift {name}", _shift(dy, dx))
                  for name, dy, dx in (("up", -s, 0), ("down", s, 0), ("left", 0, -s), ("right", 0, s))]
     if "flip" in kinds:
-        base += [(f"{label}, mirrored", lambda x, f=f: f(x)[..., ::-1]) for label, f in list(base)]
+        base += [(f"{label}, mirrored", _mirrored(f)) for label, f in list(base)]
     return base
+
+
+def _mirrored(view: View) -> View:
+    """`view` followed by a left-right flip."""
+    return lambda x: view(x)[..., ::-1]

@@ -268,12 +268,12 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
         errors.append(Diagnostic("E0506", f"keep = restarts, but schedule {sched.name}() never restarts, so only "
                                  "the last epoch would be kept", given["keep"].span,
                                  "use schedule = cosine_restarts(period) or cyclical(...), or keep = every(n)"))
-    for key in ("stop", "schedule"):
-        call = values[key]
+    for setting in ("stop", "schedule"):
+        call = values[setting]
         watched = call["metric"] if call is not None and call.name in ("early", "reduce_on_plateau") else None
         if watched is not None and watched.startswith("val_") and values["split"] is None:
-            errors.append(Diagnostic("E0506", f"{key} watches '{watched}' but split = none leaves no validation "
-                                     "data", (given.get(key) or train).span).with_note(given["split"].span, "here"))
+            errors.append(Diagnostic("E0506", f"{setting} watches '{watched}' but split = none leaves no validation "
+                                     "data", (given.get(setting) or train).span).with_note(given["split"].span, "here"))
 
 
 def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
