@@ -16,7 +16,7 @@ later epochs.
 
     log = StepLog(run_dir / STEPS, per_epoch=20)
     log.add(step=1, loss=2.89, lr=3e-5)
-    rows = log.flush()                    # written; returned for TensorBoard
+    rows = log.flush()                    # written; returned for TensorBoard: [(1, 2.89, 3e-05)]
     read_steps(run_dir / STEPS)           # [{"step": 1, "epoch": 0.05, "loss": 2.89, "lr": 3e-05}]
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TextIO
 
 from dslc.files import UnreadableFile, read_limited, reason, write_atomic
 from dslc.runtime.errors import RunError
@@ -36,12 +37,14 @@ LIMIT = 1 << 30  # bytes: about 25 million steps
 
 
 class StepLog:
-    """Rows of one run's steps, buffered in memory and appended to `path` in batches."""
+    """Rows of one run's steps, buffered in memory and appended to `path` in batches through
+    a handle kept open for the run (an open and a stat per batch would cost more than the rows)."""
 
     def __init__(self, path, per_epoch: int):
         self.path, self.per_epoch = Path(path), per_epoch
         self.rows: list[tuple[int, float, float]] = []
         self.flushed_at = time.monotonic()
+        self._file: TextIO | None = None
 
     def add(self, step: int, loss: float, lr: float) -> None:
         self.rows.append((step, loss, lr))
@@ -50,25 +53,27 @@ class StepLog:
         """Whether rows have waited FLUSH_SECONDS (checked once per step: one clock read)."""
         return bool(self.rows) and time.monotonic() - self.flushed_at >= FLUSH_SECONDS
 
-    def flush(self) -> list[dict]:
-        """Append the buffered rows to the file and return them as dicts; RunError when the
-        file cannot be written (the run stops as for any run file)."""
-        rows = [{"step": s, "epoch": round(s / self.per_epoch, 6), "loss": loss, "lr": lr}
-                for s, loss, lr in self.rows]
+    def flush(self) -> list[tuple[int, float, float]]:
+        """Append the buffered rows (step, loss, lr) to the file and return them; RunError when
+        the file cannot be written (the run stops as for any run file)."""
+        rows, per = self.rows, self.per_epoch
         self.rows, self.flushed_at = [], time.monotonic()
         if rows:
-            text = "".join(f"{r['step']},{r['epoch']!r},{r['loss']!r},{r['lr']!r}\n" for r in rows)
-            _append(self.path, text)
+            try:
+                if self._file is None:
+                    self._file = open(self.path, "a")
+                    if self._file.tell() == 0:
+                        self._file.write(HEADER)
+                self._file.write("".join(f"{s},{round(s / per, 6)!r},{loss!r},{lr!r}\n" for s, loss, lr in rows))
+                self._file.flush()
+            except OSError as e:
+                raise RunError(f"cannot write {self.path}: {reason(e)}") from None
         return rows
 
-
-def _append(path: Path, text: str) -> None:
-    try:
-        fresh = not os.path.lexists(path) or os.path.getsize(path) == 0
-        with open(path, "a") as f:
-            f.write((HEADER if fresh else "") + text)
-    except OSError as e:
-        raise RunError(f"cannot write {path}: {reason(e)}") from None
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def read_steps(path) -> list[dict]:

@@ -115,6 +115,8 @@ def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: 
             trainer.start(Path(out_dir), force, overrides or {})
         return trainer.run()
     finally:
+        if hasattr(trainer, "steplog"):
+            trainer.steplog.close()
         if hasattr(trainer, "out"):
             trainer.out.close()  # the run directory's lock
 
@@ -194,6 +196,7 @@ class Trainer:
         self.saved: tuple[Path, int, int] | None = None  # the last `last` checkpoint: path, epoch, step
         self.interrupted = False
         self.board: TensorBoard | None = None
+        self.step_seconds = 0.0  # training time of the steps not yet flushed to the per-step log
 
     # ---- setting up ------------------------------------------------------------------
 
@@ -347,6 +350,7 @@ class Trainer:
                 spent = time.perf_counter() - started
                 p.seconds += spent
                 p.epoch_seconds += spent
+                self.step_seconds += spent
                 bar.update(1)
                 bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{len(batch.y) / spent:.0f}"}, refresh=False)
                 self.steplog.add(p.step, loss, self.lr)
@@ -385,7 +389,8 @@ class Trainer:
         except RunError as e:
             raise self._stopped(str(e)) from None
         if self.board is not None:
-            self.board.steps(rows)
+            self.board.steps(rows, self.step_seconds)
+        self.step_seconds = 0.0
 
     def _step(self, batch) -> float:
         p = self.progress
