@@ -111,19 +111,25 @@ def _row(line: str) -> dict | None:
 
 def truncate(path, step: int) -> None:
     """Drop the rows after `step` (and a torn last line): a resumed run writes them again.
-    Rows are in step order, so the file is cut before the first later row."""
+    Rows are in step order, so the file is cut before the first later row; a row up to
+    `step` that is not one (a hand-edited file) is a RunError naming its line."""
     if not os.path.lexists(path):
         return
     try:
         data = read_limited(path, LIMIT, "a metrics_steps.csv")
     except UnreadableFile as e:
         raise RunError(str(e)) from None
+    lines = data.splitlines(keepends=True)
     keep = 0
-    for line in data.splitlines(keepends=True):
+    for i, line in enumerate(lines):
         text = line.decode("utf-8", "replace")
+        if i == 0 and text == HEADER:
+            keep += len(line)
+            continue
         row = _row(text.rstrip("\n"))
-        whole = text.endswith("\n") and ((keep == 0 and text == HEADER) or (row is not None and row["step"] <= step))
-        if not whole:
+        if row is None and text.endswith("\n") and i + 1 < len(lines):
+            raise RunError(f"{path}:{i + 1}: not a row of step,epoch,loss,lr")
+        if row is None or not text.endswith("\n") or row["step"] > step:
             break
         keep += len(line)
     if keep < len(data):
