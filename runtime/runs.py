@@ -43,11 +43,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, reason, write_atomic
+from dslc.files import UnreadableFile, ensure_dir, read_json, reason, write_atomic
 from dslc.runtime import plots, steplog
 from dslc.runtime.checkpoint import digest
 from dslc.runtime.errors import RunError
-from dslc.runtime.jsondoc import Doc, is_int
+from dslc.runtime.jsondoc import Doc, is_int, lines_of
 
 CONFIG, JSONL, CSV, CURVES, STEPS = "config.json", "metrics.jsonl", "metrics.csv", "curves.png", steplog.STEPS
 DRAW_SECONDS = 2.0  # curves.png is redrawn at most this often (and at the end): epochs can be faster than a plot
@@ -124,12 +124,7 @@ def to_csv(records: Iterable[Mapping[str, Any]]) -> str:
 def read_records(path) -> list[dict]:
     """The records of a metrics.jsonl (none when it is absent); a torn last line (a run killed
     mid-write) is skipped. RunError names the line of a record that is not one."""
-    if not os.path.lexists(path):
-        return []
-    try:
-        lines = read_limited(path, METRICS_LIMIT, "a metrics.jsonl").decode("utf-8", "replace").splitlines()
-    except UnreadableFile as e:
-        raise RunError(str(e)) from None
+    lines = lines_of(path, METRICS_LIMIT, "a metrics.jsonl", RunError)
     records = []
     for i, line in enumerate(lines):
         try:

@@ -29,6 +29,7 @@ from typing import TextIO
 
 from dslc.files import UnreadableFile, read_limited, reason, write_atomic
 from dslc.runtime.errors import RunError
+from dslc.runtime.jsondoc import lines_of
 
 STEPS = "metrics_steps.csv"
 HEADER = "step,epoch,loss,lr\n"
@@ -79,12 +80,7 @@ class StepLog:
 def read_steps(path) -> list[dict]:
     """The rows of a metrics_steps.csv (none when it is absent), read bounded; a torn last
     line (a run killed mid-write) is skipped, a bad row elsewhere is a RunError naming its line."""
-    if not os.path.lexists(path):
-        return []
-    try:
-        lines = read_limited(path, LIMIT, "a metrics_steps.csv").decode("utf-8", "replace").splitlines()
-    except UnreadableFile as e:
-        raise RunError(str(e)) from None
+    lines = lines_of(path, LIMIT, "a metrics_steps.csv", RunError)
     if lines and lines[0] + "\n" != HEADER:
         raise RunError(f"{path}:1: expected the header {HEADER.strip()!r}")
     rows = []

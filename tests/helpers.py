@@ -110,3 +110,15 @@ def trained_like(model, seed: int = 0) -> dict[str, np.ndarray]:
         elif spec.role in ("shift", "state"):
             weights[name] = rng.normal(0.0, 0.2, shape).astype(weights[name].dtype)
     return weights
+
+
+# ---- the command line (test_babysitting, test_search) -----------------------------------------
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `dslc ARGS` run in this process; never a traceback."""
+    from dslc.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err

@@ -21,7 +21,7 @@ from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
 from dslc.runtime.steplog import STEPS, read_steps
 from dslc.runtime.trainer import derived_seed, train
-from helpers import MODELS
+from helpers import MODELS, run_cli as run
 
 MLP = MODELS / "digits_mlp.net"
 DROPOUT_MLP = """
@@ -48,13 +48,6 @@ def write(tmp_path, init="", penalty="", epochs=3, extra="optimizer = adam(lr=3e
     path = tmp_path / name
     path.write_text(DROPOUT_MLP.format(init=init, penalty=penalty, epochs=epochs, extra=extra))
     return path
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 # ---- the sanity block ------------------------------------------------------------------------

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 import dslc
-from dslc.cli import main
 from dslc.diagnostics import CompileError
 from dslc.frontend.recipe_search import Dimension
 from dslc.runtime import sampling
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
-from helpers import MODELS
+from helpers import MODELS, run_cli as run
 
 MLP = """
 model mlp(hidden: int = 16, classes: int = 10) {{
@@ -50,13 +49,6 @@ def write(tmp_path, space=SPACE, name="m.net"):
     path = tmp_path / name
     path.write_text(MLP.format(space=space))
     return path
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 # ---- the space ------------------------------------------------------------------------------
