@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         alone = _alone(trainer, args.steps, off)
         if trainer.board is not None:
             trainer.board.close()
-        trainer.steplog.close()
     result = {"model": args.model, "tensorboard": args.tensorboard, "load": os.getloadavg()[0],
               "step_ms_without": off * 1e3, "step_ms_with": on * 1e3, "ab_share": (on - off) / off,
               "logger_us_per_step": alone * 1e6, "logger_share": alone / off}

@@ -25,7 +25,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TextIO
 
 from dslc.files import UnreadableFile, read_limited, reason, write_atomic
 from dslc.runtime.errors import RunError
@@ -38,14 +37,12 @@ LIMIT = 1 << 30  # bytes: about 25 million steps
 
 
 class StepLog:
-    """Rows of one run's steps, buffered in memory and appended to `path` in batches through
-    a handle kept open for the run (an open and a stat per batch would cost more than the rows)."""
+    """Rows of one run's steps, buffered in memory and appended to `path` in batches."""
 
     def __init__(self, path, per_epoch: int):
         self.path, self.per_epoch = Path(path), per_epoch
         self.rows: list[tuple[int, float, float]] = []
         self.flushed_at = time.monotonic()
-        self._file: TextIO | None = None
 
     def add(self, step: int, loss: float, lr: float) -> None:
         self.rows.append((step, loss, lr))
@@ -60,21 +57,13 @@ class StepLog:
         rows, per = self.rows, self.per_epoch
         self.rows, self.flushed_at = [], time.monotonic()
         if rows:
+            text = "".join(f"{s},{round(s / per, 6)!r},{loss!r},{lr!r}\n" for s, loss, lr in rows)
             try:
-                if self._file is None:
-                    self._file = open(self.path, "a")
-                    if self._file.tell() == 0:
-                        self._file.write(HEADER)
-                self._file.write("".join(f"{s},{round(s / per, 6)!r},{loss!r},{lr!r}\n" for s, loss, lr in rows))
-                self._file.flush()
+                with open(self.path, "a") as f:  # not kept open: a file open for writing pins its disk
+                    f.write((HEADER if f.tell() == 0 else "") + text)
             except OSError as e:
                 raise RunError(f"cannot write {self.path}: {reason(e)}") from None
         return rows
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def read_steps(path) -> list[dict]:

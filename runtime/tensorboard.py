@@ -5,8 +5,8 @@ PyTorch or TensorFlow; it is the optional `tensorboard` extra (`pip install -e
 '.[tensorboard]'`, which also installs TensorBoard to view them). The events go to
 RUN/tensorboard/, so `tensorboard --logdir runs` shows every run side by side:
 
-    step/loss, step/lr                    every step, or every k-th step where writing them would
-                                          cost over 1% of a step (metrics_steps.csv has them all)
+    step/loss, step/lr                    every step, or every k-th step while writing them costs
+                                          over 1% of the training time (metrics_steps.csv has them all)
     loss/train, loss/val, accuracy/...    every epoch, one chart per metric with both splits
     lr, epoch_seconds                     every epoch
     update_ratio/PARAM                    every epoch, |dW| / |W| of each parameter
@@ -53,26 +53,29 @@ class TensorBoard:
     def __init__(self, run_dir, graph: Graph, purge_step: int = 0):
         self.writer = writer_class()(str(Path(run_dir) / FOLDER), purge_step=purge_step or None, flush_secs=10)
         self.every = 1  # step scalars are written every `every` steps (see steps)
+        self.writing = self.training = 0.0  # seconds spent writing step scalars, and training those steps
         if not purge_step:
             self._graph(graph)
 
     def steps(self, rows: list[tuple[int, float, float]], seconds: float) -> None:
         """Scalars of the steps just flushed to metrics_steps.csv (step, loss, lr), which took
-        `seconds` to train: every `every`-th step, `every` kept so that writing costs at most
-        BUDGET of the training time (a scalar costs tens of microseconds, a small model's step
-        a few hundred; TensorBoard shows a thousand points per chart anyway)."""
+        `seconds` to train: every `every`-th step, `every` doubled while writing them has cost
+        more than BUDGET of the training time so far and halved while it costs less than a
+        quarter of it (a scalar costs tens of microseconds, a small model's step a few hundred;
+        TensorBoard shows a thousand points per chart anyway)."""
         started = time.perf_counter()
-        written = 0
         for step, loss, lr in rows:
             if step % self.every == 0:
                 if math.isfinite(loss):
                     self.writer.add_scalar("step/loss", loss, step)
                 self.writer.add_scalar("step/lr", lr, step)
-                written += 1
-        if written and rows:
-            per_row = (time.perf_counter() - started) / written
-            per_step = seconds / len(rows)
-            self.every = max(1, math.ceil(per_row / (BUDGET * per_step))) if per_step > 0 else self.every
+        self.writing += time.perf_counter() - started
+        self.training += seconds
+        share = self.writing / self.training if self.training > 0 else 0.0
+        if share > BUDGET:
+            self.every *= 2
+        elif share < BUDGET / 4 and self.every > 1:
+            self.every //= 2
 
     def epoch(self, record: Mapping, params: Mapping[str, np.ndarray], trained: list[str]) -> None:
         """One epoch's record (at its last step) and histograms of the trained parameters."""

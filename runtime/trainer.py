@@ -115,8 +115,6 @@ def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: 
             trainer.start(Path(out_dir), force, overrides or {})
         return trainer.run()
     finally:
-        if hasattr(trainer, "steplog"):
-            trainer.steplog.close()
         if hasattr(trainer, "out"):
             trainer.out.close()  # the run directory's lock
 

@@ -130,7 +130,11 @@ def test_tensorboard_events_are_read_by_tensorboards_reader(tmp_path, capsys):
     tags = events.Tags()
     assert {"step/loss", "step/lr", "loss/train", "loss/val", "accuracy/val", "update_ratio/fc2.weight"} \
         <= set(tags["scalars"])
-    assert [e.step for e in events.Scalars("step/loss")] == list(range(1, 41))
+    # every step of the first epoch; later ones thinned if writing them cost over 1% of training
+    logged = {e.step: e.value for e in events.Scalars("step/loss")}
+    steps = {r["step"]: r["loss"] for r in read_steps(tmp_path / "r" / STEPS)}
+    assert set(range(1, 21)) <= set(logged) <= set(steps)
+    assert all(logged[k] == pytest.approx(steps[k]) for k in logged)
     assert [e.step for e in events.Scalars("accuracy/val")] == [20, 40]
     val = read_records(tmp_path / "r" / "metrics.jsonl")[-1]["val_accuracy"]
     assert events.Scalars("accuracy/val")[-1].value == pytest.approx(val)
