@@ -21,9 +21,10 @@ from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
 from dslc.runtime.steplog import STEPS, read_steps
 from dslc.runtime.trainer import derived_seed, train
-from helpers import MODELS, run_cli as run
+from helpers import MODELS, mnist_from_digits, run_cli as run
 
 MLP = MODELS / "digits_mlp.net"
+REF = ("--device", "reference")  # the NumPy interpreter: nothing to compile for these small runs
 DROPOUT_MLP = """
 model mlp(hidden: int = 32, p: float = 0.3) {{
     input image : f32[N, 64]
@@ -97,7 +98,7 @@ def test_regularisation_check_sees_the_penalty_rise(tmp_path):
 
 def test_train_prints_the_sanity_block_and_warns(tmp_path, capsys):
     path = write(tmp_path, init=", init=normal(std=1.0)", epochs=1)
-    code, out, err = run(capsys, "train", path, "--out", tmp_path / "r", "--check-reg")
+    code, out, err = run(capsys, "train", path, "--out", tmp_path / "r", "--check-reg", *REF)
     assert code == 0 and "sanity checks:\n  initial cross_entropy loss" in out and "regularisation:" in out
     assert "dslc: warning: the initial loss" in err
 
@@ -106,7 +107,7 @@ def test_train_prints_the_sanity_block_and_warns(tmp_path, capsys):
 
 def test_every_step_is_logged_and_drawn_under_the_epoch_curves(tmp_path):
     model, recipe = model_and_recipe(write(tmp_path, epochs=2))
-    result = train(model, recipe, tmp_path / "r", quiet=True, echo=lambda _: None)
+    result = train(model, recipe, tmp_path / "r", quiet=True, echo=lambda _: None, device="reference")
     steps = read_steps(tmp_path / "r" / STEPS)
     assert [s["step"] for s in steps] == list(range(1, result.steps + 1))
     assert steps[19]["epoch"] == 1.0 and all(math.isfinite(s["loss"]) and s["lr"] > 0 for s in steps)
@@ -122,7 +123,8 @@ def test_every_step_is_logged_and_drawn_under_the_epoch_curves(tmp_path):
 def test_tensorboard_events_are_read_by_tensorboards_reader(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    code, _, _ = run(capsys, "train", write(tmp_path, epochs=2), "--out", tmp_path / "r", "--tensorboard", "--quiet")
+    code, _, _ = run(capsys, "train", write(tmp_path, epochs=2), "--out", tmp_path / "r", "--tensorboard", "--quiet",
+                       *REF)
     assert code == 0
     events = accumulator.EventAccumulator(str(tmp_path / "r" / "tensorboard"),
                                           size_guidance={"scalars": 0, "histograms": 0})
@@ -146,7 +148,7 @@ def test_tensorboard_events_are_read_by_tensorboards_reader(tmp_path, capsys):
 
 def test_overfit_reaches_near_zero_loss_on_a_few_examples(tmp_path, capsys):
     code, out, _ = run(capsys, "train", write(tmp_path, penalty=" + 1e-2 * l2(weights)"), "--overfit", "16",
-                       "--out", tmp_path / "o", "--quiet")
+                       "--out", tmp_path / "o", "--quiet", *REF)
     assert code == 0, out
     assert out.startswith("overfitting: 16 training examples, batch 16, a constant rate, augmentation off, "
                           "weight decay 0, 2 penalty or dropout nodes off")
@@ -155,9 +157,18 @@ def test_overfit_reaches_near_zero_loss_on_a_few_examples(tmp_path, capsys):
     assert records[-1]["train_loss"] < 0.01 and all("val_loss" not in r for r in records)
 
 
+@pytest.mark.slow  # about 6 s: small_cnn at full width, 20 steps on the NumPy interpreter
+def test_small_cnn_overfits_20_examples(tmp_path, capsys):
+    data = mnist_from_digits(tmp_path / "mnist")
+    code, out, _ = run(capsys, "train", MODELS / "small_cnn.net", "--overfit", "20", "--set", f'data=mnist("{data}")',
+                       "--out", tmp_path / "o", "--quiet", *REF)
+    assert code == 0 and "below 0.01: the model can fit its data" in out
+    assert read_records(tmp_path / "o" / "metrics.jsonl")[-1]["train_loss"] < 0.01
+
+
 def test_overfit_that_cannot_get_there_says_so(tmp_path, capsys):
     code, out, _ = run(capsys, "train", write(tmp_path, extra="optimizer = sgd(lr=1e-6)"), "--overfit", "16",
-                       "--epochs", "3", "--out", tmp_path / "o", "--quiet")
+                       "--epochs", "3", "--out", tmp_path / "o", "--quiet", *REF)
     assert code == 1 and "did not reach 0.01" in out and "dslc lr-find" in out
     code, _, err = run(capsys, "train", MLP, "--overfit", "16", "--test")
     assert code == 2 and "--test cannot go with it" in err
@@ -169,7 +180,7 @@ def test_reduce_on_plateau_lowers_the_rate_of_a_run(tmp_path):
     path = write(tmp_path, epochs=6, extra="optimizer = adam(lr=3e-3)\n"
                  "    schedule = reduce_on_plateau(metric=val_loss, patience=1, threshold=0.5, factor=0.5)")
     model, recipe = model_and_recipe(path)
-    train(model, recipe, tmp_path / "r", quiet=True, echo=lambda _: None)
+    train(model, recipe, tmp_path / "r", quiet=True, echo=lambda _: None, device="reference")
     lrs = [r["lr"] for r in read_records(tmp_path / "r" / "metrics.jsonl")]
     # a 50% relative improvement is asked for, so the rate halves after each epoch that lacks it
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < lrs[0] and all(b <= a for a, b in zip(lrs, lrs[1:]))
@@ -179,10 +190,10 @@ def test_reduce_on_plateau_lowers_the_rate_of_a_run(tmp_path):
 def test_snapshots_at_restarts_make_an_ensemble(tmp_path, capsys):
     path = write(tmp_path, epochs=6, extra="optimizer = adam(lr=3e-3)\n"
                  "    schedule = cosine_restarts(period=2)\n    keep = restarts")
-    assert run(capsys, "train", path, "--out", tmp_path / "r", "--quiet")[0] == 0
+    assert run(capsys, "train", path, "--out", tmp_path / "r", "--quiet", *REF)[0] == 0
     kept = sorted(p.name for p in (tmp_path / "r" / "snapshots").iterdir())
     assert kept == ["epoch-0002", "epoch-0004", "epoch-0006"]
-    code, out, _ = run(capsys, "ensemble", path, "--snapshots", tmp_path / "r", "--split", "val", "--json")
+    code, out, _ = run(capsys, "ensemble", path, "--snapshots", tmp_path / "r", "--split", "val", "--json", *REF)
     report = json.loads(out)
     assert code == 0 and len(report["members"]) == 3 and 0.5 < report["accuracy"] <= 1
     code, _, err = run(capsys, "ensemble", path, "--snapshots", tmp_path)
@@ -201,19 +212,19 @@ def test_keep_restarts_needs_a_restarting_schedule(tmp_path, capsys):
 def dropout_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dropout")
     path = write(root, extra="optimizer = adam(lr=3e-3)\n    augment = [random_crop(8, pad=1)]")
-    assert main(["train", str(path), "--out", str(root / "r"), "--quiet"]) == 0
+    assert main(["train", str(path), "--out", str(root / "r"), "--quiet", *REF]) == 0
     return path, root / "r"
 
 
 def test_eval_with_test_time_augmentation(dropout_run, capsys):
     path, r = dropout_run
-    code, out, _ = run(capsys, "eval", path, "--checkpoint", r, "--tta", "flip,crops", "--json")
+    code, out, _ = run(capsys, "eval", path, "--checkpoint", r, "--tta", "flip,crops", "--json", *REF)
     report = json.loads(out)
     assert code == 0 and len(report["tta"]["views"]) == 10 and report["tta"]["views"][0] == "image"
-    plain = json.loads(run(capsys, "eval", path, "--checkpoint", r, "--json")[1])
+    plain = json.loads(run(capsys, "eval", path, "--checkpoint", r, "--json", *REF)[1])
     assert report["tta"]["accuracy_without"] == plain["accuracy"]
     assert np.array(report["confusion"]).sum() == plain["examples"]
-    code, out, _ = run(capsys, "eval", path, "--checkpoint", r, "--tta", "crops")
+    code, out, _ = run(capsys, "eval", path, "--checkpoint", r, "--tta", "crops", *REF)
     assert code == 0 and "averaged over 5 views" in out and "without test-time augmentation" in out
     code, _, err = run(capsys, "eval", path, "--checkpoint", r, "--tta", "rotate")
     assert code == 2 and "flip, crops" in err
@@ -223,11 +234,12 @@ def test_predict_with_monte_carlo_dropout(dropout_run, tmp_path, capsys):
     path, r = dropout_run
     np.save(tmp_path / "x.npy", digits().x[:3])
     code, out, _ = run(capsys, "predict", path, "--checkpoint", r, "--input", tmp_path / "x.npy",
-                       "--mc-samples", "20", "--top", "2", "--json")
+                       "--mc-samples", "20", "--top", "2", "--json", *REF)
     rows = json.loads(out)
     assert code == 0 and len(rows) == 3 and set(rows[0][0]) == {"class", "probability", "std"}
     assert all(0 <= c["std"] <= 0.5 for row in rows for c in row) and any(c["std"] > 0 for row in rows for c in row)
-    code, out, _ = run(capsys, "predict", path, "--checkpoint", r, "--input", tmp_path / "x.npy", "--mc-samples", "5")
+    code, out, _ = run(capsys, "predict", path, "--checkpoint", r, "--input", tmp_path / "x.npy", "--mc-samples", "5",
+                       *REF)
     assert code == 0 and " ± " in out
     with pytest.raises(UsageError, match="has no dropout"):
         stochastic_graph(dslc.load(MLP).graph)

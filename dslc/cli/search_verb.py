@@ -105,7 +105,8 @@ def register(verbs) -> None:
                    help="coarse to fine: a second round of N trials in the region of the best first-round ones")
     p.add_argument("--jobs", type=count, default=1, metavar="J", help="trials trained at once (default: 1)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the sampling (default: 0)")
-    p.add_argument("--device", choices=("cpu", "gpu"), help="where trials train (default: the recipe's device)")
+    p.add_argument("--device", choices=("cpu", "gpu", "reference"),
+                   help="where trials train (default: the recipe's device; reference: the NumPy interpreter)")
     p.add_argument("--out", metavar="DIR", help="search directory (default: runs/NAME-search)")
     p.add_argument("--force", action="store_true", help="start over in a directory that holds another search")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
