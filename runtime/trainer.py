@@ -556,7 +556,8 @@ class Trainer:
         result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test,
                              metric, mode, p.best)
         summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,
-                   "stopped_early": p.stopped, "metric": metric, "mode": mode, "best": p.best,
+                   "stopped_early": p.stopped, "metric": metric, "mode": mode,
+                   "best": p.best if p.best is not None and math.isfinite(p.best) else None,
                    **(test.record("test") if test else {})}
         write_atomic(self.out.path / RESULT, json.dumps(summary, indent=2).encode())
         return result
