@@ -71,7 +71,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def last_error(log: Path) -> str:
-    """The last `dslc: error:` line of a trial's output (or its last line), for the table."""
+    """The last `dslc: error:` line of a trial's output, else the first line of a located
+    diagnostic, else its last line, for the table."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
@@ -79,7 +80,8 @@ def last_error(log: Path) -> str:
     except OSError as e:
         return f"no output ({reason(e)})"
     errors = [line for line in lines if line.startswith("dslc: error:")]
-    return (errors or lines or ["no output"])[-1].removeprefix("dslc: error: ")
+    located = [line for line in lines if ": error[" in line]  # a located diagnostic: its first line
+    return (errors[-1:] or located[:1] or lines[-1:] or ["no output"])[0].removeprefix("dslc: error: ")
 
 
 class LocalProcesses:
