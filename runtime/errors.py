@@ -16,3 +16,7 @@ class DeviceError(Exception):
 
 class Interrupted(Exception):
     """Ctrl-C during training: the checkpoint is written and the message says how to resume."""
+
+
+class RunError(Exception):
+    """A run directory that cannot be created or read as asked."""

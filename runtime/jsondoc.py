@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import builtins
 import math
+import os
 from typing import Any, Callable
+
+from dslc.files import UnreadableFile, read_limited
 
 
 def is_int(v) -> bool:
@@ -101,3 +104,14 @@ class Doc:
         if extra:
             name = extra[0] if len(extra[0]) <= 40 else extra[0][:40] + "..."
             raise self.error(f"{self.file}: unknown key '{self.prefix}{name}'")
+
+
+def lines_of(path, limit: int, what: str, error: type[Exception]) -> builtins.list[builtins.str]:
+    """The lines of a run file a person may have edited (metrics.jsonl, metrics_steps.csv), read
+    bounded by `limit`; none when it is absent; `error` names the file when it cannot be read."""
+    if not os.path.lexists(path):
+        return []
+    try:
+        return read_limited(path, limit, what).decode("utf-8", "replace").splitlines()
+    except UnreadableFile as e:
+        raise error(str(e)) from None

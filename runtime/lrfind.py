@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 
 from dslc.passes.train_step import LR
-from dslc.runtime.runs import figure, save_figure
+from dslc.runtime.plots import figure, save_figure
 from dslc.runtime.prepare import load_data
-from dslc.runtime.schedules import plot_schedule, sample, schedule_from_recipe
+from dslc.runtime.schedules import landmarks, plot_schedule, schedule_from_recipe
 from dslc.runtime.trainer import Trainer
 
 SMOOTHING = 0.98  # weight of the past in the moving average of the loss
@@ -82,14 +82,14 @@ def plot_lr_find(found: RangeTest, path, title: str = "learning-rate range test"
     save_figure(fig, path)
 
 
-def schedule_plot(recipe, path) -> list[tuple[float, float]]:
-    """Draw the recipe's learning rate over its run into `path` without training, and return a
-    few (epoch, lr) points for the console. A `steps = N` recipe needs its data's size."""
+def schedule_plot(recipe, path) -> tuple[list[tuple[float, float]], bool]:
+    """Draw the recipe's learning rate over its run into `path` without training, and return
+    its landmarks for the console (start, turns, end; see schedules.landmarks) and whether
+    some were left out. A `steps = N` recipe needs its data's size."""
     epochs = recipe["epochs"]
     if epochs is None:
         per_epoch = math.ceil(len(load_data(recipe).train) / recipe["batch"])
         epochs = recipe["steps"] / per_epoch
     fn = schedule_from_recipe(recipe["schedule"], recipe["optimizer"]["lr"], epochs)
     plot_schedule(fn, epochs, path, title=f"learning rate of {recipe.name}")
-    ts, lrs = sample(fn, epochs, points=6)
-    return list(zip(ts, lrs))
+    return landmarks(fn, epochs)

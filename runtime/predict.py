@@ -29,15 +29,17 @@ import numpy as np
 from dslc.passes.infer import inference
 from dslc.runtime import state, transfer
 from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare
-from dslc.runtime.data import DataError, normalize
+from dslc.runtime.data import DataError, Dataset, normalize
 from dslc.runtime.data.arrays import read_npy
 from dslc.runtime.data.dataset import first_non_finite
 from dslc.runtime.data.images import decode_image
 from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
+from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
 from dslc.runtime.prepare import layout, load_data
 from dslc.runtime.recipes import model_and_recipe
+from dslc.runtime.tta import views as tta_views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 USES = ("example_shape", "normalization", "classes")  # the state.json keys these commands read
@@ -48,6 +50,17 @@ def open_checkpoint(path) -> Checkpoint:
     ckpt = transfer.load(path)
     state.check(ckpt, USES)
     return ckpt
+
+
+def snapshots(run) -> list[Path]:
+    """The snapshot checkpoints a run kept (RUN/snapshots/epoch-NNNN), oldest first; TrainError
+    when there are none."""
+    folder = Path(run) / "snapshots"
+    found = sorted(p for p in folder.glob("epoch-*") if p.is_dir()) if folder.is_dir() else []
+    if not found:
+        raise TrainError(f"{run}: no snapshots in {folder}; a recipe keeps them with `keep = every(n)` "
+                         "or `keep = restarts`")
+    return found
 
 
 def model_and_recipe_for(file, ckpt: Checkpoint, as_name: str | None = None, model: str | None = None,
@@ -113,20 +126,34 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: int) -
 
 
 def evaluate_checkpoint(model, recipe, ckpt: Checkpoint, split: str = "test", device: str = "cpu",
-                        warn=None) -> dict:
+                        warn=None, tta: tuple[str, ...] = ()) -> dict:
     """Loss, the model's metrics, accuracy, top-5 and confusion matrix of one checkpoint on one
-    split of the data `recipe` names, normalised with the checkpoint's statistics."""
+    split of the data `recipe` names, normalised with the checkpoint's statistics. With `tta`
+    (runtime/tta.py), the probabilities are averaged over the views of each image: the report's
+    accuracy, top-5 and confusion are the averaged prediction's, and `tta` holds the views and
+    the accuracy of the image alone."""
     warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
     _warn_if_other_data(ckpt, recipe, warn)
     data = load_data(recipe, stats=ckpt.state["normalization"])
     dataset = data.split(split)
     _stats_fit(ckpt, dataset.x)
     ev = Evaluator(model, layout(model, dataset), executor_for(device))
+    shown = tta_views(tta, dataset.shape) if tta else []
     result = ev(dataset, dict(ckpt.weights), data.transform, probabilities=True)
-    return {"checkpoint": str(ckpt.path), "split": split, "data": dataset.name, "examples": result.examples,
-            "loss": result.loss, "metrics": result.metrics,
-            **classification_report(result.probs, result.labels, dataset.classes),
-            "class_names": list(dataset.class_names or range(dataset.classes))}
+    report = {"checkpoint": str(ckpt.path), "split": split, "data": dataset.name, "examples": result.examples,
+              "loss": result.loss, "metrics": result.metrics,
+              **classification_report(result.probs, result.labels, dataset.classes),
+              "class_names": list(dataset.class_names or range(dataset.classes))}
+    if shown:
+        probs = result.probs.copy()
+        for _, view in shown[1:]:
+            moved = Dataset(view(dataset.x), dataset.y, dataset.classes, dataset.name, dataset.class_names)
+            probs += ev(moved, dict(ckpt.weights), data.transform, probabilities=True).probs
+        single, mean = report["accuracy"], probs / len(shown)
+        report.update(classification_report(mean, result.labels, dataset.classes), loss=_nll(mean, result.labels))
+        report["tta"] = {"views": [label for label, _ in shown], "accuracy_without": single,
+                         "loss_without": result.loss}
+    return report
 
 
 def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", device: str = "cpu",
@@ -149,9 +176,14 @@ def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", devi
         total += probs[:, :raw.classes]
         rows.append({"checkpoint": str(m.path), "accuracy": classification_report(probs, raw.y, raw.classes)["accuracy"]})
     mean = total / len(members)
-    nll = float(-np.mean(np.log(np.clip(mean[np.arange(len(raw)), raw.y], 1e-12, None))))
     report = classification_report(mean, raw.y, raw.classes)
-    return {"split": split, "data": raw.name, "examples": len(raw), "members": rows, "loss": nll, **report}
+    return {"split": split, "data": raw.name, "examples": len(raw), "members": rows, "loss": _nll(mean, raw.y),
+            **report}
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The cross-entropy of averaged probabilities (an ensemble's or test-time augmentation's loss)."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 
 def read_input(file, example_shape: tuple[int, ...]) -> np.ndarray:
@@ -193,20 +225,33 @@ def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
 
-def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cpu") -> list[list[tuple[str, float]]]:
-    """For each example of `input_file`: its `top` most probable classes as (name, probability)."""
+def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cpu",
+            mc_samples: int | None = None, seed: int = 0) -> list[list[tuple]]:
+    """For each example of `input_file`: its `top` most probable classes as (name, probability);
+    with `mc_samples`, as (name, mean probability, standard deviation) over that many passes
+    with dropout on (mc_dropout.py), the masks drawn from `seed`."""
     shape = tuple(ckpt.state["example_shape"])
     names = ckpt.state.get("class_names") or [str(i) for i in range(ckpt.state["classes"])]
     x = read_input(input_file, shape)
     _stats_fit(ckpt, x)
     x = normalize.apply(x, ckpt.state["normalization"])
     fit = layout(model, _Shaped(shape, len(names)))
-    graph = inference(model.graph)
-    step = executor_for(device).compile(graph)
-    output = graph.outputs[0].name
-    probs = as_probabilities(graph, output, step(fit.feeds(x), dict(ckpt.weights))[output])[:, :len(names)]
+    if mc_samples:
+        graph, output = stochastic_graph(model.graph)
+        step = executor_for(device).compile(graph)
+        probs, spread = mc_probabilities(step, fit.feeds(x), dict(ckpt.weights), graph, output, mc_samples,
+                                         np.random.default_rng(seed))
+    else:
+        graph = inference(model.graph)
+        step = executor_for(device).compile(graph)
+        output = graph.outputs[0].name
+        probs = as_probabilities(graph, output, step(fit.feeds(x), dict(ckpt.weights))[output])
+        spread = None
+    probs = probs[:, :len(names)]
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-    return [[(names[c], float(p[c])) for c in row] for row, p in zip(order, probs)]
+    if spread is None:
+        return [[(names[c], float(p[c])) for c in row] for row, p in zip(order, probs)]
+    return [[(names[c], float(p[c]), float(s[c])) for c in row] for row, p, s in zip(order, probs, spread)]
 
 
 class _Shaped:
@@ -223,7 +268,13 @@ def format_eval(report: dict) -> str:
     lines = [f"{report['split']} split of {report['data']} ({report['examples']:,} examples), {report['checkpoint']}:",
              f"  loss            {report['loss']:.4f}"]
     lines += [f"  {name:<15} {value:.4f}" for name, value in report["metrics"].items() if name != "accuracy"]
-    lines.append(f"  accuracy        {report['accuracy']:.4f}")
+    tta = report.get("tta")
+    if tta:
+        lines[1] += f" of the probabilities averaged over {len(tta['views'])} views ({tta['loss_without']:.4f} without)"
+        lines.append(f"  accuracy        {report['accuracy']:.4f} ({tta['accuracy_without']:.4f} without "
+                     "test-time augmentation)")
+    else:
+        lines.append(f"  accuracy        {report['accuracy']:.4f}")
     if "top5_accuracy" in report:
         lines.append(f"  top-5 accuracy  {report['top5_accuracy']:.4f}")
     return "\n".join(lines)
@@ -237,5 +288,8 @@ def format_ensemble(report: dict) -> str:
     return "\n".join(lines)
 
 
-def format_predictions(rows: list[list[tuple[str, float]]]) -> str:
-    return "\n".join(f"{i}: " + "  ".join(f"{name} ({p:.3f})" for name, p in row) for i, row in enumerate(rows))
+def format_predictions(rows: list[list[tuple]]) -> str:
+    """One line per example: class (probability), or class (mean ± standard deviation) for Monte-Carlo dropout."""
+    def cell(c: tuple) -> str:
+        return f"{c[0]} ({c[1]:.3f})" if len(c) == 2 else f"{c[0]} ({c[1]:.3f} ± {c[2]:.3f})"
+    return "\n".join(f"{i}: " + "  ".join(map(cell, row)) for i, row in enumerate(rows))

@@ -66,6 +66,16 @@ class Data:
         return found
 
 
+def subset(data: Data, n: int, seed: int) -> Data:
+    """`n` examples of the training split drawn with `seed` (in their order), no validation
+    or test split, statistics unchanged: what `dslc train --overfit N` trains on."""
+    train = data.train
+    if not 0 < n <= len(train):
+        raise DataError(f"cannot take {n} examples of {len(train):,} in the training split", train.name)
+    keep = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
+    return Data(train.subset(keep, f"{train.name}[{n} examples]"), None, None, data.stats)
+
+
 def load_data(recipe, stats: dict | None = None) -> Data:
     """Load `recipe["data"]`, keep its `classes`, split it as `recipe["split"]` says and fit the
     normalisation on the training split, unless saved `stats` are given (evaluating a run)."""

@@ -4,8 +4,9 @@
       config.json     the resolved recipe, its hash, the model hash, seed, versions
       metrics.jsonl   one JSON record per epoch (the source of truth)
       metrics.csv     the same records as a spreadsheet: nested dicts flattened to columns
-      curves.png      loss and metric curves, train vs validation, redrawn every epoch
-      last/ best/     checkpoints (dslc.runtime.checkpoint)
+      metrics_steps.csv  the loss and learning rate of every step (dslc.runtime.steplog)
+      curves.png      loss and metric curves, train vs validation, and the per-step loss
+      last/ best/     checkpoints (dslc.runtime.checkpoint); snapshots/ when the recipe keeps them
 
 A record is a flat-ish dict such as {"epoch": 3, "train_loss": 0.41, "val_loss": 0.45,
 "train_accuracy": 0.88, "val_accuracy": 0.86, "lr": 0.01, "time": 2.3,
@@ -13,7 +14,9 @@ A record is a flat-ish dict such as {"epoch": 3, "train_loss": 0.41, "val_loss":
 
 metrics.jsonl is appended and fsynced each epoch; metrics.csv and curves.png are rewritten
 whole and atomically from it, so the CSV header always covers every row even when a later
-epoch brings a new column, and no reader ever sees half a file.
+epoch brings a new column, and no reader ever sees half a file. curves.png is redrawn at
+most every DRAW_SECONDS and at the end of a run: a plot takes a tenth of a second, more
+than a whole epoch of a small model.
 
 One process writes a run at a time: `create` and `resume` take an exclusive lock on the
 directory (flock, released when the process ends), and a second writer is refused with a
@@ -34,22 +37,22 @@ import json
 import math
 import os
 import platform
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, reason, write_atomic
+from dslc.files import UnreadableFile, ensure_dir, read_json, reason, write_atomic
+from dslc.runtime import plots, steplog
 from dslc.runtime.checkpoint import digest
-from dslc.runtime.jsondoc import Doc, is_int
+from dslc.runtime.errors import RunError
+from dslc.runtime.jsondoc import Doc, is_int, lines_of
 
-CONFIG, JSONL, CSV, CURVES = "config.json", "metrics.jsonl", "metrics.csv", "curves.png"
+CONFIG, JSONL, CSV, CURVES, STEPS = "config.json", "metrics.jsonl", "metrics.csv", "curves.png", steplog.STEPS
+DRAW_SECONDS = 2.0  # curves.png is redrawn at most this often (and at the end): epochs can be faster than a plot
 CONFIG_LIMIT = 16 << 20  # bytes: a resolved recipe and some versions
 METRICS_LIMIT = 256 << 20  # one record per epoch, each with every parameter's update ratio
-
-
-class RunError(Exception):
-    """A run directory that cannot be created or read as asked."""
 
 
 # ---- configuration -----------------------------------------------------------------------
@@ -121,12 +124,7 @@ def to_csv(records: Iterable[Mapping[str, Any]]) -> str:
 def read_records(path) -> list[dict]:
     """The records of a metrics.jsonl (none when it is absent); a torn last line (a run killed
     mid-write) is skipped. RunError names the line of a record that is not one."""
-    if not os.path.lexists(path):
-        return []
-    try:
-        lines = read_limited(path, METRICS_LIMIT, "a metrics.jsonl").decode("utf-8", "replace").splitlines()
-    except UnreadableFile as e:
-        raise RunError(str(e)) from None
+    lines = lines_of(path, METRICS_LIMIT, "a metrics.jsonl", RunError)
     records = []
     for i, line in enumerate(lines):
         try:
@@ -150,80 +148,25 @@ def _checked_record(record, where: str) -> dict:
     return record
 
 
-# ---- plots -----------------------------------------------------------------------------------
+# ---- plots ---------------------------------------------------------------------------------
 
-def figure(panels: int):
-    """A matplotlib Figure with `panels` side-by-side axes, built without pyplot so no global
-    state or GUI backend is involved (rendering uses Agg)."""
-    from matplotlib.figure import Figure
-
-    width = 5.5 * panels
-    fig = Figure(figsize=(width, 4))
-    # Fixed margins in inches: an automatic layout engine would draw the figure twice.
-    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.13, top=0.86, wspace=0.25)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    return fig, list(axes)
-
-
-def save_figure(fig, path) -> None:
-    """Render a Figure to PNG and write it atomically (a viewer never reads half a file)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_atomic(path, buf.getvalue())
-
-
-def metric_names(records: Sequence[Mapping]) -> list[str]:
-    """Metrics logged with a train_ or val_ prefix, loss excluded: ["accuracy", ...]."""
-    names = [k.split("_", 1)[1] for r in records for k in r if k.startswith(("train_", "val_"))]
-    return [m for m in dict.fromkeys(names) if m != "loss"]
-
-
-def _draw(ax, records, metric: str, color=None, label: str = "") -> None:
-    """Train (dashed) and validation (solid) curves of one metric against the epoch."""
-    for split, style in (("train", "--"), ("val", "-")):
-        points = [(r["epoch"], r[f"{split}_{metric}"]) for r in records if r.get(f"{split}_{metric}") is not None]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, style, color=color, marker="." if len(xs) < 30 else None,
-                    label=f"{label}{'train' if split == 'train' else 'validation'}")
-
-
-def _panels(axes, runs: list[tuple[str, list[dict]]]) -> None:
-    """Loss on the left; the first metric (accuracy for classifiers) on the right."""
-    metric = next((m for _, records in runs for m in metric_names(records)), None)
-    for ax, name in zip(axes, ("loss", metric)):
-        if name is None:
-            ax.text(0.5, 0.5, "no metric logged", ha="center", va="center", transform=ax.transAxes)
-            continue
-        for i, (run, records) in enumerate(runs):
-            many = len(runs) > 1  # one colour per run; a lone run gets one per split
-            _draw(ax, records, name, color=f"C{i}" if many else None, label=f"{run} " if many else "")
-        ax.set(xlabel="epoch", ylabel=name, title=name)
-        if ax.lines:
-            ax.legend(fontsize="small")
-
-
-def plot_curves(records: list[dict], path, title: str = "") -> None:
-    """curves.png of one run: loss and the first metric, train vs validation, two panels."""
-    fig, axes = figure(2)
-    _panels(axes, [(title, records)])
-    if title:
-        fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def plot_runs(run_dirs: Iterable, path) -> None:
-    """Several runs on the same two panels (one colour each), for `dslc plot RUN...`."""
+def _read_runs(run_dirs: Iterable) -> list[tuple[str, list[dict]]]:
     runs = []
     for d in map(Path, run_dirs):
         if not (d / JSONL).exists():
             raise RunError(f"{d}: no {JSONL}; is it a run directory?")
         runs.append((d.name, read_records(d / JSONL)))
-    fig, axes = figure(2)
-    _panels(axes, runs)
-    save_figure(fig, path)
+    return runs
+
+
+def plot_runs(run_dirs: Iterable, path) -> None:
+    """Several runs on the same two panels (one colour each), for `dslc plot RUN...`."""
+    plots.plot_epochs(_read_runs(run_dirs), path)
+
+
+def plot_run_ratios(run_dirs: Iterable, path) -> None:
+    """The update/weight ratio of every parameter of each run over its epochs, for `dslc plot --ratios`."""
+    plots.plot_ratios(_read_runs(run_dirs), path)
 
 
 # ---- the run directory -------------------------------------------------------------------------
@@ -273,7 +216,7 @@ class Run:
         if os.path.lexists(run.path / CONFIG) and not overwrite:  # made by a process that just ended
             run.close()
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
-        for name in (JSONL, CSV, CURVES):
+        for name in (JSONL, CSV, CURVES, STEPS):
             try:
                 (run.path / name).unlink(missing_ok=True)
             except OSError as e:
@@ -282,13 +225,15 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, path, epoch: int) -> "Run":
-        """An existing run continued after `epoch` (the checkpoint's), locked for this process:
-        later records, from epochs trained after that checkpoint was saved, are dropped so they
-        are not repeated."""
+    def resume(cls, path, epoch: int, step: int | None = None) -> "Run":
+        """An existing run continued after `epoch` and `step` (the checkpoint's), locked for
+        this process: later records and per-step rows, from what was trained after that
+        checkpoint was saved, are dropped so they are not repeated."""
         run = cls(path)
         _ = run.config  # read for its checks: a run without a readable config is not one
         run.lock()
+        if step is not None:
+            steplog.truncate(run.path / STEPS, step)
         run._rewrite([r for r in run.history() if r["epoch"] <= epoch], fresh_jsonl=True)
         return run
 
@@ -342,15 +287,20 @@ class Run:
     def history(self) -> list[dict]:
         return read_records(self.path / JSONL)
 
-    def log(self, record: Mapping[str, Any]) -> None:
-        """Append one epoch's record (it must have "epoch"), then refresh the CSV and curves."""
+    def steps(self, per_epoch: int) -> steplog.StepLog:
+        """The per-step log of this run (metrics_steps.csv), `per_epoch` steps an epoch."""
+        return steplog.StepLog(self.path / STEPS, per_epoch)
+
+    def log(self, record: Mapping[str, Any], final: bool = False) -> None:
+        """Append one epoch's record (it must have "epoch"), then refresh the CSV, and the
+        curves when DRAW_SECONDS have passed since they were drawn or when `final`."""
         if "epoch" not in record:
             raise ValueError("a metrics record needs its 'epoch'")
         file = self.path / JSONL
         line = json.dumps(dict(record), default=_plain)
         records = self.history() + [json.loads(line)]
         if not _ends_a_line(file):
-            self._rewrite(records, fresh_jsonl=True)  # drop a torn line rather than extend it
+            self._rewrite(records, fresh_jsonl=True, draw=final)  # drop a torn line rather than extend it
             return
         try:
             with open(file, "a") as f:
@@ -359,14 +309,22 @@ class Run:
                 os.fsync(f.fileno())
         except OSError as e:
             raise RunError(f"cannot write {file}: {reason(e)}") from None
-        self._rewrite(records, fresh_jsonl=False)
+        self._rewrite(records, fresh_jsonl=False, draw=final)
 
-    def _rewrite(self, records: list[dict], fresh_jsonl: bool) -> None:
-        """Bring the derived files (and the JSONL itself when `fresh_jsonl`) in line with `records`."""
+    def draw(self, records: list[dict] | None = None) -> None:
+        """Redraw curves.png from the records (read when not given) and the per-step rows."""
+        records = self.history() if records is None else records
+        self._drawn_at = time.monotonic()
+        if records:
+            plots.plot_curves(records, self.path / CURVES, self.path.name, steplog.read_steps(self.path / STEPS))
+        else:  # resumed before the first epoch: a stale picture would show epochs that no longer exist
+            (self.path / CURVES).unlink(missing_ok=True)
+
+    def _rewrite(self, records: list[dict], fresh_jsonl: bool, draw: bool = True) -> None:
+        """Bring the derived files (and the JSONL itself when `fresh_jsonl`) in line with `records`;
+        the curves when `draw`, or when they were last drawn DRAW_SECONDS ago or never."""
         if fresh_jsonl:
             write_atomic(self.path / JSONL, "".join(json.dumps(r) + "\n" for r in records).encode())
         write_atomic(self.path / CSV, to_csv(records).encode())
-        if records:
-            plot_curves(records, self.path / CURVES, title=self.path.name)
-        else:  # resumed before the first epoch: a stale picture would show epochs that no longer exist
-            (self.path / CURVES).unlink(missing_ok=True)
+        if draw or time.monotonic() - getattr(self, "_drawn_at", -math.inf) >= DRAW_SECONDS:
+            self.draw(records)

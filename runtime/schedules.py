@@ -4,7 +4,10 @@ A recipe's `schedule = cosine(min_lr=1e-4, warmup=2)` becomes a function `lr(t)`
 `t` is the training time in epochs as a float (epoch 3, half-way through = 3.5), so one
 schedule serves any batch size or dataset size, and `steps = N` recipes only need their
 length expressed in epochs. Every schedule is a closed form of (t, base lr, run length):
-no hidden state, so a resumed run gets exactly the rates it would have had.
+no hidden state, so a resumed run gets exactly the rates it would have had. The one
+exception is `reduce_on_plateau`, whose rate depends on the validation curve: its closed
+form is the constant rate, which the trainer multiplies by a scale that a `Plateau` rule
+lowers when the watched metric stalls (the scale is saved in each checkpoint).
 
     lr = schedule_from_recipe(recipe["schedule"], base_lr=0.1, total_epochs=30)
     lr(0.0), lr(29.5)
@@ -15,9 +18,11 @@ every schedule the schema accepts is implemented with the same arguments.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
-from dslc.frontend.recipe_values import NONNEG_NUM, POS, Arg, CallSpec, FRACTION, Num, Range, family, when
+from dslc.frontend.recipe_values import (FRACTION, INT_POS, NONNEG_NUM, POS, Arg, CallSpec, Num, Range, Word,
+                                         family, when)
 
 Schedule = Callable[[float], float]
 
@@ -63,6 +68,35 @@ def cosine(lr0: float, total: float, min_lr: float) -> Schedule:
     return lambda t: _cos_ramp(lr0, min_lr, t / total)
 
 
+def linear(lr0: float, total: float, min_lr: float) -> Schedule:
+    """A straight line from lr0 at the start to min_lr at the end of the run."""
+    return lambda t: lr0 + (min_lr - lr0) * min(max(t, 0.0) / total, 1.0)
+
+
+def inverse_sqrt(lr0: float, total: float, start: float) -> Schedule:
+    """lr0 * sqrt(start / t) once t > start, lr0 before: the Transformer's decay (with
+    `warmup=start`, Vaswani et al. 2017's schedule up to its constant)."""
+    return lambda t: lr0 * math.sqrt(start / max(t, start))
+
+
+def cosine_restarts(lr0: float, total: float, period: float, mult: float, min_lr: float) -> Schedule:
+    """SGDR (Loshchilov & Hutter 2017): cosine decays from lr0 to min_lr, restarting at lr0;
+    the first cycle lasts `period` epochs and each next one `mult` times longer. The end of
+    each cycle, where the rate is lowest, is where a snapshot ensemble keeps its members."""
+    def lr(t: float) -> float:
+        start, length = 0.0, period
+        while t >= start + length:  # at most a few dozen cycles in any real run
+            start, length = start + length, length * mult
+        return _cos_ramp(lr0, min_lr, (max(t, 0.0) - start) / length)
+    return lr
+
+
+def reduce_on_plateau(lr0: float, total: float, metric: str, factor: float, patience: int, mode: str,
+                      threshold: float, min_lr: float) -> Schedule:
+    """The constant rate: the trainer scales it by the Plateau rule's factor (see Plateau)."""
+    return lambda t: lr0
+
+
 def cyclical(lr0: float, total: float, low: float, high: float, period: float) -> Schedule:
     """Triangular cycles (Smith 2017): low -> high -> low once every `period` epochs.
 
@@ -87,7 +121,8 @@ def one_cycle(lr0: float, total: float, max_lr: float, pct: float) -> Schedule:
 
 
 SCHEDULES: dict[str, Callable[..., Schedule]] = {f.__name__: f for f in (
-    constant, step, exponential, inverse_time, cosine, cyclical, one_cycle)}
+    constant, step, exponential, inverse_time, inverse_sqrt, linear, cosine, cosine_restarts, cyclical, one_cycle,
+    reduce_on_plateau)}
 
 
 # The recipe's `schedule = ...` calls; every one also takes `warmup=EPOCHS` by keyword.
@@ -104,13 +139,27 @@ SCHEMA = family(
               Arg("every", POS), Arg("gamma", Num(range=Range(0, 1, lo_open=True)), 0.1)),
     _schedule("exponential", "lr * exp(-k * epoch)", Arg("k", POS)),
     _schedule("inverse_time", "lr / (1 + k * epoch)", Arg("k", POS)),
+    _schedule("inverse_sqrt", "lr * sqrt(start / epoch) after `start` epochs (with warmup=start: the "
+              "Transformer's schedule)", Arg("start", POS, 1.0)),
+    _schedule("linear", "a straight line from lr to min_lr over the training", Arg("min_lr", NONNEG_NUM, 0.0)),
     _schedule("cosine", "cosine decay from lr to min_lr over the training", Arg("min_lr", NONNEG_NUM, 0.0)),
+    _schedule("cosine_restarts", "cosine decays to min_lr restarting at lr (SGDR): the first cycle `period` "
+              "epochs, each next one `mult` times longer", Arg("period", POS), Arg("mult", Num(range=Range(1)), 1.0),
+              Arg("min_lr", NONNEG_NUM, 0.0)),
     _schedule("cyclical", "triangular cycles between low and high, `period` epochs each",
               Arg("low", POS), Arg("high", POS), Arg("period", POS),
               check=when(lambda a: a["low"] >= a["high"], "E0505", "high",
                          "high must exceed low, got low={low}, high={high}")),
     _schedule("one_cycle", "rise to max_lr during the first pct of training, then anneal",
-              Arg("max_lr", POS), Arg("pct", Num(range=FRACTION), 0.3)))
+              Arg("max_lr", POS), Arg("pct", Num(range=FRACTION), 0.3)),
+    _schedule("reduce_on_plateau", "multiply the rate by `factor` when `metric` has not improved by `threshold` "
+              "(relative) for `patience` epochs, down to min_lr",
+              Arg("metric", Word(), "val_loss", "train_ or val_ + loss or a metric name"),
+              Arg("factor", Num(range=Range(0, 1, True, True)), 0.1), Arg("patience", INT_POS, 3),
+              Arg("mode", Word(("min", "max")), lambda a: "min" if a["metric"].endswith("loss") else "max"),
+              Arg("threshold", NONNEG_NUM, 1e-4), Arg("min_lr", NONNEG_NUM, 0.0),
+              check=when(lambda a: not a["metric"].startswith(("train_", "val_")), "E0503", "metric",
+                         "metric must start with train_ or val_, got '{metric}'")))
 
 
 def with_warmup(fn: Schedule, warmup: float) -> Schedule:
@@ -141,15 +190,76 @@ def schedule_from_recipe(call, base_lr: float, total_epochs: float) -> Schedule:
     return with_warmup(make(float(base_lr), float(total_epochs), **args), warmup)
 
 
+@dataclass
+class Plateau:
+    """reduce_on_plateau's rule: after each epoch, `update` reads the watched metric and
+    multiplies the scale by `factor` once it has not improved (relatively, by `threshold`)
+    for `patience` epochs, never taking the rate below min_lr; it then waits `patience`
+    epochs again. Its state is three numbers, saved with the run's progress.
+
+        rule = Plateau.from_recipe(recipe["schedule"], base_lr=0.1)
+        state = rule.update(state, record)      # {"scale": 1.0, "best": 0.42, "bad": 0}
+    """
+
+    metric: str
+    factor: float
+    patience: int
+    mode: str
+    threshold: float
+    floor: float  # the smallest scale: min_lr / base lr
+
+    @classmethod
+    def from_recipe(cls, call, base_lr: float) -> "Plateau | None":
+        """The rule of a reduce_on_plateau schedule; None for every other schedule."""
+        if call.name != "reduce_on_plateau":
+            return None
+        a = call.kwargs
+        return cls(a["metric"], a["factor"], a["patience"], a["mode"], a["threshold"], a["min_lr"] / base_lr)
+
+    def update(self, state: dict, record: dict) -> dict:
+        """The state after an epoch whose metrics record is `record`."""
+        value = record.get(self.metric)
+        scale, best, bad = state.get("scale", 1.0), state.get("best"), state.get("bad", 0)
+        if value is None or not math.isfinite(value):
+            return {"scale": scale, "best": best, "bad": bad}
+        margin = self.threshold * abs(best) if best is not None else 0.0
+        if best is None or (value < best - margin if self.mode == "min" else value > best + margin):
+            return {"scale": scale, "best": value, "bad": 0}
+        if bad + 1 >= self.patience:
+            return {"scale": max(scale * self.factor, self.floor), "best": best, "bad": 0}
+        return {"scale": scale, "best": best, "bad": bad + 1}
+
+
 def sample(fn: Schedule, epochs: float, points: int = 1001) -> tuple[list[float], list[float]]:
     """(times, rates) at `points` evenly spaced times over [0, epochs], for plots and tables."""
     ts = [epochs * i / (points - 1) for i in range(points)]
     return ts, [fn(t) for t in ts]
 
 
+def landmarks(fn: Schedule, epochs: float, limit: int = 8, points: int = 4001) -> tuple[list[tuple[float, float]], bool]:
+    """The (epoch, rate) points that describe a schedule in words: the start, every turn (a
+    peak, a trough, the corner of a drop or a plateau) and the end, at most `limit` of them
+    besides the end; and whether some turns were left out. A cyclical schedule shows its
+    peaks and troughs where evenly spaced samples could all land on troughs.
+
+        landmarks(cyclical_fn, 8)  ->  ([(0, 1e-4), (2, 1e-2), (4, 1e-4), (6, 1e-2), (8, 1e-4)], False)
+    """
+    ts, lrs = sample(fn, epochs, points)
+    scale = max(map(abs, lrs)) or 1.0
+
+    def direction(i: int) -> int:
+        d = lrs[i + 1] - lrs[i]
+        return 0 if abs(d) <= 1e-9 * scale else (1 if d > 0 else -1)
+
+    turns = [i for i in range(1, points - 1) if direction(i - 1) != direction(i)]
+    kept = [0] + turns[:limit - 1]
+    shown = [(ts[i], lrs[i]) for i in kept]
+    return shown + [(ts[-1], lrs[-1])], len(turns) > limit - 1
+
+
 def plot_schedule(fn: Schedule, epochs: float, path, title: str = "learning rate") -> None:
     """Draw lr(t) over the run into a PNG at `path` (written atomically), for `dslc lr FILE`."""
-    from dslc.runtime.runs import figure, save_figure  # matplotlib loads only when plotting
+    from dslc.runtime.plots import figure, save_figure  # matplotlib loads only when plotting
 
     fig, (ax,) = figure(1)
     ts, lrs = sample(fn, epochs)

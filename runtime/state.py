@@ -39,7 +39,8 @@ class Progress:
     """Counters of a run. `sums` are the current epoch's running totals (examples, loss,
     metrics, each summed over examples), `ratios` its update/weight ratios once its last
     step ran; `seconds` the time spent training and validating in the whole run and
-    `epoch_seconds` in the current epoch so far."""
+    `epoch_seconds` in the current epoch so far; `plateau` the state of a reduce_on_plateau
+    schedule (schedules.Plateau)."""
 
     step: int = 0
     epoch: int = 0
@@ -51,6 +52,7 @@ class Progress:
     ratios: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
     epoch_seconds: float = 0.0
+    plateau: dict = field(default_factory=dict)  # reduce_on_plateau's scale, best and bad epochs
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -129,6 +131,12 @@ def _progress(doc: Doc) -> None:
     p.obj("ratios").values(lambda v: v is None or is_number(v), "a finite number or null")
     p.number("seconds", lo=0)
     p.number("epoch_seconds", lo=0)
+    plateau = p.obj("plateau", optional=True)  # absent from checkpoints written before reduce_on_plateau
+    if plateau is not None:
+        plateau.exactly(("scale", "best", "bad"))
+        plateau.number("scale", optional=True)
+        plateau.number("best", optional=True, null=True)
+        plateau.int("bad", lo=0, optional=True)
     for key in ("step", "epoch"):
         if p.value[key] != doc.int(key, lo=0):
             raise doc.error(f"{doc.file}: '{key}' is {doc.value[key]} but 'progress.{key}' is {p.value[key]}")

@@ -1,7 +1,7 @@
 """The training loop behind `dslc train`: a model, its recipe, and a run directory.
 
     result = train(dslc.load("models/digits_mlp.net"), recipe, "runs/digits_mlp")
-    result.test.metrics["accuracy"]
+    result.best, result.metric                     # 0.983, "val_accuracy"
 
 One run: load and split the data the recipe names, fit the normalisation on the training
 split, build the training-step graph (the recipe's optimizer, `freeze` globs, gradient
@@ -11,8 +11,13 @@ update the parameters in place. After each epoch: validation loss and metrics, t
 update/weight ratio of every trained parameter (|dW| / |W| of the epoch's last step; the
 lectures suggest about 1e-3), one record in metrics.jsonl, curves.png redrawn, the
 `best` checkpoint when the watched metric improved (the stop metric, else validation
-accuracy, else validation loss), `last` every `checkpoint = every(n)` epochs, and early
-stopping. At the end the test split is evaluated with the best weights.
+accuracy, else validation loss), `last` every `checkpoint = every(n)` epochs, snapshots
+(`keep = every(n)` or `keep = restarts`) for ensembles, and early stopping. Every step's
+loss and rate go to metrics_steps.csv (steplog.py), and with `tensorboard` to TensorBoard
+event files. Before the first step, the sanity block (sanity.py) checks the loss at
+initialisation. At the end the best validation metric is reported: the test split is
+evaluated only when asked (`test=True`, `dslc train --test`), once, with the best weights,
+so that nothing is chosen by looking at it.
 
 Stopping cleanly: a non-finite loss raises TrainError naming the step and the last good
 checkpoint (with detect_anomaly, also the first non-finite node, see anomaly.py), and so
@@ -35,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +48,8 @@ from dslc.frontend.recipe import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.diagnostics import CliError
-from dslc.files import write_atomic
-from dslc.runtime import anomaly, checkpoint, state
+from dslc.files import ensure_dir, write_atomic
+from dslc.runtime import anomaly, checkpoint, sanity, state
 from dslc.runtime.checkpoint import CheckpointError, load_checkpoint, model_hash, recipe_hash
 from dslc.runtime.data import Batches, build_augment
 from dslc.runtime.errors import Interrupted, TrainError
@@ -51,14 +57,17 @@ from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
 from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
-from dslc.runtime.prepare import layout, load_data
+from dslc.runtime.prepare import layout, load_data, subset
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, Run, RunError, make_config
-from dslc.runtime.schedules import schedule_from_recipe
+from dslc.runtime.schedules import Plateau, schedule_from_recipe
+from dslc.runtime.tensorboard import TensorBoard
 from dslc.runtime.transfer import init_from
 from dslc.stages import located_at_model
+from dslc.summary import summarize
 
 RESULT = "result.json"
+SNAPSHOTS = "snapshots"  # RUN/snapshots/epoch-NNNN: the checkpoints `keep` asks for
 
 
 @dataclass
@@ -70,16 +79,35 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     test: Evaluation | None
+    metric: str = ""  # the watched metric (picks `best`, stops early)
+    mode: str = "max"
+    best: float | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run does besides training. `test`: evaluate the test split at the end;
+    `tensorboard`: write event files; `check_reg`: add the regularisation check to the
+    sanity block; `examples`: train on that many examples of the training split only (no
+    validation), and `stop_below`: stop once an epoch's training loss is below it (both
+    for `dslc train --overfit N`)."""
+
+    test: bool = False
+    tensorboard: bool = False
+    check_reg: bool = False
+    examples: int | None = None
+    stop_below: float | None = None
 
 
 def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: bool = False,
           device: str | None = None, detect_anomaly: bool = False, echo=print,
-          overrides: dict | None = None) -> TrainResult:
+          overrides: dict | None = None, options: Options = Options(), warn=None) -> TrainResult:
     """Train `model` with the checked Recipe `recipe` into run directory `out_dir`, or continue
     the run in `resume`. `force` overwrites an existing run, or resumes despite a changed
-    recipe; `device` overrides the recipe's; `echo` prints the per-epoch summaries;
-    `overrides` (the command line's --set pairs) are recorded in config.json for `resume_settings`."""
-    trainer = Trainer(model, recipe, device, quiet, detect_anomaly, echo)
+    recipe; `device` overrides the recipe's; `echo` prints the per-epoch summaries and `warn`
+    the warnings (default: standard error); `overrides` (the command line's --set pairs) are
+    recorded in config.json for `resume_settings`; `options` see Options."""
+    trainer = Trainer(model, recipe, device, quiet, detect_anomaly, echo, options, warn)
     try:
         if resume is not None:
             trainer.resume(Path(resume), force)
@@ -109,16 +137,31 @@ def default_run_dir(name: str, root="runs") -> Path:
     return next(p for p in candidates if not (p / "config.json").exists())
 
 
+def watched_metric(recipe, metrics: list[str], validation: bool = True) -> tuple[str, str, float, int | None]:
+    """(metric, min|max, min_delta, patience or None): what picks a run's `best` checkpoint and
+    stops it early: the recipe's stop metric, else the validation (or, without validation
+    data, training) accuracy when the model has that metric, else the loss."""
+    stop = recipe["stop"]
+    if stop is not None:
+        return stop["metric"], stop["mode"], stop["min_delta"], stop["patience"]
+    split = "val" if validation else "train"
+    metric = f"{split}_accuracy" if "accuracy" in metrics else f"{split}_loss"
+    return metric, "min" if metric.endswith("loss") else "max", 0.0, None
+
+
 def derived_seed(seed: int, name: str) -> int:
     """An integer seed of its own for one use of the recipe's seed (init, shuffle)."""
     return int(stream(seed, name).integers(2**63))
 
 
 class Trainer:
-    def __init__(self, model, recipe, device, quiet, detect_anomaly, echo):
+    def __init__(self, model, recipe, device, quiet, detect_anomaly, echo, options: Options = Options(), warn=None):
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
+        self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
         self.data = load_data(recipe)
+        if options.examples is not None:
+            self.data = subset(self.data, options.examples, recipe["seed"])
         self.fit = layout(model, self.data.train)
         self.executor = executor_for(device or recipe["device"])
         augment = build_augment(recipe["augment"])
@@ -142,12 +185,16 @@ class Trainer:
         self.per_epoch = len(self.batches)
         self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
         self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
+        self.plateau = Plateau.from_recipe(recipe["schedule"], self.opt.lr)
+        self.lr = 0.0  # the rate of the step being fed
         self.streams = Streams(seed)
         self.params = self._fresh_params(seed)
         self.progress = state.Progress()
         self.watch = self._watched()
         self.saved: tuple[Path, int, int] | None = None  # the last `last` checkpoint: path, epoch, step
         self.interrupted = False
+        self.board: TensorBoard | None = None
+        self.step_seconds = 0.0  # training time of the steps not yet flushed to the per-step log
 
     # ---- setting up ------------------------------------------------------------------
 
@@ -165,13 +212,7 @@ class Trainer:
             self.params.update(init_from(self.model, init))
 
     def _watched(self) -> tuple[str, str, float, int | None]:
-        """(metric, min|max, min_delta, patience or None): what picks `best` and stops early."""
-        stop = self.recipe["stop"]
-        if stop is not None:
-            return stop["metric"], stop["mode"], stop["min_delta"], stop["patience"]
-        split = "val" if self.data.val is not None else "train"
-        metric = f"{split}_accuracy" if "accuracy" in self.metric_names else f"{split}_loss"
-        return metric, "min" if metric.endswith("loss") else "max", 0.0, None
+        return watched_metric(self.recipe, self.metric_names, self.data.val is not None)
 
     def start(self, out_dir: Path, force: bool, overrides: dict) -> None:
         self.load_init()
@@ -184,6 +225,13 @@ class Trainer:
             self.out = Run.create(out_dir, config, overwrite=force)
         except RunError as e:
             raise TrainError(str(e)) from None
+        self._open_logs()
+
+    def _open_logs(self) -> None:
+        """The per-step log and, when asked, the TensorBoard writer of the run directory."""
+        self.steplog = self.out.steps(self.per_epoch)
+        if self.options.tensorboard:
+            self.board = TensorBoard(self.out.path, self.model.graph, purge_step=self.progress.step)
 
     def resume(self, run_dir: Path, force: bool) -> None:
         ckpt = load_checkpoint(run_dir / "last")
@@ -213,9 +261,10 @@ class Trainer:
         self._check_progress(ckpt, changed=bool(changes))
         self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
         try:
-            self.out = Run.resume(run_dir, self.progress.epoch)
+            self.out = Run.resume(run_dir, self.progress.epoch, self.progress.step)
         except RunError as e:
             raise TrainError(f"cannot resume: {e}") from None
+        self._open_logs()
 
     def _check_progress(self, ckpt, changed: bool) -> None:
         """Refuse counters no run of this recipe and data can reach (a hand-edited state.json):
@@ -243,6 +292,8 @@ class Trainer:
     def run(self) -> TrainResult:
         if not self.quiet:
             self.echo(self._banner())
+        if self.progress.step == 0:
+            self._sanity()
         old = self._catch_sigint()
         try:
             while self.progress.step < self.total and not self.progress.stopped:
@@ -250,7 +301,27 @@ class Trainer:
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+            if self.board is not None:
+                self.board.close()
         return self._finish()
+
+    def _sanity(self) -> None:
+        """Print the sanity block (sanity.py) over a sample of the training split, as the
+        first step would read it; its warnings go to `warn` even when quiet."""
+        n = sanity.sample_size(summarize(self.model.graph).flops, self.recipe["batch"], len(self.data.train))
+        if n == 0:
+            lines, warnings = ["initial loss: not checked (the model is too large for the host-side check)"], []
+        else:
+            x, y = self.data.train.x[:n], self.data.train.y[:n]
+            init = self.recipe["init"]
+            report = sanity.check(self.model, self.fit.feeds(self.data.transform(x), y), n, self.options.check_reg,
+                                  init["path"] if init is not None else None, self.opt.weight_decay,
+                                  {k: to_host(v) for k, v in self.params.items()})
+            lines, warnings = report.lines, report.warnings
+        if not self.quiet:
+            self.echo("sanity checks:\n" + "\n".join(f"  {line}" for line in lines))
+        for text in warnings:
+            self.warn(text)
 
     def _catch_sigint(self):
         """Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
@@ -277,9 +348,15 @@ class Trainer:
                 spent = time.perf_counter() - started
                 p.seconds += spent
                 p.epoch_seconds += spent
+                self.step_seconds += spent
                 bar.update(1)
                 bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{len(batch.y) / spent:.0f}"}, refresh=False)
+                self.steplog.add(p.step, loss, self.lr)
+                if self.steplog.due():
+                    self._flush_steps()
                 if self.interrupted:
+                    self._flush_steps()
+                    self.out.draw()
                     self._save(["last"])
                     raise Interrupted(f"interrupted at step {p.step} (epoch {p.epoch + 1}); checkpoint written to "
                                       f"{self.out.last}; continue with: dslc train "
@@ -291,12 +368,27 @@ class Trainer:
     def feeds(self, batch) -> dict[str, np.ndarray]:
         dtype = NUMPY_DTYPE[self.dtype]
         feeds = self.fit.feeds(batch.x, batch.y)
-        feeds[LR] = np.asarray(self.schedule(self.progress.step / self.per_epoch), dtype)
+        self.lr = self.rate(self.progress.step / self.per_epoch)
+        feeds[LR] = np.asarray(self.lr, dtype)
         if self.opt.needs_step:
             feeds[STEP] = np.asarray(self.progress.step + 1, dtype)  # Adam's t counts from 1
         if MIX_LABEL in self.graph:
             feeds.update(mix_feeds(batch, self.dtype))
         return feeds
+
+    def rate(self, t: float) -> float:
+        """The learning rate at training time t (epochs): the schedule's, times the plateau rule's scale."""
+        return self.schedule(t) * self.progress.plateau.get("scale", 1.0)
+
+    def _flush_steps(self) -> None:
+        """Write the buffered per-step rows (and their TensorBoard scalars)."""
+        try:
+            rows = self.steplog.flush()
+        except RunError as e:
+            raise self._stopped(str(e)) from None
+        if self.board is not None:
+            self.board.steps(rows, self.step_seconds)
+        self.step_seconds = 0.0
 
     def _step(self, batch) -> float:
         p = self.progress
@@ -342,11 +434,13 @@ class Trainer:
         started = time.perf_counter()
         p.epoch += 1
         n = p.sums.get("examples", 0.0) or 1.0
-        record = {"epoch": p.epoch, "step": p.step, "train_loss": p.sums.get(self.loss_name, 0.0) / n,
+        record: dict[str, Any] = {"epoch": p.epoch, "step": p.step, "train_loss": p.sums.get(self.loss_name, 0.0) / n,
                   **{f"train_{m}": p.sums.get(m, 0.0) / n for m in self.metric_names}}
         if self.data.val is not None:
             record.update(self.evaluator(self.data.val, self.params, self.data.transform).record("val"))
-        record["lr"] = self.schedule((p.step - 1) / self.per_epoch)
+        record["lr"] = self.rate((p.step - 1) / self.per_epoch)
+        if self.plateau is not None:
+            p.plateau = self.plateau.update(p.plateau, record)
         metric, mode, min_delta, patience = self.watch
         value = record.get(metric, float("nan"))
         improved = p.best is None or (value < p.best - min_delta if mode == "min" else value > p.best + min_delta)
@@ -354,7 +448,9 @@ class Trainer:
             p.best, p.best_epoch, p.bad_epochs = value, p.epoch, 0
         else:
             p.bad_epochs += 1
-        p.stopped = patience is not None and p.bad_epochs >= patience
+        below = self.options.stop_below
+        reached = below is not None and record["train_loss"] < below
+        p.stopped = reached or (patience is not None and p.bad_epochs >= patience)
         record["update_ratio"] = p.ratios
         spent = time.perf_counter() - started
         p.seconds += spent
@@ -363,19 +459,37 @@ class Trainer:
         p.sums, p.ratios, p.epoch_seconds = {}, {}, 0.0
         # The record goes first: a kill before the checkpoint replays this epoch, whose record
         # Run.resume then drops; the other order would lose the record for good.
+        done = p.stopped or p.step >= self.total
+        self._flush_steps()
         try:
-            self.out.log(record)
+            self.out.log(record, final=done)
         except (RunError, CliError) as e:
             raise self._stopped(str(e)) from None
+        if self.board is not None:
+            self.board.epoch(record, self.params, self.trained)
         every = self.recipe["checkpoint"]
-        done = p.stopped or p.step >= self.total
         due = done or (every is not None and p.epoch % every["n"] == 0)
-        self._save((["best"] if improved and every is not None else []) + (["last"] if due else []))
+        self._save((["best"] if improved and every is not None else []) + (["last"] if due else [])
+                   + [f"{SNAPSHOTS}/epoch-{p.epoch:04d}"] * self._snapshot_due(done))
         if not self.quiet:
             self.echo(self._summary(record, improved))
-        if p.stopped:
+        if reached:
+            self.echo(f"stopping: the training loss {record['train_loss']:.4g} is below {below:g}")
+        elif p.stopped:
             self.echo(f"stopping early: {metric} has not improved for {p.bad_epochs} epochs "
                       f"(best {p.best:.4f} at epoch {p.best_epoch})")
+
+    def _snapshot_due(self, done: bool) -> bool:
+        """Whether the recipe's `keep` asks for a snapshot at the end of this epoch: every n
+        epochs, or at a minimum of the learning rate (it fell during the epoch's last step
+        and rises at the next, or training ends), where cosine_restarts and cyclical end a cycle."""
+        keep, p = self.recipe["keep"], self.progress
+        if keep is None:
+            return False
+        if keep.name == "every":
+            return p.epoch % keep["n"] == 0
+        last, before = self.rate((p.step - 1) / self.per_epoch), self.rate((p.step - 2) / self.per_epoch)
+        return last < before and (done or self.rate(p.step / self.per_epoch) > last)
 
     def _save(self, names: list[str]) -> None:
         """Write the checkpoints `names` (best, last) together: each is prepared in full before
@@ -390,10 +504,12 @@ class Trainer:
         try:
             for name in names:
                 path = self.out.path / name
+                if name.startswith(SNAPSHOTS):
+                    ensure_dir(path.parent)
                 prepared.append((state.prepare(path, self.params, self.model.graph, self.progress, extra), path))
             for tmp, path in prepared:  # best first: a kill between the two leaves `last` one epoch behind
                 checkpoint.commit(tmp, path)
-        except CheckpointError as e:
+        except (CheckpointError, CliError) as e:
             for tmp, _ in prepared:
                 checkpoint.discard(tmp)
             raise self._stopped(str(e)) from None
@@ -431,23 +547,36 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         p = self.progress
-        test = None
-        if self.data.test is not None:
-            best, best_epoch = self.out.best, p.best_epoch
-            params = dict(self.params)
-            if (best / "state.json").exists():
-                saved = load_checkpoint(best)
-                params.update(saved.weights)
-                best_epoch = saved.state.get("epoch", best_epoch)  # what the files hold, even after a failed save
-            test = self.evaluator(self.data.test, params, self.data.transform)
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in test.record("test").items())
-            self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {best_epoch})")
+        metric, mode = self.watch[:2]
+        if p.best is not None:
+            where = f"; weights in {self.out.best}" if (self.out.best / "state.json").exists() else ""
+            self.echo(f"best {metric} {p.best:.4f} at epoch {p.best_epoch}{where}")
+        test = self._test() if self.options.test else None
         self.echo(f"trained {p.epoch} epochs ({p.step} steps) in {p.seconds:.1f}s; run saved in {self.out.path}")
-        result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test)
+        result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test,
+                             metric, mode, p.best)
         summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,
-                   "stopped_early": p.stopped, **(test.record("test") if test else {})}
+                   "stopped_early": p.stopped, "metric": metric, "mode": mode,
+                   "best": p.best if p.best is not None and math.isfinite(p.best) else None,
+                   **(test.record("test") if test else {})}
         write_atomic(self.out.path / RESULT, json.dumps(summary, indent=2).encode())
         return result
+
+    def _test(self) -> Evaluation | None:
+        """The test split evaluated once, with the best weights (`--test`)."""
+        if self.data.test is None:
+            self.warn("--test: the recipe's data and split hold out no test set; nothing evaluated")
+            return None
+        best, best_epoch = self.out.best, self.progress.best_epoch
+        params = dict(self.params)
+        if (best / "state.json").exists():
+            saved = load_checkpoint(best)
+            params.update(saved.weights)
+            best_epoch = saved.state.get("epoch", best_epoch)  # what the files hold, even after a failed save
+        test = self.evaluator(self.data.test, params, self.data.transform)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in test.record("test").items())
+        self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {best_epoch})")
+        return test
 
 
 def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:

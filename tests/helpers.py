@@ -110,3 +110,32 @@ def trained_like(model, seed: int = 0) -> dict[str, np.ndarray]:
         elif spec.role in ("shift", "state"):
             weights[name] = rng.normal(0.0, 0.2, shape).astype(weights[name].dtype)
     return weights
+
+
+# ---- the command line (test_babysitting, test_search) -----------------------------------------
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `dslc ARGS` run in this process; never a traceback."""
+    from dslc.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def mnist_from_digits(folder: Path) -> Path:
+    """The shipped 8x8 digits scaled to 28x28 (3x3 blocks, a 2-pixel border) and written as
+    MNIST's IDX files in `folder`: MNIST-shaped data for models/small_cnn.net without a download."""
+    import struct
+
+    from dslc.runtime.data import digits
+
+    d = digits()
+    images = np.pad(np.kron((d.x[:, 0] * 255).astype(np.uint8), np.ones((3, 3), np.uint8)), ((0, 0), (2, 2), (2, 2)))
+    idx = lambda a: bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, part in (("train", slice(0, 1500)), ("t10k", slice(1500, None))):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx(images[part]))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(d.y[part].astype(np.uint8)))
+    return folder

@@ -152,9 +152,10 @@ def test_gpu_executor_steps_match_the_reference_executor():
 
 def _train(tmp_path, device: str, epochs: int):
     from dslc.runtime.recipes import model_and_recipe
-    from dslc.runtime.trainer import train
+    from dslc.runtime.trainer import Options, train
     model, recipe = model_and_recipe(MODELS / "digits_mlp.net", None, {"epochs": epochs})
-    return train(model, recipe, tmp_path / device, quiet=True, echo=lambda _: None, device=device)
+    return train(model, recipe, tmp_path / device, quiet=True, echo=lambda _: None, device=device,
+                 options=Options(test=True))
 
 
 @pytest.mark.slow

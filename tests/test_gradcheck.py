@@ -78,13 +78,14 @@ def test_dropout_mask_is_held_fixed(net):
     assert a["loss"] != b["loss"]
 
 
-def test_large_tensors_are_sampled_and_say_so(net):
-    rows = gc.gradcheck(dslc.load(net(MLP), hidden=20), max_elements=7)
+def test_large_tensors_are_checked_along_directions_and_sampled_and_say_so(net):
+    rows = gc.gradcheck(dslc.load(net(MLP), hidden=20), max_elements=7, directions=3, samples=4)
     by_name = {r.name: r for r in rows}
-    assert by_name["linear.weight"].checked == 7 and by_name["linear.weight"].size == 100
-    assert by_name["fc2.bias"].checked == 3
+    weight = by_name["linear.weight"]
+    assert (weight.checked, weight.directions, weight.size) == (4, 3, 100)
+    assert (by_name["fc2.bias"].checked, by_name["fc2.bias"].directions) == (3, 0)  # small: every element
     table = gc.format_table(rows)
-    assert "7 of 100 (random)" in table and "passed: all" in table
+    assert "3 directions + 4 of 100" in table and "all" in table and "passed: all" in table
 
 
 @pytest.mark.parametrize("path", sorted(p for p in MODELS.glob("*.net") if p.stem not in TOO_BIG), ids=lambda p: p.stem)
@@ -93,6 +94,14 @@ def test_shipped_models_pass(path, capsys):
     assert main(["gradcheck", str(path), "--max-elements", "10", "--json"] + sets) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["tensors"]
+
+
+@pytest.mark.slow  # about 10 s: ResNet-20 at its real width, where every relu is a kink to step over
+def test_resnet20_at_full_size_passes_with_directions(capsys):
+    assert main(["gradcheck", str(MODELS / "resnet20.net"), "--batch", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and len(report["tensors"]) == 60
+    assert sum(r["directions"] for r in report["tensors"]) >= 2 * 40
 
 
 def test_two_layer_cli_table(capsys):
@@ -117,6 +126,27 @@ def test_wrong_gradient_fails(net, monkeypatch, capsys):
     assert not rows["x"].passed and rows["fc2.weight"].passed
     assert main(["gradcheck", str(net(MLP))]) == 1
     assert "FAILED: 3 of 5 tensors" in capsys.readouterr().out
+
+
+def test_a_wrong_rule_is_caught_in_a_resnet_along_directions(monkeypatch, capsys):
+    """conv2d's weight gradient off by 0.1%: only directions see it in a tensor of thousands of
+    elements, and the kinks of a residual network's relus must not hide it or be taken for it."""
+    conv = registry.get("conv2d")
+
+    def slightly_wrong(b, n, g):
+        grads = conv.grad(b, n, g)
+        return tuple(b.mul(x, b.const(1.001, n.type.dtype)) if i == 1 else x for i, x in enumerate(grads))
+
+    args = ["gradcheck", str(MODELS / "resnet20.net"), "--set", "n=1", "--set", "width=8", "--max-elements", "8"]
+    assert main(args) == 0
+    right = capsys.readouterr().out
+    monkeypatch.setitem(registry.OPS, "conv2d", dataclasses.replace(conv, grad=slightly_wrong))
+    assert main(args + ["--json"]) == 1
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["tensors"]}
+    weights = [name for name in rows if name.endswith("conv2d.weight")]
+    assert weights and all(not rows[w]["passed"] and 1e-4 < rows[w]["max_rel_error"] <= 1.1e-3 for w in weights)
+    assert all(rows[w]["directions"] == 2 for w in weights)
+    assert rows["fc.weight"]["passed"] and "passed: all" in right
 
 
 def test_model_without_loss_is_a_located_error(net, capsys):

@@ -94,6 +94,13 @@ def test_shorthands_and_defaults():
     assert d.message == "freeze must be a list (each a string), got the number 5"
 
 
+def test_lr_is_shorthand_for_the_optimizers_rate():
+    recipe, errors = check("data = digits()\noptimizer = adam(beta1=0.8)\nlr = 0.03")
+    assert errors == [] and recipe["optimizer"]["lr"] == 0.03 and recipe["optimizer"]["beta1"] == 0.8
+    _, errors = check("data = digits()\noptimizer = sgd(lr=0.1)\nlr = 0.03")
+    assert [e.code for e in errors] == ["E0506"] and "'lr' is also set in optimizer" in errors[0].message
+
+
 def test_weight_decay_moves_into_the_optimizer():
     recipe, errors = check("data = digits()\noptimizer = sgd(0.1, 0.9)\nweight_decay = 1e-4")
     assert errors == []
@@ -106,7 +113,7 @@ def test_defaults_recipe():
     assert d["batch"] == 64 and d["epochs"] == 10 and d["data"] is None and d["normalize"] == "per_channel"
     assert d["optimizer"].kwargs == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
     assert d["split"].kwargs == {"fraction": 0.1, "test": 0.0, "seed": 0} and d["seed"] == 0
-    assert [k for k, _ in d.entries] == [k for k in R.KEYS if k != "weight_decay"]
+    assert [k for k, _ in d.entries] == [k for k in R.KEYS if k not in ("lr", "weight_decay")]
 
 
 def test_json_and_expression_round_trip():
@@ -260,6 +267,16 @@ def test_overrides_set_whole_values_and_arguments(base):
     assert r["freeze"] == ("stem*",) and r["data"] == R.CallValue("mnist", (("dir", "other/dir"), ("classes", ())))
     r = apply_overrides(base, {"stop.metric": "val_accuracy", "clip": 1, "normalize": "none"})
     assert r["stop"]["mode"] == "max" and r["clip"]["max_norm"] == 1.0 and r["normalize"] == "none"
+
+
+def test_overrides_are_checked_together_not_one_batch_at_a_time(base):
+    warm = apply_overrides(base, {"schedule": "cosine(warmup=3)"})
+    r = apply_overrides(warm, {"epochs": 1, "schedule.warmup": 0})  # the file's warm-up alone would not fit
+    assert r["epochs"] == 1 and r["schedule"]["warmup"] == 0.0
+    r = apply_overrides(base, {"optimizer": "sgd(0.1)", "weight_decay": 0.01, "optimizer.momentum": 0.9})
+    assert (r["optimizer"]["weight_decay"], r["optimizer"]["momentum"]) == (0.01, 0.9)
+    with pytest.raises(UsageError, match="unknown optimizer 'sgdd'"):
+        apply_overrides(base, {"optimizer": "sgdd(0.1)", "optimizer.momentum": 0.9})
 
 
 @pytest.mark.parametrize("sets, words", [

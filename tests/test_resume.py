@@ -23,6 +23,7 @@ import pytest
 from dslc.cli import main
 from dslc.runtime.checkpoint import load_checkpoint
 from dslc.runtime.runs import read_records
+from dslc.runtime.steplog import STEPS, read_steps
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,9 @@ def assert_same_final_state(run: Path, reference: Path) -> None:
     # the metrics of the resumed run are the uninterrupted run's, epoch for epoch
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
     assert drop_time(read_records(run / "metrics.jsonl")) == drop_time(read_records(reference / "metrics.jsonl"))
+    # and so are the per-step rows: those of steps trained again after the checkpoint are not doubled
+    steps = read_steps(run / "metrics_steps.csv")
+    assert [r["step"] for r in steps] == list(range(1, 6 * 40 + 1)) and steps == read_steps(reference / STEPS)
 
 
 # `python -c LAUNCH STEP SIGNAL ARGS...`: dslc ARGS, sending SIGNAL to itself once STEP is done.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dslc.frontend import recipe as R
-from dslc.runtime import runs
+from dslc.runtime import plots, runs
 from dslc.runtime.runs import Run, RunError
 
 
@@ -89,7 +89,7 @@ def test_curves_without_a_metric_still_draw_the_loss(run):
     run.log({"epoch": 1, "train_loss": 1.0})
     run.log({"epoch": 2, "train_loss": 0.5})
     assert png_size(run.path / "curves.png") == (1100, 400)
-    assert runs.metric_names(run.history()) == []
+    assert plots.metric_names(run.history()) == []
 
 
 def test_resume_drops_epochs_after_the_checkpoint_and_appends_after_it(run):

@@ -138,3 +138,52 @@ def test_plot_schedule_writes_a_png(tmp_path):
     S.plot_schedule(make("one_cycle", max_lr=0.5, warmup=1), 20, out)
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+
+
+# ---- linear, inverse_sqrt, cosine_restarts, reduce_on_plateau ------------------------------
+
+@pytest.mark.parametrize("t, want", [(0, LR), (5, 0.75 * LR + 0.25 * 0.01), (20, 0.01), (25, 0.01)])
+def test_linear_runs_straight_to_min_lr(t, want):
+    assert close(make("linear", min_lr=0.01)(t), want)
+
+
+@pytest.mark.parametrize("t, want", [(0, LR), (2, LR), (8, LR / 2), (18, LR / 3)])
+def test_inverse_sqrt_decays_after_start(t, want):
+    assert close(make("inverse_sqrt", start=2)(t), want)
+
+
+def test_cosine_restarts_restart_at_the_end_of_each_longer_cycle():
+    fn = make("cosine_restarts", total=30, period=2, mult=2, min_lr=0.001)  # cycles [0, 2), [2, 6), [6, 14)
+    assert close(fn(0), LR) and close(fn(2), LR) and close(fn(6), LR) and close(fn(14), LR)
+    assert close(fn(1), (LR + 0.001) / 2) and close(fn(4), (LR + 0.001) / 2) and close(fn(10), (LR + 0.001) / 2)
+    assert fn(5.999) < 0.0011 and fn(13.999) < 0.0011
+
+
+def test_reduce_on_plateau_lowers_the_scale_after_patience_epochs():
+    rule = S.Plateau.from_recipe(R.SCHEDULES["reduce_on_plateau"].make(patience=2, factor=0.5, min_lr=0.02), LR)
+    assert S.Plateau.from_recipe(R.SCHEDULES["cosine"].make(), LR) is None
+    assert make("reduce_on_plateau")(7.5) == LR  # the closed form is the constant rate
+    state: dict = {}
+    scales = []
+    for loss in (1.0, 0.9, 0.95, 0.91, 0.92, 0.93, 0.94, 0.8, 0.85, 0.86, 0.9, 0.9, 0.9, 0.9):
+        state = rule.update(state, {"val_loss": loss})
+        scales.append(state["scale"])
+    # two epochs without improvement halve the rate; the floor is min_lr / lr = 0.2
+    assert scales == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2, 0.2])
+    assert rule.update(state, {"val_loss": float("nan")}) == state  # a non-finite value changes nothing
+
+
+def test_plateau_mode_follows_the_metric():
+    spec = R.SCHEDULES["reduce_on_plateau"]
+    assert spec.make(metric="val_accuracy")["mode"] == "max" and spec.make()["mode"] == "min"
+
+
+@pytest.mark.parametrize("name, args, points", [
+    ("cyclical", {"low": 0.001, "high": 0.01, "period": 4}, [(0, 0.001), (2, 0.01), (4, 0.001), (6, 0.01)]),
+    ("cosine", {"warmup": 2}, [(0, LR * S.WARMUP_START), (2, LR * (1 + math.cos(math.pi / 10)) / 2)]),
+])
+def test_landmarks_show_turns_not_evenly_spaced_samples(name, args, points):
+    shown, more = S.landmarks(make(name, total=20, **args), 20)
+    for (t, lr), (want_t, want_lr) in zip(shown, points):
+        assert t == pytest.approx(want_t, abs=0.01) and lr == pytest.approx(want_lr, rel=1e-3)
+    assert shown[-1][0] == 20 and more == (name == "cyclical")

@@ -20,7 +20,7 @@ from dslc.runtime.checkpoint import CheckpointError, load_checkpoint
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.torch_names import TABLES
 from dslc.runtime.torch_weights import load_torch_weights, match, read_state_dict
-from dslc.runtime.trainer import train
+from dslc.runtime.trainer import Options, train
 from dslc.stages import build
 
 torch = pytest.importorskip("torch")
@@ -219,7 +219,8 @@ def test_finetune_a_new_head_on_frozen_pytorch_features(tmp_path):
     path = tmp_path / "small.net"
     path.write_text(SMALL.format(init=f'torch_weights("{tmp_path / "w.safetensors"}", skip=["fc*"])'))
     model, recipe = model_and_recipe(path, None)
-    result = train(model, recipe, tmp_path / "run", quiet=True, device="reference", echo=lambda _: None)
+    result = train(model, recipe, tmp_path / "run", quiet=True, device="reference", echo=lambda _: None,
+                   options=Options(test=True))
     after = load_checkpoint(tmp_path / "run" / "last").weights
     assert np.array_equal(after["conv1.weight"], state["conv1.weight"].numpy())  # frozen, as PyTorch had it
     for dslc_name, torch_name in (("gamma", "weight"), ("running_mean", "running_mean"), ("running_var", "running_var")):

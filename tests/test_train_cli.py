@@ -34,14 +34,16 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     return root / "s0", root / "s1"
 
 
-def test_train_prints_epochs_and_test_accuracy(tmp_path, capsys):
+def test_train_prints_sanity_epochs_and_validation_not_test(tmp_path, capsys):
     code, out, _ = run(capsys, "train", MLP, "--epochs", "2", "--out", tmp_path / "r", "--set", "hidden=32",
                        "--set", "optimizer.lr=0.01")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("starting step 0 of 40")
-    assert lines[1].startswith("epoch 1/2  train loss") and "val loss" in lines[1]
-    assert "test_accuracy" in lines[-2] and "359 examples" in lines[-2]
+    assert lines[0].startswith("starting step 0 of 40") and "359 test" in lines[0]
+    assert lines[1] == "sanity checks:" and "expected about ln 10 = 2.30" in lines[2] and lines[2].endswith(": ok")
+    assert lines[3].startswith("epoch 1/2  train loss") and "val loss" in lines[3]
+    assert lines[-2].startswith("best val_accuracy ") and "at epoch" in lines[-2]
+    assert "test_accuracy" not in out and "test_loss" not in out  # nothing evaluates the test split
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["overrides"] == {"hidden": "32", "optimizer.lr": "0.01", "epochs": 2}  # as written
     assert config["recipe"]["entries"]["optimizer"]["args"]["lr"] == 0.01
@@ -159,6 +161,14 @@ def test_lr_plots_the_schedule(tmp_path, capsys):
     assert "epoch 0: 3e-05" in out and "epoch 40: 0" in out  # warm-up from 1% of 3e-3; cosine to 0
     code, out, _ = run(capsys, "lr", MLP, "--set", "steps=100", "-o", tmp_path / "lr2.png")
     assert code == 0 and "epoch 5: 0" in out  # 100 steps of 20 per epoch
+    code, out, _ = run(capsys, "lr", MLP, "--set", "schedule=cyclical(1e-4, 1e-2, 2)", "-o", tmp_path / "lr3.png")
+    assert code == 0 and "epoch 0: 0.0001, epoch 1: 0.01, epoch 2: 0.0001" in out and ", ..., epoch 40: " in out
+
+
+def test_train_overrides_warmup_and_epochs_together(tmp_path, capsys):
+    code, out, _ = run(capsys, "train", MLP, "--epochs", "1", "--set", "schedule.warmup=0", "--out", tmp_path / "r",
+                       "--set", "hidden=16")
+    assert code == 0 and "epoch 1/1" in out
 
 
 def test_lr_find_suggests_a_rate(tmp_path, capsys):

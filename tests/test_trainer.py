@@ -23,7 +23,7 @@ from dslc.runtime.mixup import mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, select_classes
 from dslc.runtime.recipes import model_and_recipe, split_sets
 from dslc.runtime.runs import read_records
-from dslc.runtime.trainer import train
+from dslc.runtime.trainer import Options, train
 from helpers import MODELS
 
 MLP = """
@@ -60,10 +60,11 @@ def quiet_train(path, out, sets=None, **kw):
 
 def test_train_digits_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = quiet_train(write_model(tmp_path), out)
+    result = quiet_train(write_model(tmp_path), out, options=Options(test=True))
     assert (result.epochs, result.steps) == (3, 3 * 20)
     assert result.test.metrics["accuracy"] > 0.85  # 3 epochs; the full recipe reaches ~0.98
-    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "result.json",
+    assert result.metric == "val_accuracy" and result.best > 0.85
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "metrics_steps.csv", "curves.png", "result.json",
                  "last/weights.safetensors", "best/state.json"):
         assert (out / name).exists(), name
     records = read_records(out / "metrics.jsonl")
@@ -79,6 +80,7 @@ def test_train_digits_end_to_end(tmp_path):
     assert "update_ratio/fc1.linear.weight" in header and "val_accuracy" in header
     saved = json.loads((out / "result.json").read_text())
     assert saved["test_accuracy"] == pytest.approx(result.test.metrics["accuracy"])
+    assert (saved["metric"], saved["best"]) == ("val_accuracy", result.best)
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["entries"]["epochs"] == 3 and config["seed"] == 0
 

@@ -75,6 +75,11 @@ def _directory_for(path):
     path.mkdir()
 
 
+def _damage_steps(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + ["1,x,y\n"] + lines[3:]))
+
+
 TRIALS = [
     state_trial(6, "state.json without 'progress'", lambda doc: doc.pop("progress"), "'progress' is missing"),
     state_trial(6, "state.json with an extra key", _set(extra=1), "unknown key 'extra'"),
@@ -98,6 +103,12 @@ TRIALS = [
                    lambda run: (run / "metrics.jsonl").write_text('{"train_loss": 1.0}\n'), "metrics.jsonl:1", "epoch"),
     run_file_trial("metrics.jsonl is a directory", lambda run: _directory_for(run / "metrics.jsonl"),
                    "metrics.jsonl", "directory"),
+    run_file_trial("metrics_steps.csv: a damaged row", lambda run: _damage_steps(run / "metrics_steps.csv"),
+                   "metrics_steps.csv:3", "not a row"),
+    run_file_trial("metrics_steps.csv is a directory", lambda run: _directory_for(run / "metrics_steps.csv"),
+                   "metrics_steps.csv", "directory"),
+    state_trial(7, "progress: a plateau scale that is a string", _in("progress", plateau={"scale": "x"}),
+                "'progress.plateau.scale'"),
     run_file_trial("plot: a metrics record without epoch",
                    lambda run: (run / "metrics.jsonl").write_text('{"val_loss": 1.0}\n'), "metrics.jsonl:1",
                    verb="plot"),

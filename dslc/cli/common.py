@@ -109,9 +109,10 @@ def add_recipe_args(p: argparse.ArgumentParser, epochs: bool = False) -> None:
         p.add_argument("--epochs", type=count, metavar="N", help="train N epochs (same as --set epochs=N)")
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: bool = False) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: bool = False,
+                        required: bool = True) -> None:
     add_model_args(p)
-    p.add_argument("--checkpoint", required=True, metavar="DIR", action="append" if many else "store",
+    p.add_argument("--checkpoint", required=required, metavar="DIR", action="append" if many else "store",
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
                         + ("; repeat for each member" if many else ""))
     p.add_argument("--device", choices=("cpu", "gpu", "auto", "reference"), default="cpu",

@@ -137,7 +137,7 @@ def cmd_gradcheck(args) -> int:
     from dslc import gradcheck as gc  # float64 numerics: loaded only for this verb
 
     rows = gc.gradcheck(load_model(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
-                        max_elements=args.max_elements)
+                        max_elements=args.max_elements, directions=args.directions, samples=args.samples)
     print(json.dumps(gc.to_json(rows, args.threshold), indent=2) if args.json
           else gc.format_table(rows, args.threshold))
     return 0 if all(r.passed for r in rows) else 1
@@ -195,15 +195,22 @@ def register(verbs) -> None:
     p = verb(verbs, "gradcheck", "check a model's gradients against central differences in float64",
               "Run the model in float64 and training mode (dropout masks fixed) on a random batch, and "
               "compare the gradient of the loss with respect to every trainable parameter and float "
-              "input with central differences: every element of small tensors, a seeded random "
-              "subset of large ones. Exit status 1 if any tensor's max relative error reaches the threshold.",
-              "  dslc gradcheck models/two_layer.net\n  dslc gradcheck models/small_cnn.net --set width=4 --json")
+              "input with central differences: every element of a small tensor; random directions "
+              "(each testing the whole gradient at once) and a few random elements of a large one. A "
+              "check whose perturbation crosses a kink (relu, max-pooling) is retried smaller, then left "
+              "out and counted. Exit status 1 if any tensor's max relative error reaches the threshold.",
+              "  dslc gradcheck models/two_layer.net\n  dslc gradcheck models/small_cnn.net --set width=4 --json\n"
+              "  dslc gradcheck models/resnet20.net --batch 2")
     add_model_args(p)
     p.add_argument("--batch", type=count, default=2, help="batch size of the random inputs (default: 2)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the inputs, parameters and masks (default: 0)")
     p.add_argument("--threshold", type=positive, default=1e-6, help="largest relative error that passes "
                                                                      "(default: 1e-6)")
-    p.add_argument("--max-elements", type=count, default=50, metavar="K",
-                   help="check every element of a tensor up to K elements, else K random ones (default: 50)")
+    p.add_argument("--max-elements", type=count, default=16, metavar="K",
+                   help="check every element of a tensor of at most K elements (default: 16)")
+    p.add_argument("--directions", type=count, default=2, metavar="D",
+                   help="random directions checked in a larger tensor (default: 2)")
+    p.add_argument("--samples", type=count, default=3, metavar="S",
+                   help="random elements also checked in a larger tensor (default: 3)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(run=cmd_gradcheck)

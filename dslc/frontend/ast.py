@@ -189,12 +189,24 @@ class RecipeEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchBlock:
+    """`search { key = distribution ... }` inside a train block; `name` is what was written
+    (the recipe checks it is `search`); entries' keys may be dotted (`optimizer.lr`)."""
+
+    name: str
+    entries: tuple[RecipeEntry, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class TrainDef:
     model: str
     alias: str | None
     entries: tuple[RecipeEntry, ...]
     span: Span
     model_span: Span
+    searches: tuple[SearchBlock, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

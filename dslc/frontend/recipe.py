@@ -22,14 +22,20 @@ arguments (`schedule = constant`); `key = none` turns an optional setting off.
                | adam(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0)
                | adamw(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)    adam()
     schedule   constant() | step(every, gamma=0.1) | exponential(k) | inverse_time(k)
-               | cosine(min_lr=0) | cyclical(low, high, period) | one_cycle(max_lr, pct=0.3);
-               each also takes `warmup=EPOCHS` (keyword only); time is counted in epochs  constant()
+               | inverse_sqrt(start=1) | linear(min_lr=0) | cosine(min_lr=0)
+               | cosine_restarts(period, mult=1, min_lr=0) | cyclical(low, high, period)
+               | one_cycle(max_lr, pct=0.3) | reduce_on_plateau(metric=val_loss, factor=0.1,
+               patience=3, mode, threshold=1e-4, min_lr=0); each also takes `warmup=EPOCHS`
+               (keyword only); time is counted in epochs                                  constant()
+    lr         float > 0, shorthand for the optimizer's lr argument (moved there)
     weight_decay  float >= 0, shorthand for the optimizer's weight_decay argument (moved there)
     clip       norm(max_norm) or a bare number: clip gradients to this global L2 norm   none
     stop       early(metric=val_loss, patience=5, mode=min|max, min_delta=0); mode defaults to
                min for a metric ending in "loss", else max; metrics: train_/val_ + loss or a
                metric of the model                                                    none
     checkpoint every(n): save the last and best weights every n epochs | none           every(1)
+    keep       every(n) | restarts (each minimum of a cosine_restarts or cyclical rate):
+               snapshot checkpoints in snapshots/epoch-NNNN, for `dslc ensemble --snapshots`  none
     init       checkpoint(path, skip=[globs]) | none                                     none
     freeze     [globs] of parameters (or layers: a glob may match any dotted prefix)    []
     seed       int in [0, 2**32 - 1]                                                     0
@@ -44,6 +50,10 @@ Diagnostics (E05xx):
     E0506 settings that conflict     E0511 two recipes share a name
     E0512 (warning) a glob matches only layers without parameters, so it selects nothing
     E0514 the recipe freezes every trainable parameter, so nothing would train
+    E0515 a mistake in the search block: an unknown key, not a distribution, bad bounds
+
+A recipe may also hold one `search { KEY = DISTRIBUTION ... }` block, the space `dslc
+search` samples (recipe_search.py); `Recipe.space` holds its dimensions.
 
 The calls of the big families are declared beside what implements them, as ops are:
 datasets in runtime/data/datasets.py, augmentations in runtime/data/augment.py, schedules
@@ -58,6 +68,7 @@ from typing import Any, Callable
 
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
+from dslc.frontend.recipe_search import Dimension, check_space
 from dslc.frontend.recipe_values import (BELOW_ONE, FRACTION, INT_POS, NONNEG, NONNEG_NUM, POS, REQUIRED, TEXT, Arg,
                                          Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr, family,
                                          when)
@@ -75,6 +86,7 @@ class Recipe:
     name: str
     entries: tuple[tuple[str, Any], ...]
     span: Span | None = field(default=None, compare=False)
+    space: tuple[Dimension, ...] = field(default=(), compare=False)  # its search block (recipe_search.py)
 
     def __getitem__(self, key: str):
         return dict(self.entries)[key]
@@ -121,6 +133,10 @@ STOPS = family(CallSpec(
           "metric must start with train_ or val_, got '{metric}'")))
 
 CHECKPOINTS = family(CallSpec("every", "save the last and best weights every n epochs", (Arg("n", INT_POS),)))
+KEEPS = family(CallSpec("every", "keep a snapshot every n epochs", (Arg("n", INT_POS),)),
+               CallSpec("restarts", "keep a snapshot at each minimum of the learning rate: the end of each cycle "
+                        "of cosine_restarts or cyclical (a snapshot ensemble)"))
+RESTARTING = ("cosine_restarts", "cyclical")  # the schedules whose rate has minima before the end
 INITS = family(CallSpec("checkpoint", "start from saved weights, except the parameters the skip globs match",
                         (Arg("path", TEXT, doc="checkpoint or run directory"), Arg("skip", ListOf(TEXT), ()))),
                CallSpec("torch_weights", "start from a PyTorch state_dict (.safetensors, or .pt read weights-only), "
@@ -153,10 +169,12 @@ KEYS = {k.name: k for k in (
     Key("steps", INT_POS, None, "optimiser steps, instead of epochs", True, excludes="epochs"),
     Key("optimizer", Calls(OPTIMIZERS, "optimizer"), OPTIMIZERS["adam"].make(), "the update rule"),
     Key("schedule", Calls(SCHEDULES, "schedule"), SCHEDULES["constant"].make(), "learning rate over time"),
+    Key("lr", POS, None, "the optimizer's lr", moves_to=("optimizer", "lr")),
     Key("weight_decay", NONNEG_NUM, None, "the optimizer's weight_decay", moves_to=("optimizer", "weight_decay")),
     Key("clip", Calls(CLIPS, "clipping rule", bare_number="norm"), None, "gradient clipping", True),
     Key("stop", Calls(STOPS, "stopping rule"), None, "early stopping", True),
     Key("checkpoint", Calls(CHECKPOINTS, "checkpoint rule"), CHECKPOINTS["every"].make(n=1), "saving", True),
+    Key("keep", Calls(KEEPS, "snapshot rule"), None, "snapshots kept in snapshots/ for ensembles", True),
     Key("init", Calls(INITS, "initialisation"), None, "initial weights", True),
     Key("freeze", ListOf(TEXT), (), "globs of parameters kept fixed"),
     Key("seed", Num(True, Range(0, 2**32 - 1)), 0, "seed of initialisation, shuffling and augmentation"),
@@ -172,10 +190,11 @@ def defaults(model: str = "", name: str | None = None) -> Recipe:
 
 # ---- checking a train block ------------------------------------------------------
 
-def validate(train: ast.TrainDef, model_graph=None) -> tuple[Recipe, list[Diagnostic]]:
+def validate(train: ast.TrainDef, model_graph=None, hyper: dict[str, str] | None = None) -> tuple[Recipe, list[Diagnostic]]:
     """Check one train block: the Recipe (bad settings keep their defaults) and every mistake found.
 
-    `model_graph` (the model's typed Graph) enables the checks of freeze/skip globs and stop metrics.
+    `model_graph` (the model's typed Graph) enables the checks of freeze/skip globs and stop metrics;
+    `hyper` (the model's hyper-parameters and their types) those of the search block's keys.
         recipe, errors = validate(module.trains[0])
     """
     errors: list[Diagnostic] = []
@@ -207,8 +226,9 @@ def validate(train: ast.TrainDef, model_graph=None) -> tuple[Recipe, list[Diagno
         if "data" not in seen:
             errors.append(Diagnostic("E0507", f"recipe '{train.alias or train.model}' has no data",
                                      train.model_span, "add e.g. `data = digits()`"))
+    space, found = check_space(train.searches, values, KEYS, hyper)
     entries = tuple((k, v) for k, v in values.items() if not KEYS[k].moves_to)
-    return Recipe(train.model, train.alias or train.model, entries, train.span), errors
+    return Recipe(train.model, train.alias or train.model, entries, train.span, space), errors + found
 
 
 def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.TrainDef, errors) -> None:
@@ -235,18 +255,25 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
                 values[target] = values[target].with_arg(arg, values[key.name])
     sched, opt = values["schedule"], values["optimizer"]
     where = given["schedule"].value if "schedule" in given else None
-    if sched.name == "cosine" and sched["min_lr"] >= opt["lr"]:
-        span = (arg_expr(where, SCHEDULES["cosine"], "min_lr") or where or train).span
-        errors.append(Diagnostic("E0505", f"schedule cosine(): min_lr ({sched['min_lr']:g}) must be below the "
+    if sched.name in ("cosine", "cosine_restarts", "linear") and sched["min_lr"] >= opt["lr"]:
+        span = (arg_expr(where, SCHEDULES[sched.name], "min_lr") or where or train).span
+        errors.append(Diagnostic("E0505", f"schedule {sched.name}(): min_lr ({sched['min_lr']:g}) must be below the "
                                  f"optimizer's lr ({opt['lr']:g})", span))
     if values["epochs"] is not None and sched["warmup"] >= values["epochs"]:
         span = (arg_expr(where, SCHEDULES[sched.name], "warmup") or where or train).span
         errors.append(Diagnostic("E0505", f"schedule {sched.name}(): warmup ({sched['warmup']:g} epochs) must be "
                                  f"shorter than training ({values['epochs']} epochs)", span))
-    stop = values["stop"]
-    if stop is not None and stop["metric"].startswith("val_") and values["split"] is None:
-        errors.append(Diagnostic("E0506", f"stop watches '{stop['metric']}' but split = none leaves no "
-                                 "validation data", given["stop"].span).with_note(given["split"].span, "here"))
+    keep = values["keep"]
+    if keep is not None and keep.name == "restarts" and sched.name not in RESTARTING:
+        errors.append(Diagnostic("E0506", f"keep = restarts, but schedule {sched.name}() never restarts, so only "
+                                 "the last epoch would be kept", given["keep"].span,
+                                 "use schedule = cosine_restarts(period) or cyclical(...), or keep = every(n)"))
+    for setting in ("stop", "schedule"):
+        call = values[setting]
+        watched = call["metric"] if call is not None and call.name in ("early", "reduce_on_plateau") else None
+        if watched is not None and watched.startswith("val_") and values["split"] is None:
+            errors.append(Diagnostic("E0506", f"{setting} watches '{watched}' but split = none leaves no validation "
+                                     "data", (given.get(setting) or train).span).with_note(given["split"].span, "here"))
 
 
 def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
@@ -276,14 +303,14 @@ def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors)
         errors.append(Diagnostic("E0514", f"freeze selects every trainable parameter of model '{graph.name}', "
                                  "so nothing would train", given["freeze"].value.span,
                                  "freeze fewer parameters, or evaluate the model with `dslc eval` instead"))
-    stop = values["stop"]
-    if stop is not None and "stop" in given:
-        known = ["loss"] + [o.name for o in graph.outputs_of("metric")]
-        metrics = [f"{p}_{m}" for p in ("train", "val") for m in known]
-        if stop["metric"] not in metrics:
-            e = arg_expr(given["stop"].value, STOPS["early"], "metric") or given["stop"].value
-            errors.append(Diagnostic("E0503", f"model '{graph.name}' has no metric '{stop['metric']}'", e.span,
-                                     did_you_mean(stop["metric"], metrics) or f"metrics: {', '.join(metrics)}"))
+    known = ["loss"] + [o.name for o in graph.outputs_of("metric")]
+    metrics = [f"{p}_{m}" for p in ("train", "val") for m in known]
+    for key, spec in (("stop", STOPS["early"]), ("schedule", SCHEDULES["reduce_on_plateau"])):
+        call = values[key]
+        if call is not None and call.name == spec.name and key in given and call["metric"] not in metrics:
+            e = arg_expr(given[key].value, spec, "metric") or given[key].value
+            errors.append(Diagnostic("E0503", f"model '{graph.name}' has no metric '{call['metric']}'", e.span,
+                                     did_you_mean(call["metric"], metrics) or f"metrics: {', '.join(metrics)}"))
 
 
 def _prefixes(names) -> set[str]:
@@ -324,14 +351,21 @@ def program_recipes(program, graph_of: Callable[[str], Any] | None = None):
                           .with_note(recipes[name].span, "first recipe here"))
             continue
         graph = None
-        if graph_of is not None and any(e.key in ("freeze", "init", "stop") for e in train.entries):
+        if graph_of is not None and any(_needs_graph(e) for e in train.entries):
             try:
                 graph = graph_of(train.model)
             except CompileError:
                 graph = None
-        recipes[name], found = validate(train, graph)
+        hyper = {f.name: f.type for f in program.models[train.model].formals if f.type is not None}
+        recipes[name], found = validate(train, graph, hyper)
         errors += found
     return recipes, errors
+
+
+def _needs_graph(entry: ast.RecipeEntry) -> bool:
+    """Whether checking `entry` needs the model's graph: globs and watched metrics."""
+    watches = entry.key == "schedule" and getattr(entry.value, "func", None) == "reduce_on_plateau"
+    return entry.key in ("freeze", "init", "stop") or watches
 
 
 def validate_program(program, graph_of: Callable[[str], Any] | None = None) -> list[Diagnostic]:

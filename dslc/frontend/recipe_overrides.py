@@ -23,22 +23,22 @@ from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you
 from dslc.frontend import ast
 from dslc.frontend.parse import parse_expression
 from dslc.frontend.recipe import KEYS, Recipe, validate
-from dslc.frontend.recipe_values import TEXT, CallValue, ListOf, Word
+from dslc.frontend.recipe_values import TEXT, Bad, CallValue, ListOf, Word
 
 
 def apply_overrides(recipe: Recipe, sets: dict[str, Any], model_graph=None) -> Recipe:
     """The recipe with command-line settings applied and re-checked; raises UsageError.
 
-    Whole settings are applied first, then `key.arg` ones to the resulting calls;
+    Whole settings are applied first, then `key.arg` ones to the resulting calls, and the
+    result is checked once, as a file with all of them written in would be (`--epochs 1
+    --set schedule.warmup=0` is a valid pair even though the file's warm-up is 1 epoch);
     `epochs` replaces `steps` and the reverse. A value is a string to read as a .net value
     (`"0.01"`, `"adam(lr=1e-3)"`), or a bool, int or float.
     """
-    whole = {k: v for k, v in sets.items() if "." not in k and not getattr(KEYS.get(k), "moves_to", None)}
-    dotted = {k: v for k, v in sets.items() if k not in whole}
-    for batch in (whole, dotted):
-        if batch:
-            recipe = _apply(recipe, batch, model_graph)
-    return recipe
+    if not sets:
+        return recipe
+    whole = [k for k in sets if "." not in k and not getattr(KEYS.get(k), "moves_to", None)]
+    return _apply(recipe, {k: sets[k] for k in [*whole, *(k for k in sets if k not in whole)]}, model_graph)
 
 
 def value_expr(raw: Any, typ, where: str):
@@ -84,6 +84,8 @@ def _apply(recipe: Recipe, sets: dict[str, Any], model_graph) -> Recipe:
             exprs[key] = value_expr(raw, spec.type, where)
             if spec.excludes:
                 values[spec.excludes] = None
+            if any(_changes_arg_of(k) == key for k in sets):
+                values[key] = _converted(spec, exprs[key], where)  # what `key.arg` overrides then change
             continue
         call = values.get(key)
         if not isinstance(call, CallValue):
@@ -101,7 +103,25 @@ def _apply(recipe: Recipe, sets: dict[str, Any], model_graph) -> Recipe:
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors:
         raise UsageError("\n".join(_message(d) for d in errors))
-    return replace(result, span=recipe.span)
+    return replace(result, span=recipe.span, space=recipe.space)
+
+
+def _changes_arg_of(dotted: str) -> str | None:
+    """The setting whose call argument an override changes (`optimizer.lr`, or a shorthand
+    such as `weight_decay`), or None for a whole setting."""
+    key, _, arg = dotted.partition(".")
+    moves = getattr(KEYS.get(key), "moves_to", None)
+    return key if arg else moves[0] if moves else None
+
+
+def _converted(spec, e, where: str):
+    """The value a whole setting's expression gives on its own; UsageError when it has none."""
+    errors: list[Diagnostic] = []
+    try:
+        return spec.type.convert(e, spec.name, errors)
+    except Bad as bad:
+        found = [bad.diag] if bad.diag else errors
+        raise UsageError("\n".join(_message(d) for d in found) or f"{where}: not a value of '{spec.name}'") from None
 
 
 def _call_with(call: CallValue, spec, new: dict[str, Any], span: Span) -> ast.Call:

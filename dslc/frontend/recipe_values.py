@@ -49,7 +49,7 @@ class Bad(Exception):
         self.diag = diag
 
 
-def _number(e):
+def number_of(e):
     """The number an expression writes (`3`, `-1e-3`, `--2`), or None; a loop, since a
     command line could write ten thousand minus signs."""
     sign = 1
@@ -74,8 +74,8 @@ def _fmt(v) -> str:
 
 
 def _describe(e) -> str:
-    if isinstance(e, (ast.Num, ast.Neg)) and _number(e) is not None:
-        return f"the number {_number(e)}"
+    if isinstance(e, (ast.Num, ast.Neg)) and number_of(e) is not None:
+        return f"the number {number_of(e)}"
     return {ast.Str: "a string", ast.Bool: "true/false", ast.ListLit: "a list"}.get(type(e)) or (
         f"the name '{e.id}'" if isinstance(e, ast.Name) else
         f"a call to {e.func}()" if isinstance(e, ast.Call) else "an expression")
@@ -116,10 +116,10 @@ class Num:
         return "an integer" if self.integer else "a number"
 
     def accepts(self, e) -> bool:
-        return _number(e) is not None
+        return number_of(e) is not None
 
     def convert(self, e, label: str, errors):
-        written = _number(e)
+        written = number_of(e)
         if written is None or (self.integer and isinstance(written, float) and not written.is_integer()):
             raise _wrong(self, e, label)
         v = int(written) if self.integer else float(written)
@@ -286,7 +286,7 @@ class Calls:
         return f"{'a number or ' if self.bare_number else ''}a {self.noun} such as {next(iter(self.family))}(...)"
 
     def accepts(self, e) -> bool:
-        return isinstance(e, (ast.Call, ast.Name)) or (self.bare_number is not None and _number(e) is not None)
+        return isinstance(e, (ast.Call, ast.Name)) or (self.bare_number is not None and number_of(e) is not None)
 
     def convert(self, e, label: str, errors):
         if not self.accepts(e):

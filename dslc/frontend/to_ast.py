@@ -81,12 +81,23 @@ class ToAst(Transformer_NonRecursive):
     def model_def(self, meta, name, *rest):
         return ast.ModelDef(str(name), self._formals(rest), rest[-1], self._span(meta), token_span(self.file, name))
 
-    def train_def(self, meta, model, alias, *entries):
-        return ast.TrainDef(str(model), str(alias) if alias is not None else None, tuple(entries),
-                            self._span(meta), token_span(self.file, model))
+    def train_def(self, meta, model, alias, *items):
+        entries = tuple(i for i in items if isinstance(i, ast.RecipeEntry))
+        searches = tuple(i for i in items if isinstance(i, ast.SearchBlock))
+        return ast.TrainDef(str(model), str(alias) if alias is not None else None, entries,
+                            self._span(meta), token_span(self.file, model), searches)
 
     def recipe_entry(self, meta, key, value):
         return ast.RecipeEntry(str(key), value, self._span(meta), token_span(self.file, key))
+
+    def search_block(self, meta, name, *entries):
+        return ast.SearchBlock(str(name), tuple(entries), self._span(meta), token_span(self.file, name))
+
+    def search_entry(self, meta, *parts):
+        *names, value = parts
+        first, last = token_span(self.file, names[0]), token_span(self.file, names[-1])
+        key_span = Span(self.file, first.line, first.col, last.end_line, last.end_col)
+        return ast.RecipeEntry(".".join(map(str, names)), value, self._span(meta), key_span)
 
     # ---- statements
     def tensor_type(self, meta, dtype, *dims):

@@ -36,7 +36,7 @@ def inference(graph: Graph) -> Graph:
         if node.op in IDENTITY_AT_INFERENCE:
             renamed[node.name] = node.inputs[0]
         elif node.op in SAME_AS_AT_INFERENCE:
-            nodes.append(_as_op(node, SAME_AS_AT_INFERENCE[node.op]))
+            nodes.append(as_op(node, SAME_AS_AT_INFERENCE[node.op]))
         else:
             nodes.append(node)
     outputs = [Output(o.kind, o.name, renamed.get(o.value, o.value)) for o in outputs]
@@ -64,7 +64,7 @@ def first_loss_input(graph: Graph) -> str | None:
     return None
 
 
-def _as_op(node: Node, op: str) -> Node:
+def as_op(node: Node, op: str) -> Node:
     """`node` as `op` (same inputs and name), keeping the attributes `op` declares."""
     keep = {a.name for a in registry.get(op).attrs}
     return node.replace(op=op, attrs=tuple((k, v) for k, v in node.attrs if k in keep))

@@ -1,0 +1,113 @@
+"""The `dslc search` verb: a hyper-parameter search over the space a recipe declares.
+
+Its body is dslc.runtime.search (the plan, resuming, the table) and engines.py (where the
+trials run); here the flags are read, the space assembled from the recipe's search block
+and --space, and the table printed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from dslc.cli.common import add_recipe_args, count, recipe_sets, seed, verb
+from dslc.diagnostics import UsageError, printable
+
+
+def space_of(model, recipe, texts: list[str]):
+    """The recipe's search space with the --space KEY=DISTRIBUTION given (each replaces or adds
+    a dimension); UsageError naming the --space that is wrong."""
+    from dslc.frontend import recipe as R
+    from dslc.frontend.parse import parse_expression
+    from dslc.frontend.recipe_search import dimension
+    from dslc.diagnostics import CompileError, Span
+
+    dims = {d.key: d for d in recipe.space}
+    hyper = {f.name: f.type for f in model.program.models[model.name].formals if f.type is not None}
+    for text in texts:
+        key, eq, value = text.partition("=")
+        where = f"--space {printable(text)}"
+        if not eq or not key.strip():
+            raise UsageError(f"{where}: expected KEY=DISTRIBUTION, e.g. --space 'lr=loguniform(1e-4, 1e-1)'")
+        try:
+            e = parse_expression(value, where)
+        except CompileError as err:
+            raise UsageError(f"{where}: {err.diagnostics[0].message}") from None
+        errors: list = []
+        dim = dimension(key.strip(), e, Span(where, 1, 1, 1, 1), dict(recipe.entries), R.KEYS, hyper, errors)
+        if dim is None:
+            d = errors[0]
+            raise UsageError(f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else ""))
+        dims[dim.key] = dim
+    return tuple(dims.values())
+
+
+def cmd_search(args) -> int:
+    from pathlib import Path
+
+    from dslc.runtime.engines import LocalProcesses
+    from dslc.runtime.errors import Interrupted, TrainError
+    from dslc.runtime.recipes import model_and_recipe
+    from dslc.runtime.search import Search, Settings
+    from dslc.runtime.search_report import table
+    from dslc.runtime.trainer import watched_metric
+
+    if args.grid and args.trials is not None:
+        raise UsageError("--grid tries every combination; --trials cannot go with it")
+    sets = recipe_sets(args)
+    sets.pop("epochs", None)  # --epochs is the trials' setting, recorded as such
+    model, recipe = model_and_recipe(args.file, args.as_name, sets)
+    space = space_of(model, recipe, args.space or [])
+    if not space:
+        raise UsageError(f"recipe '{recipe.name}' of {args.file} has no search block and no --space was given; "
+                         "add e.g. `search { lr = loguniform(1e-4, 1e-1) }` to its train block")
+    if recipe["split"] is None:
+        raise TrainError(f"recipe '{recipe.name}' holds out no validation data (split = none): a search compares "
+                         "trials on validation data, never on the test set")
+    settings = Settings(trials=args.trials or 10, epochs=args.epochs, grid=args.grid, grid_points=args.grid_points,
+                        refine=args.refine or 0, seed=args.seed, device=args.device)
+    out = Path(args.out or Path("runs") / f"{recipe.name}-search")
+    metric, mode, _, _ = watched_metric(recipe, [o.name for o in model.graph.outputs_of("metric")])
+    progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    search = Search(args.file, recipe, sets, space, settings, out, LocalProcesses(args.jobs), (metric, mode),
+                    args.force, progress)
+    try:
+        search.run()
+    except KeyboardInterrupt:
+        raise Interrupted(f"search interrupted; the trials stopped at a checkpoint. Run the same command to "
+                          f"continue: finished trials are kept ({out})") from None
+    search.write_results()
+    report = search.report()
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    print(f"wrote {out / 'results.csv'} and {out / 'search.png'}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def register(verbs) -> None:
+    """Add search to the CLI's subparsers."""
+    p = verb(verbs, "search", "search hyper-parameters: many short runs, compared on validation data",
+             "Sample points of the recipe's search space (its `search { ... }` block, and --space), train "
+             "each as an ordinary run directory in DIR (parallel processes with --jobs), and print the "
+             "trials sorted by the validation metric their runs watch; write results.csv/json and "
+             "search.png (the metric against each hyper-parameter, log axes for log scales). The test "
+             "split is never evaluated. Rerunning the same command continues a search that was stopped: "
+             "finished trials are kept, interrupted ones resume from their last checkpoint.",
+             "  dslc search models/digits_mlp.net --trials 12 --jobs 2 --epochs 5\n"
+             "  dslc search models/digits_mlp.net --space 'lr=loguniform(1e-3, 1e-1)' --refine 6\n"
+             "  dslc search models/digits_mlp.net --grid --grid-points 4 --json")
+    add_recipe_args(p, epochs=True)
+    p.add_argument("--space", action="append", metavar="KEY=DIST",
+                   help="add or replace a dimension, e.g. 'lr=loguniform(1e-4, 1e-1)' (repeatable)")
+    p.add_argument("--trials", type=count, metavar="N", help="random trials in the first round (default: 10)")
+    p.add_argument("--grid", action="store_true", help="every combination instead of random points")
+    p.add_argument("--grid-points", type=count, default=3, metavar="K",
+                   help="values per numeric dimension of --grid (default: 3)")
+    p.add_argument("--refine", type=count, metavar="N",
+                   help="coarse to fine: a second round of N trials in the region of the best first-round ones")
+    p.add_argument("--jobs", type=count, default=1, metavar="J", help="trials trained at once (default: 1)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument("--device", choices=("cpu", "gpu", "reference"),
+                   help="where trials train (default: the recipe's device; reference: the NumPy interpreter)")
+    p.add_argument("--out", metavar="DIR", help="search directory (default: runs/NAME-search)")
+    p.add_argument("--force", action="store_true", help="start over in a directory that holds another search")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
+    p.set_defaults(run=cmd_search)

@@ -1,0 +1,268 @@
+"""`dslc search`: hyper-parameter search as a set of ordinary training runs.
+
+    runs/digits_mlp-search/
+      search.json        what is searched (file, recipe, --set, space, settings) and every
+                         planned trial with its point; written before any trial starts
+      trial-001/ ...     one run directory per trial, trained by `dslc train ... --set KEY=VALUE`
+        trial.json       the trial's point, its command, and how it ended
+      results.json/.csv  the table, best first, rewritten as trials finish
+      search.png         the metric against each hyper-parameter
+
+A trial's metric is the one its run watches (validation accuracy for a classifier, the
+recipe's `stop` metric if it has one), read from the result.json `dslc train` leaves; the
+test split is never evaluated. The plan is fixed before anything runs (random points from
+the seed, or a grid), so a search killed at any moment is continued by the same command:
+finished trials are kept, a trial that failed (a diverged loss) stays failed, and a trial
+that was cut short resumes from its last checkpoint (`dslc train --resume`). A different
+command on the same directory is refused with what differs, unless --force, which starts
+over. `--refine N` adds a second round of N trials in the region of the best first-round
+trials (sampling.refine), planned once the first round has finished.
+
+Where trials run is an Engine (engines.py): local processes here; the plan, the table and
+resuming do not depend on it.
+
+    trials = Search(file, recipe, {}, recipe.space, Settings(trials=12, epochs=5), Path("s"), LocalProcesses(2),
+                    ("val_accuracy", "max")).run()
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, write_atomic
+from dslc.frontend.recipe_search import Dimension, value_text
+from dslc.runtime import sampling
+from dslc.runtime.engines import Engine, Outcome, Task
+from dslc.runtime.errors import TrainError
+from dslc.runtime.jsondoc import Doc
+
+SEARCH, TRIAL, RESULT = "search.json", "trial.json", "result.json"
+JSON_LIMIT = 64 << 20
+BUSY = "is being written by another dslc process"  # a trial still running elsewhere: not a failure
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a search samples and trains: random `trials` (or a `grid` of `grid_points` per
+    numeric dimension), `epochs` per trial (None: the recipe's), `refine` trials in a second
+    round, the sampling `seed`, the trials' `device`."""
+
+    trials: int = 10
+    epochs: int | None = None
+    grid: bool = False
+    grid_points: int = 3
+    refine: int = 0
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass
+class Trial:
+    id: str
+    round: int
+    params: dict
+    status: str = "pending"  # pending | done | failed
+    best: float | None = None
+    best_epoch: int | None = None
+    seconds: float | None = None
+    error: str = ""
+    command: list[str] = field(default_factory=list)
+
+    def row(self, root: Path) -> dict:
+        return {**asdict(self), "run": str(root / self.id)}
+
+
+def file_digest(path) -> str:
+    return hashlib.sha256(read_limited(path, 1 << 20, "a .net file")).hexdigest()
+
+
+class Search:
+    """One search directory (see the module docstring); `run` trains what is left."""
+
+    def __init__(self, file, recipe, sets: dict, space: tuple[Dimension, ...], settings: Settings, out: Path,
+                 engine: Engine, watched: tuple[str, str], force: bool = False, echo: Callable[[str], None] = print):
+        self.file, self.recipe, self.sets, self.space = str(file), recipe, dict(sets), space
+        self.settings, self.out, self.engine, self.force, self.echo = settings, Path(out), engine, force, echo
+        self.trials: list[Trial] = []
+        self.metric, self.mode = watched  # what each trial's run watches (trainer.watched_metric)
+
+    # ---- the plan ------------------------------------------------------------------------
+
+    def key(self) -> dict:
+        """What must match for a directory to be continued by this command."""
+        return {"file": self.file, "file_sha256": file_digest(self.file), "recipe": self.recipe.name,
+                "sets": self.sets, "space": [d.to_json() for d in self.space], "settings": asdict(self.settings)}
+
+    def _load_or_plan(self) -> None:
+        path = self.out / SEARCH
+        if os.path.lexists(path) and not self.force:
+            saved = _read(path)
+            differs = _differences(saved.get("key"), self.key())
+            if differs:
+                raise TrainError(f"{self.out} holds another search ({'; '.join(differs)}); run its command to "
+                                 "continue it, choose another --out, or pass --force to start over")
+            self.trials = [_trial(t, path) for t in saved.get("trials", [])]
+            return
+        if os.path.lexists(path):  # --force: the old plan's trials go with it
+            trials = _read(path).get("trials")
+            for t in trials if isinstance(trials, list) else []:
+                shutil.rmtree(self.out / _trial(t, path).id, ignore_errors=True)
+        ensure_dir(self.out)
+        self._plan_round(1, self.space, self.settings.trials)
+
+    def _plan_round(self, round_: int, space, n: int) -> None:
+        rng = np.random.default_rng([self.settings.seed, round_])
+        points = sampling.grid(space, self.settings.grid_points) if self.settings.grid and round_ == 1 \
+            else sampling.sample(space, n, rng)
+        start = len(self.trials)
+        self.trials += [Trial(f"trial-{start + i + 1:03d}", round_, p) for i, p in enumerate(points)]
+        self._save_plan()
+
+    def _save_plan(self) -> None:
+        plan = {"key": self.key(), "trials": [{"id": t.id, "round": t.round, "params": t.params}
+                                              for t in self.trials]}
+        write_atomic(self.out / SEARCH, json.dumps(plan, indent=2).encode())
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self) -> list[Trial]:
+        """Train every trial not yet finished (both rounds); the trials, best first."""
+        self._load_or_plan()
+        for t in self.trials:
+            self._read_outcome(t)
+        self._run_pending()
+        if self.settings.refine and not any(t.round == 2 for t in self.trials):
+            finer = sampling.refine(self.space, [(t.params, t.best) for t in self.trials if t.status == "done"],
+                                    self.mode)
+            self.echo("refining: " + ", ".join(f"{d.key} {d.show()}" for d in finer))
+            self._plan_round(2, finer, self.settings.refine)
+            self._run_pending()
+        return self.ranked()
+
+    def _run_pending(self) -> None:
+        pending = [t for t in self.trials if t.status == "pending"]
+        if not pending:
+            return
+        total = len(self.trials)
+        self.echo(f"{len(pending)} of {total} trials to train ({self.engine.name}); in {self.out}")
+        by_id = {t.id: t for t in pending}
+
+        def done(outcome: Outcome) -> None:
+            t = by_id[outcome.id]
+            self._finished(t, outcome)
+            finished = sum(x.status != "pending" for x in self.trials)
+            what = (f"{self.metric} {t.best:.4f} (epoch {t.best_epoch}, {t.seconds:.1f}s)" if t.status == "done"
+                    else f"failed: {t.error}" if t.status == "failed" else f"stopped (status {outcome.status})")
+            self.echo(f"[{finished}/{total}] {t.id} {_point(t.params)}: {what}")
+            self.write_results()
+
+        self.engine.run([self._task(t) for t in pending], done)
+
+    def _task(self, t: Trial) -> Task:
+        run = self.out / t.id
+        device = ["--device", self.settings.device] if self.settings.device else []
+        if (run / "last" / "state.json").exists():  # cut short after a checkpoint: continue it
+            argv = ["train", self.file, "--resume", str(run), "--quiet", *device]
+        else:
+            sets = {**self.sets, **{k: value_text(v) for k, v in t.params.items()}}
+            epochs = ["--epochs", str(self.settings.epochs)] if self.settings.epochs else []
+            argv = ["train", self.file, "--as", self.recipe.name, *(a for k, v in sets.items()
+                                                                    for a in ("--set", f"{k}={v}")),
+                    *epochs, "--out", str(run), "--quiet", "--force", *device]
+        t.command = ["dslc", *argv]
+        ensure_dir(run)
+        self._write_trial(t)
+        return Task(t.id, tuple(argv), run / "train.log")
+
+    def _finished(self, t: Trial, outcome: Outcome) -> None:
+        if outcome.status == 0:
+            self._read_outcome(t)
+        elif outcome.status == 1 and BUSY not in outcome.error:
+            t.status, t.error = "failed", outcome.error
+            self._write_trial(t)
+        # anything else (Ctrl-C, a kill): still pending, resumed by the next run
+
+    def _write_trial(self, t: Trial) -> None:
+        write_atomic(self.out / t.id / TRIAL, json.dumps(asdict(t), indent=2).encode())
+
+    def _read_outcome(self, t: Trial) -> None:
+        """The trial's state from its run directory: done (result.json), failed (trial.json), or pending."""
+        run = self.out / t.id
+        if (run / RESULT).exists():
+            result = Doc(_read(run / RESULT), run / RESULT, TrainError)
+            t.status, t.error = "done", ""
+            t.best = result.number("best", null=True)
+            t.best_epoch, t.seconds = result.int("best_epoch", lo=0), result.number("train_seconds", lo=0)
+        elif (run / TRIAL).exists():
+            saved = Doc(_read(run / TRIAL), run / TRIAL, TrainError)
+            if saved.str("status") == "failed":
+                t.status, t.error = "failed", saved.str("error")
+
+    # ---- the table -------------------------------------------------------------------------
+
+    def ranked(self) -> list[Trial]:
+        """Finished trials best first (by the watched metric), then failed ones, then pending ones."""
+        sign = -1 if self.mode == "max" else 1
+        order = {"done": 0, "failed": 1, "pending": 2}
+        return sorted(self.trials, key=lambda t: (order[t.status], sign * t.best if t.best is not None
+                                                  and math.isfinite(t.best) else math.inf, t.id))
+
+    def write_results(self) -> None:
+        """results.json, results.csv and search.png from the trials as they stand."""
+        from dslc.runtime.search_report import plot, to_csv
+
+        report = self.report()
+        write_atomic(self.out / "results.json", json.dumps(report, indent=2).encode())
+        write_atomic(self.out / "results.csv", to_csv(report).encode())
+        plot(report, self.space, self.out / "search.png")
+
+    def report(self) -> dict:
+        rows = [t.row(self.out) for t in self.ranked()]
+        done = [r for r in rows if r["status"] == "done"]
+        return {"search": str(self.out), "recipe": self.recipe.name, "metric": self.metric, "mode": self.mode,
+                "epochs": self.settings.epochs or self.recipe["epochs"],
+                "space": [{**d.to_json(), "log": d.log} for d in self.space], "trials": rows,
+                "best": done[0] if done else None}
+
+
+def _differences(saved, key: dict) -> list[str]:
+    """'settings.trials: 6 -> 7' for each part of a search's key that differs from the saved one."""
+    saved = saved if isinstance(saved, dict) else {}
+    out = []
+    for k, v in key.items():
+        was = saved.get(k)
+        if isinstance(v, dict) and isinstance(was, dict):
+            out += [f"{k}.{f}: {was.get(f)!r} -> {v.get(f)!r}" for f in dict.fromkeys([*was, *v]) if was.get(f) != v.get(f)]
+        elif was != v:
+            out.append(f"its {k} changed" if k in ("file_sha256", "space") else f"{k}: {was!r} -> {v!r}")
+    return out
+
+
+def _point(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _read(path) -> dict:
+    try:
+        value = read_json(path, JSON_LIMIT, f"a {Path(path).name}")
+    except UnreadableFile as e:
+        raise TrainError(str(e)) from None
+    if not isinstance(value, dict):
+        raise TrainError(f"{path}: not a JSON object")
+    return value
+
+
+def _trial(d, path) -> Trial:
+    doc = Doc(d, path, TrainError, "trials.")
+    tid = doc.str("id")
+    if not tid.startswith("trial-") or "/" in tid or tid in (".", ".."):
+        raise TrainError(f"{path}: 'trials.id' must name a trial directory, got {tid!r}")
+    return Trial(tid, doc.int("round", lo=1), doc.obj("params").value)

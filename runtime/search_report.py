@@ -1,0 +1,104 @@
+"""What `dslc search` shows: the results table (text, CSV) and the metric against each hyper-parameter.
+
+All three read the report Search.report() builds: the trials best first, the space, the
+watched metric and its direction.
+
+    print(table(report)); plot(report, space, "search.png")
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from dslc.frontend.recipe_search import Dimension, value_text
+from dslc.runtime.plots import figure, save_figure
+
+
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else value_text(v)
+
+
+def table(report: dict) -> str:
+    """The trials as an aligned table, best first, then a line naming the best trial's run."""
+    keys = [d["key"] for d in report["space"]]
+    metric = report["metric"]
+    head = ["rank", "trial", *keys, metric, "epoch", "time"]
+    body, rank = [], 0
+    for t in report["trials"]:
+        if t["status"] == "done":
+            rank += 1
+            tail = [f"{t['best']:.4f}" if t["best"] is not None else "-", str(t["best_epoch"]), f"{t['seconds']:.1f}s"]
+        else:
+            tail = [t["status"] + (f": {t['error']}" if t["error"] else ""), "", ""]
+        body.append([str(rank) if t["status"] == "done" else "-", t["id"], *(_cell(t["params"].get(k)) for k in keys),
+                     *tail])
+    done_rows = [head] + [row for row in body if row[0] != "-"]  # a failure's message runs on past the columns
+    widths = [max(len(row[c]) for row in (done_rows if c >= len(head) - 3 else [head] + body))
+              for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [head] + body]
+    direction = "higher" if report["mode"] == "max" else "lower"
+    done = sum(t["status"] == "done" for t in report["trials"])
+    title = (f"search of {report['recipe']}: {len(report['trials'])} trials ({done} done), {metric} ({direction} is "
+             f"better), {report['epochs']} epochs each; in {report['search']}")
+    best = report["best"]
+    verdict = (f"best: {best['id']} ({', '.join(f'{k}={_cell(v)}' for k, v in best['params'].items())}): {metric} "
+               f"{best['best']:.4f}; its run is {best['run']}" if best else "no trial has finished")
+    return "\n".join([title, *(line.rstrip() for line in lines), verdict])
+
+
+def to_csv(report: dict) -> str:
+    """One row per trial, best first: id, round, each hyper-parameter, the metric, status."""
+    keys = [d["key"] for d in report["space"]]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["trial", "round", *keys, report["metric"], "best_epoch", "seconds", "status", "error"])
+    for t in report["trials"]:
+        writer.writerow([t["id"], t["round"], *(value_text(t["params"].get(k)) for k in keys),
+                         "" if t["best"] is None else repr(t["best"]), t["best_epoch"] or "",
+                         "" if t["seconds"] is None else f"{t['seconds']:.3f}", t["status"], t["error"]])
+    return buf.getvalue()
+
+
+def plot(report: dict, space: tuple[Dimension, ...], path) -> None:
+    """One panel per hyper-parameter: the metric of each finished trial against its value (a
+    log axis for a log-scale dimension, categories for a choice of text), round 2 in another
+    colour, the best trial starred."""
+    done = [t for t in report["trials"] if t["status"] == "done" and t["best"] is not None
+            and math.isfinite(t["best"])]
+    fig, axes = figure(max(1, len(space)))
+    for ax, dim in zip(axes, space):
+        numeric = dim.kind != "choice" or all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                              for c in dim.choices)
+        labels = [value_text(c) for c in dim.choices]
+        for round_, color in ((1, "C0"), (2, "C1")):
+            points = [(_x(t["params"][dim.key], numeric, labels), t["best"]) for t in done if t["round"] == round_]
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, color=color, s=22, label="round 1" if round_ == 1 else "round 2 (refined)")
+        if done:
+            best = done[0]
+            ax.scatter([_x(best["params"][dim.key], numeric, labels)], [best["best"]], marker="*", s=180, color="C3", zorder=3,
+                       label=f"best ({best['id']})")
+            ax.legend(fontsize="small")
+        if dim.log:
+            ax.set_xscale("log")
+        if dim.kind != "choice":  # the whole range searched, so a crowded corner shows as one
+            pad = (dim.high / dim.low) ** 0.03 if dim.log else (dim.high - dim.low) * 0.03
+            ax.set_xlim(*((dim.low / pad, dim.high * pad) if dim.log else (dim.low - pad, dim.high + pad)))
+        elif numeric:
+            ax.set_xticks(list(dim.choices), labels)
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+        ax.set(xlabel=dim.key + (" (log scale)" if dim.log else ""), ylabel=report["metric"],
+               title=f"{report['metric']} against {dim.key}")
+    save_figure(fig, path)
+
+
+def _x(value, numeric: bool, labels: list[str]):
+    """Where a value sits on its panel's axis: itself, or the position of its category."""
+    if numeric:
+        return value
+    text = value_text(value)
+    return labels.index(text) if text in labels else -1

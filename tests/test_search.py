@@ -1,0 +1,192 @@
+"""`dslc search`: the search block and --space (checked like settings), sampling (random on
+log scales, grids, coarse to fine), and whole searches on the shipped digits as ordinary run
+directories in parallel processes: the table, the JSON, the plot, resuming a search killed
+with SIGKILL without repeating a finished trial, and never a look at the test set."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import dslc
+from dslc.diagnostics import CompileError
+from dslc.frontend.recipe_search import Dimension
+from dslc.runtime import sampling
+from dslc.runtime.recipes import model_and_recipe
+from dslc.runtime.runs import read_records
+from helpers import MODELS, run_cli as run
+
+MLP = """
+model mlp(hidden: int = 16, classes: int = 10) {{
+    input image : f32[N, 64]
+    input label : i64[N]
+    fc1: h = image |> linear(hidden) |> relu
+    fc2: logits = h |> linear(classes)
+    metric accuracy(logits, label)
+    loss cross_entropy(logits, label)
+}}
+
+train mlp {{
+    data = digits()
+    split = validation(0.1, test=0.2, seed=0)
+    epochs = 2
+    optimizer = adam(lr=3e-3)
+    search {{
+        {space}
+    }}
+}}
+"""
+SPACE = "lr = loguniform(1e-3, 1e-1)\n        batch = choice(32, 64)"
+REF = ("--device", "reference")  # trials on the NumPy interpreter: nothing to compile, quick to start
+
+
+def write(tmp_path, space=SPACE, name="m.net"):
+    path = tmp_path / name
+    path.write_text(MLP.format(space=space))
+    return path
+
+
+# ---- the space ------------------------------------------------------------------------------
+
+def test_the_shipped_digits_mlp_carries_a_log_rate_and_a_width():
+    _, recipe = model_and_recipe(MODELS / "digits_mlp.net")
+    dims = {d.key: d for d in recipe.space}
+    assert dims["lr"].kind == "loguniform" and dims["lr"].log and (dims["lr"].low, dims["lr"].high) == (1e-4, 0.1)
+    assert dims["hidden"].kind == "choice" and dims["hidden"].choices == (32, 64, 128, 256)
+
+
+@pytest.mark.parametrize("space, code, line, message", [
+    ("hiden = choice(8, 16)", "E0515", 17, "'hiden' is neither a recipe setting nor a hyper-parameter"),
+    ("lr = loguniform(0, 0.1)", "E0515", 17, "loguniform() needs 0 < low < high, got 0 and 0.1"),
+    ("optimizer.lr = uniform(-1, 1)", "E0505", 17, "lr must be > 0, got -1"),
+    ("hidden = uniform(8, 32)", "E0515", 17, "hidden is an integer: search it with int_uniform"),
+    ("optimizer.momentum = choice(0.5, 0.9)", "E0515", 17, "adam() has no argument 'momentum'"),
+    ("lr = 0.01", "E0515", 17, "lr must be a distribution"),
+    ("lr = choice(0.01)", "E0515", 17, "choice() needs at least two values"),
+    ("lr = choice(0.1, 0.2)\n        lr = choice(0.3, 0.4)", "E0508", 18, "'lr' is searched twice"),
+])
+def test_search_block_mistakes_are_located(tmp_path, space, code, line, message):
+    with pytest.raises(CompileError) as err:
+        dslc.load(write(tmp_path, space))
+    d = err.value.diagnostics[0]
+    assert (d.code, d.span.line) == (code, line) and message in f"{d.message} {d.hint}", d.message
+
+
+def test_a_block_of_another_name_and_search_as_an_ordinary_name(tmp_path, net):
+    path = tmp_path / "x.net"
+    path.write_text(MLP.format(space=SPACE).replace("search {", "serch {"))
+    with pytest.raises(CompileError, match="unknown block 'serch' in a train block"):
+        dslc.load(path)
+    # `search` is no keyword: models may still use it as a name
+    dslc.load(net("model m(search: int = 2) {\n input x : f32[N, 2]\n search = x |> relu\n output y = search\n}"))
+
+
+def test_space_on_the_command_line(tmp_path, capsys):
+    path = write(tmp_path)
+    code, _, err = run(capsys, "search", path, "--space", "hidden=uniform(8, 16)", "--out", tmp_path / "s")
+    assert code == 2 and "--space hidden=uniform(8, 16): hidden is an integer" in err
+    code, _, err = run(capsys, "search", path, "--space", "lr", "--out", tmp_path / "s")
+    assert code == 2 and "expected KEY=DISTRIBUTION" in err
+    code, _, err = run(capsys, "search", path, "--grid", "--trials", "3")
+    assert code == 2 and "--trials cannot go with it" in err
+    bare = tmp_path / "bare.net"
+    bare.write_text(MLP.format(space="").replace("search {\n        \n    }", ""))
+    code, _, err = run(capsys, "search", bare, "--out", tmp_path / "s")
+    assert code == 2 and "has no search block" in err
+
+
+# ---- sampling -------------------------------------------------------------------------------
+
+def test_random_points_cover_a_log_scale_evenly():
+    space = (Dimension("lr", "loguniform", 1e-4, 1e-1), Dimension("hidden", "int_loguniform", 8, 256),
+             Dimension("p", "uniform", 0.2, 0.6), Dimension("opt", "choice", choices=("sgd(lr=0.1)", "adam()")))
+    points = sampling.sample(space, 4000, np.random.default_rng(0))
+    lrs = np.array([p["lr"] for p in points])
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1e-1
+    decades = np.histogram(np.log10(lrs), bins=[-4, -3, -2, -1])[0]
+    assert np.all(np.abs(decades / len(lrs) - 1 / 3) < 0.03)  # a third per decade, not 90% in the top one
+    widths = [p["hidden"] for p in points]
+    assert all(isinstance(w, int) and 8 <= w <= 256 for w in widths) and np.median(widths) < 64
+    assert {p["opt"] for p in points} == {"sgd(lr=0.1)", "adam()"}
+
+
+def test_grid_and_refine():
+    space = (Dimension("lr", "loguniform", 1e-4, 1e-1), Dimension("b", "choice", choices=(32, 64)))
+    points = sampling.grid(space, 4)
+    assert len(points) == 8 and sorted({p["lr"] for p in points}) == [1e-4, 1e-3, 1e-2, 1e-1]
+    results = [({"lr": lr, "b": b}, -abs(math.log10(lr) + 2) + (b == 64) * 0.1) for lr in np.geomspace(1e-4, 0.1, 20)
+               for b in (32, 64)]
+    lr, b = sampling.refine(space, results, "max")
+    assert 1e-3 < lr.low < 1e-2 < lr.high < 1e-1 and lr.kind == "loguniform" and b.choices in ((64,), (32, 64))
+
+
+# ---- whole searches -------------------------------------------------------------------------
+
+def test_search_trains_trials_in_parallel_and_ranks_them_on_validation(tmp_path, capsys):
+    path = write(tmp_path)
+    out = tmp_path / "s"
+    code, stdout, stderr = run(capsys, "search", path, "--trials", "3", "--jobs", "2", "--refine", "1", "--out", out,
+                               "--json", *REF)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    trials = report["trials"]
+    assert report["metric"] == "val_accuracy" and report["mode"] == "max" and len(trials) == 4
+    assert [t["round"] for t in sorted(trials, key=lambda t: t["id"])] == [1, 1, 1, 2]
+    assert all(t["status"] == "done" for t in trials)
+    scores = [t["best"] for t in trials]
+    assert scores == sorted(scores, reverse=True) and report["best"]["id"] == trials[0]["id"]
+    assert "[4/4] trial-004" in stderr and "refining: lr loguniform(" in stderr
+    for t in trials:  # ordinary run directories, trained with the point's --set and never tested
+        run_dir = out / t["id"]
+        config = json.loads((run_dir / "config.json").read_text())
+        assert float(config["overrides"]["lr"]) == t["params"]["lr"]
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["best"] == t["best"] and not [k for k in result if k.startswith("test")]
+        assert not [k for r in read_records(run_dir / "metrics.jsonl") for k in r if k.startswith("test")]
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "trial,round,lr,batch,val_accuracy,best_epoch,seconds,status,error" and len(rows) == 5
+    # the same command again trains nothing more and prints the table
+    code, stdout, _ = run(capsys, "search", path, "--trials", "3", "--jobs", "2", "--refine", "1", "--out", out, *REF)
+    assert code == 0 and stdout.splitlines()[0].startswith("search of mlp: 4 trials (4 done), val_accuracy")
+    assert "trials to train" not in stdout
+    code, _, err = run(capsys, "search", path, "--trials", "4", "--out", out, *REF)
+    assert code == 1 and "settings.trials: 3 -> 4" in err and "--force" in err
+
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
+    path = write(tmp_path, "lr = loguniform(1e-3, 1e-1)")
+    out = tmp_path / "s"
+    argv = [sys.executable, "-m", "dslc.cli", "search", str(path), "--trials", "4", "--jobs", "1", "--epochs", "2",
+            "--out", str(out), *REF]
+    search = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        second = out / "trial-002" / "result.json"
+        deadline = time.monotonic() + 120
+        while not second.exists() and time.monotonic() < deadline and search.poll() is None:
+            time.sleep(0.05)
+        assert second.exists()
+        search.send_signal(signal.SIGKILL)
+        search.wait(30)
+    finally:
+        search.kill()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trial-*/result.json")}
+    time.sleep(0.5)  # a trial orphaned by the kill would write on (PR_SET_PDEATHSIG ends it)
+    assert {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trial-*/result.json")} == finished
+    # and trial-002 as if the kill had come after its last checkpoint but before its end
+    second.unlink()
+    del finished["trial-002"]
+    (out / "trial-002" / "trial.json").write_text(json.dumps({"status": "pending"}))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{4 - len(finished)} of 4 trials to train" in done.stdout
+    for name, mtime in finished.items():  # kept, not trained again
+        assert (out / name / "result.json").stat().st_mtime_ns == mtime
+    assert len(list(out.glob("trial-*/result.json"))) == 4
+    assert "--resume" in json.loads((out / "trial-002" / "trial.json").read_text())["command"]
