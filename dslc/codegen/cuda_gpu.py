@@ -6,9 +6,9 @@
 
 The module holds one `extern "C" __global__` function per generated kernel, named after
 its layer (`k_stage1_conv_bn_relu_sweep`) under a header naming the ops it fuses and
-their `.net` lines (cuda_loops.py: fused loops, expand, regularisers; cuda_groups.py:
-the optimizer update and batchnorm sweeps), and the library kernels the graph's extern
-ops use (dslc/runtime/cuda/library.py), once per dtype. GEMMs are not in the source:
+their `.net` lines (written by the shared emitter, emit.py and groups.py, in the
+`Cuda` syntax table below, laid out over blocks and threads by cuda_loops.py), and the
+library kernels the graph's extern ops use (dslc/runtime/cuda/library.py), once per dtype. GEMMs are not in the source:
 the runner (dslc/runtime/cuda/runner.py) calls cuBLAS through `cupy.matmul` for
 matmul, linear and the convolutions' im2col products, and launches the rest.
 
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dslc
-from dslc.codegen import cuda_groups, cuda_loops
-from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, identifier, kernel_header
+from dslc.codegen import cuda_loops
+from dslc.codegen.emit import Emitter, Lang, form, host_of
+from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.source import Source, identifier, kernel_header
 from dslc.ir.types import Dim, Sym
 from dslc.kernels.graph import Kernel, KernelGraph, bindings
-from dslc.kernels.loop_forms import as_loop, sweep_space, sweep_supported, update_supported
+from dslc.kernels.loop_forms import as_loop, sweep_space
 from dslc.runtime.cuda import library
 
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
@@ -44,6 +45,29 @@ C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "defaul
            "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
 # Fixed names the loop emitters use for indices: never a buffer's or local's name.
 LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
+# Names a chain function's locals must not take: the math functions and constants its body calls.
+RESERVED_LOCALS = ("exp", "log", "sqrt", "erf", "tanh", "pow", "fmin", "fmax", "expm1", "fabs", "max", "min",
+                   "SQRT1_2", "INV_SQRT_2PI", "double", "float", "int", "long", "const", "case", "default")
+
+
+def _chain_head(text, params, outs: int, dtype: str):
+    """`void chain(p0, ..., r0, ...)`: results stored through r* (typed by the chain's
+    dtype: a chain's values share one)."""
+    results = [f"r{k}" for k in range(outs)]
+    head = text.wrapped("__device__ __forceinline__ void chain(",
+                        [f"double {p}" for p in params] + [f"{CTYPE[dtype]}* {r}" for r in results], ")")
+    return head, results + list(RESERVED_LOCALS)
+
+
+def _chain_results(values, dtype: str) -> list[str]:
+    return [f"*r{k} = ({CTYPE[dtype]})({v});" for k, v in enumerate(values)]
+
+
+# CUDA C: locals are `const double` (every operand loaded as a double, rounded once on
+# store by a cast); loops are grid- and block-strided (cuda_loops.py).
+CUDA = Lang(target="cuda", c=True, let="const double {name} = {value};", store="{at} = ({ctype})({value});",
+            add_to="{acc} += {value};", fmax="fmax", sqrt="sqrt", abs="fabs", library=frozenset(library.NEEDS),
+            chain_head=_chain_head, chain_results=_chain_results)
 
 
 @dataclass(frozen=True)
@@ -97,28 +121,15 @@ class CudaModule:
         return tuple(launch.position for launch in self.launches if launch.kind == "fallback")
 
 
-class Generator:
+class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        self.kg = kg
-        self.names = Namer(reserved=C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
-        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
+        super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
         self.symbols = tuple(sorted({s for b in kg.buffers for d in b.shape if isinstance(d, Sym) for s in d.syms}))
         self.segments: dict[str, int] = {}
         self.library: set[tuple[str, str, str | None]] = set()
 
-    def arg(self, buffer: str) -> str:
-        return self.buffer_names[buffer]
-
     def ctype(self, buffer: str) -> str:
         return CTYPE[self.kg.buffer(buffer).dtype]
-
-    def kernel_name(self, kernel: Kernel) -> str:
-        return self.kernel_names[kernel.name]
-
-    def local_names(self) -> Namer:
-        """Names for a kernel's locals: clear of every global, buffer and loop index."""
-        return Namer(reserved=set(self.names.taken))
 
     def params(self, kernel: Kernel) -> list[str]:
         return list(dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch))
@@ -131,7 +142,7 @@ class Generator:
         params += [f"const long long {s}" for s in self.symbols]
         return Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
 
-    def need(self, op: str, kernel: Kernel, node) -> None:
+    def need(self, op: str, node) -> None:
         """Record the library kernels extern `op` uses, for its dtypes."""
         dtype = self.kg.buffer(node.inputs[0]).dtype
         labels = [self.kg.buffer(i).dtype for i in node.inputs if self.kg.buffer(i).dtype in ("i32", "i64")]
@@ -168,53 +179,41 @@ def generate(kg: KernelGraph) -> CudaModule:
     return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels, gen.symbols)
 
 
+# What each generated form of kernel is written by (emit.form).
+EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "elementwise": cuda_loops.elementwise,
+        "epilogue": cuda_loops.elementwise, "reduce": cuda_loops.reduce, "update": cuda_loops.update,
+        "sweep": cuda_loops.sweep}
+
+
 def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     """Write kernel k's function (if it has one) and say how it is launched."""
-    if k.kind == "view":
-        return Launch(pos, "view", k.name)
+    how = form(gen, k)
+    if how in ("view", "fallback"):
+        return Launch(pos, how, k.name)
+    if how == "library":
+        gen.need(k.nodes[0].op, k.nodes[0])
+        return Launch(pos, "library", k.name)
+    EMIT[how](gen, src, k)
     out = gen.kg.buffer(k.outputs[0])
     generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)), **kw)
-    if k.kind == "extern":
-        node = k.nodes[0]
-        if node.op in library.NEEDS:
-            gen.need(node.op, k, node)
-            return Launch(pos, "library", k.name)
-        if node.op == "expand" and out.type.is_float:
-            cuda_loops.expand(gen, src, k)
-            return generated(work=out.shape)
-        if node.op in cuda_loops.PENALTY:
-            cuda_loops.regulariser(gen, src, k)
-            return generated(per_block=True)
-        return Launch(pos, "fallback", k.name)
-    if k.kind == "fused":
+    if how == "regulariser":
+        return generated(per_block=True)
+    if how == "reduce":
         body = k.nodes[0].attr("body")
-        elementwise = body[:-1] if k.op == "reduce" else body
-        if not all(b.op == "const" or b.op in cuda_loops.HOSTS or has_scalar(b.op) for b in elementwise):
-            return Launch(pos, "fallback", k.name)
-        host = next((b for b in body if b.op in cuda_loops.HOSTS), None)
-        if host is not None and not all(r.startswith("$") for r in host.inputs):
-            return Launch(pos, "fallback", k.name)  # elementwise work before the host: no buffer for it
-        if k.op == "reduce":
-            if body[-1].op not in ("sum", "mean"):
-                return Launch(pos, "fallback", k.name)
-            cuda_loops.reduce(gen, src, k)
-            axes = body[-1].attr("axis")
-            space = k.nodes[0].type.shape if body[-1].attr("keepdims") or axes is None else None
-            kept = out.shape if space is None else tuple(d for d in space if d != 1)
-            return generated(work=kept, per_block=True)
-        cuda_loops.elementwise(gen, src, k)
-        if host is not None:
-            gen.need(host.op, k, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
-            return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=out.shape)
-        return generated(work=out.shape)
-    if k.op == "update" and update_supported(gen.kg, k):
-        cuda_groups.update(gen, src, k)
+        axes = body[-1].attr("axis")
+        space = k.nodes[0].type.shape if body[-1].attr("keepdims") or axes is None else None
+        kept = out.shape if space is None else tuple(d for d in space if d != 1)
+        return generated(work=kept, per_block=True)
+    if how == "epilogue":
+        host = host_of(k.nodes[0].attr("body"))
+        gen.need(host.op, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
+        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=out.shape)
+    if how == "update":
         largest = max((n.type.shape for n in k.nodes), key=lambda s: _prod(s))
         return generated(work=largest, segments=gen.segments[k.name])
-    if k.op == "sweep" and sweep_supported(gen.kg, k):
-        cuda_groups.sweep(gen, src, k)
+    if how == "sweep":
         return generated(work=(sweep_space(gen.kg, k)[1],), per_block=True)
-    return Launch(pos, "fallback", k.name)
+    return generated(work=out.shape)  # elementwise, expand
 
 
 def _module_header(src: Source, kg: KernelGraph, launches: list[Launch]) -> None:
@@ -237,7 +236,7 @@ def _launch_order(src: Source, kernels, launches: list[Launch]) -> None:
         node = k.nodes[0]
         text = {"generated": launch.function, "view": f"(a view of {k.inputs[0] if k.inputs else ''})",
                 "library": f"library {node.op}", "fallback": f"host fallback: {'+'.join(n.op for n in k.covers())}",
-                "epilogue": f"library {next(b.op for b in node.attr('body') if b.op in cuda_loops.HOSTS)}, "
+                "epilogue": f"library {host_of(node.attr('body')).op}, "
                             f"then {launch.function}" if launch.kind == "epilogue" else ""}[launch.kind]
         src.comment(f"  {launch.position:>3}{' prologue' if k.prologue else ''}  {k.name}: {text}")
 

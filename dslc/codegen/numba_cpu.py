@@ -23,37 +23,48 @@ golden diffs rely on it.
 from __future__ import annotations
 
 import dslc
-from dslc.codegen import externs, groups, loops
+from dslc.codegen import externs, numba_loops
 from dslc.codegen.cache import numba_version
-from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, kernel_header, where
+from dslc.codegen.emit import Emitter, Lang, form
+from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.source import Source, kernel_header, where
 from dslc.ir.types import concrete
 from dslc.kernels.graph import Kernel, KernelGraph
-from dslc.kernels.loop_forms import as_loop, sweep_supported, update_supported
+from dslc.kernels.loop_forms import as_loop
 
 MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
                   "workspace", "fallback", "BUFFERS", "FALLBACK", "max", "min") + tuple(CONSTANTS)
 
 
-class Generator:
+def _chain_head(text, params, outs: int, dtype: str):
+    return f"def chain({', '.join(params)}):", ["math", "max", "min"]
+
+
+def _chain_results(values, dtype: str) -> list[str]:
+    return [f"return {', '.join(values)}{',' if len(values) == 1 else ''}"]
+
+
+# Python for Numba: locals are plain names (float32 operands meet float literals in
+# float64, rounded once on store); loops are range/prange over the arrays' shapes (numba_loops.py).
+PYTHON = Lang(target="cpu", c=False, let="{name} = {value}", store="{at} = {value}", add_to="{acc} += {value}",
+              fmax="max", sqrt="math.sqrt", abs="abs", library=frozenset(externs.CALLS),
+              chain_head=_chain_head, chain_results=_chain_results)
+
+# What each generated form of kernel is written by (emit.form); library calls and
+# fallbacks are lines of the drivers, not functions.
+EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "elementwise": numba_loops.elementwise,
+        "epilogue": numba_loops.elementwise, "reduce": numba_loops.reduce, "update": numba_loops.update,
+        "sweep": numba_loops.sweep}
+
+
+class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        self.kg = kg
-        self.names = Namer(reserved=MODULE_GLOBALS + tuple(externs.HELPERS))
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
-        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
-        self.globals = self.names
+        super().__init__(kg, PYTHON, MODULE_GLOBALS + tuple(externs.HELPERS))
         self.params: dict[str, list[str]] = {}
         self.fallback: list[int] = []
         self.helpers: set[str] = set()
         self.kernels: list[Kernel] = list(kg.kernels)
-        self.scratch_bytes = 0  # per thread: float64 scratch of rows-layout sweeps (groups.py)
-
-    # ---- what kernels need from the generator -------------------------------------------
-    def arg(self, buffer: str) -> str:
-        return self.buffer_names[buffer]
-
-    def kernel_name(self, kernel: Kernel) -> str:
-        return self.kernel_names[kernel.name]
+        self.scratch_bytes = 0  # per thread: float64 scratch of rows-layout sweeps (numba_loops.py)
 
     def bound(self, buffer: str) -> tuple[int, ...]:
         """A shape with the batch bound to 1: only its static (spatial) sizes may be used."""
@@ -61,10 +72,6 @@ class Generator:
 
     def buffer_params(self, kernel: Kernel) -> list[str]:
         return [self.arg(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
-
-    def local_names(self, kernel: Kernel) -> Namer:
-        """Names for a kernel's locals: clear of every global and of its parameters."""
-        return Namer(reserved=set(self.names.taken))
 
     def signature(self, src: Source, kernel: Kernel, parallel: bool, workspace: bool = False,
                   accumulate: bool = False) -> str:
@@ -117,41 +124,16 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
 
 def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
     """Write kernel k's function; False when it must fall back to the references."""
-    if k.kind == "extern":
-        if k.nodes[0].op in externs.HELPERS:
-            gen.helpers.add(k.nodes[0].op)
-        if externs.has_library(k.nodes[0].op):
-            gen.params[k.name] = [gen.arg(b) for b in k.inputs + k.outputs]
-            return True
-        if k.nodes[0].op == "expand" and gen.kg.buffer(k.name).type.is_float:
-            loops.expand(gen, src, k)
-            return True
-        if k.nodes[0].op in loops.PENALTY:
-            loops.regulariser(gen, src, k)
-            return True
+    if k.kind == "extern" and k.nodes[0].op in externs.HELPERS:
+        gen.helpers.add(k.nodes[0].op)
+    how = form(gen, k)
+    if how == "fallback":
         return False
-    if k.kind == "fused":
-        body = k.nodes[0].attr("body")
-        elementwise = body[:-1] if k.op == "reduce" else body
-        if not all(b.op in ("const",) + loops.HOSTS or has_scalar(b.op) for b in elementwise):
-            return False
-        host = next((b for b in body if b.op in loops.HOSTS), None)
-        if host is not None and not all(r.startswith("$") for r in host.inputs):
-            return False  # elementwise work before the host: it needs a buffer the body does not have
-        if k.op == "reduce":
-            if body[-1].op not in ("sum", "mean") or "identity" not in k.index_maps:
-                return False
-            loops.reduce(gen, src, k)
-        else:
-            loops.elementwise(gen, src, k)
-        return True
-    if k.op == "update" and update_supported(gen.kg, k):
-        groups.update(gen, src, k)
-        return True
-    if k.op == "sweep" and sweep_supported(gen.kg, k):
-        groups.sweep(gen, src, k)
-        return True
-    return False
+    if how == "library":
+        gen.params[k.name] = [gen.arg(b) for b in k.inputs + k.outputs]
+    else:
+        EMIT[how](gen, src, k)
+    return True
 
 
 def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:

@@ -1,6 +1,6 @@
 """Which kernels a code generator writes as scalar loops, and in what form: shared by the
-Numba generator (dslc/codegen/numba_cpu.py, groups.py) and the CUDA one (cuda_gpu.py,
-cuda_groups.py), so both backends agree on what they generate and what falls back.
+code generators' one emitter (dslc/codegen/emit.py, groups.py), so the Numba and CUDA
+backends agree on what they generate and what falls back.
 
     kernels = [as_loop(k, kg) for k in kg.kernels]   # a lone sum -> a one-node reduce loop
     update_supported(kg, k)   # the optimizer group: one scalar chain per parameter
