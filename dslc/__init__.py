@@ -4,9 +4,8 @@
     m = dslc.load("models/lenet5.net", width=32)
     print(m.summary().text())
 """
-__version__ = "0.1.0"
-
-from dslc.diagnostics import CompileError  # noqa: E402
-from dslc.model import Model, load  # noqa: E402
+from dslc.diagnostics import CompileError
+from dslc.model import Model, load
+from dslc.version import __version__
 
 __all__ = ["CompileError", "Model", "load", "__version__"]

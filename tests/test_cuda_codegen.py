@@ -5,7 +5,7 @@
   where a C++ compiler exists; the CPU ones are checked against the references by
   tests/test_numba_backend.py), at points on both sides of every kink;
 - generation is byte-identical, names kernels after layers with `.net` lines, never
-  imports CuPy, and `emit_cuda` writes the module;
+  imports CuPy;
 - where `nvcc` is on the PATH, the generated module of every model in models/ (train_step
   and infer, default sizes) compiles with `nvcc -cubin` for sm_80 and sm_90: one nvcc call
   per architecture for all modules. digits_mlp compiles unmarked for each architecture;
@@ -32,13 +32,13 @@ import pytest
 
 import dslc
 from dslc.cli import main
-from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, emit_cuda, generate
+from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, generate
 from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
 from dslc.ir.types import Sym
 from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
-from dslc.runtime.cuda import library
+from dslc.codegen import cuda_library as library
 from dslc.runtime.host import to_host
 from dslc.stages import build
 from tests.conftest import MODELS
@@ -176,12 +176,6 @@ def test_generating_needs_no_cupy():
             # the emitter is shared (dslc/codegen/emit.py, groups.py); the Numba side is not needed
             "assert not {'dslc.codegen.numba_cpu', 'dslc.codegen.numba_loops', 'numba'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_emit_cuda_writes_the_module(tmp_path):
-    path = emit_cuda(dslc.load(MODELS / "digits_mlp.net"), "infer", tmp_path / "out")
-    assert path == tmp_path / "out" / "digits_mlp_infer.cu"
-    assert path.read_text() == module("digits_mlp.net", "infer").source
 
 
 def test_a_gpu_device_without_cupy_is_a_clear_error():

@@ -164,13 +164,16 @@ def _compile_gpu(args) -> int:
     import shutil
 
     import dslc
-    from dslc.codegen.cuda_gpu import stage_module
+    from dslc.codegen.cuda_gpu import generate
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    from dslc.stages import build
     model = dslc.load(args.file, model=args.model, **parse_sets(args.set))
     nvcc = None if args.no_build else shutil.which("nvcc")
     arch = args.arch or _local_arch()
     for stage in _stages(model, list(dict.fromkeys(args.stage or STAGES))):
         start = time.perf_counter()
-        module = stage_module(model, stage)
+        module = generate(lower(optimize(build(model, stage))[0]))
         path = _write_cu(args, model.name, stage, module.source)
         count = {kind: sum(launch.kind == kind for launch in module.launches)
                  for kind in ("generated", "epilogue", "library", "fallback")}

@@ -23,11 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-import dslc
 from dslc.codegen.source import identifier
 from dslc.debug import cache_dir
 from dslc.files import write_atomic
 from dslc.kernels.graph import KernelGraph
+from dslc.version import __version__
 
 
 def kernel_text(kg: KernelGraph) -> str:
@@ -51,14 +51,15 @@ def digest(root: Path, pattern: str) -> str:
 
 @lru_cache(maxsize=None)
 def library_digest() -> str:
-    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py)."""
-    from dslc.runtime import cpu
-    return digest(Path(cpu.__file__).parent, "*.py")
+    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py), found without
+    importing them (the runtime sits above code generation)."""
+    runtime = importlib.util.find_spec("dslc.runtime").submodule_search_locations[0]
+    return digest(Path(runtime) / "cpu", "*.py")
 
 
 def key(kg: KernelGraph, source: str) -> str:
     h = hashlib.sha256()
-    for part in (dslc.__version__, numba_version(), library_digest(), kernel_text(kg), source):
+    for part in (__version__, numba_version(), library_digest(), kernel_text(kg), source):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -97,7 +98,7 @@ def code_digest() -> str:
     """The hash of everything that turns a .net file into kernels: dslc's own sources (the
     front end, passes, code generator), its grammar and the CPU library."""
     import dslc.grammar
-    package = Path(dslc.__file__).parent
+    package = Path(__file__).resolve().parents[1]
     return hashlib.sha256("".join((digest(package, "**/*.py"), digest(Path(dslc.grammar.__file__).parent, "*.lark"),
                                    library_digest())).encode()).hexdigest()
 
@@ -105,7 +106,7 @@ def code_digest() -> str:
 def record_path(request: dict) -> Path:
     """Where the build record of a compile request lives: keyed by the request (file, model,
     settings, stages, batch), the code that compiles it, the versions and the cache locations."""
-    ident = json.dumps([request, dslc.__version__, numba_version(), code_digest(),
+    ident = json.dumps([request, __version__, numba_version(), code_digest(),
                         os.environ.get("NUMBA_CACHE_DIR", ""), str(cache_dir())], sort_keys=True)
     return cache_dir() / "built" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 

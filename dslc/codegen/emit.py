@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from dslc.codegen.scalar import expression, has_scalar, literal
+from dslc.codegen.scalar import expression, has_scalar, has_summand, literal, summand
 from dslc.codegen.source import Namer
 from dslc.kernels.graph import Kernel, KernelGraph
-from dslc.kernels.loop_forms import update_supported, sweep_supported
+from dslc.kernels.loop_forms import sweep_supported, update_supported
+from dslc.ops.registry import epilogue_host
 
-HOSTS = ("matmul", "linear", "conv2d")
 CTYPE = {"f32": "float", "f64": "double", "i32": "int", "i64": "long long"}  # C's name of each dtype
 
 # What a kernel becomes (form()): no code, a library call, one of the generated kernel
@@ -41,7 +41,7 @@ class Lang:
     let        a new local holding a double that is never reassigned: {name}, {value}
     store      `value` (computed in double) into element `at` of a buffer: {at}, {value}, {ctype}
     add_to     acc += value: {acc}, {value}
-    fmax, sqrt, abs   the names of those math functions
+    fmax, sqrt the names of those math functions
     library    the extern ops the language's library computes
     chain_head, chain_results   the header and the stores of an update's chain function
                (groups.chain_text): functions, as the two languages return values differently
@@ -54,7 +54,6 @@ class Lang:
     add_to: str
     fmax: str
     sqrt: str
-    abs: str
     library: frozenset
     chain_head: Callable
     chain_results: Callable
@@ -99,7 +98,7 @@ class Emitter:
 
 def host_of(body):
     """The node of a fused body that a library kernel computes first (an epilogue's host), or None."""
-    return next((b for b in body if b.op in HOSTS), None)
+    return next((b for b in body if epilogue_host(b.op)), None)
 
 
 def form(gen: Emitter, k: Kernel) -> str:
@@ -113,13 +112,13 @@ def form(gen: Emitter, k: Kernel) -> str:
             return "library"
         if op == "expand" and gen.kg.buffer(k.outputs[0]).type.is_float:
             return "expand"
-        if op in PENALTY:
+        if has_summand(op):
             return "regulariser"
         return "fallback"
     if k.kind == "fused":
         body = k.nodes[0].attr("body")
         elementwise = body[:-1] if k.op == "reduce" else body
-        if not all(b.op == "const" or b.op in HOSTS or has_scalar(b.op) for b in elementwise):
+        if not all(b.op == "const" or epilogue_host(b.op) or has_scalar(b.op) for b in elementwise):
             return "fallback"
         host = host_of(body)
         if host is not None and not all(r.startswith("$") for r in host.inputs):
@@ -210,11 +209,6 @@ def expand_axes(gen: Emitter, kernel: Kernel):
     return node, g_shape, space, axes
 
 
-# Per-element terms of the regularisers (dslc/ops/loss.py), summed over every input.
-PENALTY = {"l1": "{abs}({0})", "l2": "{0} * {0}", "elastic": "{beta} * {0} * {0} + {abs}({0})"}
-
-
 def penalty(lang: Lang, node, x: str) -> str:
-    """The term one element `x` adds to a regulariser's sum."""
-    attrs = {k: lang.literal(v) for k, v in node.attr_dict.items()}
-    return PENALTY[node.op].format(x, abs=lang.abs, **attrs)
+    """The term one element `x` adds to a regulariser's sum (OpDef.summand)."""
+    return summand(node.op, x, node.attr_dict, lang.target)

@@ -158,7 +158,7 @@ def index_maps(node: Node, input_types: list[TensorType]) -> tuple[str, ...]:
     host_inputs: set[str] = set()
     channel_inputs: set[str] = set()
     for b in body:
-        if b.op in ("matmul", "linear", "conv2d"):
+        if registry.epilogue_host(b.op):
             host_inputs.update(b.inputs)
         elif b.op != "const" and registry.get(b.op).elementwise == "channel":
             channel_inputs.update(b.inputs[1:])

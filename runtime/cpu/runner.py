@@ -6,7 +6,7 @@
     out["loss", "loss"]; cg.params()["fc.weight"]  # parameters are updated in place
 
 Every buffer of the kernel graph is a view into one byte array at its planned offset
-(dslc/passes/memory_plan.py); the views, the conv workspace and the argument tuple of
+(dslc/kernels/memory_plan.py); the views, the conv workspace and the argument tuple of
 the module's `step` are made once, so a steady-state step allocates nothing: it copies
 the feeds in, draws the dropout masks into their buffers, calls `step`, and copies the
 updates the plan could not do in place back. `run` returns the same dict every time,
@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from dslc.codegen import cache, externs
+from dslc.codegen.emit import host_of
 from dslc.codegen.numba_cpu import Generator, generate_with
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
@@ -35,8 +36,8 @@ from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings
 from dslc.ops import registry
-from dslc.passes.memory_plan import MemoryPlan, plan
-from dslc.runtime.cpu.geometry import default_parts
+from dslc.kernels.memory_plan import MemoryPlan, plan
+from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.profile import Profile
 
 
@@ -139,13 +140,13 @@ def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
     need = 0
     for k in kernels:
         node = k.nodes[0]
-        if k.kind == "extern" and node.op in externs.CONV_OPS:
+        if k.kind == "extern":
             need = max(need, externs.workspace_slot(node, [shape(i) for i in node.inputs], shape(node.name)))
         elif k.kind == "fused" and k.op == "epilogue":
-            for b in node.attr("body"):
-                if b.op in externs.CONV_OPS and all(r.startswith("$") for r in b.inputs):
-                    ins = [shape(node.inputs[int(r[1:])]) for r in b.inputs]
-                    need = max(need, externs.workspace_slot(b, ins, shape(node.name)))
+            host = host_of(node.attr("body"))
+            if all(r.startswith("$") for r in host.inputs):
+                ins = [shape(node.inputs[int(r[1:])]) for r in host.inputs]
+                need = max(need, externs.workspace_slot(host, ins, shape(node.name)))
     return need
 
 

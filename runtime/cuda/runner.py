@@ -6,7 +6,7 @@
     float(out["loss", "loss"]); gg.params()["fc.weight"]        # host copies on request only
 
 As dslc/runtime/cpu/runner.py, on the device: every buffer of the kernel graph is a view
-into one device byte array at its planned offset (dslc/passes/memory_plan.py); the
+into one device byte array at its planned offset (dslc/kernels/memory_plan.py); the
 generated module (dslc/codegen/cuda_gpu.py) is compiled once by NVRTC through
 `cupy.RawModule` (CuPy caches the binary on disk, keyed by the source); each launch is
 bound to its views, grid and arguments when the graph is bound, so a step copies the
@@ -33,7 +33,7 @@ from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings
 from dslc.ops import registry
-from dslc.passes.memory_plan import MemoryPlan, plan
+from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
 from dslc.runtime.host import host_block, to_host
@@ -179,7 +179,7 @@ def _host(launch: Launch, k):
         return k.nodes[0], k.nodes[0].inputs
     if launch.kind == "epilogue":
         body = k.nodes[0].attr("body")
-        host = next(b for b in body if b.op in ("matmul", "linear", "conv2d"))
+        host = next(b for b in body if registry.epilogue_host(b.op))
         return host, tuple(k.inputs[int(r[1:])] for r in host.inputs)
     return None, ()
 
