@@ -141,13 +141,31 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def numba_indexes(modules) -> list[Path]:
-    """The Numba cache index files of every cached kernel defined in `modules` (after a run
-    has compiled and saved them): a build is current only while these exist."""
-    out = []
-    for module in modules:
-        for value in vars(module).values():
-            index = getattr(getattr(getattr(value, "_cache", None), "_cache_file", None), "_index_path", None)
-            if index and getattr(value, "signatures", None) and getattr(value, "__module__", "") == module.__name__:
-                out.append(Path(index))
-    return out
+# ---- built kernels: a function compiled for argument types, wherever Numba keeps it ----
+
+def _built_path(where, types) -> Path:
+    """The marker of library function or shared kernel `where` built for `types`
+    (numba_cpu.driver_calls), keyed also by the versions, the library's sources and
+    Numba's cache directory."""
+    library = library_digest() if where[0].startswith("dslc.") else ""
+    ident = json.dumps([list(where), list(types), __version__, numba_version(), library,
+                        os.environ.get("NUMBA_CACHE_DIR", "")])
+    return cache_dir() / "built" / "kernels" / hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def write_built(where, types, index: str | None) -> None:
+    """Note that `where` is compiled for `types`, its machine code indexed by Numba's file `index`."""
+    path = _built_path(where, types)
+    if index and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, index.encode(), durable=False)
+
+
+def built_index(where, types) -> Path | None:
+    """Numba's index file of `where` compiled for `types`, when a process noted it and it is
+    still there; else None (it must be compiled, or at least loaded, to know)."""
+    try:
+        index = Path(_built_path(where, types).read_text())
+    except OSError:
+        return None
+    return index if index.exists() else None

@@ -6,9 +6,6 @@ inputs' static shapes (geometry needs H and W, which are never symbolic). Convol
 share one `workspace` [threads, slot] (im2col blocks); `workspace_slot` sizes a slot
 for a bound batch. An op missing here has no library kernel yet: the generator runs its NumPy
 reference instead (it allocates), see `numba_cpu.py`.
-
-A few small kernels with no library home (accuracy) are written here as source and
-emitted into the generated module that uses them.
 """
 from __future__ import annotations
 
@@ -51,29 +48,11 @@ CALLS: dict[str, Callable] = {
     "cross_entropy": lambda n, a, s: f"softmax.softmax_cross_entropy_forward({a[0]}, {a[1]}, {a[-1]})",
     "cross_entropy_grad": lambda n, a, s: (f"softmax.softmax_cross_entropy_backward({a[0]}, {a[1]}, {a[2]}, "
                                            f"{a[-1]})"),
-    "accuracy": lambda n, a, s: f"accuracy({a[0]}, {a[1]}, {a[-1]})",
+    "accuracy": lambda n, a, s: f"softmax.accuracy({a[0]}, {a[1]}, {a[-1]})",
 }
 
 # Library modules the calls above name, imported by every generated module.
 IMPORTS = "from dslc.runtime.cpu import conv, gemm, pool, softmax"
-
-# Kernels with no library module yet, emitted into the generated module when used.
-HELPERS = {
-    "accuracy": '''\
-@njit(cache=True, error_model="numpy")
-def accuracy(logits, label, out):
-    """out[()] = the fraction of rows whose first maximum is at the label (np.argmax's tie rule)."""
-    hits = 0
-    for i in range(logits.shape[0]):
-        best = 0
-        for k in range(1, logits.shape[1]):
-            if logits[i, k] > logits[i, best]:
-                best = k
-        hits += best == label[i]
-    out[()] = hits / logits.shape[0]
-''',
-}
-
 
 def has_library(op: str) -> bool:
     return op in CALLS

@@ -81,7 +81,7 @@ class Sweep:
     def __init__(self, gen, kernel):
         self.gen, self.kernel, self.kg, self.lang = gen, kernel, gen.kg, gen.lang
         self.space = sweep_space(self.kg, kernel)
-        self.names = gen.local_names()
+        self.names = None  # the kernel's local names, made when passes() starts (after its parameters)
         self.phase = {m: p for p, part in enumerate(kernel.parts) for m in part}
         self.by = {n.name: n for n in kernel.nodes}
         self.chan: dict[str, str] = {}  # per-channel values of the current c
@@ -120,6 +120,7 @@ class Sweep:
     def passes(self) -> list[tuple[str, Source, Source, Source]]:
         """Per pass: (a comment, what runs before the element loop, in it, after it)."""
         kernel, lang = self.kernel, self.lang
+        self.names = self.gen.local_names()
         means = {n.inputs[1] for n in kernel.nodes if n.op == "var_grad"}  # x whose mean var_grad needs
         self.setup()
         stats: dict[str, tuple[str, str, str]] = {}  # x -> (shift, sum of x - shift, sum of squares)

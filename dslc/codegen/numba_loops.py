@@ -1,7 +1,11 @@
 """Numba's loop nests: how each generated kernel is spread over `range`/`prange` loops.
 
-What a kernel computes is the shared emitter's (emit.py, groups.py); this module only
-lays it out as Python loops over the arrays' shapes:
+What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
+it out as Python loops over arrays the runner passes already shaped for the loop (a
+*view* of a buffer: flat, [N, C, S] or [N, C]; numba_cpu.VIEWS). A kernel never
+reshapes, so its text and its compiled code do not depend on the ranks or sizes of the
+buffers, only on the loop's form: one compiled kernel serves every layer, model and
+width with the same text.
 
     flat     every input identity or scalar: one loop over all elements (vectorises)
     channel  some input is per-channel: loops (n, c, j) over the output seen as
@@ -11,10 +15,10 @@ lays it out as Python loops over the arrays' shapes:
 
 A reduce kernel iterates over its root's input: the kept axes outside (each output
 element owns one float64 accumulator, so threads never share one), the reduced axes
-inside. An epilogue kernel first calls its host (matmul, linear, conv2d) into the
-output buffer, then runs the elementwise tail in place over it. An update kernel is one
-loop per segment calling the chain's function; a sweep is one parallel loop over
-channels (or, over [N, C], blocks of channels walked along rows).
+inside. An epilogue's host (matmul, linear, conv2d) is a library call of the driver;
+its tail is an elementwise kernel running in place over the host's output. An update
+kernel runs one segment (parameter): the driver calls it once per segment. A sweep is
+one parallel loop over channels (or, over [N, C], blocks of channels walked along rows).
 
 The outermost loop is a `prange` when the kernel is big enough to pay for waking the
 thread pool (PARALLEL_MIN elements at the nominal batch size; the source cannot depend
@@ -48,10 +52,6 @@ def index(rank: int, var: str = "i") -> str:
     return ", ".join(f"{var}{a}" for a in range(rank)) if rank else "()"
 
 
-def first(rank: int) -> str:
-    return ", ".join(["0"] * rank) if rank else "()"
-
-
 def _style(maps, rank: int) -> str:
     kinds = set(maps) - {"host"}
     if kinds <= {"identity", "scalar"}:
@@ -70,45 +70,54 @@ def _broadcast_index(in_shape, space) -> str:
     return ", ".join(parts)
 
 
+# The view of an identity input (and of the output) in each loop style; a scalar input
+# is always a flat view read at [0], a per-channel or broadcast one the buffer itself.
+STYLE_VIEW = {"flat": "flat", "channel": "ncs", "nd": ""}
+
+
 class Loads:
     """How each kernel input is read in the chosen loop style (hoisted where it can be)."""
 
     def __init__(self, gen, kernel, space, style):
         self.gen, self.kernel, self.space, self.style = gen, kernel, space, style
-        self.names = gen.local_names()
-        self.shapes = [gen.kg.buffer(i).shape for i in kernel.inputs]
-
-    def hoist(self, src, maps) -> None:
-        """Scalars before the loops; flat and [N, C, S] views of identity inputs."""
         self.local: dict[int, str] = {}
-        self.view: dict[int, str] = {}
-        for k, (name, m) in enumerate(zip(self.kernel.inputs, maps)):
-            arr = self.gen.arg(name)
+        self.names = None  # the kernel's local names: made once its parameters are named (start)
+
+    def start(self) -> None:
+        self.names = self.gen.local_names()
+
+    def view(self, k: int) -> str | None:
+        """The view kernel input k is passed as (None: the host's, not passed)."""
+        m = self.kernel.index_maps[k]
+        if m == "host":
+            return None
+        return "flat" if m == "scalar" else STYLE_VIEW[self.style] if m == "identity" else ""
+
+    def params(self) -> list[str]:
+        return [self.gen.view(i, v) for k, i in enumerate(self.kernel.inputs) if (v := self.view(k)) is not None]
+
+    def hoist(self, src) -> None:
+        """Scalars, once before the loops."""
+        for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
             if m == "scalar":
                 self.local[k] = self.names.fresh(tail(name))
-                src.line(f"{self.local[k]} = {arr}[{first(len(self.shapes[k]))}]")
-            elif m == "identity" and self.style == "flat":
-                self.view[k] = self.names.fresh(arr + "_f")
-                src.line(f"{self.view[k]} = {arr}.reshape(-1)")
-            elif m == "identity" and self.style == "channel":
-                self.view[k] = self.names.fresh(arr + "_3")
-                src.line(f"{self.view[k]} = {arr}.reshape({arr}.shape[0], {arr}.shape[1], -1)")
+                src.line(f"{self.local[k]} = {self.gen.view(name, 'flat')}[0]")
 
-    def load(self, src, maps, level: str) -> None:
+    def load(self, src, level: str) -> None:
         """Bind the inputs read at this loop level: 'c' (per channel) or 'elem'."""
-        for k, (name, m) in enumerate(zip(self.kernel.inputs, maps)):
+        for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
             if m in ("scalar", "host") or (m == "channel") != (level == "c"):
                 continue
-            arr = self.gen.arg(name)
+            arr = self.gen.view(name, self.view(k))
             local = self.names.fresh(tail(name))
             if m == "channel":
                 at = f"{arr}[{'i1' if self.style == 'nd' else 'c'}]"
             elif self.style == "flat":
-                at = f"{self.view[k]}[i]"
+                at = f"{arr}[i]"
             elif self.style == "channel":
-                at = f"{self.view[k]}[n, c, j]"
+                at = f"{arr}[n, c, j]"
             else:
-                at = f"{arr}[{_broadcast_index(self.shapes[k], self.space)}]"
+                at = f"{arr}[{_broadcast_index(self.gen.kg.buffer(name).shape, self.space)}]"
             src.line(f"{local} = {at}")
             self.local[k] = local
 
@@ -117,43 +126,39 @@ class Loads:
 
 
 def elementwise(gen, src, kernel) -> None:
-    """An elementwise or epilogue kernel: out[idx] = body(inputs at idx)."""
-    body = kernel.nodes[0].attr("body")
+    """An elementwise kernel, or an epilogue's tail: out[idx] = body(inputs at idx), where an
+    epilogue's host value is out[idx] as the library call before it (in the driver) left it."""
     out_name = kernel.outputs[0]
-    out = gen.arg(out_name)
     space = gen.kg.buffer(out_name).shape
     style = _style(kernel.index_maps, len(space))
     par = numel(space) >= PARALLEL_MIN
-    host = host_of(body)
-    with src.block(gen.signature(src, kernel, parallel=par, workspace=host is not None and host.op == "conv2d")):
-        loads = Loads(gen, kernel, space, style)
-        if host is not None:
-            args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [out]
-            shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
-            src.comment(f"{host.op} into the output, then the epilogue over it in place")
-            src.line(externs.call(host, args, shapes))
-        loads.hoist(src, kernel.index_maps)
+    loads = Loads(gen, kernel, space, style)
+    out = gen.view(out_name, STYLE_VIEW[style])
+    host = host_of(kernel.nodes[0].attr("body"))
+    if host is not None:  # the library writes the host's value into the output first
+        args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
+        shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
+        gen.call(kernel, externs.call(host, args, shapes))
+    with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par)):
+        loads.start()
+        loads.hoist(src)
 
         def element(out_at: str) -> None:
-            loads.load(src, kernel.index_maps, "elem")
+            loads.load(src, "elem")
             finish_element(gen, src, loads.names, loads.resolve, kernel, out_at)
 
         if style == "flat":
-            out_at = loads.names.fresh(out + "_f")
-            src.line(f"{out_at} = {out}.reshape(-1)")
-            with src.block(f"for i in {loop(par)}({out_at}.size):"):
-                element(f"{out_at}[i]")
+            with src.block(f"for i in {loop(par)}({out}.size):"):
+                element(f"{out}[i]")
         elif style == "channel":
-            out_at = loads.names.fresh(out + "_3")
-            src.line(f"{out_at} = {out}.reshape({out}.shape[0], {out}.shape[1], -1)")
-            with src.block(f"for n in {loop(par)}({out_at}.shape[0]):"):
-                with src.block(f"for c in range({out_at}.shape[1]):"):
-                    loads.load(src, kernel.index_maps, "c")
-                    with src.block(f"for j in range({out_at}.shape[2]):"):
-                        element(f"{out_at}[n, c, j]")
+            with src.block(f"for n in {loop(par)}({out}.shape[0]):"):
+                with src.block(f"for c in range({out}.shape[1]):"):
+                    loads.load(src, "c")
+                    with src.block(f"for j in range({out}.shape[2]):"):
+                        element(f"{out}[n, c, j]")
         else:
             _nd_loops(src, _shape_of(out, len(space)), par, lambda: (
-                loads.load(src, kernel.index_maps, "c"), element(f"{out}[{index(len(space))}]")))
+                loads.load(src, "c"), element(f"{out}[{index(len(space))}]")))
 
 
 def _shape_of(arr: str, rank: int) -> list[str]:
@@ -196,25 +201,27 @@ def reduce(gen, src, kernel) -> None:
     root, space, axes, kept = reduce_space(gen, kernel)
     rank = len(space)
     extents = _extents(gen, kernel, space)
-    out = gen.arg(kernel.outputs[0])
+    out_name = kernel.outputs[0]
+    out = gen.arg(out_name)
     par = bool(kept) and numel(space) >= PARALLEL_MIN
-    with src.block(gen.signature(src, kernel, parallel=par, accumulate=True)):
-        loads = Loads(gen, kernel, space, "nd")
-        loads.hoist(src, kernel.index_maps)
+    loads = Loads(gen, kernel, space, "nd")
+    with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par, accumulate=True)):
+        loads.start()
+        loads.hoist(src)
         count = " * ".join(extents[a] for a in axes) or "1"
         out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank) if root.attr("keepdims") or a not in axes)
         acc = loads.names.fresh("acc")
 
         def element():
-            loads.load(src, kernel.index_maps, "c")
-            loads.load(src, kernel.index_maps, "elem")
+            loads.load(src, "c")
+            loads.load(src, "elem")
             accumulate_element(gen, src, loads.names, loads.resolve, kernel, acc)
 
         def outer():
             src.line(f"{acc} = 0.0")
             _nd_loops(src, extents, False, element, axes)
             result = f"{acc} / ({count})" if root.op == "mean" else acc
-            src.line(gen.lang.put(f"{out}[{out_index or '()'}]", result, gen.dtype(kernel.outputs[0])))
+            src.line(gen.lang.put(f"{out}[{out_index or '()'}]", result, gen.dtype(out_name)))
 
         _nd_loops(src, extents, par, outer, kept)
 
@@ -230,7 +237,7 @@ def expand(gen, src, kernel) -> None:
     else:
         at = ", ".join(f"i{a}" for a in range(rank) if a not in axes) or "()"
     par = numel(space) >= PARALLEL_MIN
-    with src.block(gen.signature(src, kernel, parallel=par)):
+    with src.block(gen.signature(src, kernel, [g, like, out], parallel=par)):
         count = " * ".join(f"{like}.shape[{a}]" for a in axes) or "1"
         scale = f" / ({count})" if node.attr("mean") else ""
         store = gen.lang.put(f"{out}[{index(rank)}]", f"{g}[{at}]{scale}", gen.dtype(kernel.outputs[0]))
@@ -238,49 +245,62 @@ def expand(gen, src, kernel) -> None:
 
 
 def regulariser(gen, src, kernel) -> None:
-    """l1/l2/elastic: one float64 sum over every element of every input."""
+    """l1/l2/elastic: one float64 sum over every element of every input (flat views)."""
     node = kernel.nodes[0]
-    out = gen.arg(kernel.outputs[0])
-    with src.block(gen.signature(src, kernel, parallel=False, accumulate=True)):
+    ins = [gen.view(i, "flat") for i in node.inputs]
+    out = gen.view(kernel.outputs[0], "flat")
+    with src.block(gen.signature(src, kernel, ins + [out], parallel=False, accumulate=True)):
         src.line("acc = 0.0")
-        for name in node.inputs:
-            arr = gen.arg(name)
-            with src.block(f"for x in {arr}.reshape(-1):" if gen.kg.buffer(name).shape else f"for x in ({arr}[()],):"):
+        for arr in ins:
+            with src.block(f"for x in {arr}:"):
                 src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
-        src.line(gen.lang.put(f"{out}[()]", "acc", gen.dtype(kernel.outputs[0])))
+        src.line(gen.lang.put(f"{out}[0]", "acc", gen.dtype(kernel.outputs[0])))
 
 
 # ---- update ---------------------------------------------------------------------------
 
 def update(gen, src, kernel) -> None:
-    """One loop per segment (parameter), each element calling the segment's chain function."""
+    """A kernel per chain program (and parallel or not), run by the driver once per segment
+    on its flat views: p* the chain's inputs (a scalar one read at [0]), w* what it stores."""
     chains, plan = update_plan(gen, kernel)
+    defs = {}  # chain name -> its definition
     for text, name in chains.items():
-        src.line('@njit(cache=True, error_model="numpy", inline="always")')
-        src.lines.extend(text.replace("def chain(", f"def {name}(").splitlines())
+        defs[name] = '@njit(cache=True, error_model="numpy", inline="always")\n' + text.replace("def chain(", f"def {name}(")
+        src.lines.extend(defs[name].splitlines())
         src.blank()
-    par = any(numel(nodes[-1].type.shape) >= PARALLEL_MIN for nodes, *_ in plan)
-    with src.block(gen.signature(src, kernel, parallel=par)):
-        names = gen.local_names()
-        for nodes, ext, outs, fn in plan:
-            shape = nodes[-1].type.shape
-            src.comment(f"{nodes[-1].name}: {len(nodes)} ops over {gen.kg.buffer(nodes[-1].name).type.show()}")
-            args = []
-            for i in ext:
-                arr, s = gen.arg(i), gen.kg.buffer(i).shape
-                local = names.fresh(arr + ("_f" if s == shape else "_s"))
-                src.line(f"{local} = {arr}.reshape(-1)" if s == shape else f"{local} = {arr}[{first(len(s))}]")
-                args.append(f"{local}[i]" if s == shape else local)
-            flat_out = []
-            for o in outs:
-                local = names.fresh(gen.arg(o) + "_f")
-                src.line(f"{local} = {gen.arg(o)}.reshape(-1)")
-                flat_out.append(local)
-            results = [names.fresh(f"r{k}") for k in range(len(outs))]
-            with src.block(f"for i in {loop(numel(shape) >= PARALLEL_MIN)}({flat_out[0]}.size):"):
-                src.line(f"{', '.join(results)}{',' if len(results) == 1 else ''} = {fn}({', '.join(args)})")
-                for o, r in zip(flat_out, results):
-                    src.line(f"{o}[i] = {r}")
+    functions: dict[tuple, str] = {}  # (chain, parallel, which inputs are scalars) -> kernel name
+    for nodes, ext, outs, fn in plan:
+        shape = nodes[-1].type.shape
+        par = numel(shape) >= PARALLEL_MIN
+        scalar = tuple(gen.kg.buffer(i).shape != shape for i in ext)
+        if (fn, par, scalar) not in functions:
+            segment = Source()
+            name = _segment(gen, segment, kernel, fn, par, scalar, len(outs), len(functions))
+            src.lines.extend(segment.lines)
+            gen.units[name] = defs[fn] + "\n" + segment.text()  # each segment kernel is shared on its own
+            functions[fn, par, scalar] = name
+        args = [gen.view(i, "flat") for i in ext] + [gen.view(o, "flat") for o in outs]
+        gen.call(kernel, (functions[fn, par, scalar], args), comment=(
+            f"{nodes[-1].name}: {len(nodes)} ops over {gen.kg.buffer(nodes[-1].name).type.show()}"))
+
+
+def _segment(gen, src, kernel, chain: str, par: bool, scalar: tuple, outs: int, k: int) -> str:
+    """Write one segment kernel of an update group; its name."""
+    params = [f"p{j}" for j in range(len(scalar))] + [f"w{j}" for j in range(outs)]
+    name = gen.kernel_name(kernel) if k == 0 else gen.names.fresh(f"{gen.kernel_name(kernel)}_{k}")
+    src.line(gen.decorator(kernel, parallel=par))
+    with src.block(src.wrapped(f"def {name}(", params, "):")):
+        args = [f"s{j}" if s else f"p{j}[i]" for j, s in enumerate(scalar)]
+        for j, s in enumerate(scalar):
+            if s:
+                src.line(f"s{j} = p{j}[0]")
+        results = [f"r{j}" for j in range(outs)]
+        with src.block(f"for i in {loop(par)}(w0.size):"):
+            src.line(f"{', '.join(results)}{',' if outs == 1 else ''} = {chain}({', '.join(args)})")
+            for j in range(outs):
+                src.line(f"w{j}[i] = r{j}")
+    src.blank()
+    return name
 
 
 # ---- sweep ----------------------------------------------------------------------------
@@ -294,7 +314,7 @@ def rows_layout(space) -> bool:
     Channel by channel, each of N elements is C floats from the last: one cache line per
     element, and no vector loads. Row by row, a block of channels advances together along
     a contiguous row segment; its per-channel values (sums, statistics, channel ops) live
-    in a float64 slice of the thread's workspace instead of in locals (measured on the
+    in a float64 slice of the thread's scratch instead of in locals (measured on the
     mlp_bn batchnorm sweep, [128, 512]: 0.55 ms channel by channel, 0.08 ms by rows).
     """
     return all(d == 1 for d in space[2:])
@@ -303,13 +323,16 @@ def rows_layout(space) -> bool:
 class NumbaSweep(Sweep):
     """The layout decides two things only: how an element of the activation is indexed
     (`at`), and where a per-channel value lives (`channel_value`): a local of the loop over
-    channels, or slot [cc] of a block-sized slice of the workspace (`cc` = c - block start).
+    channels, or slot [cc] of a block-sized slice of the thread's scratch (`cc` = c - block start).
     """
 
+    def view_kind(self, name: str) -> str:
+        """How buffer `name` is passed: the activation's shape as [N, C, S] (rows: [N, C]),
+        per-channel vectors as they are, scalars flat."""
+        return {"space": "nc" if self.rows else "ncs", "channel": "", "scalar": "flat"}[self.kind(name)]
+
     def setup(self) -> None:
-        self.rows = rows_layout(self.space)
-        self.views: dict[str, str] = {}  # S-shaped buffers as [N, C, S] (rows: [N, C])
-        self.slices: list[str] = []  # rows: the workspace slices, in order
+        self.slices: list[str] = []  # rows: the scratch slices, in order
         self.hoisted: list[str] = []
         self.loads = Source()  # channel inputs of the current c (channel layout)
         for i in self.kernel.inputs:
@@ -321,7 +344,7 @@ class NumbaSweep(Sweep):
                     self.loads.line(f"{self.chan[i]} = {self.gen.arg(i)}[c]")
             elif self.kind(i) == "scalar":
                 self.chan[i] = self.names.fresh(tail(i))
-                self.hoisted.append(f"{self.chan[i]} = {self.gen.arg(i)}[{first(len(self.kg.buffer(i).shape))}]")
+                self.hoisted.append(f"{self.chan[i]} = {self.gen.view(i, 'flat')}[0]")
         self.ref = self.view(next(i for i in self.kernel.inputs if self.kind(i) == "space"))
         self.count = self.names.fresh("count")
         self.hoisted.append(f"{self.count} = {self.ref}.shape[0]" + ("" if self.rows else f" * {self.ref}.shape[2]"))
@@ -330,12 +353,7 @@ class NumbaSweep(Sweep):
         return f"[{n}, c]" if self.rows else f"[{n}, c, j]" if n == "n" else f"[{n}, c, 0]"
 
     def view(self, name: str) -> str:
-        if name not in self.views:
-            arr = self.gen.arg(name)
-            self.views[name] = self.names.fresh(arr + ("_2" if self.rows else "_3"))
-            shape = f"{arr}.shape[0], {arr}.shape[1]" + ("" if self.rows else ", -1")
-            self.hoisted.append(f"{self.views[name]} = {arr}.reshape({shape})")
-        return self.views[name]
+        return self.gen.view(name, self.view_kind(name))
 
     def element(self, name: str) -> str:
         return f"{self.view(name)}{self.at()}"
@@ -373,16 +391,19 @@ class NumbaSweep(Sweep):
         return slot
 
     def store_channel(self, name: str, value: str) -> str:
-        return self.lang.put(f"{self.gen.arg(name)}[c]", value, self.gen.dtype(name))
+        return self.gen.lang.put(f"{self.gen.arg(name)}[c]", value, self.gen.dtype(name))
 
 
 def sweep(gen, src, kernel) -> None:
     st = NumbaSweep(gen, kernel)
+    st.rows = rows_layout(st.space)
     par = numel(st.space) >= PARALLEL_MIN
+    params = [st.view(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
     passes = st.passes()
     if st.rows:
-        gen.scratch_bytes = max(gen.scratch_bytes, len(st.slices) * ROWS_BLOCK * 8)
-    with src.block(gen.signature(src, kernel, parallel=par, workspace=st.rows, accumulate=True)):
+        gen.scratch_slots = max(gen.scratch_slots, len(st.slices) * ROWS_BLOCK)
+    with src.block(gen.signature(src, kernel, params + (["scratch"] if st.rows else []), parallel=par,
+                                 accumulate=True)):
         for line in st.hoisted:
             src.line(line)
         (_rows if st.rows else _channels)(st, src, st.ref, par, st.loads, passes)
@@ -403,13 +424,13 @@ def _channels(st, src, ref, par, loads, passes) -> None:
 
 
 def _rows(st, src, ref, par, loads, passes) -> None:
-    """Blocks of ROWS_BLOCK channels, dealt to the workspace's slots; per pass, a loop over
-    the block's channels, the (n, c) loop along rows, and a loop over channels again."""
-    parts = "workspace.shape[0]" if par else "1"
+    """Blocks of ROWS_BLOCK channels, dealt to the scratch's rows (one per thread); per pass,
+    a loop over the block's channels, the (n, c) loop along rows, and a loop over channels again."""
+    parts = "scratch.shape[0]" if par else "1"
     with src.block(f"for p in {loop(par)}({parts}):"):
-        src.line("scratch = workspace[p].view(np.float64)")
+        src.line("slots = scratch[p]")
         for k, name in enumerate(st.slices):
-            src.line(f"{name} = scratch[{k * ROWS_BLOCK}:{(k + 1) * ROWS_BLOCK}]")
+            src.line(f"{name} = slots[{k * ROWS_BLOCK}:{(k + 1) * ROWS_BLOCK}]")
         with src.block(f"for lo in range(p * {ROWS_BLOCK}, {ref}.shape[1], {parts} * {ROWS_BLOCK}):"):
             src.line(f"hi = min(lo + {ROWS_BLOCK}, {ref}.shape[1])")
             for comment, before, inner, after in passes:

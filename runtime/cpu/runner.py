@@ -27,9 +27,9 @@ import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts
 import numpy as np
 from numba import njit
 
-from dslc.codegen import cache, externs
+from dslc.codegen import cache, externs, shared
 from dslc.codegen.emit import host_of
-from dslc.codegen.numba_cpu import Generator, generate_with
+from dslc.codegen.numba_cpu import Generator, float_dtype, generate_with
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
@@ -38,6 +38,7 @@ from dslc.kernels.graph import KernelGraph, bindings
 from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
+from dslc.runtime.cpu.build import build
 from dslc.runtime.cpu.profile import Profile
 
 
@@ -56,13 +57,12 @@ class CompiledGraph:
         self.kernels = gen.kernels
         self.arena = np.zeros(memory.arena_bytes, np.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
-        dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), np.float32)
-        # slots of whole float64s: rows-layout sweeps view theirs as float64 scratch
-        per_f64 = 8 // np.dtype(dtype).itemsize
-        slot = max(1, workspace_slot(kg, self.kernels, memory.batch), -(-gen.scratch_bytes // np.dtype(dtype).itemsize))
-        slot = -(-slot // per_f64) * per_f64
-        self.workspace = np.zeros((default_parts(), slot), dtype)
-        self._args = tuple(self.views[n] for n in module.BUFFERS) + (self.workspace, self._fallback)
+        self.workspace = np.zeros((default_parts(), max(1, workspace_slot(kg, self.kernels, memory.batch))),
+                                  float_dtype(kg))
+        # float64 slots per thread for the per-channel values of rows-layout sweeps
+        self.scratch = np.zeros((default_parts(), max(1, gen.scratch_slots)), np.float64)
+        self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
+            self.workspace, self.scratch, self._fallback)
         self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
                          for b in kg.buffers if b.role == "random"]
@@ -133,6 +133,16 @@ class CompiledGraph:
             np.copyto(self.views[node.name], value, casting="same_kind")
 
 
+def _shaped(array: np.ndarray, view: str) -> np.ndarray:
+    """A buffer's array as a kernel sees it (numba_cpu.VIEWS): itself, flat, or [N, C, S] /
+    [N, C] around axis 1. Views of the arena: no copy."""
+    if view == "flat":
+        return array.reshape(-1)
+    if view in ("ncs", "nc"):
+        return array.reshape(array.shape[0], array.shape[1], *((-1,) if view == "ncs" else ()))
+    return array
+
+
 def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
     """The largest workspace slot (per thread) any convolution (extern, or an epilogue's host)
     needs at `batch`."""
@@ -157,9 +167,14 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(kg, batch)
 
 
-def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> CompiledGraph:
-    gen, source = generate_with(kg)
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int], generated=None) -> CompiledGraph:
+    """Bind the module of `kg` (generated here, or `generated` = generate_with(kg)) to a planned
+    arena, each kernel its shared compiled copy, every one missing from the caches compiled first."""
+    gen, source = generated or generate_with(kg)
     module, path = cache.load(kg, source)
+    for name, unit in gen.units.items():  # each kernel runs as the shared copy of its text
+        setattr(module, name, shared.load(shared.canonical(unit)))
+    build(gen, f"{kg.name} {kg.stage}")
     if debug_level() >= 2:
         print(f"dslc: {kg.name} ({kg.stage}) -> {path}", file=sys.stderr)
     if debug_level() >= 4:

@@ -1,0 +1,191 @@
+"""Compile what a step runs before it runs: the kernels no cache holds, at once, in worker processes.
+
+    report = build(gen, label="small_cnn train_step")    # before the first step
+    report.compiled, report.cached, report.seconds
+
+Numba compiles a function on its first call, one after another, in the calling process.
+Here every function the drivers call is listed with its argument types ahead of time
+(numba_cpu.driver_calls: library kernels and each generated kernel's shared copy), those
+Numba's cache already holds for these types are left to load on first call, and the rest
+are compiled concurrently: the calling process and `workers()` spawned processes take
+them one at a time, largest first, each filling the same on-disk caches. The first
+step then only loads.
+
+A worker that fails leaves its function to the first call, which compiles it in this
+process and raises any error where it belongs. While it works, build() says on stderr how
+many kernels it compiles and how many came from the cache (one line that updates on a
+terminal). It records each function it finds built (cache.write_built), so that
+`dslc compile` of a model whose kernels all exist answers without loading Numba at all.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from dslc.codegen import cache, shared
+from dslc.codegen.numba_cpu import Generator, driver_calls
+from dslc.debug import debug_level
+
+# Rough compile seconds, to start the slowest first and to judge whether starting
+# processes (about half a second each) pays: library kernels are the largest.
+COST = {"library": 3.0, "parallel": 1.5, "serial": 0.4}
+SPAWN_WORTH = 2.5  # seconds of compiling below which this process does it alone
+
+
+@dataclass
+class Report:
+    calls: int = 0  # distinct (function, argument types) the drivers call
+    cached: int = 0
+    compiled: int = 0
+    processes: int = 1
+    seconds: float = 0.0
+
+
+def workers() -> int:
+    """Processes besides this one that compile: one per further core (DSLC_COMPILE_WORKERS overrides)."""
+    return max(0, int(os.environ.get("DSLC_COMPILE_WORKERS", (os.cpu_count() or 1) - 1)))
+
+
+def build(gen: Generator, label: str, quiet: bool = False) -> Report:
+    """Compile, ahead of the first call, every function the drivers of `gen`'s module call
+    that Numba's cache does not hold for its argument types; what was done (see the module docstring)."""
+    from numba.core.config import DISABLE_JIT
+    start = time.perf_counter()
+    calls = driver_calls(gen)
+    report = Report(calls=len(calls))
+    if DISABLE_JIT:
+        return report
+    pending = []
+    for where, types in calls:
+        fn = _function(where)
+        sig = _signature(types)
+        if sig in fn.overloads or _cached(fn, sig):
+            report.cached += 1
+            cache.write_built(where, types, _index(fn))
+        else:
+            pending.append((where, types, _cost(where, fn)))
+    if pending:
+        pending.sort(key=lambda t: -t[2])
+        tell = _Progress(label, len(pending), report.cached, quiet)
+        report.processes, seconds = _compile(pending, tell)
+        if debug_level() >= 2:  # where compile time goes: DSLC_DEBUG=2
+            print(f"dslc: compile seconds of {label}, {report.processes} processes:", file=sys.stderr)
+            for (where, types, _), s in sorted(zip(pending, seconds), key=lambda t: -t[1]):
+                print(f"  {s:7.2f} s  {'.'.join(where)}  {_show(types)}", file=sys.stderr)
+        for where, types, _ in pending:
+            fn = _function(where)
+            if _cached(fn, _signature(types)):
+                cache.write_built(where, types, _index(fn))
+        report.compiled = len(pending)
+        report.seconds = time.perf_counter() - start
+        tell.done(report.seconds)
+    return report
+
+
+def _compile(pending, tell) -> tuple[int, list[float]]:
+    """Compile `pending` here and in worker processes; (how many processes worked, the
+    seconds each task took)."""
+    spawn = min(workers(), len(pending) - 1) if sum(c for *_, c in pending) >= SPAWN_WORTH else 0
+    ctx = multiprocessing.get_context("spawn")  # a forked Numba (threads, LLVM) is not safe
+    tasks = [(where, types) for where, types, _ in pending]
+    taken, done, seconds = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Array("d", len(tasks))
+    procs = [ctx.Process(target=_work, args=(tasks, taken, done, seconds), daemon=True) for _ in range(spawn)]
+    for p in procs:
+        p.start()
+    _work(tasks, taken, done, seconds, tell)
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            p.join(0.2)
+        tell.update(done.value)
+    return spawn + 1, list(seconds)
+
+
+def _work(tasks, taken, done, seconds, tell=None) -> None:
+    """Take tasks one at a time until none is left (in this process, or as a worker's target)."""
+    while True:
+        with taken.get_lock():
+            k = taken.value
+            taken.value += 1
+        if k >= len(tasks):
+            return
+        start = time.perf_counter()
+        try:
+            _function(tasks[k][0]).compile(_signature(tasks[k][1]))
+        except Exception:  # the first call compiles it again here and reports the error
+            pass
+        seconds[k] = time.perf_counter() - start
+        with done.get_lock():
+            done.value += 1
+        if tell is not None:
+            tell.update(done.value)
+
+
+def _function(where):
+    """The dispatcher of ((module or shared kernel stem), name)."""
+    place, name = where
+    if place.startswith("dslc."):
+        return getattr(importlib.import_module(place), name)
+    return getattr(shared.module(shared.path_of(place)), name)
+
+
+def _signature(types) -> tuple:
+    from numba import types as nt
+    scalars = {"int": nt.int64, "bool": nt.boolean, "NoneType": nt.none, "float": nt.float64}
+    return tuple(nt.Array(getattr(nt, t[0]), t[1], "C") if isinstance(t, tuple) else scalars[t] for t in types)
+
+
+def _cached(fn, sig) -> bool:
+    """Whether Numba's on-disk cache holds `fn` compiled for `sig` (read from its index; private
+    API, so any surprise counts as not cached: the first call then compiles or loads it)."""
+    try:
+        impl = fn._cache
+        return impl._index_key(sig, fn.targetctx.codegen()) in impl._cache_file._load_index()
+    except Exception:
+        return False
+
+
+def _index(fn) -> str | None:
+    try:
+        return fn._cache._cache_file._index_path
+    except AttributeError:
+        return None
+
+
+def _show(types) -> str:
+    return "(" + ", ".join(f"{t[0]}[{t[1]}d]" if isinstance(t, tuple) else t for t in types) + ")"
+
+
+def _cost(where, fn) -> float:
+    if where[0].startswith("dslc."):
+        return COST["library"]
+    return COST["parallel" if fn.targetoptions.get("parallel") else "serial"]
+
+
+class _Progress:
+    """One line on stderr: compiling k of n kernels (m from the cache); a terminal sees it count."""
+
+    def __init__(self, label: str, todo: int, cached: int, quiet: bool):
+        self.label, self.todo, self.cached = label, todo, cached
+        self.tty = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.shown = -1
+        if not quiet:
+            self._say(0, end="\r" if self.tty else "\n")
+
+    def _say(self, k: int, end: str) -> None:
+        print(f"dslc: {self.label}: compiling {self.todo} kernels ({self.cached} from the cache): {k}/{self.todo}",
+              end=end, file=sys.stderr, flush=True)
+
+    def update(self, k: int) -> None:
+        if self.tty and k != self.shown:
+            self.shown = k
+            self._say(k, end="\r")
+
+    def done(self, seconds: float) -> None:
+        if not self.quiet:
+            print(f"dslc: {self.label}: compiled {self.todo} kernels ({self.cached} from the cache) in "
+                  f"{seconds:.1f} s" + " " * 10, file=sys.stderr, flush=True)
