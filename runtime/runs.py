@@ -246,6 +246,11 @@ class Run:
         except (OSError, json.JSONDecodeError) as e:
             raise RunError(f"{self.path / CONFIG}: unreadable ({e})") from None
 
+    def annotate(self, fields: Mapping[str, Any]) -> None:
+        """Add `fields` to config.json (rewritten atomically): facts known only once the run
+        is under way, such as the seconds its kernels took to compile."""
+        write_atomic(self.path / CONFIG, json.dumps({**self.config, **fields}, indent=2).encode())
+
     def history(self) -> list[dict]:
         return read_records(self.path / JSONL)
 

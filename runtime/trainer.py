@@ -106,6 +106,8 @@ def derived_seed(seed: int, name: str) -> int:
 
 class Trainer:
     def __init__(self, model, recipe, device, quiet, detect_anomaly, echo):
+        self.created = time.perf_counter()  # time to the first step counts from here (data, compiling)
+        self.timing: dict[str, float] = {}
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
         self.data = load_data(recipe)
@@ -204,12 +206,21 @@ class Trainer:
             self.echo(self._banner())
         old = self._catch_sigint()
         try:
+            self._compile()
             while self.progress.step < self.total and not self.progress.stopped:
                 self._epoch()
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
         return self._finish()
+
+    def _compile(self) -> None:
+        """Compile the training step and the evaluation graph before the first step (with
+        progress on stderr while kernels compile), so the progress bar's ETA counts steps only."""
+        started = time.perf_counter()
+        self.step_fn.prepare()
+        self.evaluator.step.prepare()
+        self.timing["compile_seconds"] = round(time.perf_counter() - started, 3)
 
     def _catch_sigint(self):
         """Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
@@ -234,6 +245,9 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self._step(batch)
                 spent = time.perf_counter() - started
+                if "first_step_seconds" not in self.timing:  # config.json: compile and first-step seconds
+                    self.timing["first_step_seconds"] = round(time.perf_counter() - self.created, 3)
+                    self.out.annotate(self.timing)
                 p.seconds += spent
                 p.epoch_seconds += spent
                 bar.update(1)

@@ -12,26 +12,29 @@ library kernels the graph's extern ops use (dslc/codegen/cuda_library.py), once 
 the runner (dslc/runtime/cuda/runner.py) calls cuBLAS through `cupy.matmul` for
 matmul, linear and the convolutions' im2col products, and launches the rest.
 
-Generated kernels take their buffers as pointers, in `Launch.args` order, followed by
-the graph's symbolic sizes (`const long long N`): the text depends only on the kernel
-graph, never on the batch size or the memory plan, so the same graph always gives
+Generated kernels take their buffers as pointers, in `Launch.args` order, each followed
+by its dimensions (`const long long x_s0, x_s1, ...`; `Launch.arguments` builds them and
+`Launch.grid` sizes the grid from the bound arrays): the text depends only on the form
+of the kernel graph, never on the batch size, a width or the memory plan, so one module
+(and CuPy's cached binary of it) serves every size, and the same graph always gives
 byte-identical source. A kernel this generator cannot write (an op with no expression
 and no library kernel: slice, pad, svm ...) is a `fallback` launch: the runner computes
 it on the host with the NumPy references, as the CPU backend does.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Mapping
 
-from dslc.version import __version__
+from dslc.codegen import cuda_library as library
 from dslc.codegen import cuda_loops
 from dslc.codegen.emit import Emitter, Lang, form, host_of
 from dslc.codegen.scalar import CONSTANTS
 from dslc.codegen.source import Source, kernel_header
-from dslc.ir.types import Dim, Sym
-from dslc.kernels.graph import Kernel, KernelGraph, bindings
+from dslc.kernels.graph import Kernel, KernelGraph
 from dslc.kernels.loop_forms import as_loop, sweep_space
-from dslc.codegen import cuda_library as library
+from dslc.version import __version__
 
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
@@ -69,15 +72,19 @@ CUDA = Lang(target="cuda", c=True, let="const double {name} = {value};", store="
             chain_head=_chain_head, chain_results=_chain_results)
 
 
+Size = tuple[str, int]  # (buffer, axis): a size the runner reads from the bound buffer's shape
+
+
 @dataclass(frozen=True)
 class Launch:
     """How the runner runs kernel `position` of the kernel graph.
 
-    kind: generated (`function` in the module, pointers to `args` then the graph's
-    symbols), library (the runner's call for the extern op, see runtime/cuda/ops.py),
-    epilogue (the host op by the library, then `function` over its output), fallback
-    (NumPy on the host) or view (nothing). The grid covers `work`: one thread per element,
-    or one block per element when `per_block`; `segments` is gridDim.y.
+    kind: generated (`function` in the module; each buffer of `args` passed as its pointer
+    followed by its dimensions), library (the runner's call for the extern op, see
+    runtime/cuda/ops.py), epilogue (the host op by the library, then `function` over its
+    output), fallback (NumPy on the host) or view (nothing). The grid covers `work`, the
+    largest of its products of sizes: one thread per element, or one block per element
+    when `per_block`; `segments` is gridDim.y.
     """
 
     position: int
@@ -85,25 +92,20 @@ class Launch:
     name: str
     function: str = ""
     args: tuple[str, ...] = ()
-    work: tuple[Dim, ...] = ()
+    work: tuple[tuple[Size, ...], ...] = ()
     per_block: bool = False
     segments: int = 1
 
-    def grid(self, batch) -> tuple[int, int]:
-        """(gridDim.x, gridDim.y) at a batch size (an int N or {symbol: size})."""
-        sizes = bindings(batch)
-        count = 1
-        for d in self.work:
-            count *= d if isinstance(d, int) else d.coef * _prod(sizes[s] for s in d.syms)
+    def grid(self, views: Mapping) -> tuple[int, int]:
+        """(gridDim.x, gridDim.y) for the buffers bound as `views` (arrays by buffer name)."""
+        count = max((math.prod(views[b].shape[a] for b, a in term) for term in self.work), default=1)
         blocks = count if self.per_block else -(-count // BLOCK)
         return max(1, min(blocks, MAX_BLOCKS)), self.segments
 
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
+    def arguments(self, views: Mapping, size=int) -> tuple:
+        """The generated function's arguments: each buffer's array from `views`, followed by
+        its dimensions (as `size`, e.g. numpy.int64), in the order of the signature."""
+        return tuple(a for b in self.args for a in (views[b], *map(size, views[b].shape)))
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,6 @@ class CudaModule:
     source: str
     launches: tuple[Launch, ...]
     kernels: tuple[Kernel, ...]  # as generated: a lone sum/mean or optimizer op as a loop
-    symbols: tuple[str, ...]  # the trailing `long long` parameters of generated kernels
 
     @property
     def fallbacks(self) -> tuple[int, ...]:
@@ -123,7 +124,8 @@ class CudaModule:
 class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
         super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
-        self.symbols = tuple(sorted({s for b in kg.buffers for d in b.shape if isinstance(d, Sym) for s in d.syms}))
+        # Every buffer's dimensions, named before any local: `x_s0`, `x_s1`, ...
+        self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
         self.segments: dict[str, int] = {}
         self.library: set[tuple[str, str, str | None]] = set()
 
@@ -133,12 +135,18 @@ class Generator(Emitter):
     def params(self, kernel: Kernel) -> list[str]:
         return list(dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch))
 
+    def dim(self, buffer: str, axis: int) -> str:
+        """The kernel argument holding the size of `buffer` along `axis`."""
+        return self.dims[buffer, axis]
+
     def signature(self, kernel: Kernel) -> str:
-        """The `extern "C" __global__` line: written buffers as `T*`, read-only ones as
-        `const T*`, then the symbolic sizes."""
+        """The `extern "C" __global__` line: each buffer as `T*` (written) or `const T*`
+        (read only), followed by its dimensions as `long long`."""
         written = set(kernel.outputs + kernel.scratch)
-        params = [f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}" for b in self.params(kernel)]
-        params += [f"const long long {s}" for s in self.symbols]
+        params = []
+        for b in self.params(kernel):
+            params.append(f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}")
+            params += [f"const long long {self.dim(b, a)}" for a in range(len(self.kg.buffer(b).shape))]
         return Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
 
     def need(self, op: str, node) -> None:
@@ -175,7 +183,7 @@ def generate(kg: KernelGraph) -> CudaModule:
     src.lines.extend(body.lines)
     src.blank()
     _launch_order(src, kernels, launches)
-    return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels, gen.symbols)
+    return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels)
 
 
 # What each generated form of kernel is written by (emit.form).
@@ -193,26 +201,23 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
         gen.need(k.nodes[0].op, k.nodes[0])
         return Launch(pos, "library", k.name)
     EMIT[how](gen, src, k)
-    out = gen.kg.buffer(k.outputs[0])
+    numel = lambda name: tuple((name, a) for a in range(len(gen.kg.buffer(name).shape)))
     generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)), **kw)
     if how == "regulariser":
         return generated(per_block=True)
-    if how == "reduce":
-        body = k.nodes[0].attr("body")
-        axes = body[-1].attr("axis")
-        space = k.nodes[0].type.shape if body[-1].attr("keepdims") or axes is None else None
-        kept = out.shape if space is None else tuple(d for d in space if d != 1)
-        return generated(work=kept, per_block=True)
+    if how == "reduce":  # one block per output element
+        return generated(work=(numel(k.outputs[0]),), per_block=True)
     if how == "epilogue":
         host = host_of(k.nodes[0].attr("body"))
         gen.need(host.op, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
-        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=out.shape)
-    if how == "update":
-        largest = max((n.type.shape for n in k.nodes), key=lambda s: _prod(s))
-        return generated(work=largest, segments=gen.segments[k.name])
-    if how == "sweep":
-        return generated(work=(sweep_space(gen.kg, k)[1],), per_block=True)
-    return generated(work=out.shape)  # elementwise, expand
+        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=(numel(k.outputs[0]),))
+    if how == "update":  # one segment per parameter, the grid as wide as the largest
+        chains = [part[-1] for part in k.parts]
+        return generated(work=tuple(numel(c) for c in chains), segments=gen.segments[k.name])
+    if how == "sweep":  # one block per channel
+        space = next(i for i in k.inputs if gen.kg.buffer(i).shape == sweep_space(gen.kg, k))
+        return generated(work=(((space, 1),),), per_block=True)
+    return generated(work=(numel(k.outputs[0]),))  # elementwise, expand
 
 
 def _module_header(src: Source, kg: KernelGraph, launches: list[Launch]) -> None:

@@ -1,8 +1,10 @@
 """CUDA's loop nests: how each generated kernel is spread over blocks and threads.
 
 What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
-it out on the GPU. Shapes are the kernel graph's: static sizes are literals, symbolic
-ones (the batch N) are kernel parameters, so the text never depends on the batch a run binds.
+it out on the GPU. Sizes are arguments: every buffer pointer is followed by its
+dimensions (`x_s0`, `x_s1`, ..., cuda_gpu.Generator.signature), so the text depends
+on the kernel graph's ranks and on which axes broadcast, never on a width or the batch,
+and one compiled module serves every size; the runner passes each view's shape.
 
     elementwise  one grid-stride loop over the output's elements; each input indexed by
                  its map: identity x[i], scalar x[0] (loaded once), channel
@@ -25,52 +27,64 @@ generator does), then rounded once on store.
 """
 from __future__ import annotations
 
-import math
-
-from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, penalty, reduce_space, tail)
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, penalty, reduce_extents, reduce_space,
+                               tail)
 from dslc.codegen.groups import Sweep, update_plan
 from dslc.codegen.source import Source
-from dslc.ir.types import Sym
 
 
-def dim(d) -> str:
-    """A dimension as C: a literal, or the product of its symbols' parameters."""
-    if isinstance(d, int):
-        return f"{d}LL"
-    return " * ".join(([str(d.coef) + "LL"] if d.coef != 1 else []) + list(d.syms))
+def product(terms) -> str:
+    """A C product of size expressions: 1 when there are none, parenthesised when there are
+    several (it is divided by and taken modulo)."""
+    terms = list(terms)
+    return terms[0] if len(terms) == 1 else f"({' * '.join(terms)})" if terms else "1LL"
 
 
-def numel(shape) -> str:
-    """The element count of `shape` as a C expression (static part folded)."""
-    static = math.prod(d for d in shape if isinstance(d, int))
-    syms = [dim(d) for d in shape if isinstance(d, Sym)]
-    return " * ".join(syms + ([f"{static}LL"] if static != 1 or not syms else []))
+def dims(gen, buffer: str, axes=None) -> list[str]:
+    """The size arguments of `buffer` along `axes` (default all), leaving out axes whose size
+    is 1 in the kernel graph (the same at every batch and width)."""
+    shape = gen.kg.buffer(buffer).shape
+    return [gen.dim(buffer, a) for a in (range(len(shape)) if axes is None else axes) if shape[a] != 1]
 
 
-def unravel(src, names, flat: str, shape, axes=None, needed=None) -> dict[int, str]:
+def numel(gen, buffer: str) -> str:
+    return product(dims(gen, buffer))
+
+
+def unravel(src, names, flat: str, extents: list[str], axes=None, needed=None) -> dict[int, str]:
     """Emit the coordinates (over `needed`, default all of `axes`) of element `flat` of the
-    row-major space of `shape` restricted to `axes` (default all); returns {axis: local}."""
-    axes = list(range(len(shape))) if axes is None else list(axes)
+    row-major space of sizes `extents` restricted to `axes` (default all); {axis: local}."""
+    axes = list(range(len(extents))) if axes is None else list(axes)
     out = {}
     for k, a in enumerate(axes):
         if needed is not None and a not in needed:
             continue
-        inner = numel([shape[b] for b in axes[k + 1:]])
+        inner = product(extents[b] for b in axes[k + 1:] if extents[b] != "1LL")
         at = flat if inner == "1LL" else f"{flat} / ({inner})"
         out[a] = names.fresh(f"i{a}")
-        src.line(f"const long long {out[a]} = {at if k == 0 else f'({at}) % {dim(shape[a])}'};")
+        src.line(f"const long long {out[a]} = {at if k == 0 else f'({at}) % {extents[a]}'};")
     return out
 
 
-def broadcast_offset(in_shape, space, coords: dict[int, str]) -> str:
-    """The offset of an input that broadcasts against `space`, at the loop's coordinates."""
+def broadcast_offset(gen, buffer: str, space, coords: dict[int, str]) -> str:
+    """The offset in `buffer`, which broadcasts against `space`, at the loop's coordinates."""
+    in_shape = gen.kg.buffer(buffer).shape
     lead = len(space) - len(in_shape)
     terms = []
     for k, d in enumerate(in_shape):
         if d == 1 and space[lead + k] != 1:
             continue
-        stride = numel(in_shape[k + 1:])
+        stride = product(dims(gen, buffer, range(k + 1, len(in_shape))))
         terms.append(coords[lead + k] + ("" if stride == "1LL" else f" * {stride}"))
+    return " + ".join(terms) or "0"
+
+
+def _space_offset(extents: list[str], coords: dict[int, str]) -> str:
+    """The row-major offset of coordinates in a space of sizes `extents` (an input of the space's shape)."""
+    terms = []
+    for k in range(len(extents)):
+        stride = product(e for e in extents[k + 1:] if e != "1LL")
+        terms.append(coords[k] + ("" if stride == "1LL" else f" * {stride}"))
     return " + ".join(terms) or "0"
 
 
@@ -98,7 +112,7 @@ class Loads:
             elif m == "channel":
                 at = coords[1]
             else:
-                at = broadcast_offset(self.gen.kg.buffer(name).shape, self.space, coords)
+                at = broadcast_offset(self.gen, name, self.space, coords)
             self.local[k] = self.names.fresh(tail(name))
             src.line(f"const double {self.local[k]} = {self.gen.arg(name)}[{at}];")
 
@@ -119,6 +133,12 @@ def _needed_axes(gen, kernel, space) -> set[int]:
     return needed
 
 
+def extents(gen, buffer: str) -> list[str]:
+    """The size of each axis of `buffer`: its size argument, or 1 where the kernel graph says 1."""
+    shape = gen.kg.buffer(buffer).shape
+    return [gen.dim(buffer, a) if d != 1 else "1LL" for a, d in enumerate(shape)]
+
+
 def elementwise(gen, src, kernel) -> None:
     """An elementwise kernel, or an epilogue's tail over the host's output (in place)."""
     out_name = kernel.outputs[0]
@@ -127,8 +147,8 @@ def elementwise(gen, src, kernel) -> None:
         names = gen.local_names()
         loads = Loads(gen, kernel, space, names)
         loads.hoist(src)
-        with src.block(f"DSLC_FOR(i, {numel(space)})"):
-            coords = unravel(src, names, "i", space, needed=_needed_axes(gen, kernel, space))
+        with src.block(f"DSLC_FOR(i, {numel(gen, out_name)})"):
+            coords = unravel(src, names, "i", extents(gen, out_name), needed=_needed_axes(gen, kernel, space))
             loads.load(src, "i", coords)
             finish_element(gen, src, names, loads.resolve, kernel, f"{out}[i]")
 
@@ -136,21 +156,23 @@ def elementwise(gen, src, kernel) -> None:
 def reduce(gen, src, kernel) -> None:
     """A reduce kernel: the producers over the root's input space, then sum or mean."""
     root, space, axes, kept = reduce_space(gen, kernel)
+    sizes = [gen.dim(*r) if r else "1LL" for r in reduce_extents(gen, kernel, space)]
     out_name = kernel.outputs[0]
     with src.block(gen.signature(kernel)):
         names = gen.local_names()
         loads = Loads(gen, kernel, space, names)
         loads.hoist(src)
         count = names.fresh("count")
-        src.line(f"const long long {count} = {numel([space[a] for a in axes])};")
-        with src.block(f"for (long long o = blockIdx.x; o < {numel([space[a] for a in kept])}; o += gridDim.x)"):
-            coords = unravel(src, names, "o", space, kept)
+        src.line(f"const long long {count} = {product(sizes[a] for a in axes if sizes[a] != '1LL')};")
+        kept_count = product(sizes[a] for a in kept if sizes[a] != "1LL")
+        with src.block(f"for (long long o = blockIdx.x; o < {kept_count}; o += gridDim.x)"):
+            coords = unravel(src, names, "o", sizes, kept)
             acc = names.fresh("acc")
             src.line(f"double {acc} = 0.0;")
             with src.block(f"for (long long r = threadIdx.x; r < {count}; r += blockDim.x)"):
-                coords.update(unravel(src, names, "r", space, axes))
+                coords.update(unravel(src, names, "r", sizes, axes))
                 flat = names.fresh("at")
-                src.line(f"const long long {flat} = {broadcast_offset(space, space, coords)};")
+                src.line(f"const long long {flat} = {_space_offset(sizes, coords)};")
                 loads.load(src, flat, coords)
                 accumulate_element(gen, src, names, loads.resolve, kernel, acc)
             total = names.fresh("total")
@@ -162,6 +184,7 @@ def reduce(gen, src, kernel) -> None:
 def expand(gen, src, kernel) -> None:
     """expand(g, like): g broadcast back over the reduced axes (divided by their count if mean)."""
     node, g_shape, space, axes = expand_axes(gen, kernel)
+    g, like = node.inputs
     rank = len(space)
     out_name = kernel.outputs[0]
     with src.block(gen.signature(kernel)):
@@ -170,16 +193,14 @@ def expand(gen, src, kernel) -> None:
         lead = rank - len(g_shape)
         needed = ({lead + k for k, d in enumerate(g_shape) if not (d == 1 and space[lead + k] != 1)}
                   if node.attr("keepdims") else set(kept))
-        with src.block(f"DSLC_FOR(i, {numel(space)})"):
-            coords = unravel(src, names, "i", space, needed=needed)
+        with src.block(f"DSLC_FOR(i, {numel(gen, like)})"):
+            coords = unravel(src, names, "i", extents(gen, like), needed=needed)
             if node.attr("keepdims"):
-                at = broadcast_offset(g_shape, space, coords)
-            else:
-                at = broadcast_offset([space[a] for a in kept], [space[a] for a in kept],
-                                      {k: coords[a] for k, a in enumerate(kept)})
-            scale = f" / (double)({numel([space[a] for a in axes])})" if node.attr("mean") else ""
-            src.line(gen.lang.put(f"{gen.arg(out_name)}[i]", f"(double){gen.arg(node.inputs[0])}[{at}]{scale}",
-                                    gen.dtype(out_name)))
+                at = broadcast_offset(gen, g, space, coords)
+            else:  # g is the kept axes of like, in order
+                at = broadcast_offset(gen, g, g_shape, {k: coords[a] for k, a in enumerate(kept)})
+            scale = f" / (double)({product(dims(gen, like, axes))})" if node.attr("mean") else ""
+            src.line(gen.lang.put(f"{gen.arg(out_name)}[i]", f"(double){gen.arg(g)}[{at}]{scale}", gen.dtype(out_name)))
 
 
 def regulariser(gen, src, kernel) -> None:
@@ -189,8 +210,7 @@ def regulariser(gen, src, kernel) -> None:
     with src.block(gen.signature(kernel)):
         src.line("double acc = 0.0;")
         for name in node.inputs:
-            with src.block(f"for (long long k = threadIdx.x; k < {numel(gen.kg.buffer(name).shape)}; "
-                           "k += blockDim.x)"):
+            with src.block(f"for (long long k = threadIdx.x; k < {numel(gen, name)}; k += blockDim.x)"):
                 src.line(f"const double x = {gen.arg(name)}[k];")
                 src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
         src.line("const double total = dslc_block_sum(acc);")
@@ -211,12 +231,12 @@ def update(gen, src, kernel) -> None:
         with src.block("switch (blockIdx.y)"):
             for s, (nodes, ext, outs, fn) in enumerate(plan):
                 shape = nodes[-1].type.shape
-                src.line(f"case {s}:  // {nodes[-1].name}: {len(nodes)} ops over "
-                         f"{gen.kg.buffer(nodes[-1].name).type.show()}")
+                # no shape in the comment: the module's text, CuPy's cache key, is the same at every width
+                src.line(f"case {s}:  // {nodes[-1].name}: {len(nodes)} ops")
                 src.level += 1
                 args = [f"{gen.arg(i)}[{'j' if gen.kg.buffer(i).shape == shape else '0'}]" for i in ext]
                 results = [f"{gen.arg(o)} + j" for o in outs]
-                with src.block(f"for (long long j = first; j < {numel(shape)}; j += stride)"):
+                with src.block(f"for (long long j = first; j < {numel(gen, nodes[-1].name)}; j += stride)"):
                     src.line(src.wrapped(f"{fn}(", args + results, ");"))
                 src.line("break;")
                 src.level -= 1
@@ -237,9 +257,12 @@ class CudaSweep(Sweep):
             if self.kind(i) != "space":
                 self.chan[i] = self.names.fresh(tail(i))
                 self.head.line(f"const double {self.chan[i]} = {self.gen.arg(i)}[{'c' if self.kind(i) == 'channel' else '0'}];")
-        self.size, self.channels = numel(self.space[2:]), dim(self.space[1])
+        ref = next(i for i in self.kernel.inputs if self.kind(i) == "space")  # sizes: the activation's
+        self.size = self.names.fresh("size")  # of the channel's plane: the axes after 1
+        self.head.line(f"const long long {self.size} = {product(dims(self.gen, ref, range(2, len(self.space))))};")
+        self.channels = self.gen.dim(ref, 1)
         self.count = self.names.fresh("count")
-        self.head.line(f"const long long {self.count} = {dim(self.space[0])} * {self.size};")
+        self.head.line(f"const long long {self.count} = {self.gen.dim(ref, 0)} * {self.size};")
 
     def element(self, name: str) -> str:
         return f"{self.gen.arg(name)}[at]"

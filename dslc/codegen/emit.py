@@ -192,6 +192,27 @@ def reduce_space(gen: Emitter, kernel: Kernel):
     return root, space, axes, [a for a in range(rank) if a not in axes]
 
 
+def reduce_extents(gen: Emitter, kernel: Kernel, space) -> list[tuple[str, int] | None]:
+    """Where each axis's size of a reduce loop's space is read at run time: (buffer, axis) of
+    an input of the space's own shape where there is one; else, axis by axis, of an input
+    that broadcasts along it without being 1 there (or a per-channel input, for axis 1);
+    None for an axis of size 1."""
+    like = next((i for i, m in zip(kernel.inputs, kernel.index_maps) if m == "identity"), None)
+    if like is not None:
+        return [(like, a) for a in range(len(space))]
+    out: list[tuple[str, int] | None] = []
+    for a, d in enumerate(space):
+        for name, m in zip(kernel.inputs, kernel.index_maps):
+            shape = gen.kg.buffer(name).shape
+            k = a - (len(space) - len(shape)) if m != "channel" else (0 if a == 1 else -1)
+            if d != 1 and m != "scalar" and 0 <= k < len(shape) and shape[k] == d:
+                out.append((name, k))
+                break
+        else:
+            out.append(None)
+    return out
+
+
 def accumulate_element(gen: Emitter, src, names: Namer, resolve, kernel: Kernel, acc: str) -> None:
     """One element of a reduce kernel, its inputs loaded: the producers, then acc += the root's operand."""
     body = kernel.nodes[0].attr("body")

@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 
 from dslc.codegen import externs
-from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, host_of, penalty, reduce_space,
-                               tail)
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, host_of, penalty, reduce_extents,
+                               reduce_space, tail)
 from dslc.codegen.groups import Sweep, update_plan
 from dslc.codegen.source import Source
 from dslc.ir.types import concrete
@@ -176,31 +176,11 @@ def _nd_loops(src, extents: list[str], par: bool, inner, order=None) -> None:
         _nd_loops(src, extents, False, inner, order[1:])
 
 
-def _extents(gen, kernel, space) -> list[str]:
-    """Each axis's size of a reduce loop's space, read from an input that has it: an input
-    of the space's own shape where there is one, else, axis by axis, one that broadcasts
-    along it without being 1 there (or a per-channel input, for axis 1)."""
-    like = next((gen.arg(i) for i, m in zip(kernel.inputs, kernel.index_maps) if m == "identity"), None)
-    if like is not None:
-        return _shape_of(like, len(space))
-    out = []
-    for a, d in enumerate(space):
-        for name, m in zip(kernel.inputs, kernel.index_maps):
-            shape = gen.kg.buffer(name).shape
-            k = a - (len(space) - len(shape)) if m != "channel" else (0 if a == 1 else -1)
-            if d != 1 and m != "scalar" and 0 <= k < len(shape) and shape[k] == d:
-                out.append(f"{gen.arg(name)}.shape[{k}]")
-                break
-        else:
-            out.append("1")
-    return out
-
-
 def reduce(gen, src, kernel) -> None:
     """A reduce kernel: producers elementwise over the root's input, then sum or mean."""
     root, space, axes, kept = reduce_space(gen, kernel)
     rank = len(space)
-    extents = _extents(gen, kernel, space)
+    extents = [f"{gen.arg(r[0])}.shape[{r[1]}]" if r else "1" for r in reduce_extents(gen, kernel, space)]
     out_name = kernel.outputs[0]
     out = gen.arg(out_name)
     par = bool(kept) and numel(space) >= PARALLEL_MIN

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import atexit
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Mapping
 
 import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts its threads)
@@ -38,7 +41,7 @@ from dslc.kernels.graph import KernelGraph, bindings
 from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
-from dslc.runtime.cpu.build import build
+from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.profile import Profile
 
 
@@ -167,16 +170,38 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(kg, batch)
 
 
-def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int], generated=None) -> CompiledGraph:
-    """Bind the module of `kg` (generated here, or `generated` = generate_with(kg)) to a planned
-    arena, each kernel its shared compiled copy, every one missing from the caches compiled first."""
+@dataclass(frozen=True)
+class Loaded:
+    """A kernel graph's generated module, loaded, its kernels compiled: ready to bind to arenas."""
+
+    kg: KernelGraph
+    gen: Generator
+    module: ModuleType
+    path: Path
+    build: Report
+
+
+def load_kernels(kg: KernelGraph, generated=None) -> Loaded:
+    """Generate the module of `kg` (or take `generated` = generate_with(kg)), load it with each
+    kernel bound to its shared compiled copy, and compile the kernels missing from the caches
+    (runtime/cpu/build.py): what a step needs before any arena exists."""
     gen, source = generated or generate_with(kg)
     module, path = cache.load(kg, source)
     for name, unit in gen.units.items():  # each kernel runs as the shared copy of its text
         setattr(module, name, shared.load(shared.canonical(unit)))
-    build(gen, f"{kg.name} {kg.stage}")
+    report = build(gen, f"{kg.name} {kg.stage}")
     if debug_level() >= 2:
         print(f"dslc: {kg.name} ({kg.stage}) -> {path}", file=sys.stderr)
     if debug_level() >= 4:
         print(source, file=sys.stderr)
-    return CompiledGraph(kg, plan(kg, bindings(batch)), gen, module, path)
+    return Loaded(kg, gen, module, path, report)
+
+
+def bind(loaded: Loaded, batch: int | Mapping[str, int]) -> CompiledGraph:
+    """A loaded module bound to an arena planned for `batch`."""
+    return CompiledGraph(loaded.kg, plan(loaded.kg, bindings(batch)), loaded.gen, loaded.module, loaded.path)
+
+
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int], generated=None) -> CompiledGraph:
+    """load_kernels, then bind."""
+    return bind(load_kernels(kg, generated), batch)

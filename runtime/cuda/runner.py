@@ -64,7 +64,6 @@ class GpuGraph:
         dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), "float32")
         self.workspace = cp.zeros(max(1, self._workspace_elements()), dtype)
         self.library = ops.Library(cp, self.raw, self.workspace)
-        self.symbols = tuple(np.int64(memory.batch[s]) for s in module.symbols)
         self._steps = [(module.kernels[l.position].prologue, self._bind(l)) for l in module.launches
                        if l.kind != "view"]
         self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
@@ -105,8 +104,8 @@ class GpuGraph:
             steps.append(self.library.bind(node, [self.views[i] for i in ins], self.views[k.outputs[0]]))
         if launch.function:
             fn = self.raw.get_function(launch.function)
-            args = tuple(self.views[b] for b in launch.args) + self.symbols
-            grid = launch.grid(self.plan.batch)
+            args = launch.arguments(self.views, np.int64)  # each buffer, then its dimensions
+            grid = launch.grid(self.views)
             steps.append(lambda: fn(grid, (BLOCK,), args))
         return steps[0] if len(steps) == 1 else lambda: [s() for s in steps]
 
@@ -190,8 +189,20 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(lower(optimize(graph, level)[0]), batch)
 
 
-def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> GpuGraph:
+def load_kernels(kg: KernelGraph) -> tuple[KernelGraph, CudaModule]:
+    """The generated module of `kg` (CuPy compiles it when the first GpuGraph is made, and
+    keeps the binary in its own cache, keyed by the source)."""
     module = generate(kg)
     if debug_level() >= 4:
         print(module.source, file=sys.stderr)
+    return kg, module
+
+
+def bind(loaded: tuple[KernelGraph, CudaModule], batch: int | Mapping[str, int]) -> GpuGraph:
+    kg, module = loaded
     return GpuGraph(kg, plan(kg, bindings(batch)), module)
+
+
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> GpuGraph:
+    """load_kernels, then bind."""
+    return bind(load_kernels(kg), batch)
