@@ -35,7 +35,7 @@ from dslc.codegen.emit import Emitter, Lang, form
 from dslc.codegen.scalar import CONSTANTS
 from dslc.codegen.source import Source, kernel_header, where
 from dslc.ir.types import NUMPY_DTYPE, concrete
-from dslc.kernels.graph import Kernel, KernelGraph
+from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
 from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
@@ -207,11 +207,6 @@ def _ops(k: Kernel) -> str:
 # ---- what the drivers call, with which argument types: planned without Numba ---------------
 
 NDIM = {"flat": 1, "ncs": 3, "nc": 2}  # the rank of each view (VIEWS); "" keeps the buffer's
-
-
-def float_dtype(kg: KernelGraph) -> str:
-    """The NumPy dtype of the graph's floats: the conv workspace's."""
-    return next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), "float32")
 
 
 def driver_calls(gen: Generator) -> list[tuple[tuple[str, str], tuple]]:

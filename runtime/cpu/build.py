@@ -31,9 +31,9 @@ from dslc.codegen.numba_cpu import Generator, driver_calls
 from dslc.debug import debug_level
 
 # Rough compile seconds, to start the slowest first and to judge whether starting
-# processes (about half a second each) pays: library kernels are the largest.
+# processes (about a second each, Numba's start included) pays: library kernels are the largest.
 COST = {"library": 3.0, "parallel": 1.5, "serial": 0.4}
-SPAWN_WORTH = 2.5  # seconds of compiling below which this process does it alone
+SPAWN_WORTH = 4.0  # seconds of compiling below which this process does it alone
 
 
 @dataclass
@@ -46,8 +46,13 @@ class Report:
 
 
 def workers() -> int:
-    """Processes besides this one that compile: one per further core (DSLC_COMPILE_WORKERS overrides)."""
-    return max(0, int(os.environ.get("DSLC_COMPILE_WORKERS", (os.cpu_count() or 1) - 1)))
+    """Processes besides this one that compile: one per further idle core, going by the load
+    average (on a machine already busy, more processes only repeat the work Numba shares
+    within one); DSLC_COMPILE_WORKERS sets the number."""
+    if "DSLC_COMPILE_WORKERS" in os.environ:
+        return max(0, int(os.environ["DSLC_COMPILE_WORKERS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(cores - 1, round(cores - os.getloadavg()[0]) - 1))
 
 
 def build(gen: Generator, label: str, quiet: bool = False) -> Report:
@@ -69,7 +74,6 @@ def build(gen: Generator, label: str, quiet: bool = False) -> Report:
         else:
             pending.append((where, types, _cost(where, fn)))
     if pending:
-        pending.sort(key=lambda t: -t[2])
         tell = _Progress(label, len(pending), report.cached, quiet)
         report.processes, seconds = _compile(pending, tell)
         if debug_level() >= 2:  # where compile time goes: DSLC_DEBUG=2
@@ -88,11 +92,20 @@ def build(gen: Generator, label: str, quiet: bool = False) -> Report:
 
 def _compile(pending, tell) -> tuple[int, list[float]]:
     """Compile `pending` here and in worker processes; (how many processes worked, the
-    seconds each task took)."""
-    spawn = min(workers(), len(pending) - 1) if sum(c for *_, c in pending) >= SPAWN_WORTH else 0
+    seconds each task took).
+
+    The functions of one library module are one unit of work, compiled in one process in
+    turn: they call the same helpers (im2col, a GEMM block), which Numba then compiles
+    once. Units go out largest first, to whichever process is free."""
+    units: dict[str, list[int]] = {}
+    for k, (where, _, _) in enumerate(pending):
+        units.setdefault(where[0] if where[0].startswith("dslc.") else f"kernel {k}", []).append(k)
+    cost = {u: sum(pending[k][2] for k in ks) for u, ks in units.items()}
+    order = sorted(units, key=lambda u: -cost[u])
+    spawn = min(workers(), len(order) - 1) if sum(cost.values()) >= SPAWN_WORTH else 0
     ctx = multiprocessing.get_context("spawn")  # a forked Numba (threads, LLVM) is not safe
-    tasks = [(where, types) for where, types, _ in pending]
-    taken, done, seconds = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Array("d", len(tasks))
+    tasks = [[pending[k][:2] for k in units[u]] for u in order]
+    taken, done, seconds = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Array("d", len(pending))
     procs = [ctx.Process(target=_work, args=(tasks, taken, done, seconds), daemon=True) for _ in range(spawn)]
     for p in procs:
         p.start()
@@ -101,27 +114,30 @@ def _compile(pending, tell) -> tuple[int, list[float]]:
         for p in procs:
             p.join(0.2)
         tell.update(done.value)
-    return spawn + 1, list(seconds)
+    index = [k for u in order for k in units[u]]  # the seconds were recorded in task order
+    return spawn + 1, [seconds[index.index(k)] for k in range(len(pending))]
 
 
 def _work(tasks, taken, done, seconds, tell=None) -> None:
-    """Take tasks one at a time until none is left (in this process, or as a worker's target)."""
+    """Take units one at a time until none is left (in this process, or as a worker's target)."""
+    first = [sum(len(t) for t in tasks[:u]) for u in range(len(tasks))]  # each unit's first slot in `seconds`
     while True:
         with taken.get_lock():
-            k = taken.value
+            u = taken.value
             taken.value += 1
-        if k >= len(tasks):
+        if u >= len(tasks):
             return
-        start = time.perf_counter()
-        try:
-            _function(tasks[k][0]).compile(_signature(tasks[k][1]))
-        except Exception:  # the first call compiles it again here and reports the error
-            pass
-        seconds[k] = time.perf_counter() - start
-        with done.get_lock():
-            done.value += 1
-        if tell is not None:
-            tell.update(done.value)
+        for j, (where, types) in enumerate(tasks[u]):
+            start = time.perf_counter()
+            try:
+                _function(where).compile(_signature(types))
+            except Exception:  # the first call compiles it again here and reports the error
+                pass
+            seconds[first[u] + j] = time.perf_counter() - start
+            with done.get_lock():
+                done.value += 1
+            if tell is not None:
+                tell.update(done.value)
 
 
 def _function(where):

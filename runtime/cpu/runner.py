@@ -32,12 +32,12 @@ from numba import njit
 
 from dslc.codegen import cache, externs, shared
 from dslc.codegen.emit import host_of
-from dslc.codegen.numba_cpu import Generator, float_dtype, generate_with
+from dslc.codegen.numba_cpu import Generator, generate_with
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
-from dslc.kernels.graph import KernelGraph, bindings
+from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts

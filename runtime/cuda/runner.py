@@ -31,7 +31,7 @@ from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
-from dslc.kernels.graph import KernelGraph, bindings
+from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
@@ -61,8 +61,7 @@ class GpuGraph:
         self.arena = cp.zeros(memory.arena_bytes, cp.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
         self.raw = cp.RawModule(code=module.source)
-        dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), "float32")
-        self.workspace = cp.zeros(max(1, self._workspace_elements()), dtype)
+        self.workspace = cp.zeros(max(1, self._workspace_elements()), float_dtype(kg))
         self.library = ops.Library(cp, self.raw, self.workspace)
         self._steps = [(module.kernels[l.position].prologue, self._bind(l)) for l in module.launches
                        if l.kind != "view"]
