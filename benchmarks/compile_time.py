@@ -17,7 +17,9 @@ NUMBA_CACHE_DIR:
                   every generated kernel compiles
 
 Each child also reports the seconds its executor spent compiling (`*_compile_s`) and its
-peak RSS. The peer is torch.compile of the same model (benchmarks/torch_models.py), in a
+peak RSS. `compile_cli_s` is `dslc compile MODEL --stage train_step` at the SIZES widths
+after the same command at the file's own widths: the size change a person makes at the
+command line, answered from what is built. The peer is torch.compile of the same model (benchmarks/torch_models.py), in a
 fresh process to its first compiled training step: cold (an empty TORCHINDUCTOR_CACHE_DIR)
 and warm (the cache kept); PyTorch eager to its first step shows what no compiler costs.
 
@@ -38,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.train_step import BENCHES, ROOT, batch_data, dslc_step
+from benchmarks.train_step import BENCHES, ROOT, batch_data, dslc_step, report
 
 SIZES = {"mlp": {"h1": 400, "h2": 200}, "small_cnn": {"width": 40, "hidden": 96},
          "cifar_cnn": {"width": 24, "hidden": 200}}
@@ -103,15 +105,15 @@ def torch_child(name: str, compiled: bool) -> None:
     print(json.dumps({}))
 
 
-def run(args: list[str], env: dict) -> tuple[float, dict]:
-    """(wall seconds, the child's JSON) of `python -m benchmarks.compile_time ARGS`."""
+def run(args: list[str], env: dict, module: str = "benchmarks.compile_time") -> tuple[float, dict]:
+    """(wall seconds, the child's JSON, if it printed one) of `python -m MODULE ARGS`."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "benchmarks.compile_time", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
-        raise RuntimeError(f"benchmarks.compile_time {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout.splitlines()[-1])
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    last = done.stdout.splitlines()[-1] if done.stdout.strip() else ""
+    return seconds, json.loads(last) if last.startswith("{") else {}
 
 
 def measure(name: str, torch: bool) -> dict:
@@ -131,6 +133,9 @@ def measure(name: str, torch: bool) -> dict:
             row[f"{scenario}_compile_s"] = out["compile_s"]
             if scenario == "unchanged":
                 row["rss_mb"] = out["rss_mb"]
+        compile_ = ["compile", str(ROOT / BENCHES[name].file), "--stage", "train_step"]
+        run(compile_, env, "dslc.cli")  # the file's own widths (and its recipe's optimizer)
+        row["compile_cli_s"] = run(compile_ + [f"--set={k}={v}" for k, v in SIZES[name].items()], env, "dslc.cli")[0]
         if torch:
             inductor = dict(base, TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor")
             row["torch_compile_cold_s"] = run(["--torch", name, "--compiled"], inductor)[0]
@@ -139,8 +144,8 @@ def measure(name: str, torch: bool) -> dict:
     return row
 
 
-COLUMNS = ["model", *(f"{s}_s" for s in SCENARIOS), "torch_compile_cold_s", "torch_compile_warm_s", "torch_eager_s",
-           "rss_mb"]
+COLUMNS = ["model", *(f"{s}_s" for s in SCENARIOS), "compile_cli_s", "torch_compile_cold_s", "torch_compile_warm_s",
+           "torch_eager_s", "rss_mb"]
 
 
 def table(rows: list[dict]) -> str:
@@ -175,14 +180,8 @@ def main(argv=None) -> int:
         has_torch = True
     except ImportError:
         has_torch = False
-    rows = [measure(n, has_torch) for n in names]
-    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
-    if args.json:
-        print(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    else:
-        print(table(rows))
-        print(f"\n{machine['cpus']} CPUs, load average {' '.join(f'{v:.2f}' for v in machine['load_average'])}; "
-              "seconds of a fresh process to its first training step")
+    report([measure(n, has_torch) for n in names], args.json, table,
+           "seconds of a fresh process to its first training step (compile_cli_s: to `dslc compile`'s answer)")
     return 0
 
 

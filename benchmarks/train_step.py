@@ -203,15 +203,20 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         pass
-    rows = [measure(n, args.steps) for n in names]
-    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
-    if args.json:
+    report([measure(n, args.steps) for n in names], args.json, table,
+           "ms: median training step; ratio: dslc / PyTorch eager (compile times: benchmarks/compile_time.py)")
+    return 0
+
+
+def report(rows: list[dict], as_json: bool, show, legend: str) -> None:
+    """The rows and the machine's state (CPUs, load average), as JSON or as a table with a legend."""
+    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
+    if as_json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     else:
-        print(table(rows))
+        print(show(rows))
         print(f"\n{machine['cpus']} CPUs, load average {' '.join(f'{v:.2f}' for v in machine['load_average'])}; "
-              "ms: median training step; ratio: dslc / PyTorch eager (compile times: benchmarks/compile_time.py)")
-    return 0
+              + legend)
 
 
 def main_gpu(names: list[str], args) -> int:

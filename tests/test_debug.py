@@ -46,3 +46,13 @@ def test_cache_dir(monkeypatch, tmp_path):
     assert debug.cache_dir() == tmp_path / "kernels"
     monkeypatch.setenv("DSLC_CACHE", "/x/y")
     assert debug.cache_dir() == Path("/x/y")
+
+
+def test_compile_workers(monkeypatch):
+    monkeypatch.delenv("DSLC_COMPILE_WORKERS", raising=False)
+    assert debug.compile_workers() is None
+    monkeypatch.setenv("DSLC_COMPILE_WORKERS", "0")
+    assert debug.compile_workers() == 0
+    monkeypatch.setenv("DSLC_COMPILE_WORKERS", "two")
+    with pytest.raises(UsageError, match="DSLC_COMPILE_WORKERS"):
+        debug.compile_workers()

@@ -70,6 +70,7 @@ class _Renamer(ast.NodeTransformer):
         return node
 
 
+@lru_cache(maxsize=4096)
 def canonical(unit: str) -> str:
     """`unit` (defs, the last one the kernel) with positional names and no comments."""
     tree = ast.parse(unit)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from dslc.codegen import cache, shared
 from dslc.codegen.numba_cpu import Generator, driver_calls
-from dslc.debug import debug_level
+from dslc.debug import compile_workers, debug_level
 
 # Rough compile seconds, to start the slowest first and to judge whether starting
 # processes (about a second each, Numba's start included) pays: library kernels are the largest.
@@ -49,8 +49,8 @@ def workers() -> int:
     """Processes besides this one that compile: one per further idle core, going by the load
     average (on a machine already busy, more processes only repeat the work Numba shares
     within one); DSLC_COMPILE_WORKERS sets the number."""
-    if "DSLC_COMPILE_WORKERS" in os.environ:
-        return max(0, int(os.environ["DSLC_COMPILE_WORKERS"]))
+    if compile_workers() is not None:
+        return compile_workers()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(0, min(cores - 1, round(cores - os.getloadavg()[0]) - 1))
 
