@@ -110,7 +110,7 @@ def test_batchnorm_sweeps_over_rows_in_channel_blocks():
     """Batchnorm over [N, C] runs by rows in blocks of ROWS_BLOCK channels, with its
     per-channel values in float64 scratch: a partial last block (70 = 64 + 6 channels) and,
     at 1100 channels, the parallel loop dealing blocks to the scratch's rows (one per thread)."""
-    from dslc.codegen.numba_loops import ROWS_BLOCK
+    from dslc.codegen.numba_sweep import ROWS_BLOCK
     model = dslc.load(MODELS / "mlp_bn.net", h1=1100, h2=70)
     cg = check(build(model, "train_step", Optimizer("adam", lr=1e-3)), batch=5)
     source = cg.path.read_text()

@@ -9,11 +9,14 @@ One emitter, two languages (as tinygrad's renderers: one algorithm, a table of s
     scalar.py       reads each elementwise/optimizer op's scalar expression (CPU and CUDA) from its op block
 
     numba_cpu.py    Python for Numba: the syntax table and the whole module (kernels, `step`
-                    and `prologue` drivers); numba_loops.py lays kernels out as range/prange loops
+                    and `prologue` drivers); numba_loops.py and numba_sweep.py lay kernels
+                    out as range/prange loops
     externs.py      library kernels of dslc/runtime/cpu/ and how to call them
-    cache.py        generated modules on disk, keyed by graph, versions and source
+    shared.py       content-addressed kernels: one compiled copy per distinct kernel text
+    cache.py        generated modules on disk, keyed by graph, versions and source; build notes
     cuda_gpu.py     CUDA C: the syntax table, the module and its launches; cuda_loops.py lays
-                    kernels out over blocks and threads
+                    kernels out over blocks and threads; cuda_library.py holds the library
+                    kernels (im2col, pooling, softmax ...) a module includes
 
 The runtime objects that run generated code are dslc/runtime/cpu/runner.py and
 dslc/runtime/cuda/runner.py (CuPy, imported only there).

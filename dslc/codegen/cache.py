@@ -1,15 +1,21 @@
-"""The generated-module cache: source files keyed by what they were made from.
+"""The dslc cache (`dslc.debug.cache_dir()`: DSLC_CACHE, default ~/.cache/dslc): generated
+modules, and what is known to be built.
 
-    module, path = load(kg, source)
+    module, path = load(kg, source)       # <model>_<stage>_<key>.py, imported
 
-The key hashes the kernel graph's deterministic text, the generated source, the dslc
-version, the Numba version and the library kernels' sources (a generated kernel may
-inline one); the file is `<model>_<stage>_<key>.py` in
-`dslc.debug.cache_dir()` (DSLC_CACHE, default ~/.cache/dslc). A file is written once
-and never rewritten: Numba's own cache (`cache=True`, stored in `__pycache__` beside the
-file) is invalidated by the source file's modification time, so leaving an existing
-file untouched is what lets a second process load compiled kernels instead of
-compiling them again.
+A generated module is keyed by the kernel graph's deterministic text, its source, the
+dslc and Numba versions and the library kernels' sources; it holds the drivers the runner
+calls and the readable kernels, each of which runs as its shared compiled copy (one file
+per distinct kernel text, shared.py). A file is written once and never rewritten: Numba's
+own cache (`cache=True`) is invalidated by the source file's modification time, so
+leaving an existing file untouched is what lets a second process load compiled kernels.
+
+Build notes: `write_built` records that a function the drivers call (a library kernel or a
+shared kernel) is compiled for given argument types, and where Numba keeps it;
+`built_index` reads that back without Numba, so `dslc compile` answers at once for a
+model whose every kernel is built (a size change). Build records (`record_path`,
+`write_record`, `read_record`) answer an unchanged `dslc compile` request without even
+loading the model.
 """
 from __future__ import annotations
 
@@ -51,10 +57,12 @@ def digest(root: Path, pattern: str) -> str:
 
 @lru_cache(maxsize=None)
 def library_digest() -> str:
-    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py), found without
-    importing them (the runtime sits above code generation)."""
+    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py, found without
+    importing them: the runtime sits above code generation) and of the window geometry
+    they compile in (dslc/kernels/geometry.py)."""
     runtime = importlib.util.find_spec("dslc.runtime").submodule_search_locations[0]
-    return digest(Path(runtime) / "cpu", "*.py")
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    return digest(Path(runtime) / "cpu", "*.py") + digest(kernels, "geometry.py")
 
 
 def key(kg: KernelGraph, source: str) -> str:

@@ -17,7 +17,7 @@ sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of th
         another kernel reads it. Variances use sums shifted by the channel's first
         element (no cancellation when |mean| >> std), and `var_grad` re-centres x with a
         mean accumulated in the first pass. A language's subclass says where values live
-        and how the passes are laid out over threads (numba_loops.py, cuda_loops.py).
+        and how the passes are laid out over threads (numba_sweep.py, cuda_loops.py).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def chain_text(lang, nodes, ext, outs) -> str:
 class Sweep:
     """State of one sweep kernel's emission: which value lives where.
 
-    A language's subclass (numba_loops.NumbaSweep, cuda_loops.CudaSweep) supplies the layout:
+    A language's subclass (numba_sweep.NumbaSweep, cuda_loops.CudaSweep) supplies the layout:
         setup()               the channel's inputs and `count`, before any pass
         element(name)         the current element of an S-shaped buffer
         first(x)              the channel's first element of x (the variance shift)

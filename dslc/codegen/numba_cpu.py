@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.codegen import externs, numba_loops, shared
+from dslc.codegen import externs, numba_loops, numba_sweep, shared
 from dslc.codegen.cache import numba_version
 from dslc.codegen.emit import Emitter, Lang, form
 from dslc.codegen.scalar import CONSTANTS
@@ -66,7 +66,7 @@ PYTHON = Lang(target="cpu", c=False, let="{name} = {value}", store="{at} = {valu
 # fallbacks are lines of the drivers, not functions.
 EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "elementwise": numba_loops.elementwise,
         "epilogue": numba_loops.elementwise, "reduce": numba_loops.reduce, "update": numba_loops.update,
-        "sweep": numba_loops.sweep}
+        "sweep": numba_sweep.sweep}
 
 
 class Generator(Emitter):
@@ -77,7 +77,7 @@ class Generator(Emitter):
         self.units: dict[str, str] = {}  # kernel function -> its text, with the chain functions it calls
         self.fallback: list[int] = []
         self.kernels: list[Kernel] = list(kg.kernels)
-        self.scratch_slots = 0  # float64 slots per thread that rows-layout sweeps use (numba_loops.py)
+        self.scratch_slots = 0  # float64 slots per thread that rows-layout sweeps use (numba_sweep.py)
 
     def view(self, buffer: str, kind: str = "") -> str:
         """The driver argument holding `buffer` seen as `kind` (VIEWS), named on first use."""

@@ -46,13 +46,31 @@ class Report:
 
 
 def workers() -> int:
-    """Processes besides this one that compile: one per further idle core, going by the load
-    average (on a machine already busy, more processes only repeat the work Numba shares
-    within one); DSLC_COMPILE_WORKERS sets the number."""
+    """Processes besides this one that compile: one per further idle core (on a machine
+    already busy, more processes only repeat the work Numba shares within one);
+    DSLC_COMPILE_WORKERS sets the number."""
     if compile_workers() is not None:
         return compile_workers()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(cores - 1, round(cores - os.getloadavg()[0]) - 1))
+    return max(0, min(cores - 1, round(idle_cores(cores)) - 1))
+
+
+def idle_cores(cores: int, seconds: float = 0.1) -> float:
+    """How many cores are idle now: from two readings of /proc/stat `seconds` apart (the
+    load average lags a minute behind, and would count a compile that just finished), else
+    from the load average."""
+    def times() -> list[int]:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    try:
+        before = times()
+        time.sleep(seconds)
+        after = times()
+    except (OSError, ValueError):
+        return cores - os.getloadavg()[0]
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8]) or 1  # user nice system idle iowait irq softirq steal
+    return (delta[3] + delta[4]) / total * os.cpu_count()
 
 
 def build(gen: Generator, label: str, quiet: bool = False) -> Report:
