@@ -41,7 +41,7 @@ class Step(Protocol):
     graph: Graph
     compile_seconds: float
 
-    def prepare(self) -> object: ...
+    def prepare(self, quiet: bool = False) -> object: ...
 
     def __call__(self, feeds: Mapping[str, np.ndarray], params: MutableMapping[str, np.ndarray],
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]: ...
@@ -62,7 +62,7 @@ class ReferenceStep:
         self._updates = [(o.name, o.value) for o in graph.outputs if o.kind in UPDATES]
         self._results = [(o.name, o.value) for o in graph.outputs if o.kind not in UPDATES]
 
-    def prepare(self) -> None:
+    def prepare(self, quiet: bool = False) -> None:
         """Nothing to compile: the references are NumPy."""
 
     def __call__(self, feeds, params, rng=None):
@@ -97,11 +97,12 @@ class ArenaStep:
         self._updates = [(o.name, o.kind) for o in graph.outputs if o.kind in UPDATES]
         self._results = [(o.kind, o.name) for o in graph.outputs if o.kind not in UPDATES]
 
-    def prepare(self):
-        """Compile (or load from the caches) everything the step runs, before its first call."""
+    def prepare(self, quiet: bool = False):
+        """Compile (or load from the caches) everything the step runs, before its first call;
+        progress on stderr while kernels compile, unless `quiet`."""
         if self.loaded is None:
             start = time.perf_counter()
-            self.loaded = self.load(self.kernels)
+            self.loaded = self.load(self.kernels, quiet=quiet)
             self.compile_seconds = time.perf_counter() - start
         return self.loaded
 

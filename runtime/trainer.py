@@ -218,8 +218,8 @@ class Trainer:
         """Compile the training step and the evaluation graph before the first step (with
         progress on stderr while kernels compile), so the progress bar's ETA counts steps only."""
         started = time.perf_counter()
-        self.step_fn.prepare()
-        self.evaluator.step.prepare()
+        self.step_fn.prepare(quiet=self.quiet)
+        self.evaluator.step.prepare(quiet=self.quiet)
         self.timing["compile_seconds"] = round(time.perf_counter() - started, 3)
 
     def _catch_sigint(self):

@@ -116,3 +116,25 @@ def test_kernels_compile_in_worker_processes_and_say_so(monkeypatch, tmp_path, c
     assert f"compiled {report.compiled} kernels ({report.cached} from the cache)" in err
     again = builder.build(loaded.gen, "again")
     assert (again.compiled, again.cached) == (0, report.calls)
+
+
+def test_a_worker_never_runs_the_callers_script_again(tmp_path):
+    """A script with no `if __name__ == "__main__"` guard that compiles with a worker runs
+    once: workers are fresh interpreters, not re-imports of the caller's main module."""
+    script = tmp_path / "script.py"
+    runs = tmp_path / "runs.txt"
+    script.write_text(f"""
+import dslc
+from dslc.runtime.cpu import build
+from dslc.runtime.cpu.runner import compile_graph
+from dslc.stages import build as stage
+open({str(runs)!r}, "a").write("ran\\n")
+build.SPAWN_WORTH = 0.0
+cg = compile_graph(stage(dslc.load({str(MODELS / 'two_layer.net')!r}, hidden=4), "infer"), 2)
+assert cg.kernels
+""")
+    env = {**__import__("os").environ, "DSLC_CACHE": str(tmp_path / "cache"), "DSLC_COMPILE_WORKERS": "1"}
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert runs.read_text() == "ran\n" and "compiled" in done.stderr

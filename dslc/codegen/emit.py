@@ -26,12 +26,6 @@ from dslc.ops.registry import epilogue_host
 
 CTYPE = {"f32": "float", "f64": "double", "i32": "int", "i64": "long long"}  # C's name of each dtype
 
-# What a kernel becomes (form()): no code, a library call, one of the generated kernel
-# kinds, or a fall-back to the NumPy references.
-FORMS = ("view", "library", "expand", "regulariser", "elementwise", "epilogue", "reduce", "update", "sweep",
-         "fallback")
-
-
 @dataclass(frozen=True)
 class Lang:
     """A language's syntax table: every statement the shared emitter writes is made from it.
@@ -102,7 +96,9 @@ def host_of(body):
 
 
 def form(gen: Emitter, k: Kernel) -> str:
-    """How kernel k is generated (one of FORMS): the same answer in every language, except
+    """How kernel k is generated: view (no code), library (a call of the language's library
+    kernel), a generated kind (expand, regulariser, elementwise, epilogue, reduce, update,
+    sweep), or fallback (the NumPy references). The same answer in every language, except
     that an extern op is a library call only where the language has that library kernel."""
     if k.kind == "view":
         return "view"

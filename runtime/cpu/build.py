@@ -7,9 +7,9 @@ Numba compiles a function on its first call, one after another, in the calling p
 Here every function the drivers call is listed with its argument types ahead of time
 (numba_cpu.driver_calls: library kernels and each generated kernel's shared copy), those
 Numba's cache already holds for these types are left to load on first call, and the rest
-are compiled concurrently: the calling process and `workers()` spawned processes take
-them one at a time, largest first, each filling the same on-disk caches. The first
-step then only loads.
+are compiled concurrently: the calling process and `workers()` worker processes share
+them out, largest first, each filling the same on-disk caches. The first step then only
+loads.
 
 A worker that fails leaves its function to the first call, which compiles it in this
 process and raises any error where it belongs. While it works, build() says on stderr how
@@ -20,9 +20,11 @@ terminal). It records each function it finds built (cache.write_built), so that
 from __future__ import annotations
 
 import importlib
-import multiprocessing
+import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -114,48 +116,71 @@ def _compile(pending, tell) -> tuple[int, list[float]]:
 
     The functions of one library module are one unit of work, compiled in one process in
     turn: they call the same helpers (im2col, a GEMM block), which Numba then compiles
-    once. Units go out largest first, to whichever process is free."""
+    once. Units are dealt largest first to the process with the least work so far. A worker
+    is `python -m dslc.runtime.cpu.build` reading its tasks on stdin and printing one line
+    per task done: a fresh interpreter, never a re-run of the caller's script (which
+    multiprocessing's spawn would import again)."""
     units: dict[str, list[int]] = {}
     for k, (where, _, _) in enumerate(pending):
         units.setdefault(where[0] if where[0].startswith("dslc.") else f"kernel {k}", []).append(k)
     cost = {u: sum(pending[k][2] for k in ks) for u, ks in units.items()}
-    order = sorted(units, key=lambda u: -cost[u])
-    spawn = min(workers(), len(order) - 1) if sum(cost.values()) >= SPAWN_WORTH else 0
-    ctx = multiprocessing.get_context("spawn")  # a forked Numba (threads, LLVM) is not safe
-    tasks = [[pending[k][:2] for k in units[u]] for u in order]
-    taken, done, seconds = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Array("d", len(pending))
-    procs = [ctx.Process(target=_work, args=(tasks, taken, done, seconds), daemon=True) for _ in range(spawn)]
-    for p in procs:
-        p.start()
-    _work(tasks, taken, done, seconds, tell)
-    while any(p.is_alive() for p in procs):
-        for p in procs:
-            p.join(0.2)
-        tell.update(done.value)
-    index = [k for u in order for k in units[u]]  # the seconds were recorded in task order
-    return spawn + 1, [seconds[index.index(k)] for k in range(len(pending))]
+    spawn = min(workers(), len(units) - 1) if sum(cost.values()) >= SPAWN_WORTH else 0
+    shares: list[list[int]] = [[] for _ in range(spawn + 1)]
+    load = [0.0] * (spawn + 1)
+    for u in sorted(units, key=lambda u: -cost[u]):
+        i = load.index(min(load))
+        shares[i] += units[u]
+        load[i] += cost[u]
+    seconds = [0.0] * len(pending)
+    done = [0]
+    lock = threading.Lock()
+
+    def finished(k: int, s: float) -> None:
+        with lock:
+            seconds[k] = s
+            done[0] += 1
+            tell.update(done[0])
+
+    procs = []
+    for share in shares[1:]:
+        proc = subprocess.Popen([sys.executable, "-m", "dslc.runtime.cpu.build"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc.stdin.write(json.dumps([[k, *pending[k][:2]] for k in share]))
+        proc.stdin.close()
+        reader = threading.Thread(target=_read, args=(proc, finished), daemon=True)
+        reader.start()
+        procs.append((proc, reader))
+    for k in shares[0]:
+        finished(k, _compile_one(*pending[k][:2]))
+    for proc, reader in procs:
+        proc.wait()
+        reader.join()
+    return spawn + 1, seconds
 
 
-def _work(tasks, taken, done, seconds, tell=None) -> None:
-    """Take units one at a time until none is left (in this process, or as a worker's target)."""
-    first = [sum(len(t) for t in tasks[:u]) for u in range(len(tasks))]  # each unit's first slot in `seconds`
-    while True:
-        with taken.get_lock():
-            u = taken.value
-            taken.value += 1
-        if u >= len(tasks):
-            return
-        for j, (where, types) in enumerate(tasks[u]):
-            start = time.perf_counter()
-            try:
-                _function(where).compile(_signature(types))
-            except Exception:  # the first call compiles it again here and reports the error
-                pass
-            seconds[first[u] + j] = time.perf_counter() - start
-            with done.get_lock():
-                done.value += 1
-            if tell is not None:
-                tell.update(done.value)
+def _compile_one(where, types) -> float:
+    """Compile one function for its argument types; the seconds it took. A failure is left to
+    the first call, which compiles it again in the caller's process and reports the error."""
+    start = time.perf_counter()
+    try:
+        _function(where).compile(_signature(types))
+    except Exception:
+        pass
+    return time.perf_counter() - start
+
+
+def _read(proc, finished) -> None:
+    """Follow a worker's report: one JSON line [task, seconds] per function compiled."""
+    for line in proc.stdout:
+        k, s = json.loads(line)
+        finished(k, s)
+
+
+def _worker() -> None:
+    """`python -m dslc.runtime.cpu.build`: compile the tasks on stdin, [[index, where, types], ...]."""
+    for k, where, types in json.load(sys.stdin):
+        seconds = _compile_one(tuple(where), tuple(tuple(t) if isinstance(t, list) else t for t in types))
+        print(json.dumps([k, seconds]), flush=True)
 
 
 def _function(where):
@@ -223,3 +248,7 @@ class _Progress:
         if not self.quiet:
             print(f"dslc: {self.label}: compiled {self.todo} kernels ({self.cached} from the cache) in "
                   f"{seconds:.1f} s" + " " * 10, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    _worker()

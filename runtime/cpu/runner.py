@@ -181,15 +181,16 @@ class Loaded:
     build: Report
 
 
-def load_kernels(kg: KernelGraph, generated=None) -> Loaded:
+def load_kernels(kg: KernelGraph, generated=None, quiet: bool = False) -> Loaded:
     """Generate the module of `kg` (or take `generated` = generate_with(kg)), load it with each
     kernel bound to its shared compiled copy, and compile the kernels missing from the caches
-    (runtime/cpu/build.py): what a step needs before any arena exists."""
+    (runtime/cpu/build.py; progress on stderr unless `quiet`): what a step needs before any
+    arena exists."""
     gen, source = generated or generate_with(kg)
     module, path = cache.load(kg, source)
     for name, unit in gen.units.items():  # each kernel runs as the shared copy of its text
         setattr(module, name, shared.load(shared.canonical(unit)))
-    report = build(gen, f"{kg.name} {kg.stage}")
+    report = build(gen, f"{kg.name} {kg.stage}", quiet)
     if debug_level() >= 2:
         print(f"dslc: {kg.name} ({kg.stage}) -> {path}", file=sys.stderr)
     if debug_level() >= 4:

@@ -188,9 +188,10 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(lower(optimize(graph, level)[0]), batch)
 
 
-def load_kernels(kg: KernelGraph) -> tuple[KernelGraph, CudaModule]:
+def load_kernels(kg: KernelGraph, quiet: bool = False) -> tuple[KernelGraph, CudaModule]:
     """The generated module of `kg` (CuPy compiles it when the first GpuGraph is made, and
-    keeps the binary in its own cache, keyed by the source)."""
+    keeps the binary in its own cache, keyed by the source: the same at every size, so one
+    compile serves every width). Nothing compiles here, so there is no progress to quiet."""
     module = generate(kg)
     if debug_level() >= 4:
         print(module.source, file=sys.stderr)
