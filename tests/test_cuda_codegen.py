@@ -136,16 +136,19 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
 
 
 def test_sizes_are_arguments_so_one_module_serves_every_width_and_batch():
-    """Every buffer a generated kernel takes is followed by its dimensions; no width or batch
-    size is in the text, so the module (CuPy's cache key) is the same at other sizes."""
+    """A buffer a generated kernel takes is followed by the dimensions its body reads; no
+    width or batch size is in the text, so the module (CuPy's cache key) is the same at
+    other sizes, and the launch passes the bound arrays' dimensions."""
     m = module("small_cnn.net")
     assert m.source == module("small_cnn.net", width=40, hidden=96).source
     sweep = m.source[m.source.index("void k_stage1_conv_bn_relu_sweep("):]
     assert sweep.index("const float* stage1_conv_bn_relu_conv2d,") < sweep.index(
         "const long long stage1_conv_bn_relu_conv2d_s3,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma")
     launch = next(la for la in m.launches if la.function == "k_fc_relu")
+    assert launch.args == ("fc.linear", "fc.relu") and launch.axes == ((), (0, 1))  # the count it loops over
     views = {"fc.linear": np.zeros((64, 96), np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
-    assert launch.arguments(views, np.int64)[1:3] == (64, 96) and len(launch.arguments(views)) == 6
+    args = launch.arguments(views, np.int64)
+    assert args[0] is views["fc.linear"] and args[1] is views["fc.relu"] and args[2:] == (64, 96)
 
 
 def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():

@@ -5,7 +5,7 @@ words defined away: `blockIdx`/`gridDim` are globals the test sets, every block 
 thread (blockDim.x = 1; `dslc_block_sum` of one thread is its value, its other shared
 slots staying zero), so a launch is a loop over the grid. Each generated kernel of a
 model's step is then called with the arguments the CUDA runner passes
-(`Launch.arguments`: every buffer, then its dimensions) on a grid from `Launch.grid`,
+(`Launch.arguments`: every buffer, then the dimensions it reads) on a grid from `Launch.grid`,
 its inputs the NumPy reference's values of the same graph, and its outputs compared
 with the reference's. This checks what a GPU run would: the element and channel
 indexing, the block loops, and that sizes reach the kernels as arguments, at sizes

@@ -13,7 +13,8 @@ the runner (dslc/runtime/cuda/runner.py) calls cuBLAS through `cupy.matmul` for
 matmul, linear and the convolutions' im2col products, and launches the rest.
 
 Generated kernels take their buffers as pointers, in `Launch.args` order, each followed
-by its dimensions (`const long long x_s0, x_s1, ...`; `Launch.arguments` builds them and
+by the dimensions the kernel reads (`const long long x_s0, x_s1, ...`, `Launch.axes`;
+`Launch.arguments` builds them and
 `Launch.grid` sizes the grid from the bound arrays): the text depends only on the form
 of the kernel graph, never on the batch size, a width or the memory plan, so one module
 (and CuPy's cached binary of it) serves every size, and the same graph always gives
@@ -45,6 +46,8 @@ C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "defaul
            "struct", "switch", "template", "this", "true", "typedef", "typename", "union", "unsigned", "using",
            "virtual", "void", "volatile", "while", "max", "min", "exp", "log", "sqrt", "erf", "tanh", "pow",
            "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
+# What a kernel's `extern "C"` line reads until its body is written (Generator.close).
+SIGNATURE = "@signature@"
 # Fixed names the loop emitters use for indices: never a buffer's or local's name.
 LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
 # Names a chain function's locals must not take: the math functions and constants its body calls.
@@ -80,7 +83,7 @@ class Launch:
     """How the runner runs kernel `position` of the kernel graph.
 
     kind: generated (`function` in the module; each buffer of `args` passed as its pointer
-    followed by its dimensions), library (the runner's call for the extern op, see
+    followed by its dimensions along `axes`), library (the runner's call for the extern op, see
     runtime/cuda/ops.py), epilogue (the host op by the library, then `function` over its
     output), fallback (NumPy on the host) or view (nothing). The grid covers `work`, the
     largest of its products of sizes: one thread per element, or one block per element
@@ -92,6 +95,7 @@ class Launch:
     name: str
     function: str = ""
     args: tuple[str, ...] = ()
+    axes: tuple[tuple[int, ...], ...] = ()  # per buffer of `args`: the dimensions passed after it
     work: tuple[tuple[Size, ...], ...] = ()
     per_block: bool = False
     segments: int = 1
@@ -104,8 +108,9 @@ class Launch:
 
     def arguments(self, views: Mapping, size=int) -> tuple:
         """The generated function's arguments: each buffer's array from `views`, followed by
-        its dimensions (as `size`, e.g. numpy.int64), in the order of the signature."""
-        return tuple(a for b in self.args for a in (views[b], *map(size, views[b].shape)))
+        the dimensions the function reads (as `size`, e.g. numpy.int64), in signature order."""
+        return tuple(a for b, axes in zip(self.args, self.axes)
+                     for a in (views[b], *(size(views[b].shape[k]) for k in axes)))
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class Generator(Emitter):
         super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
         # Every buffer's dimensions, named before any local: `x_s0`, `x_s1`, ...
         self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
+        self.used: set[tuple[str, int]] = set()  # the dimensions the kernel being written reads
         self.segments: dict[str, int] = {}
         self.library: set[tuple[str, str, str | None]] = set()
 
@@ -136,18 +142,32 @@ class Generator(Emitter):
         return list(dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch))
 
     def dim(self, buffer: str, axis: int) -> str:
-        """The kernel argument holding the size of `buffer` along `axis`."""
+        """The kernel argument holding the size of `buffer` along `axis` (a parameter of the
+        kernel being written, from the first use on)."""
+        self.used.add((buffer, axis))
         return self.dims[buffer, axis]
 
     def signature(self, kernel: Kernel) -> str:
-        """The `extern "C" __global__` line: each buffer as `T*` (written) or `const T*`
-        (read only), followed by its dimensions as `long long`."""
+        """The `extern "C" __global__` line, written once the body is (`close`): the
+        parameters name the dimensions the body reads, so it stands in as SIGNATURE."""
+        return SIGNATURE
+
+    def axes(self, kernel: Kernel) -> tuple[tuple[int, ...], ...]:
+        """Per buffer parameter of `kernel`: the dimensions its body read, in order."""
+        return tuple(tuple(a for a in range(len(self.kg.buffer(b).shape)) if (b, a) in self.used)
+                     for b in self.params(kernel))
+
+    def close(self, src: Source, kernel: Kernel) -> None:
+        """Put the real signature in place of SIGNATURE: each buffer as `T*` (written) or
+        `const T*` (read only), followed by the dimensions the body reads, as `long long`."""
         written = set(kernel.outputs + kernel.scratch)
         params = []
-        for b in self.params(kernel):
+        for b, axes in zip(self.params(kernel), self.axes(kernel)):
             params.append(f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}")
-            params += [f"const long long {self.dim(b, a)}" for a in range(len(self.kg.buffer(b).shape))]
-        return Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
+            params += [f"const long long {self.dims[b, a]}" for a in axes]
+        head = Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
+        at = next(k for k, line in enumerate(src.lines) if line.startswith(SIGNATURE))
+        src.lines[at] = head + src.lines[at][len(SIGNATURE):]
 
     def need(self, op: str, node) -> None:
         """Record the library kernels extern `op` uses, for its dtypes."""
@@ -200,9 +220,12 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     if how == "library":
         gen.need(k.nodes[0].op, k.nodes[0])
         return Launch(pos, "library", k.name)
+    gen.used = set()
     EMIT[how](gen, src, k)
+    gen.close(src, k)
     numel = lambda name: tuple((name, a) for a in range(len(gen.kg.buffer(name).shape)))
-    generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)), **kw)
+    generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)),
+                                    gen.axes(k), **kw)
     if how == "regulariser":
         return generated(per_block=True)
     if how == "reduce":  # one block per output element
@@ -210,7 +233,8 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     if how == "epilogue":
         host = host_of(k.nodes[0].attr("body"))
         gen.need(host.op, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
-        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=(numel(k.outputs[0]),))
+        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), gen.axes(k),
+                      work=(numel(k.outputs[0]),))
     if how == "update":  # one segment per parameter, the grid as wide as the largest
         chains = [part[-1] for part in k.parts]
         return generated(work=tuple(numel(c) for c in chains), segments=gen.segments[k.name])

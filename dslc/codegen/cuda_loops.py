@@ -1,10 +1,11 @@
 """CUDA's loop nests: how each generated kernel is spread over blocks and threads.
 
 What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
-it out on the GPU. Sizes are arguments: every buffer pointer is followed by its
-dimensions (`x_s0`, `x_s1`, ..., cuda_gpu.Generator.signature), so the text depends
-on the kernel graph's ranks and on which axes broadcast, never on a width or the batch,
-and one compiled module serves every size; the runner passes each view's shape.
+it out on the GPU. Sizes are arguments: a buffer pointer is followed by the dimensions
+the kernel reads (`x_s0`, `x_s1`, ...: `gen.dim` names one and makes it a parameter,
+cuda_gpu.Generator.close), so the text depends on the kernel graph's ranks and on which
+axes broadcast, never on a width or the batch, and one compiled module serves every
+size; the runner passes the bound arrays' dimensions.
 
     elementwise  one grid-stride loop over the output's elements; each input indexed by
                  its map: identity x[i], scalar x[0] (loaded once), channel

@@ -103,7 +103,7 @@ class GpuGraph:
             steps.append(self.library.bind(node, [self.views[i] for i in ins], self.views[k.outputs[0]]))
         if launch.function:
             fn = self.raw.get_function(launch.function)
-            args = launch.arguments(self.views, np.int64)  # each buffer, then its dimensions
+            args = launch.arguments(self.views, np.int64)  # each buffer, then the dimensions read
             grid = launch.grid(self.views)
             steps.append(lambda: fn(grid, (BLOCK,), args))
         return steps[0] if len(steps) == 1 else lambda: [s() for s in steps]
