@@ -43,6 +43,7 @@ from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.profile import Profile
+from dslc.runtime.executor import arena_roles
 
 
 @njit(cache=True)
@@ -66,15 +67,9 @@ class CompiledGraph:
         self.scratch = np.zeros((default_parts(), max(1, gen.scratch_slots)), np.float64)
         self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
             self.workspace, self.scratch, self._fallback)
-        self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
+        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
                          for b in kg.buffers if b.role == "random"]
-        self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]
-        # An update's output is its parameter's own buffer, which holds the new value after
-        # the step (written in place, or copied back): callers keep one array per parameter.
-        self._outputs = {(o.kind, o.name): self.views[o.name if o.kind in ("param", "state") else o.value]
-                         for o in kg.outputs}
-        self.param_names = [b.name for b in kg.buffers if b.role in ("param", "state")]
         for b in kg.buffers:
             if b.role == "const":
                 self.views[b.name][...] = dict(b.attrs)["value"]

@@ -36,6 +36,7 @@ from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
+from dslc.runtime.executor import arena_roles
 from dslc.runtime.host import host_block, to_host
 
 
@@ -65,12 +66,8 @@ class GpuGraph:
         self.library = ops.Library(cp, self.raw, self.workspace)
         self._steps = [(module.kernels[l.position].prologue, self._bind(l)) for l in module.launches
                        if l.kind != "view"]
-        self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
+        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
         self._randoms = [(b.name, self.views[b.name], dict(b.attrs)) for b in kg.buffers if b.role == "random"]
-        self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]
-        self._outputs = {(o.kind, o.name): self.views[o.name if o.kind in ("param", "state") else o.value]
-                         for o in kg.outputs}
-        self.param_names = [b.name for b in kg.buffers if b.role in ("param", "state")]
         for b in kg.buffers:
             if b.role == "const":
                 self._put(self.views[b.name], np.broadcast_to(dict(b.attrs)["value"], self.views[b.name].shape))
