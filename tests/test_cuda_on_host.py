@@ -29,8 +29,7 @@ from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.stages import build
-from tests.conftest import MODELS
-from tests.test_numba_backend import arrays
+from helpers import MODELS, arrays
 
 CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")

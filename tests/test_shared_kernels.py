@@ -20,7 +20,7 @@ from dslc.codegen.numba_cpu import driver_calls, generate_with
 from dslc.kernels import lower
 from dslc.passes.pipeline import optimize
 from dslc.stages import build
-from tests.conftest import MODELS, ROOT
+from helpers import MODELS, ROOT
 
 
 def generated(name: str, stage: str = "train_step", **sizes):
@@ -72,7 +72,7 @@ def test_the_planned_signatures_are_the_ones_a_step_calls(monkeypatch, tmp_path)
     types driver_calls planned: nothing compiled at the first call that the build missed."""
     from dslc.runtime.cpu.build import _function, _signature
     from dslc.runtime.cpu.runner import compile_graph
-    from tests.test_numba_backend import arrays
+    from helpers import arrays
     monkeypatch.setenv("DSLC_CACHE", str(tmp_path))
     graph = build(dslc.load(MODELS / "small_cnn.net", width=3, hidden=8), "train_step")
     feeds, params, _ = arrays(graph, 2)
