@@ -55,7 +55,7 @@ class Model:
         return {p.name: ParamSpec(p.name, tuple(p.type.shape), p.type.dtype, p.attr("init"), p.attr("trainable"),
                                   p.attr("role")) for p in self.graph.params}
 
-    def recipe(self) -> dict | None:
+    def recipe(self) -> recipe.Recipe | None:
         """The validated settings of the recipe that trains this model (the one named after it
         first), or None when no recipe does; a broken recipe is a CompileError."""
         trains = sorted((t for t in self.program.trains if t.model == self.name), key=lambda t: t.alias is not None)

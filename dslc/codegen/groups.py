@@ -21,6 +21,8 @@ sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of th
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from dslc.codegen.emit import emit_body, tail
 from dslc.codegen.source import Namer, Source
 from dslc.kernels.loop_forms import externals, is_reduce, sweep_space
@@ -88,6 +90,19 @@ class Sweep:
         self.elem: dict[str, str] = {}  # values at the current element
         self.src = Source(c=self.lang.c)
         self.count = ""  # the name of the channel's element count (set by setup)
+
+    # The layout, a language's subclass's (see the class docstring).
+    setup: Callable[[], None]
+    element: Callable[[str], str]
+    first: Callable[[str], str]
+    channel_value: Callable[[str], str]
+    keep: Callable[[str, str], str]
+    sum_value: Callable[[str], str]
+    start_sum: Callable[[Source, str], None]
+    open_sums: Callable[[Source, list], None]
+    acc: Callable[[str], str]
+    close_sums: Callable[[Source], None]
+    store_channel: Callable[[str, str], str]
 
     def kind(self, name: str) -> str:
         s = self.kg.buffer(name).shape

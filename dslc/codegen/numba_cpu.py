@@ -219,7 +219,7 @@ def driver_calls(gen: Generator) -> list[tuple[tuple[str, str], tuple]]:
               for (b, kind), name in gen.views.items()}
     arrays.update(workspace=(float_dtype(gen.kg), 2), scratch=("float64", 2))
     entries = {name: shared.path_for(shared.canonical(unit)).stem for name, unit in gen.units.items()}
-    out = {}
+    out: dict[tuple, None] = {}  # in first-call order, once each
     for pos, k in enumerate(gen.kernels):
         if k.kind == "view" or pos in gen.fallback:
             continue

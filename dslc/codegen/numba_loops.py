@@ -157,8 +157,10 @@ def elementwise(gen, src, kernel) -> None:
                     with src.block(f"for j in range({out}.shape[2]):"):
                         element(f"{out}[n, c, j]")
         else:
-            _nd_loops(src, _shape_of(out, len(space)), par, lambda: (
-                loads.load(src, "c"), element(f"{out}[{index(len(space))}]")))
+            def inner() -> None:
+                loads.load(src, "c")
+                element(f"{out}[{index(len(space))}]")
+            _nd_loops(src, _shape_of(out, len(space)), par, inner)
 
 
 def _shape_of(arr: str, rank: int) -> list[str]:

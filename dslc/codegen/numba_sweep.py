@@ -35,6 +35,10 @@ class NumbaSweep(Sweep):
     channels, or slot [cc] of a block-sized slice of the thread's scratch (`cc` = c - block start).
     """
 
+    def __init__(self, gen, kernel):
+        super().__init__(gen, kernel)
+        self.rows = rows_layout(self.space)
+
     def view_kind(self, name: str) -> str:
         """How buffer `name` is passed: the activation's shape as [N, C, S] (rows: [N, C]),
         per-channel vectors as they are, scalars flat."""
@@ -105,7 +109,6 @@ class NumbaSweep(Sweep):
 
 def sweep(gen, src, kernel) -> None:
     st = NumbaSweep(gen, kernel)
-    st.rows = rows_layout(st.space)
     par = numel(st.space) >= PARALLEL_MIN
     params = [st.view(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
     passes = st.passes()

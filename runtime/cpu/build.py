@@ -78,11 +78,11 @@ def idle_cores(cores: int, seconds: float = 0.1) -> float:
 def build(gen: Generator, label: str, quiet: bool = False) -> Report:
     """Compile, ahead of the first call, every function the drivers of `gen`'s module call
     that Numba's cache does not hold for its argument types; what was done (see the module docstring)."""
-    from numba.core.config import DISABLE_JIT
+    from numba.core import config
     start = time.perf_counter()
     calls = driver_calls(gen)
     report = Report(calls=len(calls))
-    if DISABLE_JIT:
+    if getattr(config, "DISABLE_JIT"):  # set from NUMBA_DISABLE_JIT when Numba loads (no static attribute)
         return report
     pending = []
     for where, types in calls:
