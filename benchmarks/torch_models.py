@@ -55,13 +55,16 @@ def cifar_cnn(opt, l2: float = 5e-4):
 BUILDERS = {"mlp": mlp_bn, "small_cnn": small_cnn, "cifar_cnn": cifar_cnn}
 
 
-def step_function(name: str, opt, x, y, device: str = "cpu"):
+def step_function(name: str, opt, x, y, device: str = "cpu", compile: bool = False):
     """A function running one eager training step of model `name` on (x, y) NumPy arrays
     copied once to `device`: zero the gradients, forward, loss (and the accuracy metric
-    dslc also computes), backward, optimizer step."""
+    dslc also computes), backward, optimizer step; with `compile`, the module is
+    torch.compile'd (the first call compiles it, forward and backward)."""
     torch.manual_seed(0)
     net, optimizer, loss_fn = BUILDERS[name](opt)
     net.to(device).train()  # moves the parameters in place: the optimizer keeps them
+    if compile:
+        net = torch.compile(net)
     tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():

@@ -5,15 +5,12 @@
 For each benchmark model, in one run:
 - step: the median time of a dslc training step (the Numba executor the trainer uses,
   called as `dslc train` calls it: feeds, params, dropout generator) over `--steps`
-  timed steps after a warm-up, on random data of the model's input shape; the PyTorch
+  timed steps after a warm-up, on random data of the model's input shape (compile times are
+  benchmarks/compile_time.py's); the PyTorch
   step is timed in the same rounds, alternating with dslc's, so a load passing over a
   shared machine weighs on both;
-- compile: a fresh process builds the training step and runs it once, first with
-  empty DSLC_CACHE and NUMBA_CACHE_DIR (cold: everything generated and compiled), then
-  again with the same directories (warm: loaded from the caches); wall seconds of the
-  whole process, interpreter start included, as a user waits for `dslc compile`;
-- memory: the step's arena (every buffer of the memory plan plus the conv workspace)
-  and the peak RSS of that warm process (dslc alone, no PyTorch loaded);
+- memory: the step's arena (every buffer of the memory plan, the conv workspace and the
+  sweeps' float64 scratch);
 - torch: where PyTorch is installed, the same architecture and optimizer in eager mode
   (benchmarks/torch_models.py) on the same arrays, with torch.set_num_threads equal to
   the threads dslc uses (and its own OpenMP settings: it is imported before dslc sets
@@ -34,11 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +56,14 @@ BENCHES = {
 }
 
 
-def prepare(name: str):
-    """(optimizer, training-step graph, model) of benchmark `name`."""
+def prepare(name: str, model=None):
+    """(optimizer, training-step graph, model) of benchmark `name` (or of another `model`
+    trained as benchmark `name` is: batch, optimizer)."""
     import dslc
     from dslc.passes.train_step import Optimizer
     from dslc.stages import build
     bench = BENCHES[name]
-    model = dslc.load(ROOT / bench.file)
+    model = model or dslc.load(ROOT / bench.file)
     opt = Optimizer(**bench.optimizer)
     return opt, build(model, "train_step", opt), model
 
@@ -80,12 +75,12 @@ def batch_data(graph, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return rng.standard_normal(shape, dtype=np.float32), rng.integers(0, 10, batch).astype(np.int64)
 
 
-def dslc_step(name: str, device: str = "cpu"):
+def dslc_step(name: str, device: str = "cpu", model=None):
     """A function running one dslc training step of benchmark `name` (as the trainer runs it),
-    and the compiled graph behind it; on `device` cpu (Numba) or gpu (CuPy)."""
+    the compiled graph behind it and the executor's step; on `device` cpu (Numba) or gpu (CuPy)."""
     from dslc.ir.types import NUMPY_DTYPE
     from dslc.runtime.executor import executor_for
-    opt, graph, model = prepare(name)
+    opt, graph, model = prepare(name, model)
     x, y = batch_data(graph, BENCHES[name].batch)
     params = model.init(0)
     for node in graph.params:  # optimizer state starts at zero
@@ -98,7 +93,7 @@ def dslc_step(name: str, device: str = "cpu"):
     def run():
         return float(step(feeds, params, rng)["loss"])
     run()
-    return run, next(iter(step.compiled.values()))
+    return run, next(iter(step.compiled.values())), step
 
 
 def median_ms(fns, steps: int, warmup: int = 3) -> list[float]:
@@ -116,28 +111,6 @@ def median_ms(fns, steps: int, warmup: int = 3) -> list[float]:
     return [statistics.median(t) * 1e3 for t in times]
 
 
-def compile_child(name: str) -> None:
-    """Child process: build, compile and run one step of `name`; print its peak RSS as JSON."""
-    dslc_step(name)
-    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-
-
-def compile_times(name: str) -> dict:
-    """Cold and warm compile seconds (whole fresh processes) and the warm process's peak RSS."""
-    with tempfile.TemporaryDirectory(prefix="dslc-bench-") as tmp:
-        env = dict(os.environ, DSLC_CACHE=f"{tmp}/dslc", NUMBA_CACHE_DIR=f"{tmp}/numba")
-        out = {}
-        for run in ("cold", "warm"):
-            start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--child", name], cwd=ROOT,
-                                  env=env, capture_output=True, text=True)
-            out[f"compile_{run}_s"] = time.perf_counter() - start
-            if done.returncode:
-                raise RuntimeError(f"compiling {name} failed:\n{done.stderr}")
-        out["rss_mb"] = json.loads(done.stdout.splitlines()[-1])["rss_mb"]
-    return out
-
-
 def threads() -> int:
     """Numba's threads; importing dslc.runtime.cpu first sets its OpenMP wait policy."""
     import dslc.runtime.cpu  # noqa: F401
@@ -147,9 +120,9 @@ def threads() -> int:
 
 def measure(name: str, steps: int) -> dict:
     row = {"model": name, "batch": BENCHES[name].batch, "optimizer": BENCHES[name].optimizer["kind"],
-           "threads": threads(), **compile_times(name)}
-    run, cg = dslc_step(name)
-    row["arena_mb"] = (cg.arena.nbytes + cg.workspace.nbytes) / 2**20
+           "threads": threads()}
+    run, cg, _ = dslc_step(name)
+    row["arena_mb"] = (cg.arena.nbytes + cg.workspace.nbytes + cg.scratch.nbytes) / 2**20
     torch = sys.modules.get("torch")
     if torch is None:
         row["dslc_ms"], = median_ms([run], steps)
@@ -165,8 +138,7 @@ def measure(name: str, steps: int) -> dict:
 
 
 COLUMNS = [("model", "{}"), ("batch", "{}"), ("optimizer", "{}"), ("threads", "{}"), ("dslc_ms", "{:.2f}"),
-           ("torch_ms", "{:.2f}"), ("ratio", "{:.2f}"), ("compile_cold_s", "{:.1f}"), ("compile_warm_s", "{:.2f}"),
-           ("arena_mb", "{:.1f}"), ("rss_mb", "{:.0f}")]
+           ("torch_ms", "{:.2f}"), ("ratio", "{:.2f}"), ("arena_mb", "{:.1f}")]
 
 
 # ---- --device gpu --------------------------------------------------------------------
@@ -181,7 +153,7 @@ def synchronized(fn, synchronize):
 
 def measure_gpu(name: str, steps: int) -> dict:
     import cupy
-    run, gg = dslc_step(name, "gpu")
+    run, gg, _ = dslc_step(name, "gpu")
     row = {"model": name, "batch": BENCHES[name].batch, "optimizer": BENCHES[name].optimizer["kind"],
            "arena_mb": (gg.arena.nbytes + gg.workspace.nbytes) / 2**20}
     fns = [synchronized(run, cupy.cuda.Device().synchronize)]
@@ -220,11 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="cpu (default): Numba against PyTorch eager on the CPU; gpu: CUDA against PyTorch on the GPU")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        compile_child(args.child)
-        return 0
     names = args.models.split(",")
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
@@ -235,16 +203,20 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         pass
-    rows = [measure(n, args.steps) for n in names]
-    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
-    if args.json:
+    report([measure(n, args.steps) for n in names], args.json, table,
+           "ms: median training step; ratio: dslc / PyTorch eager (compile times: benchmarks/compile_time.py)")
+    return 0
+
+
+def report(rows: list[dict], as_json: bool, show, legend: str) -> None:
+    """The rows and the machine's state (CPUs, load average), as JSON or as a table with a legend."""
+    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
+    if as_json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     else:
-        print(table(rows))
+        print(show(rows))
         print(f"\n{machine['cpus']} CPUs, load average {' '.join(f'{v:.2f}' for v in machine['load_average'])}; "
-              "ms: median training step; ratio: dslc / PyTorch eager; compile: seconds of a fresh process, "
-              "cold (empty caches) and warm")
-    return 0
+              + legend)
 
 
 def main_gpu(names: list[str], args) -> int:

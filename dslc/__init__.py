@@ -4,7 +4,7 @@
     m = dslc.load("models/lenet5.net", width=32)
     print(m.summary().text())
 """
-__version__ = "0.1.0"
+from dslc.version import __version__
 
 __all__ = ["CompileError", "Model", "load", "__version__"]
 

@@ -6,6 +6,8 @@
                      exit (runtime/cpu/runner.py), 3 also the IR before and after each
                      pass, 4 also the generated source of each compiled module
     DSLC_CACHE=DIR   where compiled kernels are cached (default ~/.cache/dslc)
+    DSLC_COMPILE_WORKERS=N   processes besides the calling one that compile kernels
+                     (default: one per core the load average leaves idle)
 
 The variables are read on every call rather than once at import, so a test (or a
 notebook) can change them with `monkeypatch.setenv` and see the effect at once.
@@ -46,6 +48,16 @@ def debug_level() -> int:
     if level < 0:
         raise UsageError(f"DSLC_DEBUG must be an integer from 0 to {MAX_DEBUG}, got {raw!r}")
     return min(level, MAX_DEBUG)
+
+
+def compile_workers() -> int | None:
+    """DSLC_COMPILE_WORKERS as a count (0: compile in the calling process only), or None when unset."""
+    raw = os.environ.get("DSLC_COMPILE_WORKERS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise UsageError(f"DSLC_COMPILE_WORKERS must be a count of processes (0 or more), got {raw!r}")
+    return int(raw)
 
 
 def cache_dir() -> Path:

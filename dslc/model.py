@@ -57,10 +57,23 @@ class Model:
         return {p.name: ParamSpec(p.name, p.type.bind({}), p.type.dtype, p.attr("init"), p.attr("trainable"),
                                   p.attr("role")) for p in self.graph.params}
 
+    def recipe(self) -> recipe.Recipe | None:
+        """The validated settings of the recipe that trains this model (the one named after it
+        first), or None when no recipe does; a broken recipe is a CompileError."""
+        trains = sorted((t for t in self.program.trains if t.model == self.name), key=lambda t: t.alias is not None)
+        if not trains:
+            return None
+        settings, errors = recipe.validate(trains[0], self.graph)
+        errors = [e for e in errors if e.severity == "error"]
+        if errors:
+            raise CompileError(errors)
+        return settings
+
     def summary(self) -> Summary:
         """The layer table; parameters the training recipe freezes are marked not trainable."""
-        from dslc.stages import recipe_settings  # stages builds on this module
-        return summarize(self.graph, frozen=set(recipe_settings(self)[1]))
+        settings = self.recipe()
+        frozen = recipe.select_params(self.graph, settings["freeze"]) if settings else []
+        return summarize(self.graph, frozen=set(frozen))
 
     def with_dtype(self, dtype: str) -> "Model":
         """The same model computing in `dtype` ("f64" for gradient checking): every float type is cast."""

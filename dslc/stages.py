@@ -66,13 +66,9 @@ def recipe_settings(model: Model) -> tuple[Optimizer, list[str], float | None]:
     """The optimizer, frozen parameters and gradient-clipping norm of the recipe that trains
     `model` (the one named after it first), or (DEFAULT_OPTIMIZER, [], None) when no recipe
     does; a broken recipe is an error."""
-    trains = sorted((t for t in model.program.trains if t.model == model.name), key=lambda t: t.alias is not None)
-    if not trains:
+    settings = model.recipe()
+    if settings is None:
         return DEFAULT_OPTIMIZER, [], None
-    settings, errors = recipe.validate(trains[0], model.graph)
-    errors = [e for e in errors if e.severity == "error"]
-    if errors:
-        raise CompileError(errors)
     clip = settings["clip"]["max_norm"] if settings["clip"] else None
     return (Optimizer.from_recipe(settings["optimizer"]), recipe.select_params(model.graph, settings["freeze"]),
             clip)

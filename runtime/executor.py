@@ -23,6 +23,7 @@ the NumPy reference interpreter, slow and obviously right, which `--device refer
 """
 from __future__ import annotations
 
+import time
 from typing import Mapping, MutableMapping, Protocol
 
 import numpy as np
@@ -38,6 +39,9 @@ UPDATES = ("param", "state")  # output kinds a step writes back into `params`
 
 class Step(Protocol):
     graph: Graph
+    compile_seconds: float
+
+    def prepare(self, quiet: bool = False) -> object: ...
 
     def __call__(self, feeds: Mapping[str, np.ndarray], params: MutableMapping[str, np.ndarray],
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]: ...
@@ -54,8 +58,12 @@ class ReferenceStep:
 
     def __init__(self, graph: Graph):
         self.graph = graph
+        self.compile_seconds = 0.0
         self._updates = [(o.name, o.value) for o in graph.outputs if o.kind in UPDATES]
         self._results = [(o.name, o.value) for o in graph.outputs if o.kind not in UPDATES]
+
+    def prepare(self, quiet: bool = False) -> None:
+        """Nothing to compile: the references are NumPy."""
 
     def __call__(self, feeds, params, rng=None):
         values = reference.evaluate(self.graph, feeds, params, rng)
@@ -70,32 +78,57 @@ class ArenaStep:
     use for each batch size it is run at (the last batch of an epoch is often smaller: the
     kernels are the same, only the arena is planned again).
 
-    `bind(kernels, sizes)` is the backend's `compile_kernels`: it plans the arena and binds the
-    generated module. After a step `params` holds the arena's own arrays for every updated
-    parameter and state, so the next step copies nothing; results (loss, metrics, outputs)
-    come back as host arrays (`to_host`: the arena's views themselves on the CPU).
+    `load(kernels)` is the backend's compiler: it generates the module and compiles its
+    kernels (once; `prepare()` does it before the first step, and `compile_seconds` is what it
+    took); `bind(loaded, sizes)` plans an arena and binds the loaded module to it. After a
+    step `params` holds the arena's own arrays for every updated parameter and state, so the
+    next step copies nothing; results (loss, metrics, outputs) come back as host arrays
+    (`to_host`: the arena's views themselves on the CPU).
     """
 
-    def __init__(self, graph: Graph, bind, level: int = 2):
+    def __init__(self, graph: Graph, load, bind, level: int = 2):
         from dslc.kernels import lower
         self.graph = graph
         self.kernels = lower(optimize(graph, level)[0])
-        self.bind = bind
+        self.load, self.bind = load, bind
+        self.loaded = None
+        self.compile_seconds = 0.0
         self.compiled: dict[tuple, object] = {}
         self._updates = [(o.name, o.kind) for o in graph.outputs if o.kind in UPDATES]
         self._results = [(o.kind, o.name) for o in graph.outputs if o.kind not in UPDATES]
+
+    def prepare(self, quiet: bool = False):
+        """Compile (or load from the caches) everything the step runs, before its first call;
+        progress on stderr while kernels compile, unless `quiet`."""
+        if self.loaded is None:
+            start = time.perf_counter()
+            self.loaded = self.load(self.kernels, quiet=quiet)
+            self.compile_seconds = time.perf_counter() - start
+        return self.loaded
 
     def __call__(self, feeds, params, rng=None):
         sizes = reference.bind_inputs(self.graph, feeds)
         key = tuple(sorted(sizes.items()))
         bound = self.compiled.get(key)
         if bound is None:
-            bound = self.compiled[key] = self.bind(self.kernels, sizes or {"N": 1})
+            bound = self.compiled[key] = self.bind(self.prepare(), sizes or {"N": 1})
         bound.load_params(params)  # copies only arrays that are not already the arena's
         out = bound.run(feeds, rng=rng)
         for name, kind in self._updates:
             params[name] = out[kind, name]
         return {name: to_host(out[kind, name]) for kind, name in self._results}
+
+
+def arena_roles(kg, views, memory) -> tuple[list, list, dict, list]:
+    """What a kernel graph bound to an arena (CPU or GPU runner) reads and writes around each
+    run, as views of the arena: (inputs [(name, view)], writebacks [(value, target)],
+    outputs {(kind, name): view}, the parameter and state names). An update's output is its
+    parameter's own buffer, which holds the new value after the step (written in place, or
+    copied back): callers keep one array per parameter."""
+    inputs = [(b.name, views[b.name]) for b in kg.buffers if b.role == "input"]
+    writebacks = [(views[v], views[t]) for v, t in memory.writebacks]
+    outputs = {(o.kind, o.name): views[o.name if o.kind in UPDATES else o.value] for o in kg.outputs}
+    return inputs, writebacks, outputs, [b.name for b in kg.buffers if b.role in UPDATES]
 
 
 class ReferenceExecutor:

@@ -284,6 +284,11 @@ class Run:
             overrides.values(lambda v: isinstance(v, (str, int, float, bool)), "a number, a string or a boolean")
         return config
 
+    def annotate(self, fields: Mapping[str, Any]) -> None:
+        """Add `fields` to config.json (rewritten atomically): facts known only once the run
+        is under way, such as the seconds its kernels took to compile."""
+        write_atomic(self.path / CONFIG, json.dumps({**self.config, **fields}, indent=2).encode())
+
     def history(self) -> list[dict]:
         return read_records(self.path / JSONL)
 

@@ -156,6 +156,8 @@ def derived_seed(seed: int, name: str) -> int:
 
 class Trainer:
     def __init__(self, model, recipe, device, quiet, detect_anomaly, echo, options: Options = Options(), warn=None):
+        self.created = time.perf_counter()  # time to the first step counts from here (data, compiling)
+        self.timing: dict[str, float] = {}
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
@@ -296,6 +298,7 @@ class Trainer:
             self._sanity()
         old = self._catch_sigint()
         try:
+            self._compile()
             while self.progress.step < self.total and not self.progress.stopped:
                 self._epoch()
         finally:
@@ -323,6 +326,14 @@ class Trainer:
         for text in warnings:
             self.warn(text)
 
+    def _compile(self) -> None:
+        """Compile the training step and the evaluation graph before the first step (with
+        progress on stderr while kernels compile), so the progress bar's ETA counts steps only."""
+        started = time.perf_counter()
+        self.step_fn.prepare(quiet=self.quiet)
+        self.evaluator.step.prepare(quiet=self.quiet)
+        self.timing["compile_seconds"] = round(time.perf_counter() - started, 3)
+
     def _catch_sigint(self):
         """Ctrl-C sets a flag the loop reads between steps; a second one interrupts at once."""
         if threading.current_thread() is not threading.main_thread():
@@ -346,6 +357,9 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self._step(batch)
                 spent = time.perf_counter() - started
+                if "first_step_seconds" not in self.timing:  # config.json: compile and first-step seconds
+                    self.timing["first_step_seconds"] = round(time.perf_counter() - self.created, 3)
+                    self.out.annotate(self.timing)
                 p.seconds += spent
                 p.epoch_seconds += spent
                 self.step_seconds += spent

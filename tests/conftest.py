@@ -1,12 +1,40 @@
-"""Fixtures every test module may use (plain helpers and constants are in helpers.py)."""
+"""Fixtures every test module may use, and one kernel cache for the whole run (plain helpers
+and constants are in helpers.py).
+
+Every test of a run, in every xdist worker, compiles into the same DSLC_CACHE and
+NUMBA_CACHE_DIR (a fresh directory per run, removed at its end), so a kernel the suite
+uses in many tests (they share kernels across models and widths) is compiled once per
+run, and no run depends on what an earlier one left in ~/.cache. Set DSLC_CACHE and
+NUMBA_CACHE_DIR yourself to keep compiled kernels across runs. Tests that exercise the
+cache itself point DSLC_CACHE at their own tmp_path.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set the environment up
+        return
+    run = tempfile.mkdtemp(prefix="dslc-tests-")
+    config._dslc_run_cache = run
+    os.environ.setdefault("DSLC_CACHE", os.path.join(run, "dslc"))
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(run, "numba"))
+    if getattr(config.option, "numprocesses", None):  # xdist workers already fill the cores
+        os.environ.setdefault("DSLC_COMPILE_WORKERS", "0")
+
+
+def pytest_unconfigure(config):
+    run = getattr(config, "_dslc_run_cache", None)
+    if run is not None:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 @pytest.fixture

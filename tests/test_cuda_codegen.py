@@ -5,7 +5,7 @@
   where a C++ compiler exists; the CPU ones are checked against the references by
   tests/test_numba_backend.py), at points on both sides of every kink;
 - generation is byte-identical, names kernels after layers with `.net` lines, never
-  imports CuPy, and `emit_cuda` writes the module;
+  imports CuPy;
 - where `nvcc` is on the PATH, the generated module of every model in models/ (train_step
   and infer, default sizes) compiles with `nvcc -cubin` for sm_80 and sm_90: one nvcc call
   per architecture for all modules. digits_mlp compiles unmarked for each architecture;
@@ -32,13 +32,12 @@ import pytest
 
 import dslc
 from dslc.cli import main
-from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, emit_cuda, generate
+from dslc.codegen import cuda_library as library
+from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, generate
 from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
-from dslc.ir.types import Sym
 from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
-from dslc.runtime.cuda import library
 from dslc.runtime.host import to_host
 from dslc.stages import build
 from helpers import MODELS
@@ -136,10 +135,20 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert "0 host fallbacks" in src
 
 
-def test_the_batch_size_is_a_parameter_of_every_generated_kernel():
-    m = module("digits_mlp.net")
-    assert m.symbols == ("N",)
-    assert m.source.count('extern "C" __global__ void k_') == m.source.count("const long long N) {") == 5
+def test_sizes_are_arguments_so_one_module_serves_every_width_and_batch():
+    """A buffer a generated kernel takes is followed by the dimensions its body reads; no
+    width or batch size is in the text, so the module (CuPy's cache key) is the same at
+    other sizes, and the launch passes the bound arrays' dimensions."""
+    m = module("small_cnn.net")
+    assert m.source == module("small_cnn.net", width=40, hidden=96).source
+    sweep = m.source[m.source.index("void k_stage1_conv_bn_relu_sweep("):]
+    assert sweep.index("const float* stage1_conv_bn_relu_conv2d,") < sweep.index(
+        "const long long stage1_conv_bn_relu_conv2d_s3,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma")
+    launch = next(la for la in m.launches if la.function == "k_fc_relu")
+    assert launch.args == ("fc.linear", "fc.relu") and launch.axes == ((), (0, 1))  # the count it loops over
+    views = {"fc.linear": np.zeros((64, 96), np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
+    args = launch.arguments(views, np.int64)
+    assert args[0] is views["fc.linear"] and args[1] is views["fc.relu"] and args[2:] == (64, 96)
 
 
 def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
@@ -152,13 +161,17 @@ def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
     assert fallbacks <= {"slice", "slice_grad", "pad", "svm", "svm_grad"}, fallbacks
 
 
-def test_launch_grids_cover_the_work():
-    n = Sym.of("N")
-    assert Launch(0, "generated", "k", work=(n, 100)).grid(64) == (-(-6400 // BLOCK), 1)
-    assert Launch(0, "generated", "k", work=(n, 10**6)).grid(64) == (MAX_BLOCKS, 1)
-    assert Launch(0, "generated", "k", work=(16,), per_block=True).grid(3) == (16, 1)
-    assert Launch(0, "generated", "k", work=(), per_block=True).grid(3) == (1, 1)
-    assert Launch(0, "generated", "k", work=(64, 128), segments=4).grid(8) == (32, 4)
+def test_launch_grids_cover_the_work_of_the_bound_sizes():
+    views = {"x": np.zeros((64, 100)), "big": np.zeros((64, 10**6 // 64)), "c": np.zeros((8, 16, 3, 3)),
+             "w": np.zeros((64, 128)), "b": np.zeros(5)}
+    whole = lambda b: tuple((b, a) for a in range(views[b].ndim))
+    assert Launch(0, "generated", "k", work=(whole("x"),)).grid(views) == (-(-6400 // BLOCK), 1)
+    assert Launch(0, "generated", "k", work=(whole("big"),)).grid(views) == (-(-10**6 // BLOCK), 1)
+    assert Launch(0, "generated", "k", work=((("big", 0), ("big", 1), ("x", 1)),)).grid(views) == (MAX_BLOCKS, 1)
+    assert Launch(0, "generated", "k", work=((("c", 1),),), per_block=True).grid(views) == (16, 1)
+    assert Launch(0, "generated", "k", work=(), per_block=True).grid(views) == (1, 1)
+    # an update: one segment per parameter, as wide as the largest
+    assert Launch(0, "generated", "k", work=(whole("w"), whole("b")), segments=2).grid(views) == (32, 2)
 
 
 def test_library_kernels_are_included_once_per_dtype():
@@ -173,15 +186,9 @@ def test_generating_needs_no_cupy():
             "from dslc.passes.pipeline import optimize\nfrom dslc.stages import build\n"
             f"generate(lower(optimize(build(dslc.load({str(MODELS / 'digits_mlp.net')!r}), 'train_step'))[0]))\n"
             "import dslc.runtime.cuda.runner\nassert 'cupy' not in sys.modules\n"
-            # the shared loop forms live in dslc/kernels/: the CUDA generator needs no CPU generator
-            "assert not {'dslc.codegen.numba_cpu', 'dslc.codegen.groups', 'numba'} & set(sys.modules)")
+            # the emitter is shared (dslc/codegen/emit.py, groups.py); the Numba side is not needed
+            "assert not {'dslc.codegen.numba_cpu', 'dslc.codegen.numba_loops', 'numba'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_emit_cuda_writes_the_module(tmp_path):
-    path = emit_cuda(dslc.load(MODELS / "digits_mlp.net"), "infer", tmp_path / "out")
-    assert path == tmp_path / "out" / "digits_mlp_infer.cu"
-    assert path.read_text() == module("digits_mlp.net", "infer").source
 
 
 def test_a_gpu_device_without_cupy_is_a_clear_error():

@@ -82,3 +82,11 @@ def test_debug_3_prints_the_ir_before_and_after_each_pass(monkeypatch, capsys):
     after_fuse = lines[lines.index(headers[-1]) + 1:]
     assert after_fuse[0].startswith("graph digits_mlp  (stage infer;") and any(" fused" in x for x in after_fuse)
     assert sum(line.startswith("dslc: pipeline ") for line in lines) == 5  # level 1's reports too
+def test_compile_workers(monkeypatch):
+    monkeypatch.delenv("DSLC_COMPILE_WORKERS", raising=False)
+    assert debug.compile_workers() is None
+    monkeypatch.setenv("DSLC_COMPILE_WORKERS", "0")
+    assert debug.compile_workers() == 0
+    monkeypatch.setenv("DSLC_COMPILE_WORKERS", "two")
+    with pytest.raises(UsageError, match="DSLC_COMPILE_WORKERS"):
+        debug.compile_workers()

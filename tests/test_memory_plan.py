@@ -10,7 +10,7 @@ import pytest
 import dslc
 from dslc.kernels import lower
 from dslc.kernels.interpret import execute
-from dslc.passes.memory_plan import plan
+from dslc.kernels.memory_plan import plan
 from dslc.passes.pipeline import optimize
 from dslc.passes.train_step import Optimizer
 from dslc.reference import run_outputs

@@ -78,15 +78,16 @@ def test_batch_of_one_and_odd_sizes():
 @pytest.mark.slow
 def test_batchnorm_sweeps_over_rows_in_channel_blocks():
     """Batchnorm over [N, C] runs by rows in blocks of ROWS_BLOCK channels, with its
-    per-channel values in the workspace: a partial last block (70 = 64 + 6 channels) and,
-    at 1100 channels, the parallel loop dealing blocks to the workspace's slots."""
-    from dslc.codegen.groups import ROWS_BLOCK
+    per-channel values in float64 scratch: a partial last block (70 = 64 + 6 channels) and,
+    at 1100 channels, the parallel loop dealing blocks to the scratch's rows (one per thread)."""
+    from dslc.codegen.numba_sweep import ROWS_BLOCK
     model = dslc.load(MODELS / "mlp_bn.net", h1=1100, h2=70)
     cg = check(build(model, "train_step", Optimizer("adam", lr=1e-3)), batch=5)
     source = cg.path.read_text()
-    assert source.count("scratch = workspace[p].view(np.float64)") == 4  # 2 layers, forward and backward
-    assert "for p in prange(workspace.shape[0]):" in source and "for p in range(1):" in source
-    assert cg.workspace.shape[1] * cg.workspace.itemsize >= 8 * ROWS_BLOCK
+    assert source.count("slots = scratch[p]") == 4  # 2 layers, forward and backward
+    assert "for p in prange(scratch.shape[0]):" in source and "for p in range(1):" in source
+    assert cg.scratch.shape[1] >= ROWS_BLOCK and cg.scratch.dtype == np.float64
+
 
 @pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
                          ids=[f"{n}-{k}" for n, k, _ in SAMPLES if n not in ("dropconnect",)])
@@ -121,3 +122,23 @@ model m() {{
 }}""")
     model = dslc.load(path)
     check(build(model, "train_step", Optimizer("sgd", lr=0.1, momentum=0.9)), batch=3)
+
+
+def test_a_reduce_over_broadcast_inputs_is_generated_by_both_backends():
+    """sum(x * y, axis=1) with x [3, 1], y [1, 4]: no input has the loop's shape, so each
+    extent is read from an input that has it (once a Numba-only fallback, now one emitter)."""
+    from dslc.codegen.cuda_gpu import generate
+    from dslc.ir.builder import GraphBuilder
+    from dslc.ir.graph import Output
+    from dslc.ir.types import TensorType
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    b = GraphBuilder()
+    x = b.source("x", "input", TensorType("f32", (3, 1)))
+    y = b.source("y", "input", TensorType("f32", (1, 4)))
+    graph = b.graph("bc", [Output("output", "s", b.add("sum", [b.add("mul", [x, y])], {"axis": (1,)}))], "typed")
+    assert generate(lower(optimize(graph)[0])).fallbacks == ()
+    feeds = {"x": np.arange(3, dtype=np.float32).reshape(3, 1), "y": np.arange(1, 5, dtype=np.float32).reshape(1, 4)}
+    cg = compile_graph(graph, 1)
+    assert cg.fallbacks == ()
+    np.testing.assert_allclose(cg.run(feeds, {})["output", "s"], [0.0, 10.0, 20.0])

@@ -83,6 +83,8 @@ def test_train_digits_end_to_end(tmp_path):
     assert (saved["metric"], saved["best"]) == ("val_accuracy", result.best)
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["entries"]["epochs"] == 3 and config["seed"] == 0
+    # compiled before the first step (the epoch's ETA counts steps only), and how long it took
+    assert 0 <= config["compile_seconds"] <= config["first_step_seconds"]
 
 
 def test_same_seed_same_weights_and_early_stopping(tmp_path):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from dslc.cli.common import add_model_args, count, load_model, verb
 from dslc.diagnostics import CliError
@@ -68,7 +67,8 @@ def cmd_compile(args) -> int:
         return _compile_gpu(args)
     start = time.perf_counter()
     stages = list(dict.fromkeys(args.stage or STAGES))
-    request = {"file": os.path.realpath(args.file),  # realpath: a symlink loop is load()'s to report "model": args.model, "set": sorted(args.set or []),
+    # realpath, not Path.resolve: a symlink loop is for load() to report, located
+    request = {"file": os.path.realpath(args.file), "model": args.model, "set": sorted(args.set or []),
                "stages": stages, "batch": args.batch, "target": args.target}
     record_at = cache.record_path(request)
     record = None if args.no_build else cache.read_record(record_at)
@@ -79,22 +79,20 @@ def cmd_compile(args) -> int:
         return 0
     from dslc.stages import build
     model = load_model(args)
-    lines, modules = [], []
+    lines, artefacts = [], []
     for stage in _stages(model, stages):
         start = time.perf_counter()
-        cg, path = _compile(build(model, stage), args.batch, build_it=not args.no_build)
+        gen, path, made = _compile(build(model, stage), args.batch, build_it=not args.no_build)
         seconds = time.perf_counter() - start
-        kernels = cg.kernels
-        made = sum(k.kind in ("fused", "group") for k in kernels) - len(cg.fallbacks)
-        summary = (f"{model.name} {stage}: {len(kernels)} kernels ({made} generated, "
-                   f"{sum(k.kind == 'extern' for k in kernels)} library, {len(cg.fallbacks)} NumPy fallbacks)")
+        kernels = gen.kernels
+        generated = sum(k.kind in ("fused", "group") for k in kernels) - len(gen.fallback)
+        summary = (f"{model.name} {stage}: {len(kernels)} kernels ({generated} generated, "
+                   f"{sum(k.kind == 'extern' for k in kernels)} library, {len(gen.fallback)} NumPy fallbacks)")
         where = _emit(args, model.name, stage, path) or path
-        print(f"{summary} in {seconds:.2f} s -> {where}")
+        print(f"{summary}{': built already' if made is None else ''} in {seconds:.2f} s -> {where}")
         lines.append((summary, (stage, str(path))))
-        if not args.no_build:
-            modules.append(cg.module)
-    if modules:
-        artefacts = [p for _, (_, p) in lines] + cache.numba_indexes(_with_libraries(modules))
+        artefacts += [path] + (made or [])
+    if not args.no_build:
         cache.write_record(record_at, model.program.modules, artefacts, lines)
     return 0
 
@@ -117,24 +115,31 @@ def _emit(args, name: str, stage: str, module: Path) -> Path | None:
     return out
 
 
-def _with_libraries(modules) -> list:
-    """The generated modules and the library modules (dslc/runtime/cpu/) they call."""
-    from types import ModuleType
-    libraries = {v for m in modules for v in vars(m).values()
-                 if isinstance(v, ModuleType) and v.__name__.startswith("dslc.runtime.cpu")}
-    return list(modules) + sorted(libraries, key=lambda m: m.__name__)
-
-
 def _compile(graph, batch: int, build_it: bool):
-    """The CompiledGraph (or, without build_it, the generator's kernels) and the module path;
-    with build_it, one run on zeros compiles every kernel."""
+    """(the generator, the module's path, what the build made: the shared kernels' files and
+    Numba's index files, or None when every kernel was built already). Without build_it the
+    source is only generated and cached; else every kernel missing from the caches is compiled
+    (runtime/cpu/build.py) and one run on zeros at `batch` checks that the whole step runs.
+    A model whose kernels are all built (cache.built_index) needs neither Numba nor a run."""
+    from dslc.codegen import cache, shared
+    from dslc.codegen.numba_cpu import driver_calls, generate_with
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    kg = lower(optimize(graph)[0])
+    gen, source = generate_with(kg)
+    path = cache.store(kg, source)
+    if not build_it:
+        return gen, path, []
+    calls = driver_calls(gen)
+    kernels = [shared.path_for(shared.canonical(unit)) for unit in gen.units.values()]
+    indexes = [cache.built_index(*c) for c in calls]
+    if all(indexes):
+        return gen, path, None
     import numpy as np
 
     from dslc.ir.types import NUMPY_DTYPE
-    if not build_it:
-        return _generated(graph)
-    from dslc.runtime.cpu.runner import compile_graph
-    cg = compile_graph(graph, batch)
+    from dslc.runtime.cpu.runner import compile_kernels
+    cg = compile_kernels(kg, batch, (gen, source))
     feeds = {}
     for b in cg.kg.buffers:
         if b.role == "input":
@@ -142,18 +147,7 @@ def _compile(graph, batch: int, build_it: bool):
             # scalars (learning rate, step count) 1, data and labels 0
             feeds[b.name] = (np.ones if not shape else np.zeros)(shape, NUMPY_DTYPE[b.dtype])
     cg.run(feeds)
-    return cg, cg.path
-
-
-def _generated(graph):
-    """Generate and cache the source only (no Numba): the generator's kernels and fallbacks."""
-    from dslc.codegen import cache
-    from dslc.codegen.numba_cpu import generate_with
-    from dslc.kernels import lower
-    from dslc.passes.pipeline import optimize
-    kg = lower(optimize(graph)[0])
-    gen, source = generate_with(kg)
-    return SimpleNamespace(kernels=gen.kernels, fallbacks=tuple(gen.fallback)), cache.store(kg, source)
+    return gen, path, kernels + [index for c in calls if (index := cache.built_index(*c))]
 
 
 # ---- --target gpu ------------------------------------------------------------------------
@@ -162,13 +156,16 @@ def _compile_gpu(args) -> int:
     """Generate each stage's CUDA module, write it, and compile it with nvcc where there is one."""
     import shutil
 
-    from dslc.codegen.cuda_gpu import stage_module
+    from dslc.codegen.cuda_gpu import generate
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    from dslc.stages import build
     model = load_model(args)
     nvcc = None if args.no_build else shutil.which("nvcc")
     arch = args.arch or _local_arch()
     for stage in _stages(model, list(dict.fromkeys(args.stage or STAGES))):
         start = time.perf_counter()
-        module = stage_module(model, stage)
+        module = generate(lower(optimize(build(model, stage))[0]))
         path = _write_cu(args, model.name, stage, module.source)
         count = {kind: sum(launch.kind == kind for launch in module.launches)
                  for kind in ("generated", "epilogue", "library", "fallback")}

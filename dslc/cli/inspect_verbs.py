@@ -86,8 +86,9 @@ def _pass_table(graph, args) -> str:
     """`inspect --passes`: each pass's report, with the node count and the memory-planned
     bytes of the graph after it (against one buffer per value); with --verify also the
     largest relative difference of every output against the graph before the pass."""
+    from dslc.kernels import memory_plan
     from dslc.kernels.lower import lower
-    from dslc.passes import check_numeric, memory_plan, pipeline
+    from dslc.passes import check_numeric, pipeline
 
     bindings = check_numeric.random_bindings(graph, batch=args.batch, seed=0) if args.verify else None
     diffs: dict[str, float] = {}

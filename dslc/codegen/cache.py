@@ -1,15 +1,21 @@
-"""The generated-module cache: source files keyed by what they were made from.
+"""The dslc cache (`dslc.debug.cache_dir()`: DSLC_CACHE, default ~/.cache/dslc): generated
+modules, and what is known to be built.
 
-    module, path = load(kg, source)
+    module, path = load(kg, source)       # <model>_<stage>_<key>.py, imported
 
-The key hashes the kernel graph's deterministic text, the generated source, the dslc
-version, the Numba version and the library kernels' sources (a generated kernel may
-inline one); the file is `<model>_<stage>_<key>.py` in
-`dslc.debug.cache_dir()` (DSLC_CACHE, default ~/.cache/dslc). A file is written once
-and never rewritten: Numba's own cache (`cache=True`, stored in `__pycache__` beside the
-file) is invalidated by the source file's modification time, so leaving an existing
-file untouched is what lets a second process load compiled kernels instead of
-compiling them again.
+A generated module is keyed by the kernel graph's deterministic text, its source, the
+dslc and Numba versions and the library kernels' sources; it holds the drivers the runner
+calls and the readable kernels, each of which runs as its shared compiled copy (one file
+per distinct kernel text, shared.py). A file is written once and never rewritten: Numba's
+own cache (`cache=True`) is invalidated by the source file's modification time, so
+leaving an existing file untouched is what lets a second process load compiled kernels.
+
+Build notes: `write_built` records that a function the drivers call (a library kernel or a
+shared kernel) is compiled for given argument types, and where Numba keeps it;
+`built_index` reads that back without Numba, so `dslc compile` answers at once for a
+model whose every kernel is built (a size change). Build records (`record_path`,
+`write_record`, `read_record`) answer an unchanged `dslc compile` request without even
+loading the model.
 """
 from __future__ import annotations
 
@@ -23,11 +29,11 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-import dslc
 from dslc.codegen.source import identifier
 from dslc.debug import cache_dir
 from dslc.files import ensure_dir, write_atomic
 from dslc.kernels.graph import KernelGraph
+from dslc.version import __version__
 
 
 def kernel_text(kg: KernelGraph) -> str:
@@ -51,14 +57,17 @@ def digest(root: Path, pattern: str) -> str:
 
 @lru_cache(maxsize=None)
 def library_digest() -> str:
-    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py)."""
-    from dslc.runtime import cpu
-    return digest(Path(cpu.__file__).parent, "*.py")
+    """The hash of the CPU library kernels' sources (dslc/runtime/cpu/*.py, found without
+    importing them: the runtime sits above code generation) and of the window geometry
+    they compile in (dslc/kernels/geometry.py)."""
+    runtime = importlib.util.find_spec("dslc.runtime").submodule_search_locations[0]
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    return digest(Path(runtime) / "cpu", "*.py") + digest(kernels, "geometry.py")
 
 
 def key(kg: KernelGraph, source: str) -> str:
     h = hashlib.sha256()
-    for part in (dslc.__version__, numba_version(), library_digest(), kernel_text(kg), source):
+    for part in (__version__, numba_version(), library_digest(), kernel_text(kg), source):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -97,7 +106,7 @@ def code_digest() -> str:
     """The hash of everything that turns a .net file into kernels: dslc's own sources (the
     front end, passes, code generator), its grammar and the CPU library."""
     import dslc.grammar
-    package = Path(dslc.__file__).parent
+    package = Path(__file__).resolve().parents[1]
     return hashlib.sha256("".join((digest(package, "**/*.py"), digest(Path(dslc.grammar.__file__).parent, "*.lark"),
                                    library_digest())).encode()).hexdigest()
 
@@ -105,7 +114,7 @@ def code_digest() -> str:
 def record_path(request: dict) -> Path:
     """Where the build record of a compile request lives: keyed by the request (file, model,
     settings, stages, batch), the code that compiles it, the versions and the cache locations."""
-    ident = json.dumps([request, dslc.__version__, numba_version(), code_digest(),
+    ident = json.dumps([request, __version__, numba_version(), code_digest(),
                         os.environ.get("NUMBA_CACHE_DIR", ""), str(cache_dir())], sort_keys=True)
     return cache_dir() / "built" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 
@@ -140,13 +149,31 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def numba_indexes(modules) -> list[Path]:
-    """The Numba cache index files of every cached kernel defined in `modules` (after a run
-    has compiled and saved them): a build is current only while these exist."""
-    out = []
-    for module in modules:
-        for value in vars(module).values():
-            index = getattr(getattr(getattr(value, "_cache", None), "_cache_file", None), "_index_path", None)
-            if index and getattr(value, "signatures", None) and getattr(value, "__module__", "") == module.__name__:
-                out.append(Path(index))
-    return out
+# ---- built kernels: a function compiled for argument types, wherever Numba keeps it ----
+
+def _built_path(where, types) -> Path:
+    """The marker of library function or shared kernel `where` built for `types`
+    (numba_cpu.driver_calls), keyed also by the versions, the library's sources and
+    Numba's cache directory."""
+    library = library_digest() if where[0].startswith("dslc.") else ""
+    ident = json.dumps([list(where), list(types), __version__, numba_version(), library,
+                        os.environ.get("NUMBA_CACHE_DIR", "")])
+    return cache_dir() / "built" / "kernels" / hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def write_built(where, types, index: str | None) -> None:
+    """Note that `where` is compiled for `types`, its machine code indexed by Numba's file `index`."""
+    path = _built_path(where, types)
+    if index and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, index.encode(), durable=False)
+
+
+def built_index(where, types) -> Path | None:
+    """Numba's index file of `where` compiled for `types`, when a process noted it and it is
+    still there; else None (it must be compiled, or at least loaded, to know)."""
+    try:
+        index = Path(_built_path(where, types).read_text())
+    except OSError:
+        return None
+    return index if index.exists() else None

@@ -6,32 +6,36 @@
 
 The module holds one `extern "C" __global__` function per generated kernel, named after
 its layer (`k_stage1_conv_bn_relu_sweep`) under a header naming the ops it fuses and
-their `.net` lines (cuda_loops.py: fused loops, expand, regularisers; cuda_groups.py:
-the optimizer update and batchnorm sweeps), and the library kernels the graph's extern
-ops use (dslc/runtime/cuda/library.py), once per dtype. GEMMs are not in the source:
+their `.net` lines (written by the shared emitter, emit.py and groups.py, in the
+`Cuda` syntax table below, laid out over blocks and threads by cuda_loops.py), and the
+library kernels the graph's extern ops use (dslc/codegen/cuda_library.py), once per dtype. GEMMs are not in the source:
 the runner (dslc/runtime/cuda/runner.py) calls cuBLAS through `cupy.matmul` for
 matmul, linear and the convolutions' im2col products, and launches the rest.
 
-Generated kernels take their buffers as pointers, in `Launch.args` order, followed by
-the graph's symbolic sizes (`const long long N`): the text depends only on the kernel
-graph, never on the batch size or the memory plan, so the same graph always gives
+Generated kernels take their buffers as pointers, in `Launch.args` order, each followed
+by the dimensions the kernel reads (`const long long x_s0, x_s1, ...`, `Launch.axes`;
+`Launch.arguments` builds them and
+`Launch.grid` sizes the grid from the bound arrays): the text depends only on the form
+of the kernel graph, never on the batch size, a width or the memory plan, so one module
+(and CuPy's cached binary of it) serves every size, and the same graph always gives
 byte-identical source. A kernel this generator cannot write (an op with no expression
 and no library kernel: slice, pad, svm ...) is a `fallback` launch: the runner computes
 it on the host with the NumPy references, as the CPU backend does.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
-import dslc
-from dslc.codegen import cuda_groups, cuda_loops
-from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, identifier, kernel_header
-from dslc.ir.types import Dim, Sym
-from dslc.kernels.graph import Kernel, KernelGraph, bindings
-from dslc.kernels.loop_forms import as_loop, sweep_space, sweep_supported, update_supported
-from dslc.runtime.cuda import library
+from dslc.codegen import cuda_library as library
+from dslc.codegen import cuda_loops
+from dslc.codegen.emit import Emitter, Lang, form, host_of
+from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.source import Source, kernel_header
+from dslc.kernels.graph import Kernel, KernelGraph
+from dslc.kernels.loop_forms import as_loop, sweep_space
+from dslc.version import __version__
 
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
@@ -42,19 +46,48 @@ C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "defaul
            "struct", "switch", "template", "this", "true", "typedef", "typename", "union", "unsigned", "using",
            "virtual", "void", "volatile", "while", "max", "min", "exp", "log", "sqrt", "erf", "tanh", "pow",
            "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
+# What a kernel's `extern "C"` line reads until its body is written (Generator.close).
+SIGNATURE = "@signature@"
 # Fixed names the loop emitters use for indices: never a buffer's or local's name.
 LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
+# Names a chain function's locals must not take: the math functions and constants its body calls.
+RESERVED_LOCALS = ("exp", "log", "sqrt", "erf", "tanh", "pow", "fmin", "fmax", "expm1", "fabs", "max", "min",
+                   "SQRT1_2", "INV_SQRT_2PI", "double", "float", "int", "long", "const", "case", "default")
+
+
+def _chain_head(text, params, outs: int, dtype: str):
+    """`void chain(p0, ..., r0, ...)`: results stored through r* (typed by the chain's
+    dtype: a chain's values share one)."""
+    results = [f"r{k}" for k in range(outs)]
+    head = text.wrapped("__device__ __forceinline__ void chain(",
+                        [f"double {p}" for p in params] + [f"{CTYPE[dtype]}* {r}" for r in results], ")")
+    return head, results + list(RESERVED_LOCALS)
+
+
+def _chain_results(values, dtype: str) -> list[str]:
+    return [f"*r{k} = ({CTYPE[dtype]})({v});" for k, v in enumerate(values)]
+
+
+# CUDA C: locals are `const double` (every operand loaded as a double, rounded once on
+# store by a cast); loops are grid- and block-strided (cuda_loops.py).
+CUDA = Lang(target="cuda", c=True, let="const double {name} = {value};", store="{at} = ({ctype})({value});",
+            add_to="{acc} += {value};", fmax="fmax", sqrt="sqrt", library=frozenset(library.NEEDS),
+            chain_head=_chain_head, chain_results=_chain_results)
+
+
+Size = tuple[str, int]  # (buffer, axis): a size the runner reads from the bound buffer's shape
 
 
 @dataclass(frozen=True)
 class Launch:
     """How the runner runs kernel `position` of the kernel graph.
 
-    kind: generated (`function` in the module, pointers to `args` then the graph's
-    symbols), library (the runner's call for the extern op, see runtime/cuda/ops.py),
-    epilogue (the host op by the library, then `function` over its output), fallback
-    (NumPy on the host) or view (nothing). The grid covers `work`: one thread per element,
-    or one block per element when `per_block`; `segments` is gridDim.y.
+    kind: generated (`function` in the module; each buffer of `args` passed as its pointer
+    followed by its dimensions along `axes`), library (the runner's call for the extern op, see
+    runtime/cuda/ops.py), epilogue (the host op by the library, then `function` over its
+    output), fallback (NumPy on the host) or view (nothing). The grid covers `work`, the
+    largest of its products of sizes: one thread per element, or one block per element
+    when `per_block`; `segments` is gridDim.y.
     """
 
     position: int
@@ -62,25 +95,22 @@ class Launch:
     name: str
     function: str = ""
     args: tuple[str, ...] = ()
-    work: tuple[Dim, ...] = ()
+    axes: tuple[tuple[int, ...], ...] = ()  # per buffer of `args`: the dimensions passed after it
+    work: tuple[tuple[Size, ...], ...] = ()
     per_block: bool = False
     segments: int = 1
 
-    def grid(self, batch) -> tuple[int, int]:
-        """(gridDim.x, gridDim.y) at a batch size (an int N or {symbol: size})."""
-        sizes = bindings(batch)
-        count = 1
-        for d in self.work:
-            count *= d if isinstance(d, int) else d.coef * _prod(sizes[s] for s in d.syms)
+    def grid(self, views: Mapping) -> tuple[int, int]:
+        """(gridDim.x, gridDim.y) for the buffers bound as `views` (arrays by buffer name)."""
+        count = max((math.prod(views[b].shape[a] for b, a in term) for term in self.work), default=1)
         blocks = count if self.per_block else -(-count // BLOCK)
         return max(1, min(blocks, MAX_BLOCKS)), self.segments
 
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
+    def arguments(self, views: Mapping, size=int) -> tuple:
+        """The generated function's arguments: each buffer's array from `views`, followed by
+        the dimensions the function reads (as `size`, e.g. numpy.int64), in signature order."""
+        return tuple(a for b, axes in zip(self.args, self.axes)
+                     for a in (views[b], *(size(views[b].shape[k]) for k in axes)))
 
 
 @dataclass(frozen=True)
@@ -90,48 +120,56 @@ class CudaModule:
     source: str
     launches: tuple[Launch, ...]
     kernels: tuple[Kernel, ...]  # as generated: a lone sum/mean or optimizer op as a loop
-    symbols: tuple[str, ...]  # the trailing `long long` parameters of generated kernels
 
     @property
     def fallbacks(self) -> tuple[int, ...]:
         return tuple(launch.position for launch in self.launches if launch.kind == "fallback")
 
 
-class Generator:
+class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        self.kg = kg
-        self.names = Namer(reserved=C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
-        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
-        self.symbols = tuple(sorted({s for b in kg.buffers for d in b.shape if isinstance(d, Sym) for s in d.syms}))
+        super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
+        # Every buffer's dimensions, named before any local: `x_s0`, `x_s1`, ...
+        self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
+        self.used: set[tuple[str, int]] = set()  # the dimensions the kernel being written reads
         self.segments: dict[str, int] = {}
         self.library: set[tuple[str, str, str | None]] = set()
-
-    def arg(self, buffer: str) -> str:
-        return self.buffer_names[buffer]
 
     def ctype(self, buffer: str) -> str:
         return CTYPE[self.kg.buffer(buffer).dtype]
 
-    def kernel_name(self, kernel: Kernel) -> str:
-        return self.kernel_names[kernel.name]
-
-    def local_names(self) -> Namer:
-        """Names for a kernel's locals: clear of every global, buffer and loop index."""
-        return Namer(reserved=set(self.names.taken))
-
     def params(self, kernel: Kernel) -> list[str]:
         return list(dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch))
 
-    def signature(self, kernel: Kernel) -> str:
-        """The `extern "C" __global__` line: written buffers as `T*`, read-only ones as
-        `const T*`, then the symbolic sizes."""
-        written = set(kernel.outputs + kernel.scratch)
-        params = [f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}" for b in self.params(kernel)]
-        params += [f"const long long {s}" for s in self.symbols]
-        return Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
+    def dim(self, buffer: str, axis: int) -> str:
+        """The kernel argument holding the size of `buffer` along `axis` (a parameter of the
+        kernel being written, from the first use on)."""
+        self.used.add((buffer, axis))
+        return self.dims[buffer, axis]
 
-    def need(self, op: str, kernel: Kernel, node) -> None:
+    def signature(self, kernel: Kernel) -> str:
+        """The `extern "C" __global__` line, written once the body is (`close`): the
+        parameters name the dimensions the body reads, so it stands in as SIGNATURE."""
+        return SIGNATURE
+
+    def axes(self, kernel: Kernel) -> tuple[tuple[int, ...], ...]:
+        """Per buffer parameter of `kernel`: the dimensions its body read, in order."""
+        return tuple(tuple(a for a in range(len(self.kg.buffer(b).shape)) if (b, a) in self.used)
+                     for b in self.params(kernel))
+
+    def close(self, src: Source, kernel: Kernel) -> None:
+        """Put the real signature in place of SIGNATURE: each buffer as `T*` (written) or
+        `const T*` (read only), followed by the dimensions the body reads, as `long long`."""
+        written = set(kernel.outputs + kernel.scratch)
+        params = []
+        for b, axes in zip(self.params(kernel), self.axes(kernel)):
+            params.append(f"{'' if b in written else 'const '}{self.ctype(b)}* {self.arg(b)}")
+            params += [f"const long long {self.dims[b, a]}" for a in axes]
+        head = Source(c=True).wrapped(f'extern "C" __global__ void {self.kernel_name(kernel)}(', params, ")")
+        at = next(k for k, line in enumerate(src.lines) if line.startswith(SIGNATURE))
+        src.lines[at] = head + src.lines[at][len(SIGNATURE):]
+
+    def need(self, op: str, node) -> None:
         """Record the library kernels extern `op` uses, for its dtypes."""
         dtype = self.kg.buffer(node.inputs[0]).dtype
         labels = [self.kg.buffer(i).dtype for i in node.inputs if self.kg.buffer(i).dtype in ("i32", "i64")]
@@ -165,62 +203,51 @@ def generate(kg: KernelGraph) -> CudaModule:
     src.lines.extend(body.lines)
     src.blank()
     _launch_order(src, kernels, launches)
-    return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels, gen.symbols)
+    return CudaModule(kg.name, kg.stage, src.text(), tuple(launches), kernels)
+
+
+# What each generated form of kernel is written by (emit.form).
+EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "elementwise": cuda_loops.elementwise,
+        "epilogue": cuda_loops.elementwise, "reduce": cuda_loops.reduce, "update": cuda_loops.update,
+        "sweep": cuda_loops.sweep}
 
 
 def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     """Write kernel k's function (if it has one) and say how it is launched."""
-    if k.kind == "view":
-        return Launch(pos, "view", k.name)
-    out = gen.kg.buffer(k.outputs[0])
-    generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)), **kw)
-    if k.kind == "extern":
-        node = k.nodes[0]
-        if node.op in library.NEEDS:
-            gen.need(node.op, k, node)
-            return Launch(pos, "library", k.name)
-        if node.op == "expand" and out.type.is_float:
-            cuda_loops.expand(gen, src, k)
-            return generated(work=out.shape)
-        if node.op in cuda_loops.PENALTY:
-            cuda_loops.regulariser(gen, src, k)
-            return generated(per_block=True)
-        return Launch(pos, "fallback", k.name)
-    if k.kind == "fused":
-        body = k.nodes[0].attr("body")
-        elementwise = body[:-1] if k.op == "reduce" else body
-        if not all(b.op == "const" or b.op in cuda_loops.HOSTS or has_scalar(b.op) for b in elementwise):
-            return Launch(pos, "fallback", k.name)
-        host = next((b for b in body if b.op in cuda_loops.HOSTS), None)
-        if host is not None and not all(r.startswith("$") for r in host.inputs):
-            return Launch(pos, "fallback", k.name)  # elementwise work before the host: no buffer for it
-        if k.op == "reduce":
-            if body[-1].op not in ("sum", "mean"):
-                return Launch(pos, "fallback", k.name)
-            cuda_loops.reduce(gen, src, k)
-            axes = body[-1].attr("axis")
-            space = k.nodes[0].type.shape if body[-1].attr("keepdims") or axes is None else None
-            kept = out.shape if space is None else tuple(d for d in space if d != 1)
-            return generated(work=kept, per_block=True)
-        cuda_loops.elementwise(gen, src, k)
-        if host is not None:
-            gen.need(host.op, k, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
-            return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), work=out.shape)
-        return generated(work=out.shape)
-    if k.op == "update" and update_supported(gen.kg, k):
-        cuda_groups.update(gen, src, k)
-        largest = max((n.type.shape for n in k.nodes), key=lambda s: _prod(s))
-        return generated(work=largest, segments=gen.segments[k.name])
-    if k.op == "sweep" and sweep_supported(gen.kg, k):
-        cuda_groups.sweep(gen, src, k)
-        return generated(work=(sweep_space(gen.kg, k)[1],), per_block=True)
-    return Launch(pos, "fallback", k.name)
+    how = form(gen, k)
+    if how in ("view", "fallback"):
+        return Launch(pos, how, k.name)
+    if how == "library":
+        gen.need(k.nodes[0].op, k.nodes[0])
+        return Launch(pos, "library", k.name)
+    gen.used = set()
+    EMIT[how](gen, src, k)
+    gen.close(src, k)
+    numel = lambda name: tuple((name, a) for a in range(len(gen.kg.buffer(name).shape)))
+    generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)),
+                                    gen.axes(k), **kw)
+    if how == "regulariser":
+        return generated(per_block=True)
+    if how == "reduce":  # one block per output element
+        return generated(work=(numel(k.outputs[0]),), per_block=True)
+    if how == "epilogue":
+        host = host_of(k.nodes[0].attr("body"))
+        gen.need(host.op, k.nodes[0].replace(inputs=tuple(k.inputs[int(r[1:])] for r in host.inputs)))
+        return Launch(pos, "epilogue", k.name, gen.kernel_name(k), tuple(gen.params(k)), gen.axes(k),
+                      work=(numel(k.outputs[0]),))
+    if how == "update":  # one segment per parameter, the grid as wide as the largest
+        chains = [part[-1] for part in k.parts]
+        return generated(work=tuple(numel(c) for c in chains), segments=gen.segments[k.name])
+    if how == "sweep":  # one block per channel
+        space = next(i for i in k.inputs if gen.kg.buffer(i).shape == sweep_space(gen.kg, k))
+        return generated(work=(((space, 1),),), per_block=True)
+    return generated(work=(numel(k.outputs[0]),))  # elementwise, expand
 
 
 def _module_header(src: Source, kg: KernelGraph, launches: list[Launch]) -> None:
     count = {kind: sum(launch.kind == kind for launch in launches) for kind in
              ("generated", "epilogue", "library", "fallback", "view")}
-    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {dslc.__version__} for CUDA (dslc/codegen/cuda_gpu.py).")
+    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {__version__} for CUDA (dslc/codegen/cuda_gpu.py).")
     src.comment("Do not edit: `dslc compile --target gpu` regenerates it, byte for byte, from the model.")
     src.comment(f"{len(launches)} kernels: {count['generated']} generated, {count['epilogue']} library GEMMs or "
                 f"convolutions with a generated epilogue, {count['library']} library calls, "
@@ -237,27 +264,7 @@ def _launch_order(src: Source, kernels, launches: list[Launch]) -> None:
         node = k.nodes[0]
         text = {"generated": launch.function, "view": f"(a view of {k.inputs[0] if k.inputs else ''})",
                 "library": f"library {node.op}", "fallback": f"host fallback: {'+'.join(n.op for n in k.covers())}",
-                "epilogue": f"library {next(b.op for b in node.attr('body') if b.op in cuda_loops.HOSTS)}, "
+                "epilogue": f"library {host_of(node.attr('body')).op}, "
                             f"then {launch.function}" if launch.kind == "epilogue" else ""}[launch.kind]
         src.comment(f"  {launch.position:>3}{' prologue' if k.prologue else ''}  {k.name}: {text}")
 
-
-def stage_module(model, stage: str) -> CudaModule:
-    """The generated module of `model` at `stage` (train_step or infer), optimised and
-    lowered as the runner does it."""
-    from dslc.kernels import lower
-    from dslc.passes.pipeline import optimize
-    from dslc.stages import build
-    return generate(lower(optimize(build(model, stage))[0]))
-
-
-def emit_cuda(model, stage: str, out_dir) -> Path:
-    """Write `out_dir/<model>_<stage>.cu`, the generated CUDA of `model` at `stage`; the path.
-
-    >>> emit_cuda(dslc.load("models/digits_mlp.net"), "infer", "out/")  # doctest: +SKIP
-    PosixPath('out/digits_mlp_infer.cu')
-    """
-    from dslc.files import ensure_dir, write_atomic
-    out = ensure_dir(out_dir) / f"{identifier(model.name)}_{stage}.cu"
-    write_atomic(out, stage_module(model, stage).source.encode())
-    return out

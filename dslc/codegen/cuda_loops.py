@@ -1,7 +1,11 @@
-"""CUDA loop kernels for fused kernels (elementwise, reduce, epilogue tails), expand and the regularisers.
+"""CUDA's loop nests: how each generated kernel is spread over blocks and threads.
 
-Shapes are the kernel graph's: static sizes are literals, symbolic ones (the batch N)
-are kernel parameters, so the text never depends on the batch a run binds.
+What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
+it out on the GPU. Sizes are arguments: a buffer pointer is followed by the dimensions
+the kernel reads (`x_s0`, `x_s1`, ...: `gen.dim` names one and makes it a parameter,
+cuda_gpu.Generator.close), so the text depends on the kernel graph's ranks and on which
+axes broadcast, never on a width or the batch, and one compiled module serves every
+size; the runner passes the bound arrays' dimensions.
 
     elementwise  one grid-stride loop over the output's elements; each input indexed by
                  its map: identity x[i], scalar x[0] (loaded once), channel
@@ -12,80 +16,77 @@ are kernel parameters, so the text never depends on the batch a run binds.
     reduce       one block per output element (grid-stride over them), its threads
                  strided over the reduced elements, summed in double by a block
                  reduction: deterministic, and no atomics
+    update       ONE launch for the whole optimizer step: blockIdx.y picks the segment
+                 (parameter), a `switch` gives its pointers, blockIdx.x/threadIdx.x
+                 stride over its elements (no `__restrict__`: updates are in place)
+    sweep        one block per channel (grid-stride over the channels); its threads
+                 stride over the channel's N*S elements, and each reduction is one
+                 `dslc_block_sum` after the element loop
 
 Every operand is loaded as a double and the body computed in double (as the CPU
 generator does), then rounded once on store.
 """
 from __future__ import annotations
 
-import math
-
-from dslc.codegen.scalar import expression, literal
-from dslc.ir.types import Sym
-
-HOSTS = ("matmul", "linear", "conv2d")
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, penalty, reduce_extents, reduce_space,
+                               tail)
+from dslc.codegen.groups import Sweep, update_plan
+from dslc.codegen.source import Source
 
 
-def dim(d) -> str:
-    """A dimension as C: a literal, or the product of its symbols' parameters."""
-    if isinstance(d, int):
-        return f"{d}LL"
-    return " * ".join(([str(d.coef) + "LL"] if d.coef != 1 else []) + list(d.syms))
+def product(terms) -> str:
+    """A C product of size expressions: 1 when there are none, parenthesised when there are
+    several (it is divided by and taken modulo)."""
+    terms = list(terms)
+    return terms[0] if len(terms) == 1 else f"({' * '.join(terms)})" if terms else "1LL"
 
 
-def numel(shape) -> str:
-    """The element count of `shape` as a C expression (static part folded)."""
-    static = math.prod(d for d in shape if isinstance(d, int))
-    syms = [dim(d) for d in shape if isinstance(d, Sym)]
-    return " * ".join(syms + ([f"{static}LL"] if static != 1 or not syms else []))
+def dims(gen, buffer: str, axes=None) -> list[str]:
+    """The size arguments of `buffer` along `axes` (default all), leaving out axes whose size
+    is 1 in the kernel graph (the same at every batch and width)."""
+    shape = gen.kg.buffer(buffer).shape
+    return [gen.dim(buffer, a) for a in (range(len(shape)) if axes is None else axes) if shape[a] != 1]
 
 
-def unravel(src, names, flat: str, shape, axes=None, needed=None) -> dict[int, str]:
+def numel(gen, buffer: str) -> str:
+    return product(dims(gen, buffer))
+
+
+def unravel(src, names, flat: str, extents: list[str], axes=None, needed=None) -> dict[int, str]:
     """Emit the coordinates (over `needed`, default all of `axes`) of element `flat` of the
-    row-major space of `shape` restricted to `axes` (default all); returns {axis: local}."""
-    axes = list(range(len(shape))) if axes is None else list(axes)
+    row-major space of sizes `extents` restricted to `axes` (default all); {axis: local}."""
+    axes = list(range(len(extents))) if axes is None else list(axes)
     out = {}
     for k, a in enumerate(axes):
         if needed is not None and a not in needed:
             continue
-        inner = numel([shape[b] for b in axes[k + 1:]])
+        inner = product(extents[b] for b in axes[k + 1:] if extents[b] != "1LL")
         at = flat if inner == "1LL" else f"{flat} / ({inner})"
         out[a] = names.fresh(f"i{a}")
-        src.line(f"const long long {out[a]} = {at if k == 0 else f'({at}) % {dim(shape[a])}'};")
+        src.line(f"const long long {out[a]} = {at if k == 0 else f'({at}) % {extents[a]}'};")
     return out
 
 
-def broadcast_offset(in_shape, space, coords: dict[int, str]) -> str:
-    """The offset of an input that broadcasts against `space`, at the loop's coordinates."""
+def broadcast_offset(gen, buffer: str, space, coords: dict[int, str]) -> str:
+    """The offset in `buffer`, which broadcasts against `space`, at the loop's coordinates."""
+    in_shape = gen.kg.buffer(buffer).shape
     lead = len(space) - len(in_shape)
     terms = []
     for k, d in enumerate(in_shape):
         if d == 1 and space[lead + k] != 1:
             continue
-        stride = numel(in_shape[k + 1:])
+        stride = product(dims(gen, buffer, range(k + 1, len(in_shape))))
         terms.append(coords[lead + k] + ("" if stride == "1LL" else f" * {stride}"))
     return " + ".join(terms) or "0"
 
 
-def emit_body(src, nodes, resolve, names, by_op: bool = False) -> dict[str, str]:
-    """Bind each node's value to a `const double` local, in order (fused nodes opened in
-    place); `resolve(ref)` names a value from outside the list. As loops.emit_body."""
-    values: dict[str, str] = {}
-
-    def get(ref: str) -> str:
-        return values[ref] if ref in values else resolve(ref)
-
-    for n in nodes:
-        if n.op == "const":
-            values[n.name] = literal(float(n.attr("value")), "cuda")
-        elif n.op == "fused":
-            inner = emit_body(src, n.attr("body"), lambda r, n=n: get(n.inputs[int(r[1:])]), names, by_op)
-            values[n.name] = inner[n.attr("body")[-1].name]
-        else:
-            local = names.fresh(n.op if by_op else n.name.rsplit(".", 1)[-1])
-            src.line(f"const double {local} = {expression(n.op, [get(i) for i in n.inputs], n.attr_dict, 'cuda')};")
-            values[n.name] = local
-    return values
+def _space_offset(extents: list[str], coords: dict[int, str]) -> str:
+    """The row-major offset of coordinates in a space of sizes `extents` (an input of the space's shape)."""
+    terms = []
+    for k in range(len(extents)):
+        stride = product(e for e in extents[k + 1:] if e != "1LL")
+        terms.append(coords[k] + ("" if stride == "1LL" else f" * {stride}"))
+    return " + ".join(terms) or "0"
 
 
 class Loads:
@@ -99,7 +100,7 @@ class Loads:
         """Scalar inputs, once per thread before the loop."""
         for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
             if m == "scalar":
-                self.local[k] = self.names.fresh(name.rsplit(".", 1)[-1])
+                self.local[k] = self.names.fresh(tail(name))
                 src.line(f"const double {self.local[k]} = {self.gen.arg(name)}[0];")
 
     def load(self, src, flat: str, coords: dict[int, str]) -> None:
@@ -112,8 +113,8 @@ class Loads:
             elif m == "channel":
                 at = coords[1]
             else:
-                at = broadcast_offset(self.gen.kg.buffer(name).shape, self.space, coords)
-            self.local[k] = self.names.fresh(name.rsplit(".", 1)[-1])
+                at = broadcast_offset(self.gen, name, self.space, coords)
+            self.local[k] = self.names.fresh(tail(name))
             src.line(f"const double {self.local[k]} = {self.gen.arg(name)}[{at}];")
 
     def resolve(self, ref: str) -> str:
@@ -133,74 +134,59 @@ def _needed_axes(gen, kernel, space) -> set[int]:
     return needed
 
 
+def extents(gen, buffer: str) -> list[str]:
+    """The size of each axis of `buffer`: its size argument, or 1 where the kernel graph says 1."""
+    shape = gen.kg.buffer(buffer).shape
+    return [gen.dim(buffer, a) if d != 1 else "1LL" for a, d in enumerate(shape)]
+
+
 def elementwise(gen, src, kernel) -> None:
     """An elementwise kernel, or an epilogue's tail over the host's output (in place)."""
-    body = kernel.nodes[0].attr("body")
     out_name = kernel.outputs[0]
     out, space = gen.arg(out_name), gen.kg.buffer(out_name).shape
-    host = next((b for b in body if b.op in HOSTS), None)
     with src.block(gen.signature(kernel)):
         names = gen.local_names()
         loads = Loads(gen, kernel, space, names)
         loads.hoist(src)
-        with src.block(f"DSLC_FOR(i, {numel(space)})"):
-            coords = unravel(src, names, "i", space, needed=_needed_axes(gen, kernel, space))
+        with src.block(f"DSLC_FOR(i, {numel(gen, out_name)})"):
+            coords = unravel(src, names, "i", extents(gen, out_name), needed=_needed_axes(gen, kernel, space))
             loads.load(src, "i", coords)
-            resolve = loads.resolve
-            tail = body
-            if host is not None:
-                h = names.fresh(host.name.rsplit(".", 1)[-1])
-                src.line(f"const double {h} = {out}[i];")
-                def resolve(ref: str, h: str = h, real=loads.resolve) -> str:
-                    return h if ref == host.name else real(ref)
-                tail = [b for b in body if b is not host]
-            values = emit_body(src, tail, resolve, names)
-            src.line(f"{out}[i] = ({gen.ctype(out_name)})({values[body[-1].name]});")
+            finish_element(gen, src, names, loads.resolve, kernel, f"{out}[i]")
 
 
 def reduce(gen, src, kernel) -> None:
     """A reduce kernel: the producers over the root's input space, then sum or mean."""
-    body = kernel.nodes[0].attr("body")
-    root = body[-1]
-    space_ref = root.inputs[0]
-    space = (gen.kg.buffer(kernel.inputs[int(space_ref[1:])]).shape if space_ref.startswith("$")
-             else next(b.type.shape for b in body if b.name == space_ref))
-    rank = len(space)
-    axis = root.attr("axis")
-    axes = list(range(rank)) if axis is None else sorted(a % rank for a in axis)
-    kept = [a for a in range(rank) if a not in axes]
+    root, space, axes, kept = reduce_space(gen, kernel)
+    sizes = [gen.dim(*r) if r else "1LL" for r in reduce_extents(gen, kernel, space)]
     out_name = kernel.outputs[0]
     with src.block(gen.signature(kernel)):
         names = gen.local_names()
         loads = Loads(gen, kernel, space, names)
         loads.hoist(src)
         count = names.fresh("count")
-        src.line(f"const long long {count} = {numel([space[a] for a in axes])};")
-        with src.block(f"for (long long o = blockIdx.x; o < {numel([space[a] for a in kept])}; o += gridDim.x)"):
-            coords = unravel(src, names, "o", space, kept)
+        src.line(f"const long long {count} = {product(sizes[a] for a in axes if sizes[a] != '1LL')};")
+        kept_count = product(sizes[a] for a in kept if sizes[a] != "1LL")
+        with src.block(f"for (long long o = blockIdx.x; o < {kept_count}; o += gridDim.x)"):
+            coords = unravel(src, names, "o", sizes, kept)
             acc = names.fresh("acc")
             src.line(f"double {acc} = 0.0;")
             with src.block(f"for (long long r = threadIdx.x; r < {count}; r += blockDim.x)"):
-                coords.update(unravel(src, names, "r", space, axes))
+                coords.update(unravel(src, names, "r", sizes, axes))
                 flat = names.fresh("at")
-                src.line(f"const long long {flat} = {broadcast_offset(space, space, coords)};")
+                src.line(f"const long long {flat} = {_space_offset(sizes, coords)};")
                 loads.load(src, flat, coords)
-                values = emit_body(src, body[:-1], loads.resolve, names)
-                src.line(f"{acc} += {values[space_ref] if space_ref in values else loads.resolve(space_ref)};")
+                accumulate_element(gen, src, names, loads.resolve, kernel, acc)
             total = names.fresh("total")
             src.line(f"const double {total} = dslc_block_sum({acc});")
             result = f"{total} / {count}" if root.op == "mean" else total
-            src.line(f"if (threadIdx.x == 0) {gen.arg(out_name)}[o] = ({gen.ctype(out_name)})({result});")
+            src.line("if (threadIdx.x == 0) " + gen.lang.put(f"{gen.arg(out_name)}[o]", result, gen.dtype(out_name)))
 
 
 def expand(gen, src, kernel) -> None:
     """expand(g, like): g broadcast back over the reduced axes (divided by their count if mean)."""
-    node = kernel.nodes[0]
-    g_name = node.inputs[0]
-    g_shape, space = gen.kg.buffer(g_name).shape, gen.kg.buffer(node.inputs[1]).shape
+    node, g_shape, space, axes = expand_axes(gen, kernel)
+    g, like = node.inputs
     rank = len(space)
-    axis = node.attr("axis")
-    axes = list(range(rank)) if axis is None else sorted(a % rank for a in axis)
     out_name = kernel.outputs[0]
     with src.block(gen.signature(kernel)):
         names = gen.local_names()
@@ -208,19 +194,14 @@ def expand(gen, src, kernel) -> None:
         lead = rank - len(g_shape)
         needed = ({lead + k for k, d in enumerate(g_shape) if not (d == 1 and space[lead + k] != 1)}
                   if node.attr("keepdims") else set(kept))
-        with src.block(f"DSLC_FOR(i, {numel(space)})"):
-            coords = unravel(src, names, "i", space, needed=needed)
+        with src.block(f"DSLC_FOR(i, {numel(gen, like)})"):
+            coords = unravel(src, names, "i", extents(gen, like), needed=needed)
             if node.attr("keepdims"):
-                at = broadcast_offset(g_shape, space, coords)
-            else:
-                at = broadcast_offset([space[a] for a in kept], [space[a] for a in kept],
-                                      {k: coords[a] for k, a in enumerate(kept)})
-            scale = f" / (double)({numel([space[a] for a in axes])})" if node.attr("mean") else ""
-            src.line(f"{gen.arg(out_name)}[i] = ({gen.ctype(out_name)})((double){gen.arg(g_name)}[{at}]{scale});")
-
-
-# Per-element terms of the regularisers (dslc/ops/loss.py), summed over every input.
-PENALTY = {"l1": "fabs({0})", "l2": "{0} * {0}", "elastic": "{beta} * {0} * {0} + fabs({0})"}
+                at = broadcast_offset(gen, g, space, coords)
+            else:  # g is the kept axes of like, in order
+                at = broadcast_offset(gen, g, g_shape, {k: coords[a] for k, a in enumerate(kept)})
+            scale = f" / (double)({product(dims(gen, like, axes))})" if node.attr("mean") else ""
+            src.line(gen.lang.put(f"{gen.arg(out_name)}[i]", f"(double){gen.arg(g)}[{at}]{scale}", gen.dtype(out_name)))
 
 
 def regulariser(gen, src, kernel) -> None:
@@ -230,10 +211,110 @@ def regulariser(gen, src, kernel) -> None:
     with src.block(gen.signature(kernel)):
         src.line("double acc = 0.0;")
         for name in node.inputs:
-            with src.block(f"for (long long k = threadIdx.x; k < {numel(gen.kg.buffer(name).shape)}; "
-                           "k += blockDim.x)"):
+            with src.block(f"for (long long k = threadIdx.x; k < {numel(gen, name)}; k += blockDim.x)"):
                 src.line(f"const double x = {gen.arg(name)}[k];")
-                attrs = {k: literal(v, "cuda") for k, v in node.attr_dict.items()}
-                src.line(f"acc += {PENALTY[node.op].format('x', **attrs)};")
+                src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
         src.line("const double total = dslc_block_sum(acc);")
         src.line(f"if (threadIdx.x == 0) {gen.arg(out_name)}[0] = ({gen.ctype(out_name)})total;")
+
+
+# ---- update ---------------------------------------------------------------------------
+
+def update(gen, src, kernel) -> None:
+    """One launch: blockIdx.y picks the segment; chains of one scalar program share one function."""
+    chains, plan = update_plan(gen, kernel)
+    for text, name in chains.items():
+        src.lines.extend(text.replace("void chain(", f"void {name}(").splitlines())
+        src.blank()
+    with src.block(gen.signature(kernel)):
+        src.line("const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;")
+        src.line("const long long stride = (long long)gridDim.x * blockDim.x;")
+        with src.block("switch (blockIdx.y)"):
+            for s, (nodes, ext, outs, fn) in enumerate(plan):
+                shape = nodes[-1].type.shape
+                # no shape in the comment: the module's text, CuPy's cache key, is the same at every width
+                src.line(f"case {s}:  // {nodes[-1].name}: {len(nodes)} ops")
+                src.level += 1
+                args = [f"{gen.arg(i)}[{'j' if gen.kg.buffer(i).shape == shape else '0'}]" for i in ext]
+                results = [f"{gen.arg(o)} + j" for o in outs]
+                with src.block(f"for (long long j = first; j < {numel(gen, nodes[-1].name)}; j += stride)"):
+                    src.line(src.wrapped(f"{fn}(", args + results, ");"))
+                src.line("break;")
+                src.level -= 1
+    gen.segments[kernel.name] = len(plan)
+
+
+# ---- sweep ----------------------------------------------------------------------------
+
+class CudaSweep(Sweep):
+    """Every thread of a channel's block computes its per-channel values (from block sums
+    every thread holds); the element loop accumulates each thread's partial sums, and one
+    `dslc_block_sum` per reduction follows it. Elements are read at `at`, the offset of
+    element e of channel c."""
+
+    def setup(self) -> None:
+        self.head = Source(c=True)  # the channel's inputs and count, before the passes
+        for i in self.kernel.inputs:
+            if self.kind(i) != "space":
+                self.chan[i] = self.names.fresh(tail(i))
+                self.head.line(f"const double {self.chan[i]} = {self.gen.arg(i)}[{'c' if self.kind(i) == 'channel' else '0'}];")
+        ref = next(i for i in self.kernel.inputs if self.kind(i) == "space")  # sizes: the activation's
+        self.size = self.names.fresh("size")  # of the channel's plane: the axes after 1
+        self.head.line(f"const long long {self.size} = {product(dims(self.gen, ref, range(2, len(self.space))))};")
+        self.channels = self.gen.dim(ref, 1)
+        self.count = self.names.fresh("count")
+        self.head.line(f"const long long {self.count} = {self.gen.dim(ref, 0)} * {self.size};")
+
+    def element(self, name: str) -> str:
+        return f"{self.gen.arg(name)}[at]"
+
+    def first(self, name: str) -> str:
+        return f"{self.gen.arg(name)}[c * {self.size}]"
+
+    def channel_value(self, hint: str) -> str:
+        return self.names.fresh(hint)
+
+    sum_value = channel_value
+
+    def start_sum(self, before, name: str) -> None:
+        pass  # declared by block_sum in close_sums
+
+    def open_sums(self, before, names) -> None:
+        """Each thread's partial sums, block-summed after the element loop into `names`."""
+        self.partial = {s: self.names.fresh(s + "_t") for s in names}
+        for t in self.partial.values():
+            before.line(f"double {t} = 0.0;")
+
+    def acc(self, name: str) -> str:
+        return self.partial[name]
+
+    def close_sums(self, after) -> None:
+        for acc, t in self.partial.items():
+            after.line(f"const double {acc} = dslc_block_sum({t});")
+
+    def keep(self, name: str, value: str) -> str:
+        return value
+
+    def store_channel(self, name: str, value: str) -> str:
+        return "if (threadIdx.x == 0) " + self.lang.put(f"{self.gen.arg(name)}[c]", value, self.gen.dtype(name))
+
+
+def sweep(gen, src, kernel) -> None:
+    st = CudaSweep(gen, kernel)
+    passes = st.passes()
+    with src.block(gen.signature(kernel)):
+        with src.block(f"for (long long c = blockIdx.x; c < {st.channels}; c += gridDim.x)"):
+            for line in st.head.lines:
+                src.line(line)
+            for comment, before, inner, after in passes:
+                src.comment(comment)
+                for line in before.lines:
+                    src.line(line)
+                if inner.lines:
+                    with src.block(f"for (long long e = threadIdx.x; e < {st.count}; e += blockDim.x)"):
+                        src.line(f"const long long at = ((e / {st.size}) * {st.channels} + c) * {st.size} + "
+                                 f"e % {st.size};")
+                        for line in inner.lines:
+                            src.line(line)
+                for line in after.lines:
+                    src.line(line)

@@ -6,18 +6,12 @@ inputs' static shapes (geometry needs H and W, which are never symbolic). Convol
 share one `workspace` [threads, slot] (im2col blocks); `workspace_slot` sizes a slot
 for a bound batch. An op missing here has no library kernel yet: the generator runs its NumPy
 reference instead (it allocates), see `numba_cpu.py`.
-
-A few small kernels with no library home (accuracy) are written here as source and
-emitted into the generated module that uses them.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from dslc.runtime.cpu.geometry import geometry, pool_geometry, workspace_shape
-
-CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
-
+from dslc.kernels.geometry import geometry, pool_geometry, workspace_shape
 
 def _geom(node, size) -> str:
     return ", ".join(str(v) for v in geometry(node.attr_dict, size)) + f", {node.attr('groups')}"
@@ -54,29 +48,11 @@ CALLS: dict[str, Callable] = {
     "cross_entropy": lambda n, a, s: f"softmax.softmax_cross_entropy_forward({a[0]}, {a[1]}, {a[-1]})",
     "cross_entropy_grad": lambda n, a, s: (f"softmax.softmax_cross_entropy_backward({a[0]}, {a[1]}, {a[2]}, "
                                            f"{a[-1]})"),
-    "accuracy": lambda n, a, s: f"accuracy({a[0]}, {a[1]}, {a[-1]})",
+    "accuracy": lambda n, a, s: f"softmax.accuracy({a[0]}, {a[1]}, {a[-1]})",
 }
 
 # Library modules the calls above name, imported by every generated module.
 IMPORTS = "from dslc.runtime.cpu import conv, gemm, pool, softmax"
-
-# Kernels with no library module yet, emitted into the generated module when used.
-HELPERS = {
-    "accuracy": '''\
-@njit(cache=True, error_model="numpy")
-def accuracy(logits, label, out):
-    """out[()] = the fraction of rows whose first maximum is at the label (np.argmax's tie rule)."""
-    hits = 0
-    for i in range(logits.shape[0]):
-        best = 0
-        for k in range(1, logits.shape[1]):
-            if logits[i, k] > logits[i, best]:
-                best = k
-        hits += best == label[i]
-    out[()] = hits / logits.shape[0]
-''',
-}
-
 
 def has_library(op: str) -> bool:
     return op in CALLS
@@ -86,14 +62,18 @@ def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> str:
     return CALLS[node.op](node, args, shapes)
 
 
+# op -> (input shapes, output shape) -> elements of one thread's workspace slot: the
+# convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]).
+WORKSPACE: dict[str, Callable] = {
+    "conv2d": lambda s, out: workspace_shape(s[0], s[1], out[2:])[1],
+    "conv2d_grad_input": lambda s, out: workspace_shape(out, s[1], s[0][2:])[1],  # out: dx
+    "conv2d_grad_weight": lambda s, out: workspace_shape(s[1], out, s[0][2:])[1],  # out: dw
+}
+
+
 def workspace_slot(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> int:
     """Elements of one thread's slot of the shared workspace [threads, slot] that `node`
     needs at these bound shapes (0: none)."""
-    if node.op == "conv2d":
-        return workspace_shape(shapes[0], shapes[1], out_shape[2:])[1]
-    if node.op == "conv2d_grad_input":  # out is dx [N, C, H, W], g [N, O, Ho, Wo]
-        return workspace_shape(out_shape, shapes[1], shapes[0][2:])[1]
-    if node.op == "conv2d_grad_weight":  # g [N, O, Ho, Wo], x [N, C, H, W], out dw
-        return workspace_shape(shapes[1], out_shape, shapes[0][2:])[1]
-    return 0
+    rule = WORKSPACE.get(node.op)
+    return rule(shapes, out_shape) if rule else 0
 

@@ -1,31 +1,38 @@
-"""Group kernels (dslc/kernels/grouping.py): the optimizer update and batchnorm-like sweeps.
+"""Group kernels (dslc/kernels/grouping.py), planned once for every language: the optimizer
+update and batchnorm-like sweeps.
 
 update  Every chain of the group runs the same scalar program, so it is written once as
-        an inlined scalar function (`chain_*`), and the kernel is one loop per segment
-        (parameter) calling it: one launch for the whole optimizer step. Reads happen
-        before writes at each element, which is what makes the in-place plan safe.
+        an inlined scalar function (`chain_*`, `chain_text`), and the kernel applies it
+        to every segment (parameter): Numba with one loop per segment, CUDA with one
+        launch whose blockIdx.y picks the segment. Reads happen before writes at each
+        element, which is what makes the in-place plan safe.
 
 sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of the
         activation seen as [N, C, S], reductions sum over (n, j) for one c, per-channel
-        ops combine one c's values. So the kernel is ONE parallel loop over channels;
-        inside it, the passes run in order, each an (n, j) loop that computes its maps
-        and accumulates its reductions in float64 locals. Per-channel values never go
-        through memory unless they are kernel outputs; a map is stored only when a later
-        pass or another kernel reads it. Variances use sums shifted by the channel's
-        first element (no cancellation when |mean| >> std), and `var_grad` re-centres x
-        with a mean accumulated in the first pass.
+        ops combine one c's values. `Sweep.passes` plans the kernel: per pass, the
+        per-channel ops (they read only earlier passes' reductions), then one loop over
+        the channel's elements computing the maps and accumulating the reductions in
+        double, then the reductions' results. Per-channel values never go through memory
+        unless they are kernel outputs; a map is stored only when a later pass or
+        another kernel reads it. Variances use sums shifted by the channel's first
+        element (no cancellation when |mean| >> std), and `var_grad` re-centres x with a
+        mean accumulated in the first pass. A language's subclass says where values live
+        and how the passes are laid out over threads (numba_sweep.py, cuda_loops.py).
 """
 from __future__ import annotations
 
-from dslc.codegen.loops import PARALLEL_MIN, emit_body, first, loop, numel
+from typing import Callable
+
+from dslc.codegen.emit import emit_body, tail
 from dslc.codegen.source import Namer, Source
-from dslc.kernels.loop_forms import externals, sweep_space
-from dslc.kernels.loop_forms import is_reduce as _is_reduce  # the name `sweep` reads
+from dslc.kernels.loop_forms import externals, is_reduce, sweep_space
 
 
 # ---- update ---------------------------------------------------------------------------
 
-def update(gen, src, kernel) -> None:
+def update_plan(gen, kernel) -> tuple[dict[str, str], list]:
+    """({chain function text: its name}, [(nodes, external inputs, stored outputs, chain name)
+    per segment]): segments with the same scalar program share one chain function."""
     by = {n.name: n for n in kernel.nodes}
     outputs = set(kernel.outputs)
     chains: dict[str, str] = {}  # function text -> its name
@@ -33,120 +40,82 @@ def update(gen, src, kernel) -> None:
     for part in kernel.parts:
         nodes = [by[m] for m in part]
         ext, outs = externals(nodes), [m for m in part if m in outputs]
-        text = _chain_text(nodes, ext, outs)
+        text = chain_text(gen.lang, nodes, ext, outs)
         if text not in chains:
-            chains[text] = gen.globals.fresh("chain_" + gen.kernel_name(kernel)[2:])
+            chains[text] = gen.names.fresh("chain_" + gen.kernel_name(kernel)[2:])
         plan.append((nodes, ext, outs, chains[text]))
-    for text, name in chains.items():
-        src.line('@njit(cache=True, error_model="numpy", inline="always")')
-        src.lines.extend(text.replace("def chain(", f"def {name}(").splitlines())
-        src.blank()
-    par = any(numel(nodes[-1].type.shape) >= PARALLEL_MIN for nodes, *_ in plan)
-    with src.block(gen.signature(src, kernel, parallel=par)):
-        names = gen.local_names(kernel)
-        for nodes, ext, outs, fn in plan:
-            shape = nodes[-1].type.shape
-            src.comment(f"{nodes[-1].name}: {len(nodes)} ops over {gen.kg.buffer(nodes[-1].name).type.show()}")
-            args = []
-            for i in ext:
-                arr, s = gen.arg(i), gen.kg.buffer(i).shape
-                local = names.fresh(arr + ("_f" if s == shape else "_s"))
-                src.line(f"{local} = {arr}.reshape(-1)" if s == shape else f"{local} = {arr}[{first(len(s))}]")
-                args.append(f"{local}[i]" if s == shape else local)
-            flat_out = []
-            for o in outs:
-                local = names.fresh(gen.arg(o) + "_f")
-                src.line(f"{local} = {gen.arg(o)}.reshape(-1)")
-                flat_out.append(local)
-            results = [names.fresh(f"r{k}") for k in range(len(outs))]
-            with src.block(f"for i in {loop(numel(shape) >= PARALLEL_MIN)}({flat_out[0]}.size):"):
-                src.line(f"{', '.join(results)}{',' if len(results) == 1 else ''} = {fn}({', '.join(args)})")
-                for o, r in zip(flat_out, results):
-                    src.line(f"{o}[i] = {r}")
+    return chains, plan
 
 
-def _chain_text(nodes, ext, outs) -> str:
-    """`def chain(p0, p1, ...)`: the chain's scalar program, returning its stored values."""
+def chain_text(lang, nodes, ext, outs) -> str:
+    """The function `chain(p0, p1, ...)` running a chain's scalar program on its external
+    inputs and giving back the values it stores (how: the language's `chain_head`/`chain_results`)."""
     params = [f"p{k}" for k in range(len(ext))]
-    text = Source()
-    with text.block(f"def chain({', '.join(params)}):"):
-        names = Namer(reserved=params + ["math", "max", "min"])
-        values = emit_body(text, nodes, lambda r: params[ext.index(r)], names, by_op=True)
-        result = ", ".join(values[o] for o in outs)
-        text.line(f"return {result}{',' if len(outs) == 1 else ''}")
+    dtype = nodes[-1].type.dtype
+    text = Source(c=lang.c)
+    head, reserved = lang.chain_head(text, params, len(outs), dtype)
+    with text.block(head):
+        names = Namer(reserved=params + reserved)
+        values = emit_body(text, nodes, lambda r: params[ext.index(r)], names, lang, by_op=True)
+        for line in lang.chain_results([values[o] for o in outs], dtype):
+            text.line(line)
     return text.text()
 
 
 # ---- sweep ----------------------------------------------------------------------------
 
-ROWS_BLOCK = 64  # channels per block of a rows-layout sweep: one vectorised row segment
-
-
-def rows_layout(space) -> bool:
-    """A sweep over [N, C] (nothing per channel beyond the batch) runs row by row.
-
-    Channel by channel, each of N elements is C floats from the last: one cache line per
-    element, and no vector loads. Row by row, a block of channels advances together along
-    a contiguous row segment; its per-channel values (sums, statistics, channel ops) live
-    in a float64 slice of the thread's workspace instead of in locals (measured on the
-    mlp_bn batchnorm sweep, [128, 512]: 0.55 ms channel by channel, 0.08 ms by rows).
-    """
-    return all(d == 1 for d in space[2:])
-
-
-class _Sweep:
+class Sweep:
     """State of one sweep kernel's emission: which value lives where.
 
-    The layout decides two things only: how an element of the activation is indexed
-    (`at`), and where a per-channel value lives (`channel_value`): a local of the loop over
-    channels, or slot [cc] of a block-sized slice of the workspace (`cc` = c - block start).
+    A language's subclass (numba_sweep.NumbaSweep, cuda_loops.CudaSweep) supplies the layout:
+        setup()               the channel's inputs and `count`, before any pass
+        element(name)         the current element of an S-shaped buffer
+        first(x)              the channel's first element of x (the variance shift)
+        channel_value(hint)   where a new per-channel value lives; keep(name, value) moves
+                              a computed one there
+        sum_value(hint), start_sum(before, s), open_sums(before, sums), acc(s),
+        close_sums(after)     a per-channel sum: named, zeroed, accumulated into (`acc`:
+                              a thread's partial on the GPU), and complete after the loop
+        store_channel(name, value)   the statement writing a per-channel output
+    and then lays `passes()` out over its loops.
     """
 
-    def __init__(self, gen, src, kernel):
-        self.gen, self.src, self.kernel = gen, src, kernel
-        self.kg = gen.kg
+    def __init__(self, gen, kernel):
+        self.gen, self.kernel, self.kg, self.lang = gen, kernel, gen.kg, gen.lang
         self.space = sweep_space(self.kg, kernel)
-        self.rows = rows_layout(self.space)
-        self.names = gen.local_names(kernel)
+        self.names = None  # the kernel's local names, made when passes() starts (after its parameters)
         self.phase = {m: p for p, part in enumerate(kernel.parts) for m in part}
         self.by = {n.name: n for n in kernel.nodes}
         self.chan: dict[str, str] = {}  # per-channel values of the current c
-        self.views: dict[str, str] = {}  # S-shaped buffers as [N, C, S] (rows: [N, C])
-        self.elem: dict[str, str] = {}
-        self.slices: list[str] = []  # rows: the workspace slices, in order
-        self.hoisted: list[str] = []  # lines emitted once, before the loops
+        self.elem: dict[str, str] = {}  # values at the current element
+        self.src = Source(c=self.lang.c)
+        self.count = ""  # the name of the channel's element count (set by setup)
+
+    # The layout, a language's subclass's (see the class docstring).
+    setup: Callable[[], None]
+    element: Callable[[str], str]
+    first: Callable[[str], str]
+    channel_value: Callable[[str], str]
+    keep: Callable[[str, str], str]
+    sum_value: Callable[[str], str]
+    start_sum: Callable[[Source, str], None]
+    open_sums: Callable[[Source, list], None]
+    acc: Callable[[str], str]
+    close_sums: Callable[[Source], None]
+    store_channel: Callable[[str, str], str]
 
     def kind(self, name: str) -> str:
         s = self.kg.buffer(name).shape
         return "space" if s == self.space else ("scalar" if all(d == 1 for d in s) else "channel")
 
-    def at(self, n: str = "n") -> str:
-        return f"[{n}, c]" if self.rows else f"[{n}, c, j]" if n == "n" else f"[{n}, c, 0]"
-
-    def view(self, name: str) -> str:
-        if name not in self.views:
-            arr = self.gen.arg(name)
-            self.views[name] = self.names.fresh(arr + ("_2" if self.rows else "_3"))
-            shape = f"{arr}.shape[0], {arr}.shape[1]" + ("" if self.rows else ", -1")
-            self.hoisted.append(f"{self.views[name]} = {arr}.reshape({shape})")
-        return self.views[name]
-
-    def channel_value(self, hint: str) -> str:
-        """Where a new per-channel value lives: a local, or (rows) its slot of a slice."""
-        local = self.names.fresh(hint)
-        if not self.rows:
-            return local
-        self.slices.append(local)
-        return f"{local}[cc]"
-
     def get(self, name: str) -> str:
-        """The value of `name` at the current element (loads from memory on first use)."""
+        """The value of `name` at the current element (loaded from memory on first use)."""
         if name in self.elem:
             return self.elem[name]
         if name in self.chan:
             return self.chan[name]
-        local = self.names.fresh(name.rsplit(".", 1)[-1])
-        self.src.line(f"{local} = {self.view(name)}{self.at()}")
+        local = self.names.fresh(tail(name))
+        self.src.line(self.lang.bind(local, self.element(name)))
         self.elem[name] = local
         return local
 
@@ -156,191 +125,120 @@ class _Sweep:
             return True
         return any(name in self.by[m].inputs and self.phase[m] > self.phase[name] for m in self.by)
 
+    def bind_channel(self, n, value: str) -> None:
+        """A per-channel result: kept where later passes find it, and stored if an output."""
+        value = self.keep(n.name, value)
+        self.chan[n.name] = value
+        if n.name in self.kernel.outputs:
+            self.src.line(self.store_channel(n.name, value))
 
-def sweep(gen, src, kernel) -> None:
-    st = _Sweep(gen, src, kernel)
-    par = numel(st.space) >= PARALLEL_MIN
-    st.hoisted = []
-    means = {n.inputs[1] for n in kernel.nodes if n.op == "var_grad"}  # x whose mean var_grad needs
-    loads = Source()  # channel inputs of the current c (channel layout)
-    for i in kernel.inputs:
-        if st.kind(i) == "channel":
-            if st.rows:
-                st.chan[i] = f"{gen.arg(i)}[c]"
-            else:
-                st.chan[i] = st.names.fresh(i.rsplit(".", 1)[-1])
-                loads.line(f"{st.chan[i]} = {gen.arg(i)}[c]")
-        elif st.kind(i) == "scalar":
-            st.chan[i] = st.names.fresh(i.rsplit(".", 1)[-1])
-            st.hoisted.append(f"{st.chan[i]} = {gen.arg(i)}[{first(len(gen.kg.buffer(i).shape))}]")
-    ref = st.view(next(i for i in kernel.inputs if st.kind(i) == "space"))
-    count = st.names.fresh("count")
-    st.hoisted.append(f"{count} = {ref}.shape[0]" + ("" if st.rows else f" * {ref}.shape[2]"))
-    stats: dict[str, tuple[str, str, str]] = {}  # x -> (shift, sum of x - shift, sum of squares)
-    passes = []  # per pass: (comment, before the element loop, in it, after it)
-    for p, part in enumerate(kernel.parts):
-        before, inner, after = Source(), Source(), Source()
-        members = [st.by[m] for m in part]
-        st.src = before
-        for n in members:
-            if st.kind(n.name) != "space" and not _is_reduce(n):
-                _channel_op(st, n)
-        want: dict[str, bool] = {}  # x -> whether its sum of squares is needed too
-        for x, square in [(n.inputs[0], n.op == "var") for n in members if n.op in ("mean", "var")] + (
-                [(x, False) for x in sorted(means)] if p == 0 else []):
-            want[x] = want.get(x, False) or square
-        accs = {}
-        for x, square in want.items():
-            if x not in stats or (square and not stats[x][2]):
-                k = st.channel_value("shift")
-                before.line(f"{k} = {st.view(x)}{st.at('0')}" if x in kernel.inputs else f"{k} = 0.0")
-                s1, s2 = st.channel_value("s1"), st.channel_value("s2") if square else ""
-                before.line(f"{s1} = 0.0")
+    def passes(self) -> list[tuple[str, Source, Source, Source]]:
+        """Per pass: (a comment, what runs before the element loop, in it, after it)."""
+        kernel, lang = self.kernel, self.lang
+        self.names = self.gen.local_names()
+        means = {n.inputs[1] for n in kernel.nodes if n.op == "var_grad"}  # x whose mean var_grad needs
+        self.setup()
+        stats: dict[str, tuple[str, str, str]] = {}  # x -> (shift, sum of x - shift, sum of squares)
+        out = []
+        for p, part in enumerate(kernel.parts):
+            before, inner, after = Source(c=lang.c), Source(c=lang.c), Source(c=lang.c)
+            members = [self.by[m] for m in part]
+            self.src = before
+            for n in members:
+                if self.kind(n.name) != "space" and not is_reduce(n):
+                    self.bind_channel(n, emit_body(before, [n], self.chan.__getitem__, self.names, lang)[n.name])
+            want: dict[str, bool] = {}  # x -> whether its sum of squares is needed too
+            for x, square in [(n.inputs[0], n.op == "var") for n in members if n.op in ("mean", "var")] + (
+                    [(x, False) for x in sorted(means)] if p == 0 else []):
+                want[x] = want.get(x, False) or square
+            accs = {}
+            for x, square in want.items():
+                if x not in stats or (square and not stats[x][2]):
+                    k = self.channel_value("shift")
+                    before.line(lang.bind(k, self.first(x) if x in kernel.inputs else "0.0"))
+                    s1, s2 = self.sum_value("s1"), self.sum_value("s2") if square else ""
+                    self.start_sum(before, s1)
+                    if square:
+                        self.start_sum(before, s2)
+                    stats[x] = (k, s1, s2)
+                    accs[x] = square
+            sums = {}
+            for n in members:
+                if n.op in ("sum", "batchnorm_grad_gamma") or (n.op == "fused" and is_reduce(n)):
+                    sums[n.name] = self.sum_value("acc")
+                    self.start_sum(before, sums[n.name])
+            self.open_sums(before, [s for x, sq in accs.items() for s in stats[x][1:(3 if sq else 2)]]
+                           + list(sums.values()))
+            self.src, self.elem = inner, {}  # the element loop's body; a pass of per-channel ops only has none
+            for x, square in accs.items():
+                k, s1, s2 = stats[x]
+                d = self.names.fresh("d")
+                inner.line(lang.bind(d, f"{self.get(x)} - {k}"))
+                inner.line(lang.inc(self.acc(s1), d))
                 if square:
-                    before.line(f"{s2} = 0.0")
-                stats[x] = (k, s1, s2)
-                accs[x] = square
-        sums = {}
-        for n in members:
-            if n.op in ("sum", "batchnorm_grad_gamma") or (n.op == "fused" and _is_reduce(n)):
-                sums[n.name] = st.channel_value("acc")
-                before.line(f"{sums[n.name]} = 0.0")
-        st.src, st.elem = inner, {}  # the element loop's body; a pass of per-channel ops only has none
-        for x, square in accs.items():
-            k, s1, s2 = stats[x]
-            d = st.names.fresh("d")
-            inner.line(f"{d} = {st.get(x)} - {k}")
-            inner.line(f"{s1} += {d}")
-            if square:
-                inner.line(f"{s2} += {d} * {d}")
-        for n in members:
-            if st.kind(n.name) == "space" and not _is_reduce(n):
-                _map(st, n, stats, count)
-            elif n.name in sums:
-                _accumulate(st, n, sums[n.name])
-        st.src = after
-        for n in members:
-            if _is_reduce(n):
-                _finish(st, n, stats, sums, count)
-        passes.append((f"pass {p + 1} of {len(kernel.parts)}", before, inner, after))
-    if st.rows:
-        gen.scratch_bytes = max(gen.scratch_bytes, len(st.slices) * ROWS_BLOCK * 8)
-    with src.block(gen.signature(src, kernel, parallel=par, workspace=st.rows, accumulate=True)):
-        for line in st.hoisted:
-            src.line(line)
-        (_rows if st.rows else _channels)(st, src, ref, par, loads, passes)
+                    inner.line(lang.inc(self.acc(s2), f"{d} * {d}"))
+            for n in members:
+                if self.kind(n.name) == "space" and not is_reduce(n):
+                    self._map(n, stats)
+                elif n.name in sums:
+                    self._accumulate(n, sums[n.name])
+            self.src = after
+            self.close_sums(after)
+            for n in members:
+                if is_reduce(n):
+                    self._finish(n, stats, sums)
+            out.append((f"pass {p + 1} of {len(kernel.parts)}", before, inner, after))
+        return out
 
-
-def _channels(st, src, ref, par, loads, passes) -> None:
-    """One (parallel) loop over channels; in it, each pass's (n, j) loop."""
-    with src.block(f"for c in {loop(par)}({ref}.shape[1]):"):
-        src.lines.extend(_indented(loads, src))
-        for comment, before, inner, after in passes:
-            src.comment(comment)
-            src.lines.extend(_indented(before, src))
-            if inner.lines:
-                with src.block(f"for n in range({ref}.shape[0]):"):
-                    with src.block(f"for j in range({ref}.shape[2]):"):
-                        src.lines.extend(_indented(inner, src))
-            src.lines.extend(_indented(after, src))
-
-
-def _rows(st, src, ref, par, loads, passes) -> None:
-    """Blocks of ROWS_BLOCK channels, dealt to the workspace's slots; per pass, a loop over
-    the block's channels, the (n, c) loop along rows, and a loop over channels again."""
-    parts = "workspace.shape[0]" if par else "1"
-    with src.block(f"for p in {loop(par)}({parts}):"):
-        src.line("scratch = workspace[p].view(np.float64)")
-        for k, name in enumerate(st.slices):
-            src.line(f"{name} = scratch[{k * ROWS_BLOCK}:{(k + 1) * ROWS_BLOCK}]")
-        with src.block(f"for lo in range(p * {ROWS_BLOCK}, {ref}.shape[1], {parts} * {ROWS_BLOCK}):"):
-            src.line(f"hi = min(lo + {ROWS_BLOCK}, {ref}.shape[1])")
-            for comment, before, inner, after in passes:
-                src.comment(comment)
-                for body, rows in ((before, False), (inner, True), (after, False)):
-                    if not body.lines:
-                        continue
-                    if rows:
-                        with src.block(f"for n in range({ref}.shape[0]):"):
-                            _channel_loop(src, body)
-                    else:
-                        _channel_loop(src, body)
-
-
-def _channel_loop(src, body) -> None:
-    with src.block("for c in range(lo, hi):"):
-        src.line("cc = c - lo")
-        src.lines.extend(_indented(body, src))
-
-
-def _indented(body, src) -> list[str]:
-    """`body`'s lines (written at level 0) at `src`'s current level."""
-    pad = "    " * src.level
-    return [pad + line if line.strip() else line for line in body.lines]
-
-
-def _channel_op(st, n) -> None:
-    values = emit_body(st.src, [n], st.chan.__getitem__, st.names)
-    _bind_channel(st, n, values[n.name])
-
-
-def _bind_channel(st, n, value: str) -> None:
-    """A per-channel result: kept where later passes find it, and stored if an output."""
-    if st.rows:  # computed in a loop over the block's channels, read in later loops
-        slot = st.channel_value(n.name.rsplit(".", 1)[-1])
-        st.src.line(f"{slot} = {value}")
-        value = slot
-    st.chan[n.name] = value
-    if n.name in st.kernel.outputs:
-        st.src.line(f"{st.gen.arg(n.name)}[c] = {value}")
-
-
-def _map(st, n, stats, count) -> None:
-    if n.op == "expand":
-        g = st.get(n.inputs[0])
-        value = st.names.fresh("expand")
-        st.src.line(f"{value} = {g} / {count}" if n.attr("mean") else f"{value} = {g}")
-    elif n.op == "var_grad":
-        g, x = st.get(n.inputs[0]), st.get(n.inputs[1])
-        k, s1, _ = stats[n.inputs[1]]
-        value = st.names.fresh("var_grad")
-        st.src.line(f"{value} = {g} * 2.0 * ({x} - ({k} + {s1} / {count})) / ({count} - {int(n.attr('unbiased'))})")
-    else:
-        value = emit_body(st.src, [n], st.get, st.names)[n.name]
-    st.elem[n.name] = value
-    if st.stored(n.name):
-        st.src.line(f"{st.view(n.name)}{st.at()} = {value}")
-
-
-def _accumulate(st, n, acc: str) -> None:
-    if n.op == "sum":
-        st.src.line(f"{acc} += {st.get(n.inputs[0])}")
-    elif n.op == "batchnorm_grad_gamma":
-        g, x, mean = (st.get(i) for i in n.inputs[:3])
-        st.src.line(f"{acc} += {g} * ({x} - {mean})")
-    else:  # a fused reduce: its producers at this element, then the root's operand
-        body = n.attr("body")
-        values = emit_body(st.src, body[:-1], lambda r: st.get(n.inputs[int(r[1:])]), st.names)
-        root_in = body[-1].inputs[0]
-        st.src.line(f"{acc} += {values[root_in] if root_in in values else st.get(n.inputs[int(root_in[1:])])}")
-
-
-def _finish(st, n, stats, sums, count) -> None:
-    value = st.names.fresh(n.name.rsplit(".", 1)[-1])
-    if n.op in ("mean", "var"):
-        k, s1, s2 = stats[n.inputs[0]]
-        if n.op == "mean":
-            st.src.line(f"{value} = {k} + {s1} / {count}")
+    def _map(self, n, stats) -> None:
+        count, lang = self.count, self.lang
+        if n.op == "expand":
+            g = self.get(n.inputs[0])
+            value = self.names.fresh("expand")
+            self.src.line(lang.bind(value, f"{g} / {count}" if n.attr("mean") else g))
+        elif n.op == "var_grad":
+            g, x = self.get(n.inputs[0]), self.get(n.inputs[1])
+            k, s1, _ = stats[n.inputs[1]]
+            value = self.names.fresh("var_grad")
+            self.src.line(lang.bind(value, f"{g} * 2.0 * ({x} - ({k} + {s1} / {count})) / "
+                                          f"({count} - {int(n.attr('unbiased'))})"))
         else:
-            m = st.names.fresh("m")
-            st.src.line(f"{m} = {s1} / {count}")
-            scale = f" * {count} / ({count} - 1)" if n.attr("unbiased") else ""
-            st.src.line(f"{value} = max({s2} / {count} - {m} * {m}, 0.0){scale}")
-    elif n.op == "batchnorm_grad_gamma":
-        var = st.chan[n.inputs[3]]
-        st.src.line(f"{value} = {sums[n.name]} / math.sqrt({var} + {n.attr('eps')!r})")
-    elif n.op == "sum" or n.attr("body")[-1].op == "sum":
-        st.src.line(f"{value} = {sums[n.name]}")
-    else:
-        st.src.line(f"{value} = {sums[n.name]} / {count}")
-    _bind_channel(st, n, value)
+            value = emit_body(self.src, [n], self.get, self.names, lang)[n.name]
+        self.elem[n.name] = value
+        if self.stored(n.name):
+            self.src.line(lang.put(self.element(n.name), value, self.gen.dtype(n.name)))
+
+    def _accumulate(self, n, acc: str) -> None:
+        target = self.acc(acc)
+        if n.op == "sum":
+            self.src.line(self.lang.inc(target, self.get(n.inputs[0])))
+        elif n.op == "batchnorm_grad_gamma":
+            g, x, mean = (self.get(i) for i in n.inputs[:3])
+            self.src.line(self.lang.inc(target, f"{g} * ({x} - {mean})"))
+        else:  # a fused reduce: its producers at this element, then the root's operand
+            body = n.attr("body")
+            values = emit_body(self.src, body[:-1], lambda r: self.get(n.inputs[int(r[1:])]), self.names, self.lang)
+            root_in = body[-1].inputs[0]
+            operand = values[root_in] if root_in in values else self.get(n.inputs[int(root_in[1:])])
+            self.src.line(self.lang.inc(target, operand))
+
+    def _finish(self, n, stats, sums) -> None:
+        count, lang = self.count, self.lang
+        value = self.names.fresh(tail(n.name))
+        if n.op in ("mean", "var"):
+            k, s1, s2 = stats[n.inputs[0]]
+            if n.op == "mean":
+                self.src.line(lang.bind(value, f"{k} + {s1} / {count}"))
+            else:
+                m = self.names.fresh("m")
+                self.src.line(lang.bind(m, f"{s1} / {count}"))
+                scale = f" * {count} / ({count} - 1)" if n.attr("unbiased") else ""
+                self.src.line(lang.bind(value, f"{lang.fmax}({s2} / {count} - {m} * {m}, 0.0){scale}"))
+        elif n.op == "batchnorm_grad_gamma":
+            var = self.chan[n.inputs[3]]
+            self.src.line(lang.bind(value, f"{sums[n.name]} / {lang.sqrt}({var} + {n.attr('eps')!r})"))
+        elif n.op == "sum" or n.attr("body")[-1].op == "sum":
+            self.src.line(lang.bind(value, sums[n.name]))
+        else:
+            self.src.line(lang.bind(value, f"{sums[n.name]} / {count}"))
+        self.bind_channel(n, value)

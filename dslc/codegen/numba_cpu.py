@@ -1,20 +1,25 @@
 """KernelGraph -> the source of a Python module whose kernels Numba compiles.
 
-    source = generate(lower(optimize(build(model, "train_step"))[0]))
+    gen, source = generate_with(lower(optimize(build(model, "train_step"))[0]))
 
 The module holds one `@njit` function per generated kernel, named after its layer
 (`k_stage1_conv_bn_relu_sweep`), each under a header naming the ops it fuses and the
 `.net` lines they came from, and two drivers:
 
-    step(<every buffer>, workspace, fallback)       the kernels in order, one call each
-    prologue(<every buffer>, workspace, fallback)   kernels of never-updated parameters
+    step(<every argument>, workspace, scratch, fallback)       the kernels in order
+    prologue(<every argument>, workspace, scratch, fallback)   kernels of never-updated parameters
 
-Buffers arrive as arrays already bound to the memory plan's arena (see
-dslc/runtime/cpu/runner.py), in the order of the module's `BUFFERS`; nothing in the
-module allocates. Extern kernels call the library in dslc/runtime/cpu/ (externs.py);
-a kernel this generator cannot write yet (an op with no scalar expression or library
-kernel) is a `fallback(k)` call: the runner evaluates kernel k with the NumPy
-references, which allocates, and `FALLBACK` lists them so tests can tell.
+The drivers' arguments are the module's `ARGS`: every buffer of the kernel graph, then
+the views of buffers the kernels read (VIEWS: flat, [N, C, S], [N, C]), which the runner
+(dslc/runtime/cpu/runner.py) binds once to the memory plan's arena; nothing in the
+module allocates. So a kernel is generic in its sizes: its text depends on the form of
+its loops only, and `gen.units` holds each kernel's text (with the chain functions it
+calls), which the runner compiles once per machine, content-addressed, for every model
+that has it (dslc/codegen/cache.py). Extern kernels call the library in
+dslc/runtime/cpu/ (externs.py), as does an epilogue's host before its tail; a kernel
+this generator cannot write yet (an op with no scalar expression or library kernel) is a
+`fallback(k)` call: the runner evaluates kernel k with the NumPy references, which
+allocates, and `FALLBACK` lists them so tests can tell.
 
 The text depends only on the kernel graph (never on the batch size, the memory plan or
 the clock), so the same graph always gives byte-identical source: the cache key and
@@ -22,62 +27,89 @@ golden diffs rely on it.
 """
 from __future__ import annotations
 
-import dslc
-from dslc.codegen import externs, groups, loops
+import ast
+
+from dslc.codegen import externs, numba_loops, numba_sweep, shared
 from dslc.codegen.cache import numba_version
-from dslc.codegen.scalar import CONSTANTS, has_scalar
-from dslc.codegen.source import Namer, Source, kernel_header, where
-from dslc.ir.types import concrete
-from dslc.kernels.graph import Kernel, KernelGraph
-from dslc.kernels.loop_forms import as_loop, sweep_supported, update_supported
+from dslc.codegen.emit import Emitter, Lang, form
+from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.source import Source, kernel_header, where
+from dslc.ir.types import NUMPY_DTYPE, concrete
+from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
+from dslc.kernels.loop_forms import as_loop
+from dslc.version import __version__
 
 MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
-                  "workspace", "fallback", "BUFFERS", "FALLBACK", "max", "min") + tuple(CONSTANTS)
+                  "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
+# Fixed names of the loop nests' indices and accumulators: never a buffer's name.
+LOOP_NAMES = ("i", "j", "n", "c", "p", "x", "lo", "hi", "cc", "acc", "slots") + tuple(f"i{a}" for a in range(8))
+# How a kernel may see a buffer (the name suffix of its argument): as it is, flat (every
+# element in order), or as [N, C, S] / [N, C] around its channel axis 1.
+VIEWS = {"": "", "flat": "f", "ncs": "3", "nc": "2"}
 
 
-class Generator:
+def _chain_head(text, params, outs: int, dtype: str):
+    return f"def chain({', '.join(params)}):", ["math", "max", "min"]
+
+
+def _chain_results(values, dtype: str) -> list[str]:
+    return [f"return {', '.join(values)}{',' if len(values) == 1 else ''}"]
+
+
+# Python for Numba: locals are plain names (float32 operands meet float literals in
+# float64, rounded once on store); loops are range/prange over the arrays' shapes (numba_loops.py).
+PYTHON = Lang(target="cpu", c=False, let="{name} = {value}", store="{at} = {value}", add_to="{acc} += {value}",
+              fmax="max", sqrt="math.sqrt", library=frozenset(externs.CALLS),
+              chain_head=_chain_head, chain_results=_chain_results)
+
+# What each generated form of kernel is written by (emit.form); library calls and
+# fallbacks are lines of the drivers, not functions.
+EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "elementwise": numba_loops.elementwise,
+        "epilogue": numba_loops.elementwise, "reduce": numba_loops.reduce, "update": numba_loops.update,
+        "sweep": numba_sweep.sweep}
+
+
+class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        self.kg = kg
-        self.names = Namer(reserved=MODULE_GLOBALS + tuple(externs.HELPERS))
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
-        self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
-        self.globals = self.names
-        self.params: dict[str, list[str]] = {}
+        super().__init__(kg, PYTHON, MODULE_GLOBALS + LOOP_NAMES)
+        self.views: dict[tuple[str, str], str] = {(b.name, ""): self.arg(b.name) for b in kg.buffers}
+        self.calls: dict[str, list] = {}  # kernel -> the driver's lines running it (str, or (function, args))
+        self.units: dict[str, str] = {}  # kernel function -> its text, with the chain functions it calls
         self.fallback: list[int] = []
-        self.helpers: set[str] = set()
         self.kernels: list[Kernel] = list(kg.kernels)
-        self.scratch_bytes = 0  # per thread: float64 scratch of rows-layout sweeps (groups.py)
+        self.scratch_slots = 0  # float64 slots per thread that rows-layout sweeps use (numba_sweep.py)
 
-    # ---- what kernels need from the generator -------------------------------------------
-    def arg(self, buffer: str) -> str:
-        return self.buffer_names[buffer]
-
-    def kernel_name(self, kernel: Kernel) -> str:
-        return self.kernel_names[kernel.name]
+    def view(self, buffer: str, kind: str = "") -> str:
+        """The driver argument holding `buffer` seen as `kind` (VIEWS), named on first use."""
+        if (buffer, kind) not in self.views:
+            self.views[buffer, kind] = self.names.get(f"{buffer} {VIEWS[kind]}")
+        return self.views[buffer, kind]
 
     def bound(self, buffer: str) -> tuple[int, ...]:
         """A shape with the batch bound to 1: only its static (spatial) sizes may be used."""
         return tuple(concrete(d, {"N": 1}) for d in self.kg.buffer(buffer).shape)
 
-    def buffer_params(self, kernel: Kernel) -> list[str]:
-        return [self.arg(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
+    def call(self, kernel: Kernel, line, comment: str | None = None) -> None:
+        """A line of the driver for `kernel` (after a comment, if given): a library call's text,
+        or (function, arguments) of a generated kernel's call, wrapped where the driver writes it."""
+        self.calls.setdefault(kernel.name, []).extend(([f"# {comment}"] if comment else []) + [line])
 
-    def local_names(self, kernel: Kernel) -> Namer:
-        """Names for a kernel's locals: clear of every global and of its parameters."""
-        return Namer(reserved=set(self.names.taken))
-
-    def signature(self, src: Source, kernel: Kernel, parallel: bool, workspace: bool = False,
-                  accumulate: bool = False) -> str:
-        """Write the decorator; return the `def` line. fastmath only for float32 graphs, and
-        only contraction (and reassociation of float64 accumulators): within float32 rounding."""
-        params = self.buffer_params(kernel) + (["workspace"] if workspace else [])
-        self.params[kernel.name] = params
-        # error_model="numpy": x / 0 is inf or nan as in the references, never an exception.
+    def decorator(self, kernel: Kernel, parallel: bool, accumulate: bool = False) -> str:
+        """fastmath only for float32 graphs, and only contraction (and reassociation of
+        float64 accumulators): within float32 rounding. error_model="numpy": x / 0 is inf
+        or nan as in the references, never an exception."""
         opts = ["cache=True", 'error_model="numpy"'] + (["parallel=True"] if parallel else [])
         if self.kg.buffer(kernel.outputs[0]).dtype == "f32":
             opts.append('fastmath={"reassoc", "contract"}' if accumulate else 'fastmath={"contract"}')
-        src.line(f"@njit({', '.join(opts)})")
-        return src.wrapped(f"def {self.kernel_name(kernel)}(", params, "):")
+        return f"@njit({', '.join(opts)})"
+
+    def signature(self, src: Source, kernel: Kernel, params: list[str], parallel: bool,
+                  accumulate: bool = False) -> str:
+        """Write the decorator and record the driver's call; return the `def` line."""
+        name = self.kernel_name(kernel)
+        src.line(self.decorator(kernel, parallel, accumulate))
+        self.call(kernel, (name, params))
+        return src.wrapped(f"def {name}(", params, "):")
 
 
 def generate(kg: KernelGraph) -> str:
@@ -86,7 +118,7 @@ def generate(kg: KernelGraph) -> str:
 
 
 def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
-    """The generator's state (kernels as emitted, fallbacks) and the module source."""
+    """The generator's state (kernels as emitted, fallbacks, each kernel's text) and the module source."""
     gen = Generator(kg)
     kernels = Source()
     gen.kernels = [as_loop(k, kg) for k in kg.kernels]
@@ -96,17 +128,14 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
         function = Source()
         if not _emit(gen, function, k):
             gen.fallback.append(pos)
-        elif function.lines:  # extern calls have no function of their own
+        elif function.lines:  # library calls have no function of their own
+            gen.units.setdefault(gen.kernel_name(k), function.text())  # an update's are its segments
             kernels.blank()
             kernels.blank()
             kernel_header(kernels, pos, k)
             kernels.lines.extend(function.lines)
     src = Source()
     _module_header(src, kg, gen)
-    for name in sorted(gen.helpers):
-        src.blank()
-        src.blank()
-        src.lines.extend(externs.HELPERS[name].rstrip("\n").splitlines())
     src.lines.extend(kernels.lines)
     for driver, prologue in (("prologue", True), ("step", False)):
         src.blank()
@@ -116,51 +145,27 @@ def generate_with(kg: KernelGraph) -> tuple[Generator, str]:
 
 
 def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
-    """Write kernel k's function; False when it must fall back to the references."""
-    if k.kind == "extern":
-        if k.nodes[0].op in externs.HELPERS:
-            gen.helpers.add(k.nodes[0].op)
-        if externs.has_library(k.nodes[0].op):
-            gen.params[k.name] = [gen.arg(b) for b in k.inputs + k.outputs]
-            return True
-        if k.nodes[0].op == "expand" and gen.kg.buffer(k.name).type.is_float:
-            loops.expand(gen, src, k)
-            return True
-        if k.nodes[0].op in loops.PENALTY:
-            loops.regulariser(gen, src, k)
-            return True
+    """Write kernel k's function and its driver lines; False when it must fall back to the references."""
+    how = form(gen, k)
+    if how == "fallback":
         return False
-    if k.kind == "fused":
-        body = k.nodes[0].attr("body")
-        elementwise = body[:-1] if k.op == "reduce" else body
-        if not all(b.op in ("const",) + loops.HOSTS or has_scalar(b.op) for b in elementwise):
-            return False
-        host = next((b for b in body if b.op in loops.HOSTS), None)
-        if host is not None and not all(r.startswith("$") for r in host.inputs):
-            return False  # elementwise work before the host: it needs a buffer the body does not have
-        if k.op == "reduce":
-            if body[-1].op not in ("sum", "mean") or "identity" not in k.index_maps:
-                return False
-            loops.reduce(gen, src, k)
-        else:
-            loops.elementwise(gen, src, k)
-        return True
-    if k.op == "update" and update_supported(gen.kg, k):
-        groups.update(gen, src, k)
-        return True
-    if k.op == "sweep" and sweep_supported(gen.kg, k):
-        groups.sweep(gen, src, k)
-        return True
-    return False
+    if how == "library":
+        node = k.nodes[0]
+        gen.call(k, externs.call(node, [gen.arg(b) for b in k.inputs + k.outputs], [gen.bound(i) for i in k.inputs]),
+                 comment=f"{k.name}: {node.op}, {where(node.span)}")
+    else:
+        EMIT[how](gen, src, k)
+    return True
 
 
 def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
-    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {dslc.__version__} for Numba {numba_version()} "
+    src.comment(f"{kg.name} ({kg.stage}): generated by dslc {__version__} for Numba {numba_version()} "
                 "(dslc/codegen/numba_cpu.py).")
     src.comment("Do not edit: `dslc compile` regenerates it, byte for byte, from the model.")
     ext = sum(k.kind == "extern" for k in kg.kernels)
     src.comment(f"{len(kg.kernels)} kernels: {len(kg.kernels) - ext - len(gen.fallback)} generated, "
-                f"{ext} library calls, {len(gen.fallback)} NumPy fallbacks.")
+                f"{ext} library calls, {len(gen.fallback)} NumPy fallbacks. The runner runs each generated")
+    src.comment("kernel's copy in the kernel cache, compiled once for every model with the same kernel text.")
     src.line("import math")
     src.blank()
     src.line("import numpy as np")
@@ -170,14 +175,15 @@ def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
     src.blank()
     for name, value in CONSTANTS.items():
         src.line(f"{name} = {value}")
-    src.comment("The drivers' buffer parameters, in order: the runner binds arena views to them by position.")
-    src.line(src.wrapped("BUFFERS = (", [repr(b.name) for b in kg.buffers], ",)" if len(kg.buffers) == 1 else ")"))
+    src.comment("The drivers' arguments, in order: (buffer, view) pairs the runner binds to the arena once.")
+    args = [repr(key) for key in gen.views]
+    src.line(src.wrapped("ARGS = (", args, ",)" if len(args) == 1 else ")"))
     src.comment("Kernels (by position in the kernel graph) run by the NumPy references: they allocate.")
     src.line(f"FALLBACK = ({', '.join(str(p) for p in gen.fallback)}{',' if len(gen.fallback) == 1 else ''})")
 
 
 def _driver(src: Source, gen: Generator, name: str, prologue: bool) -> None:
-    params = [gen.arg(b.name) for b in gen.kg.buffers] + ["workspace", "fallback"]
+    params = list(gen.views.values()) + ["workspace", "scratch", "fallback"]
     with src.block(src.wrapped(f"def {name}(", params, "):")):
         src.line('"""' + ("Kernels that read only never-updated parameters: once per parameter load."
                           if prologue else "One run of the graph: every kernel in order.") + '"""')
@@ -188,15 +194,43 @@ def _driver(src: Source, gen: Generator, name: str, prologue: bool) -> None:
                 src.comment(f"{k.name}: a view of {k.inputs[0]} ({k.op})")
             elif pos in gen.fallback:
                 src.line(f"fallback({pos})  # {k.name}: {_ops(k)} by the NumPy reference")
-            elif k.kind == "extern" and externs.has_library(k.nodes[0].op):
-                node = k.nodes[0]
-                args = [gen.arg(b) for b in k.inputs + k.outputs]
-                src.comment(f"{k.name}: {node.op}, {where(node.span)}")
-                src.line(externs.call(node, args, [gen.bound(i) for i in k.inputs]))
             else:
-                src.line(src.wrapped(f"{gen.kernel_name(k)}(", gen.params[k.name], ")"))
+                for line in gen.calls[k.name]:
+                    src.line(line if isinstance(line, str) else src.wrapped(f"{line[0]}(", line[1], ")"))
         src.line("return None")
 
 
 def _ops(k: Kernel) -> str:
     return "+".join(dict.fromkeys(n.op for n in k.covers()))
+
+
+# ---- what the drivers call, with which argument types: planned without Numba ---------------
+
+NDIM = {"flat": 1, "ncs": 3, "nc": 2}  # the rank of each view (VIEWS); "" keeps the buffer's
+
+
+def driver_calls(gen: Generator) -> list[tuple[tuple[str, str], tuple]]:
+    """Every compiled function the drivers call, once per argument types: ((where, name), types),
+    where is a library module (`dslc.runtime.cpu.conv`) or, for a generated kernel, its
+    shared file's stem (shared.py); each type is (dtype, rank) for an array, else the
+    Python type of a constant (int, bool, NoneType). What the runner compiles ahead of the
+    first step, and `dslc compile` checks is built."""
+    arrays = {name: (NUMPY_DTYPE[gen.kg.buffer(b).dtype], NDIM.get(kind, len(gen.kg.buffer(b).shape)))
+              for (b, kind), name in gen.views.items()}
+    arrays.update(workspace=(float_dtype(gen.kg), 2), scratch=("float64", 2))
+    entries = {name: shared.path_for(shared.canonical(unit)).stem for name, unit in gen.units.items()}
+    out: dict[tuple, None] = {}  # in first-call order, once each
+    for pos, k in enumerate(gen.kernels):
+        if k.kind == "view" or pos in gen.fallback:
+            continue
+        for line in gen.calls[k.name]:
+            if isinstance(line, tuple):
+                where, args = (entries[line[0]], "kernel"), [ast.Name(a) for a in line[1]]
+            elif line.startswith("#"):
+                continue
+            else:
+                call = ast.parse(line).body[0].value
+                where, args = (f"dslc.runtime.cpu.{call.func.value.id}", call.func.attr), call.args
+            types = tuple(arrays[a.id] if isinstance(a, ast.Name) else type(ast.literal_eval(a)).__name__ for a in args)
+            out.setdefault((where, types), None)
+    return list(out)

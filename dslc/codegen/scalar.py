@@ -58,7 +58,24 @@ def literal(value, target: str = "cpu") -> str:
 
 def expression(op: str, operands: list[str], attrs: Mapping, target: str = "cpu") -> str:
     """The expression of `op` applied to `operands` (local names) with its attributes."""
-    template = (SCALAR if target == "cpu" else CUDA)[op]
+    return _fill((SCALAR if target == "cpu" else CUDA)[op], operands, attrs, target)
+
+
+def has_summand(op: str) -> bool:
+    """Whether `op` is a regulariser the generators write as a loop (OpDef.summand)."""
+    return registry.get(op).summand is not None
+
+
+def summand(op: str, x: str, attrs: Mapping, target: str = "cpu") -> str:
+    """The term element `x` adds to the sum of regulariser `op`.
+
+    >>> summand("elastic", "x", {"beta": 0.5}, target="cuda")
+    '0.5 * x * x + fabs(x)'
+    """
+    return _fill(getattr(registry.get(op).summand, target), [x], attrs, target)
+
+
+def _fill(template, operands: list[str], attrs: Mapping, target: str) -> str:
     if callable(template):
         template = template(attrs)
     values = {k: literal(v, target) for k, v in attrs.items() if isinstance(v, (int, float, bool))}

@@ -40,6 +40,11 @@ ITEMSIZE = {"f32": 4, "f64": 8, "i32": 4, "i64": 8}
 assert set(ITEMSIZE) == set(NUMPY_DTYPE)
 
 
+def float_dtype(kg: "KernelGraph") -> str:
+    """The NumPy dtype of the graph's floats (float32 when it has none): the workspaces'."""
+    return next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), "float32")
+
+
 def bindings(batch: int | Mapping[str, int]) -> dict[str, int]:
     """Sizes of the symbolic dimensions: an int is the batch size N."""
     return {"N": batch} if isinstance(batch, int) else dict(batch)
@@ -158,7 +163,7 @@ def index_maps(node: Node, input_types: list[TensorType]) -> tuple[str, ...]:
     host_inputs: set[str] = set()
     channel_inputs: set[str] = set()
     for b in body:
-        if b.op in ("matmul", "linear", "conv2d"):
+        if registry.epilogue_host(b.op):
             host_inputs.update(b.inputs)
         elif b.op != "const" and registry.get(b.op).elementwise == "channel":
             channel_inputs.update(b.inputs[1:])

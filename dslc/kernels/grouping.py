@@ -36,11 +36,6 @@ from dslc.kernels.graph import index_maps
 from dslc.ops import registry
 
 SOURCES = ("input", "param", "const", "random")
-# Ops the registry does not mark elementwise that still fit a sweep; those in _AXIS_OPS
-# only when they reduce (or broadcast back) over every axis but the channel axis 1.
-_SWEEP_OPS = {"mean": "reduce", "var": "reduce", "sum": "reduce", "batchnorm_grad_gamma": "reduce",
-              "batchnorm_grad_x": "map", "expand": "map", "var_grad": "map"}
-_AXIS_OPS = ("mean", "var", "sum", "expand", "var_grad")
 
 
 def elementwise(node: Node) -> bool:
@@ -164,7 +159,9 @@ def sweep_role(node: Node, graph: Graph) -> tuple[str, tuple] | None:
     """("map" | "reduce", S) or ("channel", (C,)) when `node` fits a sweep, else None."""
     ins = [graph[i].type for i in node.inputs]
     out = node.type
-    role = _SWEEP_OPS.get(node.op)
+    # Ops not elementwise that still fit a sweep say how (OpDef.sweep); those with an axis
+    # only when they reduce (or broadcast back) over every axis but the channel axis 1.
+    role = registry.get(node.op).sweep
     if role is None and node.op == "fused" and node.attr("kind") == "reduce":
         role = "reduce"
     if role is None:
@@ -192,7 +189,7 @@ def sweep_role(node: Node, graph: Graph) -> tuple[str, tuple] | None:
 def _axes_ok(node: Node, rank: int) -> bool:
     if node.op == "fused" and node.attr("kind") == "reduce":
         node = node.attr("body")[-1]
-    if node.op not in _AXIS_OPS:
+    if registry.get(node.op).sweep is None or registry.get(node.op).attr("axis") is None:
         return True
     axis = node.attr("axis")
     axes = tuple(range(rank)) if axis is None else tuple(sorted(a % rank for a in axis))

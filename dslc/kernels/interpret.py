@@ -23,7 +23,7 @@ from dslc.ir.graph import Node
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels.graph import KernelGraph
 from dslc.ops import registry
-from dslc.passes.memory_plan import MemoryPlan
+from dslc.kernels.memory_plan import MemoryPlan
 from dslc.reference import draw_random
 
 

@@ -1,6 +1,6 @@
 """Which kernels a code generator writes as scalar loops, and in what form: shared by the
-Numba generator (dslc/codegen/numba_cpu.py, groups.py) and the CUDA one (cuda_gpu.py,
-cuda_groups.py), so both backends agree on what they generate and what falls back.
+code generators' one emitter (dslc/codegen/emit.py, groups.py), so the Numba and CUDA
+backends agree on what they generate and what falls back.
 
     kernels = [as_loop(k, kg) for k in kg.kernels]   # a lone sum -> a one-node reduce loop
     update_supported(kg, k)   # the optimizer group: one scalar chain per parameter
@@ -14,10 +14,6 @@ from __future__ import annotations
 from dslc.ir.graph import Node
 from dslc.kernels.graph import Kernel, KernelGraph, index_maps
 from dslc.ops import registry
-
-# Reductions a sweep accumulates per channel (everything else in it is a map or per channel).
-REDUCE_OPS = ("mean", "var", "sum", "batchnorm_grad_gamma")
-
 
 def scalar_ops(node: Node) -> bool:
     """Every op of `node` (of a fused node's body) has a scalar expression."""
@@ -34,8 +30,8 @@ def externals(nodes) -> list[str]:
 
 
 def is_reduce(node: Node) -> bool:
-    """A sweep node that sums over (n, j) for each channel."""
-    return node.op in REDUCE_OPS or (node.op == "fused" and node.attr("kind") == "reduce")
+    """A sweep node that sums over (n, j) for each channel (OpDef.sweep)."""
+    return registry.get(node.op).sweep == "reduce" or (node.op == "fused" and node.attr("kind") == "reduce")
 
 
 def as_loop(k: Kernel, kg: KernelGraph) -> Kernel:
@@ -90,8 +86,8 @@ def sweep_supported(kg: KernelGraph, kernel: Kernel) -> bool:
                 return False
         elif n.op == "var_grad" and n.inputs[1] in produced:
             return False
-        elif n.op not in REDUCE_OPS + ("expand", "var_grad") and not scalar_ops(n):
-            return False
+        elif registry.get(n.op).sweep is None and not scalar_ops(n):
+            return False  # a reduction, or a map the planner writes itself (expand, var_grad)
         for i in n.inputs:
             s = kg.buffer(i).shape
             if s not in (space, chan) and not all(d == 1 for d in s):

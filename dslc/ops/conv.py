@@ -182,7 +182,7 @@ register(OpDef(
             ParamSlot("bias", "bias", lambda ins, a: (a["out"],), "bias_init", present=lambda a: a["bias"])),
     shape=_conv_shape,
     formula="y[n, o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] * xpad[n, g(o)*C/G + c, i*s + u*d, j*s + v*d]",
-    flops=_conv_flops, reference=_conv_ref, grad=_conv_grad,
+    flops=_conv_flops, reference=_conv_ref, grad=_conv_grad, epilogue_host=True,
     samples=(Sample((_f64(2, 3, 5, 5), _f64(4, 3, 3, 3), _f64(4)), {"out": 4}),
              Sample((_f64(2, 4, 6, 5), _f64(6, 2, 2, 3)),
                     {"out": 6, "kernel": (2, 3), "stride": 2, "pad": "same", "dilation": (1, 2), "groups": 2,

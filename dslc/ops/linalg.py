@@ -50,7 +50,7 @@ register(OpDef(
     "matmul", "linalg", ("x", "y"),
     (Attr("transpose_a", "bool", False), Attr("transpose_b", "bool", False)),
     shape=_matmul_shape, formula="out[i, j] = sum_k x[i, k] * y[k, j]  (written x @ y)",
-    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad,
+    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad, epilogue_host=True,
     samples=(Sample((_f32(3, 4), _f32(4, 5))),
              Sample((_f32(4, 3), _f32(4, 5)), {"transpose_a": True}),
              Sample((_f32(3, 4), _f32(5, 4)), {"transpose_b": True}),
@@ -94,6 +94,6 @@ register(OpDef(
             ParamSlot("bias", "bias", lambda ins, a: (a["out"],), "bias_init", present=lambda a: a["bias"])),
     shape=_linear_shape, formula="y = x @ W + b,  W: (in, out), b: (out)",
     flops=lambda ins, out, a: 2 * out.numel() * _linear_in(ins) + (out.numel() if a["bias"] else 0),
-    reference=_linear_ref, grad=_linear_grad,
+    reference=_linear_ref, grad=_linear_grad, epilogue_host=True,
     samples=(Sample((_f32(3, 4), _f32(4, 5), _f32(5)), {"out": 5}),
              Sample((_f32(2, 3), _f32(3, 2)), {"out": 2, "bias": False}))))

@@ -196,24 +196,25 @@ def _reg_shape(what):
 _REG_SAMPLES = (Sample((_f32(3, 4), _f32(2, 2, 3)), domain="kinks"),)
 
 
-def _regulariser(name, formula, per_tensor, grad, attrs=()):
+def _regulariser(name, formula, per_tensor, grad, summand: Scalar, attrs=()):
     register(OpDef(
         name, "regulariser", ("*xs",), attrs, shape=_reg_shape(name), formula=formula,
         flops=lambda ins, out, a: 2 * sum(t.numel() for t in ins),
         reference=lambda *xs, **a: _scalar(sum(per_tensor(x, **a).sum() for x in xs), xs[0]),
-        grad=grad, samples=_REG_SAMPLES))
+        grad=grad, samples=_REG_SAMPLES, summand=summand))
 
 
 # |w| has a kink at 0: sign(0) = 0 is used (the subgradient of minimum norm).
 _regulariser("l1", "sum_w sum |w|", lambda w: np.abs(w),
-             lambda b, n, g: tuple(b.mul(b.sign(x), g) for x in n.inputs))
+             lambda b, n, g: tuple(b.mul(b.sign(x), g) for x in n.inputs), Scalar("abs({0})", "fabs({0})"))
 _regulariser("l2", "sum_w sum w^2", lambda w: w * w,
-             lambda b, n, g: tuple(b.mul(b.mul(x, g), b.const(2.0, n.type.dtype)) for x in n.inputs))
+             lambda b, n, g: tuple(b.mul(b.mul(x, g), b.const(2.0, n.type.dtype)) for x in n.inputs),
+             Scalar.both("{0} * {0}"))
 _regulariser("elastic", "sum_w sum (beta * w^2 + |w|)  (CS231n's elastic net)",
              lambda w, beta: beta * w * w + np.abs(w),
              lambda b, n, g: tuple(b.mul(b.add(b.mul(x, b.const(2 * n.attr("beta"), n.type.dtype)), b.sign(x)), g)
                                    for x in n.inputs),
-             attrs=(Attr("beta", "float", 0.5),))
+             Scalar("{beta} * {0} * {0} + abs({0})", "{beta} * {0} * {0} + fabs({0})"), attrs=(Attr("beta", "float", 0.5),))
 
 register(OpDef("sign", "derivative", ("x",), (), shape=lambda ins, attrs: ins[0], formula="sign(x), 0 at 0",
                flops=lambda ins, out, a: out.numel(), reference=np.sign,

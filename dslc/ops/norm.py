@@ -92,12 +92,13 @@ register(OpDef(
     reference=lambda x, axis, keepdims, unbiased: x.var(axis=_np_axes(axis, x.ndim), ddof=int(unbiased),
                                                         keepdims=keepdims).astype(x.dtype),
     grad=lambda b, n, g: (b.var_grad(g, n.inputs[0], **n.attr_dict),),
-    samples=(Sample((_f64(4, 3, 2),), {"axis": (0, 2)}), Sample((_f64(5, 3),), {"axis": (0,), "unbiased": True}))))
+    samples=(Sample((_f64(4, 3, 2),), {"axis": (0, 2)}), Sample((_f64(5, 3),), {"axis": (0,), "unbiased": True})),
+    sweep="reduce"))
 
 register(OpDef(
     "var_grad", "derivative", ("g", "x"), _VAR_ATTRS, shape=lambda ins, attrs: ins[1],
     formula="g * 2 (x - mean(x)) / (n - unbiased), g broadcast over `axis`",
-    flops=lambda ins, out, a: 4 * out.numel(), reference=_var_grad_ref,
+    flops=lambda ins, out, a: 4 * out.numel(), reference=_var_grad_ref, sweep="map",
     samples=(Sample((_f64(3), _f64(4, 3, 2)), {"axis": (0, 2)}),)))
 
 
@@ -166,14 +167,14 @@ register(OpDef(
     shape=lambda ins, attrs: ins[0], formula="g * gamma[c] / sqrt(var[c] + eps)",
     flops=lambda ins, out, a: out.numel(),
     reference=lambda g, gamma, var, eps: (g * per_channel(gamma / np.sqrt(var + eps), g.ndim)).astype(g.dtype),
-    scalar=Scalar("{0} * ({1} / math.sqrt({2} + {eps}))", "{0} * ({1} / sqrt({2} + {eps}))"),
+    scalar=Scalar("{0} * ({1} / math.sqrt({2} + {eps}))", "{0} * ({1} / sqrt({2} + {eps}))"), sweep="map",
     samples=(Sample((_f64(4, 3, 2, 2), _f64(3), _f64(3)), domain="positive"),)))
 
 register(OpDef(
     "batchnorm_grad_gamma", "derivative", ("g", "x", "mean", "var"), (Attr("eps", "float", 1e-5),),
     shape=lambda ins, attrs: TensorType(ins[1].dtype, (ins[1].shape[1],)),
     formula="sum_{n, h, w} g * (x - mean[c]) / sqrt(var[c] + eps)",
-    flops=lambda ins, out, a: 3 * ins[0].numel(), reference=_bn_grad_gamma_ref,
+    flops=lambda ins, out, a: 3 * ins[0].numel(), reference=_bn_grad_gamma_ref, sweep="reduce",
     samples=(Sample((_f64(4, 3, 2, 2), _f64(4, 3, 2, 2), _f64(3), _f64(3)), domain="positive"),)))
 
 

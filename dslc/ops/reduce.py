@@ -51,7 +51,7 @@ register(OpDef(
     formula="sum of x over `axis`", flops=lambda ins, out, a: ins[0].numel(),
     reference=lambda x, axis, keepdims: np.asarray(x.sum(axis=_np_axes(axis), keepdims=keepdims)),
     grad=lambda b, n, g: (b.expand(g, n.inputs[0], axis=n.attr("axis"), keepdims=n.attr("keepdims")),),
-    samples=_SAMPLES))
+    samples=_SAMPLES, sweep="reduce"))
 
 register(OpDef(
     "mean", "reduce", ("x",), _ATTRS, shape=_reduce_shape("mean"),
@@ -59,7 +59,7 @@ register(OpDef(
     reference=lambda x, axis, keepdims: np.asarray(x.mean(axis=_np_axes(axis), keepdims=keepdims)),
     # The count is taken from the runtime shape: N may be symbolic.
     grad=lambda b, n, g: (b.expand(g, n.inputs[0], axis=n.attr("axis"), keepdims=n.attr("keepdims"), mean=True),),
-    samples=_SAMPLES))
+    samples=_SAMPLES, sweep="reduce"))
 
 
 def _expand_ref(g, like, axis, keepdims, mean):
@@ -76,6 +76,6 @@ register(OpDef(
     "expand", "derivative", ("g", "like"), _ATTRS + (Attr("mean", "bool", False),),
     shape=lambda ins, attrs: ins[1],
     formula="g broadcast back over the reduced `axis` to the shape of `like` (divided by the count if mean)",
-    flops=lambda ins, out, a: out.numel(), reference=_expand_ref,
+    flops=lambda ins, out, a: out.numel(), reference=_expand_ref, sweep="map",
     samples=(Sample((_f32(3, 1), _f32(3, 4)), {"axis": (1,), "keepdims": True, "mean": True}),
              Sample((_f32(), _f32(2, 3)),))))

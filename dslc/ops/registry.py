@@ -118,6 +118,14 @@ class OpDef:
     elementwise: str | None = None
     # Elementwise and optimizer ops: the per-element expression the code generators emit.
     scalar: Scalar | None = None
+    # Regularisers (a sum over every element of every input): the term one element adds.
+    summand: Scalar | None = None
+    # A library op a fused elementwise tail may follow in the same kernel (matmul, linear,
+    # conv2d): the library writes the output, the tail then runs over it in place.
+    epilogue_host: bool = False
+    # How a batchnorm-like sweep (dslc/kernels/grouping.py) takes an op that is not
+    # elementwise: "reduce" (a per-channel sum over every axis but 1) or "map" (per element).
+    sweep: str | None = None
     doc: str = ""
 
     @property
@@ -150,6 +158,12 @@ def get(name: str) -> OpDef:
 def all_ops() -> dict[str, OpDef]:
     _load()
     return OPS
+
+
+def epilogue_host(name: str) -> bool:
+    """Whether op `name` may host a fused elementwise tail (OpDef.epilogue_host)."""
+    op = all_ops().get(name)
+    return op is not None and op.epilogue_host
 
 
 def _load() -> None:

@@ -21,7 +21,6 @@ from dslc.ir.graph import Graph, Node
 from dslc.ops import registry
 
 REDUCTIONS = ("sum", "mean")
-EPILOGUE_HOSTS = ("matmul", "linear", "conv2d")
 
 
 def _is_elementwise(node: Node) -> bool:
@@ -43,10 +42,10 @@ def _grow(root: Node, graph: Graph, users, outputs: set[str], taken: set[str]) -
                     continue
                 if not all(u.name in members for u in users[p.name]):
                     continue
-                if any(u.op in EPILOGUE_HOSTS for u in users[p.name]):
+                if any(registry.epilogue_host(u.op) for u in users[p.name]):
                     continue  # a host reads its inputs from memory: they stay materialised
-                host = (kind == "elementwise" and p.op in EPILOGUE_HOSTS
-                        and not any(graph[m].op in EPILOGUE_HOSTS for m in members))
+                host = (kind == "elementwise" and registry.epilogue_host(p.op)
+                        and not any(registry.epilogue_host(graph[m].op) for m in members))
                 if p.type.shape == shape and (_is_elementwise(p) or host):
                     members.add(p.name)
                     changed = True
@@ -67,7 +66,7 @@ def _fused_node(root: Node, members: list[Node], kind: str, graph: Graph) -> Nod
             src = graph[i]
             if i in inside:
                 inputs.append(i)
-            elif src.op == "const" and m.op not in EPILOGUE_HOSTS:
+            elif src.op == "const" and not registry.epilogue_host(m.op):
                 if i not in consts:
                     body.append(src)
                     consts.add(i)

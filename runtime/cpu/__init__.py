@@ -10,8 +10,8 @@ softmax with its loss) is a model-independent kernel here, one module per family
     pool.py       max/avg pooling and global average pooling, forward and backward
     batchnorm.py  batchnorm training forward (batch statistics), backward, inference
     softmax.py    softmax, log_softmax, softmax-cross-entropy forward and backward
-    geometry.py   window geometry and workspace sizes, without Numba (for the code generator)
     runner.py     a generated module bound to one planned arena (CompiledGraph)
+    build.py      the kernels a module calls, compiled before its first step, in worker processes
     executor.py   the trainer's Executor interface on top of the runner
     profile.py    per-kernel timing of a step (DSLC_DEBUG>=2)
 

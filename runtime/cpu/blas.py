@@ -127,14 +127,17 @@ _STAMP = "dslc-sources.sha256"
 
 
 def _drop_stale_cache() -> None:
-    """Delete Numba's cached kernels of this package when any of its source files changed.
+    """Delete Numba's cached kernels of this package when any of its source files changed,
+    or the window geometry they compile in (dslc/kernels/geometry.py: conv's tile_rows).
 
     The cache lives where Numba puts it for this directory (`__pycache__`, or under
     NUMBA_CACHE_DIR); a stamp file there holds the hash of the package's sources.
     """
     from numba.core.caching import CompileResultCacheImpl
+
+    from dslc.kernels import geometry
     here = Path(__file__).parent
-    sources = sorted(here.glob("*.py"))
+    sources = sorted(here.glob("*.py")) + [Path(geometry.__file__)]
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()
     try:
         cache = Path(CompileResultCacheImpl(_drop_stale_cache)._locator.get_cache_path())

@@ -1,7 +1,7 @@
 """conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
 
 Layouts as in dslc/ops/conv.py: x [N, C, H, W], w [O, C/G, kh, kw], y [N, O, Ho, Wo];
-geometry comes from its `Window` (`geometry(attrs, size)`, dslc/runtime/cpu/geometry.py),
+geometry comes from its `Window` (`geometry(attrs, size)`, dslc/kernels/geometry.py),
 so `pad=same` with an odd total pads one more at the bottom/right, like the reference.
 
 For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo pixels:
@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from dslc.runtime.cpu import geometry as _geometry
+from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
+from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
 

@@ -12,7 +12,7 @@ them as live (they change with every step) and copy what it wants to keep.
 from __future__ import annotations
 
 from dslc.ir.graph import Graph
-from dslc.runtime.cpu.runner import compile_kernels
+from dslc.runtime.cpu.runner import bind, load_kernels
 from dslc.runtime.executor import ArenaStep
 
 
@@ -22,4 +22,4 @@ class NumbaExecutor:
     name = "numba"
 
     def compile(self, graph: Graph) -> ArenaStep:
-        return ArenaStep(graph, compile_kernels)
+        return ArenaStep(graph, load_kernels, bind)

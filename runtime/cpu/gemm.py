@@ -26,6 +26,14 @@ def _parts(m, n, k):
     return num_threads() if m * n * k >= MIN_SPLIT and max(m, n) >= 2 * num_threads() else 1
 
 
+@njit(inline="always")
+def _no(x):
+    """False, as a value of the run: called with literal True/False flags, gemm would be
+    compiled again for them (Numba specialises on literal arguments); with flags computed
+    at run time, kernels here share the one compile of gemm the drivers call."""
+    return x.size < 0
+
+
 @njit(cache=True, parallel=True)
 def gemm(a, b, out, trans_a, trans_b):
     """out = op(a) @ op(b), op = transpose when its flag is set (the registry's `matmul`)."""
@@ -58,7 +66,8 @@ def linear_forward(x, w, b, out, relu):
     cache. `b` may be None (bias=false); Numba compiles that case without the add.
     relu keeps NaN (like np.maximum): only values below zero are replaced.
     """
-    gemm(x, w, out, False, False)
+    no = _no(out)
+    gemm(x, w, out, no, no)
     if b is None and not relu:
         return
     n, m = out.shape
@@ -92,7 +101,7 @@ def linear_backward(x, w, g, dx, dw, db):
     without a bias. A fused relu's mask is applied to g by the caller beforehand.
     """
     if dx is not None:
-        gemm(g, w, dx, False, True)
-    gemm(x, g, dw, True, False)
+        gemm(g, w, dx, _no(g), not _no(g))
+    gemm(x, g, dw, not _no(g), _no(g))
     if db is not None:
         bias_grad(g, db)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from dslc.runtime.cpu.geometry import pool_geometry  # noqa: F401  (the kernels' geometry, re-exported)
+from dslc.kernels.geometry import pool_geometry  # noqa: F401  (the kernels' geometry, re-exported)
 
 
 @njit(cache=True, inline="always")

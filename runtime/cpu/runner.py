@@ -6,7 +6,7 @@
     out["loss", "loss"]; cg.params()["fc.weight"]  # parameters are updated in place
 
 Every buffer of the kernel graph is a view into one byte array at its planned offset
-(dslc/passes/memory_plan.py); the views, the conv workspace and the argument tuple of
+(dslc/kernels/memory_plan.py); the views, the conv workspace and the argument tuple of
 the module's `step` are made once, so a steady-state step allocates nothing: it copies
 the feeds in, draws the dropout masks into their buffers, calls `step`, and copies the
 updates the plan could not do in place back. `run` returns the same dict every time,
@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import atexit
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Mapping
 
 import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts its threads)
@@ -27,17 +30,20 @@ import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts
 import numpy as np
 from numba import njit
 
-from dslc.codegen import cache, externs
+from dslc.codegen import cache, externs, shared
+from dslc.codegen.emit import host_of
 from dslc.codegen.numba_cpu import Generator, generate_with
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
-from dslc.kernels.graph import KernelGraph, bindings
+from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
-from dslc.passes.memory_plan import MemoryPlan, plan
-from dslc.runtime.cpu.geometry import default_parts
+from dslc.kernels.memory_plan import MemoryPlan, plan
+from dslc.kernels.geometry import default_parts
+from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.profile import Profile
+from dslc.runtime.executor import arena_roles
 
 
 @njit(cache=True)
@@ -55,22 +61,15 @@ class CompiledGraph:
         self.kernels = gen.kernels
         self.arena = np.zeros(memory.arena_bytes, np.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
-        dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), np.float32)
-        # slots of whole float64s: rows-layout sweeps view theirs as float64 scratch
-        per_f64 = 8 // np.dtype(dtype).itemsize
-        slot = max(1, workspace_slot(kg, self.kernels, memory.batch), -(-gen.scratch_bytes // np.dtype(dtype).itemsize))
-        slot = -(-slot // per_f64) * per_f64
-        self.workspace = np.zeros((default_parts(), slot), dtype)
-        self._args = tuple(self.views[n] for n in module.BUFFERS) + (self.workspace, self._fallback)
-        self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
+        self.workspace = np.zeros((default_parts(), max(1, workspace_slot(kg, self.kernels, memory.batch))),
+                                  float_dtype(kg))
+        # float64 slots per thread for the per-channel values of rows-layout sweeps
+        self.scratch = np.zeros((default_parts(), max(1, gen.scratch_slots)), np.float64)
+        self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
+            self.workspace, self.scratch, self._fallback)
+        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
                          for b in kg.buffers if b.role == "random"]
-        self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]
-        # An update's output is its parameter's own buffer, which holds the new value after
-        # the step (written in place, or copied back): callers keep one array per parameter.
-        self._outputs = {(o.kind, o.name): self.views[o.name if o.kind in ("param", "state") else o.value]
-                         for o in kg.outputs}
-        self.param_names = [b.name for b in kg.buffers if b.role in ("param", "state")]
         for b in kg.buffers:
             if b.role == "const":
                 self.views[b.name][...] = dict(b.attrs)["value"]
@@ -132,6 +131,16 @@ class CompiledGraph:
             np.copyto(self.views[node.name], value, casting="same_kind")
 
 
+def _shaped(array: np.ndarray, view: str) -> np.ndarray:
+    """A buffer's array as a kernel sees it (numba_cpu.VIEWS): itself, flat, or [N, C, S] /
+    [N, C] around axis 1. Views of the arena: no copy."""
+    if view == "flat":
+        return array.reshape(-1)
+    if view in ("ncs", "nc"):
+        return array.reshape(array.shape[0], array.shape[1], *((-1,) if view == "ncs" else ()))
+    return array
+
+
 def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
     """The largest workspace slot (per thread) any convolution (extern, or an epilogue's host)
     needs at `batch`."""
@@ -139,13 +148,13 @@ def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
     need = 0
     for k in kernels:
         node = k.nodes[0]
-        if k.kind == "extern" and node.op in externs.CONV_OPS:
+        if k.kind == "extern":
             need = max(need, externs.workspace_slot(node, [shape(i) for i in node.inputs], shape(node.name)))
         elif k.kind == "fused" and k.op == "epilogue":
-            for b in node.attr("body"):
-                if b.op in externs.CONV_OPS and all(r.startswith("$") for r in b.inputs):
-                    ins = [shape(node.inputs[int(r[1:])]) for r in b.inputs]
-                    need = max(need, externs.workspace_slot(b, ins, shape(node.name)))
+            host = host_of(node.attr("body"))
+            if all(r.startswith("$") for r in host.inputs):
+                ins = [shape(node.inputs[int(r[1:])]) for r in host.inputs]
+                need = max(need, externs.workspace_slot(host, ins, shape(node.name)))
     return need
 
 
@@ -156,11 +165,39 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(kg, batch)
 
 
-def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> CompiledGraph:
-    gen, source = generate_with(kg)
+@dataclass(frozen=True)
+class Loaded:
+    """A kernel graph's generated module, loaded, its kernels compiled: ready to bind to arenas."""
+
+    kg: KernelGraph
+    gen: Generator
+    module: ModuleType
+    path: Path
+    build: Report
+
+
+def load_kernels(kg: KernelGraph, generated=None, quiet: bool = False) -> Loaded:
+    """Generate the module of `kg` (or take `generated` = generate_with(kg)), load it with each
+    kernel bound to its shared compiled copy, and compile the kernels missing from the caches
+    (runtime/cpu/build.py; progress on stderr unless `quiet`): what a step needs before any
+    arena exists."""
+    gen, source = generated or generate_with(kg)
     module, path = cache.load(kg, source)
+    for name, unit in gen.units.items():  # each kernel runs as the shared copy of its text
+        setattr(module, name, shared.load(shared.canonical(unit)))
+    report = build(gen, f"{kg.name} {kg.stage}", quiet)
     if debug_level() >= 2:
         print(f"dslc: {kg.name} ({kg.stage}) -> {path}", file=sys.stderr)
     if debug_level() >= 4:
         print(source, file=sys.stderr)
-    return CompiledGraph(kg, plan(kg, bindings(batch)), gen, module, path)
+    return Loaded(kg, gen, module, path, report)
+
+
+def bind(loaded: Loaded, batch: int | Mapping[str, int]) -> CompiledGraph:
+    """A loaded module bound to an arena planned for `batch`."""
+    return CompiledGraph(loaded.kg, plan(loaded.kg, bindings(batch)), loaded.gen, loaded.module, loaded.path)
+
+
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int], generated=None) -> CompiledGraph:
+    """load_kernels, then bind."""
+    return bind(load_kernels(kg, generated), batch)

@@ -1,4 +1,4 @@
-"""softmax, log_softmax and softmax-cross-entropy (forward and backward, one kernel each).
+"""softmax, log_softmax and softmax-cross-entropy (forward and backward, one kernel each), and accuracy.
 
 softmax/log_softmax normalise along any axis of a C-contiguous array, seen as
 [A, K, B] (K the axis; A, B the products of the axes before and after it), as
@@ -88,3 +88,16 @@ def softmax_cross_entropy_backward(logits, labels, g, dlogits):
         for k in range(z.shape[1]):
             p = np.exp(z[i, k, 0] - m - lse)
             dlogits[i, k] = (p - (k == labels[i])) * scale
+
+
+@njit(cache=True)
+def accuracy(logits, label, out):
+    """out[()] = the fraction of rows whose first maximum is at the label (np.argmax's tie rule)."""
+    hits = 0
+    for i in range(logits.shape[0]):
+        best = 0
+        for k in range(1, logits.shape[1]):
+            if logits[i, k] > logits[i, best]:
+                best = k
+        hits += best == label[i]
+    out[()] = hits / logits.shape[0]

@@ -13,7 +13,7 @@ the trainer logs them every step.
 from __future__ import annotations
 
 from dslc.ir.graph import Graph
-from dslc.runtime.cuda.runner import compile_kernels, cupy
+from dslc.runtime.cuda.runner import bind, cupy, load_kernels
 from dslc.runtime.executor import ArenaStep
 
 
@@ -24,4 +24,4 @@ class GpuExecutor:
 
     def compile(self, graph: Graph) -> ArenaStep:
         cupy()  # a DeviceError now, not at the first step
-        return ArenaStep(graph, compile_kernels)
+        return ArenaStep(graph, load_kernels, bind)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS
 from dslc.ops.conv import window
-from dslc.runtime.cuda.library import SINGLE_BLOCK, function_name
+from dslc.codegen.cuda_library import SINGLE_BLOCK, function_name
 
 TARGET_COLUMNS = 1 << 16
 

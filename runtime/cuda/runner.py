@@ -6,7 +6,7 @@
     float(out["loss", "loss"]); gg.params()["fc.weight"]        # host copies on request only
 
 As dslc/runtime/cpu/runner.py, on the device: every buffer of the kernel graph is a view
-into one device byte array at its planned offset (dslc/passes/memory_plan.py); the
+into one device byte array at its planned offset (dslc/kernels/memory_plan.py); the
 generated module (dslc/codegen/cuda_gpu.py) is compiled once by NVRTC through
 `cupy.RawModule` (CuPy caches the binary on disk, keyed by the source); each launch is
 bound to its views, grid and arguments when the graph is bound, so a step copies the
@@ -31,11 +31,12 @@ from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
-from dslc.kernels.graph import KernelGraph, bindings
+from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
-from dslc.passes.memory_plan import MemoryPlan, plan
+from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
+from dslc.runtime.executor import arena_roles
 from dslc.runtime.host import host_block, to_host
 
 
@@ -61,18 +62,12 @@ class GpuGraph:
         self.arena = cp.zeros(memory.arena_bytes, cp.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
         self.raw = cp.RawModule(code=module.source)
-        dtype = next((NUMPY_DTYPE[b.dtype] for b in kg.buffers if b.dtype in ("f32", "f64")), "float32")
-        self.workspace = cp.zeros(max(1, self._workspace_elements()), dtype)
+        self.workspace = cp.zeros(max(1, self._workspace_elements()), float_dtype(kg))
         self.library = ops.Library(cp, self.raw, self.workspace)
-        self.symbols = tuple(np.int64(memory.batch[s]) for s in module.symbols)
         self._steps = [(module.kernels[launch.position].prologue, self._bind(launch)) for launch in module.launches
                        if launch.kind != "view"]
-        self._inputs = [(b.name, self.views[b.name]) for b in kg.buffers if b.role == "input"]
+        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
         self._randoms = [(b.name, self.views[b.name], dict(b.attrs)) for b in kg.buffers if b.role == "random"]
-        self._writebacks = [(self.views[v], self.views[t]) for v, t in memory.writebacks]
-        self._outputs = {(o.kind, o.name): self.views[o.name if o.kind in ("param", "state") else o.value]
-                         for o in kg.outputs}
-        self.param_names = [b.name for b in kg.buffers if b.role in ("param", "state")]
         for b in kg.buffers:
             if b.role == "const":
                 self._put(self.views[b.name], np.broadcast_to(dict(b.attrs)["value"], self.views[b.name].shape))
@@ -105,8 +100,8 @@ class GpuGraph:
             steps.append(self.library.bind(node, [self.views[i] for i in ins], self.views[k.outputs[0]]))
         if launch.function:
             fn = self.raw.get_function(launch.function)
-            args = tuple(self.views[b] for b in launch.args) + self.symbols
-            grid = launch.grid(self.plan.batch)
+            args = launch.arguments(self.views, np.int64)  # each buffer, then the dimensions read
+            grid = launch.grid(self.views)
             steps.append(lambda: fn(grid, (BLOCK,), args))
         return steps[0] if len(steps) == 1 else lambda: [s() for s in steps]
 
@@ -179,7 +174,7 @@ def _host(launch: Launch, k):
         return k.nodes[0], k.nodes[0].inputs
     if launch.kind == "epilogue":
         body = k.nodes[0].attr("body")
-        host = next(b for b in body if b.op in ("matmul", "linear", "conv2d"))
+        host = next(b for b in body if registry.epilogue_host(b.op))
         return host, tuple(k.inputs[int(r[1:])] for r in host.inputs)
     return None, ()
 
@@ -190,8 +185,21 @@ def compile_graph(graph: Graph, batch: int | Mapping[str, int], level: int = 2) 
     return compile_kernels(lower(optimize(graph, level)[0]), batch)
 
 
-def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> GpuGraph:
+def load_kernels(kg: KernelGraph, quiet: bool = False) -> tuple[KernelGraph, CudaModule]:
+    """The generated module of `kg` (CuPy compiles it when the first GpuGraph is made, and
+    keeps the binary in its own cache, keyed by the source: the same at every size, so one
+    compile serves every width). Nothing compiles here, so there is no progress to quiet."""
     module = generate(kg)
     if debug_level() >= 4:
         print(module.source, file=sys.stderr)
+    return kg, module
+
+
+def bind(loaded: tuple[KernelGraph, CudaModule], batch: int | Mapping[str, int]) -> GpuGraph:
+    kg, module = loaded
     return GpuGraph(kg, plan(kg, bindings(batch)), module)
+
+
+def compile_kernels(kg: KernelGraph, batch: int | Mapping[str, int]) -> GpuGraph:
+    """load_kernels, then bind."""
+    return bind(load_kernels(kg), batch)

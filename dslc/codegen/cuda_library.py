@@ -20,6 +20,8 @@ Conventions, shared with the generated kernels:
 """
 from __future__ import annotations
 
+from dslc.codegen.emit import CTYPE
+
 # Defined at the top of every generated module: the launch shape, the grid-stride loop
 # and a deterministic block reduction (a fixed tree over DSLC_BLOCK shared slots).
 PRELUDE = r"""
@@ -355,7 +357,6 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "accuracy": ("accuracy",),
 }
 
-CTYPE = {"f32": "float", "f64": "double", "i32": "int", "i64": "long long"}
 
 
 def function_name(kernel: str, dtype: str, label: str | None = None) -> str:

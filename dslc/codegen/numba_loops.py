@@ -1,0 +1,285 @@
+"""Numba's loop nests: how each generated kernel is spread over `range`/`prange` loops.
+
+What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
+it out as Python loops over arrays the runner passes already shaped for the loop (a
+*view* of a buffer: flat, [N, C, S] or [N, C]; numba_cpu.VIEWS). A kernel never
+reshapes, so its text and its compiled code do not depend on the ranks or sizes of the
+buffers, only on the loop's form: one compiled kernel serves every layer, model and
+width with the same text.
+
+    flat     every input identity or scalar: one loop over all elements (vectorises)
+    channel  some input is per-channel: loops (n, c, j) over the output seen as
+             [N, C, S], the channel's values loaded once per c
+    nd       some input broadcasts: one loop per axis, each input indexed with 0 on
+             the axes it broadcasts over
+
+A reduce kernel iterates over its root's input: the kept axes outside (each output
+element owns one float64 accumulator, so threads never share one), the reduced axes
+inside. An epilogue's host (matmul, linear, conv2d) is a library call of the driver;
+its tail is an elementwise kernel running in place over the host's output. An update
+kernel runs one segment (parameter): the driver calls it once per segment. Sweeps are
+laid out in numba_sweep.py.
+
+The outermost loop is a `prange` when the kernel is big enough to pay for waking the
+thread pool (PARALLEL_MIN elements at the nominal batch size; the source cannot depend
+on the real one, which is bound later).
+"""
+from __future__ import annotations
+
+import math
+
+from dslc.codegen import externs
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, host_of, penalty, reduce_extents,
+                               reduce_space, tail)
+from dslc.codegen.groups import update_plan
+from dslc.codegen.source import Source
+from dslc.ir.types import concrete
+
+NOMINAL = {"N": 64}  # the batch size used to decide what is big
+PARALLEL_MIN = 1 << 16
+
+
+def numel(shape) -> int:
+    return math.prod(concrete(d, NOMINAL) for d in shape)
+
+
+def loop(parallel: bool) -> str:
+    return "prange" if parallel else "range"
+
+
+def index(rank: int, var: str = "i") -> str:
+    """The index of an element of a rank-`rank` array (`()` for 0-d)."""
+    return ", ".join(f"{var}{a}" for a in range(rank)) if rank else "()"
+
+
+def _style(maps, rank: int) -> str:
+    kinds = set(maps) - {"host"}
+    if kinds <= {"identity", "scalar"}:
+        return "flat"
+    if kinds <= {"identity", "scalar", "channel"} and rank >= 2:
+        return "channel"
+    return "nd"
+
+
+def _broadcast_index(in_shape, space) -> str:
+    """Index of an input that broadcasts against `space` at loop variables i0..."""
+    if not in_shape:
+        return "()"
+    lead = len(space) - len(in_shape)
+    parts = ["0" if d == 1 and space[lead + k] != 1 else f"i{lead + k}" for k, d in enumerate(in_shape)]
+    return ", ".join(parts)
+
+
+# The view of an identity input (and of the output) in each loop style; a scalar input
+# is always a flat view read at [0], a per-channel or broadcast one the buffer itself.
+STYLE_VIEW = {"flat": "flat", "channel": "ncs", "nd": ""}
+
+
+class Loads:
+    """How each kernel input is read in the chosen loop style (hoisted where it can be)."""
+
+    def __init__(self, gen, kernel, space, style):
+        self.gen, self.kernel, self.space, self.style = gen, kernel, space, style
+        self.local: dict[int, str] = {}
+        self.names = None  # the kernel's local names: made once its parameters are named (start)
+
+    def start(self) -> None:
+        self.names = self.gen.local_names()
+
+    def view(self, k: int) -> str | None:
+        """The view kernel input k is passed as (None: the host's, not passed)."""
+        m = self.kernel.index_maps[k]
+        if m == "host":
+            return None
+        return "flat" if m == "scalar" else STYLE_VIEW[self.style] if m == "identity" else ""
+
+    def params(self) -> list[str]:
+        return [self.gen.view(i, v) for k, i in enumerate(self.kernel.inputs) if (v := self.view(k)) is not None]
+
+    def hoist(self, src) -> None:
+        """Scalars, once before the loops."""
+        for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
+            if m == "scalar":
+                self.local[k] = self.names.fresh(tail(name))
+                src.line(f"{self.local[k]} = {self.gen.view(name, 'flat')}[0]")
+
+    def load(self, src, level: str) -> None:
+        """Bind the inputs read at this loop level: 'c' (per channel) or 'elem'."""
+        for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
+            if m in ("scalar", "host") or (m == "channel") != (level == "c"):
+                continue
+            arr = self.gen.view(name, self.view(k))
+            local = self.names.fresh(tail(name))
+            if m == "channel":
+                at = f"{arr}[{'i1' if self.style == 'nd' else 'c'}]"
+            elif self.style == "flat":
+                at = f"{arr}[i]"
+            elif self.style == "channel":
+                at = f"{arr}[n, c, j]"
+            else:
+                at = f"{arr}[{_broadcast_index(self.gen.kg.buffer(name).shape, self.space)}]"
+            src.line(f"{local} = {at}")
+            self.local[k] = local
+
+    def resolve(self, ref: str) -> str:
+        return self.local[int(ref[1:])]
+
+
+def elementwise(gen, src, kernel) -> None:
+    """An elementwise kernel, or an epilogue's tail: out[idx] = body(inputs at idx), where an
+    epilogue's host value is out[idx] as the library call before it (in the driver) left it."""
+    out_name = kernel.outputs[0]
+    space = gen.kg.buffer(out_name).shape
+    style = _style(kernel.index_maps, len(space))
+    par = numel(space) >= PARALLEL_MIN
+    loads = Loads(gen, kernel, space, style)
+    out = gen.view(out_name, STYLE_VIEW[style])
+    host = host_of(kernel.nodes[0].attr("body"))
+    if host is not None:  # the library writes the host's value into the output first
+        args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
+        shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
+        gen.call(kernel, externs.call(host, args, shapes))
+    with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par)):
+        loads.start()
+        loads.hoist(src)
+
+        def element(out_at: str) -> None:
+            loads.load(src, "elem")
+            finish_element(gen, src, loads.names, loads.resolve, kernel, out_at)
+
+        if style == "flat":
+            with src.block(f"for i in {loop(par)}({out}.size):"):
+                element(f"{out}[i]")
+        elif style == "channel":
+            with src.block(f"for n in {loop(par)}({out}.shape[0]):"):
+                with src.block(f"for c in range({out}.shape[1]):"):
+                    loads.load(src, "c")
+                    with src.block(f"for j in range({out}.shape[2]):"):
+                        element(f"{out}[n, c, j]")
+        else:
+            def inner() -> None:
+                loads.load(src, "c")
+                element(f"{out}[{index(len(space))}]")
+            _nd_loops(src, _shape_of(out, len(space)), par, inner)
+
+
+def _shape_of(arr: str, rank: int) -> list[str]:
+    return [f"{arr}.shape[{a}]" for a in range(rank)]
+
+
+def _nd_loops(src, extents: list[str], par: bool, inner, order=None) -> None:
+    """Nested loops i0.. over `extents` in `order` (default: every axis in order), calling inner() inside."""
+    order = list(range(len(extents))) if order is None else order
+    if not order:
+        inner()
+        return
+    a = order[0]
+    with src.block(f"for i{a} in {loop(par)}({extents[a]}):"):
+        _nd_loops(src, extents, False, inner, order[1:])
+
+
+def reduce(gen, src, kernel) -> None:
+    """A reduce kernel: producers elementwise over the root's input, then sum or mean."""
+    root, space, axes, kept = reduce_space(gen, kernel)
+    rank = len(space)
+    extents = [f"{gen.arg(r[0])}.shape[{r[1]}]" if r else "1" for r in reduce_extents(gen, kernel, space)]
+    out_name = kernel.outputs[0]
+    out = gen.arg(out_name)
+    par = bool(kept) and numel(space) >= PARALLEL_MIN
+    loads = Loads(gen, kernel, space, "nd")
+    with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par, accumulate=True)):
+        loads.start()
+        loads.hoist(src)
+        count = " * ".join(extents[a] for a in axes) or "1"
+        out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank) if root.attr("keepdims") or a not in axes)
+        acc = loads.names.fresh("acc")
+
+        def element():
+            loads.load(src, "c")
+            loads.load(src, "elem")
+            accumulate_element(gen, src, loads.names, loads.resolve, kernel, acc)
+
+        def outer():
+            src.line(f"{acc} = 0.0")
+            _nd_loops(src, extents, False, element, axes)
+            result = f"{acc} / ({count})" if root.op == "mean" else acc
+            src.line(gen.lang.put(f"{out}[{out_index or '()'}]", result, gen.dtype(out_name)))
+
+        _nd_loops(src, extents, par, outer, kept)
+
+
+def expand(gen, src, kernel) -> None:
+    """expand(g, like): g broadcast back over the reduced axes (divided by their count if mean)."""
+    node, g_shape, space, axes = expand_axes(gen, kernel)
+    g, like = (gen.arg(i) for i in node.inputs)
+    rank = len(space)
+    out = gen.arg(kernel.outputs[0])
+    if node.attr("keepdims"):
+        at = _broadcast_index(g_shape, space)
+    else:
+        at = ", ".join(f"i{a}" for a in range(rank) if a not in axes) or "()"
+    par = numel(space) >= PARALLEL_MIN
+    with src.block(gen.signature(src, kernel, [g, like, out], parallel=par)):
+        count = " * ".join(f"{like}.shape[{a}]" for a in axes) or "1"
+        scale = f" / ({count})" if node.attr("mean") else ""
+        store = gen.lang.put(f"{out}[{index(rank)}]", f"{g}[{at}]{scale}", gen.dtype(kernel.outputs[0]))
+        _nd_loops(src, _shape_of(out, rank), par, lambda: src.line(store))
+
+
+def regulariser(gen, src, kernel) -> None:
+    """l1/l2/elastic: one float64 sum over every element of every input (flat views)."""
+    node = kernel.nodes[0]
+    ins = [gen.view(i, "flat") for i in node.inputs]
+    out = gen.view(kernel.outputs[0], "flat")
+    with src.block(gen.signature(src, kernel, ins + [out], parallel=False, accumulate=True)):
+        src.line("acc = 0.0")
+        for arr in ins:
+            with src.block(f"for x in {arr}:"):
+                src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
+        src.line(gen.lang.put(f"{out}[0]", "acc", gen.dtype(kernel.outputs[0])))
+
+
+# ---- update ---------------------------------------------------------------------------
+
+def update(gen, src, kernel) -> None:
+    """A kernel per chain program (and parallel or not), run by the driver once per segment
+    on its flat views: p* the chain's inputs (a scalar one read at [0]), w* what it stores."""
+    chains, plan = update_plan(gen, kernel)
+    defs = {}  # chain name -> its definition
+    for text, name in chains.items():
+        defs[name] = '@njit(cache=True, error_model="numpy", inline="always")\n' + text.replace("def chain(", f"def {name}(")
+        src.lines.extend(defs[name].splitlines())
+        src.blank()
+    functions: dict[tuple, str] = {}  # (chain, parallel, which inputs are scalars) -> kernel name
+    for nodes, ext, outs, fn in plan:
+        shape = nodes[-1].type.shape
+        par = numel(shape) >= PARALLEL_MIN
+        scalar = tuple(gen.kg.buffer(i).shape != shape for i in ext)
+        if (fn, par, scalar) not in functions:
+            segment = Source()
+            name = _segment(gen, segment, kernel, fn, par, scalar, len(outs), len(functions))
+            src.lines.extend(segment.lines)
+            gen.units[name] = defs[fn] + "\n" + segment.text()  # each segment kernel is shared on its own
+            functions[fn, par, scalar] = name
+        args = [gen.view(i, "flat") for i in ext] + [gen.view(o, "flat") for o in outs]
+        gen.call(kernel, (functions[fn, par, scalar], args), comment=(
+            f"{nodes[-1].name}: {len(nodes)} ops over {gen.kg.buffer(nodes[-1].name).type.show()}"))
+
+
+def _segment(gen, src, kernel, chain: str, par: bool, scalar: tuple, outs: int, k: int) -> str:
+    """Write one segment kernel of an update group; its name."""
+    params = [f"p{j}" for j in range(len(scalar))] + [f"w{j}" for j in range(outs)]
+    name = gen.kernel_name(kernel) if k == 0 else gen.names.fresh(f"{gen.kernel_name(kernel)}_{k}")
+    src.line(gen.decorator(kernel, parallel=par))
+    with src.block(src.wrapped(f"def {name}(", params, "):")):
+        args = [f"s{j}" if s else f"p{j}[i]" for j, s in enumerate(scalar)]
+        for j, s in enumerate(scalar):
+            if s:
+                src.line(f"s{j} = p{j}[0]")
+        results = [f"r{j}" for j in range(outs)]
+        with src.block(f"for i in {loop(par)}(w0.size):"):
+            src.line(f"{', '.join(results)}{',' if outs == 1 else ''} = {chain}({', '.join(args)})")
+            for j in range(outs):
+                src.line(f"w{j}[i] = r{j}")
+    src.blank()
+    return name

@@ -1,0 +1,169 @@
+"""Numba's layout of a batchnorm-like sweep (groups.Sweep plans what it computes).
+
+Channels layout: ONE (parallel) loop over channels; inside it, each pass's (n, j) loop
+over the channel's elements of the activation seen as [N, C, S], its per-channel values
+in locals. Rows layout, for an activation [N, C] (nothing per channel beyond the batch):
+blocks of ROWS_BLOCK channels advance together along contiguous row segments, their
+per-channel values in a float64 slice of the thread's scratch (`scratch` [threads,
+slots], allocated by the runner). See `rows_layout` for why.
+"""
+from __future__ import annotations
+
+from dslc.codegen.emit import tail
+from dslc.codegen.groups import Sweep
+from dslc.codegen.numba_loops import PARALLEL_MIN, loop, numel
+from dslc.codegen.source import Source
+
+ROWS_BLOCK = 64  # channels per block of a rows-layout sweep: one vectorised row segment
+
+
+def rows_layout(space) -> bool:
+    """A sweep over [N, C] (nothing per channel beyond the batch) runs row by row.
+
+    Channel by channel, each of N elements is C floats from the last: one cache line per
+    element, and no vector loads. Row by row, a block of channels advances together along
+    a contiguous row segment; its per-channel values (sums, statistics, channel ops) live
+    in a float64 slice of the thread's scratch instead of in locals (measured on the
+    mlp_bn batchnorm sweep, [128, 512]: 0.55 ms channel by channel, 0.08 ms by rows).
+    """
+    return all(d == 1 for d in space[2:])
+
+
+class NumbaSweep(Sweep):
+    """The layout decides two things only: how an element of the activation is indexed
+    (`at`), and where a per-channel value lives (`channel_value`): a local of the loop over
+    channels, or slot [cc] of a block-sized slice of the thread's scratch (`cc` = c - block start).
+    """
+
+    def __init__(self, gen, kernel):
+        super().__init__(gen, kernel)
+        self.rows = rows_layout(self.space)
+
+    def view_kind(self, name: str) -> str:
+        """How buffer `name` is passed: the activation's shape as [N, C, S] (rows: [N, C]),
+        per-channel vectors as they are, scalars flat."""
+        return {"space": "nc" if self.rows else "ncs", "channel": "", "scalar": "flat"}[self.kind(name)]
+
+    def setup(self) -> None:
+        self.slices: list[str] = []  # rows: the scratch slices, in order
+        self.hoisted: list[str] = []
+        self.loads = Source()  # channel inputs of the current c (channel layout)
+        for i in self.kernel.inputs:
+            if self.kind(i) == "channel":
+                if self.rows:
+                    self.chan[i] = f"{self.gen.arg(i)}[c]"
+                else:
+                    self.chan[i] = self.names.fresh(tail(i))
+                    self.loads.line(f"{self.chan[i]} = {self.gen.arg(i)}[c]")
+            elif self.kind(i) == "scalar":
+                self.chan[i] = self.names.fresh(tail(i))
+                self.hoisted.append(f"{self.chan[i]} = {self.gen.view(i, 'flat')}[0]")
+        self.ref = self.view(next(i for i in self.kernel.inputs if self.kind(i) == "space"))
+        self.count = self.names.fresh("count")
+        self.hoisted.append(f"{self.count} = {self.ref}.shape[0]" + ("" if self.rows else f" * {self.ref}.shape[2]"))
+
+    def at(self, n: str = "n") -> str:
+        return f"[{n}, c]" if self.rows else f"[{n}, c, j]" if n == "n" else f"[{n}, c, 0]"
+
+    def view(self, name: str) -> str:
+        return self.gen.view(name, self.view_kind(name))
+
+    def element(self, name: str) -> str:
+        return f"{self.view(name)}{self.at()}"
+
+    def first(self, name: str) -> str:
+        return f"{self.view(name)}{self.at('0')}"
+
+    def channel_value(self, hint: str) -> str:
+        """Where a new per-channel value lives: a local, or (rows) its slot of a slice."""
+        local = self.names.fresh(hint)
+        if not self.rows:
+            return local
+        self.slices.append(local)
+        return f"{local}[cc]"
+
+    sum_value = channel_value
+
+    def start_sum(self, before, name: str) -> None:
+        before.line(f"{name} = 0.0")
+
+    def open_sums(self, before, names) -> None:
+        pass  # each thread owns its channels' sums outright
+
+    def acc(self, name: str) -> str:
+        return name
+
+    def close_sums(self, after) -> None:
+        pass
+
+    def keep(self, name: str, value: str) -> str:
+        if not self.rows:
+            return value
+        slot = self.channel_value(tail(name))  # computed in a loop over the block's channels, read in later loops
+        self.src.line(f"{slot} = {value}")
+        return slot
+
+    def store_channel(self, name: str, value: str) -> str:
+        return self.gen.lang.put(f"{self.gen.arg(name)}[c]", value, self.gen.dtype(name))
+
+
+def sweep(gen, src, kernel) -> None:
+    st = NumbaSweep(gen, kernel)
+    par = numel(st.space) >= PARALLEL_MIN
+    params = [st.view(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
+    passes = st.passes()
+    if st.rows:
+        gen.scratch_slots = max(gen.scratch_slots, len(st.slices) * ROWS_BLOCK)
+    with src.block(gen.signature(src, kernel, params + (["scratch"] if st.rows else []), parallel=par,
+                                 accumulate=True)):
+        for line in st.hoisted:
+            src.line(line)
+        (_rows if st.rows else _channels)(st, src, st.ref, par, st.loads, passes)
+
+
+def _channels(st, src, ref, par, loads, passes) -> None:
+    """One (parallel) loop over channels; in it, each pass's (n, j) loop."""
+    with src.block(f"for c in {loop(par)}({ref}.shape[1]):"):
+        src.lines.extend(_indented(loads, src))
+        for comment, before, inner, after in passes:
+            src.comment(comment)
+            src.lines.extend(_indented(before, src))
+            if inner.lines:
+                with src.block(f"for n in range({ref}.shape[0]):"):
+                    with src.block(f"for j in range({ref}.shape[2]):"):
+                        src.lines.extend(_indented(inner, src))
+            src.lines.extend(_indented(after, src))
+
+
+def _rows(st, src, ref, par, loads, passes) -> None:
+    """Blocks of ROWS_BLOCK channels, dealt to the scratch's rows (one per thread); per pass,
+    a loop over the block's channels, the (n, c) loop along rows, and a loop over channels again."""
+    parts = "scratch.shape[0]" if par else "1"
+    with src.block(f"for p in {loop(par)}({parts}):"):
+        src.line("slots = scratch[p]")
+        for k, name in enumerate(st.slices):
+            src.line(f"{name} = slots[{k * ROWS_BLOCK}:{(k + 1) * ROWS_BLOCK}]")
+        with src.block(f"for lo in range(p * {ROWS_BLOCK}, {ref}.shape[1], {parts} * {ROWS_BLOCK}):"):
+            src.line(f"hi = min(lo + {ROWS_BLOCK}, {ref}.shape[1])")
+            for comment, before, inner, after in passes:
+                src.comment(comment)
+                for body, rows in ((before, False), (inner, True), (after, False)):
+                    if not body.lines:
+                        continue
+                    if rows:
+                        with src.block(f"for n in range({ref}.shape[0]):"):
+                            _channel_loop(src, body)
+                    else:
+                        _channel_loop(src, body)
+
+
+def _channel_loop(src, body) -> None:
+    with src.block("for c in range(lo, hi):"):
+        src.line("cc = c - lo")
+        src.lines.extend(_indented(body, src))
+
+
+def _indented(body, src) -> list[str]:
+    """`body`'s lines (written at level 0) at `src`'s current level."""
+    pad = "    " * src.level
+    return [pad + line if line.strip() else line for line in body.lines]

@@ -1,0 +1,140 @@
+"""Kernels generic in their sizes, shared by every layer, model and width with the same text.
+
+The Numba generator's kernels take views the runner shapes once (never a `reshape`, whose
+error path costs Numba seconds to compile), so a kernel's text depends on its loops' form
+only; its canonical text (shared.canonical: names by position) keys one compiled copy.
+The drivers' calls are planned with their argument types before the first step
+(numba_cpu.driver_calls), compiled ahead (runtime/cpu/build.py), and a `dslc compile`
+whose kernels are all built answers without Numba.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import dslc
+from dslc.codegen import shared
+from dslc.codegen.numba_cpu import driver_calls, generate_with
+from dslc.kernels import lower
+from dslc.passes.pipeline import optimize
+from dslc.stages import build
+from helpers import MODELS, ROOT
+
+
+def generated(name: str, stage: str = "train_step", **sizes):
+    return generate_with(lower(optimize(build(dslc.load(MODELS / f"{name}.net", **sizes), stage))[0]))
+
+
+def kernel_texts(name: str, stage: str = "train_step", **sizes) -> set[str]:
+    gen, _ = generated(name, stage, **sizes)
+    return {shared.canonical(unit) for unit in gen.units.values()}
+
+
+def test_canonical_text_names_by_position_and_drops_comments():
+    unit = '''@njit(cache=True)
+def k_fc_relu(fc_linear_f, fc_relu_f):
+    # the layer's comment
+    for i in range(fc_relu_f.size):
+        linear = fc_linear_f[i]
+        fc_relu_f[i] = max(linear, 0.0)
+'''
+    text = shared.canonical(unit)
+    assert "fc" not in text and "#" not in text and "def kernel(a0, a1):" in text
+    assert "v1 = a0[v0]" in text and "max(v1, 0.0)" in text  # globals (max, range) keep their names
+
+
+@pytest.mark.parametrize("name,other", [("small_cnn", dict(width=40, hidden=96)), ("mlp_bn", dict(h1=100, h2=30)),
+                                        ("cifar_cnn", dict(width=24, hidden=200))])
+def test_a_size_change_needs_no_new_kernel(name, other):
+    assert kernel_texts(name, **other) == kernel_texts(name)
+
+
+def test_layers_of_one_kind_share_a_kernel():
+    gen, _ = generated("small_cnn")
+    sweeps = [shared.canonical(gen.units[f"k_{stage}_conv_bn_relu_sweep"]) for stage in ("stage1", "stage2")]
+    assert sweeps[0] == sweeps[1]
+    assert len({shared.canonical(u) for u in gen.units.values()}) < len(gen.units)
+
+
+def test_every_generated_kernel_runs_its_shared_copy_and_never_reshapes():
+    for path in sorted(MODELS.glob("*.net")):
+        for stage in ("train_step", "infer"):
+            gen, source = generated(path.stem, stage)
+            called = {line[0] for lines in gen.calls.values() for line in lines if isinstance(line, tuple)}
+            assert called <= set(gen.units), f"{path.stem} {stage}: {called - set(gen.units)} not shared"
+            assert not any(".reshape(" in unit for unit in gen.units.values()), f"{path.stem} {stage}"
+
+
+def test_the_planned_signatures_are_the_ones_a_step_calls(monkeypatch, tmp_path):
+    """After a step, each function the drivers call was compiled exactly for the argument
+    types driver_calls planned: nothing compiled at the first call that the build missed."""
+    from dslc.runtime.cpu.build import _function, _signature
+    from dslc.runtime.cpu.runner import compile_graph
+    from helpers import arrays
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path))
+    graph = build(dslc.load(MODELS / "small_cnn.net", width=3, hidden=8), "train_step")
+    feeds, params, _ = arrays(graph, 2)
+    cg = compile_graph(graph, 2)
+    cg.run(feeds, params)
+    gen, _ = generate_with(cg.kg)
+    for where, types in driver_calls(gen):
+        fn = _function(where)
+        assert _signature(types) in fn.overloads, where
+        if not where[0].startswith("dslc."):  # a generated kernel: this one signature only
+            assert list(fn.overloads) == [_signature(types)], where
+
+
+def test_compile_of_a_model_whose_kernels_are_built_loads_no_numba(tmp_path):
+    """The second width needs nothing compiled: `dslc compile` checks its kernels' build
+    notes and never imports Numba (a size change answers in well under a second)."""
+    env_code = ("import sys\nfrom dslc.cli import main\n"
+                f"assert main(['compile', {str(MODELS / 'two_layer.net')!r}, '--stage', 'train_step', '--set', "
+                "'hidden=' + sys.argv[1]]) == 0\nprint('numba' in sys.modules)\n")
+    env = {**__import__("os").environ, "DSLC_CACHE": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", env_code, "5"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run([sys.executable, "-c", env_code, "7"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "built already" in again.stdout and again.stdout.split()[-1] == "False"
+
+
+def test_kernels_compile_in_worker_processes_and_say_so(monkeypatch, tmp_path, capsys):
+    """With a worker allowed, the kernels missing from a fresh cache compile in two
+    processes; progress says how many and how many came from the cache; all end cached."""
+    from dslc.runtime.cpu import build as builder
+    from dslc.runtime.cpu.runner import load_kernels
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path))
+    monkeypatch.setenv("DSLC_COMPILE_WORKERS", "1")
+    monkeypatch.setattr(builder, "SPAWN_WORTH", 0.0)
+    kg = lower(optimize(build(dslc.load(MODELS / "two_layer.net", hidden=3), "train_step"))[0])
+    loaded = load_kernels(kg)
+    report = loaded.build
+    assert report.processes == 2 and report.compiled >= 2 and report.compiled + report.cached == report.calls
+    err = capsys.readouterr().err
+    assert f"compiled {report.compiled} kernels ({report.cached} from the cache)" in err
+    again = builder.build(loaded.gen, "again")
+    assert (again.compiled, again.cached) == (0, report.calls)
+
+
+def test_a_worker_never_runs_the_callers_script_again(tmp_path):
+    """A script with no `if __name__ == "__main__"` guard that compiles with a worker runs
+    once: workers are fresh interpreters, not re-imports of the caller's main module."""
+    script = tmp_path / "script.py"
+    runs = tmp_path / "runs.txt"
+    script.write_text(f"""
+import dslc
+from dslc.runtime.cpu import build
+from dslc.runtime.cpu.runner import compile_graph
+from dslc.stages import build as stage
+open({str(runs)!r}, "a").write("ran\\n")
+build.SPAWN_WORTH = 0.0
+cg = compile_graph(stage(dslc.load({str(MODELS / 'two_layer.net')!r}, hidden=4), "infer"), 2)
+assert cg.kernels
+""")
+    env = {**__import__("os").environ, "DSLC_CACHE": str(tmp_path / "cache"), "DSLC_COMPILE_WORKERS": "1"}
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert runs.read_text() == "ran\n" and "compiled" in done.stderr
