@@ -22,7 +22,7 @@ import numpy as np
 
 from dslc import reference
 from dslc.diagnostics import CompileError, did_you_mean
-from dslc.frontend import recipe
+from dslc.recipe import schema as recipe
 from dslc.frontend.program import Program, load_program
 from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init

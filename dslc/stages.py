@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping, TypeVar
 
 from dslc.diagnostics import CompileError, UsageError, did_you_mean
-from dslc.frontend import recipe
+from dslc.recipe import schema as recipe
 from dslc.ir.graph import Graph
 from dslc.ir.verify import maybe_check
 from dslc.model import Model

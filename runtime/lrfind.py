@@ -22,7 +22,7 @@ import numpy as np
 from dslc.passes.train_step import LR
 from dslc.runtime.plots import figure, save_figure
 from dslc.runtime.prepare import load_data
-from dslc.runtime.schedules import landmarks, plot_schedule, schedule_from_recipe
+from dslc.runtime.schedules import Schedule, landmarks, sample, schedule_from_recipe
 from dslc.runtime.trainer import Trainer
 
 SMOOTHING = 0.98  # weight of the past in the moving average of the loss
@@ -93,3 +93,13 @@ def schedule_plot(recipe, path) -> tuple[list[tuple[float, float]], bool]:
     fn = schedule_from_recipe(recipe["schedule"], recipe["optimizer"]["lr"], epochs)
     plot_schedule(fn, epochs, path, title=f"learning rate of {recipe.name}")
     return landmarks(fn, epochs)
+
+
+def plot_schedule(fn: Schedule, epochs: float, path, title: str = "learning rate") -> None:
+    """Draw lr(t) over the run into a PNG at `path` (written atomically), for `dslc lr FILE`."""
+    fig, (ax,) = figure(1)
+    ts, lrs = sample(fn, epochs)
+    ax.plot(ts, lrs, color="tab:blue")
+    ax.set(xlabel="epoch", ylabel="learning rate", title=title, xlim=(0, epochs))
+    ax.set_ylim(bottom=0)
+    save_figure(fig, path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from dslc.frontend.recipe_overrides import apply_overrides
+from dslc.recipe.overrides import apply_overrides
 from dslc.model import Model
 from dslc.passes.unregularise import unregularised
 from dslc.runtime.runs import read_records

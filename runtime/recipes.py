@@ -14,9 +14,9 @@ from typing import Any
 
 import dslc
 from dslc.diagnostics import did_you_mean
-from dslc.frontend import recipe as R
+from dslc.recipe import schema as R
 from dslc.frontend.program import load_program
-from dslc.frontend.recipe_overrides import apply_overrides
+from dslc.recipe.overrides import apply_overrides
 from dslc.frontend.values import literals
 from dslc.runtime.errors import TrainError
 

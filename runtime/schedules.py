@@ -255,15 +255,3 @@ def landmarks(fn: Schedule, epochs: float, limit: int = 8, points: int = 4001) -
     kept = [0] + turns[:limit - 1]
     shown = [(ts[i], lrs[i]) for i in kept]
     return shown + [(ts[-1], lrs[-1])], len(turns) > limit - 1
-
-
-def plot_schedule(fn: Schedule, epochs: float, path, title: str = "learning rate") -> None:
-    """Draw lr(t) over the run into a PNG at `path` (written atomically), for `dslc lr FILE`."""
-    from dslc.runtime.plots import figure, save_figure  # matplotlib loads only when plotting
-
-    fig, (ax,) = figure(1)
-    ts, lrs = sample(fn, epochs)
-    ax.plot(ts, lrs, color="tab:blue")
-    ax.set(xlabel="epoch", ylabel="learning rate", title=title, xlim=(0, epochs))
-    ax.set_ylim(bottom=0)
-    save_figure(fig, path)

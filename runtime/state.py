@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from dslc.frontend.recipe import KEYS, Recipe
+from dslc.recipe.schema import KEYS, Recipe
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime import checkpoint
 from dslc.runtime.checkpoint import CheckpointError, compare, model_hash

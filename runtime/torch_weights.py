@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from dslc.diagnostics import did_you_mean
-from dslc.frontend.recipe import select_params
+from dslc.recipe.schema import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime.checkpoint import CheckpointError
 from dslc.runtime.torch_names import TABLES

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from dslc.frontend.recipe import select_params
+from dslc.recipe.schema import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.diagnostics import CliError

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dslc.frontend.recipe import select_params
+from dslc.recipe.schema import select_params
 from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare, load_checkpoint
 from dslc.runtime.torch_weights import load_torch_weights
 

@@ -127,7 +127,7 @@ def test_mixup_blends_inputs_and_labels():
 
 
 def test_build_augment_from_recipe_calls():
-    from dslc.frontend.recipe import AUGMENTATIONS
+    from dslc.recipe.schema import AUGMENTATIONS
     calls = [AUGMENTATIONS["mixup"].make(alpha=0.2), AUGMENTATIONS["hflip"].make(),
              AUGMENTATIONS["random_resized_crop"].make(size=6, scale=[0.5, 1.0])]
     aug = build_augment(calls)

@@ -1,12 +1,16 @@
 """Imports flow one way: every module of dslc sits in a layer, and imports only its own
 layer or those below it. Read from the folder names, bottom to top:
 
-    leaves      dslc/diagnostics.py, debug.py, files.py, version.py, grammar/
+    leaves      dslc/diagnostics.py, debug.py, files.py, reading.py, deep.py, version.py, grammar/
     core        dslc/ir/, dslc/ops/: the IR's types and graphs, and the op registry whose
                 rules are written over them (ir/builder.py and ir/verify.py apply those rules)
-    oracle      dslc/reference.py, summary.py, catalog.py: read graphs with the ops' rules
-    frontend    dslc/frontend/: .net text to graphs
+    oracle      dslc/reference.py, summary.py, catalog.py, memory.py: read graphs with the ops' rules
+    frontend    dslc/frontend/: .net text to graphs, and the recipe's vocabulary (recipe_values.py)
     passes      dslc/passes/: graph to graph
+    components  runtime/data/, runtime/schedules.py: what a recipe names (datasets, augmentations,
+                schedules), each declaring the recipe calls it accepts beside its code
+    recipe      dslc/recipe/: the recipe schema gathered from those declarations (and the
+                optimizers' in passes/train_step.py), and the --set overrides
     model       dslc/model.py, gradcheck.py: the `dslc.load` API
     stages      dslc/stages.py and the package itself (dslc/__init__.py)
     kernels     dslc/kernels/: the kernel graph, its memory plan and window geometry
@@ -31,11 +35,14 @@ import dslc.runtime
 
 # Bottom to top; a module belongs to the entry with the longest matching prefix.
 LAYERS = (
-    ("leaves", ("dslc.diagnostics", "dslc.debug", "dslc.files", "dslc.version", "dslc.grammar")),
+    ("leaves", ("dslc.diagnostics", "dslc.debug", "dslc.files", "dslc.reading", "dslc.deep", "dslc.version",
+                "dslc.grammar")),
     ("core", ("dslc.ir", "dslc.ops")),
-    ("oracle", ("dslc.reference", "dslc.summary", "dslc.catalog")),
+    ("oracle", ("dslc.reference", "dslc.summary", "dslc.catalog", "dslc.memory")),
     ("frontend", ("dslc.frontend",)),
     ("passes", ("dslc.passes",)),
+    ("components", ("dslc.runtime.data", "dslc.runtime.schedules")),
+    ("recipe", ("dslc.recipe",)),
     ("model", ("dslc.model", "dslc.gradcheck")),
     ("stages", ("dslc.stages", "dslc")),
     ("kernels", ("dslc.kernels",)),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import dslc
-from dslc.frontend.recipe import program_recipes
+from dslc.recipe.schema import program_recipes
 from dslc.ir.verify import verify
 from helpers import MODELS
 

@@ -7,10 +7,10 @@ import pytest
 
 from dslc.diagnostics import UsageError
 from dslc.frontend import ast
-from dslc.frontend import recipe as R
+from dslc.recipe import schema as R
 from dslc.frontend.parse import parse
 from dslc.frontend.program import load_program
-from dslc.frontend.recipe_overrides import apply_overrides
+from dslc.recipe.overrides import apply_overrides
 from dslc.frontend.resolve import elaborate
 from helpers import FIXTURES
 

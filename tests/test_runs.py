@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from dslc.frontend import recipe as R
+from dslc.recipe import schema as R
 from dslc.runtime import plots, runs
 from dslc.runtime.runs import Run, RunError
 

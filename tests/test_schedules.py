@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from dslc.frontend import recipe as R
+from dslc.recipe import schema as R
 from dslc.frontend.parse import parse
 from dslc.runtime import schedules as S
+from dslc.runtime.lrfind import plot_schedule
 
 LR = 0.1
 
@@ -135,7 +136,7 @@ def test_matches_torch_schedulers_at_whole_epochs(name, args, kind, torch_args):
 
 def test_plot_schedule_writes_a_png(tmp_path):
     out = tmp_path / "lr.png"
-    S.plot_schedule(make("one_cycle", max_lr=0.5, warmup=1), 20, out)
+    plot_schedule(make("one_cycle", max_lr=0.5, warmup=1), 20, out)
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
 

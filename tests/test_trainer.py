@@ -12,7 +12,7 @@ import pytest
 
 import dslc
 from dslc.diagnostics import CompileError
-from dslc.frontend import recipe as R
+from dslc.recipe import schema as R
 from dslc.passes.train_step import train_step
 from dslc.reference import run_outputs
 from dslc.runtime.data import Batch, DataError, digits

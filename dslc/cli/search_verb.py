@@ -16,7 +16,7 @@ from dslc.diagnostics import UsageError, printable
 def space_of(model, recipe, texts: list[str]):
     """The recipe's search space with the --space KEY=DISTRIBUTION given (each replaces or adds
     a dimension); UsageError naming the --space that is wrong."""
-    from dslc.frontend import recipe as R
+    from dslc.recipe import schema as R
     from dslc.frontend.parse import parse_expression
     from dslc.frontend.recipe_search import dimension
     from dslc.diagnostics import CompileError, Span

@@ -82,7 +82,7 @@ def build(gen: Generator, label: str, quiet: bool = False) -> Report:
     start = time.perf_counter()
     calls = driver_calls(gen)
     report = Report(calls=len(calls))
-    if config.DISABLE_JIT:  # set from NUMBA_DISABLE_JIT when Numba loads
+    if config.DISABLE_JIT:  # type: ignore[attr-defined]  # set from NUMBA_DISABLE_JIT when Numba loads
         return report
     pending = []
     for where, types in calls:

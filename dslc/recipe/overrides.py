@@ -22,7 +22,7 @@ from typing import Any
 from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean, printable
 from dslc.frontend import ast
 from dslc.frontend.parse import parse_expression
-from dslc.frontend.recipe import KEYS, Recipe, validate
+from dslc.recipe.schema import KEYS, Recipe, validate
 from dslc.frontend.recipe_values import TEXT, Bad, CallValue, ListOf, Word
 
 

@@ -53,12 +53,12 @@ Diagnostics (E05xx):
     E0515 a mistake in the search block: an unknown key, not a distribution, bad bounds
 
 A recipe may also hold one `search { KEY = DISTRIBUTION ... }` block, the space `dslc
-search` samples (recipe_search.py); `Recipe.space` holds its dimensions.
+search` samples (dslc/frontend/recipe_search.py); `Recipe.space` holds its dimensions.
 
 The calls of the big families are declared beside what implements them, as ops are:
 datasets in runtime/data/datasets.py, augmentations in runtime/data/augment.py, schedules
 in runtime/schedules.py, optimizers in dslc/passes/train_step.py (each module's SCHEMA);
-the value types are in recipe_values.py, command-line overrides in recipe_overrides.py.
+the value types are in dslc/frontend/recipe_values.py, command-line overrides in overrides.py.
 """
 from __future__ import annotations
 
