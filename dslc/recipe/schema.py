@@ -39,7 +39,7 @@ arguments (`schedule = constant`); `key = none` turns an optional setting off.
     init       checkpoint(path, skip=[globs]) | none                                     none
     freeze     [globs] of parameters (or layers: a glob may match any dotted prefix)    []
     seed       int in [0, 2**32 - 1]                                                     0
-    device     cpu | gpu | auto (the GPU where CuPy sees one, else the cpu)               auto
+    device     cpu | gpu | auto (the cpu until the current CUDA path passes on a GPU)     auto
 
 Diagnostics (E05xx):
     E0501 unknown setting            E0507 a required setting is missing (data; epochs or steps)
