@@ -122,7 +122,7 @@ class Ranks:
         raise NotImplementedError
 
     def mean(self, x: np.ndarray) -> np.ndarray:
-        out = np.array(x, copy=True)  # an array even for a 0-d x (a loss), which may be reduced in place
+        out = np.array(x, order="C", copy=True)  # contiguous, and an array even for a 0-d x (a loss)
         out *= self.share()
         self.timed_sum(out)
         return out

@@ -13,8 +13,10 @@ placed where a value must be the whole batch's:
                   the update: the running mean is then the global batch's, the running
                   variance the average of the shards' (no between-shard term);
                   with sync_batchnorm: the statistics themselves are global,
-                      mean = allreduce_mean(mean(x))
-                      var  = allreduce_mean(mean((x - mean)^2))       (two passes, as `var`)
+                      mean = allreduce_mean(mean_r),   mean_r = mean(x)
+                      var  = allreduce_mean(var(x) + (mean_r - mean)^2)
+                  (the law of total variance: each rank's variance about the global mean,
+                  from its own two-pass variance, so nothing cancels),
                       unbiased running var = var * n / (n - 1),  n = global_count(x)
                   and autodiff differentiates through the allreduces (their adjoint is
                   another allreduce_mean), so the backward pass reduces the sums
@@ -70,11 +72,9 @@ def synchronise_batchnorm(graph: Graph) -> Graph:
         if kind == "mean":
             renamed[node.name] = ops.allreduce_mean(node.name)
             continue
-        if x not in biased:
-            shape = _channel_shape(b.type_of(x).rank, b.type_of(node.name).shape[0])
-            centred = ops.sub(x, ops.reshape(renamed[mean], shape=shape))
-            biased[x] = ops.allreduce_mean(ops.mean(ops.mul(centred, centred), axis=axes))
-        if kind == "var":
+        if kind == "var":  # this rank's variance about the global mean: var_r + (mean_r - mean)^2
+            shift = ops.sub(mean, renamed[mean])
+            biased[x] = ops.allreduce_mean(ops.add(node.name, ops.mul(shift, shift)))
             renamed[node.name] = biased[x]
         else:  # the unbiased variance of the running update: n / (n - 1) with the global n
             n = ops.global_count(x, axis=axes)
@@ -86,7 +86,8 @@ def synchronise_batchnorm(graph: Graph) -> Graph:
 
 def _batch_statistics(graph: Graph) -> dict[str, tuple[str, str, tuple, str]]:
     """{node: (mean | var | unbiased, x, axes, x's mean node)} for the batch-statistic nodes of
-    every batchnorm in training mode (whose mean and var inputs are `mean` and `var` of its x)."""
+    every batchnorm in training mode (whose mean and var inputs are `mean` and `var` of its x),
+    in graph order: the mean before the variances (train_mode's batchnorm hook builds them so)."""
     found: dict[str, tuple[str, str, tuple, str]] = {}
     for bn in graph.of_op("batchnorm"):
         x, mean, var = bn.inputs[0], graph[bn.inputs[3]], graph[bn.inputs[4]]
@@ -99,10 +100,6 @@ def _batch_statistics(graph: Graph) -> dict[str, tuple[str, str, tuple, str]]:
             if n.inputs[0] == x and n.attr("unbiased") and n.attr("axis") == axes:
                 found[n.name] = ("unbiased", x, axes, mean.name)
     return found
-
-
-def _channel_shape(rank: int, channels: int) -> tuple[int, ...]:
-    return (1, channels) + (1,) * (rank - 2)
 
 
 def average(b: GraphBuilder, outputs: list[Output], grads: list[Output], sync_batchnorm: bool) -> tuple[list[Output],
