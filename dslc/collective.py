@@ -67,8 +67,8 @@ class Group(Protocol):
 
     def timed_sum(self, buffer: np.ndarray) -> None: ...
 
-    def broadcast(self, value):
-        """Rank 0's `value` (any picklable object), on every rank."""
+    def broadcast(self, value, root: int = 0):
+        """Rank `root`'s `value` (any picklable object), on every rank."""
         ...
 
     def lowest(self, flag: bool) -> int | None:
@@ -112,7 +112,7 @@ class Ranks:
     def allreduce_sum(self, buffer: np.ndarray) -> None:
         raise NotImplementedError
 
-    def broadcast(self, value):
+    def broadcast(self, value, root: int = 0):
         raise NotImplementedError
 
     def lowest(self, flag: bool) -> int | None:
@@ -153,7 +153,7 @@ class Alone(Ranks):
     def allreduce_sum(self, buffer: np.ndarray) -> None:
         """Nothing to add: this process is every rank."""
 
-    def broadcast(self, value):
+    def broadcast(self, value, root: int = 0):
         return value
 
     def lowest(self, flag: bool) -> int | None:

@@ -67,16 +67,18 @@ class MpiRanks(Ranks):
         node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        self._flag = np.zeros(1, np.int64)
 
     def allreduce_sum(self, buffer: np.ndarray) -> None:
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
 
-    def broadcast(self, value):
-        return self.comm.bcast(value, root=0)
+    def broadcast(self, value, root: int = 0):
+        return self.comm.bcast(value, root=root)
 
     def lowest(self, flag: bool) -> int | None:
-        first = self.comm.allreduce(self.rank if flag else self.size, op=self.MPI.MIN)
-        return None if first == self.size else int(first)
+        self._flag[0] = self.rank if flag else self.size  # a buffer, not a pickled object: once a step
+        self.comm.Allreduce(self.MPI.IN_PLACE, self._flag, op=self.MPI.MIN)
+        return None if self._flag[0] == self.size else int(self._flag[0])
 
     def abort(self, status: int) -> None:
         sys.stderr.flush()

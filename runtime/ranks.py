@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from dslc.collective import Group, using
+from dslc.diagnostics import UsageError
 from dslc.runtime.errors import Interrupted, RankStopped
 
 T = TypeVar("T")
@@ -50,11 +51,17 @@ def together(group: Group, fn: Callable[[], T]) -> T:
     who = group.lowest(error is not None)
     if who is None:
         return value  # type: ignore[return-value]
+    status = group.broadcast(_status(error) if error is not None else None, root=who)
     if error is None or group.rank != who:
-        raise RankStopped(130 if isinstance(error, Interrupted) else 1)
+        raise RankStopped(status)  # the launcher reports one exit status for all
     if group.rank and error.args and isinstance(error.args[0], str):
         error.args = (f"(rank {group.rank} of {group.size}) {error.args[0]}",) + error.args[1:]
     raise coordinated(error)
+
+
+def _status(error: BaseException) -> int:
+    """The exit status the command line gives `error` (dslc/cli/__init__.py)."""
+    return 2 if isinstance(error, UsageError) else 130 if isinstance(error, Interrupted) else 1
 
 
 def on_rank0(group: Group, fn: Callable[[], object]) -> None:

@@ -158,7 +158,7 @@ class Mirror(Ranks):
     def allreduce_sum(self, buffer):
         buffer *= self.size
 
-    def broadcast(self, value):
+    def broadcast(self, value, root=0):
         return value
 
     def lowest(self, flag):
@@ -187,8 +187,8 @@ class ThreadRank(Ranks):
     def allreduce_sum(self, buffer):
         buffer[...] = sum(np.asarray(v, np.float64) for v in self._exchange(buffer.copy()))
 
-    def broadcast(self, value):
-        return self._exchange(value)[0]
+    def broadcast(self, value, root=0):
+        return self._exchange(value)[root]
 
     def lowest(self, flag):
         return next((r for r, f in enumerate(self._exchange(bool(flag))) if f), None)

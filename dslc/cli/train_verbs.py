@@ -27,6 +27,24 @@ def cmd_train(args) -> int:
 
 
 def _train(args, group) -> int:
+    from dslc.runtime import overfit, trainer
+    from dslc.runtime.ranks import together
+
+    model, recipe, out, options, sets = together(group, lambda: _setup(args, group))
+    if group.size > 1 and not args.out and not args.resume:  # every rank names rank 0's choice
+        out = group.broadcast(out)
+    result = trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet,
+                           device=args.device, detect_anomaly=args.detect_anomaly, overrides=sets, options=options)
+    if args.overfit:
+        reached, sentence = overfit.verdict(result, args.overfit)
+        print(sentence)
+        return 0 if reached else 1
+    return 0
+
+
+def _setup(args, group):
+    """(model, recipe, run directory, trainer options, --set pairs) of a `dslc train` command line;
+    a recipe asking for ranks outside a launcher replaces this process by mpiexec here."""
     from dslc.runtime import mpi, overfit, trainer
     from dslc.runtime.recipes import model_and_recipe as load_recipe
 
@@ -57,15 +75,7 @@ def _train(args, group) -> int:
         print("overfitting: " + ", ".join(changes) + f"; stops once the training loss is below {overfit.TARGET:g}")
     out = args.out or (None if args.resume else
                        trainer.default_run_dir(name) if not args.force else Path("runs") / name)
-    if group.size > 1 and not args.out and not args.resume:  # every rank names rank 0's choice
-        out = group.broadcast(out)
-    result = trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet,
-                           device=args.device, detect_anomaly=args.detect_anomaly, overrides=sets, options=options)
-    if args.overfit:
-        reached, sentence = overfit.verdict(result, args.overfit)
-        print(sentence)
-        return 0 if reached else 1
-    return 0
+    return model, recipe, out, options, sets
 
 
 def cmd_eval(args) -> int:
