@@ -103,7 +103,7 @@ def _share_cores(group: MpiRanks) -> None:
         return
     import numba
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, cores // group.local_size)))
+    numba.set_num_threads(max(1, min(numba.get_num_threads(), cores // group.local_size)))
 
 
 def launcher() -> str:

@@ -43,14 +43,14 @@ def together(group: Group, fn: Callable[[], T]) -> T:
     if group.size == 1:
         return fn()
     error: Exception | None = None
-    value = None
+    value: T | None = None
     try:
         value = fn()
     except Exception as e:  # every rank must hear of it before anyone raises
         error = e
     who = group.lowest(error is not None)
     if who is None:
-        return value  # type: ignore[return-value]
+        return value
     status = group.broadcast(_status(error) if error is not None else None, root=who)
     if error is None or group.rank != who:
         raise RankStopped(status)  # the launcher reports one exit status for all

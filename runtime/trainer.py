@@ -164,6 +164,8 @@ def derived_seed(seed: int, name: str) -> int:
 
 
 class Trainer:
+    out: Run | Follower  # the run directory (rank 0), set by start() or resume()
+
     def __init__(self, model, recipe, device, quiet, detect_anomaly, echo, options: Options = Options(), warn=None):
         self.created = time.perf_counter()  # time to the first step counts from here (data, compiling)
         self.timing: dict[str, float] = {}

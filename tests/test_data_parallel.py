@@ -138,7 +138,7 @@ def test_the_compiled_step_reduces_its_bucket_in_one_message(name, sync, monkeyp
     assert group.traffic.calls == 1 + 4 * len(batchnorms)
     assert group.traffic.bytes == 4 * (trained + 2) + 4 * 4 * sum(batchnorms)
     table = next(iter(step.compiled.values()))._step.table()
-    assert f"allreduce over 2 ranks: " in table and f"{group.traffic.bytes:,} bytes in {group.traffic.calls}.0 calls per step" in table
+    assert "allreduce over 2 ranks: " in table and f"{group.traffic.bytes:,} bytes in {group.traffic.calls}.0 calls per step" in table
 
 
 def test_a_kernel_reading_a_bucket_member_before_its_reduction_is_refused():

@@ -66,7 +66,7 @@ def test_two_ranks_train_digits_mlp_to_the_weights_of_one_process(tmp_path):
     assert two.stdout.count("epoch 3/3") == 1 and "x 2 ranks" in two.stdout  # rank 0 alone speaks
     assert json.loads((tmp_path / "two" / "config.json").read_text())["ranks"] == 2
     # one flat message per step: 9,610 parameters' gradients, the loss and the accuracy, float32
-    assert f"allreduce over 2 ranks: " in two.stderr and f"{4 * 9612:,} bytes in 1.0 calls per step" in two.stderr
+    assert "allreduce over 2 ranks: " in two.stderr and f"{4 * 9612:,} bytes in 1.0 calls per step" in two.stderr
 
 
 def test_small_cnn_synchronised_batchnorm_matches_one_process(tmp_path, mnist_cnn):

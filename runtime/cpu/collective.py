@@ -97,9 +97,9 @@ def check_buckets(kg: KernelGraph) -> None:
         for _, name, _ in found:
             stack = [name]
             while stack:
-                b = stack.pop()
-                read.add(b)
-                stack += aliases.get(b, [])
+                buffer = stack.pop()
+                read.add(buffer)
+                stack += aliases.get(buffer, [])
         early = [k.name for pos, k in enumerate(kg.kernels[:last]) if k.kind != "view" and read & set(k.inputs)]
         if early:
             raise AssertionError(f"kernel {early[0]} reads a member of bucket {bucket} before its reduction")
