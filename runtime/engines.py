@@ -1,4 +1,4 @@
-"""Where the trials of `dslc search` run: the one interface, and local processes.
+"""Where the trials of `dslc search` run: the one interface, local processes, and Ray tasks.
 
 A trial is an ordinary `dslc train` command line; an engine runs a batch of them and
 reports each one's exit status as it finishes. The search (search.py) decides what to run
@@ -14,6 +14,15 @@ its share of the cores as Numba threads (two processes with a thread per core ea
 fight over them). On Linux a trial dies with the search (PR_SET_PDEATHSIG): a search that
 is killed leaves no trial running on, holding its run directory's lock. Ctrl-C is passed to
 every running trial, which writes its checkpoint and stops, as `dslc train` does.
+
+RayTasks runs each trial as a task of an existing Ray cluster (the `ray` extra): the same
+`python -m dslc.cli ARGS` in a subprocess of a Ray worker, one CPU each (one Numba thread),
+as many at a time as the cluster has CPUs for (or `jobs`). The trial's run directory and
+log are written where the command names them, from the search's working directory, so on
+several machines the search directory and the .net file must be on a file system every
+node sees at the same path (as Ray Tune's storage must be). Ctrl-C cancels the running
+tasks, which pass it on to their trials (each writes its checkpoint); a trial whose worker
+or node died is left pending, and the same command resumes it.
 """
 from __future__ import annotations
 
@@ -29,6 +38,8 @@ from typing import Callable, Protocol, Sequence
 
 from dslc.files import reason
 from dslc.runtime.errors import TrainError
+
+RAY = "install the `ray` extra (pip install 'dslc[ray]')"
 
 POLL_SECONDS = 0.1
 INTERRUPT_GRACE = 60.0  # seconds a trial may take to write its checkpoint after Ctrl-C
@@ -136,3 +147,64 @@ class LocalProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def run_trial(argv: tuple[str, ...], log: str, cwd: str, env: dict) -> int:
+    """One trial in a subprocess (on a Ray worker): its exit status. A cancelled task (Ctrl-C
+    of the search) passes SIGINT on, so the trial writes its checkpoint, and waits for it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dslc.cli", *argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, env={**os.environ, **env},
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(INTERRUPT_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+class RayTasks:
+    """Trials as tasks of a Ray cluster at `address` (see the module docstring): None or "auto"
+    finds the running one (RAY_ADDRESS, or `ray start` on this machine), "local" starts one
+    in this process; a Ray already initialised in this process is used as it is."""
+
+    def __init__(self, address: str | None = None, jobs: int | None = None):
+        try:
+            import ray
+        except ImportError as e:
+            raise TrainError(f"--engine ray needs Ray ({e}); {RAY}") from None
+        self.ray, self.jobs = ray, jobs
+        if not ray.is_initialized():
+            try:
+                ray.init(address=None if address == "local" else address or "auto", log_to_driver=False,
+                         include_dashboard=False, logging_level="ERROR")
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise TrainError(f"cannot connect to a Ray cluster at {address or 'auto'}: {e}") from None
+        self.name = f"ray tasks, {int(ray.cluster_resources().get('CPU', 0))} CPUs"
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_trial)
+
+    def run(self, tasks: Sequence[Task], done: Callable[[Outcome], None]) -> None:
+        waiting, running = list(tasks), dict[object, Task]()
+        env = {"NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+        try:
+            while waiting or running:
+                while waiting and (self.jobs is None or len(running) < self.jobs):
+                    task = waiting.pop(0)
+                    running[self._remote.remote(task.argv, str(task.log), os.getcwd(), env)] = task
+                ready, _ = self.ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS * 10)
+                for ref in ready:
+                    task = running.pop(ref)
+                    try:
+                        status = self.ray.get(ref)
+                    except self.ray.exceptions.RayError:  # its worker or node died: left pending
+                        status = -signal.SIGKILL
+                    done(Outcome(task.id, status, last_error(task.log) if status > 0 else ""))
+        except KeyboardInterrupt:
+            for ref in running:
+                self.ray.cancel(ref)  # a KeyboardInterrupt in run_trial: SIGINT to the trial
+            self.ray.wait(list(running), num_returns=len(running), timeout=INTERRUPT_GRACE)
+            raise

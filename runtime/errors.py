@@ -2,7 +2,7 @@
 
 Like a DataError or a CheckpointError, the CLI prints the message (which names the file,
 run or device concerned) and exits with status 1; Interrupted exits with 130, the
-status of a process ended by Ctrl-C.
+status of a process ended by Ctrl-C; RankStopped exits with its status and says nothing.
 """
 
 
@@ -20,3 +20,12 @@ class Interrupted(Exception):
 
 class RunError(Exception):
     """A run directory that cannot be created or read as asked."""
+
+
+class RankStopped(Exception):
+    """A rank of a data-parallel run stops because the run stopped elsewhere, where the reason
+    is printed (rank 0, or the rank that failed): it ends with `status`, silently."""
+
+    def __init__(self, status: int = 1):
+        super().__init__(f"stopped with status {status}")
+        self.status = status

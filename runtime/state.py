@@ -97,13 +97,20 @@ def optimizer_changes(ckpt, step_graph) -> list[str]:
     return out
 
 
+# Settings a run may change when it resumes: how many processes train it, not what they compute.
+RESUMABLE = ("ranks",)
+
+
 def recipe_changes(saved: dict, recipe) -> list[str]:
     """The settings that differ between a saved Recipe JSON (checked by `check`) and `recipe`:
-    'epochs: 10 -> 20'."""
+    'epochs: 10 -> 20' (RESUMABLE ones aside). A setting newer than the checkpoint had its default."""
     before, after = dict(Recipe.from_json(saved).entries), dict(recipe.entries)
+    for key in after:
+        if key in KEYS and key not in before:
+            before[key] = KEYS[key].default
     out = []
     for key in dict.fromkeys([*before, *after]):
-        if before.get(key) != after.get(key):
+        if key not in RESUMABLE and before.get(key) != after.get(key):
             out.append(f"{key}: {_show(key, before.get(key))} -> {_show(key, after.get(key))}")
     return out
 

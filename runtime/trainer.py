@@ -27,6 +27,11 @@ stops the run the same way, `last` and `best` left as they were. Ctrl-C finishes
 current step, writes `last` and raises Interrupted. `resume` continues a run from its
 `last` checkpoint exactly as if it had never stopped (see state.py), after checking that
 its state.json, weights and optimizer state fit this model, recipe and data.
+
+Data-parallel: under a group of ranks (dslc/collective.py; MPI in mpi.py), every rank
+builds the data-parallel step (dslc/passes/data_parallel.py) and trains on its shard of
+each global batch (the same seed-derived order for any number of ranks); rank 0 alone
+writes the run directory and evaluates, and the ranks stop together (ranks.py).
 """
 from __future__ import annotations
 
@@ -44,20 +49,23 @@ from typing import Any
 
 import numpy as np
 
+from dslc.collective import current
 from dslc.recipe.schema import select_params
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.passes.data_parallel import DataParallel
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.diagnostics import CliError
 from dslc.files import ensure_dir, write_atomic
 from dslc.runtime import anomaly, checkpoint, sanity, state
 from dslc.runtime.checkpoint import CheckpointError, load_checkpoint, model_hash, recipe_hash
 from dslc.runtime.data import Batches, build_augment
-from dslc.runtime.errors import Interrupted, TrainError
+from dslc.runtime.errors import Interrupted, RankStopped, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
 from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, load_data, subset
+from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, Run, RunError, make_config
 from dslc.runtime.schedules import Plateau, schedule_from_recipe
@@ -107,12 +115,13 @@ def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: 
     recipe; `device` overrides the recipe's; `echo` prints the per-epoch summaries and `warn`
     the warnings (default: standard error); `overrides` (the command line's --set pairs) are
     recorded in config.json for `resume_settings`; `options` see Options."""
-    trainer = Trainer(model, recipe, device, quiet, detect_anomaly, echo, options, warn)
+    group = current()
+    trainer = together(group, lambda: Trainer(model, recipe, device, quiet, detect_anomaly, echo, options, warn))
     try:
         if resume is not None:
-            trainer.resume(Path(resume), force)
+            together(group, lambda: trainer.resume(Path(resume), force))
         else:
-            trainer.start(Path(out_dir), force, overrides or {})
+            together(group, lambda: trainer.start(Path(out_dir), force, overrides or {}))
         return trainer.run()
     finally:
         if hasattr(trainer, "out"):
@@ -155,9 +164,16 @@ def derived_seed(seed: int, name: str) -> int:
 
 
 class Trainer:
+    out: Run | Follower  # the run directory (rank 0), set by start() or resume()
+
     def __init__(self, model, recipe, device, quiet, detect_anomaly, echo, options: Options = Options(), warn=None):
         self.created = time.perf_counter()  # time to the first step counts from here (data, compiling)
         self.timing: dict[str, float] = {}
+        self.group = group = current()
+        if group.size > 1:
+            self.timing["ranks"] = group.size  # config.json: how many processes trained it
+        if group.rank:  # rank 0 speaks for the run
+            quiet, echo, warn = True, lambda text: None, lambda text: None
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
@@ -166,15 +182,19 @@ class Trainer:
             self.data = subset(self.data, options.examples, recipe["seed"])
         self.fit = layout(model, self.data.train)
         self.executor = executor_for(device or recipe["device"])
+        if group.size > 1 and self.executor.name == "cuda":  # one GPU per rank of a machine
+            from dslc.runtime.cuda.nccl import use_device
+            use_device(group)
         augment = build_augment(recipe["augment"])
         try:  # a transform that does not fit the examples fails now, not in the data thread
             augment(self.data.train.x[:2], self.data.train.y[:2], np.random.default_rng(0))
         except ValueError as e:
             raise TrainError(f"augment of {self.data.train.name}: {e}") from None
         graph = mix_losses(model.graph, self.fit.y) if augment.mixup else model.graph
+        parallel = DataParallel(recipe["sync_batchnorm"]) if group.size > 1 else None
         self.graph = located_at_model(model, lambda: train_step(
             graph, self.opt, select_params(model.graph, recipe["freeze"]),
-            recipe["clip"]["max_norm"] if recipe["clip"] else None))
+            recipe["clip"]["max_norm"] if recipe["clip"] else None, parallel))
         self.step_fn = self.executor.compile(self.graph)
         self.dtype = self.graph[LR].type.dtype
         self.loss_name = self.graph.outputs_of("loss")[0].name
@@ -183,8 +203,9 @@ class Trainer:
         self.evaluator = Evaluator(model, self.fit, self.executor)
         seed = recipe["seed"]
         self.batches = Batches(self.data.train, recipe["batch"], seed=derived_seed(seed, "shuffle"),
-                               augment=augment, transform=self.data.transform)
+                               augment=augment, transform=self.data.transform, shard=(group.rank, group.size))
         self.per_epoch = len(self.batches)
+        self._check_shards()
         self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
         self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
         self.plateau = Plateau.from_recipe(recipe["schedule"], self.opt.lr)
@@ -199,6 +220,27 @@ class Trainer:
         self.step_seconds = 0.0  # training time of the steps not yet flushed to the per-step log
 
     # ---- setting up ------------------------------------------------------------------
+
+    def _check_shards(self) -> None:
+        """Every rank needs an example of every batch: refuse a batch (or an epoch's last,
+        smaller one) with fewer examples than ranks before anything runs."""
+        ranks, b = self.group.size, self.recipe["batch"]
+        smallest = self.batches.total(self.per_epoch - 1)
+        if ranks > 1 and smallest < ranks:
+            raise TrainError(f"{ranks} ranks need at least one example each of every batch, but "
+                             + (f"batch = {b}" if b < ranks else f"the last batch of an epoch holds {smallest} "
+                                f"({len(self.data.train):,} examples in batches of {b})")
+                             + "; choose a batch size that leaves every rank an example")
+
+    def _dropout(self) -> np.random.Generator:
+        """Rank 0 draws dropout masks from the run's checkpointed stream; another rank from its
+        own stream, derived from the seed, its rank and the step it started at (not saved: a
+        resumed run's masks on those ranks are new draws, equal in distribution)."""
+        if not self.group.rank:
+            return self.streams["dropout"]
+        if getattr(self, "_rank_dropout", None) is None:
+            self._rank_dropout = stream(self.recipe["seed"], f"dropout/rank {self.group.rank}/step {self.progress.step}")
+        return self._rank_dropout
 
     def _fresh_params(self, seed: int) -> dict[str, np.ndarray]:
         params = self.model.init(derived_seed(seed, "init"))
@@ -218,6 +260,10 @@ class Trainer:
 
     def start(self, out_dir: Path, force: bool, overrides: dict) -> None:
         self.load_init()
+        if self.group.rank:  # rank 0 creates the run directory
+            self.out = Follower(out_dir)
+            self._open_logs()
+            return
         config = make_config(self.recipe, model_hash(self.model.graph), self.recipe["seed"], model=self.model.name,
                              file=str(self.model.program.root), executor=self.executor.name, overrides=overrides)
         if os.path.lexists(out_dir / CONFIG) and not force:
@@ -232,7 +278,7 @@ class Trainer:
     def _open_logs(self) -> None:
         """The per-step log and, when asked, the TensorBoard writer of the run directory."""
         self.steplog = self.out.steps(self.per_epoch)
-        if self.options.tensorboard:
+        if self.options.tensorboard and not self.group.rank:
             self.board = TensorBoard(self.out.path, self.model.graph, purge_step=self.progress.step)
 
     def resume(self, run_dir: Path, force: bool) -> None:
@@ -262,6 +308,10 @@ class Trainer:
         self.progress = state.Progress.from_json(ckpt.state["progress"])
         self._check_progress(ckpt, changed=bool(changes))
         self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
+        if self.group.rank:  # rank 0 continues the run directory
+            self.out = Follower(run_dir)
+            self._open_logs()
+            return
         try:
             self.out = Run.resume(run_dir, self.progress.epoch, self.progress.step)
         except RunError as e:
@@ -294,11 +344,12 @@ class Trainer:
     def run(self) -> TrainResult:
         if not self.quiet:
             self.echo(self._banner())
-        if self.progress.step == 0:
+        if self.progress.step == 0 and not self.group.rank:
             self._sanity()
         old = self._catch_sigint()
         try:
-            self._compile()
+            on_rank0(self.group, self._compile)  # the other ranks then find every kernel in the caches
+            together(self.group, self._compile if self.group.rank else lambda: None)
             while self.progress.step < self.total and not self.progress.stopped:
                 self._epoch()
         finally:
@@ -331,7 +382,8 @@ class Trainer:
         progress on stderr while kernels compile), so the progress bar's ETA counts steps only."""
         started = time.perf_counter()
         self.step_fn.prepare(quiet=self.quiet)
-        self.evaluator.step.prepare(quiet=self.quiet)
+        if not self.group.rank:  # rank 0 evaluates
+            self.evaluator.step.prepare(quiet=self.quiet)
         self.timing["compile_seconds"] = round(time.perf_counter() - started, 3)
 
     def _catch_sigint(self):
@@ -364,20 +416,33 @@ class Trainer:
                 p.epoch_seconds += spent
                 self.step_seconds += spent
                 bar.update(1)
-                bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{len(batch.y) / spent:.0f}"}, refresh=False)
+                examples = self.batches.total(self.batches.position - 1)  # of every rank
+                bar.set_postfix({"loss": f"{loss:.4f}", "ex/s": f"{examples / spent:.0f}"}, refresh=False)
                 self.steplog.add(p.step, loss, self.lr)
                 if self.steplog.due():
                     self._flush_steps()
+                if self.group.size > 1:  # Ctrl-C reaches the ranks at different steps: stop at the same one
+                    self.interrupted = self.group.lowest(self.interrupted) is not None
                 if self.interrupted:
-                    self._flush_steps()
-                    self.out.draw()
-                    self._save(["last"])
-                    raise Interrupted(f"interrupted at step {p.step} (epoch {p.epoch + 1}); checkpoint written to "
-                                      f"{self.out.last}; continue with: dslc train "
-                                      f"{self.model.program.root} --resume {self.out.path}")
+                    self._interrupt()
                 if p.step >= self.total and self.batches.position < self.per_epoch:
                     break  # a `steps = N` run ends mid-epoch; at an epoch's end the stream finishes it
         self._end_epoch()
+
+    def _interrupt(self) -> None:
+        """Write `last` (rank 0) and stop every rank with Interrupted (rank 0 says how to resume)."""
+        p = self.progress
+
+        def save() -> None:
+            self._flush_steps()
+            self.out.draw()
+            self._save(["last"])
+        on_rank0(self.group, save)
+        if self.group.rank:
+            raise RankStopped(130)
+        raise coordinated(Interrupted(f"interrupted at step {p.step} (epoch {p.epoch + 1}); checkpoint written to "
+                                      f"{self.out.last}; continue with: dslc train "
+                                      f"{self.model.program.root} --resume {self.out.path}"))
 
     def feeds(self, batch) -> dict[str, np.ndarray]:
         dtype = NUMPY_DTYPE[self.dtype]
@@ -407,8 +472,11 @@ class Trainer:
     def _step(self, batch) -> float:
         p = self.progress
         feeds = self.feeds(batch)
-        rng = self.streams["dropout"]
-        last = self.batches.position == self.per_epoch or p.step + 1 == self.total
+        rng = self._dropout()
+        n = self.batches.total(self.batches.position - 1)  # the global batch; the outputs are its means
+        if self.group.size > 1:
+            self.group.begin_step(len(batch.y), n)
+        last = (self.batches.position == self.per_epoch or p.step + 1 == self.total) and not self.group.rank
         before = {k: self.params[k].copy() for k in self.trained} if last else None
         replay = (copy.deepcopy(rng.bit_generator.state), {k: v.copy() for k, v in self.params.items()}) \
             if self.detect else None
@@ -418,7 +486,6 @@ class Trainer:
         if not math.isfinite(loss):
             self._diverged(loss, feeds, replay)
         p.step += 1
-        n = len(batch.y)
         for name in ("examples", self.loss_name, *self.metric_names):
             value = n if name == "examples" else float(out[name]) * n
             p.sums[name] = p.sums.get(name, 0.0) + value
@@ -441,9 +508,19 @@ class Trainer:
             detail = anomaly.explain(self.graph, feeds, params, rng)  # unoptimised: the user's names
         else:
             detail = "rerun with --detect-anomaly to find the first operation that produced it"
-        raise TrainError(f"the loss is {loss} at {where}; {good}\n  {detail}")
+        if self.group.rank:  # the loss is the global batch's: every rank stops here, rank 0 says why
+            raise RankStopped(1)
+        raise coordinated(TrainError(f"the loss is {loss} at {where}; {good}\n  {detail}"))
 
     def _end_epoch(self) -> None:
+        """Close the epoch: on rank 0, which evaluates and writes, and the other ranks take its
+        decisions (best, early stop, the plateau's rate), so all go on or stop together."""
+        if self.group.size == 1:
+            return self._close_epoch()
+        on_rank0(self.group, self._close_epoch)
+        self.progress, self.saved = self.group.broadcast((self.progress, self.saved))
+
+    def _close_epoch(self) -> None:
         p = self.progress
         started = time.perf_counter()
         p.epoch += 1
@@ -509,6 +586,8 @@ class Trainer:
         """Write the checkpoints `names` (best, last) together: each is prepared in full before
         any is put in place, so a full disk, a read-only directory or a non-finite state leaves
         every one of them as it was, and the run stops with a TrainError saying so."""
+        if self.group.rank:  # rank 0 writes; the ranks hold the same weights
+            return
         extra = {"optimizer": self.opt.kind, "recipe": self.recipe.to_json(), "recipe_hash": recipe_hash(self.recipe),
                  "rng": self.streams.state(),
                  "batches": self.batches.state(), "normalization": self.data.stats, "model": self.model.name,
@@ -546,8 +625,9 @@ class Trainer:
         d, p = self.data, self.progress
         sizes = " / ".join(f"{len(s):,} {n}" for n, s in (("train", d.train), ("val", d.val), ("test", d.test)) if s)
         what = "resuming at" if p.step else "starting"
+        ranks = f" x {self.group.size} ranks" if self.group.size > 1 else ""
         return (f"{what} step {p.step} of {self.total} ({self.per_epoch} per epoch) | model {self.model.name}, "
-                f"data {d.train.name}: {sizes} | {self.executor.name} executor | run {self.out.path}")
+                f"data {d.train.name}: {sizes} | {self.executor.name} executor{ranks} | run {self.out.path}")
 
     def _summary(self, r: dict, improved: bool) -> str:
         epochs = math.ceil(self.total / self.per_epoch)
@@ -562,19 +642,24 @@ class Trainer:
     def _finish(self) -> TrainResult:
         p = self.progress
         metric, mode = self.watch[:2]
-        if p.best is not None:
-            where = f"; weights in {self.out.best}" if (self.out.best / "state.json").exists() else ""
-            self.echo(f"best {metric} {p.best:.4f} at epoch {p.best_epoch}{where}")
-        test = self._test() if self.options.test else None
-        self.echo(f"trained {p.epoch} epochs ({p.step} steps) in {p.seconds:.1f}s; run saved in {self.out.path}")
-        result = TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test,
-                             metric, mode, p.best)
-        summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,
-                   "stopped_early": p.stopped, "metric": metric, "mode": mode,
-                   "best": p.best if p.best is not None and math.isfinite(p.best) else None,
-                   **(test.record("test") if test else {})}
-        write_atomic(self.out.path / RESULT, json.dumps(summary, indent=2).encode())
-        return result
+        results: list[TrainResult] = []
+
+        def publish() -> None:  # rank 0 reports, tests once when asked, and writes result.json
+            if p.best is not None:
+                where = f"; weights in {self.out.best}" if (self.out.best / "state.json").exists() else ""
+                self.echo(f"best {metric} {p.best:.4f} at epoch {p.best_epoch}{where}")
+            test = self._test() if self.options.test else None
+            self.echo(f"trained {p.epoch} epochs ({p.step} steps) in {p.seconds:.1f}s; run saved in {self.out.path}")
+            results.append(TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch, p.stopped, test,
+                                       metric, mode, p.best))
+            summary = {"epochs": p.epoch, "steps": p.step, "train_seconds": p.seconds, "best_epoch": p.best_epoch,
+                       "stopped_early": p.stopped, "metric": metric, "mode": mode,
+                       "best": p.best if p.best is not None and math.isfinite(p.best) else None,
+                       **(test.record("test") if test else {})}
+            write_atomic(self.out.path / RESULT, json.dumps(summary, indent=2).encode())
+        on_rank0(self.group, publish)
+        return results[0] if results else TrainResult(self.out.path, p.epoch, p.step, p.seconds, p.best_epoch,
+                                                      p.stopped, None, metric, mode, p.best)
 
     def _test(self) -> Evaluation | None:
         """The test split evaluated once, with the best weights (`--test`)."""

@@ -5,10 +5,12 @@ a test module imports from here, never from another test module or from conftest
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from dslc.collective import Ranks, using
 from dslc.ir.builder import GraphBuilder, complete_attrs
 from dslc.ir.graph import Output
 from dslc.ir.types import NUMPY_DTYPE, TensorType
@@ -139,3 +141,85 @@ def mnist_from_digits(folder: Path) -> Path:
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx(images[part]))
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(d.y[part].astype(np.uint8)))
     return folder
+
+
+# ---- ranks without MPI (test_data_parallel) -----------------------------------------------------
+
+class Mirror(Ranks):
+    """`size` ranks in one process, each holding the examples this one holds: the mean over
+    ranks of x is x, and the global batch is `size` copies of the local one. So a data-parallel
+    step on a batch equals the one-process step on that batch repeated `size` times, and every
+    collective path (buckets, traffic, global counts) runs in one process."""
+
+    def __init__(self, size: int = 2):
+        super().__init__()
+        self.size = size
+
+    def allreduce_sum(self, buffer):
+        buffer *= self.size
+
+    def broadcast(self, value, root=0):
+        return value
+
+    def lowest(self, flag):
+        return 0 if flag else None
+
+    def abort(self, status):
+        raise AssertionError(f"a mirrored rank aborted with status {status}")
+
+
+class ThreadRank(Ranks):
+    """Rank `rank` of `size` threads of this process, exchanging values through `shared`
+    (a barrier and one slot per rank): see thread_ranks."""
+
+    def __init__(self, rank: int, size: int, shared):
+        super().__init__()
+        self.rank, self.size, self.shared = rank, size, shared
+
+    def _exchange(self, value) -> list:
+        barrier, slots = self.shared
+        slots[self.rank] = value
+        barrier.wait()
+        seen = list(slots)
+        barrier.wait()
+        return seen
+
+    def allreduce_sum(self, buffer):
+        buffer[...] = sum(np.asarray(v, np.float64) for v in self._exchange(buffer.copy()))
+
+    def broadcast(self, value, root=0):
+        return self._exchange(value)[root]
+
+    def lowest(self, flag):
+        return next((r for r, f in enumerate(self._exchange(bool(flag))) if f), None)
+
+    def abort(self, status):
+        raise AssertionError(f"rank {self.rank} aborted with status {status}")
+
+
+def thread_ranks(size: int) -> list[ThreadRank]:
+    """`size` ranks that are threads of this process (run them with on_threads)."""
+    shared = (threading.Barrier(size), [None] * size)
+    return [ThreadRank(r, size, shared) for r in range(size)]
+
+
+def on_threads(groups, work) -> list:
+    """work(group) in one thread per group, under `using(group)`; the results in rank order."""
+    results, errors = [None] * len(groups), []
+
+    def run(g):
+        try:
+            with using(g):
+                results[g.rank] = work(g)
+        except BaseException as e:  # re-raised in the caller
+            errors.append(e)
+            g.shared[0].abort()  # the other ranks stop waiting
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    if errors:
+        raise errors[0]
+    return results

@@ -1,7 +1,8 @@
 """Imports flow one way: every module of dslc sits in a layer, and imports only its own
 layer or those below it. Read from the folder names, bottom to top:
 
-    leaves      dslc/diagnostics.py, debug.py, files.py, reading.py, deep.py, version.py, grammar/
+    leaves      dslc/diagnostics.py, debug.py, files.py, reading.py, deep.py, version.py, collective.py,
+                grammar/
     core        dslc/ir/, dslc/ops/: the IR's types and graphs, and the op registry whose
                 rules are written over them (ir/builder.py and ir/verify.py apply those rules)
     oracle      dslc/reference.py, summary.py, catalog.py, memory.py: read graphs with the ops' rules
@@ -36,7 +37,7 @@ import dslc.runtime
 # Bottom to top; a module belongs to the entry with the longest matching prefix.
 LAYERS = (
     ("leaves", ("dslc.diagnostics", "dslc.debug", "dslc.files", "dslc.reading", "dslc.deep", "dslc.version",
-                "dslc.grammar")),
+                "dslc.collective", "dslc.grammar")),
     ("core", ("dslc.ir", "dslc.ops")),
     ("oracle", ("dslc.reference", "dslc.summary", "dslc.catalog", "dslc.memory")),
     ("frontend", ("dslc.frontend",)),

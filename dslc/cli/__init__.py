@@ -69,7 +69,7 @@ def _dispatch(argv: list[str] | None) -> int:
     from dslc.diagnostics import CliError, CompileError, UsageError
     from dslc.runtime.checkpoint import CheckpointError
     from dslc.runtime.data import DataError
-    from dslc.runtime.errors import DeviceError, Interrupted, TrainError
+    from dslc.runtime.errors import DeviceError, Interrupted, RankStopped, TrainError
     from dslc.runtime.runs import RunError
 
     parser = build_parser()
@@ -80,6 +80,7 @@ def _dispatch(argv: list[str] | None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what `dslc train --ranks N` passes on
     try:
         return args.run(args)
     except CompileError as e:
@@ -93,6 +94,8 @@ def _dispatch(argv: list[str] | None) -> int:
     except Interrupted as e:
         print(f"dslc: {e}", file=sys.stderr)
         return 130
+    except RankStopped as e:  # another rank of the run stopped it, and said why
+        return e.status
     except MemoryError as e:  # an allocation no check foresaw: NumPy's message has the size
         print(f"dslc: error: out of memory{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 1

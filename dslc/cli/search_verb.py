@@ -44,7 +44,7 @@ def space_of(model, recipe, texts: list[str]):
 def cmd_search(args) -> int:
     from pathlib import Path
 
-    from dslc.runtime.engines import LocalProcesses
+    from dslc.runtime.engines import LocalProcesses, RayTasks
     from dslc.runtime.errors import Interrupted, TrainError
     from dslc.runtime.recipes import model_and_recipe
     from dslc.runtime.search import Search, Settings
@@ -53,6 +53,8 @@ def cmd_search(args) -> int:
 
     if args.grid and args.trials is not None:
         raise UsageError("--grid tries every combination; --trials cannot go with it")
+    if args.address and args.engine != "ray":
+        raise UsageError("--address names a Ray cluster; it goes with --engine ray")
     sets = recipe_sets(args)
     sets.pop("epochs", None)  # --epochs is the trials' setting, recorded as such
     model, recipe = model_and_recipe(args.file, args.as_name, sets)
@@ -68,8 +70,8 @@ def cmd_search(args) -> int:
     out = Path(args.out or Path("runs") / f"{recipe.name}-search")
     metric, mode, _, _ = watched_metric(recipe, [o.name for o in model.graph.outputs_of("metric")])
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
-    search = Search(args.file, recipe, sets, space, settings, out, LocalProcesses(args.jobs), (metric, mode),
-                    args.force, progress)
+    engine = RayTasks(args.address, args.jobs) if args.engine == "ray" else LocalProcesses(args.jobs or 1)
+    search = Search(args.file, recipe, sets, space, settings, out, engine, (metric, mode), args.force, progress)
     try:
         search.run()
     except KeyboardInterrupt:
@@ -93,7 +95,8 @@ def register(verbs) -> None:
              "finished trials are kept, interrupted ones resume from their last checkpoint.",
              "  dslc search models/digits_mlp.net --trials 12 --jobs 2 --epochs 5\n"
              "  dslc search models/digits_mlp.net --space 'lr=loguniform(1e-3, 1e-1)' --refine 6\n"
-             "  dslc search models/digits_mlp.net --grid --grid-points 4 --json")
+             "  dslc search models/digits_mlp.net --grid --grid-points 4 --json\n"
+             "  dslc search models/digits_mlp.net --trials 64 --engine ray --address ray://head:10001")
     add_recipe_args(p, epochs=True)
     p.add_argument("--space", action="append", metavar="KEY=DIST",
                    help="add or replace a dimension, e.g. 'lr=loguniform(1e-4, 1e-1)' (repeatable)")
@@ -103,7 +106,14 @@ def register(verbs) -> None:
                    help="values per numeric dimension of --grid (default: 3)")
     p.add_argument("--refine", type=count, metavar="N",
                    help="coarse to fine: a second round of N trials in the region of the best first-round ones")
-    p.add_argument("--jobs", type=count, default=1, metavar="J", help="trials trained at once (default: 1)")
+    p.add_argument("--jobs", type=count, metavar="J",
+                   help="trials trained at once (default: 1 locally; with Ray as many as the cluster's CPUs)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where trials run: processes on this machine, or tasks of a Ray cluster (the `ray` extra; "
+                        "the search directory must be on a file system every node sees)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="the Ray cluster (default: RAY_ADDRESS or the one `ray start` runs here; `local`: start one "
+                        "in this process)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the sampling (default: 0)")
     p.add_argument("--device", choices=("cpu", "gpu", "reference"),
                    help="where trials train (default: the recipe's device; reference: the NumPy interpreter)")

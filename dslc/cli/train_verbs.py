@@ -13,7 +13,39 @@ from dslc.diagnostics import UsageError
 
 
 def cmd_train(args) -> int:
+    from dslc.runtime import mpi
+    from dslc.runtime.ranks import guard
+
+    group = mpi.world()  # the ranks an MPI launcher started, else this process alone
+    if group.rank:  # rank 0 speaks for the run
+        import contextlib
+        import os
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), guard(group):
+            return _train(args, group)
+    with guard(group):
+        return _train(args, group)
+
+
+def _train(args, group) -> int:
     from dslc.runtime import overfit, trainer
+    from dslc.runtime.ranks import together
+
+    model, recipe, out, options, sets = together(group, lambda: _setup(args, group))
+    if group.size > 1 and not args.out and not args.resume:  # every rank names rank 0's choice
+        out = group.broadcast(out)
+    result = trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet,
+                           device=args.device, detect_anomaly=args.detect_anomaly, overrides=sets, options=options)
+    if args.overfit:
+        reached, sentence = overfit.verdict(result, args.overfit)
+        print(sentence)
+        return 0 if reached else 1
+    return 0
+
+
+def _setup(args, group):
+    """(model, recipe, run directory, trainer options, --set pairs) of a `dslc train` command line;
+    a recipe asking for ranks outside a launcher replaces this process by mpiexec here."""
+    from dslc.runtime import mpi, overfit, trainer
     from dslc.runtime.recipes import model_and_recipe as load_recipe
 
     if args.resume and args.out:
@@ -22,10 +54,17 @@ def cmd_train(args) -> int:
         raise UsageError(f"--overfit trains a fresh run on a few examples; --{'resume' if args.resume else 'test'} "
                          "cannot go with it")
     as_name, sets = args.as_name, recipe_sets(args)
+    if args.ranks:
+        sets["ranks"] = str(args.ranks)
     if args.resume:  # the same recipe and settings as the run's start, unless given anew
         saved_name, saved_sets = trainer.resume_settings(args.resume)
         as_name, sets = as_name or saved_name, {**saved_sets, **sets}
     model, recipe = load_recipe(args.file, as_name, sets)
+    ranks = recipe["ranks"]
+    if not mpi.launched_size() and ranks is not None and ranks > 1:
+        mpi.spawn(ranks, args.argv)  # replaces this process by mpiexec, which starts the ranks
+    if ranks is not None and mpi.launched_size() and ranks != group.size and not group.rank:
+        mpi.warn_ranks(ranks, group.size)
     options = trainer.Options(test=args.test, tensorboard=args.tensorboard, check_reg=args.check_reg)
     name = recipe.name
     if args.overfit:
@@ -36,13 +75,7 @@ def cmd_train(args) -> int:
         print("overfitting: " + ", ".join(changes) + f"; stops once the training loss is below {overfit.TARGET:g}")
     out = args.out or (None if args.resume else
                        trainer.default_run_dir(name) if not args.force else Path("runs") / name)
-    result = trainer.train(model, recipe, out, resume=args.resume, force=args.force, quiet=args.quiet,
-                           device=args.device, detect_anomaly=args.detect_anomaly, overrides=sets, options=options)
-    if args.overfit:
-        reached, sentence = overfit.verdict(result, args.overfit)
-        print(sentence)
-        return 0 if reached else 1
-    return 0
+    return model, recipe, out, options, sets
 
 
 def cmd_eval(args) -> int:
@@ -141,7 +174,9 @@ def register(verbs) -> None:
               "  dslc train models/digits_mlp.net --epochs 5 --set optimizer.lr=0.003 --out runs/quick\n"
               "  dslc train models/digits_mlp.net --resume runs/digits_mlp\n"
               "  dslc train models/small_cnn.net --overfit 20          # can it learn 20 examples by heart?\n"
-              "  dslc train models/digits_mlp.net --tensorboard --test")
+              "  dslc train models/digits_mlp.net --tensorboard --test\n"
+              "  dslc train models/small_cnn.net --ranks 2            # data-parallel, 2 processes (MPI)\n"
+              "  mpiexec -n 4 dslc train models/small_cnn.net --set sync_batchnorm=true")
     add_recipe_args(p, epochs=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME, or runs/NAME-2, ... if taken)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
@@ -161,6 +196,9 @@ def register(verbs) -> None:
                    help="also write TensorBoard event files to RUN/tensorboard (the `tensorboard` extra)")
     p.add_argument("--check-reg", action="store_true",
                    help="sanity check: the loss must rise when regularisation is turned up 10x")
+    p.add_argument("--ranks", type=count, metavar="N",
+                   help="data-parallel training in N processes on this machine, started with mpiexec (the `mpi` "
+                        "extra; same as --set ranks=N); under mpiexec the launcher decides")
     p.set_defaults(run=cmd_train)
 
     p = verb(verbs, "eval", "evaluate a checkpoint on the test, validation or training split",

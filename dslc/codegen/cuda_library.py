@@ -355,6 +355,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "cross_entropy": ("row_lse", "cross_entropy_forward"),
     "cross_entropy_grad": ("row_lse", "cross_entropy_backward"),
     "accuracy": ("accuracy",),
+    "allreduce_mean": (),  # NCCL, called by the runner (runtime/cuda/nccl.py)
+    "global_count": (),
 }
 
 

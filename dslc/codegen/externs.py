@@ -49,10 +49,16 @@ CALLS: dict[str, Callable] = {
     "cross_entropy_grad": lambda n, a, s: (f"softmax.softmax_cross_entropy_backward({a[0]}, {a[1]}, {a[2]}, "
                                            f"{a[-1]})"),
     "accuracy": lambda n, a, s: f"softmax.accuracy({a[0]}, {a[1]}, {a[-1]})",
+    # A data-parallel step's collectives: plain Python around the group's MPI calls.
+    "allreduce_mean": lambda n, a, s: (f"collective.allreduce_mean({a[0]}, {a[-1]}, {n.attr('bucket')}, "
+                                       f"{n.attr('members')})"),
+    "global_count": lambda n, a, s: f"collective.global_count({a[0]}, {a[-1]}, {n.attr('axis')!r})",
 }
 
 # Library modules the calls above name, imported by every generated module.
-IMPORTS = "from dslc.runtime.cpu import conv, gemm, pool, softmax"
+IMPORTS = "from dslc.runtime.cpu import collective, conv, gemm, pool, softmax"
+# Those of them that are plain Python, not Numba kernels: nothing to compile ahead of a step.
+HOST_MODULES = ("collective",)
 
 def has_library(op: str) -> bool:
     return op in CALLS

@@ -39,7 +39,7 @@ from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
 from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
-MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
+MODULE_GLOBALS = ("math", "np", "njit", "prange", "collective", "conv", "gemm", "pool", "softmax", "step", "prologue",
                   "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
 # Fixed names of the loop nests' indices and accumulators: never a buffer's name.
 LOOP_NAMES = ("i", "j", "n", "c", "p", "x", "lo", "hi", "cc", "acc", "slots") + tuple(f"i{a}" for a in range(8))
@@ -230,6 +230,8 @@ def driver_calls(gen: Generator) -> list[tuple[tuple[str, str], tuple]]:
                 continue
             else:
                 call = ast.parse(line).body[0].value
+                if call.func.value.id in externs.HOST_MODULES:
+                    continue
                 where, args = (f"dslc.runtime.cpu.{call.func.value.id}", call.func.attr), call.args
             types = tuple(arrays[a.id] if isinstance(a, ast.Name) else type(ast.literal_eval(a)).__name__ for a in args)
             out.setdefault((where, types), None)

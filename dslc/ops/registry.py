@@ -139,8 +139,8 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 # Categories of ops the compiler emits itself (gradients, optimizer updates, fused
-# kernels, graph sources): a program may not call them and `dslc ops` does not list them.
-INTERNAL = ("source", "derivative", "optimizer", "kernel")
+# kernels, graph sources, a data-parallel step's collectives): a program may not call them and `dslc ops` does not list them.
+INTERNAL = ("source", "derivative", "optimizer", "kernel", "collective")
 
 
 def register(op: OpDef) -> OpDef:
@@ -169,7 +169,8 @@ def epilogue_host(name: str) -> bool:
 def _load() -> None:
     # The families register themselves on import; importing here keeps callers
     # free of import-order concerns without any import-time magic elsewhere.
-    from dslc.ops import conv, dropout, elementwise, fused, linalg, loss, norm, optim, reduce, shape, source  # noqa: F401
+    from dslc.ops import (collective, conv, dropout, elementwise, fused, linalg, loss, norm, optim, reduce,  # noqa: F401
+                          shape, source)
 
 
 # ---- helpers shared by shape rules ---------------------------------------------------

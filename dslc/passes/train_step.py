@@ -52,6 +52,7 @@ from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Init, Output
 from dslc.ir.types import scalar
 from dslc.passes.autodiff import GradBuilder, differentiate, trainable_params
+from dslc.passes.data_parallel import DataParallel, average, synchronise_batchnorm
 from dslc.passes.dce import prune
 from dslc.passes.train_mode import lower
 
@@ -141,19 +142,26 @@ SCHEMA = family(
 
 
 def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[str] = (),
-               clip: float | None = None) -> Graph:
+               clip: float | None = None, parallel: DataParallel | None = None) -> Graph:
     """The graph of one training step of the typed graph `graph` (stage "train_step");
-    `clip` is the max_norm of global-norm gradient clipping (None: no clipping)."""
+    `clip` is the max_norm of global-norm gradient clipping (None: no clipping); `parallel`
+    makes it one rank's step of a data-parallel run (data_parallel.py: gradients, loss,
+    metrics and batchnorm statistics averaged over the ranks)."""
     opt, frozen = Optimizer.of(optimizer), set(frozen)
     _check(graph, frozen)
     keep = [n.name for n in graph if _frozen_with_statistics(graph, n, frozen)]
-    back = differentiate(lower(graph, keep), [p.name for p in trainable_params(graph) if p.name not in frozen])
+    lowered = lower(graph, keep)
+    if parallel is not None and parallel.sync_batchnorm:
+        lowered = synchronise_batchnorm(lowered)
+    back = differentiate(lowered, [p.name for p in trainable_params(graph) if p.name not in frozen])
     b = GraphBuilder(back.nodes)
     dtype = back[back.loss].type.dtype
     lr = b.source(LR, "input", scalar(dtype))
     step = b.source(STEP, "input", scalar(dtype)) if opt.needs_step else None
     outputs = [o for o in back.outputs if o.kind in ("loss", "metric", "state")]
     grads = back.outputs_of("grad")
+    if parallel is not None:
+        outputs, grads = average(b, outputs, grads, parallel.sync_batchnorm)
     scale = _clip_scale(b, [g.value for g in grads], clip, dtype) if clip and grads else None
     for grad in grads:
         w = back[grad.name]

@@ -40,6 +40,9 @@ arguments (`schedule = constant`); `key = none` turns an optional setting off.
     freeze     [globs] of parameters (or layers: a glob may match any dotted prefix)    []
     seed       int in [0, 2**32 - 1]                                                     0
     device     cpu | gpu | auto (the cpu until the current CUDA path passes on a GPU)     auto
+    ranks      int > 0: data-parallel processes, started with mpiexec (runtime/mpi.py) when
+               dslc is not under a launcher already; none: as many as the launcher started   none
+    sync_batchnorm  true: batchnorm's batch statistics over all ranks' examples    false
 
 Diagnostics (E05xx):
     E0501 unknown setting            E0507 a required setting is missing (data; epochs or steps)
@@ -69,9 +72,9 @@ from typing import Any, Callable
 from dslc.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 from dslc.frontend import ast
 from dslc.frontend.recipe_search import Dimension, check_space
-from dslc.frontend.recipe_values import (BELOW_ONE, FRACTION, INT_POS, NONNEG, NONNEG_NUM, POS, REQUIRED, TEXT, Arg,
-                                         Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr, family,
-                                         when)
+from dslc.frontend.recipe_values import (BELOW_ONE, FLAG, FRACTION, INT_POS, NONNEG, NONNEG_NUM, POS, REQUIRED, TEXT,
+                                         Arg, Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr,
+                                         family, when)
 from dslc.passes.train_step import SCHEMA as OPTIMIZERS
 from dslc.runtime.data.augment import SCHEMA as AUGMENTATIONS
 from dslc.runtime.data.datasets import SCHEMA as DATASETS
@@ -179,6 +182,8 @@ KEYS = {k.name: k for k in (
     Key("freeze", ListOf(TEXT), (), "globs of parameters kept fixed"),
     Key("seed", Num(True, Range(0, 2**32 - 1)), 0, "seed of initialisation, shuffling and augmentation"),
     Key("device", Word(("cpu", "gpu", "auto")), "auto", "where to train"),
+    Key("ranks", INT_POS, None, "data-parallel processes (MPI ranks); none: the launcher's", True),
+    Key("sync_batchnorm", FLAG, False, "batchnorm statistics over the examples of every rank"),
 )}
 
 

@@ -20,7 +20,7 @@ import time
 
 
 class Profile:
-    def __init__(self, driver):
+    def __init__(self, driver, group=None):
         fn = ast.parse(textwrap.dedent(inspect.getsource(driver))).body[0]
         self.params = [a.arg for a in fn.args.args]
         self.globals = driver.__globals__
@@ -32,6 +32,7 @@ class Profile:
                 self.calls.append((label, code))
         self.seconds = [0.0] * len(self.calls)
         self.runs = 0
+        self.group = group  # the ranks of a step with collective ops (dslc/collective.py)
 
     def __call__(self, *args) -> None:
         scope = dict(zip(self.params, args))
@@ -49,6 +50,9 @@ class Profile:
         for i in sorted(range(len(self.calls)), key=lambda i: -self.seconds[i]):
             lines.append(f"  {self.seconds[i] / runs * 1e3:8.3f} ms  {self.seconds[i] / total:6.1%}  "
                          f"{self.calls[i][0]}")
+        if self.group is not None:
+            size = self.group.size
+            lines.append(f"  allreduce over {size} rank{'s' * (size != 1)}: {self.group.traffic.per_step()}")
         return "\n".join(lines)
 
     def report(self, title: str = "") -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from dslc.codegen import cache, externs, shared
+from dslc.collective import current
 from dslc.codegen.emit import host_of
 from dslc.codegen.numba_cpu import Generator, generate_with
 from dslc.debug import debug_level
@@ -42,6 +43,7 @@ from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.build import Report, build
+from dslc.runtime.cpu.collective import COLLECTIVES, check_buckets
 from dslc.runtime.cpu.profile import Profile
 from dslc.runtime.executor import arena_roles
 
@@ -77,7 +79,8 @@ class CompiledGraph:
         self.fallbacks = tuple(module.FALLBACK)
         self._step = module.step
         if debug_level() >= 2:  # time every kernel; the table is printed when the process exits
-            self._step = Profile(module.step)
+            collectives = any(k.kind == "extern" and k.op in COLLECTIVES for k in kg.kernels)
+            self._step = Profile(module.step, current() if collectives else None)
             atexit.register(self._step.report, f"of {kg.name} ({kg.stage}, {dict(memory.batch)})")
         self._prologue_done = False
 
@@ -181,6 +184,7 @@ def load_kernels(kg: KernelGraph, generated=None, quiet: bool = False) -> Loaded
     kernel bound to its shared compiled copy, and compile the kernels missing from the caches
     (runtime/cpu/build.py; progress on stderr unless `quiet`): what a step needs before any
     arena exists."""
+    check_buckets(kg)
     gen, source = generated or generate_with(kg)
     module, path = cache.load(kg, source)
     for name, unit in gen.units.items():  # each kernel runs as the shared copy of its text

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS
 from dslc.ops.conv import window
 from dslc.codegen.cuda_library import SINGLE_BLOCK, function_name
+from dslc.runtime.cuda import nccl
 
 TARGET_COLUMNS = 1 << 16
 
@@ -224,6 +225,13 @@ class Library:
 
     def _accuracy(self, node, ins, out, attrs):
         return self._labelled("accuracy", ins, out)
+
+    # ---- a data-parallel step's collectives (NCCL) -------------------------------------
+    def _allreduce_mean(self, node, ins, out, attrs):
+        return lambda: nccl.allreduce_mean(self.cp, ins[0], out)
+
+    def _global_count(self, node, ins, out, attrs):
+        return lambda: nccl.global_count(self.cp, ins[0], out, attrs["axis"])
 
 
 def _dtype(array) -> str:

@@ -7,6 +7,13 @@ from the generator's state at the start of an epoch plus the number of batches a
 taken, which is all `state()` saves: `restore()` then reproduces the same examples in
 the same order with the same augmentations, even from the middle of an epoch.
 
+A data-parallel run (runtime/ranks.py) gives each rank `shard=(rank, ranks)`: every rank
+draws the same global order from the same seed and keeps its slice of each batch (the
+batch's sorted indices cut into `ranks` nearly equal runs), so the data order is the
+same for any number of ranks and a run resumes with another number. A rank's slice is
+augmented with default_rng([that seed, i, rank, ranks]): the same distribution as one
+process's draws, not the same draws.
+
 The producer thread fills a bounded queue (`prefetch` batches ahead; NumPy releases the
 GIL in its array loops, so gathering and augmenting overlap the training step). An
 exception in it is re-raised in the consumer; leaving the loop early stops the thread.
@@ -38,7 +45,7 @@ class Batches:
 
     def __init__(self, dataset: Dataset, batch: int, *, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, augment: Callable | None = None,
-                 transform: Callable | None = None, prefetch: int = 2):
+                 transform: Callable | None = None, prefetch: int = 2, shard: tuple[int, int] = (0, 1)):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if drop_last and batch > len(dataset):
@@ -46,6 +53,7 @@ class Batches:
                              "an epoch would be empty")
         self.dataset, self.batch, self.shuffle, self.drop_last = dataset, batch, shuffle, drop_last
         self.augment, self.transform, self.prefetch = augment, transform, prefetch
+        self.rank, self.ranks = shard
         self.rng = np.random.default_rng(seed)
         self.epoch, self.position = 0, 0  # completed epochs; batches taken of the current one
         self._epoch_start = self.rng.bit_generator.state
@@ -54,6 +62,10 @@ class Batches:
         """Batches per epoch."""
         n = len(self.dataset)
         return n // self.batch if self.drop_last else math.ceil(n / self.batch)
+
+    def total(self, i: int) -> int:
+        """Examples in batch i of an epoch, over all ranks."""
+        return min(self.batch, len(self.dataset) - i * self.batch)
 
     def state(self) -> dict:
         """The position in the data stream, JSON-able: save it with a checkpoint."""
@@ -86,8 +98,12 @@ class Batches:
     def _make(self, indices: np.ndarray, augment_seed: int, i: int) -> Batch:
         # sorted gathers read memory in order; the order inside a batch does not matter
         indices = np.sort(indices)
+        seed = [augment_seed, i]
+        if self.ranks > 1:
+            indices = np.array_split(indices, self.ranks)[self.rank]
+            seed += [self.rank, self.ranks]
         x, y = self.dataset.x[indices], self.dataset.y[indices]
-        batch = self.augment(x, y, np.random.default_rng([augment_seed, i])) if self.augment else Batch(x, y)
+        batch = self.augment(x, y, np.random.default_rng(seed)) if self.augment else Batch(x, y)
         return batch._replace(x=self.transform(batch.x)) if self.transform else batch
 
 
