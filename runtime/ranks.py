@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
-from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from dslc.collective import Group, using
 from dslc.diagnostics import UsageError
 from dslc.runtime.errors import Interrupted, RankStopped
+from dslc.runtime.runs import RunPaths
 
 T = TypeVar("T")
 
@@ -105,20 +105,9 @@ class _Steps:
         return []
 
 
-class Follower:
+class Follower(RunPaths):
     """What a rank other than 0 holds in place of its run directory (runs.Run): the same
     paths, for messages, and nothing written."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best"
 
     def steps(self, per_epoch: int) -> _Steps:
         return _Steps()

@@ -189,8 +189,9 @@ def _ends_a_line(file: Path) -> bool:
         raise RunError(f"cannot read {file}: {reason(e)}") from None
 
 
-class Run:
-    """A run directory: its config, per-epoch metrics and checkpoint locations."""
+class RunPaths:
+    """Where a run directory keeps its checkpoints: what every rank of a data-parallel run
+    knows of it (runtime/ranks.py's Follower), whether or not it writes there."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -202,6 +203,10 @@ class Run:
     @property
     def best(self) -> Path:
         return self.path / "best"
+
+
+class Run(RunPaths):
+    """A run directory: its config, per-epoch metrics and checkpoint locations."""
 
     @classmethod
     def create(cls, path, config: Mapping, overwrite: bool = False) -> "Run":

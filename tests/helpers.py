@@ -223,3 +223,33 @@ def on_threads(groups, work) -> list:
     if errors:
         raise errors[0]
     return results
+
+
+# A digits MLP with a search block; {space} is its search space (a str.format template).
+SEARCH_MLP = """
+model mlp(hidden: int = 16, classes: int = 10) {{
+    input image : f32[N, 64]
+    input label : i64[N]
+    fc1: h = image |> linear(hidden) |> relu
+    fc2: logits = h |> linear(classes)
+    metric accuracy(logits, label)
+    loss cross_entropy(logits, label)
+}}
+
+train mlp {{
+    data = digits()
+    split = validation(0.1, test=0.2, seed=0)
+    epochs = 2
+    optimizer = adam(lr=3e-3)
+    search {{
+        {space}
+    }}
+}}
+"""
+
+
+def search_net(folder: Path, space: str) -> Path:
+    """SEARCH_MLP with `space` as its search block, written to folder/m.net."""
+    path = folder / "m.net"
+    path.write_text(SEARCH_MLP.format(space=space))
+    return path

@@ -194,8 +194,9 @@ def test_ops_table_lists_language_ops_by_category(capsys):
     code, out, _ = run(capsys, "ops")
     assert code == 0
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
-    internal = {"source", "derivative", "optimizer", "kernel"}  # emitted by the compiler, not written in models
-    assert listed == {n for n, op in registry.all_ops().items() if op.category not in internal}
+    # registry.INTERNAL: emitted by the compiler, not written in models
+    assert listed == {n for n, op in registry.all_ops().items() if op.category not in registry.INTERNAL}
+    assert "allreduce_mean" not in listed and "conv2d" in listed
     assert out.splitlines()[0] == "layer" and "  relu" in out
 
 

@@ -7,31 +7,11 @@ import json
 
 import pytest
 
-from helpers import run_cli as run
+from helpers import run_cli as run, search_net
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-NET = """
-model mlp(hidden: int = 16, classes: int = 10) {
-    input image : f32[N, 64]
-    input label : i64[N]
-    fc1: h = image |> linear(hidden) |> relu
-    fc2: logits = h |> linear(classes)
-    metric accuracy(logits, label)
-    loss cross_entropy(logits, label)
-}
-
-train mlp {
-    data = digits()
-    split = validation(0.1, test=0.2, seed=0)
-    epochs = 2
-    optimizer = adam(lr=3e-3)
-    search {
-        lr = loguniform(1e-3, 1e-1)
-        hidden = choice(8, 16)
-    }
-}
-"""
+SPACE = "lr = loguniform(1e-3, 1e-1)\n        hidden = choice(8, 16)"
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +26,7 @@ def _table(report: dict) -> list[tuple]:
 
 
 def test_ray_tasks_give_the_table_of_local_processes(tmp_path, capsys, local_ray):
-    net = tmp_path / "m.net"
-    net.write_text(NET)
+    net = search_net(tmp_path, SPACE)
     common = ("search", net, "--trials", "3", "--seed", "5", "--device", "reference", "--json")
     code, out, err = run(capsys, *common, "--out", tmp_path / "local", "--jobs", "2")
     assert code == 0, err
@@ -63,7 +42,6 @@ def test_ray_tasks_give_the_table_of_local_processes(tmp_path, capsys, local_ray
 
 
 def test_an_address_needs_the_ray_engine(tmp_path, capsys):
-    net = tmp_path / "m.net"
-    net.write_text(NET)
+    net = search_net(tmp_path, SPACE)
     code, _, err = run(capsys, "search", net, "--address", "ray://nowhere:10001")
     assert code == 2 and "--address names a Ray cluster; it goes with --engine ray" in err

@@ -20,36 +20,10 @@ from dslc.frontend.recipe_search import Dimension
 from dslc.runtime import sampling
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
-from helpers import MODELS, run_cli as run
+from helpers import MODELS, SEARCH_MLP, run_cli as run, search_net
 
-MLP = """
-model mlp(hidden: int = 16, classes: int = 10) {{
-    input image : f32[N, 64]
-    input label : i64[N]
-    fc1: h = image |> linear(hidden) |> relu
-    fc2: logits = h |> linear(classes)
-    metric accuracy(logits, label)
-    loss cross_entropy(logits, label)
-}}
-
-train mlp {{
-    data = digits()
-    split = validation(0.1, test=0.2, seed=0)
-    epochs = 2
-    optimizer = adam(lr=3e-3)
-    search {{
-        {space}
-    }}
-}}
-"""
 SPACE = "lr = loguniform(1e-3, 1e-1)\n        batch = choice(32, 64)"
 REF = ("--device", "reference")  # trials on the NumPy interpreter: nothing to compile, quick to start
-
-
-def write(tmp_path, space=SPACE, name="m.net"):
-    path = tmp_path / name
-    path.write_text(MLP.format(space=space))
-    return path
 
 
 # ---- the space ------------------------------------------------------------------------------
@@ -73,14 +47,14 @@ def test_the_shipped_digits_mlp_carries_a_log_rate_and_a_width():
 ])
 def test_search_block_mistakes_are_located(tmp_path, space, code, line, message):
     with pytest.raises(CompileError) as err:
-        dslc.load(write(tmp_path, space))
+        dslc.load(search_net(tmp_path, space))
     d = err.value.diagnostics[0]
     assert (d.code, d.span.line) == (code, line) and message in f"{d.message} {d.hint}", d.message
 
 
 def test_a_block_of_another_name_and_search_as_an_ordinary_name(tmp_path, net):
     path = tmp_path / "x.net"
-    path.write_text(MLP.format(space=SPACE).replace("search {", "serch {"))
+    path.write_text(SEARCH_MLP.format(space=SPACE).replace("search {", "serch {"))
     with pytest.raises(CompileError, match="unknown block 'serch' in a train block"):
         dslc.load(path)
     # `search` is no keyword: models may still use it as a name
@@ -88,7 +62,7 @@ def test_a_block_of_another_name_and_search_as_an_ordinary_name(tmp_path, net):
 
 
 def test_space_on_the_command_line(tmp_path, capsys):
-    path = write(tmp_path)
+    path = search_net(tmp_path, SPACE)
     code, _, err = run(capsys, "search", path, "--space", "hidden=uniform(8, 16)", "--out", tmp_path / "s")
     assert code == 2 and "--space hidden=uniform(8, 16): hidden is an integer" in err
     code, _, err = run(capsys, "search", path, "--space", "lr", "--out", tmp_path / "s")
@@ -96,7 +70,7 @@ def test_space_on_the_command_line(tmp_path, capsys):
     code, _, err = run(capsys, "search", path, "--grid", "--trials", "3")
     assert code == 2 and "--trials cannot go with it" in err
     bare = tmp_path / "bare.net"
-    bare.write_text(MLP.format(space="").replace("search {\n        \n    }", ""))
+    bare.write_text(SEARCH_MLP.format(space="").replace("search {\n        \n    }", ""))
     code, _, err = run(capsys, "search", bare, "--out", tmp_path / "s")
     assert code == 2 and "has no search block" in err
 
@@ -129,7 +103,7 @@ def test_grid_and_refine():
 # ---- whole searches -------------------------------------------------------------------------
 
 def test_search_trains_trials_in_parallel_and_ranks_them_on_validation(tmp_path, capsys):
-    path = write(tmp_path)
+    path = search_net(tmp_path, SPACE)
     out = tmp_path / "s"
     code, stdout, stderr = run(capsys, "search", path, "--trials", "3", "--jobs", "2", "--refine", "1", "--out", out,
                                "--json", *REF)
@@ -161,7 +135,7 @@ def test_search_trains_trials_in_parallel_and_ranks_them_on_validation(tmp_path,
 
 
 def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
-    path = write(tmp_path, "lr = loguniform(1e-3, 1e-1)")
+    path = search_net(tmp_path, "lr = loguniform(1e-3, 1e-1)")
     out = tmp_path / "s"
     argv = [sys.executable, "-m", "dslc.cli", "search", str(path), "--trials", "4", "--jobs", "1", "--epochs", "2",
             "--out", str(out), *REF]
