@@ -28,6 +28,8 @@ and drops the package's cached kernels when any file changed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
 from pathlib import Path
 
 import numba
@@ -154,6 +156,25 @@ def _drop_stale_cache() -> None:
         pass
 
 
+def _load_cython_blas() -> None:
+    """Load scipy.linalg.cython_blas, the module whose sgemm/dgemm Numba calls, without
+    running scipy.linalg's __init__, which imports all of SciPy's linear algebra (0.3 s, a
+    quarter of a warm `dslc train` start) for two function pointers. Numba (and a later
+    `import scipy.linalg`) finds the module by its name in sys.modules. Where SciPy lays
+    its files out otherwise, the ordinary import."""
+    if "scipy.linalg.cython_blas" in sys.modules:
+        return
+    scipy = importlib.util.find_spec("scipy")
+    found = sorted(Path(scipy.origin).parent.joinpath("linalg").glob("cython_blas.*.so")) if scipy and scipy.origin else []
+    spec = importlib.util.spec_from_file_location("scipy.linalg.cython_blas", found[0]) if found else None
+    if spec is None or spec.loader is None:
+        import scipy.linalg.cython_blas  # noqa: F401
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module
+
+
 def use_one_blas_thread() -> int:
     """Make every OpenBLAS loaded in the process single-threaded; how many were found.
 
@@ -163,7 +184,7 @@ def use_one_blas_thread() -> int:
     name is not enough: threadpoolctl finds them all. MKL or an OpenMP runtime another
     package brought (PyTorch's, in the benchmark) is left alone.
     """
-    import scipy.linalg.cython_blas  # noqa: F401  (loaded, so threadpoolctl sees its OpenBLAS)
+    _load_cython_blas()  # loaded, so threadpoolctl sees its OpenBLAS
     from threadpoolctl import ThreadpoolController
     blas = ThreadpoolController().select(internal_api="openblas")
     blas.limit(limits=1)
