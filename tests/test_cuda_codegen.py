@@ -142,8 +142,8 @@ def test_sizes_are_arguments_so_one_module_serves_every_width_and_batch():
     m = module("small_cnn.net")
     assert m.source == module("small_cnn.net", width=40, hidden=96).source
     sweep = m.source[m.source.index("void k_stage1_conv_bn_relu_sweep("):]
-    assert sweep.index("const float* stage1_conv_bn_relu_conv2d,") < sweep.index(
-        "const long long stage1_conv_bn_relu_conv2d_s3,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma")
+    assert sweep.index("const float* stage1_conv_bn_relu_conv2d_,") < sweep.index(
+        "const long long stage1_conv_bn_relu_conv2d_s3_,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma_")
     launch = next(la for la in m.launches if la.function == "k_fc_relu")
     assert launch.args == ("fc.linear", "fc.relu") and launch.axes == ((), (0, 1))  # the count it loops over
     views = {"fc.linear": np.zeros((64, 96), np.float32), "fc.relu": np.zeros((64, 96), np.float32)}

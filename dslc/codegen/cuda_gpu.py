@@ -40,28 +40,16 @@ from dslc.version import __version__
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 CTYPE = library.CTYPE
-C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "default", "delete", "do", "double",
-           "else", "enum", "extern", "false", "float", "for", "goto", "if", "inline", "int", "long", "new",
-           "operator", "private", "public", "register", "return", "short", "signed", "sizeof", "static",
-           "struct", "switch", "template", "this", "true", "typedef", "typename", "union", "unsigned", "using",
-           "virtual", "void", "volatile", "while", "max", "min", "exp", "log", "sqrt", "erf", "tanh", "pow",
-           "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
 # What a kernel's `extern "C"` line reads until its body is written (Generator.close).
 SIGNATURE = "@signature@"
-# Fixed names the loop emitters use for indices: never a buffer's or local's name.
-LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
-# Names a chain function's locals must not take: the math functions and constants its body calls.
-RESERVED_LOCALS = ("exp", "log", "sqrt", "erf", "tanh", "pow", "fmin", "fmax", "expm1", "fabs", "max", "min",
-                   "SQRT1_2", "INV_SQRT_2PI", "double", "float", "int", "long", "const", "case", "default")
 
 
 def _chain_head(text, params, outs: int, dtype: str):
     """`void chain(p0, ..., r0, ...)`: results stored through r* (typed by the chain's
     dtype: a chain's values share one)."""
     results = [f"r{k}" for k in range(outs)]
-    head = text.wrapped("__device__ __forceinline__ void chain(",
+    return text.wrapped("__device__ __forceinline__ void chain(",
                         [f"double {p}" for p in params] + [f"{CTYPE[dtype]}* {r}" for r in results], ")")
-    return head, results + list(RESERVED_LOCALS)
 
 
 def _chain_results(values, dtype: str) -> list[str]:
@@ -128,7 +116,7 @@ class CudaModule:
 
 class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
+        super().__init__(kg, CUDA)
         # Every buffer's dimensions, named before any local: `x_s0`, `x_s1`, ...
         self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
         self.used: set[tuple[str, int]] = set()  # the dimensions the kernel being written reads

@@ -68,12 +68,13 @@ class Lang:
 
 class Emitter:
     """Stable names for one kernel graph's module: kernels `k_<layer>`, buffers after their
-    graph names, locals clear of both (see source.Namer)."""
+    graph names and locals after their layers, all ending in `_`, so that no model's name
+    can meet a word the loop emitters write (source.Namer's mangling scheme)."""
 
-    def __init__(self, kg: KernelGraph, lang: Lang, reserved):
+    def __init__(self, kg: KernelGraph, lang: Lang):
         self.kg, self.lang = kg, lang
-        self.names = Namer(reserved=reserved)
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
+        self.names = Namer()
+        self.kernel_names = {k.name: self.names.kernel(k.name) for k in kg.kernels if k.kind != "view"}
         self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
 
     def arg(self, buffer: str) -> str:
@@ -87,7 +88,7 @@ class Emitter:
 
     def local_names(self) -> Namer:
         """Names for a kernel's locals: clear of every global and of its parameters."""
-        return Namer(reserved=set(self.names.taken))
+        return self.names.scope()
 
 
 def host_of(body):

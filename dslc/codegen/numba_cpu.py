@@ -39,17 +39,13 @@ from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
 from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
-MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "pool", "softmax", "step", "prologue",
-                  "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
-# Fixed names of the loop nests' indices and accumulators: never a buffer's name.
-LOOP_NAMES = ("i", "j", "n", "c", "p", "x", "lo", "hi", "cc", "acc", "slots") + tuple(f"i{a}" for a in range(8))
 # How a kernel may see a buffer (the name suffix of its argument): as it is, flat (every
 # element in order), or as [N, C, S] / [N, C] around its channel axis 1.
 VIEWS = {"": "", "flat": "f", "ncs": "3", "nc": "2"}
 
 
 def _chain_head(text, params, outs: int, dtype: str):
-    return f"def chain({', '.join(params)}):", ["math", "max", "min"]
+    return f"def chain({', '.join(params)}):"
 
 
 def _chain_results(values, dtype: str) -> list[str]:
@@ -71,7 +67,7 @@ EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "e
 
 class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        super().__init__(kg, PYTHON, MODULE_GLOBALS + LOOP_NAMES)
+        super().__init__(kg, PYTHON)
         self.views: dict[tuple[str, str], str] = {(b.name, ""): self.arg(b.name) for b in kg.buffers}
         self.calls: dict[str, list] = {}  # kernel -> the driver's lines running it (str, or (function, args))
         self.units: dict[str, str] = {}  # kernel function -> its text, with the chain functions it calls
