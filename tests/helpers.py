@@ -37,6 +37,8 @@ def draw(t: TensorType, domain: str, rng: np.random.Generator, classes: int) -> 
         return rng.integers(0, classes, shape).astype(NUMPY_DTYPE[t.dtype])
     if domain == "positive":
         x = rng.uniform(0.5, 2.0, shape)
+    elif domain == "probability":
+        x = rng.uniform(0.05, 0.95, shape)
     elif domain == "kinks":
         x = rng.standard_normal(shape)
         x = x + np.where(x >= 0, 0.1, -0.1)  # |x| >= 0.1: finite differences never cross a kink

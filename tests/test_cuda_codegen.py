@@ -35,6 +35,7 @@ from dslc.cli import main
 from dslc.codegen import cuda_library as library
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, generate
 from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
+from dslc.ir.builder import complete_attrs
 from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
@@ -64,8 +65,11 @@ def test_every_elementwise_and_optimizer_op_has_both_expressions():
 
 
 def _attr_sets(op):
+    """The defaults, and the attributes of each of the op's samples (clip's optional bounds)."""
     base = {a.name: a.default for a in op.attrs if isinstance(a.default, (int, float, bool))}
-    return [base] + ([dict(base, square=not base["square"])] if "square" in base else [])
+    sets = [base] + ([dict(base, square=not base["square"])] if "square" in base else [])
+    sets += [dict(complete_attrs(op, s.attrs)) for s in op.samples if s.attrs]
+    return [attrs for attrs in sets if all(a.name in attrs for a in op.attrs)]
 
 
 # Points on both sides of zero (the kinks), and positive ones for sqrt/div domains.
@@ -94,7 +98,7 @@ def test_cuda_expressions_compute_what_the_cpu_expressions_do(tmp_path):
     CPU expression evaluated by Python at the same points."""
     cases = []
     for name, attrs, args in _cases():
-        env = {"math": math, "max": max, "min": min, **{k: float(v) for k, v in CONSTANTS.items()}}
+        env = {"math": math, "np": np, "max": max, "min": min, **{k: float(v) for k, v in CONSTANTS.items()}}
         operands = [f"a{j}" for j in range(len(args))]
         try:
             want = eval(expression(name, operands, attrs), env, dict(zip(operands, args)))

@@ -195,7 +195,8 @@ def generate(kg: KernelGraph) -> CudaModule:
 
 
 # What each generated form of kernel is written by (emit.form).
-EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "elementwise": cuda_loops.elementwise,
+EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "pointwise": cuda_loops.pointwise,
+        "elementwise": cuda_loops.elementwise,
         "epilogue": cuda_loops.elementwise, "reduce": cuda_loops.reduce, "update": cuda_loops.update,
         "sweep": cuda_loops.sweep}
 
@@ -214,7 +215,7 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     numel = lambda name: tuple((name, a) for a in range(len(gen.kg.buffer(name).shape)))
     generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)),
                                     gen.axes(k), **kw)
-    if how == "regulariser":
+    if how in ("regulariser", "pointwise"):  # one block
         return generated(per_block=True)
     if how == "reduce":  # one block per output element
         return generated(work=(numel(k.outputs[0]),), per_block=True)

@@ -60,7 +60,8 @@ PYTHON = Lang(target="cpu", c=False, let="{name} = {value}", store="{at} = {valu
 
 # What each generated form of kernel is written by (emit.form); library calls and
 # fallbacks are lines of the drivers, not functions.
-EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "elementwise": numba_loops.elementwise,
+EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "pointwise": numba_loops.pointwise,
+        "elementwise": numba_loops.elementwise,
         "epilogue": numba_loops.elementwise, "reduce": numba_loops.reduce, "update": numba_loops.update,
         "sweep": numba_sweep.sweep}
 
