@@ -58,13 +58,16 @@ def feeds_for(types, domain, seed=0) -> list[np.ndarray]:
 
 
 def op_graph(name, sample):
-    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it."""
+    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it
+    (an op with an integer result is the graph's output)."""
     op = OPS[name]
     types = typed(sample, "f32")
     attrs = dict(complete_attrs(op, sample.attrs))
     b = GraphBuilder()
     xs = [b.source(f"x{k}", "input", t) for k, t in enumerate(types)]
     out = b.add(name, xs, attrs)
+    if not b.type_of(out).is_float:  # an index (argmax): compared as an output, not differentiated
+        return b.graph(f"op_{name}", [Output("output", "out", out)], "typed"), types, sample.domain
     loss = out
     if b.type_of(out).rank:
         loss = b.add("sum", [b.add("mul", [out, b.source("r", "input", b.type_of(out))])])
@@ -73,7 +76,41 @@ def op_graph(name, sample):
     return (differentiate(graph, wrt) if op.grad and wrt else graph), types, sample.domain
 
 
+def samples_graph(samples, name: str = "samples"):
+    """Many op samples as one graph (each as op_graph makes it, its names prefixed `s<k>.`,
+    the losses summed, every float input differentiated): one module to compile for all of
+    them. (graph, feeds drawn from each sample's domain)."""
+    b = GraphBuilder()
+    feeds, terms, outputs, wrt = {}, [], [], []
+    for j, (op_name, _, sample) in enumerate(samples):
+        op, types = OPS[op_name], typed(sample, "f32")
+        xs = [b.source(f"s{j}.x{i}", "input", t) for i, t in enumerate(types)]
+        feeds.update(zip(xs, feeds_for(types, sample.domain, seed=j)))
+        out = b.add(op_name, xs, dict(complete_attrs(op, sample.attrs)), name=f"s{j}.{op_name}")
+        if not b.type_of(out).is_float:
+            outputs.append(Output("output", out, out))
+            continue
+        wrt += [x for i, x in enumerate(xs) if op.grad and i not in op.integer_inputs and types[i].is_float]
+        if b.type_of(out).rank:
+            r = b.source(f"s{j}.r", "input", b.type_of(out))
+            feeds[r] = np.random.default_rng(j).standard_normal(b.type_of(out).bind({})).astype(np.float32)
+            out = b.add("sum", [b.add("mul", [out, r])])
+        terms.append(out)
+    loss = terms[0]
+    for t in terms[1:]:
+        loss = b.add("add", [loss, t])
+    graph = b.graph(name, outputs + [Output("loss", "loss", loss)], "typed")
+    return differentiate(graph, wrt), feeds
+
+
 # ---- compiled backends against the reference (test_numba_backend, test_gpu, test_no_alloc) ----
+
+# Ops that neither backend generates or has a library kernel for yet: a kernel holding one
+# runs the NumPy references on the host (it allocates). Every other op's samples must lower
+# to real kernels on both (test_numba_backend, test_cuda_codegen): this list only shrinks.
+HOST_FALLBACKS = {"batchnorm_grad_gamma", "batchnorm_grad_x", "concat", "dropout", "groupnorm", "groupnorm_grad_gamma",
+                  "groupnorm_grad_input", "instancenorm", "layernorm", "maxout", "maxout_grad", "pad", "slice",
+                  "slice_grad", "stochastic_depth", "svm", "svm_grad", "transpose", "var_grad", "zeros_like"}
 
 TOL = 1e-4
 SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
@@ -226,11 +263,11 @@ def _host_value(kernel, values):
     return registry.get(host.op).reference(*ins, **host.attr_dict)
 
 
-def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = True) -> int:
+def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = True, feeds=None) -> int:
     """Generate `graph`'s CUDA module, compile it as host C++ and run each generated kernel
     (and, with `library`, each library launch through runtime/cuda/ops.py) on the NumPy
-    reference's values of its inputs, comparing its outputs with the reference's within
-    1e-4 of their largest magnitude; the number of kernels checked."""
+    reference's values of its inputs (for `feeds`, else random ones), comparing its outputs
+    with the reference's within 1e-4 of their largest magnitude; the number of kernels checked."""
     from dslc import reference
     from dslc.codegen.cuda_gpu import generate
     from dslc.kernels import lower
@@ -239,9 +276,9 @@ def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = Tr
     kg = lower(graph)
     module = generate(kg)
     lib = compile_host(module.source, tmp_path)
-    feeds, params, randoms = arrays(graph, batch=batch)
-    values = reference.evaluate(graph, feeds, params, randoms=randoms)
-    sizes = reference.bind_inputs(graph, feeds)
+    drawn, params, randoms = arrays(graph, batch=batch)
+    values = reference.evaluate(graph, drawn if feeds is None else feeds, params, randoms=randoms)
+    sizes = reference.bind_inputs(graph, drawn if feeds is None else feeds)
     bound = lambda b: np.asarray(values[b], NUMPY_DTYPE[kg.buffer(b).dtype]).reshape(kg.buffer(b).type.bind(sizes))
     checked = 0
     for launch in module.launches:

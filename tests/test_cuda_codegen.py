@@ -41,7 +41,7 @@ from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.runtime.host import to_host
 from dslc.stages import build
-from helpers import MODELS
+from helpers import HOST_FALLBACKS, MODELS, SAMPLES, op_graph
 
 NVCC = shutil.which("nvcc")
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -165,6 +165,20 @@ def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
     assert fallbacks <= {"slice", "slice_grad", "pad", "svm", "svm_grad"}, fallbacks
 
 
+def test_every_op_sample_is_a_kernel_unless_a_known_host_fallback():
+    """Each op's samples (with their gradients) generate CUDA kernels or library launches;
+    only the ops of helpers.HOST_FALLBACKS may run on the host."""
+    fell = {}
+    for name, k, sample in SAMPLES:
+        if name == "dropconnect":  # its mask is drawn per step: no op_graph of its own
+            continue
+        m = generate(lower(optimize(op_graph(name, sample)[0])[0]))
+        ops = {n.op for p in m.fallbacks for n in m.kernels[p].covers()} - HOST_FALLBACKS
+        if ops:
+            fell[f"{name}-{k}"] = sorted(ops)
+    assert not fell, fell
+
+
 def test_launch_grids_cover_the_work_of_the_bound_sizes():
     views = {"x": np.zeros((64, 100)), "big": np.zeros((64, 10**6 // 64)), "c": np.zeros((8, 16, 3, 3)),
              "w": np.zeros((64, 128)), "b": np.zeros(5)}
@@ -240,8 +254,9 @@ def test_every_model_compiles(model, arch, tmp_path):
 
 @needs_nvcc
 def test_every_library_kernel_compiles_for_both_dtypes(tmp_path):
-    parts = [library.PRELUDE] + [library.source(k, d, label) for k in library.KERNELS for d in ("f32", "f64")
-                                 for label in (("i32", "i64") if k in library.LABELLED else (None,))]
+    parts = [library.PRELUDE] + [library.source(k, None) for k in library.UNTYPED]
+    parts += [library.source(k, d, label) for k in library.KERNELS if k not in library.UNTYPED for d in ("f32", "f64")
+              for label in (("i32", "i64") if k in library.LABELLED else (None,))]
     nvcc({"library": "\n\n".join(parts) + "\n"}, ARCHS[0], tmp_path)
 
 

@@ -19,7 +19,7 @@ import pytest
 import dslc
 from dslc.passes.pipeline import optimize
 from dslc.stages import build
-from helpers import CXX, MODELS, check_cuda_on_host
+from helpers import CXX, MODELS, SAMPLES, check_cuda_on_host, samples_graph
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
 
@@ -34,3 +34,13 @@ CASES = {  # model, sizes other than the file's defaults (the module is the same
 def test_generated_kernels_match_the_reference(name, stage, tmp_path):
     graph = optimize(build(dslc.load(MODELS / f"{name}.net", **CASES[name]), stage))[0]
     assert check_cuda_on_host(graph, tmp_path)
+
+
+def test_library_and_pointwise_kernels_of_every_op_sample_match_the_reference(tmp_path):
+    """Every sample of an op the CUDA module runs as a library kernel (through the runner's
+    ops.py) or as a pointwise loss loop, with its gradient, in one module."""
+    from dslc.codegen.cuda_library import NEEDS
+    from dslc.ops import registry
+    wanted = [s for s in SAMPLES if s[0] in NEEDS or registry.get(s[0]).pointwise is not None]
+    graph, feeds = samples_graph(wanted)
+    assert check_cuda_on_host(optimize(graph)[0], tmp_path, feeds=feeds) >= len(wanted)

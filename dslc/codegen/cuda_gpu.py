@@ -121,7 +121,7 @@ class Generator(Emitter):
         self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
         self.used: set[tuple[str, int]] = set()  # the dimensions the kernel being written reads
         self.segments: dict[str, int] = {}
-        self.library: set[tuple[str, str, str | None]] = set()
+        self.library: set[tuple[str, str | None, str | None]] = set()
 
     def ctype(self, buffer: str) -> str:
         return CTYPE[self.kg.buffer(buffer).dtype]
@@ -158,11 +158,14 @@ class Generator(Emitter):
         src.lines[at] = head + src.lines[at][len(SIGNATURE):]
 
     def need(self, op: str, node) -> None:
-        """Record the library kernels extern `op` uses, for its dtypes."""
-        dtype = self.kg.buffer(node.inputs[0]).dtype
-        labels = [self.kg.buffer(i).dtype for i in node.inputs if self.kg.buffer(i).dtype in ("i32", "i64")]
+        """Record the library kernels extern `op` uses, for its dtypes: scalar_t the first float
+        input's (the output's, for one_hot), label_t the first integer input's."""
+        dtypes = [self.kg.buffer(i).dtype for i in node.inputs]
+        floats = [d for d in dtypes if d in ("f32", "f64")] or [self.kg.buffer(node.name).dtype]
+        labels = [d for d in dtypes if d in ("i32", "i64")]
         for name in library.NEEDS[op]:
-            self.library.add((name, dtype, labels[0] if name in library.LABELLED else None))
+            self.library.add((name, None if name in library.UNTYPED else floats[0],
+                              labels[0] if name in library.LABELLED else None))
 
 
 def generate(kg: KernelGraph) -> CudaModule:
@@ -185,7 +188,7 @@ def generate(kg: KernelGraph) -> CudaModule:
     for name, value in CONSTANTS.items():  # macros: an unused one draws no warning
         src.line(f"#define {name} {value}")
     order = {name: k for k, name in enumerate(library.KERNELS)}
-    for name, dtype, label in sorted(gen.library, key=lambda t: (order[t[0]], t[1], t[2] or "")):
+    for name, dtype, label in sorted(gen.library, key=lambda t: (order[t[0]], t[1] or "", t[2] or "")):
         src.blank()
         src.lines.extend(library.source(name, dtype, label).splitlines())
     src.lines.extend(body.lines)

@@ -147,9 +147,11 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
     if how == "fallback":
         return False
     if how == "library":
-        node = k.nodes[0]
-        gen.call(k, externs.call(node, [gen.arg(b) for b in k.inputs + k.outputs], [gen.bound(i) for i in k.inputs]),
-                 comment=f"{k.name}: {node.op}, {where(node.span)}")
+        node = k.nodes[0]  # its own inputs, in order: a kernel's are listed once each (x @ x reads x twice)
+        lines = externs.call(node, [gen.arg(b) for b in node.inputs + (node.name,)], [gen.bound(i) for i in node.inputs])
+        gen.call(k, lines[0], comment=f"{k.name}: {node.op}, {where(node.span)}")
+        for line in lines[1:]:
+            gen.call(k, line)
     else:
         EMIT[how](gen, src, k)
     return True

@@ -139,7 +139,8 @@ def elementwise(gen, src, kernel) -> None:
     if host is not None:  # the library writes the host's value into the output first
         args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
         shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
-        gen.call(kernel, externs.call(host, args, shapes))
+        for line in externs.call(host, args, shapes):
+            gen.call(kernel, line)
     with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par)):
         loads.start()
         loads.hoist(src)

@@ -65,7 +65,7 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class BinOp:
-    op: str  # add sub mul div matmul
+    op: str  # add sub mul div floor_div pow matmul
     left: "Expr"
     right: "Expr"
     span: Span

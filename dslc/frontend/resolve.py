@@ -379,11 +379,16 @@ class Elaborator(Calls):
                 raise self.error(scope, err.code, err.message, span) from None
         if op == "matmul" and not all(isinstance(v, Tensor) for v in values):
             raise self.error(scope, "E0271", "'@' needs two tensors", span)
+        if op == "matmul" and all(v.type.rank == 3 for v in values):
+            op = "bmm"  # [B, n, k] @ [B, k, m]: one product per leading index
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
-        names = [v.name if isinstance(v, Tensor) else
-                 self.builder.source(self.builder.unique("const"), "const", TensorType(dtype, ()), {"value": float(v)}, span)
-                 for v in values]
+        names = [v.name if isinstance(v, Tensor) else self.constant(v, dtype, span).name for v in values]
         return self.make_node(op, names, {}, span, self.builder.unique(scope.prefix + op), scope)
+
+    def constant(self, value, dtype: str, span: Span) -> Tensor:
+        """A number as a scalar constant of `dtype`: `x * 0.5`, `maximum(x, 0)`."""
+        t = TensorType(dtype, ())
+        return Tensor(self.builder.source(self.builder.unique("const"), "const", t, {"value": float(value)}, span), t)
 
     def make_node(self, op: str, inputs: list[str], attrs: dict, span: Span, name: str, scope: Scope) -> Tensor:
         """Append a node named `name` (already unique); a shape error becomes a diagnostic."""

@@ -144,6 +144,12 @@ class ToAst(Transformer_NonRecursive):
     def matmul(self, meta, left, right):
         return ast.BinOp("matmul", left, right, self._span(meta))
 
+    def floor_div(self, meta, left, right):
+        return ast.BinOp("floor_div", left, right, self._span(meta))
+
+    def pow(self, meta, left, right):
+        return ast.BinOp("pow", left, right, self._span(meta))
+
     def neg(self, meta, operand):
         return ast.Neg(operand, self._span(meta))
 
