@@ -515,6 +515,14 @@ model m(k: int = 3000000000 * 3000000000 * 3000000000) {
 }
 """,
          [("1:18", 'E0273', 'compile-time arithmetic overflows: 9000000000000000000 * 3000000000')]),
+    Case("unknown_role", """\
+model m {
+    input x : f32[N, 4]
+    param b : f32[3, 4] = zeros() as biass
+    output y = x + b
+}
+""",
+         [("3:38", 'E0223', "unknown parameter role 'biass'")]),
     Case("floor_division_by_zero", """\
 model m(k: int = 0) {
     input x : f32[N, 4]

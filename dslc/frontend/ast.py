@@ -103,6 +103,8 @@ class ParamDecl:
     type: TensorTypeExpr
     init: Expr | None
     span: Span
+    role: str | None = None  # `as bias`: declared, else from the rank
+    role_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)

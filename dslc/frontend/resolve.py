@@ -27,6 +27,10 @@ from dslc.ir.graph import Graph, Output
 from dslc.ir.types import DTYPES, Dim, Sym, TensorType
 from dslc.ops import registry
 
+# A parameter's role decides what treats it as a weight: l1/l2(weights), weight decay (the
+# optimizer's decay_roles), `dslc check`. state is never trained (a constant buffer).
+ROLES = ("weight", "bias", "scale", "shift", "state")
+
 # Unrolling limits: a real model stays far below them; a runaway `repeat` or a block
 # that calls itself twice per level would otherwise take forever instead of failing.
 MAX_REPEAT = 10_000
@@ -199,8 +203,12 @@ class Elaborator(Calls):
                              hint="for example `= kaiming()` or `= zeros()`")
         init = self.init_value(s.init, scope)
         self._check_free(s.name, s.span, scope)
-        role = "weight" if t.rank >= 2 else "bias"
-        name = self.builder.source(s.name, "param", t, {"init": init, "trainable": True, "role": role}, s.span)
+        role = s.role or ("weight" if t.rank >= 2 else "bias")
+        if role not in ROLES:
+            raise self.error(scope, "E0223", f"unknown parameter role '{role}'", s.role_span,
+                             did_you_mean(role, ROLES) or f"roles: {', '.join(ROLES)}")
+        attrs = {"init": init, "trainable": role != "state", "role": role}
+        name = self.builder.source(s.name, "param", t, attrs, s.span)
         if role == "weight":
             self.weights.append(name)
         scope.vars[s.name] = Tensor(name, t)
