@@ -30,7 +30,7 @@ from dslc.passes.pipeline import optimize
 from dslc.passes.train_step import Optimizer
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from helpers import CXX, MODELS, TOL, arrays, check_cuda_on_host
+from helpers import CXX, MODELS, TOL, arrays, check_cuda_on_host, run_cli
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
@@ -114,3 +114,32 @@ def test_names_from_the_issue_compile_and_match_the_reference(tmp_path):
 @given(st.lists(st.sampled_from(WORDS), min_size=5, max_size=5, unique=True))
 def test_parameters_and_layers_named_after_any_reserved_word(tmp_path, names):
     _check_both(names, tmp_path)
+
+
+SIX_LINES = """
+model m {
+    input x : f32[N, 4]
+    input y : i64[N]
+    param W : f32[4, 3] = kaiming()
+    param c : f32[3] = zeros()
+    loss cross_entropy(x @ W + c, y)
+}
+train m {
+    data = csv("points.csv", label="y")
+    epochs = 3
+}
+"""
+
+
+def test_the_issue_model_with_a_param_named_c_compiles_and_trains(tmp_path, capsys):
+    """The six-line model of the issue: `dslc compile` and `dslc train` once ended in a traceback."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((90, 4))
+    y = np.argmax(x[:, :3], axis=1)
+    (tmp_path / "points.csv").write_text("a,b,c,d,y\n" + "".join(f"{','.join(map(str, r))},{k}\n"
+                                                                  for r, k in zip(x, y)))
+    (tmp_path / "m.net").write_text(SIX_LINES.replace("points.csv", str(tmp_path / "points.csv")))
+    code, out, _ = run_cli(capsys, "compile", tmp_path / "m.net", "--stage", "train_step", "--emit", tmp_path)
+    assert code == 0 and "c_" in (tmp_path / "m_train_step.py").read_text()
+    code, out, _ = run_cli(capsys, "train", tmp_path / "m.net", "--out", tmp_path / "run")
+    assert code == 0 and "trained 3 epochs" in out
