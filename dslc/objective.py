@@ -29,6 +29,7 @@ from dslc.ir.graph import Graph, Output
 from dslc.ir.types import NUMPY_DTYPE, concrete
 from dslc.passes.autodiff import differentiate
 from dslc.passes.dce import prune
+from dslc.reference import bind_inputs
 
 OBJECTIVE = "objective"
 _INDEXED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*\[(.*)\]\s*$")
@@ -86,12 +87,16 @@ def _parse_name(text: str) -> Term:
 
 
 def node_of(graph: Graph, name: str) -> str:
-    """The graph node `name` means: a node, or a declared output, loss or metric."""
+    """The graph node `name` means: a node, a declared output, loss or metric, or a label
+    (`conv2: x = ... |> maxpool(2)` names its statement's value: the last node under `conv2.`)."""
     if name in graph:
         return name
     for o in graph.outputs:
         if o.name == name and o.kind in ("output", "loss", "metric"):
             return o.value
+    under = [n.name for n in graph.nodes if n.name.startswith(name + ".") and n.op not in ("param", "const")]
+    if under:
+        return under[-1]
     names = [n.name for n in graph.nodes if n.op not in ("param", "const")] + [o.name for o in graph.outputs]
     raise UsageError(f"model '{graph.name}' has no node or output '{name}'"
                      + (f"; {did_you_mean(name, names)}" if did_you_mean(name, names) else
@@ -121,9 +126,11 @@ def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str]) -> 
     return prune(differentiate(weighted, list(wrt), loss=total))
 
 
-def weight_feeds(graph: Graph, terms: Sequence[Term], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
-    """The weight inputs of an objective graph for a call whose symbolic sizes are `sizes`:
+def weight_feeds(graph: Graph, terms: Sequence[Term], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weight inputs of an objective graph for a call with `inputs` (which fix the batch):
     masks (ones at the indexed elements) and the given arrays broadcast to their node's shape."""
+    fed = tuple(n for n in graph.inputs if n.name in inputs and not n.name.startswith("weight."))
+    sizes = bind_inputs(Graph(graph.name, fed, (), graph.stage), inputs)
     feeds = {}
     for term in terms:
         if term.kind == "l2":

@@ -30,7 +30,6 @@ from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
 from dslc.passes.train_step import LR, STEP, Optimizer
-from dslc.reference import bind_inputs
 from dslc.runtime.executor import Executor, executor_for
 from dslc.runtime.host import to_host
 from dslc.stages import build, recipe_settings
@@ -102,8 +101,7 @@ class Compiled:
         key = ("grad", tuple(t.key for t in terms), names, train)
         step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names))
         feeds = dict(inputs)
-        feeds.update(weight_feeds(step.graph, terms, bind_inputs(step.graph, {k: v for k, v in inputs.items()
-                                                                               if k in step.graph})))
+        feeds.update(weight_feeds(step.graph, terms, inputs))
         out = self._run(step, feeds, params, rng)
         return float(out.pop(OBJECTIVE)), out
 

@@ -1,0 +1,73 @@
+"""The compiled Python API's grad against the NumPy reference's: a class score's gradient
+with respect to the input images of models/small_cnn.net (a saliency map).
+
+    python -m benchmarks.api_grad [--batch 1 16 64] [--repeats 15] [--device cpu]
+
+For each batch size: `m.compile(device).grad(params, {"image": x}, of="out[:, 3]",
+wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are run
+alternately, one call of each per round, so a load that comes and goes weighs on both; the
+figures are the medians over the rounds, after one warm-up call each (the compiled one
+compiles then). The gradients must agree within 1e-4 of their largest entry (exit status 1
+otherwise). Both run in this process with the BLAS threading the CPU executor sets (one
+BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TOL = 1e-4
+
+
+def measure(batch: int, repeats: int, device: str, seed: int = 0) -> dict:
+    import dslc
+    m = dslc.load(ROOT / "models" / "small_cnn.net")
+    params = m.init(seed)
+    x = np.random.default_rng(seed).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    c = m.compile(device)
+    call = dict(of="out[:, 3]", wrt=["image"])
+    start = time.perf_counter()
+    value, got = c.grad(params, {"image": x}, **call)
+    first = time.perf_counter() - start
+    ref_value, want = m.grad(params, {"image": x}, **call)
+    compiled, reference = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c.grad(params, {"image": x}, **call)
+        compiled.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m.grad(params, {"image": x}, **call)
+        reference.append(time.perf_counter() - t)
+    err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
+    return {"batch": batch, "first_s": first, "compiled_ms": 1e3 * float(np.median(compiled)),
+            "reference_ms": 1e3 * float(np.median(reference)), "rel_err": err,
+            "value_err": abs(value - ref_value) / max(abs(ref_value), 1e-12)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
+          f"(median of {args.repeats} interleaved calls)")
+    print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'max rel diff':>12}  first call s")
+    ok = True
+    for batch in args.batch:
+        r = measure(batch, args.repeats, args.device)
+        ok &= r["rel_err"] <= TOL and r["value_err"] <= TOL
+        print(f"{batch:>5}  {r['compiled_ms']:>11.2f}  {r['reference_ms']:>12.2f}  "
+              f"{r['reference_ms'] / r['compiled_ms']:>7.1f}x  {r['rel_err']:>12.1e}  {r['first_s']:.1f}")
+    if not ok:
+        print(f"the compiled gradient differs from the reference's by more than {TOL}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
