@@ -34,17 +34,22 @@ def _matmul_ref(a, b, transpose_a, transpose_b):
     return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
 
 
-def _matmul_grad(b, n, g):
-    x, y = n.inputs
-    ta, tb = n.attr("transpose_a"), n.attr("transpose_b")
-    # C = op(A) op(B): dA = g op(B)^T (transposed back if A was), likewise dB.
-    dx = b.matmul(y, g, transpose_a=tb, transpose_b=True) if ta else b.matmul(g, y, transpose_b=not tb)
-    dy = b.matmul(g, x, transpose_a=True, transpose_b=ta) if tb else b.matmul(x, g, transpose_a=not ta)
-    return dx, dy
+def _product_grad(product: str):
+    """The gradient rule of `product` (matmul, or bmm: the same, product by product)."""
+    def rule(b, n, g):
+        mm = getattr(b, product)
+        x, y = n.inputs
+        ta, tb = n.attr("transpose_a"), n.attr("transpose_b")
+        # C = op(A) op(B): dA = g op(B)^T (transposed back if A was), likewise dB.
+        dx = mm(y, g, transpose_a=tb, transpose_b=True) if ta else mm(g, y, transpose_b=not tb)
+        dy = mm(g, x, transpose_a=True, transpose_b=ta) if tb else mm(x, g, transpose_a=not ta)
+        return dx, dy
+    return rule
 
 
-def _matmul_flops(ins, out, attrs):
-    k = ins[0].shape[0] if attrs["transpose_a"] else ins[0].shape[1]
+def _product_flops(ins, out, attrs):
+    """2 K per output element, K the summed axis of op(x): its last, or its next-to-last if transposed."""
+    k = ins[0].shape[-2] if attrs["transpose_a"] else ins[0].shape[-1]
     return 2 * out.numel() * k
 
 
@@ -52,7 +57,7 @@ register(OpDef(
     "matmul", "linalg", ("x", "y"),
     (Attr("transpose_a", "bool", False), Attr("transpose_b", "bool", False)),
     shape=_matmul_shape, formula="out[i, j] = sum_k x[i, k] * y[k, j]  (written x @ y)",
-    flops=_matmul_flops, reference=_matmul_ref, grad=_matmul_grad, epilogue_host=True,
+    flops=_product_flops, reference=_matmul_ref, grad=_product_grad("matmul"), epilogue_host=True,
     samples=(Sample((_f32(3, 4), _f32(4, 5))),
              Sample((_f32(4, 3), _f32(4, 5)), {"transpose_a": True}),
              Sample((_f32(3, 4), _f32(5, 4)), {"transpose_b": True}),
@@ -123,24 +128,10 @@ def _bmm_ref(a, b, transpose_a, transpose_b):
     return np.matmul(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
 
 
-def _bmm_grad(b, n, g):
-    x, y = n.inputs
-    ta, tb = n.attr("transpose_a"), n.attr("transpose_b")
-    # as matmul's, product by product
-    dx = b.bmm(y, g, transpose_a=tb, transpose_b=True) if ta else b.bmm(g, y, transpose_b=not tb)
-    dy = b.bmm(g, x, transpose_a=True, transpose_b=ta) if tb else b.bmm(x, g, transpose_a=not ta)
-    return dx, dy
-
-
-def _bmm_flops(ins, out, attrs):
-    k = ins[0].shape[1] if attrs["transpose_a"] else ins[0].shape[2]
-    return 2 * out.numel() * k
-
-
 register(OpDef(
     "bmm", "linalg", ("x", "y"), (Attr("transpose_a", "bool", False), Attr("transpose_b", "bool", False)),
     shape=_bmm_shape, formula="out[b, i, j] = sum_k x[b, i, k] * y[b, k, j]  (a matmul per leading index b)",
-    flops=_bmm_flops, reference=_bmm_ref, grad=_bmm_grad,
+    flops=_product_flops, reference=_bmm_ref, grad=_product_grad("bmm"),
     doc="The Gram matrices of a batch of features F [N, C, H*W]: bmm(F, F, transpose_b=true) is [N, C, C].",
     samples=(Sample((_f32(2, 3, 4), _f32(2, 4, 5))),
              Sample((_f32(2, 4, 3), _f32(2, 4, 5)), {"transpose_a": True}),

@@ -15,17 +15,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from dslc.runtime.cpu.softmax import _view as around_axis  # [A, K, B] around an axis, as softmax sees rows
+
 
 @njit(cache=True, inline="always")
 def _view(x, axis, whole):
     """x as [A, K, B] around `axis` (negative counts from the end), or [1, size, 1] when whole."""
     if whole:
         return x.reshape(1, x.size, 1)
-    axis = axis % x.ndim
-    a = 1
-    for d in range(axis):
-        a *= x.shape[d]
-    return x.reshape(a, x.shape[axis], -1)
+    return around_axis(x, axis)
 
 
 @njit(cache=True, inline="always")
