@@ -88,6 +88,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    from dslc.runtime.errors import DeviceError
+    try:
+        from dslc.runtime.executor import executor_for
+        executor_for(args.device)
+    except DeviceError as e:
+        print(e, file=sys.stderr)
+        return 1
     sgemm = sgemm_gflops() if args.device == "cpu" else None
     print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
           f"(median of {args.repeats} interleaved calls; load average {os.getloadavg()[0]:.1f})")
