@@ -46,7 +46,7 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert "def k_update_adam_step(" in src
     header = src[src.index("# ---- kernel 1: stage1.conv_bn_relu.sweep"):src.index("def k_stage1_conv_bn_relu_sweep")]
     assert "batchnorm" in header and "relu" in header and "small_cnn.net:14" in header
-    assert "# fc.linear: linear, small_cnn.net:24" in src  # library calls are labelled too
+    assert "# out: linear, small_cnn.net:25" in src  # library calls are labelled too
     assert "FALLBACK = ()" in src
 
 

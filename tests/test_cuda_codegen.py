@@ -135,7 +135,7 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert 'extern "C" __global__ void k_update_adam_step(' in src
     header = src[src.index("// ---- kernel 1: stage1.conv_bn_relu.sweep"):src.index("void k_stage1_conv_bn_relu_sweep")]
     assert "batchnorm" in header and "relu" in header and "small_cnn.net:14" in header
-    assert "// ---- the step, in order" in src and "fc.linear: library linear" in src
+    assert "// ---- the step, in order" in src and "fc.relu: library linear, then k_fc_relu" in src
     assert "0 host fallbacks" in src
 
 
@@ -148,11 +148,13 @@ def test_sizes_are_arguments_so_one_module_serves_every_width_and_batch():
     sweep = m.source[m.source.index("void k_stage1_conv_bn_relu_sweep("):]
     assert sweep.index("const float* stage1_conv_bn_relu_conv2d_,") < sweep.index(
         "const long long stage1_conv_bn_relu_conv2d_s3_,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma_")
-    launch = next(la for la in m.launches if la.function == "k_fc_relu")
-    assert launch.args == ("fc.linear", "fc.relu") and launch.axes == ((), (0, 1))  # the count it loops over
-    views = {"fc.linear": np.zeros((64, 96), np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
+    launch = next(la for la in m.launches if la.function == "k_fc_relu")  # linear's epilogue, in place
+    assert launch.args == ("flatten", "fc.linear.weight", "fc.linear.bias", "fc.relu")
+    assert launch.axes == ((), (), (), (0, 1))  # the count it loops over
+    views = {"flatten": np.zeros((64, 3920), np.float32), "fc.linear.weight": np.zeros((96, 3920), np.float32),
+             "fc.linear.bias": np.zeros(96, np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
     args = launch.arguments(views, np.int64)
-    assert args[0] is views["fc.linear"] and args[1] is views["fc.relu"] and args[2:] == (64, 96)
+    assert args[0] is views["flatten"] and args[3] is views["fc.relu"] and args[4:] == (64, 96)
 
 
 def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
@@ -275,7 +277,7 @@ def test_compile_target_gpu_emits_one_cu_per_stage_byte_identical(tmp_path, caps
     sources = []
     for _ in range(2):
         code, out, _ = compile_gpu(capsys, "--emit", str(tmp_path), "--no-build")
-        assert code == 0 and "digits_mlp train_step: 12 kernels (4 generated" in out
+        assert code == 0 and "digits_mlp train_step: 11 kernels (3 generated" in out
         assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_infer.cu", "digits_mlp_train_step.cu"]
         sources.append({p.name: p.read_bytes() for p in tmp_path.iterdir()})
     assert sources[0] == sources[1]

@@ -93,9 +93,11 @@ def _unary(name: str, formula: str, fn, grad, scalar: Scalar, attrs=(), flops: i
 _unary("neg", "-x", np.negative, lambda b, n, g: (b.neg(g),), Scalar.both("-{0}"), category="arithmetic")
 
 # relu'(0) = 0 (the subgradient PyTorch and the CS231n notes use). NaN stays NaN, as
-# np.maximum: CUDA's fmax would return 0, hence the comparison.
+# np.maximum: CUDA's fmax would return 0, hence the comparison. The mask reads the output
+# (relu(x) > 0 exactly where x > 0; step(NaN) = 0 either way), so the input need not
+# outlive the forward and relu joins the epilogue or sweep of what feeds it (a batchnorm).
 _unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0),
-       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),),
+       lambda b, n, g: (b.mul(g, b.step(n.name)),),
        Scalar("max({0}, 0.0)", "({0} < 0.0 ? 0.0 : {0})"), domain="kinks")
 _unary("leaky_relu", "x if x > 0 else alpha * x  (at 0: slope alpha)",
        lambda x, alpha: np.where(x > 0, x, alpha * x),
