@@ -3,6 +3,8 @@
     import dslc
     m = dslc.load("models/lenet5.net", width=32)
     print(m.summary().text())
+    m = dslc.load("models/small_cnn.net", checkpoint="runs/small_cnn")   # + its trained parameters
+    c = m.compile(device="cpu")                                          # forward, grad, step
 """
 from dslc.version import __version__
 
@@ -15,8 +17,8 @@ def __getattr__(name: str):
     `dslc --help` should not wait for, and the CLI's Ctrl-C handling starts only once its
     `main` runs, so nothing may happen before that."""
     if name in ("Model", "load"):
-        from dslc import model
-        return getattr(model, name)
+        from dslc import api
+        return getattr(api, name)
     if name == "CompileError":
         from dslc.diagnostics import CompileError
         return CompileError

@@ -23,7 +23,7 @@ from dslc.ops.registry import OpDef, ParamSlot, ShapeError
 # Ops that only the compiler emits (gradients, optimizer updates, fused kernels) or that
 # carry no computation (sources); `dslc ops NAME` still describes them.
 # The order a reader meets them when writing a model; categories not named here follow, sorted.
-ORDER = ("layer", "activation", "pool", "norm", "arithmetic", "linalg", "shape", "reduce",
+ORDER = ("layer", "activation", "pool", "norm", "arithmetic", "math", "linalg", "shape", "reduce",
          "loss", "metric", "regulariser")
 _ALWAYS_PRESENT = ParamSlot.__dataclass_fields__["present"].default
 
@@ -152,8 +152,11 @@ def init_table(only: str | None = None) -> str:
 
 
 def names() -> list[str]:
-    """Every name `dslc ops NAME` accepts (for did-you-mean hints)."""
-    return sorted(registry.all_ops()) + ["init"] + sorted(INITS)
+    """The names a did-you-mean hint of `dslc ops NAME` offers: the ops a program may call,
+    `init` and the initialisers. Ops the compiler emits itself (`expand`, `rsqrt`) are still
+    described when asked for by name, but never suggested: a program cannot write them."""
+    public = [name for name, op in registry.all_ops().items() if op.category not in registry.INTERNAL]
+    return sorted(public) + ["init"] + sorted(INITS)
 
 
 def describe(name: str) -> str | None:

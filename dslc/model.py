@@ -1,4 +1,5 @@
-"""The Python face of dslc: `dslc.load(path)` returns a `Model`.
+"""A model as the front end loads it: its graph, recipe, parameters' specs and initial values,
+and forward and grad on the NumPy reference.
 
     m = dslc.load("models/lenet5.net")
     print(m.summary().text())
@@ -7,9 +8,12 @@
     params = m.init(seed=0)
     m.forward(params, {"image": x, "label": y})        # {"probs": ..., "loss": ..., "accuracy": ...}
     loss, grads = m.grad(params, {"image": x, "label": y})
+    score, g = m.grad(params, {"image": x}, of="fc8[:, 3]", wrt=["image"])   # dslc/objective.py
 
-forward and grad run the NumPy reference executor (dslc/reference.py): they are
-the oracle the compiled kernels are tested against, not the fast path.
+forward and grad here run the NumPy reference executor (dslc/reference.py): they are
+the oracle the compiled kernels are tested against, not the fast path. `dslc.load`
+returns the subclass of dslc/api.py, whose `compile(device)` gives the same calls on
+the generated kernels, and which reads a run's checkpoint.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.memory import array_bytes, require
+from dslc.objective import OBJECTIVE, objective_graph, parse_of, weight_feeds
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -96,13 +101,25 @@ class Model:
         out = reference.run_outputs(graph, inputs, params, rng=np.random.default_rng(seed))
         return {name: v for (kind, name), v in out.items() if kind in ("output", "loss", "metric")}
 
-    def grad(self, params: Arrays, inputs: Arrays, wrt: Sequence[str] | None = None, train: bool = True,
-             seed: int = 0) -> tuple[float, dict[str, np.ndarray]]:
-        """(loss, gradients) of the loss w.r.t. every trainable parameter, or w.r.t. the parameters
-        and float inputs named in `wrt` (saliency: `m.grad(params, feeds, wrt=["image"])`)."""
-        out = reference.run_outputs(self.grad_graph(wrt, train), inputs, params, rng=np.random.default_rng(seed))
-        loss = next(v for (kind, _), v in out.items() if kind == "loss")
-        return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
+    def grad(self, params: Arrays, inputs: Arrays, wrt: Sequence[str] | None = None, train: bool | None = None,
+             seed: int = 0, of="loss") -> tuple[float, dict[str, np.ndarray]]:
+        """(value, gradients) of the loss, or of the objective `of` names (dslc/objective.py:
+        `of="fc8[:, 3]"`, `of={"conv3": "l2"}`, cotangents), w.r.t. every trainable parameter
+        or the parameters and float inputs named in `wrt` (saliency: wrt=["image"]). `train`:
+        training-mode semantics, by default for the loss only."""
+        if of == "loss" and (train is None or train):
+            out = reference.run_outputs(self.grad_graph(wrt, True), inputs, params, rng=np.random.default_rng(seed))
+            loss = next(v for (kind, _), v in out.items() if kind == "loss")
+            return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
+        terms = parse_of(of)
+        names = list(wrt) if wrt is not None else [p.name for p in trainable_params(self.graph)]
+        for name in names:
+            self.check_wrt(name)
+        graph = objective_graph(train_mode.lower(self.graph) if train else self.graph, terms, names)
+        feeds = dict(inputs)
+        feeds.update(weight_feeds(graph, terms, inputs))
+        out = reference.run_outputs(graph, feeds, params, rng=np.random.default_rng(seed))
+        return float(out["output", OBJECTIVE]), {name: v for (kind, name), v in out.items() if kind == "grad"}
 
     def grad_graph(self, wrt: Sequence[str] | None = None, train: bool = True) -> Graph:
         """The (training-mode) graph with an Output("grad", name, ...) per name of `wrt`."""
@@ -111,10 +128,11 @@ class Model:
                               "declare one, e.g. `loss cross_entropy(logits, label)`")
         names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(wrt)
         for name in names:
-            self._check_wrt(name)
+            self.check_wrt(name)
         return differentiate(train_mode.lower(self.graph) if train else self.graph, names)
 
-    def _check_wrt(self, name: str) -> None:
+    def check_wrt(self, name: str) -> None:
+        """A CompileError unless `name` is an input or parameter with a float type."""
         sources = [n.name for n in self.graph.nodes if n.op in ("input", "param")]
         if name not in sources:
             inputs = ", ".join(n.name for n in self.graph.inputs)

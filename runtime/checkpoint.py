@@ -39,7 +39,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 import safetensors.numpy as st
 
-from dslc import __version__
+from dslc.version import __version__
 from dslc.files import UnreadableFile, check_memory, fsync_dir, open_regular, read_json, reason, write_synced
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime.host import to_host

@@ -37,7 +37,7 @@ from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
 from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
-from dslc.runtime.prepare import layout, load_data
+from dslc.runtime.prepare import layout, layout_target, load_data, reads_labels
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.tta import views as tta_views
 
@@ -134,10 +134,18 @@ def evaluate_checkpoint(model, recipe, ckpt: Checkpoint, split: str = "test", de
     the accuracy of the image alone."""
     warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
     _warn_if_other_data(ckpt, recipe, warn)
-    data = load_data(recipe, stats=ckpt.state["normalization"])
+    labels = reads_labels(model)
+    if tta and not labels:
+        raise DataError("test-time augmentation averages class probabilities; model "
+                        f"'{model.name}' is a regression model")
+    data = load_data(recipe, stats=ckpt.state["normalization"], labels=labels)
     dataset = data.split(split)
     _stats_fit(ckpt, dataset.x)
     ev = Evaluator(model, layout(model, dataset), executor_for(device))
+    if not labels:  # regression: the loss and the model's metrics (mae, r2 ...) are the report
+        result = ev(dataset, dict(ckpt.weights), data.transform)
+        return {"checkpoint": str(ckpt.path), "split": split, "data": dataset.name, "examples": result.examples,
+                "loss": result.loss, "metrics": result.metrics}
     shown = tta_views(tta, dataset.shape) if tta else []
     result = ev(dataset, dict(ckpt.weights), data.transform, probabilities=True)
     report = {"checkpoint": str(ckpt.path), "split": split, "data": dataset.name, "examples": result.examples,
@@ -164,6 +172,8 @@ def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", devi
     its own statistics.
     """
     warn = warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
+    if not reads_labels(model):
+        raise DataError(f"an ensemble averages class probabilities; model '{model.name}' is a regression model")
     for m in members:
         _warn_if_other_data(m, recipe, warn)
     raw = load_data(recipe, stats={"kind": "none"}).split(split)
@@ -225,6 +235,19 @@ def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
 
+def predict_values(model, ckpt: Checkpoint, input_file, device: str = "cpu") -> np.ndarray:
+    """A regression model's predictions for each example of `input_file`: its first output
+    (or what its loss reads as the prediction), [n, ...]."""
+    shape = tuple(ckpt.state["example_shape"])
+    x = read_input(input_file, shape)
+    _stats_fit(ckpt, x)
+    x = normalize.apply(x, ckpt.state["normalization"])
+    graph = inference(model.graph)
+    step = executor_for(device).compile(graph)
+    fit = layout(model, _Shaped(shape, 0, tuple(model.graph[layout_target(model)].type.shape[1:])))
+    return np.asarray(step(fit.feeds(x), dict(ckpt.weights))[graph.outputs[0].name])
+
+
 def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cpu",
             mc_samples: int | None = None, seed: int = 0) -> list[list[tuple]]:
     """For each example of `input_file`: its `top` most probable classes as (name, probability);
@@ -257,8 +280,9 @@ def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cp
 class _Shaped:
     """What `layout` reads of a dataset, for inputs that come without one."""
 
-    def __init__(self, shape: tuple[int, ...], classes: int):
+    def __init__(self, shape: tuple[int, ...], classes: int, target_shape: tuple[int, ...] = ()):
         self.shape, self.classes, self.name = shape, classes, "the checkpoint's data"
+        self.target_shape = target_shape
 
 
 # ---- console text ----------------------------------------------------------------------
@@ -269,6 +293,8 @@ def format_eval(report: dict) -> str:
              f"  loss            {report['loss']:.4f}"]
     lines += [f"  {name:<15} {value:.4f}" for name, value in report["metrics"].items() if name != "accuracy"]
     tta = report.get("tta")
+    if "accuracy" not in report:  # a regression model's report
+        return "\n".join(lines)
     if tta:
         lines[1] += f" of the probabilities averaged over {len(tta['views'])} views ({tta['loss_without']:.4f} without)"
         lines.append(f"  accuracy        {report['accuracy']:.4f} ({tta['accuracy_without']:.4f} without "

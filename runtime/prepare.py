@@ -1,8 +1,11 @@
 """From a recipe and a model to arrays a step can eat: data, splits, statistics, input layout.
 
-    data = load_data(recipe)                       # train / val / test, normalisation statistics
+    data = load_data(recipe, labels=reads_labels(model))   # train / val / test, normalisation statistics
     fit = layout(model, data.train)                # which input reads images, which reads labels
     feeds = fit.feeds(data.transform(x), y)        # {"image": x [N, 64], "label": y}
+
+A classifier reads integer labels; a regression model (its target input float, read by
+its loss as the target: `mse(pred, y)`) reads float targets of any shape per example.
 
 A recipe's data call may keep only some classes (`digits(classes=[5, 6, 7, 8, 9])`): the
 examples of other classes are dropped and the labels renumbered 0..k-1 in the order given,
@@ -20,6 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from dslc.diagnostics import CompileError
+from dslc.ops import registry
+from dslc.passes.dce import ancestors
 from dslc.passes.infer import first_loss_input
 from dslc.runtime.data import DataError, Dataset, load, normalize, partition
 
@@ -76,13 +81,17 @@ def subset(data: Data, n: int, seed: int) -> Data:
     return Data(train.subset(keep, f"{train.name}[{n} examples]"), None, None, data.stats)
 
 
-def load_data(recipe, stats: dict | None = None) -> Data:
-    """Load `recipe["data"]`, keep its `classes`, split it as `recipe["split"]` says and fit the
-    normalisation on the training split, unless saved `stats` are given (evaluating a run)."""
+def load_data(recipe, stats: dict | None = None, labels: bool = True) -> Data:
+    """Load `recipe["data"]` (class labels, or float targets when not `labels`), keep its
+    `classes`, split it as `recipe["split"]` says and fit the normalisation on the training
+    split, unless saved `stats` are given (evaluating a run)."""
     call = recipe["data"]
     args = call.kwargs
     classes = args.pop("classes", ())
-    train, test = load(call.name, args)
+    if classes and not labels:
+        raise DataError(f"classes={list(classes)}: a regression model reads float targets, not classes",
+                        call.name)
+    train, test = load(call.name, args, labels=labels)
     if classes:
         train = select_classes(train, classes)
         test = None if test is None else select_classes(test, classes)
@@ -98,17 +107,23 @@ def load_data(recipe, stats: dict | None = None) -> Data:
 
 @dataclass(frozen=True)
 class Layout:
-    """How examples feed a model: input `x` reads them reshaped to `shape`, input `y` the labels."""
+    """How examples feed a model: input `x` reads them reshaped to `shape`, input `y` the labels
+    (or, for regression, the targets reshaped to `target_shape`; classes is then 0)."""
 
     x: str
     y: str
     shape: tuple[int, ...]
     classes: int
+    target_shape: tuple[int, ...] | None = None
+
+    @property
+    def regression(self) -> bool:
+        return self.target_shape is not None
 
     def feeds(self, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
         out = {self.x: x.reshape((len(x),) + self.shape)}
         if y is not None:
-            out[self.y] = y
+            out[self.y] = y if self.target_shape is None else y.reshape((len(y),) + self.target_shape)
         return out
 
 
@@ -124,27 +139,62 @@ class Shaped(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...
 
+    @property
+    def target_shape(self) -> tuple[int, ...]: ...
+
+
+def reads_labels(model) -> bool:
+    """Whether the model reads class labels (an integer input), not float targets (regression)."""
+    return any(not n.type.is_float for n in model.graph.inputs)
+
+
+def _target_input(graph):
+    """The float input the first loss op reads as its target (mse(pred, y) -> y), or None."""
+    needed = ancestors(graph, [graph.loss]) if graph.loss is not None else set()
+    for node in graph.nodes:
+        if node.name in needed and registry.get(node.op).category == "loss" and len(node.inputs) > 1:
+            target = graph[node.inputs[1]]
+            return target if target.op == "input" and target.type.is_float else None
+    return None
+
+
+def _inputs(model):
+    """(examples input, labels or targets input) of a model the trainer can feed, else a located error."""
+    graph = model.graph
+    floats = [n for n in graph.inputs if n.type.is_float]
+    ints = [n for n in graph.inputs if not n.type.is_float]
+    if len(floats) == 1 and len(ints) == 1:
+        return floats[0], ints[0]
+    target = _target_input(graph)
+    if len(floats) == 2 and not ints and target is not None:
+        return next(n for n in floats if n is not target), target
+    raise _error(model, f"the trainer feeds two inputs: the examples (float) and either class labels (an "
+                 f"integer input) or regression targets (a float input the loss reads as its target, "
+                 f"e.g. mse(pred, y)); model '{graph.name}' has inputs "
+                 f"{', '.join(f'{n.name} {n.type.show()}' for n in graph.inputs)}", (floats or ints or [None])[0])
+
+
+def layout_target(model) -> str:
+    """The name of the input holding a model's labels or targets."""
+    return _inputs(model)[1].name
+
 
 def layout(model, dataset: Shaped) -> Layout:
     """Match a dataset to the model's inputs: one float input for the examples (whose shape must
     equal the example shape, or hold as many numbers: images into an MLP are flattened) and one
-    integer input for the labels, with at least as many logits as classes. A mistake is located
-    at the input (or loss) it concerns, before any training starts."""
+    integer input for the labels, with at least as many logits as classes, or a float input
+    for the targets, holding as many numbers per example as the data's targets. A mistake is
+    located at the input (or loss) it concerns, before any training starts."""
     graph = model.graph
-    floats = [n for n in graph.inputs if n.type.is_float]
-    ints = [n for n in graph.inputs if not n.type.is_float]
-    if len(floats) != 1 or len(ints) != 1:
-        raise _error(model, f"the trainer feeds a classifier: one float input for the examples and one integer "
-                     f"input for the labels; model '{graph.name}' has inputs "
-                     f"{', '.join(f'{n.name} {n.type.show()}' for n in graph.inputs)}",
-                     (floats or ints or [None])[0])
-    x, y = floats[0], ints[0]
+    x, y = _inputs(model)
     want = x.type.shape[1:]
     if not all(isinstance(d, int) for d in want) or (want != dataset.shape and prod(want) != prod(dataset.shape)):
         raise _error(model, f"data {dataset.name} has examples of shape {list(dataset.shape)} but input "
                      f"'{x.name}' is {x.type.show()}", x,
                      f"declare `input {x.name} : {x.type.dtype}[N, {', '.join(map(str, dataset.shape))}]`"
                      + (f" or f32[N, {prod(dataset.shape)}]" if len(dataset.shape) > 1 else ""))
+    if y.type.is_float:
+        return Layout(x.name, y.name, tuple(want), 0, _target_shape(model, y, dataset))
     if y.type.shape[1:]:
         raise _error(model, f"labels are one class number per example; input '{y.name}' is {y.type.show()}", y)
     logits = first_loss_input(graph) if graph.loss is not None else None
@@ -154,6 +204,17 @@ def layout(model, dataset: Shaped) -> Layout:
                      f"{graph[logits].type.show()} scores: {width} classes", graph[logits],
                      "set the model's class count, e.g. --set classes=...")
     return Layout(x.name, y.name, tuple(want), dataset.classes)
+
+
+def _target_shape(model, y, dataset) -> tuple[int, ...]:
+    """The per-example shape of target input `y`, which must hold as many numbers as the data's targets."""
+    want = y.type.shape[1:]
+    have = tuple(dataset.target_shape)
+    if not all(isinstance(d, int) for d in want) or prod(want) != prod(have):
+        raise _error(model, f"data {dataset.name} has targets of shape {list(have)} per example but input "
+                     f"'{y.name}' is {y.type.show()}", y,
+                     f"declare `input {y.name} : {y.type.dtype}[N{''.join(f', {d}' for d in have)}]`")
+    return tuple(want)
 
 
 def _error(model, message: str, node, hint: str | None = None) -> CompileError:

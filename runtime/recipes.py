@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import dslc
+from dslc.model import load
 from dslc.diagnostics import did_you_mean
 from dslc.recipe import schema as R
 from dslc.frontend.program import load_program
@@ -47,6 +47,6 @@ def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | No
             raise TrainError(f"{file}: no `train` block for model '{model_name}'; add one, e.g. "
                              f"`train {model_name} {{ data = digits() }}`")
         as_name = mine[0].alias or mine[0].model
-    loaded = dslc.load(file, model=model_name, **literals(model_sets))  # checks every recipe of the file too
+    loaded = load(file, model=model_name, **literals(model_sets))  # checks every recipe of the file too
     recipes, _ = R.program_recipes(loaded.program, lambda m: loaded.graph if m == loaded.name else None)
     return loaded, apply_overrides(recipes[as_name], recipe_sets, loaded.graph)

@@ -206,7 +206,7 @@ def _normalization(doc: Doc) -> None:
 
 
 def _classes(doc: Doc) -> None:
-    classes = doc.int("classes", lo=1)
+    classes = doc.int("classes", lo=0)  # 0: a regression run (float targets, no classes)
     names = doc.list("class_names", lambda v: isinstance(v, str), "strings")
     if names and len(names) != classes:
         raise doc.error(f"{doc.file}: 'class_names' has {len(names)} names for {classes} classes")

@@ -64,7 +64,7 @@ from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
 from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
-from dslc.runtime.prepare import layout, load_data, subset
+from dslc.runtime.prepare import layout, load_data, reads_labels, subset
 from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, Run, RunError, make_config
@@ -177,7 +177,7 @@ class Trainer:
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
-        self.data = load_data(recipe)
+        self.data = load_data(recipe, labels=reads_labels(model))
         if options.examples is not None:
             self.data = subset(self.data, options.examples, recipe["seed"])
         self.fit = layout(model, self.data.train)
@@ -186,6 +186,9 @@ class Trainer:
             from dslc.runtime.cuda.nccl import use_device
             use_device(group)
         augment = build_augment(recipe["augment"])
+        if augment.mixup and self.fit.regression:
+            raise TrainError("augment: mixup blends class labels; model "
+                             f"'{model.name}' regresses float targets (drop mixup from its recipe)")
         try:  # a transform that does not fit the examples fails now, not in the data thread
             augment(self.data.train.x[:2], self.data.train.y[:2], np.random.default_rng(0))
         except ValueError as e:

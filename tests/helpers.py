@@ -5,8 +5,12 @@ a test module imports from here, never from another test module or from conftest
 """
 from __future__ import annotations
 
+import ctypes
+import shutil
+import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -35,6 +39,8 @@ def draw(t: TensorType, domain: str, rng: np.random.Generator, classes: int) -> 
         return rng.integers(0, classes, shape).astype(NUMPY_DTYPE[t.dtype])
     if domain == "positive":
         x = rng.uniform(0.5, 2.0, shape)
+    elif domain == "probability":
+        x = rng.uniform(0.05, 0.95, shape)
     elif domain == "kinks":
         x = rng.standard_normal(shape)
         x = x + np.where(x >= 0, 0.1, -0.1)  # |x| >= 0.1: finite differences never cross a kink
@@ -54,13 +60,16 @@ def feeds_for(types, domain, seed=0) -> list[np.ndarray]:
 
 
 def op_graph(name, sample):
-    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it."""
+    """loss = sum(op(x...) * r) in float32, stage backward: the op, its gradient, fused around it
+    (an op with an integer result is the graph's output)."""
     op = OPS[name]
     types = typed(sample, "f32")
     attrs = dict(complete_attrs(op, sample.attrs))
     b = GraphBuilder()
     xs = [b.source(f"x{k}", "input", t) for k, t in enumerate(types)]
     out = b.add(name, xs, attrs)
+    if not b.type_of(out).is_float:  # an index (argmax): compared as an output, not differentiated
+        return b.graph(f"op_{name}", [Output("output", "out", out)], "typed"), types, sample.domain
     loss = out
     if b.type_of(out).rank:
         loss = b.add("sum", [b.add("mul", [out, b.source("r", "input", b.type_of(out))])])
@@ -69,7 +78,41 @@ def op_graph(name, sample):
     return (differentiate(graph, wrt) if op.grad and wrt else graph), types, sample.domain
 
 
+def samples_graph(samples, name: str = "samples"):
+    """Many op samples as one graph (each as op_graph makes it, its names prefixed `s<k>.`,
+    the losses summed, every float input differentiated): one module to compile for all of
+    them. (graph, feeds drawn from each sample's domain)."""
+    b = GraphBuilder()
+    feeds, terms, outputs, wrt = {}, [], [], []
+    for j, (op_name, _, sample) in enumerate(samples):
+        op, types = OPS[op_name], typed(sample, "f32")
+        xs = [b.source(f"s{j}.x{i}", "input", t) for i, t in enumerate(types)]
+        feeds.update(zip(xs, feeds_for(types, sample.domain, seed=j)))
+        out = b.add(op_name, xs, dict(complete_attrs(op, sample.attrs)), name=f"s{j}.{op_name}")
+        if not b.type_of(out).is_float:
+            outputs.append(Output("output", out, out))
+            continue
+        wrt += [x for i, x in enumerate(xs) if op.grad and i not in op.integer_inputs and types[i].is_float]
+        if b.type_of(out).rank:
+            r = b.source(f"s{j}.r", "input", b.type_of(out))
+            feeds[r] = np.random.default_rng(j).standard_normal(b.type_of(out).bind({})).astype(np.float32)
+            out = b.add("sum", [b.add("mul", [out, r])])
+        terms.append(out)
+    loss = terms[0]
+    for t in terms[1:]:
+        loss = b.add("add", [loss, t])
+    graph = b.graph(name, outputs + [Output("loss", "loss", loss)], "typed")
+    return differentiate(graph, wrt), feeds
+
+
 # ---- compiled backends against the reference (test_numba_backend, test_gpu, test_no_alloc) ----
+
+# Ops that neither backend generates or has a library kernel for yet: a kernel holding one
+# runs the NumPy references on the host (it allocates). Every other op's samples must lower
+# to real kernels on both (test_numba_backend, test_cuda_codegen): this list only shrinks.
+HOST_FALLBACKS = {"batchnorm_grad_gamma", "batchnorm_grad_x", "concat", "dropout", "groupnorm", "groupnorm_grad_gamma",
+                  "groupnorm_grad_input", "instancenorm", "layernorm", "maxout", "maxout_grad", "pad", "slice",
+                  "slice_grad", "stochastic_depth", "svm", "svm_grad", "transpose", "var_grad", "zeros_like"}
 
 TOL = 1e-4
 SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
@@ -253,3 +296,128 @@ def search_net(folder: Path, space: str) -> Path:
     path = folder / "m.net"
     path.write_text(SEARCH_MLP.format(space=space))
     return path
+# ---- the CUDA module run on the host (test_cuda_on_host, test_names) ----------------------------
+
+CXX = shutil.which("g++") or shutil.which("c++")
+
+# The CUDA words a generated module uses, as host C++: one thread per block.
+HOST = r"""
+#include <cmath>
+#include <cstring>
+#include <algorithm>
+using namespace std;
+struct dslc_dim3 { long long x, y, z; };
+static dslc_dim3 blockIdx, threadIdx, blockDim = {1, 1, 1}, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __syncthreads()
+static inline double __longlong_as_double(long long v) { double d; memcpy(&d, &v, sizeof d); return d; }
+extern "C" void dslc_set_block(long long bx, long long by, long long gx, long long gy) {
+    blockIdx.x = bx; blockIdx.y = by; gridDim.x = gx; gridDim.y = gy;
+}
+"""
+
+
+def compile_host(source: str, tmp_path: Path) -> ctypes.CDLL:
+    """A generated CUDA module compiled as a host shared library (HOST's one thread per block)."""
+    src = tmp_path / "module.cpp"
+    src.write_text(HOST + source)
+    lib = tmp_path / "module.so"
+    done = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-w", "-o", str(lib), str(src)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ctypes.CDLL(str(lib))
+
+
+def _c(value):
+    if isinstance(value, np.ndarray):
+        return ctypes.c_void_p(value.ctypes.data)
+    if isinstance(value, (np.int32, np.int16, np.int8)):
+        return ctypes.c_int(int(value))
+    if isinstance(value, (float, np.floating)):
+        return ctypes.c_double(float(value))
+    return ctypes.c_longlong(int(value))
+
+
+def _launch(lib, function: str, grid: tuple[int, int], args) -> None:
+    """`function` run over every block of `grid`, one thread each."""
+    fn = getattr(lib, function)
+    args = [_c(a) for a in args]
+    gx, gy = grid
+    for by in range(gy):
+        for bx in range(gx):
+            lib.dslc_set_block(bx, by, gx, gy)
+            fn(*args)
+
+
+class HostModule:
+    """What runtime/cuda/ops.py reads of a `cupy.RawModule`, over the host library: functions
+    called as `fn((blocks,), (threads,), args)`."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def get_function(self, name: str):
+        return lambda grid, block, args: _launch(self.lib, name, (grid[0], 1), args)
+
+
+# What ops.Library calls of CuPy, on NumPy arrays.
+HOST_CUPY = SimpleNamespace(matmul=np.matmul, add=np.add)
+
+
+def _host_value(kernel, values):
+    """An epilogue's host (matmul, conv2d ...) by its reference: what the library writes first."""
+    body = kernel.nodes[0].attr("body")
+    host = next(b for b in body if registry.epilogue_host(b.op))
+    ins = [values[kernel.inputs[int(r[1:])]] for r in host.inputs]
+    return registry.get(host.op).reference(*ins, **host.attr_dict)
+
+
+def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = True, feeds=None) -> int:
+    """Generate `graph`'s CUDA module, compile it as host C++ and run each generated kernel
+    (and, with `library`, each library launch through runtime/cuda/ops.py) on the NumPy
+    reference's values of its inputs (for `feeds`, else random ones), comparing its outputs
+    with the reference's within 1e-4 of their largest magnitude; the number of kernels checked."""
+    from dslc import reference
+    from dslc.codegen.cuda_gpu import generate
+    from dslc.kernels import lower
+    from dslc.runtime.cuda import ops
+
+    kg = lower(graph)
+    module = generate(kg)
+    lib = compile_host(module.source, tmp_path)
+    drawn, params, randoms = arrays(graph, batch=batch)
+    values = reference.evaluate(graph, drawn if feeds is None else feeds, params, randoms=randoms)
+    sizes = reference.bind_inputs(graph, drawn if feeds is None else feeds)
+    bound = lambda b: np.asarray(values[b], NUMPY_DTYPE[kg.buffer(b).dtype]).reshape(kg.buffer(b).type.bind(sizes))
+    checked = 0
+    for launch in module.launches:
+        k = module.kernels[launch.position]
+        if launch.kind not in ("generated", "epilogue") and not (library and launch.kind == "library"):
+            continue
+        # each buffer as the runner binds it: C-contiguous, in the kernel graph's shape at this batch
+        names = launch.args if launch.kind != "library" else k.inputs + k.outputs
+        views = {b: bound(b).copy(order="C") for b in names}
+        for o in k.outputs + k.scratch:  # what the kernel writes starts as NaN
+            if o in views and views[o].dtype.kind == "f":
+                views[o][...] = np.nan
+        if launch.kind == "library":
+            node = k.nodes[0]
+            shapes = [views[i].shape for i in node.inputs]
+            workspace = np.zeros(max(1, ops.conv_workspace(node, shapes, views[node.name].shape)),
+                                 views[node.name].dtype if views[node.name].dtype.kind == "f" else np.float32)
+            library_ops = ops.Library(HOST_CUPY, HostModule(lib), workspace)
+            library_ops.bind(node, [views[i] for i in node.inputs], views[node.name])()
+        else:
+            if launch.kind == "epilogue":
+                views[k.outputs[0]][...] = _host_value(k, values)
+            _launch(lib, launch.function, launch.grid(views), launch.arguments(views))
+        for o in k.outputs:
+            want = values[o].astype(np.float64).reshape(views[o].shape)
+            scale = max(float(np.max(np.abs(want))), 1e-6) if want.size else 1.0
+            err = float(np.max(np.abs(views[o] - want))) / scale if want.size else 0.0
+            assert err <= 1e-4, f"{graph.name} {graph.stage} {launch.function or k.name}: {o} relative error {err:.2e}"
+        checked += 1
+    return checked

@@ -114,3 +114,32 @@ def test_mlp_bn_matches_torch():
 
 def test_small_cnn_matches_torch():
     compare(dslc.load(MODELS / "small_cnn.net"), digits((4, 1, 28, 28)), small_cnn_torch)
+
+
+def test_adamw_decaying_every_role_is_torch_adamw(net):
+    """decay_roles=all is torch.optim.AdamW over model.parameters(): biases decayed too.
+    (The default, decay_roles=weight, decays only weights, as the lectures' l2(weights).)"""
+    model = dslc.load(net("""
+model m {
+    input image : f32[N, 6]
+    input label : i64[N]
+    fc1: h = image |> linear(5) |> relu
+    fc2: logits = h |> linear(3)
+    loss cross_entropy(logits, label)
+}"""))
+    opt = Optimizer("adamw", lr=0.01, weight_decay=0.1, decay_roles=("all",))
+    params = model.init(seed=0)
+    data = digits((8, 6))
+    data["label"] = data["label"] % 3
+    step = build(model, "train_step", opt)
+    state = {p.name: np.zeros(p.type.bind({}), np.float32) for p in step.params if p.name.startswith("opt.")}
+    out = run_outputs(step, {**data, "lr": opt.lr, "step": 1.0}, {**params, **state})
+    grads = run_outputs(build(model, "backward"), data, params)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    for k in tp:
+        tp[k].grad = torch.tensor(grads[("grad", k)])
+    torch.optim.AdamW(list(tp.values()), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                      weight_decay=opt.weight_decay).step()
+    assert sum(name.endswith("bias") for name in tp) == 2
+    for name in tp:
+        assert_close(out[("param", name)], tp[name], f"AdamW step {name}")

@@ -46,15 +46,17 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert "def k_update_adam_step(" in src
     header = src[src.index("# ---- kernel 1: stage1.conv_bn_relu.sweep"):src.index("def k_stage1_conv_bn_relu_sweep")]
     assert "batchnorm" in header and "relu" in header and "small_cnn.net:14" in header
-    assert "# fc.linear: linear, small_cnn.net:24" in src  # library calls are labelled too
+    assert "# out: linear, small_cnn.net:25" in src  # library calls are labelled too
     assert "FALLBACK = ()" in src
 
 
 def test_identifiers_are_valid_stable_and_unique():
     assert identifier("stage1.conv_bn_relu.conv2d") == "stage1_conv_bn_relu_conv2d"
     assert identifier("1x.y") == "_1x_y" and identifier("class") == "_class"
-    names = Namer(reserved={"np"})
-    assert [names.get(k) for k in ("a.b", "a_b", "np", "a.b")] == ["a_b", "a_b_1", "np_1", "a_b"]
+    names = Namer()  # a model's names end in `_` (the generators' own words never do), kernels start with k_
+    assert [names.get(k) for k in ("a.b", "a_b", "np", "a.b", "1x", "a__b.")] == [
+        "a_b_", "a_b_1_", "np_", "a_b_", "_1x_", "a_b_2_"]
+    assert names.kernel("a.b") == "k_a_b" and names.kernel("a_b") == "k_a_b_1" and names.fresh("i") == "i_"
 
 
 def test_source_wraps_long_calls_under_their_first_argument():

@@ -186,6 +186,27 @@ def test_maxpool_nan_is_the_maximum():
     np.testing.assert_array_equal(dx, ref("maxpool_grad", np.ones((1, 1, 1, 1)), x, kernel=2, stride=None, pad=0))
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_2x2_backward_routes_exactly_like_the_reference(dtype):
+    """The 2x2 kernel's own loops (a winner per window, then the four cells): ties to the
+    first maximum, a NaN at each position of a window, infinities, odd sizes whose last
+    row and column get zeros; an inf gradient stays inf at its winner and 0 elsewhere."""
+    rng = np.random.default_rng(7)
+    x = randn(rng, (2, 3, 7, 9), dtype)
+    x[0, 0, :2, :2] = 1.0  # a four-way tie
+    for k, (r, c) in enumerate([(0, 2), (0, 5), (1, 6), (3, 7)]):  # NaN at each window position
+        x[0, 1, r, c] = np.nan
+        x[0, 1, (r // 2) * 2 + 1 - r % 2, c] = np.nan if k % 2 else np.inf
+    x[1, 2, 2, 2], x[1, 2, 3, 3] = np.inf, -np.inf
+    g = randn(rng, (2, 3, 3, 4), dtype)
+    dx = np.full(x.shape, 7.0, dtype)
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0))
+    g[0, 0, 0, 0] = np.inf  # the reference's 0/1 mask would make its window's other cells NaN
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+    assert dx[0, 0, 0, 0] == np.inf and not np.isnan(dx).any()
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 3, 1, 1), (2, 3, 5)])
 def test_global_avgpool(shape, dtype):

@@ -35,12 +35,13 @@ from dslc.cli import main
 from dslc.codegen import cuda_library as library
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS, Launch, generate
 from dslc.codegen.scalar import CONSTANTS, CUDA, SCALAR, expression
+from dslc.ir.builder import complete_attrs
 from dslc.kernels import lower
 from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.runtime.host import to_host
 from dslc.stages import build
-from helpers import MODELS
+from helpers import HOST_FALLBACKS, MODELS, SAMPLES, op_graph
 
 NVCC = shutil.which("nvcc")
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -64,8 +65,11 @@ def test_every_elementwise_and_optimizer_op_has_both_expressions():
 
 
 def _attr_sets(op):
+    """The defaults, and the attributes of each of the op's samples (clip's optional bounds)."""
     base = {a.name: a.default for a in op.attrs if isinstance(a.default, (int, float, bool))}
-    return [base] + ([dict(base, square=not base["square"])] if "square" in base else [])
+    sets = [base] + ([dict(base, square=not base["square"])] if "square" in base else [])
+    sets += [dict(complete_attrs(op, s.attrs)) for s in op.samples if s.attrs]
+    return [attrs for attrs in sets if all(a.name in attrs for a in op.attrs)]
 
 
 # Points on both sides of zero (the kinks), and positive ones for sqrt/div domains.
@@ -94,7 +98,7 @@ def test_cuda_expressions_compute_what_the_cpu_expressions_do(tmp_path):
     CPU expression evaluated by Python at the same points."""
     cases = []
     for name, attrs, args in _cases():
-        env = {"math": math, "max": max, "min": min, **{k: float(v) for k, v in CONSTANTS.items()}}
+        env = {"math": math, "np": np, "max": max, "min": min, **{k: float(v) for k, v in CONSTANTS.items()}}
         operands = [f"a{j}" for j in range(len(args))]
         try:
             want = eval(expression(name, operands, attrs), env, dict(zip(operands, args)))
@@ -131,7 +135,7 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert 'extern "C" __global__ void k_update_adam_step(' in src
     header = src[src.index("// ---- kernel 1: stage1.conv_bn_relu.sweep"):src.index("void k_stage1_conv_bn_relu_sweep")]
     assert "batchnorm" in header and "relu" in header and "small_cnn.net:14" in header
-    assert "// ---- the step, in order" in src and "fc.linear: library linear" in src
+    assert "// ---- the step, in order" in src and "fc.relu: library linear, then k_fc_relu" in src
     assert "0 host fallbacks" in src
 
 
@@ -142,13 +146,15 @@ def test_sizes_are_arguments_so_one_module_serves_every_width_and_batch():
     m = module("small_cnn.net")
     assert m.source == module("small_cnn.net", width=40, hidden=96).source
     sweep = m.source[m.source.index("void k_stage1_conv_bn_relu_sweep("):]
-    assert sweep.index("const float* stage1_conv_bn_relu_conv2d,") < sweep.index(
-        "const long long stage1_conv_bn_relu_conv2d_s3,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma")
-    launch = next(la for la in m.launches if la.function == "k_fc_relu")
-    assert launch.args == ("fc.linear", "fc.relu") and launch.axes == ((), (0, 1))  # the count it loops over
-    views = {"fc.linear": np.zeros((64, 96), np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
+    assert sweep.index("const float* stage1_conv_bn_relu_conv2d_,") < sweep.index(
+        "const long long stage1_conv_bn_relu_conv2d_s3_,") < sweep.index("const float* stage1_conv_bn_relu_batchnorm_gamma_")
+    launch = next(la for la in m.launches if la.function == "k_fc_relu")  # linear's epilogue, in place
+    assert launch.args == ("flatten", "fc.linear.weight", "fc.linear.bias", "fc.relu")
+    assert launch.axes == ((), (), (), (0, 1))  # the count it loops over
+    views = {"flatten": np.zeros((64, 3920), np.float32), "fc.linear.weight": np.zeros((96, 3920), np.float32),
+             "fc.linear.bias": np.zeros(96, np.float32), "fc.relu": np.zeros((64, 96), np.float32)}
     args = launch.arguments(views, np.int64)
-    assert args[0] is views["fc.linear"] and args[1] is views["fc.relu"] and args[2:] == (64, 96)
+    assert args[0] is views["flatten"] and args[3] is views["fc.relu"] and args[4:] == (64, 96)
 
 
 def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
@@ -159,6 +165,20 @@ def test_every_extern_op_has_a_library_kernel_or_is_a_known_host_fallback():
             fallbacks |= {m.kernels[p].nodes[0].op for p in m.fallbacks}
     # Shape ops and the hinge loss run on the host, as on the CPU (test_numba_backend.FALLBACK_OPS).
     assert fallbacks <= {"slice", "slice_grad", "pad", "svm", "svm_grad"}, fallbacks
+
+
+def test_every_op_sample_is_a_kernel_unless_a_known_host_fallback():
+    """Each op's samples (with their gradients) generate CUDA kernels or library launches;
+    only the ops of helpers.HOST_FALLBACKS may run on the host."""
+    fell = {}
+    for name, k, sample in SAMPLES:
+        if name == "dropconnect":  # its mask is drawn per step: no op_graph of its own
+            continue
+        m = generate(lower(optimize(op_graph(name, sample)[0])[0]))
+        ops = {n.op for p in m.fallbacks for n in m.kernels[p].covers()} - HOST_FALLBACKS
+        if ops:
+            fell[f"{name}-{k}"] = sorted(ops)
+    assert not fell, fell
 
 
 def test_launch_grids_cover_the_work_of_the_bound_sizes():
@@ -236,8 +256,9 @@ def test_every_model_compiles(model, arch, tmp_path):
 
 @needs_nvcc
 def test_every_library_kernel_compiles_for_both_dtypes(tmp_path):
-    parts = [library.PRELUDE] + [library.source(k, d, label) for k in library.KERNELS for d in ("f32", "f64")
-                                 for label in (("i32", "i64") if k in library.LABELLED else (None,))]
+    parts = [library.PRELUDE] + [library.source(k, None) for k in library.UNTYPED]
+    parts += [library.source(k, d, label) for k in library.KERNELS if k not in library.UNTYPED for d in ("f32", "f64")
+              for label in (("i32", "i64") if k in library.LABELLED else (None,))]
     nvcc({"library": "\n\n".join(parts) + "\n"}, ARCHS[0], tmp_path)
 
 
@@ -256,7 +277,7 @@ def test_compile_target_gpu_emits_one_cu_per_stage_byte_identical(tmp_path, caps
     sources = []
     for _ in range(2):
         code, out, _ = compile_gpu(capsys, "--emit", str(tmp_path), "--no-build")
-        assert code == 0 and "digits_mlp train_step: 12 kernels (4 generated" in out
+        assert code == 0 and "digits_mlp train_step: 11 kernels (3 generated" in out
         assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_mlp_infer.cu", "digits_mlp_train_step.cu"]
         sources.append({p.name: p.read_bytes() for p in tmp_path.iterdir()})
     assert sources[0] == sources[1]

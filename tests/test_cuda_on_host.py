@@ -7,51 +7,21 @@ slots staying zero), so a launch is a loop over the grid. Each generated kernel 
 model's step is then called with the arguments the CUDA runner passes
 (`Launch.arguments`: every buffer, then the dimensions it reads) on a grid from `Launch.grid`,
 its inputs the NumPy reference's values of the same graph, and its outputs compared
-with the reference's. This checks what a GPU run would: the element and channel
-indexing, the block loops, and that sizes reach the kernels as arguments, at sizes
-other than those the module was generated for (the text is the same at every width).
-What it cannot check is concurrency: 256 threads in one block summing together.
+with the reference's (helpers.check_cuda_on_host). This checks what a GPU run would: the
+element and channel indexing, the block loops, and that sizes reach the kernels as
+arguments, at sizes other than those the module was generated for (the text is the same
+at every width). What it cannot check is concurrency: 256 threads in one block summing together.
 """
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
-
-import numpy as np
 import pytest
 
 import dslc
-from dslc import reference
-from dslc.codegen.cuda_gpu import generate
-from dslc.ir.types import NUMPY_DTYPE
-from dslc.kernels import lower
-from dslc.ops import registry
 from dslc.passes.pipeline import optimize
 from dslc.stages import build
-from helpers import MODELS, arrays
+from helpers import CXX, MODELS, SAMPLES, check_cuda_on_host, samples_graph
 
-CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
-
-# The CUDA words a generated module uses, as host C++: one thread per block.
-HOST = r"""
-#include <cmath>
-#include <cstring>
-#include <algorithm>
-using namespace std;
-struct dslc_dim3 { long long x, y, z; };
-static dslc_dim3 blockIdx, threadIdx, blockDim = {1, 1, 1}, gridDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-#define __syncthreads()
-static inline double __longlong_as_double(long long v) { double d; memcpy(&d, &v, sizeof d); return d; }
-extern "C" void dslc_set_block(long long bx, long long by, long long gx, long long gy) {
-    blockIdx.x = bx; blockIdx.y = by; gridDim.x = gx; gridDim.y = gy;
-}
-"""
 
 CASES = {  # model, sizes other than the file's defaults (the module is the same text at any)
     "small_cnn": {"width": 3, "hidden": 10}, "mlp_bn": {"h1": 9, "h2": 7}, "two_layer": {"hidden": 5},
@@ -59,61 +29,18 @@ CASES = {  # model, sizes other than the file's defaults (the module is the same
 }
 
 
-def _compile(source: str, tmp_path) -> ctypes.CDLL:
-    src = tmp_path / "module.cpp"
-    src.write_text(HOST + source)
-    lib = tmp_path / "module.so"
-    done = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-w", "-o", str(lib), str(src)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return ctypes.CDLL(str(lib))
-
-
-def _c(value):
-    return ctypes.c_void_p(value.ctypes.data) if isinstance(value, np.ndarray) else ctypes.c_longlong(int(value))
-
-
-def _host_value(kernel, values):
-    """An epilogue's host (matmul, conv2d ...) by its reference: what the library writes first."""
-    body = kernel.nodes[0].attr("body")
-    host = next(b for b in body if registry.epilogue_host(b.op))
-    ins = [values[kernel.inputs[int(r[1:])]] for r in host.inputs]
-    return registry.get(host.op).reference(*ins, **host.attr_dict)
-
-
 @pytest.mark.parametrize("stage", ["train_step", "infer"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_generated_kernels_match_the_reference(name, stage, tmp_path):
     graph = optimize(build(dslc.load(MODELS / f"{name}.net", **CASES[name]), stage))[0]
-    kg = lower(graph)
-    module = generate(kg)
-    lib = _compile(module.source, tmp_path)
-    feeds, params, randoms = arrays(graph, batch=3)
-    values = reference.evaluate(graph, feeds, params, randoms=randoms)
-    sizes = reference.bind_inputs(graph, feeds)
-    checked = 0
-    for launch in module.launches:
-        if launch.kind not in ("generated", "epilogue"):
-            continue
-        k = module.kernels[launch.position]
-        # each buffer as the runner binds it: C-contiguous, in the kernel graph's shape at this batch
-        views = {b: np.asarray(values[b], NUMPY_DTYPE[kg.buffer(b).dtype]).reshape(kg.buffer(b).type.bind(sizes))
-                 .copy(order="C") for b in launch.args}
-        for o in k.outputs + k.scratch:  # what the kernel writes starts as NaN
-            if views[o].dtype.kind == "f":
-                views[o][...] = np.nan
-        if launch.kind == "epilogue":
-            views[k.outputs[0]][...] = _host_value(k, values)
-        fn = getattr(lib, launch.function)
-        args = [_c(a) for a in launch.arguments(views)]
-        gx, gy = launch.grid(views)
-        for by in range(gy):
-            for bx in range(gx):
-                lib.dslc_set_block(bx, by, gx, gy)
-                fn(*args)
-        for o in k.outputs:
-            want = values[o].astype(np.float64).reshape(views[o].shape)
-            scale = max(float(np.max(np.abs(want))), 1e-6) if want.size else 1.0
-            err = float(np.max(np.abs(views[o] - want))) / scale if want.size else 0.0
-            assert err <= 1e-4, f"{name} {stage} {launch.function}: {o} relative error {err:.2e}"
-        checked += 1
-    assert checked
+    assert check_cuda_on_host(graph, tmp_path)
+
+
+def test_library_and_pointwise_kernels_of_every_op_sample_match_the_reference(tmp_path):
+    """Every sample of an op the CUDA module runs as a library kernel (through the runner's
+    ops.py) or as a pointwise loss loop, with its gradient, in one module."""
+    from dslc.codegen.cuda_library import NEEDS
+    from dslc.ops import registry
+    wanted = [s for s in SAMPLES if s[0] in NEEDS or registry.get(s[0]).pointwise is not None]
+    graph, feeds = samples_graph(wanted)
+    assert check_cuda_on_host(optimize(graph)[0], tmp_path, feeds=feeds) >= len(wanted)

@@ -515,6 +515,35 @@ model m(k: int = 3000000000 * 3000000000 * 3000000000) {
 }
 """,
          [("1:18", 'E0273', 'compile-time arithmetic overflows: 9000000000000000000 * 3000000000')]),
+    Case("unknown_role", """\
+model m {
+    input x : f32[N, 4]
+    param b : f32[3, 4] = zeros() as biass
+    output y = x + b
+}
+""",
+         [("3:38", 'E0223', "unknown parameter role 'biass'")]),
+    Case("floor_division_by_zero", """\
+model m(k: int = 0) {
+    input x : f32[N, 4]
+    output y = x |> linear(8 // k)
+}
+""",
+         [("3:28", 'E0272', 'division by zero')]),
+    Case("power_overflow", """\
+model m(k: int = 10 ** 100) {
+    input x : f32[N, 4]
+    output y = x
+}
+""",
+         [("1:18", 'E0273', 'compile-time arithmetic overflows: 10 ** 100')]),
+    Case("power_not_real", """\
+model m(b: float = -8.0) {
+    input x : f32[N, 4]
+    output y = x * b ** 0.5
+}
+""",
+         [("3:20", 'E0274', '-8.0 ** 0.5 is not a real number')]),
     Case("no_output", """\
 model m {
     input x : f32[N, 4]

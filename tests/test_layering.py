@@ -12,12 +12,14 @@ layer or those below it. Read from the folder names, bottom to top:
                 schedules), each declaring the recipe calls it accepts beside its code
     recipe      dslc/recipe/: the recipe schema gathered from those declarations (and the
                 optimizers' in passes/train_step.py), and the --set overrides
-    model       dslc/model.py, gradcheck.py: the `dslc.load` API
-    stages      dslc/stages.py and the package itself (dslc/__init__.py)
+    model       dslc/model.py, gradcheck.py, objective.py: models as loaded, and what grad differentiates
+    stages      dslc/stages.py
     kernels     dslc/kernels/: the kernel graph, its memory plan and window geometry
     codegen     dslc/codegen/: kernel graph to Numba and CUDA source
     runtime     runtime/ (installed as dslc.runtime): executors, trainer, data, checkpoints
     interop     dslc/interop/: ONNX export, PyTorch weights
+    api         dslc/api.py and the package itself (dslc/__init__.py): `dslc.load` with checkpoints
+                and compiled callables
     cli         dslc/cli/
 
 The test walks every import statement of every module (those inside functions too, since
@@ -44,12 +46,13 @@ LAYERS = (
     ("passes", ("dslc.passes",)),
     ("components", ("dslc.runtime.data", "dslc.runtime.schedules")),
     ("recipe", ("dslc.recipe",)),
-    ("model", ("dslc.model", "dslc.gradcheck")),
-    ("stages", ("dslc.stages", "dslc")),
+    ("model", ("dslc.model", "dslc.gradcheck", "dslc.objective")),
+    ("stages", ("dslc.stages",)),
     ("kernels", ("dslc.kernels",)),
     ("codegen", ("dslc.codegen",)),
     ("runtime", ("dslc.runtime",)),
     ("interop", ("dslc.interop",)),
+    ("api", ("dslc.api", "dslc")),
     ("cli", ("dslc.cli",)),
 )
 

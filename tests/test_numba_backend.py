@@ -18,7 +18,7 @@ from dslc import reference
 from dslc.passes.train_step import Optimizer
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from helpers import MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
+from helpers import HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
 
 # Ops with no library kernel or generated loop yet: run by the NumPy reference (they allocate).
 FALLBACK_OPS = {"svm", "svm_grad", "slice", "slice_grad", "pad"}
@@ -103,6 +103,8 @@ def test_op_sample_matches_reference(name, k, sample):
         scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
         err = float(np.max(np.abs(got[key].astype(np.float64) - w))) / scale if w.size else 0.0
         assert err <= TOL, f"{name}: {key} relative error {err:.2e}"
+    fell = {n.op for p in cg.fallbacks for n in cg.kernels[p].covers()} - HOST_FALLBACKS
+    assert not fell, f"{name}: {sorted(fell)} ran on the NumPy references, not as kernels"
 
 
 @pytest.mark.parametrize("geometry", [dict(kernel=3, stride=2, pad=1, dilation=1, groups=1),

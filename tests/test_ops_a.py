@@ -1,5 +1,6 @@
-"""Ops of shape.py, reduce.py, elementwise.py, linalg.py and loss.py: shape rules, NumPy
-references against PyTorch, and gradient rules against central differences.
+"""Ops of shape.py, reduce.py, elementwise.py, math_ops.py, index.py, linalg.py, image.py, loss.py
+and regression.py: shape rules, NumPy references against PyTorch, and gradient rules against
+central differences.
 
 Gradients are checked in float64 with h = 1e-6 on graphs built by GraphBuilder and
 differentiated by the autodiff pass; the error measure is
@@ -30,7 +31,8 @@ except ImportError:  # the optional oracle: only the tests that compare with it 
     torch = F = None
 needs_torch = pytest.mark.skipif(torch is None, reason="compares with PyTorch, which is not installed")
 
-MODULES = {f"dslc.ops.{m}" for m in ("shape", "reduce", "elementwise", "linalg", "loss")}
+MODULES = {f"dslc.ops.{m}" for m in ("shape", "reduce", "elementwise", "math_ops", "index", "linalg", "image", "loss",
+                                      "regression")}
 OPS = sorted(n for n, op in registry.all_ops().items() if op.shape.__module__ in MODULES)
 N = Sym.of("N")
 
@@ -50,7 +52,7 @@ def infer(op, *types, **attrs):
 def test_every_op_is_complete(name):
     op = registry.get(name)
     assert op.formula and op.flops and op.reference and op.samples
-    assert (op.grad is None) == (op.category == "derivative")
+    assert (op.grad is None) == (op.category in ("derivative", "index"))  # index ops: integer in or out
 
 
 def test_the_new_ops_exist():
@@ -183,6 +185,8 @@ def draw(types, domain, dtype, rng):
         x = rng.standard_normal(shape)
         if domain == "positive":
             x = rng.uniform(0.5, 2.0, shape)
+        elif domain == "probability":
+            x = rng.uniform(0.05, 0.95, shape)
         elif domain == "kinks":  # |x| >= 0.1: finite differences never cross a kink
             x = np.where(x >= 0, 1, -1) * (0.1 + np.abs(x))
         out.append(np.asarray(x, dtype=dtype))
@@ -241,6 +245,41 @@ def _linear(x, w, b=None, **_):
     return F.linear(x, w.T, b)
 
 
+def _extremum(x, axis, keepdims, mode="max"):
+    fn = torch.amax if mode == "max" else torch.amin
+    return fn(x, dim=_axes(x, None if axis is None else (axis,)), keepdim=keepdims)
+
+
+def _argmax(x, axis, keepdims):
+    if axis is None:
+        return torch.argmax(x).reshape((1,) * x.ndim if keepdims else ())
+    return torch.argmax(x, dim=axis, keepdim=keepdims)
+
+
+def _gather(x, index, axis):
+    return torch.gather(x, axis, index.unsqueeze(axis)).squeeze(axis)
+
+
+def _bmm(x, y, transpose_a, transpose_b):
+    return torch.bmm(x.transpose(1, 2) if transpose_a else x, y.transpose(1, 2) if transpose_b else y)
+
+
+def _upsample(x, scale, mode):
+    scale = (scale, scale) if isinstance(scale, int) else tuple(scale)
+    return F.interpolate(x, scale_factor=scale, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+
+
+def _lrn(x, size, alpha, beta, k):
+    # torch takes [N, C, ...] of rank 3 at least: a [N, C] input gets a spatial axis of 1
+    flat = x.ndim == 2
+    y = F.local_response_norm(x[..., None] if flat else x, size, alpha, beta, k)
+    return y[..., 0] if flat else y
+
+
+def _r2(p, t):
+    return 1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum()
+
+
 def oracles() -> dict:
     """PyTorch's version of every op, by name (built when asked: PyTorch may be absent)."""
     return {
@@ -273,6 +312,29 @@ def oracles() -> dict:
         "concat": lambda *xs, axis: torch.cat(xs, axis), "pad": _pad, "slice": _slice,
         "slice_grad": lambda g, like, **a: _vjp(_slice, like, g, *a.values()),
         "zeros_like": torch.zeros_like,
+        # math_ops.py
+        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
+        "clip": lambda x, min, max: torch.clamp(x, min, max),  # noqa: A006
+        "clip_mask": lambda x, min, max: _deriv(lambda v: torch.clamp(v, min, max), x),  # noqa: A006
+        "pow": torch.pow, "floor_div": lambda x, y: torch.div(x, y, rounding_mode="floor"),
+        "maximum": torch.maximum, "minimum": torch.minimum,
+        "greater_share": lambda x, y: (x > y).to(x.dtype) + 0.5 * (x == y).to(x.dtype),
+        "softplus": lambda x, beta: F.softplus(x, beta), "selu": F.selu,
+        # reduce.py, index.py, linalg.py
+        "max": _extremum, "min": lambda x, axis, keepdims: _extremum(x, axis, keepdims, "min"),
+        "extremum_grad": lambda x, g, axis, keepdims, mode: _vjp(_extremum, x, g, axis, keepdims, mode),
+        "argmax": _argmax, "gather": _gather,
+        "gather_grad": lambda g, index, like, axis: _vjp(_gather, like, g, index, axis),
+        "one_hot": lambda index, classes, dtype: F.one_hot(index, classes).to(getattr(torch, NUMPY_DTYPE[dtype])),
+        "stack": lambda *xs, axis: torch.stack(xs, axis), "unstack": lambda g, axis, index: torch.select(g, axis, index),
+        "nll_loss": F.nll_loss, "nll_loss_grad": lambda x, y, g: _vjp(F.nll_loss, x, g, y),
+        "bmm": _bmm,
+        # image.py
+        "upsample": _upsample, "upsample_grad": lambda g, like, scale, mode: _vjp(_upsample, like, g, scale, mode),
+        "lrn": _lrn, "lrn_grad": lambda x, g, size, alpha, beta, k: _vjp(_lrn, x, g, size, alpha, beta, k),
+        # regression.py
+        "huber": lambda p, t, delta: F.huber_loss(p, t, delta=delta), "bce": F.binary_cross_entropy,
+        "mae": F.l1_loss, "r2": _r2,
     }
 
 
@@ -287,8 +349,10 @@ def test_reference_keeps_dtype_and_follows_the_shape_rule(name, sample, dtype):
     op = registry.get(name)
     xs = draw(sample.inputs, sample.domain, dtype, np.random.default_rng(0))
     got = np.asarray(op.reference(*xs, **dict(complete_attrs(op, sample.attrs))))
-    assert got.dtype == np.dtype(dtype), "the reference must keep the input's dtype"
-    assert got.shape == tuple(infer(name, *sample.inputs, **sample.attrs).shape)
+    out = infer(name, *sample.inputs, **sample.attrs)
+    floats = out.is_float and any(t.is_float for t in sample.inputs)  # else its type is its own (argmax, one_hot)
+    assert got.dtype == (np.dtype(dtype) if floats else NUMPY_DTYPE[out.dtype]), "the reference must keep the dtype"
+    assert got.shape == tuple(out.shape)
 
 
 @needs_torch
@@ -397,6 +461,13 @@ SYMBOLIC = [
     ("mse", [T("f64", N, 3), T("f64", N, 3)], {}),
     ("l1_loss", [T("f64", N, 3), T("f64", N, 3)], {}),
     ("bce_with_logits", [T("f64", N, 3), T("f64", N, 3)], {}),
+    ("huber", [T("f64", N, 3), T("f64", N, 3)], {"delta": 0.5}),
+    ("max", [T("f64", N, 4)], {"axis": 1}),
+    ("gather", [T("f64", N, 4), T("i64", N)], {}),
+    ("nll_loss", [T("f64", N, 4), T("i64", N)], {}),
+    ("stack", [T("f64", N, 2), T("f64", N, 2)], {}),
+    ("bmm", [T("f64", N, 2, 3), T("f64", N, 3, 2)], {}),
+    ("r2", [T("f64", N, 3), T("f64", N, 3)], {}),
 ]
 
 

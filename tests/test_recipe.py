@@ -61,7 +61,7 @@ def test_sketch_recipes_validate_cleanly():
     assert e1 == [] and e2 == []
     assert (r1.name, r2.name) == ("resnet_tiny", "finetune")
     assert r1["optimizer"] == R.CallValue("sgd", (("lr", 0.1), ("momentum", 0.9), ("nesterov", True),
-                                                  ("weight_decay", 5e-4)))
+                                                  ("weight_decay", 5e-4), ("decay_roles", ("weight",))))
     assert r1["schedule"]["warmup"] == 2.0 and r1["schedule"]["min_lr"] == 0.0
     assert r1["stop"].kwargs == {"metric": "val_accuracy", "patience": 5, "mode": "max", "min_delta": 0.0}
     assert r1["augment"] == (R.CallValue("hflip", (("p", 0.5),)),
@@ -111,7 +111,8 @@ def test_weight_decay_moves_into_the_optimizer():
 def test_defaults_recipe():
     d = R.defaults("m")
     assert d["batch"] == 64 and d["epochs"] == 10 and d["data"] is None and d["normalize"] == "per_channel"
-    assert d["optimizer"].kwargs == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    assert d["optimizer"].kwargs == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+                                     "decay_roles": ("weight",)}
     assert d["split"].kwargs == {"fraction": 0.1, "test": 0.0, "seed": 0} and d["seed"] == 0
     assert [k for k, _ in d.entries] == [k for k in R.KEYS if k not in ("lr", "weight_decay")]
 
@@ -258,7 +259,8 @@ def base():
 def test_overrides_set_whole_values_and_arguments(base):
     r = apply_overrides(base, {"epochs": 5, "optimizer.lr": "0.01", "batch": "32", "weight_decay": 1e-4})
     assert r["epochs"] == 5 and r["batch"] == 32
-    assert r["optimizer"].kwargs == {"lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
+    assert r["optimizer"].kwargs == {"lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+                                     "decay_roles": ("weight",)}
     assert base["epochs"] == 20 and r.span == base.span  # the original is unchanged
     r = apply_overrides(base, {"optimizer": "adam()", "optimizer.beta1": 0.8, "steps": 50})
     assert r["optimizer"]["beta1"] == 0.8 and r["optimizer"].name == "adam"

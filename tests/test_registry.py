@@ -18,7 +18,8 @@ from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.autodiff import differentiate
 from helpers import OPS, SAMPLES, feeds_for, typed
 
-NO_GRAD = ("derivative", "source", "metric", "optimizer", "kernel")  # never differentiated through
+# never differentiated through; an index op (argmax, one_hot) has an integer output or only integer inputs
+NO_GRAD = ("derivative", "source", "metric", "optimizer", "kernel", "index")
 NO_SAMPLES = ("source", "kernel")  # fused kernels are built by the fuse pass from sampled ops
 GRAD_SAMPLES = [s for s in SAMPLES if OPS[s[0]].grad]
 

@@ -214,6 +214,62 @@ def test_weight_decay_spares_biases(tiny):
                                plain[("param", "fc1.weight")] - 0.1 * 0.5 * params["fc1.weight"], rtol=1e-12)
 
 
+ROLES = """
+model m {
+    input x : f64[N, 4]
+    input y : i64[N]
+    param W : f64[4, 3] = kaiming()
+    param b : f64[2, 3] = normal() as bias
+    param s : f64[3] = ones() as weight
+    param c : f64[3] = ones() as state
+    logits = x @ W + sum(b, axis=0) * s + c
+    loss cross_entropy(logits, y) + 0.1 * l2(weights)
+}
+"""
+
+
+def _step(model, opt: Optimizer):
+    """One training step of `model` on a fixed batch, from zero optimizer state."""
+    graph = train_step(model.graph, opt)
+    params = model.init(seed=0)
+    params.update({p.name: np.zeros(p.type.bind({})) for p in graph.params if p.name.startswith("opt.")})
+    data = {"x": np.ones((2, 4)), "y": np.array([0, 2]), "lr": opt.lr, "step": 1.0}
+    return run_outputs(graph, data, params), params
+
+
+def test_declared_roles_override_the_rank_rule(net):
+    """`as ROLE` decides what is a weight (decayed, in l2(weights)) whatever the rank; state is not trained."""
+    model = dslc.load(net(ROLES))
+    assert {n: p.role for n, p in model.param_specs.items()} == {"W": "weight", "b": "bias", "s": "weight",
+                                                                   "c": "state"}
+    assert set(model.graph.of_op("l2")[0].inputs) == {"W", "s"}
+    plain, params = _step(model, Optimizer("adamw", lr=0.1, weight_decay=0.0))
+    decayed, _ = _step(model, Optimizer("adamw", lr=0.1, weight_decay=0.5))
+    assert {name for kind, name in plain if kind == "param"} == {"W", "b", "s"}
+    np.testing.assert_array_equal(plain[("param", "b")], decayed[("param", "b")])
+    np.testing.assert_allclose(decayed[("param", "s")], plain[("param", "s")] - 0.1 * 0.5 * params["s"], rtol=1e-12)
+
+
+def test_decay_roles_all_decays_every_trained_parameter_as_pytorch_does(net):
+    model = dslc.load(net(ROLES))
+    plain, params = _step(model, Optimizer("adamw", lr=0.1, weight_decay=0.0))
+    every, _ = _step(model, Optimizer("adamw", lr=0.1, weight_decay=0.5, decay_roles=("all",)))
+    for name in ("W", "b", "s"):
+        np.testing.assert_allclose(every[("param", name)], plain[("param", name)] - 0.1 * 0.5 * params[name],
+                                   rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown roles"):
+        Optimizer("adamw", decay_roles=("biases",))
+
+
+def test_decay_roles_in_a_recipe(net):
+    recipe = "\ntrain m {\n    data = digits()\n    optimizer = adamw(lr=0.01, weight_decay=0.1, decay_roles=all)\n}\n"
+    step = build(dslc.load(net(ROLES + recipe)), "train_step")
+    assert {n.name: n.attr("weight_decay") for n in step.of_op("adam_step")} == {"W.new": 0.1, "b.new": 0.1,
+                                                                                  "s.new": 0.1}
+    with pytest.raises(CompileError, match="decay_roles"):
+        dslc.load(net(ROLES + recipe.replace("decay_roles=all", "decay_roles=[weight, biass]")))
+
+
 def stochastic_model(net, output: str = "output probs = softmax(logits)"):
     return dslc.load(net(STOCHASTIC.replace("OUTPUT", output)))
 

@@ -94,10 +94,19 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from dslc.runtime import predict
+    from dslc.runtime.prepare import reads_labels
 
     model = load_model(args)
     ckpt = predict.open_checkpoint(args.checkpoint)
     predict.fit_model(ckpt, model, args.force)
+    if not reads_labels(model):  # regression: the predicted values, one example a line
+        if args.mc_samples:
+            raise UsageError("--mc-samples averages class probabilities; this is a regression model")
+        values = predict.predict_values(model, ckpt, args.input, args.device)
+        print(json.dumps(values.tolist(), indent=2) if args.json else
+              "\n".join(f"{i}: " + " ".join(f"{v:.6g}" for v in row) for i, row in
+                        enumerate(values.reshape(len(values), -1))))
+        return 0
     rows = predict.predict(model, ckpt, args.input, args.top, args.device, args.mc_samples, args.seed)
     keys = ("class", "probability", "std")
     print(json.dumps([[dict(zip(keys, cell)) for cell in row] for row in rows], indent=2) if args.json

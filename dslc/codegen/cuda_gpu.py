@@ -40,28 +40,16 @@ from dslc.version import __version__
 BLOCK = 256  # threads per block of every launch (library.PRELUDE's DSLC_BLOCK)
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 CTYPE = library.CTYPE
-C_WORDS = ("auto", "bool", "break", "case", "char", "const", "continue", "default", "delete", "do", "double",
-           "else", "enum", "extern", "false", "float", "for", "goto", "if", "inline", "int", "long", "new",
-           "operator", "private", "public", "register", "return", "short", "signed", "sizeof", "static",
-           "struct", "switch", "template", "this", "true", "typedef", "typename", "union", "unsigned", "using",
-           "virtual", "void", "volatile", "while", "max", "min", "exp", "log", "sqrt", "erf", "tanh", "pow",
-           "fmin", "fmax", "expm1", "fabs", "scalar_t", "label_t", "dslc_block_sum")
 # What a kernel's `extern "C"` line reads until its body is written (Generator.close).
 SIGNATURE = "@signature@"
-# Fixed names the loop emitters use for indices: never a buffer's or local's name.
-LOOP_NAMES = ("i", "o", "r", "at", "e", "c", "j", "k", "x", "acc", "total", "first", "stride")
-# Names a chain function's locals must not take: the math functions and constants its body calls.
-RESERVED_LOCALS = ("exp", "log", "sqrt", "erf", "tanh", "pow", "fmin", "fmax", "expm1", "fabs", "max", "min",
-                   "SQRT1_2", "INV_SQRT_2PI", "double", "float", "int", "long", "const", "case", "default")
 
 
 def _chain_head(text, params, outs: int, dtype: str):
     """`void chain(p0, ..., r0, ...)`: results stored through r* (typed by the chain's
     dtype: a chain's values share one)."""
     results = [f"r{k}" for k in range(outs)]
-    head = text.wrapped("__device__ __forceinline__ void chain(",
+    return text.wrapped("__device__ __forceinline__ void chain(",
                         [f"double {p}" for p in params] + [f"{CTYPE[dtype]}* {r}" for r in results], ")")
-    return head, results + list(RESERVED_LOCALS)
 
 
 def _chain_results(values, dtype: str) -> list[str]:
@@ -128,12 +116,12 @@ class CudaModule:
 
 class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        super().__init__(kg, CUDA, C_WORDS + LOOP_NAMES + tuple(CONSTANTS))
+        super().__init__(kg, CUDA)
         # Every buffer's dimensions, named before any local: `x_s0`, `x_s1`, ...
         self.dims = {(b.name, a): self.names.get(f"{b.name} s{a}") for b in kg.buffers for a in range(len(b.shape))}
         self.used: set[tuple[str, int]] = set()  # the dimensions the kernel being written reads
         self.segments: dict[str, int] = {}
-        self.library: set[tuple[str, str, str | None]] = set()
+        self.library: set[tuple[str, str | None, str | None]] = set()
 
     def ctype(self, buffer: str) -> str:
         return CTYPE[self.kg.buffer(buffer).dtype]
@@ -170,11 +158,14 @@ class Generator(Emitter):
         src.lines[at] = head + src.lines[at][len(SIGNATURE):]
 
     def need(self, op: str, node) -> None:
-        """Record the library kernels extern `op` uses, for its dtypes."""
-        dtype = self.kg.buffer(node.inputs[0]).dtype
-        labels = [self.kg.buffer(i).dtype for i in node.inputs if self.kg.buffer(i).dtype in ("i32", "i64")]
+        """Record the library kernels extern `op` uses, for its dtypes: scalar_t the first float
+        input's (the output's, for one_hot), label_t the first integer input's."""
+        dtypes = [self.kg.buffer(i).dtype for i in node.inputs]
+        floats = [d for d in dtypes if d in ("f32", "f64")] or [self.kg.buffer(node.name).dtype]
+        labels = [d for d in dtypes if d in ("i32", "i64")]
         for name in library.NEEDS[op]:
-            self.library.add((name, dtype, labels[0] if name in library.LABELLED else None))
+            self.library.add((name, None if name in library.UNTYPED else floats[0],
+                              labels[0] if name in library.LABELLED else None))
 
 
 def generate(kg: KernelGraph) -> CudaModule:
@@ -197,7 +188,7 @@ def generate(kg: KernelGraph) -> CudaModule:
     for name, value in CONSTANTS.items():  # macros: an unused one draws no warning
         src.line(f"#define {name} {value}")
     order = {name: k for k, name in enumerate(library.KERNELS)}
-    for name, dtype, label in sorted(gen.library, key=lambda t: (order[t[0]], t[1], t[2] or "")):
+    for name, dtype, label in sorted(gen.library, key=lambda t: (order[t[0]], t[1] or "", t[2] or "")):
         src.blank()
         src.lines.extend(library.source(name, dtype, label).splitlines())
     src.lines.extend(body.lines)
@@ -207,7 +198,8 @@ def generate(kg: KernelGraph) -> CudaModule:
 
 
 # What each generated form of kernel is written by (emit.form).
-EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "elementwise": cuda_loops.elementwise,
+EMIT = {"expand": cuda_loops.expand, "regulariser": cuda_loops.regulariser, "pointwise": cuda_loops.pointwise,
+        "elementwise": cuda_loops.elementwise,
         "epilogue": cuda_loops.elementwise, "reduce": cuda_loops.reduce, "update": cuda_loops.update,
         "sweep": cuda_loops.sweep}
 
@@ -226,7 +218,7 @@ def _emit(gen: Generator, src: Source, pos: int, k: Kernel) -> Launch:
     numel = lambda name: tuple((name, a) for a in range(len(gen.kg.buffer(name).shape)))
     generated = lambda **kw: Launch(pos, "generated", k.name, gen.kernel_name(k), tuple(gen.params(k)),
                                     gen.axes(k), **kw)
-    if how == "regulariser":
+    if how in ("regulariser", "pointwise"):  # one block
         return generated(per_block=True)
     if how == "reduce":  # one block per output element
         return generated(work=(numel(k.outputs[0]),), per_block=True)

@@ -20,6 +20,7 @@ Conventions, shared with the generated kernels:
 """
 from __future__ import annotations
 
+from dslc.codegen import cuda_library_axis as axis
 from dslc.codegen.emit import CTYPE
 
 # Defined at the top of every generated module: the launch shape, the grid-stride loop
@@ -335,8 +336,13 @@ extern "C" __global__ void dslc_accuracy@(const scalar_t* logits, const label_t*
 }
 """
 
-LABELLED = ("cross_entropy_forward", "cross_entropy_backward", "accuracy")
-SINGLE_BLOCK = ("cross_entropy_forward", "accuracy")
+# The kernels along an axis and over images (max, gather, stack, nll, r2, upsample, lrn ...) join the table.
+KERNELS.update(axis.KERNELS)
+
+LABELLED = ("cross_entropy_forward", "cross_entropy_backward", "accuracy") + axis.LABELLED
+SINGLE_BLOCK = ("cross_entropy_forward", "accuracy") + axis.SINGLE_BLOCK
+# Device helpers that read no tensor: one copy per module, whatever the dtypes.
+UNTYPED = ("upsample_source",)
 
 # The library kernels an extern op's launch uses (see ops.py for how it calls them).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -357,17 +363,21 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "accuracy": ("accuracy",),
     "allreduce_mean": (),  # NCCL, called by the runner (runtime/cuda/nccl.py)
     "global_count": (),
+    **axis.NEEDS,
 }
 
 
 
-def function_name(kernel: str, dtype: str, label: str | None = None) -> str:
+def function_name(kernel: str, dtype: str | None, label: str | None = None) -> str:
     """`dslc_im2col_f32`, `dslc_accuracy_f32_i64`: the name a module exports for a kernel."""
     return f"dslc_{kernel}_{dtype}" + (f"_{label}" if kernel in LABELLED else "")
 
 
-def source(kernel: str, dtype: str, label: str | None = None) -> str:
-    """The kernel's text for one dtype (and label dtype): macros around, names suffixed."""
+def source(kernel: str, dtype: str | None, label: str | None = None) -> str:
+    """The kernel's text for one dtype (and label dtype): macros around, names suffixed; an
+    UNTYPED helper as it is (its dtype None)."""
+    if kernel in UNTYPED:
+        return KERNELS[kernel].strip("\n")
     suffix = function_name(kernel, dtype, label)[len(f"dslc_{kernel}"):]
     lines = [f"#define scalar_t {CTYPE[dtype]}"]
     if kernel in LABELLED:

@@ -28,7 +28,8 @@ generator does), then rounded once on store.
 """
 from __future__ import annotations
 
-from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, penalty, reduce_extents, reduce_space,
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, pair_term, penalty, reduce_extents,
+                               reduce_space,
                                tail)
 from dslc.codegen.groups import Sweep, update_plan
 from dslc.codegen.source import Source
@@ -216,6 +217,22 @@ def regulariser(gen, src, kernel) -> None:
                 src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
         src.line("const double total = dslc_block_sum(acc);")
         src.line(f"if (threadIdx.x == 0) {gen.arg(out_name)}[0] = ({gen.ctype(out_name)})total;")
+
+
+def pointwise(gen, src, kernel) -> None:
+    """mse, huber, mae ...: one block sums the pair terms of prediction and target, then divides by their count."""
+    node = kernel.nodes[0]
+    pred, target = node.inputs
+    out_name = kernel.outputs[0]
+    count = numel(gen, pred)
+    with src.block(gen.signature(kernel)):
+        src.line("double acc = 0.0;")
+        with src.block(f"for (long long k = threadIdx.x; k < {count}; k += blockDim.x)"):
+            src.line(f"const double p = {gen.arg(pred)}[k];")
+            src.line(f"const double t = {gen.arg(target)}[k];")
+            src.line(gen.lang.inc("acc", pair_term(gen.lang, node, "p", "t")))
+        src.line("const double total = dslc_block_sum(acc);")
+        src.line(f"if (threadIdx.x == 0) {gen.arg(out_name)}[0] = ({gen.ctype(out_name)})(total / {count});")
 
 
 # ---- update ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from dslc.codegen.scalar import expression, has_scalar, has_summand, literal, summand
+from dslc.codegen.scalar import expression, has_pointwise, has_scalar, has_summand, literal, pointwise, summand
 from dslc.codegen.source import Namer
 from dslc.kernels.graph import Kernel, KernelGraph
 from dslc.kernels.loop_forms import sweep_supported, update_supported
@@ -68,12 +68,13 @@ class Lang:
 
 class Emitter:
     """Stable names for one kernel graph's module: kernels `k_<layer>`, buffers after their
-    graph names, locals clear of both (see source.Namer)."""
+    graph names and locals after their layers, all ending in `_`, so that no model's name
+    can meet a word the loop emitters write (source.Namer's mangling scheme)."""
 
-    def __init__(self, kg: KernelGraph, lang: Lang, reserved):
+    def __init__(self, kg: KernelGraph, lang: Lang):
         self.kg, self.lang = kg, lang
-        self.names = Namer(reserved=reserved)
-        self.kernel_names = {k.name: self.names.get("k." + k.name) for k in kg.kernels if k.kind != "view"}
+        self.names = Namer()
+        self.kernel_names = {k.name: self.names.kernel(k.name) for k in kg.kernels if k.kind != "view"}
         self.buffer_names = {b.name: self.names.get(b.name) for b in kg.buffers}
 
     def arg(self, buffer: str) -> str:
@@ -87,7 +88,7 @@ class Emitter:
 
     def local_names(self) -> Namer:
         """Names for a kernel's locals: clear of every global and of its parameters."""
-        return Namer(reserved=set(self.names.taken))
+        return self.names.scope()
 
 
 def host_of(body):
@@ -97,8 +98,8 @@ def host_of(body):
 
 def form(gen: Emitter, k: Kernel) -> str:
     """How kernel k is generated: view (no code), library (a call of the language's library
-    kernel), a generated kind (expand, regulariser, elementwise, epilogue, reduce, update,
-    sweep), or fallback (the NumPy references). The same answer in every language, except
+    kernel), a generated kind (expand, regulariser, pointwise, elementwise, epilogue, reduce,
+    update, sweep), or fallback (the NumPy references). The same answer in every language, except
     that an extern op is a library call only where the language has that library kernel."""
     if k.kind == "view":
         return "view"
@@ -110,6 +111,8 @@ def form(gen: Emitter, k: Kernel) -> str:
             return "expand"
         if has_summand(op):
             return "regulariser"
+        if has_pointwise(op):
+            return "pointwise"
         return "fallback"
     if k.kind == "fused":
         body = k.nodes[0].attr("body")
@@ -229,3 +232,8 @@ def expand_axes(gen: Emitter, kernel: Kernel):
 def penalty(lang: Lang, node, x: str) -> str:
     """The term one element `x` adds to a regulariser's sum (OpDef.summand)."""
     return summand(node.op, x, node.attr_dict, lang.target)
+
+
+def pair_term(lang: Lang, node, pred: str, target: str) -> str:
+    """The term one pair adds to a pointwise loss's mean (OpDef.pointwise)."""
+    return pointwise(node.op, pred, target, node.attr_dict, lang.target)

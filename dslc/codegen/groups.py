@@ -53,9 +53,8 @@ def chain_text(lang, nodes, ext, outs) -> str:
     params = [f"p{k}" for k in range(len(ext))]
     dtype = nodes[-1].type.dtype
     text = Source(c=lang.c)
-    head, reserved = lang.chain_head(text, params, len(outs), dtype)
-    with text.block(head):
-        names = Namer(reserved=params + reserved)
+    with text.block(lang.chain_head(text, params, len(outs), dtype)):
+        names = Namer()
         values = emit_body(text, nodes, lambda r: params[ext.index(r)], names, lang, by_op=True)
         for line in lang.chain_results([values[o] for o in outs], dtype):
             text.line(line)

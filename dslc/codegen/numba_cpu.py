@@ -39,17 +39,13 @@ from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
 from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
-MODULE_GLOBALS = ("math", "np", "njit", "prange", "collective", "conv", "gemm", "pool", "softmax", "step", "prologue",
-                  "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
-# Fixed names of the loop nests' indices and accumulators: never a buffer's name.
-LOOP_NAMES = ("i", "j", "n", "c", "p", "x", "lo", "hi", "cc", "acc", "slots") + tuple(f"i{a}" for a in range(8))
 # How a kernel may see a buffer (the name suffix of its argument): as it is, flat (every
 # element in order), or as [N, C, S] / [N, C] around its channel axis 1.
 VIEWS = {"": "", "flat": "f", "ncs": "3", "nc": "2"}
 
 
 def _chain_head(text, params, outs: int, dtype: str):
-    return f"def chain({', '.join(params)}):", ["math", "max", "min"]
+    return f"def chain({', '.join(params)}):"
 
 
 def _chain_results(values, dtype: str) -> list[str]:
@@ -64,14 +60,15 @@ PYTHON = Lang(target="cpu", c=False, let="{name} = {value}", store="{at} = {valu
 
 # What each generated form of kernel is written by (emit.form); library calls and
 # fallbacks are lines of the drivers, not functions.
-EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "elementwise": numba_loops.elementwise,
+EMIT = {"expand": numba_loops.expand, "regulariser": numba_loops.regulariser, "pointwise": numba_loops.pointwise,
+        "elementwise": numba_loops.elementwise,
         "epilogue": numba_loops.elementwise, "reduce": numba_loops.reduce, "update": numba_loops.update,
         "sweep": numba_sweep.sweep}
 
 
 class Generator(Emitter):
     def __init__(self, kg: KernelGraph):
-        super().__init__(kg, PYTHON, MODULE_GLOBALS + LOOP_NAMES)
+        super().__init__(kg, PYTHON)
         self.views: dict[tuple[str, str], str] = {(b.name, ""): self.arg(b.name) for b in kg.buffers}
         self.calls: dict[str, list] = {}  # kernel -> the driver's lines running it (str, or (function, args))
         self.units: dict[str, str] = {}  # kernel function -> its text, with the chain functions it calls
@@ -150,9 +147,11 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
     if how == "fallback":
         return False
     if how == "library":
-        node = k.nodes[0]
-        gen.call(k, externs.call(node, [gen.arg(b) for b in k.inputs + k.outputs], [gen.bound(i) for i in k.inputs]),
-                 comment=f"{k.name}: {node.op}, {where(node.span)}")
+        node = k.nodes[0]  # its own inputs, in order: a kernel's are listed once each (x @ x reads x twice)
+        lines = externs.call(node, [gen.arg(b) for b in node.inputs + (node.name,)], [gen.bound(i) for i in node.inputs])
+        gen.call(k, lines[0], comment=f"{k.name}: {node.op}, {where(node.span)}")
+        for line in lines[1:]:
+            gen.call(k, line)
     else:
         EMIT[how](gen, src, k)
     return True

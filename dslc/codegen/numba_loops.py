@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 
 from dslc.codegen import externs
-from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, host_of, penalty, reduce_extents,
+from dslc.codegen.emit import (accumulate_element, expand_axes, finish_element, host_of, pair_term, penalty,
+                               reduce_extents,
                                reduce_space, tail)
 from dslc.codegen.groups import update_plan
 from dslc.codegen.source import Source
@@ -138,7 +139,8 @@ def elementwise(gen, src, kernel) -> None:
     if host is not None:  # the library writes the host's value into the output first
         args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
         shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
-        gen.call(kernel, externs.call(host, args, shapes))
+        for line in externs.call(host, args, shapes):
+            gen.call(kernel, line)
     with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par)):
         loads.start()
         loads.hoist(src)
@@ -237,6 +239,21 @@ def regulariser(gen, src, kernel) -> None:
             with src.block(f"for x in {arr}:"):
                 src.line(gen.lang.inc("acc", penalty(gen.lang, node, "x")))
         src.line(gen.lang.put(f"{out}[0]", "acc", gen.dtype(kernel.outputs[0])))
+
+
+def pointwise(gen, src, kernel) -> None:
+    """mse, huber, mae ...: one float64 sum over the element pairs of prediction and target
+    (flat views), divided by their count."""
+    node = kernel.nodes[0]
+    pred, target = (gen.view(i, "flat") for i in node.inputs)
+    out = gen.view(kernel.outputs[0], "flat")
+    with src.block(gen.signature(src, kernel, [pred, target, out], parallel=False, accumulate=True)):
+        src.line("acc = 0.0")
+        with src.block(f"for i in range({pred}.size):"):
+            src.line(f"p = {pred}[i]")
+            src.line(f"t = {target}[i]")
+            src.line(gen.lang.inc("acc", pair_term(gen.lang, node, "p", "t")))
+        src.line(gen.lang.put(f"{out}[0]", f"acc / {pred}.size", gen.dtype(kernel.outputs[0])))
 
 
 # ---- update ---------------------------------------------------------------------------

@@ -104,7 +104,8 @@ class NumbaSweep(Sweep):
         return slot
 
     def store_channel(self, name: str, value: str) -> str:
-        return self.gen.lang.put(f"{self.gen.arg(name)}[c]", value, self.gen.dtype(name))
+        # through the view the kernel takes it as: a layer of one channel's vector is a "scalar", passed flat
+        return self.gen.lang.put(f"{self.view(name)}[c]", value, self.gen.dtype(name))
 
 
 def sweep(gen, src, kernel) -> None:

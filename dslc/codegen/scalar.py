@@ -75,6 +75,20 @@ def summand(op: str, x: str, attrs: Mapping, target: str = "cpu") -> str:
     return _fill(getattr(registry.get(op).summand, target), [x], attrs, target)
 
 
+def has_pointwise(op: str) -> bool:
+    """Whether `op` is a mean over element pairs the generators write as a loop (OpDef.pointwise)."""
+    return registry.get(op).pointwise is not None
+
+
+def pointwise(op: str, pred: str, target: str, attrs: Mapping, target_lang: str = "cpu") -> str:
+    """The term one pair of elements adds to the mean of a pointwise loss or metric `op`.
+
+    >>> pointwise("mse", "p", "t", {})
+    '(p - t) * (p - t)'
+    """
+    return _fill(getattr(registry.get(op).pointwise, target_lang), [pred, target], attrs, target_lang)
+
+
 def _fill(template, operands: list[str], attrs: Mapping, target: str) -> str:
     if callable(template):
         template = template(attrs)

@@ -8,8 +8,9 @@ writes C: `//` comments and `{ }` blocks.
     src = Source()
     with src.block("def k_fc_relu(fc_linear, fc_relu):"):
         src.line("...")
-    names = Namer(reserved={"np", "math"})
-    names.get("fc.relu")          # 'fc_relu' (the same answer every time for the same key)
+    names = Namer()
+    names.get("fc.relu")          # 'fc_relu_' (the same answer every time for the same key)
+    names.kernel("fc.relu")       # 'k_fc_relu'
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import keyword
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 INDENT = "    "
 WIDTH = 110
@@ -83,44 +83,71 @@ class Source:
 
 def identifier(name: str) -> str:
     """A valid Python identifier that reads like `name`: `stage1.conv_bn_relu.conv2d` ->
-    `stage1_conv_bn_relu_conv2d`; a leading digit or a keyword gets a `_` in front."""
+    `stage1_conv_bn_relu_conv2d`; a leading digit or a keyword gets a `_` in front. For file
+    names; names inside generated code come from `Namer`."""
     out = re.sub(r"\W+", "_", name).strip("_") or "_"
     if out[0].isdigit() or keyword.iskeyword(out):
         out = "_" + out
     return out
 
 
+def _words(name: str) -> str:
+    """`name`'s letters and digits with every run of other characters (and of `_`) as one `_`,
+    none at either end, never a leading digit: `stage1.conv_bn__relu` -> `stage1_conv_bn_relu`."""
+    out = re.sub(r"[\W_]+", "_", name).strip("_") or "v"
+    return "_" + out if out[0].isdigit() else out
+
+
 class Namer:
     """Stable, unique identifiers for keys (buffer or kernel names), in first-asked order.
 
-    Two keys that sanitise alike (`a.b` and `a_b`) get `a_b` and `a_b_1`: the order of
-    the calls decides, and generators ask in graph order, so names never change between
-    runs for the same graph.
+    The mangling scheme that keeps a model's names apart from everything else in generated
+    code, in both languages: every name made from a model's names (a buffer, a view of
+    one, a size, a local named after a layer or an op) ends in `_` (PEP 8's way round a
+    keyword), and a kernel's is `k_` + its layer. The words the loop emitters write
+    themselves (indices `i`, `n`, `c`, accumulators `acc`, library and math functions,
+    CUDA's `blockIdx`, macros `DSLC_FOR`, Python builtins `range`) never end in `_` and
+    never start with `k_`, and neither does any keyword or builtin of Python, C++ or CUDA:
+    so no name a user writes can take one of them, whatever the lists of either language
+    hold (tests/test_names.py tries keywords, builtins and every loop variable).
+
+    Two keys that read alike (`a.b` and `a_b`) get `a_b_` and `a_b_1_`: the order of the
+    calls decides, and generators ask in graph order, so names never change between runs
+    for the same graph.
     """
 
-    def __init__(self, reserved: Iterable[str] = (), prefix: str = ""):
-        self.taken = set(reserved)
-        self.prefix = prefix
-        self.names: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.names: dict[str | tuple[str, str], str] = {}
 
-    def get(self, key: str) -> str:
-        if key not in self.names:
-            base = identifier(self.prefix + key)
-            out, k = base, 1
-            while out in self.taken:
-                out, k = f"{base}_{k}", k + 1
-            self.taken.add(out)
-            self.names[key] = out
-        return self.names[key]
+    def scope(self) -> "Namer":
+        """A namer for one function's locals: clear of every name taken here so far."""
+        inner = Namer()
+        inner.taken = set(self.taken)
+        return inner
 
-    def fresh(self, hint: str) -> str:
-        """A new identifier not tied to any key (temporaries)."""
-        base = identifier(hint)
-        out, k = base, 1
+    def _unique(self, base: str, tail: str) -> str:
+        out, k = base + tail, 1
         while out in self.taken:
-            out, k = f"{base}_{k}", k + 1
+            out, k = f"{base}_{k}{tail}", k + 1
         self.taken.add(out)
         return out
+
+    def get(self, key: str) -> str:
+        """The value name of `key` (a buffer, a view), the same every time it is asked."""
+        if key not in self.names:
+            self.names[key] = self._unique(_words(key), "_")
+        return self.names[key]
+
+    def kernel(self, key: str) -> str:
+        """The function name of kernel `key`: `k_` + its layer, e.g. `k_fc_relu`."""
+        if ("kernel", key) not in self.names:
+            self.names["kernel", key] = self._unique("k_" + _words(key), "")
+        return self.names["kernel", key]
+
+    def fresh(self, hint: str) -> str:
+        """A new value name not tied to any key (temporaries)."""
+        return self._unique(_words(hint), "_")
 
 
 def where(span) -> str:

@@ -65,7 +65,7 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class BinOp:
-    op: str  # add sub mul div matmul
+    op: str  # add sub mul div floor_div pow matmul
     left: "Expr"
     right: "Expr"
     span: Span
@@ -103,6 +103,8 @@ class ParamDecl:
     type: TensorTypeExpr
     init: Expr | None
     span: Span
+    role: str | None = None  # `as bias`: declared, else from the rank
+    role_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)

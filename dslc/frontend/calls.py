@@ -41,6 +41,7 @@ class Calls:
     want_tensor: Callable[[Any, Span, Scope, str], Tensor]
     unknown_name: Callable[[Symbol, Scope], Abort]
     make_node: Callable[[str, list[str], dict, Span, str, Scope], Tensor]
+    constant: Callable[[Any, str, Span], Tensor]
     block_body: Callable[[Any, Scope], None]
 
     def call(self, c: ast.Call, scope: Scope, piped=None):
@@ -126,6 +127,10 @@ class Calls:
             n_in = next((i for i, v in enumerate(values) if not isinstance(v, (Tensor, ParamGroup))), len(values))
         tensors, positional = values[:n_in], values[n_in:]
         slots = op.inputs + (op.inputs[-1:] * len(tensors) if op.variadic else ())
+        like = next((v for v in tensors if isinstance(v, Tensor)), None)
+        if op.elementwise == "broadcast" and like is not None:
+            # a number in a tensor slot of a broadcasting op is a scalar: maximum(x, 0), pow(x, 2)
+            tensors = [self.constant(v, like.type.dtype, s) if _is_number(v) else v for v, s in zip(tensors, spans)]
         inputs: list[str] = []
         for v, s, slot in zip(tensors, spans, slots):
             if isinstance(v, ParamGroup) and op.variadic:
@@ -261,6 +266,10 @@ class Calls:
             raise self.error(inner, "E0256", f"block '{block.name}' returns nothing", block.name_span,
                              hint="end the block with `return VALUE`")
         return inner.returned
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _has_tensor(v) -> bool:

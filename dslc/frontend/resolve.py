@@ -27,6 +27,10 @@ from dslc.ir.graph import Graph, Output
 from dslc.ir.types import DTYPES, Dim, Sym, TensorType
 from dslc.ops import registry
 
+# A parameter's role decides what treats it as a weight: l1/l2(weights), weight decay (the
+# optimizer's decay_roles), `dslc check`. state is never trained (a constant buffer).
+ROLES = ("weight", "bias", "scale", "shift", "state")
+
 # Unrolling limits: a real model stays far below them; a runaway `repeat` or a block
 # that calls itself twice per level would otherwise take forever instead of failing.
 MAX_REPEAT = 10_000
@@ -199,8 +203,12 @@ class Elaborator(Calls):
                              hint="for example `= kaiming()` or `= zeros()`")
         init = self.init_value(s.init, scope)
         self._check_free(s.name, s.span, scope)
-        role = "weight" if t.rank >= 2 else "bias"
-        name = self.builder.source(s.name, "param", t, {"init": init, "trainable": True, "role": role}, s.span)
+        role = s.role or ("weight" if t.rank >= 2 else "bias")
+        if role not in ROLES:
+            raise self.error(scope, "E0223", f"unknown parameter role '{role}'", s.role_span,
+                             did_you_mean(role, ROLES) or f"roles: {', '.join(ROLES)}")
+        attrs = {"init": init, "trainable": role != "state", "role": role}
+        name = self.builder.source(s.name, "param", t, attrs, s.span)
         if role == "weight":
             self.weights.append(name)
         scope.vars[s.name] = Tensor(name, t)
@@ -379,11 +387,16 @@ class Elaborator(Calls):
                 raise self.error(scope, err.code, err.message, span) from None
         if op == "matmul" and not all(isinstance(v, Tensor) for v in values):
             raise self.error(scope, "E0271", "'@' needs two tensors", span)
+        if op == "matmul" and all(v.type.rank == 3 for v in values):
+            op = "bmm"  # [B, n, k] @ [B, k, m]: one product per leading index
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
-        names = [v.name if isinstance(v, Tensor) else
-                 self.builder.source(self.builder.unique("const"), "const", TensorType(dtype, ()), {"value": float(v)}, span)
-                 for v in values]
+        names = [v.name if isinstance(v, Tensor) else self.constant(v, dtype, span).name for v in values]
         return self.make_node(op, names, {}, span, self.builder.unique(scope.prefix + op), scope)
+
+    def constant(self, value, dtype: str, span: Span) -> Tensor:
+        """A number as a scalar constant of `dtype`: `x * 0.5`, `maximum(x, 0)`."""
+        t = TensorType(dtype, ())
+        return Tensor(self.builder.source(self.builder.unique("const"), "const", t, {"value": float(value)}, span), t)
 
     def make_node(self, op: str, inputs: list[str], attrs: dict, span: Span, name: str, scope: Scope) -> Tensor:
         """Append a node named `name` (already unique); a shape error becomes a diagnostic."""

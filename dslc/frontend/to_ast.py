@@ -107,8 +107,9 @@ class ToAst(Transformer_NonRecursive):
     def input_decl(self, meta, name, type_):
         return ast.InputDecl(str(name), type_, self._span(meta))
 
-    def param_decl(self, meta, name, type_, init):
-        return ast.ParamDecl(str(name), type_, init, self._span(meta))
+    def param_decl(self, meta, name, type_, init, role):
+        return ast.ParamDecl(str(name), type_, init, self._span(meta), str(role) if role is not None else None,
+                             token_span(self.file, role) if role is not None else None)
 
     def assign(self, meta, label, target, value):
         return ast.Assign(str(target), value, str(label) if label is not None else None, self._span(meta))
@@ -143,6 +144,12 @@ class ToAst(Transformer_NonRecursive):
 
     def matmul(self, meta, left, right):
         return ast.BinOp("matmul", left, right, self._span(meta))
+
+    def floor_div(self, meta, left, right):
+        return ast.BinOp("floor_div", left, right, self._span(meta))
+
+    def pow(self, meta, left, right):
+        return ast.BinOp("pow", left, right, self._span(meta))
 
     def neg(self, meta, operand):
         return ast.Neg(operand, self._span(meta))

@@ -150,20 +150,25 @@ class FoldError(Exception):
 
 
 def fold(op: str, values: list):
-    """Arithmetic on compile-time numbers (hyper-parameters), done now.
+    """Arithmetic on compile-time numbers (hyper-parameters), done now. `/` of two ints that
+    divide exactly stays an int; `//` rounds down (an int for two ints: `pad=k // 2`).
 
-    >>> fold("div", [6, 3]), fold("div", [7, 2])
-    (2, 3.5)
+    >>> fold("div", [6, 3]), fold("div", [7, 2]), fold("floor_div", [7, 2]), fold("pow", [2, 10])
+    (2, 3.5, 3, 1024)
     """
     if op == "neg":
         return -values[0]
     a, b = values
     if op == "matmul":
         raise FoldError("E0271", "'@' needs two tensors")
+    if op in ("div", "floor_div") and b == 0:
+        raise FoldError("E0272", "division by zero")
     if op == "div":
-        if b == 0:
-            raise FoldError("E0272", "division by zero")
         out = a // b if type(a) is int and type(b) is int and a % b == 0 else a / b
+    elif op == "floor_div":
+        out = a // b if type(a) is int and type(b) is int else float(math.floor(a / b))
+    elif op == "pow":
+        out = _power(a, b)
     else:
         out = {"add": a + b, "sub": a - b, "mul": a * b}[op]
     if (type(out) is int and abs(out) > INT_MAX) or (isinstance(out, float) and not math.isfinite(out)):
@@ -171,4 +176,21 @@ def fold(op: str, values: list):
     return out
 
 
-_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+def _power(a, b):
+    """a ** b: an int for ints and b >= 0 (never computed when it cannot fit int64, so 10 ** 10 ** 9
+    is an error at once, not an hour of multiplying), else a real float."""
+    if a == 0 and b < 0:
+        raise FoldError("E0272", f"0 ** {b}: division by zero")
+    if type(a) is int and type(b) is int and b >= 0:
+        if abs(a) > 1 and b * math.log2(abs(a)) > 64:
+            raise FoldError("E0273", f"compile-time arithmetic overflows: {a} ** {b}")
+        return a ** b
+    if a < 0 and b != int(b):
+        raise FoldError("E0274", f"{a} ** {b} is not a real number")
+    try:
+        return math.pow(a, b)
+    except OverflowError:
+        raise FoldError("E0273", f"compile-time arithmetic overflows: {a} ** {b}") from None
+
+
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floor_div": "//", "pow": "**"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import dslc
+from dslc.model import Model
 from dslc import reference
 from dslc.diagnostics import CliError
 from dslc.ir.graph import Graph
@@ -61,7 +61,7 @@ def run_onnx(proto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feeds)))
 
 
-def check(model: dslc.Model, weights, proto, batch: int = 2, seed: int = 0) -> list[Difference]:
+def check(model: Model, weights, proto, batch: int = 2, seed: int = 0) -> list[Difference]:
     """Each output of the exported `proto` against dslc's inference of `model` with `weights`."""
     graph = build(model, "infer")
     feeds = random_feeds(graph, batch, seed)

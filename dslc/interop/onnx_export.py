@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-import dslc
+from dslc.model import Model
+from dslc.version import __version__
 from dslc import reference
 from dslc.diagnostics import CliError, CompileError, Diagnostic
 from dslc.files import write_atomic
@@ -52,12 +53,12 @@ def require_onnx():
     return onnx
 
 
-def inference_graph(model: dslc.Model, level: int = 2) -> Graph:
+def inference_graph(model: Model, level: int = 2) -> Graph:
     """The graph export writes: the inference graph, optimised at `level` without fusion."""
     return optimize(build(model, "infer"), level, disable=("fuse",))[0]
 
 
-def export(model: dslc.Model, weights, level: int = 2, checkpoint: str | None = None):
+def export(model: Model, weights, level: int = 2, checkpoint: str | None = None):
     """The ONNX ModelProto of `model`'s inference graph with `weights` (every parameter by name),
     checked by onnx.checker and carrying its inferred shapes. CompileError (E0601) lists every
     op that cannot be exported, located in the .net source."""
@@ -119,17 +120,17 @@ def save(proto, path) -> int:
     return len(data)
 
 
-def metadata(model: dslc.Model, level: int, checkpoint: str | None) -> dict[str, str]:
+def metadata(model: Model, level: int, checkpoint: str | None) -> dict[str, str]:
     """What a reader of the ONNX file needs to trace it back: model, source, settings, weights."""
     props = {"dslc.model": model.name, "dslc.source": str(model.program.root),
              "dslc.source_sha256": source_digest(model), "dslc.hyperparameters": json.dumps(hyperparameters(model)),
-             "dslc.opt_level": str(level), "dslc.version": dslc.__version__}
+             "dslc.opt_level": str(level), "dslc.version": __version__}
     if checkpoint is not None:
         props["dslc.checkpoint"] = str(checkpoint)
     return props
 
 
-def source_digest(model: dslc.Model) -> str:
+def source_digest(model: Model) -> str:
     """sha256 of the .net files the model was read from (the root and its imports, by path)."""
     h = hashlib.sha256()
     for path in sorted(model.program.modules):
@@ -142,7 +143,7 @@ def source_digest(model: dslc.Model) -> str:
     return h.hexdigest()
 
 
-def hyperparameters(model: dslc.Model) -> dict:
+def hyperparameters(model: Model) -> dict:
     """The model's hyper-parameters: --set values, else the defaults as written in the source."""
     mdef = model.program.models[model.name]
     out = {}
@@ -197,7 +198,7 @@ class _OnnxGraph:
                 data.append((key, array))
         proto = helper.make_model(helper.make_graph(self.nodes, name, inputs, self.outputs),
                                   opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dslc",
-                                  producer_version=dslc.__version__, doc_string=doc)
+                                  producer_version=__version__, doc_string=doc)
         helper.set_model_props(proto, props)
         # Added last: make_graph and make_model would each copy hundreds of megabytes of weights.
         proto.graph.initializer.extend(self.onnx.numpy_helper.from_array(np.ascontiguousarray(a), key)

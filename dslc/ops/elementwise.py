@@ -93,9 +93,11 @@ def _unary(name: str, formula: str, fn, grad, scalar: Scalar, attrs=(), flops: i
 _unary("neg", "-x", np.negative, lambda b, n, g: (b.neg(g),), Scalar.both("-{0}"), category="arithmetic")
 
 # relu'(0) = 0 (the subgradient PyTorch and the CS231n notes use). NaN stays NaN, as
-# np.maximum: CUDA's fmax would return 0, hence the comparison.
+# np.maximum: CUDA's fmax would return 0, hence the comparison. The mask reads the output
+# (relu(x) > 0 exactly where x > 0; step(NaN) = 0 either way), so the input need not
+# outlive the forward and relu joins the epilogue or sweep of what feeds it (a batchnorm).
 _unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0),
-       lambda b, n, g: (b.mul(g, b.step(n.inputs[0])),),
+       lambda b, n, g: (b.mul(g, b.step(n.name)),),
        Scalar("max({0}, 0.0)", "({0} < 0.0 ? 0.0 : {0})"), domain="kinks")
 _unary("leaky_relu", "x if x > 0 else alpha * x  (at 0: slope alpha)",
        lambda x, alpha: np.where(x > 0, x, alpha * x),
@@ -120,6 +122,28 @@ _unary("sigmoid", "1 / (1 + exp(-x))", lambda x: _sigmoid(x),
               "({0} >= 0.0 ? 1.0 / (1.0 + exp(-{0})) : exp({0}) / (1.0 + exp({0})))"), flops=4)
 _unary("tanh", "tanh(x)", np.tanh, lambda b, n, g: (b.mul(g, b.tanh_deriv(n.name)),),
        Scalar("math.tanh({0})", "tanh({0})"), flops=4)
+
+
+# softplus, computed as max(z, 0) + log1p(exp(-|z|)), z = beta x: never overflows. Its
+# derivative is sigmoid(beta x). PyTorch switches to the identity above a threshold; this
+# form is already exact there, so there is none.
+_unary("softplus", "log(1 + exp(beta x)) / beta  (a smooth relu)",
+       lambda x, beta: ((np.maximum(beta * x, 0) + np.log1p(np.exp(-np.abs(beta * x)))) / beta).astype(x.dtype),
+       lambda b, n, g: (b.mul(g, b.sigmoid(n.inputs[0] if n.attr("beta") == 1.0 else
+                                           b.mul(n.inputs[0], b.const(n.attr("beta"), n.type.dtype)))),),
+       Scalar("(max({0} * {beta}, 0.0) + math.log1p(math.exp(-abs({0} * {beta})))) / {beta}",
+              "(fmax({0} * {beta}, 0.0) + log1p(exp(-fabs({0} * {beta})))) / {beta}"),
+       attrs=(Attr("beta", "float", 1.0, doc="sharpness: larger is closer to relu"),), flops=6)
+
+# selu (Klambauer et al. 2017): scale * elu(x, alpha) with the paper's fixed constants, which
+# keep activations near zero mean and unit variance. At 0 the slope is scale * alpha, as elu's.
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+_unary("selu", f"{SELU_SCALE:.4f} * (x if x > 0 else {SELU_ALPHA:.4f} * (exp(x) - 1))",
+       lambda x: (SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))).astype(x.dtype),
+       lambda b, n, g: (b.mul(g, b.mul(b.elu_deriv(n.inputs[0], alpha=SELU_ALPHA), b.const(SELU_SCALE, n.type.dtype))),),
+       Scalar(f"{SELU_SCALE!r} * ({{0}} if {{0}} > 0.0 else {SELU_ALPHA!r} * math.expm1(min({{0}}, 0.0)))",
+              f"{SELU_SCALE!r} * ({{0}} > 0.0 ? {{0}} : {SELU_ALPHA!r} * expm1(fmin({{0}}, 0.0)))"),
+       flops=4, domain="kinks")
 
 
 def _sigmoid(x):

@@ -1,11 +1,11 @@
 """Losses, metrics and regularisers: each yields a scalar.
 
-Classification losses take logits f32[N, C] and integer labels i64[N] and average
-over the batch; labels are never differentiated. Regression losses (mse, l1_loss,
-bce_with_logits) take a prediction and a float target of the same shape and average
-over all elements. Regularisers take any number of tensors, usually the parameter
-group `weights` (every weight of linear, conv2d and `param` of rank >= 2; never
-biases or batchnorm scale/shift).
+Classification losses take logits f32[N, C] (or log-probabilities, nll_loss) and
+integer labels i64[N] and average over the batch; labels are never differentiated.
+Regression losses are in regression.py. Regularisers take any number of tensors,
+usually the parameter group `weights` (every weight-role parameter: of linear,
+conv2d, a `param` of rank >= 2 unless declared otherwise; never biases or batchnorm
+scale/shift).
 
 A mean's count includes the symbolic batch N, so it is never a constant in the
 graph: gradients scale by `expand(g, like, mean=True)`, which divides by the count
@@ -77,6 +77,29 @@ register(OpDef(
     samples=_CLASS_GRAD_SAMPLES))
 
 
+def _nll_ref(logp, label):
+    return _scalar(-logp[np.arange(len(label)), label].mean(), logp)
+
+
+def _nll_grad_ref(logp, label, g):
+    out = np.zeros_like(logp)
+    out[np.arange(len(label)), label] = -g / len(label)
+    return out
+
+
+register(OpDef(
+    "nll_loss", "loss", ("logp", "label"), (), shape=_class_shape("nll_loss"), integer_inputs=(1,),
+    formula="mean_i -logp[i, label_i]  (logp: log-probabilities, e.g. log_softmax(logits, axis=1))",
+    flops=lambda ins, out, a: ins[1].numel(), reference=_nll_ref,
+    grad=lambda b, n, g: (b.nll_loss_grad(*n.inputs, g), None),
+    doc="nll_loss(log_softmax(logits, axis=1), label) is cross_entropy(logits, label), as in PyTorch.",
+    samples=_CLASS_SAMPLES))
+register(OpDef(
+    "nll_loss_grad", "derivative", ("logp", "label", "g"), (), shape=_grad_shape,
+    formula="-g / N at [i, label_i], 0 elsewhere", flops=lambda ins, out, a: out.numel(), reference=_nll_grad_ref,
+    integer_inputs=(1,), samples=_CLASS_GRAD_SAMPLES))
+
+
 def _hinge_margins(s, label, margin):
     """m[i, j] = s[i, j] - s[i, y_i] + margin for j != y_i, and 0 at j = y_i (excluded from the sum)."""
     m = s - s[np.arange(len(label)), label][:, None] + margin
@@ -117,68 +140,6 @@ register(OpDef(
     reference=lambda logits, label: _scalar((logits.argmax(axis=1) == label).mean(), logits),
     # Piecewise constant in the logits: its derivative is 0 wherever it exists.
     grad=lambda b, n, g: (b.zeros_like(n.inputs[0]), None), samples=_CLASS_SAMPLES))
-
-
-# ---- regression: prediction and target of one shape, mean over all elements ----------
-
-def _pair_shape(what: str, first: str):
-    def rule(ins, attrs):
-        x, t = ins
-        expect_float(x, what)
-        expect_float(t, what)
-        if x.dtype != t.dtype:
-            raise ShapeError(f"{what}: dtypes differ, {x.show()} and {t.show()}", code="E0305")
-        if x.shape != t.shape:
-            raise ShapeError(f"{what}: {first} {x.show()} and target {t.show()} differ in shape", code="E0308",
-                             hint="the target must have exactly the shape of the " + first)
-        return TensorType(x.dtype, ())
-    return rule
-
-
-def _mean_of(b, g, like):
-    """g / (number of elements of `like`), broadcast to its shape: the count is known at run time only."""
-    return b.expand(g, like, mean=True)
-
-
-def _mse_grad(b, n, g):
-    d = b.sub(*n.inputs)
-    dp = b.mul(b.mul(d, b.const(2.0, n.type.dtype)), _mean_of(b, g, d))
-    return dp, b.neg(dp)
-
-
-def _l1_loss_grad(b, n, g):
-    d = b.sub(*n.inputs)
-    # |d| has a kink at 0: sign(0) = 0 (the subgradient of minimum norm).
-    dp = b.mul(b.sign(d), _mean_of(b, g, d))
-    return dp, b.neg(dp)
-
-
-def _bce_ref(x, t):
-    # max(x, 0) - x t + log(1 + exp(-|x|)) equals -t log s - (1 - t) log(1 - s), s = sigmoid(x), without overflow.
-    return _scalar(np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))), x)
-
-
-def _bce_grad(b, n, g):
-    x, t = n.inputs
-    w = _mean_of(b, g, x)
-    return b.mul(b.sub(b.sigmoid(x), t), w), b.mul(b.neg(x), w)
-
-
-_PAIR_SAMPLES = (Sample((_f32(3, 4), _f32(3, 4))), Sample((_f32(2, 3, 2), _f32(2, 3, 2))))
-
-register(OpDef(
-    "mse", "loss", ("pred", "target"), (), shape=_pair_shape("mse", "prediction"),
-    formula="mean over all elements of (pred - target)^2", flops=lambda ins, out, a: 3 * ins[0].numel(),
-    reference=lambda p, t: _scalar(np.mean((p - t) ** 2), p), grad=_mse_grad, samples=_PAIR_SAMPLES))
-register(OpDef(
-    "l1_loss", "loss", ("pred", "target"), (), shape=_pair_shape("l1_loss", "prediction"),
-    formula="mean over all elements of |pred - target|", flops=lambda ins, out, a: 3 * ins[0].numel(),
-    reference=lambda p, t: _scalar(np.mean(np.abs(p - t)), p), grad=_l1_loss_grad,
-    samples=tuple(Sample(s.inputs, domain="kinks") for s in _PAIR_SAMPLES)))
-register(OpDef(
-    "bce_with_logits", "loss", ("logits", "target"), (), shape=_pair_shape("bce_with_logits", "logits"),
-    formula="mean of max(x, 0) - x * t + log(1 + exp(-|x|))  (= binary cross-entropy of sigmoid(x), t in [0, 1])",
-    flops=lambda ins, out, a: 6 * ins[0].numel(), reference=_bce_ref, grad=_bce_grad, samples=_PAIR_SAMPLES))
 
 
 # ---- regularisers over a group of tensors ---------------------------------------------

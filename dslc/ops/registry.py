@@ -66,7 +66,7 @@ class Sample:
     (user inputs then parameters), attributes, and the domain values are drawn from.
 
     domain: "any" (standard normal), "positive" (0.5..2), "kinks" (|x| >= 0.1, keeps
-    finite differences away from relu/abs/max kinks). Integer inputs are labels drawn
+    finite differences away from relu/abs/max kinks), "probability" (0.05..0.95). Integer inputs are labels drawn
     in [0, classes) where classes is the last dimension of the first input.
     """
 
@@ -120,6 +120,9 @@ class OpDef:
     scalar: Scalar | None = None
     # Regularisers (a sum over every element of every input): the term one element adds.
     summand: Scalar | None = None
+    # Losses and metrics that are the mean, over every element, of one expression of a
+    # prediction {0} and a target {1} of the same shape (mse, huber, mae): the term one pair adds.
+    pointwise: Scalar | None = None
     # A library op a fused elementwise tail may follow in the same kernel (matmul, linear,
     # conv2d): the library writes the output, the tail then runs over it in place.
     epilogue_host: bool = False
@@ -169,8 +172,8 @@ def epilogue_host(name: str) -> bool:
 def _load() -> None:
     # The families register themselves on import; importing here keeps callers
     # free of import-order concerns without any import-time magic elsewhere.
-    from dslc.ops import (collective, conv, dropout, elementwise, fused, linalg, loss, norm, optim, reduce,  # noqa: F401
-                          shape, source)
+    from dslc.ops import (collective, conv, dropout, elementwise, fused, image, index, linalg, loss,  # noqa: F401
+                          math_ops, norm, optim, reduce, regression, shape, source)
 
 
 # ---- helpers shared by shape rules ---------------------------------------------------

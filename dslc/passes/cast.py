@@ -28,6 +28,8 @@ def cast(graph: Graph, dtype: str) -> Graph:
         if op.category == "source":
             t = n.type.with_dtype(dtype) if n.type.is_float else n.type
         else:
+            if n.attr_dict.get("dtype") in FLOAT_DTYPES:  # an op told which float type to make (one_hot)
+                n = n.replace(attrs=tuple((k, dtype if k == "dtype" else v) for k, v in n.attrs))
             t = op.shape([types[i] for i in n.inputs], n.attr_dict)
         types[n.name] = t
         nodes.append(n.replace(type=t))

@@ -23,9 +23,11 @@ v_cs = -lr v_torch, the same iterates for a constant lr):
     adamw      adam, and w -= lr wd w  (decoupled decay)
 
 Weight decay `wd`: adamw decouples it as above; every other kind adds the L2
-gradient first, g += wd w. Only weights (role "weight": linear and conv kernels,
-`param`s of rank >= 2) are decayed, never biases or batchnorm scale and shift,
-the same group `l2(weights)` regularises.
+gradient first, g += wd w. By default only weights (role "weight": linear and conv
+kernels, `param`s of rank >= 2 or declared `as weight`) are decayed, never biases or
+batchnorm scale and shift: the group `l2(weights)` regularises, as the lectures do.
+`decay_roles` names the roles decayed instead: `all` is what PyTorch's optimizers do
+with the parameters they are given (AdamW(model.parameters()) decays every one).
 
 Frozen parameters get no update and no gradient nodes: they are not
 differentiated, and the cotangents gradient rules compute for them anyway are
@@ -47,7 +49,8 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Mapping
 
 from dslc.diagnostics import CompileError, did_you_mean
-from dslc.frontend.recipe_values import BELOW_ONE, FLAG, NONNEG_NUM, POS, Arg, CallSpec, Num, family, when
+from dslc.frontend.recipe_values import (BELOW_ONE, FLAG, NONNEG_NUM, POS, Arg, CallSpec, ListOf, Num, Word, family,
+                                         when)
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Init, Output
 from dslc.ir.types import scalar
@@ -57,6 +60,7 @@ from dslc.passes.dce import prune
 from dslc.passes.train_mode import lower
 
 KINDS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+DECAYABLE = ("weight", "bias", "scale", "shift")  # the trained roles (state is never trained)
 LR, STEP = "lr", "step"
 
 
@@ -77,6 +81,7 @@ class Optimizer:
     beta2: float = 0.999
     eps: float = 1e-8
     decay: float = 0.99
+    decay_roles: tuple[str, ...] = ("weight",)  # the roles weight_decay applies to; ("all",) for every one
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -88,6 +93,13 @@ class Optimizer:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         if self.lr < 0 or self.weight_decay < 0 or self.eps <= 0:
             raise ValueError("lr and weight_decay must be >= 0 and eps > 0")
+        unknown = set(self.decay_roles) - set(DECAYABLE) - {"all"}
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)} in decay_roles; roles: {', '.join(DECAYABLE)}, all")
+
+    def decays(self, role: str) -> bool:
+        """Whether weight decay applies to a parameter of `role`."""
+        return role in self.decay_roles or ("all" in self.decay_roles and role in DECAYABLE)
 
     @classmethod
     def of(cls, spec: "Optimizer | Mapping") -> "Optimizer":
@@ -128,17 +140,22 @@ def _decay(default: float) -> Arg:
     return Arg("weight_decay", NONNEG_NUM, default, "L2 penalty coefficient added to the gradient")
 
 
+_ROLES = Arg("decay_roles", ListOf(Word(DECAYABLE + ("all",))), ("weight",),
+             "the parameter roles weight_decay applies to: weight (the lectures' default), or all (PyTorch's)")
+
+
 SCHEMA = family(
     CallSpec("sgd", "stochastic gradient descent, optionally with (Nesterov) momentum",
-             (_LR, Arg("momentum", Num(range=BELOW_ONE), 0.0), Arg("nesterov", FLAG, False), _decay(0.0)),
+             (_LR, Arg("momentum", Num(range=BELOW_ONE), 0.0), Arg("nesterov", FLAG, False), _decay(0.0), _ROLES),
              when(lambda a: a["nesterov"] and a["momentum"] == 0, "E0506", "nesterov",
                   "nesterov=true needs momentum > 0")),
-    CallSpec("adagrad", "per-parameter rates scaled by accumulated squared gradients", (_LR, _EPS, _decay(0.0))),
+    CallSpec("adagrad", "per-parameter rates scaled by accumulated squared gradients",
+             (_LR, _EPS, _decay(0.0), _ROLES)),
     CallSpec("rmsprop", "rates scaled by a moving average of squared gradients",
-             (_LR, Arg("decay", Num(range=BELOW_ONE), 0.99), _EPS, _decay(0.0))),
-    CallSpec("adam", "Adam with bias correction", (Arg("lr", POS, 1e-3), *_BETAS, _EPS, _decay(0.0))),
+             (_LR, Arg("decay", Num(range=BELOW_ONE), 0.99), _EPS, _decay(0.0), _ROLES)),
+    CallSpec("adam", "Adam with bias correction", (Arg("lr", POS, 1e-3), *_BETAS, _EPS, _decay(0.0), _ROLES)),
     CallSpec("adamw", "Adam with weight decay applied to the weights, not the gradient",
-             (Arg("lr", POS, 1e-3), *_BETAS, _EPS, Arg("weight_decay", NONNEG_NUM, 0.01, "decoupled decay"))))
+             (Arg("lr", POS, 1e-3), *_BETAS, _EPS, Arg("weight_decay", NONNEG_NUM, 0.01, "decoupled decay"), _ROLES)))
 
 
 def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[str] = (),
@@ -168,7 +185,7 @@ def train_step(graph: Graph, optimizer: "Optimizer | Mapping", frozen: Iterable[
         state = {slot: b.source(f"opt.{slot}.{w.name}", "param", w.type,
                                 {"init": Init("zeros"), "trainable": False, "role": "state"})
                  for slot in opt.slots}
-        u = _Update(b, opt, w.name, lr, step, state, opt.weight_decay if w.attr("role") == "weight" else 0.0)
+        u = _Update(b, opt, w.name, lr, step, state, opt.weight_decay if opt.decays(w.attr("role")) else 0.0)
         g = grad.value if scale is None else u.ops.mul(grad.value, scale)
         g = g if opt.kind == "adamw" or not u.wd else u.ops.add(g, u.times(w.name, u.wd))
         outputs.append(Output("param", w.name, _RULES[opt.kind](u, g)))

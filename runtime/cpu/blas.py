@@ -164,8 +164,9 @@ def _load_cython_blas() -> None:
     its files out otherwise, the ordinary import."""
     if "scipy.linalg.cython_blas" in sys.modules:
         return
-    scipy = importlib.util.find_spec("scipy")
-    found = sorted(Path(scipy.origin).parent.joinpath("linalg").glob("cython_blas.*.so")) if scipy and scipy.origin else []
+    package = importlib.util.find_spec("scipy")
+    found = (sorted(Path(package.origin).parent.joinpath("linalg").glob("cython_blas.*.so"))
+             if package and package.origin else [])
     spec = importlib.util.spec_from_file_location("scipy.linalg.cython_blas", found[0]) if found else None
     if spec is None or spec.loader is None:
         import scipy.linalg.cython_blas  # noqa: F401

@@ -105,3 +105,11 @@ def linear_backward(x, w, g, dx, dw, db):
     gemm(x, g, dw, not _no(g), _no(g))
     if db is not None:
         bias_grad(g, db)
+
+
+@njit(cache=True, parallel=True)
+def bmm(a, b, out, trans_a, trans_b):
+    """out[i] = op(a[i]) @ op(b[i]) for every leading index i (the registry's `bmm`): one BLAS
+    call per product, the products spread over the threads (a Gram matrix per image)."""
+    for i in prange(out.shape[0]):
+        gemm_block(a[i], b[i], out[i], trans_a, trans_b, False)

@@ -15,14 +15,12 @@ ones, are all handled by one thread, so the backward's `+=` never races.
 
 The 2x2, stride-2, unpadded max pool (nearly every CNN's) has its own loops: the four
 values of a window are loaded and compared as scalars, and the backward writes each
-input position exactly once (no zeroing pass, no `+=`, no branch), which is several
-times faster than the general loops over a clipped window.
+input position once with its final value (no zeroing pass, no `+=`, no branch), which is
+several times faster than the general loops over a clipped window.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
-from numba.extending import overload
 
 from dslc.kernels.geometry import pool_geometry  # noqa: F401  (the kernels' geometry, re-exported)
 
@@ -71,51 +69,41 @@ def _maxpool_2x2_forward(x, out):
                 dst[i, j] = best
 
 
-def _bits(a):
-    """The array's elements as same-sized integers (a view), for branch-free masking."""
-    return a.view(np.int32 if a.dtype.itemsize == 4 else np.int64)
-
-
-@overload(_bits)
-def _bits_impl(a):
-    ints = np.int32 if a.dtype.bitwidth == 32 else np.int64
-    return lambda a: a.view(ints)
-
-
 @njit(cache=True, parallel=True)
 def _maxpool_2x2_backward(g, x, dx):
-    """Each g goes to its window's first maximum, written as integer bits ANDed with a mask of
-    all ones or zeros: a select per position without a branch (random data mispredicts half of
-    them, 4x slower), and exact for any g (multiplying by a 0/1 mask would turn inf into NaN)."""
+    """Each g goes to its window's first maximum, in two passes over each output row: the
+    first finds every window's winner (0-3, row-major) and parks it in the window's first
+    cell of dx; the second reads it back and writes the four cells, g at the winner and
+    +0 elsewhere, by selects (exact for any g: multiplying by a 0/1 mask would turn inf
+    into NaN). In one pass, each window's stores waited on compares of data loaded just
+    before, and NaN-aware compares in the common path cost as much again: 10 ms against
+    1.4 ms for 64x32x28x28 on one core (the earlier form, masking g's bits, was as slow)."""
     ch = x.shape[1]
     ho, wo = g.shape[2], g.shape[3]
-    gb, db = _bits(g), _bits(dx)
     for t in prange(x.shape[0] * ch):
-        plane, src, dst = x[t // ch, t % ch], gb[t // ch, t % ch], db[t // ch, t % ch]
+        plane, src, dst = x[t // ch, t % ch], g[t // ch, t % ch], dx[t // ch, t % ch]
         for i in range(ho):
             for j in range(wo):
                 a, b = plane[2 * i, 2 * j], plane[2 * i, 2 * j + 1]
                 c, d = plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]
-                m = a
-                for v in (b, c, d):
-                    m = v if _takes(v, m) else m
-                # the first position holding m; with a NaN in the window, the first NaN
-                fa = _is_max(a, m)
-                fb = _is_max(b, m) & (1 - fa)
-                fc = _is_max(c, m) & (1 - fa) & (1 - fb)
+                m = max(max(a, b), max(c, d))
+                w = 3  # the first position holding the maximum: selects on plain compares
+                w = 2 if c == m else w
+                w = 1 if b == m else w
+                w = 0 if a == m else w
+                if (a != a) | (b != b) | (c != c) | (d != d):  # rare: the first NaN takes it
+                    w = 0 if a != a else (1 if b != b else (2 if c != c else 3))
+                dst[2 * i, 2 * j] = w
+            for j in range(wo):
+                w = int(dst[2 * i, 2 * j])
                 gv = src[i, j]
-                dst[2 * i, 2 * j] = gv & -fa
-                dst[2 * i, 2 * j + 1] = gv & -fb
-                dst[2 * i + 1, 2 * j] = gv & -fc
-                dst[2 * i + 1, 2 * j + 1] = gv & -(1 - fa - fb - fc)
-        dst[2 * ho:, :] = 0  # an odd last row or column is in no window
-        dst[:, 2 * wo:] = 0
-
-
-@njit(cache=True, inline="always")
-def _is_max(v, m):
-    """1 when v is the window's maximum m (or both are NaN), else 0."""
-    return np.int64((v == m) | ((v != v) & (m != m)))
+                dst[2 * i, 2 * j] = gv if w == 0 else 0.0
+                dst[2 * i, 2 * j + 1] = gv if w == 1 else 0.0
+                dst[2 * i + 1, 2 * j] = gv if w == 2 else 0.0
+                dst[2 * i + 1, 2 * j + 1] = gv if w == 3 else 0.0
+        if 2 * ho < dst.shape[0] or 2 * wo < dst.shape[1]:  # an odd last row or column: in no window
+            dst[2 * ho:, :] = 0
+            dst[:, 2 * wo:] = 0
 
 
 @njit(cache=True, parallel=True)

@@ -23,6 +23,7 @@ from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS
 from dslc.ops.conv import window
 from dslc.codegen.cuda_library import SINGLE_BLOCK, function_name
 from dslc.runtime.cuda import nccl
+from dslc.runtime.cuda.axis_ops import AxisOps
 
 TARGET_COLUMNS = 1 << 16
 
@@ -53,7 +54,7 @@ def conv_workspace(node, in_shapes, out_shape) -> int:
     return 0
 
 
-class Library:
+class Library(AxisOps):
     """The library kernels of one generated module, and the host side of each extern op."""
 
     def __init__(self, cp, module, workspace):

@@ -1,9 +1,11 @@
 """The one shape every loader returns, and the one error every loader raises.
 
 A `Dataset` is a pair of arrays, inputs `x` (float32, examples first: [N, C, H, W] for
-images, [N, F] for tables) and class labels `y` (int64 in 0..classes-1). `checked` is
-the single gate every loader passes its arrays through, so "empty data", "3 images but
-2 labels" and "label 12 of 10 classes" are reported the same way whatever the format.
+images, [N, F] for tables) and either class labels `y` (int64 in 0..classes-1) or, for
+regression, float targets `y` (float32 [N, ...], any shape per example; classes 0).
+`checked` and `checked_targets` are the gates every loader passes its arrays through, so
+"empty data", "3 images but 2 labels" and "label 12 of 10 classes" are reported the same
+way whatever the format.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ class DataError(Exception):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Labelled examples: x float32 [N, ...], y int64 [N] in 0..classes-1.
+    """Labelled examples: x float32 [N, ...], y int64 [N] in 0..classes-1, or float32
+    targets [N, ...] with classes 0 (`regression`).
 
     >>> ds = Dataset(np.zeros((2, 3), np.float32), np.array([0, 1]), 2, "toy")
     >>> len(ds), ds.shape
@@ -49,9 +52,25 @@ class Dataset:
         """The shape of one example, e.g. (1, 28, 28)."""
         return self.x.shape[1:]
 
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one example's target (regression), e.g. (1,); () for a label."""
+        return self.y.shape[1:]
+
+    @property
+    def regression(self) -> bool:
+        """Whether y holds float targets rather than class labels."""
+        return self.y.dtype.kind == "f"
+
     def subset(self, indices: np.ndarray, name: str | None = None) -> "Dataset":
         """The examples at `indices` (a copy), keeping classes and class names."""
         return Dataset(self.x[indices], self.y[indices], self.classes, name or self.name, self.class_names)
+
+    def as_targets(self) -> "Dataset":
+        """The class labels as float targets [N] (a model regressing a number stored as a label)."""
+        if self.regression:
+            return self
+        return Dataset(self.x, self.y.astype(np.float32), 0, self.name)
 
 
 class Batch(NamedTuple):
@@ -109,6 +128,26 @@ def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None =
         raise DataError(f"example {bad} (counting from 0) holds a value that is not a finite float32 number "
                         "(NaN, infinity, or beyond 3.4e38)", path)
     return Dataset(x, y, classes, name, names)
+
+
+def checked_targets(x: np.ndarray, y: np.ndarray, name: str, path) -> Dataset:
+    """A regression Dataset from loaded arrays, or DataError (naming `path`): y holds one
+    float target (or an array of them, [N, ...]) per example, finite in float32."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError("no examples", path)
+    if y.ndim == 0 or len(x) != len(y):
+        raise DataError(f"{len(x)} examples but {len(y) if y.ndim else 'no'} targets", path)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"targets must be numbers, got dtype {y.dtype}", path)
+    with np.errstate(over="ignore"):
+        y = np.ascontiguousarray(y, dtype=np.float32)
+    bad = first_non_finite(y[:, None] if y.ndim == 1 else y)
+    if bad is not None:
+        raise DataError(f"the target of example {bad} (counting from 0) is not a finite float32 number "
+                        "(NaN, infinity, or beyond 3.4e38)", path)
+    labelled = checked(x, np.zeros(len(x), np.int64), name, path, 1)  # the inputs' checks, once
+    return Dataset(labelled.x, y, 0, name)
 
 
 def first_non_finite(x: np.ndarray, chunk: int = 4096) -> int | None:

@@ -2,8 +2,11 @@
 
     load("mnist", {"dir": "data/mnist"}) -> (train, test)
     load("digits", {})                   -> (all 1,797 digits, None)
+    load("curve", {}, labels=False)      -> (1,000 samples of a noisy function, None)
 
 Loaders that ship no test set return None for it; `split.partition` then holds one out.
+`labels` says what the model reads: class labels (a classifier), or float targets (a
+regression model), which npz and csv read natively and any labelled set gives as numbers.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dslc.runtime.data.images import image_folder
 from dslc.runtime.data.tabular import csv, npz
 
 DIGITS_FILE = Path(__file__).with_name("digits.npz")
+CURVE_FILE = Path(__file__).with_name("curve.csv")
 
 
 def digits() -> Dataset:
@@ -35,6 +39,28 @@ def digits() -> Dataset:
         x, y = f["x"], f["y"]
     return checked(x[:, None].astype(np.float32) / 16.0, y, "digits", DIGITS_FILE, 10,
                    tuple(str(d) for d in range(10)))
+
+
+def curve_function(x1, x2):
+    """The function curve.csv samples: smooth, with a product term no single input explains."""
+    return np.sin(2 * x1) + 0.5 * x2 ** 2 - 0.5 * x1 * x2
+
+
+def make_curve(n: int = 1000, noise: float = 0.1, seed: int = 0) -> str:
+    """The text of curve.csv: n points (x1, x2) uniform in [-2, 2]^2 and y = curve_function +
+    N(0, noise^2), six decimals (PCG64 with `seed`, so the same on every machine)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2.0, 2.0, (n, 2))
+    y = curve_function(x[:, 0], x[:, 1]) + rng.normal(0.0, noise, n)
+    return "x1,x2,y\n" + "".join(f"{a:.6f},{b:.6f},{c:.6f}\n" for (a, b), c in zip(x, y))
+
+
+def curve() -> Dataset:
+    """1,000 noisy samples of y = sin(2 x1) + x2^2 / 2 - x1 x2 / 2 on [-2, 2]^2 (noise std 0.1),
+    shipped with dslc as curve.csv (`make_curve` wrote it): a regression set with no download.
+    The best mean squared error any model can reach is the noise's, 0.01; predicting the
+    mean scores about 1.3 (the variance of y)."""
+    return csv(CURVE_FILE, target=["y"])
 
 
 # The recipe's `data = ...` calls; each also takes `classes=[...]` by keyword (the trainer keeps
@@ -54,28 +80,34 @@ SCHEMA = family(
     _dataset("fashion_mnist", "Fashion-MNIST IDX files in dir", _DIR),
     _dataset("cifar10", "CIFAR-10 binary batches in dir", _DIR),
     _dataset("cifar100", "CIFAR-100 binary files in dir", _DIR, Arg("labels", Word(("fine", "coarse")), "fine")),
-    _dataset("npz", "a NumPy .npz holding features/images and integer labels",
-             _PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels")),
-    _dataset("csv", "a CSV file with a header; one column is the class, the others features",
-             _PATH, Arg("label", TEXT, "label", "name of the class column")),
+    _dataset("curve", "1,000 noisy samples of a function of two inputs shipped with dslc (regression)"),
+    _dataset("npz", "a NumPy .npz holding features/images and labels (or, for regression, float targets)",
+             _PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels or targets")),
+    _dataset("csv", "a CSV file with a header; one column is the class (or some are targets), the others features",
+             _PATH, Arg("label", TEXT, "label", "name of the class column"),
+             Arg("target", ListOf(TEXT), (), "for regression: the columns of float targets", positional=False)),
     _dataset("image_folder", "one sub-folder of images per class, resized to size x size",
              _DIR, Arg("size", INT_POS, doc="side of the square images in pixels")))
 
+# A reader: (arguments, root folder, whether the model reads class labels) -> (train, test or None).
 LOADERS = {
-    "digits": lambda a, root: (digits(), None),
-    "mnist": lambda a, root: mnist(root / a["dir"]),
-    "fashion_mnist": lambda a, root: fashion_mnist(root / a["dir"]),
-    "cifar10": lambda a, root: cifar10(root / a["dir"]),
-    "cifar100": lambda a, root: cifar100(root / a["dir"], a.get("labels", "fine")),
-    "npz": lambda a, root: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y")), None),
-    "csv": lambda a, root: (csv(root / a["path"], a.get("label", "label")), None),
-    "image_folder": lambda a, root: (image_folder(root / a["dir"], int(a["size"])), None),
+    "digits": lambda a, root, labels: (digits(), None),
+    "curve": lambda a, root, labels: (curve(), None),
+    "mnist": lambda a, root, labels: mnist(root / a["dir"]),
+    "fashion_mnist": lambda a, root, labels: fashion_mnist(root / a["dir"]),
+    "cifar10": lambda a, root, labels: cifar10(root / a["dir"]),
+    "cifar100": lambda a, root, labels: cifar100(root / a["dir"], a.get("labels", "fine")),
+    "npz": lambda a, root, labels: (npz(root / a["path"], a.get("x", "x"), a.get("y", "y"), not labels), None),
+    "csv": lambda a, root, labels: (csv(root / a["path"], a.get("label", "label"), a.get("target", ()),
+                                        not labels), None),
+    "image_folder": lambda a, root, labels: (image_folder(root / a["dir"], int(a["size"])), None),
 }
 
 
-def load(call_name: str, args: Mapping | None = None, root=".") -> tuple[Dataset, Dataset | None]:
+def load(call_name: str, args: Mapping | None = None, root=".", labels: bool = True) -> tuple[Dataset, Dataset | None]:
     """(train, test or None) for a recipe's data call; relative paths are taken from `root`
-    (the trainer passes the recipe file's folder or the working directory).
+    (the trainer passes the recipe file's folder or the working directory). With `labels`
+    false (a regression model) y holds float targets: labels are given as numbers.
 
     >>> train, test = load("digits", {})
     >>> train.x.shape, test
@@ -88,4 +120,11 @@ def load(call_name: str, args: Mapping | None = None, root=".") -> tuple[Dataset
     missing = [a.name for a in SCHEMA[call_name].args if a.default is REQUIRED and a.name not in args]
     if missing:
         raise DataError(f"dataset {call_name}() needs the argument(s) {', '.join(missing)}")
-    return loader(args, Path(root))
+    train, test = loader(args, Path(root), labels)
+    if labels and train.regression:
+        raise DataError(f"{call_name}() holds float targets (regression), but the model reads class labels; "
+                        "declare its target input as f32 and train it with a regression loss such as mse",
+                        train.name)
+    if not labels:
+        train, test = train.as_targets(), None if test is None else test.as_targets()
+    return train, test

@@ -1,7 +1,8 @@
 """Your own data: NumPy .npz archives and CSV tables.
 
 npz: arrays named `x` and `y` (names configurable); uint8 inputs are taken to be 0..255
-pixels and scaled to 0..1, any other number type is used as it is. Arrays of Python
+pixels and scaled to 0..1, any other number type is used as it is. y holds class labels,
+or with `targets` float targets of any shape per example (regression). Arrays of Python
 objects (which would unpickle), complex numbers and records are refused, and every
 header is checked before its array is read (arrays.py), so a file cannot run code or
 claim terabytes.
@@ -10,6 +11,8 @@ csv: a header row, then one example per row; the label column (by name, or by 0-
 index when no column has that name) holds the class, every other column a float feature:
 x float32 [N, F]. Labels that are all whole numbers are the class indices; otherwise
 each distinct label text is a class, numbered in sorted order and kept as class_names.
+For regression, `target` names the columns of float targets instead (y [N, len(target)],
+the other columns features), or `targets` reads the label column as one float [N].
 
 Every value must be finite (no NaN, no infinity, nothing beyond float32's range): a bad
 value is reported at load with its row and column, not as a NaN loss at step 1. Messages
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dslc.runtime.data.arrays import read_npz
-from dslc.runtime.data.dataset import DataError, Dataset, checked
+from dslc.runtime.data.dataset import DataError, Dataset, checked, checked_targets
 from dslc.reading import human_bytes
 from dslc.runtime.data.files import check_memory, read_bytes
 
@@ -32,17 +35,19 @@ CSV_LIMIT = 1 << 30  # bytes of a CSV table
 PARSED = 10  # bytes of memory per byte of CSV while its rows are held as Python strings
 
 
-def npz(path, x: str = "x", y: str = "y") -> Dataset:
-    """The dataset in a .npz archive holding arrays `x` [N, ...] and `y` [N]."""
+def npz(path, x: str = "x", y: str = "y", targets: bool = False) -> Dataset:
+    """The dataset in a .npz archive holding arrays `x` [N, ...] and `y` [N] (labels), or with
+    `targets`, y [N, ...] float targets."""
     path = Path(path)
     arrays = read_npz(path, (x, y))
     xs, ys = arrays[x], arrays[y]
     xs = xs.astype(np.float32) / 255.0 if xs.dtype == np.uint8 else xs
-    return checked(xs, ys, path.stem, path)
+    return checked_targets(xs, ys, path.stem, path) if targets else checked(xs, ys, path.stem, path)
 
 
-def csv(path, label: str | int = "label") -> Dataset:
-    """The dataset in a CSV file with a header row; `label` names (or indexes) the class column."""
+def csv(path, label: str | int = "label", target=(), targets: bool = False) -> Dataset:
+    """The dataset in a CSV file with a header row; `label` names (or indexes) the class column,
+    or `target` the columns of float targets (regression; `targets` reads the label column so)."""
     path = Path(path)
     try:
         raw = read_bytes(path, CSV_LIMIT, "a CSV table")
@@ -58,28 +63,36 @@ def csv(path, label: str | int = "label") -> Dataset:
     if not rows:
         raise DataError("empty file: expected a header row", path)
     header, body = [h.strip() for h in rows[0]], rows[1:]
-    col = _column(header, label, path)
+    cols = [_column(header, t, path, "target") for t in target] if target else [_column(header, label, path)]
     for n, r in enumerate(body, start=2):
         if len(r) != len(header):
             raise DataError(f"row {n} has {len(r)} fields, the header {len(header)}", path)
     if not body:
         raise DataError("no examples: the file has only a header", path)
-    features = [i for i in range(len(header)) if i != col]
-    x = np.empty((len(body), len(features)), np.float32)
+    x = _numbers(body, header, [i for i in range(len(header)) if i not in cols], path)
+    if target or targets:
+        y = _numbers(body, header, cols, path)
+        return checked_targets(x, y if target else y[:, 0], path.stem, path)
+    y, names = _labels([r[cols[0]].strip() for r in body])
+    return checked(x, y, path.stem, path, None if names is None else len(names), names)
+
+
+def _numbers(body: list[list[str]], header: list[str], columns: list[int], path) -> np.ndarray:
+    """float32 [rows, len(columns)]: the cells of `columns`, each a finite float32 number."""
+    out = np.empty((len(body), len(columns)), np.float32)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported below
         for n, r in enumerate(body):
-            for j, i in enumerate(features):
+            for j, i in enumerate(columns):
                 try:
-                    x[n, j] = float(r[i])
+                    out[n, j] = float(r[i])
                 except ValueError:
                     raise DataError(f"row {n + 2}, column {_name(header, i)}: not a number", path) from None
-    bad = np.argwhere(~np.isfinite(x))
+    bad = np.argwhere(~np.isfinite(out))
     if len(bad):
         n, j = bad[0]
-        raise DataError(f"row {n + 2}, column {_name(header, features[j])}: not a finite float32 number "
+        raise DataError(f"row {n + 2}, column {_name(header, columns[j])}: not a finite float32 number "
                         "(NaN, infinity, or beyond 3.4e38)", path)
-    y, names = _labels([r[col].strip() for r in body])
-    return checked(x, y, path.stem, path, None if names is None else len(names), names)
+    return out
 
 
 def _name(header: list[str], i: int) -> str:
@@ -88,14 +101,14 @@ def _name(header: list[str], i: int) -> str:
     return f"{i + 1} ('{name}')" if name.isprintable() and len(name) <= 32 else str(i + 1)
 
 
-def _column(header: list[str], label, path) -> int:
+def _column(header: list[str], label, path, what: str = "label") -> int:
     if str(label) in header:
         return header.index(str(label))
     if str(label).lstrip("-").isdigit() and -len(header) <= int(label) < len(header):
         return int(label) % len(header)
     shown = [h for h in header if h.isprintable() and len(h) <= 32]
     columns = f"columns: {', '.join(shown)}" if len(shown) == len(header) <= 50 else f"{len(header)} columns"
-    raise DataError(f"no label column '{label}' ({columns})", path)
+    raise DataError(f"no {what} column '{label}' ({columns})", path)
 
 
 def _labels(cells: list[str]):

@@ -1,0 +1,121 @@
+"""The compiled Python API's grad against the NumPy reference's: a class score's gradient
+with respect to the input images of models/small_cnn.net (a saliency map).
+
+    python -m benchmarks.api_grad [--batch 1 16 64] [--repeats 15] [--device cpu]
+
+For each batch size: `m.compile(device).grad(params, {"image": x}, of="out[:, 3]",
+wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are run
+alternately, one call of each per round, so a load that comes and goes weighs on both; the
+figures are the medians over the rounds, after one warm-up call each (the compiled one
+compiles then). The gradients must agree within 1e-4 of their largest entry (exit status 1
+otherwise). Both run in this process with the BLAS threading the CPU executor sets (one
+BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
+
+On the CPU the table also gives the floor: the compiled graph's FLOPs (the op registry's
+count over its kernels; a multiply-add is two) at the machine's float32 GEMM rate,
+measured in the same run with dslc's GEMM on every Numba thread. No implementation of
+this graph can beat it by much, so `best` = reference / floor bounds the speed-up any
+CPU kernels could show against this reference on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TOL = 1e-4
+
+
+def sgemm_gflops(size: int = 1024, repeats: int = 7) -> float:
+    """The float32 GEMM rate (GFLOP/s) of dslc's GEMM (runtime/cpu/gemm.py: a band of rows
+    per Numba thread, single-threaded BLAS each): the median of `repeats` size^3 products."""
+    from dslc.runtime.cpu import gemm
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    c = np.empty((size, size), np.float32)
+    gemm.gemm(a, b, c, False, False)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gemm.gemm(a, b, c, False, False)
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / float(np.median(times)) / 1e9
+
+
+def graph_gflop(compiled, batch: int) -> float:
+    """FLOPs (in 1e9) of the compiled objective graphs' kernels at `batch`: what the grad computes."""
+    total = 0
+    for step in compiled._steps.values():
+        kg = step.kernels
+        total += sum(kg.flops(k, batch) for k in kg.kernels)
+    return total / 1e9
+
+
+def measure(batch: int, repeats: int, device: str, seed: int = 0) -> dict:
+    import dslc
+    m = dslc.load(ROOT / "models" / "small_cnn.net")
+    params = m.init(seed)
+    x = np.random.default_rng(seed).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    c = m.compile(device)
+    call = dict(of="out[:, 3]", wrt=["image"])
+    start = time.perf_counter()
+    value, got = c.grad(params, {"image": x}, **call)
+    first = time.perf_counter() - start
+    ref_value, want = m.grad(params, {"image": x}, **call)
+    compiled, reference = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c.grad(params, {"image": x}, **call)
+        compiled.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m.grad(params, {"image": x}, **call)
+        reference.append(time.perf_counter() - t)
+    err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
+    return {"batch": batch, "first_s": first, "compiled_ms": 1e3 * float(np.median(compiled)),
+            "reference_ms": 1e3 * float(np.median(reference)), "rel_err": err,
+            "value_err": abs(value - ref_value) / max(abs(ref_value), 1e-12),
+            "gflop": graph_gflop(c, batch) if device == "cpu" else None}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from dslc.runtime.errors import DeviceError
+    try:
+        from dslc.runtime.executor import executor_for
+        executor_for(args.device)
+    except DeviceError as e:
+        print(e, file=sys.stderr)
+        return 1
+    sgemm = sgemm_gflops() if args.device == "cpu" else None
+    print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
+          f"(median of {args.repeats} interleaved calls; load average {os.getloadavg()[0]:.1f})")
+    if sgemm:
+        print(f"floor: the graph's FLOPs at {sgemm:.1f} GFLOP/s (dslc's sgemm, this run); best: reference / floor")
+    print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'max rel diff':>12}  "
+          f"{'first call s':>12}" + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}" if sgemm else ""))
+    ok = True
+    for batch in args.batch:
+        r = measure(batch, args.repeats, args.device)
+        ok &= r["rel_err"] <= TOL and r["value_err"] <= TOL
+        line = (f"{batch:>5}  {r['compiled_ms']:>11.2f}  {r['reference_ms']:>12.2f}  "
+                f"{r['reference_ms'] / r['compiled_ms']:>7.1f}x  {r['rel_err']:>12.1e}  {r['first_s']:>12.1f}")
+        if sgemm:
+            floor = r["gflop"] / sgemm * 1e3
+            line += f"  {r['gflop']:>6.3f}  {floor:>8.2f}  {r['reference_ms'] / floor:>5.1f}x"
+        print(line)
+    if not ok:
+        print(f"the compiled gradient differs from the reference's by more than {TOL}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

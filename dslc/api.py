@@ -1,0 +1,67 @@
+"""`dslc.load`: a model, its trained parameters when given a run, and its compiled callables.
+
+    m = dslc.load("models/small_cnn.net", checkpoint="runs/small_cnn")   # best/, else last/
+    x = m.normalize(images)                  # the run's input statistics, as training applied them
+    c = m.compile(device="cpu")              # "gpu" (CuPy), or "reference" (the NumPy oracle)
+    probs = c.forward(m.params, {"image": x})["probs"]
+    score, g = c.grad(m.params, {"image": x}, of="fc8[:, 3]", wrt=["image"])   # saliency of class 3
+
+The front end's Model (dslc/model.py: graph, recipe, init, the reference forward and grad)
+sits below the executors; this layer, above them, adds what needs them: checkpoints
+(runtime/predict.py checks that one fits the model) and `compile` (runtime/compiled.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from dslc import model as front
+from dslc.passes.train_step import Optimizer
+
+
+class Model(front.Model):
+    """A loaded model (dslc/model.py's) with `params`, the parameters and running statistics
+    of a checkpoint when `dslc.load(..., checkpoint=RUN)` was given one (else None), the
+    checkpoint's input `normalization`, and `compile`."""
+
+    params: dict[str, np.ndarray] | None = None
+    normalization: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, loaded: front.Model) -> "Model":
+        out = cls(loaded.program, loaded.name, loaded.graph, loaded.overrides)
+        out.warnings = loaded.warnings
+        return out
+
+    def compile(self, device: str = "cpu", optimizer: Optimizer | None = None):
+        """forward, grad and step on `device`'s executor (runtime/compiled.py): cpu (Numba
+        kernels), gpu (CUDA through CuPy), auto, or reference (the NumPy interpreter).
+        `optimizer` is what `step` uses, else the model's recipe's, else plain SGD."""
+        from dslc.runtime.compiled import compile_model  # Numba or CuPy load only when asked
+        return compile_model(self, device, optimizer)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Examples as the checkpoint's run fed them: its training split's statistics applied
+        (no change without a checkpoint, or for a run that did not normalise)."""
+        if self.normalization is None:
+            return np.asarray(x, np.float32)
+        from dslc.runtime.data import normalize
+        return normalize.apply(np.asarray(x, np.float32), self.normalization)
+
+
+def load(path: str | os.PathLike, model: str | None = None, text: str | None = None,
+         checkpoint: str | os.PathLike | None = None, force: bool = False, **overrides) -> Model:
+    """Parse, resolve and shape-check a model (CompileError for a mistake in the file); with
+    `checkpoint` (a run directory, whose best/ else last/ is read, or a checkpoint
+    directory), also its parameters, which must fit the model: every parameter with its shape
+    and dtype (TrainError otherwise), and, unless `force`, the same graph."""
+    loaded = Model.of(front.load(path, model, text, **overrides))
+    if checkpoint is not None:
+        from dslc.runtime import predict
+        ckpt = predict.open_checkpoint(checkpoint)
+        predict.fit_model(ckpt, loaded, force)
+        loaded.params = {p.name: ckpt.weights[p.name] for p in loaded.graph.params}
+        loaded.normalization = ckpt.state.get("normalization")
+    return loaded

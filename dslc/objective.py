@@ -1,0 +1,160 @@
+"""What `grad(of=...)` differentiates: a weighted sum of named node values, as a graph.
+
+    terms = parse_of("fc8[:, 3]")                     # the class-3 score of every example
+    terms = parse_of({"conv3": "l2", "conv5": dL})     # 0.5 |conv3|^2 + <conv5, dL>
+    g = objective_graph(graph, terms, wrt=["image"])  # Output("output", "objective"), a grad per name
+    feeds.update(weight_feeds(g, terms, sizes))       # the masks and cotangents, fed per call
+
+`of` is "loss" (the model's loss), a node name (the sum of its elements), a node name
+with an index (`fc8[:, 3]`: `:` keeps an axis, an integer picks one entry; the sum of
+the picked elements, so each example's gradient is its own score's), or a dict of node
+names to weightings: an array broadcastable to the node's shape (a cotangent: the
+objective is sum(node * w), whose gradient is the vector-Jacobian product, e.g. a style
+loss's dL/dF computed on the host), "sum", or "l2" (0.5 * sum(node^2), DeepDream's).
+
+Masks and cotangents are inputs of the graph (`weight.NODE`), fed at each call, so one
+compiled graph serves every class index, every batch and every cotangent.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from dslc.diagnostics import UsageError, did_you_mean
+from dslc.ir.builder import GraphBuilder
+from dslc.ir.graph import Graph, Output
+from dslc.ir.types import NUMPY_DTYPE, concrete
+from dslc.passes.autodiff import differentiate
+from dslc.passes.dce import prune
+from dslc.reference import bind_inputs
+
+OBJECTIVE = "objective"
+_INDEXED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*\[(.*)\]\s*$")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One node's part of the objective: its weighting kind (mask, array, l2), and for a mask
+    the index (None: every element; else one entry per axis, None for `:`)."""
+
+    node: str
+    kind: str
+    index: tuple[int | None, ...] | None = None
+    array: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the compiled graph depends on: the node and whether it reads a weight input."""
+        return self.node, "l2" if self.kind == "l2" else "weighted"
+
+
+def parse_of(of) -> list[Term]:
+    """The terms `of` names (see the module docstring); UsageError for a malformed spec."""
+    if isinstance(of, str):
+        return [_parse_name(of)]
+    if not isinstance(of, Mapping) or not of:
+        raise UsageError(f"grad: `of` is a node name, 'NODE[i, :]', or a dict of node names to weightings; "
+                         f"got {of!r}")
+    terms = []
+    for node, weight in of.items():
+        if isinstance(weight, str):
+            if weight not in ("sum", "l2"):
+                raise UsageError(f"grad: the weighting of '{node}' is an array, 'sum' or 'l2', not {weight!r}")
+            terms.append(Term(node, "l2") if weight == "l2" else Term(node, "mask"))
+        else:
+            terms.append(Term(node, "array", array=np.asarray(weight)))
+    return terms
+
+
+def _parse_name(text: str) -> Term:
+    found = _INDEXED.match(text)
+    if found is None:
+        return Term(text.strip(), "mask")
+    index: list[int | None] = []
+    for part in found.group(2).split(","):
+        part = part.strip()
+        if part == ":":
+            index.append(None)
+        elif re.fullmatch(r"-?\d+", part):
+            index.append(int(part))
+        else:
+            raise UsageError(f"grad: cannot read the index [{found.group(2)}] of {text!r}: each entry is ':' or "
+                             "an integer, e.g. fc8[:, 3]")
+    return Term(found.group(1), "mask", tuple(index))
+
+
+def node_of(graph: Graph, name: str) -> str:
+    """The graph node `name` means: a node, a declared output, loss or metric, or a label
+    (`conv2: x = ... |> maxpool(2)` names its statement's value: the last node under `conv2.`)."""
+    if name in graph:
+        return name
+    for o in graph.outputs:
+        if o.name == name and o.kind in ("output", "loss", "metric"):
+            return o.value
+    under = [n.name for n in graph.nodes if n.name.startswith(name + ".") and n.op not in ("param", "const")]
+    if under:
+        return under[-1]
+    names = [n.name for n in graph.nodes if n.op not in ("param", "const")] + [o.name for o in graph.outputs]
+    raise UsageError(f"model '{graph.name}' has no node or output '{name}'"
+                     + (f"; {did_you_mean(name, names)}" if did_you_mean(name, names) else
+                        "; `dslc check` lists its layers"))
+
+
+def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str]) -> Graph:
+    """`graph` with the objective sum over terms (each its node's elements times the weight input
+    `weight.NODE`, or 0.5 * the squares) as output "objective" and one Output("grad") per name
+    of `wrt`; only what they need is kept."""
+    b = GraphBuilder(graph.nodes)
+    total = None
+    for term in terms:
+        node = node_of(graph, term.node)
+        t = b.type_of(node)
+        if not t.is_float:
+            raise UsageError(f"grad: '{term.node}' is {t.show()}, an integer value with no gradient")
+        if term.kind == "l2":
+            part = b.add("mul", [b.add("sum", [b.add("mul", [node, node])]), b.const(0.5, t.dtype)])
+        else:
+            weight = b.source(f"weight.{term.node}", "input", t)
+            part = b.add("sum", [b.add("mul", [node, weight])])
+        total = part if total is None else b.add("add", [total, part])
+    if total is None:
+        raise UsageError("grad: `of` names nothing")
+    weighted = b.graph(graph.name, [Output("output", OBJECTIVE, total)], graph.stage)
+    return prune(differentiate(weighted, list(wrt), loss=total))
+
+
+def weight_feeds(graph: Graph, terms: Sequence[Term], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weight inputs of an objective graph for a call with `inputs` (which fix the batch):
+    masks (ones at the indexed elements) and the given arrays broadcast to their node's shape."""
+    fed = tuple(n for n in graph.inputs if n.name in inputs and not n.name.startswith("weight."))
+    sizes = bind_inputs(Graph(graph.name, fed, (), graph.stage), inputs)
+    feeds = {}
+    for term in terms:
+        if term.kind == "l2":
+            continue
+        name = f"weight.{term.node}"
+        t = graph[name].type
+        shape = tuple(concrete(d, dict(sizes)) for d in t.shape)
+        dtype = NUMPY_DTYPE[t.dtype]
+        if term.kind == "array":
+            try:
+                feeds[name] = np.ascontiguousarray(np.broadcast_to(term.array, shape), dtype)
+            except ValueError:
+                raise UsageError(f"grad: the weighting of '{term.node}' has shape {list(term.array.shape)}; "
+                                 f"'{term.node}' is {list(shape)} here") from None
+            continue
+        mask = np.zeros(shape, dtype) if term.index is not None else np.ones(shape, dtype)
+        if term.index is not None:
+            if len(term.index) != len(shape):
+                raise UsageError(f"grad: {term.node}[{', '.join(':' if i is None else str(i) for i in term.index)}] "
+                                 f"indexes {len(term.index)} axes; '{term.node}' has {len(shape)} ({list(shape)})")
+            for axis, (i, d) in enumerate(zip(term.index, shape)):
+                if i is not None and not -d <= i < d:
+                    raise UsageError(f"grad: index {i} is out of range for axis {axis} of '{term.node}' "
+                                     f"(size {d})")
+            mask[tuple(slice(None) if i is None else i for i in term.index)] = 1
+        feeds[name] = mask
+    return feeds

@@ -1,0 +1,151 @@
+"""A model compiled for one device: forward, grad and step as Python callables.
+
+    c = compile_model(model, "cpu")                    # or "gpu", or "reference" (the NumPy oracle)
+    out = c.forward(params, {"image": x})              # declared outputs (+ loss, metrics with labels)
+    out = c.forward(params, {"image": x}, outputs=["stage2.conv_bn_relu", "fc8"])  # any named nodes
+    value, g = c.grad(params, {"image": x}, of="fc8[:, 3]", wrt=["image"])   # saliency of class 3
+    loss = c.step(params, {"image": x, "label": y})    # one training step; params updated in place
+
+Each distinct request (the outputs asked for, the `of` terms and `wrt` names, training or
+inference semantics) builds its graph once and compiles it with the device's executor
+(runtime/executor.py: Numba kernels in a planned arena, CUDA through CuPy, or the NumPy
+reference); the executor compiles again only for a new batch size. Masks and cotangents
+of `of` are inputs of the graph (dslc/objective.py), so saliency for another class,
+another image or another cotangent reuses the compiled kernels.
+
+Semantics: forward and grad run the inference graph's semantics unless `train=True`
+(batchnorm on running statistics, dropout off); grad of the loss defaults to training
+semantics, as training differentiates it. Results are host NumPy arrays the caller owns.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from dslc.diagnostics import UsageError
+from dslc.ir.graph import Graph, Output
+from dslc.objective import OBJECTIVE, node_of, objective_graph, parse_of, weight_feeds
+from dslc.passes import train_mode
+from dslc.passes.autodiff import trainable_params
+from dslc.passes.dce import prune
+from dslc.passes.train_step import LR, STEP, Optimizer
+from dslc.runtime.executor import Executor, executor_for
+from dslc.runtime.host import to_host
+from dslc.stages import build, recipe_settings
+
+Arrays = Mapping[str, np.ndarray]
+
+
+class Compiled:
+    """The callables of one model on one executor (see the module docstring)."""
+
+    def __init__(self, model, executor: Executor, optimizer: Optimizer | None = None):
+        self.model, self.executor = model, executor
+        self.optimizer = optimizer
+        self._steps: dict[tuple, object] = {}  # request -> its compiled Step
+        self._updates = 0  # training steps taken by `step` (Adam's t)
+
+    @property
+    def device(self) -> str:
+        return self.executor.name
+
+    def _compiled(self, key: tuple, make):
+        if key not in self._steps:
+            self._steps[key] = self.executor.compile(make())
+        return self._steps[key]
+
+    def _base(self, train: bool) -> Graph:
+        return train_mode.lower(self.model.graph) if train else self.model.graph
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def forward(self, params: Arrays, inputs: Arrays, outputs: Sequence[str] | None = None, train: bool = False,
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """The values of `outputs` (node or output names), by name; by default the declared
+        outputs and, when `inputs` hold what they read, the loss and metrics."""
+        key = ("forward", tuple(outputs) if outputs is not None else self._default_outputs(inputs), train)
+        step = self._compiled(key, lambda: self._forward_graph(key[1], train))
+        return self._run(step, inputs, params, rng)
+
+    def _default_outputs(self, inputs: Arrays) -> tuple[str, ...]:
+        graph = self.model.graph
+        fed = set(inputs)
+        needs = {n.name for n in graph.inputs}
+        names = [o.name for o in graph.outputs_of("output")]
+        if needs <= fed:  # the labels too: the loss and metrics can be computed
+            names += [o.name for o in graph.outputs if o.kind in ("loss", "metric")]
+        if not names:
+            raise UsageError(f"model '{graph.name}' declares no output, and the inputs given do not include "
+                             f"{', '.join(sorted(needs - fed))} for its loss; name the nodes: outputs=[...]")
+        return tuple(names)
+
+    def _forward_graph(self, names: tuple[str, ...], train: bool) -> Graph:
+        base = self._base(train)
+        outputs = [Output("output", name, node_of(base, name)) for name in names]
+        return prune(base.replace(outputs=tuple(outputs)))
+
+    # ---- grad ---------------------------------------------------------------------------
+
+    def grad(self, params: Arrays, inputs: Arrays, of="loss", wrt: Sequence[str] | None = None,
+             train: bool | None = None, rng: np.random.Generator | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """(the objective's value, {name: its gradient}) for the objective `of` names
+        (dslc/objective.py: "loss", "fc8", "fc8[:, 3]", {"conv3": "l2", "conv5": dL}) with
+        respect to the inputs and parameters in `wrt` (default: every trainable parameter).
+        `train` defaults to training semantics for the loss and inference for anything else."""
+        terms = parse_of(of)
+        train = (of == "loss") if train is None else train
+        names = tuple(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
+        for name in names:
+            self.model.check_wrt(name)
+        key = ("grad", tuple(t.key for t in terms), names, train)
+        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names))
+        feeds = dict(inputs)
+        feeds.update(weight_feeds(step.graph, terms, inputs))
+        out = self._run(step, feeds, params, rng)
+        return float(out.pop(OBJECTIVE)), out
+
+    # ---- step ---------------------------------------------------------------------------
+
+    def step(self, params: dict[str, np.ndarray], inputs: Arrays, lr: float | None = None,
+             rng: np.random.Generator | None = None) -> dict[str, float]:
+        """One training step with the recipe's optimizer (or `optimizer` given to compile, or
+        plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
+        first call; returns the loss and metrics of the batch."""
+        opt = self.optimizer or recipe_settings(self.model)[0]
+        step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
+        for node in step.graph.params:  # optimizer state starts at zero
+            if node.name not in params:
+                params[node.name] = np.zeros(node.type.bind({}), np.dtype(_numpy(node.type.dtype)))
+        dtype = _numpy(step.graph[LR].type.dtype)
+        feeds = dict(inputs)
+        feeds[LR] = np.asarray(opt.lr if lr is None else lr, dtype)
+        if STEP in step.graph:
+            feeds[STEP] = np.asarray(self._updates + 1, dtype)
+        out = step(feeds, params, rng)
+        self._updates += 1
+        for name in [o.name for o in step.graph.outputs if o.kind in ("param", "state")]:
+            params[name] = np.array(to_host(params[name]))  # the caller's copy, not an arena view
+        return {name: float(v) for name, v in out.items()}
+
+    def _run(self, step, feeds: Arrays, params: Arrays, rng) -> dict[str, np.ndarray]:
+        needed = {n.name for n in step.graph.inputs}
+        missing = sorted(needed - set(feeds))
+        if missing:
+            raise UsageError(f"model '{self.model.name}': this needs the input(s) {', '.join(missing)}")
+        out = step({k: np.asarray(v) for k, v in feeds.items() if k in needed}, dict(params), rng)
+        return {name: np.array(to_host(v)) for name, v in out.items()}
+
+    def __repr__(self) -> str:
+        return f"<Compiled {self.model.name} on {self.device}: {len(self._steps)} graphs compiled>"
+
+
+def _numpy(dtype: str):
+    from dslc.ir.types import NUMPY_DTYPE
+    return NUMPY_DTYPE[dtype]
+
+
+def compile_model(model, device: str = "cpu", optimizer: Optimizer | None = None) -> Compiled:
+    """The compiled callables of `model` on `device` (cpu, gpu, auto, reference); a
+    DeviceError for a GPU that cannot be used."""
+    return Compiled(model, executor_for(device), optimizer)

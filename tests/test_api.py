@@ -1,0 +1,152 @@
+"""The Python API: `dslc.load(..., checkpoint=RUN)`, `m.compile(device)` and its forward, grad
+and step on the generated kernels, against the NumPy reference (`device="reference"`, and
+the front end's own Model.forward/grad) within 1e-4 of each result's largest entry.
+
+The model is models/digits_cnn.net at width 4 (convolutions, batchnorm with running
+statistics, global average pooling; dropout at p = 0, so that training-mode results do not
+depend on how each side draws its masks), its parameters a two-step run's checkpoint.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import dslc
+from dslc.diagnostics import UsageError
+from dslc.passes.train_step import Optimizer
+from dslc.reference import run_outputs
+from dslc.runtime.data import digits
+from dslc.runtime.errors import TrainError
+from dslc.stages import build
+from helpers import MODELS, ROOT, TOL
+
+DIGITS_CNN = MODELS / "digits_cnn.net"
+
+
+def close(got, want, what: str) -> None:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
+    err = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-6)
+    assert err <= TOL, f"{what}: relative error {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A two-step run of digits_cnn at width 4, trained by the NumPy reference (nothing to compile)."""
+    from dslc.cli import main
+    out = tmp_path_factory.mktemp("api") / "run"
+    assert main(["train", str(DIGITS_CNN), "--device", "reference", "--set", "steps=2", "--set", "width=4",
+                 "--set", "p=0.0", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(run):
+    return dslc.load(DIGITS_CNN, checkpoint=run, width=4, p=0.0)
+
+
+@pytest.fixture(scope="module")
+def compiled(loaded):
+    return loaded.compile(device="cpu")
+
+
+def batch(n: int = 6):
+    d = digits()
+    return {"image": d.x[:n], "label": d.y[:n]}
+
+
+def test_load_with_a_checkpoint_gives_its_parameters_and_running_statistics(loaded, run):
+    from dslc.runtime.checkpoint import load_checkpoint
+    saved = load_checkpoint(run / "best" if (run / "best").exists() else run / "last")
+    assert set(loaded.params) == {p.name for p in loaded.graph.params}
+    assert any(name.endswith("running_var") for name in loaded.params)
+    for name, value in loaded.params.items():
+        np.testing.assert_array_equal(value, saved.weights[name])
+    x = digits().x[:3]
+    assert loaded.normalize(x).shape == x.shape and not np.allclose(loaded.normalize(x), x)
+    with pytest.raises(TrainError, match="does not fit"):
+        dslc.load(DIGITS_CNN, checkpoint=run, width=8, p=0.0)
+
+
+def test_forward_is_the_reference_forward(loaded, compiled):
+    inputs = batch()
+    inputs["image"] = loaded.normalize(inputs["image"])
+    got, want = compiled.forward(loaded.params, inputs), loaded.forward(loaded.params, inputs)
+    assert set(got) == set(want) == {"probs", "loss", "accuracy"}
+    for name in want:
+        close(got[name], want[name], name)
+    only = compiled.forward(loaded.params, {"image": inputs["image"]}, outputs=["conv2", "out"])
+    assert set(only) == {"conv2", "out"} and only["conv2"].shape == (6, 8, 4, 4)  # a label: its statement's value
+    assert set(compiled.forward(loaded.params, {"image": inputs["image"]})) == {"probs"}  # no labels: no loss
+
+
+@pytest.mark.parametrize("of,wrt", [
+    ("loss", None),
+    ("out[:, 3]", ["image"]),
+    ("out[2, 7]", ["image", "out.weight"]),
+    ({"conv3": "l2", "out": np.linspace(-1, 1, 10)}, ["image", "conv1.conv_bn_relu.conv2d.weight"]),
+], ids=["loss", "class-score", "one-example", "l2-and-cotangent"])
+def test_grad_is_the_reference_grad(loaded, compiled, of, wrt):
+    inputs = {k: v for k, v in batch().items() if of == "loss" or k == "image"}
+    value, got = compiled.grad(loaded.params, inputs, of=of, wrt=wrt)
+    want_value, want = loaded.grad(loaded.params, inputs, of=of, wrt=wrt)
+    assert set(got) == set(want) == set(wrt or [p.name for p in loaded.graph.params if p.attr("trainable")])
+    close(value, want_value, "value")
+    for name in want:
+        close(got[name], want[name], f"grad {name}")
+    if of == "out[:, 3]":  # examples are independent: each image's gradient is its own score's
+        _, one = compiled.grad(loaded.params, {"image": inputs["image"][2:3]}, of=of, wrt=wrt)
+        close(one["image"][0], got["image"][2], "one image's saliency")
+
+
+def test_grad_on_the_reference_device_agrees(loaded):
+    c = loaded.compile(device="reference")
+    value, got = c.grad(loaded.params, {"image": batch()["image"]}, of="out[:, 1]", wrt=["image"])
+    want_value, want = loaded.grad(loaded.params, {"image": batch()["image"]}, of="out[:, 1]", wrt=["image"])
+    assert value == pytest.approx(want_value, rel=1e-6)
+    close(got["image"], want["image"], "image")
+
+
+def test_step_is_one_reference_training_step(loaded, compiled):
+    params = {k: v.copy() for k, v in loaded.params.items()}
+    opt = Optimizer("sgd", lr=0.05, momentum=0.9)
+    c = loaded.compile(device="cpu", optimizer=opt)
+    inputs = batch(8)
+    out = c.step(params, inputs)
+    graph = build(loaded, "train_step", opt)
+    state = {p.name: np.zeros(p.type.bind({}), np.float32) for p in graph.params if p.name.startswith("opt.")}
+    want = run_outputs(graph, {**inputs, "lr": np.float32(0.05)}, {**loaded.params, **state},
+                       rng=np.random.default_rng(0))
+    assert {"loss", "accuracy"} == set(out)
+    close(out["loss"], want["loss", "loss"], "loss")
+    for o in graph.outputs_of("param"):
+        close(params[o.name], want["param", o.name], f"new {o.name}")
+    assert isinstance(params["opt.v.out.weight"], np.ndarray)  # the optimizer's state, the caller's copy
+
+
+def test_mistakes_are_named(loaded, compiled):
+    image = batch()["image"]
+    with pytest.raises(UsageError, match="did you mean 'probs'"):
+        compiled.grad(loaded.params, {"image": image}, of="prob[:, 3]", wrt=["image"])
+    with pytest.raises(UsageError, match="indexes 1 axes; 'out' has 2"):
+        compiled.grad(loaded.params, {"image": image}, of="out[3]", wrt=["image"])
+    with pytest.raises(UsageError, match="out of range for axis 1"):
+        compiled.grad(loaded.params, {"image": image}, of="out[:, 10]", wrt=["image"])
+    with pytest.raises(UsageError, match="has shape"):
+        compiled.grad(loaded.params, {"image": image}, of={"out": np.ones(3)}, wrt=["image"])
+    with pytest.raises(UsageError, match="needs the input"):
+        compiled.grad(loaded.params, {"image": image}, of="loss", wrt=["image"])
+    with pytest.raises(dslc.CompileError, match="labels have no gradient"):
+        compiled.grad(loaded.params, batch(), wrt=["label"])
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """README's Python example, as written, from the repository's root."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "README has no Python example"
+    monkeypatch.chdir(ROOT)
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
