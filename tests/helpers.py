@@ -364,7 +364,7 @@ class HostModule:
 
 
 # What ops.Library calls of CuPy, on NumPy arrays.
-HOST_CUPY = SimpleNamespace(matmul=np.matmul, add=np.add)
+HOST_CUPY = SimpleNamespace(matmul=np.matmul, add=np.add, copyto=np.copyto, multiply=np.multiply)
 
 
 def _host_value(kernel, values):

@@ -153,8 +153,11 @@ _pair("mae", "metric", "mean over all elements of |pred - target|  (mean absolut
 # ---- r2: the coefficient of determination -----------------------------------------------
 
 def _r2_ref(p, t):
-    total = np.sum((t - t.mean()) ** 2)
-    return _scalar(1.0 - np.sum((p - t) ** 2) / total, p)
+    # in float64, as both kernels accumulate: 1 - R/T cancels where the fit is no better than
+    # the mean, and float32 sums then lose four digits of the oracle
+    p64, t64 = p.astype(np.float64), t.astype(np.float64)
+    total = np.sum((t64 - t64.mean()) ** 2)
+    return _scalar(1.0 - np.sum((p64 - t64) ** 2) / total, p)
 
 
 def _r2_grad(b, n, g):
