@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import dslc
-from dslc.diagnostics import CliError, UsageError
+from dslc.diagnostics import CliError, UsageError, did_you_mean, printable
 from dslc.objective import node_of
 from dslc.passes.infer import first_loss_input
 
@@ -106,10 +106,14 @@ class Subject:
     def layer(self, name: str) -> str:
         """The node a layer name (a label, node or output) means; CliError naming the file and
         the nearest names when there is none."""
+        graph = self.model.graph
         try:
-            return node_of(self.model.graph, name)
-        except UsageError as e:
-            raise CliError(f"{self.file}: {e}") from None
+            return node_of(graph, name)
+        except UsageError:
+            named = [n.name for n in graph.nodes if n.op not in ("param", "const", "input")]
+            labels = list(dict.fromkeys(n.split(".")[0] for n in named))
+            hint = did_you_mean(name, labels + named) or f"its layers are {', '.join(labels)}"
+            raise CliError(f"{self.file}: model '{self.model.name}' has no layer '{printable(name)}'; {hint}") from None
 
     def progress(self, total: int, what: str):
         """A tqdm bar on standard error, as the trainer's: only on a terminal and not --quiet."""
@@ -152,7 +156,7 @@ class Subject:
         data = self.dataset(split, as_name)
         for i in index:
             if not 0 <= i < len(data):
-                raise CliError(f"--index {i}: the {split} split of {data.name} has {len(data):,} examples "
+                raise CliError(f"--index {i}: the {split} split ({data.name}) has {len(data):,} examples "
                                f"(0 to {len(data) - 1})")
         picked = np.asarray(index, np.int64)
         x = data.x[picked].reshape((len(picked), *self.shape))
