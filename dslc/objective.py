@@ -73,7 +73,7 @@ def _parse_name(text: str) -> Term:
     found = _INDEXED.match(text)
     if found is None:
         return Term(text.strip(), "mask")
-    index = []
+    index: list[int | None] = []
     for part in found.group(2).split(","):
         part = part.strip()
         if part == ":":

@@ -72,7 +72,11 @@ def register(verbs) -> None:
              f"  dslc explain saliency {M} --checkpoint {RUN} --index 0,1,2 -o saliency.png\n"
              f"  dslc explain adversarial {M} --checkpoint {RUN} --index 0 --target 8")
     methods = p.add_subparsers(dest="method", metavar="METHOD")
-    p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
+
+    def no_method(args) -> int:
+        p.print_help()
+        return 2
+    p.set_defaults(run=no_method)
 
     q = verb(methods, "filters", "the first layer's kernels as an image grid",
              "Draw the kernels of the first convolution (or of --layer), each stretched to its own range; "

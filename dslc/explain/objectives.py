@@ -78,7 +78,7 @@ class StyleLoss:
         self.content_weight, self.tv = content_weight, tv
 
     def _style(self, feats: dict) -> tuple[float, dict[str, np.ndarray]]:
-        total, cot = 0.0, {}
+        total, cot = 0.0, {}  # type: float, dict[str, np.ndarray]
         for layer, target, w in zip(self.style_layers, self.grams, self.weights):
             f = feats[layer].astype(np.float64)
             n, c = f.shape[:2]
