@@ -116,3 +116,15 @@ def test_guided_backpropagation_is_pytorchs(tiny, x):
         np.testing.assert_allclose(got, v.grad.numpy(), rtol=1e-9, atol=1e-12)
     assert not np.allclose(gradients.class_gradient(tiny, x, classes, guided=True),
                            gradients.class_gradient(tiny, x, classes)), "guided equals plain: the rule was not used"
+
+
+def test_dream_of_a_large_layer_compiles(net):
+    """DeepDream's objective (0.5 |layer|^2) of a layer big enough for a parallel kernel: the
+    expanded 0-d gradient is read before the prange (Numba could not type it inside)."""
+    m = dslc.load(net("model big {\n    input image : f32[N, 1024]\n    feats: x = image |> tanh\n"
+                      "    output y = x\n}\n"))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1024)).astype(np.float32)
+    value, got = m.compile("cpu").grad({}, {"image": x}, of={"feats": "l2"}, wrt=["image"])
+    want_value, want = m.grad({}, {"image": x}, of={"feats": "l2"}, wrt=["image"])
+    assert value == pytest.approx(want_value, rel=1e-4)
+    np.testing.assert_allclose(got["image"], want["image"], rtol=1e-4, atol=1e-6)

@@ -173,6 +173,15 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
         (explain(run, "saliency"), 2, "give the examples with one of --image PNG, --input X.npy or --index N"),
         (explain(run, "saliency", "--index", "0", "-o", str(DIGITS_CNN)), 2, "which this command reads"),
     ]
+    truncated, wrong = tmp_path / "cut.png", tmp_path / "wrong.npy"
+    truncated.write_bytes(big.read_bytes()[:30])
+    np.save(wrong, np.zeros((2, 7, 7), np.float32))
+    cases += [
+        (explain(run, "saliency", "--image", "/dev/zero"), 1, "/dev/zero: is a character device, not a regular file"),
+        (explain(run, "saliency", "--image", str(truncated)), 1, f"{truncated}: not a readable image"),
+        (explain(run, "saliency", "--input", str(wrong)), 1, f"{wrong}: array of shape [2, 7, 7] is neither"),
+        (explain(run, "saliency", "--index", "0", "--image", str(big)), 2, "not --image and --index"),
+    ]
     for argv, status, message in cases:
         assert main(argv) == status, argv
         err = capsys.readouterr().err
@@ -198,3 +207,18 @@ def test_device_gpu_reaches_the_cuda_executor(run, tmp_path, capsys):
     else:
         err = capsys.readouterr().err
         assert status == 1 and "Traceback" not in err and "gpu" in err.lower(), err
+
+
+def test_every_method_has_help_with_an_example(capsys):
+    from dslc.cli import build_parser
+
+    methods = ("filters activations neighbors embed occlusion saliency classviz adversarial invert dream "
+               "style").split()
+    for method in methods:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["explain", method, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and f"dslc explain {method} models/" in out.split("examples:")[1], method
+    assert main(["explain"]) == 2
+    out = capsys.readouterr().out
+    assert all(m in out for m in methods)
