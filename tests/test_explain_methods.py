@@ -49,22 +49,22 @@ def test_saliency_is_largest_on_the_strokes(s, test_split):
     x, y = test_split.x[:40], test_split.y[:40]
     plain = gradients.ink_share(x, gradients.saliency(s, x, y), threshold=0.0)
     guided = gradients.ink_share(x, gradients.saliency(s, x, y, guided=True), threshold=0.0)
-    assert (plain > 0.5).sum() >= 36 and plain.mean() > 0.55, plain  # [40 of 40, mean 0.64]
-    assert (guided > 0.5).all() and guided.mean() > 0.65, guided  # [mean 0.76]
+    assert (plain > 0.5).sum() >= 36 and plain.mean() > 0.55, plain  # [40 of 40, mean 0.65, least 0.53]
+    assert (guided > 0.5).all() and guided.mean() > 0.65, guided  # [mean 0.77, least 0.62]
 
 
 def test_fgsm_at_epsilon_0_2_takes_test_accuracy_below_20_percent(s, test_split):
     x, y = test_split.x, test_split.y
     moved = adversarial.fgsm(s, x, y, eps=0.2)
     assert np.abs(moved - x).max() <= 0.2 + 1e-6 and moved.min() >= 0 and moved.max() <= 1
-    assert (s.scores(moved).argmax(1) == y).mean() < 0.2  # [0.08; 0.46 at epsilon 0.1]
+    assert (s.scores(moved).argmax(1) == y).mean() < 0.2  # [0.06; 0.42 at epsilon 0.1]
 
 
 def test_fooling_reaches_p_target_above_0_9_on_10_of_10(s, test_split):
     x = test_split.x[test_split.y != 8][:10]
     fooled, steps = adversarial.fool(s, x, target=8, confidence=0.9, steps=200, lr=0.05)
     rows = adversarial.report(s, x, fooled, target=8)
-    assert all(r["target_probability"] > 0.9 and r["new"] == "8" for r in rows), rows  # [in 55 steps]
+    assert all(r["target_probability"] > 0.9 and r["new"] == "8" for r in rows), rows  # [in 66 steps]
     assert all(0 < r["l2"] < 3 for r in rows), rows
 
 
@@ -98,7 +98,7 @@ def test_style_transfer_lowers_the_gram_loss_tenfold(s, test_split):
     loss = objectives.StyleLoss(s, conv3, s.forward(content, [conv3])[conv3], layers,
                                 [objectives.gram(feats[n]) for n in layers], [500.0, 500.0], 1.0, 1e-3)
     out, _ = optimise.descend(s, loss, content, optimise.Settings(steps=100, lr=0.02, jitter=0))
-    assert loss.style_value(out) < loss.style_value(content) / 10  # [20x]
+    assert loss.style_value(out) < loss.style_value(content) / 10  # [17x]
 
 
 def test_compiled_gradients_are_the_references(s, test_split):

@@ -109,7 +109,7 @@ def cmd_adversarial(args) -> int:
 
 def cmd_classviz(args) -> int:
     s = _subject(args)
-    targets = [_class(s, c) for c in args.cls]
+    targets = [_class(s, c) for given in args.cls for c in given.split(",")]
     settings = optimise.Settings(args.steps, args.lr, args.jitter, args.blur_every, args.blur_sigma, seed=args.seed)
     start = np.repeat(s.blank(), len(targets), axis=0)
     x, _ = optimise.descend(s, objectives.classviz_loss(s, targets, args.l2), start, settings, "class visualisation")

@@ -145,7 +145,7 @@ def register(verbs) -> None:
              f"  dslc explain classviz {M} --checkpoint {RUN} --class 3 --steps 200 --lr 0.05")
     _common(q, "classviz", examples=False)
     q.add_argument("--class", dest="cls", required=True, action="append",
-                   help="the class (number or name); repeat for several")
+                   help="the class (number or name); several as 0,3,8 or by repeating it")
     _optimiser(q, 200, 0.05)
     q.add_argument("--l2", type=nonnegative, default=1e-3, help="weight of |x - mean image|^2 (default: 1e-3)")
     q.add_argument("--blur-every", type=int, default=10, metavar="N", help="blur every N steps, 0 never (default: 10)")
@@ -184,7 +184,7 @@ def register(verbs) -> None:
              f"  dslc explain dream {M} --checkpoint {RUN} --index 0 --layer conv3 --octaves 2")
     _common(q, "dream")
     q.add_argument("--layer", required=True, help="a layer's label or node name")
-    _optimiser(q, 60, 0.02)
+    _optimiser(q, 30, 0.01)
     q.add_argument("--octaves", type=count, default=2, help="bands of detail, coarse to fine (default: 2)")
     q.add_argument("--octave-scale", type=positive, default=1.4, help="size ratio between octaves (default: 1.4)")
     q.set_defaults(run=run.cmd_dream)
