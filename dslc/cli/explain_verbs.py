@@ -37,8 +37,11 @@ def nonnegative(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser, method: str, examples: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, method: str, examples: bool = True, layer: str | None = None) -> None:
+    """The flags every method takes; `layer`: the example of a required --layer."""
     add_checkpoint_args(p)
+    if layer:
+        p.add_argument("--layer", required=True, help=f"a layer's label or node name, e.g. {layer}")
     p.add_argument("-o", "--output", default=f"{method}.png", help=f"PNG to write (default: {method}.png)")
     p.add_argument("--npy", metavar="FILE", help="also write the numbers (maps, images, features) as a .npy")
     p.add_argument("--json", action="store_true", help="print a report of the numbers as JSON")
@@ -89,8 +92,7 @@ def register(verbs) -> None:
     q = verb(methods, "activations", "a layer's feature maps for an input",
              "Draw each channel of a layer's values for each example (a dense layer as one square map).",
              f"  dslc explain activations {M} --checkpoint {RUN} --index 0 --layer conv1")
-    _common(q, "activations")
-    q.add_argument("--layer", required=True, help="a layer's label or node name, e.g. conv1")
+    _common(q, "activations", layer="conv1")
     q.add_argument("--channels", type=count, default=16, help="channels drawn per example (default: 16)")
     q.set_defaults(run=run.cmd_activations)
 
@@ -98,8 +100,7 @@ def register(verbs) -> None:
              "For each example, the k training images nearest to it in a layer's features (Euclidean), and "
              "below them the k nearest in raw pixels: a network's features group by class, pixels by ink.",
              f"  dslc explain neighbors {M} --checkpoint {RUN} --index 0,1 --layer conv3 -k 6")
-    _common(q, "neighbors")
-    q.add_argument("--layer", required=True, help="a layer's label or node name, e.g. conv3")
+    _common(q, "neighbors", layer="conv3")
     q.add_argument("-k", type=count, default=5, help="neighbours per example (default: 5)")
     q.add_argument("--limit", type=count, default=5000,
                    help="search the first LIMIT training images at most (default: 5000)")
@@ -109,8 +110,7 @@ def register(verbs) -> None:
              "Place a few hundred examples of a split on a plane by their features at a layer, with "
              "scikit-learn's t-SNE or PCA, coloured by class (needs the `explain` extra: scikit-learn).",
              f"  dslc explain embed {M} --checkpoint {RUN} --layer conv3 --examples 300 -o embed.png")
-    _common(q, "embed", examples=False)
-    q.add_argument("--layer", required=True, help="a layer's label or node name, e.g. conv3")
+    _common(q, "embed", examples=False, layer="conv3")
     q.add_argument("--method", choices=("tsne", "pca"), default="tsne", help="(default: tsne)")
     q.add_argument("--examples", type=count, default=500, help="examples of the split placed (default: 500)")
     q.add_argument("--split", choices=("test", "val", "train"), default="test", help="(default: test)")
@@ -171,8 +171,7 @@ def register(verbs) -> None:
              "Feature inversion: from noise, find an image whose features at --layer match the example's, "
              "with a total-variation penalty. Deeper layers keep less of the image.",
              f"  dslc explain invert {M} --checkpoint {RUN} --index 0 --layer conv2")
-    _common(q, "invert")
-    q.add_argument("--layer", required=True, help="a layer's label or node name")
+    _common(q, "invert", layer="conv2")
     _optimiser(q, 300, 0.05, jitter=0)
     q.add_argument("--tv", type=nonnegative, default=1e-2, help="total-variation weight (default: 1e-2)")
     q.add_argument("--l2", type=nonnegative, default=0.0, help="weight of |x - mean image|^2 (default: 0)")
@@ -182,8 +181,7 @@ def register(verbs) -> None:
              "Gradient ascent on half the squared activations of --layer from the example, in --octaves "
              "bands of detail from coarse to fine, with jitter.",
              f"  dslc explain dream {M} --checkpoint {RUN} --index 0 --layer conv3 --octaves 2")
-    _common(q, "dream")
-    q.add_argument("--layer", required=True, help="a layer's label or node name")
+    _common(q, "dream", layer="conv3")
     _optimiser(q, 30, 0.01)
     q.add_argument("--octaves", type=count, default=2, help="bands of detail, coarse to fine (default: 2)")
     q.add_argument("--octave-scale", type=positive, default=1.4, help="size ratio between octaves (default: 1.4)")
