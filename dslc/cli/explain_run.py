@@ -155,10 +155,11 @@ def cmd_style(args) -> int:
     style, _, style_names = s.examples(args.style_image, args.style_input, args.style_index, args.split, args.as_name)
     if len(content) != 1 or len(style) != 1:
         raise UsageError("style transfer takes one content and one style example")
-    layers = [s.layer(name.strip()) for name in args.style_layers.split(",") if name.strip()]
-    for name in layers:
-        if len(s.model.graph[name].type.shape) not in (3, 4):
-            raise UsageError(f"--style-layers: '{name}' is {s.model.graph[name].type.show()}; a Gram matrix needs "
+    given = [name.strip() for name in args.style_layers.split(",") if name.strip()]
+    layers = [s.layer(name) for name in given]
+    for name, node in zip(given, layers):
+        if len(s.model.graph[node].type.shape) not in (3, 4):
+            raise UsageError(f"--style-layers: '{name}' is {s.model.graph[node].type.show()}; a Gram matrix needs "
                              "feature maps [N, C, H, W]")
     content_layer = s.layer(args.content_layer)
     feats = s.forward(style, layers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,7 +53,8 @@ def write_grid(rows: Sequence[Sequence[Tile | None]], path, title: str = "") -> 
     from matplotlib.figure import Figure
 
     columns = max(len(r) for r in rows)
-    top = 0.45 if title else 0.1
+    title = textwrap.fill(title, int(TILE_INCHES * columns * 13))  # about 13 characters an inch at 9 points
+    top = 0.45 + 0.17 * title.count("\n") if title else 0.1  # inches above the first row's captions
     fig = Figure(figsize=(TILE_INCHES * columns, TILE_INCHES * len(rows) + top))
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - top / (TILE_INCHES * len(rows) + top),
                         wspace=0.1, hspace=0.35)
