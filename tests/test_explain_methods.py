@@ -8,6 +8,7 @@ below what it measured (in brackets) on the held-out digits split (359 images).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -181,7 +182,12 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
         (explain(run, "saliency", "--image", str(truncated)), 1, f"{truncated}: not a readable image"),
         (explain(run, "saliency", "--input", str(wrong)), 1, f"{wrong}: array of shape [2, 7, 7] is neither"),
         (explain(run, "saliency", "--index", "0", "--image", str(big)), 2, "not --image and --index"),
+        (explain(run, "saliency", "--index", "0", "-o", str(tmp_path)), 1, f"{tmp_path}"),
+        (explain(run, "saliency", "--index", "0", "-o", str(tmp_path / "no" / "s.png")), 1, "no such directory"),
     ]
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cases.append((explain(run, "saliency", "--image", str(fifo)), 1, f"{fifo}: is a FIFO"))
     for argv, status, message in cases:
         assert main(argv) == status, argv
         err = capsys.readouterr().err

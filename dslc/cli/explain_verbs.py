@@ -112,7 +112,7 @@ def register(verbs) -> None:
              f"  dslc explain embed {M} --checkpoint {RUN} --layer conv3 --examples 300 -o embed.png")
     _common(q, "embed", examples=False, layer="conv3")
     q.add_argument("--method", choices=("tsne", "pca"), default="tsne", help="(default: tsne)")
-    q.add_argument("--examples", type=count, default=500, help="examples of the split placed (default: 500)")
+    q.add_argument("--examples", type=count, default=500, help="the split's first N examples are placed (default: 500)")
     q.add_argument("--split", choices=("test", "val", "train"), default="test", help="(default: test)")
     q.add_argument("--as", dest="as_name", metavar="NAME", help="the recipe whose data to read")
     q.add_argument("--seed", type=seed, default=0, help="t-SNE's seed (default: 0)")
