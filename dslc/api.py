@@ -28,6 +28,7 @@ class Model(front.Model):
 
     params: dict[str, np.ndarray] | None = None
     normalization: dict[str, Any] | None = None
+    checkpoint: Any = None  # the Checkpoint read (runtime/checkpoint.py): its state.json's classes, recipe ...
 
     @classmethod
     def of(cls, loaded: front.Model) -> "Model":
@@ -64,4 +65,5 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
         predict.fit_model(ckpt, loaded, force)
         loaded.params = {p.name: ckpt.weights[p.name] for p in loaded.graph.params}
         loaded.normalization = ckpt.state.get("normalization")
+        loaded.checkpoint = ckpt
     return loaded

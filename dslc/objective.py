@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,10 +103,12 @@ def node_of(graph: Graph, name: str) -> str:
                         "; `dslc check` lists its layers"))
 
 
-def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str]) -> Graph:
+def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
+                    rules: Mapping[str, Callable] | None = None) -> Graph:
     """`graph` with the objective sum over terms (each its node's elements times the weight input
     `weight.NODE`, or 0.5 * the squares) as output "objective" and one Output("grad") per name
-    of `wrt`; only what they need is kept."""
+    of `wrt`; only what they need is kept. `rules` replaces some ops' gradient rules (autodiff's
+    `differentiate`)."""
     b = GraphBuilder(graph.nodes)
     total = None
     for term in terms:
@@ -123,7 +125,7 @@ def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str]) -> 
     if total is None:
         raise UsageError("grad: `of` names nothing")
     weighted = b.graph(graph.name, [Output("output", OBJECTIVE, total)], graph.stage)
-    return prune(differentiate(weighted, list(wrt), loss=total))
+    return prune(differentiate(weighted, list(wrt), loss=total, rules=rules))
 
 
 def weight_feeds(graph: Graph, terms: Sequence[Term], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ semantics, as training differentiates it. Results are host NumPy arrays the call
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -88,18 +88,20 @@ class Compiled:
     # ---- grad ---------------------------------------------------------------------------
 
     def grad(self, params: Arrays, inputs: Arrays, of="loss", wrt: Sequence[str] | None = None,
-             train: bool | None = None, rng: np.random.Generator | None = None) -> tuple[float, dict[str, np.ndarray]]:
+             train: bool | None = None, rng: np.random.Generator | None = None,
+             rules: Mapping[str, Callable] | None = None) -> tuple[float, dict[str, np.ndarray]]:
         """(the objective's value, {name: its gradient}) for the objective `of` names
         (dslc/objective.py: "loss", "fc8", "fc8[:, 3]", {"conv3": "l2", "conv5": dL}) with
         respect to the inputs and parameters in `wrt` (default: every trainable parameter).
-        `train` defaults to training semantics for the loss and inference for anything else."""
+        `train` defaults to training semantics for the loss and inference for anything else.
+        `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation)."""
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
         names = tuple(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
         for name in names:
             self.model.check_wrt(name)
-        key = ("grad", tuple(t.key for t in terms), names, train)
-        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names))
+        key = ("grad", tuple(t.key for t in terms), names, train, tuple(sorted((rules or {}).items())))
+        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules))
         feeds = dict(inputs)
         feeds.update(weight_feeds(step.graph, terms, inputs))
         out = self._run(step, feeds, params, rng)

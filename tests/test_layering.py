@@ -20,6 +20,7 @@ layer or those below it. Read from the folder names, bottom to top:
     interop     dslc/interop/: ONNX export, PyTorch weights
     api         dslc/api.py and the package itself (dslc/__init__.py): `dslc.load` with checkpoints
                 and compiled callables
+    explain     dslc/explain/: what a trained model learned (saliency, adversarial, style ...), over the API
     cli         dslc/cli/
 
 The test walks every import statement of every module (those inside functions too, since
@@ -53,6 +54,7 @@ LAYERS = (
     ("runtime", ("dslc.runtime",)),
     ("interop", ("dslc.interop",)),
     ("api", ("dslc.api", "dslc")),
+    ("explain", ("dslc.explain",)),
     ("cli", ("dslc.cli",)),
 )
 

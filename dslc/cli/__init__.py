@@ -18,7 +18,7 @@ import sys
 
 import dslc
 
-VERB_MODULES = ("inspect_verbs", "train_verbs", "search_verb", "compile_verb", "interop_verbs")
+VERB_MODULES = ("inspect_verbs", "train_verbs", "search_verb", "compile_verb", "interop_verbs", "explain_verbs")
 
 
 def build_parser():

@@ -224,7 +224,11 @@ def expand(gen, src, kernel) -> None:
     with src.block(gen.signature(src, kernel, [g, like, out], parallel=par)):
         count = " * ".join(f"{like}.shape[{a}]" for a in axes) or "1"
         scale = f" / ({count})" if node.attr("mean") else ""
-        store = gen.lang.put(f"{out}[{index(rank)}]", f"{g}[{at}]{scale}", gen.dtype(kernel.outputs[0]))
+        read = f"{g}[{at}]"
+        if at == "()":  # a 0-d g is read once, before the loops: Numba cannot type a 0-d read in a prange body
+            src.line(f"g0 = {read}")
+            read = "g0"
+        store = gen.lang.put(f"{out}[{index(rank)}]", f"{read}{scale}", gen.dtype(kernel.outputs[0]))
         _nd_loops(src, _shape_of(out, rank), par, lambda: src.line(store))
 
 

@@ -17,7 +17,7 @@ Only what is needed is differentiated: nodes that no requested gradient depends 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from dslc.diagnostics import CompileError
 from dslc.ir.builder import GraphBuilder
@@ -81,8 +81,11 @@ def differentiable(graph: Graph, wrt: Sequence[str]) -> set[str]:
     return reach
 
 
-def differentiate(graph: Graph, wrt: Sequence[str], loss: str | None = None) -> Graph:
-    """`graph` plus gradient nodes, with one Output("grad", NAME, node) per name in `wrt`."""
+def differentiate(graph: Graph, wrt: Sequence[str], loss: str | None = None,
+                   rules: Mapping[str, Callable] | None = None) -> Graph:
+    """`graph` plus gradient nodes, with one Output("grad", NAME, node) per name in `wrt`.
+    `rules` replaces the registry's gradient rule of some ops ({"relu": rule}): a modified
+    backward pass such as guided backpropagation (dslc/explain/gradients.py)."""
     loss = loss or graph.loss
     if loss is None:
         raise CompileError.single("E0401", f"model '{graph.name}' has no loss to differentiate")
@@ -98,9 +101,10 @@ def differentiate(graph: Graph, wrt: Sequence[str], loss: str | None = None) -> 
         if node.op in ("input", "param"):
             continue
         op = registry.get(node.op)
-        if op.grad is None:
+        rule = (rules or {}).get(node.op, op.grad)
+        if rule is None:
             raise NotImplementedError(f"op {node.op!r} has no gradient rule")
-        grads = op.grad(gb, node, g)
+        grads = rule(gb, node, g)
         for k, (inp, gi) in enumerate(zip(node.inputs, grads)):
             if gi is None or inp not in live or k in op.integer_inputs:
                 continue

@@ -22,9 +22,9 @@ from dslc.runtime.data.files import check_memory, directory
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-def decode_image(path, mode: str, size: tuple[int, int]) -> np.ndarray:
+def decode_image(path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """The image in `path` converted to `mode` ("RGB", "L") and resized to `size` (width,
-    height) bilinearly, as uint8; DataError for a file that is not regular (a FIFO is not
+    height) bilinearly (None: kept as it is), as uint8; DataError for a file that is not regular (a FIFO is not
     waited on), that Pillow cannot decode, or whose header claims more pixels than its limit."""
     from PIL import Image, UnidentifiedImageError
 
@@ -34,7 +34,8 @@ def decode_image(path, mode: str, size: tuple[int, int]) -> np.ndarray:
             if width * height > Image.MAX_IMAGE_PIXELS:
                 raise DataError(f"the image claims {width:,} x {height:,} pixels, more than Pillow's limit of "
                                 f"{Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)", path)
-            return np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR))
+            converted = image.convert(mode)
+            return np.asarray(converted if size is None else converted.resize(size, Image.Resampling.BILINEAR))
     except UnreadableFile as e:
         raise DataError(e.reason, path) from None
     except Image.DecompressionBombError as e:
