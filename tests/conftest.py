@@ -27,8 +27,15 @@ def pytest_configure(config):
     config._dslc_run_cache = run
     os.environ.setdefault("DSLC_CACHE", os.path.join(run, "dslc"))
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(run, "numba"))
-    if getattr(config.option, "numprocesses", None):  # xdist workers already fill the cores
+    workers = getattr(config.option, "numprocesses", None)
+    if workers:  # xdist workers already fill the cores
         os.environ.setdefault("DSLC_COMPILE_WORKERS", "0")
+        # and BLAS's own threads would overfill them: the reference's many small GEMMs, two
+        # OpenBLAS threads in each of two workers on two cores, ran 5x slower than one each
+        # (tests/test_gradcheck.py + test_reference.py at -n 2: 77 s against 15 s)
+        share = max(1, (os.cpu_count() or 1) // (workers if isinstance(workers, int) else os.cpu_count() or 1))
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(share))
+        os.environ.setdefault("MKL_NUM_THREADS", str(share))
 
 
 def pytest_unconfigure(config):
