@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from dslc.kernels.geometry import geometry, pool_geometry, workspace_shape
+from dslc.ops.shape import pad_pairs
 
 def _geom(node, size) -> str:
     return ", ".join(str(v) for v in geometry(node.attr_dict, size)) + f", {node.attr('groups')}"
@@ -24,6 +25,28 @@ def _pool(node, size, what) -> str:
 
 def _opt(args, k: int) -> str:
     return args[k] if len(args) > k + 1 else "None"
+
+
+def _slice(node, shape) -> str:
+    """`axis, first, step` of a slice of an array of `shape` (start/stop resolved as Python does)."""
+    axis = node.attr("axis") % len(shape)
+    first = range(*slice(node.attr("start"), node.attr("stop"), node.attr("step")).indices(shape[axis]))[0]
+    return f"{axis}, {first}, {node.attr('step')}"
+
+
+def _before(node, shape) -> str:
+    """The padding before each axis, as a tuple literal: `(0, 4, 0, 0)`."""
+    before = [str(lo) for lo, _ in pad_pairs(len(shape), node.attr("pads"))]
+    return f"({', '.join(before)}{',' if len(before) == 1 else ''})"
+
+
+def _groups(node, shape) -> int:
+    """The groups of a groupnorm-family node on x of `shape`: layernorm 1, instancenorm C."""
+    return {"layernorm": 1, "instancenorm": shape[1]}.get(node.op) or node.attr("groups")
+
+
+def _norm(node, shape) -> str:
+    return f"{_groups(node, shape)}, {node.attr('eps')!r}"
 
 
 # op -> (args, input shapes, node) -> call; args = input identifiers then the output's.
@@ -49,10 +72,21 @@ CALLS: dict[str, Callable] = {
     "cross_entropy_grad": lambda n, a, s: (f"softmax.softmax_cross_entropy_backward({a[0]}, {a[1]}, {a[2]}, "
                                            f"{a[-1]})"),
     "accuracy": lambda n, a, s: f"softmax.accuracy({a[0]}, {a[1]}, {a[-1]})",
+    "svm": lambda n, a, s: f"softmax.svm_forward({a[0]}, {a[1]}, {a[-1]}, {n.attr('margin')!r})",
+    "svm_grad": lambda n, a, s: f"softmax.svm_backward({a[0]}, {a[1]}, {a[2]}, {a[-1]}, {n.attr('margin')!r})",
+    "slice": lambda n, a, s: f"slicing.slice_forward({a[0]}, {a[-1]}, {_slice(n, s[0])})",
+    "slice_grad": lambda n, a, s: f"slicing.slice_backward({a[0]}, {a[-1]}, {_slice(n, s[1])})",
+    "pad": lambda n, a, s: f"slicing.pad_forward({a[0]}, {a[-1]}, {_before(n, s[0])}, {float(n.attr('value'))!r})",
+    **{op: (lambda n, a, s: f"groupnorm.groupnorm_forward({a[0]}, {a[1]}, {a[2]}, {a[-1]}, {_norm(n, s[0])})")
+       for op in ("groupnorm", "layernorm", "instancenorm")},
+    "groupnorm_grad_input": lambda n, a, s: (f"groupnorm.groupnorm_grad_input({a[0]}, {a[1]}, {a[2]}, {a[-1]}, "
+                                             f"{_norm(n, s[1])})"),
+    "groupnorm_grad_gamma": lambda n, a, s: (f"groupnorm.groupnorm_grad_gamma({a[0]}, {a[1]}, {a[-1]}, "
+                                             f"{_norm(n, s[1])}, workspace)"),
 }
 
 # Library modules the calls above name, imported by every generated module.
-IMPORTS = "from dslc.runtime.cpu import conv, gemm, pool, softmax"
+IMPORTS = "from dslc.runtime.cpu import conv, gemm, groupnorm, pool, slicing, softmax"
 
 def has_library(op: str) -> bool:
     return op in CALLS
@@ -62,12 +96,14 @@ def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> str:
     return CALLS[node.op](node, args, shapes)
 
 
-# op -> (input shapes, output shape) -> elements of one thread's workspace slot: the
-# convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]).
+# op -> (node, input shapes, output shape) -> elements of one thread's workspace slot: the
+# convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]), and
+# groupnorm's per-(example, group) statistics, in the first slot (runtime/cpu/groupnorm.py).
 WORKSPACE: dict[str, Callable] = {
-    "conv2d": lambda s, out: workspace_shape(s[0], s[1], out[2:])[1],
-    "conv2d_grad_input": lambda s, out: workspace_shape(out, s[1], s[0][2:])[1],  # out: dx
-    "conv2d_grad_weight": lambda s, out: workspace_shape(s[1], out, s[0][2:])[1],  # out: dw
+    "conv2d": lambda n, s, out: workspace_shape(s[0], s[1], out[2:])[1],
+    "conv2d_grad_input": lambda n, s, out: workspace_shape(out, s[1], s[0][2:])[1],  # out: dx
+    "conv2d_grad_weight": lambda n, s, out: workspace_shape(s[1], out, s[0][2:])[1],  # out: dw
+    "groupnorm_grad_gamma": lambda n, s, out: 2 * s[1][0] * n.attr("groups"),
 }
 
 
@@ -75,5 +111,4 @@ def workspace_slot(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ..
     """Elements of one thread's slot of the shared workspace [threads, slot] that `node`
     needs at these bound shapes (0: none)."""
     rule = WORKSPACE.get(node.op)
-    return rule(shapes, out_shape) if rule else 0
-
+    return rule(node, shapes, out_shape) if rule else 0
