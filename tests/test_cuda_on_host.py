@@ -61,6 +61,7 @@ extern "C" void dslc_set_block(long long bx, long long by, long long gx, long lo
 CASES = {  # model, sizes other than the file's defaults (the module is the same text at any)
     "small_cnn": {"width": 3, "hidden": 10}, "mlp_bn": {"h1": 9, "h2": 7}, "two_layer": {"hidden": 5},
     "lenet5": {}, "resnet20": {"n": 1, "width": 4}, "digits_cnn": {"width": 3},
+    "norm_cnn": {"width": 6, "groups": 3, "hidden": 10},
 }
 
 
