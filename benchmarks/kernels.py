@@ -57,7 +57,7 @@ def conv_rows(n, c_in, c_out, h, rng):
     y, g = np.empty((n, c_out, h, h), np.float32), rng.standard_normal((n, c_out, h, h), np.float32)
     dx, dw = np.empty_like(x), np.empty_like(w)
     geo = conv.geometry(attrs, (h, h)) + (1,)
-    ws = np.empty(conv.workspace_shape(x.shape, w.shape, (h, h)), np.float32)
+    ws = np.empty(conv.workspace_shape(x.shape, w.shape, (h, h), geo[:-1]), np.float32)
 
     def ours_step():
         conv.conv2d_forward(x, w, None, y, *geo, ws)

@@ -100,9 +100,11 @@ def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> str:
 # convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]), and
 # groupnorm's per-(example, group) statistics, in the first slot (runtime/cpu/groupnorm.py).
 WORKSPACE: dict[str, Callable] = {
-    "conv2d": lambda n, s, out: workspace_shape(s[0], s[1], out[2:])[1],
-    "conv2d_grad_input": lambda n, s, out: workspace_shape(out, s[1], s[0][2:])[1],  # out: dx
-    "conv2d_grad_weight": lambda n, s, out: workspace_shape(s[1], out, s[0][2:])[1],  # out: dw
+    "conv2d": lambda n, s, out: workspace_shape(s[0], s[1], out[2:], geometry(n.attr_dict, s[0][2:]))[1],
+    "conv2d_grad_input": lambda n, s, out: workspace_shape(out, s[1], s[0][2:],  # out: dx
+                                                           geometry(n.attr_dict, out[2:]))[1],
+    "conv2d_grad_weight": lambda n, s, out: workspace_shape(s[1], out, s[0][2:],  # out: dw
+                                                            geometry(n.attr_dict, s[1][2:]))[1],
     "groupnorm_grad_gamma": lambda n, s, out: 2 * s[1][0] * n.attr("groups"),
 }
 

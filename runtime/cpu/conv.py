@@ -36,10 +36,12 @@ from __future__ import annotations
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
+from dslc.runtime.cpu import winograd
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
+_winograd = njit(cache=True)(_geometry.winograd)
 
 
 # ---- data movement ----------------------------------------------------------------------
@@ -184,12 +186,51 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
     return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pb == 0 and pl == 0 and pr == 0
 
 
-# ---- the kernels -----------------------------------------------------------------------
+# ---- the kernels: Winograd where it applies (geometry.winograd), else im2col ---------------
+
+@njit(cache=True)
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """out = conv2d(x, w) + b (b may be None), NCHW."""
+    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    if _winograd(w.shape[2], w.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
+                 x.shape[1], w.shape[0]):
+        winograd.forward(x, w, b, out, pad_t, pad_l, False, workspace)
+    else:
+        im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
+
+
+@njit(cache=True)
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
+    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    if _winograd(w.shape[2], w.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
+                 dx.shape[1], w.shape[0]):
+        winograd.forward(g, w, None, dx, 2 - pad_t, 2 - pad_l, True, workspace)
+    else:
+        im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
+
+
+@njit(cache=True)
+def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+                       workspace):
+    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
+    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    if _winograd(dw.shape[2], dw.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
+                 x.shape[1], dw.shape[0]):
+        winograd.grad_weight(g, x, dw, pad_t, pad_l, workspace)
+        if db is not None:
+            conv2d_grad_bias(g, db)
+    else:
+        im2col_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+                           workspace)
+
+
+# ---- im2col + GEMM ------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                    workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
+    """out = conv2d(x, w) + b (b may be None), NCHW, by im2col + GEMM; see the module docstring."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -219,9 +260,9 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                       workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input), by GEMM + col2im."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -252,9 +293,9 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def im2col_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                        workspace):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
+    """dw = sum over images and pixels of g x window^T, by im2col + GEMM; db = sum of g over (N, Ho, Wo), or None."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]
