@@ -162,7 +162,12 @@ def sgemm_gflops(threads: int, size: int = 1024, repeats: int = 9) -> dict:
 def compiled_step(name: str, opt, x, y):
     """(the torch.compile'd step function, its compile seconds): the first call compiles the
     forward and backward graphs; an eager step's time is taken off it."""
+    import torch
     from benchmarks.torch_models import step_function
+    # Every model's step is the same function `core` over other closures: without a reset,
+    # the later models recompile the earlier ones' frames (and PyTorch 2.13's Dynamo can
+    # fail on that recompilation: "speculation log divergence" in SGD's step).
+    torch._dynamo.reset()
     eager = step_function(name, opt, x, y)
     eager()
     start = time.perf_counter()

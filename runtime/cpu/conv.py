@@ -1,4 +1,10 @@
-"""conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
+"""conv2d forward, input gradient and weight/bias gradient: Winograd or im2col + GEMM, images split over threads.
+
+3x3 stride-1 ungrouped convolutions with enough channels (`geometry.winograd`: most of
+the convolutions in models/) run by Winograd F(2x2, 3x3) (dslc/runtime/cpu/winograd.py),
+2.25 times fewer multiply-adds; measured on the models' shapes (benchmarks/kernels.py and
+an A/B of the three passes) it was 1.0-2.2 times faster than im2col, never slower
+beyond the noise. Every other convolution runs by im2col + GEMM, described here.
 
 Layouts as in dslc/ops/conv.py: x [N, C, H, W], w [O, C/G, kh, kw], y [N, O, Ho, Wo];
 geometry comes from its `Window` (`geometry(attrs, size)`, dslc/kernels/geometry.py),
