@@ -105,7 +105,9 @@ def child(name: str, file: str | None, sets: list[str]) -> None:
     """Child process: load, build, compile and run one step; print what the executor compiled."""
     import dslc
     from dslc.cli.common import parse_sets
-    model = dslc.load(file, **parse_sets(sets)) if file else dslc.load(ROOT / BENCHES[name].file, **parse_sets(sets))
+    from dslc.frontend.values import literals
+    overrides = literals(parse_sets(sets))  # as `dslc train --set` reads them: width=40 is the int 40
+    model = dslc.load(file or ROOT / BENCHES[name].file, **overrides)
     _, _, step = dslc_step(name, model=model)
     print(json.dumps({"compile_s": step.compile_seconds,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

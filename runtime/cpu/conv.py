@@ -39,7 +39,10 @@ raise ValueError on a mismatch instead of reading out of bounds.
 """
 from __future__ import annotations
 
+import inspect
+
 from numba import njit, prange
+from numba.extending import overload
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu import winograd
@@ -193,8 +196,22 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
 
 
 # ---- the kernels: Winograd where it applies (geometry.winograd), else im2col ---------------
+#
+# The three entry points choose in Python when the generated driver calls them, for a few
+# microseconds a call; compiled, a chooser links both of its kernels and LLVM optimises
+# them again inside it, seconds each time the caches are cold (small_cnn's cold compile
+# took 30 s longer). A generated kernel that calls one (an epilogue's host) compiles it.
 
-@njit(cache=True)
+def _also_compiled(fn):
+    """fn, which runs as Python from Python and compiles as itself where Numba code calls it."""
+    def typer(*args):
+        return fn
+    typer.__signature__ = inspect.signature(fn)  # Numba wants the implementation's parameters
+    overload(fn, jit_options={"cache": True})(typer)
+    return fn
+
+
+@_also_compiled
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """out = conv2d(x, w) + b (b may be None), NCHW."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
@@ -205,7 +222,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
         im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
 
 
-@njit(cache=True)
+@_also_compiled
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
@@ -216,7 +233,7 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
         im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
 
 
-@njit(cache=True)
+@_also_compiled
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                        workspace):
     """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
