@@ -39,8 +39,8 @@ from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
 from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
-MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "groupnorm", "pool", "slicing", "softmax", "step",
-                  "prologue", "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
+MODULE_GLOBALS = ("math", "np", "njit", "prange", "conv", "gemm", "groupnorm", "pool", "slicing", "softmax", "winograd",
+                  "step", "prologue", "workspace", "scratch", "fallback", "ARGS", "FALLBACK", "max", "min", "abs", "range") + tuple(CONSTANTS)
 # Fixed names of the loop nests' indices and accumulators: never a buffer's name.
 LOOP_NAMES = ("i", "j", "n", "c", "p", "x", "lo", "hi", "cc", "acc", "slots") + tuple(f"i{a}" for a in range(8))
 # How a kernel may see a buffer (the name suffix of its argument): as it is, flat (every

@@ -67,6 +67,17 @@ def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, 
             and max(pt, pb, pl, pr) <= 2 and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS)
 
 
+def uses_winograd(attrs, size, c_in: int, c_out: int) -> bool:
+    """Whether a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an input of
+    spatial `size` from c_in to c_out channels, and its gradients, run by Winograd.
+    >>> uses_winograd({"kernel": 3, "stride": 1, "pad": "same", "dilation": 1, "groups": 1}, (14, 14), 32, 64)
+    True
+    """
+    kh, kw = window(attrs, tuple(size), "conv2d").kernel
+    sh, sw, pt, pb, pl, pr, dh, dw = geometry(attrs, size)
+    return winograd(kh, kw, sh, sw, dh, dw, attrs["groups"], pt, pb, pl, pr, c_in, c_out)
+
+
 def winograd_images(c_in: int, c_out: int, tiles: int, n: int) -> int:
     """Images per Winograd block: as many as keep its V and M (16 * (C + O) * tiles floats
     each image) within WINOGRAD_BLOCK, at least one, at most the batch."""

@@ -1,10 +1,8 @@
-"""conv2d forward, input gradient and weight/bias gradient: Winograd or im2col + GEMM, images split over threads.
+"""conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
 
-3x3 stride-1 ungrouped convolutions with enough channels (`geometry.winograd`: most of
-the convolutions in models/) run by Winograd F(2x2, 3x3) (dslc/runtime/cpu/winograd.py),
-2.25 times fewer multiply-adds; measured on the models' shapes (benchmarks/kernels.py and
-an A/B of the three passes) it was 1.0-2.2 times faster than im2col, never slower
-beyond the noise. Every other convolution runs by im2col + GEMM, described here.
+3x3 stride-1 ungrouped convolutions with enough channels run by Winograd instead
+(dslc/runtime/cpu/winograd.py: the same three entry points); `geometry.uses_winograd`
+chooses, where the call is generated (dslc/codegen/externs.py), from the static shapes.
 
 Layouts as in dslc/ops/conv.py: x [N, C, H, W], w [O, C/G, kh, kw], y [N, O, Ho, Wo];
 geometry comes from its `Window` (`geometry(attrs, size)`, dslc/kernels/geometry.py),
@@ -39,18 +37,13 @@ raise ValueError on a mismatch instead of reading out of bounds.
 """
 from __future__ import annotations
 
-import inspect
-
 from numba import njit, prange
-from numba.extending import overload
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu import winograd
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
-_winograd = njit(cache=True)(_geometry.winograd)
 
 
 # ---- data movement ----------------------------------------------------------------------
@@ -195,65 +188,12 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
     return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pb == 0 and pl == 0 and pr == 0
 
 
-# ---- the kernels: Winograd where it applies (geometry.winograd), else im2col ---------------
-#
-# The three entry points choose in Python when the generated driver calls them, for a few
-# microseconds a call; compiled, a chooser links both of its kernels and LLVM optimises
-# them again inside it, seconds each time the caches are cold (small_cnn's cold compile
-# took 30 s longer). A generated kernel that calls one (an epilogue's host) compiles it.
-
-def _also_compiled(fn):
-    """fn, which runs as Python from Python and compiles as itself where Numba code calls it."""
-    def typer(*args):
-        return fn
-    typer.__signature__ = inspect.signature(fn)  # Numba wants the implementation's parameters
-    overload(fn, jit_options={"cache": True})(typer)
-    return fn
-
-
-@_also_compiled
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW."""
-    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    if _winograd(w.shape[2], w.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
-                 x.shape[1], w.shape[0]):
-        winograd.forward(x, w, b, out, pad_t, pad_l, False, workspace)
-    else:
-        im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
-
-
-@_also_compiled
-def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
-    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    if _winograd(w.shape[2], w.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
-                 dx.shape[1], w.shape[0]):
-        winograd.forward(g, w, None, dx, 2 - pad_t, 2 - pad_l, True, workspace)
-    else:
-        im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace)
-
-
-@_also_compiled
-def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
-    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    if _winograd(dw.shape[2], dw.shape[3], stride_h, stride_w, dil_h, dil_w, groups, pad_t, pad_b, pad_l, pad_r,
-                 x.shape[1], dw.shape[0]):
-        winograd.grad_weight(g, x, dw, pad_t, pad_l, workspace)
-        if db is not None:
-            conv2d_grad_bias(g, db)
-    else:
-        im2col_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                           workspace)
-
-
-# ---- im2col + GEMM ------------------------------------------------------------------------
+# ---- the kernels -----------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                    workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW, by im2col + GEMM; see the module docstring."""
+    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -283,9 +223,9 @@ def im2col_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 
 @njit(cache=True, parallel=True)
-def im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                       workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input), by GEMM + col2im."""
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -316,9 +256,9 @@ def im2col_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
 
 
 @njit(cache=True, parallel=True)
-def im2col_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                        workspace):
-    """dw = sum over images and pixels of g x window^T, by im2col + GEMM; db = sum of g over (N, Ho, Wo), or None."""
+    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]

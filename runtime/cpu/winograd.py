@@ -49,8 +49,10 @@ from numba.np.numpy_support import as_dtype
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
 
 _images = njit(cache=True)(_geometry.winograd_images)
+_applies = njit(cache=True)(_geometry.winograd)
 FAST = {"contract"}
 
 
@@ -205,6 +207,8 @@ def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
         for j in range(hi, we):  # the right edge
             f[even + _u(j)] = src[base + 2 * j - pl] if 0 <= 2 * j - pl < cols else 0
             f[odd + _u(j)] = src[base + 2 * j + 1 - pl] if 2 * j + 1 - pl < cols else 0
+    for k in range(4):  # the one element past the rows, read by the extra column's last tile:
+        f[planes + k * plane + (th + 1) * we] = 0  # a stale NaN there would reach dU as 0 * NaN
 
 
 @njit(cache=True)
@@ -271,69 +275,105 @@ def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
                       _patch(at_p, plane, 0, r1, q1), sr0 * sq0, sr0 * sq1, sr1 * sq0, sr1 * sq1)
 
 
-@njit(cache=True, parallel=True)
-def forward(x, w, b, out, pt, pl, flip, workspace):
-    """out = the 3x3 stride-1 convolution of x by w (+ b), padded pt rows on top and pl columns
-    on the left (the bottom and right follow from out's size); with flip, w [C_out, C_in, 3, 3]
-    of the adjoint (see the module docstring): out = conv2d_grad_input(x, w) for pad 2 - pt."""
+@njit(cache=True)
+def _plan(x_shape, c_out, ho, wo, workspace):
+    """(th, tw, grid, images per block, tb, layout, parts) of a pass over x [N, C, H, W] with
+    c_out channels and an output of ho x wo; raises if the workspace is too small."""
+    n, c_in = x_shape[0], x_shape[1]
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    grid = th * (tw + 1)
+    per = _images(c_in, c_out, grid, n)
+    lay = _layout(c_in, c_out, th, tw, per * grid)
+    if workspace.shape[1] < lay[4] or workspace.shape[0] < 1:
+        raise ValueError("conv2d: workspace too small for Winograd; size it with workspace_shape")
+    return th, tw, grid, per, per * grid, lay, min(n, workspace.shape[0])
+
+
+@njit(cache=True)
+def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
+    if not _applies(w_shape[2], w_shape[3], sh, sw, dh, dw, groups, pt, pb, pl, pr, c_in, c_out):
+        raise ValueError("conv2d: not a Winograd convolution (geometry.winograd); use conv.py's kernels")
+
+
+@njit(cache=True)
+def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
+    """Part p's images of the Winograd forward (the module docstring's forward): U of w
+    (flipped for the input gradient), then per block of images V, the 16 GEMMs, y."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    th, tw = (ho + 1) // 2, (wo + 1) // 2
-    grid = th * (tw + 1)
-    per = _images(c_in, c_out, grid, n)
-    tb = per * grid
-    lay = _layout(c_in, c_out, th, tw, tb)
-    if workspace.shape[1] < lay[4]:
-        raise ValueError("conv2d: workspace too small for Winograd; size it with workspace_shape")
-    parts = min(n, workspace.shape[0])
+    th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, yf = x.reshape(-1), out.reshape(-1)
+    f = workspace[p]
+    u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
+    _weights(w, u, flip)
+    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
+    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
+    lo, hi = n * p // parts, n * (p + 1) // parts
+    for i0 in range(lo, hi, per):
+        i1 = min(hi, i0 + per)
+        for i in range(i0, i1):
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+        cols = (i1 - i0) * grid
+        for xi in range(16):
+            gemm_block(u[xi], v[xi, :, :cols], m[xi, :, :cols], False, False, False)
+        for i in range(i0, i1):
+            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+
+
+# ---- the entry points: conv.py's signatures and checks -----------------------------------
+
+@njit(cache=True, parallel=True)
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.winograd accepts."""
+    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], w.shape[0])
+    parts = _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)[6]  # raises before the threads
     for p in prange(parts):
-        f = workspace[p]
-        u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
-        _weights(w, u, flip)
-        v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
-        m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
-        lo, hi = n * p // parts, n * (p + 1) // parts
-        for i0 in range(lo, hi, per):
-            i1 = min(hi, i0 + per)
-            for i in range(i0, i1):
-                _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
-            cols = (i1 - i0) * grid
-            for xi in range(16):
-                gemm_block(u[xi], v[xi, :, :cols], m[xi, :, :cols], False, False, False)
-            for i in range(i0, i1):
-                _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+        _forward_part(x, w, b, out, pad_t, pad_l, False, workspace, p)
 
 
 @njit(cache=True, parallel=True)
-def grad_weight(g, x, dw, pt, pl, workspace):
-    """dw = the weight gradient of the 3x3 stride-1 convolution of x (padded pt, pl) for its
-    output gradient g; dw [O, C, 3, 3]."""
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad."""
+    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
+    parts = _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)[6]
+    for p in prange(parts):
+        _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, True, workspace, p)
+
+
+@njit(cache=True)
+def _grad_weight_part(g, x, pt, pl, workspace, p):
+    """Part p's images of the weight gradient, summed into its slot's dU."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = g.shape[1], g.shape[2], g.shape[3]
-    th, tw = (ho + 1) // 2, (wo + 1) // 2
-    grid = th * (tw + 1)
-    per = _images(c_in, c_out, grid, n)
-    tb = per * grid
-    lay = _layout(c_in, c_out, th, tw, tb)
-    if workspace.shape[1] < lay[4]:
-        raise ValueError("conv2d: workspace too small for Winograd; size it with workspace_shape")
-    parts = min(n, workspace.shape[0])
+    th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, gf = x.reshape(-1), g.reshape(-1)
+    f = workspace[p]
+    du = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
+    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
+    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
+    lo, hi = n * p // parts, n * (p + 1) // parts
+    for i0 in range(lo, hi, per):
+        i1 = min(hi, i0 + per)
+        for i in range(i0, i1):
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
+        cols = (i1 - i0) * grid
+        for xi in range(16):
+            gemm_block(m[xi, :, :cols], v[xi, :, :cols], du[xi], False, True, i0 != lo)
+
+
+@njit(cache=True, parallel=True)
+def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+                       workspace):
+    """dw = the weight gradient [O, C, 3, 3] for output gradient g; db = sum of g over (N, Ho, Wo), or None."""
+    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(dw.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], dw.shape[0])
+    c_out, c_in = dw.shape[0], dw.shape[1]
+    parts = _plan(x.shape, c_out, g.shape[2], g.shape[3], workspace)[6]
     for p in prange(parts):
-        f = workspace[p]
-        du = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
-        v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
-        m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
-        lo, hi = n * p // parts, n * (p + 1) // parts
-        for i0 in range(lo, hi, per):
-            i1 = min(hi, i0 + per)
-            for i in range(i0, i1):
-                _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
-                _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
-            cols = (i1 - i0) * grid
-            for xi in range(16):
-                gemm_block(m[xi, :, :cols], v[xi, :, :cols], du[xi], False, True, i0 != lo)
+        _grad_weight_part(g, x, pad_t, pad_l, workspace, p)
     total = workspace[0, :16 * c_out * c_in].reshape(16, c_out, c_in)
     for p in range(1, parts):  # in part order: the same sum whichever thread finished first
         total += workspace[p, :16 * c_out * c_in].reshape(16, c_out, c_in)
@@ -346,3 +386,5 @@ def grad_weight(g, x, dw, pt, pl, workspace):
                         for bb in range(4):
                             s += _g(a, i) * _g(bb, j) * total[a * 4 + bb, o, c]
                     dw[o, c, i, j] = s
+    if db is not None:
+        conv2d_grad_bias(g, db)
