@@ -290,6 +290,17 @@ def _plan(x_shape, c_out, ho, wo, workspace):
 
 
 @njit(cache=True)
+def _slot(workspace, p, n, c_in, c_out, tb, lay, parts):
+    """Part p's slot f, its U (or dU) [16, O, C], V [16, C, tb] and M [16, O, tb], and its
+    images [lo, hi) of the batch of n."""
+    f = workspace[p]
+    u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
+    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
+    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
+    return f, u, v, m, n * p // parts, n * (p + 1) // parts
+
+
+@njit(cache=True)
 def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
     if not _applies(w_shape[2], w_shape[3], sh, sw, dh, dw, groups, pt, pb, pl, pr, c_in, c_out):
         raise ValueError("conv2d: not a Winograd convolution (geometry.winograd); use conv.py's kernels")
@@ -303,12 +314,8 @@ def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, yf = x.reshape(-1), out.reshape(-1)
-    f = workspace[p]
-    u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
+    f, u, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
     _weights(w, u, flip)
-    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
-    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
-    lo, hi = n * p // parts, n * (p + 1) // parts
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
@@ -349,11 +356,7 @@ def _grad_weight_part(g, x, pt, pl, workspace, p):
     c_out, ho, wo = g.shape[1], g.shape[2], g.shape[3]
     th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, gf = x.reshape(-1), g.reshape(-1)
-    f = workspace[p]
-    du = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
-    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
-    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
-    lo, hi = n * p // parts, n * (p + 1) // parts
+    f, du, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):

@@ -322,7 +322,9 @@ def pad_axes(shape, pads) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, 
     >>> pad_axes((8, 16, 4, 4), ((0, 0), (8, 8), (0, 0), (0, 0)))
     ((1, 1, 1, 1, 8, 256), (1, 1, 1, 1, 8, 512), (0, 0, 0, 0, 0, 128))
     """
-    xs, os, lo = [], [], []
+    xs: list[int] = []
+    os: list[int] = []
+    lo: list[int] = []
     for d, (before, after) in zip(shape, pads):
         if xs and not before and not after:  # merge into the axis before
             xs[-1], os[-1], lo[-1] = xs[-1] * d, os[-1] * d, lo[-1] * d
