@@ -49,14 +49,20 @@ def _check(small, big, axis, first, step):
         raise ValueError("slice: the slice runs outside the axis")
 
 
+@njit(cache=True)
+def _as_3d(big, small, axis, first, step):
+    """big [A, D, B] and small [A, K, B] around `axis`, once small is checked to be big's slice."""
+    _check(small, big, axis, first, step)
+    a, b = _around(big.shape, axis)
+    return big.reshape(a, big.shape[axis], b), small.reshape(a, small.shape[axis], b)
+
+
 @njit(cache=True, parallel=True)
 def slice_forward(x, out, axis, first, step):
     """out = x[..., first::step, ...] on `axis`, as long as out is."""
-    _check(out, x, axis, first, step)
-    a, b = _around(x.shape, axis)
-    d, k = x.shape[axis], out.shape[axis]
-    src, dst = x.reshape(a, d, b), out.reshape(a, k, b)
-    for t in prange(a * k):
+    src, dst = _as_3d(x, out, axis, first, step)
+    k, b = dst.shape[1], dst.shape[2]
+    for t in prange(src.shape[0] * k):
         i, j = t // k, t % k
         row, part = dst[i, j], src[i, first + j * step]
         for q in range(b):
@@ -66,11 +72,9 @@ def slice_forward(x, out, axis, first, step):
 @njit(cache=True, parallel=True)
 def slice_backward(g, dx, axis, first, step):
     """dx = zeros with g written at [..., first::step, ...] on `axis` (the registry's slice_grad)."""
-    _check(g, dx, axis, first, step)
-    a, b = _around(dx.shape, axis)
-    d, k = dx.shape[axis], g.shape[axis]
-    src, dst = g.reshape(a, k, b), dx.reshape(a, d, b)
-    for t in prange(a * d):
+    dst, src = _as_3d(dx, g, axis, first, step)
+    d, k, b = dst.shape[1], src.shape[1], dst.shape[2]
+    for t in prange(dst.shape[0] * d):
         i, j = t // d, t % d
         row = dst[i, j]
         if j >= first and (j - first) % step == 0 and (j - first) // step < k:
