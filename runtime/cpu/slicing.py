@@ -16,8 +16,10 @@ pad writes `value` into the border and x into the interior; `before` holds the
 padding before each axis (after is what the output's size leaves). Its gradient is a
 chain of slices (dslc/ops/shape.py), so it needs no kernel of its own.
 
-Each kernel is parallel over the rows of its output (or of x): every element is
-written by one thread, so nothing races and nothing allocates.
+Each kernel sees its arrays as [A, D, B] around the sliced axis and is parallel over A:
+every element is written by one thread, so nothing races and nothing allocates, and the
+inner loops index elements, not rows: slicing the last axis (B = 1, the second slice of
+option A) made a row view per element, 3-8 times slower.
 """
 from __future__ import annotations
 
@@ -61,29 +63,23 @@ def _as_3d(big, small, axis, first, step):
 def slice_forward(x, out, axis, first, step):
     """out = x[..., first::step, ...] on `axis`, as long as out is."""
     src, dst = _as_3d(x, out, axis, first, step)
-    k, b = dst.shape[1], dst.shape[2]
-    for t in prange(src.shape[0] * k):
-        i, j = t // k, t % k
-        row, part = dst[i, j], src[i, first + j * step]
-        for q in range(b):
-            row[q] = part[q]
+    for i in prange(src.shape[0]):
+        for j in range(dst.shape[1]):
+            for q in range(dst.shape[2]):
+                dst[i, j, q] = src[i, first + j * step, q]
 
 
 @njit(cache=True, parallel=True)
 def slice_backward(g, dx, axis, first, step):
     """dx = zeros with g written at [..., first::step, ...] on `axis` (the registry's slice_grad)."""
     dst, src = _as_3d(dx, g, axis, first, step)
-    d, k, b = dst.shape[1], src.shape[1], dst.shape[2]
-    for t in prange(dst.shape[0] * d):
-        i, j = t // d, t % d
-        row = dst[i, j]
-        if j >= first and (j - first) % step == 0 and (j - first) // step < k:
-            part = src[i, (j - first) // step]
-            for q in range(b):
-                row[q] = part[q]
-        else:
-            for q in range(b):
-                row[q] = 0
+    for i in prange(dst.shape[0]):
+        for j in range(dst.shape[1]):  # zeros, then g over them: no test per element
+            for q in range(dst.shape[2]):
+                dst[i, j, q] = 0
+        for j in range(src.shape[1]):
+            for q in range(src.shape[2]):
+                dst[i, first + j * step, q] = src[i, j, q]
 
 
 @njit(cache=True)  # not inlined: the parallel loop would see its index reassigned
