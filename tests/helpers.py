@@ -406,7 +406,7 @@ def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = Tr
         if launch.kind == "library":
             node = k.nodes[0]
             shapes = [views[i].shape for i in node.inputs]
-            workspace = np.zeros(max(1, ops.conv_workspace(node, shapes, views[node.name].shape)),
+            workspace = np.zeros(max(1, ops.workspace_elements(node, shapes, views[node.name].shape)),
                                  views[node.name].dtype if views[node.name].dtype.kind == "f" else np.float32)
             library_ops = ops.Library(HOST_CUPY, HostModule(lib), workspace)
             library_ops.bind(node, [views[i] for i in node.inputs], views[node.name])()
