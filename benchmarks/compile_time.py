@@ -43,7 +43,7 @@ from pathlib import Path
 from benchmarks.train_step import BENCHES, ROOT, batch_data, dslc_step, report
 
 SIZES = {"mlp": {"h1": 400, "h2": 200}, "small_cnn": {"width": 40, "hidden": 96},
-         "cifar_cnn": {"width": 24, "hidden": 200}}
+         "cifar_cnn": {"width": 24, "hidden": 200}, "resnet20": {"width": 24}}
 SCENARIOS = ("cold", "unchanged", "size_change", "new_model", "warm_library")
 
 # New arrangements of the benchmark models' layer kinds, at new widths (the input as the model's).
@@ -74,12 +74,31 @@ model fresh_cnn {
     loss   cross_entropy(logits, label)
 }
 """,
+    "resnet": """
+block conv_bn(x, c: int, stride: int = 1) {
+    return x |> conv2d(c, kernel=3, stride=stride, pad=1, bias=false) |> batchnorm
+}
+block down(x, c: int) {
+    y = x |> conv_bn(c, stride=2) |> relu |> conv_bn(c)
+    return relu(y + (x |> slice(axis=2, step=2) |> slice(axis=3, step=2) |> pad([0, 0, c / 4, c / 4, 0, 0, 0, 0])))
+}
+model fresh_resnet {
+    input image : f32[N, 3, 32, 32]
+    input label : i64[N]
+    x = image |> conv_bn(20) |> relu
+    x = relu(x + (x |> conv_bn(20) |> relu |> conv_bn(20)))
+    x = x |> down(40) |> down(80) |> global_avgpool
+    logits = x |> linear(10)
+    metric accuracy(logits, label)
+    loss   cross_entropy(logits, label)
+}
+""",
 }
 INPUTS = {"small_cnn": "1, 28, 28", "cifar_cnn": "3, 32, 32"}
 
 
 def new_model(name: str) -> str:
-    return NEW["mlp"] if name == "mlp" else NEW["cnn"] % INPUTS[name]
+    return {"mlp": NEW["mlp"], "resnet20": NEW["resnet"]}.get(name) or NEW["cnn"] % INPUTS[name]
 
 
 def child(name: str, file: str | None, sets: list[str]) -> None:

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from dslc.ops import registry
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax
+from dslc.kernels.geometry import uses_winograd
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd
 
 try:
     import torch
@@ -57,12 +58,13 @@ def conv_rows(n, c_in, c_out, h, rng):
     y, g = np.empty((n, c_out, h, h), np.float32), rng.standard_normal((n, c_out, h, h), np.float32)
     dx, dw = np.empty_like(x), np.empty_like(w)
     geo = conv.geometry(attrs, (h, h)) + (1,)
-    ws = np.empty(conv.workspace_shape(x.shape, w.shape, (h, h)), np.float32)
+    ws = np.empty(conv.workspace_shape(x.shape, w.shape, (h, h), geo[:-1]), np.float32)
+    kernels = winograd if uses_winograd(attrs, (h, h), c_in, c_out) else conv  # as dslc's generated code chooses
 
     def ours_step():
-        conv.conv2d_forward(x, w, None, y, *geo, ws)
-        conv.conv2d_grad_input(g, w, dx, *geo, ws)
-        conv.conv2d_grad_weight(g, x, dw, None, *geo, ws)
+        kernels.conv2d_forward(x, w, None, y, *geo, ws)
+        kernels.conv2d_grad_input(g, w, dx, *geo, ws)
+        kernels.conv2d_grad_weight(g, x, dw, None, *geo, ws)
 
     def numpy_step():
         ref("conv2d")(x, w, **attrs)
@@ -80,7 +82,7 @@ def conv_rows(n, c_in, c_out, h, rng):
                                                 [True, True, False])
 
     name = f"conv2d {c_in}->{c_out} {h}x{h}"
-    return [(f"{name} fwd", lambda: conv.conv2d_forward(x, w, None, y, *geo, ws),
+    return [(f"{name} fwd", lambda: kernels.conv2d_forward(x, w, None, y, *geo, ws),
              lambda: ref("conv2d")(x, w, **attrs), torch_fwd),
             (f"{name} fwd+bwd", ours_step, numpy_step, torch_step)]
 

@@ -1,21 +1,29 @@
-"""Time whole training steps: dslc's compiled CPU step against the same model in PyTorch eager.
+"""Time whole training steps: dslc's CPU step against PyTorch eager, torch.compile and the FLOP floor.
 
-    python -m benchmarks.train_step [--json] [--models mlp,small_cnn,cifar_cnn] [--steps 30] [--device gpu]
+    python -m benchmarks.train_step [--json] [--models mlp,small_cnn,cifar_cnn,resnet20] [--steps 30]
+                                    [--no-compile] [--device gpu]
 
 For each benchmark model, in one run:
 - step: the median time of a dslc training step (the Numba executor the trainer uses,
   called as `dslc train` calls it: feeds, params, dropout generator) over `--steps`
-  timed steps after a warm-up, on random data of the model's input shape (compile times are
-  benchmarks/compile_time.py's); the PyTorch
-  step is timed in the same rounds, alternating with dslc's, so a load passing over a
-  shared machine weighs on both;
+  timed steps after a warm-up, on random data of the model's input shape (dslc's compile
+  times are benchmarks/compile_time.py's);
 - memory: the step's arena (every buffer of the memory plan, the conv workspace and the
   sweeps' float64 scratch);
-- torch: where PyTorch is installed, the same architecture and optimizer in eager mode
-  (benchmarks/torch_models.py) on the same arrays, with torch.set_num_threads equal to
+- torch: where PyTorch is installed, the same architecture and optimizer
+  (benchmarks/torch_models.py) on the same arrays, eager and torch.compile'd (inductor,
+  its default mode; `--no-compile` leaves it out), with torch.set_num_threads equal to
   the threads dslc uses (and its own OpenMP settings: it is imported before dslc sets
-  OMP_WAIT_POLICY=passive for Numba), and the ratio dslc / PyTorch (below 1: dslc is
-  faster).
+  OMP_WAIT_POLICY=passive for Numba). The three steps are timed in the same rounds, one
+  after the other, so a load passing over a shared machine weighs on all; the ratios
+  dslc / eager and dslc / compiled are below 1 where dslc is faster. torch.compile's
+  compile time is its first step's (forward and backward graphs), minus an eager step;
+- floor: the FLOPs of the step (the op registry's count over every node of the training
+  step graph at this batch: forward, backward and update, a multiply-add counting two)
+  divided by the machine's sgemm rate, measured in the same run (`sgemm_gflops`: a
+  1024^3 float32 product split over the same threads, dslc's single-threaded BLAS per
+  thread and PyTorch's, the faster counting); `floor_ratio` = step / floor is how far a
+  step is from running all its FLOPs at sgemm speed.
 
 The median of many steps is robust to other processes briefly taking a core; the
 machine's load average is printed so a reader can judge the conditions.
@@ -53,6 +61,7 @@ BENCHES = {
     "mlp": Bench("models/mlp_bn.net", 128, dict(kind="adam", lr=1e-3)),
     "small_cnn": Bench("models/small_cnn.net", 64, dict(kind="sgd", lr=0.01, momentum=0.9)),
     "cifar_cnn": Bench("models/cifar_cnn.net", 128, dict(kind="sgd", lr=0.05, momentum=0.9, nesterov=True)),
+    "resnet20": Bench("models/resnet20.net", 128, dict(kind="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)),
 }
 
 
@@ -118,27 +127,91 @@ def threads() -> int:
     return numba.get_num_threads()
 
 
-def measure(name: str, steps: int) -> dict:
+def step_flops(graph, batch: int) -> int:
+    """FLOPs of one run of `graph` at `batch`: the op registry's count (OpDef.flops) summed
+    over its nodes, types bound to the batch; a multiply-add counts two."""
+    from dslc.ir.types import TensorType
+    from dslc.ops import registry
+    bound = {n.name: TensorType(n.type.dtype, n.type.bind({"N": batch})) for n in graph}
+    total = 0
+    for n in graph:
+        op = registry.get(n.op)
+        if op.flops is not None:
+            total += op.flops([bound[i] for i in n.inputs], bound[n.name], n.attr_dict)
+    return total
+
+
+def sgemm_gflops(threads: int, size: int = 1024, repeats: int = 9) -> dict:
+    """The machine's float32 GEMM rate in GFLOP/s: the median of `repeats` size^3 products
+    with dslc's GEMM (a band of rows per thread, single-threaded BLAS each) and, where
+    installed, with PyTorch's (its own threads); `best` is the faster of the two."""
+    from dslc.runtime.cpu import gemm
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    c = np.empty((size, size), np.float32)
+    fns = {"dslc": lambda: gemm.gemm(a, b, c, False, False)}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.empty(size, size)
+        fns["torch"] = lambda: torch.mm(ta, tb, out=tc)
+    times = median_ms(list(fns.values()), repeats, warmup=2)
+    rates = {k: 2 * size ** 3 / (ms * 1e-3) / 1e9 for k, ms in zip(fns, times)}
+    return {**rates, "best": max(rates.values())}
+
+
+def compiled_step(name: str, opt, x, y):
+    """(the torch.compile'd step function, its compile seconds): the first call compiles the
+    forward and backward graphs; an eager step's time is taken off it."""
+    import torch
+    from benchmarks.torch_models import step_function
+    # Every model's step is the same function `core` over other closures: without a reset,
+    # the later models recompile the earlier ones' frames (and PyTorch 2.13's Dynamo can
+    # fail on that recompilation: "speculation log divergence" in SGD's step).
+    torch._dynamo.reset()
+    eager = step_function(name, opt, x, y)
+    eager()
+    start = time.perf_counter()
+    eager()
+    eager_s = time.perf_counter() - start
+    fn = step_function(name, opt, x, y, compile=True)
+    start = time.perf_counter()
+    fn()
+    return fn, max(0.0, time.perf_counter() - start - eager_s)
+
+
+def measure(name: str, steps: int, sgemm: float, compiled: bool = True) -> dict:
     row = {"model": name, "batch": BENCHES[name].batch, "optimizer": BENCHES[name].optimizer["kind"],
            "threads": threads()}
     run, cg, _ = dslc_step(name)
     row["arena_mb"] = (cg.arena.nbytes + cg.workspace.nbytes + cg.scratch.nbytes) / 2**20
-    torch = sys.modules.get("torch")
-    if torch is None:
-        row["dslc_ms"], = median_ms([run], steps)
-        row["torch_ms"] = row["ratio"] = None
-        return row
-    from benchmarks.torch_models import step_function
-    torch.set_num_threads(row["threads"])
     opt, graph, _ = prepare(name)
-    x, y = batch_data(graph, row["batch"])
-    row["dslc_ms"], row["torch_ms"] = median_ms([run, step_function(name, opt, x, y)], steps)
-    row["ratio"] = row["dslc_ms"] / row["torch_ms"]
+    row["gflop"] = step_flops(graph, row["batch"]) / 1e9
+    row["floor_ms"] = row["gflop"] / sgemm * 1e3
+    row["torch_ms"] = row["ratio"] = row["compiled_ms"] = row["compiled_ratio"] = row["compile_s"] = None
+    fns = [run]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from benchmarks.torch_models import step_function
+        torch.set_num_threads(row["threads"])
+        x, y = batch_data(graph, row["batch"])
+        fns.append(step_function(name, opt, x, y))
+        if compiled:
+            fn, row["compile_s"] = compiled_step(name, opt, x, y)
+            fns.append(fn)
+    times = median_ms(fns, steps)
+    row["dslc_ms"] = times[0]
+    row["floor_ratio"] = row["dslc_ms"] / row["floor_ms"]
+    if len(times) > 1:
+        row["torch_ms"], row["ratio"] = times[1], times[0] / times[1]
+    if len(times) > 2:
+        row["compiled_ms"], row["compiled_ratio"] = times[2], times[0] / times[2]
     return row
 
 
 COLUMNS = [("model", "{}"), ("batch", "{}"), ("optimizer", "{}"), ("threads", "{}"), ("dslc_ms", "{:.2f}"),
-           ("torch_ms", "{:.2f}"), ("ratio", "{:.2f}"), ("arena_mb", "{:.1f}")]
+           ("torch_ms", "{:.2f}"), ("ratio", "{:.2f}"), ("compiled_ms", "{:.2f}"), ("compiled_ratio", "{:.2f}"),
+           ("compile_s", "{:.1f}"), ("gflop", "{:.2f}"), ("floor_ms", "{:.2f}"), ("floor_ratio", "{:.2f}"),
+           ("arena_mb", "{:.1f}")]
 
 
 # ---- --device gpu --------------------------------------------------------------------
@@ -190,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
     p.add_argument("--steps", type=int, default=30, help="timed steps per model (default: 30)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column (minutes to compile)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="cpu (default): Numba against PyTorch eager on the CPU; gpu: CUDA against PyTorch on the GPU")
     args = p.parse_args(argv)
@@ -203,14 +277,20 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         pass
-    report([measure(n, args.steps) for n in names], args.json, table,
-           "ms: median training step; ratio: dslc / PyTorch eager (compile times: benchmarks/compile_time.py)")
+    sgemm = sgemm_gflops(threads())
+    rows = [measure(n, args.steps, sgemm["best"], not args.no_compile) for n in names]
+    report(rows, args.json, table,
+           f"ms: median training step; ratio: dslc / PyTorch eager; compiled_ratio: dslc / torch.compile "
+           f"(compile_s: its first step; dslc's compile times: benchmarks/compile_time.py); floor: the step's "
+           f"FLOPs at {sgemm['best']:.1f} GFLOP/s sgemm (dslc {sgemm['dslc']:.1f}"
+           + (f", torch {sgemm['torch']:.1f}" if "torch" in sgemm else "") + ")", sgemm=sgemm)
     return 0
 
 
-def report(rows: list[dict], as_json: bool, show, legend: str) -> None:
-    """The rows and the machine's state (CPUs, load average), as JSON or as a table with a legend."""
-    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
+def report(rows: list[dict], as_json: bool, show, legend: str, **machine_notes) -> None:
+    """The rows and the machine's state (CPUs, load average, `machine_notes`), as JSON or as a
+    table with a legend."""
+    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), **machine_notes}
     if as_json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     else:

@@ -69,7 +69,7 @@ def test_initial_loss_warns_on_a_badly_initialised_model(tmp_path):
     assert "far above ln 10 = 2.30" in report.warnings[0] and "initialised too large" in report.warnings[0]
 
 
-@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "two_layer"])
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "two_layer", "norm_cnn"])
 def test_initial_loss_is_silent_on_the_shipped_digits_models(name):
     report = _initial(MODELS / f"{name}.net")
     assert report.warnings == [] and report.lines[0].endswith(": ok"), report.lines

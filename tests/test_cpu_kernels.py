@@ -15,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dslc.kernels import geometry
 from dslc.ops import registry
 from dslc.ops.norm import bn_axes
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -91,6 +92,16 @@ CONV_CASES = [
     (2, 16, 32, 32, 4, 3, 1, "same", 1, 1, True),      # im2col in 2 blocks of rows (> COL_BLOCK)
     (1, 64, 30, 31, 2, 3, 1, 1, 2, 1, False),          # 4 blocks, dilation 2
 ]
+# 3x3 stride 1 with at least geometry.WINOGRAD_MIN_CHANNELS in and out: Winograd F(2x2, 3x3)
+WINOGRAD_CASES = [
+    (3, 16, 7, 9, 17, 3, 1, 1, 1, 1, True),            # odd sizes: a half-empty last row and column of tiles
+    (2, 16, 5, 6, 16, 3, 1, 0, 1, 1, False),           # valid: grad-input padded 2
+    (3, 17, 6, 7, 16, 3, 1, 2, 1, 1, True),            # pad 2: grad-input unpadded
+    (2, 16, 9, 8, 18, 3, 1, (2, 0), 1, 1, False),      # padding rows only
+    (5, 16, 3, 3, 16, 3, 1, 0, 1, 1, True),            # one output pixel
+    (5, 16, 20, 20, 16, 3, 1, "same", 1, 1, True),     # several images per block, a remainder block
+]
+CONV_CASES += WINOGRAD_CASES
 
 
 def _conv_args(case):
@@ -110,27 +121,45 @@ def test_conv2d(case, parts, dtype):
     b = randn(rng, w_shape[:1], dtype) if bias else None
     geo = conv.geometry(attrs, x_shape[2:])
     want = ref("conv2d", x, w, *([b] if bias else []), out=w_shape[0], bias=bias, **attrs)
-    ws = np.empty(conv.workspace_shape(x_shape, w_shape, want.shape[2:], parts), dtype)
+    ws = np.full(conv.workspace_shape(x_shape, w_shape, want.shape[2:], geo, parts), np.nan, dtype)  # none read
+    kernels = winograd if geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0]) else conv
 
     y = np.empty(want.shape, dtype)
-    conv.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
+    kernels.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
     close(y, want, dtype)
 
     g = randn(rng, want.shape, dtype)
     dx = np.full(x_shape, np.nan, dtype)  # every element must be written
-    conv.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
+    kernels.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
     close(dx, ref("conv2d_grad_input", g, w, size=x_shape[2:], **attrs), dtype)
 
     dw, db = np.full(w_shape, np.nan, dtype), np.full(w_shape[:1], np.nan, dtype)
-    conv.conv2d_grad_weight(g, x, dw, db if bias else None, *geo, attrs["groups"], ws)
+    kernels.conv2d_grad_weight(g, x, dw, db if bias else None, *geo, attrs["groups"], ws)
     close(dw, ref("conv2d_grad_weight", g, x, **attrs), dtype)
     if bias:
         close(db, ref("sum", g, axis=(0, 2, 3), keepdims=False), dtype)
 
 
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_cases_run_by_winograd(case):
+    x_shape, w_shape, attrs, _ = _conv_args(case)
+    assert geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0])
+
+
+def test_winograd_refuses_what_it_does_not_compute():
+    x, w, y = np.zeros((2, 16, 6, 6)), np.zeros((16, 16, 3, 3)), np.zeros((2, 16, 3, 3))
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="not a Winograd"):  # stride 2
+        winograd.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)
+    with pytest.raises(ValueError, match="output shape"):
+        winograd.conv2d_forward(x, w, None, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
+    with pytest.raises(ValueError, match="workspace"):
+        winograd.conv2d_forward(x, w, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, np.zeros((2, 100)))
+
+
 def test_conv2d_rejects_a_wrong_geometry_or_workspace():
     x, w = np.zeros((2, 3, 6, 6)), np.zeros((4, 3, 3, 3))
-    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6)))
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="output shape"):
         conv.conv2d_forward(x, w, None, np.zeros((2, 4, 4, 4)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
     with pytest.raises(ValueError, match="groups"):

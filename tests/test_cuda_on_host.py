@@ -1,4 +1,4 @@
-"""The generated CUDA kernels, run on the host: their indexing and their size arguments.
+"""The CUDA kernels, generated and library, run on the host: their indexing and their size arguments.
 
 No GPU runs here, so the CUDA module itself is compiled as host C++ (g++) with the CUDA
 words defined away: `blockIdx`/`gridDim` are globals the test sets, every block has one
@@ -26,12 +26,16 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
 CASES = {  # model, sizes other than the file's defaults (the module is the same text at any)
     "small_cnn": {"width": 3, "hidden": 10}, "mlp_bn": {"h1": 9, "h2": 7}, "two_layer": {"hidden": 5},
     "lenet5": {}, "resnet20": {"n": 1, "width": 4}, "digits_cnn": {"width": 3},
+    "norm_cnn": {"width": 6, "groups": 3, "hidden": 10},
 }
 
 
 @pytest.mark.parametrize("stage", ["train_step", "infer"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_generated_kernels_match_the_reference(name, stage, tmp_path):
+def test_generated_and_library_kernels_match_the_reference(name, stage, tmp_path):
+    """Every generated kernel, and every library launch (slice, pad, svm, norms, im2col and
+    the GEMMs around it, pooling, losses) as runtime/cuda/ops.py binds it, with NumPy for
+    CuPy: each launch on the reference's inputs, its output against the reference's."""
     graph = optimize(build(dslc.load(MODELS / f"{name}.net", **CASES[name]), stage))[0]
     assert check_cuda_on_host(graph, tmp_path)
 

@@ -101,6 +101,13 @@ def test_op_sample_matches_reference(name, k, sample):
     compare(graph, 1, feeds, {})
 
 
+def test_norms_over_groups_larger_than_a_block():
+    """groupnorm, instancenorm and layernorm whose groups hold more elements than a block has
+    threads (256): every thread sums a share and the block adds them (dslc_block_sum)."""
+    model = dslc.load(MODELS / "norm_cnn.net", width=40, groups=5, hidden=300)
+    check(build(model, "train_step", Optimizer("sgd", lr=0.1, momentum=0.9)), batch=6)
+
+
 def test_parameters_stay_on_the_gpu_across_steps():
     """Two steps in a row equal two reference steps; params() is a host copy."""
     import cupy

@@ -43,6 +43,8 @@ PARAMS = {
     "mlp_bn.net": 401_408 + 131_072 + 1_024 + 512 + 2_570,  # 536,586
     # convs 9*(3*32 + 32*32 + 32*64 + 64*64), batchnorm 2*(32 + 32 + 64 + 64), fc 4096*256 + 256, out 256*10 + 10
     "cifar_cnn.net": 65_376 + 384 + 1_048_832 + 2_570,  # 1,117,162
+    # convs 9*1*16 + 9*16*32, groupnorm 2*16, instancenorm 2*32, fc 512*64 (no bias), layernorm 2*64, out 64*10 + 10
+    "norm_cnn.net": 144 + 4_608 + 32 + 64 + 32_768 + 128 + 650,  # 38,394
 }
 
 MODEL_FILES = sorted(p.name for p in MODELS.glob("*.net"))

@@ -8,7 +8,9 @@ For each stage the kernel graph is generated (dslc/codegen/numba_cpu.py), writte
 the cache (dslc/codegen/cache.py) and every kernel is compiled by running the graph
 once on zeros at `--batch` (Numba compiles on first call and saves the machine code in
 its own cache). `--emit DIR` also writes `DIR/<model>_<stage>.py`, byte-identical for
-identical input. The time of each stage is printed, so cold and warm starts compare.
+identical input. The time of each stage is printed, so cold and warm starts compare,
+and each kernel that would run by the NumPy references (slow, allocating: an op with
+neither a library kernel nor a generated loop) is named with its op and `.net` line.
 
 A finished build leaves a record (cache.write_record): the .net files it read, the
 modules and Numba cache files it made. The same request again, with every input file
@@ -73,10 +75,13 @@ def cmd_compile(args) -> int:
     record_at = cache.record_path(request)
     record = None if args.no_build else cache.read_record(record_at)
     if record is not None:
-        for line, (stage, module) in record["lines"]:
+        for line, (stage, module), notes in record["lines"]:
             where = _emit(args, line.split()[0], stage, Path(module)) or module
             print(f"{line}: built already ({time.perf_counter() - start:.2f} s) -> {where}")
+            _fallbacks(notes, "NumPy")
         return 0
+    from dslc.codegen.emit import fallback_notes
+    from dslc.codegen.numba_cpu import counts
     from dslc.stages import build
     model = load_model(args)
     lines, artefacts = [], []
@@ -84,17 +89,24 @@ def cmd_compile(args) -> int:
         start = time.perf_counter()
         gen, path, made = _compile(build(model, stage), args.batch, build_it=not args.no_build)
         seconds = time.perf_counter() - start
-        kernels = gen.kernels
-        generated = sum(k.kind in ("fused", "group") for k in kernels) - len(gen.fallback)
-        summary = (f"{model.name} {stage}: {len(kernels)} kernels ({generated} generated, "
-                   f"{sum(k.kind == 'extern' for k in kernels)} library, {len(gen.fallback)} NumPy fallbacks)")
+        generated, library = counts(gen)
+        summary = (f"{model.name} {stage}: {len(gen.kernels)} kernels ({generated} generated, "
+                   f"{library} library, {len(gen.fallback)} NumPy fallbacks)")
+        notes = fallback_notes(gen.kernels, gen.fallback)
         where = _emit(args, model.name, stage, path) or path
         print(f"{summary}{': built already' if made is None else ''} in {seconds:.2f} s -> {where}")
-        lines.append((summary, (stage, str(path))))
+        _fallbacks(notes, "NumPy")
+        lines.append((summary, (stage, str(path)), notes))
         artefacts += [path] + (made or [])
     if not args.no_build:
         cache.write_record(record_at, model.program.modules, artefacts, lines)
     return 0
+
+
+def _fallbacks(notes: list[str], kind: str) -> None:
+    """Name each kernel that runs by the NumPy references (allocating, slow): op and `.net` line."""
+    for note in notes:
+        print(f"  {kind} fallback: {note}")
 
 
 def _stages(model, stages) -> list[str]:
@@ -157,6 +169,7 @@ def _compile_gpu(args) -> int:
     import shutil
 
     from dslc.codegen.cuda_gpu import generate
+    from dslc.codegen.emit import fallback_notes
     from dslc.kernels import lower
     from dslc.passes.pipeline import optimize
     from dslc.stages import build
@@ -172,6 +185,7 @@ def _compile_gpu(args) -> int:
         print(f"{model.name} {stage}: {sum(count.values())} kernels ({count['generated']} generated, "
               f"{count['library']} library, {count['epilogue']} library GEMM/conv + generated epilogue, "
               f"{count['fallback']} host fallbacks) in {time.perf_counter() - start:.2f} s -> {path}")
+        _fallbacks(fallback_notes(module.kernels, module.fallbacks), "host")
         if nvcc is not None:
             start = time.perf_counter()
             cubin = _nvcc(nvcc, path, arch)

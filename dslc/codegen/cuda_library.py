@@ -336,13 +336,209 @@ extern "C" __global__ void dslc_accuracy@(const scalar_t* logits, const label_t*
 }
 """
 
+KERNELS["svm_forward"] = r"""
+// loss[0] = mean_i sum_{q != label_i} max(0, s_iq - s_i,label_i + margin): the multiclass hinge; one block.
+extern "C" __global__ void dslc_svm_forward@(const scalar_t* s, const label_t* labels, scalar_t* loss, long long n,
+                                             long long k, double margin)
+{
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+        const double right = s[i * k + labels[i]];
+        for (long long q = 0; q < k; ++q) {
+            const double m = (double)s[i * k + q] - right + margin;
+            if (q != labels[i] && m > 0)
+                acc += m;
+        }
+    }
+    const double total = dslc_block_sum(acc);
+    if (threadIdx.x == 0)
+        loss[0] = (scalar_t)(total / n);
+}
+"""
+
+KERNELS["svm_backward"] = r"""
+// ds[i, q] = [margin violated] * g / N off the label, minus their count at it; 0 at the hinge. A thread per row.
+extern "C" __global__ void dslc_svm_backward@(const scalar_t* s, const label_t* labels, const scalar_t* g,
+                                              scalar_t* ds, long long n, long long k, double margin)
+{
+    const double scale = (double)g[0] / n;
+    DSLC_FOR(i, n) {
+        const double right = s[i * k + labels[i]];
+        long long count = 0;
+        for (long long q = 0; q < k; ++q) {
+            const bool on = q != labels[i] && (double)s[i * k + q] - right + margin > 0;
+            ds[i * k + q] = (scalar_t)(on ? scale : 0.0);
+            count += on;
+        }
+        ds[i * k + labels[i]] = (scalar_t)(-count * scale);
+    }
+}
+"""
+
+# ---- shape ops: slice (x as [A, D, B] around the axis), its gradient, pad -----------------
+
+KERNELS["slice_forward"] = r"""
+// out[i, j, q] = x[i, first + j*step, q]: out is [a, k, b], x [a, d, b].
+extern "C" __global__ void dslc_slice_forward@(const scalar_t* x, scalar_t* out, long long a, long long d, long long k,
+                                               long long b, long long first, long long step)
+{
+    DSLC_FOR(t, a * k * b) {
+        const long long q = t % b, j = (t / b) % k, i = t / (b * k);
+        out[t] = x[(i * d + first + j * step) * b + q];
+    }
+}
+"""
+
+KERNELS["slice_backward"] = r"""
+// dx[i, e, q] = g[i, (e - first) / step, q] where e is on the slice, else 0: the slice's adjoint, gathered.
+extern "C" __global__ void dslc_slice_backward@(const scalar_t* g, scalar_t* dx, long long a, long long d, long long k,
+                                                long long b, long long first, long long step)
+{
+    DSLC_FOR(t, a * d * b) {
+        const long long q = t % b, e = (t / b) % d, i = t / (b * d);
+        const long long j = (e - first) / step;
+        dx[t] = (e >= first && (e - first) % step == 0 && j < k) ? g[(i * k + j) * b + q] : (scalar_t)0;
+    }
+}
+"""
+
+KERNELS["pad_forward"] = r"""
+// out = x surrounded by `value`, both seen as 6-D (sizes xs*, os*; the runner merges and
+// prepends axes), x at offset lo* along each axis.
+extern "C" __global__ void dslc_pad_forward@(const scalar_t* x, scalar_t* out, long long xs0, long long xs1,
+                                             long long xs2, long long xs3, long long xs4, long long xs5, long long os0,
+                                             long long os1, long long os2, long long os3, long long os4, long long os5,
+                                             long long lo0, long long lo1, long long lo2, long long lo3, long long lo4,
+                                             long long lo5, double value)
+{
+    const long long xs[6] = {xs0, xs1, xs2, xs3, xs4, xs5}, os[6] = {os0, os1, os2, os3, os4, os5};
+    const long long lo[6] = {lo0, lo1, lo2, lo3, lo4, lo5};
+    DSLC_FOR(t, os0 * os1 * os2 * os3 * os4 * os5) {
+        long long rest = t, at = 0, scale = 1;
+        bool inside = true;
+        for (int e = 5; e >= 0; --e) {
+            const long long i = rest % os[e] - lo[e];
+            rest /= os[e];
+            inside = inside && i >= 0 && i < xs[e];
+            at += i * scale;
+            scale *= xs[e];
+        }
+        out[t] = inside ? x[at] : (scalar_t)value;
+    }
+}
+"""
+
+# ---- groupnorm (layernorm: one group, instancenorm: one channel per group) ------------------
+# x as [N*G groups, m]: group t is m contiguous values, channel c = (t % G) * per + q / size of
+# its element q (per = C/G channels of `size` values each). One block per group (a grid-stride
+# loop over blocks), its sums by dslc_block_sum: deterministic, no atomics.
+
+KERNELS["group_stats"] = r"""
+// (mean, 1/sqrt(var + eps)) of one group's m values, two passes in double; every thread of the block calls it.
+__device__ void dslc_group_stats(const scalar_t* row, long long m, double eps, double* mean, double* inv)
+{
+    double s = 0.0;
+    for (long long q = threadIdx.x; q < m; q += blockDim.x)
+        s += row[q];
+    const double mu = dslc_block_sum(s) / m;
+    double v = 0.0;
+    for (long long q = threadIdx.x; q < m; q += blockDim.x) {
+        const double e = (double)row[q] - mu;
+        v += e * e;
+    }
+    *mean = mu;
+    *inv = 1.0 / sqrt(dslc_block_sum(v) / m + eps);
+}
+"""
+
+KERNELS["groupnorm_forward"] = r"""
+extern "C" __global__ void dslc_groupnorm_forward@(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta,
+                                                   scalar_t* y, long long total, long long groups, long long m,
+                                                   long long size, double eps)
+{
+    for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+        double mean, inv;
+        dslc_group_stats(x + t * m, m, eps, &mean, &inv);
+        const long long c0 = (t % groups) * (m / size);
+        for (long long q = threadIdx.x; q < m; q += blockDim.x) {
+            const long long c = c0 + q / size;
+            y[t * m + q] = (scalar_t)(((double)x[t * m + q] - mean) * inv * gamma[c] + beta[c]);
+        }
+    }
+}
+"""
+
+KERNELS["groupnorm_grad_input"] = r"""
+// dx = (d - mean(d) - xhat * mean(d * xhat)) / sigma per group, d = g * gamma[c].
+extern "C" __global__ void dslc_groupnorm_grad_input@(const scalar_t* g, const scalar_t* x, const scalar_t* gamma,
+                                                      scalar_t* dx, long long total, long long groups, long long m,
+                                                      long long size, double eps)
+{
+    for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+        double mean, inv;
+        dslc_group_stats(x + t * m, m, eps, &mean, &inv);
+        const long long c0 = (t % groups) * (m / size);
+        double sd = 0.0, sdx = 0.0;
+        for (long long q = threadIdx.x; q < m; q += blockDim.x) {
+            const double d = (double)g[t * m + q] * gamma[c0 + q / size];
+            sd += d;
+            sdx += d * ((double)x[t * m + q] - mean);
+        }
+        const double mean_d = dslc_block_sum(sd) / m, mean_dx = dslc_block_sum(sdx) * inv / m;
+        for (long long q = threadIdx.x; q < m; q += blockDim.x) {
+            const double d = (double)g[t * m + q] * gamma[c0 + q / size];
+            const double xhat = ((double)x[t * m + q] - mean) * inv;
+            dx[t * m + q] = (scalar_t)((d - mean_d - xhat * mean_dx) * inv);
+        }
+    }
+}
+"""
+
+KERNELS["groupnorm_stats"] = r"""
+// stats[2t], stats[2t + 1] = the mean and 1/sigma of group t, for groupnorm_grad_gamma.
+extern "C" __global__ void dslc_groupnorm_stats@(const scalar_t* x, scalar_t* stats, long long total, long long m,
+                                                 double eps)
+{
+    for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+        double mean, inv;
+        dslc_group_stats(x + t * m, m, eps, &mean, &inv);
+        if (threadIdx.x == 0) {
+            stats[2 * t] = (scalar_t)mean;
+            stats[2 * t + 1] = (scalar_t)inv;
+        }
+    }
+}
+"""
+
+KERNELS["groupnorm_grad_gamma"] = r"""
+// dgamma[c] = sum_{n, s} g * (x - mean) / sigma, one block per channel; x, g [n, channels, size].
+extern "C" __global__ void dslc_groupnorm_grad_gamma@(const scalar_t* g, const scalar_t* x, const scalar_t* stats,
+                                                      scalar_t* dgamma, long long n, long long channels,
+                                                      long long groups, long long size)
+{
+    for (long long c = blockIdx.x; c < channels; c += gridDim.x) {
+        double acc = 0.0;
+        for (long long e = threadIdx.x; e < n * size; e += blockDim.x) {
+            const long long i = e / size, at = (i * channels + c) * size + e % size;
+            const long long t = i * groups + c / (channels / groups);
+            acc += (double)g[at] * ((double)x[at] - stats[2 * t]) * stats[2 * t + 1];
+        }
+        const double total = dslc_block_sum(acc);
+        if (threadIdx.x == 0)
+            dgamma[c] = (scalar_t)total;
+    }
+}
+"""
+
 # The kernels along an axis and over images (max, gather, stack, nll, r2, upsample, lrn ...) join the table.
 KERNELS.update(axis.KERNELS)
 
-LABELLED = ("cross_entropy_forward", "cross_entropy_backward", "accuracy") + axis.LABELLED
-SINGLE_BLOCK = ("cross_entropy_forward", "accuracy") + axis.SINGLE_BLOCK
+LABELLED = ("cross_entropy_forward", "cross_entropy_backward", "accuracy", "svm_forward", "svm_backward") + axis.LABELLED
+SINGLE_BLOCK = ("cross_entropy_forward", "accuracy", "svm_forward") + axis.SINGLE_BLOCK
 # Device helpers that read no tensor: one copy per module, whatever the dtypes.
 UNTYPED = ("upsample_source",)
+# One block per item of `count` (groups, channels), not one thread per element.
+PER_BLOCK = ("groupnorm_forward", "groupnorm_grad_input", "groupnorm_stats", "groupnorm_grad_gamma")
 
 # The library kernels an extern op's launch uses (see ops.py for how it calls them).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -361,6 +557,16 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "cross_entropy": ("row_lse", "cross_entropy_forward"),
     "cross_entropy_grad": ("row_lse", "cross_entropy_backward"),
     "accuracy": ("accuracy",),
+    "svm": ("svm_forward",),
+    "svm_grad": ("svm_backward",),
+    "slice": ("slice_forward",),
+    "slice_grad": ("slice_backward",),
+    "pad": ("pad_forward",),
+    "groupnorm": ("group_stats", "groupnorm_forward"),
+    "layernorm": ("group_stats", "groupnorm_forward"),
+    "instancenorm": ("group_stats", "groupnorm_forward"),
+    "groupnorm_grad_input": ("group_stats", "groupnorm_grad_input"),
+    "groupnorm_grad_gamma": ("group_stats", "groupnorm_stats", "groupnorm_grad_gamma"),
     "allreduce_mean": (),  # NCCL, called by the runner (runtime/cuda/nccl.py)
     "global_count": (),
     **axis.NEEDS,

@@ -237,3 +237,18 @@ def penalty(lang: Lang, node, x: str) -> str:
 def pair_term(lang: Lang, node, pred: str, target: str) -> str:
     """The term one pair adds to a pointwise loss's mean (OpDef.pointwise)."""
     return pointwise(node.op, pred, target, node.attr_dict, lang.target)
+def fallback_notes(kernels, positions) -> list[str]:
+    """One line per kernel at `positions` that falls back to the NumPy references: its
+    position, name, the ops it covers and where in the `.net` source they come from.
+
+    >>> fallback_notes(gen.kernels, gen.fallback)  # doctest: +SKIP
+    ['kernel 4 svm: svm at models/two_layer.net:22:10']
+    """
+    notes = []
+    for pos in positions:
+        k = kernels[pos]
+        nodes = k.covers()
+        ops = "+".join(dict.fromkeys(n.op for n in nodes))
+        spans = ", ".join(dict.fromkeys(str(n.span) for n in nodes if n.span is not None)) or "no source line"
+        notes.append(f"kernel {pos} {k.name}: {ops} at {spans}")
+    return notes

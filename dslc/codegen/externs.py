@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dslc.kernels.geometry import geometry, pool_geometry, workspace_shape
+from dslc.kernels.geometry import geometry, pool_geometry, uses_winograd, workspace_shape
 from dslc.ops.registry import pair
+from dslc.ops.shape import pad_pairs
 
 def _geom(node, size) -> str:
     return ", ".join(str(v) for v in geometry(node.attr_dict, size)) + f", {node.attr('groups')}"
+
+
+def _conv(node, size, c_in: int, c_out: int) -> str:
+    """The library module of a convolution's kernels: winograd.py where it applies (3x3,
+    stride 1, enough channels: faster by measurement), else conv.py (im2col + GEMM)."""
+    return "winograd" if uses_winograd(node.attr_dict, tuple(size), c_in, c_out) else "conv"
 
 
 def _pool(node, size, what) -> str:
@@ -48,16 +55,39 @@ def _lrn(node) -> str:
     return ", ".join(repr(node.attr(a)) for a in ("size", "alpha", "beta", "k"))
 
 
+def _slice(node, shape) -> str:
+    """`axis, first, step` of a slice of an array of `shape` (start/stop resolved as Python does)."""
+    axis = node.attr("axis") % len(shape)
+    first = range(*slice(node.attr("start"), node.attr("stop"), node.attr("step")).indices(shape[axis]))[0]
+    return f"{axis}, {first}, {node.attr('step')}"
+
+
+def _before(node, shape) -> str:
+    """The padding before each axis, as a tuple literal: `(0, 4, 0, 0)`."""
+    before = [str(lo) for lo, _ in pad_pairs(len(shape), node.attr("pads"))]
+    return f"({', '.join(before)}{',' if len(before) == 1 else ''})"
+
+
+def _groups(node, shape) -> int:
+    """The groups of a groupnorm-family node on x of `shape`: layernorm 1, instancenorm C."""
+    return {"layernorm": 1, "instancenorm": shape[1]}.get(node.op) or node.attr("groups")
+
+
+def _norm(node, shape) -> str:
+    return f"{_groups(node, shape)}, {node.attr('eps')!r}"
+
+
 # op -> (node, args, input shapes) -> call (lines, for a call per input); args = input identifiers then the output's.
 CALLS: dict[str, Callable] = {
     "matmul": lambda n, a, s: f"gemm.gemm({a[0]}, {a[1]}, {a[-1]}, {n.attr('transpose_a')}, {n.attr('transpose_b')})",
     "linear": lambda n, a, s: f"gemm.linear_forward({a[0]}, {a[1]}, {_opt(a, 2)}, {a[-1]}, False)",
-    "conv2d": lambda n, a, s: (f"conv.conv2d_forward({a[0]}, {a[1]}, {_opt(a, 2)}, {a[-1]}, "
-                               f"{_geom(n, s[0][2:])}, workspace)"),
-    "conv2d_grad_input": lambda n, a, s: (f"conv.conv2d_grad_input({a[0]}, {a[1]}, {a[-1]}, "
+    "conv2d": lambda n, a, s: (f"{_conv(n, s[0][2:], s[0][1], s[1][0])}.conv2d_forward({a[0]}, {a[1]}, "
+                               f"{_opt(a, 2)}, {a[-1]}, {_geom(n, s[0][2:])}, workspace)"),
+    "conv2d_grad_input": lambda n, a, s: (f"{_conv(n, n.attr('size'), s[1][1] * n.attr('groups'), s[1][0])}"
+                                          f".conv2d_grad_input({a[0]}, {a[1]}, {a[-1]}, "
                                           f"{_geom(n, tuple(n.attr('size')))}, workspace)"),
-    "conv2d_grad_weight": lambda n, a, s: (f"conv.conv2d_grad_weight({a[0]}, {a[1]}, {a[-1]}, None, "
-                                           f"{_geom(n, s[1][2:])}, workspace)"),
+    "conv2d_grad_weight": lambda n, a, s: (f"{_conv(n, s[1][2:], s[1][1], s[0][1])}.conv2d_grad_weight({a[0]}, "
+                                           f"{a[1]}, {a[-1]}, None, {_geom(n, s[1][2:])}, workspace)"),
     "maxpool": lambda n, a, s: f"pool.maxpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'maxpool')})",
     "maxpool_grad": lambda n, a, s: (f"pool.maxpool_backward({a[0]}, {a[1]}, {a[-1]}, "
                                      f"{_pool(n, s[1][2:], 'maxpool')})"),
@@ -94,10 +124,23 @@ CALLS: dict[str, Callable] = {
     "allreduce_mean": lambda n, a, s: (f"collective.allreduce_mean({a[0]}, {a[-1]}, {n.attr('bucket')}, "
                                        f"{n.attr('members')})"),
     "global_count": lambda n, a, s: f"collective.global_count({a[0]}, {a[-1]}, {n.attr('axis')!r})",
+    # shape ops (slicing.py), the multiclass hinge and the groupnorm family (groupnorm.py)
+    "svm": lambda n, a, s: f"softmax.svm_forward({a[0]}, {a[1]}, {a[-1]}, {n.attr('margin')!r})",
+    "svm_grad": lambda n, a, s: f"softmax.svm_backward({a[0]}, {a[1]}, {a[2]}, {a[-1]}, {n.attr('margin')!r})",
+    "slice": lambda n, a, s: f"slicing.slice_forward({a[0]}, {a[-1]}, {_slice(n, s[0])})",
+    "slice_grad": lambda n, a, s: f"slicing.slice_backward({a[0]}, {a[-1]}, {_slice(n, s[1])})",
+    "pad": lambda n, a, s: f"slicing.pad_forward({a[0]}, {a[-1]}, {_before(n, s[0])}, {float(n.attr('value'))!r})",
+    **{op: (lambda n, a, s: f"groupnorm.groupnorm_forward({a[0]}, {a[1]}, {a[2]}, {a[-1]}, {_norm(n, s[0])})")
+       for op in ("groupnorm", "layernorm", "instancenorm")},
+    "groupnorm_grad_input": lambda n, a, s: (f"groupnorm.groupnorm_grad_input({a[0]}, {a[1]}, {a[2]}, {a[-1]}, "
+                                             f"{_norm(n, s[1])})"),
+    "groupnorm_grad_gamma": lambda n, a, s: (f"groupnorm.groupnorm_grad_gamma({a[0]}, {a[1]}, {a[-1]}, "
+                                             f"{_norm(n, s[1])}, workspace)"),
 }
 
 # Library modules the calls above name, imported by every generated module.
-IMPORTS = "from dslc.runtime.cpu import along_axis, collective, conv, gemm, lrn, pool, resample, softmax"
+IMPORTS = ("from dslc.runtime.cpu import along_axis, collective, conv, gemm, groupnorm, lrn, pool, resample, "
+           "slicing, softmax, winograd")
 # Those of them that are plain Python, not Numba kernels: nothing to compile ahead of a step.
 HOST_MODULES = ("collective",)
 
@@ -110,12 +153,16 @@ def call(node, args: list[str], shapes: list[tuple[int, ...]]) -> list[str]:
     return CALLS[node.op](node, args, shapes).split("\n")
 
 
-# op -> (input shapes, output shape) -> elements of one thread's workspace slot: the
-# convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]).
+# op -> (node, input shapes, output shape) -> elements of one thread's workspace slot: the
+# convolutions' im2col blocks (x [N, C, H, W], w [O, C/G, kh, kw], g [N, O, Ho, Wo]), and
+# groupnorm's per-(example, group) statistics, in the first slot (runtime/cpu/groupnorm.py).
 WORKSPACE: dict[str, Callable] = {
-    "conv2d": lambda s, out: workspace_shape(s[0], s[1], out[2:])[1],
-    "conv2d_grad_input": lambda s, out: workspace_shape(out, s[1], s[0][2:])[1],  # out: dx
-    "conv2d_grad_weight": lambda s, out: workspace_shape(s[1], out, s[0][2:])[1],  # out: dw
+    "conv2d": lambda n, s, out: workspace_shape(s[0], s[1], out[2:], geometry(n.attr_dict, s[0][2:]))[1],
+    "conv2d_grad_input": lambda n, s, out: workspace_shape(out, s[1], s[0][2:],  # out: dx
+                                                           geometry(n.attr_dict, out[2:]))[1],
+    "conv2d_grad_weight": lambda n, s, out: workspace_shape(s[1], out, s[0][2:],  # out: dw
+                                                            geometry(n.attr_dict, s[1][2:]))[1],
+    "groupnorm_grad_gamma": lambda n, s, out: 2 * s[1][0] * n.attr("groups"),
 }
 
 
@@ -123,5 +170,4 @@ def workspace_slot(node, shapes: list[tuple[int, ...]], out_shape: tuple[int, ..
     """Elements of one thread's slot of the shared workspace [threads, slot] that `node`
     needs at these bound shapes (0: none)."""
     rule = WORKSPACE.get(node.op)
-    return rule(shapes, out_shape) if rule else 0
-
+    return rule(node, shapes, out_shape) if rule else 0

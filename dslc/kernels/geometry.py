@@ -13,6 +13,10 @@ from dslc.ops.conv import window
 # Elements of one thread's im2col block: a block of output rows of one image whose
 # columns (kernel taps x pixels) stay in the core's L2 cache between im2col and GEMM.
 COL_BLOCK = 1 << 17
+# Floats of one thread's Winograd block (its V and M), and the fewest channels in and out
+# for which Winograd beats im2col (runtime/cpu/winograd.py; measured: benchmarks/kernels.py).
+WINOGRAD_BLOCK = 1 << 18
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def geometry(attrs, size) -> tuple[int, int, int, int, int, int, int, int]:
@@ -50,16 +54,62 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
     return -(-ho // tiles)
 
 
-def workspace_shape(x_shape, w_shape, out_hw, parts: int | None = None) -> tuple[int, int]:
+def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,
+             c_in: int, c_out: int) -> bool:
+    """Whether a convolution runs by Winograd F(2x2, 3x3) (dslc.runtime.cpu.winograd): 3x3,
+    stride 1, undilated, ungrouped, padded at most 2 on each side (so that its input
+    gradient, padded 2 - pad, is one too), at least WINOGRAD_MIN_CHANNELS in and out (a first
+    layer's 3 channels make GEMMs too thin to gain; im2col wins there).
+    >>> winograd(3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 32, 64), winograd(3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 32, 64)
+    (True, False)
+    """
+    return (kh == 3 and kw == 3 and sh == 1 and sw == 1 and dh == 1 and dw == 1 and groups == 1
+            and max(pt, pb, pl, pr) <= 2 and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS)
+
+
+def uses_winograd(attrs, size, c_in: int, c_out: int) -> bool:
+    """Whether a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an input of
+    spatial `size` from c_in to c_out channels, and its gradients, run by Winograd.
+    >>> uses_winograd({"kernel": 3, "stride": 1, "pad": "same", "dilation": 1, "groups": 1}, (14, 14), 32, 64)
+    True
+    """
+    kh, kw = window(attrs, tuple(size), "conv2d").kernel
+    sh, sw, pt, pb, pl, pr, dh, dw = geometry(attrs, size)
+    return winograd(kh, kw, sh, sw, dh, dw, attrs["groups"], pt, pb, pl, pr, c_in, c_out)
+
+
+def winograd_images(c_in: int, c_out: int, tiles: int, n: int) -> int:
+    """Images per Winograd block: as many as keep its V and M (16 * (C + O) * tiles floats
+    each image) within WINOGRAD_BLOCK, at least one, at most the batch."""
+    return max(1, min(n, WINOGRAD_BLOCK // (16 * (c_in + c_out) * tiles)))
+
+
+def winograd_slot(c_in: int, c_out: int, out_hw, n: int) -> int:
+    """Elements of one thread's slot for a Winograd convolution from c_in to c_out channels
+    with output out_hw at batch n: [U | P | V | M] (runtime/cpu/winograd.py), tiles counted
+    on a grid one column wider than the image's (th x (tw + 1)): every pass is one long loop."""
+    th, tw = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+    grid = th * (tw + 1)
+    tb = winograd_images(c_in, c_out, grid, n) * grid
+    return 16 * c_out * c_in + 4 * (grid + tw + 2) + 16 * (c_in + c_out) * tb
+
+
+def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) -> tuple[int, int]:
     """(parts, slot elements) of the workspace for conv2d_forward/grad_input/grad_weight
     (dslc.runtime.cpu.conv): one slot per thread that works on its own images at once.
 
-    x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo); parts: the threads
-    (default: default_parts()). A slot holds one im2col block and one weight-gradient partial.
-    >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), parts=2)
+    x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo), geom the convolution's
+    `geometry` (strides, pads, dilations); parts: the threads (default: default_parts()).
+    A slot holds one im2col block and one weight-gradient partial, or, where the
+    convolution runs by Winograd, what its forward, input and weight gradient need.
+    >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)
     (2, 74880)
     """
-    c = x_shape[1]
+    n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
     k = c * kh * kw
-    return max(1, parts or default_parts()), k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
+    slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
+    sh, sw, pt, pb, pl, pr, dh, dw = geom
+    if winograd(kh, kw, sh, sw, dh, dw, c // cg, pt, pb, pl, pr, c, o):
+        slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n))
+    return max(1, parts or default_parts()), slot

@@ -194,7 +194,8 @@ def _function(where):
 def _signature(types) -> tuple:
     from numba import types as nt
     scalars = {"int": nt.int64, "bool": nt.boolean, "NoneType": nt.none, "float": nt.float64}
-    return tuple(nt.Array(getattr(nt, t[0]), t[1], "C") if isinstance(t, tuple) else scalars[t] for t in types)
+    return tuple(nt.Array(getattr(nt, t[0]), t[1], "C") if isinstance(t, tuple)
+                 else nt.UniTuple(nt.int64, int(t[4:])) if t.startswith("ints") else scalars[t] for t in types)
 
 
 def _cached(fn, sig) -> bool:

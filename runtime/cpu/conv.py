@@ -1,5 +1,9 @@
 """conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
 
+3x3 stride-1 ungrouped convolutions with enough channels run by Winograd instead
+(dslc/runtime/cpu/winograd.py: the same three entry points); `geometry.uses_winograd`
+chooses, where the call is generated (dslc/codegen/externs.py), from the static shapes.
+
 Layouts as in dslc/ops/conv.py: x [N, C, H, W], w [O, C/G, kh, kw], y [N, O, Ho, Wo];
 geometry comes from its `Window` (`geometry(attrs, size)`, dslc/kernels/geometry.py),
 so `pad=same` with an odd total pads one more at the bottom/right, like the reference.

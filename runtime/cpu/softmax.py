@@ -1,12 +1,14 @@
-"""softmax, log_softmax and softmax-cross-entropy (forward and backward, one kernel each), and accuracy.
+"""softmax, log_softmax, the classification losses (softmax-cross-entropy and the multiclass
+hinge `svm`, forward and backward, one kernel each) and accuracy.
 
 softmax/log_softmax normalise along any axis of a C-contiguous array, seen as
 [A, K, B] (K the axis; A, B the products of the axes before and after it), as
 the references in dslc/ops/elementwise.py: shift by the max, exp, sum, divide.
 
-The loss takes logits [N, K] and integer labels [N] (int32 or int64):
+The losses take logits [N, K] and integer labels [N] (int32 or int64):
     loss   = mean_i (logsumexp(z_i) - z_i[y_i])
     dlogit = (softmax(z_i) - onehot(y_i)) * g / N
+    svm    = mean_i sum_{j != y_i} max(0, z_ij - z_iy_i + margin), its gradient 0 at the hinge
 N is read from the arrays (the batch size is only known at run time). Scalars are
 0-d arrays, as the NumPy reference returns them: `loss[()]`, `g[()]`.
 
@@ -101,3 +103,39 @@ def accuracy(logits, label, out):
                 best = k
         hits += best == label[i]
     out[()] = hits / logits.shape[0]
+
+
+@njit(cache=True, inline="always")
+def _hinge_check(scores, labels):
+    for i in range(scores.shape[0]):
+        if labels[i] < 0 or labels[i] >= scores.shape[1]:
+            raise ValueError("svm: a label is outside [0, classes)")
+
+
+@njit(cache=True)
+def svm_forward(scores, labels, loss, margin):
+    """loss[()] = mean_i sum_{j != y_i} max(0, s_ij - s_iy_i + margin): the multiclass hinge."""
+    _hinge_check(scores, labels)
+    total = 0.0
+    for i in range(scores.shape[0]):
+        right = np.float64(scores[i, labels[i]])
+        for k in range(scores.shape[1]):
+            m = scores[i, k] - right + margin
+            if k != labels[i] and m > 0:
+                total += m
+    loss[()] = total / scores.shape[0]
+
+
+@njit(cache=True)
+def svm_backward(scores, labels, g, dscores, margin):
+    """dscores = [m_ij > 0] * g / N off the label, -(their count) * g / N at it; 0 at the hinge."""
+    _hinge_check(scores, labels)
+    scale = np.float64(g[()]) / scores.shape[0]
+    for i in range(scores.shape[0]):
+        right = np.float64(scores[i, labels[i]])
+        count = 0
+        for k in range(scores.shape[1]):
+            on = k != labels[i] and scores[i, k] - right + margin > 0
+            dscores[i, k] = scale if on else 0.0
+            count += on
+        dscores[i, labels[i]] = -count * scale

@@ -15,13 +15,17 @@ library.py (the CPU's, dslc/runtime/cpu/conv.py):
 Groups are one batched matmul ([G, O/G, K/G] @ [G, K/G, pixels]). The workspace holds
 [col | mat | dW partial]; `workspace_size` sizes it so a GEMM is at least
 TARGET_COLUMNS pixels wide (enough to fill a GPU), which bounds col at a few hundred MB
-for the largest models here. Only this module and runner.py import CuPy.
+for the largest models here; groupnorm's scale gradient keeps its per-group statistics there
+(`workspace_elements`). slice and pad see their arrays as [A, D, B] around the axis and as
+6-D (`pad_axes`). Only this module and runner.py import CuPy: `cp` may be any module with
+CuPy's `matmul` and `add` (NumPy, in tests/test_cuda_on_host.py).
 """
 from __future__ import annotations
 
 from dslc.codegen.cuda_gpu import BLOCK, MAX_BLOCKS
 from dslc.ops.conv import window
-from dslc.codegen.cuda_library import SINGLE_BLOCK, function_name
+from dslc.codegen.cuda_library import PER_BLOCK, SINGLE_BLOCK, function_name
+from dslc.ops.shape import pad_pairs
 from dslc.runtime.cuda import nccl
 from dslc.runtime.cuda.axis_ops import AxisOps
 
@@ -43,8 +47,11 @@ def workspace_size(x_shape, w_shape, out_hw) -> int:
     return (c * kh * kw + o) * nb * hw + o * cg * kh * kw
 
 
-def conv_workspace(node, in_shapes, out_shape) -> int:
-    """What `node` needs of the shared workspace (0 for any other op)."""
+def workspace_elements(node, in_shapes, out_shape) -> int:
+    """What `node` needs of the shared workspace: a convolution's [col | mat | dW partial],
+    groupnorm's scale gradient a mean and 1/sigma per (example, group); 0 for any other op."""
+    if node.op == "groupnorm_grad_gamma":
+        return 2 * in_shapes[1][0] * node.attr("groups")
     if node.op == "conv2d":
         return workspace_size(in_shapes[0], in_shapes[1], out_shape[2:])
     if node.op == "conv2d_grad_input":  # g [N, O, Ho, Wo], w; out dx [N, C, H, W]
@@ -63,7 +70,8 @@ class Library(AxisOps):
 
     def _launch(self, kernel: str, x, count: int, args, label=None):
         fn = self.module.get_function(function_name(kernel, _dtype(x), None if label is None else _dtype(label)))
-        blocks = 1 if kernel in SINGLE_BLOCK else max(1, min(-(-count // BLOCK), MAX_BLOCKS))
+        per_block = count if kernel in PER_BLOCK else -(-count // BLOCK)
+        blocks = 1 if kernel in SINGLE_BLOCK else max(1, min(per_block, MAX_BLOCKS))
         fn((blocks,), (BLOCK,), args)
 
     def bind(self, node, ins, out):
@@ -90,7 +98,7 @@ class Library(AxisOps):
     def _chunk(self, n: int, rows: int, hw: int, reserved: int) -> int:
         nb = min(n, (self.ws.size - reserved) // (rows * hw))
         if nb < 1:
-            raise ValueError("conv2d: workspace too small; size it with conv_workspace")
+            raise ValueError("conv2d: workspace too small; size it with workspace_elements")
         return nb
 
     def _im2col_args(self, x, n0, m, geom, ho, wo):
@@ -233,6 +241,109 @@ class Library(AxisOps):
 
     def _global_count(self, node, ins, out, attrs):
         return lambda: nccl.global_count(self.cp, ins[0], out, attrs["axis"])
+    def _svm(self, node, ins, out, attrs):
+        scores, labels = ins[0], ins[1]
+        i64 = self.np.int64
+        args = (scores, labels, out, i64(scores.shape[0]), i64(scores.shape[1]), self.np.float64(attrs["margin"]))
+        return lambda: self._launch("svm_forward", scores, 1, args, label=labels)
+
+    def _svm_grad(self, node, ins, out, attrs):
+        scores, labels, g = ins
+        i64 = self.np.int64
+        args = (scores, labels, g, out, i64(scores.shape[0]), i64(scores.shape[1]), self.np.float64(attrs["margin"]))
+        return lambda: self._launch("svm_backward", scores, scores.shape[0], args, label=labels)
+
+    # ---- shape ops ---------------------------------------------------------------------
+    def _slice_call(self, kernel, small, big, attrs, arrays, count):
+        """A slice (or its adjoint) of `big` along the axis, `small` its part: both seen as [A, D, B]."""
+        axis = attrs["axis"] % big.ndim
+        first = range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(big.shape[axis]))[0]
+        a, b = _product(big.shape[:axis]), _product(big.shape[axis + 1:])
+        i64 = self.np.int64
+        args = tuple(arrays) + tuple(i64(v) for v in (a, big.shape[axis], small.shape[axis], b, first, attrs["step"]))
+        return lambda: self._launch(kernel, big, count, args)
+
+    def _slice(self, node, ins, out, attrs):
+        return self._slice_call("slice_forward", out, ins[0], attrs, (ins[0], out), out.size)
+
+    def _slice_grad(self, node, ins, out, attrs):
+        return self._slice_call("slice_backward", ins[0], out, attrs, (ins[0], out), out.size)
+
+    def _pad(self, node, ins, out, attrs):
+        x = ins[0]
+        xs, os, lo = pad_axes(x.shape, pad_pairs(x.ndim, attrs["pads"]))
+        i64 = self.np.int64
+        args = (x, out) + tuple(i64(v) for v in xs + os + lo) + (self.np.float64(attrs["value"]),)
+        return lambda: self._launch("pad_forward", x, out.size, args)
+
+    # ---- groupnorm, layernorm, instancenorm ---------------------------------------------------
+    def _group_args(self, x, groups: int, eps: float) -> tuple:
+        """(groups in all, G, elements per group, elements per channel, eps) of x [N, C, ...]."""
+        n, c = x.shape[:2]
+        size = x.size // max(n * c, 1)
+        i64 = self.np.int64
+        return i64(n * groups), i64(groups), i64(c // groups * size), i64(size), self.np.float64(eps)
+
+    def _groupnorm(self, node, ins, out, attrs, groups=None):
+        x, gamma, beta = ins
+        groups = groups or attrs["groups"]
+        args = (x, gamma, beta, out) + self._group_args(x, groups, attrs["eps"])
+        return lambda: self._launch("groupnorm_forward", x, x.shape[0] * groups, args)
+
+    def _layernorm(self, node, ins, out, attrs):
+        return self._groupnorm(node, ins, out, attrs, groups=1)
+
+    def _instancenorm(self, node, ins, out, attrs):
+        return self._groupnorm(node, ins, out, attrs, groups=ins[0].shape[1])
+
+    def _groupnorm_grad_input(self, node, ins, out, attrs):
+        g, x, gamma = ins
+        args = (g, x, gamma, out) + self._group_args(x, attrs["groups"], attrs["eps"])
+        return lambda: self._launch("groupnorm_grad_input", x, x.shape[0] * attrs["groups"], args)
+
+    def _groupnorm_grad_gamma(self, node, ins, out, attrs):
+        g, x = ins
+        n, c, groups = x.shape[0], x.shape[1], attrs["groups"]
+        total, _, m, size, eps = self._group_args(x, groups, attrs["eps"])
+        if self.ws.size < 2 * n * groups:
+            raise ValueError("groupnorm_grad_gamma: workspace too small; size it with workspace_elements")
+        stats = self.ws[:2 * n * groups]
+        i64 = self.np.int64
+
+        def run():
+            self._launch("groupnorm_stats", x, n * groups, (x, stats, total, m, eps))
+            self._launch("groupnorm_grad_gamma", x, c, (g, x, stats, out, i64(n), i64(c), i64(groups), size))
+        return run
+
+
+def _product(sizes) -> int:
+    out = 1
+    for d in sizes:
+        out *= int(d)
+    return out
+
+
+def pad_axes(shape, pads) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(x sizes, out sizes, offsets) of a pad seen as 6-D, for the library's pad kernel:
+    an unpadded axis merges into the axis before it (row-major, the same memory), and axes
+    of size 1 are put in front.
+    >>> pad_axes((8, 16, 4, 4), ((0, 0), (8, 8), (0, 0), (0, 0)))
+    ((1, 1, 1, 1, 8, 256), (1, 1, 1, 1, 8, 512), (0, 0, 0, 0, 0, 128))
+    """
+    xs: list[int] = []
+    os: list[int] = []
+    lo: list[int] = []
+    for d, (before, after) in zip(shape, pads):
+        if xs and not before and not after:  # merge into the axis before
+            xs[-1], os[-1], lo[-1] = xs[-1] * d, os[-1] * d, lo[-1] * d
+        else:
+            xs.append(int(d))
+            os.append(int(d) + before + after)
+            lo.append(before)
+    if len(xs) > 6:
+        raise ValueError(f"pad: {len(xs)} padded axes; the GPU kernel takes at most 6")
+    front = [1] * (6 - len(xs))
+    return tuple(front + xs), tuple(front + os), tuple([0] * len(front) + lo)
 
 
 def _dtype(array) -> str:

@@ -86,7 +86,7 @@ class GpuGraph:
         for launch, k in zip(self.module.launches, self.module.kernels):
             node, ins = _host(launch, k)
             if node is not None:
-                need = max(need, ops.conv_workspace(node, [shape(i) for i in ins], shape(k.outputs[0])))
+                need = max(need, ops.workspace_elements(node, [shape(i) for i in ins], shape(k.outputs[0])))
         return need
 
     def _bind(self, launch: Launch):

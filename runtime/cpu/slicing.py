@@ -1,0 +1,128 @@
+"""slice, its gradient and pad: the shape ops that move data between arrays of different sizes.
+
+Any rank, C-contiguous. A slice along `axis` sees both arrays as [A, D, B] around that
+axis (A, B the products of the sizes before and after it), so it is A*K copies of a
+run of B contiguous elements, K the slice's length:
+
+    slice_forward   out[a, k, b] = x[a, first + k*step, b]
+    slice_backward  dx[a, d, b]  = g[a, k, b] where d = first + k*step, else 0
+
+`first` is the slice's first index (Python's start:stop:step already resolved against
+the axis size by the generator, dslc/codegen/externs.py), the length is read from the
+output. ResNet's option-A shortcut is slice(axis=2, step=2) |> slice(axis=3, step=2)
+|> pad(channels): three of these per downsampling block, forward and backward.
+
+pad writes `value` into the border and x into the interior; `before` holds the
+padding before each axis (after is what the output's size leaves). Its gradient is a
+chain of slices (dslc/ops/shape.py), so it needs no kernel of its own.
+
+Each kernel sees its arrays as [A, D, B] around the sliced axis and is parallel over A:
+every element is written by one thread, so nothing races and nothing allocates, and the
+inner loops index elements, not rows: slicing the last axis (B = 1, the second slice of
+option A) made a row view per element, 3-8 times slower.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _around(shape, axis):
+    """(A, B): the products of the sizes before and after `axis`."""
+    a, b = 1, 1
+    for d in range(axis):
+        a *= shape[d]
+    for d in range(axis + 1, len(shape)):
+        b *= shape[d]
+    return a, b
+
+
+@njit(cache=True)
+def _check(small, big, axis, first, step):
+    """Raise unless `small` is a slice of `big` along `axis` starting at `first`: same sizes
+    elsewhere, and every index first + k*step inside big's axis."""
+    if small.ndim != big.ndim or not 0 <= axis < big.ndim or step <= 0:
+        raise ValueError("slice: the arrays' ranks or the axis do not match")
+    for d in range(big.ndim):
+        if d != axis and small.shape[d] != big.shape[d]:
+            raise ValueError("slice: the arrays differ outside the sliced axis")
+    if small.shape[axis] > 0 and (first < 0 or first + (small.shape[axis] - 1) * step >= big.shape[axis]):
+        raise ValueError("slice: the slice runs outside the axis")
+
+
+@njit(cache=True)
+def _as_3d(big, small, axis, first, step):
+    """big [A, D, B] and small [A, K, B] around `axis`, once small is checked to be big's slice."""
+    _check(small, big, axis, first, step)
+    a, b = _around(big.shape, axis)
+    return big.reshape(a, big.shape[axis], b), small.reshape(a, small.shape[axis], b)
+
+
+@njit(cache=True, parallel=True)
+def slice_forward(x, out, axis, first, step):
+    """out = x[..., first::step, ...] on `axis`, as long as out is."""
+    src, dst = _as_3d(x, out, axis, first, step)
+    for i in prange(src.shape[0]):
+        for j in range(dst.shape[1]):
+            for q in range(dst.shape[2]):
+                dst[i, j, q] = src[i, first + j * step, q]
+
+
+@njit(cache=True, parallel=True)
+def slice_backward(g, dx, axis, first, step):
+    """dx = zeros with g written at [..., first::step, ...] on `axis` (the registry's slice_grad)."""
+    dst, src = _as_3d(dx, g, axis, first, step)
+    for i in prange(dst.shape[0]):
+        for j in range(dst.shape[1]):  # zeros, then g over them: no test per element
+            for q in range(dst.shape[2]):
+                dst[i, j, q] = 0
+        for j in range(src.shape[1]):
+            for q in range(src.shape[2]):
+                dst[i, first + j * step, q] = src[i, j, q]
+
+
+@njit(cache=True)  # not inlined: the parallel loop would see its index reassigned
+def _source_row(r, shape, out_shape, before):
+    """The row of x (all axes but the last, row-major) that lands in row r of the padded
+    output, or -1 where row r is border."""
+    rest, at, scale = np.int64(r), np.int64(0), np.int64(1)
+    for d in range(len(shape) - 2, -1, -1):
+        i = rest % out_shape[d] - before[d]
+        rest //= out_shape[d]
+        if i < 0 or i >= shape[d]:
+            return np.int64(-1)
+        at += i * scale
+        scale *= shape[d]
+    return at
+
+
+@njit(cache=True, parallel=True)
+def pad_forward(x, out, before, value):
+    """out = x surrounded by `value`: x at offset before[d] along every axis d."""
+    if x.ndim != out.ndim or len(before) != x.ndim:
+        raise ValueError("pad: the arrays' ranks do not match the padding")
+    for d in range(x.ndim):
+        if before[d] < 0 or before[d] + x.shape[d] > out.shape[d]:
+            raise ValueError("pad: x does not fit in the output at this offset")
+    last = x.ndim - 1
+    w, wo = x.shape[last], out.shape[last]
+    rows_out = out.size // wo
+    src, dst = x.reshape(-1, w), out.reshape(-1, wo)
+    # every output row: the border value where no row of x lands, else the row of x in
+    # the middle and `value` on both sides of it
+    for r in prange(rows_out):
+        at = _source_row(r, x.shape, out.shape, before)
+        row = dst[r]
+        if at < 0:
+            for q in range(wo):
+                row[q] = value
+            continue
+        lo = before[last]
+        for q in range(lo):
+            row[q] = value
+        part = src[at]
+        for q in range(w):
+            row[lo + q] = part[q]
+        for q in range(lo + w, wo):
+            row[q] = value

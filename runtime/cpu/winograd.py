@@ -1,0 +1,393 @@
+"""3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3): forward, input and weight gradient.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). Each 2x2 block
+of outputs (a tile) of one image and output channel is
+
+    Y = A^T [ sum_c (G w[o, c] G^T) * (B^T d[c] B) ] A      (* elementwise, 4x4)
+
+with d[c] the 4x4 input patch under the tile and
+
+    B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+    A^T = [1 1 1 0; 0 1 -1 -1]
+
+so for each of the 16 positions xi of the 4x4 transform the sum over channels is a GEMM:
+M[xi] (O x T) = U[xi] (O x C) @ V[xi] (C x T), T tiles. 16 products of 4x4 values replace
+the 36 of a direct 3x3 over a 2x2 tile: 2.25 times fewer multiply-adds, the transforms of
+the data costing only additions.
+
+    forward      U = G w G^T;  V = B^T d B;  M[xi] = U[xi] @ V[xi];  y = A^T M A (+ bias)
+    grad-input   the forward of g with w rotated by 180 degrees and its channels swapped,
+                 padded 2 - pad: a stride-1 convolution's adjoint is a convolution
+    grad-weight  dU[xi] = sum over tiles of Mg[xi] V[xi]^T with Mg = A g A^T (the output
+                 transform's adjoint), then dw = G^T dU G: 16 GEMMs over the tiles
+
+Layouts. Tiles are numbered on a grid one column wider than the image's, q = ti*We + tj
+with We = tw + 1, and each channel of the padded input is split into its four parity
+planes P[2r + s][ti*We + tj] = xpad[2ti + r, 2tj + s] (zeros in the padding). Element
+(k, l) of tile q's 4x4 patch is then P[2(k%2) + l%2][q + (k//2)*We + l//2]: every entry of
+V, M and Mg is a signed sum of a few planes at fixed offsets, one long loop over q per
+entry that vectorises (a patch read directly would stride by 2, in rows of 16). The
+extra column of tiles (tj = tw) is computed and ignored: its outputs are never written,
+its gradients are zeros. Each thread takes a run of images, a block of `images` at a
+time (geometry.winograd_images: V and M of a block stay near the core's L2); its
+workspace slot holds [U or dU | P | V | M] (geometry.winograd_slot).
+
+The passes index the flat slot with unsigned offsets rather than slicing it: a slice is
+a new view whose reference count lives on the workspace's, which two threads would
+update hundreds of times per image (conv.py saw the same), and a signed index makes
+Numba test it for wrap-around, which keeps LLVM from vectorising the loop.
+
+The weight gradient sums each thread's images into its slot's dU, then the partials in
+part order (the same result whichever thread finished first), as conv.py does.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from dslc.kernels import geometry as _geometry
+from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+
+_images = njit(cache=True)(_geometry.winograd_images)
+_applies = njit(cache=True)(_geometry.winograd)
+FAST = {"contract"}
+
+
+@njit(cache=True, inline="always")
+def _g(a, i):
+    """G[a, i]."""
+    if a == 0:
+        return 1.0 if i == 0 else 0.0
+    if a == 3:
+        return 1.0 if i == 2 else 0.0
+    return -0.5 if a == 2 and i == 1 else 0.5
+
+
+@njit(cache=True, inline="always")
+def _bt(a):
+    """The two nonzeros of row a of B^T: (column, sign, column, sign)."""
+    if a == 0:
+        return 0, 1.0, 2, -1.0
+    if a == 1:
+        return 1, 1.0, 2, 1.0
+    if a == 2:
+        return 2, 1.0, 1, -1.0
+    return 1, 1.0, 3, -1.0
+
+
+@njit(cache=True, inline="always")
+def _at(r):
+    """The three nonzeros of row r of A^T: (column, sign) x 3."""
+    if r == 0:
+        return 0, 1.0, 1, 1.0, 2, 1.0
+    return 1, 1.0, 2, -1.0, 3, -1.0
+
+
+@njit(cache=True, inline="always")
+def _a(a):
+    """Row a of A = (A^T)^T, [1 0], [1 1], [1 -1], [0 -1]: (first, its sign, second, its sign);
+    a missing second has sign 0."""
+    if a == 0:
+        return 0, 1.0, 1, 0.0
+    if a == 1:
+        return 0, 1.0, 1, 1.0
+    if a == 2:
+        return 0, 1.0, 1, -1.0
+    return 1, -1.0, 0, 0.0
+
+
+@njit(cache=True, inline="always")
+def _u(v):
+    return np.uint64(v)
+
+
+def _like(f, v):
+    """v as a number of f's dtype: float32 coefficients keep a float32 loop in float32 (twice
+    the lanes of float64)."""
+    return f.dtype.type(v)
+
+
+@overload(_like, inline="always")
+def _like_impl(f, v):
+    kind = as_dtype(f.dtype).type
+    return lambda f, v: kind(v)
+
+
+@njit(cache=True, inline="always")
+def _patch(at_p, plane, we, k, col):
+    """Where element (k, col) of tile 0's patch starts in the parity planes at f[at_p:]
+    (tile q's is q further on): plane 2(k%2) + col%2, shifted k//2 rows of the tile grid
+    (we tiles each) and col//2 tiles. With k, col < 2 it is the start of plane 2k + col."""
+    return _u(at_p + (2 * (k % 2) + col % 2) * plane + (k // 2) * we + col // 2)
+
+
+@njit(cache=True, inline="always")
+def _row(at, rows, row, tb, base, a, b):
+    """Where row `row` of region [16, rows, tb] at f[at:] (V or M) starts for transform
+    position (a, b), from this image's first tile (base)."""
+    return _u(at + ((4 * a + b) * rows + row) * tb + base)
+
+
+@njit(cache=True, fastmath=FAST)
+def _sum4(f, dst, n, s0, s1, s2, s3, c0, c1, c2, c3):
+    """f[dst + q] = c0 f[s0 + q] + c1 f[s1 + q] + c2 f[s2 + q] + c3 f[s3 + q], q < n (unsigned offsets)."""
+    c0, c1, c2, c3 = _like(f, c0), _like(f, c1), _like(f, c2), _like(f, c3)
+    for q in range(_u(n)):
+        f[dst + q] = c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q] + c3 * f[s3 + q]
+
+
+@njit(cache=True, fastmath=FAST)
+def _sum3(f, dst, n, s0, s1, s2, c0, c1, c2, add, accumulate):
+    """f[dst + q] (+)= add + c0 f[s0 + q] + c1 f[s1 + q] + c2 f[s2 + q], q < n (unsigned offsets)."""
+    c0, c1, c2, add = _like(f, c0), _like(f, c1), _like(f, c2), _like(f, add)
+    if accumulate:
+        for q in range(_u(n)):
+            f[dst + q] += c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q]
+    else:
+        for q in range(_u(n)):
+            f[dst + q] = add + c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q]
+
+
+@njit(cache=True)
+def _layout(c_in, c_out, th, tw, tb):
+    """Offsets of the slot's regions U [16, O, C], P [4, plane], V [16, C, tb], M [16, O, tb],
+    the plane's length and the slot's size."""
+    plane = (th + 1) * (tw + 1) + 1
+    at_p = 16 * c_out * c_in
+    at_v = at_p + 4 * plane
+    at_m = at_v + 16 * c_in * tb
+    return at_p, at_v, at_m, plane, at_m + 16 * c_out * tb
+
+
+@njit(cache=True)
+def _weights(w, u, flip):
+    """u[xi, p, q] = (G w[p, q] G^T)[xi]; with flip, of w[q, p] rotated by 180 degrees: the
+    weights of the input gradient's convolution (w is [O, C, 3, 3] either way)."""
+    for p in range(u.shape[1]):
+        for q in range(u.shape[2]):
+            for a in range(4):
+                for b in range(4):
+                    s = 0.0
+                    for i in range(3):
+                        for j in range(3):
+                            tap = w[q, p, 2 - i, 2 - j] if flip else w[p, q, i, j]
+                            s += _g(a, i) * _g(b, j) * tap
+                    u[a * 4 + b, p, q] = s
+
+
+@njit(cache=True)
+def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
+    """The four parity planes of one channel (src[at:], rows x cols) padded by pt, pl, into
+    f[planes + k*plane:]: f[planes + (2r + s)*plane + ti*We + j] = xpad[2ti + r, 2j + s]."""
+    we = tw + 1
+    # the j whose columns 2j - pl and 2j + 1 - pl are both inside [0, cols): one loop, no tests
+    lo = min(we, (pl + 1) // 2)
+    hi = max(lo, min(we, (cols + pl) // 2))
+    two, one = _u(2), _u(1)
+    for r in range(2 * th + 2):
+        row = r - pt
+        even = _u(planes + 2 * (r % 2) * plane + (r // 2) * we)
+        odd = even + _u(plane)
+        if row < 0 or row >= rows:
+            for j in range(_u(we)):
+                f[even + j] = 0
+                f[odd + j] = 0
+            continue
+        base = at + row * cols
+        for j in range(lo):  # the left edge: a column may be padding
+            f[even + _u(j)] = src[base + 2 * j - pl] if 2 * j - pl >= 0 else 0
+            f[odd + _u(j)] = src[base + 2 * j + 1 - pl] if 0 <= 2 * j + 1 - pl < cols else 0
+        start = _u(base + 2 * lo - pl) if hi > lo else _u(0)
+        for j in range(_u(hi - lo)):
+            f[even + _u(lo) + j] = src[start + two * j]
+            f[odd + _u(lo) + j] = src[start + two * j + one]
+        for j in range(hi, we):  # the right edge
+            f[even + _u(j)] = src[base + 2 * j - pl] if 0 <= 2 * j - pl < cols else 0
+            f[odd + _u(j)] = src[base + 2 * j + 1 - pl] if 2 * j + 1 - pl < cols else 0
+    for k in range(4):  # the one element past the rows, read by the extra column's last tile:
+        f[planes + k * plane + (th + 1) * we] = 0  # a stale NaN there would reach dU as 0 * NaN
+
+
+@njit(cache=True)
+def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
+    """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W])."""
+    at_p, at_v, _, plane, _ = lay
+    we = tw + 1
+    n = th * we
+    for c in range(c_in):
+        _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, tw)
+        for a in range(4):
+            k0, s0, k1, s1 = _bt(a)
+            for b in range(4):
+                l0, t0, l1, t1 = _bt(b)
+                _sum4(f, _row(at_v, c_in, c, tb, base, a, b), n, _patch(at_p, plane, we, k0, l0),
+                      _patch(at_p, plane, we, k0, l1), _patch(at_p, plane, we, k1, l0),
+                      _patch(at_p, plane, we, k1, l1), s0 * t0, s0 * t1, s1 * t0, s1 * t1)
+
+
+@njit(cache=True)
+def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
+    """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o]) of every tile of one image, through the planes."""
+    at_p, _, at_m, plane, _ = lay
+    we = tw + 1
+    n = th * we
+    for o in range(c_out):
+        add = 0.0 if bias is None else bias[o]
+        for r in range(2):
+            a0, sa0, a1, sa1, a2, sa2 = _at(r)
+            for s in range(2):
+                b0, sb0, b1, sb1, b2, sb2 = _at(s)
+                dst = _u(at_p + (2 * r + s) * plane)
+                for t in range(3):  # out = sum over the three nonzeros of A^T's row r
+                    a, sa = (a0, sa0) if t == 0 else ((a1, sa1) if t == 1 else (a2, sa2))
+                    _sum3(f, dst, n, _row(at_m, c_out, o, tb, base, a, b0), _row(at_m, c_out, o, tb, base, a, b1),
+                          _row(at_m, c_out, o, tb, base, a, b2), sa * sb0, sa * sb1, sa * sb2, add, t > 0)
+        two = _u(2)
+        for i in range(ho):  # interleave the four planes into the image's rows
+            even = _u(at_p + 2 * (i % 2) * plane + (i // 2) * we)
+            odd = even + _u(plane)
+            row = _u(at + (o * ho + i) * wo)
+            for j in range(_u(wo // 2)):
+                y[row + two * j] = f[even + j]
+                y[row + two * j + _u(1)] = f[odd + j]
+            if wo % 2:
+                y[row + _u(wo - 1)] = f[even + _u(wo // 2)]
+
+
+@njit(cache=True)
+def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
+    """Mg[xi, o, base + q] = (A g A^T)[xi] of every 2x2 tile q of one image's output gradient
+    (g[at:], [O, Ho, Wo]; zeros past its edges, so in the extra column of tiles)."""
+    at_p, _, at_m, plane, _ = lay
+    we = tw + 1
+    n = th * we
+    for o in range(c_out):
+        _split(g, at + o * ho * wo, ho, wo, 0, 0, f, at_p, plane, th - 1, tw)
+        for a in range(4):
+            r0, sr0, r1, sr1 = _a(a)
+            for b in range(4):
+                q0, sq0, q1, sq1 = _a(b)
+                _sum4(f, _row(at_m, c_out, o, tb, base, a, b), n, _patch(at_p, plane, 0, r0, q0),
+                      _patch(at_p, plane, 0, r0, q1), _patch(at_p, plane, 0, r1, q0),
+                      _patch(at_p, plane, 0, r1, q1), sr0 * sq0, sr0 * sq1, sr1 * sq0, sr1 * sq1)
+
+
+@njit(cache=True)
+def _plan(x_shape, c_out, ho, wo, workspace):
+    """(th, tw, grid, images per block, tb, layout, parts) of a pass over x [N, C, H, W] with
+    c_out channels and an output of ho x wo; raises if the workspace is too small."""
+    n, c_in = x_shape[0], x_shape[1]
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    grid = th * (tw + 1)
+    per = _images(c_in, c_out, grid, n)
+    lay = _layout(c_in, c_out, th, tw, per * grid)
+    if workspace.shape[1] < lay[4] or workspace.shape[0] < 1:
+        raise ValueError("conv2d: workspace too small for Winograd; size it with workspace_shape")
+    return th, tw, grid, per, per * grid, lay, min(n, workspace.shape[0])
+
+
+@njit(cache=True)
+def _slot(workspace, p, n, c_in, c_out, tb, lay, parts):
+    """Part p's slot f, its U (or dU) [16, O, C], V [16, C, tb] and M [16, O, tb], and its
+    images [lo, hi) of the batch of n."""
+    f = workspace[p]
+    u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
+    v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
+    m = f[lay[2]:lay[4]].reshape(16, c_out, tb)
+    return f, u, v, m, n * p // parts, n * (p + 1) // parts
+
+
+@njit(cache=True)
+def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
+    if not _applies(w_shape[2], w_shape[3], sh, sw, dh, dw, groups, pt, pb, pl, pr, c_in, c_out):
+        raise ValueError("conv2d: not a Winograd convolution (geometry.winograd); use conv.py's kernels")
+
+
+@njit(cache=True)
+def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
+    """Part p's images of the Winograd forward (the module docstring's forward): U of w
+    (flipped for the input gradient), then per block of images V, the 16 GEMMs, y."""
+    n, c_in, h, wd = x.shape
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
+    xf, yf = x.reshape(-1), out.reshape(-1)
+    f, u, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
+    _weights(w, u, flip)
+    for i0 in range(lo, hi, per):
+        i1 = min(hi, i0 + per)
+        for i in range(i0, i1):
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+        cols = (i1 - i0) * grid
+        for xi in range(16):
+            gemm_block(u[xi], v[xi, :, :cols], m[xi, :, :cols], False, False, False)
+        for i in range(i0, i1):
+            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+
+
+# ---- the entry points: conv.py's signatures and checks -----------------------------------
+
+@njit(cache=True, parallel=True)
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.winograd accepts."""
+    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], w.shape[0])
+    parts = _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)[6]  # raises before the threads
+    for p in prange(parts):
+        _forward_part(x, w, b, out, pad_t, pad_l, False, workspace, p)
+
+
+@njit(cache=True, parallel=True)
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad."""
+    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
+    parts = _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)[6]
+    for p in prange(parts):
+        _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, True, workspace, p)
+
+
+@njit(cache=True)
+def _grad_weight_part(g, x, pt, pl, workspace, p):
+    """Part p's images of the weight gradient, summed into its slot's dU."""
+    n, c_in, h, wd = x.shape
+    c_out, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+    th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
+    xf, gf = x.reshape(-1), g.reshape(-1)
+    f, du, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
+    for i0 in range(lo, hi, per):
+        i1 = min(hi, i0 + per)
+        for i in range(i0, i1):
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
+        cols = (i1 - i0) * grid
+        for xi in range(16):
+            gemm_block(m[xi, :, :cols], v[xi, :, :cols], du[xi], False, True, i0 != lo)
+
+
+@njit(cache=True, parallel=True)
+def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
+                       workspace):
+    """dw = the weight gradient [O, C, 3, 3] for output gradient g; db = sum of g over (N, Ho, Wo), or None."""
+    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    _require(dw.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], dw.shape[0])
+    c_out, c_in = dw.shape[0], dw.shape[1]
+    parts = _plan(x.shape, c_out, g.shape[2], g.shape[3], workspace)[6]
+    for p in prange(parts):
+        _grad_weight_part(g, x, pad_t, pad_l, workspace, p)
+    total = workspace[0, :16 * c_out * c_in].reshape(16, c_out, c_in)
+    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
+        total += workspace[p, :16 * c_out * c_in].reshape(16, c_out, c_in)
+    for o in range(c_out):
+        for c in range(c_in):
+            for i in range(3):
+                for j in range(3):
+                    s = 0.0
+                    for a in range(4):
+                        for bb in range(4):
+                            s += _g(a, i) * _g(bb, j) * total[a * 4 + bb, o, c]
+                    dw[o, c, i, j] = s
+    if db is not None:
+        conv2d_grad_bias(g, db)
