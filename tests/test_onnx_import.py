@@ -127,7 +127,10 @@ def test_every_exported_op_comes_back_or_is_named(tmp_path, capsys, name, k, sam
     if main(["import", str(tmp_path / "op.onnx"), "-o", str(tmp_path / "op.net")]) == 1:
         refused = re.findall(r"node '[^']*' \((\w+)\): dslc has no such op", capsys.readouterr().err)
         assert refused and not set(refused) & onnx_import.SUPPORTED, refused
-        assert name in ("gelu", "groupnorm", "layernorm", "maxout", "var"), f"{name} no longer comes back"
+        # written with ONNX ops dslc import does not read yet: Erf, Shape, Floor, Unsqueeze, GatherElements,
+        # OneHot, Resize, Clip, LRN, ReduceMax/ReduceMin, ArgMax
+        assert name in ("gelu", "groupnorm", "layernorm", "maxout", "var", "floor_div", "stack", "gather", "one_hot",
+                        "upsample", "clip", "lrn", "max", "min", "argmax"), f"{name} no longer comes back"
         return
     want = reference.run_outputs(graph, feeds, weights)["output", "y"]
     ours, _ = imported_outputs(tmp_path / "op.net", tmp_path / "op.onnx", feeds)

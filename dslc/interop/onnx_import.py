@@ -28,14 +28,17 @@ from dslc.diagnostics import CliError
 from dslc.files import write_atomic
 from dslc.interop.onnx_export import require_onnx
 from dslc.ops import registry
+from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
 
 DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
 KEYWORDS = {"model", "block", "input", "param", "output", "metric", "loss", "return", "repeat", "as", "train",
             "import", "true", "false"}
 PASS_THROUGH = ("Identity", "Dropout")  # identities at inference
-UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
+         "Abs": "abs", "Softplus": "softplus"}
 WITH_ALPHA = {"LeakyRelu": ("leaky_relu", 0.01), "Elu": ("elu", 1.0)}  # ONNX's defaults of alpha
-BINARY = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/"}
+BINARY = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Pow": "**"}
+PAIRWISE = {"Max": "maximum", "Min": "minimum"}  # of exactly two inputs
 
 
 class Unsupported(Exception):
@@ -207,6 +210,12 @@ class _Writer:
             self.assign(node, f"{self.var(node.input[0])} |> {UNARY[op]}")
         elif op in BINARY:
             self.assign(node, f"{self.var(node.input[0])} {BINARY[op]} {self.var(node.input[1])}")
+        elif op in PAIRWISE and len(node.input) == 2:
+            self.assign(node, f"{PAIRWISE[op]}({self.var(node.input[0])}, {self.var(node.input[1])})")
+        elif op == "Selu":
+            if abs(attrs.get("alpha", SELU_ALPHA) - SELU_ALPHA) > 1e-6 or abs(attrs.get("gamma", SELU_SCALE) - SELU_SCALE) > 1e-6:
+                raise Unsupported("selu with other constants than the paper's; dslc's selu fixes them")
+            self.assign(node, f"{self.var(node.input[0])} |> selu")
         elif op == "Neg":
             self.assign(node, f"-{self.var(node.input[0])}")
         elif op in WITH_ALPHA:
@@ -415,4 +424,4 @@ _LAYERS = {  # the ONNX ops with more to translate than a name
     "ReduceMean": _reduce, "ReduceSum": _reduce,
 }
 SUPPORTED = (set(_LAYERS) | set(PASS_THROUGH) | set(UNARY) | set(BINARY) | set(WITH_ALPHA)
-             | {"Constant", "Neg", "Softmax", "LogSoftmax"})
+             | set(PAIRWISE) | {"Constant", "Neg", "Softmax", "LogSoftmax", "Selu"})

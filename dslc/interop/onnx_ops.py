@@ -261,6 +261,105 @@ def _var(s: Site) -> str:
     return s.result("Mul", [var, s.emit("Div", [n, s.emit("Sub", [n, s.scalar(1.0, "one")])])])
 
 
+# ---- math, reductions along an axis, indexing (the language's second wave of ops) -------------
+
+def _clip(s: Site) -> str:
+    low, high = s.attr("min"), s.attr("max")  # a bound that is none is an omitted input
+    bounds = [s.scalar(low, "min") if low is not None else "", s.scalar(high, "max") if high is not None else ""]
+    return s.result("Clip", [s.xs[0], *bounds])
+
+
+def _floor_div(s: Site) -> str:
+    if s.dtype.kind != "f":
+        raise Refused("floor_div of integers: ONNX's Div truncates toward zero; cast to a float first")
+    return s.result("Floor", [s.emit("Div", s.xs)])
+
+
+def _selu(s: Site) -> str:
+    from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
+    return s.result("Selu", s.xs, alpha=SELU_ALPHA, gamma=SELU_SCALE)
+
+
+def _softplus(s: Site) -> str:
+    beta = float(s.attr("beta"))
+    if beta == 1.0:
+        return s.result("Softplus", s.xs)
+    scaled = s.emit("Softplus", [s.emit("Mul", [s.xs[0], s.scalar(beta, "beta")])])
+    return s.result("Div", [scaled, s.scalar(beta, "beta")])
+
+
+def _extremum(op_type: str) -> Lowering:
+    """max/min along `axis` (every axis when none): ReduceMax/ReduceMin, axes an attribute at opset 17."""
+    def lower(s: Site) -> str:
+        axis, keep = s.attr("axis"), int(s.attr("keepdims"))
+        return s.result(op_type, s.xs, keepdims=keep, **({} if axis is None else {"axes": [axis]}))
+    return lower
+
+
+def _argmax(s: Site) -> str:
+    axis, keep = s.attr("axis"), int(s.attr("keepdims"))
+    if axis is not None:
+        return s.result("ArgMax", s.xs, axis=axis, keepdims=keep)
+    # over the flattened x: a scalar, or (keepdims) ones of x's rank
+    flat = s.emit("Reshape", [s.xs[0], s.const([-1], "flat")])
+    if not keep:
+        return s.result("ArgMax", [flat], axis=0, keepdims=0)
+    index = s.emit("ArgMax", [flat], axis=0, keepdims=1)
+    return s.result("Reshape", [index, s.const([1] * s.types[0].rank, "ones")])
+
+
+def _gather(s: Site) -> str:
+    axis = s.attr("axis")
+    index = s.emit("Unsqueeze", [s.xs[1], s.const([axis], "axis")])
+    return s.result("Squeeze", [s.emit("GatherElements", [s.xs[0], index], axis=axis), s.const([axis], "axis")])
+
+
+def _one_hot(s: Site) -> str:
+    values = s.const([0, 1], "values", s.dtype)
+    return s.result("OneHot", [s.xs[0], s.const(s.attr("classes"), "depth"), values], axis=-1)
+
+
+def _stack(s: Site) -> str:
+    axis = s.attr("axis")
+    parts = [s.emit("Unsqueeze", [x, s.const([axis], "axis")]) for x in s.xs]
+    return s.result("Concat", parts, axis=axis)
+
+
+def _bmm(s: Site) -> str:
+    a, b = s.xs
+    if s.attr("transpose_a"):
+        a = s.emit("Transpose", [a], perm=[0, 2, 1])
+    if s.attr("transpose_b"):
+        b = s.emit("Transpose", [b], perm=[0, 2, 1])
+    return s.result("MatMul", [a, b])
+
+
+def _upsample(s: Site) -> str:
+    sh, sw = registry.pair(s.attr("scale"))
+    scales = s.const([1.0, 1.0, float(sh), float(sw)], "scales", np.float32)
+    if s.attr("mode") == "nearest":  # y[i] = x[i // s]
+        return s.result("Resize", [s.xs[0], "", scales], mode="nearest",
+                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return s.result("Resize", [s.xs[0], "", scales], mode="linear", coordinate_transformation_mode="half_pixel")
+
+
+def _lrn(s: Site) -> str:
+    size, alpha, beta, k = int(s.attr("size")), float(s.attr("alpha")), float(s.attr("beta")), float(s.attr("k"))
+    if size % 2:  # ONNX's window, c - (size-1)/2 .. c + (size-1)/2, is dslc's (and PyTorch's) for odd sizes
+        return s.result("LRN", s.xs, size=size, alpha=alpha, beta=beta, bias=k)
+    # An even window is c - size/2 .. c + size/2 - 1 here, one channel earlier than ONNX's LRN
+    # (which onnxruntime refuses anyway): the sums of squares as a convolution over channels.
+    x, channels = s.xs[0], s.types[0].shape[1]
+    if not isinstance(channels, int):
+        raise Refused("lrn with an even size over a symbolic number of channels")
+    planes = s.emit("Reshape", [s.emit("Mul", [x, x]), s.const([0, 1, channels, -1], "planes")])
+    ones = s.const(np.ones((1, 1, size, 1)), "window", s.dtype)
+    sums = s.emit("Conv", [planes, ones], pads=[size // 2, 0, (size - 1) // 2, 0])
+    sums = s.emit("Reshape", [sums, s.emit("Shape", [x])])
+    scale = s.emit("Add", [s.scalar(k, "k"), s.emit("Mul", [sums, s.scalar(alpha / size, "alpha")])])
+    return s.result("Div", [x, s.emit("Pow", [scale, s.scalar(beta, "beta")])])
+
+
 LOWERINGS: dict[str, Lowering] = {
     "add": _same("Add"), "sub": _same("Sub"), "mul": _same("Mul"), "div": _same("Div"), "neg": _same("Neg"),
     "relu": _same("Relu"), "sigmoid": _same("Sigmoid"), "tanh": _same("Tanh"),
@@ -274,6 +373,11 @@ LOWERINGS: dict[str, Lowering] = {
     "layernorm": _grouped_norm(lambda s: 1), "instancenorm": _instancenorm,
     "flatten": _flatten, "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "slice": _slice, "sum": _sum, "mean": _mean, "var": _var,
+    "exp": _same("Exp"), "log": _same("Log"), "sqrt": _same("Sqrt"), "abs": _same("Abs"), "pow": _same("Pow"),
+    "maximum": _same("Max"), "minimum": _same("Min"), "clip": _clip, "floor_div": _floor_div,
+    "selu": _selu, "softplus": _softplus, "max": _extremum("ReduceMax"), "min": _extremum("ReduceMin"),
+    "argmax": _argmax, "gather": _gather, "one_hot": _one_hot, "stack": _stack, "bmm": _bmm,
+    "upsample": _upsample, "lrn": _lrn,
 }
 
 # Why the ops of a category have no ONNX form. Graph sources (input, param, const) are written
@@ -287,6 +391,7 @@ REFUSED = {
     "optimizer": "an optimizer update belongs to the training step",
     "kernel": "fused kernels are made for dslc's own backends after the passes export runs",
     "source": "random draws (dropout masks) exist only in training graphs",
+    "collective": "a data-parallel reduction over ranks exists only in a training step",
 }
 
 
