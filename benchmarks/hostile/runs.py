@@ -245,8 +245,10 @@ TRIALS += [
                                                      "--force", "--quiet"]), slow=True),
 ]
 # Ctrl-C from the moment dslc's code runs: in the first few hundredths of a second Python
-# itself is starting (site, io) and a KeyboardInterrupt there is CPython's to report.
+# itself is starting (site, io) and a KeyboardInterrupt there is CPython's to report. The
+# run is long enough (400 epochs, several seconds) that every delay lands before its end:
+# the recipe's 40 take half a second on the reference, and a run that has finished exits 0.
 TRIALS += [Trial(11, f"Ctrl-C {delay:g} s into start-up",
-                 lambda ws, d=delay: Case(["train", MLP, "--device", "reference", "--out", "run", "--quiet"],
-                                          (130, -2), during=interrupt_after(d)))
+                 lambda ws, d=delay: Case(["train", MLP, "--device", "reference", "--out", "run", "--quiet",
+                                           "--epochs", "400"], (130, -2), during=interrupt_after(d)))
            for delay in (0.25, 0.5, 1.0, 1.5)]
