@@ -27,24 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.train_step import sgemm_gflops
+
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
-
-
-def sgemm_gflops(size: int = 1024, repeats: int = 7) -> float:
-    """The float32 GEMM rate (GFLOP/s) of dslc's GEMM (runtime/cpu/gemm.py: a band of rows
-    per Numba thread, single-threaded BLAS each): the median of `repeats` size^3 products."""
-    from dslc.runtime.cpu import gemm
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    c = np.empty((size, size), np.float32)
-    gemm.gemm(a, b, c, False, False)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        gemm.gemm(a, b, c, False, False)
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / float(np.median(times)) / 1e9
 
 
 def graph_gflop(compiled, batch: int) -> float:
@@ -95,7 +81,7 @@ def main(argv=None) -> int:
     except DeviceError as e:
         print(e, file=sys.stderr)
         return 1
-    sgemm = sgemm_gflops() if args.device == "cpu" else None
+    sgemm = sgemm_gflops()["dslc"] if args.device == "cpu" else None  # dslc's GEMM, as its kernels run
     print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
           f"(median of {args.repeats} interleaved calls; load average {os.getloadavg()[0]:.1f})")
     if sgemm:

@@ -141,7 +141,7 @@ def step_flops(graph, batch: int) -> int:
     return total
 
 
-def sgemm_gflops(threads: int, size: int = 1024, repeats: int = 9) -> dict:
+def sgemm_gflops(size: int = 1024, repeats: int = 9) -> dict:
     """The machine's float32 GEMM rate in GFLOP/s: the median of `repeats` size^3 products
     with dslc's GEMM (a band of rows per thread, single-threaded BLAS each) and, where
     installed, with PyTorch's (its own threads); `best` is the faster of the two."""
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         pass
-    sgemm = sgemm_gflops(threads())
+    sgemm = sgemm_gflops()
     rows = [measure(n, args.steps, sgemm["best"], not args.no_compile) for n in names]
     report(rows, args.json, table,
            f"ms: median training step; ratio: dslc / PyTorch eager; compiled_ratio: dslc / torch.compile "

@@ -33,7 +33,7 @@ def pytest_configure(config):
         # and BLAS's own threads would overfill them: the reference's many small GEMMs, two
         # OpenBLAS threads in each of two workers on two cores, ran 5x slower than one each
         # (tests/test_gradcheck.py + test_reference.py at -n 2: 77 s against 15 s)
-        share = max(1, (os.cpu_count() or 1) // (workers if isinstance(workers, int) else os.cpu_count() or 1))
+        share = max(1, (os.cpu_count() or 1) // workers) if isinstance(workers, int) else 1
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(share))
         os.environ.setdefault("MKL_NUM_THREADS", str(share))
 

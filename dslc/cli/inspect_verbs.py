@@ -135,16 +135,10 @@ def cmd_ops(args) -> int:
 # ---- gradcheck -----------------------------------------------------------------------
 
 def cmd_gradcheck(args) -> int:
-    from threadpoolctl import threadpool_limits
-
     from dslc import gradcheck as gc  # float64 numerics: loaded only for this verb
 
-    # The reference's GEMMs are small (a batch of 2): one BLAS thread runs them faster than
-    # OpenBLAS's pool, whose spinning workers lose most to anything else on the cores
-    # (resnet20: 9.4 s against 13.9 s quiet, 13.6 s against 78-98 s beside another job).
-    with threadpool_limits(limits=1, user_api="blas"):
-        rows = gc.gradcheck(load_model(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
-                            max_elements=args.max_elements, directions=args.directions, samples=args.samples)
+    rows = gc.gradcheck(load_model(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
+                        max_elements=args.max_elements, directions=args.directions, samples=args.samples)
     print(json.dumps(gc.to_json(rows, args.threshold), indent=2) if args.json
           else gc.format_table(rows, args.threshold))
     return 0 if all(r.passed for r in rows) else 1

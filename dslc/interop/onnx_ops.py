@@ -25,6 +25,7 @@ from dslc.ir.graph import Node
 from dslc.ir.types import NUMPY_DTYPE, TensorType
 from dslc.ops import registry
 from dslc.ops.conv import window
+from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
 from dslc.ops.shape import pad_pairs
 
 OPSET = 17  # ONNX 1.12 (2022): onnxruntime >= 1.12, TensorRT 8.6, OpenVINO and Netron all read it
@@ -276,7 +277,6 @@ def _floor_div(s: Site) -> str:
 
 
 def _selu(s: Site) -> str:
-    from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
     return s.result("Selu", s.xs, alpha=SELU_ALPHA, gamma=SELU_SCALE)
 
 
@@ -284,8 +284,8 @@ def _softplus(s: Site) -> str:
     beta = float(s.attr("beta"))
     if beta == 1.0:
         return s.result("Softplus", s.xs)
-    scaled = s.emit("Softplus", [s.emit("Mul", [s.xs[0], s.scalar(beta, "beta")])])
-    return s.result("Div", [scaled, s.scalar(beta, "beta")])
+    b = s.scalar(beta, "beta")
+    return s.result("Div", [s.emit("Softplus", [s.emit("Mul", [s.xs[0], b])]), b])
 
 
 def _extremum(op_type: str) -> Lowering:
@@ -310,8 +310,9 @@ def _argmax(s: Site) -> str:
 
 def _gather(s: Site) -> str:
     axis = s.attr("axis")
-    index = s.emit("Unsqueeze", [s.xs[1], s.const([axis], "axis")])
-    return s.result("Squeeze", [s.emit("GatherElements", [s.xs[0], index], axis=axis), s.const([axis], "axis")])
+    axes = s.const([axis], "axis")
+    index = s.emit("Unsqueeze", [s.xs[1], axes])
+    return s.result("Squeeze", [s.emit("GatherElements", [s.xs[0], index], axis=axis), axes])
 
 
 def _one_hot(s: Site) -> str:
@@ -321,7 +322,8 @@ def _one_hot(s: Site) -> str:
 
 def _stack(s: Site) -> str:
     axis = s.attr("axis")
-    parts = [s.emit("Unsqueeze", [x, s.const([axis], "axis")]) for x in s.xs]
+    axes = s.const([axis], "axis")
+    parts = [s.emit("Unsqueeze", [x, axes]) for x in s.xs]
     return s.result("Concat", parts, axis=axis)
 
 
