@@ -39,6 +39,7 @@ from dslc.runtime.executor import executor_for
 from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
 from dslc.runtime.prepare import layout, layout_target, load_data, reads_labels
 from dslc.runtime.recipes import model_and_recipe
+from dslc.runtime.runs import SNAPSHOTS
 from dslc.runtime.tta import views as tta_views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -55,7 +56,7 @@ def open_checkpoint(path) -> Checkpoint:
 def snapshots(run) -> list[Path]:
     """The snapshot checkpoints a run kept (RUN/snapshots/epoch-NNNN), oldest first; TrainError
     when there are none."""
-    folder = Path(run) / "snapshots"
+    folder = Path(run) / SNAPSHOTS
     found = sorted(p for p in folder.glob("epoch-*") if p.is_dir()) if folder.is_dir() else []
     if not found:
         raise TrainError(f"{run}: no snapshots in {folder}; a recipe keeps them with `keep = every(n)` "

@@ -30,6 +30,7 @@ file, line and key).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -37,6 +38,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -50,6 +53,8 @@ from dslc.runtime.errors import RunError
 from dslc.runtime.jsondoc import Doc, is_int, lines_of
 
 CONFIG, JSONL, CSV, CURVES, STEPS = "config.json", "metrics.jsonl", "metrics.csv", "curves.png", steplog.STEPS
+SNAPSHOTS = "snapshots"  # RUN/snapshots/epoch-NNNN: the checkpoints `keep` asks for
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # what write_atomic and checkpoints write before renaming
 DRAW_SECONDS = 2.0  # curves.png is redrawn at most this often (and at the end): epochs can be faster than a plot
 CONFIG_LIMIT = 16 << 20  # bytes: a resolved recipe and some versions
 METRICS_LIMIT = 256 << 20  # one record per epoch, each with every parameter's update ratio
@@ -221,6 +226,7 @@ class Run(RunPaths):
         if os.path.lexists(run.path / CONFIG) and not overwrite:  # made by a process that just ended
             run.close()
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
+        run._clear_temporaries()
         for name in (JSONL, CSV, CURVES, STEPS):
             try:
                 (run.path / name).unlink(missing_ok=True)
@@ -237,6 +243,7 @@ class Run(RunPaths):
         run = cls(path)
         _ = run.config  # read for its checks: a run without a readable config is not one
         run.lock()
+        run._clear_temporaries()
         if step is not None:
             steplog.truncate(run.path / STEPS, step)
         run._rewrite([r for r in run.history() if r["epoch"] <= epoch], fresh_jsonl=True)
@@ -262,6 +269,23 @@ class Run(RunPaths):
             raise RunError(f"{self.path} is being written by another dslc process; wait for it to end, "
                            "or train into another directory (--out)") from None
         _HELD[self._lock] = fd
+
+    def _clear_temporaries(self) -> None:
+        """Remove the hidden `.NAME.tmp` files and checkpoint directories an earlier writer left
+        in the run (and its snapshots/) because it could not: killed while writing, or its disk
+        went read-only under it. Called with the lock held, so no writer is using them; one that
+        cannot be removed now is left for the next run, as the write that follows will say why."""
+        for folder in (self.path, self.path / SNAPSHOTS):
+            try:
+                names = [e for e in os.scandir(folder) if _TEMPORARY.match(e.name)]
+            except OSError:
+                continue
+            for entry in names:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def close(self) -> None:
         """Release the lock `create` or `resume` took."""

@@ -67,7 +67,7 @@ from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, load_data, reads_labels, subset
 from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
-from dslc.runtime.runs import CONFIG, Run, RunError, make_config
+from dslc.runtime.runs import CONFIG, SNAPSHOTS, Run, RunError, make_config
 from dslc.runtime.schedules import Plateau, schedule_from_recipe
 from dslc.runtime.tensorboard import TensorBoard
 from dslc.runtime.transfer import init_from
@@ -75,7 +75,6 @@ from dslc.stages import located_at_model
 from dslc.summary import summarize
 
 RESULT = "result.json"
-SNAPSHOTS = "snapshots"  # RUN/snapshots/epoch-NNNN: the checkpoints `keep` asks for
 
 
 @dataclass

@@ -167,5 +167,5 @@ def test_executor_adapter_updates_params_in_place():
     first = {k: v for k, v in params.items()}
     step(feeds, params)  # the arena's arrays came back: nothing is copied, nothing re-bound
     assert all(params[k] is v for k, v in first.items() if k in {o.name for o in graph.outputs})
-    with pytest.raises(ValueError, match="input .x.: expected f32\[N, 64\], got shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"input .x.: expected f32\[N, 64\], got shape \(4, 3\)"):
         step({**feeds, "x": np.zeros((4, 3), np.float32)}, params)

@@ -103,6 +103,23 @@ def test_resume_drops_epochs_after_the_checkpoint_and_appends_after_it(run):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[2]["time"] == "9.0"
 
 
+def test_resume_clears_the_temporaries_an_earlier_writer_could_not(run):
+    """A writer killed mid-checkpoint, or whose disk went read-only, leaves hidden .tmp files
+    and directories; the next writer holding the lock removes them, and nothing else."""
+    left = [run.path / ".best.tmp", run.path / ".last.tmp", run.path / runs.SNAPSHOTS / ".epoch-0002.tmp"]
+    for d in left:
+        d.mkdir(parents=True)
+        (d / "weights.safetensors").write_bytes(b"half")
+    (run.path / ".metrics.csv.x1y2.tmp").write_bytes(b"half")
+    (run.path / "notes.tmp").write_bytes(b"the user's")
+    (run.path / ".hidden").write_bytes(b"the user's")
+    run.close()
+    Run.resume(run.path, epoch=0)
+    assert sorted(p.name for p in run.path.iterdir()) == [".hidden", "config.json", "metrics.csv",
+                                                          "metrics.jsonl", "notes.tmp", "snapshots"]
+    assert not any((run.path / runs.SNAPSHOTS).iterdir())
+
+
 def test_resume_needs_an_existing_run(tmp_path):
     with pytest.raises(RunError, match="nothing to resume"):
         Run.resume(tmp_path / "none", epoch=1)

@@ -129,8 +129,9 @@ class Workspace:
         path.mkdir(mode=0o555)
         return path
 
-    def remount_read_only(self, path: Path) -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
+    def remount(self, path: Path, mode: str) -> None:
+        """Make the tmpfs at `path` read-only ("ro") or writable again ("rw")."""
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, capture_output=True)
 
     def net(self, data: str | None = None, name: str = "m.net", text: str | None = None) -> Path:
         """digits_mlp.net (or `text`) with its recipe's data replaced by `data`, e.g. 'csv("t.csv")'."""
@@ -251,11 +252,11 @@ def check(case: Case, outcome: Outcome, before: dict, ws: Workspace) -> list[str
                  if s not in outcome.stderr]
     problems += [f"the output repeats {s!r}" for s in case.never_says if s in outcome.stdout + outcome.stderr]
     problems += [f"{p} changed: {before[p]} -> {snapshot(p)}" for p in case.keep if snapshot(p) != before[p]]
-    problems += [f"temporary left behind: {t}" for t in temporaries(ws.path)]
     if outcome.seconds > case.seconds:
         problems.append(f"took {outcome.seconds:.1f} s, more than {case.seconds:g} s")
-    if case.after:
+    if case.after:  # before looking for temporaries: it may be the next run, which clears them
         problems += case.after(outcome)
+    problems += [f"temporary left behind: {t}" for t in temporaries(ws.path)]
     return problems
 
 

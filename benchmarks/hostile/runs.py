@@ -11,7 +11,7 @@ import time
 import numpy as np
 import safetensors.numpy as st
 
-from benchmarks.hostile.kit import MLP, MODELS, Case, Trial, interrupt_after, temporaries
+from benchmarks.hostile.kit import MLP, MODELS, Case, Trial, dslc, interrupt_after, temporaries
 
 
 def resume(run) -> list:
@@ -224,8 +224,19 @@ def _read_only_mid_run(ws):
 
     def during(proc):
         _wait_for(run / "last" / "state.json")
-        ws.remount_read_only(disk)
-    return Case(argv, 1, says=("read-only",), during=during, after=_finite_checkpoints(run))
+        ws.remount(disk, "ro")
+
+    def after(outcome):
+        # A checkpoint half-written when the disk went read-only cannot be removed there; the
+        # next run on the mended disk must clear it and continue from what was saved.
+        problems = _finite_checkpoints(run)(outcome)
+        ws.remount(disk, "rw")
+        epoch = json.loads((run / "last" / "state.json").read_text())["epoch"]
+        done = dslc([*resume(run), "--epochs", epoch + 1, "--force"], cwd=ws.path, env=ws.env({}))
+        if done.returncode:
+            problems.append(f"resuming on the mended disk failed ({done.returncode}): {done.stderr[-500:]!r}")
+        return problems
+    return Case(argv, 1, says=("read-only",), during=during, after=after)
 
 
 def _second_writer(ws, argv_for):
