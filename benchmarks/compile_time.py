@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.peer import import_torch
 from benchmarks.train_step import BENCHES, ROOT, batch_data, dslc_step, report
 
 SIZES = {"mlp": {"h1": 400, "h2": 200}, "small_cnn": {"width": 40, "hidden": 96},
@@ -115,7 +116,7 @@ def child(name: str, file: str | None, sets: list[str]) -> None:
 
 def torch_child(name: str, compiled: bool) -> None:
     """Child process: the model in PyTorch, compiled (torch.compile) or eager, to its first step."""
-    import torch
+    torch = import_torch()
 
     from benchmarks.torch_models import step_function
     from benchmarks.train_step import prepare
@@ -196,11 +197,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {list(BENCHES)}")
-    try:
-        import torch  # noqa: F401
-        has_torch = True
-    except ImportError:
-        has_torch = False
+    has_torch = import_torch() is not None
     report([measure(n, has_torch) for n in names], args.json, table,
            "seconds of a fresh process to its first training step (compile_cli_s: to `dslc compile`'s answer)")
     return 0

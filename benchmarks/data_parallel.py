@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dslc.runtime.cpu import openmp_env
+
 ROOT = Path(__file__).resolve().parent.parent
 SCALED = {"digits_mlp": 64, "small_cnn": 128, "mlp_bn": 128}  # their recipes' batches
 
@@ -115,7 +117,7 @@ def scaling(models: list[str], steps: int, rounds: int) -> list[dict]:
     for _ in range(rounds):
         for name in models:
             for ranks in (1, 2):
-                env = {**os.environ, "NUMBA_NUM_THREADS": str(max(1, cores // ranks)), "OMP_WAIT_POLICY": "passive"}
+                env = {**os.environ, "NUMBA_NUM_THREADS": str(max(1, cores // ranks)), **openmp_env()}
                 argv = [mpiexec, "-n", str(ranks), sys.executable, "-m", "benchmarks.data_parallel", "--worker", name,
                         "--batch", str(SCALED[name]), "--steps", str(steps)]
                 out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)

@@ -16,14 +16,13 @@ import time
 
 import numpy as np
 
-from dslc.ops import registry
-from dslc.kernels.geometry import uses_winograd
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd
+from benchmarks.peer import import_torch
 
-try:
-    import torch
-except ImportError:  # the torch column is optional
-    torch = None
+torch = import_torch()  # before dslc.runtime.cpu sets Numba's OpenMP waiting; optional column
+
+from dslc.ops import registry  # noqa: E402
+from dslc.kernels.geometry import uses_winograd  # noqa: E402
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd  # noqa: E402
 
 BATCH = {"small_cnn": 64, "cifar_cnn": 128}
 # Per model: convs (C_in, C_out, H), batchnorm/maxpool inputs (C, H), linear (in, out), classes.

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import dslc.runtime.cpu  # noqa: F401  (sets OpenMP's waiting before Numba loads)
 
 ROOT = Path(__file__).resolve().parent.parent
 

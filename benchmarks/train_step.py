@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.peer import import_torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -273,10 +275,7 @@ def main(argv=None) -> int:
         p.error(f"unknown model(s) {unknown}; choose from {list(BENCHES)}")
     if args.device == "gpu":
         return main_gpu(names, args)
-    try:  # before dslc sets OMP_WAIT_POLICY=passive for Numba: PyTorch keeps its own default
-        import torch  # noqa: F401
-    except ImportError:
-        pass
+    import_torch()  # before dslc sets its OpenMP waiting for Numba: PyTorch keeps its own
     sgemm = sgemm_gflops()
     rows = [measure(n, args.steps, sgemm["best"], not args.no_compile) for n in names]
     report(rows, args.json, table,
@@ -307,10 +306,7 @@ def main_gpu(names: list[str], args) -> int:
     except DeviceError as e:
         print(f"benchmarks.train_step: {e}", file=sys.stderr)
         return 1
-    try:
-        import torch  # noqa: F401  (measure_gpu compares with it where it has CUDA)
-    except ImportError:
-        pass
+    import_torch()  # measure_gpu compares with it where it has CUDA
     rows = [measure_gpu(n, args.steps) for n in names]
     if args.json:
         print(json.dumps({"gpu": gpu_name(), "rows": rows}, indent=1))

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from dslc.files import reason
+from dslc.runtime.cpu import openmp_env
 from dslc.runtime.errors import TrainError
 
 RAY = "install the `ray` extra (pip install 'dslc[ray]')"
@@ -103,8 +104,7 @@ class LocalProcesses:
     def __init__(self, jobs: int = 1):
         self.jobs = jobs
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.env = {**os.environ, "NUMBA_NUM_THREADS": str(max(1, cores // jobs)),
-                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+        self.env = {**os.environ, "NUMBA_NUM_THREADS": str(max(1, cores // jobs)), **openmp_env()}
 
     def _start(self, task: Task) -> subprocess.Popen:
         try:
@@ -189,7 +189,7 @@ class RayTasks:
 
     def run(self, tasks: Sequence[Task], done: Callable[[Outcome], None]) -> None:
         waiting, running = list(tasks), dict[object, Task]()
-        env = {"NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+        env = {"NUMBA_NUM_THREADS": "1", **openmp_env()}
         try:
             while waiting or running:
                 while waiting and (self.jobs is None or len(running) < self.jobs):

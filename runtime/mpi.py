@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dslc.collective import ALONE, Group, Ranks
+from dslc.runtime.cpu import openmp_env
 from dslc.runtime.errors import TrainError
 
 # What a launcher sets in each rank's environment: the world size.
@@ -124,7 +125,7 @@ def spawn(ranks: int, argv: list[str]) -> None:
         raise TrainError(f"--ranks needs mpi4py ({e}); {INSTALL}") from None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = {**os.environ, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", str(max(1, cores // ranks))),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+           **openmp_env()}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(mpiexec, [mpiexec, "-n", str(ranks), sys.executable, "-m", "dslc.cli", *argv], env)

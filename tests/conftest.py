@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import dslc.runtime.cpu  # noqa: F401  (sets OpenMP's waiting before any test loads Numba)
 
 
 def pytest_configure(config):

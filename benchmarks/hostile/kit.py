@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from dslc.runtime.cpu import openmp_env
+
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 MLP = MODELS / "digits_mlp.net"
@@ -153,7 +155,7 @@ class Workspace:
         return self.path / name
 
     def env(self, extra: dict) -> dict:
-        env = {**os.environ, "OMP_WAIT_POLICY": "passive", "DSLC_CACHE": str(self.cache / "dslc"),
+        env = {**os.environ, **openmp_env(), "DSLC_CACHE": str(self.cache / "dslc"),
                "NUMBA_CACHE_DIR": str(self.cache / "numba"), "PYTHONPATH": str(ROOT)}
         return {**env, **extra}
 

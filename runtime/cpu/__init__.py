@@ -31,12 +31,25 @@ Threading. One pool of threads runs here, Numba's (OpenMP) workers: BLAS is made
 single-threaded (blas.py) and kernels call it inside their own parallel loops, each
 thread on its own block, because a second pool (OpenBLAS's spinning workers) and
 Numba's fight over a small machine's cores. Numba's workers must not busy-wait after
-a parallel loop either, or they steal the cores the Python code between kernels
-needs: OMP_WAIT_POLICY=passive makes them sleep; libgomp reads it once, when it is
-loaded, so it is set below before Numba is imported (a user's value wins).
+a parallel loop for long either, or they steal the cores the Python code between
+kernels needs: OMP_WAIT_POLICY=passive makes them sleep. Sleeping at once costs ~40 us
+per parallel loop, though, to wake them for the next kernel, a step's Python gap away:
+at batch 1 that was half of a saliency gradient's time. GOMP_SPINCOUNT=1000 lets them
+spin ~40 us first (measured on 2 cores), long enough to catch the next kernel of a step,
+short enough to sleep between steps. libgomp reads both once, when it is loaded, so they
+are set below before Numba is imported (a user's values win), and `openmp_env` gives
+them to the processes dslc starts (search trials, MPI ranks).
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+OPENMP_WAITING = {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "1000"}
+
+
+def openmp_env() -> dict[str, str]:
+    """The OpenMP waiting settings this process runs with (the user's, else dslc's)."""
+    return {k: os.environ.get(k, v) for k, v in OPENMP_WAITING.items()}
+
+
+os.environ.update(openmp_env())
