@@ -10,6 +10,8 @@ the first run of this file pays Numba's compile time; the model cases are marked
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -115,6 +117,12 @@ def test_batchnorm_sweeps_over_rows_in_channel_blocks():
     assert source.count("slots = scratch[p]") == 4  # 2 layers, forward and backward
     assert "for p in prange(scratch.shape[0]):" in source and "for p in range(1):" in source
     assert cg.scratch.shape[1] >= ROWS_BLOCK and cg.scratch.dtype == np.float64
+    # Per-channel terms (gamma / sqrt(var + eps), 1 / count) are computed once per channel,
+    # in the loops over a block's channels, not at every element of the (n, c) loops.
+    elements = re.findall(r"\n( +)for n in range\(.*\):\n((?:\1 .*\n)+)", source)
+    assert len(elements) >= 8 and "h_[cc] = " in source
+    for _, body in elements:
+        assert "math.sqrt" not in body and " / " not in body, body
 
 
 @pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
