@@ -14,6 +14,7 @@ so that a full disk or a closed pipe behind it is one message, not an OSError.
 """
 from __future__ import annotations
 
+import gc
 import sys
 
 import dslc
@@ -45,6 +46,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         sys.stdout = real
+
+
+def run() -> None:
+    """The `dslc` command and `python -m dslc.cli`: `main`, its status the exit status.
+
+    What is alive at exit is first frozen out of the garbage collector: Numba's compiler
+    state runs to hundreds of thousands of objects, and the collections of interpreter
+    shutdown over them took 0.2 s of every command that had loaded kernels (measured on
+    small_cnn: 0.22 s, 0.05 s frozen). atexit handlers run as before; what the shutdown
+    collection no longer does is finalize objects caught in reference cycles, and by then
+    every file dslc wrote is closed (the `with` blocks that wrote them have ended).
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
 
 
 def _watched(argv: list[str] | None) -> int:
