@@ -19,6 +19,7 @@ terminal). It records each function it finds built (cache.write_built), so that
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -116,24 +117,26 @@ def _compile(pending, tell) -> tuple[int, list[float]]:
 
     The functions of one library module are one unit of work, compiled in one process in
     turn: they call the same helpers (im2col, a GEMM block), which Numba then compiles
-    once. Units are dealt largest first to the process with the least work so far. A worker
-    is `python -m dslc.runtime.cpu.build` reading its tasks on stdin and printing one line
-    per task done: a fresh interpreter, never a re-run of the caller's script (which
+    once. Units wait in one queue, largest estimate first, and a process takes the next
+    when it has finished its last: the estimates are rough (Winograd's module takes 25 s,
+    softmax's 1 s, both estimated 9), and a fixed share per process left one compiling
+    alone for 35 s of small_cnn's 44 while the other sat idle. A worker is `python -m
+    dslc.runtime.cpu.build` reading one unit per line on stdin and printing one line per
+    task done: a fresh interpreter, never a re-run of the caller's script (which
     multiprocessing's spawn would import again)."""
     units: dict[str, list[int]] = {}
     for k, (where, _, _) in enumerate(pending):
         units.setdefault(where[0] if where[0].startswith("dslc.") else f"kernel {k}", []).append(k)
     cost = {u: sum(pending[k][2] for k in ks) for u, ks in units.items()}
     spawn = min(workers(), len(units) - 1) if sum(cost.values()) >= SPAWN_WORTH else 0
-    shares: list[list[int]] = [[] for _ in range(spawn + 1)]
-    load = [0.0] * (spawn + 1)
-    for u in sorted(units, key=lambda u: -cost[u]):
-        i = load.index(min(load))
-        shares[i] += units[u]
-        load[i] += cost[u]
+    queue = [units[u] for u in sorted(units, key=lambda u: -cost[u])]
     seconds = [0.0] * len(pending)
     done = [0]
     lock = threading.Lock()
+
+    def take() -> list[int] | None:
+        with lock:
+            return queue.pop(0) if queue else None
 
     def finished(k: int, s: float) -> None:
         with lock:
@@ -141,20 +144,36 @@ def _compile(pending, tell) -> tuple[int, list[float]]:
             done[0] += 1
             tell.update(done[0])
 
-    procs = []
-    for share in shares[1:]:
+    def feed(proc) -> None:
+        """Give a worker the next unit whenever it has finished its last; then let it end."""
+        try:
+            while (unit := take()) is not None:
+                proc.stdin.write(json.dumps([[k, *pending[k][:2]] for k in unit]) + "\n")
+                proc.stdin.flush()
+                for _ in unit:
+                    line = proc.stdout.readline()
+                    if not line:  # the worker died: what it had is left to the first call
+                        return
+                    finished(*json.loads(line))
+        except (OSError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+    feeders = []
+    for _ in range(spawn):
         proc = subprocess.Popen([sys.executable, "-m", "dslc.runtime.cpu.build"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        proc.stdin.write(json.dumps([[k, *pending[k][:2]] for k in share]))
-        proc.stdin.close()
-        reader = threading.Thread(target=_read, args=(proc, finished), daemon=True)
-        reader.start()
-        procs.append((proc, reader))
-    for k in shares[0]:
-        finished(k, _compile_one(*pending[k][:2]))
-    for proc, reader in procs:
+        feeder = threading.Thread(target=feed, args=(proc,), daemon=True)
+        feeder.start()
+        feeders.append((proc, feeder))
+    while (unit := take()) is not None:
+        for k in unit:
+            finished(k, _compile_one(*pending[k][:2]))
+    for proc, feeder in feeders:
+        feeder.join()
         proc.wait()
-        reader.join()
     return spawn + 1, seconds
 
 
@@ -169,18 +188,13 @@ def _compile_one(where, types) -> float:
     return time.perf_counter() - start
 
 
-def _read(proc, finished) -> None:
-    """Follow a worker's report: one JSON line [task, seconds] per function compiled."""
-    for line in proc.stdout:
-        k, s = json.loads(line)
-        finished(k, s)
-
-
 def _worker() -> None:
-    """`python -m dslc.runtime.cpu.build`: compile the tasks on stdin, [[index, where, types], ...]."""
-    for k, where, types in json.load(sys.stdin):
-        seconds = _compile_one(tuple(where), tuple(tuple(t) if isinstance(t, list) else t for t in types))
-        print(json.dumps([k, seconds]), flush=True)
+    """`python -m dslc.runtime.cpu.build`: compile the units on stdin, one per line
+    ([[index, where, types], ...]), printing [index, seconds] as each task is done."""
+    for line in sys.stdin:
+        for k, where, types in json.loads(line):
+            seconds = _compile_one(tuple(where), tuple(tuple(t) if isinstance(t, list) else t for t in types))
+            print(json.dumps([k, seconds]), flush=True)
 
 
 def _function(where):
