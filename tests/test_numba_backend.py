@@ -123,6 +123,9 @@ def test_batchnorm_sweeps_over_rows_in_channel_blocks():
     assert len(elements) >= 8 and "h_[cc] = " in source
     for _, body in elements:
         assert "math.sqrt" not in body and " / " not in body, body
+        # indexed by cc alone (row views of the block), which Numba knows is not negative:
+        # no wrap-around test per access, and the loop vectorises
+        assert "for cc in range(hi - lo):" in body and "[n, c]" not in body and "[c]" not in body, body
 
 
 @pytest.mark.parametrize("name,k,sample", [s for s in SAMPLES if s[0] not in ("dropconnect",)],
