@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import math
+import os
+import sys
 from typing import Any
 
 import dslc
@@ -70,7 +71,28 @@ def _number(text: str, kind, what: str):
 
 
 def load_model(args) -> dslc.Model:
-    return dslc.load(args.file, model=args.model, **literals(parse_sets(args.set)))
+    """The model of `args.file` with the --set hyper-parameters (and those of the run of
+    `args.checkpoint`, for a verb that takes one)."""
+    return dslc.load(args.file, model=args.model, **literals(checkpoint_sets(args)))
+
+
+def checkpoint_sets(args, checkpoints=None, recipe: bool = False) -> dict[str, Any]:
+    """The --set pairs of a verb that loads `checkpoints` (default: its --checkpoint): those the
+    checkpoints' run was trained with that decide the model (with `recipe`, also the examples
+    it is evaluated on; dslc/runtime/run_settings.py), under the command line's own. What was
+    taken from a run is said once on standard error."""
+    given = parse_sets(args.set)
+    if checkpoints is None:
+        one = getattr(args, "checkpoint", None)
+        checkpoints = [one] if isinstance(one, (str, os.PathLike)) else list(one or [])
+    if not checkpoints:
+        return given
+    from dslc.runtime.run_settings import run_settings
+
+    taken = run_settings(args.file, checkpoints, given, recipe)
+    for note in taken.notes:
+        print(f"dslc: {note}", file=sys.stderr)
+    return {**taken.pairs, **given}
 
 
 def recipe_sets(args) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""The --set pairs a trained run was started with, for the commands that use its checkpoints.
+
+`dslc train m.net --set hidden=32 --out run1` records {"hidden": "32"} in run1/config.json,
+and `dslc eval m.net --checkpoint run1` must build that same model, or the checkpoint does
+not fit it. So every command that loads a checkpoint of a run (eval, predict, ensemble,
+explain, export) takes the run's pairs that decide the model, its hyper-parameters, and,
+when the command builds a recipe, the settings that decide which examples the model is
+evaluated on (`split`: Key.after_training in dslc/recipe/schema.py says which). The command
+line's own --set win key by key. Settings that only shaped training (epochs, optimizer,
+seed) are left alone, and `data`, which names files, is only mentioned: a run's files never
+choose what dslc reads, as the checkpoint's own recipe does not (runtime/predict.py).
+
+A checkpoint belongs to a run when it is the run directory, or its last/, best/ or
+snapshots/epoch-NNNN, and that run directory has a config.json. It is read with Run.config's
+checks, as `dslc train --resume` reads it (trainer.resume_settings): a damaged one is a
+RunError naming it, and so is a recorded pair the .net file no longer takes. A checkpoint
+outside a run (a directory someone sent) gets the command line's settings alone.
+
+    taken = run_settings("models/digits_mlp.net", ["runs/a"], given={}, recipe=True)
+    taken.pairs    # {"hidden": "32"}
+    taken.notes    # ["using a's settings: --set hidden=32 (from runs/a/config.json)"]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from dslc.diagnostics import UsageError, printable
+from dslc.frontend.program import load_program
+from dslc.frontend.resolve import check_overrides
+from dslc.frontend.values import literals
+from dslc.recipe.overrides import read_setting
+from dslc.recipe.schema import KEYS
+from dslc.runtime.errors import RunError
+from dslc.runtime.runs import CONFIG, SNAPSHOTS, Run
+from dslc.runtime.transfer import resolve
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the runs give a command: `pairs` to apply under the command line's own, and `notes`
+    to print once on standard error (what was taken, and what was not but could matter)."""
+
+    pairs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_of(checkpoint) -> Path | None:
+    """The run directory `checkpoint` belongs to (see the module doc), or None."""
+    path = Path(checkpoint)
+    found = resolve(path)  # a run means its best, else its last checkpoint
+    candidates = [path, found.parent] if found.name in ("last", "best") else [path]
+    if found.parent.name == SNAPSHOTS:
+        candidates.append(found.parent.parent)
+    return next((c for c in candidates if os.path.lexists(c / CONFIG)), None)
+
+
+def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: bool = False) -> Taken:
+    """The pairs the runs of `checkpoints` were trained with that a command on `file` takes (model
+    hyper-parameters; with `recipe`, also the settings that decide the evaluated examples), less
+    those the command line `given` decides. UsageError when the runs disagree on one that
+    `given` leaves open: the checkpoints are of different models."""
+    runs = list(dict.fromkeys(run for run in map(run_of, checkpoints) if run is not None))
+    if not runs:
+        return Taken()
+    recorded = {run: Run(run).overrides for run in runs}
+    kept = {run: {k: v for k, v in pairs.items() if k not in given and _taken(k, recipe)}
+            for run, pairs in recorded.items()}
+    _agree(kept)
+    pairs = kept[runs[0]]
+    _check(file, runs[0], pairs)
+    where = f"{runs[0].name or runs[0]}'s" if len(runs) == 1 else "the runs'"
+    sources = ", ".join(str(run / CONFIG) for run in runs)
+    notes = [f"using {where} settings: {_shown(pairs)} (from {sources})"] if pairs else []
+    if recipe:  # what names files is said, not taken
+        named = {k: v for k, v in recorded[runs[0]].items() if k not in given and _after(k) == "name"}
+        if named:
+            notes.append(f"{runs[0]} was trained with {_shown(named)}; give it again to use it here (a run's "
+                         "files never choose what dslc reads), else the .net file's is used")
+    return Taken(pairs, notes)
+
+
+def _key(dotted: str):
+    """The recipe setting a --set key changes, or None for a model hyper-parameter."""
+    return KEYS.get(dotted.split(".", 1)[0])
+
+
+def _after(dotted: str) -> str | None:
+    """Key.after_training of the recipe setting a --set key changes; None for a hyper-parameter."""
+    key = _key(dotted)
+    return None if key is None else key.after_training
+
+
+def _taken(dotted: str, recipe: bool) -> bool:
+    return _after(dotted) is None or (recipe and _after(dotted) == "use")
+
+
+def _shown(pairs: Mapping[str, Any]) -> str:
+    return " ".join(f"--set {k}={printable(str(v))}" for k, v in pairs.items())
+
+
+def _agree(kept: Mapping[Path, Mapping[str, Any]]) -> None:
+    """UsageError naming each setting the runs were trained with differently (an absent one is
+    the file's, and differs from a given one)."""
+    keys = list(dict.fromkeys(k for pairs in kept.values() for k in pairs))
+    differ = [k for k in keys if len({str(pairs.get(k)) for pairs in kept.values()}) > 1]
+    if not differ:
+        return
+    def value(pairs, k) -> str:
+        return printable(str(pairs[k])) if k in pairs else "the .net file's"
+    lines = [f"  {k}: " + ", ".join(f"{value(pairs, k)} in {run}" for run, pairs in kept.items()) for k in differ]
+    raise UsageError("the checkpoints come from runs trained with different settings, so their models "
+                     "(or the examples they are evaluated on) differ:\n" + "\n".join(lines)
+                     + "\nuse checkpoints of one setting, or choose with --set, e.g. "
+                     + _shown({differ[0]: next(iter(kept.values())).get(differ[0], "...")}))
+
+
+def _check(file, run: Path, pairs: Mapping[str, Any]) -> None:
+    """RunError naming the run's config.json and `file` when the .net file no longer takes a
+    recorded pair (a hyper-parameter renamed or retyped since, or a hand-edited value)."""
+    config = Run(run).config
+    model = config.get("model")
+    models = load_program(file).models
+    hyper = {k: v for k, v in pairs.items() if _key(k) is None}
+    try:
+        if isinstance(model, str) and model in models:
+            check_overrides(models[model], literals(hyper))
+        for k, v in pairs.items():
+            if _key(k) is not None and "." not in k:  # `key.arg` is checked where it is applied
+                read_setting(k, v)
+    except UsageError as e:
+        raise RunError(f"{run / CONFIG}: {run} was trained with settings that {printable(str(file))} "
+                       f"does not take now:\n{e}\n(give the --set this model needs on the command line: "
+                       "it wins over the run's)") from None
