@@ -7,8 +7,9 @@ explain, export) takes the run's pairs that decide the model, its hyper-paramete
 when the command builds a recipe, the settings that decide which examples the model is
 evaluated on (`split`: Key.after_training in dslc/recipe/schema.py says which). The command
 line's own --set win key by key. Settings that only shaped training (epochs, optimizer,
-seed) are left alone, and `data`, which names files, is only mentioned: a run's files never
-choose what dslc reads, as the checkpoint's own recipe does not (runtime/predict.py).
+seed) are left alone, and so is `data`, which names files: a run's files never choose what
+dslc reads, as the checkpoint's own recipe does not (runtime/predict.py, which warns when
+the run's data was another).
 
 A checkpoint belongs to a run when it is the run directory, or its last/, best/ or
 snapshots/epoch-NNNN, and that run directory has a config.json. It is read with Run.config's
@@ -18,7 +19,7 @@ outside a run (a directory someone sent) gets the command line's settings alone.
 
     taken = run_settings("models/digits_mlp.net", ["runs/a"], given={}, recipe=True)
     taken.pairs    # {"hidden": "32"}
-    taken.notes    # ["using a's settings: --set hidden=32 (from runs/a/config.json)"]
+    taken.note     # "using a's settings: --set hidden=32 (from runs/a/config.json)"
 """
 from __future__ import annotations
 
@@ -40,11 +41,11 @@ from dslc.runtime.transfer import resolve
 
 @dataclass(frozen=True)
 class Taken:
-    """What the runs give a command: `pairs` to apply under the command line's own, and `notes`
-    to print once on standard error (what was taken, and what was not but could matter)."""
+    """What the runs give a command: `pairs` to apply under the command line's own, and the
+    `note` saying so, to print once on standard error (None when nothing was taken)."""
 
     pairs: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    note: str | None = None
 
 
 def run_of(checkpoint) -> Path | None:
@@ -73,13 +74,7 @@ def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: 
     _check(file, runs[0], pairs)
     where = f"{runs[0].name or runs[0]}'s" if len(runs) == 1 else "the runs'"
     sources = ", ".join(str(run / CONFIG) for run in runs)
-    notes = [f"using {where} settings: {_shown(pairs)} (from {sources})"] if pairs else []
-    if recipe:  # what names files is said, not taken
-        named = {k: v for k, v in recorded[runs[0]].items() if k not in given and _after(k) == "name"}
-        if named:
-            notes.append(f"{runs[0]} was trained with {_shown(named)}; give it again to use it here (a run's "
-                         "files never choose what dslc reads), else the .net file's is used")
-    return Taken(pairs, notes)
+    return Taken(pairs, f"using {where} settings: {_shown(pairs)} (from {sources})" if pairs else None)
 
 
 def _key(dotted: str):
@@ -87,14 +82,9 @@ def _key(dotted: str):
     return KEYS.get(dotted.split(".", 1)[0])
 
 
-def _after(dotted: str) -> str | None:
-    """Key.after_training of the recipe setting a --set key changes; None for a hyper-parameter."""
-    key = _key(dotted)
-    return None if key is None else key.after_training
-
-
 def _taken(dotted: str, recipe: bool) -> bool:
-    return _after(dotted) is None or (recipe and _after(dotted) == "use")
+    key = _key(dotted)
+    return key is None or (recipe and key.after_training)
 
 
 def _shown(pairs: Mapping[str, Any]) -> str:
@@ -121,16 +111,19 @@ def _check(file, run: Path, pairs: Mapping[str, Any]) -> None:
     """RunError naming the run's config.json and `file` when the .net file no longer takes a
     recorded pair (a hyper-parameter renamed or retyped since, or a hand-edited value)."""
     config = Run(run).config
-    model = config.get("model")
-    models = load_program(file).models
+    program = load_program(file)
+    recipe = config.get("recipe") or {}
+    named = [config.get("model"), recipe.get("model"), program.default_model()]  # the model trained, else the file's
+    model = next((m for m in named if isinstance(m, str) and m in program.models), None)
     hyper = {k: v for k, v in pairs.items() if _key(k) is None}
     try:
-        if isinstance(model, str) and model in models:
-            check_overrides(models[model], literals(hyper))
+        if model is not None:
+            check_overrides(program.models[model], literals(hyper))
         for k, v in pairs.items():
             if _key(k) is not None and "." not in k:  # `key.arg` is checked where it is applied
                 read_setting(k, v)
     except UsageError as e:
+        problems = "\n".join(f"  {line}" for line in str(e).splitlines())
         raise RunError(f"{run / CONFIG}: {run} was trained with settings that {printable(str(file))} "
-                       f"does not take now:\n{e}\n(give the --set this model needs on the command line: "
+                       f"does not take now:\n{problems}\n(give the --set this model needs on the command line: "
                        "it wins over the run's)") from None

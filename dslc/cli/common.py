@@ -90,8 +90,8 @@ def checkpoint_sets(args, checkpoints=None, recipe: bool = False) -> dict[str, A
     from dslc.runtime.run_settings import run_settings
 
     taken = run_settings(args.file, checkpoints, given, recipe)
-    for note in taken.notes:
-        print(f"dslc: {note}", file=sys.stderr)
+    if taken.note:
+        print(f"dslc: {taken.note}", file=sys.stderr)
     return {**taken.pairs, **given}
 
 
