@@ -70,8 +70,12 @@ def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: 
     kept = {run: {k: v for k, v in pairs.items() if k not in given and _taken(k, recipe)}
             for run, pairs in recorded.items()}
     _agree(kept)
+    program = load_program(file)
+    model = _trained(runs[0], program)
+    if model not in program.models:  # a checkpoint of another model: its settings mean nothing here
+        return Taken()
     pairs = kept[runs[0]]
-    _check(file, runs[0], pairs)
+    _check(program.models[model], runs[0], pairs)
     where = f"{runs[0].name or runs[0]}'s" if len(runs) == 1 else "the runs'"
     sources = ", ".join(str(run / CONFIG) for run in runs)
     return Taken(pairs, f"using {where} settings: {_shown(pairs)} (from {sources})" if pairs else None)
@@ -107,23 +111,25 @@ def _agree(kept: Mapping[Path, Mapping[str, Any]]) -> None:
                      + _shown({differ[0]: next(iter(kept.values())).get(differ[0], "...")}))
 
 
-def _check(file, run: Path, pairs: Mapping[str, Any]) -> None:
-    """RunError naming the run's config.json and `file` when the .net file no longer takes a
-    recorded pair (a hyper-parameter renamed or retyped since, or a hand-edited value)."""
+def _trained(run: Path, program) -> str | None:
+    """The model `run` trained, as its config.json names it (else the file's first model)."""
     config = Run(run).config
-    program = load_program(file)
-    recipe = config.get("recipe") or {}
-    named = [config.get("model"), recipe.get("model"), program.default_model()]  # the model trained, else the file's
-    model = next((m for m in named if isinstance(m, str) and m in program.models), None)
+    named = config.get("model", (config.get("recipe") or {}).get("model"))
+    return named if isinstance(named, str) else program.default_model()
+
+
+def _check(mdef, run: Path, pairs: Mapping[str, Any]) -> None:
+    """RunError naming the run's config.json and the .net file when model `mdef` (or the recipe)
+    no longer takes a recorded pair (a hyper-parameter renamed or retyped since, or a
+    hand-edited value)."""
     hyper = {k: v for k, v in pairs.items() if _key(k) is None}
     try:
-        if model is not None:
-            check_overrides(program.models[model], literals(hyper))
+        check_overrides(mdef, literals(hyper))
         for k, v in pairs.items():
             if _key(k) is not None and "." not in k:  # `key.arg` is checked where it is applied
                 read_setting(k, v)
     except UsageError as e:
         problems = "\n".join(f"  {line}" for line in str(e).splitlines())
-        raise RunError(f"{run / CONFIG}: {run} was trained with settings that {printable(str(file))} "
-                       f"does not take now:\n{problems}\n(give the --set this model needs on the command line: "
-                       "it wins over the run's)") from None
+        raise RunError(f"{run / CONFIG}: {run} was trained with settings that model '{mdef.name}' of "
+                       f"{printable(str(mdef.span.file))} does not take now:\n{problems}\n(give the --set this "
+                       "model needs on the command line: it wins over the run's)") from None
