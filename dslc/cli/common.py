@@ -135,7 +135,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: 
                         required: bool = True) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", required=required, metavar="DIR", action="append" if many else "store",
-                   help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
+                   help="a checkpoint directory, or a run directory (its best checkpoint, else its last); "
+                        "a run's checkpoint is used with the run's own --set, under yours"
                         + ("; repeat for each member" if many else ""))
     p.add_argument("--device", choices=("cpu", "gpu", "auto", "reference"), default="cpu",
                    help="where to run (default: cpu; reference: the NumPy interpreter, nothing compiled)")
