@@ -132,3 +132,9 @@ def test_an_ensemble_of_runs_trained_alike_uses_their_settings(runs, capsys):
     assert code == 0 and "ensemble of 2" in out and "using the runs' settings: --set hidden=32" in err
     code, out, err = run_cli(capsys, "ensemble", MLP, "--snapshots", runs / "h32b", *REF)
     assert code == 0 and "ensemble of 2" in out and _note(runs / "h32b") in err
+
+
+def test_export_writes_the_model_the_run_trained(runs, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    code, out, err = run_cli(capsys, "export", MLP, "--checkpoint", runs / "h32", "-o", tmp_path / "m.onnx")
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'm.onnx'}") and _note(runs / "h32") in err
