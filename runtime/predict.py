@@ -2,10 +2,11 @@
 
 A checkpoint carries the numbers it needs to be used on its own: the normalisation
 statistics of its training split, the example shape and the class names. What data to
-evaluate on comes from the recipe of the .net file the command names (and its --set),
-never from the checkpoint: a checkpoint someone sent you cannot make `dslc eval` open a
-file of its choosing. The checkpoint's recipe is only compared with it, and a difference
-in data or split is a warning. The model must fit the checkpoint: every parameter with
+evaluate on comes from the recipe of the .net file the command names (and its --set, with
+the `split` of the checkpoint's run: runtime/run_settings.py), never from the checkpoint:
+a checkpoint someone sent you cannot make `dslc eval` open a file of its choosing. The
+checkpoint's recipe is only compared with it, and a difference in data or split is a
+warning. The model must fit the checkpoint: every parameter with
 its shape and dtype (else an error), and the same graph by the saved model hash, as
 `--resume` requires (else an error unless `--force`, which warns). Evaluation runs the
 typed graph (inference semantics); prediction the inference graph (no loss, no labels).

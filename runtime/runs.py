@@ -313,6 +313,11 @@ class Run(RunPaths):
             overrides.values(lambda v: isinstance(v, (str, int, float, bool)), "a number, a string or a boolean")
         return config
 
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The --set pairs the run was started with (config.json's `overrides`, checked)."""
+        return dict(self.config.get("overrides") or {})
+
     def annotate(self, fields: Mapping[str, Any]) -> None:
         """Add `fields` to config.json (rewritten atomically): facts known only once the run
         is under way, such as the seconds its kernels took to compile."""

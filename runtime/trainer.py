@@ -130,11 +130,11 @@ def train(model, recipe, out_dir=None, resume=None, force: bool = False, quiet: 
 def resume_settings(run_dir) -> tuple[str | None, dict]:
     """(recipe name, --set pairs) a run was started with, so that `--resume DIR` alone trains
     the same recipe and model; pairs given again on the command line win."""
+    run = Run(run_dir)
     try:
-        config = Run(run_dir).config
+        return run.config.get("recipe", {}).get("name"), run.overrides
     except RunError as e:
         raise TrainError(f"cannot resume: {e}") from None
-    return config.get("recipe", {}).get("name"), dict(config.get("overrides", {}))
 
 
 def default_run_dir(name: str, root="runs") -> Path:

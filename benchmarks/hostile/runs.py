@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
@@ -47,11 +48,14 @@ def state_trial(item: int, name: str, change, *says, checkpoint: str = "last", r
 
 
 def run_file_trial(name: str, stage, *says, verb: str = "resume") -> Trial:
-    """Resuming (or plotting) a run after `stage(run)` damaged one of its files."""
+    """Resuming (or plotting, or evaluating its best checkpoint) a run after `stage(run)` damaged
+    one of its files."""
     def make(ws):
         run = ws.run_dir()
         stage(run)
-        return Case(resume(run) if verb == "resume" else ["plot", run, "-o", "c.png"], 1, says=says)
+        argv = {"resume": resume(run), "plot": ["plot", run, "-o", "c.png"],
+                "eval": ["eval", MLP, "--checkpoint", run / "best", "--device", "reference"]}[verb]
+        return Case(argv, 1, says=says)
     return Trial(6, name, make)
 
 
@@ -73,6 +77,11 @@ def _counter(key: str, value):
 def _directory_for(path):
     path.unlink()
     path.mkdir()
+
+
+def _fifo_for(path):
+    path.unlink()
+    os.mkfifo(path)
 
 
 def _damage_steps(path):
@@ -99,6 +108,14 @@ TRIALS = [
                    "config.json", "'recipe'"),
     run_file_trial("config.json: overrides a list", lambda run: edit_json(run / "config.json", _set(overrides=[1])),
                    "config.json", "'overrides'"),
+    run_file_trial("eval: config.json overrides a list", lambda run: edit_json(run / "config.json",
+                                                                            _set(overrides=[1])),
+                   "config.json", "'overrides'", verb="eval"),
+    run_file_trial("eval: config.json overrides a hyper-parameter the model lacks",
+                   lambda run: edit_json(run / "config.json", _set(overrides={"hiddn": "32"})),
+                   "config.json", "digits_mlp.net", "no hyper-parameter 'hiddn'", verb="eval"),
+    run_file_trial("eval: config.json is a FIFO", lambda run: _fifo_for(run / "config.json"),
+                   "config.json", "FIFO", verb="eval"),
     run_file_trial("metrics.jsonl: a record without epoch",
                    lambda run: (run / "metrics.jsonl").write_text('{"train_loss": 1.0}\n'), "metrics.jsonl:1", "epoch"),
     run_file_trial("metrics.jsonl is a directory", lambda run: _directory_for(run / "metrics.jsonl"),

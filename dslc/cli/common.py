@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import math
+import os
+import sys
 from typing import Any
 
 import dslc
@@ -70,7 +71,28 @@ def _number(text: str, kind, what: str):
 
 
 def load_model(args) -> dslc.Model:
-    return dslc.load(args.file, model=args.model, **literals(parse_sets(args.set)))
+    """The model of `args.file` with the --set hyper-parameters (and those of the run of
+    `args.checkpoint`, for a verb that takes one)."""
+    return dslc.load(args.file, model=args.model, **literals(checkpoint_sets(args)))
+
+
+def checkpoint_sets(args, checkpoints=None, recipe: bool = False) -> dict[str, Any]:
+    """The --set pairs of a verb that loads `checkpoints` (default: its --checkpoint): those the
+    checkpoints' run was trained with that decide the model (with `recipe`, also the examples
+    it is evaluated on; dslc/runtime/run_settings.py), under the command line's own. What was
+    taken from a run is said once on standard error."""
+    given = parse_sets(args.set)
+    if checkpoints is None:
+        one = getattr(args, "checkpoint", None)
+        checkpoints = [one] if isinstance(one, (str, os.PathLike)) else list(one or [])
+    if not checkpoints:
+        return given
+    from dslc.runtime.run_settings import run_settings
+
+    taken = run_settings(args.file, checkpoints, given, recipe)
+    if taken.note:
+        print(f"dslc: {taken.note}", file=sys.stderr)
+    return {**taken.pairs, **given}
 
 
 def recipe_sets(args) -> dict[str, Any]:
@@ -113,7 +135,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: 
                         required: bool = True) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", required=required, metavar="DIR", action="append" if many else "store",
-                   help="a checkpoint directory, or a run directory (its best checkpoint, else its last)"
+                   help="a checkpoint directory, or a run directory (its best checkpoint, else its last); "
+                        "a run's checkpoint is used with the run's own --set, under yours"
                         + ("; repeat for each member" if many else ""))
     p.add_argument("--device", choices=("cpu", "gpu", "auto", "reference"), default="cpu",
                    help="where to run (default: cpu; reference: the NumPy interpreter, nothing compiled)")

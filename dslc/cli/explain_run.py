@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslc.cli.common import output_is_not, parse_sets
+from dslc.cli.common import checkpoint_sets, output_is_not
 from dslc.diagnostics import UsageError
 from dslc.explain import adversarial, features, gradients, objectives, occlusion, optimise
 from dslc.explain.images import Tile, stretch, to_json, write_grid, write_npy, write_scatter
 from dslc.explain.subject import Subject, open_subject
-from dslc.frontend.values import literals
 
 
 def _subject(args) -> Subject:
@@ -18,8 +17,8 @@ def _subject(args) -> Subject:
         output_is_not(out, *[r for r in reads if r])
     if args.npy is not None and args.npy == args.output:
         raise UsageError(f"--npy {args.npy} and -o {args.output} name the same file")
-    return open_subject(args.file, args.checkpoint, args.device, args.model, literals(parse_sets(args.set)),
-                        args.force, args.quiet)
+    sets = checkpoint_sets(args, recipe=hasattr(args, "split"))  # the methods that read a split use its recipe
+    return open_subject(args.file, args.checkpoint, args.device, args.model, sets, args.force, args.quiet)
 
 
 def _examples(s: Subject, args):

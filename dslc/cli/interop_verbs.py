@@ -65,7 +65,8 @@ def register(verbs) -> None:
              "  dslc export models/resnet20.net -O0 --check -o resnet20.onnx")
     add_model_args(p)
     p.add_argument("--checkpoint", metavar="DIR",
-                   help="a checkpoint or run directory (default: the fresh initialisation, seed 0)")
+                   help="a checkpoint or run directory, used with the run's own --set hyper-parameters "
+                        "(default: the fresh initialisation, seed 0)")
     p.add_argument("-o", "--output", metavar="FILE", help="the .onnx file to write (default: MODEL.onnx)")
     p.add_argument("-O", type=int, choices=(0, 1, 2), default=2,
                    help="optimisation level: 2 folds batchnorm (default), 0 exports the graph as written")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, count, load_model, model_and_recipe,
-                             output_is_not, parse_sets, positive, recipe_sets, seed, verb)
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, checkpoint_sets, count, load_model,
+                             model_and_recipe, output_is_not, positive, recipe_sets, seed, verb)
 from dslc.diagnostics import UsageError
 
 
@@ -84,7 +84,8 @@ def cmd_eval(args) -> int:
 
     load_program(args.file)  # a mistake in the .net file first, as every verb reports it
     ckpt = predict.open_checkpoint(args.checkpoint)
-    model, recipe = predict.model_and_recipe_for(args.file, ckpt, args.as_name, args.model, parse_sets(args.set))
+    model, recipe = predict.model_and_recipe_for(args.file, ckpt, args.as_name, args.model,
+                                                 checkpoint_sets(args, recipe=True))
     predict.fit_model(ckpt, model, args.force)
     report = predict.evaluate_checkpoint(model, recipe, ckpt, args.split, args.device,
                                          tta=tta.parse(args.tta) if args.tta else ())
@@ -123,7 +124,8 @@ def cmd_ensemble(args) -> int:
     if len(paths) < 2:
         raise UsageError("an ensemble needs at least two members: --checkpoint DIR or --snapshots RUN")
     members = [predict.open_checkpoint(path) for path in paths]
-    model, recipe = predict.model_and_recipe_for(args.file, members[0], args.as_name, args.model, parse_sets(args.set))
+    model, recipe = predict.model_and_recipe_for(args.file, members[0], args.as_name, args.model,
+                                                 checkpoint_sets(args, paths, recipe=True))
     for ckpt in members:
         predict.fit_model(ckpt, model, args.force)
     report = predict.ensemble(model, recipe, members, args.split, args.device)

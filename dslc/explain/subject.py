@@ -44,6 +44,7 @@ class Subject:
     logits: str
     class_names: list[str]
     quiet: bool = False
+    sets: Mapping[str, Any] = field(default_factory=dict)  # the --set pairs, for the recipe whose data is read
     _affine: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     # ---- pixels and the model's inputs ----------------------------------------------------
@@ -148,7 +149,7 @@ class Subject:
         from dslc.runtime.prepare import load_data
 
         _, recipe = predict.model_and_recipe_for(self.file, self.model.checkpoint, as_name, self.model.name,
-                                                 None)
+                                                 dict(self.sets))
         data = load_data(recipe, stats={"kind": "none"})
         return data.split(split)
 
@@ -194,10 +195,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def open_subject(file, checkpoint, device: str = "cpu", model: str | None = None,
                  sets: Mapping[str, Any] | None = None, force: bool = False, quiet: bool = False) -> Subject:
-    """Load `file`'s model with the run `checkpoint` and compile it for `device`."""
+    """Load `file`'s model with the run `checkpoint` and compile it for `device`; `sets` are
+    --set pairs, model hyper-parameters and recipe settings (those of the data --index reads)."""
+    from dslc.frontend.values import literals
     from dslc.runtime.data import DataError
+    from dslc.runtime.recipes import split_sets
 
-    m = dslc.load(file, model, checkpoint=checkpoint, force=force, **dict(sets or {}))
+    sets = dict(sets or {})
+    m = dslc.load(file, model, checkpoint=checkpoint, force=force, **literals(split_sets(sets)[1]))
     graph = m.graph
     floats = [n for n in graph.inputs if n.type.is_float]
     shape = tuple(m.checkpoint.state["example_shape"])
@@ -214,4 +219,4 @@ def open_subject(file, checkpoint, device: str = "cpu", model: str | None = None
                         "explain a classifier", file)
     classes = graph[logits].type.shape[1]
     names = m.checkpoint.state.get("class_names") or [str(c) for c in range(m.checkpoint.state["classes"] or classes)]
-    return Subject(Path(file), m, m.compile(device), image.name, shape, logits, list(names), quiet)
+    return Subject(Path(file), m, m.compile(device), image.name, shape, logits, list(names), quiet, sets)

@@ -71,7 +71,7 @@ class Elaborator(Calls):
     # ---- models
 
     def model(self, mdef: ast.ModelDef, overrides: dict[str, Any]) -> Graph:
-        _check_overrides(mdef, overrides)
+        check_overrides(mdef, overrides)
         scope = Scope("", {})
         scope.vars.update(self._bind_hyper(mdef, overrides))
         try:
@@ -425,7 +425,7 @@ def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = N
     return Elaborator(program).model(program.models[model], overrides or {})
 
 
-def _check_overrides(mdef: ast.ModelDef, overrides: dict[str, Any]) -> None:
+def check_overrides(mdef: ast.ModelDef, overrides: dict[str, Any]) -> None:
     """Every --set of a hyper-parameter names one of the model's, with a value of its type;
     a mistake is the command line's (UsageError), all of them in one message."""
     declared = {f.name: f.type for f in mdef.formals}

@@ -60,6 +60,14 @@ def value_expr(raw: Any, typ, where: str):
         raise UsageError(f"{where}: cannot read {printable(text)!r} as a value: {e.diagnostics[0].message}") from None
 
 
+def read_setting(key: str, raw: Any) -> Any:
+    """The value `--set key=raw` gives the whole setting `key` on its own, checked as that
+    setting's type checks it; UsageError when it gives none (`--set split=}`)."""
+    spec = KEYS[key]
+    where = _label(key, raw)
+    return _converted(spec, value_expr(raw, spec.type, where), where)
+
+
 def _label(dotted: str, raw: Any) -> str:
     return f"--set {dotted}={printable(str(raw))}"
 

@@ -151,7 +151,11 @@ INITS = family(CallSpec("checkpoint", "start from saved weights, except the para
 @dataclass(frozen=True)
 class Key:
     """One recipe setting. `optional`: `none` turns it off; `excludes`: the setting it cannot go with;
-    `moves_to`: (setting, argument) it is shorthand for."""
+    `moves_to`: (setting, argument) it is shorthand for. `after_training`: the commands on
+    a trained run (eval, ensemble, explain) take the run's own --set of it, for it decides which
+    examples the model is evaluated on (split). Settings that only shaped training (epochs,
+    optimizer, seed) are not taken, nor is `data`: it names files, and a run's files never
+    choose what dslc reads (eval warns when the run's data was another)."""
 
     name: str
     type: Any
@@ -160,11 +164,13 @@ class Key:
     optional: bool = False
     excludes: str | None = None
     moves_to: tuple[str, str] | None = None
+    after_training: bool = False
 
 
 KEYS = {k.name: k for k in (
     Key("data", Calls(DATASETS, "dataset"), REQUIRED, "the examples to train on"),
-    Key("split", Calls(SPLITS, "split"), SPLITS["validation"].make(fraction=0.1), "validation hold-out", True),
+    Key("split", Calls(SPLITS, "split"), SPLITS["validation"].make(fraction=0.1), "validation hold-out", True,
+        after_training=True),
     Key("normalize", Word(("none", "mean_image", "per_channel")), "per_channel", "input standardisation"),
     Key("augment", ListOf(Calls(AUGMENTATIONS, "augmentation")), (), "random transforms of training images"),
     Key("batch", INT_POS, 64, "examples per optimiser step"),
