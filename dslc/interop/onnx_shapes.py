@@ -1,0 +1,196 @@
+"""What an ONNX graph computes at import time: constants, and the shape arithmetic of exporters.
+
+Exporters write shapes as computations. PyTorch's `x.view(x.size(0), -1)` becomes
+
+    Shape(x) -> Gather(0) -> Unsqueeze -> Concat([that, [-1]]) -> Reshape(x, ...)
+
+and dslc's own groupnorm reshapes back with `Reshape(y, Shape(x))`. A .net model states
+its shapes, so these subgraphs are folded here, before translation: a node of constants
+only is computed once (onnx's reference implementation runs it), and the shape arithmetic
+(ARITHMETIC, on small integer tensors) is computed from the static shapes ONNX shape
+inference found.
+
+The batch axis is the one symbolic size a .net model has, so a shape value is computed
+twice, with the batch at two sizes (BATCHES): what agrees is a constant (it becomes an
+initializer); what differs depends on the batch. Such a value is used only as a Reshape's
+target, which is rewritten as a constant: the output's fixed sizes as they are, the batch
+as 0 (ONNX's "copy this axis") where it stays on its axis, else -1. Shape inference then
+runs again, since the shapes after that Reshape are known only now. Anything else computed
+from the batch size (or from data) stays in the graph, and the translator refuses it.
+
+    proto = fold_static(onnx, proto)   # proto: shape-inferred; returns a shape-inferred copy
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Large, distinct primes: a shape expression that gives the same at both (N // 8, N - N) is one
+# that does not depend on the batch, short of a divisor larger than a million.
+BATCHES = (65537, 1000003)
+ARITHMETIC = {"Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Identity",
+              "Reshape", "Add", "Sub", "Mul", "Div", "ReduceProd"}
+RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+LIGHT = 1024  # elements: a shape is a handful of integers; a bigger tensor is data, never computed twice
+
+
+def fold_static(onnx, proto):
+    """`proto` with everything computable at import folded into initializers (see the module)."""
+    batch_names = {i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input
+                   if i.type.tensor_type.shape.dim}
+    for _ in range(len(proto.graph.node) + 1):  # each round with a change removes a node or a dynamic target
+        fold = _Round(onnx, proto, batch_names - {""})
+        if not fold.run():
+            return proto
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    return proto
+
+
+class _Round:
+    """One walk over the nodes in order: `values` holds each known tensor at the two batch sizes."""
+
+    def __init__(self, onnx, proto, batch_names: set[str]):
+        self.onnx, self.graph, self.batch_names = onnx, proto.graph, batch_names
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.types = {v.name: v.type.tensor_type for v in
+                      list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output)}
+        self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t in self.graph.initializer:
+            value = onnx.numpy_helper.to_array(t)
+            self.values[t.name] = (value, value)
+        self.initial = set(self.values)
+
+    def run(self) -> bool:
+        """Fold what this round can; True if the graph changed."""
+        folded, kept, rewritten = [], [], False
+        for k, node in enumerate(self.graph.node):
+            if self.fold(node):
+                folded.append(k)
+                continue
+            rewritten |= node.op_type == "Reshape" and self.static_target(node)
+            kept.append(k)
+        nodes = self.graph.node
+        constants = {o for k in folded for o in nodes[k].output if o and self.constant(o)}
+        kept = self.live(sorted(kept + [k for k in folded if not constants.issuperset(o for o in nodes[k].output if o)]))
+        if not rewritten and len(kept) == len(nodes):
+            return False
+        used = {i for k in kept for i in nodes[k].input} | {o.name for o in self.graph.output}
+        for name in sorted(constants & used):
+            self.graph.initializer.append(self.onnx.numpy_helper.from_array(self.values[name][0], name))
+        for k in sorted(set(range(len(nodes))) - set(kept), reverse=True):
+            del nodes[k]
+        return True
+
+    def constant(self, name: str) -> bool:
+        one, other = self.values[name]
+        return one.dtype == other.dtype and one.shape == other.shape and bool(np.array_equal(one, other))
+
+    def live(self, kept: list[int]) -> list[int]:
+        """The indices `kept` less shape arithmetic whose results nothing uses (the chain of a
+        Reshape target just rewritten)."""
+        needed, alive = {o.name for o in self.graph.output}, []
+        for k in reversed(kept):
+            node = self.graph.node[k]
+            if node.op_type not in ARITHMETIC or needed.intersection(node.output):
+                alive.append(k)
+                needed.update(node.input)
+        return alive[::-1]
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def fold(self, node) -> bool:
+        """Compute `node` into `values` if it is a constant or shape arithmetic; True if so."""
+        ins = [i for i in node.input if i]
+        if node.op_type in RANDOM or (not ins and node.op_type != "Constant"):
+            return False
+        if all(i in self.values and self.constant(i) for i in ins):  # once: the batch plays no part
+            value = self.evaluate(node, [self.values[i][0] for i in ins])
+            return value is not None and self.store(node, value, value)
+        if node.op_type not in ARITHMETIC:
+            return False
+        if node.op_type in ("Shape", "Size"):
+            dims = self.dims(ins[0])
+            if dims is None:
+                return False
+            pair = [[np.broadcast_to(np.zeros((), np.float32), [b if d is None else d for d in dims])]
+                    for b in BATCHES]  # a shape, no memory
+        elif all(i in self.values and self.values[i][0].size <= LIGHT for i in ins):
+            pair = [[self.values[i][k] for i in ins] for k in (0, 1)]
+        else:
+            return False
+        one, other = self.evaluate(node, pair[0]), self.evaluate(node, pair[1])
+        return one is not None and other is not None and self.store(node, one, other)
+
+    def evaluate(self, node, inputs: list) -> list[np.ndarray] | None:
+        """`node`'s outputs computed by onnx's reference implementation; None if it cannot run
+        them (a malformed node, an op it lacks): the node stays, and the translator names it."""
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = dict(zip([i for i in node.input if i], inputs))
+        try:
+            return [np.asarray(r) for r in ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)]
+        except Exception:  # the reference raises whatever its kernels do (ValueError, IndexError, ...)
+            return None
+
+    def store(self, node, one: list, other: list) -> bool:
+        for name, a, b in zip(node.output, one, other):
+            self.values[name] = (a, b)
+        return True
+
+    def dims(self, name: str) -> list[int | None] | None:
+        """`name`'s sizes, None for the batch; None when a size is unknown or another symbol."""
+        t = self.types.get(name)
+        if t is None or not t.HasField("shape"):
+            return None
+        dims: list[int | None] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.dim_param in self.batch_names:
+                dims.append(None)
+            else:
+                return None
+        return dims
+
+    # ---- Reshape targets computed from the batch --------------------------------------------
+
+    def static_target(self, node) -> bool:
+        """Rewrite a Reshape whose target depends on the batch to a constant target (0 or -1 for
+        the batch); True if rewritten."""
+        if len(node.input) < 2 or node.input[1] not in self.values or self.constant(node.input[1]):
+            return False
+        dims = self.dims(node.input[0])
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if dims is None or allowzero:
+            return False
+        outs = [_reshaped([b if d is None else d for d in dims], self.values[node.input[1]][k].tolist())
+                for k, b in enumerate(BATCHES)]
+        if None in outs:
+            return False
+        target = []
+        for axis, (one, other) in enumerate(zip(*outs)):
+            if one == other:
+                target.append(one)
+            elif (one, other) == BATCHES and axis < len(dims) and dims[axis] is None:
+                target.append(0)  # copy the input's batch axis: shape inference keeps its name
+            else:
+                target.append(-1)
+        if target.count(-1) > 1 or 0 in outs[0]:
+            return False  # two sizes that vary; a size 0 (an empty tensor) would read as "copy"
+        name = f"{node.output[0]}/static_shape"
+        self.graph.initializer.append(self.onnx.numpy_helper.from_array(np.array(target, np.int64), name))
+        node.input[1] = name
+        return True
+
+
+def _reshaped(dims: list[int], target: list[int]) -> list[int] | None:
+    """ONNX Reshape's output shape (0 copies the input's size, one -1 is inferred), or None."""
+    out = [dims[k] if t == 0 and k < len(dims) else t for k, t in enumerate(target)]
+    known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+    total = int(np.prod(dims, dtype=np.int64))
+    if out.count(-1) > 1 or any(d < -1 for d in out):
+        return None
+    if -1 in out:
+        if known == 0 or total % known:
+            return None
+        out[out.index(-1)] = total // known
+    return out if int(np.prod(out, dtype=np.int64)) == total else None
