@@ -141,3 +141,132 @@ def test_every_exported_op_comes_back_or_is_named(tmp_path, capsys, name, k, sam
     want = reference.run_outputs(graph, feeds, weights)["output", "y"]
     ours, _ = imported_outputs(tmp_path / "op.net", tmp_path / "op.onnx", feeds)
     np.testing.assert_allclose(ours["y"], want, rtol=1e-5, atol=1e-6)
+
+
+# ---- the ops of exported models: each from a small PyTorch model ---------------------------------
+
+class _Fn:
+    """A torch.nn.Module computing `f(torch, x)`, made when torch is there (it is optional)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def module(self, torch):
+        f = self.f
+
+        class Fn(torch.nn.Module):
+            def forward(self, x):
+                return f(torch, x)
+        return Fn()
+
+
+def _seq(*layers):
+    """torch.nn.Sequential of layers named as nn attributes with their arguments: ("ReLU6",)."""
+    return lambda torch: torch.nn.Sequential(*(getattr(torch.nn, name)(*args, **kw) for name, args, kw in layers))
+
+
+SQRT2 = 2.0 ** 0.5
+TORCH_OPS = [  # id, the module (given torch), the input's shape, the opset, what the .net says
+    ("relu6", _seq(("Conv2d", (2, 3, 3), {"padding": 1}), ("ReLU6", (), {})), (2, 2, 5, 5), 17,
+     "clip(min=0.0, max=6.0)"),
+    ("clamp_min", _Fn(lambda t, x: t.clamp(x, min=-0.5)).module, (2, 5), 17, "clip(min=-0.5)"),
+    ("gelu_erf", _seq(("GELU", (), {})), (2, 5), 17, "|> gelu"),
+    ("gelu_op", _seq(("GELU", (), {})), (2, 5), 20, "|> gelu"),
+    ("gelu_bert", _Fn(lambda t, x: x * 0.5 * (1.0 + t.erf(x / SQRT2))).module, (2, 5), 17, "|> gelu"),
+    ("view", _Fn(lambda t, x: x.view(x.size(0), -1) * 2).module, (2, 3, 2, 2), 17, "|> flatten"),
+    ("view_shape", _Fn(lambda t, x: x.reshape(x.shape[0], x.shape[2], -1)).module, (2, 3, 2, 2), 17,
+     "|> reshape([-1, 2, 6])"),
+    ("unsqueeze", _Fn(lambda t, x: (x.unsqueeze(1) * 2).squeeze(1)).module, (2, 3), 17, "|> reshape([-1, 1, 3])"),
+    ("floor", _Fn(lambda t, x: t.floor(x * 3)).module, (2, 5), 17, "// 1.0"),
+    ("floor_div", _Fn(lambda t, x: t.div(x, 0.25, rounding_mode="floor")).module, (2, 5), 17, " // 0.25"),
+    ("amax", _Fn(lambda t, x: t.amax(x, dim=1)).module, (2, 3, 4), 17, "max(axis=1, keepdims=false)"),
+    ("amin", _Fn(lambda t, x: t.amin(x, dim=-1, keepdim=True)).module, (2, 3, 4), 17, "min(axis=2, keepdims=true)"),
+    ("max_all", _Fn(lambda t, x: x.max() * 2).module, (2, 3, 4), 18, "max(keepdims=false)"),
+    ("upsample_nearest", _seq(("Upsample", (), {"scale_factor": 2})), (2, 3, 2, 3), 17,
+     "upsample(scale=2, mode=nearest)"),
+    ("upsample_bilinear", _seq(("Upsample", (), {"scale_factor": (2, 3), "mode": "bilinear"})), (2, 3, 2, 3), 17,
+     "upsample(scale=[2, 3], mode=bilinear)"),
+    ("argmax", _Fn(lambda t, x: x.argmax(dim=1)).module, (2, 5), 17, "argmax(axis=1, keepdims=false)"),
+]
+
+
+def torch_export(torch, net, shape, path, opset=17):
+    """`net` exported by PyTorch's TorchScript exporter with a symbolic batch: input x, output y."""
+    with pytest.warns(DeprecationWarning):  # the TorchScript exporter: the new one needs onnxscript
+        torch.onnx.export(net.eval(), (torch.randn(*shape),), path, dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    return path
+
+
+@pytest.mark.parametrize("make,shape,opset,says", [c[1:] for c in TORCH_OPS], ids=[c[0] for c in TORCH_OPS])
+def test_an_op_of_a_pytorch_export_comes_back(tmp_path, make, shape, opset, says):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = torch_export(torch, make(torch), shape, tmp_path / "t.onnx", opset)
+    assert main(["import", str(path), "-o", str(tmp_path / "t.net")]) == 0
+    assert says in (tmp_path / "t.net").read_text()
+    feeds = {"x": np.random.default_rng(2).standard_normal((3,) + shape[1:]).astype(np.float32)}  # another batch
+    assert_close(*imported_outputs(tmp_path / "t.net", path, feeds))
+
+
+# ---- ops PyTorch does not write itself (it spells LRN with pooling), built with onnx.helper -------
+
+def helper_model(path, nodes, x_shape, y_shape, inits=(), opset=17, y_type=onnx.TensorProto.FLOAT):
+    """A one-input (x), one-output (y) ONNX model of `nodes`, the batch symbolic."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", y_type, y_shape)],
+                              [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+F64 = onnx.TensorProto.DOUBLE
+HELPER_OPS = [  # id, nodes, initializers, x's shape, y's shape, opset, what the .net says
+    ("lrn", [helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.02, beta=0.75, bias=2.0)], [],
+     ["N", 7, 3, 3], ["N", 7, 3, 3], 17, "lrn(size=5, alpha=0.02, beta=0.75, k=2.0)"),
+    ("clip_attributes", [helper.make_node("Clip", ["x"], ["y"], min=-0.25)], [],  # opset 6: bounds as attributes
+     ["N", 4], ["N", 4], 6, "clip(min=-0.25)"),
+    ("cast_floats", [helper.make_node("Cast", ["x"], ["c"], to=F64), helper.make_node("Sqrt", ["c"], ["s"]),
+                     helper.make_node("Cast", ["s"], ["y"], to=onnx.TensorProto.FLOAT)], [],
+     ["N", 4], ["N", 4], 17, "x |> sqrt"),
+    ("resize_sizes", [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", axes=[2, 3],
+                                       coordinate_transformation_mode="half_pixel")],
+     [("sizes", np.array([6, 4], np.int64))], ["N", 2, 2, 2], ["N", 2, 6, 4], 18,
+     "upsample(scale=[3, 2], mode=nearest)"),
+    ("reduce_max_axes_input", [helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0)],
+     [("axes", np.array([-1], np.int64))], ["N", 3, 4], ["N", 3], 18, "max(axis=2, keepdims=false)"),
+]
+
+
+@pytest.mark.parametrize("nodes,inits,x_shape,y_shape,opset,says", [c[1:] for c in HELPER_OPS],
+                         ids=[c[0] for c in HELPER_OPS])
+def test_an_op_of_an_onnx_graph_comes_back(tmp_path, nodes, inits, x_shape, y_shape, opset, says):
+    path = helper_model(tmp_path / "g.onnx", nodes, x_shape, y_shape, inits, opset)
+    assert main(["import", str(path), "-o", str(tmp_path / "g.net")]) == 0
+    assert says in (tmp_path / "g.net").read_text()
+    x = np.random.default_rng(3).standard_normal([3] + x_shape[1:]).astype(np.float32)
+    assert_close(*imported_outputs(tmp_path / "g.net", path, {"x": np.abs(x) if "Sqrt" in str(nodes) else x}))
+
+
+def test_what_has_no_net_form_is_refused_at_once(tmp_path, capsys):
+    """Each node that cannot be read says why, all in one message: a cubic Resize, a computed
+    Clip bound, a float-to-integer Cast, ArgMax's last index, two of three axes, GELU's tanh
+    form, a shape used as data."""
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], name="cubic", mode="cubic"),
+             helper.make_node("Clip", ["x", "x"], ["c"], name="clip"),
+             helper.make_node("Cast", ["x"], ["i"], name="cast", to=onnx.TensorProto.INT64),
+             helper.make_node("ArgMax", ["x"], ["a"], name="argmax", axis=1, select_last_index=1),
+             helper.make_node("ReduceMax", ["x"], ["m"], name="max", axes=[1, 2]),
+             helper.make_node("Gelu", ["x"], ["g"], name="gelu", approximate="tanh"),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Expand", ["x", "s"], ["y"], name="expand")]
+    path = helper_model(tmp_path / "g.onnx", nodes, ["N", 2, 3, 4], ["N", 2, 3, 4],
+                        [("scales", np.array([1, 1, 2, 2], np.float32))], 20)
+    assert main(["import", str(path), "-o", str(tmp_path / "g.net")]) == 1
+    err = capsys.readouterr().err
+    assert "8 node(s) have no .net equivalent" in err and not (tmp_path / "g.net").exists()
+    for line in ["'cubic' (Resize): mode=cubic", "'clip' (Clip): 'x' must be a constant",
+                 "'cast' (Cast): a cast from f32 to i64", "'argmax' (ArgMax): select_last_index=1",
+                 "'max' (ReduceMax): axes [1, 2]", "'gelu' (Gelu): approximate=tanh",
+                 "'shape' (Shape): a shape read at run time", "'expand' (Expand): dslc has no such op"]:
+        assert line in err, line

@@ -70,7 +70,8 @@ class _Round:
             kept.append(k)
         nodes = self.graph.node
         constants = {o for k in folded for o in nodes[k].output if o and self.constant(o)}
-        kept = self.live(sorted(kept + [k for k in folded if not constants.issuperset(o for o in nodes[k].output if o)]))
+        dynamic = {k for k in folded if not constants.issuperset(o for o in nodes[k].output if o)}
+        kept = self.live(sorted(set(kept) | dynamic), dynamic)
         if not rewritten and len(kept) == len(nodes):
             return False
         used = {i for k in kept for i in nodes[k].input} | {o.name for o in self.graph.output}
@@ -84,13 +85,13 @@ class _Round:
         one, other = self.values[name]
         return one.dtype == other.dtype and one.shape == other.shape and bool(np.array_equal(one, other))
 
-    def live(self, kept: list[int]) -> list[int]:
-        """The indices `kept` less shape arithmetic whose results nothing uses (the chain of a
-        Reshape target just rewritten)."""
+    def live(self, kept: list[int], dynamic: set[int]) -> list[int]:
+        """The indices `kept` less the `dynamic` ones (shape values computed from the batch) whose
+        results nothing uses any more: the chain of a Reshape target just rewritten."""
         needed, alive = {o.name for o in self.graph.output}, []
         for k in reversed(kept):
             node = self.graph.node[k]
-            if node.op_type not in ARITHMETIC or needed.intersection(node.output):
+            if k not in dynamic or needed.intersection(node.output):
                 alive.append(k)
                 needed.update(node.input)
         return alive[::-1]
