@@ -35,29 +35,56 @@ LIGHT = 1024  # elements: a shape is a handful of integers; a bigger tensor is d
 
 def fold_static(onnx, proto):
     """`proto` with everything computable at import folded into initializers (see the module)."""
-    batch_names = {i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input
-                   if i.type.tensor_type.shape.dim}
     for _ in range(len(proto.graph.node) + 1):  # each round with a change removes a node or a dynamic target
-        fold = _Round(onnx, proto, batch_names - {""})
-        if not fold.run():
+        if not _Round(onnx, proto).run():
             return proto
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     return proto
 
 
-class _Round:
-    """One walk over the nodes in order: `values` holds each known tensor at the two batch sizes."""
+def sizes_at(onnx, proto, batch: int) -> dict[str, list[int]]:
+    """The shape of every tensor whose shape ONNX shape inference can find when the batch axis
+    of the graph's inputs (a symbolic first axis) is `batch`. Symbols do not always survive
+    inference (Resize names its output's batch anew), numbers do. The graph is inferred
+    without its weights' values, which shapes do not need (small constants stay: a Reshape's
+    target is one)."""
+    fixed = onnx.ModelProto()
+    fixed.ir_version, fixed.graph.name = proto.ir_version, proto.graph.name
+    fixed.opset_import.extend(proto.opset_import)
+    fixed.graph.node.extend(proto.graph.node)
+    fixed.graph.output.extend(proto.graph.output)
+    fixed.graph.input.extend(proto.graph.input)
+    for i in fixed.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    inputs = {i.name for i in proto.graph.input}
+    for t in proto.graph.initializer:
+        if int(np.prod(t.dims)) <= LIGHT:
+            fixed.graph.initializer.append(t)
+        elif t.name not in inputs:  # its type alone, as an input
+            fixed.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        fixed = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    except Exception:  # onnx's own errors: the batch's shapes stay unknown, and so nothing folds
+        return {}
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(fixed.graph.value_info) + list(fixed.graph.input) + list(fixed.graph.output)
+            if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
 
-    def __init__(self, onnx, proto, batch_names: set[str]):
-        self.onnx, self.graph, self.batch_names = onnx, proto.graph, batch_names
+
+class _Round:
+    """One walk over the nodes in order: `values` holds each known tensor at the two batch sizes,
+    `sizes` each tensor's shape at them."""
+
+    def __init__(self, onnx, proto):
+        self.onnx, self.graph = onnx, proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.types = {v.name: v.type.tensor_type for v in
-                      list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output)}
+        self.sizes = [sizes_at(onnx, proto, b) for b in BATCHES]
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for t in self.graph.initializer:
             value = onnx.numpy_helper.to_array(t)
             self.values[t.name] = (value, value)
-        self.initial = set(self.values)
 
     def run(self) -> bool:
         """Fold what this round can; True if the graph changed."""
@@ -109,11 +136,9 @@ class _Round:
         if node.op_type not in ARITHMETIC:
             return False
         if node.op_type in ("Shape", "Size"):
-            dims = self.dims(ins[0])
-            if dims is None:
+            if any(ins[0] not in sizes for sizes in self.sizes):
                 return False
-            pair = [[np.broadcast_to(np.zeros((), np.float32), [b if d is None else d for d in dims])]
-                    for b in BATCHES]  # a shape, no memory
+            pair = [[np.broadcast_to(np.zeros((), np.float32), sizes[ins[0]])] for sizes in self.sizes]  # no memory
         elif all(i in self.values and self.values[i][0].size <= LIGHT for i in ins):
             pair = [[self.values[i][k] for i in ins] for k in (0, 1)]
         else:
@@ -137,21 +162,6 @@ class _Round:
             self.values[name] = (a, b)
         return True
 
-    def dims(self, name: str) -> list[int | None] | None:
-        """`name`'s sizes, None for the batch; None when a size is unknown or another symbol."""
-        t = self.types.get(name)
-        if t is None or not t.HasField("shape"):
-            return None
-        dims: list[int | None] = []
-        for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(d.dim_value)
-            elif d.dim_param in self.batch_names:
-                dims.append(None)
-            else:
-                return None
-        return dims
-
     # ---- Reshape targets computed from the batch --------------------------------------------
 
     def static_target(self, node) -> bool:
@@ -159,20 +169,20 @@ class _Round:
         the batch); True if rewritten."""
         if len(node.input) < 2 or node.input[1] not in self.values or self.constant(node.input[1]):
             return False
-        dims = self.dims(node.input[0])
+        x = node.input[0]
         allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-        if dims is None or allowzero:
+        if allowzero or any(x not in sizes for sizes in self.sizes):
             return False
-        outs = [_reshaped([b if d is None else d for d in dims], self.values[node.input[1]][k].tolist())
-                for k, b in enumerate(BATCHES)]
-        if None in outs:
+        ins = [sizes[x] for sizes in self.sizes]
+        outs = [_reshaped(dims, self.values[node.input[1]][k].tolist()) for k, dims in enumerate(ins)]
+        if outs[0] is None or outs[1] is None:
             return False
         target = []
         for axis, (one, other) in enumerate(zip(*outs)):
             if one == other:
                 target.append(one)
-            elif (one, other) == BATCHES and axis < len(dims) and dims[axis] is None:
-                target.append(0)  # copy the input's batch axis: shape inference keeps its name
+            elif axis < len(ins[0]) and (ins[0][axis], ins[1][axis]) == (one, other):
+                target.append(0)  # the input's size on this axis, copied: shape inference keeps its symbol
             else:
                 target.append(-1)
         if target.count(-1) > 1 or 0 in outs[0]:
