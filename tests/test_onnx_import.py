@@ -4,7 +4,6 @@ back computing what onnxruntime computes from the ONNX file, within 1e-4; an ONN
 does not know is one message naming every such node (exit status 1)."""
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from dslc.stages import build
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from dslc.interop import onnx_check, onnx_export, onnx_import, onnx_ops  # noqa: E402
+from dslc.interop import onnx_check, onnx_export, onnx_ops  # noqa: E402
 
 helper = onnx.helper
 

@@ -11,8 +11,12 @@ linear weight as (out, in)), so `init = torch_weights("model.safetensors")` in a
 loads them unchanged. A classifier (one float output [N, K], a softmax or the logits) also
 gets a label input, an accuracy metric and a cross-entropy loss, so it trains as it is.
 
-The shapes come from ONNX shape inference. Whatever has no .net equivalent (an op dslc does
-not know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
+The shapes come from ONNX shape inference. Before translation, what is computable at import
+is computed (onnx_shapes.py: constants, and shape arithmetic such as PyTorch's
+`x.view(x.size(0), -1)`), and chains of nodes that are one dslc op are found (onnx_patterns.py:
+GELU spelt with Erf, Floor of a Div). Simple ops are translated by the tables below, the rest
+by one reader each (onnx_readers.py). Whatever has no .net equivalent (an op dslc does not
+know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
 listed, every node at once, by name and op type, as a CliError (exit status 1).
 
     import_model("resnet.onnx", "resnet.net")   # [Path('resnet.net'), Path('resnet.safetensors')]
@@ -100,20 +104,21 @@ class _Writer:
                     problems.append(f"  input '{i.name}': {e}")
         fused = onnx_patterns.find(self.graph, self.consts)
         inner = {k for chain in fused.values() for k in chain.inner}
-        failed: set[str] = set()  # what untranslated nodes compute: their users are not reported again
+        failed: set[str] = set()  # what untranslated nodes compute
         for k, node in enumerate(self.graph.node):
+            if k in inner:
+                continue  # written by the chain's last node
+            if not failed.isdisjoint(node.input) and node.op_type in QUIET:
+                failed.update(node.output)  # a readable op of what failed: the failure is reported once
+                continue
             try:
-                if k in inner:
-                    continue
-                if failed.isdisjoint(node.input) or node.op_type not in SUPPORTED | ARITHMETIC:
-                    if k in fused:
-                        self.assign(node, fused[k].expr.format(*map(self.var, fused[k].inputs)))
-                    else:
-                        self.translate(node)
-                    continue
+                if k in fused:
+                    self.assign(node, fused[k].expr.format(*map(self.var, fused[k].inputs)))
+                else:
+                    self.translate(node)
             except Unsupported as e:
                 problems.append(f"  node '{node.name or node.output[0]}' ({node.op_type}): {e}")
-            failed.update(node.output)
+                failed.update(node.output)
         if problems:
             raise CliError(f"{self.source}: {len(problems)} node(s) have no .net equivalent:\n" + "\n".join(problems)
                            + "\n  (dslc import reads Conv, Gemm, MatMul, normalisations, pooling, Resize, activations, "
@@ -258,3 +263,4 @@ class _Writer:
 
 SUPPORTED = (set(READERS) | set(PASS_THROUGH) | set(UNARY) | set(BINARY) | set(WITH_ALPHA)
              | set(PAIRWISE) | {"Neg", "Softmax", "LogSoftmax", "Selu"})
+QUIET = SUPPORTED | ARITHMETIC  # not reported again when an input failed (unknown ops after one still are)
