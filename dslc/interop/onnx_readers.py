@@ -205,7 +205,7 @@ def _clip(w, node, attrs) -> None:
     if w.opset < 11:
         bounds = [attrs.get("min"), attrs.get("max")]
     else:
-        bounds = [w.const(i).item() if i else None for i in (list(node.input[1:3]) + ["", ""])[:2]]
+        bounds = [_scalar(w, i) if i else None for i in (list(node.input[1:3]) + ["", ""])[:2]]
     big = float(np.finfo(np.float32).max)
     text = [f"{key}={number(v)}" for key, v in zip(("min", "max"), bounds) if v is not None and abs(v) < big]
     w.assign(node, f"{w.var(node.input[0])} |> clip({', '.join(text)})")
@@ -219,7 +219,7 @@ def _gelu(w, node, attrs) -> None:
 
 
 def _lrn(w, node, attrs) -> None:
-    size = int(attrs["size"])
+    size = int(_required(attrs, "size"))
     if size % 2 == 0:  # ONNX centres an even window one channel later than dslc and PyTorch
         raise Unsupported(f"size={size}: dslc's even windows start one channel earlier than ONNX's")
     w.assign(node, f"{w.var(node.input[0])} |> lrn(size={size}, alpha={number(attrs.get('alpha', 1e-4))}, "
@@ -244,12 +244,12 @@ def _extremum(w, node, attrs) -> None:
 def _argmax(w, node, attrs) -> None:
     if attrs.get("select_last_index", 0):
         raise Unsupported("select_last_index=1; dslc's argmax picks the first largest element")
-    w.assign(node, f"{w.var(node.input[0])} |> argmax(axis={attrs.get('axis', 0)}, "
-                   f"keepdims={_bool(attrs.get('keepdims', 1))})")
+    axis = attrs.get("axis", 0) % max(len(w.dims(node.input[0])), 1)
+    w.assign(node, f"{w.var(node.input[0])} |> argmax(axis={axis}, keepdims={_bool(attrs.get('keepdims', 1))})")
 
 
 def _cast(w, node, attrs) -> None:
-    source, to = w.dtype(node.input[0]), w.onnx_dtype(attrs["to"])
+    source, to = w.dtype(node.input[0]), w.onnx_dtype(_required(attrs, "to"))
     if source != to and not (source.startswith("f") and to.startswith("f")):
         raise Unsupported(f"a cast from {source} to {to} of a computed tensor; dslc casts only between floats "
                           "(it computes in the model's one float type)")
@@ -273,11 +273,13 @@ LINEAR = {"half_pixel", "pytorch_half_pixel"}  # dslc's bilinear: align_corners=
 def _resize(w, node, attrs) -> None:
     """Resize (opset 11+) by integer factors of height and width: dslc's upsample."""
     x, mode = node.input[0], _text(attrs.get("mode", "nearest"))
+    if w.opset < 11:
+        raise Unsupported("Resize of opset 10, which samples as Upsample did; re-export at opset 11 or later")
     dims = w.dims(x)
     if len(dims) != 4:
         raise Unsupported(f"a rank-{len(dims)} input; dslc's upsample resizes [N, C, H, W]")
     factors = _factors(w, node, attrs, dims)
-    if factors[:2] != [1, 1] or any(f < 1 or f != int(f) for f in factors[2:]):
+    if factors[:2] != [1, 1] or any(f < 1 or not float(f).is_integer() for f in factors[2:]):
         raise Unsupported(f"scales {factors}; dslc's upsample enlarges height and width by whole factors")
     ctm = _text(attrs.get("coordinate_transformation_mode", "half_pixel"))
     rounding = _text(attrs.get("nearest_mode", "round_prefer_floor"))
@@ -301,14 +303,28 @@ def _factors(w, node, attrs, dims) -> list[float]:
         given = [float(f) for f in w.const(scales)]
     elif len(node.input) > 3 and node.input[3]:
         axes = attrs.get("axes", range(len(dims)))
-        given = [size / dims[a] if isinstance(dims[a], int) else float(size == 1)
-                 for a, size in zip(axes, w.const(node.input[3]).tolist())]
+        if any(not isinstance(dims[a], int) for a in axes):
+            raise Unsupported("sizes for the batch axis; dslc's upsample keeps the batch")
+        given = [size / dims[a] for a, size in zip(axes, w.const(node.input[3]).tolist())]
     else:
         raise Unsupported("neither scales nor sizes given")
     factors = [1.0] * len(dims)
     for a, f in zip(attrs.get("axes", range(len(dims))), given):
         factors[a] = f
-    return [int(f) if f == int(f) else f for f in factors]
+    return [int(f) if float(f).is_integer() else f for f in factors]
+
+
+def _scalar(w, name: str) -> float:
+    value = w.const(name)
+    if value.size != 1:
+        raise Unsupported(f"'{name}' holds {value.size} values where ONNX wants one")
+    return value.reshape(-1)[0].item()
+
+
+def _required(attrs, key: str):
+    if key not in attrs:
+        raise Unsupported(f"no `{key}` attribute, which ONNX requires")
+    return attrs[key]
 
 
 def _text(value) -> str:
