@@ -64,7 +64,8 @@ class _Matcher:
 
     def is_number(self, name: str, value: float) -> bool:
         c = self.consts.get(name)
-        return c is not None and c.size == 1 and c.dtype.kind == "f" and abs(float(c.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
+        return c is not None and c.size == 1 and c.dtype.kind == "f" \
+            and abs(float(c.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
 
     def other(self, k: int, name: str) -> str | None:
         """The operand of binary node k that is not `name` (either order)."""

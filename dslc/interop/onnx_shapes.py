@@ -68,9 +68,16 @@ def sizes_at(onnx, proto, batch: int) -> dict[str, list[int]]:
         fixed = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except Exception:  # onnx's own errors: the batch's shapes stay unknown, and so nothing folds
         return {}
-    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(fixed.graph.value_info) + list(fixed.graph.input) + list(fixed.graph.output)
-            if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
+    values = list(fixed.graph.value_info) + list(fixed.graph.input) + list(fixed.graph.output)
+    shapes = {v.name: _numbers(v.type.tensor_type) for v in values}
+    return {name: dims for name, dims in shapes.items() if dims is not None}
+
+
+def _numbers(t) -> list[int] | None:
+    """The sizes of tensor type `t`, if every one is a number."""
+    if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
+        return None
+    return [d.dim_value for d in t.shape.dim]
 
 
 class _Round:
