@@ -185,6 +185,8 @@ TORCH_OPS = [  # id, the module (given torch), the input's shape, the opset, wha
      "upsample(scale=2, mode=nearest)"),
     ("upsample_bilinear", _seq(("Upsample", (), {"scale_factor": (2, 3), "mode": "bilinear"})), (2, 3, 2, 3), 17,
      "upsample(scale=[2, 3], mode=bilinear)"),
+    ("interpolate_size", _Fn(lambda t, x: t.nn.functional.interpolate(x, size=(4, 9))).module, (2, 3, 2, 3), 17,
+     "upsample(scale=[2, 3], mode=nearest)"),  # sizes computed from Shape(x): the batch copied
     ("argmax", _Fn(lambda t, x: x.argmax(dim=1)).module, (2, 5), 17, "argmax(axis=1, keepdims=false)"),
 ]
 

@@ -13,10 +13,11 @@ inference found.
 The batch axis is the one symbolic size a .net model has, so a shape value is computed
 twice, with the batch at two sizes (BATCHES): what agrees is a constant (it becomes an
 initializer); what differs depends on the batch. Such a value is used only as a Reshape's
-target, which is rewritten as a constant: the output's fixed sizes as they are, the batch
-as 0 (ONNX's "copy this axis") where it stays on its axis, else -1. Shape inference then
-runs again, since the shapes after that Reshape are known only now. Anything else computed
-from the batch size (or from data) stays in the graph, and the translator refuses it.
+target, which is rewritten as a constant (the output's fixed sizes as they are, the batch
+as 0, ONNX's "copy this axis", where it stays on its axis, else -1), or as a Resize's
+sizes, rewritten as its scales. Shape inference then runs again, since the shapes
+after those nodes are known only now. Anything else computed from the batch size (or from
+data) stays in the graph, and the translator refuses it.
 
     proto = fold_static(onnx, proto)   # proto: shape-inferred; returns a shape-inferred copy
 """
@@ -96,11 +97,12 @@ class _Round:
     def run(self) -> bool:
         """Fold what this round can; True if the graph changed."""
         folded, kept, rewritten = [], [], False
+        rewrite = {"Reshape": self.static_target, "Resize": self.static_scales}  # shape inputs made constant
         for k, node in enumerate(self.graph.node):
             if self.fold(node):
                 folded.append(k)
                 continue
-            rewritten |= node.op_type == "Reshape" and self.static_target(node)
+            rewritten |= node.op_type in rewrite and rewrite[node.op_type](node)
             kept.append(k)
         nodes = self.graph.node
         constants = {o for k in folded for o in nodes[k].output if o and self.constant(o)}
@@ -171,10 +173,14 @@ class _Round:
 
     # ---- Reshape targets computed from the batch --------------------------------------------
 
+    def dynamic(self, node, slot: int) -> bool:
+        """Whether input `slot` of `node` is a value computed from the batch size."""
+        return len(node.input) > slot and node.input[slot] in self.values and not self.constant(node.input[slot])
+
     def static_target(self, node) -> bool:
         """Rewrite a Reshape whose target depends on the batch to a constant target (0 or -1 for
         the batch); True if rewritten."""
-        if len(node.input) < 2 or node.input[1] not in self.values or self.constant(node.input[1]):
+        if not self.dynamic(node, 1):
             return False
         x = node.input[0]
         allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
@@ -194,10 +200,29 @@ class _Round:
                 target.append(-1)
         if target.count(-1) > 1 or 0 in outs[0]:
             return False  # two sizes that vary; a size 0 (an empty tensor) would read as "copy"
-        name = f"{node.output[0]}/static_shape"
-        self.graph.initializer.append(self.onnx.numpy_helper.from_array(np.array(target, np.int64), name))
-        node.input[1] = name
+        node.input[1] = self.initializer(f"{node.output[0]}/static_shape", np.array(target, np.int64))
         return True
+
+    def static_scales(self, node) -> bool:
+        """Rewrite a Resize to sizes that depend on the batch (`interpolate(x, size=(h, w))` copies
+        the batch and channels from Shape(x)) as one by the scales out / in, when each is the same
+        whole number at both batch sizes: there sizes and scales sample alike. True if rewritten."""
+        x = node.input[0]
+        if not self.dynamic(node, 3) or any(x not in sizes for sizes in self.sizes):
+            return False
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), range(len(self.sizes[0][x])))
+        ratios = [[size / sizes[x][a] if sizes[x][a] else 0.0 for a, size in zip(axes, self.values[node.input[3]][k])]
+                  for k, sizes in enumerate(self.sizes)]
+        if ratios[0] != ratios[1] or not all(r > 0 and r.is_integer() for r in ratios[0]):
+            return False
+        scales = self.initializer(f"{node.output[0]}/static_scales", np.array(ratios[0], np.float32))
+        node.input[2] = scales
+        del node.input[3]
+        return True
+
+    def initializer(self, name: str, value: np.ndarray) -> str:
+        self.graph.initializer.append(self.onnx.numpy_helper.from_array(value, name))
+        return name
 
 
 def _reshaped(dims: list[int], target: list[int]) -> list[int] | None:
