@@ -1,7 +1,10 @@
 """`dslc import`: an ONNX graph back to a .net model and a weights file that `torch_weights`
 loads. A model exported by dslc (batchnorm folded or not) and one exported by PyTorch come
-back computing what onnxruntime computes from the ONNX file, within 1e-4; an ONNX op dslc
-does not know is one message naming every such node (exit status 1)."""
+back computing what onnxruntime computes from the ONNX file, within 1e-4: every op dslc
+exports, and each op of exported models it reads (from a small PyTorch export, or a graph
+built with onnx.helper where PyTorch does not write the op), shape arithmetic folded at
+import included; an ONNX op or attribute dslc cannot express is one message naming every
+such node (exit status 1)."""
 from __future__ import annotations
 
 
@@ -234,6 +237,16 @@ HELPER_OPS = [  # id, nodes, initializers, x's shape, y's shape, opset, what the
                                        coordinate_transformation_mode="half_pixel")],
      [("sizes", np.array([6, 4], np.int64))], ["N", 2, 2, 2], ["N", 2, 6, 4], 18,
      "upsample(scale=[3, 2], mode=nearest)"),
+    ("shape_arithmetic", [  # [N, C / 2, -1], C halved in floats and cast back
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+        helper.make_node("Gather", ["s", "i1"], ["c"], axis=0),
+        helper.make_node("Cast", ["c"], ["cf"], to=onnx.TensorProto.FLOAT), helper.make_node("Div", ["cf", "two"], ["hf"]),
+        helper.make_node("Cast", ["hf"], ["h"], to=onnx.TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]), helper.make_node("Unsqueeze", ["h", "axis0"], ["h1"]),
+        helper.make_node("Concat", ["n1", "h1", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"])],
+     [("i0", np.int64(0)), ("i1", np.int64(1)), ("two", np.float32(2)), ("axis0", np.array([0], np.int64)),
+      ("rest", np.array([-1], np.int64))], ["N", 4, 3], ["N", 2, 6], 17, "x |> reshape([-1, 2, 6])"),
     ("reduce_max_axes_input", [helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0)],
      [("axes", np.array([-1], np.int64))], ["N", 3, 4], ["N", 3], 18, "max(axis=2, keepdims=false)"),
 ]
