@@ -237,6 +237,12 @@ HELPER_OPS = [  # id, nodes, initializers, x's shape, y's shape, opset, what the
                                        coordinate_transformation_mode="half_pixel")],
      [("sizes", np.array([6, 4], np.int64))], ["N", 2, 2, 2], ["N", 2, 6, 4], 18,
      "upsample(scale=[3, 2], mode=nearest)"),
+    ("gelu_mul_form", [  # x / sqrt 2 as a product, operands the other way round: still one gelu
+        helper.make_node("Mul", ["r", "x"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["one", "e"], ["a"]), helper.make_node("Mul", ["half", "a"], ["h"]),
+        helper.make_node("Mul", ["h", "x"], ["y"])],
+     [("r", np.float32(0.5 ** 0.5)), ("one", np.float32(1)), ("half", np.float32(0.5))], ["N", 5], ["N", 5], 17,
+     "= x |> gelu\n"),
     ("shape_arithmetic", [  # [N, C / 2, -1], C halved in floats and cast back
         helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
         helper.make_node("Gather", ["s", "i1"], ["c"], axis=0),
