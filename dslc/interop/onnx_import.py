@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from dslc.diagnostics import CliError
-from dslc.files import write_atomic
+from dslc.files import read_limited, write_atomic
 from dslc.interop import onnx_patterns
-from dslc.interop.onnx_export import require_onnx
+from dslc.interop.onnx_export import MAX_BYTES, require_onnx
 from dslc.interop.onnx_readers import READERS, Unsupported, number
 from dslc.interop.onnx_shapes import ARITHMETIC, fold_static
 from dslc.ops import registry
@@ -52,8 +52,11 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
     """Write the .net model (and its weights beside it) translated from the ONNX file `path`."""
     onnx = require_onnx()
     path, output = Path(path), Path(output)
+    raw = read_limited(path, MAX_BYTES, "an ONNX file")  # a regular file, within protobuf's bound
     try:
-        proto = onnx.load(path)
+        proto = onnx.load_from_string(raw)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         read = len(proto.graph.node)
         proto = fold_static(onnx, proto)  # constants and shape arithmetic, computed now
