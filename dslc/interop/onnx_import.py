@@ -172,16 +172,13 @@ class _Writer:
         return [d.dim_value if d.HasField("dim_value") else "N" for d in self.types[name].shape.dim]
 
     def dtype(self, name: str) -> str:
-        np_type = self.onnx.helper.tensor_dtype_to_np_dtype(self.types[name].elem_type)
-        if str(np_type) not in DTYPES:
-            raise Unsupported(f"'{name}' is {np_type}; dslc computes in {', '.join(DTYPES)}")
-        return DTYPES[str(np_type)]
+        return self.onnx_dtype(self.types[name].elem_type, f"'{name}' is ")
 
-    def onnx_dtype(self, code: int) -> str:
-        """The .net dtype of ONNX element type `code` (a Cast's `to`)."""
+    def onnx_dtype(self, code: int, what: str = "") -> str:
+        """The .net dtype of ONNX element type `code` (a tensor's, a Cast's `to`)."""
         np_type = self.onnx.helper.tensor_dtype_to_np_dtype(code)
         if str(np_type) not in DTYPES:
-            raise Unsupported(f"{np_type}; dslc computes in {', '.join(DTYPES)}")
+            raise Unsupported(f"{what}{np_type}; dslc computes in {', '.join(DTYPES)}")
         return DTYPES[str(np_type)]
 
     def declare_input(self, name: str) -> None:
