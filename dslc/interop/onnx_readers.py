@@ -2,8 +2,9 @@
 
 A reader gets the translator `w` (onnx_import._Writer: `w.var(name)` is a tensor's .net
 expression, `w.const(name)` a constant's value, `w.dims(name)` its static shape with the
-batch as "N", `w.assign(node, expr, params)` writes the statement), the node and its
-attributes as Python values. It writes the node's statement, or raises Unsupported with
+batch as "N", `w.dtype(name)` its .net dtype, `w.opset` the graph's opset, `w.assign(node,
+expr, params)` writes the statement; `w.vars[output] = ...` makes a node an alias), the
+node and its attributes as Python values. It writes the node's statement, or raises Unsupported with
 what the .net language cannot say (an attribute value, a computed operand); the translator
 lists every such node at once.
 
@@ -23,6 +24,8 @@ def number(v) -> str:
     shortest form that reads back to the same float32: 1e-05, not 9.999999747378752e-06."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return str(int(v))
+    if not np.isfinite(v):
+        raise Unsupported(f"the value {v}, which a .net file cannot write")
     text = str(np.float32(v)) if float(np.float32(v)) == float(v) else repr(float(v))
     return text if any(c in text for c in ".en") else f"{text}.0"
 
