@@ -276,12 +276,12 @@ def test_what_has_no_net_form_is_refused_at_once(tmp_path, capsys):
              helper.make_node("Clip", ["x", "x"], ["c"], name="clip"),
              helper.make_node("Cast", ["x"], ["i"], name="cast", to=onnx.TensorProto.INT64),
              helper.make_node("ArgMax", ["x"], ["a"], name="argmax", axis=1, select_last_index=1),
-             helper.make_node("ReduceMax", ["x"], ["m"], name="max", axes=[1, 2]),
+             helper.make_node("ReduceMax", ["x", "axes"], ["m"], name="max"),
              helper.make_node("Gelu", ["x"], ["g"], name="gelu", approximate="tanh"),
              helper.make_node("Shape", ["x"], ["s"], name="shape"),
              helper.make_node("Expand", ["x", "s"], ["y"], name="expand")]
     path = helper_model(tmp_path / "g.onnx", nodes, ["N", 2, 3, 4], ["N", 2, 3, 4],
-                        [("scales", np.array([1, 1, 2, 2], np.float32))], 20)
+                        [("scales", np.array([1, 1, 2, 2], np.float32)), ("axes", np.array([1, 2]))], 20)
     assert main(["import", str(path), "-o", str(tmp_path / "g.net")]) == 1
     err = capsys.readouterr().err
     assert "8 node(s) have no .net equivalent" in err and not (tmp_path / "g.net").exists()

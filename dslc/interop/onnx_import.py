@@ -55,8 +55,13 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
     raw = read_limited(path, MAX_BYTES, "an ONNX file")  # a regular file, within protobuf's bound
     try:
         proto = onnx.load_from_string(raw)
+        # Each node as its op's schema has it (inputs, attribute types), so that the readers need
+        # not check; tensors stored outside the file are found (and then loaded) beside it.
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            onnx.checker.check_model(str(path))
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        else:
+            onnx.checker.check_model(proto)
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         read = len(proto.graph.node)
         proto = fold_static(onnx, proto)  # constants and shape arithmetic, computed now

@@ -303,12 +303,13 @@ def _factors(w, node, attrs, dims) -> list[float]:
         raise Unsupported("keep_aspect_ratio_policy other than stretch")
     scales = node.input[2] if len(node.input) > 2 else ""
     if scales and w.const(scales).size:
-        given = [float(f) for f in w.const(scales)]
+        given = [float(f) for f in w.const(scales).reshape(-1)]
     elif len(node.input) > 3 and node.input[3]:
         axes = attrs.get("axes", range(len(dims)))
         if any(not isinstance(dims[a], int) for a in axes):
             raise Unsupported("sizes for the batch axis; dslc's upsample keeps the batch")
-        given = [size / dims[a] for a, size in zip(axes, w.const(node.input[3]).tolist())]
+        sizes = w.const(node.input[3]).reshape(-1).tolist()
+        given = [size / dims[a] if dims[a] else 0.0 for a, size in zip(axes, sizes)]
     else:
         raise Unsupported("neither scales nor sizes given")
     factors = [1.0] * len(dims)
