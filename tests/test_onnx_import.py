@@ -292,6 +292,14 @@ def test_what_has_no_net_form_is_refused_at_once(tmp_path, capsys):
         assert line in err, line
 
 
+def test_a_node_against_its_schema(tmp_path, capsys):
+    """onnx.checker reads the file first: the readers never meet a node of the wrong arity."""
+    path = helper_model(tmp_path / "g.onnx", [helper.make_node("Erf", ["x", "x"], ["y"])], ["N", 2], ["N", 2])
+    assert main(["import", str(path), "-o", str(tmp_path / "g.net")]) == 1
+    err = capsys.readouterr().err
+    assert "not a valid ONNX model" in err and "Traceback" not in err and not (tmp_path / "g.net").exists()
+
+
 # ---- a dslc model of these ops: exported by `dslc export`, imported back ------------------------
 
 ROUND_TRIP_NET = """
