@@ -79,10 +79,12 @@ def register(verbs) -> None:
     p.set_defaults(run=cmd_export)
 
     p = verb(verbs, "import", "write a .net model (and its weights) from an ONNX file",
-             "Translate an ONNX graph of supported ops (convolutions, pooling, Gemm/MatMul, batchnorm, "
-             "activations, reshapes) into a .net model you can read, change and retrain, and its "
-             "weights into a safetensors file beside it that `init = torch_weights(...)` loads. An "
-             "op dslc does not know is reported by node name and op type (exit status 1).",
+             "Translate an ONNX graph of supported ops (convolutions, pooling, Gemm/MatMul, normalisations, "
+             "LRN, Resize, activations with Clip and GELU, reductions, reshapes) into a .net model you can "
+             "read, change and retrain, and its weights into a safetensors file beside it that "
+             "`init = torch_weights(...)` loads. Shapes an exporter computes (x.view(x.size(0), -1)) are "
+             "folded from the static sizes. An op dslc does not know is reported by node name and op type "
+             "(exit status 1).",
              "  dslc import resnet.onnx -o resnet.net")
     p.add_argument("file", help="an .onnx file")
     p.add_argument("-o", "--output", required=True, metavar="FILE.net", help="the .net file to write")

@@ -11,8 +11,12 @@ linear weight as (out, in)), so `init = torch_weights("model.safetensors")` in a
 loads them unchanged. A classifier (one float output [N, K], a softmax or the logits) also
 gets a label input, an accuracy metric and a cross-entropy loss, so it trains as it is.
 
-The shapes come from ONNX shape inference. Whatever has no .net equivalent (an op dslc does
-not know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
+The shapes come from ONNX shape inference. Before translation, what is computable at import
+is computed (onnx_shapes.py: constants, and shape arithmetic such as PyTorch's
+`x.view(x.size(0), -1)`), and chains of nodes that are one dslc op are found (onnx_patterns.py:
+GELU spelt with Erf, Floor of a Div). Simple ops are translated by the tables below, the rest
+by one reader each (onnx_readers.py). Whatever has no .net equivalent (an op dslc does not
+know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
 listed, every node at once, by name and op type, as a CliError (exit status 1).
 
     import_model("resnet.onnx", "resnet.net")   # [Path('resnet.net'), Path('resnet.safetensors')]
@@ -25,8 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from dslc.diagnostics import CliError
-from dslc.files import write_atomic
-from dslc.interop.onnx_export import require_onnx
+from dslc.files import read_limited, write_atomic
+from dslc.interop import onnx_patterns
+from dslc.interop.onnx_export import MAX_BYTES, require_onnx
+from dslc.interop.onnx_readers import READERS, Unsupported, number
+from dslc.interop.onnx_shapes import ARITHMETIC, fold_static
 from dslc.ops import registry
 from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
 
@@ -41,24 +48,30 @@ BINARY = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Pow": "**"}
 PAIRWISE = {"Max": "maximum", "Min": "minimum"}  # of exactly two inputs
 
 
-class Unsupported(Exception):
-    """A node the .net language cannot express."""
-
-
 def import_model(path, output, name: str | None = None) -> list[Path]:
     """Write the .net model (and its weights beside it) translated from the ONNX file `path`."""
     onnx = require_onnx()
     path, output = Path(path), Path(output)
+    raw = read_limited(path, MAX_BYTES, "an ONNX file")  # a regular file, within protobuf's bound
     try:
-        proto = onnx.load(path)
+        proto = onnx.load_from_string(raw)
+        # Each node as its op's schema has it (inputs, attribute types), so that the readers need
+        # not check; tensors stored outside the file are found (and then loaded) beside it.
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            onnx.checker.check_model(str(path))
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        else:
+            onnx.checker.check_model(proto)
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        read = len(proto.graph.node)
+        proto = fold_static(onnx, proto)  # constants and shape arithmetic, computed now
     except (OSError, ValueError) as e:
         raise CliError(f"{path}: not a readable ONNX model ({e})") from None
     except Exception as e:  # onnx raises its own error types for malformed models
         if type(e).__module__.startswith(("onnx", "google")):
             raise CliError(f"{path}: not a valid ONNX model ({str(e).strip().splitlines()[0]})") from None
         raise
-    writer = _Writer(onnx, proto, path)
+    writer = _Writer(onnx, proto, path, read)
     text = writer.program(name or proto.graph.name or output.stem, output.with_suffix(".safetensors").name)
     written = [output]
     if writer.weights:
@@ -74,8 +87,8 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
 class _Writer:
     """Translates the nodes in order: `vars` maps ONNX tensor names to .net variables."""
 
-    def __init__(self, onnx, proto, source: Path):
-        self.onnx, self.graph, self.source = onnx, proto.graph, source
+    def __init__(self, onnx, proto, source: Path, read: int):
+        self.onnx, self.graph, self.source, self.read = onnx, proto.graph, source, read
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
         self.types = {v.name: v.type.tensor_type for v in
@@ -97,24 +110,29 @@ class _Writer:
                     self.declare_input(i.name)
                 except Unsupported as e:
                     problems.append(f"  input '{i.name}': {e}")
-        failed: set[str] = set()  # what untranslated nodes compute: their users are not reported again
-        for node in self.graph.node:
+        fused = onnx_patterns.find(self.graph, self.consts)
+        inner = {k for chain in fused.values() for k in chain.inner}
+        failed: set[str] = set()  # what untranslated nodes compute
+        for k, node in enumerate(self.graph.node):
+            if k in inner:
+                continue  # written by the chain's last node
+            if not failed.isdisjoint(node.input) and node.op_type in QUIET:
+                failed.update(node.output)  # a readable op of what failed: the failure is reported once
+                continue
             try:
-                if node.input and all(i in self.consts for i in node.input if i):
-                    self.fold(node)  # weights reshaped for broadcasting, shapes computed from constants
-                    continue
-                if failed.isdisjoint(node.input) or node.op_type not in SUPPORTED:
+                if k in fused:
+                    self.assign(node, fused[k].expr.format(*map(self.var, fused[k].inputs)))
+                else:
                     self.translate(node)
-                    continue
             except Unsupported as e:
                 problems.append(f"  node '{node.name or node.output[0]}' ({node.op_type}): {e}")
-            failed.update(node.output)
+                failed.update(node.output)
         if problems:
             raise CliError(f"{self.source}: {len(problems)} node(s) have no .net equivalent:\n" + "\n".join(problems)
-                           + "\n  (dslc import reads Conv, Gemm, MatMul, BatchNormalization, InstanceNormalization, "
-                             "pooling, activations, softmax, arithmetic and shape ops)")
+                           + "\n  (dslc import reads Conv, Gemm, MatMul, normalisations, pooling, Resize, activations, "
+                             "softmax, arithmetic, reductions and shape ops; shapes computed from static sizes)")
         self.lines += self.outputs()
-        header = [f"# Imported from {self.source.name} by `dslc import` ({len(self.graph.node)} ONNX nodes)."]
+        header = [f"# Imported from {self.source.name} by `dslc import` ({self.read} ONNX nodes)."]
         if self.weights:
             header += [f"# Weights: {weights_file}, keyed as PyTorch would key them; a recipe loads them with",
                        f'#     init = torch_weights("{weights_file}")']
@@ -159,9 +177,13 @@ class _Writer:
         return [d.dim_value if d.HasField("dim_value") else "N" for d in self.types[name].shape.dim]
 
     def dtype(self, name: str) -> str:
-        np_type = self.onnx.helper.tensor_dtype_to_np_dtype(self.types[name].elem_type)
+        return self.onnx_dtype(self.types[name].elem_type, f"'{name}' is ")
+
+    def onnx_dtype(self, code: int, what: str = "") -> str:
+        """The .net dtype of ONNX element type `code` (a tensor's, a Cast's `to`)."""
+        np_type = self.onnx.helper.tensor_dtype_to_np_dtype(code)
         if str(np_type) not in DTYPES:
-            raise Unsupported(f"'{name}' is {np_type}; dslc computes in {', '.join(DTYPES)}")
+            raise Unsupported(f"{what}{np_type}; dslc computes in {', '.join(DTYPES)}")
         return DTYPES[str(np_type)]
 
     def declare_input(self, name: str) -> None:
@@ -182,7 +204,7 @@ class _Writer:
         if name in self.consts:
             value = self.consts[name]
             if value.size == 1 and value.ndim == 0:
-                return _number(value.item())
+                return number(value.item())
             if str(value.dtype) not in DTYPES:
                 raise Unsupported(f"constant '{name}' is {value.dtype}; dslc computes in {', '.join(DTYPES)}")
             param = self.vars[name] = self.fresh(name)
@@ -202,9 +224,7 @@ class _Writer:
     def translate(self, node) -> None:
         attrs = {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
         op = node.op_type
-        if op == "Constant":
-            self.consts[node.output[0]] = self.onnx.numpy_helper.to_array(attrs["value"])
-        elif op in PASS_THROUGH:
+        if op in PASS_THROUGH:
             self.vars[node.output[0]] = self.var(node.input[0])
         elif op in UNARY:
             self.assign(node, f"{self.var(node.input[0])} |> {UNARY[op]}")
@@ -220,24 +240,20 @@ class _Writer:
             self.assign(node, f"-{self.var(node.input[0])}")
         elif op in WITH_ALPHA:
             name, default = WITH_ALPHA[op]
-            self.assign(node, f"{self.var(node.input[0])} |> {name}(alpha={_number(attrs.get('alpha', default))})")
+            self.assign(node, f"{self.var(node.input[0])} |> {name}(alpha={number(attrs.get('alpha', default))})")
         elif op in ("Softmax", "LogSoftmax"):
             if self.opset < 13 and len(self.dims(node.input[0])) > 2:
                 raise Unsupported("before opset 13 softmax normalises over every axis from `axis` on")
             axis = attrs.get("axis", -1 if self.opset >= 13 else 1)
             self.assign(node, f"{self.var(node.input[0])} |> {'softmax' if op == 'Softmax' else 'log_softmax'}"
                               f"(axis={axis})")
-        elif op in _LAYERS:
-            _LAYERS[op](self, node, attrs)
+        elif op in READERS:
+            READERS[op](self, node, attrs)
+        elif op in ("Shape", "Size"):  # what onnx_shapes could not fold
+            raise Unsupported("a shape read at run time, used by more than a Reshape's target (or of a tensor "
+                              "whose shape is unknown): dslc computes shapes from the batch and static sizes only")
         else:
             raise Unsupported("dslc has no such op")
-
-    def fold(self, node) -> None:
-        """A node of constants only is computed here, by onnx's own reference implementation."""
-        from onnx.reference import ReferenceEvaluator
-
-        results = ReferenceEvaluator(node).run(None, {i: self.consts[i] for i in node.input if i})
-        self.consts.update(zip(node.output, (np.asarray(r) for r in results)))
 
     def assign(self, node, expr: str, params: dict[str, np.ndarray] | None = None) -> None:
         """`label: label = expr`: one statement per node; a layer's parameters under the label."""
@@ -248,180 +264,8 @@ class _Writer:
             self.weights[f"{label}.{slot}"] = value
 
 
-def _number(v) -> str:
-    """A number as .net text: an integer as one, a float (ONNX attributes are float32) in the
-    shortest form that reads back to the same float32: 1e-05, not 9.999999747378752e-06."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return str(int(v))
-    text = str(np.float32(v)) if float(np.float32(v)) == float(v) else repr(float(v))
-    return text if any(c in text for c in ".en") else f"{text}.0"
 
 
-def _ints(values) -> str:
-    values = [int(v) for v in values]
-    return str(values[0]) if len(set(values)) == 1 else f"[{', '.join(map(str, values))}]"
-
-
-def _window(attrs, dims) -> str:
-    """kernel, stride, pad (and dilation) of a Conv or pooling node as .net attributes."""
-    kernel = attrs.get("kernel_shape", dims[2:])
-    if len(kernel) != 2:
-        raise Unsupported(f"a {len(kernel)}-d window; dslc convolves and pools 2-d images")
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto not in ("NOTSET", "VALID", "SAME_UPPER"):
-        raise Unsupported(f"auto_pad={auto}; dslc pads as SAME_UPPER (pad=same) or explicitly")
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    if pads[:2] != pads[2:]:
-        raise Unsupported(f"asymmetric pads {list(pads)}; dslc pads both sides of an axis alike")
-    pad = "same" if auto == "SAME_UPPER" else _ints(pads[:2])
-    text = f"kernel={_ints(kernel)}, stride={_ints(attrs.get('strides', [1, 1]))}, pad={pad}"
-    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        text += f", dilation={_ints(attrs['dilations'])}"
-    return text
-
-
-def _conv(w: _Writer, node, attrs) -> None:
-    weight = w.const(node.input[1])
-    params = {"weight": weight}
-    bias = len(node.input) > 2 and node.input[2]
-    if bias:
-        params["bias"] = w.const(node.input[2])
-    group = attrs.get("group", 1)
-    extra = (f", groups={group}" if group != 1 else "") + ("" if bias else ", bias=false")
-    w.assign(node, f"{w.var(node.input[0])} |> conv2d({weight.shape[0]}, {_window(attrs, weight.shape)}{extra})",
-             params)
-
-
-def _pool(w: _Writer, node, attrs) -> None:
-    if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        raise Unsupported("ceil_mode or dilation; dslc pools with floor mode and no dilation")
-    if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and any(attrs.get("pads", [0])):
-        raise Unsupported("padding left out of the average (count_include_pad=0); dslc counts it, as PyTorch")
-    op = "maxpool" if node.op_type == "MaxPool" else "avgpool"
-    w.assign(node, f"{w.var(node.input[0])} |> {op}({_window(attrs, w.dims(node.input[0]))})")
-
-
-def _global_avgpool(w: _Writer, node, attrs) -> None:
-    # dslc's global_avgpool gives [N, C]; ONNX's [N, C, 1, 1], almost always flattened next.
-    w.assign(node, f"{w.var(node.input[0])} |> global_avgpool")
-    w.squeezed[node.output[0]] = w.dims(node.input[0])[1]
-
-
-def _flatten(w: _Writer, node, attrs) -> None:
-    x = node.input[0]
-    if x in w.squeezed and attrs.get("axis", 1) == 1:
-        w.vars[node.output[0]] = w.vars[x]  # already [N, C]
-        del w.squeezed[x]
-    elif attrs.get("axis", 1) == 1:
-        w.assign(node, f"{w.var(x)} |> flatten")
-    else:
-        raise Unsupported(f"axis={attrs['axis']}; dslc's flatten keeps the batch axis (axis=1)")
-
-
-def _reshape(w: _Writer, node, attrs) -> None:
-    x, out = node.input[0], w.dims(node.output[0])
-    if x in w.squeezed and len(out) == 2:
-        _flatten(w, node, {"axis": 1})
-        return
-    if out[0] == "N" and len(out) == 2 and len(w.dims(x)) > 2:
-        w.assign(node, f"{w.var(x)} |> flatten")
-        return
-    if sum(d == "N" for d in out) > 1:
-        raise Unsupported(f"a target shape {out} with two unknown sizes")
-    w.assign(node, f"{w.var(x)} |> reshape([{', '.join('-1' if d == 'N' else str(d) for d in out)}])")
-
-
-def _gemm(w: _Writer, node, attrs) -> None:
-    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-        raise Unsupported("alpha or beta other than 1; dslc multiplies plainly")
-    a, b, c = node.input[0], node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if b not in w.consts or attrs.get("transA", 0):  # a product of two tensors, as dslc exports matmul
-        flags = ", ".join(f"transpose_{k}={'true' if attrs.get(f'trans{k.upper()}', 0) else 'false'}" for k in "ab")
-        w.assign(node, f"matmul({w.var(a)}, {w.var(b)}, {flags})" + (f" + {w.var(c)}" if c else ""))
-        return
-    weight = w.consts[b] if attrs.get("transB", 0) else w.consts[b].T  # PyTorch's (out, in), as torch_weights reads it
-    params = {"weight": weight}
-    if c:
-        bias = w.const(c)
-        if bias.shape != (weight.shape[0],):
-            raise Unsupported(f"a bias of shape {list(bias.shape)}; dslc's linear adds one per output")
-        params["bias"] = bias
-    w.assign(node, f"{w.var(a)} |> linear({weight.shape[0]}{'' if c else ', bias=false'})", params)
-
-
-def _matmul(w: _Writer, node, attrs) -> None:
-    if node.input[1] in w.consts and w.consts[node.input[1]].ndim == 2:
-        weight = w.consts[node.input[1]].T
-        w.assign(node, f"{w.var(node.input[0])} |> linear({weight.shape[0]}, bias=false)", {"weight": weight})
-    else:
-        w.assign(node, f"{w.var(node.input[0])} @ {w.var(node.input[1])}")
-
-
-def _batchnorm(w: _Writer, node, attrs) -> None:
-    names = ("weight", "bias", "running_mean", "running_var")
-    params = dict(zip(names, (w.const(i) for i in node.input[1:5])))
-    w.assign(node, f"{w.var(node.input[0])} |> batchnorm(eps={_number(attrs.get('epsilon', 1e-5))})", params)
-
-
-def _instancenorm(w: _Writer, node, attrs) -> None:
-    params = {"weight": w.const(node.input[1]), "bias": w.const(node.input[2])}
-    w.assign(node, f"{w.var(node.input[0])} |> instancenorm(eps={_number(attrs.get('epsilon', 1e-5))})", params)
-
-
-def _prelu(w: _Writer, node, attrs) -> None:
-    w.assign(node, f"{w.var(node.input[0])} |> prelu", {"weight": w.const(node.input[1]).reshape(-1)})
-
-
-def _concat(w: _Writer, node, attrs) -> None:
-    w.assign(node, f"concat({', '.join(w.var(i) for i in node.input)}, axis={attrs['axis']})")
-
-
-def _transpose(w: _Writer, node, attrs) -> None:
-    perm = attrs.get("perm", list(reversed(range(len(w.dims(node.input[0]))))))
-    w.assign(node, f"{w.var(node.input[0])} |> transpose(perm=[{', '.join(map(str, perm))}])")
-
-
-def _pad(w: _Writer, node, attrs) -> None:
-    mode = attrs.get("mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or len(node.input) > 3:
-        raise Unsupported("a pad mode other than constant, or an axes input")
-    pads = w.const(node.input[1]).tolist()
-    rank = len(pads) // 2
-    value = w.const(node.input[2]).item() if len(node.input) > 2 and node.input[2] else 0.0
-    pairs = [v for axis in range(rank) for v in (pads[axis], pads[rank + axis])]  # ONNX: befores, then afters
-    w.assign(node, f"{w.var(node.input[0])} |> pad([{', '.join(map(str, pairs))}], value={_number(value)})")
-
-
-def _slice(w: _Writer, node, attrs) -> None:
-    starts, ends = w.const(node.input[1]).tolist(), w.const(node.input[2]).tolist()
-    rank = len(w.dims(node.input[0]))
-    axes = w.const(node.input[3]).tolist() if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-    steps = w.const(node.input[4]).tolist() if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-    expr = w.var(node.input[0])
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        if step <= 0:
-            raise Unsupported("a negative step; dslc slices forwards")
-        stop = "" if end >= 2**31 else f", stop={end}"
-        expr += f" |> slice(axis={axis % rank}, start={start}{stop}, step={step})"
-    w.assign(node, expr)
-
-
-def _reduce(w: _Writer, node, attrs) -> None:
-    axes = attrs.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = w.const(node.input[1]).tolist()
-    op = "mean" if node.op_type == "ReduceMean" else "sum"
-    axis = "" if not axes else f"axis=[{', '.join(map(str, axes))}], "
-    w.assign(node, f"{w.var(node.input[0])} |> {op}({axis}keepdims={'true' if attrs.get('keepdims', 1) else 'false'})")
-
-
-_LAYERS = {  # the ONNX ops with more to translate than a name
-    "Conv": _conv, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _global_avgpool,
-    "Flatten": _flatten, "Reshape": _reshape, "Gemm": _gemm, "MatMul": _matmul,
-    "BatchNormalization": _batchnorm, "InstanceNormalization": _instancenorm, "PRelu": _prelu,
-    "Concat": _concat, "Transpose": _transpose, "Pad": _pad, "Slice": _slice,
-    "ReduceMean": _reduce, "ReduceSum": _reduce,
-}
-SUPPORTED = (set(_LAYERS) | set(PASS_THROUGH) | set(UNARY) | set(BINARY) | set(WITH_ALPHA)
-             | set(PAIRWISE) | {"Constant", "Neg", "Softmax", "LogSoftmax", "Selu"})
+SUPPORTED = (set(READERS) | set(PASS_THROUGH) | set(UNARY) | set(BINARY) | set(WITH_ALPHA)
+             | set(PAIRWISE) | {"Neg", "Softmax", "LogSoftmax", "Selu"})
+QUIET = SUPPORTED | ARITHMETIC  # not reported again when an input failed (unknown ops after one still are)
