@@ -57,7 +57,11 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     """Parse, resolve and shape-check a model (CompileError for a mistake in the file); with
     `checkpoint` (a run directory, whose best/ else last/ is read, or a checkpoint
     directory), also its parameters, which must fit the model: every parameter with its shape
-    and dtype (TrainError otherwise), and, unless `force`, the same graph."""
+    and dtype (TrainError otherwise), and, unless `force`, the same graph. A checkpoint of a
+    run trained with `--set` builds the model with the run's hyper-parameters (RUN/config.json),
+    under the keyword `overrides` given here, as the CLI's verbs do (runtime/run_settings.py)."""
+    if checkpoint is not None and text is None:
+        overrides = {**_run_overrides(path, model, checkpoint, overrides), **overrides}
     loaded = Model.of(front.load(path, model, text, **overrides))
     if checkpoint is not None:
         from dslc.runtime import predict
@@ -67,3 +71,10 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
         loaded.normalization = ckpt.state.get("normalization")
         loaded.checkpoint = ckpt
     return loaded
+
+
+def _run_overrides(path, model: str | None, checkpoint, given: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters `checkpoint`'s run was trained with, as values, for those `given` leaves open."""
+    from dslc.frontend.values import literals
+    from dslc.runtime.run_settings import run_settings
+    return literals(run_settings(path, [checkpoint], given, model=model).pairs)

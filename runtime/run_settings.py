@@ -58,11 +58,13 @@ def run_of(checkpoint) -> Path | None:
     return next((c for c in candidates if os.path.lexists(c / CONFIG)), None)
 
 
-def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: bool = False) -> Taken:
+def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: bool = False,
+                 model: str | None = None) -> Taken:
     """The pairs the runs of `checkpoints` were trained with that a command on `file` takes (model
     hyper-parameters; with `recipe`, also the settings that decide the evaluated examples), less
-    those the command line `given` decides. UsageError when the runs disagree on one that
-    `given` leaves open: the checkpoints are of different models."""
+    those the command line `given` decides; none when the command builds another `model` than
+    the runs trained. UsageError when the runs disagree on one that `given` leaves open: the
+    checkpoints are of different models."""
     runs = list(dict.fromkeys(run for run in map(run_of, checkpoints) if run is not None))
     if not runs:
         return Taken()
@@ -71,11 +73,11 @@ def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: 
             for run, pairs in recorded.items()}
     _agree(kept)
     program = load_program(file)
-    model = _trained(runs[0], program)
-    if model not in program.models:  # a checkpoint of another model: its settings mean nothing here
+    trained = _trained(runs[0], program)
+    if trained not in program.models or model not in (None, trained):  # the settings of another model
         return Taken()
     pairs = kept[runs[0]]
-    _check(program.models[model], runs[0], pairs)
+    _check(program.models[trained], runs[0], pairs)
     where = f"{runs[0].name or runs[0]}'s" if len(runs) == 1 else "the runs'"
     sources = ", ".join(str(run / CONFIG) for run in runs)
     return Taken(pairs, f"using {where} settings: {_shown(pairs)} (from {sources})" if pairs else None)

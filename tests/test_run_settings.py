@@ -138,3 +138,15 @@ def test_export_writes_the_model_the_run_trained(runs, tmp_path, capsys):
     pytest.importorskip("onnx")
     code, out, err = run_cli(capsys, "export", MLP, "--checkpoint", runs / "h32", "-o", tmp_path / "m.onnx")
     assert code == 0 and out.startswith(f"wrote {tmp_path / 'm.onnx'}") and _note(runs / "h32") in err
+
+
+def test_the_python_api_loads_a_run_with_its_own_settings(runs):
+    """dslc.load(file, checkpoint=RUN) builds the model the run trained, as the verbs do; a
+    keyword given wins over the run's."""
+    import dslc
+    from dslc.runtime.errors import TrainError
+
+    m = dslc.load(MLP, checkpoint=runs / "h32")
+    assert m.params["fc1.linear.weight"].shape == (64, 32)
+    with pytest.raises(TrainError, match="does not fit"):
+        dslc.load(MLP, checkpoint=runs / "h32", hidden=16)
