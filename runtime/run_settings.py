@@ -72,6 +72,8 @@ def run_settings(file, checkpoints: Sequence, given: Mapping[str, Any], recipe: 
     kept = {run: {k: v for k, v in pairs.items() if k not in given and _taken(k, recipe)}
             for run, pairs in recorded.items()}
     _agree(kept)
+    if not kept[runs[0]]:  # nothing left to take (`given` decides it all, as when dslc.load is
+        return Taken()     # called by a verb that took the run's settings already): no second parse
     program = load_program(file)
     trained = _trained(runs[0], program)
     if trained not in program.models or model not in (None, trained):  # the settings of another model

@@ -117,7 +117,7 @@ def sweep(gen, src, kernel) -> None:
     params = [st.view(b) for b in dict.fromkeys(kernel.inputs + kernel.outputs + kernel.scratch)]
     passes = st.passes()
     if st.rows:
-        for _, before, inner, _ in passes:
+        for _, before, inner, _ in passes:  # on x[n, c] text, before _rows reads it through row views
             ChannelTerms(st).hoist(before, inner)
         gen.scratch_slots = max(gen.scratch_slots, len(st.slices) * ROWS_BLOCK)
     with src.block(gen.signature(src, kernel, params + (["scratch"] if st.rows else []), parallel=par,
