@@ -112,7 +112,7 @@ def pad_forward(x, out, before, value):
     # every output row: the border value where no row of x lands, else the row of x in
     # the middle and `value` on both sides of it
     for r in prange(rows_out):
-        at = _source_row(r, x.shape, out.shape, before)
+        at = _source_row(np.int64(r), x.shape, out.shape, before)  # int64 where typed and in the loop: one compile
         row = dst[r]
         if at < 0:
             for q in range(wo):
