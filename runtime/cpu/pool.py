@@ -58,15 +58,20 @@ def _takes(v, best):
 
 @njit(cache=True, parallel=True)
 def _maxpool_2x2_forward(x, out):
+    """Each window's maximum as max(max(a, b), max(c, d)), then, where the window holds a
+    NaN, the NaN (a + b + c + d): plain compares and selects over a row, which LLVM
+    vectorises. A NaN-aware compare per value in the chain kept the loop scalar: 0.53
+    against 0.20 ms for 64x32x28x28 on two threads."""
     ch, ho, wo = x.shape[1], out.shape[2], out.shape[3]
     for t in prange(x.shape[0] * ch):
         plane, dst = x[t // ch, t % ch], out[t // ch, t % ch]
         for i in range(ho):
+            top, bottom, row = plane[2 * i], plane[2 * i + 1], dst[i]
             for j in range(wo):
-                best = plane[2 * i, 2 * j]
-                for v in (plane[2 * i, 2 * j + 1], plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]):
-                    best = v if _takes(v, best) else best
-                dst[i, j] = best
+                a, b = top[2 * j], top[2 * j + 1]
+                c, d = bottom[2 * j], bottom[2 * j + 1]
+                nan = (a != a) | (b != b) | (c != c) | (d != d)
+                row[j] = (a + b + c + d) if nan else max(max(a, b), max(c, d))
 
 
 @njit(cache=True, parallel=True)
