@@ -154,12 +154,11 @@ def register(op: OpDef) -> OpDef:
 
 
 def get(name: str) -> OpDef:
-    _load()
     return OPS[name]
 
 
 def all_ops() -> dict[str, OpDef]:
-    _load()
+    """Every op: whoever imports this module imports the package first, whose __init__ registers each family."""
     return OPS
 
 
@@ -167,13 +166,6 @@ def epilogue_host(name: str) -> bool:
     """Whether op `name` may host a fused elementwise tail (OpDef.epilogue_host)."""
     op = all_ops().get(name)
     return op is not None and op.epilogue_host
-
-
-def _load() -> None:
-    # The families register themselves on import; importing here keeps callers
-    # free of import-order concerns without any import-time magic elsewhere.
-    from dslc.ops import (collective, conv, dropout, elementwise, fused, image, index, linalg, loss,  # noqa: F401
-                          math_ops, norm, optim, reduce, regression, shape, source)
 
 
 # ---- helpers shared by shape rules ---------------------------------------------------
