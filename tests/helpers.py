@@ -120,6 +120,8 @@ TOL = 1e-4
 SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
          "resnet20": {"n": 1, "width": 4}, "mlp_bn": {"h1": 24, "h2": 12}, "digits_cnn": {"width": 4},
          "digits_mlp": {"hidden": 16}, "two_layer": {"hidden": 12}}
+# Models with 224x224 (alexnet: 227x227) inputs and fixed widths: no small size to test them
+# at; test_numba_backend checks them at their own, the reasons below skip them elsewhere.
 TOO_BIG = {"alexnet": "227x227 inputs with fixed widths: minutes per step in the reference",
            "vgg16": "224x224 inputs with fixed widths: minutes per step in the reference",
            "resnet18": "224x224 inputs with fixed widths: minutes per step in the reference"}
