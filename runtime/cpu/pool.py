@@ -50,12 +50,6 @@ def _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
     return kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_t == 0 and pad_l == 0
 
 
-@njit(cache=True, inline="always")
-def _takes(v, best):
-    """Whether v replaces best as the maximum: greater, or the first NaN (NaN beats everything)."""
-    return (v > best) | ((v != v) & (best == best))
-
-
 @njit(cache=True, parallel=True)
 def _maxpool_2x2_forward(x, out):
     """Each window's maximum as max(max(a, b), max(c, d)), then, where the window holds a
