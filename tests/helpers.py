@@ -117,6 +117,14 @@ HOST_FALLBACKS = {"batchnorm_grad_gamma", "batchnorm_grad_x", "concat", "dropout
                   "slice_grad", "stochastic_depth", "svm", "svm_grad", "transpose", "var_grad", "zeros_like"}
 
 TOL = 1e-4
+
+
+def relative_error(got, want) -> float:
+    """max |got - want| over max |want| (at least 1e-6), in float64; 0 for empty arrays: how
+    every backend test compares an output with the reference's."""
+    if not want.size:
+        return 0.0
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want))) / max(float(np.max(np.abs(want))), 1e-6)
 SMALL = {"small_cnn": {"width": 4, "hidden": 16}, "cifar_cnn": {"width": 4, "hidden": 16},
          "resnet20": {"n": 1, "width": 4}, "mlp_bn": {"h1": 24, "h2": 12}, "digits_cnn": {"width": 4},
          "digits_mlp": {"hidden": 16}, "two_layer": {"hidden": 12}}
@@ -421,8 +429,7 @@ def check_cuda_on_host(graph, tmp_path: Path, batch: int = 3, library: bool = Tr
             _launch(lib, launch.function, launch.grid(views), launch.arguments(views))
         for o in k.outputs:
             want = values[o].astype(np.float64).reshape(views[o].shape)
-            scale = max(float(np.max(np.abs(want))), 1e-6) if want.size else 1.0
-            err = float(np.max(np.abs(views[o] - want))) / scale if want.size else 0.0
+            err = relative_error(views[o], want)
             assert err <= 1e-4, f"{graph.name} {graph.stage} {launch.function or k.name}: {o} relative error {err:.2e}"
         checked += 1
     return checked

@@ -22,7 +22,7 @@ from dslc import reference
 from dslc.cli import main
 from dslc.passes.train_step import Optimizer
 from dslc.stages import build
-from helpers import MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
+from helpers import MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph, relative_error
 
 
 def _gpu_available() -> bool:
@@ -47,8 +47,7 @@ def compare(graph, batch: int, feeds, params, randoms=None):
     for key, w in want.items():
         g = cupy.asnumpy(got[key])
         assert g.shape == w.shape, f"{key}: shape {g.shape}, reference {w.shape}"
-        scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
-        err = float(np.max(np.abs(g.astype(np.float64) - w))) / scale if w.size else 0.0
+        err = relative_error(g, w)
         assert err <= TOL, f"{graph.name} {graph.stage} {key}: relative error {err:.2e} > {TOL}"
     return gg
 

@@ -20,7 +20,8 @@ from dslc import reference
 from dslc.passes.train_step import Optimizer
 from dslc.runtime.cpu.runner import compile_graph
 from dslc.stages import build
-from helpers import HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph
+from helpers import (HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph,
+                     relative_error)
 
 
 
@@ -36,13 +37,6 @@ def check(graph, batch: int, seed: int = 0):
         err = relative_error(g, w)
         assert err <= TOL, f"{graph.name} {graph.stage} {key}: relative error {err:.2e} > {TOL}"
     return cg
-
-
-def relative_error(got, want) -> float:
-    """max |got - want| over max |want| (at least 1e-6), in float64; 0 for empty arrays."""
-    if not want.size:
-        return 0.0
-    return float(np.max(np.abs(got.astype(np.float64) - want))) / max(float(np.max(np.abs(want))), 1e-6)
 
 
 def _models():
@@ -86,6 +80,7 @@ def test_full_size_model_matches_reference(name, stage):
     got = cg.run(feeds, params, randoms=randoms)
     assert cg.fallbacks == ()
     for key, w in want.items():
+        assert got[key].shape == w.shape, f"{key}: shape {got[key].shape}, reference {w.shape}"
         err, noise = relative_error(got[key], w), relative_error(moved[key], w)
         assert err <= max(TOL, 10 * noise), f"{name} {stage} {key}: relative error {err:.2e}, the reference's own {noise:.2e}"
 
@@ -171,8 +166,7 @@ def test_op_sample_matches_reference(name, k, sample):
     cg = compile_graph(graph, 1)
     got = cg.run(feeds, {})
     for key, w in want.items():
-        scale = max(float(np.max(np.abs(w))), 1e-6) if w.size else 1.0
-        err = float(np.max(np.abs(got[key].astype(np.float64) - w))) / scale if w.size else 0.0
+        err = relative_error(got[key], w)
         assert err <= TOL, f"{name}: {key} relative error {err:.2e}"
     fell = {n.op for p in cg.fallbacks for n in cg.kernels[p].covers()} - HOST_FALLBACKS
     assert not fell, f"{name}: {sorted(fell)} ran on the NumPy references, not as kernels"
