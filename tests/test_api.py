@@ -109,6 +109,21 @@ def test_grad_on_the_reference_device_agrees(loaded):
     close(got["image"], want["image"], "image")
 
 
+def test_compiled_graphs_fold_batchnorm_and_keep_every_node_asked_for(loaded, compiled):
+    """On the compiled devices inference batchnorm is folded into the convolution before
+    differentiating (no batchnorm, no scale pass left in the saliency graph); a node asked
+    for by name is never folded away, even the convolution a batchnorm reads."""
+    image = loaded.normalize(batch()["image"])
+    compiled.grad(loaded.params, {"image": image}, of="out[:, 3]", wrt=["image"])
+    graphs = [s.graph for key, s in compiled._steps.items() if key[0] == "grad" and not key[3]]
+    assert graphs and not any(g.of_op("batchnorm") or g.of_op("batchnorm_grad_x") for g in graphs)
+    names = ["conv1.conv_bn_relu.conv2d", "conv1.conv_bn_relu.batchnorm", "out"]
+    got = compiled.forward(loaded.params, {"image": image}, outputs=names)
+    want = loaded.compile(device="reference").forward(loaded.params, {"image": image}, outputs=names)
+    for name in names:
+        close(got[name], want[name], name)
+
+
 def test_step_is_one_reference_training_step(loaded, compiled):
     params = {k: v.copy() for k, v in loaded.params.items()}
     opt = Optimizer("sgd", lr=0.05, momentum=0.9)

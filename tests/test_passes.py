@@ -6,6 +6,7 @@ import pytest
 import dslc
 from dslc import stages
 from dslc.passes.check_numeric import max_rel_difference, random_bindings
+from dslc.ir.graph import Output
 from dslc.ir.verify import check
 from dslc.passes.cse import cse
 from dslc.passes.dce import dce
@@ -102,6 +103,17 @@ def test_inference_graphs_have_no_batchnorm_after_folding(file):
     folded, results = optimize(graph, after="fold-batchnorm")
     assert not folded.of_op("batchnorm")
     assert results[0].report.startswith("fold-batchnorm: folded ")
+
+
+def test_a_convolution_that_is_an_output_is_not_folded_away():
+    """fold-batchnorm replaces a layer used only by its batchnorm; an output counts as a use
+    (folding would keep the convolution for the output and compute it twice)."""
+    graph = stages.build(dslc.load(MODELS / "small_cnn.net"), "infer")
+    conv = graph["stage1.conv_bn_relu.conv2d"]
+    graph = graph.replace(outputs=graph.outputs + (Output("output", "pre", conv.name),))
+    folded, _ = optimize(graph, after="fold-batchnorm")
+    assert folded[conv.name].op == "conv2d" and len(folded.of_op("batchnorm")) == 1
+    assert {o.value for o in folded.outputs} <= {n.name for n in folded.nodes}
 
 
 def test_batchnorm_in_training_is_left_exact(net):

@@ -10,7 +10,14 @@ preceding layer's weight and bias (as TVM's FoldBatchnormToConv2D does):
 The new weight and bias depend on parameters only, so they are computed once when the
 parameters are loaded, not per batch. A batchnorm is left exact (unfolded) when its
 statistics are not running statistics (training mode), when the layer's output is
-used elsewhere too, or when something else stands between them (a flatten, say).
+used elsewhere too (by another node, or as one of the graph's outputs: folding would then
+compute the layer twice), or when something
+else stands between them (a flatten, say).
+
+The pipeline runs it on inference graphs; the compiled Python API (runtime/compiled.py)
+runs it on its forward graphs and, before differentiating, on its objective graphs, so
+that a saliency map's backward pass goes through the folded layer too (one convolution
+with W' instead of a convolution and a per-channel scale, both ways).
 """
 from __future__ import annotations
 
@@ -23,9 +30,11 @@ _PARAM = Pat("param")
 
 
 def _foldable(graph: Graph):
-    users = graph.consumers()
+    users = {name: len(nodes) for name, nodes in graph.consumers().items()}
+    for o in graph.outputs:
+        users[o.value] += 1
     layer = Pat(("conv2d", "linear"), inputs=(Pat(), _PARAM), name="layer",
-                where=lambda n: len(users[n.name]) == 1 and all(graph[i].op == "param" for i in n.inputs[1:]))
+                where=lambda n: users[n.name] == 1 and all(graph[i].op == "param" for i in n.inputs[1:]))
     return Pat("batchnorm", inputs=(layer, _PARAM, _PARAM, _STATE, _STATE), name="bn")
 
 
