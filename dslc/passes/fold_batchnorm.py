@@ -11,8 +11,7 @@ The new weight and bias depend on parameters only, so they are computed once whe
 parameters are loaded, not per batch. A batchnorm is left exact (unfolded) when its
 statistics are not running statistics (training mode), when the layer's output is
 used elsewhere too (by another node, or as one of the graph's outputs: folding would then
-compute the layer twice), or when something
-else stands between them (a flatten, say).
+compute the layer twice), or when something else stands between them (a flatten, say).
 
 The pipeline runs it on inference graphs; the compiled Python API (runtime/compiled.py)
 runs it on its forward graphs and, before differentiating, on its objective graphs, so
