@@ -98,10 +98,10 @@ _optimizer_op("adam_step", ("w", "m", "v", "lr", "step"), 3,
               "w - lr * (mhat / (sqrt(vhat) + eps) + weight_decay * w),  "
               "mhat = m / (1 - beta1^step), vhat = v / (1 - beta2^step)",
               _adam_ref, 12,
-              Scalar("{0} - {3} * (({1} / (1.0 - {beta1} ** {4})) / (math.sqrt({2} / (1.0 - {beta2} ** {4})) + {eps})"
-                     " + {weight_decay} * {0})",
-                     "{0} - {3} * (({1} / (1.0 - pow({beta1}, {4}))) / (sqrt({2} / (1.0 - pow({beta2}, {4}))) + {eps})"
-                     " + {weight_decay} * {0})"),
+              Scalar("{0} - {3} * ({1} * (1.0 / (1.0 - {beta1} ** {4})) / (math.sqrt({2} * (1.0 / (1.0 - {beta2} ** {4})))"
+                     " + {eps}) + {weight_decay} * {0})",
+                     "{0} - {3} * ({1} * (1.0 / (1.0 - pow({beta1}, {4}))) / (sqrt({2} * (1.0 / (1.0 - pow({beta2}, {4}))))"
+                     " + {eps}) + {weight_decay} * {0})"),
               attrs=(Attr("beta1", "float", 0.9), Attr("beta2", "float", 0.999), Attr("eps", "float", 1e-8),
                      Attr("weight_decay", "float", 0.0)),
               sample_attrs={"weight_decay": 0.01}, domain="positive")
