@@ -102,6 +102,18 @@ WINOGRAD_CASES = [
     (5, 16, 20, 20, 16, 3, 1, "same", 1, 1, True),     # several images per block, a remainder block
 ]
 CONV_CASES += WINOGRAD_CASES
+# strided, undilated, sides multiples of the strides, output as wide as a phase plane:
+# im2col through the input's phase planes (geometry.phased)
+PHASED_CASES = [
+    (2, 3, 8, 8, 4, 3, 2, 1, 1, 1, True),              # 3x3 stride 2 pad 1 (resnet's downsampling)
+    (3, 4, 8, 10, 3, 1, 2, 0, 1, 1, False),            # 1x1 stride 2 (its shortcut)
+    (1, 2, 12, 12, 3, 7, 2, 3, 1, 1, True),            # 7x7 stride 2 pad 3 (a ResNet stem): shifts of -2..+1
+    (2, 2, 6, 9, 3, 3, 3, 1, 1, 1, True),              # stride 3
+    (2, 4, 8, 6, 4, 3, (2, 1), (1, 1), 1, 2, False),   # stride 2 rows only, groups
+    (2, 3, 8, 8, 2, 3, 2, (2, 1), 1, 1, True),         # rows padded 2: a row of output more than a plane has
+    (1, 64, 40, 40, 2, 3, 2, 1, 1, 1, False),          # im2col in 2 blocks of rows (> COL_BLOCK)
+]
+CONV_CASES += PHASED_CASES
 
 
 def _conv_args(case):
@@ -144,6 +156,14 @@ def test_conv2d(case, parts, dtype):
 def test_winograd_cases_run_by_winograd(case):
     x_shape, w_shape, attrs, _ = _conv_args(case)
     assert geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0])
+
+
+@pytest.mark.parametrize("case", PHASED_CASES)
+def test_phased_cases_read_phase_planes(case):
+    x_shape, w_shape, attrs, _ = _conv_args(case)
+    sh, sw, pt, pb, pl, pr, dh, dw = conv.geometry(attrs, x_shape[2:])
+    wo = (x_shape[3] + pl + pr - (w_shape[3] - 1) * dw - 1) // sw + 1
+    assert geometry.phased(sh, sw, dh, dw, x_shape[2], x_shape[3], wo)
 
 
 def test_winograd_refuses_what_it_does_not_compute():

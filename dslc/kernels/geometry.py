@@ -54,6 +54,17 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
     return -(-ho // tiles)
 
 
+def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
+    """Whether im2col reads a strided convolution through its input's phase planes
+    (dslc.runtime.cpu.conv): strided, undilated, the input's sides multiples of the strides
+    and the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution
+    padded 1, a 1x1 stride-2 one unpadded or a 7x7 stride-2 stem padded 3 on even sizes.
+    >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 8, 8, 8)
+    (True, False, False)
+    """
+    return (sh > 1 or sw > 1) and dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
+
+
 def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,
              c_in: int, c_out: int) -> bool:
     """Whether a convolution runs by Winograd F(2x2, 3x3) (dslc.runtime.cpu.winograd): 3x3,
@@ -100,8 +111,9 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
 
     x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo), geom the convolution's
     `geometry` (strides, pads, dilations); parts: the threads (default: default_parts()).
-    A slot holds one im2col block and one weight-gradient partial, or, where the
-    convolution runs by Winograd, what its forward, input and weight gradient need.
+    A slot holds one im2col block and one weight-gradient partial (then, for a `phased`
+    convolution, one channel's phase planes), or, where the convolution runs by Winograd,
+    what its forward, input and weight gradient need.
     >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)
     (2, 74880)
     """
@@ -110,6 +122,8 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     k = c * kh * kw
     slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
     sh, sw, pt, pb, pl, pr, dh, dw = geom
+    if phased(sh, sw, dh, dw, h, w, out_hw[1]):
+        slot += h * w  # one channel's phase planes
     if winograd(kh, kw, sh, sw, dh, dw, c // cg, pt, pb, pl, pr, c, o):
         slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n))
     return max(1, parts or default_parts()), slot

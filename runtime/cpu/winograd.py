@@ -56,7 +56,7 @@ from numba.np.numpy_support import as_dtype
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+from dslc.runtime.cpu.conv import _check, _u, conv2d_grad_bias
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _applies = njit(cache=True)(_geometry.winograd)
@@ -95,11 +95,6 @@ def _a(a):
     if a == 2:
         return 0, 1.0, 1, -1.0
     return 1, -1.0, 0, 0.0
-
-
-@njit(cache=True, inline="always")
-def _u(v):
-    return np.uint64(v)
 
 
 def _like(f, v):
