@@ -48,11 +48,11 @@ raise ValueError on a mismatch instead of reading out of bounds.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.lanes import u64
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
@@ -89,14 +89,6 @@ def _zero_edges(cf, d0, first, last, w, j0, j1):
 
 
 @njit(cache=True, inline="always")
-def _u(v):
-    """v as an unsigned index: Numba tests a signed index for wrap-around on every access,
-    which keeps LLVM from vectorising the loop (and a slice instead touches the parent
-    array's reference count, shared by the threads)."""
-    return np.uint64(v)
-
-
-@njit(cache=True, inline="always")
 def _phase_taps(u, v, pt, pl, sh, sw, r0, r1, hp, wo):
     """Where tap (u, v) reads in the phase planes for output rows [r0, r1): the plane's
     offset (in planes of hp x wo), the shift (di, dj) in plane rows and columns, the rows
@@ -127,9 +119,9 @@ def _split_phases(flat, at, h, w, sh, sw, planes, kh, kw, pt, pl):
             if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
                 continue
             for r in range(hp):
-                dst, src = _u((ph * sw + pw) * hp * wp + r * wp), _u(at + (r * sh + ph) * w + pw)
-                for q in range(_u(wp)):
-                    planes[dst + q] = flat[src + q * _u(sw)]
+                dst, src = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
+                for q in range(u64(wp)):
+                    planes[dst + q] = flat[src + q * u64(sw)]
 
 
 @njit(cache=True)
@@ -141,9 +133,9 @@ def _merge_phases(planes, flat, at, h, w, sh, sw, kh, kw, pt, pl):
             if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
                 continue
             for r in range(hp):
-                src, dst = _u((ph * sw + pw) * hp * wp + r * wp), _u(at + (r * sh + ph) * w + pw)
-                for q in range(_u(wp)):
-                    flat[dst + q * _u(sw)] += planes[src + q]
+                src, dst = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
+                for q in range(u64(wp)):
+                    flat[dst + q * u64(sw)] += planes[src + q]
 
 
 @njit(cache=True)
@@ -162,16 +154,16 @@ def _im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
                 d0 = ((c * kh + u) * kw + v) * n
                 if j1 == j0:  # every column reads padding
                     ia = ib
-                for q in range(_u((ia - r0) * wo)):
-                    cf[_u(d0) + q] = 0
-                for q in range(_u((r1 - ib) * wo)):
-                    cf[_u(d0 + (ib - r0) * wo) + q] = 0
+                for q in range(u64((ia - r0) * wo)):
+                    cf[u64(d0) + q] = 0
+                for q in range(u64((r1 - ib) * wo)):
+                    cf[u64(d0 + (ib - r0) * wo) + q] = 0
                 if ib == ia:
                     continue
                 q0, q1 = d0 + (ia - r0) * wo + j0, d0 + (ib - r0 - 1) * wo + j1
-                s0 = _u(at + (ia + di) * wo + j0 + dj)
-                for q in range(_u(q1 - q0)):
-                    cf[_u(q0) + q] = planes[s0 + q]
+                s0 = u64(at + (ia + di) * wo + j0 + dj)
+                for q in range(u64(q1 - q0)):
+                    cf[u64(q0) + q] = planes[s0 + q]
                 _zero_edges(cf, d0, ia - r0, ib - r0, wo, j0, j1)
 
 
@@ -183,7 +175,7 @@ def _col2im_phased(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
     flat, cf = dst.reshape(-1), col.reshape(-1)
     n, hp = (r1 - r0) * wo, h // sh
     for c in range(c_in):
-        for q in range(_u(h * w)):
+        for q in range(u64(h * w)):
             planes[q] = 0
         for u in range(kh):
             for v in range(kw):
@@ -193,9 +185,9 @@ def _col2im_phased(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
                 d0 = ((c * kh + u) * kw + v) * n
                 _zero_edges(cf, d0, ia - r0, ib - r0, wo, j0, j1)
                 q0, q1 = d0 + (ia - r0) * wo + j0, d0 + (ib - r0 - 1) * wo + j1
-                s0 = _u(at + (ia + di) * wo + j0 + dj)
-                for q in range(_u(q1 - q0)):
-                    planes[s0 + q] += cf[_u(q0) + q]
+                s0 = u64(at + (ia + di) * wo + j0 + dj)
+                for q in range(u64(q1 - q0)):
+                    planes[s0 + q] += cf[u64(q0) + q]
         _merge_phases(planes, flat, c * h * w, h, w, sh, sw, kh, kw, pt, pl)
 
 

@@ -51,16 +51,14 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
-from numba.np.numpy_support import as_dtype
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.conv import _check, _u, conv2d_grad_bias
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+from dslc.runtime.cpu.lanes import sum3, sum4, u64
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _applies = njit(cache=True)(_geometry.winograd)
-FAST = {"contract"}
 _RUN = 64  # filters per run through the transforms' buffer (_weights, _unweights)
 
 
@@ -97,51 +95,19 @@ def _a(a):
     return 1, -1.0, 0, 0.0
 
 
-def _like(f, v):
-    """v as a number of f's dtype: float32 coefficients keep a float32 loop in float32 (twice
-    the lanes of float64)."""
-    return f.dtype.type(v)
-
-
-@overload(_like, inline="always")
-def _like_impl(f, v):
-    kind = as_dtype(f.dtype).type
-    return lambda f, v: kind(v)
-
-
 @njit(cache=True, inline="always")
 def _patch(at_p, plane, we, k, col):
     """Where element (k, col) of tile 0's patch starts in the parity planes at f[at_p:]
     (tile q's is q further on): plane 2(k%2) + col%2, shifted k//2 rows of the tile grid
     (we tiles each) and col//2 tiles. With k, col < 2 it is the start of plane 2k + col."""
-    return _u(at_p + (2 * (k % 2) + col % 2) * plane + (k // 2) * we + col // 2)
+    return u64(at_p + (2 * (k % 2) + col % 2) * plane + (k // 2) * we + col // 2)
 
 
 @njit(cache=True, inline="always")
 def _row(at, rows, row, tb, base, a, b):
     """Where row `row` of region [16, rows, tb] at f[at:] (V or M) starts for transform
     position (a, b), from this image's first tile (base)."""
-    return _u(at + ((4 * a + b) * rows + row) * tb + base)
-
-
-@njit(cache=True, fastmath=FAST)
-def _sum4(f, dst, n, s0, s1, s2, s3, c0, c1, c2, c3):
-    """f[dst + q] = c0 f[s0 + q] + c1 f[s1 + q] + c2 f[s2 + q] + c3 f[s3 + q], q < n (unsigned offsets)."""
-    c0, c1, c2, c3 = _like(f, c0), _like(f, c1), _like(f, c2), _like(f, c3)
-    for q in range(_u(n)):
-        f[dst + q] = c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q] + c3 * f[s3 + q]
-
-
-@njit(cache=True, fastmath=FAST)
-def _sum3(f, dst, n, s0, s1, s2, c0, c1, c2, add, accumulate):
-    """f[dst + q] (+)= add + c0 f[s0 + q] + c1 f[s1 + q] + c2 f[s2 + q], q < n (unsigned offsets)."""
-    c0, c1, c2, add = _like(f, c0), _like(f, c1), _like(f, c2), _like(f, add)
-    if accumulate:
-        for q in range(_u(n)):
-            f[dst + q] += c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q]
-    else:
-        for q in range(_u(n)):
-            f[dst + q] = add + c0 * f[s0 + q] + c1 * f[s1 + q] + c2 * f[s2 + q]
+    return u64(at + ((4 * a + b) * rows + row) * tb + base)
 
 
 @njit(cache=True)
@@ -238,27 +204,27 @@ def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
     # the j whose columns 2j - pl and 2j + 1 - pl are both inside [0, cols): one loop, no tests
     lo = min(we, (pl + 1) // 2)
     hi = max(lo, min(we, (cols + pl) // 2))
-    two, one = _u(2), _u(1)
+    two, one = u64(2), u64(1)
     for r in range(2 * th + 2):
         row = r - pt
-        even = _u(planes + 2 * (r % 2) * plane + (r // 2) * we)
-        odd = even + _u(plane)
+        even = u64(planes + 2 * (r % 2) * plane + (r // 2) * we)
+        odd = even + u64(plane)
         if row < 0 or row >= rows:
-            for j in range(_u(we)):
+            for j in range(u64(we)):
                 f[even + j] = 0
                 f[odd + j] = 0
             continue
         base = at + row * cols
         for j in range(lo):  # the left edge: a column may be padding
-            f[even + _u(j)] = src[base + 2 * j - pl] if 2 * j - pl >= 0 else 0
-            f[odd + _u(j)] = src[base + 2 * j + 1 - pl] if 0 <= 2 * j + 1 - pl < cols else 0
-        start = _u(base + 2 * lo - pl) if hi > lo else _u(0)
-        for j in range(_u(hi - lo)):
-            f[even + _u(lo) + j] = src[start + two * j]
-            f[odd + _u(lo) + j] = src[start + two * j + one]
+            f[even + u64(j)] = src[base + 2 * j - pl] if 2 * j - pl >= 0 else 0
+            f[odd + u64(j)] = src[base + 2 * j + 1 - pl] if 0 <= 2 * j + 1 - pl < cols else 0
+        start = u64(base + 2 * lo - pl) if hi > lo else u64(0)
+        for j in range(u64(hi - lo)):
+            f[even + u64(lo) + j] = src[start + two * j]
+            f[odd + u64(lo) + j] = src[start + two * j + one]
         for j in range(hi, we):  # the right edge
-            f[even + _u(j)] = src[base + 2 * j - pl] if 0 <= 2 * j - pl < cols else 0
-            f[odd + _u(j)] = src[base + 2 * j + 1 - pl] if 2 * j + 1 - pl < cols else 0
+            f[even + u64(j)] = src[base + 2 * j - pl] if 0 <= 2 * j - pl < cols else 0
+            f[odd + u64(j)] = src[base + 2 * j + 1 - pl] if 2 * j + 1 - pl < cols else 0
     for k in range(4):  # the one element past the rows, read by the extra column's last tile:
         f[planes + k * plane + (th + 1) * we] = 0  # a stale NaN there would reach dU as 0 * NaN
 
@@ -275,7 +241,7 @@ def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
             k0, s0, k1, s1 = _bt(a)
             for b in range(4):
                 l0, t0, l1, t1 = _bt(b)
-                _sum4(f, _row(at_v, c_in, c, tb, base, a, b), n, _patch(at_p, plane, we, k0, l0),
+                sum4(f, _row(at_v, c_in, c, tb, base, a, b), n, _patch(at_p, plane, we, k0, l0),
                       _patch(at_p, plane, we, k0, l1), _patch(at_p, plane, we, k1, l0),
                       _patch(at_p, plane, we, k1, l1), s0 * t0, s0 * t1, s1 * t0, s1 * t1)
 
@@ -292,21 +258,21 @@ def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
             a0, sa0, a1, sa1, a2, sa2 = _at(r)
             for s in range(2):
                 b0, sb0, b1, sb1, b2, sb2 = _at(s)
-                dst = _u(at_p + (2 * r + s) * plane)
+                dst = u64(at_p + (2 * r + s) * plane)
                 for t in range(3):  # out = sum over the three nonzeros of A^T's row r
                     a, sa = (a0, sa0) if t == 0 else ((a1, sa1) if t == 1 else (a2, sa2))
-                    _sum3(f, dst, n, _row(at_m, c_out, o, tb, base, a, b0), _row(at_m, c_out, o, tb, base, a, b1),
+                    sum3(f, dst, n, _row(at_m, c_out, o, tb, base, a, b0), _row(at_m, c_out, o, tb, base, a, b1),
                           _row(at_m, c_out, o, tb, base, a, b2), sa * sb0, sa * sb1, sa * sb2, add, t > 0)
-        two = _u(2)
+        two = u64(2)
         for i in range(ho):  # interleave the four planes into the image's rows
-            even = _u(at_p + 2 * (i % 2) * plane + (i // 2) * we)
-            odd = even + _u(plane)
-            row = _u(at + (o * ho + i) * wo)
-            for j in range(_u(wo // 2)):
+            even = u64(at_p + 2 * (i % 2) * plane + (i // 2) * we)
+            odd = even + u64(plane)
+            row = u64(at + (o * ho + i) * wo)
+            for j in range(u64(wo // 2)):
                 y[row + two * j] = f[even + j]
-                y[row + two * j + _u(1)] = f[odd + j]
+                y[row + two * j + u64(1)] = f[odd + j]
             if wo % 2:
-                y[row + _u(wo - 1)] = f[even + _u(wo // 2)]
+                y[row + u64(wo - 1)] = f[even + u64(wo // 2)]
 
 
 @njit(cache=True)
@@ -322,7 +288,7 @@ def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
             r0, sr0, r1, sr1 = _a(a)
             for b in range(4):
                 q0, sq0, q1, sq1 = _a(b)
-                _sum4(f, _row(at_m, c_out, o, tb, base, a, b), n, _patch(at_p, plane, 0, r0, q0),
+                sum4(f, _row(at_m, c_out, o, tb, base, a, b), n, _patch(at_p, plane, 0, r0, q0),
                       _patch(at_p, plane, 0, r0, q1), _patch(at_p, plane, 0, r1, q0),
                       _patch(at_p, plane, 0, r1, q1), sr0 * sq0, sr0 * sq1, sr1 * sq0, sr1 * sq1)
 
