@@ -18,7 +18,7 @@ import pytest
 from dslc.kernels import geometry
 from dslc.ops import registry
 from dslc.ops.norm import bn_axes
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, strided, winograd
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -134,7 +134,8 @@ def test_conv2d(case, parts, dtype):
     geo = conv.geometry(attrs, x_shape[2:])
     want = ref("conv2d", x, w, *([b] if bias else []), out=w_shape[0], bias=bias, **attrs)
     ws = np.full(conv.workspace_shape(x_shape, w_shape, want.shape[2:], geo, parts), np.nan, dtype)  # none read
-    kernels = winograd if geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0]) else conv
+    kernels = (winograd if geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0])
+               else strided if geometry.uses_phases(attrs, x_shape[2:]) else conv)  # as the generated code chooses
 
     y = np.empty(want.shape, dtype)
     kernels.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
@@ -161,9 +162,16 @@ def test_winograd_cases_run_by_winograd(case):
 @pytest.mark.parametrize("case", PHASED_CASES)
 def test_phased_cases_read_phase_planes(case):
     x_shape, w_shape, attrs, _ = _conv_args(case)
-    sh, sw, pt, pb, pl, pr, dh, dw = conv.geometry(attrs, x_shape[2:])
-    wo = (x_shape[3] + pl + pr - (w_shape[3] - 1) * dw - 1) // sw + 1
-    assert geometry.phased(sh, sw, dh, dw, x_shape[2], x_shape[3], wo)
+    assert geometry.uses_phases(attrs, x_shape[2:])
+
+
+def test_strided_kernels_refuse_what_they_do_not_compute():
+    x, w = np.zeros((2, 3, 7, 7)), np.zeros((4, 3, 3, 3))  # odd sides: no phase planes
+    y = np.zeros((2, 4, 4, 4))
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (4, 4), (2, 2, 1, 1, 1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="not a phased"):
+        strided.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)
+    conv.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)  # conv.py's kernels do
 
 
 def test_winograd_refuses_what_it_does_not_compute():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dslc.kernels.geometry import geometry, pool_geometry, uses_winograd, workspace_shape
+from dslc.kernels.geometry import geometry, pool_geometry, uses_phases, uses_winograd, workspace_shape
 from dslc.ops.registry import pair
 from dslc.ops.shape import pad_pairs
 
@@ -21,8 +21,11 @@ def _geom(node, size) -> str:
 
 def _conv(node, size, c_in: int, c_out: int) -> str:
     """The library module of a convolution's kernels: winograd.py where it applies (3x3,
-    stride 1, enough channels: faster by measurement), else conv.py (im2col + GEMM)."""
-    return "winograd" if uses_winograd(node.attr_dict, tuple(size), c_in, c_out) else "conv"
+    stride 1, enough channels: faster by measurement), strided.py for a strided one whose
+    input splits into phase planes, else conv.py (im2col + GEMM)."""
+    if uses_winograd(node.attr_dict, tuple(size), c_in, c_out):
+        return "winograd"
+    return "strided" if uses_phases(node.attr_dict, tuple(size)) else "conv"
 
 
 def _pool(node, size, what) -> str:
@@ -140,7 +143,7 @@ CALLS: dict[str, Callable] = {
 
 # Library modules the calls above name, imported by every generated module.
 IMPORTS = ("from dslc.runtime.cpu import along_axis, collective, conv, gemm, groupnorm, lrn, pool, resample, "
-           "slicing, softmax, winograd")
+           "slicing, softmax, strided, winograd")
 # Those of them that are plain Python, not Numba kernels: nothing to compile ahead of a step.
 HOST_MODULES = ("collective",)
 

@@ -56,13 +56,24 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
 
 def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
     """Whether im2col reads a strided convolution through its input's phase planes
-    (dslc.runtime.cpu.conv): strided, undilated, the input's sides multiples of the strides
+    (dslc.runtime.cpu.strided): strided, undilated, the input's sides multiples of the strides
     and the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution
     padded 1, a 1x1 stride-2 one unpadded or a 7x7 stride-2 stem padded 3 on even sizes.
     >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 8, 8, 8)
     (True, False, False)
     """
     return (sh > 1 or sw > 1) and dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
+
+
+def uses_phases(attrs, size) -> bool:
+    """Whether a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an input of
+    spatial `size`, and its gradients, run by strided.py (im2col through phase planes).
+    >>> uses_phases({"kernel": 3, "stride": 2, "pad": 1, "dilation": 1, "groups": 1}, (32, 32))
+    True
+    """
+    kw = window(attrs, tuple(size), "conv2d").kernel[1]
+    sh, sw, pt, pb, pl, pr, dh, dw = geometry(attrs, size)
+    return phased(sh, sw, dh, dw, size[0], size[1], (size[1] + pl + pr - (kw - 1) * dw - 1) // sw + 1)
 
 
 def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,

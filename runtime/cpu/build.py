@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -88,7 +89,7 @@ def build(gen: Generator, label: str, quiet: bool = False) -> Report:
     pending = []
     for where, types in calls:
         fn = _function(where)
-        sig = _signature(types)
+        sig = _signature(types, fn)
         if sig in fn.overloads or _cached(fn, sig):
             report.cached += 1
             cache.write_built(where, types, _index(fn))
@@ -103,7 +104,7 @@ def build(gen: Generator, label: str, quiet: bool = False) -> Report:
                 print(f"  {s:7.2f} s  {'.'.join(where)}  {_show(types)}", file=sys.stderr)
         for where, types, _ in pending:
             fn = _function(where)
-            if _cached(fn, _signature(types)):
+            if _cached(fn, _signature(types, fn)):
                 cache.write_built(where, types, _index(fn))
         report.compiled = len(pending)
         report.seconds = time.perf_counter() - start
@@ -182,7 +183,8 @@ def _compile_one(where, types) -> float:
     the first call, which compiles it again in the caller's process and reports the error."""
     start = time.perf_counter()
     try:
-        _function(where).compile(_signature(types))
+        fn = _function(where)
+        fn.compile(_signature(types, fn))
     except Exception:
         pass
     return time.perf_counter() - start
@@ -205,11 +207,16 @@ def _function(where):
     return getattr(shared.module(shared.path_of(place)), name)
 
 
-def _signature(types) -> tuple:
+def _signature(types, fn) -> tuple:
+    """The Numba signature a call of `fn` with arguments of `types` compiles: theirs, then
+    Omitted(default) for each defaulted parameter the call leaves out, as Numba types it
+    (conv.py's `phased`, which only strided.py passes)."""
     from numba import types as nt
     scalars = {"int": nt.int64, "bool": nt.boolean, "NoneType": nt.none, "float": nt.float64}
-    return tuple(nt.Array(getattr(nt, t[0]), t[1], "C") if isinstance(t, tuple)
-                 else nt.UniTuple(nt.int64, int(t[4:])) if t.startswith("ints") else scalars[t] for t in types)
+    given = tuple(nt.Array(getattr(nt, t[0]), t[1], "C") if isinstance(t, tuple)
+                  else nt.UniTuple(nt.int64, int(t[4:])) if t.startswith("ints") else scalars[t] for t in types)
+    rest = list(inspect.signature(fn.py_func).parameters.values())[len(given):]
+    return given + tuple(nt.Omitted(p.default) for p in rest)
 
 
 def _cached(fn, sig) -> bool:

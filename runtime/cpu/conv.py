@@ -17,16 +17,8 @@ For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo p
     grad-input   col_g = W_g^T @ g_i[g][:, block];  dx_i += col2im(col)
     grad-weight  col = im2col(x_i);  dW_g += g_i[g][:, block] @ col_g^T
 
-A strided convolution whose input splits into phase planes as wide as its output
-(geometry.phased: a 3x3 stride-2 convolution padded 1, a 1x1 stride-2 one, on even
-sizes) reads each channel through them: P[ph, pw][r, q] = x[c, r*sh + ph, q*sw + pw], so
-tap (u, v) of every output pixel is one plane shifted by whole rows and columns, and a
-col row is again one long copy (then its edge columns zeroed), not a strided gather per
-output row; the input gradient adds col rows into the planes and scatters them back
-once. Only the phases some tap reads are split (a 1x1 stride-2 convolution reads one). On
-resnet20's 16 -> 32 stride-2 convolution at batch 128 (two threads) this took the forward
-from 4.7 to 3.1 ms, the input gradient from 4.1 to 2.9 and the weight gradient from 4.7
-to 3.3.
+A strided convolution whose input splits into phase planes as wide as its output runs
+through strided.py instead: the same kernels, reading its input through those planes.
 
 Rows of col are channel-major, so group g's rows are one contiguous block, as are its
 weights in W.reshape(O, C/G*kh*kw). Because an image's output is already [O, pixels],
@@ -52,11 +44,10 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.lanes import u64
+from dslc.runtime.cpu.phases import col2im_phased, im2col_phased, zero_edges
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
-_phased = njit(cache=True)(_geometry.phased)
 
 
 # ---- data movement ----------------------------------------------------------------------
@@ -76,119 +67,6 @@ def _rows_in(r0, r1, u, sh, pt, dh, h):
     lo, hi = _span(u * dh - pt, sh, h, r1)
     ia = min(max(lo, r0), r1)
     return ia, max(hi, ia)
-
-
-@njit(cache=True, inline="always")
-def _zero_edges(cf, d0, first, last, w, j0, j1):
-    """Zero columns [0, j0) and [j1, w) of rows [first, last) of the col row at cf[d0:], seen as [rows, w]."""
-    for i in range(first, last):
-        for j in range(j0):
-            cf[d0 + i * w + j] = 0
-        for j in range(j1, w):
-            cf[d0 + i * w + j] = 0
-
-
-@njit(cache=True, inline="always")
-def _phase_taps(u, v, pt, pl, sh, sw, r0, r1, hp, wo):
-    """Where tap (u, v) reads in the phase planes for output rows [r0, r1): the plane's
-    offset (in planes of hp x wo), the shift (di, dj) in plane rows and columns, the rows
-    [ia, ib) and the columns [j0, j1) that read inside the image."""
-    a, b = u - pt, v - pl
-    di, dj = a // sh, b // sw  # floor division: a tap above or left of the image shifts by -1
-    ia = min(max(r0, -di), r1)
-    ib = max(ia, min(r1, hp - di))
-    j0, j1 = max(0, -dj), min(wo, wo - dj)
-    return ((a % sh) * sw + b % sw) * hp * wo, di, dj, ia, ib, j0, max(j0, j1)
-
-
-@njit(cache=True, inline="always")
-def _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
-    """Whether a tap reads phase (ph, pw): tap u reads row phase (u - pt) mod sh, so the
-    first that reads ph is (ph + pt) mod sh (a 1x1 stride-2 convolution reads one phase)."""
-    return (ph + pt) % sh < kh and (pw + pl) % sw < kw
-
-
-@njit(cache=True)
-def _split_phases(flat, at, h, w, sh, sw, planes, kh, kw, pt, pl):
-    """planes[(ph*sw + pw)*hp*wp + r*wp + q] = flat[at + (r*sh + ph)*w + q*sw + pw]: one
-    channel (h x w at flat[at:]) as its sh*sw phase planes of hp x wp = h/sh x w/sw (those
-    a tap reads)."""
-    hp, wp = h // sh, w // sw
-    for ph in range(sh):
-        for pw in range(sw):
-            if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
-                continue
-            for r in range(hp):
-                dst, src = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
-                for q in range(u64(wp)):
-                    planes[dst + q] = flat[src + q * u64(sw)]
-
-
-@njit(cache=True)
-def _merge_phases(planes, flat, at, h, w, sh, sw, kh, kw, pt, pl):
-    """flat[at:] (one channel, h x w) += its phase planes: the adjoint of _split_phases."""
-    hp, wp = h // sh, w // sw
-    for ph in range(sh):
-        for pw in range(sw):
-            if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
-                continue
-            for r in range(hp):
-                src, dst = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
-                for q in range(u64(wp)):
-                    flat[dst + q * u64(sw)] += planes[src + q]
-
-
-@njit(cache=True)
-def _im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
-    """_im2col for a `phased` convolution: per channel, its phase planes, then each col row
-    as one long copy from its plane, shifted, with the rows and edge columns that read
-    padding zeroed."""
-    c_in, h, w = src.shape
-    flat, cf = src.reshape(-1), col.reshape(-1)
-    n, hp = (r1 - r0) * wo, h // sh
-    for c in range(c_in):
-        _split_phases(flat, c * h * w, h, w, sh, sw, planes, kh, kw, pt, pl)
-        for u in range(kh):
-            for v in range(kw):
-                at, di, dj, ia, ib, j0, j1 = _phase_taps(u, v, pt, pl, sh, sw, r0, r1, hp, wo)
-                d0 = ((c * kh + u) * kw + v) * n
-                if j1 == j0:  # every column reads padding
-                    ia = ib
-                for q in range(u64((ia - r0) * wo)):
-                    cf[u64(d0) + q] = 0
-                for q in range(u64((r1 - ib) * wo)):
-                    cf[u64(d0 + (ib - r0) * wo) + q] = 0
-                if ib == ia:
-                    continue
-                q0, q1 = d0 + (ia - r0) * wo + j0, d0 + (ib - r0 - 1) * wo + j1
-                s0 = u64(at + (ia + di) * wo + j0 + dj)
-                for q in range(u64(q1 - q0)):
-                    cf[u64(q0) + q] = planes[s0 + q]
-                _zero_edges(cf, d0, ia - r0, ib - r0, wo, j0, j1)
-
-
-@njit(cache=True)
-def _col2im_phased(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
-    """_col2im for a `phased` convolution: per channel, the col rows added into its phase
-    planes (each one long span, its edge columns zeroed first), then the planes into dst."""
-    c_in, h, w = dst.shape
-    flat, cf = dst.reshape(-1), col.reshape(-1)
-    n, hp = (r1 - r0) * wo, h // sh
-    for c in range(c_in):
-        for q in range(u64(h * w)):
-            planes[q] = 0
-        for u in range(kh):
-            for v in range(kw):
-                at, di, dj, ia, ib, j0, j1 = _phase_taps(u, v, pt, pl, sh, sw, r0, r1, hp, wo)
-                if ib == ia or j1 == j0:
-                    continue
-                d0 = ((c * kh + u) * kw + v) * n
-                _zero_edges(cf, d0, ia - r0, ib - r0, wo, j0, j1)
-                q0, q1 = d0 + (ia - r0) * wo + j0, d0 + (ib - r0 - 1) * wo + j1
-                s0 = u64(at + (ia + di) * wo + j0 + dj)
-                for q in range(u64(q1 - q0)):
-                    planes[s0 + q] += cf[u64(q0) + q]
-        _merge_phases(planes, flat, c * h * w, h, w, sh, sw, kh, kw, pt, pl)
 
 
 # The two loops below index flat arrays rather than slicing per output row: every slice
@@ -226,7 +104,7 @@ def _im2col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
                     seg, part = cf[q0:q1], flat[s0:s0 + q1 - q0]
                     for q in range(seg.size):
                         seg[q] = part[q]
-                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
                     continue
                 for i in range(ia, ib):
                     b = d0 + (i - r0) * wo
@@ -259,7 +137,7 @@ def _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
                 off = v * dw - pl
                 j0, j1 = _span(off, sw, w, wo)
                 if sh == 1 and sw == 1 and wo == w and j1 > j0:
-                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
                     q0, q1 = d0 + (ia - r0) * w + j0, d0 + (ib - r0 - 1) * w + j1
                     s0 = (c * h + ia - pt + u * dh) * w + off + j0
                     seg, part = flat[s0:s0 + q1 - q0], cf[q0:q1]
@@ -275,10 +153,11 @@ def _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
 
 @njit(cache=True, inline="always")
 def _fill_col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo, phased, planes):
-    if phased:
-        _im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes)
-    else:
+    """_im2col, or with `phased` (not None) im2col_phased (strided.py)."""
+    if phased is None:
         _im2col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo)
+    else:
+        im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes)
 
 
 # ---- shared checks ------------------------------------------------------------------------
@@ -316,9 +195,11 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
 # ---- the kernels -----------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                   workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+                   phased=None):
+    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring. With `phased`
+    (strided.py passes True) im2col reads x through its phase planes; left out, Numba
+    compiles none of that path."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -328,8 +209,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     h, wd = x.shape[2], x.shape[3]
-    phased = _phased(stride_h, stride_w, dil_h, dil_w, h, wd, wo)
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, h * wd if phased else 0)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
     for p in prange(parts):
         block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
         for i in range(n * p // parts, n * (p + 1) // parts):
@@ -351,9 +231,10 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                      workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+                      phased=None):
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input); with
+    `phased`, col2im through the phase planes."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -363,8 +244,7 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     h, wd = dx.shape[2], dx.shape[3]
-    phased = _phased(stride_h, stride_w, dil_h, dil_w, h, wd, wo)
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, h * wd if phased else 0)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
     for p in prange(parts):
         block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
         for i in range(n * p // parts, n * (p + 1) // parts):
@@ -382,16 +262,17 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
                 for grp in range(groups):
                     gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
                                col[grp * kg:(grp + 1) * kg], True, False, False)
-                if phased:
-                    _col2im_phased(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, wo, planes)
-                else:
+                if phased is None:
                     _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+                else:
+                    col2im_phased(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, wo, planes)
 
 
 @njit(cache=True, parallel=True)
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
+                       workspace, phased=None):
+    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or
+    None; with `phased`, im2col through the phase planes."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]
@@ -400,8 +281,7 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     kg, og = k // groups, o // groups
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     h, wd = x.shape[2], x.shape[3]
-    phased = _phased(stride_h, stride_w, dil_h, dil_w, h, wd, wo)
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, h * wd if phased else 0)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
     for p in prange(parts):
         block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
         partial = workspace[p, cols:cols + o * kg].reshape(o, kg)

@@ -1,5 +1,5 @@
 """Signed sums of a few runs of one flat array, the passes the Winograd transforms are made
-of (winograd.py), and the unsigned index the im2col copies use too (conv.py).
+of (winograd.py), and the unsigned index the phase planes use too (phases.py).
 
     sum4(f, dst, n, s0, s1, s2, s3, c0, c1, c2, c3)   # f[dst + q] = c0 f[s0 + q] + ... + c3 f[s3 + q]
 
