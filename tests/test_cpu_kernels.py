@@ -264,6 +264,23 @@ def test_maxpool_2x2_backward_routes_exactly_like_the_reference(dtype):
     pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
     assert dx[0, 0, 0, 0] == np.inf and not np.isnan(dx).any()
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_2x2_backward_one_pass_rows_route_like_the_reference(dtype):
+    """Rows of at least pool.ONE_PASS_WINDOWS windows take the one vectorised pass: ties
+    (small integers), and rows with a NaN or an infinity, which the exact pass redoes."""
+    rng = np.random.default_rng(8)
+    wo = pool.ONE_PASS_WINDOWS + 3
+    x = rng.integers(-2, 3, (2, 3, 7, 2 * wo + 1)).astype(dtype)  # an odd last row and column
+    x[0, 1, 2, 5], x[0, 1, 3, 6] = np.nan, np.inf  # one window with a NaN after an inf
+    x[1, 0, 0, 2 * wo - 1] = np.nan  # the last window of a row
+    x[0, 2, 5, 9], x[1, 1, 3, 4] = np.nan, np.nan  # a NaN at a window's bottom right, bottom left
+    x[1, 2, 4, 0], x[1, 2, 5, 1] = -np.inf, np.inf
+    g = randn(rng, (2, 3, 3, wo), dtype)
+    dx = np.full(x.shape, 7.0, dtype)
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0))
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 3, 1, 1), (2, 3, 5)])
 def test_global_avgpool(shape, dtype):

@@ -68,6 +68,9 @@ def _maxpool_2x2_forward(x, out):
                 row[j] = (a + b + c + d) if nan else max(max(a, b), max(c, d))
 
 
+ONE_PASS_WINDOWS = 16  # a row's windows from which _route_row's vector loop pays (AVX-512: 16 lanes)
+
+
 @njit(cache=True, inline="always")
 def _route_row(top, bottom, gr, dtop, dbottom, wo):
     """One row of windows: each g to its window's first maximum, +0 to the other three cells,
@@ -88,27 +91,29 @@ def _route_row(top, bottom, gr, dtop, dbottom, wo):
 
 
 @njit(cache=True, inline="always")
-def _route_row_exact(top, bottom, gr, dtop, dbottom, wo):
-    """_route_row where a window may hold a NaN (the first NaN takes the gradient), in two
-    passes: the winners (0-3, row-major) parked in each window's first cell, then the cells."""
+def _route_row_exact(plane, src, dst, i, wo):
+    """Row i of windows where one may hold a NaN (the first NaN takes the gradient), in two
+    passes: the winners (0-3, row-major) parked in each window's first cell of dst, then
+    the four cells. Indexed in place: a row view per row, in every thread, would update
+    the shared parent arrays' reference counts (3x slower on rows of 7-14 windows)."""
     for j in range(wo):
-        a, b = top[2 * j], top[2 * j + 1]
-        c, d = bottom[2 * j], bottom[2 * j + 1]
+        a, b = plane[2 * i, 2 * j], plane[2 * i, 2 * j + 1]
+        c, d = plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]
         m = max(max(a, b), max(c, d))
-        w = 3
+        w = 3  # the first position holding the maximum: selects on plain compares
         w = 2 if c == m else w
         w = 1 if b == m else w
         w = 0 if a == m else w
-        if (a != a) | (b != b) | (c != c) | (d != d):
+        if (a != a) | (b != b) | (c != c) | (d != d):  # rare: the first NaN takes it
             w = 0 if a != a else (1 if b != b else (2 if c != c else 3))
-        dtop[2 * j] = w
+        dst[2 * i, 2 * j] = w
     for j in range(wo):
-        w = int(dtop[2 * j])
-        gv = gr[j]
-        dtop[2 * j] = gv if w == 0 else 0.0
-        dtop[2 * j + 1] = gv if w == 1 else 0.0
-        dbottom[2 * j] = gv if w == 2 else 0.0
-        dbottom[2 * j + 1] = gv if w == 3 else 0.0
+        w = int(dst[2 * i, 2 * j])
+        gv = src[i, j]
+        dst[2 * i, 2 * j] = gv if w == 0 else 0.0
+        dst[2 * i, 2 * j + 1] = gv if w == 1 else 0.0
+        dst[2 * i + 1, 2 * j] = gv if w == 2 else 0.0
+        dst[2 * i + 1, 2 * j + 1] = gv if w == 3 else 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -116,19 +121,22 @@ def _maxpool_2x2_backward(g, x, dx):
     """Each g goes to its window's first maximum (exact for any g: selects, not a 0/1 mask,
     which would turn an inf into NaN), a row of windows at a time: one pass of compares and
     selects that vectorises, then, for a row that holds a NaN, the exact routing again
-    (the first NaN takes it). On two threads of the EPYC, 64x32x28x28 took 0.77 ms against
-    1.06-1.26 for both passes on every row, 128x32x32x32 2.0-2.1 against 2.4-3.0; an
-    earlier scalar one-pass form, each window's stores waiting on compares of data loaded
-    just before, with NaN-aware compares throughout, took 10 ms on one core."""
+    (the first NaN takes it). Rows shorter than ONE_PASS_WINDOWS windows take the two
+    passes alone: the vector loop would not run once, and with 14 or 8 windows a row the
+    one pass was 8-14% slower. On two threads of the EPYC, measured alternately with the
+    two passes on every row, 128x32x32x32 (16 windows a row) took 1.7-2.6 ms (median 2.0)
+    against 2.55-2.7; an earlier scalar one-pass form, each window's stores waiting on
+    compares of data loaded just before, with NaN-aware compares throughout, took 10 ms on
+    one core."""
     ch = x.shape[1]
     ho, wo = g.shape[2], g.shape[3]
     for t in prange(x.shape[0] * ch):
         plane, src, dst = x[t // ch, t % ch], g[t // ch, t % ch], dx[t // ch, t % ch]
         for i in range(ho):
-            top, bottom, gr = plane[2 * i], plane[2 * i + 1], src[i]
-            dtop, dbottom = dst[2 * i], dst[2 * i + 1]
-            if _route_row(top, bottom, gr, dtop, dbottom, wo):
-                _route_row_exact(top, bottom, gr, dtop, dbottom, wo)
+            if wo >= ONE_PASS_WINDOWS and not _route_row(plane[2 * i], plane[2 * i + 1], src[i], dst[2 * i],
+                                                         dst[2 * i + 1], wo):
+                continue
+            _route_row_exact(plane, src, dst, i, wo)
         if 2 * ho < dst.shape[0] or 2 * wo < dst.shape[1]:  # an odd last row or column: in no window
             dst[2 * ho:, :] = 0
             dst[:, 2 * wo:] = 0
