@@ -50,33 +50,23 @@ def _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
 
 
 @njit(cache=True)
-def _split_phases(flat, at, h, w, sh, sw, planes, kh, kw, pt, pl):
-    """planes[(ph*sw + pw)*hp*wp + r*wp + q] = flat[at + (r*sh + ph)*w + q*sw + pw]: one
-    channel (h x w at flat[at:]) as its sh*sw phase planes of hp x wp = h/sh x w/sw (those
-    a tap reads)."""
+def _phases(flat, at, h, w, sh, sw, planes, kh, kw, pt, pl, merge):
+    """Split: planes[(ph*sw + pw)*hp*wp + r*wp + q] = flat[at + (r*sh + ph)*w + q*sw + pw],
+    one channel (h x w at flat[at:]) as its sh*sw phase planes of hp x wp = h/sh x w/sw
+    (those a tap reads); with `merge`, the adjoint: flat[...] += planes[...]."""
     hp, wp = h // sh, w // sw
     for ph in range(sh):
         for pw in range(sw):
             if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
                 continue
             for r in range(hp):
-                dst, src = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
-                for q in range(u64(wp)):
-                    planes[dst + q] = flat[src + q * u64(sw)]
-
-
-@njit(cache=True)
-def _merge_phases(planes, flat, at, h, w, sh, sw, kh, kw, pt, pl):
-    """flat[at:] (one channel, h x w) += its phase planes: the adjoint of _split_phases."""
-    hp, wp = h // sh, w // sw
-    for ph in range(sh):
-        for pw in range(sw):
-            if not _tapped(ph, pw, kh, kw, pt, pl, sh, sw):
-                continue
-            for r in range(hp):
-                src, dst = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
-                for q in range(u64(wp)):
-                    flat[dst + q * u64(sw)] += planes[src + q]
+                p, x = u64((ph * sw + pw) * hp * wp + r * wp), u64(at + (r * sh + ph) * w + pw)
+                if merge:
+                    for q in range(u64(wp)):
+                        flat[x + q * u64(sw)] += planes[p + q]
+                else:
+                    for q in range(u64(wp)):
+                        planes[p + q] = flat[x + q * u64(sw)]
 
 
 @njit(cache=True)
@@ -88,7 +78,7 @@ def im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
     flat, cf = src.reshape(-1), col.reshape(-1)
     n, hp = (r1 - r0) * wo, h // sh
     for c in range(c_in):
-        _split_phases(flat, c * h * w, h, w, sh, sw, planes, kh, kw, pt, pl)
+        _phases(flat, c * h * w, h, w, sh, sw, planes, kh, kw, pt, pl, False)
         for u in range(kh):
             for v in range(kw):
                 at, di, dj, ia, ib, j0, j1 = _phase_taps(u, v, pt, pl, sh, sw, r0, r1, hp, wo)
@@ -129,4 +119,4 @@ def col2im_phased(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
                 s0 = u64(at + (ia + di) * wo + j0 + dj)
                 for q in range(u64(q1 - q0)):
                     planes[s0 + q] += cf[u64(q0) + q]
-        _merge_phases(planes, flat, c * h * w, h, w, sh, sw, kh, kw, pt, pl)
+        _phases(flat, c * h * w, h, w, sh, sw, planes, kh, kw, pt, pl, True)
