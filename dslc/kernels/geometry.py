@@ -71,9 +71,9 @@ def uses_phases(attrs, size) -> bool:
     >>> uses_phases({"kernel": 3, "stride": 2, "pad": 1, "dilation": 1, "groups": 1}, (32, 32))
     True
     """
-    kw = window(attrs, tuple(size), "conv2d").kernel[1]
-    sh, sw, pt, pb, pl, pr, dh, dw = geometry(attrs, size)
-    return phased(sh, sw, dh, dw, size[0], size[1], (size[1] + pl + pr - (kw - 1) * dw - 1) // sw + 1)
+    win = window(attrs, tuple(size), "conv2d")
+    (sh, sw), (dh, dw) = win.stride, win.dilation
+    return phased(sh, sw, dh, dw, size[0], size[1], win.out[1])
 
 
 def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,

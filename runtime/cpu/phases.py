@@ -71,9 +71,9 @@ def _phases(flat, at, h, w, sh, sw, planes, kh, kw, pt, pl, merge):
 
 @njit(cache=True)
 def im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
-    """conv.py's im2col for a `phased` convolution (strided.py): per channel, its phase planes, then each col row
-    as one long copy from its plane, shifted, with the rows and edge columns that read
-    padding zeroed."""
+    """conv.py's im2col for a `phased` convolution (strided.py): per channel, its phase
+    planes, then each col row as one long copy from its plane, shifted, with the rows and
+    edge columns that read padding zeroed."""
     c_in, h, w = src.shape
     flat, cf = src.reshape(-1), col.reshape(-1)
     n, hp = (r1 - r0) * wo, h // sh
@@ -100,8 +100,9 @@ def im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
 
 @njit(cache=True)
 def col2im_phased(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes):
-    """conv.py's col2im for a `phased` convolution (strided.py): per channel, the col rows added into its phase
-    planes (each one long span, its edge columns zeroed first), then the planes into dst."""
+    """conv.py's col2im for a `phased` convolution (strided.py): per channel, the col rows
+    added into its phase planes (each one long span, its edge columns zeroed first), then
+    the planes into dst."""
     c_in, h, w = dst.shape
     flat, cf = dst.reshape(-1), col.reshape(-1)
     n, hp = (r1 - r0) * wo, h // sh
