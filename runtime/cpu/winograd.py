@@ -55,44 +55,20 @@ from numba import njit, prange
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
-from dslc.runtime.cpu.lanes import sum3, sum4, u64
+from dslc.runtime.cpu.lanes import like, signed_sums, u64
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _applies = njit(cache=True)(_geometry.winograd)
 _RUN = 64  # filters per run through the transforms' buffer (_weights, _unweights)
 
 
-@njit(cache=True, inline="always")
-def _bt(a):
-    """The two nonzeros of row a of B^T: (column, sign, column, sign)."""
-    if a == 0:
-        return 0, 1.0, 2, -1.0
-    if a == 1:
-        return 1, 1.0, 2, 1.0
-    if a == 2:
-        return 2, 1.0, 1, -1.0
-    return 1, 1.0, 3, -1.0
-
-
-@njit(cache=True, inline="always")
-def _at(r):
-    """The three nonzeros of row r of A^T: (column, sign) x 3."""
-    if r == 0:
-        return 0, 1.0, 1, 1.0, 2, 1.0
-    return 1, 1.0, 2, -1.0, 3, -1.0
-
-
-@njit(cache=True, inline="always")
-def _a(a):
-    """Row a of A = (A^T)^T, [1 0], [1 1], [1 -1], [0 -1]: (first, its sign, second, its sign);
-    a missing second has sign 0."""
-    if a == 0:
-        return 0, 1.0, 1, 0.0
-    if a == 1:
-        return 0, 1.0, 1, 1.0
-    if a == 2:
-        return 0, 1.0, 1, -1.0
-    return 1, -1.0, 0, 0.0
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+# the transforms of a tile as signed sums of its entries (row-major 4x4 or 2x2):
+# V = B^T d B, y = A^T M A, Mg = A g A^T (vec(P X Q) = kron(P, Q^T) vec(X), row-major)
+_data_map = signed_sums(np.kron(_BT, _BT))
+_output_map = signed_sums(np.kron(_AT, _AT))
+_grad_map = signed_sums(np.kron(_AT.T, _AT.T))
 
 
 @njit(cache=True, inline="always")
@@ -101,13 +77,6 @@ def _patch(at_p, plane, we, k, col):
     (tile q's is q further on): plane 2(k%2) + col%2, shifted k//2 rows of the tile grid
     (we tiles each) and col//2 tiles. With k, col < 2 it is the start of plane 2k + col."""
     return u64(at_p + (2 * (k % 2) + col % 2) * plane + (k // 2) * we + col // 2)
-
-
-@njit(cache=True, inline="always")
-def _row(at, rows, row, tb, base, a, b):
-    """Where row `row` of region [16, rows, tb] at f[at:] (V or M) starts for transform
-    position (a, b), from this image's first tile (base)."""
-    return u64(at + ((4 * a + b) * rows + row) * tb + base)
 
 
 @njit(cache=True)
@@ -229,68 +198,76 @@ def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
         f[planes + k * plane + (th + 1) * we] = 0  # a stale NaN there would reach dU as 0 * NaN
 
 
+@njit(cache=True, inline="always")
+def _regions(at, rows, row, tb, base, offsets):
+    """offsets[xi] = where row `row` of region [16, rows, tb] at f[at:] (V or M) starts for
+    transform position xi = 4a + b, from the first tile `base` (_row)."""
+    for xi in range(16):
+        offsets[xi] = u64(at + (xi * rows + row) * tb + base)
+
+
+@njit(cache=True, inline="always")
+def _patches(at_p, plane, we, offsets):
+    """offsets[4k + l] = where entry (k, l) of tile 0's 4x4 patch starts in the parity planes."""
+    for k in range(4):
+        for col in range(4):
+            offsets[4 * k + col] = _patch(at_p, plane, we, k, col)
+
+
+@njit(cache=True, inline="always")
+def _plane_starts(at_p, plane, offsets):
+    """offsets[p] = where parity plane p starts: entry (p // 2, p % 2) of tile 0's 2x2 block."""
+    for p in range(4):
+        offsets[p] = u64(at_p + p * plane)
+
+
 @njit(cache=True)
-def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
-    """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W])."""
+def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl, ins, outs):
+    """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W]);
+    ins and outs are 16 offsets each to fill."""
     at_p, at_v, _, plane, _ = lay
     we = tw + 1
-    n = th * we
+    _patches(at_p, plane, we, ins)
     for c in range(c_in):
         _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, tw)
-        for a in range(4):
-            k0, s0, k1, s1 = _bt(a)
-            for b in range(4):
-                l0, t0, l1, t1 = _bt(b)
-                sum4(f, _row(at_v, c_in, c, tb, base, a, b), n, _patch(at_p, plane, we, k0, l0),
-                      _patch(at_p, plane, we, k0, l1), _patch(at_p, plane, we, k1, l0),
-                      _patch(at_p, plane, we, k1, l1), s0 * t0, s0 * t1, s1 * t0, s1 * t1)
+        _regions(at_v, c_in, c, tb, base, outs)
+        _data_map(f, th * we, ins, outs)
 
 
 @njit(cache=True)
-def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
-    """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o]) of every tile of one image, through the planes."""
+def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias, ins, outs):
+    """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o]) of every tile of one image, through the
+    planes; ins and outs are 16 offsets each to fill."""
     at_p, _, at_m, plane, _ = lay
     we = tw + 1
-    n = th * we
+    _plane_starts(at_p, plane, outs)
+    two = u64(2)
     for o in range(c_out):
-        add = 0.0 if bias is None else bias[o]
-        for r in range(2):
-            a0, sa0, a1, sa1, a2, sa2 = _at(r)
-            for s in range(2):
-                b0, sb0, b1, sb1, b2, sb2 = _at(s)
-                dst = u64(at_p + (2 * r + s) * plane)
-                for t in range(3):  # out = sum over the three nonzeros of A^T's row r
-                    a, sa = (a0, sa0) if t == 0 else ((a1, sa1) if t == 1 else (a2, sa2))
-                    sum3(f, dst, n, _row(at_m, c_out, o, tb, base, a, b0), _row(at_m, c_out, o, tb, base, a, b1),
-                          _row(at_m, c_out, o, tb, base, a, b2), sa * sb0, sa * sb1, sa * sb2, add, t > 0)
-        two = u64(2)
+        _regions(at_m, c_out, o, tb, base, ins)
+        _output_map(f, th * we, ins, outs)
+        add = like(y, 0.0 if bias is None else bias[o])
         for i in range(ho):  # interleave the four planes into the image's rows
             even = u64(at_p + 2 * (i % 2) * plane + (i // 2) * we)
             odd = even + u64(plane)
             row = u64(at + (o * ho + i) * wo)
             for j in range(u64(wo // 2)):
-                y[row + two * j] = f[even + j]
-                y[row + two * j + u64(1)] = f[odd + j]
+                y[row + two * j] = f[even + j] + add
+                y[row + two * j + u64(1)] = f[odd + j] + add
             if wo % 2:
-                y[row + u64(wo - 1)] = f[even + u64(wo // 2)]
+                y[row + u64(wo - 1)] = f[even + u64(wo // 2)] + add
 
 
 @njit(cache=True)
-def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
+def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw, ins, outs):
     """Mg[xi, o, base + q] = (A g A^T)[xi] of every 2x2 tile q of one image's output gradient
-    (g[at:], [O, Ho, Wo]; zeros past its edges, so in the extra column of tiles)."""
+    (g[at:], [O, Ho, Wo]; zeros past its edges, so in the extra column of tiles); ins and
+    outs are 16 offsets each to fill."""
     at_p, _, at_m, plane, _ = lay
-    we = tw + 1
-    n = th * we
+    _plane_starts(at_p, plane, ins)
     for o in range(c_out):
         _split(g, at + o * ho * wo, ho, wo, np.int64(0), np.int64(0), f, at_p, plane, th - 1, tw)
-        for a in range(4):
-            r0, sr0, r1, sr1 = _a(a)
-            for b in range(4):
-                q0, sq0, q1, sq1 = _a(b)
-                sum4(f, _row(at_m, c_out, o, tb, base, a, b), n, _patch(at_p, plane, 0, r0, q0),
-                      _patch(at_p, plane, 0, r0, q1), _patch(at_p, plane, 0, r1, q0),
-                      _patch(at_p, plane, 0, r1, q1), sr0 * sq0, sr0 * sq1, sr1 * sq0, sr1 * sq1)
+        _regions(at_m, c_out, o, tb, base, outs)
+        _grad_map(f, th * (tw + 1), ins, outs)
 
 
 @njit(cache=True)
@@ -334,15 +311,16 @@ def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
     xf, yf = x.reshape(-1), out.reshape(-1)
     f, u, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
     _weights(w, u, flip, f[lay[1]:lay[2]])  # V's region: free until the first block
+    ins, outs = np.empty(16, np.uint64), np.empty(16, np.uint64)  # the transforms' offsets
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl, ins, outs)
         cols = (i1 - i0) * grid
         for xi in range(16):
             gemm_block(u[xi], v[xi, :, :cols], m[xi, :, :cols], False, False, False)
         for i in range(i0, i1):
-            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b, ins, outs)
 
 
 # ---- the entry points: conv.py's signatures and checks -----------------------------------
@@ -375,11 +353,12 @@ def _grad_weight_part(g, x, pt, pl, workspace, p):
     th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, gf = x.reshape(-1), g.reshape(-1)
     f, du, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
+    ins, outs = np.empty(16, np.uint64), np.empty(16, np.uint64)  # the transforms' offsets
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
-            _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
+            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl, ins, outs)
+            _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw, ins, outs)
         cols = (i1 - i0) * grid
         for xi in range(16):
             gemm_block(m[xi, :, :cols], v[xi, :, :cols], du[xi], False, True, i0 != lo)
