@@ -101,6 +101,98 @@ def signed_sums(matrix):
     return apply
 
 
+def _pairs_codegen(interleave):
+    """The code of `deinterleave` or `interleave` (below), whose arguments are (the array of
+    pairs, where they start, the array of the two runs, where each starts, the pairs[, add]): runs of `lanes` pairs as one load of
+    2 * lanes values and two shuffles (or two loads and one shuffle), then runs of half as
+    many, and so on down to single pairs, so a row of 15 pairs takes 8 + 4 + 2 + 1."""
+    def codegen(context, builder, sig, args):
+        pairs, singles = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 2))
+        item = context.get_data_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(item)
+        pair_start, one_start, two_start, total = (context.cast(builder, args[i], sig.args[i], types.uint64)
+                                                   for i in (1, 3, 4, 5))
+        add = context.cast(builder, args[6], sig.args[6], sig.args[0].dtype) if interleave else None
+
+        def ptr(base, at, kind):
+            return builder.bitcast(builder.gep(base, [at], inbounds=True), kind.as_pointer())
+
+        def chunk(m, lanes):
+            kind = ir.VectorType(item, lanes) if lanes > 1 else item
+            wide = ir.VectorType(item, 2 * lanes)
+            evens = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i for i in range(lanes)])
+            odds = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i + 1 for i in range(lanes)])
+            at_pair = builder.add(pair_start, builder.add(m, m))
+            at_one, at_two = builder.add(one_start, m), builder.add(two_start, m)
+            if interleave:
+                a = builder.load(ptr(singles, at_one, kind), align=size)
+                b = builder.load(ptr(singles, at_two, kind), align=size)
+                a, b = builder.fadd(a, _splat(builder, add, lanes)), builder.fadd(b, _splat(builder, add, lanes))
+                if lanes == 1:
+                    builder.store(a, ptr(pairs, at_pair, item), align=size)
+                    builder.store(b, ptr(pairs, builder.add(at_pair, ir.Constant(at_pair.type, 1)), item), align=size)
+                    return
+                order = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [i // 2 + lanes * (i % 2)
+                                                                               for i in range(2 * lanes)])
+                builder.store(builder.shuffle_vector(a, b, order), ptr(pairs, at_pair, wide), align=size)
+                return
+            if lanes == 1:
+                a = builder.load(ptr(pairs, at_pair, item), align=size)
+                b = builder.load(ptr(pairs, builder.add(at_pair, ir.Constant(at_pair.type, 1)), item), align=size)
+            else:
+                both = builder.load(ptr(pairs, at_pair, wide), align=size)
+                a = builder.shuffle_vector(both, both, evens)
+                b = builder.shuffle_vector(both, both, odds)
+            builder.store(a, ptr(singles, at_one, kind), align=size)
+            builder.store(b, ptr(singles, at_two, kind), align=size)
+
+        lanes = VECTOR_BYTES // size
+        step = ir.Constant(total.type, lanes)
+        whole = builder.mul(builder.udiv(total, step), step)
+        with cgutils.for_range_slice(builder, ir.Constant(total.type, 0), whole, step) as (m, _):
+            chunk(m, lanes)
+        done = cgutils.alloca_once_value(builder, whole)
+        while lanes > 1:
+            lanes //= 2
+            m = builder.load(done)
+            room = builder.icmp_unsigned(">=", builder.sub(total, m), ir.Constant(total.type, lanes))
+            with builder.if_then(room):
+                chunk(m, lanes)
+                builder.store(builder.add(m, ir.Constant(total.type, lanes)), done)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _splat(builder, value, lanes):
+    if lanes == 1:
+        return value
+    kind = ir.VectorType(value.type, lanes)
+    one = builder.insert_element(ir.Constant(kind, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _flat_floats(*arrays):
+    return all(isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1 for a in arrays)
+
+
+@intrinsic
+def deinterleave(typingctx, src, start, f, even, odd, n):
+    """f[even + m] = src[start + 2m], f[odd + m] = src[start + 2m + 1], m < n: a row's even and
+    odd columns into two runs (the runs must not overlap the row)."""
+    if not (_flat_floats(src, f) and f.dtype == src.dtype):
+        return None
+    return types.none(src, start, f, even, odd, n), _pairs_codegen(False)
+
+
+@intrinsic
+def interleave(typingctx, y, start, f, even, odd, n, add):
+    """y[start + 2m] = f[even + m] + add, y[start + 2m + 1] = f[odd + m] + add, m < n: two runs
+    merged into a row's even and odd columns."""
+    if not (_flat_floats(y, f) and y.dtype == f.dtype):
+        return None
+    return types.none(y, start, f, even, odd, n, add), _pairs_codegen(True)
+
+
 def _signed_sum(builder, row, values, kind):
     """The sum of values[i] * row[i] (row of -1, 0, 1), left to right; zero if row is."""
     total = None

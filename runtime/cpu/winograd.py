@@ -55,7 +55,7 @@ from numba import njit, prange
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
-from dslc.runtime.cpu.lanes import like, signed_sums, u64
+from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _applies = njit(cache=True)(_geometry.winograd)
@@ -168,32 +168,37 @@ def _unweights(du, dw, scratch):
 @njit(cache=True)
 def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
     """The four parity planes of one channel (src[at:], rows x cols) padded by pt, pl, into
-    f[planes + k*plane:]: f[planes + (2r + s)*plane + ti*We + j] = xpad[2ti + r, 2j + s]."""
+    f[planes + k*plane:]: f[planes + (2r + s)*plane + ti*We + j] = xpad[2ti + r, 2j + s].
+
+    Column pair m of a source row (2m, 2m + 1) is padded column 2m + pl: its first column
+    goes to plane pl % 2 at j = m + pl // 2, its second to the other plane at j = m + (pl + 1) // 2,
+    so each row is one `deinterleave` (vectors of pairs; row by row of short loops was 60% of
+    this pass's time in loop overhead) and a few zeros at the ends of its two runs."""
     we = tw + 1
-    # the j whose columns 2j - pl and 2j + 1 - pl are both inside [0, cols): one loop, no tests
-    lo = min(we, (pl + 1) // 2)
-    hi = max(lo, min(we, (cols + pl) // 2))
-    two, one = u64(2), u64(1)
+    j0, j1 = pl // 2, (pl + 1) // 2  # where the even and the odd source columns start
+    n1 = max(0, min(cols // 2, we - j1))  # odd columns in the plane: the pairs (j1 >= j0)
+    n0 = max(0, min((cols + 1) // 2, we - j0))  # even columns: n1, or one or two more
     for r in range(2 * th + 2):
         row = r - pt
-        even = u64(planes + 2 * (r % 2) * plane + (r // 2) * we)
-        odd = even + u64(plane)
+        first = u64(planes + 2 * (r % 2) * plane + (r // 2) * we)
+        even, odd = first + u64((pl % 2) * plane), first + u64((1 - pl % 2) * plane)
         if row < 0 or row >= rows:
             for j in range(u64(we)):
                 f[even + j] = 0
                 f[odd + j] = 0
             continue
         base = at + row * cols
-        for j in range(lo):  # the left edge: a column may be padding
-            f[even + u64(j)] = src[base + 2 * j - pl] if 2 * j - pl >= 0 else 0
-            f[odd + u64(j)] = src[base + 2 * j + 1 - pl] if 0 <= 2 * j + 1 - pl < cols else 0
-        start = u64(base + 2 * lo - pl) if hi > lo else u64(0)
-        for j in range(u64(hi - lo)):
-            f[even + u64(lo) + j] = src[start + two * j]
-            f[odd + u64(lo) + j] = src[start + two * j + one]
-        for j in range(hi, we):  # the right edge
-            f[even + u64(j)] = src[base + 2 * j - pl] if 0 <= 2 * j - pl < cols else 0
-            f[odd + u64(j)] = src[base + 2 * j + 1 - pl] if 2 * j + 1 - pl < cols else 0
+        deinterleave(src, u64(base), f, even + u64(j0), odd + u64(j1), n1)
+        for m in range(n1, n0):
+            f[even + u64(j0 + m)] = src[base + 2 * m]
+        for j in range(j0):
+            f[even + u64(j)] = 0
+        for j in range(j0 + n0, we):
+            f[even + u64(j)] = 0
+        for j in range(j1):
+            f[odd + u64(j)] = 0
+        for j in range(j1 + n1, we):
+            f[odd + u64(j)] = 0
     for k in range(4):  # the one element past the rows, read by the extra column's last tile:
         f[planes + k * plane + (th + 1) * we] = 0  # a stale NaN there would reach dU as 0 * NaN
 
@@ -241,7 +246,6 @@ def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias, ins,
     at_p, _, at_m, plane, _ = lay
     we = tw + 1
     _plane_starts(at_p, plane, outs)
-    two = u64(2)
     for o in range(c_out):
         _regions(at_m, c_out, o, tb, base, ins)
         _output_map(f, th * we, ins, outs)
@@ -250,9 +254,7 @@ def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias, ins,
             even = u64(at_p + 2 * (i % 2) * plane + (i // 2) * we)
             odd = even + u64(plane)
             row = u64(at + (o * ho + i) * wo)
-            for j in range(u64(wo // 2)):
-                y[row + two * j] = f[even + j] + add
-                y[row + two * j + u64(1)] = f[odd + j] + add
+            interleave(y, row, f, even, odd, wo // 2, add)
             if wo % 2:
                 y[row + u64(wo - 1)] = f[even + u64(wo // 2)] + add
 
