@@ -61,27 +61,28 @@ def test_full_size_model_matches_reference(name, stage):
     """alexnet, resnet18 and vgg16 at their own sizes (224x224 images, two of them), with
     their initialisers' weights: the 0.1 * N(0, 1) draws of `arrays` blow a deep network
     without batchnorm up to 1e7. Each output is within 1e-4 of the reference, or within ten
-    times what the reference itself moves when its images move by one part in a million:
-    deep in such a network a max pool's winner or a ReLU's gate flips at float32 rounding,
-    and the compiled step's sums round differently (Winograd, blocked GEMMs). Measured:
-    VGG-16's step moves by up to 2.1e-4 under that perturbation and differs from the
-    compiled one by as much (with seed 1 instead of 0, by 3.6e-7); every output of the
-    other cases is within 1e-4 (resnet18's step the closest, 6.1e-5). A wrong kernel is
-    off by far more than either."""
+    times the most the reference itself moves when its images move by one part in a million
+    (three random moves): deep in such a network a max pool's winner or a ReLU's gate flips
+    at float32 rounding, and the compiled step's sums round differently (Winograd, blocked
+    GEMMs). One move can miss the gate that flips: resnet18's step updates output channel 85
+    of layer3.basic.conv1.weight by 1.3e-4 (relative) differently under four of six moves,
+    by 2.7e-6 under the other two, and the compiled step lands on the flipped side, off in
+    that channel only. Measured: VGG-16's step moves by up to 2.1e-4 and differs from the
+    compiled one by as much (with seed 1 instead of 0, by 3.6e-7); every other output is
+    within 1e-4. A wrong kernel is off by far more than either, in every channel."""
     model = dslc.load(MODELS / f"{name}.net")
     graph = build(model, stage)
     feeds, params, randoms = arrays(graph, 2)
     params.update({k: v.astype(np.float32) for k, v in model.init(0).items() if k in params})
     want = reference.run_outputs(graph, feeds, params, randoms=randoms)
-    nudged = dict(feeds, image=(feeds["image"] * (1 + 1e-6 * np.random.default_rng(1).standard_normal(
-        feeds["image"].shape))).astype(np.float32))
-    moved = reference.run_outputs(graph, nudged, params, randoms=randoms)
+    moves = [reference.run_outputs(graph, dict(feeds, image=(feeds["image"] * (1 + 1e-6 * np.random.default_rng(
+        seed).standard_normal(feeds["image"].shape))).astype(np.float32)), params, randoms=randoms) for seed in (1, 2, 3)]
     cg = compile_graph(graph, 2)
     got = cg.run(feeds, params, randoms=randoms)
     assert cg.fallbacks == ()
     for key, w in want.items():
         assert got[key].shape == w.shape, f"{key}: shape {got[key].shape}, reference {w.shape}"
-        err, noise = relative_error(got[key], w), relative_error(moved[key], w)
+        err, noise = relative_error(got[key], w), max(relative_error(moved[key], w) for moved in moves)
         assert err <= max(TOL, 10 * noise), f"{name} {stage} {key}: relative error {err:.2e}, the reference's own {noise:.2e}"
 
 
