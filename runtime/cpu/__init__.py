@@ -7,6 +7,9 @@ softmax with its loss) is a model-independent kernel here, one module per family
     blas.py       single-threaded BLAS GEMM on row-major blocks, for kernels that thread themselves
     gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
     conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
+    winograd.py   3x3 stride-1 convolutions by Winograd F(2x2, 3x3), same signatures as conv.py's
+    strided.py    strided convolutions reading their input through phase planes (phases.py)
+    lanes.py      explicit-vector passes over runs of a flat array (Winograd's transforms), u64
     pool.py       max/avg pooling and global average pooling, forward and backward
     batchnorm.py  batchnorm training forward (batch statistics), backward, inference
     softmax.py    softmax, log_softmax, softmax-cross-entropy forward and backward

@@ -1,9 +1,12 @@
-"""Signed sums of runs of one flat array, written as explicit vectors: the passes the Winograd
-transforms are made of (winograd.py), and the unsigned index the phase planes use too
-(phases.py).
+"""Passes over runs of one flat array, written as explicit vectors: the signed sums the
+Winograd transforms are made of and the split of rows into column pairs and back
+(winograd.py), and the unsigned index the phase planes use too (phases.py).
 
-    apply = signed_sums(matrix)        # matrix [outputs, inputs] of -1, 0, 1; once, at import
-    apply(f, n, ins, outs)             # f[outs[j] + q] = sum_i matrix[j, i] f[ins[i] + q], q < n
+    apply = signed_sums(matrix)                 # matrix [outputs, inputs] of -1, 0, 1; at import
+    apply(f, n, ins, outs)                      # f[outs[j] + q] = sum_i matrix[j, i] f[ins[i] + q]
+                                                # for q < n; ins, outs: tuples of uint64 offsets
+    deinterleave(src, start, f, even, odd, n)   # a row's n column pairs into two runs of f
+    interleave(y, start, f, even, odd, n, add)  # and back, adding `add`
 
 A transform maps the 16 (or 4) values of each Winograd tile to 16 (or 4) others, and the
 tiles lie in runs: entry i of every tile is one run of f starting at ins[i]. `apply` loads a
@@ -57,27 +60,25 @@ def _like_impl(f, v):
 
 def signed_sums(matrix):
     """A Numba intrinsic apply(f, n, ins, outs) computing, for q < n, f[outs[j] + q] =
-    sum_i matrix[j][i] f[ins[i] + q]: f a flat float array, ins and outs uint64 arrays of
-    the matrix's inputs and outputs (their first that many entries are read)."""
+    sum_i matrix[j][i] f[ins[i] + q]: f a flat float array, ins and outs tuples of uint64
+    offsets, one per input and one per output of the matrix."""
     rows = tuple(tuple(int(c) for c in row) for row in np.asarray(matrix))
     if any(c not in (-1, 0, 1) for row in rows for c in row):
         raise ValueError("signed_sums: coefficients must be -1, 0 or 1")
 
     @intrinsic
     def apply(typingctx, f, n, ins, outs):
-        if not (isinstance(f, types.Array) and isinstance(f.dtype, types.Float) and f.ndim == 1
-                and isinstance(n, types.Integer) and all(isinstance(a, types.Array) and a.dtype == types.uint64
-                                                         for a in (ins, outs))):
+        offsets = lambda t, size: isinstance(t, types.UniTuple) and t.dtype == types.uint64 and len(t) == size
+        if not (_flat_floats(f) and isinstance(n, types.Integer) and offsets(ins, len(rows[0]))
+                and offsets(outs, len(rows))):
             return None
 
         def codegen(context, builder, sig, args):
-            array = lambda i: context.make_array(sig.args[i])(context, builder, args[i]).data
-            data, starts, dests = array(0), array(2), array(3)
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
             item = context.get_data_type(f.dtype)
             size = context.get_abi_sizeof(item)
-            offset = lambda at, i: builder.load(builder.gep(at, [ir.Constant(ir.IntType(64), i)]))
-            ins_at = [offset(starts, i) for i in range(len(rows[0]))]
-            outs_at = [offset(dests, j) for j in range(len(rows))]
+            ins_at = [builder.extract_value(args[2], i) for i in range(len(rows[0]))]
+            outs_at = [builder.extract_value(args[3], j) for j in range(len(rows))]
             total = context.cast(builder, args[1], n, types.uint64)
             lanes = ir.Constant(total.type, VECTOR_BYTES // size)
             whole = builder.mul(builder.udiv(total, lanes), lanes)
@@ -102,10 +103,11 @@ def signed_sums(matrix):
 
 
 def _pairs_codegen(interleave):
-    """The code of `deinterleave` or `interleave` (below), whose arguments are (the array of
-    pairs, where they start, the array of the two runs, where each starts, the pairs[, add]): runs of `lanes` pairs as one load of
-    2 * lanes values and two shuffles (or two loads and one shuffle), then runs of half as
-    many, and so on down to single pairs, so a row of 15 pairs takes 8 + 4 + 2 + 1."""
+    """The code of `deinterleave` or `interleave` (below), whose arguments are the array of
+    pairs, where they start, the array of the two runs, where each starts, how many pairs
+    (and for `interleave` what to add). Runs of `lanes` pairs move as one load of 2 * lanes
+    values and two shuffles (or two loads and one shuffle), then at most one run of half as
+    many, and so on down to a single pair: a row of 15 pairs takes 8 + 4 + 2 + 1."""
     def codegen(context, builder, sig, args):
         pairs, singles = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 2))
         item = context.get_data_type(sig.args[0].dtype)
@@ -164,6 +166,7 @@ def _pairs_codegen(interleave):
 
 
 def _splat(builder, value, lanes):
+    """`value` in every one of `lanes` lanes (itself for one lane)."""
     if lanes == 1:
         return value
     kind = ir.VectorType(value.type, lanes)
@@ -172,6 +175,7 @@ def _splat(builder, value, lanes):
 
 
 def _flat_floats(*arrays):
+    """Whether each Numba type is a one-dimensional float array."""
     return all(isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1 for a in arrays)
 
 
