@@ -5,8 +5,8 @@ Winograd transforms are made of and the split of rows into column pairs and back
     apply = signed_sums(matrix)                 # matrix [outputs, inputs] of -1, 0, 1; at import
     apply(f, n, ins, outs)                      # f[outs[j] + q] = sum_i matrix[j, i] f[ins[i] + q]
                                                 # for q < n; ins, outs: tuples of uint64 offsets
-    deinterleave(src, start, f, even, odd, n)   # a row's n column pairs into two runs of f
-    interleave(y, start, f, even, odd, n, add)  # and back, adding `add`
+    deinterleave(src, start, src_step, f, even, odd, step, n, rows)  # rows' n column pairs into
+    interleave(y, start, y_step, f, even, odd, step, n, rows, add)   # two runs each, and back
 
 A transform maps the 16 (or 4) values of each Winograd tile to 16 (or 4) others, and the
 tiles lie in runs: entry i of every tile is one run of f starting at ins[i]. `apply` loads a
@@ -104,65 +104,71 @@ def signed_sums(matrix):
 
 def _pairs_codegen(interleave):
     """The code of `deinterleave` or `interleave` (below), whose arguments are the array of
-    pairs, where they start, the array of the two runs, where each starts, how many pairs
-    (and for `interleave` what to add). Runs of `lanes` pairs move as one load of 2 * lanes
-    values and two shuffles (or two loads and one shuffle), then at most one run of half as
-    many, and so on down to a single pair: a row of 15 pairs takes 8 + 4 + 2 + 1."""
+    pairs, where the first row of them starts, the step from row to row, the array of the two
+    runs, where each starts, their step from row to row, the pairs in a row, the rows (and
+    for `interleave` what to add). In each row, runs of `lanes` pairs move as one load of
+    2 * lanes values and two shuffles (or two loads and one shuffle), then at most one run of
+    half as many, and so on down to a single pair: a row of 15 pairs takes 8 + 4 + 2 + 1.
+    One call does a block of rows: a call per row of 8 to 16 pairs cost more in loop
+    set-up than in moving them."""
     def codegen(context, builder, sig, args):
-        pairs, singles = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 2))
+        pairs, singles = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 3))
         item = context.get_data_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(item)
-        pair_start, one_start, two_start, total = (context.cast(builder, args[i], sig.args[i], types.uint64)
-                                                   for i in (1, 3, 4, 5))
-        add = context.cast(builder, args[6], sig.args[6], sig.args[0].dtype) if interleave else None
+        first_pair, pair_step, first_one, first_two, single_step, total, rows = (
+            context.cast(builder, args[i], sig.args[i], types.uint64) for i in (1, 2, 4, 5, 6, 7, 8))
+        add = context.cast(builder, args[9], sig.args[9], sig.args[0].dtype) if interleave else None
+        const = lambda v: ir.Constant(total.type, v)
 
         def ptr(base, at, kind):
             return builder.bitcast(builder.gep(base, [at], inbounds=True), kind.as_pointer())
 
-        def chunk(m, lanes):
+        def chunk(pair_start, one_start, two_start, m, lanes):
             kind = ir.VectorType(item, lanes) if lanes > 1 else item
             wide = ir.VectorType(item, 2 * lanes)
-            evens = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i for i in range(lanes)])
-            odds = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i + 1 for i in range(lanes)])
             at_pair = builder.add(pair_start, builder.add(m, m))
             at_one, at_two = builder.add(one_start, m), builder.add(two_start, m)
             if interleave:
-                a = builder.load(ptr(singles, at_one, kind), align=size)
-                b = builder.load(ptr(singles, at_two, kind), align=size)
-                a, b = builder.fadd(a, _splat(builder, add, lanes)), builder.fadd(b, _splat(builder, add, lanes))
+                a = builder.fadd(builder.load(ptr(singles, at_one, kind), align=size), _splat(builder, add, lanes))
+                b = builder.fadd(builder.load(ptr(singles, at_two, kind), align=size), _splat(builder, add, lanes))
                 if lanes == 1:
                     builder.store(a, ptr(pairs, at_pair, item), align=size)
-                    builder.store(b, ptr(pairs, builder.add(at_pair, ir.Constant(at_pair.type, 1)), item), align=size)
-                    return
-                order = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), [i // 2 + lanes * (i % 2)
-                                                                               for i in range(2 * lanes)])
-                builder.store(builder.shuffle_vector(a, b, order), ptr(pairs, at_pair, wide), align=size)
+                    builder.store(b, ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
+                else:
+                    order = [i // 2 + lanes * (i % 2) for i in range(2 * lanes)]
+                    builder.store(builder.shuffle_vector(a, b, _lanes(order)), ptr(pairs, at_pair, wide), align=size)
                 return
             if lanes == 1:
                 a = builder.load(ptr(pairs, at_pair, item), align=size)
-                b = builder.load(ptr(pairs, builder.add(at_pair, ir.Constant(at_pair.type, 1)), item), align=size)
+                b = builder.load(ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
             else:
                 both = builder.load(ptr(pairs, at_pair, wide), align=size)
-                a = builder.shuffle_vector(both, both, evens)
-                b = builder.shuffle_vector(both, both, odds)
+                a = builder.shuffle_vector(both, both, _lanes([2 * i for i in range(lanes)]))
+                b = builder.shuffle_vector(both, both, _lanes([2 * i + 1 for i in range(lanes)]))
             builder.store(a, ptr(singles, at_one, kind), align=size)
             builder.store(b, ptr(singles, at_two, kind), align=size)
 
-        lanes = VECTOR_BYTES // size
-        step = ir.Constant(total.type, lanes)
-        whole = builder.mul(builder.udiv(total, step), step)
-        with cgutils.for_range_slice(builder, ir.Constant(total.type, 0), whole, step) as (m, _):
-            chunk(m, lanes)
-        done = cgutils.alloca_once_value(builder, whole)
-        while lanes > 1:
-            lanes //= 2
-            m = builder.load(done)
-            room = builder.icmp_unsigned(">=", builder.sub(total, m), ir.Constant(total.type, lanes))
-            with builder.if_then(room):
-                chunk(m, lanes)
-                builder.store(builder.add(m, ir.Constant(total.type, lanes)), done)
+        widest = VECTOR_BYTES // size
+        whole = builder.mul(builder.udiv(total, const(widest)), const(widest))
+        with cgutils.for_range(builder, rows) as row:
+            starts = [builder.add(first, builder.mul(row.index, step)) for first, step in
+                      ((first_pair, pair_step), (first_one, single_step), (first_two, single_step))]
+            with cgutils.for_range_slice(builder, const(0), whole, const(widest)) as (m, _):
+                chunk(*starts, m, widest)
+            m, lanes = whole, widest
+            while lanes > 1:
+                lanes //= 2
+                room = builder.icmp_unsigned(">=", builder.sub(total, m), const(lanes))
+                with builder.if_then(room):
+                    chunk(*starts, m, lanes)
+                m = builder.select(room, builder.add(m, const(lanes)), m)
         return context.get_dummy_value()
     return codegen
+
+
+def _lanes(order):
+    """A constant shuffle mask."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(order)), order)
 
 
 def _splat(builder, value, lanes):
@@ -180,21 +186,23 @@ def _flat_floats(*arrays):
 
 
 @intrinsic
-def deinterleave(typingctx, src, start, f, even, odd, n):
-    """f[even + m] = src[start + 2m], f[odd + m] = src[start + 2m + 1], m < n: a row's even and
-    odd columns into two runs (the runs must not overlap the row)."""
+def deinterleave(typingctx, src, start, src_step, f, even, odd, step, n, rows):
+    """f[even + r*step + m] = src[start + r*src_step + 2m] and f[odd + r*step + m] =
+    src[start + r*src_step + 2m + 1] for m < n, r < rows: the even and odd columns of `rows`
+    rows into two runs each (the runs must not overlap the rows)."""
     if not (_flat_floats(src, f) and f.dtype == src.dtype):
         return None
-    return types.none(src, start, f, even, odd, n), _pairs_codegen(False)
+    return types.none(src, start, src_step, f, even, odd, step, n, rows), _pairs_codegen(False)
 
 
 @intrinsic
-def interleave(typingctx, y, start, f, even, odd, n, add):
-    """y[start + 2m] = f[even + m] + add, y[start + 2m + 1] = f[odd + m] + add, m < n: two runs
-    merged into a row's even and odd columns."""
+def interleave(typingctx, y, start, y_step, f, even, odd, step, n, rows, add):
+    """y[start + r*y_step + 2m] = f[even + r*step + m] + add and y[start + r*y_step + 2m + 1] =
+    f[odd + r*step + m] + add for m < n, r < rows: two runs merged into each row's even and
+    odd columns."""
     if not (_flat_floats(y, f) and y.dtype == f.dtype):
         return None
-    return types.none(y, start, f, even, odd, n, add), _pairs_codegen(True)
+    return types.none(y, start, y_step, f, even, odd, step, n, rows, add), _pairs_codegen(True)
 
 
 def _signed_sum(builder, row, values, kind):
