@@ -100,6 +100,8 @@ WINOGRAD_CASES = [
     (2, 16, 9, 8, 18, 3, 1, (2, 0), 1, 1, False),      # padding rows only
     (5, 16, 3, 3, 16, 3, 1, 0, 1, 1, True),            # one output pixel
     (5, 16, 20, 20, 16, 3, 1, "same", 1, 1, True),     # several images per block, a remainder block
+    (2, 16, 17, 19, 16, 3, 1, 1, 1, 1, True),          # wide (a column of padding tiles), odd sizes
+    (2, 16, 18, 17, 16, 3, 1, 0, 1, 1, False),         # wide, valid: grad-input padded 2
 ]
 CONV_CASES += WINOGRAD_CASES
 # strided, undilated, sides multiples of the strides, output as wide as a phase plane:
