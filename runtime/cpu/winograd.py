@@ -21,19 +21,22 @@ the data costing only additions.
     grad-weight  dU[xi] = sum over tiles of Mg[xi] V[xi]^T with Mg = A g A^T (the output
                  transform's adjoint), then dw = G^T dU G: 16 GEMMs over the tiles
 
-Layouts. Tiles are numbered on a grid one column wider than the image's, q = ti*We + tj
-with We = tw + 1, and each channel of the padded input is split into its four parity
-planes P[2r + s][ti*We + tj] = xpad[2ti + r, 2tj + s] (zeros in the padding). Element
-(k, l) of tile q's 4x4 patch is then P[2(k%2) + l%2][q + (k//2)*We + l//2]: every entry of
-V, M and Mg is a signed sum of runs of the slot at fixed offsets (a patch read directly
-would stride by 2, in rows of 16). Each transform of a channel is one pass over its tiles
-that loads a vector of tiles from each input run and stores every output run
+Layouts. Each channel of the padded input is split into its four parity planes
+P[2r + s][ti*We + j] = xpad[2ti + r, 2j + s] (zeros in the padding), and tiles are
+numbered q = ti*We + tj on a grid of We columns (geometry.winograd_columns). Element (k, l)
+of tile q's 4x4 patch is then P[2(k%2) + l%2][q + (k//2)*We + l//2]: a tile reads the
+next tile's column. On wide images We = tw + 1, a column of padding tiles computed and
+dropped; on narrow ones We = tw, no padding tiles, and four more planes hold P one column
+on, which the patch reads for l >= 2 instead. Every entry of V, M and Mg is a signed sum
+of runs of the slot at fixed offsets (a patch read directly would stride by 2, in rows of
+16). Each transform of a channel is one pass over its tiles that loads a vector of tiles
+from each input run and stores every output run
 (lanes.signed_sums: 16 loads and 16 stores for the input transform, where one loop per
 output, which was all LLVM would vectorise, made 80 and re-read each plane four times:
 the input transform of a 32x32 channel 2.3 times faster, of an 8x8 one 3.2 times); the
 split into planes and the interleave back into rows move a row's column pairs as vectors
-(lanes.deinterleave, lanes.interleave). The extra column of tiles (tj = tw) is computed and ignored: its outputs are never written,
-its gradients are zeros. Each thread takes a run of images, a block of `images` at a
+(lanes.deinterleave, lanes.interleave). A padding tile's outputs are never written, its
+gradients are zeros. Each thread takes a run of images, a block of `images` at a
 time (geometry.winograd_images: V and M of a block stay near the core's L2); its
 workspace slot holds [U or dU | P | V | M] (geometry.winograd_slot).
 
@@ -63,6 +66,8 @@ from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
 
 _images = njit(cache=True)(_geometry.winograd_images)
+_columns = njit(cache=True)(_geometry.winograd_columns)
+_planes = njit(cache=True)(_geometry.winograd_planes)
 _applies = njit(cache=True)(_geometry.winograd)
 _RUN = 64  # filters per run through the transforms' buffer (_weights, _unweights)
 
@@ -77,22 +82,26 @@ _grad_map = signed_sums(np.kron(_AT.T, _AT.T))
 
 
 @njit(cache=True, inline="always")
-def _patch(at_p, plane, we, k, col):
-    """Where element (k, col) of tile 0's patch starts in the parity planes at f[at_p:]
-    (tile q's is q further on): plane 2(k%2) + col%2, shifted k//2 rows of the tile grid
-    (we tiles each) and col//2 tiles. With k, col < 2 it is the start of plane 2k + col."""
-    return u64(at_p + (2 * (k % 2) + col % 2) * plane + (k // 2) * we + col // 2)
+def _patch(at_p, plane, we, shifted, k, col):
+    """Where element (k, col) of tile 0's patch starts in the planes at f[at_p:] (tile q's is
+    q further on): parity plane 2(k%2) + col%2, shifted k//2 rows of the tile grid (we tiles
+    each), and for col >= 2 the next column: col//2 tiles on, or in the `shifted` copy."""
+    on = col // 2  # the next column: in the shifted planes, or one tile on (no branch: 16
+    # inlined copies of one cost 1.6 s of compiling)
+    return u64(at_p + (2 * (k % 2) + col % 2 + 4 * on * shifted) * plane + (k // 2) * we + on * (1 - shifted))
 
 
 @njit(cache=True)
 def _layout(c_in, c_out, th, tw, tb):
-    """Offsets of the slot's regions U [16, O, C], P [4, plane], V [16, C, tb], M [16, O, tb],
-    the plane's length and the slot's size."""
-    plane = (th + 1) * (tw + 1) + 1
+    """Offsets of the slot's regions U [16, O, C], P [4 or 8, plane], V [16, C, tb] and
+    M [16, O, tb], the plane's length, the slot's size, and the grid's columns we (tw: the
+    planes have shifted copies; tw + 1: a column of padding tiles)."""
+    we = _columns(tw)
+    count, plane = _planes(th, tw, we)
     at_p = 16 * c_out * c_in
-    at_v = at_p + 4 * plane
+    at_v = at_p + count * plane
     at_m = at_v + 16 * c_in * tb
-    return at_p, at_v, at_m, plane, at_m + 16 * c_out * tb
+    return at_p, at_v, at_m, plane, at_m + 16 * c_out * tb, we
 
 
 @njit(cache=True, inline="always")
@@ -171,16 +180,17 @@ def _unweights(du, dw, scratch):
 
 
 @njit(cache=True)
-def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
+def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, we, shifted):
     """The four parity planes of one channel (src[at:], rows x cols) padded by pt, pl, into
-    f[planes + k*plane:]: f[planes + (2r + s)*plane + ti*We + j] = xpad[2ti + r, 2j + s].
+    f[planes + k*plane:]: f[planes + (2r + s)*plane + ti*we + j] = xpad[2ti + r, 2j + s] for
+    ti <= th, j < we; with `shifted`, after them the four one column on, xpad[2ti + r, 2j + 2 + s].
 
     Column pair m of a source row (2m, 2m + 1) is padded column 2m + pl: its first column
     goes to plane pl % 2 at j = m + pl // 2, its second to the other plane at j = m + (pl + 1) // 2.
     So the planes are zeroed in one pass (the padding), and the source rows of each parity
     are one `deinterleave` over them (vectors of pairs). Row by row, in loops of 4 to 16
-    pairs with the padding at each row's ends, the split cost 1.5 to 2.3 times as much."""
-    we = tw + 1
+    pairs with the padding at each row's ends, the split cost 1.5 to 2.3 times as much. The
+    shifted planes are a copy one on, and then the last column of each row."""
     j0, j1 = pl // 2, (pl + 1) // 2  # where the even and the odd source columns start
     n1 = max(0, min(cols // 2, we - j1))  # odd columns in the plane: the pairs (j1 >= j0)
     n0 = max(0, min((cols + 1) // 2, we - j0))  # even columns: n1, or one or two more
@@ -196,6 +206,17 @@ def _split(src, at, rows, cols, pt, pl, f, planes, plane, th, tw):
         for m in range(n1, n0):  # an odd width's last column, or one the odd plane had no room for
             for i in range(r, hi, 2):
                 f[even + u64((i - r) // 2 * we + j0 + m)] = src[at + (i - pt) * cols + 2 * m]
+    if shifted:
+        one = u64(1)
+        for p in range(4):
+            at_s, at_q = u64(planes + (4 + p) * plane), u64(planes + p * plane)
+            for q in range(u64(plane - 1)):
+                f[at_s + q] = f[at_q + q + one]
+        for s in range(2):
+            col = 2 * we + s - pl
+            for r in range(2 * th + 2):
+                last = u64(planes + (4 + 2 * (r % 2) + s) * plane + (r // 2) * we + we - 1)
+                f[last] = src[at + (r - pt) * cols + col] if lo <= r < hi and col < cols else 0
 
 
 @njit(cache=True, inline="always")
@@ -209,9 +230,9 @@ def _regions(at, rows, row, tb, base):
 
 
 @njit(cache=True, inline="always")
-def _patches(at_p, plane, we):
-    """Where each entry (k, l) of tile 0's 4x4 patch starts in the parity planes, row-major."""
-    p = lambda k, col: _patch(at_p, plane, we, k, col)
+def _patches(at_p, plane, we, shifted):
+    """Where each entry (k, l) of tile 0's 4x4 patch starts in the planes, row-major."""
+    p = lambda k, col: _patch(at_p, plane, we, shifted, k, col)
     return (p(0, 0), p(0, 1), p(0, 2), p(0, 3), p(1, 0), p(1, 1), p(1, 2), p(1, 3),
             p(2, 0), p(2, 1), p(2, 2), p(2, 3), p(3, 0), p(3, 1), p(3, 2), p(3, 3))
 
@@ -225,19 +246,17 @@ def _plane_starts(at_p, plane):
 @njit(cache=True)
 def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
     """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W])."""
-    at_p, at_v, _, plane, _ = lay
-    we = tw + 1
-    ins = _patches(at_p, plane, we)
+    at_p, at_v, _, plane, _, we = lay
+    ins = _patches(at_p, plane, we, np.int64(we == tw))
     for c in range(c_in):
-        _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, tw)
+        _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, we, we == tw)
         _data_map(f, th * we, ins, _regions(at_v, c_in, c, tb, base))
 
 
 @njit(cache=True)
 def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
     """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o]) of every tile of one image, through the planes."""
-    at_p, _, at_m, plane, _ = lay
-    we = tw + 1
+    at_p, _, at_m, plane, _, we = lay
     outs = _plane_starts(at_p, plane)
     for o in range(c_out):
         _output_map(f, th * we, _regions(at_m, c_out, o, tb, base), outs)
@@ -255,11 +274,11 @@ def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
 def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
     """Mg[xi, o, base + q] = (A g A^T)[xi] of every 2x2 tile q of one image's output gradient
     (g[at:], [O, Ho, Wo]; zeros past its edges, so in the extra column of tiles)."""
-    at_p, _, at_m, plane, _ = lay
+    at_p, _, at_m, plane, _, we = lay
     ins = _plane_starts(at_p, plane)
     for o in range(c_out):
-        _split(g, at + o * ho * wo, ho, wo, np.int64(0), np.int64(0), f, at_p, plane, th - 1, tw)
-        _grad_map(f, th * (tw + 1), ins, _regions(at_m, c_out, o, tb, base))
+        _split(g, at + o * ho * wo, ho, wo, np.int64(0), np.int64(0), f, at_p, plane, th - 1, we, np.bool_(False))
+        _grad_map(f, th * we, ins, _regions(at_m, c_out, o, tb, base))
 
 
 @njit(cache=True)
@@ -268,12 +287,13 @@ def _plan(x_shape, c_out, ho, wo, workspace):
     c_out channels and an output of ho x wo; raises if the workspace is too small."""
     n, c_in = x_shape[0], x_shape[1]
     th, tw = (ho + 1) // 2, (wo + 1) // 2
-    grid = th * (tw + 1)
+    grid = th * _columns(tw)
     per = _images(c_in, c_out, grid, n)
-    lay = _layout(c_in, c_out, th, tw, per * grid)
+    tb = per * grid
+    lay = _layout(c_in, c_out, th, tw, tb)
     if workspace.shape[1] < lay[4] or workspace.shape[0] < 1:
         raise ValueError("conv2d: workspace too small for Winograd; size it with workspace_shape")
-    return th, tw, grid, per, per * grid, lay, min(n, workspace.shape[0])
+    return th, tw, grid, per, tb, lay, min(n, workspace.shape[0])
 
 
 @njit(cache=True)
