@@ -131,9 +131,20 @@ class Workspace:
         path.mkdir(mode=0o555)
         return path
 
-    def remount(self, path: Path, mode: str) -> None:
-        """Make the tmpfs at `path` read-only ("ro") or writable again ("rw")."""
-        subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, capture_output=True)
+    def remount(self, path: Path, mode: str, seconds: float = 10.0) -> None:
+        """Make the tmpfs at `path` read-only ("ro") or writable again ("rw"). The kernel refuses
+        to make a file system read-only while a file on it is open for writing (EBUSY: mount
+        exits 32), which it is for the moments a run writes a checkpoint or a metrics line:
+        so the remount is tried again until it takes, for up to `seconds` (one CI run of the
+        read-only-mid-run trial failed on its single try)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            done = subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], capture_output=True)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                done.check_returncode()
+            time.sleep(0.005)
 
     def net(self, data: str | None = None, name: str = "m.net", text: str | None = None) -> Path:
         """digits_mlp.net (or `text`) with its recipe's data replaced by `data`, e.g. 'csv("t.csv")'."""
