@@ -177,7 +177,7 @@ def _splat(builder, value, lanes):
         return value
     kind = ir.VectorType(value.type, lanes)
     one = builder.insert_element(ir.Constant(kind, None), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+    return builder.shuffle_vector(one, one, _lanes([0] * lanes))
 
 
 def _flat_floats(*arrays):

@@ -247,9 +247,10 @@ def _plane_starts(at_p, plane):
 def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
     """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W])."""
     at_p, at_v, _, plane, _, we = lay
-    ins = _patches(at_p, plane, we, np.int64(we == tw))
+    shifted = we == tw  # no padding tiles: the planes have shifted copies
+    ins = _patches(at_p, plane, we, np.int64(shifted))
     for c in range(c_in):
-        _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, we, we == tw)
+        _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, we, shifted)
         _data_map(f, th * we, ins, _regions(at_v, c_in, c, tb, base))
 
 
@@ -273,7 +274,7 @@ def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
 @njit(cache=True)
 def _grad_transform(g, at, c_out, ho, wo, f, lay, tb, base, th, tw):
     """Mg[xi, o, base + q] = (A g A^T)[xi] of every 2x2 tile q of one image's output gradient
-    (g[at:], [O, Ho, Wo]; zeros past its edges, so in the extra column of tiles)."""
+    (g[at:], [O, Ho, Wo]; zeros past its edges, so in the padding tiles where there are any)."""
     at_p, _, at_m, plane, _, we = lay
     ins = _plane_starts(at_p, plane)
     for o in range(c_out):
