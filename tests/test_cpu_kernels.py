@@ -268,20 +268,29 @@ def test_maxpool_2x2_backward_routes_exactly_like_the_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_maxpool_2x2_backward_one_pass_rows_route_like_the_reference(dtype):
-    """Rows of at least pool.ONE_PASS_WINDOWS windows take the one vectorised pass: ties
-    (small integers), and rows with a NaN or an infinity, which the exact pass redoes."""
+def test_maxpool_2x2_every_row_length_matches_the_reference(dtype):
+    """Rows of 1 to 35 windows go in runs of 16 (8 for float64), 8, 4, 2, 1 windows
+    (pool_lanes): every combination of runs, with ties (small integers), a NaN at each
+    window position and after an infinity, infinities, and odd last rows and columns."""
     rng = np.random.default_rng(8)
-    wo = pool.ONE_PASS_WINDOWS + 3
-    x = rng.integers(-2, 3, (2, 3, 7, 2 * wo + 1)).astype(dtype)  # an odd last row and column
-    x[0, 1, 2, 5], x[0, 1, 3, 6] = np.nan, np.inf  # one window with a NaN after an inf
-    x[1, 0, 0, 2 * wo - 1] = np.nan  # the last window of a row
-    x[0, 2, 5, 9], x[1, 1, 3, 4] = np.nan, np.nan  # a NaN at a window's bottom right, bottom left
-    x[1, 2, 4, 0], x[1, 2, 5, 1] = -np.inf, np.inf
-    g = randn(rng, (2, 3, 3, wo), dtype)
-    dx = np.full(x.shape, 7.0, dtype)
-    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
-    np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0))
+    for wo in range(1, 36):
+        for odd_h, odd_w in ((0, 0), (1, 1)):
+            x = rng.integers(-2, 3, (2, 3, 6 + odd_h, 2 * wo + odd_w)).astype(dtype)
+            for k in range(4):  # a NaN at window position k somewhere in the batch
+                plane = x[k // 3 % 2, k % 3]
+                r, c = 2 * (k % 3) + k // 2, 2 * rng.integers(wo) + k % 2
+                plane[r, c] = np.nan
+                plane[r - r % 2 + (1 - r % 2), c] = np.inf if k % 2 else -np.inf
+            x[1, 2, 4, -1 - odd_w] = np.inf
+            want = ref("maxpool", x, kernel=2, stride=None, pad=0)
+            y = np.full(want.shape, 7.0, dtype)
+            pool.maxpool_forward(x, y, 2, 2, 2, 2, 0, 0)
+            np.testing.assert_array_equal(y, want)
+            g = randn(rng, want.shape, dtype)
+            dx = np.full(x.shape, 7.0, dtype)
+            pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+            np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0), err_msg=f"{wo}")
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 3, 1, 1), (2, 3, 5)])

@@ -69,7 +69,7 @@ def signed_sums(matrix):
     @intrinsic
     def apply(typingctx, f, n, ins, outs):
         offsets = lambda t, size: isinstance(t, types.UniTuple) and t.dtype == types.uint64 and len(t) == size
-        if not (_flat_floats(f) and isinstance(n, types.Integer) and offsets(ins, len(rows[0]))
+        if not (flat_floats(f) and isinstance(n, types.Integer) and offsets(ins, len(rows[0]))
                 and offsets(outs, len(rows))):
             return None
 
@@ -107,9 +107,8 @@ def _pairs_codegen(interleave):
     pairs, where the first row of them starts, the step from row to row, the array of the two
     runs, where each starts, their step from row to row, the pairs in a row, the rows (and
     for `interleave` what to add). In each row, runs of `lanes` pairs move as one load of
-    2 * lanes values and two shuffles (or two loads and one shuffle), then at most one run of
-    half as many, and so on down to a single pair: a row of 15 pairs takes 8 + 4 + 2 + 1.
-    One call does a block of rows: a call per row of 8 to 16 pairs cost more in loop
+    2 * lanes values and two shuffles (or two loads and one shuffle), then shorter runs
+    (over_rows). One call does a block of rows: a call per row of 8 to 16 pairs cost more in loop
     set-up than in moving them."""
     def codegen(context, builder, sig, args):
         pairs, singles = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in (0, 3))
@@ -120,8 +119,7 @@ def _pairs_codegen(interleave):
         add = context.cast(builder, args[9], sig.args[9], sig.args[0].dtype) if interleave else None
         const = lambda v: ir.Constant(total.type, v)
 
-        def ptr(base, at, kind):
-            return builder.bitcast(builder.gep(base, [at], inbounds=True), kind.as_pointer())
+        ptr = lambda base, at, kind: element_pointer(builder, base, at, kind)
 
         def chunk(pair_start, one_start, two_start, m, lanes):
             kind = ir.VectorType(item, lanes) if lanes > 1 else item
@@ -135,38 +133,59 @@ def _pairs_codegen(interleave):
                     builder.store(a, ptr(pairs, at_pair, item), align=size)
                     builder.store(b, ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
                 else:
-                    order = [i // 2 + lanes * (i % 2) for i in range(2 * lanes)]
-                    builder.store(builder.shuffle_vector(a, b, _lanes(order)), ptr(pairs, at_pair, wide), align=size)
+                    builder.store(merge_pairs(builder, a, b, lanes), ptr(pairs, at_pair, wide), align=size)
                 return
             if lanes == 1:
                 a = builder.load(ptr(pairs, at_pair, item), align=size)
                 b = builder.load(ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
             else:
-                both = builder.load(ptr(pairs, at_pair, wide), align=size)
-                a = builder.shuffle_vector(both, both, _lanes([2 * i for i in range(lanes)]))
-                b = builder.shuffle_vector(both, both, _lanes([2 * i + 1 for i in range(lanes)]))
+                a, b = split_pairs(builder, builder.load(ptr(pairs, at_pair, wide), align=size), lanes)
             builder.store(a, ptr(singles, at_one, kind), align=size)
             builder.store(b, ptr(singles, at_two, kind), align=size)
 
-        widest = VECTOR_BYTES // size
-        whole = builder.mul(builder.udiv(total, const(widest)), const(widest))
-        with cgutils.for_range(builder, rows) as row:
-            starts = [builder.add(first, builder.mul(row.index, step)) for first, step in
-                      ((first_pair, pair_step), (first_one, single_step), (first_two, single_step))]
-            with cgutils.for_range_slice(builder, const(0), whole, const(widest)) as (m, _):
-                chunk(*starts, m, widest)
-            m, lanes = whole, widest
-            while lanes > 1:
-                lanes //= 2
-                room = builder.icmp_unsigned(">=", builder.sub(total, m), const(lanes))
-                with builder.if_then(room):
-                    chunk(*starts, m, lanes)
-                m = builder.select(room, builder.add(m, const(lanes)), m)
+        def row_chunk(row, m, lanes):
+            chunk(*(builder.add(first, builder.mul(row, step)) for first, step in
+                    ((first_pair, pair_step), (first_one, single_step), (first_two, single_step))), m, lanes)
+
+        over_rows(builder, rows, total, VECTOR_BYTES // size, row_chunk)
         return context.get_dummy_value()
     return codegen
 
 
-def _lanes(order):
+def over_rows(builder, rows, total, widest, chunk):
+    """chunk(row, m, lanes) for every row < rows, covering m in [0, total) of each: runs of
+    `widest` lanes, then at most one run of half as many, and so on down to one lane (a row
+    of 15 takes 8 + 4 + 2 + 1). rows and total are uint64 values; so are row and m."""
+    const = lambda v: ir.Constant(total.type, v)
+    whole = builder.mul(builder.udiv(total, const(widest)), const(widest))
+    with cgutils.for_range(builder, rows) as row:
+        with cgutils.for_range_slice(builder, const(0), whole, const(widest)) as (m, _):
+            chunk(row.index, m, widest)
+        m, lanes = whole, widest
+        while lanes > 1:
+            lanes //= 2
+            room = builder.icmp_unsigned(">=", builder.sub(total, m), const(lanes))
+            with builder.if_then(room):
+                chunk(row.index, m, lanes)
+            m = builder.select(room, builder.add(m, const(lanes)), m)
+
+
+def element_pointer(builder, base, at, kind):
+    """A pointer of type kind* to element `at` of the array data `base`."""
+    return builder.bitcast(builder.gep(base, [at], inbounds=True), kind.as_pointer())
+
+
+def split_pairs(builder, both, lanes):
+    """(even lanes, odd lanes) of the 2 * lanes vector `both`: the two values of each pair apart."""
+    return tuple(builder.shuffle_vector(both, both, shuffle_mask([2 * i + k for i in range(lanes)])) for k in (0, 1))
+
+
+def merge_pairs(builder, a, b, lanes):
+    """The 2 * lanes vector a0 b0 a1 b1 ...: split_pairs undone."""
+    return builder.shuffle_vector(a, b, shuffle_mask([i // 2 + lanes * (i % 2) for i in range(2 * lanes)]))
+
+
+def shuffle_mask(order):
     """A constant shuffle mask."""
     return ir.Constant(ir.VectorType(ir.IntType(32), len(order)), order)
 
@@ -177,10 +196,10 @@ def _splat(builder, value, lanes):
         return value
     kind = ir.VectorType(value.type, lanes)
     one = builder.insert_element(ir.Constant(kind, None), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, _lanes([0] * lanes))
+    return builder.shuffle_vector(one, one, shuffle_mask([0] * lanes))
 
 
-def _flat_floats(*arrays):
+def flat_floats(*arrays):
     """Whether each Numba type is a one-dimensional float array."""
     return all(isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1 for a in arrays)
 
@@ -190,7 +209,7 @@ def deinterleave(typingctx, src, start, src_step, f, even, odd, step, n, rows):
     """f[even + r*step + m] = src[start + r*src_step + 2m] and f[odd + r*step + m] =
     src[start + r*src_step + 2m + 1] for m < n, r < rows: the even and odd columns of `rows`
     rows into two runs each (the runs must not overlap the rows)."""
-    if not (_flat_floats(src, f) and f.dtype == src.dtype):
+    if not (flat_floats(src, f) and f.dtype == src.dtype):
         return None
     return types.none(src, start, src_step, f, even, odd, step, n, rows), _pairs_codegen(False)
 
@@ -200,7 +219,7 @@ def interleave(typingctx, y, start, y_step, f, even, odd, step, n, rows, add):
     """y[start + r*y_step + 2m] = f[even + r*step + m] + add and y[start + r*y_step + 2m + 1] =
     f[odd + r*step + m] + add for m < n, r < rows: two runs merged into each row's even and
     odd columns."""
-    if not (_flat_floats(y, f) and y.dtype == f.dtype):
+    if not (flat_floats(y, f) and y.dtype == f.dtype):
         return None
     return types.none(y, start, y_step, f, even, odd, step, n, rows, add), _pairs_codegen(True)
 
