@@ -109,7 +109,7 @@ def map_rows(n, c, h, rng):
 
     def pool_ours():
         pool.maxpool_forward(x, p, 2, 2, 2, 2, 0, 0)
-        pool.maxpool_backward(gp, x, dx, 2, 2, 2, 2, 0, 0)
+        pool.maxpool_backward(gp, x, dx, 2, 2, 2, 2, 0, 0, False)
 
     def pool_numpy():
         ref("maxpool")(x, kernel=2, stride=None, pad=0)

@@ -229,8 +229,9 @@ def test_pool(kind, case, dtype):
     g = randn(rng, want.shape, dtype)
     dx = np.full(x.shape, np.nan, dtype)
     if kind == "maxpool":
-        pool.maxpool_backward(g, x, dx, *geo)
-        close(dx, ref("maxpool_grad", g, x, **attrs), dtype)
+        for positive in (False, True):  # True: a relu's gradient folded in (only where x > 0)
+            pool.maxpool_backward(g, x, dx, *geo, positive)
+            close(dx, ref("maxpool_grad", g, x, positive=positive, **attrs), dtype)
     else:
         pool.avgpool_backward(g, dx, *geo)
         close(dx, ref("avgpool_grad", g, size=(h, w), **attrs), dtype)
@@ -240,7 +241,7 @@ def test_maxpool_nan_is_the_maximum():
     x = np.array([[[[1.0, np.nan], [np.nan, 5.0]]]])
     y, dx = np.empty((1, 1, 1, 1)), np.empty_like(x)
     pool.maxpool_forward(x, y, 2, 2, 2, 2, 0, 0)
-    pool.maxpool_backward(np.ones((1, 1, 1, 1)), x, dx, 2, 2, 2, 2, 0, 0)
+    pool.maxpool_backward(np.ones((1, 1, 1, 1)), x, dx, 2, 2, 2, 2, 0, 0, False)
     assert np.isnan(y[0, 0, 0, 0])
     np.testing.assert_array_equal(dx, ref("maxpool_grad", np.ones((1, 1, 1, 1)), x, kernel=2, stride=None, pad=0))
 
@@ -260,18 +261,22 @@ def test_maxpool_2x2_backward_routes_exactly_like_the_reference(dtype):
     x[1, 2, 2, 2], x[1, 2, 3, 3] = np.inf, -np.inf
     g = randn(rng, (2, 3, 3, 4), dtype)
     dx = np.full(x.shape, 7.0, dtype)
-    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0, False)
     np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0))
     g[0, 0, 0, 0] = np.inf  # the reference's 0/1 mask would make its window's other cells NaN
-    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0, False)
     assert dx[0, 0, 0, 0] == np.inf and not np.isnan(dx).any()
+    x[0, 0, :2, :2] = -1.0  # positive (a relu's gradient folded in): 0 at a maximum <= 0, not inf * 0
+    pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0, True)
+    assert not dx[0, 0, :2, :2].any() and not np.isnan(dx).any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxpool_2x2_every_row_length_matches_the_reference(dtype):
     """Rows of 1 to 35 windows go in runs of 16 (8 for float64), 8, 4, 2, 1 windows
     (pool_lanes): every combination of runs, with ties (small integers), a NaN at each
-    window position and after an infinity, infinities, and odd last rows and columns."""
+    window position and after an infinity, infinities, and odd last rows and columns; the
+    backward also with a relu's gradient folded in (positive)."""
     rng = np.random.default_rng(8)
     for wo in range(1, 36):
         for odd_h, odd_w in ((0, 0), (1, 1)):
@@ -288,8 +293,10 @@ def test_maxpool_2x2_every_row_length_matches_the_reference(dtype):
             np.testing.assert_array_equal(y, want)
             g = randn(rng, want.shape, dtype)
             dx = np.full(x.shape, 7.0, dtype)
-            pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0)
-            np.testing.assert_array_equal(dx, ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0), err_msg=f"{wo}")
+            for positive in (False, True):
+                pool.maxpool_backward(g, x, dx, 2, 2, 2, 2, 0, 0, positive)
+                want = ref("maxpool_grad", g, x, kernel=2, stride=None, pad=0, positive=positive)
+                np.testing.assert_array_equal(dx, want, err_msg=f"{wo} windows, positive={positive}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

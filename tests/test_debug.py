@@ -69,7 +69,7 @@ def test_debug_0_prints_nothing(monkeypatch, capsys):
 
 def test_debug_1_prints_each_pass_report(monkeypatch, capsys):
     lines = _optimise_digits(monkeypatch, capsys, "1")
-    assert [line.split()[4] for line in lines] == ["fold-batchnorm:", "const-fold:", "cse:", "dce:", "fuse:"]
+    assert [line.split()[4] for line in lines] == ["fold-batchnorm:", "const-fold:", "cse:", "pool-relu:", "dce:", "fuse:"]
     assert all(line.startswith("dslc: pipeline digits_mlp (infer) ") for line in lines)
     assert lines[-1].endswith(" nodes]") and "fused kernel" in lines[-1]
 
@@ -78,10 +78,10 @@ def test_debug_3_prints_the_ir_before_and_after_each_pass(monkeypatch, capsys):
     lines = _optimise_digits(monkeypatch, capsys, "3")
     headers = [line for line in lines if line.startswith("dslc: ----")]
     assert headers == ["dslc: ---- digits_mlp (infer) before the pipeline ----"] + [
-        f"dslc: ---- digits_mlp (infer) after {p} ----" for p in ("fold-batchnorm", "const-fold", "cse", "dce", "fuse")]
+        f"dslc: ---- digits_mlp (infer) after {p} ----" for p in ("fold-batchnorm", "const-fold", "cse", "pool-relu", "dce", "fuse")]
     after_fuse = lines[lines.index(headers[-1]) + 1:]
     assert after_fuse[0].startswith("graph digits_mlp  (stage infer;") and any(" fused" in x for x in after_fuse)
-    assert sum(line.startswith("dslc: pipeline ") for line in lines) == 5  # level 1's reports too
+    assert sum(line.startswith("dslc: pipeline ") for line in lines) == 6  # level 1's reports too
 def test_compile_workers(monkeypatch):
     monkeypatch.delenv("DSLC_COMPILE_WORKERS", raising=False)
     assert debug.compile_workers() is None

@@ -143,3 +143,35 @@ def test_passes_table_reports_every_pass():
     for name in PASS_NAMES:
         assert name in done.stdout
     assert "folded 2 batchnorm into conv2d/linear" in done.stdout
+
+
+def test_pool_relu_folds_the_relu_gradient_into_the_max_pool_gradient():
+    """small_cnn's two conv -> relu -> maxpool stages: the pool's gradient times step(relu)
+    becomes one maxpool_grad(positive=True), the steps and the plain pool gradients are
+    gone, and the step's values are the unfused graph's."""
+    graph = stages.build(dslc.load(MODELS / "small_cnn.net"), "train_step")
+    folded, results = optimize(graph, after="dce")
+    assert results[-2].report == "pool-relu: folded 2 relu gradients into max pools"
+    pools = folded.of_op("maxpool_grad")
+    assert len(pools) == 2 and all(p.attr("positive") for p in pools)
+    assert [s.inputs for s in folded.of_op("step")] == [("fc.relu",)]  # the one relu without a pool
+    feeds, params, randoms = random_bindings(graph, batch=2, seed=3)
+    assert max_rel_difference(graph, folded, feeds, params, randoms) <= 1e-6
+
+
+@pytest.mark.parametrize("act, loss, positive", [
+    ("relu", "sum(r |> maxpool(2))", True),
+    ("leaky_relu", "sum(r |> maxpool(2))", False),  # step with a low slope: not a relu mask
+    ("relu", "sum(r |> maxpool(2)) + sum(r)", False),  # relu's gradient: the pool's plus another
+])
+def test_pool_relu_folds_only_a_relu_mask_on_the_pool_gradient_alone(net, act, loss, positive):
+    graph = stages.build(dslc.load(net(f"""model m {{
+        input x : f32[N, 2, 4, 4]
+        param w : f32[2, 4, 4] = normal(1.0)
+        r = {act}(x * w)
+        loss {loss}
+    }}""")), "backward")
+    folded = optimize(graph, after="dce")[0]
+    assert [p.attr("positive") for p in folded.of_op("maxpool_grad")] == [positive]
+    feeds, params, randoms = random_bindings(graph, batch=2, seed=3)
+    assert max_rel_difference(graph, folded, feeds, params, randoms) <= 1e-6

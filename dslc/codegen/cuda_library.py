@@ -164,10 +164,11 @@ extern "C" __global__ void dslc_maxpool_forward@(const scalar_t* x, scalar_t* y,
 """
 
 KERNELS["maxpool_backward"] = r"""
-// dx[n, c, r, s] = the sum of g over the windows whose first maximum is at (r, s).
+// dx[n, c, r, s] = the sum of g over the windows whose first maximum is at (r, s); with
+// positive, 0 where x <= 0 (a relu's gradient folded in: dslc/passes/pool_relu.py).
 extern "C" __global__ void dslc_maxpool_backward@(const scalar_t* g, const scalar_t* x, scalar_t* dx, long long planes,
                                                   int h, int w, int ho, int wo, int kh, int kw, int sh, int sw,
-                                                  int pt, int pl)
+                                                  int pt, int pl, int positive)
 {
     DSLC_FOR(t, planes * h * w) {
         const int s = (int)(t % w), r = (int)((t / w) % h);
@@ -193,7 +194,7 @@ extern "C" __global__ void dslc_maxpool_backward@(const scalar_t* g, const scala
                 if (best_at == r * w + s)
                     acc += g[(p * ho + i) * wo + j];
             }
-        dx[t] = (scalar_t)acc;
+        dx[t] = (positive && !(plane[r * w + s] > 0)) ? (scalar_t)0 : (scalar_t)acc;
     }
 }
 """

@@ -93,7 +93,7 @@ CALLS: dict[str, Callable] = {
                                            f"{a[1]}, {a[-1]}, None, {_geom(n, s[1][2:])}, workspace)"),
     "maxpool": lambda n, a, s: f"pool.maxpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'maxpool')})",
     "maxpool_grad": lambda n, a, s: (f"pool.maxpool_backward({a[0]}, {a[1]}, {a[-1]}, "
-                                     f"{_pool(n, s[1][2:], 'maxpool')})"),
+                                     f"{_pool(n, s[1][2:], 'maxpool')}, {n.attr('positive')})"),
     "avgpool": lambda n, a, s: f"pool.avgpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'avgpool')})",
     "avgpool_grad": lambda n, a, s: (f"pool.avgpool_backward({a[0]}, {a[-1]}, "
                                      f"{_pool(n, tuple(n.attr('size')), 'avgpool')})"),

@@ -242,12 +242,13 @@ def _maxpool_ref(x, **attrs):
     return win.view(win.pad(x, -np.inf)).max(axis=(-2, -1))
 
 
-def _maxpool_grad_ref(g, x, **attrs):
+def _maxpool_grad_ref(g, x, positive=False, **attrs):
     win = window(attrs, x.shape[2:], "maxpool")
     cols = win.view(win.pad(x, -np.inf))
     first = cols.reshape(cols.shape[:4] + (-1,)).argmax(axis=-1)  # first maximum, row-major
     onehot = np.arange(cols.shape[-2] * cols.shape[-1]) == first[..., None]
-    return win.fold((onehot * g[..., None]).reshape(cols.shape), x.shape[2:]).astype(x.dtype)
+    dx = win.fold((onehot * g[..., None]).reshape(cols.shape), x.shape[2:]).astype(x.dtype)
+    return np.where(x > 0, dx, 0).astype(x.dtype) if positive else dx
 
 
 register(OpDef(
@@ -259,10 +260,16 @@ register(OpDef(
     samples=(Sample((_f64(2, 3, 4, 4),)), Sample((_f64(1, 2, 5, 6),), {"kernel": 3, "stride": 2, "pad": 1}))))
 
 register(OpDef(
-    "maxpool_grad", "derivative", ("g", "x"), _POOL_ATTRS, shape=lambda ins, attrs: ins[1],
-    formula="dx[n, c, h, w] = sum of g[n, c, i, j] over the windows whose first maximum is at (h, w)",
+    "maxpool_grad", "derivative", ("g", "x"),
+    _POOL_ATTRS + (Attr("positive", "bool", False, doc="only where x > 0: a relu's gradient folded in "
+                                                          "(dslc/passes/pool_relu.py)"),),
+    shape=lambda ins, attrs: ins[1],
+    formula="dx[n, c, h, w] = sum of g[n, c, i, j] over the windows whose first maximum is at (h, w) "
+            "(0 where x <= 0 when positive)",
     flops=_pool_flops, reference=_maxpool_grad_ref,
-    samples=(Sample((_f64(2, 3, 2, 2), _f64(2, 3, 4, 4))),)))
+    samples=(Sample((_f64(2, 3, 2, 2), _f64(2, 3, 4, 4))),
+             Sample((_f64(2, 3, 2, 2), _f64(2, 3, 4, 4)), {"positive": True}),
+             Sample((_f64(1, 2, 3, 3), _f64(1, 2, 5, 6)), {"kernel": 3, "stride": 2, "pad": 1, "positive": True}))))
 
 
 def _avgpool_ref(x, **attrs):

@@ -23,6 +23,7 @@ from dslc.ir.printer import to_text
 from dslc.passes.cse import cse
 from dslc.passes.dce import dce
 from dslc.passes.fold_batchnorm import fold_batchnorm
+from dslc.passes.pool_relu import pool_relu
 from dslc.passes.fuse import fuse
 from dslc.passes.simplify import simplify
 
@@ -42,6 +43,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold-batchnorm", fold_batchnorm, 2, stages=("infer",)),
     Pass("const-fold", simplify, 1),
     Pass("cse", cse, 1),
+    Pass("pool-relu", pool_relu, 2),
     Pass("dce", dce, 1),
     Pass("fuse", fuse, 2),
 )

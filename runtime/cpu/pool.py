@@ -65,7 +65,7 @@ def _maxpool_2x2_forward(x, out):
 
 
 @njit(cache=True, parallel=True)
-def _maxpool_2x2_backward(g, x, dx):
+def _maxpool_2x2_backward(g, x, dx, positive):
     """Each g to its window's first maximum (the first NaN where the window holds one),
     0 to the other cells, a plane's rows of windows at a time as explicit vectors
     (pool_lanes.route_2x2): every cell is written once, no zeroing pass, no `+=`. An odd
@@ -78,7 +78,7 @@ def _maxpool_2x2_backward(g, x, dx):
     xf, gf, df = x.reshape(x.size), g.reshape(g.size), dx.reshape(dx.size)
     for t in prange(planes):
         start = t * h * w
-        route_2x2(xf, gf, df, u64(start), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+        route_2x2(xf, gf, df, u64(start), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho), positive)
         for q in range(start + 2 * ho * w, start + h * w):  # an odd last row
             df[q] = 0
         if 2 * wo < w:  # an odd last column
@@ -111,10 +111,11 @@ def maxpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
 
 
 @njit(cache=True, parallel=True)
-def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l):
-    """dx = g routed to the first maximum of each window (summed where windows overlap)."""
+def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l, positive):
+    """dx = g routed to the first maximum of each window (summed where windows overlap);
+    with `positive`, 0 wherever x <= 0 (a relu's gradient folded in: dslc/passes/pool_relu.py)."""
     if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
-        _maxpool_2x2_backward(g, x, dx)
+        _maxpool_2x2_backward(g, x, dx, positive)
         return
     n, ch, h, w = x.shape
     ho, wo = g.shape[2], g.shape[3]
@@ -126,7 +127,8 @@ def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l):
             for j in range(wo):
                 c0, c1 = _clip(j * stride_w - pad_l, kw, w)
                 br, bc = _first_max(plane, r0, r1, c0, c1)
-                dst[br, bc] += src[i, j]
+                if not positive or plane[br, bc] > 0:
+                    dst[br, bc] += src[i, j]
 
 
 @njit(cache=True, parallel=True)

@@ -1,15 +1,17 @@
 """The 2x2, stride-2 max pool over rows of windows, written as explicit vectors (pool.py).
 
     max_2x2(x, out, x_start, out_start, width, out_width, windows, rows)
-    route_2x2(x, g, dx, x_start, g_start, width, g_width, windows, rows)
+    route_2x2(x, g, dx, x_start, g_start, width, g_width, windows, rows, positive)
 
 Window row r of a plane is two rows of x, at x_start + 2 r width and `width` further on;
 its `windows` results (or gradients) are a row of out (or g) at out_start + r out_width.
 `max_2x2` writes each window's maximum (a NaN where the window holds one, a + b + c + d,
 as np.max gives a NaN); `route_2x2` writes dx over the same two rows: each g at its
 window's first maximum in row-major order (the first NaN where the window holds one, as
-np.argmax picks it), 0 in the other three cells. Both are selects on plain compares, exact
-for any value: an infinite g stays infinite at its winner and 0 elsewhere.
+np.argmax picks it), 0 in the other three cells; with `positive`, only where that maximum
+is above 0 (a relu's gradient folded in: dslc/passes/pool_relu.py). Both are selects on
+plain compares, exact for any value: an infinite g stays infinite at its winner and 0
+elsewhere.
 
 Why vectors by hand: the loops over a row of windows that pool.py had vectorised only
 from 16 windows a row (one AVX-512 vector of them), so the rows of small images (14 or
@@ -29,15 +31,17 @@ from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats, m
 
 
 def _window_rows(context, builder, sig, args, chunk):
-    """Unpack (x, y, ..., offsets) and run chunk(load, store, x_top, y_row, lanes) over every
-    run of windows: x_top is where the run's top row starts in x, y_row where its results
-    start; load(array, at, kind) and store(value, array, at) move vectors."""
-    arrays = [context.make_array(t)(context, builder, a).data for t, a in zip(sig.args, args)
-              if isinstance(t, types.Array)]
+    """Unpack (x, y, ..., six offsets, flags) and run chunk(arrays, item, load, store, top,
+    bottom, y_row, lanes, flags) over every run of windows: top and bottom are where the
+    run's two rows start in x, y_row where its results start; load(array, at, kind) and
+    store(value, array, at) move vectors; flags are the trailing arguments as i1 values."""
+    count = sum(isinstance(t, types.Array) for t in sig.args)
+    arrays = [context.make_array(t)(context, builder, a).data for t, a in zip(sig.args[:count], args[:count])]
     item = context.get_data_type(sig.args[0].dtype)
     size = context.get_abi_sizeof(item)
     x_start, y_start, width, y_width, windows, rows = (
-        context.cast(builder, a, t, types.uint64) for t, a in zip(sig.args[len(arrays):], args[len(arrays):]))
+        context.cast(builder, a, t, types.uint64) for t, a in zip(sig.args[count:count + 6], args[count:count + 6]))
+    flags = [context.cast(builder, a, t, types.boolean) for t, a in zip(sig.args[count + 6:], args[count + 6:])]
 
     def load(array, at, kind):
         return builder.load(element_pointer(builder, array, at, kind), align=size)
@@ -48,7 +52,7 @@ def _window_rows(context, builder, sig, args, chunk):
     def run(row, m, lanes):
         x_top = builder.add(x_start, builder.add(builder.mul(row, builder.add(width, width)), builder.add(m, m)))
         y_row = builder.add(y_start, builder.add(builder.mul(row, y_width), m))
-        chunk(arrays, item, load, store, x_top, builder.add(x_top, width), y_row, lanes)
+        chunk(arrays, item, load, store, x_top, builder.add(x_top, width), y_row, lanes, flags)
 
     over_rows(builder, rows, windows, VECTOR_BYTES // size, run)
     return context.get_dummy_value()
@@ -84,7 +88,7 @@ def _first(builder, hits):
 
 
 def _max_chunk(builder):
-    def chunk(arrays, item, load, store, top, bottom, y_row, lanes):
+    def chunk(arrays, item, load, store, top, bottom, y_row, lanes, flags):
         x, out = arrays
         a, b, c, d = _corners(builder, x, load, top, bottom, item, lanes)
         nan = builder.or_(builder.or_(_is_nan(builder, a), _is_nan(builder, b)),
@@ -95,16 +99,19 @@ def _max_chunk(builder):
 
 
 def _route_chunk(builder):
-    def chunk(arrays, item, load, store, top, bottom, g_row, lanes):
+    def chunk(arrays, item, load, store, top, bottom, g_row, lanes, flags):
         x, g, dx = arrays
         corners = _corners(builder, x, load, top, bottom, item, lanes)
         m = _maximum(builder, *corners)
         nans = [_is_nan(builder, v) for v in corners]
         nan = builder.or_(builder.or_(nans[0], nans[1]), builder.or_(nans[2], nans[3]))
-        wins = [builder.select(nan, n, w) for n, w in
-                zip(_first(builder, nans), _first(builder, [builder.fcmp_ordered("==", v, m) for v in corners]))]
         gv = load(g, g_row, ir.VectorType(item, lanes))
         zero = ir.Constant(gv.type, None)
+        # positive: a window routes nothing unless its maximum is above 0 (a NaN one never)
+        above = builder.and_(builder.fcmp_ordered(">", m, zero), builder.not_(nan))
+        routes = builder.select(flags[0], above, ir.Constant(above.type, [1] * lanes))
+        wins = [builder.and_(routes, builder.select(nan, n, w)) for n, w in
+                zip(_first(builder, nans), _first(builder, [builder.fcmp_ordered("==", v, m) for v in corners]))]
         cells = [builder.select(w, gv, zero) for w in wins]
         store(merge_pairs(builder, cells[0], cells[1], lanes), dx, top)
         store(merge_pairs(builder, cells[2], cells[3], lanes), dx, bottom)
@@ -127,11 +134,12 @@ def max_2x2(typingctx, x, out, x_start, out_start, width, out_width, windows, ro
 
 
 @intrinsic
-def route_2x2(typingctx, x, g, dx, x_start, g_start, width, g_width, windows, rows):
+def route_2x2(typingctx, x, g, dx, x_start, g_start, width, g_width, windows, rows, positive):
     """dx over the window rows r < rows of x: g[g_start + r g_width + j] at the first
-    maximum of window j, 0 in its other cells (see the module docstring)."""
+    maximum of window j (if above 0, with `positive`), 0 in its other cells (see the
+    module docstring)."""
     if not (flat_floats(x, g, dx) and x.dtype == g.dtype == dx.dtype
-            and _offsets(x_start, g_start, width, g_width, windows, rows)):
+            and _offsets(x_start, g_start, width, g_width, windows, rows) and isinstance(positive, types.Boolean)):
         return None
-    sig = types.none(x, g, dx, x_start, g_start, width, g_width, windows, rows)
+    sig = types.none(x, g, dx, x_start, g_start, width, g_width, windows, rows, positive)
     return sig, lambda context, builder, sig, args: _window_rows(context, builder, sig, args, _route_chunk(builder))

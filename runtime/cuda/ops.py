@@ -179,11 +179,11 @@ class Library(AxisOps):
         return run
 
     # ---- pooling ---------------------------------------------------------------------
-    def _pool_call(self, kernel, what, x_shape, out_hw, attrs, arrays, count):
+    def _pool_call(self, kernel, what, x_shape, out_hw, attrs, arrays, count, flags=()):
         sh, sw, pt, pl, _, _, kh, kw = geometry(attrs, x_shape[2:], what)
         i32 = self.np.int32
         args = tuple(arrays) + (self.np.int64(x_shape[0] * x_shape[1]),) + tuple(
-            i32(v) for v in (x_shape[2], x_shape[3], out_hw[0], out_hw[1], kh, kw, sh, sw, pt, pl))
+            i32(v) for v in (x_shape[2], x_shape[3], out_hw[0], out_hw[1], kh, kw, sh, sw, pt, pl, *flags))
         return lambda: self._launch(kernel, arrays[0], count, args)
 
     def _maxpool(self, node, ins, out, attrs):
@@ -192,7 +192,8 @@ class Library(AxisOps):
 
     def _maxpool_grad(self, node, ins, out, attrs):
         g, x = ins
-        return self._pool_call("maxpool_backward", "maxpool", x.shape, g.shape[2:], attrs, (g, x, out), out.size)
+        return self._pool_call("maxpool_backward", "maxpool", x.shape, g.shape[2:], attrs, (g, x, out), out.size,
+                               (attrs["positive"],))
 
     def _avgpool(self, node, ins, out, attrs):
         return self._pool_call("avgpool_forward", "avgpool", ins[0].shape, out.shape[2:], attrs, (ins[0], out),
