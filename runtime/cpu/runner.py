@@ -8,9 +8,11 @@
 Every buffer of the kernel graph is a view into one byte array at its planned offset
 (dslc/kernels/memory_plan.py); the views, the conv workspace and the argument tuple of
 the module's `step` are made once, so a steady-state step allocates nothing: it copies
-the feeds in, draws the dropout masks into their buffers, calls `step`, and copies the
-updates the plan could not do in place back. `run` returns the same dict every time,
-holding views of the arena: they are overwritten by the next run (copy what you keep).
+the feeds in, fills the dropout masks in their buffers (one seed per mask from the
+generator, the elements by a counter-based generator on every thread: dropout_masks.py),
+calls `step`, and copies the updates the plan could not do in place back. `run` returns
+the same dict every time, holding views of the arena: they are overwritten by the next
+run (copy what you keep).
 
 Parameters and optimizer state live in the arena between steps; `load_params` puts
 them there (and runs the prologue kernels, which depend only on them) and `params()`
@@ -28,7 +30,6 @@ from typing import Mapping
 import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts its threads)
 
 import numpy as np
-from numba import njit
 
 from dslc.codegen import cache, externs, shared
 from dslc.collective import current
@@ -44,15 +45,10 @@ from dslc.kernels.memory_plan import MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.collective import COLLECTIVES, check_buckets
+from dslc.runtime.cpu.dropout_masks import fill_mask
+from dslc.runtime.cpu.philox import draw_seed
 from dslc.runtime.cpu.profile import Profile
 from dslc.runtime.executor import arena_roles
-
-
-@njit(cache=True)
-def _bernoulli(u, p, scale):
-    """u (uniform draws) -> scale where u < p, else 0: a dropout mask, in place."""
-    for i in range(u.size):
-        u[i] = scale if u[i] < p else 0.0
 
 
 class CompiledGraph:
@@ -110,8 +106,8 @@ class CompiledGraph:
             rng: np.random.Generator | None = None) -> dict[tuple[str, str], np.ndarray]:
         """One run: outputs keyed (kind, name) as dslc.reference.run_outputs gives them (views
         of the arena, valid until the next run). `params`, when given, is loaded first;
-        dropout masks come from `randoms` by name, else are drawn from `rng` (or the
-        graph's own generator)."""
+        dropout masks come from `randoms` by name, else from one seed per mask drawn from
+        `rng` (or the graph's own generator), dropout_masks.fill_mask."""
         if params is not None:
             self.load_params(params)
         for name, view in self._inputs:
@@ -120,8 +116,7 @@ class CompiledGraph:
             if randoms is not None and name in randoms:
                 np.copyto(view, randoms[name], casting="same_kind")
             else:
-                (rng or self.rng).random(dtype=flat.dtype, out=flat)
-                _bernoulli(flat, attrs["p"], attrs["scale"])
+                fill_mask(flat, draw_seed(rng or self.rng), attrs["p"], attrs["scale"])
         self._step(*self._args)
         for value, target in self._writebacks:
             np.copyto(target, value)

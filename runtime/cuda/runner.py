@@ -34,6 +34,7 @@ from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
 from dslc.kernels.memory_plan import MemoryPlan, plan
+from dslc.runtime.cpu.philox import draw_seed, mask
 from dslc.runtime.cuda import ops
 from dslc.runtime.errors import DeviceError
 from dslc.runtime.executor import arena_roles
@@ -143,9 +144,9 @@ class GpuGraph:
         """One run: outputs keyed (kind, name) as dslc.reference.run_outputs gives them (CuPy
         views of the arena, valid until the next run). `params`, when given, is loaded
         first; dropout masks come from `randoms` by name, else from `rng` (a NumPy
-        generator, drawn on the host exactly as the CPU runner draws them, so a
-        checkpointed generator state resumes the same masks), else from the graph's own
-        generator on the device."""
+        generator: one seed per mask, the mask computed on the host exactly as the CPU
+        runner computes it, philox.mask, so a checkpointed generator state resumes
+        the same masks), else from the graph's own generator on the device."""
         if params is not None:
             self.load_params(params)
         for name, view in self._inputs:
@@ -153,9 +154,8 @@ class GpuGraph:
         for name, view, attrs in self._randoms:
             if randoms is not None and name in randoms:
                 self._put(view, randoms[name])
-            elif rng is not None:
-                u = rng.random(view.shape, dtype=view.dtype)
-                self._put(view, (u < attrs["p"]) * np.asarray(attrs["scale"], view.dtype))
+            elif rng is not None:  # the CPU runner's mask, computed by its NumPy twin
+                self._put(view, mask(view.shape, view.dtype, draw_seed(rng), attrs["p"], attrs["scale"]))
             else:
                 u = self.rng.random(view.shape, dtype=view.dtype)
                 self.cp.multiply(u < attrs["p"], attrs["scale"], out=view)
