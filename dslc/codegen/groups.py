@@ -89,6 +89,18 @@ class Sweep:
         self.elem: dict[str, str] = {}  # values at the current element
         self.src = Source(c=self.lang.c)
         self.count = ""  # the name of the channel's element count (set by setup)
+        self.narrow = False  # the current pass's element loop computes in the activation's float32
+        self.before = self.src  # the current pass's code before its element loop
+        self.narrow_passes: list[bool] = []  # per pass planned, whether it was narrowed
+
+    def narrows(self, members, reduces: bool) -> bool:
+        """Whether a pass's element loop computes in the activation's own precision (a
+        language's choice; the base keeps every value in double)."""
+        return False
+
+    def narrowed(self, value: str) -> str:
+        """A per-channel value as the element loop of a narrowed pass uses it (the language's)."""
+        return value
 
     # The layout, a language's subclass's (see the class docstring).
     setup: Callable[[], None]
@@ -112,7 +124,7 @@ class Sweep:
         if name in self.elem:
             return self.elem[name]
         if name in self.chan:
-            return self.chan[name]
+            return self.narrowed(self.chan[name]) if self.narrow else self.chan[name]
         local = self.names.fresh(tail(name))
         self.src.line(self.lang.bind(local, self.element(name)))
         self.elem[name] = local
@@ -168,7 +180,9 @@ class Sweep:
                     self.start_sum(before, sums[n.name])
             self.open_sums(before, [s for x, sq in accs.items() for s in stats[x][1:(3 if sq else 2)]]
                            + list(sums.values()))
-            self.src, self.elem = inner, {}  # the element loop's body; a pass of per-channel ops only has none
+            self.src, self.elem, self.before = inner, {}, before  # the element loop's body (none: per-channel ops only)
+            self.narrow = self.narrows(members, bool(accs or sums))
+            self.narrow_passes.append(self.narrow)
             for x, square in accs.items():
                 k, s1, s2 = stats[x]
                 d = self.names.fresh("d")
@@ -181,7 +195,7 @@ class Sweep:
                     self._map(n, stats)
                 elif n.name in sums:
                     self._accumulate(n, sums[n.name])
-            self.src = after
+            self.src, self.narrow = after, False
             self.close_sums(after)
             for n in members:
                 if is_reduce(n):
@@ -191,10 +205,19 @@ class Sweep:
 
     def _map(self, n, stats) -> None:
         count, lang = self.count, self.lang
-        if n.op == "expand":
+        if n.op == "expand" and self.narrow and n.inputs[0] in self.chan:  # a per-channel value: divided once, before the loop
+            g = self.chan[n.inputs[0]]
+            value = self.narrowed(f"{g} / {count}" if n.attr("mean") else g)
+        elif n.op == "expand":
             g = self.get(n.inputs[0])
             value = self.names.fresh("expand")
             self.src.line(lang.bind(value, f"{g} / {count}" if n.attr("mean") else g))
+        elif n.op == "var_grad" and self.narrow and n.inputs[0] in self.chan:  # g * 2 (x - mean) / (count - u), the channel's part before the loop
+            x, (k, s1, _) = self.get(n.inputs[1]), stats[n.inputs[1]]
+            coef = self.narrowed(f"{self.chan[n.inputs[0]]} * 2.0 / ({count} - {int(n.attr('unbiased'))})")
+            mean = self.narrowed(f"{k} + {s1} / {count}")
+            value = self.names.fresh("var_grad")
+            self.src.line(lang.bind(value, f"{coef} * ({x} - {mean})"))
         elif n.op == "var_grad":
             g, x = self.get(n.inputs[0]), self.get(n.inputs[1])
             k, s1, _ = stats[n.inputs[1]]
