@@ -1,15 +1,19 @@
 """The compiled Python API's grad against the NumPy reference's: a class score's gradient
 with respect to the input images of models/small_cnn.net (a saliency map).
 
-    python -m benchmarks.api_grad [--batch 1 16 64] [--repeats 15] [--device cpu]
+    python -m benchmarks.api_grad [--batch 1 16 64] [--rounds 9] [--block 5] [--device cpu]
 
 For each batch size: `m.compile(device).grad(params, {"image": x}, of="out[:, 3]",
-wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are run
-alternately, one call of each per round, so a load that comes and goes weighs on both; the
-figures are the medians over the rounds, after one warm-up call each (the compiled one
-compiles then). The gradients must agree within 1e-4 of their largest entry (exit status 1
-otherwise). Both run in this process with the BLAS threading the CPU executor sets (one
-BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
+wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are
+run in rounds: `--block` calls of one, then as many of the other, so a load that comes
+and goes weighs on both, and each is timed as a loop of saliency maps runs it, call after
+call. The figures are the medians over all the calls, after one warm-up call each (the
+compiled one compiles then). `after ref` is the median of the compiled calls that come
+right after the reference's: those start with the caches the reference's large NumPy
+temporaries left, and on the 2-core EPYC took 10-25% longer (with --block 1 every call
+is one of them). The gradients must agree within 1e-4 of their largest entry (exit
+status 1 otherwise). Both run in this process with the BLAS threading the CPU executor
+sets (one BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
 
 On the CPU the table also gives the floor: the compiled graph's FLOPs (the op registry's
 count over its kernels; a multiply-add is two) at the machine's float32 GEMM rate,
@@ -42,7 +46,7 @@ def graph_gflop(compiled, batch: int) -> float:
     return total / 1e9
 
 
-def measure(batch: int, repeats: int, device: str, seed: int = 0) -> dict:
+def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> dict:
     import dslc
     m = dslc.load(ROOT / "models" / "small_cnn.net")
     params = m.init(seed)
@@ -53,17 +57,22 @@ def measure(batch: int, repeats: int, device: str, seed: int = 0) -> dict:
     value, got = c.grad(params, {"image": x}, **call)
     first = time.perf_counter() - start
     ref_value, want = m.grad(params, {"image": x}, **call)
-    compiled, reference = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        c.grad(params, {"image": x}, **call)
-        compiled.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        m.grad(params, {"image": x}, **call)
-        reference.append(time.perf_counter() - t)
+    compiled, after, reference = [], [], []
+    for _ in range(rounds):
+        for k in range(block):
+            t = time.perf_counter()
+            c.grad(params, {"image": x}, **call)
+            compiled.append(time.perf_counter() - t)
+            if k == 0:
+                after.append(compiled[-1])
+        for _ in range(block):
+            t = time.perf_counter()
+            m.grad(params, {"image": x}, **call)
+            reference.append(time.perf_counter() - t)
     err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
-    return {"batch": batch, "first_s": first, "compiled_ms": 1e3 * float(np.median(compiled)),
-            "reference_ms": 1e3 * float(np.median(reference)), "rel_err": err,
+    ms = lambda times: 1e3 * float(np.median(times))
+    return {"batch": batch, "first_s": first, "compiled_ms": ms(compiled), "after_ms": ms(after),
+            "reference_ms": ms(reference), "rel_err": err,
             "value_err": abs(value - ref_value) / max(abs(ref_value), 1e-12),
             "gflop": graph_gflop(c, batch) if device == "cpu" else None}
 
@@ -71,7 +80,8 @@ def measure(batch: int, repeats: int, device: str, seed: int = 0) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--block", type=int, default=5, help="calls of each per round")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from dslc.runtime.errors import DeviceError
@@ -83,17 +93,18 @@ def main(argv=None) -> int:
         return 1
     sgemm = sgemm_gflops()["dslc"] if args.device == "cpu" else None  # dslc's GEMM, as its kernels run
     print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
-          f"(median of {args.repeats} interleaved calls; load average {os.getloadavg()[0]:.1f})")
+          f"(medians of {args.rounds} rounds of {args.block} calls of each; load average {os.getloadavg()[0]:.1f})")
     if sgemm:
         print(f"floor: the graph's FLOPs at {sgemm:.1f} GFLOP/s (dslc's sgemm, this run); best: reference / floor")
-    print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'max rel diff':>12}  "
-          f"{'first call s':>12}" + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}" if sgemm else ""))
+    print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'after ref':>9}  "
+          f"{'max rel diff':>12}  {'first call s':>12}" + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}" if sgemm else ""))
     ok = True
     for batch in args.batch:
-        r = measure(batch, args.repeats, args.device)
+        r = measure(batch, args.rounds, args.block, args.device)
         ok &= r["rel_err"] <= TOL and r["value_err"] <= TOL
         line = (f"{batch:>5}  {r['compiled_ms']:>11.2f}  {r['reference_ms']:>12.2f}  "
-                f"{r['reference_ms'] / r['compiled_ms']:>7.1f}x  {r['rel_err']:>12.1e}  {r['first_s']:>12.1f}")
+                f"{r['reference_ms'] / r['compiled_ms']:>7.1f}x  {r['reference_ms'] / r['after_ms']:>8.1f}x  "
+                f"{r['rel_err']:>12.1e}  {r['first_s']:>12.1f}")
         if sgemm:
             floor = r["gflop"] / sgemm * 1e3
             line += f"  {r['gflop']:>6.3f}  {floor:>8.2f}  {r['reference_ms'] / floor:>5.1f}x"

@@ -1,7 +1,7 @@
 """Time whole training steps: dslc's CPU step against PyTorch eager, torch.compile and the FLOP floor.
 
     python -m benchmarks.train_step [--json] [--models mlp,small_cnn,cifar_cnn,resnet20] [--steps 30]
-                                    [--no-compile] [--device gpu]
+                                    [--block 5] [--no-compile] [--device gpu]
 
 For each benchmark model, in one run:
 - step: the median time of a dslc training step (the Numba executor the trainer uses,
@@ -14,9 +14,13 @@ For each benchmark model, in one run:
   (benchmarks/torch_models.py) on the same arrays, eager and torch.compile'd (inductor,
   its default mode; `--no-compile` leaves it out), with torch.set_num_threads equal to
   the threads dslc uses (and its own OpenMP settings: it is imported before dslc sets
-  OMP_WAIT_POLICY=passive for Numba). The three steps are timed in the same rounds, one
-  after the other, so a load passing over a shared machine weighs on all; the ratios
-  dslc / eager and dslc / compiled are below 1 where dslc is faster. torch.compile's
+  OMP_WAIT_POLICY=passive for Numba). The three are timed in the same rounds, `--block`
+  steps of each in turn, so a load passing over a shared machine weighs on all, and most
+  steps follow a step of the same implementation, as in a training loop: a step that
+  follows another library's starts with the caches that library's arrays left (on the
+  2-core EPYC, mlp's dslc step took 3.25 ms right after an eager step against 2.63 ms
+  after its own, the eager step 5.0 against 4.6 ms; `--block 1` times only such steps);
+  the ratios dslc / eager and dslc / compiled are below 1 where dslc is faster. torch.compile's
   compile time is its first step's (forward and backward graphs), minus an eager step;
 - floor: the FLOPs of the step (the op registry's count over every node of the training
   step graph at this batch: forward, backward and update, a multiply-add counting two)
@@ -107,18 +111,21 @@ def dslc_step(name: str, device: str = "cpu", model=None):
     return run, next(iter(step.compiled.values())), step
 
 
-def median_ms(fns, steps: int, warmup: int = 3) -> list[float]:
-    """The median time of each function in ms, over `steps` rounds that call each once in
-    turn: interleaved, a passing load on the machine slows them alike."""
+def median_ms(fns, steps: int, warmup: int = 3, block: int = 1) -> list[float]:
+    """The median time of each function in ms over `steps` calls, made in rounds of `block`
+    calls of each function in turn: interleaved, a passing load on the machine slows them
+    alike, and with block > 1 most calls follow a call of the same function, as the steps
+    of a training loop do."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
-    for _ in range(steps):
+    for _ in range(-(-steps // block)):
         for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - start)
     return [statistics.median(t) * 1e3 for t in times]
 
 
@@ -181,7 +188,7 @@ def compiled_step(name: str, opt, x, y):
     return fn, max(0.0, time.perf_counter() - start - eager_s)
 
 
-def measure(name: str, steps: int, sgemm: float, compiled: bool = True) -> dict:
+def measure(name: str, steps: int, sgemm: float, compiled: bool = True, block: int = 1) -> dict:
     row = {"model": name, "batch": BENCHES[name].batch, "optimizer": BENCHES[name].optimizer["kind"],
            "threads": threads()}
     run, cg, _ = dslc_step(name)
@@ -200,7 +207,7 @@ def measure(name: str, steps: int, sgemm: float, compiled: bool = True) -> dict:
         if compiled:
             fn, row["compile_s"] = compiled_step(name, opt, x, y)
             fns.append(fn)
-    times = median_ms(fns, steps)
+    times = median_ms(fns, steps, block=block)
     row["dslc_ms"] = times[0]
     row["floor_ratio"] = row["dslc_ms"] / row["floor_ms"]
     if len(times) > 1:
@@ -264,6 +271,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
     p.add_argument("--steps", type=int, default=30, help="timed steps per model (default: 30)")
+    p.add_argument("--block", type=int, default=5,
+                   help="steps of each implementation in a row, per round (default: 5; 1 alternates every step)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column (minutes to compile)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
@@ -277,9 +286,9 @@ def main(argv=None) -> int:
         return main_gpu(names, args)
     import_torch()  # before dslc sets its OpenMP waiting for Numba: PyTorch keeps its own
     sgemm = sgemm_gflops()
-    rows = [measure(n, args.steps, sgemm["best"], not args.no_compile) for n in names]
+    rows = [measure(n, args.steps, sgemm["best"], not args.no_compile, args.block) for n in names]
     report(rows, args.json, table,
-           f"ms: median training step; ratio: dslc / PyTorch eager; compiled_ratio: dslc / torch.compile "
+           f"ms: median training step (rounds of {args.block} steps of each); ratio: dslc / PyTorch eager; compiled_ratio: dslc / torch.compile "
            f"(compile_s: its first step; dslc's compile times: benchmarks/compile_time.py); floor: the step's "
            f"FLOPs at {sgemm['best']:.1f} GFLOP/s sgemm (dslc {sgemm['dslc']:.1f}"
            + (f", torch {sgemm['torch']:.1f}" if "torch" in sgemm else "") + ")", sgemm=sgemm)
