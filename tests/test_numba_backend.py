@@ -126,6 +126,22 @@ def test_slice_and_pad_of_any_rank_and_a_negative_start():
     np.testing.assert_array_equal(cg.run({"x": x_value}, {})["output", "p"], want)
 
 
+@pytest.mark.parametrize("axis, first, step", [(3, 0, 2), (3, 1, 3), (2, 1, 2), (0, 1, 1)])
+def test_slice_kernels_match_numpy_on_every_axis(axis, first, step):
+    """slicing.slice_forward and slice_backward, the last axis (one element a run, flat
+    indices) and the others (runs of the axes after it), against NumPy's slicing."""
+    from dslc.runtime.cpu import slicing
+    x = np.random.default_rng(axis).standard_normal((3, 4, 5, 7)).astype(np.float32)
+    at = (slice(None),) * axis + (slice(first, None, step),)
+    out = np.full(x[at].shape, np.nan, np.float32)
+    slicing.slice_forward(x, out, axis, first, step)
+    np.testing.assert_array_equal(out, x[at])
+    dx, want = np.full(x.shape, np.nan, np.float32), np.zeros_like(x)
+    want[at] = out
+    slicing.slice_backward(out, dx, axis, first, step)
+    np.testing.assert_array_equal(dx, want)
+
+
 def test_batch_of_one_and_odd_sizes():
     model = dslc.load(MODELS / "mlp_bn.net", h1=7, h2=5)
     check(build(model, "infer"), batch=1)
