@@ -17,8 +17,9 @@ sweep   Everything in a sweep is per channel: maps touch element (n, c, j) of th
         another kernel reads it. Variances use sums shifted by the channel's first
         element (no cancellation when |mean| >> std), and `var_grad` re-centres x with a
         mean accumulated in the first pass. A map a later pass needs is computed again
-        there when that costs only arithmetic on what the pass reads anyway (`recomputed`). A language's subclass says where values live
-        and how the passes are laid out over threads (numba_sweep.py, cuda_loops.py).
+        there when that costs only arithmetic on what the pass reads anyway
+        (`recomputed`). A language's subclass says where values live and how the passes
+        are laid out over threads (numba_sweep.py, cuda_loops.py).
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class Sweep:
             return self.elem[name]
         if name in self.chan:
             return self.narrowed(self.chan[name]) if self.narrow else self.chan[name]
-        if name in self.by and self.recomputed(name):
+        if self.recomputed(name):
             self.elem[name] = emit_body(self.src, [self.by[name]], self.get, self.names, self.lang)[name]
             return self.elem[name]
         local = self.names.fresh(tail(name))

@@ -84,8 +84,7 @@ def signed_sums(matrix):
             whole = builder.mul(builder.udiv(total, lanes), lanes)
 
             def step(q, kind):
-                at = lambda start: builder.bitcast(builder.gep(data, [builder.add(start, q)], inbounds=True),
-                                                   kind.as_pointer())
+                at = lambda start: element_pointer(builder, data, builder.add(start, q), kind)
                 values = [builder.load(at(start), align=size) for start in ins_at]
                 for row, dest in zip(rows, outs_at):
                     builder.store(_signed_sum(builder, row, values, kind), at(dest), align=size)
