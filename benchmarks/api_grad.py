@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.train_step import sgemm_gflops
+from benchmarks.train_step import at_least_one, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -80,8 +80,8 @@ def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--block", type=int, default=5, help="calls of each per round")
+    parser.add_argument("--rounds", type=at_least_one, default=9)
+    parser.add_argument("--block", type=at_least_one, default=5, help="calls of each per round")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from dslc.runtime.errors import DeviceError

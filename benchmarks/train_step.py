@@ -111,6 +111,17 @@ def dslc_step(name: str, device: str = "cpu", model=None):
     return run, next(iter(step.compiled.values())), step
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a count of calls, 1 or more (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def median_ms(fns, steps: int, warmup: int = 3, block: int = 1) -> list[float]:
     """The median time of each function in ms over `steps` calls, made in rounds of `block`
     calls of each function in turn: interleaved, a passing load on the machine slows them
@@ -271,7 +282,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
     p.add_argument("--steps", type=int, default=30, help="timed steps per model (default: 30)")
-    p.add_argument("--block", type=int, default=5,
+    p.add_argument("--block", type=at_least_one, default=5,
                    help="steps of each implementation in a row, per round (default: 5; 1 alternates every step)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column (minutes to compile)")
