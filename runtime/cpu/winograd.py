@@ -45,6 +45,16 @@ a new view whose reference count lives on the workspace's, which two threads wou
 update hundreds of times per image (conv.py saw the same), and a signed index makes
 Numba test it for wrap-around, which keeps LLVM from vectorising the loop.
 
+Why not F(4x4, 3x3), which needs 36 products per 16 outputs (1.78 times fewer) and moves
+2.25 values of V and M per output instead of 4: it was built (forward and input gradient,
+16 phase planes, its transforms as two passes in registers) and measured alternately with
+this module on two threads of the EPYC at batch 128 (32 at 14x14), and was slower at every
+resnet20 and small_cnn shape: 1.06-1.27 times at 32x32 and 16x16, 1.5-1.8 at 14x14 and
+8x8. Its GEMMs took 0.6 of these at 32x32 (at 14x14 and 8x8 the padding tiles ate the
+saving), but its input transform, as fast per output as this one's while the data sat in
+L1, was 2-3 times slower in place: 36 runs of V written per vector of tiles where this
+writes 16, and a block's V and M no longer near L2.
+
 The weight gradient sums each thread's images into its slot's dU, then the partials in
 part order (the same result whichever thread finished first), as conv.py does.
 
