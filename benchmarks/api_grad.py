@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.train_step import at_least_one, sgemm_gflops
+from benchmarks.train_step import at_least_one, sgemm_gflops, timed_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -57,18 +57,9 @@ def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> 
     value, got = c.grad(params, {"image": x}, **call)
     first = time.perf_counter() - start
     ref_value, want = m.grad(params, {"image": x}, **call)
-    compiled, after, reference = [], [], []
-    for _ in range(rounds):
-        for k in range(block):
-            t = time.perf_counter()
-            c.grad(params, {"image": x}, **call)
-            compiled.append(time.perf_counter() - t)
-            if k == 0:
-                after.append(compiled[-1])
-        for _ in range(block):
-            t = time.perf_counter()
-            m.grad(params, {"image": x}, **call)
-            reference.append(time.perf_counter() - t)
+    compiled, reference = timed_rounds([lambda: c.grad(params, {"image": x}, **call),
+                                        lambda: m.grad(params, {"image": x}, **call)], rounds, block)
+    after = compiled[::block]  # each round's first: right after the reference's calls
     err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
     ms = lambda times: 1e3 * float(np.median(times))
     return {"batch": batch, "first_s": first, "compiled_ms": ms(compiled), "after_ms": ms(after),

@@ -122,22 +122,28 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def median_ms(fns, steps: int, warmup: int = 3, block: int = 1) -> list[float]:
-    """The median time of each function in ms over `steps` calls, made in rounds of `block`
-    calls of each function in turn: interleaved, a passing load on the machine slows them
-    alike, and with block > 1 most calls follow a call of the same function, as the steps
-    of a training loop do."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+def timed_rounds(fns, rounds: int, block: int) -> list[list[float]]:
+    """Each function's call times in seconds, over `rounds` rounds of `block` calls of each
+    function in turn: interleaved, a passing load on the machine slows them alike, and with
+    block > 1 most calls follow a call of the same function, as the steps of a training
+    loop do (times[k][::block] are the calls that follow another function's)."""
     times = [[] for _ in fns]
-    for _ in range(-(-steps // block)):
+    for _ in range(rounds):
         for fn, spent in zip(fns, times):
             for _ in range(block):
                 start = time.perf_counter()
                 fn()
                 spent.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+    return times
+
+
+def median_ms(fns, steps: int, warmup: int = 3, block: int = 1) -> list[float]:
+    """The median time of each function in ms over `steps` calls (timed_rounds, rounds of
+    `block` calls of each), after `warmup` calls of each."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    return [statistics.median(t) * 1e3 for t in timed_rounds(fns, -(-steps // block), block)]
 
 
 def threads() -> int:
