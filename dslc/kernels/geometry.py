@@ -20,6 +20,12 @@ WINOGRAD_MIN_CHANNELS = 16
 # Rows of at most this many tiles are laid out without a column of padding tiles
 # (winograd_columns).
 WINOGRAD_DENSE_TILES = 7
+# Positions per vector of the direct convolutions' runs (runtime/cpu/taps.py): a run is a
+# whole number of vectors of float32 (16 lanes) and of float64 (8).
+RUN_LANES = 16
+# Elements of the planes and output gradients of one thread's block of images in the
+# weight gradient of a strided convolution (runtime/cpu/strided.py): near the core's L2.
+PHASE_BLOCK = 1 << 17
 
 
 def geometry(attrs, size) -> tuple[int, int, int, int, int, int, int, int]:
@@ -58,7 +64,7 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
 
 
 def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
-    """Whether im2col reads a strided convolution through its input's phase planes
+    """Whether a strided convolution runs directly from its input's phase planes
     (dslc.runtime.cpu.strided): strided, undilated, the input's sides multiples of the strides
     and the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution
     padded 1, a 1x1 stride-2 one unpadded or a 7x7 stride-2 stem padded 3 on even sizes.
@@ -68,9 +74,57 @@ def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
     return (sh > 1 or sw > 1) and dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
 
 
+def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, ho: int, wo: int,
+                 c: int, o: int, n: int) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+    """The zero-padded phase planes of a `phased` convolution (dslc.runtime.cpu.strided) from
+    c to o channels at batch n: (top, left, wq, plane, run, run_in, front, planes, row,
+    images).
+
+    Phase (ph, pw) of a channel, P[r, q] = x[c, r*sh + ph, q*sw + pw], is stored with `top`
+    zero rows above and `left` zero columns before it in a plane of `plane` = hq * wq
+    elements, so that tap (u, v), which reads P at row i + (u - pt) // sh and column
+    j + (v - pl) // sw for output pixel (i, j), reads the stored plane at the flat position
+    i*wq + j plus a non-negative offset (at most `front`). The output is computed on the
+    same grid, ho rows of wq, the columns past wo computed and dropped: a `run` of ho*wq
+    rounded up to RUN_LANES; run_in: the rows of a plane that hold data, from the start
+    of the first (top*wq on), rounded up likewise. planes: the elements
+    of an image's c*sh*sw planes, with room for the last one's run past its end; row: of
+    an output channel's gradient, `front` zeros before its run, and room for a plane's
+    run_in after. images: per block of the weight gradient, as many as keep their planes and
+    output gradients within PHASE_BLOCK elements.
+    >>> phase_layout(3, 3, 2, 2, 1, 1, 32, 32, 16, 16, 16, 32, 128)
+    (1, 1, 17, 289, 272, 272, 18, 18786, 307, 4)
+    """
+    hp, wp = h // sh, w // sw
+    top, left = -((-pt) // sh), -((-pl) // sw)  # the most a tap reads above or left of a plane
+    below, right = (kh - 1 - pt) // sh, (kw - 1 - pl) // sw  # and below or right of an output pixel
+    hq, wq = top + max(hp, ho + below), left + max(wp, wo + right)
+    plane = hq * wq
+    run, run_in = -(-ho * wq // RUN_LANES) * RUN_LANES, -(-hp * wq // RUN_LANES) * RUN_LANES
+    front = (top + below) * wq + left + right
+    planes, row = c * sh * sw * plane + run + front, front + max(top * wq + run_in, run)
+    images = max(1, min(n, PHASE_BLOCK // (planes + o * row)))
+    return top, left, wq, plane, run, run_in, front, planes, row, images
+
+
+def phase_slot(c: int, o: int, cg: int, kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int,
+               ho: int, wo: int, n: int) -> int:
+    """Elements of one thread's slot for a `phased` convolution (dslc.runtime.cpu.strided)."""
+    return phase_need(phase_layout(kh, kw, sh, sw, pt, pl, h, w, ho, wo, c, o, n), c, o, cg * kh * kw, sh * sw)
+
+
+def phase_need(layout, c: int, o: int, taps: int, phases: int) -> int:
+    """The slot a `phased` convolution's kernels use, from its phase_layout: the forward
+    [planes | outputs], the input gradient [output gradient | input planes' gradients],
+    the weight gradient [a block of images' planes | their output gradients | RUN_LANES
+    lanes of each dw entry]."""
+    run, run_in, planes, row, images = layout[4], layout[5], layout[7], layout[8], layout[9]
+    return max(planes + o * run, o * row + c * phases * run_in, images * (planes + o * row) + o * taps * RUN_LANES)
+
+
 def uses_phases(attrs, size) -> bool:
     """Whether a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an input of
-    spatial `size`, and its gradients, run by strided.py (im2col through phase planes).
+    spatial `size`, and its gradients, run by strided.py (directly from phase planes).
     >>> uses_phases({"kernel": 3, "stride": 2, "pad": 1, "dilation": 1, "groups": 1}, (32, 32))
     True
     """
@@ -147,9 +201,9 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
 
     x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo), geom the convolution's
     `geometry` (strides, pads, dilations); parts: the threads (default: default_parts()).
-    A slot holds one im2col block and one weight-gradient partial (then, for a `phased`
-    convolution, one channel's phase planes), or, where the convolution runs by Winograd,
-    what its forward, input and weight gradient need.
+    A slot holds one im2col block and one weight-gradient partial, or, where the
+    convolution runs by strided.py (`phased`) or by Winograd, what its forward, input and
+    weight gradient need.
     >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)
     (2, 74880)
     """
@@ -159,7 +213,7 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     if phased(sh, sw, dh, dw, h, w, out_hw[1]):
-        slot += h * w  # one channel's phase planes
+        slot = phase_slot(c, o, cg, kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], n)
     if winograd(kh, kw, sh, sw, dh, dw, c // cg, pt, pb, pl, pr, c, o):
         slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n))
     return max(1, parts or default_parts()), slot

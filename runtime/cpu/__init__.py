@@ -8,7 +8,8 @@ softmax with its loss) is a model-independent kernel here, one module per family
     gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
     conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
     winograd.py   3x3 stride-1 convolutions by Winograd F(2x2, 3x3), same signatures as conv.py's
-    strided.py    strided convolutions reading their input through phase planes (phases.py)
+    strided.py    strided convolutions computed directly from their input's phase planes
+    taps.py       register-blocked sums over a convolution's taps (strided.py's inner loops)
     lanes.py      explicit-vector passes over runs of a flat array (Winograd's transforms), u64
     pool.py       max/avg pooling and global average pooling, forward and backward
     batchnorm.py  batchnorm training forward (batch statistics), backward, inference
@@ -20,7 +21,9 @@ softmax with its loss) is a model-independent kernel here, one module per family
 
 Conventions shared by every kernel:
 - Outputs and workspaces are preallocated by the caller and passed in; a kernel never
-  allocates in steady state, so a training step's memory is planned once.
+  allocates anything that grows with the batch or the images, so a training step's
+  memory is planned once (the convolutions' tables of packed weights and tap offsets,
+  kilobytes, are made per call).
 - Arrays are C-contiguous NCHW (images) or row-major [N, F] (features), float32 or
   float64; Numba compiles one specialisation per dtype, both cached on disk.
 - Numba revalidates a cached kernel against its own file only, not the helpers it

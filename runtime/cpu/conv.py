@@ -18,7 +18,7 @@ For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo p
     grad-weight  col = im2col(x_i);  dW_g += g_i[g][:, block] @ col_g^T
 
 A strided convolution whose input splits into phase planes as wide as its output runs
-through strided.py instead: the same kernels, reading its input through those planes.
+by strided.py instead (geometry.uses_phases), directly from those planes.
 
 Rows of col are channel-major, so group g's rows are one contiguous block, as are its
 weights in W.reshape(O, C/G*kh*kw). Because an image's output is already [O, pixels],
@@ -32,8 +32,8 @@ each part's images into the part's own partial, then adds the partials in part o
 so the result does not depend on which thread ran first. A 1x1 convolution with stride
 1 and no padding needs no im2col: x_i itself is col.
 
-The workspace is [parts, slot]: one row per part holding [col block | dW partial |
-phase planes] (`workspace_shape`); a slot sized for the largest convolution serves them all. The
+The workspace is [parts, slot]: one row per part holding [col block | dW partial]
+(`workspace_shape`); a slot sized for the largest convolution serves them all. The
 number of parts comes from the workspace, not from Numba's thread count (reading that
 inside a kernel keeps Numba from caching it). Kernels check the geometry against the array shapes and
 raise ValueError on a mismatch instead of reading out of bounds.
@@ -44,13 +44,23 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.phases import col2im_phased, im2col_phased, zero_edges
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
 
 
 # ---- data movement ----------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _zero_edges(cf, d0, first, last, w, j0, j1):
+    """Zero columns [0, j0) and [j1, w) of rows [first, last) of the col row at cf[d0:], seen as
+    [rows, w]: what a long im2col copy of a shifted plane wrapped around its edges."""
+    for i in range(first, last):
+        for j in range(j0):
+            cf[d0 + i * w + j] = 0
+        for j in range(j1, w):
+            cf[d0 + i * w + j] = 0
+
 
 @njit(cache=True, inline="always")
 def _span(offset, stride, size, count):
@@ -104,7 +114,7 @@ def _im2col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
                     seg, part = cf[q0:q1], flat[s0:s0 + q1 - q0]
                     for q in range(seg.size):
                         seg[q] = part[q]
-                    zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
                     continue
                 for i in range(ia, ib):
                     b = d0 + (i - r0) * wo
@@ -137,7 +147,7 @@ def _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
                 off = v * dw - pl
                 j0, j1 = _span(off, sw, w, wo)
                 if sh == 1 and sw == 1 and wo == w and j1 > j0:
-                    zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
+                    _zero_edges(cf, d0, ia - r0, ib - r0, w, j0, j1)
                     q0, q1 = d0 + (ia - r0) * w + j0, d0 + (ib - r0 - 1) * w + j1
                     s0 = (c * h + ia - pt + u * dh) * w + off + j0
                     seg, part = flat[s0:s0 + q1 - q0], cf[q0:q1]
@@ -149,15 +159,6 @@ def _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
                     start = (c * h + i * sh - pt + u * dh) * w + off
                     for j in range(j0, j1):
                         flat[start + j * sw] += cf[b + j]
-
-
-@njit(cache=True, inline="always")
-def _fill_col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo, phased, planes):
-    """_im2col, or with `phased` (not None) im2col_phased (strided.py)."""
-    if phased is None:
-        _im2col(src, col, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo)
-    else:
-        im2col_phased(src, col, r0, r1, kh, kw, sh, sw, pt, pl, wo, planes)
 
 
 # ---- shared checks ------------------------------------------------------------------------
@@ -176,12 +177,12 @@ def _check(x_shape, w_shape, y_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups):
 
 
 @njit(cache=True)
-def _plan(workspace, n, k, o, kg, ho, wo, direct, planes):
+def _plan(workspace, n, k, o, kg, ho, wo, direct):
     """(parts, output rows per block, col elements): a part per workspace row, at most one per
-    image, each slot [col block | dW partial | `planes` elements of phase planes]."""
+    image, each slot [col block | dW partial]."""
     rows = ho if direct else _tile_rows(k, ho, wo)
     cols = k * rows * wo
-    if workspace.shape[1] < cols + o * kg + planes or workspace.shape[0] < 1:
+    if workspace.shape[1] < cols + o * kg or workspace.shape[0] < 1:
         raise ValueError("conv2d: workspace too small; size it with workspace_shape")
     return min(n, workspace.shape[0]), rows, cols
 
@@ -195,11 +196,8 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
 # ---- the kernels -----------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
-                   phased=None):
-    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring. With `phased`
-    (strided.py passes True) im2col reads x through its phase planes; left out, Numba
-    compiles none of that path."""
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -208,10 +206,9 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     kg, og = k // groups, o // groups
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
-    h, wd = x.shape[2], x.shape[3]
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
     for p in prange(parts):
-        block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
+        block = workspace[p, :cols]
         for i in range(n * p // parts, n * (p + 1) // parts):
             y = out[i].reshape(o, hw)
             for r0 in range(0, ho, rows):
@@ -220,8 +217,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
                     col = x[i].reshape(k, hw)
                 else:
                     col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-                    _fill_col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo,
-                              phased, planes)
+                    _im2col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
                 for g in range(groups):
                     gemm_block(w2[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg],
                                y[g * og:(g + 1) * og, r0 * wo:r1 * wo], False, False, False)
@@ -231,10 +227,8 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
-                      phased=None):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input); with
-    `phased`, col2im through the phase planes."""
+def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -243,10 +237,9 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     kg, og = k // groups, o // groups
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
-    h, wd = dx.shape[2], dx.shape[3]
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
     for p in prange(parts):
-        block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
+        block = workspace[p, :cols]
         for i in range(n * p // parts, n * (p + 1) // parts):
             gi = g[i].reshape(o, hw)
             if direct:
@@ -262,17 +255,13 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
                 for grp in range(groups):
                     gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
                                col[grp * kg:(grp + 1) * kg], True, False, False)
-                if phased is None:
-                    _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
-                else:
-                    col2im_phased(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, wo, planes)
+                _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
 @njit(cache=True, parallel=True)
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace, phased=None):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or
-    None; with `phased`, im2col through the phase planes."""
+                       workspace):
+    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]
@@ -280,10 +269,9 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     k, hw = c * kh * kw, ho * wo
     kg, og = k // groups, o // groups
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
-    h, wd = x.shape[2], x.shape[3]
-    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct, 0 if phased is None else h * wd)
+    parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
     for p in prange(parts):
-        block, planes = workspace[p, :cols], workspace[p, cols + o * kg:]
+        block = workspace[p, :cols]
         partial = workspace[p, cols:cols + o * kg].reshape(o, kg)
         first = True
         for i in range(n * p // parts, n * (p + 1) // parts):
@@ -294,8 +282,7 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
                     col = x[i].reshape(k, hw)
                 else:
                     col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-                    _fill_col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo,
-                              phased, planes)
+                    _im2col(x[i], col, r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
                 for grp in range(groups):
                     gemm_block(gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo], col[grp * kg:(grp + 1) * kg],
                                partial[grp * og:(grp + 1) * og], False, True, not first)

@@ -1,6 +1,6 @@
 """Passes over runs of one flat array, written as explicit vectors: the signed sums the
 Winograd transforms are made of and the split of rows into column pairs and back
-(winograd.py), and the unsigned index the phase planes use too (phases.py).
+(winograd.py, and strided.py's phase planes), and the unsigned index they all use.
 
     apply = signed_sums(matrix)                 # matrix [outputs, inputs] of -1, 0, 1; at import
     apply(f, n, ins, outs)                      # f[outs[j] + q] = sum_i matrix[j, i] f[ins[i] + q]

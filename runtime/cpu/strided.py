@@ -1,49 +1,287 @@
-"""conv2d forward, input gradient and weight gradient for strided convolutions that read
-their input through its phase planes (dslc/runtime/cpu/phases.py): conv.py's kernels,
-compiled with that im2col (their `phased` argument).
+"""conv2d forward, input gradient and weight gradient of strided convolutions, computed
+directly from their input's zero-padded phase planes (no im2col, no BLAS).
 
 `geometry.uses_phases` chooses this module where the call is generated (the static
 shapes: strided, undilated, the input's sides multiples of the strides and the output as
-wide as a plane), as it chooses winograd.py; a model without such a convolution never
-compiles it (these kernels took 7 s more to compile than conv.py's alone when both
-im2cols lived in every conv.py kernel). The workspace's slot has room for one channel's
-planes (geometry.workspace_shape).
+wide as a plane: resnet's 3x3 stride-2 convolutions padded 1, a 1x1 stride-2 shortcut, a
+7x7 stride-2 stem), as it chooses winograd.py.
+
+Each channel of an image splits into its sh*sw phase planes P[ph, pw][r, q] = x[r*sh + ph,
+q*sw + pw], stored zero-padded (geometry.phase_layout) so that every tap (u, v) of every
+output pixel (i, j) reads one stored plane at the flat position i*wq + j plus a constant
+offset. Then, on the flat grid of ho rows of wq (the columns past wo computed and dropped):
+
+    forward      y[o, s] = sum over (c, u, v) of w[o, c, u, v] P_c[s + off(u, v)]    (taps.tap_sums)
+    grad-input   dP_c[s'] = sum over (o, (u, v) of that phase) of w[o, c, u, v] g[o, s' - off(u, v)]:
+                 the same sums, over the output gradient (zeros past its edges) into the
+                 planes' gradients, which interleave back into dx
+    grad-weight  dw[o, c, u, v] = sum over images and s of g[o, s] P_c[s + off(u, v)]  (taps.tap_dots)
+
+With stride 2 the planes come from the rows by lanes.deinterleave and go back by
+lanes.interleave; other strides move them element by element.
+
+Threads: a parallel loop over `parts` (the workspace's rows, at most N), part p taking
+images [N*p/parts, N*(p+1)/parts) in its own slot (geometry.phase_slot). The weight
+gradient sums each part's images in its slot's lanes, then the parts in part order (the
+same result whichever thread finished first).
 """
 from __future__ import annotations
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu import conv
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
+from dslc.runtime.cpu.taps import OUTS, tap_dots, tap_sums
 
 _phased = njit(cache=True)(_geometry.phased)
+_layout = njit(cache=True)(_geometry.phase_layout)
+_need = njit(cache=True)(_geometry.phase_need)
 
 
 @njit(cache=True)
-def _require(x_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, w_shape):
-    conv._check(x_shape, w_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups)
-    if not _phased(sh, sw, dh, dw, x_shape[2], x_shape[3], out_shape[3]):
+def _plan(x_shape, w_shape, out_hw, sh, sw, pt, pb, pl, pr, dh, dw, groups, workspace):
+    """The planes' layout and the parts; raises unless the geometry is phased and the
+    workspace large enough."""
+    c, h, w = x_shape[1], x_shape[2], x_shape[3]
+    o, cg, kh, kw = w_shape
+    if not _phased(sh, sw, dh, dw, h, w, out_hw[1]):
         raise ValueError("conv2d: not a phased convolution (geometry.phased); use conv.py's kernels")
+    lay = _layout(kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], c, o, x_shape[0])
+    if workspace.shape[0] < 1 or workspace.shape[1] < _need(lay, c, o, cg * kh * kw, sh * sw):
+        raise ValueError("conv2d: workspace too small; size it with workspace_shape")
+    return lay, min(x_shape[0], workspace.shape[0])
+
+
+@njit(cache=True, inline="always")
+def _offset(u, v, kh, kw, sh, sw, pt, pl, wq, top, left, plane):
+    """Where tap (u, v) reads, from the start of its channel's planes: its phase's plane,
+    shifted by whole rows and columns (non-negative: top and left pad the planes)."""
+    a, b = u - pt, v - pl
+    return ((a % sh) * sw + b % sw) * plane + (a // sh + top) * wq + b // sw + left
 
 
 @njit(cache=True)
+def _tap_offsets(kh, kw, sh, sw, pt, pl, lay, cg):
+    """The forward's taps (c, u, v) of a group in order: where each reads in the planes."""
+    top, left, wq, plane = lay[0], lay[1], lay[2], lay[3]
+    offs = np.empty(cg * kh * kw, np.uint64)
+    for c in range(cg):
+        for u in range(kh):
+            for v in range(kw):
+                offs[(c * kh + u) * kw + v] = c * sh * sw * plane + _offset(u, v, kh, kw, sh, sw, pt, pl, wq, top, left,
+                                                                            plane)
+    return offs
+
+
+@njit(cache=True)
+def _split(src, at, h, w, sh, sw, f, start, lay):
+    """One channel (src[at:], h x w) into its zero-padded phase planes at f[start:] (only
+    their interiors are written: the padding stays as zeroed)."""
+    top, left, wq, plane = lay[0], lay[1], lay[2], lay[3]
+    hp, wp = h // sh, w // sw
+    for ph in range(sh):
+        first = start + ph * sw * plane + top * wq + left
+        if sw == 2:
+            deinterleave(src, u64(at + ph * w), u64(sh * w), f, u64(first), u64(first + plane), u64(wq), u64(wp),
+                         u64(hp))
+            continue
+        for pw in range(sw):
+            for r in range(hp):
+                for q in range(wp):
+                    f[u64(first + pw * plane + r * wq + q)] = src[u64(at + (r * sh + ph) * w + q * sw + pw)]
+
+
+@njit(cache=True)
+def _merge(f, start, lay, dst, at, h, w, sh, sw):
+    """The gradients of one channel's phase planes at f[start:], each the rows that hold
+    data (rows of wq, run_in apart), back into its image (dst[at:], h x w): _split's
+    inverse; every element of the image is written."""
+    left, wq, plane = lay[1], lay[2], lay[5]
+    hp, wp = h // sh, w // sw
+    for ph in range(sh):
+        first = start + ph * sw * plane + left
+        if sw == 2:
+            interleave(dst, u64(at + ph * w), u64(sh * w), f, u64(first), u64(first + plane), u64(wq), u64(wp),
+                       u64(hp), like(dst, 0.0))
+            continue
+        for pw in range(sw):
+            for r in range(hp):
+                for q in range(wp):
+                    dst[u64(at + (r * sh + ph) * w + q * sw + pw)] = f[u64(first + pw * plane + r * wq + q)]
+
+
+@njit(cache=True)
+def _rows_in(src, at, rows, cols, f, start, step):
+    """src[at:] ([rows, cols]) into rows of `step` at f[start:]."""
+    for r in range(rows):
+        a, b = u64(at + r * cols), u64(start + r * step)
+        for q in range(u64(cols)):
+            f[b + q] = src[a + q]
+
+
+@njit(cache=True)
+def _pack_forward(w, groups, kh, kw):
+    """w [O, C/G, kh, kw] as tap_sums reads it: per group, blocks of OUTS outputs, each
+    [taps, OUTS] (zeros past the group's last output)."""
+    o, cg = w.shape[0], w.shape[1]
+    og, taps = o // groups, cg * kh * kw
+    blocks = (og + OUTS - 1) // OUTS
+    wk = np.zeros(groups * blocks * taps * OUTS, w.dtype)
+    w2 = w.reshape(o, taps)
+    for g in range(groups):
+        for k in range(og):
+            at = ((g * blocks + k // OUTS) * taps) * OUTS + k % OUTS
+            for t in range(taps):
+                wk[at + t * OUTS] = w2[g * og + k, t]
+    return wk
+
+
+@njit(cache=True)
+def _pack_backward(w, groups, kh, kw, sh, sw, pt, pl, lay):
+    """w as the input gradient's tap_sums read it, with where each tap reads in the output
+    gradient: per group and phase, the taps (o, u, v) with (u, v) of that phase, in blocks
+    of OUTS input channels. Returns (weights, offsets, where each (group, phase) starts in
+    both, taps of each)."""
+    o, cg = w.shape[0], w.shape[1]
+    og, phases = o // groups, sh * sw
+    top, left, wq, plane, front, row = lay[0], lay[1], lay[2], lay[3], lay[6], lay[8]
+    blocks = (cg + OUTS - 1) // OUTS
+    count = np.zeros(phases, np.int64)
+    for u in range(kh):
+        for v in range(kw):
+            count[((u - pt) % sh) * sw + (v - pl) % sw] += og
+    wk = np.zeros(groups * blocks * og * kh * kw * OUTS, w.dtype)
+    offs = np.empty(groups * og * kh * kw, np.uint64)
+    w_at, o_at = np.empty(groups * phases, np.int64), np.empty(groups * phases, np.int64)
+    wn, on = 0, 0
+    for g in range(groups):
+        for ph in range(phases):
+            w_at[g * phases + ph], o_at[g * phases + ph] = wn, on
+            t = 0
+            for k in range(og):
+                for u in range(kh):
+                    for v in range(kw):
+                        if ((u - pt) % sh) * sw + (v - pl) % sw != ph:
+                            continue
+                        offs[on + t] = k * row + front - (_offset(u, v, kh, kw, sh, sw, pt, pl, wq, top, left, plane)
+                                                          - ph * plane)
+                        for c in range(cg):
+                            wk[wn + ((c // OUTS) * count[ph] + t) * OUTS + c % OUTS] = w[g * og + k, c, u, v]
+                        t += 1
+            wn += blocks * count[ph] * OUTS
+            on += count[ph]
+    return wk, offs, w_at, o_at, count
+
+
+# ---- the entry points: conv.py's signatures and checks -----------------------------------
+
+@njit(cache=True, parallel=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.phased accepts."""
-    _require(x.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, w.shape)
-    conv.conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace, True)
+    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    lay, parts = _plan(x.shape, w.shape, out.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+                       groups, workspace)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    og, taps, wq, run, planes = o // groups, cg * kh * kw, lay[2], lay[4], lay[7]
+    wk = _pack_forward(w, groups, kh, kw)
+    offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
+    blocks = (og + OUTS - 1) // OUTS
+    xf, yf = x.reshape(-1), out.reshape(-1)
+    for p in prange(parts):
+        f = workspace[p]
+        f[:planes] = 0
+        for i in range(n * p // parts, n * (p + 1) // parts):
+            for ci in range(c):
+                _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f, ci * stride_h * stride_w * lay[3], lay)
+            for g in range(groups):
+                tap_sums(f, wk, offs, f, u64(g * cg * stride_h * stride_w * lay[3]), u64(g * blocks * taps * OUTS),
+                         u64(0), u64(planes + g * og * run), u64(run), u64(run), u64(og), u64(taps))
+            for oi in range(o):
+                _rows_out(f, planes + oi * run, wq, yf, (i * o + oi) * ho * wo, ho, wo,
+                          like(yf, 0.0 if b is None else b[oi]))
 
 
 @njit(cache=True)
+def _rows_out(f, start, step, y, at, rows, cols, add):
+    """y[at:] ([rows, cols]) = the first cols of each row of `step` at f[start:], plus add."""
+    for r in range(rows):
+        a, b = u64(start + r * step), u64(at + r * cols)
+        for q in range(u64(cols)):
+            y[b + q] = f[a + q] + add
+
+
+@njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """dx = the transposed convolution of g by w."""
-    _require(dx.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, w.shape)
-    conv.conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace, True)
+    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    lay, parts = _plan(dx.shape, w.shape, g.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+                       groups, workspace)
+    n, c, h, wd = dx.shape
+    o, cg, kh, kw = w.shape
+    ho, wo = g.shape[2], g.shape[3]
+    phases, og = stride_h * stride_w, o // groups
+    top, wq, run_in, front, row = lay[0], lay[2], lay[5], lay[6], lay[8]
+    wk, offs, w_at, o_at, count = _pack_backward(w, groups, kh, kw, stride_h, stride_w, pad_t, pad_l, lay)
+    gf, xf = g.reshape(-1), dx.reshape(-1)
+    for p in prange(parts):
+        f = workspace[p]
+        f[:o * row] = 0
+        for i in range(n * p // parts, n * (p + 1) // parts):
+            for oi in range(o):
+                _rows_in(gf, (i * o + oi) * ho * wo, ho, wo, f, oi * row + front, wq)
+            for grp in range(groups):
+                for ph in range(phases):
+                    at = grp * phases + ph
+                    tap_sums(f, wk, offs, f, u64(grp * og * row + top * wq), u64(w_at[at]), u64(o_at[at]),
+                             u64(o * row + (grp * cg * phases + ph) * run_in), u64(run_in),
+                             u64(phases * run_in), u64(cg), u64(count[ph]))
+            for ci in range(c):
+                _merge(f, o * row + ci * phases * run_in, lay, xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                        workspace):
     """dw = the weight gradient; db = sum of g over (N, Ho, Wo), or None."""
-    _require(x.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dw.shape)
-    conv.conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                            workspace, True)
+    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    lay, parts = _plan(x.shape, dw.shape, g.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+                       groups, workspace)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = dw.shape
+    ho, wo = g.shape[2], g.shape[3]
+    og, taps, wq, run, front, planes, row, per = o // groups, cg * kh * kw, lay[2], lay[4], lay[6], lay[7], lay[8], lay[9]
+    lanes = VECTOR_BYTES // x.itemsize  # tap_dots' lanes
+    at_g, at_acc = per * planes, per * (planes + o * row)  # [planes of `per` images | their gradients | lanes]
+    offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
+    xf, gf = x.reshape(-1), g.reshape(-1)
+    for p in prange(parts):
+        f = workspace[p]
+        f[:at_acc + o * taps * lanes] = 0
+        lo, hi = n * p // parts, n * (p + 1) // parts
+        for i0 in range(lo, hi, per):
+            i1 = min(hi, i0 + per)
+            for i in range(i0, i1):
+                for ci in range(c):
+                    _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f,
+                           (i - i0) * planes + ci * stride_h * stride_w * lay[3], lay)
+                for oi in range(o):
+                    _rows_in(gf, (i * o + oi) * ho * wo, ho, wo, f, at_g + ((i - i0) * o + oi) * row + front, wq)
+            for grp in range(groups):
+                tap_dots(f, f, offs, f, u64(at_g + grp * og * row + front), u64(row),
+                         u64(grp * cg * stride_h * stride_w * lay[3]), u64(0), u64(at_acc + grp * og * taps * lanes),
+                         u64(run), u64(og), u64(taps), u64(i1 - i0), u64(o * row), u64(planes))
+        for k in range(o * taps):  # each dw entry's lanes added, into the start of the lanes (k <= k*lanes)
+            s = f[at_acc + k * lanes]
+            for lane in range(1, lanes):
+                s += f[at_acc + k * lanes + lane]
+            f[at_acc + k] = s
+    dw2 = dw.reshape(o, taps)
+    dw2[:] = workspace[0, at_acc:at_acc + o * taps].reshape(o, taps)
+    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
+        dw2 += workspace[p, at_acc:at_acc + o * taps].reshape(o, taps)
+    if db is not None:
+        conv2d_grad_bias(g, db)
