@@ -23,6 +23,9 @@ WINOGRAD_DENSE_TILES = 7
 # Positions per vector of the direct convolutions' runs (runtime/cpu/taps.py): a run is a
 # whole number of vectors of float32 (16 lanes) and of float64 (8).
 RUN_LANES = 16
+# Output channels per register block of taps.tap_sums (runtime/cpu/taps.py; measured: 8
+# and 16 alike, 4 slower): its packed weights come in whole blocks.
+TAP_OUTS = 8
 # Elements of the planes and output gradients of one thread's block of images in the
 # weight gradient of a strided convolution (runtime/cpu/strided.py): near the core's L2.
 PHASE_BLOCK = 1 << 17
@@ -185,6 +188,12 @@ def winograd_planes(th: int, tw: int, we: int) -> tuple[int, int]:
     return (4, (th + 1) * we + 1) if we > tw else (8, (th + 1) * we)
 
 
+def winograd_outs(c_out: int) -> int:
+    """Output channels of a Winograd slot's transformed weights U: whole TAP_OUTS blocks, as
+    taps.tap_sums reads them (runtime/cpu/winograd.py)."""
+    return -(-c_out // TAP_OUTS) * TAP_OUTS
+
+
 def winograd_slot(c_in: int, c_out: int, out_hw, n: int) -> int:
     """Elements of one thread's slot for a Winograd convolution from c_in to c_out channels
     with output out_hw at batch n: [U | P | V | M] (runtime/cpu/winograd.py)."""
@@ -192,7 +201,8 @@ def winograd_slot(c_in: int, c_out: int, out_hw, n: int) -> int:
     we = winograd_columns(tw)
     grid = th * we
     count, plane = winograd_planes(th, tw, we)
-    return 16 * c_out * c_in + count * plane + 16 * (c_in + c_out) * winograd_images(c_in, c_out, grid, n) * grid
+    return (16 * winograd_outs(c_out) * c_in + count * plane
+            + 16 * (c_in + c_out) * winograd_images(c_in, c_out, grid, n) * grid)
 
 
 def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) -> tuple[int, int]:

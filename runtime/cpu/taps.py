@@ -3,10 +3,11 @@ inner loops of strided.py's direct convolutions.
 
     tap_sums(x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row, outs, taps)
         y[y_at + o*y_row + q] = sum_t wk[w_at + ((o // OUTS)*taps + t)*OUTS + o % OUTS] * x[x_at + offs[offs_at + t] + q]
-        for o < outs, q < length (a multiple of the vector's lanes)
+        for o < outs, q < length
     tap_dots(g, x, offs, acc, g_at, g_row, x_at, offs_at, acc_at, length, outs, taps, images, g_image, x_image)
         acc[acc_at + (o*taps + t)*LANES + lane] += sum over m < images and q = lane (mod lanes) of
-        g[g_at + m*g_image + o*g_row + q] * x[x_at + m*x_image + offs[offs_at + t] + q],  q < length
+        g[g_at + m*g_image + o*g_row + q] * x[x_at + m*x_image + offs[offs_at + t] + q],
+        q < length (a multiple of the vector's lanes)
 
 A convolution over one image's (zero-padded) input, read as one flat run per channel, is
 for each output channel o and flat output position q a sum over taps t (an input channel
@@ -35,9 +36,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats
+from dslc.kernels.geometry import TAP_OUTS
+from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats, over_rows
 
-OUTS = 8  # output channels per block of tap_sums (measured: 8 and 16 alike, 4 slower)
+OUTS = TAP_OUTS  # output channels per block of tap_sums (geometry.TAP_OUTS)
 DOTS_OUTS, DOTS_TAPS = 4, 6  # tap_dots' block: 24 accumulators of the 32 AVX-512 registers
 
 
@@ -46,17 +48,19 @@ def lanes_of(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
-def _vector_tools(context, builder, dtype):
-    """(item type, its size, the vector type, llvm.fma of it, a splat of one item)."""
+def _vector_tools(context, builder, dtype, lanes):
+    """(item type, its size, the vector type of `lanes` (the item itself for one), llvm.fma of
+    it, a splat of one item to it)."""
     item = context.get_data_type(dtype)
     size = context.get_abi_sizeof(item)
-    lanes = lanes_of(size)
-    kind = ir.VectorType(item, lanes)
-    name = f"llvm.fma.v{lanes}f{8 * size}"
+    kind = ir.VectorType(item, lanes) if lanes > 1 else item
+    name = f"llvm.fma.v{lanes}f{8 * size}" if lanes > 1 else f"llvm.fma.f{8 * size}"
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3), name)
     zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
     def splat(value):
+        if lanes == 1:
+            return value
         one = builder.insert_element(ir.Constant(kind, None), value, ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(one, one, zeros)
     return item, size, kind, fma, splat
@@ -76,29 +80,35 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
 
     def codegen(context, builder, sig, args):
         xd, wd, od, yd = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in range(4))
-        item, size, kind, fma, splat = _vector_tools(context, builder, sig.args[0].dtype)
+        dtype = sig.args[0].dtype
         xs, ws, os_, ys, total, row, nouts, ntaps = _uints(context, builder, sig, args, 4)
         const = lambda v: ir.Constant(total.type, v)
-        accs = [cgutils.alloca_once(builder, kind) for _ in range(OUTS)]
         blocks = builder.udiv(builder.add(nouts, const(OUTS - 1)), const(OUTS))
-        with cgutils.for_range_slice(builder, const(0), total, const(lanes_of(size))) as (q, _):
+        accs = {}  # lanes -> OUTS accumulators of that width
+
+        def chunk(_, q, lanes):
+            item, size, kind, fma, splat = _vector_tools(context, builder, dtype, lanes)
+            slots = accs.setdefault(lanes, [cgutils.alloca_once(builder, kind) for _ in range(OUTS)])
             x_q = builder.add(xs, q)
             with cgutils.for_range(builder, blocks) as ob:
-                for acc in accs:
+                for acc in slots:
                     builder.store(ir.Constant(kind, None), acc)
                 w_block = builder.add(ws, builder.mul(ob.index, builder.mul(ntaps, const(OUTS))))
                 with cgutils.for_range(builder, ntaps) as t:
                     off = builder.load(element_pointer(builder, od, builder.add(os_, t.index), total.type))
                     xv = builder.load(element_pointer(builder, xd, builder.add(x_q, off), kind), align=size)
                     w_t = builder.add(w_block, builder.mul(t.index, const(OUTS)))
-                    for j, acc in enumerate(accs):
+                    for j, acc in enumerate(slots):
                         wv = splat(builder.load(element_pointer(builder, wd, builder.add(w_t, const(j)), item)))
                         builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
-                for j, acc in enumerate(accs):
+                for j, acc in enumerate(slots):
                     o = builder.add(builder.mul(ob.index, const(OUTS)), const(j))
                     with builder.if_then(builder.icmp_unsigned("<", o, nouts)):
                         at = builder.add(builder.add(ys, builder.mul(o, row)), q)
                         builder.store(builder.load(acc), element_pointer(builder, yd, at, kind), align=size)
+
+        item_size = context.get_abi_sizeof(context.get_data_type(dtype))
+        over_rows(builder, const(1), total, lanes_of(item_size), chunk)
         return context.get_dummy_value()
 
     return types.none(*(x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row, outs, taps)), codegen
@@ -114,10 +124,12 @@ def tap_dots(typingctx, g, x, offs, acc, g_at, g_row, x_at, offs_at, acc_at, len
 
     def codegen(context, builder, sig, args):
         gd, xd, od, ad = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in range(4))
-        item, size, kind, fma, _ = _vector_tools(context, builder, sig.args[0].dtype)
+        dtype = sig.args[0].dtype
+        lanes_n = lanes_of(context.get_abi_sizeof(context.get_data_type(dtype)))
+        item, size, kind, fma, _ = _vector_tools(context, builder, dtype, lanes_n)
         gs, grow, xs, os_, acs, total, nouts, ntaps, nimages, g_step, x_step = _uints(context, builder, sig, args, 4)
         const = lambda v: ir.Constant(total.type, v)
-        lanes = const(lanes_of(size))
+        lanes = const(lanes_n)
         slots = [[cgutils.alloca_once(builder, kind) for _ in range(DOTS_TAPS)] for _ in range(DOTS_OUTS)]
         last = lambda n: builder.sub(n, const(1))
         o_blocks = builder.udiv(builder.add(nouts, const(DOTS_OUTS - 1)), const(DOTS_OUTS))

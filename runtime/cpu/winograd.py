@@ -21,6 +21,13 @@ the data costing only additions.
     grad-weight  dU[xi] = sum over tiles of Mg[xi] V[xi]^T with Mg = A g A^T (the output
                  transform's adjoint), then dw = G^T dU G: 16 GEMMs over the tiles
 
+The forward's products M[xi] = U[xi] @ V[xi] are taps.tap_sums over the channels (U packed
+for it by _weights), not BLAS calls: with K = C from 16 to 64 OpenBLAS packs V[xi] before
+each product, and measured alternately on two threads of the EPYC at batch 128 the
+forward and input gradient of a 32-channel convolution took 0.91-0.95 times as long at
+16x16 and 32x32 (neutral, within 6% either way, at 16 channels and at 8x8 and 14x14).
+The weight gradient's products keep gemm_block (tap_dots was slower there).
+
 Layouts. Each channel of the padded input is split into its four parity planes
 P[2r + s][ti*We + j] = xpad[2ti + r, 2j + s] (zeros in the padding), and tiles are
 numbered q = ti*We + tj on a grid of We columns (geometry.winograd_columns). Element (k, l)
@@ -74,11 +81,13 @@ from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
+from dslc.runtime.cpu.taps import OUTS, tap_sums
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _columns = njit(cache=True)(_geometry.winograd_columns)
 _planes = njit(cache=True)(_geometry.winograd_planes)
 _applies = njit(cache=True)(_geometry.winograd)
+_outs = njit(cache=True)(_geometry.winograd_outs)
 _RUN = 64  # filters per run through the transforms' buffer (_weights, _unweights)
 
 
@@ -103,12 +112,12 @@ def _patch(at_p, plane, we, shifted, k, col):
 
 @njit(cache=True)
 def _layout(c_in, c_out, th, tw, tb):
-    """Offsets of the slot's regions U [16, O, C], P [4 or 8, plane], V [16, C, tb] and
-    M [16, O, tb], the plane's length, the slot's size, and the grid's columns we (tw: the
-    planes have shifted copies; tw + 1: a column of padding tiles)."""
+    """Offsets of the slot's regions U [16, O, C] (packed: _weights), P [4 or 8, plane],
+    V [16, C, tb] and M [16, O, tb], the plane's length, the slot's size, and the grid's
+    columns we (tw: the planes have shifted copies; tw + 1: a column of padding tiles)."""
     we = _columns(tw)
     count, plane = _planes(th, tw, we)
-    at_p = 16 * c_out * c_in
+    at_p = 16 * _outs(c_out) * c_in
     at_v = at_p + count * plane
     at_m = at_v + 16 * c_in * tb
     return at_p, at_v, at_m, plane, at_m + 16 * c_out * tb, we
@@ -130,17 +139,22 @@ def _gt4(y0, y1, y2, y3):
 
 @njit(cache=True)
 def _weights(w, u, flip, scratch):
-    """u[xi, p, q] = (G w[p, q] G^T)[xi]; with flip, of w[q, p] rotated by 180 degrees: the
-    weights of the input gradient's convolution (w is [O, C, 3, 3] either way).
+    """U[xi][p, q] = (G w[p, q] G^T)[xi]; with flip, of w[q, p] rotated by 180 degrees: the
+    weights of the input gradient's convolution (w is [O, C, 3, 3] either way). u is flat,
+    each U[xi] packed as taps.tap_sums reads its weights: [P / OUTS, Q, OUTS], that is
+    u[(xi * blocks + p // OUTS) * Q * OUTS + q * OUTS + p % OUTS].
 
     G w G^T is taken as two products with G (columns, then rows; in double), not as 144
     terms per filter, and a run of filters goes through a small buffer: u's 16 planes lie
     O*C floats apart, often a multiple of 4 KiB, so writing each filter's 16 values
     straight into them hit one set of the L1 cache 16 times (45 ns a filter, 8 without)."""
+    n_p, n_q = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+    stride = _outs(n_p) * n_q  # one U[xi]
     buf = np.empty((16, _RUN), u.dtype)
-    for p in range(u.shape[1]):
-        for q0 in range(0, u.shape[2], _RUN):
-            q1 = min(u.shape[2], q0 + _RUN)
+    for p in range(n_p):
+        at = (p // OUTS) * n_q * OUTS + p % OUTS
+        for q0 in range(0, n_q, _RUN):
+            q1 = min(n_q, q0 + _RUN)
             for q in range(q0, q1):
                 k = q - q0
                 # the filter's columns times G, read in place (a slice per filter would touch
@@ -160,7 +174,7 @@ def _weights(w, u, flip, scratch):
                 buf[12, k], buf[13, k], buf[14, k], buf[15, k] = _g3(c0[3], c1[3], c2[3])
             for xi in range(16):
                 for q in range(q0, q1):
-                    u[xi, p, q] = buf[xi, q - q0]
+                    u[xi * stride + at + q * OUTS] = buf[xi, q - q0]
 
 
 @njit(cache=True)
@@ -309,8 +323,8 @@ def _plan(x_shape, c_out, ho, wo, workspace):
 
 @njit(cache=True)
 def _slot(workspace, p, n, c_in, c_out, tb, lay, parts):
-    """Part p's slot f, its U (or dU) [16, O, C], V [16, C, tb] and M [16, O, tb], and its
-    images [lo, hi) of the batch of n."""
+    """Part p's slot f, its dU [16, O, C] (the weight gradient's), V [16, C, tb] and
+    M [16, O, tb], and its images [lo, hi) of the batch of n."""
     f = workspace[p]
     u = f[:16 * c_out * c_in].reshape(16, c_out, c_in)
     v = f[lay[1]:lay[2]].reshape(16, c_in, tb)
@@ -327,20 +341,25 @@ def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
 @njit(cache=True)
 def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
     """Part p's images of the Winograd forward (the module docstring's forward): U of w
-    (flipped for the input gradient), then per block of images V, the 16 GEMMs, y."""
+    (flipped for the input gradient), then per block of images V, the 16 products, y."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
     xf, yf = x.reshape(-1), out.reshape(-1)
-    f, u, v, m, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
-    _weights(w, u, flip, f[lay[1]:lay[2]])  # V's region: free until the first block
+    f, _, _, _, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
+    _weights(w, f, flip, f[lay[1]:lay[2]])  # V's region: free until the first block
+    rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
+    for c in range(c_in):
+        rows[c] = c * tb
+    packed = _outs(c_out) * c_in
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
             _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
         cols = (i1 - i0) * grid
-        for xi in range(16):
-            gemm_block(u[xi], v[xi, :, :cols], m[xi, :, :cols], False, False, False)
+        for xi in range(16):  # M[xi] = U[xi] @ V[xi]
+            tap_sums(f, f, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * packed), u64(0),
+                     u64(lay[2] + xi * c_out * tb), u64(cols), u64(tb), u64(c_out), u64(c_in))
         for i in range(i0, i1):
             _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
 
