@@ -17,12 +17,14 @@ padding before each axis (after is what the output's size leaves). Its gradient 
 chain of slices (dslc/ops/shape.py), so it needs no kernel of its own.
 
 Each kernel sees its arrays as [A, D, B] around the sliced axis and is parallel over A:
-every element is written by one thread, so nothing races and nothing allocates, and the
-inner loops index elements, not rows: slicing the last axis (B = 1, the second slice of
-option A) made a row view per element, 3-8 times slower. That slice goes through the
-flat arrays with unsigned indices (lanes.u64), which LLVM vectorises, where indexing
-[a, d, 0] tested every index for wrap-around: 128x16x16x32 -> 128x16x16x16 took 0.63 ms
-forward and 0.61 backward on two threads of the EPYC, now 0.08 and 0.10.
+every element is written by one thread, so nothing races and nothing allocates. The
+loops go through the flat arrays with unsigned indices (lanes.u64), which LLVM
+vectorises, not through row views or [a, d, b] indexing: a row view per element (the
+last axis, B = 1, the second slice of option A) was 3-8 times slower, indexing [a, d, 0]
+tested every index for wrap-around (128x16x16x32 -> 128x16x16x16: 0.63 ms forward and
+0.61 backward on two threads of the EPYC, then 0.08 and 0.10), and pad's row views, two
+per 16-element row of resnet20's channel padding, touched the parent's reference count
+from both threads.
 """
 from __future__ import annotations
 
@@ -68,39 +70,38 @@ def _as_3d(big, small, axis, first, step):
 def slice_forward(x, out, axis, first, step):
     """out = x[..., first::step, ...] on `axis`, as long as out is."""
     src, dst = _as_3d(x, out, axis, first, step)
-    d, k = src.shape[1], dst.shape[1]
-    if dst.shape[2] == 1:  # the last axis: one element a run, through the flat arrays
-        xf, of = x.reshape(x.size), out.reshape(out.size)
+    d, k, b = src.shape[1], dst.shape[1], dst.shape[2]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    if b == 1:  # the last axis: one element a run, vectorised along the slice instead
         for i in prange(src.shape[0]):
             for j in range(k):
                 of[u64(i * k + j)] = xf[u64(i * d + first + j * step)]
         return
     for i in prange(src.shape[0]):
         for j in range(k):
-            for q in range(dst.shape[2]):
-                dst[i, j, q] = src[i, first + j * step, q]
+            at, to = u64((i * d + first + j * step) * b), u64((i * k + j) * b)
+            for q in range(u64(b)):
+                of[to + q] = xf[at + q]
 
 
 @njit(cache=True, parallel=True)
 def slice_backward(g, dx, axis, first, step):
     """dx = zeros with g written at [..., first::step, ...] on `axis` (the registry's slice_grad)."""
     dst, src = _as_3d(dx, g, axis, first, step)
-    d, k = dst.shape[1], src.shape[1]
-    if src.shape[2] == 1:  # the last axis, as in slice_forward
-        gf, df = g.reshape(g.size), dx.reshape(dx.size)
-        for i in prange(dst.shape[0]):
-            for j in range(d):  # zeros, then g over them: no test per element
-                df[u64(i * d + j)] = 0
+    d, k, b = dst.shape[1], src.shape[1], dst.shape[2]
+    gf, df = g.reshape(g.size), dx.reshape(dx.size)
+    for i in prange(dst.shape[0]):
+        start = u64(i * d * b)
+        for q in range(u64(d * b)):  # zeros, then g over them: no test per element
+            df[start + q] = 0
+        if b == 1:  # the last axis, as in slice_forward
             for j in range(k):
                 df[u64(i * d + first + j * step)] = gf[u64(i * k + j)]
-        return
-    for i in prange(dst.shape[0]):
-        for j in range(dst.shape[1]):
-            for q in range(dst.shape[2]):
-                dst[i, j, q] = 0
-        for j in range(src.shape[1]):
-            for q in range(src.shape[2]):
-                dst[i, first + j * step, q] = src[i, j, q]
+            continue
+        for j in range(k):
+            at, to = u64((i * k + j) * b), u64((i * d + first + j * step) * b)
+            for q in range(u64(b)):
+                df[to + q] = gf[at + q]
 
 
 @njit(cache=True)  # not inlined: the parallel loop would see its index reassigned
@@ -128,22 +129,22 @@ def pad_forward(x, out, before, value):
             raise ValueError("pad: x does not fit in the output at this offset")
     last = x.ndim - 1
     w, wo = x.shape[last], out.shape[last]
-    rows_out = out.size // wo
-    src, dst = x.reshape(-1, w), out.reshape(-1, wo)
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    fill = out.dtype.type(value)
+    lo = before[last]
     # every output row: the border value where no row of x lands, else the row of x in
     # the middle and `value` on both sides of it
-    for r in prange(rows_out):
+    for r in prange(out.size // wo):
         at = _source_row(np.int64(r), x.shape, out.shape, before)  # int64 where typed and in the loop: one compile
-        row = dst[r]
+        row = u64(r * wo)
         if at < 0:
-            for q in range(wo):
-                row[q] = value
+            for q in range(u64(wo)):
+                of[row + q] = fill
             continue
-        lo = before[last]
-        for q in range(lo):
-            row[q] = value
-        part = src[at]
-        for q in range(w):
-            row[lo + q] = part[q]
-        for q in range(lo + w, wo):
-            row[q] = value
+        for q in range(u64(lo)):
+            of[row + q] = fill
+        part, mid = u64(at * w), row + u64(lo)
+        for q in range(u64(w)):
+            of[mid + q] = xf[part + q]
+        for q in range(u64(lo + w), u64(wo)):
+            of[row + q] = fill
