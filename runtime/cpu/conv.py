@@ -287,12 +287,18 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
                     gemm_block(gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo], col[grp * kg:(grp + 1) * kg],
                                partial[grp * og:(grp + 1) * og], False, True, not first)
                 first = False
-    dw2 = dw.reshape(o, kg)
-    dw2[:] = workspace[0, cols:cols + o * kg].reshape(o, kg)
-    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
-        dw2 += workspace[p, cols:cols + o * kg].reshape(o, kg)
+    sum_parts(workspace, cols, o * kg, parts, dw.reshape(-1))
     if db is not None:
         conv2d_grad_bias(g, db)
+
+
+@njit(cache=True)
+def sum_parts(workspace, at, size, parts, out):
+    """out (flat, `size`) = the sum of the parts' partials workspace[p, at:at + size], added
+    in part order: the same sum whichever thread finished first. out may be part 0's own."""
+    out[:] = workspace[0, at:at + size]
+    for p in range(1, parts):
+        out += workspace[p, at:at + size]
 
 
 @njit(cache=True, parallel=True)

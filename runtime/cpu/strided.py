@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, sum_parts
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
 from dslc.runtime.cpu.taps import OUTS, tap_dots, tap_sums
 
@@ -41,10 +41,11 @@ _need = njit(cache=True)(_geometry.phase_need)
 
 
 @njit(cache=True)
-def _plan(x_shape, w_shape, out_hw, sh, sw, pt, pb, pl, pr, dh, dw, groups, workspace):
-    """The planes' layout and the parts; raises unless the geometry is phased and the
-    workspace large enough."""
-    c, h, w = x_shape[1], x_shape[2], x_shape[3]
+def _plan(x_shape, w_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, workspace):
+    """The planes' layout and the parts; raises unless out_shape is the convolution's
+    (conv.py's check), the geometry phased and the workspace large enough."""
+    _check(x_shape, w_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups)
+    c, h, w, out_hw = x_shape[1], x_shape[2], x_shape[3], out_shape[2:]
     o, cg, kh, kw = w_shape
     if not _phased(sh, sw, dh, dw, h, w, out_hw[1]):
         raise ValueError("conv2d: not a phased convolution (geometry.phased); use conv.py's kernels")
@@ -180,8 +181,7 @@ def _pack_backward(w, groups, kh, kw, sh, sw, pt, pl, lay):
 @njit(cache=True, parallel=True)
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.phased accepts."""
-    _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    lay, parts = _plan(x.shape, w.shape, out.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+    lay, parts = _plan(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
                        groups, workspace)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -217,8 +217,7 @@ def _rows_out(f, start, step, y, at, rows, cols, add):
 @njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """dx = the transposed convolution of g by w."""
-    _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    lay, parts = _plan(dx.shape, w.shape, g.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+    lay, parts = _plan(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
                        groups, workspace)
     n, c, h, wd = dx.shape
     o, cg, kh, kw = w.shape
@@ -247,8 +246,7 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
 def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
                        workspace):
     """dw = the weight gradient; db = sum of g over (N, Ho, Wo), or None."""
-    _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    lay, parts = _plan(x.shape, dw.shape, g.shape[2:], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
+    lay, parts = _plan(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
                        groups, workspace)
     n, c, h, wd = x.shape
     o, cg, kh, kw = dw.shape
@@ -279,9 +277,6 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
             for lane in range(1, lanes):
                 s += f[at_acc + k * lanes + lane]
             f[at_acc + k] = s
-    dw2 = dw.reshape(o, taps)
-    dw2[:] = workspace[0, at_acc:at_acc + o * taps].reshape(o, taps)
-    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
-        dw2 += workspace[p, at_acc:at_acc + o * taps].reshape(o, taps)
+    sum_parts(workspace, at_acc, o * taps, parts, dw.reshape(-1))
     if db is not None:
         conv2d_grad_bias(g, db)

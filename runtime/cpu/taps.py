@@ -66,6 +66,13 @@ def _vector_tools(context, builder, dtype, lanes):
     return item, size, kind, fma, splat
 
 
+def _arrays(a, b, c, offs):
+    """Whether a, b, c are flat float arrays of one dtype and offs an array of uint64: the
+    types the intrinsics compile for (any other call fails to type)."""
+    return (flat_floats(a, b, c) and a.dtype == b.dtype == c.dtype and isinstance(offs, types.Array)
+            and offs.dtype == types.uint64)
+
+
 def _uints(context, builder, sig, args, first):
     """Arguments first.. as uint64 values."""
     return [context.cast(builder, args[i], sig.args[i], types.uint64) for i in range(first, len(args))]
@@ -74,8 +81,7 @@ def _uints(context, builder, sig, args, first):
 @intrinsic
 def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row, outs, taps):
     """See the module docstring."""
-    if not (flat_floats(x, wk, y) and x.dtype == wk.dtype == y.dtype and isinstance(offs, types.Array)
-            and offs.dtype == types.uint64):
+    if not _arrays(x, wk, y, offs):
         return None
 
     def codegen(context, builder, sig, args):
@@ -118,8 +124,7 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
 def tap_dots(typingctx, g, x, offs, acc, g_at, g_row, x_at, offs_at, acc_at, length, outs, taps, images, g_image,
              x_image):
     """See the module docstring."""
-    if not (flat_floats(g, x, acc) and g.dtype == x.dtype == acc.dtype and isinstance(offs, types.Array)
-            and offs.dtype == types.uint64):
+    if not _arrays(g, x, acc, offs):
         return None
 
     def codegen(context, builder, sig, args):

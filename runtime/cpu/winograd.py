@@ -79,7 +79,7 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, sum_parts
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
 from dslc.runtime.cpu.taps import OUTS, tap_sums
 
@@ -414,9 +414,8 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     lay, parts = _plan(x.shape, c_out, g.shape[2], g.shape[3], workspace)[5:]
     for p in prange(parts):
         _grad_weight_part(g, x, pad_t, pad_l, workspace, np.int64(p))
+    sum_parts(workspace, 0, 16 * c_out * c_in, parts, workspace[0, :16 * c_out * c_in])
     total = workspace[0, :16 * c_out * c_in].reshape(16, c_out, c_in)
-    for p in range(1, parts):  # in part order: the same sum whichever thread finished first
-        total += workspace[p, :16 * c_out * c_in].reshape(16, c_out, c_in)
     _unweights(total, dw, workspace[0, lay[1]:lay[2]])  # part 0's V region: done with
     if db is not None:
         conv2d_grad_bias(g, db)
