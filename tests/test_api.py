@@ -101,6 +101,33 @@ def test_grad_is_the_reference_grad(loaded, compiled, of, wrt):
         close(one["image"][0], got["image"][2], "one image's saliency")
 
 
+def test_grad_reads_the_callers_parameters_as_they_are_at_each_call(loaded, compiled):
+    """The compiled grad lends its kernels the caller's parameter arrays rather than copying
+    them (runtime/cpu/runner.py): a change in place, a new array, or one that cannot be lent
+    (float64, or not contiguous) must each show in the next call's result."""
+    image = loaded.normalize(batch()["image"])
+    call = dict(of="out[:, 3]", wrt=["image"])
+    params = {k: v.copy() for k, v in loaded.params.items()}
+    name = "conv1.conv_bn_relu.conv2d.weight"
+
+    def check(what):
+        _, got = compiled.grad(params, {"image": image}, **call)
+        _, want = loaded.grad(params, {"image": image}, **call)
+        close(got["image"], want["image"], what)
+        return got["image"]
+
+    before = check("as loaded")
+    params[name] *= 2.0  # in place: the same array object
+    doubled = check("changed in place")
+    assert not np.allclose(doubled, before)
+    params[name] = params[name] * 0.5  # a new array
+    np.testing.assert_allclose(check("a new array"), before, rtol=1e-5, atol=1e-6)
+    params[name] = np.asfortranarray(params[name] * 3.0)  # cannot be lent: copied
+    check("not contiguous")
+    params[name] = params[name].astype(np.float64)  # cannot be lent: copied
+    check("float64")
+
+
 def test_grad_on_the_reference_device_agrees(loaded):
     c = loaded.compile(device="reference")
     value, got = c.grad(loaded.params, {"image": batch()["image"]}, of="out[:, 1]", wrt=["image"])

@@ -16,7 +16,10 @@ run (copy what you keep).
 
 Parameters and optimizer state live in the arena between steps; `load_params` puts
 them there (and runs the prologue kernels, which depend only on them) and `params()`
-copies them out.
+copies them out. A parameter that no kernel updates and no buffer views (every one in
+the compiled API's forward and grad graphs) is read where the caller keeps it instead,
+its kernels' argument rebound to the caller's array: a saliency map of small_cnn copied
+its 1.6 MB of weights into the arena at every call, 0.17 of 3.6 ms at batch 32.
 """
 from __future__ import annotations
 
@@ -66,6 +69,9 @@ class CompiledGraph:
         self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
             self.workspace, self.scratch, self._fallback)
         self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
+        self._arg_at = {b: (i, view) for i, (b, view) in enumerate(module.ARGS)}
+        self._lendable = _lendable(kg, self.param_names, self._arg_at)
+        self._lent: dict[str, np.ndarray] = {}  # parameter -> the caller's array its kernels read
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
                          for b in kg.buffers if b.role == "random"]
         for b in kg.buffers:
@@ -87,19 +93,35 @@ class CompiledGraph:
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Copy parameters and state into the arena (names missing from `params` are kept),
+        or lend the kernels the caller's array where that is safe (the module docstring),
         then run the prologue kernels that depend on them."""
-        changed = False
+        changed, args = False, None
         for name in self.param_names:
-            if name in params and params[name] is not self.views[name]:
-                np.copyto(self.views[name], params[name], casting="same_kind")
-                changed = True
+            given = params.get(name)
+            if given is None or given is self.views[name]:
+                continue
+            changed = True
+            lend = name in self._lendable and _fits(given, self.views[name])
+            if lend and self._lent.get(name) is given:
+                continue  # lent already (its contents may have changed: the prologue runs)
+            if lend or name in self._lent:
+                at, view = self._arg_at[name]
+                args = list(self._args) if args is None else args
+                args[at] = _shaped(given if lend else self.views[name], view)
+                if lend:
+                    self._lent[name] = given
+                    continue
+                del self._lent[name]
+            np.copyto(self.views[name], given, casting="same_kind")
+        if args is not None:
+            self._args = tuple(args)
         if changed or not self._prologue_done:
             self.module.prologue(*self._args)
             self._prologue_done = True
 
     def params(self) -> dict[str, np.ndarray]:
         """Copies of the parameters and optimizer state as they are now."""
-        return {name: self.views[name].copy() for name in self.param_names}
+        return {name: self._lent.get(name, self.views[name]).copy() for name in self.param_names}
 
     def run(self, feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray] | None = None,
             randoms: Mapping[str, np.ndarray] | None = None,
@@ -127,6 +149,25 @@ class CompiledGraph:
         for node in self.kernels[position].nodes:
             value = registry.get(node.op).reference(*(self.views[i] for i in node.inputs), **node.attr_dict)
             np.copyto(self.views[node.name], value, casting="same_kind")
+
+
+def _lendable(kg: KernelGraph, names, arg_at) -> frozenset:
+    """The parameters a run may read from the caller's arrays: passed to the kernels (in
+    the module's ARGS), never updated (no training step's new value replaces them) and
+    viewed by no other buffer (a view would still read the arena)."""
+    kept = {b.updates for b in kg.buffers if b.updates}
+    for b in kg.buffers:
+        while b.alias is not None:
+            kept.add(b.alias)
+            b = kg.buffer(b.alias)
+    return frozenset(name for name in names if name in arg_at and name not in kept)
+
+
+def _fits(given, view: np.ndarray) -> bool:
+    """Whether the caller's array can stand for the arena's view: a C-contiguous, aligned
+    NumPy array of the same dtype and shape."""
+    return (isinstance(given, np.ndarray) and given.dtype == view.dtype and given.shape == view.shape
+            and given.flags.c_contiguous and given.flags.aligned)
 
 
 def _shaped(array: np.ndarray, view: str) -> np.ndarray:
