@@ -167,6 +167,33 @@ def test_phased_cases_read_phase_planes(case):
     assert geometry.uses_phases(attrs, x_shape[2:])
 
 
+@pytest.mark.parametrize("kernel,pad", [(1, 0), (3, (0, 1))], ids=["1x1-odd-columns", "3x3-last-row"])
+def test_strided_weight_gradient_ignores_pixels_no_window_reads(kernel, pad):
+    """strided.py sums the weight gradient over whole runs of its planes, where the output
+    gradient is zero at the dropped columns and the run's tail; a pixel no window reads (a
+    1x1 stride-2 kernel's odd rows and columns, the last row of an 8-row input whose
+    windows stop at row 6) is cleared first, so an inf there gives a finite gradient, as in
+    the reference."""
+    attrs = dict(kernel=kernel, stride=2, pad=pad, dilation=1, groups=1)
+    x_shape, w_shape = (2, 3, 8, 8), (4, 3, kernel, kernel)
+    geo = conv.geometry(attrs, x_shape[2:])
+    rng = np.random.default_rng(5)
+    x = randn(rng, x_shape, np.float64)
+    g = randn(rng, ref("conv2d", x, randn(rng, w_shape, np.float64), out=4, bias=False, **attrs).shape, np.float64)
+    read = np.zeros((8 + geo[2] + geo[3], 8 + geo[4] + geo[5]), bool)
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            read[2 * i:2 * i + kernel, 2 * j:2 * j + kernel] = True
+    unread = ~read[geo[2]:geo[2] + 8, geo[4]:geo[4] + 8]
+    assert unread.any() and geometry.uses_phases(attrs, x_shape[2:])
+    want = ref("conv2d_grad_weight", g, x, **attrs)
+    x[:, :, unread] = np.inf
+    dw = np.full(w_shape, np.nan)
+    strided.conv2d_grad_weight(g, x, dw, None, *geo, 1, np.full(conv.workspace_shape(x_shape, w_shape, g.shape[2:], geo, 2),
+                                                                 np.nan))
+    close(dw, want, np.float64)
+
+
 def test_strided_kernels_refuse_what_they_do_not_compute():
     x, w = np.zeros((2, 3, 7, 7)), np.zeros((4, 3, 3, 3))  # odd sides: no phase planes
     y = np.zeros((2, 4, 4, 4))

@@ -114,6 +114,39 @@ def _merge(f, start, lay, dst, at, h, w, sh, sw):
 
 
 @njit(cache=True)
+def _reached(k, s, p, out, size):
+    """Along one axis (kernel k, stride s, padding before p, `out` outputs), for each phase,
+    the plane rows (of `size`) [lo, hi) that some window reads: none for a phase no tap
+    reads (a 1x1 stride-2 kernel's odd rows), and not the last rows a window stops short of."""
+    lo, hi = np.zeros(s, np.int64), np.zeros(s, np.int64)
+    for ph in range(s):
+        first, last = size, -1
+        for u in range(k):
+            if (u - p) % s == ph:
+                first, last = min(first, (u - p) // s), max(last, (u - p) // s)
+        if last >= first:
+            lo[ph], hi[ph] = max(0, first), min(size, out + last)
+    return lo, hi
+
+
+@njit(cache=True)
+def _clear_unread(f, start, lay, rows, cols, hp, wp, sh, sw):
+    """Zero the pixels of one channel's planes at f[start:] that no window reads (rows and
+    cols: _reached's ranges). The weight gradient sums over the whole run, the dropped
+    columns and the run's tail included, where the output gradient is zero; an inf or NaN
+    in a pixel the convolution never reads would still make 0 * inf = NaN there."""
+    top, left, wq, plane = lay[0], lay[1], lay[2], lay[3]
+    for ph in range(sh):
+        for pw in range(sw):
+            base = start + (ph * sw + pw) * plane + top * wq + left
+            for r in range(hp):
+                inside = rows[0][ph] <= r < rows[1][ph]
+                for q in range(wp):
+                    if not (inside and cols[0][pw] <= q < cols[1][pw]):
+                        f[u64(base + r * wq + q)] = 0
+
+
+@njit(cache=True)
 def _rows_in(src, at, rows, cols, f, start, step):
     """src[at:] ([rows, cols]) into rows of `step` at f[start:]."""
     for r in range(rows):
@@ -256,6 +289,9 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     at_g, at_acc = per * planes, per * (planes + o * row)  # [planes of `per` images | their gradients | lanes]
     offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
     xf, gf = x.reshape(-1), g.reshape(-1)
+    hp, wp = h // stride_h, wd // stride_w
+    rows, cols = _reached(kh, stride_h, pad_t, ho, hp), _reached(kw, stride_w, pad_l, wo, wp)
+    unread = rows[0].min() > 0 or rows[1].min() < hp or cols[0].min() > 0 or cols[1].min() < wp
     for p in prange(parts):
         f = workspace[p]
         f[:at_acc + o * taps * lanes] = 0
@@ -264,8 +300,10 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
             i1 = min(hi, i0 + per)
             for i in range(i0, i1):
                 for ci in range(c):
-                    _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f,
-                           (i - i0) * planes + ci * stride_h * stride_w * lay[3], lay)
+                    at = (i - i0) * planes + ci * stride_h * stride_w * lay[3]
+                    _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f, at, lay)
+                    if unread:
+                        _clear_unread(f, at, lay, rows, cols, hp, wp, stride_h, stride_w)
                 for oi in range(o):
                     _rows_in(gf, (i * o + oi) * ho * wo, ho, wo, f, at_g + ((i - i0) * o + oi) * row + front, wq)
             for grp in range(groups):
