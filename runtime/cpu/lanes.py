@@ -126,8 +126,8 @@ def _pairs_codegen(interleave):
             at_pair = builder.add(pair_start, builder.add(m, m))
             at_one, at_two = builder.add(one_start, m), builder.add(two_start, m)
             if interleave:
-                a = builder.fadd(builder.load(ptr(singles, at_one, kind), align=size), _splat(builder, add, lanes))
-                b = builder.fadd(builder.load(ptr(singles, at_two, kind), align=size), _splat(builder, add, lanes))
+                a = builder.fadd(builder.load(ptr(singles, at_one, kind), align=size), splat(builder, add, lanes))
+                b = builder.fadd(builder.load(ptr(singles, at_two, kind), align=size), splat(builder, add, lanes))
                 if lanes == 1:
                     builder.store(a, ptr(pairs, at_pair, item), align=size)
                     builder.store(b, ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
@@ -189,7 +189,7 @@ def shuffle_mask(order):
     return ir.Constant(ir.VectorType(ir.IntType(32), len(order)), order)
 
 
-def _splat(builder, value, lanes):
+def splat(builder, value, lanes):
     """`value` in every one of `lanes` lanes (itself for one lane)."""
     if lanes == 1:
         return value

@@ -77,40 +77,30 @@ def _tap_offsets(kh, kw, sh, sw, pt, pl, lay, cg):
 
 
 @njit(cache=True)
-def _split(src, at, h, w, sh, sw, f, start, lay):
-    """One channel (src[at:], h x w) into its zero-padded phase planes at f[start:] (only
-    their interiors are written: the padding stays as zeroed)."""
-    top, left, wq, plane = lay[0], lay[1], lay[2], lay[3]
+def _phases(img, at, h, w, sh, sw, f, first, plane, wq, back):
+    """One channel's image (img[at:], h x w) into its sh*sw phase planes, phase (ph, pw)'s
+    first data element at f[first + (ph*sw + pw)*plane] and its rows wq apart (only that
+    data is written: the padding stays as zeroed); with `back`, the planes back into the
+    image, every element of which is written (the input gradient's)."""
     hp, wp = h // sh, w // sw
     for ph in range(sh):
-        first = start + ph * sw * plane + top * wq + left
+        even = first + ph * sw * plane
         if sw == 2:
-            deinterleave(src, u64(at + ph * w), u64(sh * w), f, u64(first), u64(first + plane), u64(wq), u64(wp),
-                         u64(hp))
+            if back:
+                interleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq), u64(wp),
+                           u64(hp), like(img, 0.0))
+            else:
+                deinterleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq), u64(wp),
+                             u64(hp))
             continue
         for pw in range(sw):
             for r in range(hp):
                 for q in range(wp):
-                    f[u64(first + pw * plane + r * wq + q)] = src[u64(at + (r * sh + ph) * w + q * sw + pw)]
-
-
-@njit(cache=True)
-def _merge(f, start, lay, dst, at, h, w, sh, sw):
-    """The gradients of one channel's phase planes at f[start:], each the rows that hold
-    data (rows of wq, run_in apart), back into its image (dst[at:], h x w): _split's
-    inverse; every element of the image is written."""
-    left, wq, plane = lay[1], lay[2], lay[5]
-    hp, wp = h // sh, w // sw
-    for ph in range(sh):
-        first = start + ph * sw * plane + left
-        if sw == 2:
-            interleave(dst, u64(at + ph * w), u64(sh * w), f, u64(first), u64(first + plane), u64(wq), u64(wp),
-                       u64(hp), like(dst, 0.0))
-            continue
-        for pw in range(sw):
-            for r in range(hp):
-                for q in range(wp):
-                    dst[u64(at + (r * sh + ph) * w + q * sw + pw)] = f[u64(first + pw * plane + r * wq + q)]
+                    k, j = u64(even + pw * plane + r * wq + q), u64(at + (r * sh + ph) * w + q * sw + pw)
+                    if back:
+                        img[j] = f[k]
+                    else:
+                        f[k] = img[j]
 
 
 @njit(cache=True)
@@ -220,6 +210,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     o, cg, kh, kw = w.shape
     ho, wo = out.shape[2], out.shape[3]
     og, taps, wq, run, planes = o // groups, cg * kh * kw, lay[2], lay[4], lay[7]
+    interior = lay[0] * wq + lay[1]  # a plane's first data element: past `top` rows and `left` columns
     wk = _pack_forward(w, groups, kh, kw)
     offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
     blocks = (og + OUTS - 1) // OUTS
@@ -229,7 +220,8 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
         f[:planes] = 0
         for i in range(n * p // parts, n * (p + 1) // parts):
             for ci in range(c):
-                _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f, ci * stride_h * stride_w * lay[3], lay)
+                _phases(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f,
+                        ci * stride_h * stride_w * lay[3] + interior, lay[3], wq, np.bool_(False))
             for g in range(groups):
                 tap_sums(f, wk, offs, f, u64(g * cg * stride_h * stride_w * lay[3]), u64(g * blocks * taps * OUTS),
                          u64(0), u64(planes + g * og * run), u64(run), u64(run), u64(og), u64(taps))
@@ -271,8 +263,9 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
                     tap_sums(f, wk, offs, f, u64(grp * og * row + top * wq), u64(w_at[at]), u64(o_at[at]),
                              u64(o * row + (grp * cg * phases + ph) * run_in), u64(run_in),
                              u64(phases * run_in), u64(cg), u64(count[ph]))
-            for ci in range(c):
-                _merge(f, o * row + ci * phases * run_in, lay, xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w)
+            for ci in range(c):  # each phase's gradient: the rows that hold data, run_in apart
+                _phases(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f,
+                        o * row + ci * phases * run_in + lay[1], run_in, wq, np.bool_(True))
 
 
 @njit(cache=True, parallel=True)
@@ -285,6 +278,7 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     o, cg, kh, kw = dw.shape
     ho, wo = g.shape[2], g.shape[3]
     og, taps, wq, run, front, planes, row, per = o // groups, cg * kh * kw, lay[2], lay[4], lay[6], lay[7], lay[8], lay[9]
+    interior = lay[0] * wq + lay[1]  # a plane's first data element
     lanes = VECTOR_BYTES // x.itemsize  # tap_dots' lanes
     at_g, at_acc = per * planes, per * (planes + o * row)  # [planes of `per` images | their gradients | lanes]
     offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
@@ -301,7 +295,8 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
             for i in range(i0, i1):
                 for ci in range(c):
                     at = (i - i0) * planes + ci * stride_h * stride_w * lay[3]
-                    _split(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f, at, lay)
+                    _phases(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f, at + interior, lay[3], wq,
+                            np.bool_(False))
                     if unread:
                         _clear_unread(f, at, lay, rows, cols, hp, wp, stride_h, stride_w)
                 for oi in range(o):

@@ -37,7 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from dslc.kernels.geometry import TAP_OUTS
-from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats, over_rows
+from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats, over_rows, splat
 
 OUTS = TAP_OUTS  # output channels per block of tap_sums (geometry.TAP_OUTS)
 DOTS_OUTS, DOTS_TAPS = 4, 6  # tap_dots' block: 24 accumulators of the 32 AVX-512 registers
@@ -49,21 +49,13 @@ def lanes_of(itemsize: int) -> int:
 
 
 def _vector_tools(context, builder, dtype, lanes):
-    """(item type, its size, the vector type of `lanes` (the item itself for one), llvm.fma of
-    it, a splat of one item to it)."""
+    """(item type, its size, the vector type of `lanes` (the item itself for one), llvm.fma of it)."""
     item = context.get_data_type(dtype)
     size = context.get_abi_sizeof(item)
     kind = ir.VectorType(item, lanes) if lanes > 1 else item
     name = f"llvm.fma.v{lanes}f{8 * size}" if lanes > 1 else f"llvm.fma.f{8 * size}"
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3), name)
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-
-    def splat(value):
-        if lanes == 1:
-            return value
-        one = builder.insert_element(ir.Constant(kind, None), value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, one, zeros)
-    return item, size, kind, fma, splat
+    return item, size, kind, fma
 
 
 def _arrays(a, b, c, offs):
@@ -93,7 +85,7 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
         accs = {}  # lanes -> OUTS accumulators of that width
 
         def chunk(_, q, lanes):
-            item, size, kind, fma, splat = _vector_tools(context, builder, dtype, lanes)
+            item, size, kind, fma = _vector_tools(context, builder, dtype, lanes)
             slots = accs.setdefault(lanes, [cgutils.alloca_once(builder, kind) for _ in range(OUTS)])
             x_q = builder.add(xs, q)
             with cgutils.for_range(builder, blocks) as ob:
@@ -105,7 +97,8 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
                     xv = builder.load(element_pointer(builder, xd, builder.add(x_q, off), kind), align=size)
                     w_t = builder.add(w_block, builder.mul(t.index, const(OUTS)))
                     for j, acc in enumerate(slots):
-                        wv = splat(builder.load(element_pointer(builder, wd, builder.add(w_t, const(j)), item)))
+                        wv = splat(builder, builder.load(element_pointer(builder, wd, builder.add(w_t, const(j)), item)),
+                                   lanes)
                         builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
                 for j, acc in enumerate(slots):
                     o = builder.add(builder.mul(ob.index, const(OUTS)), const(j))
@@ -131,7 +124,7 @@ def tap_dots(typingctx, g, x, offs, acc, g_at, g_row, x_at, offs_at, acc_at, len
         gd, xd, od, ad = (context.make_array(sig.args[i])(context, builder, args[i]).data for i in range(4))
         dtype = sig.args[0].dtype
         lanes_n = lanes_of(context.get_abi_sizeof(context.get_data_type(dtype)))
-        item, size, kind, fma, _ = _vector_tools(context, builder, dtype, lanes_n)
+        item, size, kind, fma = _vector_tools(context, builder, dtype, lanes_n)
         gs, grow, xs, os_, acs, total, nouts, ntaps, nimages, g_step, x_step = _uints(context, builder, sig, args, 4)
         const = lambda v: ir.Constant(total.type, v)
         lanes = const(lanes_n)
