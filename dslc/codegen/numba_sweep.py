@@ -14,6 +14,7 @@ import re
 
 from dslc.codegen.emit import tail
 from dslc.codegen.groups import Sweep
+from dslc.codegen.invariant_terms import InvariantTerms
 from dslc.codegen.numba_loops import PARALLEL_MIN, loop, numel
 from dslc.codegen.source import Source
 
@@ -235,7 +236,7 @@ def _indented(body, src) -> list[str]:
     return [pad + line if line.strip() else line for line in body.lines]
 
 
-class ChannelTerms:
+class ChannelTerms(InvariantTerms):
     """Moves what an element of a rows-layout sweep computes from per-channel values alone
     out of the (n, c) loop, into the loop over the block's channels before it.
 
@@ -246,15 +247,23 @@ class ChannelTerms:
     0.44 ms in its backward sweep. A term is per-channel when its leaves are constants,
     the kernel's hoisted scalars (`count_`), per-channel inputs (`gamma[c]`) and scratch
     slots (`var[cc]`) that the element loop does not write; each such term with an
-    operation gets a scratch slot of its own. Division by a per-channel term becomes a
-    product with its reciprocal (one rounding more, within the tolerances' 1e-4).
+    operation gets a scratch slot of its own (invariant_terms.py).
     """
 
     def __init__(self, st: NumbaSweep):
+        super().__init__()
         self.st = st
         self.scalars = {line.split(" = ")[0] for line in st.hoisted}
-        self.slots: dict[str, str] = {}  # term's text -> its slot, "h_[cc]"
         self.written: set[str] = set()
+
+    def leaf(self, node) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in self.scalars
+        return (isinstance(node.value, ast.Name) and node.value.id not in self.written
+                and isinstance(node.slice, ast.Name) and node.slice.id in ("c", "cc"))
+
+    def new_slot(self) -> str:
+        return self.st.channel_value("h")
 
     def hoist(self, before: Source, inner: Source) -> None:
         statements = []
@@ -268,64 +277,8 @@ class ChannelTerms:
                 if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
                     self.written.add(target.value.id)
         for k, stmt in enumerate(statements):
-            if isinstance(stmt, (ast.Assign, ast.AugAssign)):
-                new = self._rewrite(stmt.value)
-                if new is not stmt.value:
-                    stmt.value = new
-                    line = inner.lines[k]
-                    inner.lines[k] = line[:len(line) - len(line.lstrip())] + ast.unparse(stmt)
+            if self.rewrite(stmt):
+                line = inner.lines[k]
+                inner.lines[k] = line[:len(line) - len(line.lstrip())] + ast.unparse(stmt)
         for text, slot in self.slots.items():
             before.line(f"{slot} = {text}")
-
-    def _invariant(self, node) -> bool:
-        if isinstance(node, ast.Constant):
-            return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
-        if isinstance(node, ast.Name):
-            return node.id in self.scalars
-        if isinstance(node, ast.Subscript):
-            return (isinstance(node.value, ast.Name) and node.value.id not in self.written
-                    and isinstance(node.slice, ast.Name) and node.slice.id in ("c", "cc"))
-        if isinstance(node, ast.BinOp):
-            return self._invariant(node.left) and self._invariant(node.right)
-        if isinstance(node, ast.UnaryOp):
-            return isinstance(node.op, (ast.USub, ast.UAdd)) and self._invariant(node.operand)
-        if isinstance(node, ast.Call):
-            f = node.func
-            pure = (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "math"
-                    or isinstance(f, ast.Name) and f.id in ("max", "min", "abs"))
-            return pure and not node.keywords and all(self._invariant(a) for a in node.args)
-        return False
-
-    def _slot(self, term) -> ast.expr:
-        text = ast.unparse(term)
-        if text not in self.slots:
-            self.slots[text] = self.st.channel_value("h")
-        return ast.parse(self.slots[text], mode="eval").body
-
-    def _rewrite(self, node):
-        """`node` with its per-channel terms read from their slots (the same node if none)."""
-        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Call)) and self._invariant(node):
-            return self._slot(node)
-        if isinstance(node, ast.BinOp):
-            left = self._rewrite(node.left)
-            if isinstance(node.op, ast.Div) and self._invariant(node.right):
-                inverse = ast.BinOp(ast.Constant(1.0), ast.Div(), node.right)
-                return ast.BinOp(left, ast.Mult(), self._slot(inverse))
-            right = self._rewrite(node.right)
-            if left is node.left and right is node.right:
-                return node
-            return ast.BinOp(left, node.op, right)
-        if isinstance(node, ast.UnaryOp):
-            operand = self._rewrite(node.operand)
-            return node if operand is node.operand else ast.UnaryOp(node.op, operand)
-        if isinstance(node, ast.Call):
-            args = [self._rewrite(a) for a in node.args]
-            if all(a is b for a, b in zip(args, node.args)):
-                return node
-            return ast.Call(node.func, args, node.keywords)
-        if isinstance(node, ast.IfExp):
-            parts = [self._rewrite(x) for x in (node.test, node.body, node.orelse)]
-            if all(a is b for a, b in zip(parts, (node.test, node.body, node.orelse))):
-                return node
-            return ast.IfExp(*parts)
-        return node
