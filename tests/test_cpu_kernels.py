@@ -300,8 +300,8 @@ def test_maxpool_2x2_backward_routes_exactly_like_the_reference(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxpool_2x2_every_row_length_matches_the_reference(dtype):
-    """Rows of 1 to 35 windows go in runs of 16 (8 for float64), 8, 4, 2, 1 windows
-    (pool_lanes): every combination of runs, with ties (small integers), a NaN at each
+    """Rows of 1 to 35 windows go in runs of 16 (8 for float64), then one masked run of 16,
+    8, 4, 2 or 1 lanes (pool_lanes): every length of the last run, with ties (small integers), a NaN at each
     window position and after an infinity, infinities, and odd last rows and columns; the
     backward also with a relu's gradient folded in (positive)."""
     rng = np.random.default_rng(8)
