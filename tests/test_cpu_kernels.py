@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from dslc.kernels import geometry
 from dslc.ops import registry
 from dslc.ops.norm import bn_axes
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, strided, winograd
+from dslc.runtime.cpu import batchnorm, conv, gemm, lanes, pool, softmax, strided, winograd
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -424,3 +425,55 @@ def test_softmax_cross_entropy(n, k, label_dtype, dtype):
     g, d = np.asarray(1.5, dtype), np.empty((n, k), dtype)
     softmax.softmax_cross_entropy_backward(logits, labels, g, d)
     close(d, ref("cross_entropy_grad", logits, labels, g), dtype)
+
+
+_PLUS_MINUS = lanes.signed_sums(np.array([[1, -1, 0], [0, 1, 1]]))
+
+
+@njit(cache=True)
+def _plus_minus(f, n, a, b, c, p, q):
+    _PLUS_MINUS(f, n, (lanes.u64(a), lanes.u64(b), lanes.u64(c)), (lanes.u64(p), lanes.u64(q)))
+
+
+@njit(cache=True)
+def _split_rows(src, step, f, rows):
+    pairs = (step - 5) // 2
+    lanes.deinterleave(src, lanes.u64(0), lanes.u64(step), f, lanes.u64(0), lanes.u64(rows * 40), lanes.u64(40),
+                       pairs, rows)
+
+
+@njit(cache=True)
+def _merge_rows(y, step, f, rows, add):
+    pairs = (step - 5) // 2
+    lanes.interleave(y, lanes.u64(0), lanes.u64(step), f, lanes.u64(0), lanes.u64(rows * 40), lanes.u64(40),
+                     pairs, rows, add)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lane_passes_cover_every_tail_and_write_nothing_past_it(dtype):
+    """lanes.py's vector passes end a run (signed_sums) or a row (deinterleave, interleave) with
+    one masked vector: for every length up to past two vectors, each output equals its scalar
+    formula and every value past the last one keeps the NaN it had."""
+    rng = np.random.default_rng(11)
+    for n in range(40):
+        f = np.full(6 * 64, np.nan, dtype)
+        f[:3 * 64] = randn(rng, 3 * 64, dtype)
+        _plus_minus(f, n, 0, 64, 128, 192, 256)
+        np.testing.assert_array_equal(f[192:192 + n], f[:n] - f[64:64 + n])
+        np.testing.assert_array_equal(f[256:256 + n], f[64:64 + n] + f[128:128 + n])
+        assert np.isnan(f[192 + n:256]).all() and np.isnan(f[256 + n:]).all(), n
+    for pairs in range(1, 36):
+        rows, step = 3, 2 * pairs + 5
+        src = randn(rng, rows * step, dtype)
+        f = np.full(2 * rows * 40, np.nan, dtype)
+        _split_rows(src, step, f, rows)
+        for r in range(rows):
+            pair_row = src[r * step:r * step + 2 * pairs]
+            np.testing.assert_array_equal(f[r * 40:r * 40 + pairs], pair_row[0::2])
+            np.testing.assert_array_equal(f[(rows + r) * 40:(rows + r) * 40 + pairs], pair_row[1::2])
+            assert np.isnan(f[r * 40 + pairs:(r + 1) * 40]).all(), pairs
+        y = np.full(rows * step, np.nan, dtype)
+        _merge_rows(y, step, f, rows, dtype(0.5))
+        for r in range(rows):
+            np.testing.assert_array_equal(y[r * step:r * step + 2 * pairs], src[r * step:r * step + 2 * pairs] + dtype(0.5))
+            assert np.isnan(y[r * step + 2 * pairs:(r + 1) * step]).all(), pairs
