@@ -237,3 +237,23 @@ def test_lenet5_inspects_at_every_stage(capsys):
         code, out, err = run(capsys, "inspect", path, "--stage", stage)
         assert code == 0, err
         assert "%c1.conv2d : f32[N, 6, 28, 28] = conv2d(" in out
+
+
+def test_ctrl_c_stops_a_command_started_with_sigint_ignored(tmp_path):
+    """A process started with SIGINT ignored (a shell's background job, a test runner's
+    worker) passes that on to its children; dslc handles Ctrl-C from its first moment anyway,
+    as the trainer does once training begins. Before, a Ctrl-C during start-up was lost and
+    the run trained to its end, exit status 0."""
+    import signal
+    import time
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dslc.cli", "train", str(MODELS / "digits_mlp.net"), "--device", "reference",
+         "--out", str(tmp_path / "run"), "--quiet", "--epochs", "400"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.1)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert b"Traceback" not in err

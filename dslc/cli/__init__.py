@@ -15,6 +15,7 @@ so that a full disk or a closed pipe behind it is one message, not an OSError.
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 
 import dslc
@@ -58,9 +59,21 @@ def run() -> None:
     collection no longer does is finalize objects caught in reference cycles, and by then
     every file dslc wrote is closed (the `with` blocks that wrote them have ended).
     """
+    _catch_ctrl_c()
     status = main()
     gc.freeze()
     sys.exit(status)
+
+
+def _catch_ctrl_c() -> None:
+    """Ctrl-C stops a command from its first moment, with status 130, whoever started it.
+
+    Python leaves SIGINT ignored when the process that started it ignored it (a shell's
+    background job, a test runner's worker), and the trainer installs its own handler only
+    when training begins, over whatever was there: a Ctrl-C in the first half second was
+    lost and the run went on to its end with status 0 (seen in CI under load, the hostile
+    trial "Ctrl-C 0.25 s into start-up"), one a moment later stopped it. Now both stop it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _watched(argv: list[str] | None) -> int:
