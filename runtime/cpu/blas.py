@@ -12,6 +12,10 @@ one pool, no spinning, and each thread's GEMM works on data it just wrote to its
 cache. `use_one_blas_thread()` makes every OpenBLAS in the process (NumPy's and
 SciPy's; Numba calls one of them) single-threaded; it runs when this module is imported.
 
+A product with one row (a single image through a linear layer, or its input gradient) is
+a GEMV instead (Numba's `numba_xxgemv`): sgemm packs all of op(b) for one row, and for
+b transposed that took 0.14 ms against sgemv's 0.03 on small_cnn's 3136x128 layer.
+
 `gemm_block` calls Numba's own `numba_xxgemm` helper (the sgemm/dgemm SciPy exports,
 which is what `np.dot` uses inside @njit), but with leading dimensions, so a block can
 be any row range or column range of a larger matrix with unit stride along its rows,
@@ -88,6 +92,9 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
             a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
         raise TypingError("gemm_block: a, b, c must be 2-D float32 or float64 arrays of one dtype")
     xxgemm = types.ExternalFunction("numba_xxgemm", _signature(a.dtype))
+    ptr = types.CPointer(a.dtype)
+    xxgemv = types.ExternalFunction("numba_xxgemv", types.intc(types.char, types.char, types.intp, types.intp,
+                                                               ptr, ptr, types.intp, ptr, ptr, ptr))
     kind = ord("s" if a.dtype == types.float32 else "d")
     one, zero = as_dtype(a.dtype).type(1), as_dtype(a.dtype).type(0)
 
@@ -104,6 +111,10 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
                 c[:] = 0
             return
         lda, ldb, ldc = _leading(a), _leading(b), _leading(c)
+        if m == 1 and not trans_a:  # a row times op(b): GEMV, column-major op(b)^T times the row
+            xxgemv(kind, _N if not trans_b else _T, n if not trans_b else k, k if not trans_b else n,
+                   _address_of(one), b.ctypes, ldb, a.ctypes, _address_of(one if accumulate else zero), c.ctypes)
+            return
         xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k, _address_of(one), b.ctypes, ldb,
                a.ctypes, lda, _address_of(one if accumulate else zero), c.ctypes, ldc)
     return impl
