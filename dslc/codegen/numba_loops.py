@@ -271,7 +271,7 @@ def update(gen, src, kernel) -> None:
     chains, plan = update_plan(gen, kernel)
     texts = {name: text for text, name in chains.items()}
     narrow = gen.dtype(kernel.outputs[0]) == "f32"
-    defs: dict[tuple, tuple[str, str, list[str]]] = {}  # (chain, scalar inputs) -> (name, definition, hoisted)
+    defs: dict[tuple, tuple] = {}  # (chain, scalar inputs) -> (name, definition, hoisted terms)
     functions: dict[tuple, str] = {}  # (chain, parallel, which inputs are scalars) -> kernel name
     for nodes, ext, outs, fn in plan:
         shape = nodes[-1].type.shape
@@ -330,9 +330,9 @@ class _Float32(ast.NodeTransformer):
         return node
 
 
-def _chain(text: str, name: str, scalar: tuple, narrow: bool) -> tuple[str, list[str]]:
-    """The definition of a chain function `name`, and the lines its segment kernel runs
-    before the loop (each `u* = ...`, a term the chain then takes as an argument).
+def _chain(text: str, name: str, scalar: tuple, narrow: bool) -> tuple[str, list[tuple[str, str]]]:
+    """The definition of a chain function `name`, and the terms its segment kernel computes
+    before the loop, (name, value) each: `u*`, which the chain then takes as arguments.
 
     A float32 chain computes in float32, as PyTorch's optimizers do: with Python's float
     literals Numba widened every element to float64, and Adam's square root and division
@@ -351,23 +351,23 @@ def _chain(text: str, name: str, scalar: tuple, narrow: bool) -> tuple[str, list
     fn.body = [_Float32().visit(stmt) for stmt in fn.body]
     fn.args.args += [ast.arg(slot) for slot in terms.slots.values()]
     fn.name = name
-    hoisted = [f"{slot} = np.float32({_SCALAR_PARAM.sub(_scalar_read, term)})" for term, slot in terms.slots.items()]
+    hoisted = [(slot, f"np.float32({_SCALAR_PARAM.sub(_scalar_read, term)})") for term, slot in terms.slots.items()]
     return decorator + ast.unparse(ast.fix_missing_locations(fn)), hoisted
 
 
-def _segment(gen, src, kernel, chain: str, hoisted: list[str], par: bool, scalar: tuple, outs: int,
+def _segment(gen, src, kernel, chain: str, hoisted: list[tuple[str, str]], par: bool, scalar: tuple, outs: int,
              k: int) -> str:
     """Write one segment kernel of an update group; its name."""
     params = [f"p{j}" for j in range(len(scalar))] + [f"w{j}" for j in range(outs)]
     name = gen.kernel_name(kernel) if k == 0 else gen.names.fresh(f"{gen.kernel_name(kernel)}_{k}")
     src.line(gen.decorator(kernel, parallel=par))
     with src.block(src.wrapped(f"def {name}(", params, "):")):
-        args = [f"s{j}" if s else f"p{j}[i]" for j, s in enumerate(scalar)] + [h.split(" = ")[0] for h in hoisted]
+        args = [f"s{j}" if s else f"p{j}[i]" for j, s in enumerate(scalar)] + [slot for slot, _ in hoisted]
         for j, s in enumerate(scalar):
             if s:
                 src.line(f"s{j} = p{j}[0]")
-        for line in hoisted:
-            src.line(line)
+        for slot, value in hoisted:
+            src.line(f"{slot} = {value}")
         results = [f"r{j}" for j in range(outs)]
         with src.block(f"for i in {loop(par)}(w0.size):"):
             src.line(f"{', '.join(results)}{',' if outs == 1 else ''} = {chain}({', '.join(args)})")

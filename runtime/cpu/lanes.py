@@ -86,24 +86,17 @@ def signed_sums(matrix):
 
             kind = ir.VectorType(item, VECTOR_BYTES // size)
 
-            def step(q, mask=None):
-                at = lambda start: element_pointer(builder, data, builder.add(start, q), kind)
-                if mask is None:
-                    values = [builder.load(at(start), align=size) for start in ins_at]
-                else:
-                    values = [masked_load(builder, at(start), kind, mask, size) for start in ins_at]
+            def step(q, masks):
+                load, store = run_access(builder, size, masks)
+                values = [load(data, builder.add(start, q), kind) for start in ins_at]
                 for row, dest in zip(rows, outs_at):
-                    value = _signed_sum(builder, row, values, kind)
-                    if mask is None:
-                        builder.store(value, at(dest), align=size)
-                    else:
-                        masked_store(builder, value, at(dest), mask, size)
+                    store(_signed_sum(builder, row, values, kind), data, builder.add(dest, q))
 
             with cgutils.for_range_slice(builder, ir.Constant(total.type, 0), whole, lanes) as (q, _):
-                step(q)
+                step(q, {})
             rest = builder.sub(total, whole)
             with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(total.type, 0))):
-                step(whole, lane_mask(builder, rest, kind.count))
+                step(whole, {kind.count: lane_mask(builder, rest, kind.count)})
             return context.get_dummy_value()
 
         return types.none(f, n, ins, outs), codegen
@@ -128,28 +121,12 @@ def _pairs_codegen(interleave):
         add = context.cast(builder, args[9], sig.args[9], sig.args[0].dtype) if interleave else None
         const = lambda v: ir.Constant(total.type, v)
 
-        ptr = lambda base, at, kind: element_pointer(builder, base, at, kind)
-
         def chunk(pair_start, one_start, two_start, m, lanes, valid):
             kind = ir.VectorType(item, lanes) if lanes > 1 else item
             wide = ir.VectorType(item, 2 * lanes)
             at_pair = builder.add(pair_start, builder.add(m, m))
             at_one, at_two = builder.add(one_start, m), builder.add(two_start, m)
-            # a masked run (over_rows): `valid` pairs, 2 * valid values of the interleaved row
-            masks = {} if valid is None else {lanes: lane_mask(builder, valid, lanes),
-                                              2 * lanes: lane_mask(builder, builder.add(valid, valid), 2 * lanes)}
-
-            def load(base, at, kind):
-                if isinstance(kind, ir.VectorType) and kind.count in masks:
-                    return masked_load(builder, ptr(base, at, kind), kind, masks[kind.count], size)
-                return builder.load(ptr(base, at, kind), align=size)
-
-            def store(value, base, at):
-                if isinstance(value.type, ir.VectorType) and value.type.count in masks:
-                    masked_store(builder, value, ptr(base, at, value.type), masks[value.type.count], size)
-                else:
-                    builder.store(value, ptr(base, at, value.type), align=size)
-
+            load, store = run_access(builder, size, pair_masks(builder, lanes, valid))
             if interleave:
                 a = builder.fadd(load(singles, at_one, kind), splat(builder, add, lanes))
                 b = builder.fadd(load(singles, at_two, kind), splat(builder, add, lanes))
@@ -160,8 +137,8 @@ def _pairs_codegen(interleave):
                     store(merge_pairs(builder, a, b, lanes), pairs, at_pair)
                 return
             if lanes == 1:
-                a = builder.load(ptr(pairs, at_pair, item), align=size)
-                b = builder.load(ptr(pairs, builder.add(at_pair, const(1)), item), align=size)
+                a = load(pairs, at_pair, item)
+                b = load(pairs, builder.add(at_pair, const(1)), item)
             else:
                 a, b = split_pairs(builder, load(pairs, at_pair, wide), lanes)
             store(a, singles, at_one)
@@ -190,21 +167,25 @@ def over_rows(builder, rows, total, widest, chunk, masked=False):
     4 times as long per element as on rows of 16."""
     const = lambda v: ir.Constant(total.type, v)
     whole = builder.mul(builder.udiv(total, const(widest)), const(widest))
+    run = (lambda row, m, lanes: chunk(row, m, lanes, None)) if masked else chunk
     with cgutils.for_range(builder, rows) as row:
         with cgutils.for_range_slice(builder, const(0), whole, const(widest)) as (m, _):
-            if masked:
-                chunk(row.index, m, widest, None)
-            else:
-                chunk(row.index, m, widest)
+            run(row.index, m, widest)
         if masked:
             _rest(builder, row.index, whole, builder.sub(total, whole), widest, chunk)
-        m, lanes = whole, widest
-        while lanes > 1 and not masked:
-            lanes //= 2
-            room = builder.icmp_unsigned(">=", builder.sub(total, m), const(lanes))
-            with builder.if_then(room):
-                chunk(row.index, m, lanes)
-            m = builder.select(room, builder.add(m, const(lanes)), m)
+        else:
+            _shorter_runs(builder, row.index, whole, total, widest, chunk)
+
+
+def _shorter_runs(builder, row, m, total, lanes, chunk):
+    """over_rows's runs past the whole ones: at most one of each half width, down to one lane."""
+    const = lambda v: ir.Constant(total.type, v)
+    while lanes > 1:
+        lanes //= 2
+        room = builder.icmp_unsigned(">=", builder.sub(total, m), const(lanes))
+        with builder.if_then(room):
+            chunk(row, m, lanes)
+        m = builder.select(room, builder.add(m, const(lanes)), m)
 
 
 def _rest(builder, row, m, rest, lanes, chunk):
@@ -245,6 +226,34 @@ def masked_load(builder, pointer, kind, mask, align):
 def masked_store(builder, value, pointer, mask, align):
     """Store the lanes of `value` inside `mask` at `pointer`; memory under the others is untouched."""
     _masked(builder, "store", value.type, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
+
+
+def pair_masks(builder, lanes, valid):
+    """The masks of a run of `lanes` pairs of which `valid` are in use (over_rows's masked
+    run): its vectors of one value per pair, and of both values of each pair; none (every
+    lane in use) where valid is None."""
+    if valid is None:
+        return {}
+    return {lanes: lane_mask(builder, valid, lanes), 2 * lanes: lane_mask(builder, builder.add(valid, valid), 2 * lanes)}
+
+
+def run_access(builder, size, masks):
+    """load(base, at, kind) and store(value, base, at): a value at element `at` of the array
+    data `base`, aligned to `size` bytes; a vector whose lane count has a mask in `masks`
+    moves under it (masked_load, masked_store), anything else whole."""
+    def load(base, at, kind):
+        pointer = element_pointer(builder, base, at, kind)
+        if isinstance(kind, ir.VectorType) and kind.count in masks:
+            return masked_load(builder, pointer, kind, masks[kind.count], size)
+        return builder.load(pointer, align=size)
+
+    def store(value, base, at):
+        pointer = element_pointer(builder, base, at, value.type)
+        if isinstance(value.type, ir.VectorType) and value.type.count in masks:
+            masked_store(builder, value, pointer, masks[value.type.count], size)
+        else:
+            builder.store(value, pointer, align=size)
+    return load, store
 
 
 def element_pointer(builder, base, at, kind):

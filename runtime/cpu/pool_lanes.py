@@ -30,8 +30,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from dslc.runtime.cpu.lanes import (VECTOR_BYTES, element_pointer, flat_floats, lane_mask, masked_load, masked_store,
-                                    merge_pairs, over_rows, split_pairs)
+from dslc.runtime.cpu.lanes import VECTOR_BYTES, flat_floats, merge_pairs, over_rows, pair_masks, run_access, split_pairs
 
 
 def _window_rows(context, builder, sig, args, chunk):
@@ -50,22 +49,8 @@ def _window_rows(context, builder, sig, args, chunk):
     def run(row, m, lanes, valid):
         x_top = builder.add(x_start, builder.add(builder.mul(row, builder.add(width, width)), builder.add(m, m)))
         y_row = builder.add(y_start, builder.add(builder.mul(row, y_width), m))
-        # a masked run: its results and gradients under lane_mask(valid), its pairs of x under twice that
-        masks = {} if valid is None else {lanes: lane_mask(builder, valid, lanes),
-                                          2 * lanes: lane_mask(builder, builder.add(valid, valid), 2 * lanes)}
-
-        def load(array, at, kind):
-            pointer = element_pointer(builder, array, at, kind)
-            if kind.count in masks:
-                return masked_load(builder, pointer, kind, masks[kind.count], size)
-            return builder.load(pointer, align=size)
-
-        def store(value, array, at):
-            pointer = element_pointer(builder, array, at, value.type)
-            if value.type.count in masks:
-                masked_store(builder, value, pointer, masks[value.type.count], size)
-            else:
-                builder.store(value, pointer, align=size)
+        # a masked run: its results and gradients under one mask, its pairs of x under the other
+        load, store = run_access(builder, size, pair_masks(builder, lanes, valid))
         chunk(arrays, item, load, store, x_top, builder.add(x_top, width), y_row, lanes, flags)
 
     over_rows(builder, rows, windows, VECTOR_BYTES // size, run, masked=True)
