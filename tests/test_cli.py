@@ -257,3 +257,24 @@ def test_ctrl_c_stops_a_command_started_with_sigint_ignored(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (130, -signal.SIGINT), err
     assert b"Traceback" not in err
+
+
+def test_a_ctrl_c_python_wrapped_in_another_error_is_still_ctrl_c(monkeypatch):
+    """Python wraps an exception raised in `__set_name__` (NumPy's `finfo` being defined during
+    a lazy import) in a RuntimeError: a Ctrl-C landing there exits 130 like any other, while
+    an error that no Ctrl-C caused still propagates (a traceback is a dslc bug)."""
+    def interrupted(argv):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__") from e
+
+    monkeypatch.setattr(cli, "_watched", interrupted)
+    assert cli.main(["ops"]) == 130
+
+    def broken(argv):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_watched", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["ops"])

@@ -45,8 +45,26 @@ def main(argv: list[str] | None = None) -> int:
         return _watched(argv)
     except KeyboardInterrupt:  # before the trainer's own handler: importing, compiling, loading data
         return 130
+    except Exception as e:
+        if _ctrl_c_inside(e):
+            return 130
+        raise
     finally:
         sys.stdout = real
+
+
+def _ctrl_c_inside(error: BaseException) -> bool:
+    """Whether `error` stands for a Ctrl-C: Python wraps an exception raised while it sets
+    up a class attribute (`__set_name__`) in a RuntimeError, and a Ctrl-C landing while
+    NumPy defines `finfo` during a lazy import came out as that RuntimeError's traceback
+    (seen in CI, 0.1 s into `dslc train`)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def run() -> None:
