@@ -21,8 +21,8 @@ from benchmarks.peer import import_torch
 torch = import_torch()  # before dslc.runtime.cpu sets Numba's OpenMP waiting; optional column
 
 from dslc.ops import registry  # noqa: E402
-from dslc.kernels.geometry import uses_winograd  # noqa: E402
-from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, winograd  # noqa: E402
+from dslc.kernels.geometry import conv_modules  # noqa: E402
+from dslc.runtime.cpu import batchnorm, conv, gemm, pool, softmax, strided, winograd  # noqa: E402
 
 BATCH = {"small_cnn": 64, "cifar_cnn": 128}
 # Per model: convs (C_in, C_out, H), batchnorm/maxpool inputs (C, H), linear (in, out), classes.
@@ -58,12 +58,13 @@ def conv_rows(n, c_in, c_out, h, rng):
     dx, dw = np.empty_like(x), np.empty_like(w)
     geo = conv.geometry(attrs, (h, h)) + (1,)
     ws = np.empty(conv.workspace_shape(x.shape, w.shape, (h, h), geo[:-1]), np.float32)
-    kernels = winograd if uses_winograd(attrs, (h, h), c_in, c_out) else conv  # as dslc's generated code chooses
+    modules = dict(conv=conv, strided=strided, winograd=winograd)  # each pass as dslc's generated code chooses
+    forward, grad_input, grad_weight = (modules[m] for m in conv_modules(attrs, (h, h), c_in, c_out))
 
     def ours_step():
-        kernels.conv2d_forward(x, w, None, y, *geo, ws)
-        kernels.conv2d_grad_input(g, w, dx, *geo, ws)
-        kernels.conv2d_grad_weight(g, x, dw, None, *geo, ws)
+        forward.conv2d_forward(x, w, None, y, *geo, ws)
+        grad_input.conv2d_grad_input(g, w, dx, *geo, ws)
+        grad_weight.conv2d_grad_weight(g, x, dw, None, *geo, ws)
 
     def numpy_step():
         ref("conv2d")(x, w, **attrs)
@@ -81,7 +82,7 @@ def conv_rows(n, c_in, c_out, h, rng):
                                                 [True, True, False])
 
     name = f"conv2d {c_in}->{c_out} {h}x{h}"
-    return [(f"{name} fwd", lambda: kernels.conv2d_forward(x, w, None, y, *geo, ws),
+    return [(f"{name} fwd", lambda: forward.conv2d_forward(x, w, None, y, *geo, ws),
              lambda: ref("conv2d")(x, w, **attrs), torch_fwd),
             (f"{name} fwd+bwd", ours_step, numpy_step, torch_step)]
 

@@ -134,6 +134,18 @@ PHASED_CASES = [
     (1, 64, 40, 40, 2, 3, 2, 1, 1, 1, False),          # im2col in 2 blocks of rows (> COL_BLOCK)
 ]
 CONV_CASES += PHASED_CASES
+# stride 1 padded `same`, a block of geometry.TAP_OUTS outputs per group or more: the forward
+# directly from the zero-padded image (strided.py with one plane), the input gradient too
+# with TAP_OUTS input channels per group or more (geometry.pass_modules)
+DIRECT_CASES = [
+    (2, 1, 7, 9, 8, 3, 1, "same", 1, 1, True),         # a first layer's one channel: input gradient by im2col
+    (2, 8, 6, 7, 8, 5, 1, "same", 1, 1, False),        # 5x5: both directly
+    (3, 8, 5, 6, 16, 1, 1, 0, 1, 1, True),             # 1x1
+    (2, 3, 6, 6, 16, (3, 5), 1, "same", 1, 1, True),   # rectangular kernel
+    (1, 16, 9, 9, 8, 3, 1, "same", 1, 1, True),        # 3x3 with too few outputs for Winograd
+    (2, 16, 6, 5, 16, 4, 1, "same", 1, 2, False),      # even kernel (padded one more after), groups
+]
+CONV_CASES += DIRECT_CASES
 
 
 def _conv_args(case):
@@ -154,20 +166,21 @@ def test_conv2d(case, parts, dtype):
     geo = conv.geometry(attrs, x_shape[2:])
     want = ref("conv2d", x, w, *([b] if bias else []), out=w_shape[0], bias=bias, **attrs)
     ws = np.full(conv.workspace_shape(x_shape, w_shape, want.shape[2:], geo, parts), np.nan, dtype)  # none read
-    kernels = (winograd if geometry.uses_winograd(attrs, x_shape[2:], x_shape[1], w_shape[0])
-               else strided if geometry.uses_phases(attrs, x_shape[2:]) else conv)  # as the generated code chooses
+    modules = dict(conv=conv, strided=strided, winograd=winograd)  # each pass as the generated code chooses
+    forward, grad_input, grad_weight = (modules[m] for m in geometry.conv_modules(attrs, x_shape[2:], x_shape[1],
+                                                                                  w_shape[0]))
 
     y = np.empty(want.shape, dtype)
-    kernels.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
+    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
     close(y, want, dtype)
 
     g = randn(rng, want.shape, dtype)
     dx = np.full(x_shape, np.nan, dtype)  # every element must be written
-    kernels.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
+    grad_input.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
     close(dx, ref("conv2d_grad_input", g, w, size=x_shape[2:], **attrs), dtype)
 
     dw, db = np.full(w_shape, np.nan, dtype), np.full(w_shape[:1], np.nan, dtype)
-    kernels.conv2d_grad_weight(g, x, dw, db if bias else None, *geo, attrs["groups"], ws)
+    grad_weight.conv2d_grad_weight(g, x, dw, db if bias else None, *geo, attrs["groups"], ws)
     close(dw, ref("conv2d_grad_weight", g, x, **attrs), dtype)
     if bias:
         close(db, ref("sum", g, axis=(0, 2, 3), keepdims=False), dtype)
@@ -182,7 +195,13 @@ def test_winograd_cases_run_by_winograd(case):
 @pytest.mark.parametrize("case", PHASED_CASES)
 def test_phased_cases_read_phase_planes(case):
     x_shape, w_shape, attrs, _ = _conv_args(case)
-    assert geometry.uses_phases(attrs, x_shape[2:])
+    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0]) == ("strided",) * 3
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_cases_run_their_forward_from_the_padded_image(case):
+    x_shape, w_shape, attrs, _ = _conv_args(case)
+    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0])[0] == "strided"
 
 
 @pytest.mark.parametrize("kernel,pad", [(1, 0), (3, (0, 1))], ids=["1x1-odd-columns", "3x3-last-row"])
@@ -203,7 +222,7 @@ def test_strided_weight_gradient_ignores_pixels_no_window_reads(kernel, pad):
         for j in range(g.shape[3]):
             read[2 * i:2 * i + kernel, 2 * j:2 * j + kernel] = True
     unread = ~read[geo[2]:geo[2] + 8, geo[4]:geo[4] + 8]
-    assert unread.any() and geometry.uses_phases(attrs, x_shape[2:])
+    assert unread.any() and geometry.conv_modules(attrs, x_shape[2:], 3, 4)[2] == "strided"
     want = ref("conv2d_grad_weight", g, x, **attrs)
     x[:, :, unread] = np.inf
     dw = np.full(w_shape, np.nan)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dslc.kernels.geometry import geometry, pool_geometry, uses_phases, uses_winograd, workspace_shape
+from dslc.kernels.geometry import conv_modules, geometry, pool_geometry, workspace_shape
 from dslc.ops.registry import pair
 from dslc.ops.shape import pad_pairs
 
@@ -19,13 +19,11 @@ def _geom(node, size) -> str:
     return ", ".join(str(v) for v in geometry(node.attr_dict, size)) + f", {node.attr('groups')}"
 
 
-def _conv(node, size, c_in: int, c_out: int) -> str:
-    """The library module of a convolution's kernels: winograd.py where it applies (3x3,
-    stride 1, enough channels: faster by measurement), strided.py for a strided one whose
-    input splits into phase planes, else conv.py (im2col + GEMM)."""
-    if uses_winograd(node.attr_dict, tuple(size), c_in, c_out):
-        return "winograd"
-    return "strided" if uses_phases(node.attr_dict, tuple(size)) else "conv"
+def _conv(node, size, c_in: int, c_out: int, which: int) -> str:
+    """The library module of pass `which` (0 forward, 1 input gradient, 2 weight gradient) of
+    a convolution: geometry.pass_modules chooses between winograd.py, strided.py (directly
+    from the input's planes) and conv.py (im2col + GEMM), by measurement."""
+    return conv_modules(node.attr_dict, tuple(size), c_in, c_out)[which]
 
 
 def _pool(node, size, what) -> str:
@@ -84,12 +82,12 @@ def _norm(node, shape) -> str:
 CALLS: dict[str, Callable] = {
     "matmul": lambda n, a, s: f"gemm.gemm({a[0]}, {a[1]}, {a[-1]}, {n.attr('transpose_a')}, {n.attr('transpose_b')})",
     "linear": lambda n, a, s: f"gemm.linear_forward({a[0]}, {a[1]}, {_opt(a, 2)}, {a[-1]}, False)",
-    "conv2d": lambda n, a, s: (f"{_conv(n, s[0][2:], s[0][1], s[1][0])}.conv2d_forward({a[0]}, {a[1]}, "
+    "conv2d": lambda n, a, s: (f"{_conv(n, s[0][2:], s[0][1], s[1][0], 0)}.conv2d_forward({a[0]}, {a[1]}, "
                                f"{_opt(a, 2)}, {a[-1]}, {_geom(n, s[0][2:])}, workspace)"),
-    "conv2d_grad_input": lambda n, a, s: (f"{_conv(n, n.attr('size'), s[1][1] * n.attr('groups'), s[1][0])}"
+    "conv2d_grad_input": lambda n, a, s: (f"{_conv(n, n.attr('size'), s[1][1] * n.attr('groups'), s[1][0], 1)}"
                                           f".conv2d_grad_input({a[0]}, {a[1]}, {a[-1]}, "
                                           f"{_geom(n, tuple(n.attr('size')))}, workspace)"),
-    "conv2d_grad_weight": lambda n, a, s: (f"{_conv(n, s[1][2:], s[1][1], s[0][1])}.conv2d_grad_weight({a[0]}, "
+    "conv2d_grad_weight": lambda n, a, s: (f"{_conv(n, s[1][2:], s[1][1], s[0][1], 2)}.conv2d_grad_weight({a[0]}, "
                                            f"{a[1]}, {a[-1]}, None, {_geom(n, s[1][2:])}, workspace)"),
     "maxpool": lambda n, a, s: f"pool.maxpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'maxpool')})",
     "maxpool_grad": lambda n, a, s: (f"pool.maxpool_backward({a[0]}, {a[1]}, {a[-1]}, "

@@ -67,14 +67,15 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
 
 
 def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
-    """Whether a strided convolution runs directly from its input's phase planes
-    (dslc.runtime.cpu.strided): strided, undilated, the input's sides multiples of the strides
-    and the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution
-    padded 1, a 1x1 stride-2 one unpadded or a 7x7 stride-2 stem padded 3 on even sizes.
+    """Whether a convolution can run directly from its input's phase planes
+    (dslc.runtime.cpu.strided): undilated, the input's sides multiples of the strides and
+    the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution padded
+    1, a 1x1 stride-2 one unpadded, a 7x7 stride-2 stem padded 3 on even sizes, or any
+    stride-1 convolution padded `same` (one plane: the image itself, zero-padded).
     >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 8, 8, 8)
-    (True, False, False)
+    (True, False, True)
     """
-    return (sh > 1 or sw > 1) and dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
+    return dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
 
 
 def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, ho: int, wo: int,
@@ -125,15 +126,47 @@ def phase_need(layout, c: int, o: int, taps: int, phases: int) -> int:
     return max(planes + o * run, o * row + c * phases * run_in, images * (planes + o * row) + o * taps * RUN_LANES)
 
 
-def uses_phases(attrs, size) -> bool:
-    """Whether a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an input of
-    spatial `size`, and its gradients, run by strided.py (directly from phase planes).
-    >>> uses_phases({"kernel": 3, "stride": 2, "pad": 1, "dilation": 1, "groups": 1}, (32, 32))
-    True
+def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w: int, wo: int) -> tuple[str, str, str]:
+    """The library modules (dslc.runtime.cpu) of a convolution's forward, input gradient and
+    weight gradient, from c to o channels on an h x w input with outputs wo wide; geom is its
+    `geometry` (strides, pads, dilations).
+
+    - 3x3 stride 1 with enough channels: all three by Winograd (`winograd`).
+    - strided and `phased`: all three directly from the phase planes (strided.py).
+    - stride 1 and `phased`: the forward directly from the zero-padded image when a group
+      has a block of TAP_OUTS outputs or more (tap_sums computes outputs in such blocks),
+      the input gradient likewise when it has TAP_OUTS input channels or more; the weight
+      gradient by im2col. Against im2col + GEMM, whose GEMM is thin when C*kh*kw is small,
+      measured alternately on two threads of the EPYC: forward 1x32 3x3 at 28x28 (batch
+      32) 0.18-0.30 -> 0.13-0.25 ms, 3x32 3x3 at 32x32 (batch 128) 2.74 -> 1.64, 3x64 7x7
+      21.5 -> 15.1, 64x256 1x1 at 8x8 (batch 64) 0.98 -> 0.81; input gradient 64x256 1x1
+      0.95 -> 0.81, 8x32 5x5 7.6 -> 4.4, but 1x32 3x3 0.095 -> 0.60 (a block of 8 input
+      channels holding one). The weight gradient went either way (1x1: 0.75 -> 1.19; 5x5:
+      8.6 -> 4.8).
+    - otherwise im2col + GEMM (conv.py).
+    >>> pass_modules(3, 3, (1, 1, 1, 1, 1, 1, 1, 1), 1, 1, 32, 28, 28, 28)
+    ('strided', 'conv', 'conv')
+    """
+    sh, sw, pt, pb, pl, pr, dh, dw = geom
+    if winograd(kh, kw, sh, sw, dh, dw, groups, pt, pb, pl, pr, c, o):
+        return "winograd", "winograd", "winograd"
+    if not phased(sh, sw, dh, dw, h, w, wo):
+        return "conv", "conv", "conv"
+    if sh > 1 or sw > 1:
+        return "strided", "strided", "strided"
+    return ("strided" if o // groups >= TAP_OUTS else "conv", "strided" if c // groups >= TAP_OUTS else "conv",
+            "conv")
+
+
+def conv_modules(attrs, size, c_in: int, c_out: int) -> tuple[str, str, str]:
+    """pass_modules of a conv2d node (attributes: kernel, stride, pad, dilation, groups) on an
+    input of spatial `size` from c_in to c_out channels: what the generated calls name.
+    >>> conv_modules({"kernel": 3, "stride": 2, "pad": 1, "dilation": 1, "groups": 1}, (32, 32), 16, 32)
+    ('strided', 'strided', 'strided')
     """
     win = window(attrs, tuple(size), "conv2d")
-    (sh, sw), (dh, dw) = win.stride, win.dilation
-    return phased(sh, sw, dh, dw, size[0], size[1], win.out[1])
+    (kh, kw) = win.kernel
+    return pass_modules(kh, kw, geometry(attrs, size), attrs["groups"], c_in, c_out, size[0], size[1], win.out[1])
 
 
 def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,
@@ -222,8 +255,11 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     k = c * kh * kw
     slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
     sh, sw, pt, pb, pl, pr, dh, dw = geom
-    if phased(sh, sw, dh, dw, h, w, out_hw[1]):
-        slot = phase_slot(c, o, cg, kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], n)
-    if winograd(kh, kw, sh, sw, dh, dw, c // cg, pt, pb, pl, pr, c, o):
+    modules = pass_modules(kh, kw, geom, c // cg, c, o, h, w, out_hw[1])
+    if set(modules) == {"strided"}:
+        slot = 0  # no im2col block
+    if "strided" in modules:
+        slot = max(slot, phase_slot(c, o, cg, kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], n))
+    if "winograd" in modules:
         slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n))
     return max(1, parts or default_parts()), slot

@@ -8,7 +8,7 @@ softmax with its loss) is a model-independent kernel here, one module per family
     gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
     conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
     winograd.py   3x3 stride-1 convolutions by Winograd F(2x2, 3x3), same signatures as conv.py's
-    strided.py    strided convolutions computed directly from their input's phase planes
+    strided.py    convolutions computed directly from their input's phase planes (strided; stride-1 forwards)
     taps.py       register-blocked sums over a convolution's taps (strided.py's inner loops)
     lanes.py      explicit-vector passes over runs of a flat array (Winograd's transforms), u64
     pool.py       max/avg pooling and global average pooling, forward and backward

@@ -1,10 +1,14 @@
-"""conv2d forward, input gradient and weight gradient of strided convolutions, computed
-directly from their input's zero-padded phase planes (no im2col, no BLAS).
+"""conv2d forward, input gradient and weight gradient computed directly from the input's
+zero-padded phase planes (no im2col, no BLAS): strided convolutions, and the forward (and
+with enough input channels the input gradient) of stride-1 ones padded `same`.
 
-`geometry.uses_phases` chooses this module where the call is generated (the static
-shapes: strided, undilated, the input's sides multiples of the strides and the output as
+`geometry.pass_modules` chooses this module for each pass where the call is generated (the
+static shapes: undilated, the input's sides multiples of the strides and the output as
 wide as a plane: resnet's 3x3 stride-2 convolutions padded 1, a 1x1 stride-2 shortcut, a
-7x7 stride-2 stem), as it chooses winograd.py.
+7x7 stride-2 stem, all three passes; a first layer's 3x3 from 1 or 3 channels, its
+forward), as it chooses winograd.py. With stride 1 there is one plane, the image itself
+padded, so a convolution with few input channels is a few long runs of multiply-adds
+where im2col + GEMM made a GEMM too thin (K = C*kh*kw) to pay for its packing.
 
 Each channel of an image splits into its sh*sw phase planes P[ph, pw][r, q] = x[r*sh + ph,
 q*sw + pw], stored zero-padded (geometry.phase_layout) so that every tap (u, v) of every
