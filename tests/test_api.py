@@ -168,6 +168,37 @@ def test_step_is_one_reference_training_step(loaded, compiled):
     assert isinstance(params["opt.v.out.weight"], np.ndarray)  # the optimizer's state, the caller's copy
 
 
+def test_calls_in_a_row_are_weighted_and_checked_each_afresh(loaded, compiled):
+    """The masks of `of` and the check of the feeds are kept from one call to the next with
+    the same request and shapes (runtime/compiled.py, runtime/executor.py): another index,
+    another batch and a malformed input still get their own."""
+    x = batch()["image"]
+    for of, images in (("out[:, 3]", x), ("out[:, 5]", x), ("out[2, 1]", x), ("out[:, 5]", x[:4])):
+        _, got = compiled.grad(loaded.params, {"image": images}, of=of, wrt=["image"])
+        _, want = loaded.grad(loaded.params, {"image": images}, of=of, wrt=["image"])
+        close(got["image"], want["image"], f"{of} of {len(images)} images")
+    with pytest.raises(ValueError, match="input 'image'"):
+        compiled.grad(loaded.params, {"image": x[:, :, :3]}, of="out[:, 5]", wrt=["image"])
+
+
+def test_a_step_too_small_to_share_runs_on_one_thread_with_the_same_results(loaded, monkeypatch):
+    """Below runner.SERIAL_FLOPS a run sets Numba to one thread for its kernels and back after;
+    the results are those of the threads (the kernels split their work by workspace rows)."""
+    import numba
+    from dslc.runtime.cpu import runner
+    x, calls = batch()["image"], []
+    real = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: calls.append(n) or real(n))
+    threads = numba.get_num_threads()
+    _, serial = loaded.compile("cpu").grad(loaded.params, {"image": x}, of="out[:, 3]", wrt=["image"])
+    assert calls[:2] == [1, threads] and numba.get_num_threads() == threads
+    monkeypatch.setattr(runner, "SERIAL_FLOPS", 0)
+    calls.clear()
+    _, shared = loaded.compile("cpu").grad(loaded.params, {"image": x}, of="out[:, 3]", wrt=["image"])
+    assert not calls
+    np.testing.assert_array_equal(serial["image"], shared["image"])
+
+
 def test_mistakes_are_named(loaded, compiled):
     image = batch()["image"]
     with pytest.raises(UsageError, match="did you mean 'probs'"):
