@@ -143,3 +143,21 @@ assert cg.kernels
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert runs.read_text() == "ran\n" and "compiled" in done.stderr
+
+
+@pytest.mark.parametrize("module", ["pool", "strided", "dropout_masks", "gemm"])
+def test_importing_any_kernel_module_first_drops_the_packages_stale_cached_kernels(module, tmp_path):
+    """A cached kernel inlines helpers from other files (lanes.py, blas.py, philox.py), which
+    Numba does not check: runtime/cpu/kernel_cache.py drops the package's cached kernels when
+    a source changed, whichever module a script imports first. Here a stale stamp and a
+    cached file of pool.py must be gone after importing one module alone."""
+    import os
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    script = f"import dslc.runtime.cpu.{module}"
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
+    stamp = next(tmp_path.rglob("dslc-sources.sha256"))
+    stamp.write_text("an older source tree")
+    cached = stamp.parent / "pool._maxpool_2x2_forward-56.py311.nbi"
+    cached.write_text("stale")
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
+    assert not cached.exists() and stamp.read_text() != "an older source tree"

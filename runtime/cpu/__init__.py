@@ -18,6 +18,7 @@ softmax with its loss) is a model-independent kernel here, one module per family
     build.py      the kernels a module calls, compiled before its first step, in worker processes
     executor.py   the trainer's Executor interface on top of the runner
     profile.py    per-kernel timing of a step (DSLC_DEBUG>=2)
+    kernel_cache.py  drops Numba's cached kernels of this package when any of its sources changed
 
 Conventions shared by every kernel:
 - Outputs and workspaces are preallocated by the caller and passed in; a kernel never
@@ -29,7 +30,8 @@ Conventions shared by every kernel:
 - Numba revalidates a cached kernel against its own file only, not the helpers it
   inlined from other files (blas.gemm_block), and a stale kernel can crash. So the
   package keeps a hash of all its sources beside Numba's cache and drops the cache
-  of every kernel here when any file changed (blas.py, at import).
+  of every kernel here when any file changed (kernel_cache.py, imported by the modules
+  others inline from, before any kernel is loaded).
 - Reductions of float32 data accumulate in float64: batch statistics over 10^5
   elements would otherwise drift past float32's 1e-4 test tolerance.
 

@@ -25,13 +25,13 @@ stay. alpha and beta are passed by pointer, to stack slots (`_address_of`): poin
 global arrays would make Numba refuse to cache every kernel that calls this.
 
 Kernels in other files inline `gemm_block`, and Numba revalidates a cached kernel
-against its own file only: `_drop_stale_cache` (run at import, before any kernel of
-the package is loaded) keeps a hash of the package's sources beside Numba's cache
-and drops the package's cached kernels when any file changed.
+against its own file only: kernel_cache.py, imported first, drops the package's cached
+kernels when any of its files changed.
 """
 from __future__ import annotations
 
-import hashlib
+from dslc.runtime.cpu import kernel_cache  # noqa: F401  (drops the package's stale cached kernels first)
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -136,37 +136,6 @@ def _warm_up(x):
     gemm_block(x, x, x, False, False, True)
 
 
-_STAMP = "dslc-sources.sha256"
-
-
-def _drop_stale_cache() -> None:
-    """Delete Numba's cached kernels of this package when any of its source files changed,
-    or the window geometry they compile in (dslc/kernels/geometry.py: conv's tile_rows).
-
-    The cache lives where Numba puts it for this directory (`__pycache__`, or under
-    NUMBA_CACHE_DIR); a stamp file there holds the hash of the package's sources.
-    """
-    from numba.core.caching import CompileResultCacheImpl
-
-    from dslc.kernels import geometry
-    here = Path(__file__).parent
-    sources = sorted(here.glob("*.py")) + [Path(geometry.__file__)]
-    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()
-    try:
-        cache = Path(CompileResultCacheImpl(_drop_stale_cache)._locator.get_cache_path())
-        stamp = cache / _STAMP
-        if stamp.is_file() and stamp.read_text() == digest:
-            return
-        stems = {p.stem for p in sources}
-        for f in (*cache.glob("*.nbi"), *cache.glob("*.nbc")):
-            if f.name.split(".")[0] in stems:
-                f.unlink(missing_ok=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest)
-    except (OSError, RuntimeError):  # no writable cache: Numba compiles in memory, nothing is stale
-        pass
-
-
 def _load_cython_blas() -> None:
     """Load scipy.linalg.cython_blas, the module whose sgemm/dgemm Numba calls, without
     running scipy.linalg's __init__, which imports all of SciPy's linear algebra (0.3 s, a
@@ -203,7 +172,6 @@ def use_one_blas_thread() -> int:
     return len(blas.lib_controllers)
 
 
-_drop_stale_cache()
 numba.get_num_threads()  # starts the pool, which registers `get_num_threads` for num_threads
 use_one_blas_thread()
 _warm_up(np.zeros((1, 1), np.float32))

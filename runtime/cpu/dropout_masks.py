@@ -18,6 +18,8 @@ core: 1M elements 0.25 ms against 0.49 ms.
 """
 from __future__ import annotations
 
+from dslc.runtime.cpu import kernel_cache  # noqa: F401  (drops the package's stale cached kernels first)
+
 import numpy as np
 from numba import njit, prange
 

@@ -32,6 +32,8 @@ parent array's reference count, which the threads share.
 """
 from __future__ import annotations
 
+from dslc.runtime.cpu import kernel_cache  # noqa: F401  (drops the package's stale cached kernels first)
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
