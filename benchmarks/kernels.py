@@ -62,7 +62,7 @@ def conv_rows(n, c_in, c_out, h, rng):
     forward, grad_input, grad_weight = (modules[m] for m in conv_modules(attrs, (h, h), c_in, c_out))
 
     def ours_step():
-        forward.conv2d_forward(x, w, None, y, *geo, ws)
+        forward.conv2d_forward(x, w, None, y, *geo, ws, False)
         grad_input.conv2d_grad_input(g, w, dx, *geo, ws)
         grad_weight.conv2d_grad_weight(g, x, dw, None, *geo, ws)
 
@@ -82,7 +82,7 @@ def conv_rows(n, c_in, c_out, h, rng):
                                                 [True, True, False])
 
     name = f"conv2d {c_in}->{c_out} {h}x{h}"
-    return [(f"{name} fwd", lambda: forward.conv2d_forward(x, w, None, y, *geo, ws),
+    return [(f"{name} fwd", lambda: forward.conv2d_forward(x, w, None, y, *geo, ws, False),
              lambda: ref("conv2d")(x, w, **attrs), torch_fwd),
             (f"{name} fwd+bwd", ours_step, numpy_step, torch_step)]
 

@@ -50,6 +50,19 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert "FALLBACK = ()" in src
 
 
+def test_a_relu_after_a_convolution_or_linear_layer_is_applied_by_its_library_call():
+    """An epilogue whose whole tail is a relu is the library call with its relu flag
+    (externs.RELU_LAST): no generated pass over the output. Compiled results against the
+    reference: test_api.py, test_numba_backend.py."""
+    src = generate(kernel_graph(stage="infer"))
+    calls = {line.split("(")[0].strip(): line.rstrip() for line in src.splitlines() if "_forward(" in line}
+    assert calls["strided.conv2d_forward"].endswith("workspace, True)")
+    assert calls["winograd.conv2d_forward"].endswith("workspace, True)")
+    assert "fc_relu_, True)" in src and "out_, False)" in src  # fc's relu; the logits have none
+    assert "def k_stage1_conv_bn_relu_relu(" not in src and "def k_fc_relu(" not in src
+    assert "16 kernels: 6 generated, 7 library calls" in src  # the header counts them as library calls
+
+
 def test_identifiers_are_valid_stable_and_unique():
     assert identifier("stage1.conv_bn_relu.conv2d") == "stage1_conv_bn_relu_conv2d"
     assert identifier("1x.y") == "_1x_y" and identifier("class") == "_class"

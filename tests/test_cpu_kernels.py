@@ -171,8 +171,10 @@ def test_conv2d(case, parts, dtype):
                                                                                   w_shape[0]))
 
     y = np.empty(want.shape, dtype)
-    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws)
+    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws, False)
     close(y, want, dtype)
+    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws, True)  # a fused relu epilogue
+    close(y, np.maximum(want, 0), dtype)
 
     g = randn(rng, want.shape, dtype)
     dx = np.full(x_shape, np.nan, dtype)  # every element must be written
@@ -184,6 +186,27 @@ def test_conv2d(case, parts, dtype):
     close(dw, ref("conv2d_grad_weight", g, x, **attrs), dtype)
     if bias:
         close(db, ref("sum", g, axis=(0, 2, 3), keepdims=False), dtype)
+
+
+@pytest.mark.parametrize("module,c", [(conv, 2), (strided, 2), (winograd, 16)], ids=["im2col", "direct", "winograd"])
+def test_a_fused_relu_keeps_nan_as_np_maximum_does(module, c):
+    """The forward's relu (an epilogue fused into the library call, conv.rectify) replaces only
+    values below zero, as the generated relu and the reference (np.maximum) do: where the
+    convolution gives NaN (a NaN input pixel) the relu'd output is NaN too, elsewhere exactly
+    max(y, 0) of the same kernel's output."""
+    attrs = dict(kernel=3, stride=1, pad="same", dilation=1, groups=1)
+    rng = np.random.default_rng(4)
+    x, w = randn(rng, (2, c, 6, 6), np.float32), randn(rng, (16, c, 3, 3), np.float32)
+    x[1, 0, 2, 3] = np.nan
+    geo = conv.geometry(attrs, (6, 6))
+    if module is not conv:  # conv.py computes every geometry; the others only what they are chosen for
+        assert module.__name__.endswith(geometry.conv_modules(attrs, (6, 6), c, 16)[0])
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), geo, 2), np.float32)
+    plain, rectified = np.empty((2, 16, 6, 6), np.float32), np.empty((2, 16, 6, 6), np.float32)
+    module.conv2d_forward(x, w, None, plain, *geo, 1, ws, False)
+    module.conv2d_forward(x, w, None, rectified, *geo, 1, ws, True)
+    assert np.isnan(plain).any() and (plain < 0).any()
+    np.testing.assert_array_equal(rectified, np.maximum(plain, 0))  # NaN where plain is NaN
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
@@ -236,30 +259,31 @@ def test_strided_kernels_refuse_what_they_do_not_compute():
     y = np.zeros((2, 4, 4, 4))
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (4, 4), (2, 2, 1, 1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="not a phased"):
-        strided.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)
-    conv.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)  # conv.py's kernels do
+        strided.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)
+    conv.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)  # conv.py's kernels do
 
 
 def test_winograd_refuses_what_it_does_not_compute():
     x, w, y = np.zeros((2, 16, 6, 6)), np.zeros((16, 16, 3, 3)), np.zeros((2, 16, 3, 3))
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="not a Winograd"):  # stride 2
-        winograd.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws)
+        winograd.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)
     with pytest.raises(ValueError, match="output shape"):
-        winograd.conv2d_forward(x, w, None, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
+        winograd.conv2d_forward(x, w, None, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, ws, False)
     with pytest.raises(ValueError, match="workspace"):
-        winograd.conv2d_forward(x, w, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, np.zeros((2, 100)))
+        winograd.conv2d_forward(x, w, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                 np.zeros((2, 100)), False)
 
 
 def test_conv2d_rejects_a_wrong_geometry_or_workspace():
     x, w = np.zeros((2, 3, 6, 6)), np.zeros((4, 3, 3, 3))
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="output shape"):
-        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 4, 4)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws)
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 4, 4)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws, False)
     with pytest.raises(ValueError, match="groups"):
-        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 2, ws)
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 2, ws, False)
     with pytest.raises(ValueError, match="workspace"):
-        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, np.zeros((2, 100)))
+        conv.conv2d_forward(x, w, None, np.zeros((2, 4, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, np.zeros((2, 100)), False)
 
 
 # ---- pooling --------------------------------------------------------------------------

@@ -183,9 +183,11 @@ def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
 
 def counts(gen: Generator) -> tuple[int, int]:
     """(generated, library) kernels of the module, neither views nor fallbacks; an epilogue
-    (a library GEMM or convolution, then a generated loop over its output) counts as generated."""
+    (a library GEMM or convolution, then a generated loop over its output) counts as generated,
+    unless the library kernel applies its tail itself (a relu: externs.RELU_LAST)."""
     runs = [k for pos, k in enumerate(gen.kernels) if k.kind != "view" and pos not in gen.fallback]
-    library = sum(form(gen, k) == "library" for k in runs)
+    library = sum(form(gen, k) == "library" or (form(gen, k) == "epilogue" and gen.kernel_name(k) not in gen.units)
+                  for k in runs)
     return len(runs) - library, library
 
 

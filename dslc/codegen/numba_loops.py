@@ -133,17 +133,21 @@ def elementwise(gen, src, kernel) -> None:
     """An elementwise kernel, or an epilogue's tail: out[idx] = body(inputs at idx), where an
     epilogue's host value is out[idx] as the library call before it (in the driver) left it."""
     out_name = kernel.outputs[0]
+    body = kernel.nodes[0].attr("body")
+    host = host_of(body)
+    if host is not None:  # the library writes the host's value into the output first
+        args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
+        shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
+        relu = _relu_tail(body, host) and host.op in externs.RELU_LAST
+        for line in externs.call(host, args, shapes, relu):
+            gen.call(kernel, line)
+        if relu:  # the library kernel applies it: no loop of our own
+            return
     space = gen.kg.buffer(out_name).shape
     style = _style(kernel.index_maps, len(space))
     par = numel(space) >= PARALLEL_MIN
     loads = Loads(gen, kernel, space, style)
     out = gen.view(out_name, STYLE_VIEW[style])
-    host = host_of(kernel.nodes[0].attr("body"))
-    if host is not None:  # the library writes the host's value into the output first
-        args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
-        shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
-        for line in externs.call(host, args, shapes):
-            gen.call(kernel, line)
     with src.block(gen.signature(src, kernel, loads.params() + [out], parallel=par)):
         loads.start()
         loads.hoist(src)
@@ -166,6 +170,11 @@ def elementwise(gen, src, kernel) -> None:
                 loads.load(src, "c")
                 element(f"{out}[{index(len(space))}]")
             _nd_loops(src, _shape_of(out, len(space)), par, inner)
+
+
+def _relu_tail(body, host) -> bool:
+    """Whether an epilogue's tail is a relu of its host's value and nothing else."""
+    return len(body) == 2 and body[1].op == "relu" and body[1].inputs == (host.name,)
 
 
 def _shape_of(arr: str, rank: int) -> list[str]:

@@ -45,9 +45,22 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.lanes import u64
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
+
+
+@njit(cache=True, inline="always")
+def rectify(y, at, count):
+    """y[at:at + count] = max(y, 0), NaN kept as np.maximum keeps it: the relu a conv2d's
+    generated epilogue would apply (dslc/codegen/numba_loops.py), done by the forward
+    kernels on output they have just written, instead of a pass over it from memory.
+    Flat unsigned indices: no view whose reference count threads would share."""
+    start = u64(at)
+    for q in range(u64(count)):
+        v = y[start + q]
+        y[start + q] = 0 if v < 0 else v
 
 
 # ---- data movement ----------------------------------------------------------------------
@@ -197,8 +210,10 @@ def _is_direct(kh, kw, sh, sw, pt, pb, pl, pr):
 # ---- the kernels -----------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW; see the module docstring."""
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+                   relu):
+    """out = conv2d(x, w) + b (b may be None), NCHW, then max(out, 0) with relu (a fused
+    epilogue: rectify); see the module docstring."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -208,6 +223,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
+    flat = out.reshape(-1)
     for p in prange(parts):
         block = workspace[p, :cols]
         for i in range(n * p // parts, n * (p + 1) // parts):
@@ -225,6 +241,8 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
             if b is not None:
                 for oi in range(o):
                     y[oi] += b[oi]
+            if relu:
+                rectify(flat, i * o * hw, o * hw)
 
 
 @njit(cache=True, parallel=True)

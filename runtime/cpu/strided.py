@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, sum_parts
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
 from dslc.runtime.cpu.taps import OUTS, tap_dots, tap_sums
 
@@ -206,8 +206,10 @@ def _pack_backward(w, groups, kh, kw, sh, sw, pt, pl, lay):
 # ---- the entry points: conv.py's signatures and checks -----------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.phased accepts."""
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+                   relu):
+    """out = conv2d(x, w) + b (b may be None), NCHW, then max(out, 0) with relu (conv.rectify),
+    for a convolution geometry.phased accepts."""
     lay, parts = _plan(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
                        groups, workspace)
     n, c, h, wd = x.shape
@@ -232,6 +234,8 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
             for oi in range(o):
                 _rows_out(f, planes + oi * run, wq, yf, (i * o + oi) * ho * wo, ho, wo,
                           like(yf, 0.0 if b is None else b[oi]))
+            if relu:
+                rectify(yf, i * o * ho * wo, o * ho * wo)
 
 
 @njit(cache=True)

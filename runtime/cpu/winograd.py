@@ -79,7 +79,7 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, sum_parts
+from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
 from dslc.runtime.cpu.taps import OUTS, tap_sums
 
@@ -339,7 +339,7 @@ def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
 
 
 @njit(cache=True)
-def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
+def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p):
     """Part p's images of the Winograd forward (the module docstring's forward): U of w
     (flipped for the input gradient), then per block of images V, the 16 products, y."""
     n, c_in, h, wd = x.shape
@@ -362,18 +362,22 @@ def _forward_part(x, w, b, out, pt, pl, flip, workspace, p):
                      u64(lay[2] + xi * c_out * tb), u64(cols), u64(tb), u64(c_out), u64(c_in))
         for i in range(i0, i1):
             _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+            if relu:
+                rectify(yf, i * c_out * ho * wo, c_out * ho * wo)
 
 
 # ---- the entry points: conv.py's signatures and checks -----------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """out = conv2d(x, w) + b (b may be None), NCHW, for a convolution geometry.winograd accepts."""
+def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+                   relu):
+    """out = conv2d(x, w) + b (b may be None), NCHW, then max(out, 0) with relu (conv.rectify),
+    for a convolution geometry.winograd accepts."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], w.shape[0])
     parts = _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)[6]  # raises before the threads
     for p in prange(parts):
-        _forward_part(x, w, b, out, pad_t, pad_l, np.bool_(False), workspace, np.int64(p))
+        _forward_part(x, w, b, out, pad_t, pad_l, np.bool_(False), np.bool_(relu), workspace, np.int64(p))
 
 
 @njit(cache=True, parallel=True)
@@ -383,7 +387,8 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
     parts = _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)[6]
     for p in prange(parts):
-        _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(True), workspace, np.int64(p))
+        _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(True), np.bool_(False), workspace,
+                      np.int64(p))
 
 
 @njit(cache=True)
