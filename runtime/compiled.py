@@ -52,7 +52,7 @@ class Compiled:
         self._steps: dict[tuple, object] = {}  # request -> its compiled Step
         self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = executor.name != "reference"  # the oracle runs the graph as written
-        self._masks: dict = {}  # the last grad call's mask feeds, by request and input shapes (_weights)
+        self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
 
     @property
     def device(self) -> str:
@@ -125,9 +125,9 @@ class Compiled:
             return weight_feeds(step.graph, terms, inputs)
         shapes = (key, tuple((t.node, t.kind, t.index) for t in terms),
                   tuple((name, np.shape(v)) for name, v in inputs.items()))
-        if self._masks.get("shapes") != shapes:
-            self._masks = {"shapes": shapes, "feeds": weight_feeds(step.graph, terms, inputs)}
-        return self._masks["feeds"]
+        if shapes != self._masks[0]:
+            self._masks = (shapes, weight_feeds(step.graph, terms, inputs))
+        return self._masks[1]
 
     # ---- step ---------------------------------------------------------------------------
 

@@ -186,8 +186,8 @@ def counts(gen: Generator) -> tuple[int, int]:
     (a library GEMM or convolution, then a generated loop over its output) counts as generated,
     unless the library kernel applies its tail itself (a relu: externs.RELU_LAST)."""
     runs = [k for pos, k in enumerate(gen.kernels) if k.kind != "view" and pos not in gen.fallback]
-    library = sum(form(gen, k) == "library" or (form(gen, k) == "epilogue" and gen.kernel_name(k) not in gen.units)
-                  for k in runs)
+    forms = [(form(gen, k), gen.kernel_name(k)) for k in runs]
+    library = sum(how == "library" or (how == "epilogue" and name not in gen.units) for how, name in forms)
     return len(runs) - library, library
 
 
