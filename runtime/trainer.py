@@ -284,6 +284,15 @@ class Trainer:
             self.board = TensorBoard(self.out.path, self.model.graph, purge_step=self.progress.step)
 
     def resume(self, run_dir: Path, force: bool) -> None:
+        if not self.group.rank and run_dir.is_dir():
+            # Locked before its checkpoint is read: a writer still running may be replacing
+            # `last`, and a second one read it half-replaced ("optimizer.safetensors: missing")
+            # instead of being told another process holds the run. train() releases it.
+            self.out = Run(run_dir)
+            try:
+                self.out.lock()
+            except RunError as e:
+                raise TrainError(f"cannot resume: {e}") from None
         ckpt = load_checkpoint(run_dir / "last")
         state.check(ckpt)
         problems = state.model_changes(ckpt, self.model.graph, self.opt.kind)

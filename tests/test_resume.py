@@ -161,3 +161,34 @@ def test_resume_with_a_changed_model_or_recipe(model_file, uninterrupted, tmp_pa
     assert main(["train", str(model_file), "--resume", str(run), "--epochs", "7", "--quiet", "--force"]) == 0
     assert load_checkpoint(run / "last").state["step"] == 7 * 40
     assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == list(range(1, 8))
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_resuming_a_run_another_process_writes_is_refused_before_its_checkpoint_is_read(
+        model_file, uninterrupted, tmp_path, capsys):
+    """The lock comes before the checkpoint: a writer still running may be replacing `last`,
+    and a second writer that read it first was told the checkpoint was incomplete instead of
+    who holds the run (the hostile trial "a second writer resuming a running run", now and
+    then)."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "last" / "optimizer.safetensors").unlink()  # as a writer mid-replacement leaves it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["train", str(model_file), "--resume", str(run), "--quiet"]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"cannot resume: {run} is being written by another dslc process" in err and "incomplete" not in err
+    assert main(["train", str(model_file), "--resume", str(run), "--quiet"]) == 1  # once it is free: why
+    assert "optimizer.safetensors: missing" in capsys.readouterr().err
