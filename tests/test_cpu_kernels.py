@@ -20,6 +20,7 @@ from dslc.kernels import geometry
 from dslc.ops import registry
 from dslc.ops.norm import bn_axes
 from dslc.runtime.cpu import batchnorm, conv, gemm, lanes, pool, softmax, strided, winograd
+from dslc.runtime.cpu.taps import OUTS
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -273,6 +274,35 @@ def test_winograd_refuses_what_it_does_not_compute():
     with pytest.raises(ValueError, match="workspace"):
         winograd.conv2d_forward(x, w, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1,
                                  np.zeros((2, 100)), False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("o, c", [(64, 32), (13, 40), (8, 3)])
+@pytest.mark.parametrize("flip", [False, True], ids=["forward", "grad-input"])
+def test_winograd_weights_are_g_w_gt_in_double_packed_for_tap_sums(dtype, o, c, flip):
+    """_weights' U against the same double arithmetic in NumPy (G times the columns, then
+    the rows; each row of G as h = (x0 + x2) / 2, h +- x1 / 2), rounded once: equal to the
+    bit. Unpacked from tap_sums' layout [P / OUTS, Q, OUTS]; a block's lanes past P are
+    zeros; nothing past U is written. Sizes: not a whole block of outputs, Q over two runs
+    (_RUN) and a part run, and fewer Q than a run."""
+    rng = np.random.default_rng(5)
+    w = randn(rng, (o, c, 3, 3), dtype)
+    taps = np.flip(w, (2, 3)).transpose(1, 0, 2, 3) if flip else w  # [P, Q, 3, 3]
+    p, q = taps.shape[:2]
+
+    def g(x0, x1, x2):  # the rows of G, as _g3
+        h = 0.5 * (x0 + x2)
+        return [x0, h + 0.5 * x1, h - 0.5 * x1, x2]
+
+    t = taps.astype(np.float64)
+    cols = [g(t[:, :, 0, b], t[:, :, 1, b], t[:, :, 2, b]) for b in range(3)]  # cols[b][a]: (G w)[a, b]
+    want = np.stack([v for a in range(4) for v in g(cols[0][a], cols[1][a], cols[2][a])]).astype(dtype)
+    blocks = -(-p // OUTS)
+    u = np.full(16 * blocks * OUTS * q + 5, np.nan, dtype)
+    winograd._weights(w, u, flip)
+    packed = u[:-5].reshape(16, blocks, q, OUTS).transpose(0, 1, 3, 2).reshape(16, blocks * OUTS, q)
+    np.testing.assert_array_equal(packed[:, :p], want)
+    assert (packed[:, p:] == 0).all() and np.isnan(u[-5:]).all()
 
 
 def test_conv2d_rejects_a_wrong_geometry_or_workspace():

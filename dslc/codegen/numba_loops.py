@@ -2,7 +2,7 @@
 
 What a kernel computes is the shared emitter's (emit.py, groups.py); this module lays
 it out as Python loops over arrays the runner passes already shaped for the loop (a
-*view* of a buffer: flat, [N, C, S] or [N, C]; numba_cpu.VIEWS). A kernel never
+*view* of a buffer: flat, [N, C, S], [N, C] or [d0, rest]; numba_cpu.VIEWS). A kernel never
 reshapes, so its text and its compiled code do not depend on the ranks or sizes of the
 buffers, only on the loop's form: one compiled kernel serves every layer, model and
 width with the same text.
@@ -10,8 +10,13 @@ width with the same text.
     flat     every input identity or scalar: one loop over all elements (vectorises)
     channel  some input is per-channel: loops (n, c, j) over the output seen as
              [N, C, S], the channel's values loaded once per c
-    nd       some input broadcasts: one loop per axis, each input indexed with 0 on
-             the axes it broadcasts over
+    rows     every broadcast input is one value per index of axis 0 ([O, 1, 1, 1]
+             against [O, C, 3, 3]: a batchnorm folded into a convolution's weights):
+             loops (i0, i1) over the output seen as [d0, rest], those values loaded once
+             per i0; the inner loop is one run and vectorises, where nd's innermost
+             axis is often 3 long (the fold of 64x32 3x3 filters: 19 -> 2 us)
+    nd       some input broadcasts otherwise: one loop per axis, each input indexed with
+             0 on the axes it broadcasts over
 
 A reduce kernel iterates over its root's input: the kept axes outside (each output
 element owns one float64 accumulator, so threads never share one), the reduced axes
@@ -56,12 +61,17 @@ def index(rank: int, var: str = "i") -> str:
     return ", ".join(f"{var}{a}" for a in range(rank)) if rank else "()"
 
 
-def _style(maps, rank: int) -> str:
+def _style(maps, space, shapes) -> str:
+    """The loop form (the module docstring) for inputs of `shapes` read by `maps` over `space`."""
     kinds = set(maps) - {"host"}
     if kinds <= {"identity", "scalar"}:
         return "flat"
-    if kinds <= {"identity", "scalar", "channel"} and rank >= 2:
+    if kinds <= {"identity", "scalar", "channel"} and len(space) >= 2:
         return "channel"
+    per_row = (space[0],) + (1,) * (len(space) - 1)
+    if len(space) >= 3 and kinds <= {"identity", "scalar", "broadcast"} and all(
+            shape == per_row for m, shape in zip(maps, shapes) if m == "broadcast"):
+        return "rows"
     return "nd"
 
 
@@ -76,7 +86,7 @@ def _broadcast_index(in_shape, space) -> str:
 
 # The view of an identity input (and of the output) in each loop style; a scalar input
 # is always a flat view read at [0], a per-channel or broadcast one the buffer itself.
-STYLE_VIEW = {"flat": "flat", "channel": "ncs", "nd": ""}
+STYLE_VIEW = {"flat": "flat", "channel": "ncs", "rows": "rows", "nd": ""}
 
 
 class Loads:
@@ -95,7 +105,9 @@ class Loads:
         m = self.kernel.index_maps[k]
         if m == "host":
             return None
-        return "flat" if m == "scalar" else STYLE_VIEW[self.style] if m == "identity" else ""
+        if m == "scalar" or (m == "broadcast" and self.style == "rows"):
+            return "flat"
+        return STYLE_VIEW[self.style] if m == "identity" else ""
 
     def params(self) -> list[str]:
         return [self.gen.view(i, v) for k, i in enumerate(self.kernel.inputs) if (v := self.view(k)) is not None]
@@ -108,14 +120,19 @@ class Loads:
                 src.line(f"{self.local[k]} = {self.gen.view(name, 'flat')}[0]")
 
     def load(self, src, level: str) -> None:
-        """Bind the inputs read at this loop level: 'c' (per channel) or 'elem'."""
+        """Bind the inputs read at this loop level: 'c' (per channel, or per row) or 'elem'."""
         for k, (name, m) in enumerate(zip(self.kernel.inputs, self.kernel.index_maps)):
-            if m in ("scalar", "host") or (m == "channel") != (level == "c"):
+            outer = m == "channel" or (m == "broadcast" and self.style == "rows")
+            if m in ("scalar", "host") or outer != (level == "c"):
                 continue
             arr = self.gen.view(name, self.view(k))
             local = self.names.fresh(tail(name))
             if m == "channel":
                 at = f"{arr}[{'i1' if self.style == 'nd' else 'c'}]"
+            elif outer:
+                at = f"{arr}[i0]"
+            elif self.style == "rows":
+                at = f"{arr}[i0, i1]"
             elif self.style == "flat":
                 at = f"{arr}[i]"
             elif self.style == "channel":
@@ -144,7 +161,7 @@ def elementwise(gen, src, kernel) -> None:
         if relu:  # the library kernel applies it: no loop of our own
             return
     space = gen.kg.buffer(out_name).shape
-    style = _style(kernel.index_maps, len(space))
+    style = _style(kernel.index_maps, space, [gen.kg.buffer(i).shape for i in kernel.inputs])
     par = numel(space) >= PARALLEL_MIN
     loads = Loads(gen, kernel, space, style)
     out = gen.view(out_name, STYLE_VIEW[style])
@@ -165,6 +182,11 @@ def elementwise(gen, src, kernel) -> None:
                     loads.load(src, "c")
                     with src.block(f"for j in range({out}.shape[2]):"):
                         element(f"{out}[n, c, j]")
+        elif style == "rows":
+            with src.block(f"for i0 in {loop(par)}({out}.shape[0]):"):
+                loads.load(src, "c")
+                with src.block(f"for i1 in range({out}.shape[1]):"):
+                    element(f"{out}[i0, i1]")
         else:
             def inner() -> None:
                 loads.load(src, "c")
