@@ -63,6 +63,15 @@ def test_a_relu_after_a_convolution_or_linear_layer_is_applied_by_its_library_ca
     assert "16 kernels: 6 generated, 7 library calls" in src  # the header counts them as library calls
 
 
+def test_a_batchnorm_folded_into_a_convolution_is_one_run_per_output_channel():
+    """[O, C, 3, 3] * [O, 1, 1, 1] as loops over [O, C*9] (numba_loops' rows form): the inner
+    loop is a run that vectorises, not nd's innermost axis of 3."""
+    src = generate(kernel_graph(stage="infer"))
+    fold = src[src.index("def k_stage2_conv_bn_relu_batchnorm_folded_weight("):]
+    fold = fold[:fold.index("\n\n")]
+    assert "for i1 in range(" in fold and "for i2" not in fold and "_r_[i0, i1]" in fold and "_f_[i0]" in fold
+
+
 def test_identifiers_are_valid_stable_and_unique():
     assert identifier("stage1.conv_bn_relu.conv2d") == "stage1_conv_bn_relu_conv2d"
     assert identifier("1x.y") == "_1x_y" and identifier("class") == "_class"

@@ -254,3 +254,28 @@ def test_a_reduce_over_broadcast_inputs_is_generated_by_both_backends():
     cg = compile_graph(graph, 1)
     assert cg.fallbacks == ()
     np.testing.assert_allclose(cg.run(feeds, {})["output", "s"], [0.0, 10.0, 20.0])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 5, 7)])
+def test_a_value_per_row_broadcast_runs_over_rows(shape):
+    """relu(x * s) with s one value per index of axis 0 ([N, 1, 1, 1], as a batchnorm's scale
+    folded into a convolution's [O, C, 3, 3] weights is): the `rows` loop form (numba_loops:
+    the output seen as [d0, rest], s loaded once per row), exact against NumPy."""
+    from dslc.codegen.numba_cpu import generate
+    from dslc.ir.builder import GraphBuilder
+    from dslc.ir.graph import Output
+    from dslc.ir.types import Sym, TensorType
+    from dslc.kernels import lower
+    from dslc.passes.pipeline import optimize
+    b = GraphBuilder()
+    x = b.source("x", "input", TensorType("f32", (Sym.of("N"),) + shape[1:]))
+    s = b.source("s", "input", TensorType("f32", (Sym.of("N"),) + (1,) * (len(shape) - 1)))
+    graph = b.graph("rows", [Output("output", "y", b.add("relu", [b.add("mul", [x, s])]))], "typed")
+    src = generate(lower(optimize(graph)[0]))
+    assert "x_r_[i0, i1]" in src and "s_f_[i0]" in src
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal(shape).astype(np.float32),
+             "s": rng.standard_normal((shape[0],) + (1,) * (len(shape) - 1)).astype(np.float32)}
+    cg = compile_graph(graph, shape[0])
+    assert cg.fallbacks == ()
+    np.testing.assert_array_equal(cg.run(feeds, {})["output", "y"], np.maximum(feeds["x"] * feeds["s"], 0))

@@ -10,7 +10,7 @@ The module holds one `@njit` function per generated kernel, named after its laye
     prologue(<every argument>, workspace, scratch, fallback)   kernels of never-updated parameters
 
 The drivers' arguments are the module's `ARGS`: every buffer of the kernel graph, then
-the views of buffers the kernels read (VIEWS: flat, [N, C, S], [N, C]), which the runner
+the views of buffers the kernels read (VIEWS: flat, [N, C, S], [N, C], [d0, rest]), which the runner
 (dslc/runtime/cpu/runner.py) binds once to the memory plan's arena; nothing in the
 module allocates. So a kernel is generic in its sizes: its text depends on the form of
 its loops only, and `gen.units` holds each kernel's text (with the chain functions it
@@ -40,8 +40,8 @@ from dslc.kernels.loop_forms import as_loop
 from dslc.version import __version__
 
 # How a kernel may see a buffer (the name suffix of its argument): as it is, flat (every
-# element in order), or as [N, C, S] / [N, C] around its channel axis 1.
-VIEWS = {"": "", "flat": "f", "ncs": "3", "nc": "2"}
+# element in order), as [N, C, S] / [N, C] around its channel axis 1, or as [d0, rest].
+VIEWS = {"": "", "flat": "f", "ncs": "3", "nc": "2", "rows": "r"}
 
 
 def _chain_head(text, params, outs: int, dtype: str):
@@ -215,7 +215,7 @@ def _ops(k: Kernel) -> str:
 
 # ---- what the drivers call, with which argument types: planned without Numba ---------------
 
-NDIM = {"flat": 1, "ncs": 3, "nc": 2}  # the rank of each view (VIEWS); "" keeps the buffer's
+NDIM = {"flat": 1, "ncs": 3, "nc": 2, "rows": 2}  # the rank of each view (VIEWS); "" keeps the buffer's
 
 
 def constant_type(value) -> str:

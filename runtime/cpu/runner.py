@@ -192,10 +192,12 @@ def _fits(given, view: np.ndarray) -> bool:
 
 
 def _shaped(array: np.ndarray, view: str) -> np.ndarray:
-    """A buffer's array as a kernel sees it (numba_cpu.VIEWS): itself, flat, or [N, C, S] /
-    [N, C] around axis 1. Views of the arena: no copy."""
+    """A buffer's array as a kernel sees it (numba_cpu.VIEWS): itself, flat, [N, C, S] /
+    [N, C] around axis 1, or [d0, rest]. Views of the arena: no copy."""
     if view == "flat":
         return array.reshape(-1)
+    if view == "rows":
+        return array.reshape(array.shape[0], -1)
     if view in ("ncs", "nc"):
         return array.reshape(array.shape[0], array.shape[1], *((-1,) if view == "ncs" else ()))
     return array
