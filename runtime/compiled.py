@@ -50,6 +50,7 @@ class Compiled:
         self.model, self.executor = model, executor
         self.optimizer = optimizer
         self._steps: dict[tuple, object] = {}  # request -> its compiled Step
+        self._needs: dict[tuple, frozenset] = {}  # request -> the names of its graph's inputs
         self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = executor.name != "reference"  # the oracle runs the graph as written
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
@@ -60,7 +61,8 @@ class Compiled:
 
     def _compiled(self, key: tuple, make):
         if key not in self._steps:
-            self._steps[key] = self.executor.compile(make())
+            step = self._steps[key] = self.executor.compile(make())
+            self._needs[key] = frozenset(n.name for n in step.graph.inputs)
         return self._steps[key]
 
     def _base(self, train: bool) -> Graph:
@@ -73,8 +75,8 @@ class Compiled:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
         key = ("forward", tuple(outputs) if outputs is not None else self._default_outputs(inputs), train)
-        step = self._compiled(key, lambda: self._forward_graph(key[1], train))
-        return self._run(step, inputs, params, rng)
+        self._compiled(key, lambda: self._forward_graph(key[1], train))
+        return self._run(key, inputs, params, rng)
 
     def _default_outputs(self, inputs: Arrays) -> tuple[str, ...]:
         graph = self.model.graph
@@ -107,13 +109,14 @@ class Compiled:
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
         names = tuple(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
-        for name in names:
-            self.model.check_wrt(name)
         key = ("grad", tuple(t.key for t in terms), names, train, tuple(sorted((rules or {}).items())))
+        if key not in self._steps:  # checked once, when the request is first compiled
+            for name in names:
+                self.model.check_wrt(name)
         step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
         feeds = dict(inputs)
         feeds.update(self._weights(key, step, terms, inputs))
-        out = self._run(step, feeds, params, rng)
+        out = self._run(key, feeds, params, rng)
         return float(out.pop(OBJECTIVE)), out
 
     def _weights(self, key: tuple, step, terms, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -152,8 +155,9 @@ class Compiled:
             params[name] = np.array(to_host(params[name]))  # the caller's copy, not an arena view
         return {name: float(v) for name, v in out.items()}
 
-    def _run(self, step, feeds: Arrays, params: Arrays, rng) -> dict[str, np.ndarray]:
-        needed = {n.name for n in step.graph.inputs}
+    def _run(self, key: tuple, feeds: Arrays, params: Arrays, rng) -> dict[str, np.ndarray]:
+        """The compiled request `key` run on `feeds` (those its graph reads) and `params`."""
+        step, needed = self._steps[key], self._needs[key]
         missing = sorted(needed - set(feeds))
         if missing:
             raise UsageError(f"model '{self.model.name}': this needs the input(s) {', '.join(missing)}")

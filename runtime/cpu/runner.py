@@ -114,9 +114,10 @@ class CompiledGraph:
             if given is None or given is self.views[name]:
                 continue
             changed = True
-            lend = name in self._lendable and _fits(given, self.views[name])
-            if lend and self._lent.get(name) is given:
-                continue  # lent already (its contents may have changed: the prologue runs)
+            arena = self.views[name]
+            if self._lent.get(name) is given and given.shape == arena.shape and given.strides == arena.strides:
+                continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
+            lend = name in self._lendable and _fits(given, arena)
             if lend or name in self._lent:
                 at, view = self._arg_at[name]
                 args = list(self._args) if args is None else args
@@ -125,7 +126,7 @@ class CompiledGraph:
                     self._lent[name] = given
                     continue
                 del self._lent[name]
-            np.copyto(self.views[name], given, casting="same_kind")
+            np.copyto(arena, given, casting="same_kind")
         if args is not None:
             self._args = tuple(args)
         if changed or not self._prologue_done:
