@@ -75,15 +75,20 @@ def test_full_size_model_matches_reference(name, stage):
     feeds, params, randoms = arrays(graph, 2)
     params.update({k: v.astype(np.float32) for k, v in model.init(0).items() if k in params})
     want = reference.run_outputs(graph, feeds, params, randoms=randoms)
-    moves = [reference.run_outputs(graph, dict(feeds, image=(feeds["image"] * (1 + 1e-6 * np.random.default_rng(
-        seed).standard_normal(feeds["image"].shape))).astype(np.float32)), params, randoms=randoms) for seed in (1, 2, 3)]
     cg = compile_graph(graph, 2)
     got = cg.run(feeds, params, randoms=randoms)
     assert cg.fallbacks == ()
+    moves: list = []  # the moved references, run only when an output is off by more than TOL
     for key, w in want.items():
         assert got[key].shape == w.shape, f"{key}: shape {got[key].shape}, reference {w.shape}"
-        err, noise = relative_error(got[key], w), max(relative_error(moved[key], w) for moved in moves)
-        assert err <= max(TOL, 10 * noise), f"{name} {stage} {key}: relative error {err:.2e}, the reference's own {noise:.2e}"
+        err = relative_error(got[key], w)
+        if err <= TOL:
+            continue
+        moves = moves or [reference.run_outputs(graph, dict(feeds, image=(feeds["image"] * (
+            1 + 1e-6 * np.random.default_rng(seed).standard_normal(feeds["image"].shape))).astype(np.float32)),
+            params, randoms=randoms) for seed in (1, 2, 3)]
+        noise = max(relative_error(moved[key], w) for moved in moves)
+        assert err <= 10 * noise, f"{name} {stage} {key}: relative error {err:.2e}, the reference's own {noise:.2e}"
 
 
 @pytest.mark.parametrize("opt", [Optimizer("sgd", lr=0.1, momentum=0.9, nesterov=True),
