@@ -124,22 +124,16 @@ def _layout(c_in, c_out, th, tw, tb):
 
 
 @njit(cache=True, inline="always")
-def _g3(x0, x1, x2):
-    """G (x0, x1, x2): G's rows [1 0 0], [1/2 1/2 1/2], [1/2 -1/2 1/2], [0 0 1]."""
-    h = 0.5 * (x0 + x2)
-    return x0, h + 0.5 * x1, h - 0.5 * x1, x2
-
-
-@njit(cache=True, inline="always")
 def _gt4(y0, y1, y2, y3):
-    """G^T (y0, y1, y2, y3), the adjoint of _g3."""
+    """G^T (y0, y1, y2, y3), the adjoint of G (_g_row)."""
     h = 0.5 * (y1 + y2)
     return y0 + h, 0.5 * (y1 - y2), h + y3
 
 
 @njit(cache=True, inline="always")
 def _g_row(s, a, b, c, d, o, n, k):
-    """d[o + j] = row k (1 or 2) of G times (s[a + j], s[b + j], s[c + j]), for j < n: one
+    """d[o + j] = row k (1 or 2) of G times (s[a + j], s[b + j], s[c + j]), for j < n. G's
+    rows are [1 0 0], [1/2 1/2 1/2], [1/2 -1/2 1/2], [0 0 1]: rows 0 and 3 are copies. One
     output run per loop, so LLVM's overlap tests are three and it vectorises (_weights)."""
     for j in range(n):
         x0, x1, x2 = s[a + j], s[b + j], s[c + j]
@@ -203,7 +197,9 @@ def _weights(w, u, flip):
 def _unweights(du, dw, scratch):
     """dw[o, c] = G^T du[:, o, c] G, the adjoint of _weights (two products with G^T, in double),
     a run of filters at a time read from du's 16 planes into a buffer at the start of
-    `scratch` (see _weights)."""
+    `scratch`: the planes lie O*C floats apart, often a multiple of 4 KiB, and reading a
+    filter's 16 values straight from them hit one set of the L1 cache 16 times. Once per
+    weight gradient, so left a filter at a time."""
     run = min(_RUN, scratch.size // 16)
     buf = scratch[:16 * run].reshape(16, run)
     for o in range(dw.shape[0]):
