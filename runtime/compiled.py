@@ -36,7 +36,7 @@ from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
 from dslc.passes.fold_batchnorm import fold_batchnorm
 from dslc.passes.train_step import LR, STEP, Optimizer
-from dslc.runtime.executor import Executor, executor_for
+from dslc.runtime.executor import Executor, Step, executor_for
 from dslc.runtime.host import to_host
 from dslc.stages import build, recipe_settings
 
@@ -49,7 +49,7 @@ class Compiled:
     def __init__(self, model, executor: Executor, optimizer: Optimizer | None = None):
         self.model, self.executor = model, executor
         self.optimizer = optimizer
-        self._steps: dict[tuple, object] = {}  # request -> its compiled Step
+        self._steps: dict[tuple, Step] = {}  # request -> its compiled Step
         self._needs: dict[tuple, frozenset] = {}  # request -> the names of its graph's inputs
         self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = executor.name != "reference"  # the oracle runs the graph as written
