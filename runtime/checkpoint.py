@@ -20,7 +20,9 @@ hidden sibling `.NAME.tmp` and fsyncs each file and the directory; `commit` rena
 checkpoint to `.NAME.old`, the new one into place, and removes `.NAME.old`. POSIX cannot
 rename a directory over a non-empty one, hence the two renames; a kill between them leaves
 only `.NAME.old`, which `load_checkpoint` uses. At every instant either NAME or `.NAME.old`
-is a complete checkpoint; a failed write removes its `.NAME.tmp` and keeps the old one.
+is a complete checkpoint; a failed write removes its `.NAME.tmp` and keeps the old one. A
+read that a save overtakes (its files from two checkpoints, or `.NAME.old` removed under
+it) is made again on the new one.
 
     save_checkpoint("runs/m/last", params, opt_state, {"step": 100, "epoch": 2})
     ckpt = load_checkpoint("runs/m/last")
@@ -243,13 +245,51 @@ def _read_arrays(file: Path, expected) -> dict[str, np.ndarray]:
 
 def load_checkpoint(path) -> Checkpoint:
     """Load a checkpoint directory (or the `.NAME.old` a killed save left); CheckpointError
-    names the file when something is missing, truncated, corrupt or not JSON."""
-    where = find_checkpoint(path)
+    names the file when something is missing, truncated, corrupt or not JSON.
+
+    A running trainer may replace the checkpoint while it is read (`dslc eval` of a run still
+    training): commit's renames can put a new weights file under the state.json already
+    read, or remove `.NAME.old` between two of its files. A read that fails after the
+    checkpoint at `path` has become another directory is made again, up to READS times in
+    all; one that fails on the directory it began with is what is on disk, and is reported."""
+    for _ in range(READS - 1):
+        where = find_checkpoint(path)
+        began = _identity(where)
+        try:
+            return _read(where)
+        except CheckpointError:
+            if not _replaced(path, began):
+                raise
+    return _read(find_checkpoint(path))
+
+
+READS = 4  # attempts at a checkpoint that keeps being replaced while it is read
+
+
+def _read(where: Path) -> Checkpoint:
     state = _read_state(where / STATE)
     files = state.pop("files")
     weights = _read_arrays(where / WEIGHTS, files.get(WEIGHTS))
     optimizer = _read_arrays(where / OPTIMIZER, files.get(OPTIMIZER))
     return Checkpoint(where, weights, optimizer, state)
+
+
+def _identity(where: Path) -> tuple[int, int] | None:
+    """(device, inode) of a checkpoint directory; None when it is gone."""
+    try:
+        st = os.stat(where)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _replaced(path, began: tuple[int, int] | None) -> bool:
+    """Whether the checkpoint found at `path` is now another directory than `began` (or
+    none: the next attempt says why)."""
+    try:
+        return _identity(find_checkpoint(path)) != began
+    except CheckpointError:
+        return True
 
 
 # ---- identity: hashes and differences ----------------------------------------------------

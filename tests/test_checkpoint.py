@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,56 @@ def test_killed_between_the_two_renames_loads_the_old_copy_and_saves_on(tmp_path
     save(tmp_path / "last", 3)
     assert_version(C.load_checkpoint(tmp_path / "last"), 3)
     assert sorted(os.listdir(tmp_path)) == ["last"]
+
+
+def _saving_while_read(monkeypatch, saves):
+    """Make each of the first reads of a weights file run `saves.pop(0)()` first: a trainer
+    committing a checkpoint while it is being read."""
+    real = C._read_arrays
+
+    def read(file, expected):
+        if file.name == C.WEIGHTS and saves:
+            saves.pop(0)()
+        return real(file, expected)
+    monkeypatch.setattr(C, "_read_arrays", read)
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_read_again_whole(tmp_path, monkeypatch):
+    """A save between reading state.json and the weights gave the new weights under the old
+    state.json (a checksum mismatch, "corrupt"); the read is made again on the new one."""
+    save(tmp_path / "last", 1)
+    _saving_while_read(monkeypatch, [lambda: save(tmp_path / "last", 2)])
+    assert_version(C.load_checkpoint(tmp_path / "last"), 2)
+
+
+def test_reading_the_old_copy_as_a_save_removes_it_reads_the_new_one(tmp_path, monkeypatch):
+    """Found as `.last.old` (a save between its two renames), then the save completes and
+    removes it mid-read: read again at `last`."""
+    save(tmp_path / "last", 1)
+    save(tmp_path / "next", 2)
+    os.rename(tmp_path / "last", tmp_path / ".last.old")
+
+    def finish():
+        os.rename(tmp_path / "next", tmp_path / "last")
+        shutil.rmtree(tmp_path / ".last.old")
+    _saving_while_read(monkeypatch, [finish])
+    assert_version(C.load_checkpoint(tmp_path / "last"), 2)
+
+
+def test_a_damaged_checkpoint_is_read_once_and_one_replaced_at_every_read_is_given_up(tmp_path, monkeypatch):
+    path = save(tmp_path / "last", 1)
+    (path / C.OPTIMIZER).unlink()
+    reads = []
+    real = C._read_state
+    monkeypatch.setattr(C, "_read_state", lambda file: reads.append(file) or real(file))
+    with pytest.raises(C.CheckpointError, match="optimizer.safetensors: missing"):
+        C.load_checkpoint(path)
+    assert len(reads) == 1  # the same directory: what is on disk, reported at once
+    save(path, 2)
+    _saving_while_read(monkeypatch, [lambda v=v: save(path, v) for v in range(3, 3 + C.READS)])
+    with pytest.raises(C.CheckpointError, match="weights.safetensors: corrupt or truncated"):
+        C.load_checkpoint(path)
+    assert len(reads) == 1 + C.READS
 
 
 def test_leftover_tmp_and_old_beside_a_complete_checkpoint_are_ignored_then_cleared(tmp_path):
