@@ -110,11 +110,10 @@ class CompiledGraph:
         then run the prologue kernels that depend on them."""
         changed, args = False, None
         for name in self.param_names:
-            given = params.get(name)
-            if given is None or given is self.views[name]:
+            given, arena = params.get(name), self.views[name]
+            if given is None or given is arena:
                 continue
             changed = True
-            arena = self.views[name]
             if self._lent.get(name) is given and given.shape == arena.shape and given.strides == arena.strides:
                 continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
             lend = name in self._lendable and _fits(given, arena)
