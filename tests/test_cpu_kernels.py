@@ -19,7 +19,8 @@ from numba import njit
 from dslc.kernels import geometry
 from dslc.ops import registry
 from dslc.ops.norm import bn_axes
-from dslc.runtime.cpu import batchnorm, conv, gemm, lanes, pool, softmax, strided, winograd
+from dslc.runtime.cpu import batchnorm, conv, few_rows, gemm, lanes, pool, softmax, strided, winograd
+from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.taps import OUTS
 
 DTYPES = [np.float32, np.float64]
@@ -58,19 +59,41 @@ def test_gemm(dtype, ta, tb):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tb", [False, True])
-def test_one_row_products_are_gemv(dtype, tb):
-    """One row times op(b) goes to BLAS's GEMV (blas.gemm_block): every product, into a band
-    of columns of a wider output, from a band of a wider b (its leading dimension), and
-    through gemm's split over threads (1 x 4096 x 300)."""
+def test_few_row_products_read_b_in_place(dtype, tb):
+    """Up to FEW_ROWS rows times op(b) go to few_rows.py's loops, one row more to BLAS: every
+    product, from a band of a wider b (its leading dimension) into a band of columns of a
+    wider output, through gemm's split of the columns over threads (rows x 4096 x 300,
+    bands apart by whole cache lines), with k and n not multiples of the loops' 4."""
     rng = np.random.default_rng(3)
-    for k, n in [(1, 1), (5, 7), (300, 40), (4096, 300)]:
-        a = randn(rng, (1, k), dtype)
-        wide = randn(rng, (2 * n, k + 3) if tb else (k + 3, 2 * n), dtype)
-        b = wide[n:, 1:k + 1] if tb else wide[1:k + 1, n:]
-        out = np.full((1, 2 * n + 2), 7.0, dtype)
-        gemm.gemm(a, b, out[:, 1:n + 1], False, tb)
-        close(out[:, 1:n + 1], ref("matmul", a, np.ascontiguousarray(b), transpose_a=False, transpose_b=tb), dtype)
-        assert (out[:, 0] == 7).all() and (out[:, n + 1:] == 7).all()
+    for m in (1, 2, 3, 5, few_rows.FEW_ROWS, few_rows.FEW_ROWS + 1):
+        for k, n in [(1, 1), (6, 7), (301, 40), (4096, 300)]:
+            a = randn(rng, (m, k), dtype)
+            wide = randn(rng, (2 * n, k + 3) if tb else (k + 3, 2 * n), dtype)
+            b = wide[n:, 1:k + 1] if tb else wide[1:k + 1, n:]
+            out = np.full((m, 2 * n + 2), 7.0, dtype)
+            gemm.gemm(a, b, out[:, 1:n + 1], False, tb)
+            close(out[:, 1:n + 1], ref("matmul", a, np.ascontiguousarray(b), transpose_a=False, transpose_b=tb),
+                  dtype)
+            assert (out[:, 0] == 7).all() and (out[:, n + 1:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tb", [False, True])
+def test_few_row_products_accumulate(dtype, tb):
+    """gemm_block's c += op(a) @ op(b) (convolutions' sums over groups and blocks) on few_rows'
+    path: the product is added to what c holds, every column of it, tails included."""
+    rng = np.random.default_rng(4)
+    for m, k, n in [(1, 9, 5), (4, 10, 13), (7, 33, 18)]:
+        a, c = randn(rng, (m, k), dtype), randn(rng, (m, n), dtype)
+        b = randn(rng, (n, k) if tb else (k, n), dtype)
+        want = c.astype(np.float64) + ref("matmul", a, b, transpose_a=False, transpose_b=tb)
+        _accumulate(a, b, c, tb)
+        close(c, want, dtype)
+
+
+@njit(cache=True)
+def _accumulate(a, b, c, tb):
+    gemm_block(a, b, c, False, tb, True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -18,7 +18,8 @@ import pytest
 import dslc
 from dslc import reference
 from dslc.passes.train_step import Optimizer
-from dslc.runtime.cpu.runner import compile_graph
+from dslc.kernels.memory_plan import ALIGN
+from dslc.runtime.cpu.runner import aligned_zeros, compile_graph
 from dslc.stages import build
 from helpers import (HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph,
                      relative_error)
@@ -179,6 +180,19 @@ def test_batch_of_one_and_odd_sizes():
     model = dslc.load(MODELS / "mlp_bn.net", h1=7, h2=5)
     check(build(model, "infer"), batch=1)
     check(build(model, "train_step"), batch=7)
+
+
+def test_every_buffer_and_thread_slot_starts_on_a_cache_line():
+    """The arena, so every buffer the memory plan places at a multiple of ALIGN in it, and each
+    thread's row of the workspace and scratch start on an ALIGN boundary: NumPy's own large
+    arrays start 16 bytes past one, where two threads' bands of an output share a line."""
+    cg = compile_graph(build(dslc.load(MODELS / "small_cnn.net"), "train_step"), 3)
+    assert cg.arena.size == cg.plan.arena_bytes
+    starts = [v.ctypes.data for v in cg.views.values()]
+    starts += [row.ctypes.data for row in (*cg.workspace, *cg.scratch)]
+    assert all(at % ALIGN == 0 for at in starts)
+    slots = aligned_zeros((3, 5), np.float32)  # a slot is rounded up to whole ALIGN blocks
+    assert slots.shape == (3, ALIGN // 4) and not slots.any() and all(r.ctypes.data % ALIGN == 0 for r in slots)
 
 
 

@@ -51,7 +51,7 @@ from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
-from dslc.kernels.memory_plan import MemoryPlan, plan
+from dslc.kernels.memory_plan import ALIGN, MemoryPlan, plan
 from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.collective import COLLECTIVES, check_buckets
@@ -72,12 +72,12 @@ class CompiledGraph:
     def __init__(self, kg: KernelGraph, memory: MemoryPlan, gen: Generator, module, path):
         self.kg, self.plan, self.module, self.path = kg, memory, module, path
         self.kernels = gen.kernels
-        self.arena = np.zeros(memory.arena_bytes, np.uint8)
+        self.arena = aligned_zeros(memory.arena_bytes, np.uint8)
         self.views = {b.name: self._view(b) for b in kg.buffers}
-        self.workspace = np.zeros((default_parts(), max(1, workspace_slot(kg, self.kernels, memory.batch))),
-                                  float_dtype(kg))
+        self.workspace = aligned_zeros((default_parts(), workspace_slot(kg, self.kernels, memory.batch)),
+                                       float_dtype(kg))
         # float64 slots per thread for the per-channel values of rows-layout sweeps
-        self.scratch = np.zeros((default_parts(), max(1, gen.scratch_slots)), np.float64)
+        self.scratch = aligned_zeros((default_parts(), gen.scratch_slots), np.float64)
         self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
             self.workspace, self.scratch, self._fallback)
         self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
@@ -201,6 +201,26 @@ def _shaped(array: np.ndarray, view: str) -> np.ndarray:
     if view in ("ncs", "nc"):
         return array.reshape(array.shape[0], array.shape[1], *((-1,) if view == "ncs" else ()))
     return array
+
+
+def aligned_zeros(shape, dtype) -> np.ndarray:
+    """Zeros starting on an ALIGN-byte boundary; for a (threads, slot) shape, each thread's row too.
+
+    The memory plan places buffers at multiples of ALIGN from the arena's start, but NumPy's
+    large arrays start 16 bytes past a page (glibc's mmap'd blocks), so every buffer sat 16
+    bytes off its cache lines: a 64-byte vector straddled two lines, and two threads' bands
+    of one output shared the line at their border (small_cnn's fc at 4 rows, two threads
+    adding into halves of its output, took twice as long so: few_rows.py). A slot is at
+    least one element, rounded up to whole ALIGN blocks.
+    """
+    dtype = np.dtype(dtype)
+    if isinstance(shape, tuple):
+        line = ALIGN // dtype.itemsize
+        shape = (shape[0], -(-max(shape[1], 1) // line) * line)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def workspace_slot(kg: KernelGraph, kernels, batch: Mapping[str, int]) -> int:
