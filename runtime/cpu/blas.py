@@ -12,8 +12,8 @@ one pool, no spinning, and each thread's GEMM works on data it just wrote to its
 cache. `use_one_blas_thread()` makes every OpenBLAS in the process (NumPy's and
 SciPy's; Numba calls one of them) single-threaded; it runs when this module is imported.
 
-A product with at most FEW_ROWS rows (a linear layer at a small batch, or its input
-gradient) is few_rows.py's instead: sgemm packs all of op(b) however few the rows, and on
+A product with at most few_rows.FEW_ROWS rows (a linear layer at a small batch, or its
+input gradient) is few_rows.py's instead: sgemm packs all of op(b) however few the rows, and on
 small_cnn's 3136x128 layer that took 0.15 ms at 4 rows, where reading b once takes 0.04.
 
 `gemm_block` calls Numba's own `numba_xxgemm` helper (the sgemm/dgemm SciPy exports,
@@ -44,7 +44,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from dslc.runtime.cpu.few_rows import FEW_ROWS, few_rows
+from dslc.runtime.cpu import few_rows
 
 _N, _T = ord("N"), ord("T")
 
@@ -93,9 +93,8 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
     if not all(isinstance(t, types.Array) and t.ndim == 2 for t in (a, b, c)) or \
             a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
         raise TypingError("gemm_block: a, b, c must be 2-D float32 or float64 arrays of one dtype")
-    xxgemm = types.ExternalFunction("numba_xxgemm", _signature(a.dtype))
-    kind = ord("s" if a.dtype == types.float32 else "d")
-    one, zero = as_dtype(a.dtype).type(1), as_dtype(a.dtype).type(0)
+
+    few = types.ExternalFunction(few_rows.symbol(a.dtype), few_rows.signature(a.dtype))
 
     def impl(a, b, c, trans_a, trans_b, accumulate):
         m, n = c.shape
@@ -109,13 +108,37 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
             if not accumulate:
                 c[:] = 0
             return
-        if m <= FEW_ROWS and not trans_a:  # op(b) read once, not packed (few_rows.py)
-            few_rows(a, b, c, trans_b, accumulate, 0, n)
-            return
         lda, ldb, ldc = _leading(a), _leading(b), _leading(c)
+        if m <= few_rows.FEW_ROWS and not trans_a:  # op(b) read once, not packed (few_rows.py)
+            few(_data(a), _data(b), _data(c), m, k, n, lda, ldb, ldc, 1 if trans_b else 0, 1 if accumulate else 0)
+        else:
+            _blas(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc)
+    return impl
+
+
+def _blas(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
+    """SciPy's sgemm or dgemm for gemm_block, its sizes and leading dimensions checked (compiled only)."""
+    raise NotImplementedError
+
+
+@overload(_blas, inline="always")
+def _blas_impl(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
+    xxgemm = types.ExternalFunction("numba_xxgemm", _signature(a.dtype))
+    kind = ord("s" if a.dtype == types.float32 else "d")
+    one, zero = as_dtype(a.dtype).type(1), as_dtype(a.dtype).type(0)
+
+    def impl(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
         xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k, _address_of(one), b.ctypes, ldb,
                a.ctypes, lda, _address_of(one if accumulate else zero), c.ctypes, ldc)
     return impl
+
+
+@intrinsic
+def _data(typingctx, x):
+    """A pointer to x's first element."""
+    def codegen(context, builder, signature, args):
+        return context.make_array(signature.args[0])(context, builder, args[0]).data
+    return types.CPointer(x.dtype)(x), codegen
 
 
 @njit(inline="always")
@@ -129,10 +152,9 @@ def _leading(x):
 
 @njit(cache=True)
 def _warm_up(x):
-    """One BLAS product on the calling (main) thread (FEW_ROWS + 1 rows, so not few_rows'):
-    Numba's helper looks up SciPy's sgemm and dgemm on first use, taking the GIL, which a
-    worker of a parallel loop could not get."""
-    gemm_block(x, x[:1], x, False, False, True)
+    """One 1x1 BLAS product on the calling (main) thread: Numba's helper looks up SciPy's sgemm
+    and dgemm on first use, taking the GIL, which a worker of a parallel loop could not get."""
+    _blas(x, x, x, False, False, True, 1, 1, 1, 1, 1, 1)
 
 
 def _load_cython_blas() -> None:
@@ -173,5 +195,5 @@ def use_one_blas_thread() -> int:
 
 numba.get_num_threads()  # starts the pool, which registers `get_num_threads` for num_threads
 use_one_blas_thread()
-_warm_up(np.zeros((FEW_ROWS + 1, 1), np.float32))
-_warm_up(np.zeros((FEW_ROWS + 1, 1), np.float64))
+_warm_up(np.zeros((1, 1), np.float32))
+_warm_up(np.zeros((1, 1), np.float64))

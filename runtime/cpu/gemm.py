@@ -3,9 +3,9 @@
 Every product is single-threaded BLAS sgemm/dgemm (blas.gemm_block) on a block of the
 output: a parallel loop gives each thread a band of rows (or of columns, when the
 output is wider than tall) and each band is one BLAS call reading the operands in
-place, transposed or not, through its leading dimensions: no copy. Products with at
-most FEW_ROWS rows (a linear layer at a small batch) are few_rows.py's loops instead,
-which read op(b) once where BLAS would pack it. Products below MIN_SPLIT multiply-adds
+place, transposed or not, through its leading dimensions: no copy (with at most
+few_rows.FEW_ROWS rows, a linear layer at a small batch, the block is few_rows.py's loops,
+which read op(b) once where BLAS would pack it). Products below MIN_SPLIT multiply-adds
 run as one call, since waking the threads costs more.
 
 linear's weight is (in, out), so y = x @ W + b; its backward pieces are
@@ -20,7 +20,6 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.runtime.cpu.blas import gemm_block, num_threads
-from dslc.runtime.cpu.few_rows import FEW_ROWS, few_rows
 
 MIN_SPLIT = 1 << 19  # multiply-adds: about 50 us on one core, several times the cost of a parallel loop
 
@@ -34,7 +33,7 @@ def _parts(m, n, k):
 def _line(j):
     """j rounded down to a multiple of 16 elements: where the arena's rows start on a cache line
     (memory_plan.ALIGN), a band of columns starting there shares no line with the one before.
-    few_rows adds into its band of c once per four rows of b, and two threads adding into one
+    few_rows.py adds into its band of c once per four rows of b, and two threads adding into one
     line took 2.5 times as long as one thread's whole product (small_cnn's fc at 2 rows)."""
     return np.int64(j - j % 16)  # an int64 as n is (a prange index is unsigned: Numba would unify them to float)
 
@@ -62,12 +61,10 @@ def gemm(a, b, out, trans_a, trans_b):
                 gemm_block(a[:, lo:hi], b, out[lo:hi], True, trans_b, False)
             else:
                 gemm_block(a[lo:hi], b, out[lo:hi], False, trans_b, False)
-    else:  # bands of columns of out: columns of op(b)
+    else:  # bands of columns of out: columns of op(b), apart by whole cache lines
         for p in prange(parts):
-            lo, hi = n * p // parts, n * (p + 1) // parts
-            if m <= FEW_ROWS and not trans_a:  # few_rows.py, the bands apart by whole cache lines
-                few_rows(a, b, out, trans_b, False, _line(lo), n if p == parts - 1 else _line(hi))
-            elif trans_b:
+            lo, hi = _line(n * p // parts), n if p == parts - 1 else _line(n * (p + 1) // parts)
+            if trans_b:
                 gemm_block(a, b[lo:hi], out[:, lo:hi], trans_a, True, False)
             else:
                 gemm_block(a, b[:, lo:hi], out[:, lo:hi], trans_a, False, False)
