@@ -117,8 +117,9 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
 
 
 def _blas(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
-    """SciPy's sgemm or dgemm for gemm_block, its sizes and leading dimensions checked (compiled only)."""
-    raise NotImplementedError
+    """gemm_block's BLAS call: SciPy's sgemm or dgemm, its sizes and leading dimensions checked.
+    This body runs only without the JIT, as gemm_block's does."""
+    gemm_block(a, b, c, trans_a, trans_b, accumulate)
 
 
 @overload(_blas, inline="always")

@@ -33,7 +33,7 @@ from dslc.runtime.cpu import kernel_cache  # noqa: F401  (drops the package's st
 
 import numpy as np
 from llvmlite import binding
-from numba import carray, cfunc, njit, types
+from numba import carray, cfunc, config, njit, types
 
 from dslc.runtime.cpu.lanes import like, u64
 
@@ -149,6 +149,6 @@ def signature(dtype):
     return types.void(ptr, ptr, ptr, *[types.intp] * 8)
 
 
-for _dtype in (types.float32, types.float64):
+for _dtype in () if config.DISABLE_JIT else (types.float32, types.float64):  # no JIT: gemm_block's Python body
     _compiled = cfunc(signature(_dtype), cache=True, fastmath={"reassoc", "contract"})(_entry)
     binding.add_symbol(symbol(_dtype), _compiled.address)
