@@ -149,6 +149,7 @@ def signature(dtype):
     return types.void(ptr, ptr, ptr, *[types.intp] * 8)
 
 
-for _dtype in () if config.DISABLE_JIT else (types.float32, types.float64):  # no JIT: gemm_block's Python body
+_JIT = not config.DISABLE_JIT  # type: ignore[attr-defined]  # without it gemm_block's Python body runs
+for _dtype in (types.float32, types.float64) if _JIT else ():
     _compiled = cfunc(signature(_dtype), cache=True, fastmath={"reassoc", "contract"})(_entry)
     binding.add_symbol(symbol(_dtype), _compiled.address)
