@@ -5,6 +5,7 @@ that is not elementwise (matrix products, convolutions, pooling, batch statistic
 softmax with its loss) is a model-independent kernel here, one module per family:
 
     blas.py       single-threaded BLAS GEMM on row-major blocks, for kernels that thread themselves
+    few_rows.py   products of at most 8 rows (a linear layer at a small batch) that read op(b) in place
     gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
     conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
     winograd.py   3x3 stride-1 convolutions by Winograd F(2x2, 3x3), same signatures as conv.py's

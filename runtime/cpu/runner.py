@@ -6,8 +6,9 @@
     out["loss", "loss"]; cg.params()["fc.weight"]  # parameters are updated in place
 
 Every buffer of the kernel graph is a view into one byte array at its planned offset
-(dslc/kernels/memory_plan.py); the views, the conv workspace and the argument tuple of
-the module's `step` are made once, so a steady-state step allocates nothing: it copies
+(dslc/kernels/memory_plan.py), the array starting on an ALIGN boundary (aligned_zeros);
+the views, the conv workspace and the argument tuple of the module's `step` are made
+once, so a steady-state step allocates nothing: it copies
 the feeds in, fills the dropout masks in their buffers (one seed per mask from the
 generator, the elements by a counter-based generator on every thread: dropout_masks.py),
 calls `step`, and copies the updates the plan could not do in place back. `run` returns
