@@ -62,11 +62,12 @@ def test_gemm(dtype, ta, tb):
 def test_few_row_products_read_b_in_place(dtype, tb):
     """Up to FEW_ROWS rows times op(b) go to few_rows.py's loops, one row more to BLAS: every
     product, from a band of a wider b (its leading dimension) into a band of columns of a
-    wider output, through gemm's split of the columns over threads (rows x 4096 x 300,
-    bands apart by whole cache lines), with k and n not multiples of the loops' 4."""
+    wider output, through gemm's split of the columns over threads (rows x 4096 x 300: bands
+    apart by whole cache lines; 8 or 9 x 4096 x 20: too few columns for that), with k and n
+    not multiples of the loops' 4."""
     rng = np.random.default_rng(3)
     for m in (1, 2, 3, 5, few_rows.FEW_ROWS, few_rows.FEW_ROWS + 1):
-        for k, n in [(1, 1), (6, 7), (301, 40), (4096, 300)]:
+        for k, n in [(1, 1), (6, 7), (301, 40), (4096, 300), (4096, 20)]:
             a = randn(rng, (m, k), dtype)
             wide = randn(rng, (2 * n, k + 3) if tb else (k + 3, 2 * n), dtype)
             b = wide[n:, 1:k + 1] if tb else wide[1:k + 1, n:]

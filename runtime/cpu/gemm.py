@@ -30,12 +30,16 @@ def _parts(m, n, k):
 
 
 @njit(inline="always")
-def _line(j):
-    """j rounded down to a multiple of 16 elements: where the arena's rows start on a cache line
-    (memory_plan.ALIGN), a band of columns starting there shares no line with the one before.
-    few_rows.py adds into its band of c once per four rows of b, and two threads adding into one
-    line took 2.5 times as long as one thread's whole product (small_cnn's fc at 2 rows)."""
-    return np.int64(j - j % 16)  # an int64 as n is (a prange index is unsigned: Numba would unify them to float)
+def _band(n, p, parts):
+    """Columns [lo, hi) of band p of `parts` over n columns, split at multiples of 16 elements
+    where each band has that many: where the arena's rows start on a cache line
+    (memory_plan.ALIGN), a band then shares no line with the one before. few_rows.py adds into
+    its band of c once per four rows of b, and two threads adding into one line took 2.5
+    times as long as one thread's whole product (small_cnn's fc at 2 rows)."""
+    line = 16 if n >= 16 * parts else 1
+    lo = n * p // parts // line * line
+    hi = n if p == parts - 1 else n * (p + 1) // parts // line * line
+    return lo, hi
 
 
 @njit(inline="always")
@@ -63,7 +67,7 @@ def gemm(a, b, out, trans_a, trans_b):
                 gemm_block(a[lo:hi], b, out[lo:hi], False, trans_b, False)
     else:  # bands of columns of out: columns of op(b), apart by whole cache lines
         for p in prange(parts):
-            lo, hi = _line(n * p // parts), n if p == parts - 1 else _line(n * (p + 1) // parts)
+            lo, hi = _band(n, np.int64(p), parts)
             if trans_b:
                 gemm_block(a, b[lo:hi], out[:, lo:hi], trans_a, True, False)
             else:
