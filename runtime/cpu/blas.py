@@ -15,6 +15,8 @@ SciPy's; Numba calls one of them) single-threaded; it runs when this module is i
 A product with at most few_rows.FEW_ROWS rows (a linear layer at a small batch, or its
 input gradient) is few_rows.py's instead: sgemm packs all of op(b) however few the rows, and on
 small_cnn's 3136x128 layer that took 0.15 ms at 4 rows, where reading b once takes 0.04.
+One row times b (not transposed) stays with BLAS, as a GEMV (Numba's `numba_xxgemv`):
+23 us there against few_rows' 29 (which wins for b transposed: 23 against GEMV's 26).
 
 `gemm_block` calls Numba's own `numba_xxgemm` helper (the sgemm/dgemm SciPy exports,
 which is what `np.dot` uses inside @njit), but with leading dimensions, so a block can
@@ -109,7 +111,7 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
                 c[:] = 0
             return
         lda, ldb, ldc = _leading(a), _leading(b), _leading(c)
-        if m <= few_rows.FEW_ROWS and not trans_a:  # op(b) read once, not packed (few_rows.py)
+        if m <= few_rows.FEW_ROWS and not trans_a and (trans_b or m > 1):  # op(b) read once, not packed
             few(_data(a), _data(b), _data(c), m, k, n, lda, ldb, ldc, 1 if trans_b else 0, 1 if accumulate else 0)
         else:
             _blas(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc)
@@ -117,20 +119,27 @@ def _gemm_block(a, b, c, trans_a, trans_b, accumulate):
 
 
 def _blas(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
-    """gemm_block's BLAS call: SciPy's sgemm or dgemm, its sizes and leading dimensions checked.
-    This body runs only without the JIT, as gemm_block's does."""
+    """gemm_block's BLAS call: SciPy's sgemm or dgemm (sgemv or dgemv for one row times b), its
+    sizes and leading dimensions checked. This body runs only without the JIT, as gemm_block's does."""
     gemm_block(a, b, c, trans_a, trans_b, accumulate)
 
 
-@overload(_blas, inline="always")
+@overload(_blas)
 def _blas_impl(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
     xxgemm = types.ExternalFunction("numba_xxgemm", _signature(a.dtype))
+    ptr = types.CPointer(a.dtype)
+    xxgemv = types.ExternalFunction("numba_xxgemv", types.intc(types.char, types.char, types.intp, types.intp,
+                                                               ptr, ptr, types.intp, ptr, ptr, ptr))
     kind = ord("s" if a.dtype == types.float32 else "d")
     one, zero = as_dtype(a.dtype).type(1), as_dtype(a.dtype).type(0)
 
     def impl(a, b, c, trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc):
-        xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k, _address_of(one), b.ctypes, ldb,
-               a.ctypes, lda, _address_of(one if accumulate else zero), c.ctypes, ldc)
+        if m == 1 and not (trans_a or trans_b):  # column-major b^T times the row
+            xxgemv(kind, _N, n, k, _address_of(one), b.ctypes, ldb, a.ctypes, _address_of(one if accumulate else zero),
+                   c.ctypes)
+        else:
+            xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k, _address_of(one), b.ctypes, ldb,
+                   a.ctypes, lda, _address_of(one if accumulate else zero), c.ctypes, ldc)
     return impl
 
 
@@ -153,9 +162,10 @@ def _leading(x):
 
 @njit(cache=True)
 def _warm_up(x):
-    """One 1x1 BLAS product on the calling (main) thread: Numba's helper looks up SciPy's sgemm
-    and dgemm on first use, taking the GIL, which a worker of a parallel loop could not get."""
+    """1x1 products on the calling (main) thread, a GEMV and a GEMM: Numba's helpers look up
+    SciPy's functions on first use, taking the GIL, which a worker of a parallel loop could not get."""
     _blas(x, x, x, False, False, True, 1, 1, 1, 1, 1, 1)
+    _blas(x, x, x, True, False, True, 1, 1, 1, 1, 1, 1)
 
 
 def _load_cython_blas() -> None:
