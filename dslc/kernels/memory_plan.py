@@ -65,7 +65,7 @@ def plan(kg: KernelGraph, batch: int | Mapping[str, int]) -> MemoryPlan:
     placed: list[tuple[int, int, int, int]] = []  # offset, aligned size, start, end
     offsets: dict[str, int] = {}
     for r in own:
-        size = _aligned(kg.buffer(r).nbytes(sizes))
+        size = aligned(kg.buffer(r).nbytes(sizes))
         offsets[r] = _best_fit(placed, size, *life[r])
         placed.append((offsets[r], size, *life[r]))
     return MemoryPlan(
@@ -129,8 +129,10 @@ def _same_element(kg: KernelGraph, node, positions: list[int]) -> bool:
     return same and (elementwise(node) or registry.get(node.op).category == "optimizer")
 
 
-def _aligned(n: int) -> int:
-    return max(ALIGN, -(-n // ALIGN) * ALIGN)
+def aligned(nbytes: int) -> int:
+    """nbytes rounded up to whole ALIGN blocks, at least one: a buffer's place in the arena
+    (and the runner's per-thread slots)."""
+    return max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
 
 
 def _best_fit(placed, size: int, start: int, end: int) -> int:

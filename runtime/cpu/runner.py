@@ -8,12 +8,11 @@
 Every buffer of the kernel graph is a view into one byte array at its planned offset
 (dslc/kernels/memory_plan.py), the array starting on an ALIGN boundary (aligned_zeros);
 the views, the conv workspace and the argument tuple of the module's `step` are made
-once, so a steady-state step allocates nothing: it copies
-the feeds in, fills the dropout masks in their buffers (one seed per mask from the
-generator, the elements by a counter-based generator on every thread: dropout_masks.py),
-calls `step`, and copies the updates the plan could not do in place back. `run` returns
-the same dict every time, holding views of the arena: they are overwritten by the next
-run (copy what you keep).
+once, so a steady-state step allocates nothing: it copies the feeds in, fills the
+dropout masks in their buffers (one seed per mask from the generator, the elements by a
+counter-based generator on every thread: dropout_masks.py), calls `step`, and copies
+the updates the plan could not do in place back. `run` returns the same dict every time,
+holding views of the arena: they are overwritten by the next run (copy what you keep).
 
 Parameters and optimizer state live in the arena between steps; `load_params` puts
 them there (and runs the prologue kernels, which depend only on them) and `params()`
@@ -52,7 +51,7 @@ from dslc.ir.types import NUMPY_DTYPE
 from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
-from dslc.kernels.memory_plan import ALIGN, MemoryPlan, plan
+from dslc.kernels.memory_plan import ALIGN, MemoryPlan, aligned, plan
 from dslc.kernels.geometry import default_parts
 from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.collective import COLLECTIVES, check_buckets
@@ -216,8 +215,7 @@ def aligned_zeros(shape, dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     if isinstance(shape, tuple):
-        line = ALIGN // dtype.itemsize
-        shape = (shape[0], -(-max(shape[1], 1) // line) * line)
+        shape = (shape[0], aligned(shape[1] * dtype.itemsize) // dtype.itemsize)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.zeros(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
