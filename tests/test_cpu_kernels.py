@@ -60,8 +60,8 @@ def test_gemm(dtype, ta, tb):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tb", [False, True])
 def test_few_row_products_read_b_in_place(dtype, tb):
-    """Up to FEW_ROWS rows times op(b) go to few_rows.py's loops, one row more to BLAS: every
-    product, from a band of a wider b (its leading dimension) into a band of columns of a
+    """Up to FEW_ROWS rows times op(b) go to few_rows.py's loops (but one row times b, a BLAS
+    GEMV), one row more to BLAS's GEMM: every product, from a band of a wider b (its leading dimension) into a band of columns of a
     wider output, through gemm's split of the columns over threads (rows x 4096 x 300: bands
     apart by whole cache lines; 8 or 9 x 4096 x 20: too few columns for that), with k and n
     not multiples of the loops' 4."""
