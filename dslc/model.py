@@ -32,7 +32,7 @@ from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.memory import array_bytes, require
-from dslc.objective import OBJECTIVE, objective_graph, parse_of, weight_feeds
+from dslc.objective import OBJECTIVE, names_of, objective_graph, parse_of, weight_feeds
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -112,7 +112,7 @@ class Model:
             loss = next(v for (kind, _), v in out.items() if kind == "loss")
             return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
         terms = parse_of(of)
-        names = list(wrt) if wrt is not None else [p.name for p in trainable_params(self.graph)]
+        names = list(names_of(wrt)) if wrt is not None else [p.name for p in trainable_params(self.graph)]
         for name in names:
             self.check_wrt(name)
         graph = objective_graph(train_mode.lower(self.graph) if train else self.graph, terms, names)
@@ -126,7 +126,7 @@ class Model:
         if self.graph.loss is None:
             raise self._error("E0401", f"model '{self.name}' has no loss to differentiate",
                               "declare one, e.g. `loss cross_entropy(logits, label)`")
-        names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(wrt)
+        names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(names_of(wrt))
         for name in names:
             self.check_wrt(name)
         return differentiate(train_mode.lower(self.graph) if train else self.graph, names)

@@ -52,6 +52,12 @@ class Term:
         return self.node, "l2" if self.kind == "l2" else "weighted"
 
 
+def names_of(names: str | Sequence[str]) -> tuple[str, ...]:
+    """The node names of `wrt=` or `outputs=`: a list of them, or one name alone (a string
+    is not read as a list of one-letter names)."""
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
 def parse_of(of) -> list[Term]:
     """The terms `of` names (see the module docstring); UsageError for a malformed spec."""
     if isinstance(of, str):

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from dslc.ir.graph import Graph, Node
-from dslc.ir.types import NUMPY_DTYPE, Sym, concrete
+from dslc.ir.types import NUMPY_DTYPE, Sym, TensorType, concrete
 from dslc.ops import registry
 
 
@@ -84,7 +84,7 @@ def bind_inputs(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]
             raise ValueError(f"input {node.name!r} ({node.type.show()}) was not fed; "
                              f"feeds given: {sorted(feeds) or 'none'}")
         value = np.asarray(feeds[node.name])
-        _check_kind(node, value, "input")
+        _check_kind(node.name, node.type, value.dtype, "input")
         _bind_shape(node, value.shape, sizes)
     return sizes
 
@@ -98,21 +98,32 @@ def draw_random(node: Node, shape: tuple[int, ...], rng: np.random.Generator | N
 
 
 def _given(node: Node, arrays: Mapping[str, np.ndarray], what: str, shape: tuple[int, ...]) -> np.ndarray:
-    if node.name not in arrays:
-        raise ValueError(f"{node.op} {node.name!r} ({node.type.show()}) is missing from {what}")
-    value = np.asarray(arrays[node.name])
-    _check_kind(node, value, node.op)
-    if value.shape != shape:
-        raise ValueError(f"{node.op} {node.name!r}: expected shape {shape} ({node.type.show()}), got {value.shape}")
+    return np.asarray(given(node.op, node.name, node.type, arrays, what, shape))
+
+
+def given(op: str, name: str, type_: TensorType, arrays: Mapping, what: str, shape: tuple[int, ...]):
+    """arrays[name], checked against its node (`op` name, of type `type_`, `shape` bound
+    here): a ValueError naming it when it is missing, of the wrong kind of dtype or of
+    another shape. Arrays with a shape and dtype (NumPy's, CuPy's) are returned as they
+    are, anything else through np.asarray; the compiled executors check their parameters
+    with it too (executor.ArenaStep), so every device refuses what the oracle refuses."""
+    if name not in arrays:
+        raise ValueError(f"{op} {name!r} ({type_.show()}) is missing from {what}")
+    value = arrays[name]
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        value = np.asarray(value)
+    _check_kind(name, type_, value.dtype, op)
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{op} {name!r}: expected shape {shape} ({type_.show()}), got {tuple(value.shape)}")
     return value
 
 
-def _check_kind(node: Node, value: np.ndarray, what: str) -> None:
+def _check_kind(name: str, type_: TensorType, dtype: np.dtype, what: str) -> None:
     # Casting within a kind is allowed (float64 data into an f32 input); across kinds it
     # would silently truncate labels or turn them into floats.
-    want_float = node.type.is_float
-    if (want_float and value.dtype.kind not in "fiu") or (not want_float and value.dtype.kind not in "iu"):
-        raise ValueError(f"{what} {node.name!r} is {node.type.show()} but was given an array of dtype {value.dtype}")
+    want_float = type_.is_float
+    if (want_float and dtype.kind not in "fiu") or (not want_float and dtype.kind not in "iu"):
+        raise ValueError(f"{what} {name!r} is {type_.show()} but was given an array of dtype {dtype}")
 
 
 def _bind_shape(node: Node, shape: tuple[int, ...], sizes: dict[str, int]) -> None:

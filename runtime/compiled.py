@@ -30,7 +30,7 @@ import numpy as np
 
 from dslc.diagnostics import UsageError
 from dslc.ir.graph import Graph, Output
-from dslc.objective import OBJECTIVE, node_of, objective_graph, parse_of, weight_feeds
+from dslc.objective import OBJECTIVE, names_of, node_of, objective_graph, parse_of, weight_feeds
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
@@ -74,7 +74,7 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
-        key = ("forward", tuple(outputs) if outputs is not None else self._default_outputs(inputs), train)
+        key = ("forward", names_of(outputs) if outputs is not None else self._default_outputs(inputs), train)
         self._compiled(key, lambda: self._forward_graph(key[1], train))
         return self._run(key, inputs, params, rng)
 
@@ -108,7 +108,7 @@ class Compiled:
         `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation)."""
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
-        names = tuple(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
+        names = names_of(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
         key = ("grad", tuple(t.key for t in terms), names, train, tuple(sorted((rules or {}).items())))
         if key not in self._steps:  # checked once, when the request is first compiled
             for name in names:
@@ -141,8 +141,9 @@ class Compiled:
         first call; returns the loss and metrics of the batch."""
         opt = self.optimizer or recipe_settings(self.model)[0]
         step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
+        model = {node.name for node in self.model.graph.params}  # the caller's to give: checked by the step
         for node in step.graph.params:  # optimizer state starts at zero
-            if node.name not in params:
+            if node.name not in params and node.name not in model:
                 params[node.name] = np.zeros(node.type.bind({}), np.dtype(_numpy(node.type.dtype)))
         dtype = _numpy(step.graph[LR].type.dtype)
         feeds = dict(inputs)

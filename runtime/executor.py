@@ -130,16 +130,16 @@ class ArenaStep:
         return {name: to_host(out[kind, name]) for kind, name in self._results}
 
 
-def arena_roles(kg, views, memory) -> tuple[list, list, dict, list]:
+def arena_roles(kg, views, memory) -> tuple[list, list, dict, dict]:
     """What a kernel graph bound to an arena (CPU or GPU runner) reads and writes around each
     run, as views of the arena: (inputs [(name, view)], writebacks [(value, target)],
-    outputs {(kind, name): view}, the parameter and state names). An update's output is its
-    parameter's own buffer, which holds the new value after the step (written in place, or
-    copied back): callers keep one array per parameter."""
+    outputs {(kind, name): view}, the parameters and state {name: type}, in graph order).
+    An update's output is its parameter's own buffer, which holds the new value after the
+    step (written in place, or copied back): callers keep one array per parameter."""
     inputs = [(b.name, views[b.name]) for b in kg.buffers if b.role == "input"]
     writebacks = [(views[v], views[t]) for v, t in memory.writebacks]
     outputs = {(o.kind, o.name): views[o.name if o.kind in UPDATES else o.value] for o in kg.outputs}
-    return inputs, writebacks, outputs, [b.name for b in kg.buffers if b.role in UPDATES]
+    return inputs, writebacks, outputs, {b.name: b.type for b in kg.buffers if b.role in UPDATES}
 
 
 class ReferenceExecutor:

@@ -215,6 +215,43 @@ def test_mistakes_are_named(loaded, compiled):
         compiled.grad(loaded.params, batch(), wrt=["label"])
 
 
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_parameters_are_checked_on_every_device_as_the_reference_checks_them(loaded, device):
+    """A parameter missing, of another shape or of another kind of dtype is a ValueError
+    naming it on every device and in forward, grad and step: the compiled ones ran on what
+    their arena held (zeros, or the last call's values) or failed in NumPy's words, and
+    `step` filled a missing weight with zeros as it fills the optimizer's new state."""
+    c = loaded.compile(device=device)
+    name = next(iter(loaded.params))
+    shape = loaded.params[name].shape
+    image = batch()["image"]
+    calls = [lambda p: c.forward(p, {"image": image}), lambda p: c.grad(p, {"image": image}, of="out[:, 3]"),
+             lambda p: c.step(dict(p), batch())]
+    quoted = re.escape(repr(name))
+    for call in calls:
+        with pytest.raises(ValueError, match=f"param {quoted} .* is missing from params"):
+            call({k: v for k, v in loaded.params.items() if k != name})
+        with pytest.raises(ValueError, match=f"param {quoted}: expected shape {re.escape(str(shape))}"):
+            call({**loaded.params, name: np.zeros((2, 2), np.float32)})
+        with pytest.raises(ValueError, match=f"param {quoted} is .* dtype <U1"):
+            call({**loaded.params, name: np.full(shape, "a")})
+
+
+def test_a_refused_load_leaves_the_next_call_reading_the_arrays_it_is_given(loaded, compiled):
+    """A load stopped by a parameter's error keeps the kernels' arguments in step with the
+    arrays lent to them: the next call reads the new arrays, not the last good call's."""
+    image = batch()["image"]
+    call = dict(of="out[:, 3]", wrt="image")  # one name alone is a list of one
+    compiled.grad({k: v.copy() for k, v in loaded.params.items()}, {"image": image}, **call)
+    scaled = {k: v * np.asarray(1.5, v.dtype) for k, v in loaded.params.items()}
+    last = list(scaled)[-1]
+    with pytest.raises(ValueError, match="expected shape"):
+        compiled.grad({**scaled, last: np.zeros(3, np.float32)}, {"image": image}, **call)
+    _, got = compiled.grad(scaled, {"image": image}, **call)
+    _, want = loaded.grad(scaled, {"image": image}, **call)
+    close(got["image"], want["image"], "the call after a refused load")
+
+
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     """README's Python example, as written, from the repository's root."""
     text = (ROOT / "README.md").read_text()

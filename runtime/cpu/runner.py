@@ -41,6 +41,7 @@ import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts
 import numba
 import numpy as np
 
+from dslc import reference
 from dslc.codegen import cache, externs, shared
 from dslc.collective import current
 from dslc.codegen.emit import host_of
@@ -80,9 +81,9 @@ class CompiledGraph:
         self.scratch = aligned_zeros((default_parts(), gen.scratch_slots), np.float64)
         self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
             self.workspace, self.scratch, self._fallback)
-        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
+        self._inputs, self._writebacks, self._outputs, self.param_types = arena_roles(kg, self.views, memory)
         self._arg_at = {b: (i, view) for i, (b, view) in enumerate(module.ARGS)}
-        self._lendable = _lendable(kg, self.param_names, self._arg_at)
+        self._lendable = _lendable(kg, self.param_types, self._arg_at)
         self._lent: dict[str, np.ndarray] = {}  # parameter -> the caller's array its kernels read
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
                          for b in kg.buffers if b.role == "random"]
@@ -105,36 +106,42 @@ class CompiledGraph:
         return raw.view(NUMPY_DTYPE[b.dtype]).reshape(b.type.bind(self.plan.batch))
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Copy parameters and state into the arena (names missing from `params` are kept),
-        or lend the kernels the caller's array where that is safe (the module docstring),
-        then run the prologue kernels that depend on them."""
-        changed, args = False, None
-        for name in self.param_names:
-            given, arena = params.get(name), self.views[name]
-            if given is None or given is arena:
-                continue
-            changed = True
-            if self._lent.get(name) is given and given.shape == arena.shape and given.strides == arena.strides:
-                continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
-            lend = name in self._lendable and _fits(given, arena)
-            if lend or name in self._lent:
-                at, view = self._arg_at[name]
-                args = list(self._args) if args is None else args
-                args[at] = _shaped(given if lend else self.views[name], view)
-                if lend:
-                    self._lent[name] = given
+        """Copy parameters and state into the arena, or lend the kernels the caller's array
+        where that is safe (the module docstring), then run the prologue kernels that
+        depend on them. A name missing from `params`, or an array of another shape or kind
+        of dtype, is the reference's ValueError naming it (reference.given)."""
+        args = None
+        try:
+            for name in self.param_types:
+                given, arena = params.get(name), self.views[name]
+                if given is arena:
                     continue
-                del self._lent[name]
-            np.copyto(arena, given, casting="same_kind")
-        if args is not None:
-            self._args = tuple(args)
-        if changed or not self._prologue_done:
+                if given is None:  # missing (or given as None): the reference's error
+                    given = reference.given("param", name, self.param_types[name], params, "params", arena.shape)
+                self._prologue_done = False  # (at once: a later parameter's error leaves it to the next load)
+                if self._lent.get(name) is given and given.shape == arena.shape and given.strides == arena.strides:
+                    continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
+                lend = name in self._lendable and _fits(given, arena)
+                if lend or name in self._lent:
+                    at, view = self._arg_at[name]
+                    args = list(self._args) if args is None else args
+                    args[at] = _shaped(given if lend else self.views[name], view)
+                    if lend:
+                        self._lent[name] = given
+                        continue
+                    del self._lent[name]
+                np.copyto(arena, reference.given("param", name, self.param_types[name], params, "params",
+                                                 arena.shape), casting="same_kind")
+        finally:  # the kernels' arguments follow _lent, whatever stopped the loop
+            if args is not None:
+                self._args = tuple(args)
+        if not self._prologue_done:
             self.module.prologue(*self._args)
             self._prologue_done = True
 
     def params(self) -> dict[str, np.ndarray]:
         """Copies of the parameters and optimizer state as they are now."""
-        return {name: self._lent.get(name, self.views[name]).copy() for name in self.param_names}
+        return {name: self._lent.get(name, self.views[name]).copy() for name in self.param_types}
 
     def run(self, feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray] | None = None,
             randoms: Mapping[str, np.ndarray] | None = None,

@@ -26,6 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
+from dslc import reference
 from dslc.codegen.cuda_gpu import BLOCK, CudaModule, Launch, generate
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
@@ -67,7 +68,7 @@ class GpuGraph:
         self.library = ops.Library(cp, self.raw, self.workspace)
         self._steps = [(module.kernels[launch.position].prologue, self._bind(launch)) for launch in module.launches
                        if launch.kind != "view"]
-        self._inputs, self._writebacks, self._outputs, self.param_names = arena_roles(kg, self.views, memory)
+        self._inputs, self._writebacks, self._outputs, self.param_types = arena_roles(kg, self.views, memory)
         self._randoms = [(b.name, self.views[b.name], dict(b.attrs)) for b in kg.buffers if b.role == "random"]
         for b in kg.buffers:
             if b.role == "const":
@@ -115,14 +116,15 @@ class GpuGraph:
             view.set(host_block(value, view.dtype, view.shape))
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Copy parameters and state to the GPU (names missing from `params` are kept), then
-        run the prologue kernels that depend on them."""
-        changed = False
-        for name in self.param_names:
-            if name in params and params[name] is not self.views[name]:
-                self._put(self.views[name], params[name])
-                changed = True
-        if changed or not self._prologue_done:
+        """Copy parameters and state to the GPU, then run the prologue kernels that depend on
+        them. A name missing from `params`, or an array of another shape or kind of dtype,
+        is the reference's ValueError naming it (reference.given), as on the CPU."""
+        for name in self.param_types:
+            view = self.views[name]
+            if params.get(name) is not view:
+                self._prologue_done = False  # (first: a later parameter's error leaves it to the next load)
+                self._put(view, reference.given("param", name, self.param_types[name], params, "params", view.shape))
+        if not self._prologue_done:
             for prologue, step in self._steps:
                 if prologue:
                     step()
@@ -130,7 +132,7 @@ class GpuGraph:
 
     def params(self) -> dict[str, np.ndarray]:
         """Host copies of the parameters and optimizer state as they are now."""
-        return {name: to_host(self.views[name]) for name in self.param_names}
+        return {name: to_host(self.views[name]) for name in self.param_types}
 
     def _put(self, view, value) -> None:
         if isinstance(value, self.cp.ndarray):
