@@ -138,7 +138,10 @@ def _bind_shape(node: Node, shape: tuple[int, ...], sizes: dict[str, int]) -> No
             free = [s for s in d.syms if s not in sizes]
             if len(free) == 1:  # solve coef * (bound symbols) * free = actual
                 known = concrete(Sym(d.coef, tuple(s for s in d.syms if s != free[0])), sizes)
-                if actual % known or actual == 0:
+                if actual == 0:
+                    raise ValueError(f"input {node.name!r}: shape {tuple(shape)} makes {free[0]} = 0 "
+                                     f"({node.type.show()}); a batch needs at least one example")
+                if actual % known:
                     raise mismatch
                 sizes[free[0]] = actual // known
             elif len(free) > 1:

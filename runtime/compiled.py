@@ -139,6 +139,8 @@ class Compiled:
         """One training step with the recipe's optimizer (or `optimizer` given to compile, or
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
+        if lr is not None and not (isinstance(lr, (int, float, np.number)) and 0 <= lr < np.inf):
+            raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")
         opt = self.optimizer or recipe_settings(self.model)[0]
         step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
         model = {node.name for node in self.model.graph.params}  # the caller's to give: checked by the step

@@ -61,12 +61,13 @@ class ReferenceStep:
         self.compile_seconds = 0.0
         self._updates = [(o.name, o.value) for o in graph.outputs if o.kind in UPDATES]
         self._results = [(o.name, o.value) for o in graph.outputs if o.kind not in UPDATES]
+        self.rng = np.random.default_rng(0)  # dropout masks when the caller gives no generator, as the runners'
 
     def prepare(self, quiet: bool = False) -> None:
         """Nothing to compile: the references are NumPy."""
 
     def __call__(self, feeds, params, rng=None):
-        values = reference.evaluate(self.graph, feeds, params, rng)
+        values = reference.evaluate(self.graph, feeds, params, rng or self.rng)
         # Every new value is computed before any is written: a step never reads a half-updated dict.
         for name, value in self._updates:
             params[name] = values[value]

@@ -213,6 +213,11 @@ def test_mistakes_are_named(loaded, compiled):
         compiled.grad(loaded.params, {"image": image}, of="loss", wrt=["image"])
     with pytest.raises(dslc.CompileError, match="labels have no gradient"):
         compiled.grad(loaded.params, batch(), wrt=["label"])
+    for lr in (-1e-3, float("nan"), float("inf"), "0.1"):
+        params = dict(loaded.params)
+        with pytest.raises(UsageError, match="step: lr is a finite number >= 0"):
+            compiled.step(params, batch(), lr=lr)
+        assert params.keys() == loaded.params.keys()  # refused before any optimizer state is added
 
 
 @pytest.mark.parametrize("device", ["cpu", "reference"])
@@ -250,6 +255,40 @@ def test_a_refused_load_leaves_the_next_call_reading_the_arrays_it_is_given(load
     _, got = compiled.grad(scaled, {"image": image}, **call)
     _, want = loaded.grad(scaled, {"image": image}, **call)
     close(got["image"], want["image"], "the call after a refused load")
+
+
+def test_the_reference_device_draws_dropout_masks_when_no_generator_is_given():
+    """As the compiled devices do (from the step's own generator): `step` and the loss's
+    gradient on a model with dropout needed rng= on the reference device alone."""
+    m = dslc.load(DIGITS_CNN, width=4)  # dropout at the model's own p
+    c = m.compile(device="reference")
+    assert np.isfinite(c.step(m.init(0), batch())["loss"])
+    value, grads = c.grad(m.init(0), batch())
+    assert np.isfinite(value) and grads
+
+
+LABEL_LOSSES = {"cross_entropy": "cross_entropy(s, y)", "nll_loss": "nll_loss(log_softmax(s, axis=1), y)",
+                "svm": "svm(s, y)"}
+
+
+@pytest.mark.parametrize("loss", sorted(LABEL_LOSSES))
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_a_label_outside_the_classes_is_refused_on_every_device(loss, device):
+    """Labels -1 and C are a ValueError naming the loss on every device, in its value and
+    its gradient: the reference indexed with them, reading a label of -1 from the end."""
+    text = ("model m {\n input x : f32[N, 4]\n input y : i64[N]\n param W : f32[4, 3] = kaiming()\n"
+            f" s = x @ W\n loss {LABEL_LOSSES[loss]}\n}}\n")
+    m = dslc.load("labels.net", text=text)
+    c, params = m.compile(device=device), m.init(0)
+    x = np.ones((2, 4), np.float32)
+    for bad in (-1, 3):
+        y = np.array([0, bad])
+        with pytest.raises(ValueError, match=f"{loss}: a label is outside \\[0, classes\\)"):
+            c.forward(params, {"x": x, "y": y})
+        with pytest.raises(ValueError, match=f"{loss}: a label is outside"):
+            c.grad(params, {"x": x, "y": y})
+    value, _ = c.grad(params, {"x": x, "y": np.array([0, 2])})
+    assert np.isfinite(value)
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):

@@ -147,6 +147,8 @@ def test_symbolic_dims_bind_consistently():
         reference.evaluate(g, {"x": np.ones((2, 3)), "y": np.zeros(4, int)}, w, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"input 'x': expected f32\[N, 3\], got shape \(2, 4\)"):
         reference.evaluate(g, {"x": np.ones((2, 4)), "y": np.zeros(2, int)}, w, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"input 'x': shape \(0, 3\) makes N = 0 .* at least one example"):
+        reference.evaluate(g, {"x": np.ones((0, 3)), "y": np.zeros(0, int)}, w, np.random.default_rng(0))
 
 
 def test_feeds_kind_and_missing_values_are_errors():

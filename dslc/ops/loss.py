@@ -52,7 +52,16 @@ _CLASS_SAMPLES = (Sample((_f32(4, 5), TensorType("i64", (4,)))),)
 _CLASS_GRAD_SAMPLES = (Sample((_f32(4, 5), TensorType("i64", (4,)), _f32())),)
 
 
+def _labels(label, scores, what: str):
+    """`label`, checked to lie in [0, classes) as the CPU kernels check it (the same message):
+    indexing with it, NumPy would read a negative label from the end, a silently wrong loss."""
+    if label.size and (label.min() < 0 or label.max() >= scores.shape[1]):
+        raise ValueError(f"{what}: a label is outside [0, classes)")
+    return label
+
+
 def _ce_ref(logits, label):
+    label = _labels(label, logits, "cross_entropy")
     return _scalar(-log_softmax_ref(logits, axis=1)[np.arange(len(label)), label].mean(), logits)
 
 
@@ -66,7 +75,7 @@ register(OpDef(
 
 def _ce_grad_ref(logits, label, g):
     p = np.exp(log_softmax_ref(logits, axis=1))
-    p[np.arange(len(label)), label] -= 1
+    p[np.arange(len(label)), _labels(label, logits, "cross_entropy")] -= 1
     return (p * (g / len(label))).astype(logits.dtype)
 
 
@@ -78,12 +87,12 @@ register(OpDef(
 
 
 def _nll_ref(logp, label):
-    return _scalar(-logp[np.arange(len(label)), label].mean(), logp)
+    return _scalar(-logp[np.arange(len(label)), _labels(label, logp, "nll_loss")].mean(), logp)
 
 
 def _nll_grad_ref(logp, label, g):
     out = np.zeros_like(logp)
-    out[np.arange(len(label)), label] = -g / len(label)
+    out[np.arange(len(label)), _labels(label, logp, "nll_loss")] = -g / len(label)
     return out
 
 
@@ -102,7 +111,7 @@ register(OpDef(
 
 def _hinge_margins(s, label, margin):
     """m[i, j] = s[i, j] - s[i, y_i] + margin for j != y_i, and 0 at j = y_i (excluded from the sum)."""
-    m = s - s[np.arange(len(label)), label][:, None] + margin
+    m = s - s[np.arange(len(label)), _labels(label, s, "svm")][:, None] + margin
     m[np.arange(len(label)), label] = 0
     return m
 
