@@ -24,6 +24,8 @@ device runs the graph as written.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,10 +45,24 @@ from dslc.stages import build, recipe_settings
 Arrays = Mapping[str, np.ndarray]
 
 
+def _one_call_at_a_time(method):
+    """`method` under the object's lock. A compiled request runs in one arena: its inputs
+    are copied in, its kernels run, its results copied out, each a step of Python, and two
+    threads calling at once read each other's values (797 of 800 saliency maps of small_cnn
+    wrong, from four threads). Uncontended, the lock costs well under a microsecond."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Compiled:
-    """The callables of one model on one executor (see the module docstring)."""
+    """The callables of one model on one executor (see the module docstring). Calls from
+    several threads are safe and run one at a time (_one_call_at_a_time)."""
 
     def __init__(self, model, executor: Executor, optimizer: Optimizer | None = None):
+        self._lock = threading.Lock()
         self.model, self.executor = model, executor
         self.optimizer = optimizer
         self._steps: dict[tuple, Step] = {}  # request -> its compiled Step
@@ -70,6 +86,7 @@ class Compiled:
 
     # ---- forward ------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def forward(self, params: Arrays, inputs: Arrays, outputs: Sequence[str] | None = None, train: bool = False,
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
@@ -98,6 +115,7 @@ class Compiled:
 
     # ---- grad ---------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def grad(self, params: Arrays, inputs: Arrays, of="loss", wrt: Sequence[str] | None = None,
              train: bool | None = None, rng: np.random.Generator | None = None,
              rules: Mapping[str, Callable] | None = None) -> tuple[float, dict[str, np.ndarray]]:
@@ -134,6 +152,7 @@ class Compiled:
 
     # ---- step ---------------------------------------------------------------------------
 
+    @_one_call_at_a_time
     def step(self, params: dict[str, np.ndarray], inputs: Arrays, lr: float | None = None,
              rng: np.random.Generator | None = None) -> dict[str, float]:
         """One training step with the recipe's optimizer (or `optimizer` given to compile, or
