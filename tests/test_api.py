@@ -101,6 +101,25 @@ def test_grad_is_the_reference_grad(loaded, compiled, of, wrt):
         close(one["image"][0], got["image"][2], "one image's saliency")
 
 
+def test_grad_with_respect_to_every_parameter_and_statistic_is_the_reference_grad(loaded, compiled):
+    """Inference-mode gradients w.r.t. every parameter, running statistics included, all at
+    once and a batchnorm's alone. The compiled devices fold the batchnorm, and then read a
+    convolution's weight through two views: a weight lent to the kernels reached one of
+    them, the other read the arena (gamma's and the variance's gradients came out wrong,
+    0 for a linear layer's variance); and the fold's rsqrt needed a gradient rule."""
+    inputs = {"image": batch()["image"]}
+    of = {"out": np.linspace(-1, 1, 10)}
+    every = list(loaded.params)
+    norm = "conv2.conv_bn_relu.batchnorm"
+    for wrt in (every, [f"{norm}.gamma"], [f"{norm}.running_var"]):
+        value, got = compiled.grad(loaded.params, inputs, of=of, wrt=wrt)
+        want_value, want = loaded.grad(loaded.params, inputs, of=of, wrt=wrt)
+        close(value, want_value, "value")
+        assert set(got) == set(wrt)
+        for name in wrt:
+            close(got[name], want[name], f"grad {name}")
+
+
 def test_grad_reads_the_callers_parameters_as_they_are_at_each_call(loaded, compiled):
     """The compiled grad lends its kernels the caller's parameter arrays rather than copying
     them (runtime/cpu/runner.py): a change in place, a new array, or one that cannot be lent

@@ -394,6 +394,7 @@ REFUSED = {
     "kernel": "fused kernels are made for dslc's own backends after the passes export runs",
     "source": "random draws (dropout masks) exist only in training graphs",
     "collective": "a data-parallel reduction over ranks exists only in a training step",
+    "rewrite": "an op the passes make (a folded batchnorm's scale): export computes what it feeds from the weights",
 }
 
 

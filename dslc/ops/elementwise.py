@@ -154,11 +154,12 @@ def _sigmoid(x):
 
 # ---- derivative helpers: ops that only gradient rules emit ------------------------
 
-def _helper(name: str, formula: str, fn, scalar: Scalar, attrs=(), flops: int = 2, domain: str = "kinks") -> OpDef:
-    # Their own gradients are never needed: autodiff is first-order here.
-    return register(OpDef(name, "derivative", ("x",), attrs, shape=_same(name), formula=formula,
+def _helper(name: str, formula: str, fn, scalar: Scalar, attrs=(), flops: int = 2, domain: str = "kinks",
+            category: str = "derivative", grad=None) -> OpDef:
+    # The gradient rules' helpers need no gradient of their own: autodiff is first-order here.
+    return register(OpDef(name, category, ("x",), attrs, shape=_same(name), formula=formula,
                           flops=_numel_flops(flops), reference=fn, samples=_samples((3, 5), domain=domain),
-                          elementwise="broadcast", scalar=scalar))
+                          elementwise="broadcast", scalar=scalar, grad=grad))
 
 
 _helper("step", "1 if x > 0 else low", lambda x, low: np.where(x > 0, 1.0, low).astype(x.dtype),
@@ -175,9 +176,12 @@ _helper("gelu_deriv", "Phi(x) + x * phi(x)",
                "0.5 * (1.0 + erf({0} * SQRT1_2)) + {0} * exp(-0.5 * {0} * {0}) * INV_SQRT_2PI"), flops=10)
 _helper("sigmoid_deriv", "s * (1 - s), given s = sigmoid(x)", lambda s: s * (1 - s), Scalar.both("{0} * (1.0 - {0})"))
 _helper("tanh_deriv", "1 - t^2, given t = tanh(x)", lambda t: 1 - t * t, Scalar.both("1.0 - {0} * {0}"))
-# Used by fold-batchnorm (gamma / sqrt(var + eps)) rather than by a gradient rule.
+# Made by passes (fold-batchnorm's gamma / sqrt(var + eps), the training step's gradient
+# clipping), not by a gradient rule; a folded graph is differentiated where the compiled API
+# takes a gradient with respect to a running variance: d/dx x^(-1/2) = -r^3 / 2, r = rsqrt(x).
 _helper("rsqrt", "1 / sqrt(x)", lambda x: (1.0 / np.sqrt(x)).astype(x.dtype),
-        Scalar("1.0 / math.sqrt({0})", "1.0 / sqrt({0})"), flops=2, domain="positive")
+        Scalar("1.0 / math.sqrt({0})", "1.0 / sqrt({0})"), flops=2, domain="positive", category="rewrite",
+        grad=lambda b, n, g: (b.mul(g, b.mul(b.const(-0.5, n.type.dtype), b.mul(n.name, b.mul(n.name, n.name)))),))
 
 
 # ---- prelu: a learnable slope per channel (axis 1), He et al. 2015 -----------------

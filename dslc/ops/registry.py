@@ -142,8 +142,9 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 # Categories of ops the compiler emits itself (gradients, optimizer updates, fused
-# kernels, graph sources, a data-parallel step's collectives): a program may not call them and `dslc ops` does not list them.
-INTERNAL = ("source", "derivative", "optimizer", "kernel", "collective")
+# kernels, graph sources, a data-parallel step's collectives, the rewrites of the passes:
+# fold-batchnorm's rsqrt): a program may not call them and `dslc ops` does not list them.
+INTERNAL = ("source", "derivative", "optimizer", "kernel", "collective", "rewrite")
 
 
 def register(op: OpDef) -> OpDef:

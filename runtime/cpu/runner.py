@@ -82,7 +82,9 @@ class CompiledGraph:
         self._args = tuple(_shaped(self.views[b], view) for b, view in module.ARGS) + (
             self.workspace, self.scratch, self._fallback)
         self._inputs, self._writebacks, self._outputs, self.param_types = arena_roles(kg, self.views, memory)
-        self._arg_at = {b: (i, view) for i, (b, view) in enumerate(module.ARGS)}
+        self._arg_at: dict[str, list[tuple[int, str]]] = {}  # buffer -> every (argument, view) of it
+        for i, (b, view) in enumerate(module.ARGS):
+            self._arg_at.setdefault(b, []).append((i, view))
         self._lendable = _lendable(kg, self.param_types, self._arg_at)
         self._lent: dict[str, np.ndarray] = {}  # parameter -> the caller's array its kernels read
         self._randoms = [(b.name, self.views[b.name], self.views[b.name].reshape(-1), dict(b.attrs))
@@ -123,9 +125,9 @@ class CompiledGraph:
                     continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
                 lend = name in self._lendable and _fits(given, arena)
                 if lend or name in self._lent:
-                    at, view = self._arg_at[name]
                     args = list(self._args) if args is None else args
-                    args[at] = _shaped(given if lend else self.views[name], view)
+                    for at, view in self._arg_at[name]:  # each view of it the kernels take
+                        args[at] = _shaped(given if lend else self.views[name], view)
                     if lend:
                         self._lent[name] = given
                         continue
