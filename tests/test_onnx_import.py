@@ -104,6 +104,40 @@ def test_a_file_that_is_not_onnx(tmp_path, capsys):
     assert "not a" in capsys.readouterr().err and not (tmp_path / "x.net").exists()
 
 
+def _external_matmul(tmp_path, location: str, length: int | None = None):
+    """x [N, 4] @ W [4, 3], W stored outside the file at `location` (beside it), `length` bytes."""
+    from onnx import TensorProto, numpy_helper
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in [("location", location)] + ([("length", str(length))] if length is not None else []):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "ext",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    (tmp_path / "ext.onnx").write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                        .SerializeToString())
+    return tmp_path / "ext.onnx"
+
+
+def test_weights_stored_outside_the_file_are_read_within_bounds(tmp_path, capsys):
+    """External data is imported (the weights beside the file), and refused before it is read
+    where it could not be held: one tensor naming a sparse 3 GiB file was read for a minute,
+    up to twice its size in memory, before protobuf refused it."""
+    (tmp_path / "w.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    path = _external_matmul(tmp_path, "w.bin", 48)
+    assert main(["import", str(path), "-o", str(tmp_path / "ext.net")]) == 0
+    x = np.ones((2, 4), np.float32)
+    assert_close(*imported_outputs(tmp_path / "ext.net", path, {"x": x}))
+    with open(tmp_path / "huge.bin", "wb") as f:
+        f.truncate(3 * 2**30)  # sparse: no disk used
+    for length in (None, 3 * 2**30):
+        path = _external_matmul(tmp_path, "huge.bin", length)
+        assert main(["import", str(path), "-o", str(tmp_path / "huge.net")]) == 1
+        assert "hold 3 GiB" in capsys.readouterr().err and not (tmp_path / "huge.net").exists()
+
+
 # ---- every op dslc exports, back through import ------------------------------------------------
 
 OPS = registry.all_ops()

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from dslc.diagnostics import CliError
-from dslc.files import read_limited, write_atomic
+from dslc.files import check_memory, read_limited, write_atomic
 from dslc.interop import onnx_patterns
 from dslc.interop.onnx_export import MAX_BYTES, require_onnx
 from dslc.interop.onnx_readers import READERS, Unsupported, number
 from dslc.interop.onnx_shapes import ARITHMETIC, fold_static
 from dslc.ops import registry
 from dslc.ops.elementwise import SELU_ALPHA, SELU_SCALE
+from dslc.reading import human_bytes
 
 DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
 KEYWORDS = {"model", "block", "input", "param", "output", "metric", "loss", "return", "repeat", "as", "train",
@@ -58,7 +59,8 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
         # Each node as its op's schema has it (inputs, attribute types), so that the readers need
         # not check; tensors stored outside the file are found (and then loaded) beside it.
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            onnx.checker.check_model(str(path))
+            onnx.checker.check_model(str(path))  # each file a regular one inside path's directory
+            _check_external_size(onnx, proto, path)
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         else:
             onnx.checker.check_model(proto)
@@ -82,6 +84,29 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
         written.append(weights)
     write_atomic(output, text.encode())
     return written
+
+
+def _check_external_size(onnx, proto, path: Path) -> None:
+    """Refuse, before reading any, external data that the import could not hold: ONNX reads
+    each tensor's `length` bytes from its `offset` (the rest of its file when no length is
+    given), the tensors must then fit one protobuf message (MAX_BYTES) for shape inference,
+    and loading them took twice their size in memory. An 8 GiB file named by one tensor was
+    read for a minute, up to 16.8 GB of memory, and then refused by protobuf."""
+    total = 0
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        try:
+            offset, length = int(info.get("offset") or 0), info.get("length")
+            size = (path.parent / info["location"]).stat().st_size
+        except (KeyError, ValueError, OSError) as e:
+            raise CliError(f"{path}: tensor {tensor.name!r} names its external data badly ({e})") from None
+        total += int(length) if length else max(0, size - offset)
+    if total > MAX_BYTES:
+        raise CliError(f"{path}: its tensors stored outside it hold {human_bytes(total)}; an ONNX model is read "
+                       f"whole, and dslc imports models whose weights are below {human_bytes(MAX_BYTES + 1)}")
+    check_memory(2 * total, f"loading its external tensors ({human_bytes(total)})", path)
 
 
 class _Writer:
