@@ -31,6 +31,8 @@ from typing import Mapping
 import numpy as np
 
 from dslc.diagnostics import did_you_mean
+from dslc.files import UnreadableFile, check_memory
+from dslc.reading import human_bytes
 from dslc.recipe.schema import select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.runtime.checkpoint import CheckpointError
@@ -164,6 +166,10 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"{file}: no such file (torch_weights reads a .safetensors or .pt file)")
+    try:  # every tensor is read into memory: refused at once where they would not fit
+        check_memory(file.stat().st_size, f"reading its state_dict ({human_bytes(file.stat().st_size)})", file)
+    except UnreadableFile as e:
+        raise CheckpointError(str(e)) from None
     if file.suffix in SAFETENSORS:
         return _read_safetensors(file)
     if file.suffix in PICKLES:

@@ -302,3 +302,16 @@ def test_unreadable_files(tmp_path, name, content, message):
         read_state_dict(tmp_path / name)
     with pytest.raises(CheckpointError, match="no such file"):
         read_state_dict(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pt"])
+def test_a_state_dict_larger_than_memory_is_refused_before_it_is_read(tmp_path, monkeypatch, name):
+    """Every tensor of the file is read into memory: where they would not fit, the file is
+    refused with the sizes at once, instead of read until memory runs out."""
+    from dslc import files
+    state = {"w": torch.zeros(64, 64)}
+    save_file(state, tmp_path / name) if name.endswith(".safetensors") else torch.save(state, tmp_path / name)
+    assert read_state_dict(tmp_path / name)["w"].shape == (64, 64)
+    monkeypatch.setattr(files, "memory_available", lambda: 1000)
+    with pytest.raises(CheckpointError, match=r"reading its state_dict \(.*\) needs .* of memory; .* is available"):
+        read_state_dict(tmp_path / name)
