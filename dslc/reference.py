@@ -105,8 +105,8 @@ def given(op: str, name: str, type_: TensorType, arrays: Mapping, what: str, sha
     """arrays[name], checked against its node (`op` name, of type `type_`, `shape` bound
     here): a ValueError naming it when it is missing, of the wrong kind of dtype or of
     another shape. Arrays with a shape and dtype (NumPy's, CuPy's) are returned as they
-    are, anything else through np.asarray; the compiled executors check their parameters
-    with it too (executor.ArenaStep), so every device refuses what the oracle refuses."""
+    are, anything else through np.asarray; the compiled runners check their parameters
+    with it too (load_params, CPU and GPU), so every device refuses what the oracle refuses."""
     if name not in arrays:
         raise ValueError(f"{op} {name!r} ({type_.show()}) is missing from {what}")
     value = arrays[name]
