@@ -47,6 +47,10 @@ from dslc.runtime.jsondoc import Doc
 SEARCH, TRIAL, RESULT = "search.json", "trial.json", "result.json"
 JSON_LIMIT = 64 << 20
 BUSY = "is being written by another dslc process"  # a trial still running elsewhere: not a failure
+# Exit statuses of a trial that failed for good: 1 a mistake (data, a diverged run ...), 2 a command
+# line its point makes invalid (a warmup as long as the --epochs given). Others (130: Ctrl-C,
+# a signal) leave it pending, resumed by the next run; a status 2 was, and failed again each time.
+FAILED = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ class Search:
     def _finished(self, t: Trial, outcome: Outcome) -> None:
         if outcome.status == 0:
             self._read_outcome(t)
-        elif outcome.status == 1 and BUSY not in outcome.error:
+        elif outcome.status in FAILED and BUSY not in outcome.error:
             t.status, t.error = "failed", outcome.error
             self._write_trial(t)
         # anything else (Ctrl-C, a kill): still pending, resumed by the next run

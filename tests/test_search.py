@@ -134,6 +134,26 @@ def test_search_trains_trials_in_parallel_and_ranks_them_on_validation(tmp_path,
     assert code == 1 and "settings.trials: 3 -> 4" in err and "--force" in err
 
 
+def test_a_trial_its_point_makes_invalid_fails_with_its_message(tmp_path, capsys):
+    """A trial whose `dslc train` refuses its command line (status 2; here epochs = 1 under a
+    one-epoch warmup) has failed: it was left pending, its message unseen, and trained again
+    by every rerun. --epochs that no trial could train with is refused before any starts."""
+    warmup = "epochs = 2\n    schedule = cosine(warmup=1)\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = search_net(tmp_path / "a", "epochs = choice(1, 2)")
+    path.write_text(path.read_text().replace("epochs = 2\n", warmup))
+    code, stdout, stderr = run(capsys, "search", path, "--grid", "--out", tmp_path / "s", "--json", *REF)
+    assert code == 0, stderr
+    trials = {t["params"]["epochs"]: t for t in json.loads(stdout)["trials"]}
+    assert trials[1]["status"] == "failed" and "warmup (1 epochs) must be shorter" in trials[1]["error"]
+    assert trials[2]["status"] == "done"
+    path = search_net(tmp_path / "b", "lr = loguniform(1e-3, 1e-1)")
+    path.write_text(path.read_text().replace("epochs = 2\n", warmup))
+    code, _, err = run(capsys, "search", path, "--epochs", "1", "--out", tmp_path / "s2", *REF)
+    assert code == 2 and "shorter than training (1 epochs)" in err and not (tmp_path / "s2").exists()
+
+
 def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
     path = search_net(tmp_path, "lr = loguniform(1e-3, 1e-1)")
     out = tmp_path / "s"

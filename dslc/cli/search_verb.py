@@ -56,8 +56,9 @@ def cmd_search(args) -> int:
     if args.address and args.engine != "ray":
         raise UsageError("--address names a Ray cluster; it goes with --engine ray")
     sets = recipe_sets(args)
-    sets.pop("epochs", None)  # --epochs is the trials' setting, recorded as such
+    # checked with --epochs, as every trial trains with it (a warmup as long would fail each one)
     model, recipe = model_and_recipe(args.file, args.as_name, sets)
+    sets.pop("epochs", None)  # --epochs is the trials' setting, recorded as such
     space = space_of(model, recipe, args.space or [])
     if not space:
         raise UsageError(f"recipe '{recipe.name}' of {args.file} has no search block and no --space was given; "
