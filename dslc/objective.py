@@ -105,6 +105,10 @@ def node_of(graph: Graph, name: str) -> str:
     if under:
         return under[-1]
     names = [n.name for n in graph.nodes if n.op not in ("param", "const")] + [o.name for o in graph.outputs]
+    if name == "loss":  # grad's default `of`
+        shown = [o.name for o in graph.outputs if o.kind == "output"] or names
+        raise UsageError(f"model '{graph.name}' declares no loss to differentiate; name what to differentiate "
+                         f"with of=, e.g. of=\"{shown[0]}\" (the sum of its entries) or of=\"{shown[0]}[:, 0]\"")
     raise UsageError(f"model '{graph.name}' has no node or output '{name}'"
                      + (f"; {did_you_mean(name, names)}" if did_you_mean(name, names) else
                         "; `dslc check` lists its layers"))

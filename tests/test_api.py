@@ -335,6 +335,15 @@ def test_calls_from_several_threads_get_their_own_results(loaded, compiled):
     assert not wrong, f"{len(wrong)} of 160 calls got another call's gradient"
 
 
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_grad_of_a_model_without_a_loss_says_what_to_name(device):
+    """grad's default is the loss; without one the message names the model's output to use
+    instead (it said "has no node or output 'loss'")."""
+    m = dslc.load("noloss.net", text="model m {\n input x : f32[N, 4]\n y = x |> linear(3)\n output y\n}\n")
+    with pytest.raises(UsageError, match="declares no loss to differentiate; .* of=\"y\" .* of=\"y\\[:, 0\\]\""):
+        m.compile(device=device).grad(m.init(0), {"x": np.ones((2, 4), np.float32)})
+
+
 LABEL_LOSSES = {"cross_entropy": "cross_entropy(s, y)", "nll_loss": "nll_loss(log_softmax(s, axis=1), y)",
                 "svm": "svm(s, y)"}
 
