@@ -167,7 +167,8 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not file.is_file():
         raise CheckpointError(f"{file}: no such file (torch_weights reads a .safetensors or .pt file)")
     try:  # every tensor is read into memory: refused at once where they would not fit
-        check_memory(file.stat().st_size, f"reading its state_dict ({human_bytes(file.stat().st_size)})", file)
+        size = file.stat().st_size
+        check_memory(size, f"reading its state_dict ({human_bytes(size)})", file)
     except UnreadableFile as e:
         raise CheckpointError(str(e)) from None
     if file.suffix in SAFETENSORS:

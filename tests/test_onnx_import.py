@@ -104,7 +104,7 @@ def test_a_file_that_is_not_onnx(tmp_path, capsys):
     assert "not a" in capsys.readouterr().err and not (tmp_path / "x.net").exists()
 
 
-def _external_matmul(tmp_path, location: str, length: int | None = None):
+def _external_matmul(tmp_path, location: str, length: int | str | None = None):
     """x [N, 4] @ W [4, 3], W stored outside the file at `location` (beside it), `length` bytes."""
     from onnx import TensorProto, numpy_helper
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W")
@@ -136,6 +136,9 @@ def test_weights_stored_outside_the_file_are_read_within_bounds(tmp_path, capsys
         path = _external_matmul(tmp_path, "huge.bin", length)
         assert main(["import", str(path), "-o", str(tmp_path / "huge.net")]) == 1
         assert "hold 3 GiB" in capsys.readouterr().err and not (tmp_path / "huge.net").exists()
+    path = _external_matmul(tmp_path, "w.bin", "abc")
+    assert main(["import", str(path), "-o", str(tmp_path / "bad.net")]) == 1
+    assert "tensor 'W' names its external data badly" in capsys.readouterr().err
 
 
 # ---- every op dslc exports, back through import ------------------------------------------------

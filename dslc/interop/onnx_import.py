@@ -98,11 +98,12 @@ def _check_external_size(onnx, proto, path: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         try:
-            offset, length = int(info.get("offset") or 0), info.get("length")
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else None
             size = (path.parent / info["location"]).stat().st_size
         except (KeyError, ValueError, OSError) as e:
             raise CliError(f"{path}: tensor {tensor.name!r} names its external data badly ({e})") from None
-        total += int(length) if length else max(0, size - offset)
+        total += length if length is not None else max(0, size - offset)
     if total > MAX_BYTES:
         raise CliError(f"{path}: its tensors stored outside it hold {human_bytes(total)}; an ONNX model is read "
                        f"whole, and dslc imports models whose weights are below {human_bytes(MAX_BYTES + 1)}")

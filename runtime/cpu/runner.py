@@ -118,8 +118,8 @@ class CompiledGraph:
                 given, arena = params.get(name), self.views[name]
                 if given is arena:
                     continue
-                if given is None:  # missing (or given as None): the reference's error
-                    given = reference.given("param", name, self.param_types[name], params, "params", arena.shape)
+                if given is None:  # missing, or given as None: raises the reference's error
+                    reference.given("param", name, self.param_types[name], params, "params", arena.shape)
                 self._prologue_done = False  # (at once: a later parameter's error leaves it to the next load)
                 if self._lent.get(name) is given and given.shape == arena.shape and given.strides == arena.strides:
                     continue  # lent already and still of its shape and layout (its dtype and memory are fixed)
