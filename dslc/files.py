@@ -32,6 +32,7 @@ anything is allocated for it.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
@@ -126,6 +127,35 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) 
     kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
             else "a socket")
     raise CliError(f"cannot write {path}: it is {kind}; give the name of a file")
+
+
+# A figure's format from its file name's suffix (matplotlib renders each; jpg through pillow).
+# A name without one (`-o /dev/stdout`, a FIFO) gets PNG; any other suffix is refused
+# rather than written as PNG bytes under a name that says otherwise.
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpg"}
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The format a figure written to `path` takes; ValueError for a suffix no figure has.
+
+    >>> figure_format("curves.pdf"), figure_format("/dev/stdout"), figure_format("a.b/saliency")
+    ('pdf', 'png', 'png')
+    """
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "png"
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"{os.fspath(path)}: a figure is written as {', '.join(FIGURE_FORMATS)}, "
+                         f"not {suffix}; name the file with one of those")
+    return FIGURE_FORMATS[suffix]
+
+
+def write_figure(fig, path: str | os.PathLike, dpi: int) -> None:
+    """Render a matplotlib Figure in the format its name asks for (figure_format) and write it
+    atomically: a viewer never reads half a file."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=figure_format(path), dpi=dpi)
+    write_atomic(path, buf.getvalue())
 
 
 def _replace(shown: Path, target: Path, data: bytes, durable: bool, mode: int) -> None:

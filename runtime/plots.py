@@ -1,7 +1,8 @@
 """The pictures of training: curves.png, `dslc plot` (several runs, or update ratios), shared figure plumbing.
 
-Every drawing takes plain data (metrics records, per-step rows) and writes a PNG
-atomically; none reads a run directory (runs.py does, and calls these).
+Every drawing takes plain data (metrics records, per-step rows) and writes a figure
+atomically (PNG, or the .pdf, .svg or .jpg its name asks for: files.write_figure);
+none reads a run directory (runs.py does, and calls these).
 
     plot_curves(records, steps, "runs/a/curves.png", title="a")
     plot_ratios([("a", records)], "ratios.png")
@@ -11,11 +12,10 @@ Figures are built without pyplot, so no global state or GUI backend is involved
 """
 from __future__ import annotations
 
-import io
 import math
 from typing import Mapping, Sequence
 
-from dslc.files import write_atomic
+from dslc.files import write_figure
 
 RATIO_GUIDE = 1e-3  # the update/weight ratio the lectures call healthy
 MAX_POINTS = 4000  # per-step points drawn per curve; longer runs are thinned (the mean uses every step)
@@ -37,10 +37,8 @@ def figure(panels: int, rows: int = 1):
 
 
 def save_figure(fig, path) -> None:
-    """Render a Figure to PNG and write it atomically (a viewer never reads half a file)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_atomic(path, buf.getvalue())
+    """Write a Figure in the format its name asks for (files.write_figure: PNG by default)."""
+    write_figure(fig, path, dpi=100)
 
 
 def metric_names(records: Sequence[Mapping]) -> list[str]:

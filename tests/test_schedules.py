@@ -11,6 +11,7 @@ from dslc.recipe import schema as R
 from dslc.frontend.parse import parse
 from dslc.runtime import schedules as S
 from dslc.runtime.lrfind import plot_schedule
+from helpers import ROOT, run_cli
 
 LR = 0.1
 
@@ -188,3 +189,19 @@ def test_landmarks_show_turns_not_evenly_spaced_samples(name, args, points):
     for (t, lr), (want_t, want_lr) in zip(shown, points):
         assert t == pytest.approx(want_t, abs=0.01) and lr == pytest.approx(want_lr, rel=1e-3)
     assert shown[-1][0] == 20 and more == (name == "cyclical")
+
+
+@pytest.mark.parametrize("name, magic", [("lr.pdf", b"%PDF"), ("lr.svg", b"<?xml"), ("lr.JPG", b"\xff\xd8\xff"),
+                                         ("lr", b"\x89PNG")])
+def test_a_figure_takes_the_format_its_name_asks_for(tmp_path, capsys, name, magic):
+    """-o lr.pdf writes a PDF (it wrote PNG bytes under any name); a name without a suffix is PNG."""
+    code, out, err = run_cli(capsys, "lr", str(ROOT / "models" / "small_cnn.net"), "-o", str(tmp_path / name))
+    assert code == 0 and (tmp_path / name).read_bytes().startswith(magic), (out, err)
+
+
+def test_a_figure_named_with_a_suffix_no_figure_has_is_refused_before_anything_is_written(tmp_path, capsys):
+    kept = tmp_path / "notes.txt"
+    kept.write_text("mine")
+    code, _, err = run_cli(capsys, "lr", str(ROOT / "models" / "small_cnn.net"), "-o", str(kept))
+    assert code == 2 and "notes.txt: a figure is written as .png, .pdf, .svg" in err and "not .txt" in err
+    assert kept.read_text() == "mine" and "Traceback" not in err

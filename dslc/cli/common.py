@@ -12,6 +12,7 @@ from typing import Any
 
 import dslc
 from dslc.diagnostics import UsageError, printable
+from dslc.files import figure_format
 from dslc.frontend.values import literals
 
 
@@ -61,6 +62,16 @@ def positive(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
+
+
+def figure_file(text: str) -> str:
+    """The name of a figure to write, its format from its suffix (files.figure_format): a
+    suffix no figure has is refused before anything is computed."""
+    try:
+        figure_format(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _number(text: str, kind, what: str):

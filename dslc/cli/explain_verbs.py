@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from dslc.cli.common import add_checkpoint_args, count, positive, seed, verb
+from dslc.cli.common import add_checkpoint_args, count, figure_file, positive, seed, verb
 
 RUN = "runs/digits_cnn"
 M = "models/digits_cnn.net"
@@ -42,7 +42,8 @@ def _common(p: argparse.ArgumentParser, method: str, examples: bool = True, laye
     add_checkpoint_args(p)
     if layer:
         p.add_argument("--layer", required=True, help=f"a layer's label or node name, e.g. {layer}")
-    p.add_argument("-o", "--output", default=f"{method}.png", help=f"PNG to write (default: {method}.png)")
+    p.add_argument("-o", "--output", default=f"{method}.png", type=figure_file,
+                   help=f"figure to write: .png (default: {method}.png), .pdf, .svg or .jpg")
     p.add_argument("--npy", metavar="FILE", help="also write the numbers (maps, images, features) as a .npy")
     p.add_argument("--json", action="store_true", help="print a report of the numbers as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

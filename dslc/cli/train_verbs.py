@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dslc.cli.common import (add_checkpoint_args, add_recipe_args, checkpoint_sets, count, load_model,
+from dslc.cli.common import (add_checkpoint_args, add_recipe_args, checkpoint_sets, count, figure_file, load_model,
                              model_and_recipe, output_is_not, positive, recipe_sets, seed, verb)
 from dslc.diagnostics import UsageError
 
@@ -261,7 +261,8 @@ def register(verbs) -> None:
               "  dslc plot runs/digits_mlp --ratios -o ratios.png")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--ratios", action="store_true", help="plot the update/weight ratios per parameter")
-    p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default: curves.png)")
+    p.add_argument("-o", "--output", default="curves.png", type=figure_file,
+                   help="figure to write: .png (default: curves.png), .pdf, .svg or .jpg")
     p.set_defaults(run=cmd_plot)
 
     p = verb(verbs, "lr-find", "run the learning-rate range test and suggest a rate",
@@ -274,12 +275,14 @@ def register(verbs) -> None:
     p.add_argument("--end", type=positive, default=10.0, help="last learning rate (default: 10)")
     p.add_argument("--steps", type=count, default=100, help="steps of the test (default: 100)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="where to run (default: the recipe's device)")
-    p.add_argument("-o", "--output", default="lr_find.png", help="PNG to write (default: lr_find.png)")
+    p.add_argument("-o", "--output", default="lr_find.png", type=figure_file,
+                   help="figure to write: .png (default: lr_find.png), .pdf, .svg or .jpg")
     p.set_defaults(run=cmd_lr_find)
 
     p = verb(verbs, "lr", "plot the learning-rate schedule of a recipe without training",
               "Draw the learning rate the recipe's schedule gives over its run, warm-up included.",
               "  dslc lr models/small_cnn.net -o lr.png")
     add_recipe_args(p, epochs=True)
-    p.add_argument("-o", "--output", default="lr.png", help="PNG to write (default: lr.png)")
+    p.add_argument("-o", "--output", default="lr.png", type=figure_file,
+                   help="figure to write: .png (default: lr.png), .pdf, .svg or .jpg")
     p.set_defaults(run=cmd_lr)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dslc.files import write_atomic
+from dslc.files import write_atomic, write_figure
 
 TILE_INCHES = 1.3
 
@@ -49,7 +49,8 @@ def stretch(a: np.ndarray) -> np.ndarray:
 
 
 def write_grid(rows: Sequence[Sequence[Tile | None]], path, title: str = "") -> None:
-    """Draw `rows` of tiles (None: an empty cell) into the PNG `path`."""
+    """Draw `rows` of tiles (None: an empty cell) into `path` (PNG, or the format its suffix
+    names: files.write_figure)."""
     from matplotlib.figure import Figure
 
     columns = max(len(r) for r in rows)
@@ -77,11 +78,12 @@ def write_grid(rows: Sequence[Sequence[Tile | None]], path, title: str = "") -> 
                 ax.set_title(tile.caption, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    write_figure(fig, path, dpi=80)
 
 
 def write_scatter(points: np.ndarray, labels: np.ndarray, names: Sequence[str], path, title: str = "") -> None:
-    """A 2-D map of examples, one colour per class, into the PNG `path`."""
+    """A 2-D map of examples, one colour per class, into `path` (PNG, or the format its
+    suffix names: files.write_figure)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 5.5))
@@ -96,13 +98,9 @@ def write_scatter(points: np.ndarray, labels: np.ndarray, names: Sequence[str], 
     ax.legend(fontsize="small", markerscale=1.5, loc="best")
     if title:
         ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    write_figure(fig, path, dpi=80)
 
 
-def _save(fig, path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    write_atomic(path, buf.getvalue())
 
 
 def write_npy(path, array: np.ndarray) -> None:
