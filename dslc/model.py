@@ -7,6 +7,7 @@ and forward and grad on the NumPy reference.
     m.param_specs      # {name: (shape, dtype, init, trainable, role)}
     params = m.init(seed=0)
     m.forward(params, {"image": x, "label": y})        # {"probs": ..., "loss": ..., "accuracy": ...}
+    m.forward(params, {"image": x}, outputs=["fc1"])   # any node by name; no labels needed
     loss, grads = m.grad(params, {"image": x, "label": y})
     score, g = m.grad(params, {"image": x}, of="fc8[:, 3]", wrt=["image"])   # dslc/objective.py
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +33,8 @@ from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.memory import array_bytes, require
-from dslc.objective import OBJECTIVE, names_of, objective_graph, parse_of, weight_feeds
+from dslc.objective import (OBJECTIVE, default_outputs, names_of, objective_graph, outputs_graph, parse_of,
+                            weight_feeds)
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -94,20 +96,28 @@ class Model:
         return {p.name: sample(p.attr("init"), p.type.bind({}), rng, NUMPY_DTYPE[p.type.dtype])
                 for p in self.graph.params}
 
-    def forward(self, params: Arrays, inputs: Arrays, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-        """Outputs, loss and metrics by name. train=True runs the training-mode graph: dropout
-        masks drawn from `seed`, batchnorm on batch statistics (running statistics untouched)."""
+    def forward(self, params: Arrays, inputs: Arrays, outputs: Sequence[str] | str | None = None,
+                train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        """The values of `outputs` (node or output names, or one name) by name; by default the
+        declared outputs and, when `inputs` hold the labels too, the loss and metrics (as the
+        compiled forward: objective.default_outputs). train=True runs the training-mode graph:
+        dropout masks drawn from `seed`, batchnorm on batch statistics (running statistics
+        untouched)."""
         graph = train_mode.lower(self.graph) if train else self.graph
-        out = reference.run_outputs(graph, inputs, params, rng=np.random.default_rng(seed))
-        return {name: v for (kind, name), v in out.items() if kind in ("output", "loss", "metric")}
+        names = names_of(outputs) if outputs is not None else default_outputs(graph, inputs)
+        out = reference.run_outputs(outputs_graph(graph, names), inputs, params, rng=np.random.default_rng(seed))
+        return {name: v for (_, name), v in out.items()}
 
     def grad(self, params: Arrays, inputs: Arrays, wrt: Sequence[str] | None = None, train: bool | None = None,
-             seed: int = 0, of="loss") -> tuple[float, dict[str, np.ndarray]]:
+             seed: int = 0, of="loss", rules: Mapping[str, Callable] | None = None
+             ) -> tuple[float, dict[str, np.ndarray]]:
         """(value, gradients) of the loss, or of the objective `of` names (dslc/objective.py:
         `of="fc8[:, 3]"`, `of={"conv3": "l2"}`, cotangents), w.r.t. every trainable parameter
         or the parameters and float inputs named in `wrt` (saliency: wrt=["image"]). `train`:
-        training-mode semantics, by default for the loss only."""
-        if of == "loss" and (train is None or train):
+        training-mode semantics, by default for the loss only. `rules` replaces some ops'
+        gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
+        train = (of == "loss") if train is None else train
+        if of == "loss" and train and not rules:
             out = reference.run_outputs(self.grad_graph(wrt, True), inputs, params, rng=np.random.default_rng(seed))
             loss = next(v for (kind, _), v in out.items() if kind == "loss")
             return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
@@ -115,7 +125,7 @@ class Model:
         names = list(names_of(wrt)) if wrt is not None else [p.name for p in trainable_params(self.graph)]
         for name in names:
             self.check_wrt(name)
-        graph = objective_graph(train_mode.lower(self.graph) if train else self.graph, terms, names)
+        graph = objective_graph(train_mode.lower(self.graph) if train else self.graph, terms, names, rules)
         feeds = dict(inputs)
         feeds.update(weight_feeds(graph, terms, inputs))
         out = reference.run_outputs(graph, feeds, params, rng=np.random.default_rng(seed))

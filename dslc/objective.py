@@ -114,6 +114,26 @@ def node_of(graph: Graph, name: str) -> str:
                         "; `dslc check` lists its layers"))
 
 
+def default_outputs(graph: Graph, fed) -> tuple[str, ...]:
+    """What `forward` returns when no outputs are named: the declared outputs and, when the
+    names `fed` include every input (the labels too), the loss and metrics."""
+    needs = {n.name for n in graph.inputs}
+    names = [o.name for o in graph.outputs_of("output")]
+    if needs <= set(fed):
+        names += [o.name for o in graph.outputs if o.kind in ("loss", "metric")]
+    if not names:
+        raise UsageError(f"model '{graph.name}' declares no output, and the inputs given do not include "
+                         f"{', '.join(sorted(needs - set(fed)))} for its loss; name the nodes: outputs=[...]")
+    return tuple(names)
+
+
+def outputs_graph(graph: Graph, names: Sequence[str]) -> Graph:
+    """`graph` computing only the values `names` name (node_of), each an Output("output") under
+    the name given: what `forward` runs, without the nodes that read inputs it was not given."""
+    outputs = [Output("output", name, node_of(graph, name)) for name in names]
+    return prune(graph.replace(outputs=tuple(outputs)))
+
+
 def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
                     rules: Mapping[str, Callable] | None = None, fold: bool = False) -> Graph:
     """`graph` with the objective sum over terms (each its node's elements times the weight input

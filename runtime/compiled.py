@@ -31,8 +31,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from dslc.diagnostics import UsageError
-from dslc.ir.graph import Graph, Output
-from dslc.objective import OBJECTIVE, names_of, node_of, objective_graph, parse_of, weight_feeds
+from dslc.ir.graph import Graph
+from dslc.objective import (OBJECTIVE, default_outputs, names_of, objective_graph, outputs_graph, parse_of,
+                            weight_feeds)
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
@@ -91,27 +92,14 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
-        key = ("forward", names_of(outputs) if outputs is not None else self._default_outputs(inputs), train)
-        self._compiled(key, lambda: self._forward_graph(key[1], train))
+        names = names_of(outputs) if outputs is not None else default_outputs(self.model.graph, inputs)
+        key = ("forward", names, train)
+        self._compiled(key, lambda: self._forward_graph(names, train))
         return self._run(key, inputs, params, rng)
 
-    def _default_outputs(self, inputs: Arrays) -> tuple[str, ...]:
-        graph = self.model.graph
-        fed = set(inputs)
-        needs = {n.name for n in graph.inputs}
-        names = [o.name for o in graph.outputs_of("output")]
-        if needs <= fed:  # the labels too: the loss and metrics can be computed
-            names += [o.name for o in graph.outputs if o.kind in ("loss", "metric")]
-        if not names:
-            raise UsageError(f"model '{graph.name}' declares no output, and the inputs given do not include "
-                             f"{', '.join(sorted(needs - fed))} for its loss; name the nodes: outputs=[...]")
-        return tuple(names)
-
     def _forward_graph(self, names: tuple[str, ...], train: bool) -> Graph:
-        base = self._base(train)
-        outputs = [Output("output", name, node_of(base, name)) for name in names]
-        graph = base.replace(outputs=tuple(outputs))
-        return prune(fold_batchnorm(graph)[0] if self._fold else graph)
+        graph = outputs_graph(self._base(train), names)
+        return prune(fold_batchnorm(graph)[0]) if self._fold else graph
 
     # ---- grad ---------------------------------------------------------------------------
 

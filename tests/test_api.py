@@ -155,6 +155,25 @@ def test_grad_on_the_reference_device_agrees(loaded):
     close(got["image"], want["image"], "image")
 
 
+def test_the_front_ends_forward_and_grad_take_the_compiled_calls_arguments(loaded):
+    """m.forward without the labels returns the declared outputs (it asked for 'label'), and
+    takes `outputs`, one name or several; m.grad takes `rules`; each equals the reference device's."""
+    from dslc.explain.gradients import GUIDED
+    c, x = loaded.compile(device="reference"), batch()["image"]
+    assert sorted(loaded.forward(loaded.params, {"image": x})) == ["probs"]
+    assert sorted(loaded.forward(loaded.params, batch())) == ["accuracy", "loss", "probs"]
+    for outputs in ("conv3", ["conv1", "out"]):
+        got, want = loaded.forward(loaded.params, {"image": x}, outputs=outputs), c.forward(
+            loaded.params, {"image": x}, outputs=outputs)
+        assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    call = dict(of="out[:, 1]", wrt="image", rules=GUIDED)
+    (value, got), (want_value, want) = loaded.grad(loaded.params, {"image": x}, **call), c.grad(
+        loaded.params, {"image": x}, **call)
+    plain = loaded.grad(loaded.params, {"image": x}, of="out[:, 1]", wrt="image")[1]
+    assert value == pytest.approx(want_value, rel=1e-6) and np.array_equal(got["image"], want["image"])
+    assert not np.allclose(got["image"], plain["image"])  # the rule was used
+
+
 def test_compiled_graphs_fold_batchnorm_and_keep_every_node_asked_for(loaded, compiled):
     """On the compiled devices inference batchnorm is folded into the convolution before
     differentiating (no batchnorm, no scale pass left in the saliency graph); a node asked
