@@ -172,7 +172,8 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
         (explain(run, "occlusion", "--index", "0", "--patch", "0"), 2, "must be at least 1"),
         (explain(run, "saliency", "--index", "0", "--class", "12"), 2, "the classes are 0..9"),
         (explain(run, "saliency"), 2, "give the examples with one of --image PNG, --input X.npy or --index N"),
-        (explain(run, "saliency", "--index", "0", "-o", str(DIGITS_CNN)), 2, "which this command reads"),
+        (explain(run, "saliency", "--index", "0", "-o", str(DIGITS_CNN)), 2, "a figure is written as .png, .pdf"),
+        (explain(run, "saliency", "--image", str(big), "-o", str(big)), 2, "which this command reads"),
     ]
     truncated, wrong = tmp_path / "cut.png", tmp_path / "wrong.npy"
     truncated.write_bytes(big.read_bytes()[:30])
