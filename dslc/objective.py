@@ -17,6 +17,7 @@ compiled graph serves every class index, every batch and every cotangent.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -76,7 +77,10 @@ def parse_of(of) -> list[Term]:
     return terms
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_name(text: str) -> Term:
+    """The term a name or an indexed name spells (a frozen Term, so one is shared by every
+    call that spells it: a grad in a loop parses its `of` once, 2 of its us a call)."""
     found = _INDEXED.match(text)
     if found is None:
         return Term(text.strip(), "mask")

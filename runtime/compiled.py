@@ -71,6 +71,7 @@ class Compiled:
         self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = executor.name != "reference"  # the oracle runs the graph as written
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
+        self._defaults: tuple = (None, ())  # the last forward's input names and its default outputs
 
     @property
     def device(self) -> str:
@@ -92,10 +93,18 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
-        names = names_of(outputs) if outputs is not None else default_outputs(self.model.graph, inputs)
+        names = names_of(outputs) if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
         self._compiled(key, lambda: self._forward_graph(names, train))
         return self._run(key, inputs, params, rng)
+
+    def _default_outputs(self, inputs: Arrays) -> tuple[str, ...]:
+        """objective.default_outputs for these input names, kept for the next call with the
+        same names (1.5 of the 13 us a forward of digits_mlp at batch 1 took)."""
+        fed = frozenset(inputs)
+        if fed != self._defaults[0]:
+            self._defaults = (fed, default_outputs(self.model.graph, fed))
+        return self._defaults[1]
 
     def _forward_graph(self, names: tuple[str, ...], train: bool) -> Graph:
         graph = outputs_graph(self._base(train), names)
