@@ -101,8 +101,6 @@ def write_scatter(points: np.ndarray, labels: np.ndarray, names: Sequence[str], 
     write_figure(fig, path, dpi=80)
 
 
-
-
 def write_npy(path, array: np.ndarray) -> None:
     """An array as a .npy file, written atomically."""
     buf = io.BytesIO()
