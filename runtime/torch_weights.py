@@ -24,6 +24,7 @@ the wrong shape is listed at once, with a "did you mean" where a name is close.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Mapping
@@ -31,7 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from dslc.diagnostics import did_you_mean
-from dslc.files import UnreadableFile, check_memory
+from dslc.files import UnreadableFile, check_memory, open_regular
 from dslc.reading import human_bytes
 from dslc.recipe.schema import select_params
 from dslc.ir.types import NUMPY_DTYPE
@@ -164,13 +165,12 @@ def _read_mapping(path: str) -> dict:
 def read_state_dict(path) -> dict[str, np.ndarray]:
     """The arrays of a state_dict saved as safetensors or with torch.save (weights only)."""
     file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no such file (torch_weights reads a .safetensors or .pt file)")
-    try:  # every tensor is read into memory: refused at once where they would not fit
-        size = file.stat().st_size
+    try:  # a regular file (a FIFO is refused, not waited on), sized by the one descriptor it is
+        with open_regular(file) as f:  # checked through; every tensor is read into memory, so
+            size = os.fstat(f.fileno()).st_size  # it is refused at once where they would not fit
         check_memory(size, f"reading its state_dict ({human_bytes(size)})", file)
     except UnreadableFile as e:
-        raise CheckpointError(str(e)) from None
+        raise CheckpointError(f"{e} (torch_weights reads a .safetensors or .pt file)") from None
     if file.suffix in SAFETENSORS:
         return _read_safetensors(file)
     if file.suffix in PICKLES:

@@ -6,6 +6,7 @@ weights-only, no PyTorch) is one message naming the file, exit status 1."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -300,8 +301,19 @@ def test_unreadable_files(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         read_state_dict(tmp_path / name)
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="absent.safetensors: no such file"):
         read_state_dict(tmp_path / "absent.safetensors")
+
+
+def test_a_state_dict_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path):
+    """A directory or a FIFO named as the weights is refused for what it is (a FIFO without
+    waiting on it), not called missing."""
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="dir.safetensors: is a directory"):
+        read_state_dict(tmp_path / "dir.safetensors")
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match="pipe.pt: is a FIFO, not a regular file"):
+        read_state_dict(tmp_path / "pipe.pt")
 
 
 @pytest.mark.parametrize("name", ["w.safetensors", "w.pt"])
