@@ -79,7 +79,9 @@ class Evaluator:
                 for name in totals:
                     totals[name] += float(out[name]) * len(y)
                 if probabilities:
-                    scores.append(out[self.output])
+                    # a copy: on the CPU the step's outputs are views of its arena, which the
+                    # next chunk of the same size overwrites (1,024 examples or more)
+                    scores.append(np.array(out[self.output]))
         n = len(dataset)
         means = {k: v / n for k, v in totals.items()}
         probs = as_probabilities(self.graph, self.output, np.concatenate(scores)) if probabilities else None

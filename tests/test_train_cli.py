@@ -97,6 +97,20 @@ def test_eval_text_and_json(runs, capsys):
     assert report["top5_accuracy"] >= report["accuracy"]
 
 
+def test_eval_and_ensemble_read_every_chunk_of_a_large_split(runs, capsys):
+    """The train split's 1,258 examples are evaluated in chunks of 512: the accuracy of the
+    class probabilities (the confusion matrix's) is the graph's accuracy metric, and an
+    ensemble's member is its eval. The probabilities were views of the CPU step's arena, so
+    the second full chunk overwrote the first: accuracy 0.57 against the metric's 0.90."""
+    code, out, _ = run(capsys, "eval", MLP, "--checkpoint", runs[0], "--split", "train", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["examples"] == 1258
+    assert report["accuracy"] == pytest.approx(report["metrics"]["accuracy"], abs=1e-6)
+    code, out, _ = run(capsys, "ensemble", MLP, "--checkpoint", runs[0], "--checkpoint", runs[1], "--split",
+                       "train", "--json")
+    assert code == 0 and json.loads(out)["members"][0]["accuracy"] == pytest.approx(report["accuracy"])
+
+
 def test_eval_mistakes(runs, tmp_path, capsys):
     code, _, err = run(capsys, "eval", MLP, "--checkpoint", tmp_path / "none")
     assert code == 1 and "none" in err
