@@ -47,13 +47,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from dslc.files import UnreadableFile, ensure_dir, read_json, reason, write_atomic
-from dslc.runtime import plots, steplog
+from dslc.runtime import plots, steplog, tensorboard
 from dslc.runtime.checkpoint import digest
 from dslc.runtime.errors import RunError
 from dslc.runtime.jsondoc import Doc, is_int, lines_of
 
 CONFIG, JSONL, CSV, CURVES, STEPS = "config.json", "metrics.jsonl", "metrics.csv", "curves.png", steplog.STEPS
 SNAPSHOTS = "snapshots"  # RUN/snapshots/epoch-NNNN: the checkpoints `keep` asks for
+RESULT = "result.json"  # the trainer's summary of a finished run (what a search reads of its trials)
+LEFT = ("last", "best", SNAPSHOTS, RESULT, tensorboard.FOLDER)  # what else a run leaves: checkpoints, events
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # what write_atomic and checkpoints write before renaming
 DRAW_SECONDS = 2.0  # curves.png is redrawn at most this often (and at the end): epochs can be faster than a plot
 CONFIG_LIMIT = 16 << 20  # bytes: a resolved recipe and some versions
@@ -216,8 +218,9 @@ class Run(RunPaths):
     @classmethod
     def create(cls, path, config: Mapping, overwrite: bool = False) -> "Run":
         """A new run at `path` with its config.json, locked for this process. An existing run
-        is an error unless `overwrite`, which clears its metrics and curves (checkpoints are
-        replaced as saved)."""
+        is an error unless `overwrite`, which clears everything it left (metrics, curves,
+        checkpoints, snapshots, result, event files): a `best/` or snapshot of the old run
+        left beside the new one was read by eval and ensemble as the new run's."""
         run = cls(path)
         if os.path.lexists(run.path / CONFIG) and not overwrite:
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
@@ -227,11 +230,15 @@ class Run(RunPaths):
             run.close()
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
         run._clear_temporaries()
-        for name in (JSONL, CSV, CURVES, STEPS):
+        for name in (JSONL, CSV, CURVES, STEPS, *LEFT):
+            path = run.path / name
             try:
-                (run.path / name).unlink(missing_ok=True)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             except OSError as e:
-                raise RunError(f"cannot clear {run.path / name}: {reason(e)}") from None
+                raise RunError(f"cannot clear {path}: {reason(e)}") from None
         write_atomic(run.path / CONFIG, json.dumps(dict(config), indent=2).encode())
         return run
 

@@ -43,8 +43,9 @@ from dslc.runtime import sampling
 from dslc.runtime.engines import Engine, Outcome, Task
 from dslc.runtime.errors import TrainError
 from dslc.runtime.jsondoc import Doc
+from dslc.runtime.runs import RESULT
 
-SEARCH, TRIAL, RESULT = "search.json", "trial.json", "result.json"
+SEARCH, TRIAL = "search.json", "trial.json"
 JSON_LIMIT = 64 << 20
 BUSY = "is being written by another dslc process"  # a trial still running elsewhere: not a failure
 # Exit statuses of a trial that failed for good: 1 a mistake (data, a diverged run ...), 2 a command

@@ -67,14 +67,13 @@ from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
 from dslc.runtime.prepare import layout, load_data, reads_labels, subset
 from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
-from dslc.runtime.runs import CONFIG, SNAPSHOTS, Run, RunError, make_config
+from dslc.runtime.runs import CONFIG, RESULT, SNAPSHOTS, Run, RunError, make_config
 from dslc.runtime.schedules import Plateau, schedule_from_recipe
 from dslc.runtime.tensorboard import TensorBoard
 from dslc.runtime.transfer import init_from
 from dslc.stages import located_at_model
 from dslc.summary import summarize
 
-RESULT = "result.json"
 
 
 @dataclass

@@ -59,6 +59,19 @@ def test_train_default_run_directory_is_never_overwritten(tmp_path, capsys, monk
     assert code == 1 and "already holds a run" in err and "--force" in err
 
 
+def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
+    """--force starts the run again: the old run's best/, snapshots and result are gone with
+    its metrics, not left for eval and ensemble to read as the new run's."""
+    out = tmp_path / "r"
+    assert run(capsys, "train", MLP, "--epochs", "3", "--set", "keep=every(1)", "--out", out, "--quiet")[0] == 0
+    assert (out / "best").is_dir() and len(list((out / "snapshots").iterdir())) == 3
+    assert run(capsys, "train", MLP, "--epochs", "1", "--set", "checkpoint=none", "--set", "schedule.warmup=0",
+               "--out", out, "--force", "--quiet")[0] == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert "best" not in left and "snapshots" not in left and "config.json" in left, left
+    assert json.loads((out / "result.json").read_text())["epochs"] == 1
+
+
 @pytest.mark.parametrize("args, status, message", [
     (["nowhere.net"], 1, "nowhere.net"),
     ([MLP, "--as", "fast"], 1, "no recipe named 'fast'"),
