@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from dslc.collective import current
-from dslc.recipe.schema import select_params
+from dslc.recipe.schema import Recipe, select_params
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.passes.data_parallel import DataParallel
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
@@ -317,6 +317,8 @@ class Trainer:
                              f"{e}") from None
         self.progress = state.Progress.from_json(ckpt.state["progress"])
         self._check_progress(ckpt, changed=bool(changes))
+        if changes:
+            self._judge_anew(Recipe.from_json(ckpt.state["recipe"]))
         self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
         if self.group.rank:  # rank 0 continues the run directory
             self.out = Follower(run_dir)
@@ -327,6 +329,18 @@ class Trainer:
         except RunError as e:
             raise TrainError(f"cannot resume: {e}") from None
         self._open_logs()
+
+    def _judge_anew(self, before: Recipe) -> None:
+        """A run resumed with a changed recipe goes on under the new one. Its early stop was
+        the old recipe's verdict: cleared, so more epochs or another rule train on, judged
+        again at the next epoch's end (before, an early-stopped run resumed with
+        `--set epochs=20 stop=none` trained nothing and exited 0). A best kept by another
+        metric or mode starts afresh, rather than the new metric's values being compared with
+        the old one's (val_loss against a val_accuracy of 0.87)."""
+        p = self.progress
+        p.stopped = False
+        if watched_metric(before, self.metric_names, self.data.val is not None)[:2] != self.watch[:2]:
+            p.best, p.best_epoch, p.bad_epochs = None, 0, 0
 
     def _check_progress(self, ckpt, changed: bool) -> None:
         """Refuse counters no run of this recipe and data can reach (a hand-edited state.json):
@@ -582,15 +596,19 @@ class Trainer:
 
     def _snapshot_due(self, done: bool) -> bool:
         """Whether the recipe's `keep` asks for a snapshot at the end of this epoch: every n
-        epochs, or at a minimum of the learning rate (it fell during the epoch's last step
-        and rises at the next, or training ends), where cosine_restarts and cyclical end a cycle."""
+        epochs, or at a minimum of the learning rate at the epoch's end, where cosine_restarts
+        and cyclical end a cycle. cosine_restarts reaches its minimum at the epoch's last step
+        and jumps at the next; cyclical's triangle reaches it at the cycle's boundary, which is
+        the next epoch's first step: both are minima here (the second was missed, so a
+        cyclical rate kept only the last epoch). A rate still falling when training ends counts."""
         keep, p = self.recipe["keep"], self.progress
         if keep is None:
             return False
         if keep.name == "every":
             return p.epoch % keep["n"] == 0
-        last, before = self.rate((p.step - 1) / self.per_epoch), self.rate((p.step - 2) / self.per_epoch)
-        return last < before and (done or self.rate(p.step / self.per_epoch) > last)
+        rate = lambda k: self.rate((p.step + k) / self.per_epoch)  # -1: the epoch's last step, 0: the next
+        bottom = lambda k: rate(k) < rate(k - 1) and rate(k + 1) > rate(k)
+        return (done and rate(-1) < rate(-2)) or bottom(-1) or bottom(0)
 
     def _save(self, names: list[str]) -> None:
         """Write the checkpoints `names` (best, last) together: each is prepared in full before

@@ -202,6 +202,16 @@ def test_snapshots_at_restarts_make_an_ensemble(tmp_path, capsys):
     assert code == 1 and "no snapshots" in err and "keep = every(n)" in err
 
 
+def test_snapshots_at_the_minima_of_a_cyclical_rate(tmp_path, capsys):
+    """A triangle's minimum is at its cycle's boundary, the next epoch's first step: kept at the
+    end of the epoch before it (only the last epoch was kept)."""
+    path = write(tmp_path, epochs=6, extra="optimizer = adam(lr=3e-3)\n"
+                 "    schedule = cyclical(low=1e-4, high=1e-2, period=2)\n    keep = restarts")
+    assert run(capsys, "train", path, "--out", tmp_path / "r", "--quiet", *REF)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "r" / "snapshots").iterdir()) == ["epoch-0002", "epoch-0004",
+                                                                                 "epoch-0006"]
+
+
 def test_keep_restarts_needs_a_restarting_schedule(tmp_path, capsys):
     path = write(tmp_path, extra="optimizer = adam(lr=3e-3)\n    keep = restarts")
     code, _, err = run(capsys, "train", path, "--out", tmp_path / "r")

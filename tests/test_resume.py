@@ -24,6 +24,7 @@ from dslc.cli import main
 from dslc.runtime.checkpoint import load_checkpoint
 from dslc.runtime.runs import read_records
 from dslc.runtime.steplog import STEPS, read_steps
+from helpers import MODELS
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +193,21 @@ def test_resuming_a_run_another_process_writes_is_refused_before_its_checkpoint_
     assert f"cannot resume: {run} is being written by another dslc process" in err and "incomplete" not in err
     assert main(["train", str(model_file), "--resume", str(run), "--quiet"]) == 1  # once it is free: why
     assert "optimizer.safetensors: missing" in capsys.readouterr().err
+
+
+def test_an_early_stopped_run_resumed_with_a_changed_recipe_trains_on(tmp_path, capsys):
+    """The early stop was the old recipe's verdict: resumed with more epochs and no stop rule,
+    the run trains to its new end; and a changed watched metric starts its best afresh
+    instead of comparing val_loss with a val_accuracy. (Before, nothing was trained, exit 0.)"""
+    model, run = MODELS / "digits_mlp.net", tmp_path / "run"
+    # a val_loss that falls never "improves" when more is better: stopped after 2 epochs
+    stop = "stop=early(metric=val_loss, mode=max, patience=1)"
+    assert main(["train", str(model), "--epochs", "6", "--set", stop, "--out", str(run), "--quiet"]) == 0
+    assert load_checkpoint(run / "last").state["progress"]["stopped"]
+    assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == [1, 2]
+    assert main(["train", str(model), "--resume", str(run), "--epochs", "4", "--set", "stop=none", "--force",
+                 "--quiet"]) == 0
+    assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    progress = load_checkpoint(run / "last").state["progress"]
+    assert not progress["stopped"] and progress["best_epoch"] >= 3  # val_accuracy's best, judged from epoch 3
+    capsys.readouterr()
