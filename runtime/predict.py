@@ -10,6 +10,9 @@ warning. The model must fit the checkpoint: every parameter with
 its shape and dtype (else an error), and the same graph by the saved model hash, as
 `--resume` requires (else an error unless `--force`, which warns). Evaluation runs the
 typed graph (inference semantics); prediction the inference graph (no loss, no labels).
+`predict` reads a .npy as training read its data, by the data call of the checkpoint's
+recipe: a uint8 array as 0..255 pixels scaled to 0..1 (as npz scales its x, and the image
+loaders their pixels), except for a run trained on csv, whose numbers the model saw as they are.
 
     ckpt = open_checkpoint("runs/digits_mlp")
     model, recipe = model_and_recipe_for("models/digits_mlp.net", ckpt)
@@ -34,6 +37,7 @@ from dslc.runtime.data import DataError, Dataset, normalize
 from dslc.runtime.data.arrays import read_npy
 from dslc.runtime.data.dataset import first_non_finite
 from dslc.runtime.data.images import decode_image
+from dslc.runtime.data.tabular import scaled
 from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
@@ -45,6 +49,10 @@ from dslc.runtime.tta import views as tta_views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 USES = ("example_shape", "normalization", "classes")  # the state.json keys these commands read
+# The data calls whose loaders give a model the numbers of the file as they are (csv's
+# features): a .npy for a run trained on one is read so too. Every other loader scales uint8
+# to 0..1, and so does predict for its runs, or when a checkpoint does not name its data.
+AS_IS = ("csv", "curve")
 
 
 def open_checkpoint(path) -> Checkpoint:
@@ -106,6 +114,16 @@ def _warn_if_other_data(ckpt: Checkpoint, recipe, warn) -> None:
     if isinstance(entries, dict) and {k: entries.get(k) for k in ("data", "split")} != _data_of(recipe):
         warn(f"{ckpt.path} was trained with another `data` or `split` than recipe '{recipe.name}'; "
              f"evaluating on the recipe's (give the --set the training run had, if any)")
+
+
+def trained_on(ckpt: Checkpoint) -> str | None:
+    """The data call of the recipe `ckpt` was trained with ("npz", "csv" ...); None when its
+    state.json does not say (only the trainer writes one, but a person may edit it)."""
+    saved = ckpt.state.get("recipe")
+    entries = saved.get("entries") if isinstance(saved, dict) else None
+    data = entries.get("data") if isinstance(entries, dict) else None
+    call = data.get("call") if isinstance(data, dict) else None
+    return call if isinstance(call, str) else None
 
 
 def _stats_fit(ckpt: Checkpoint, x: np.ndarray) -> None:
@@ -198,9 +216,11 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 
-def read_input(file, example_shape: tuple[int, ...]) -> np.ndarray:
+def read_input(file, example_shape: tuple[int, ...], as_is: bool = False) -> np.ndarray:
     """Examples [n, *example_shape] float32 from a .npy (one example or a batch, possibly
     flattened) or an image file (converted to the channels and size of the examples, 0..1).
+    A uint8 .npy is scaled to 0..1 as npz scales its x (tabular.scaled), unless `as_is` (a
+    model trained on csv saw its numbers so); any other number type is used as it is.
     DataError for an empty batch or a value that is not finite, naming the example."""
     file = Path(file)
     if not file.exists():
@@ -222,7 +242,7 @@ def read_input(file, example_shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"array of shape {list(x.shape)} is neither one example of shape {list(example_shape)} "
                         f"nor a batch of them", file)
     with np.errstate(over="ignore"):
-        x = x.astype(np.float32)
+        x = (x if as_is else scaled(x)).astype(np.float32)
     bad = first_non_finite(x)
     if bad is not None:
         raise DataError(f"example {bad} (counting from 0) holds NaN, infinity or a value beyond float32", file)
@@ -237,13 +257,19 @@ def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
 
+def _model_input(ckpt: Checkpoint, input_file) -> np.ndarray:
+    """The examples of `input_file` as the model saw its training data: read as the
+    checkpoint's data call read it, and normalised with its statistics."""
+    x = read_input(input_file, tuple(ckpt.state["example_shape"]), as_is=trained_on(ckpt) in AS_IS)
+    _stats_fit(ckpt, x)
+    return normalize.apply(x, ckpt.state["normalization"])
+
+
 def predict_values(model, ckpt: Checkpoint, input_file, device: str = "cpu") -> np.ndarray:
     """A regression model's predictions for each example of `input_file`: its first output
     (or what its loss reads as the prediction), [n, ...]."""
     shape = tuple(ckpt.state["example_shape"])
-    x = read_input(input_file, shape)
-    _stats_fit(ckpt, x)
-    x = normalize.apply(x, ckpt.state["normalization"])
+    x = _model_input(ckpt, input_file)
     graph = inference(model.graph)
     step = executor_for(device).compile(graph)
     fit = layout(model, _Shaped(shape, 0, tuple(model.graph[layout_target(model)].type.shape[1:])))
@@ -257,9 +283,7 @@ def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cp
     with dropout on (mc_dropout.py), the masks drawn from `seed`."""
     shape = tuple(ckpt.state["example_shape"])
     names = ckpt.state.get("class_names") or [str(i) for i in range(ckpt.state["classes"])]
-    x = read_input(input_file, shape)
-    _stats_fit(ckpt, x)
-    x = normalize.apply(x, ckpt.state["normalization"])
+    x = _model_input(ckpt, input_file)
     fit = layout(model, _Shaped(shape, len(names)))
     if mc_samples:
         graph, output = stochastic_graph(model.graph)

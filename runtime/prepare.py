@@ -121,6 +121,9 @@ class Layout:
         return self.target_shape is not None
 
     def feeds(self, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if x.size != len(x) * prod(self.shape):  # the recipe check cannot see a crop's size for a flat input
+            raise DataError(f"examples of shape {list(x.shape[1:])} do not fit input '{self.x}' of shape "
+                            f"{list(self.shape)}; a crop in the recipe's augment must keep the images' size")
         out = {self.x: x.reshape((len(x),) + self.shape)}
         if y is not None:
             out[self.y] = y if self.target_shape is None else y.reshape((len(y),) + self.target_shape)

@@ -306,6 +306,19 @@ def test_csv_failures(tmp_path):
     _fails(lambda: csv(path), "not UTF-8")
 
 
+def test_csv_rows_are_named_by_the_file_line_they_start_on(tmp_path):
+    path = tmp_path / "blank.csv"
+    rows = ["a,b", "0,0", "1,1", "2,2", "", ""] + [f"{i},{i}" for i in range(15)]  # blank lines 5 and 6
+    for last, message in (("1,abc", "row 22, column 2 ('b'): not a number"), ("1", "row 22 has 1 fields"),
+                          ("1,1e39", "row 22, column 2 ('b'): not a finite float32")):
+        path.write_text("\n".join([*rows, last]) + "\n")
+        _fails(lambda: csv(path, label="a"), message)
+    path.write_text('label,f\n"two\nlines",1\n0,x\n')  # a quoted field carries row 2 over line 3
+    _fails(lambda: csv(path), "row 4, column 2 ('f'): not a number")
+    path.write_text('label,f\n0,1\n"two\nlines"\n')
+    _fails(lambda: csv(path), "row 3 has 1 fields")
+
+
 def test_image_folder_png_and_jpeg(tmp_path):
     Image = pytest.importorskip("PIL.Image")
     pixels = {}

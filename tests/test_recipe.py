@@ -170,6 +170,12 @@ def test_json_and_expression_round_trip():
     ("batch = 32", "E0507", 1, 7, "recipe 'm' has no data"),
     ("data = digits()\nepochs = none", "E0507", 3, 5, "needs epochs or steps"),
     ("data = digits()\nbatch = 32\nbatch = 16", "E0508", 4, 5, "'batch' is set twice"),
+    ("data = digits()\naugment = [mixup(0.2), hflip(), mixup(0.4)]", "E0508", 3, 37, "mixup is given more than once"),
+    ("data = digits(classes=[1, 2, 1])", "E0508", 2, 27, "data digits(): classes=[1, 2, 1] lists class 1 twice"),
+    ('data = csv("a.csv", classes=[0, 0])', "E0508", 2, 33, "lists class 0 twice"),
+    ("data = digits(classes=[11])", "E0505", 2, 27, "data digits(): classes=[11]: class 11 is not one of 0..9"),
+    ('data = mnist("d", classes=[3, 10])', "E0505", 2, 31, "class 10 is not one of 0..9"),
+    ('data = cifar100("d", labels=coarse, classes=[20])', "E0505", 2, 49, "class 20 is not one of 0..19"),
 ])
 def test_each_mistake_is_located(body, code, line, col, words):
     d = only_error(body)
@@ -212,6 +218,23 @@ def test_a_glob_matching_only_parameterless_layers_is_a_warning(mlp_graph):
     d = only_error('data = digits()\nfreeze = ["stem.relu"]', mlp_graph)
     assert (d.code, d.severity, d.span.col) == ("E0512", "warning", 15)
     assert "matches only layers without parameters (stem.relu)" in d.message
+
+
+def test_a_crop_gives_images_of_the_model_inputs_size(tmp_path):
+    path = tmp_path / "cnn.net"
+    path.write_text(MLP.replace("f32[N, 64]", "f32[N, 1, 8, 8]").replace("x |> linear", "x |> flatten |> linear"))
+    graph = elaborate(load_program(path), "mlp")
+    assert check("data = digits()\naugment = [random_crop(8, pad=1), random_resized_crop(8)]", graph)[1] == []
+    d = only_error("data = digits()\naugment = [hflip(), random_crop(6, pad=1)]", graph)
+    assert (d.code, d.span.line, d.span.col) == ("E0513", 3, 37)
+    assert d.message == "augment random_crop(6) gives 6x6 images, but input 'x' of model 'mlp' is f32[N, 1, 8, 8]"
+    assert d.hint == "random_crop(8, pad=N) pads by N pixels and crops back to 8x8" and d.notes[0][0].line == 3
+    d = only_error("data = digits()\naugment = random_resized_crop(size=16)", graph)
+    assert (d.code, d.span.col) == ("E0513", 40) and "gives 16x16 images" in d.message
+
+
+def test_a_flat_input_leaves_the_crop_to_the_first_step(mlp_graph):
+    assert check("data = digits()\naugment = [random_crop(6)]", mlp_graph)[1] == []  # f32[N, 64]: no side
 
 
 def test_sketch_recipes_against_the_sketch_model(tmp_path):
@@ -293,6 +316,8 @@ def test_overrides_are_checked_together_not_one_batch_at_a_time(base):
     ({"augment.p": 0.5}, "'augment' is not a single call"),
     ({"clip.max_norm": 1}, "--set clip.max_norm: 'clip' is none here"),
     ({"epochs": 1, "schedule": "cosine(warmup=2)"}, "--set schedule=cosine(warmup=2): schedule cosine(): warmup"),
+    ({"augment": "[mixup(0.2), mixup(0.4)]"}, "--set augment=[mixup(0.2), mixup(0.4)]: augment: mixup is given more"),
+    ({"data.classes": "[11]"}, "--set data.classes=[11]: data digits(): classes=[11]: class 11 is not one of 0..9"),
 ])
 def test_override_errors(base, sets, words):
     with pytest.raises(UsageError) as err:

@@ -15,6 +15,7 @@ from dslc.runtime.data import digits
 from helpers import MODELS
 
 MLP = MODELS / "digits_mlp.net"
+CNN = MODELS / "digits_cnn.net"
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -81,6 +82,8 @@ def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     ([MLP, "--resume", "nowhere"], 1, "nowhere"),
     ([MLP, "--resume", "a", "--out", "b"], 2, "--out cannot go with it"),
     ([MLP, "--set", "augment=[random_crop(16)]"], 1, "random_crop(16, pad=0) does not fit images of 8x8"),
+    # a flat input does not say the images' side: the first step names a crop of another size
+    ([MLP, "--set", "augment=[random_crop(6)]"], 1, "examples of shape [1, 6, 6] do not fit input 'image'"),
 ])
 def test_train_mistakes(tmp_path, capsys, monkeypatch, args, status, message):
     monkeypatch.chdir(tmp_path)
@@ -95,6 +98,35 @@ def test_train_data_that_does_not_fit_is_located(tmp_path, capsys):
     bad.write_text(MLP.read_text().replace("f32[N, 64]", "f32[N, 60]"))
     code, _, err = run(capsys, "train", bad, "--out", tmp_path / "r")
     assert code == 1 and f"{bad}:5:" in err and "E0513" in err and "[1, 8, 8]" in err
+
+
+@pytest.mark.parametrize("setting, code, at, words", [
+    ("augment = [hflip(), random_crop(6)]", "E0513", "6)]", "random_crop(6) gives 6x6 images, but input 'image'"),
+    ("augment = [random_resized_crop(5)]", "E0513", "5)]", "random_resized_crop(5) gives 5x5 images"),
+    ("augment = [mixup(0.2), mixup(0.4)]", "E0508", "mixup(0.4)", "mixup is given more than once"),
+    ("data = digits(classes=[1, 1])", "E0508", "[1, 1]", "classes=[1, 1] lists class 1 twice"),
+    ("data = digits(classes=[11])", "E0505", "[11]", "class 11 is not one of 0..9"),
+])
+def test_train_recipe_mistakes_of_augment_and_classes_are_located(tmp_path, capsys, setting, code, at, words):
+    """A crop of another size than the model's input, two mixups and bad `classes=` are
+    recipe mistakes: in the file, located (exit 1, for check and train alike); in a --set,
+    that --set named (exit 2); never a traceback from the data or the trainer."""
+    key = setting.split()[0]
+    text = CNN.read_text()
+    # the setting replaces the recipe's own line of that key, or comes after its epochs
+    old = next((t for t in text.splitlines() if t.split("=")[0].strip() == key), "    epochs    = 30")
+    text = text.replace(old + "\n", ("" if key in old else old + "\n") + "    " + setting + "\n")
+    bad = tmp_path / "bad.net"
+    bad.write_text(text)
+    lines = text.splitlines()
+    line = next(i for i, t in enumerate(lines, 1) if t.strip() == setting)
+    where = f"{bad}:{line}:{lines[line - 1].index(at) + 1}: error[{code}]"
+    for verb in ("check", "train"):
+        status, _, err = run(capsys, verb, bad, *(["--out", tmp_path / "r"] if verb == "train" else []))
+        assert status == 1 and where in err and words in err, err
+    value = setting.split("=", 1)[1].strip()
+    status, _, err = run(capsys, "train", CNN, "--set", f"{key}={value}", "--out", tmp_path / "r")
+    assert status == 2 and f"--set {key}={value}: " in err and words in err, err
 
 
 def test_eval_text_and_json(runs, capsys):

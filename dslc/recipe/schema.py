@@ -51,7 +51,9 @@ Diagnostics (E05xx):
     E0504 unknown, missing, repeated or surplus argument of a call
     E0505 value out of range         E0510 the recipe trains a model that does not exist
     E0506 settings that conflict     E0511 two recipes share a name
+    E0508 also: a class listed twice in `classes=`, or mixup twice in `augment`
     E0512 (warning) a glob matches only layers without parameters, so it selects nothing
+    E0513 a crop (random_crop, random_resized_crop) whose size is not the model input's H x W
     E0514 the recipe freezes every trainable parameter, so nothing would train
     E0515 a mistake in the search block: an unknown key, not a distribution, bad bounds
 
@@ -76,7 +78,7 @@ from dslc.frontend.recipe_values import (BELOW_ONE, FLAG, FRACTION, INT_POS, NON
                                          Arg, Bad, Calls, CallSpec, CallValue, ListOf, Num, Range, Word, arg_expr,
                                          family, when)
 from dslc.passes.train_step import SCHEMA as OPTIMIZERS
-from dslc.runtime.data.augment import SCHEMA as AUGMENTATIONS
+from dslc.runtime.data.augment import SCHEMA as AUGMENTATIONS, SIZED
 from dslc.runtime.data.datasets import SCHEMA as DATASETS
 from dslc.runtime.schedules import SCHEMA as SCHEDULES
 
@@ -264,6 +266,11 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
                               .with_note(given[target].span, f"{target} sets {arg} here"))
             else:
                 values[target] = values[target].with_arg(arg, values[key.name])
+    written = _items(given["augment"].value) if "augment" in given else ()
+    mixups = [e for call, e in zip(values["augment"], written) if call.name == "mixup"]
+    if len(mixups) > 1:  # one mixup blends each batch (runtime/data/augment.py: build_augment)
+        errors.append(Diagnostic("E0508", "augment: mixup is given more than once", mixups[1].span,
+                                 "keep one mixup(alpha)").with_note(mixups[0].span, "first given here"))
     sched, opt = values["schedule"], values["optimizer"]
     where = given["schedule"].value if "schedule" in given else None
     if sched.name in ("cosine", "cosine_restarts", "linear") and sched["min_lr"] >= opt["lr"]:
@@ -287,15 +294,20 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
                                      "data", (given.get(setting) or train).span).with_note(given["split"].span, "here"))
 
 
+def _items(e) -> tuple:
+    """The expressions a list was written with: a list's items, or a lone value as a list
+    of one (as ListOf reads it)."""
+    return e.items if isinstance(e, ast.ListLit) else (e,)
+
+
 def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
-    """Checks that need the model: globs must select parameters, stop must watch a real metric."""
+    """Checks that need the model: globs must select parameters, stop must watch a real metric,
+    crops must give images of the size the model reads."""
     globs: list[tuple[str, Any]] = []  # (pattern, the expression that wrote it)
     if "freeze" in given:
-        e = given["freeze"].value
-        globs += zip(values["freeze"], e.items if isinstance(e, ast.ListLit) else (e,))
+        globs += zip(values["freeze"], _items(given["freeze"].value))
     if values["init"] is not None and "init" in given:
-        e = arg_expr(given["init"].value, INITS["checkpoint"], "skip")
-        globs += zip(values["init"]["skip"], e.items if isinstance(e, ast.ListLit) else (e,))
+        globs += zip(values["init"]["skip"], _items(arg_expr(given["init"].value, INITS["checkpoint"], "skip")))
     names = [p.name for p in graph.params]
     layers = sorted(_prefixes(n.name for n in graph.nodes if n.op != "input"))
     for pattern, expr in globs:
@@ -322,6 +334,28 @@ def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors)
             e = arg_expr(given[key].value, spec, "metric") or given[key].value
             errors.append(Diagnostic("E0503", f"model '{graph.name}' has no metric '{call['metric']}'", e.span,
                                      did_you_mean(call["metric"], metrics) or f"metrics: {', '.join(metrics)}"))
+    _crop_check(values, given, graph, errors)
+
+
+def _crop_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
+    """A crop's images are `size` x `size` (augment.SIZED), and the model reads them as they
+    come: `size` must be the H x W of its image input [N, C, H, W]. A flattened input (an
+    MLP's f32[N, 64]) does not say the side: Layout.feeds (runtime/prepare.py) names that
+    mistake at the first step."""
+    images = [n for n in graph.inputs if n.type.is_float and n.type.rank == 4]
+    if len(images) != 1 or not all(isinstance(d, int) for d in images[0].type.shape[2:]):
+        return
+    image, (h, w) = images[0], images[0].type.shape[2:]
+    written = _items(given["augment"].value) if "augment" in given else ()
+    for call, e in zip(values["augment"], written):
+        if call.name in SIZED and (call["size"], call["size"]) != (h, w):
+            size = call["size"]
+            hint = None if h != w else (f"random_crop({h}, pad=N) pads by N pixels and crops back to {h}x{h}"
+                                        if call.name == "random_crop" else f"{call.name}({h}) gives {h}x{h} images")
+            errors.append(Diagnostic("E0513", f"augment {call.name}({size}) gives {size}x{size} images, but input "
+                                     f"'{image.name}' of model '{graph.name}' is {image.type.show()}",
+                                     (arg_expr(e, AUGMENTATIONS[call.name], "size") or e).span, hint)
+                          .with_note(image.span, f"input '{image.name}' is declared here"))
 
 
 def _prefixes(names) -> set[str]:
@@ -374,9 +408,9 @@ def program_recipes(program, graph_of: Callable[[str], Any] | None = None):
 
 
 def _needs_graph(entry: ast.RecipeEntry) -> bool:
-    """Whether checking `entry` needs the model's graph: globs and watched metrics."""
+    """Whether checking `entry` needs the model's graph: globs, watched metrics and crop sizes."""
     watches = entry.key == "schedule" and getattr(entry.value, "func", None) == "reduce_on_plateau"
-    return entry.key in ("freeze", "init", "stop") or watches
+    return entry.key in ("freeze", "init", "stop", "augment") or watches
 
 
 def validate_program(program, graph_of: Callable[[str], Any] | None = None) -> list[Diagnostic]:

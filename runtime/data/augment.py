@@ -185,6 +185,9 @@ class Mixup:
 # recipe name -> transform class; each recipe argument is a field of the same name
 TRANSFORMS = {"hflip": HFlip, "random_crop": RandomCrop, "random_resized_crop": RandomResizedCrop,
               "color_jitter": ColorJitter, "cutout": Cutout, "mixup": Mixup}
+# The transforms whose images come out `size` x `size` whatever their input's size: the model
+# reads them, so the recipe check (recipe/schema.py) holds `size` to the model input's H x W.
+SIZED = ("random_crop", "random_resized_crop")
 
 # The recipe's `augment = [...]` calls, with the defaults of the classes above (a test compares them).
 SCHEMA = family(
@@ -229,6 +232,6 @@ def build_augment(calls) -> Augment:
         if "scale" in args:
             args = {**args, "scale": tuple(args["scale"])}
         (mixups if name == "mixup" else transforms).append(TRANSFORMS[name](**args))
-    if len(mixups) > 1:
+    if len(mixups) > 1:  # a recipe's check reports both mistakes first, located (E0503, E0508)
         raise ValueError("mixup is given more than once")
     return Augment(tuple(transforms), mixups[0] if mixups else None)

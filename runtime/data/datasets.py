@@ -11,7 +11,7 @@ regression model), which npz and csv read natively and any labelled set gives as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -70,16 +70,36 @@ _CLASSES = Arg("classes", ListOf(Num(True, NONNEG)), (), "keep only these classe
                "order (all when empty)", positional=False)
 
 
-def _dataset(name: str, doc: str, *args: Arg) -> CallSpec:
-    return CallSpec(name, doc, (*args, _CLASSES))
+def _dataset(name: str, doc: str, *args: Arg, classes: int | Callable[[dict], int] | None = None) -> CallSpec:
+    """A data call; `classes` is its class count (or a function of its arguments) where the
+    call alone fixes it."""
+    return CallSpec(name, doc, (*args, _CLASSES), _classes_check(classes))
+
+
+def _classes_check(count: int | Callable[[dict], int] | None):
+    """The recipe's check of `classes=` (located, on the file or a --set): a class listed
+    twice, or one beyond the class count where it is known before reading (digits' 10). A
+    folder or file has its count only once read: `prepare.select_classes` checks it then."""
+    def check(args):
+        chosen = list(args["classes"])
+        twice = next((c for i, c in enumerate(chosen) if c in chosen[:i]), None)
+        if twice is not None:
+            return "E0508", "classes", f"classes={chosen} lists class {twice} twice"
+        n = count(args) if callable(count) else count
+        beyond = next((c for c in chosen if c >= n), None) if n else None
+        if beyond is not None:
+            return "E0505", "classes", f"classes={chosen}: class {beyond} is not one of 0..{n - 1}"
+        return None
+    return check
 
 
 SCHEMA = family(
-    _dataset("digits", "8x8 grey digits shipped with dslc (1,797 images, 10 classes); no download"),
-    _dataset("mnist", "MNIST IDX files in dir", _DIR),
-    _dataset("fashion_mnist", "Fashion-MNIST IDX files in dir", _DIR),
-    _dataset("cifar10", "CIFAR-10 binary batches in dir", _DIR),
-    _dataset("cifar100", "CIFAR-100 binary files in dir", _DIR, Arg("labels", Word(("fine", "coarse")), "fine")),
+    _dataset("digits", "8x8 grey digits shipped with dslc (1,797 images, 10 classes); no download", classes=10),
+    _dataset("mnist", "MNIST IDX files in dir", _DIR, classes=10),
+    _dataset("fashion_mnist", "Fashion-MNIST IDX files in dir", _DIR, classes=10),
+    _dataset("cifar10", "CIFAR-10 binary batches in dir", _DIR, classes=10),
+    _dataset("cifar100", "CIFAR-100 binary files in dir", _DIR, Arg("labels", Word(("fine", "coarse")), "fine"),
+             classes=lambda args: 100 if args["labels"] == "fine" else 20),
     _dataset("curve", "1,000 noisy samples of a function of two inputs shipped with dslc (regression)"),
     _dataset("npz", "a NumPy .npz holding features/images and labels (or, for regression, float targets)",
              _PATH, Arg("x", TEXT, "x", "array of inputs"), Arg("y", TEXT, "y", "array of labels or targets")),

@@ -8,15 +8,18 @@ header is checked before its array is read (arrays.py), so a file cannot run cod
 claim terabytes.
 
 csv: a header row, then one example per row; the label column (by name, or by 0-based
-index when no column has that name) holds the class, every other column a float feature:
-x float32 [N, F]. Labels that are all whole numbers are the class indices; otherwise
-each distinct label text is a class, numbered in sorted order and kept as class_names.
-For regression, `target` names the columns of float targets instead (y [N, len(target)],
-the other columns features), or `targets` reads the label column as one float [N].
+index when no column has that name) holds the class, every other column a float feature
+used as it is (never scaled): x float32 [N, F]. Labels that are all whole numbers are the
+class indices; otherwise each distinct label text is a class, numbered in sorted order and
+kept as class_names. For regression, `target` names the columns of float targets instead
+(y [N, len(target)], the other columns features), or `targets` reads the label column as
+one float [N].
 
 Every value must be finite (no NaN, no infinity, nothing beyond float32's range): a bad
-value is reported at load with its row and column, not as a NaN loss at step 1. Messages
-name rows and columns but never quote a cell, so a file read by mistake is not echoed.
+value is reported at load with its row and column, not as a NaN loss at step 1. A row is
+named by the file line it starts on (the header's is 1; blank lines count, and a quoted
+field may carry a record over several lines). Messages name rows and columns but never
+quote a cell, so a file read by mistake is not echoed.
 """
 from __future__ import annotations
 
@@ -40,9 +43,19 @@ def npz(path, x: str = "x", y: str = "y", targets: bool = False) -> Dataset:
     `targets`, y [N, ...] float targets."""
     path = Path(path)
     arrays = read_npz(path, (x, y))
-    xs, ys = arrays[x], arrays[y]
-    xs = xs.astype(np.float32) / 255.0 if xs.dtype == np.uint8 else xs
+    xs, ys = scaled(arrays[x]), arrays[y]
     return checked_targets(xs, ys, path.stem, path) if targets else checked(xs, ys, path.stem, path)
+
+
+def scaled(x: np.ndarray) -> np.ndarray:
+    """Inputs as npz feeds them to a model: uint8 taken to be 0..255 pixels and scaled to
+    float32 0..1, any other number type as it is. `dslc predict` reads a .npy by this rule too
+    (runtime/predict.py), so a model sees at prediction what it saw in training.
+
+    >>> scaled(np.array([0, 255], np.uint8)).tolist(), scaled(np.array([0, 255])).tolist()
+    ([0.0, 1.0], [0, 255])
+    """
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
 
 
 def csv(path, label: str | int = "label", target=(), targets: bool = False) -> Dataset:
@@ -56,29 +69,35 @@ def csv(path, label: str | int = "label", target=(), targets: bool = False) -> D
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
     reader = _csv.reader(io.StringIO(text))
+    rows, lines, start = [], [], 1  # the rows that are not blank, and the file line each starts on
     try:
-        rows = [r for r in reader if any(cell.strip() for cell in r)]
+        for r in reader:
+            if any(cell.strip() for cell in r):
+                rows.append(r)
+                lines.append(start)
+            start = reader.line_num + 1  # line_num counts lines read: a record's last, not its first
     except _csv.Error as e:  # e.g. a field over the csv module's 131,072-character limit
         raise DataError(f"line {reader.line_num}: not a CSV row ({e})", path) from None
     if not rows:
         raise DataError("empty file: expected a header row", path)
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body, lines = [h.strip() for h in rows[0]], rows[1:], lines[1:]
     cols = [_column(header, t, path, "target") for t in target] if target else [_column(header, label, path)]
-    for n, r in enumerate(body, start=2):
+    for n, r in zip(lines, body):
         if len(r) != len(header):
             raise DataError(f"row {n} has {len(r)} fields, the header {len(header)}", path)
     if not body:
         raise DataError("no examples: the file has only a header", path)
-    x = _numbers(body, header, [i for i in range(len(header)) if i not in cols], path)
+    x = _numbers(body, lines, header, [i for i in range(len(header)) if i not in cols], path)
     if target or targets:
-        y = _numbers(body, header, cols, path)
+        y = _numbers(body, lines, header, cols, path)
         return checked_targets(x, y if target else y[:, 0], path.stem, path)
     y, names = _labels([r[cols[0]].strip() for r in body])
     return checked(x, y, path.stem, path, None if names is None else len(names), names)
 
 
-def _numbers(body: list[list[str]], header: list[str], columns: list[int], path) -> np.ndarray:
-    """float32 [rows, len(columns)]: the cells of `columns`, each a finite float32 number."""
+def _numbers(body: list[list[str]], lines: list[int], header: list[str], columns: list[int], path) -> np.ndarray:
+    """float32 [rows, len(columns)]: the cells of `columns`, each a finite float32 number; a
+    message names a row by its line in `lines`."""
     out = np.empty((len(body), len(columns)), np.float32)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported below
         for n, r in enumerate(body):
@@ -86,11 +105,11 @@ def _numbers(body: list[list[str]], header: list[str], columns: list[int], path)
                 try:
                     out[n, j] = float(r[i])
                 except ValueError:
-                    raise DataError(f"row {n + 2}, column {_name(header, i)}: not a number", path) from None
+                    raise DataError(f"row {lines[n]}, column {_name(header, i)}: not a number", path) from None
     bad = np.argwhere(~np.isfinite(out))
     if len(bad):
         n, j = bad[0]
-        raise DataError(f"row {n + 2}, column {_name(header, columns[j])}: not a finite float32 number "
+        raise DataError(f"row {lines[n]}, column {_name(header, columns[j])}: not a finite float32 number "
                         "(NaN, infinity, or beyond 3.4e38)", path)
     return out
 
