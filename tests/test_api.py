@@ -305,6 +305,18 @@ def test_the_reference_device_draws_dropout_masks_when_no_generator_is_given():
     assert np.isfinite(value) and grads
 
 
+def test_a_kernel_run_by_its_reference_reads_the_parameters_lent_to_the_kernels():
+    """dropconnect at inference is linear, run by its NumPy reference on the CPU (a fallback):
+    it read the arena's copy of the weights, which a lent parameter leaves empty, and gave
+    x @ 0 + 0 (and so did every validation of a dropconnect model during training)."""
+    m = dslc.load("t.net", text="model t {\n input x : f32[N, 20]\n output o = x |> dropconnect(12, p=0.3)\n}")
+    params = m.init(seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 20)).astype(np.float32)
+    want = m.forward(params, {"x": x})["o"]
+    assert np.abs(want).max() > 1
+    np.testing.assert_allclose(m.compile("cpu").forward(params, {"x": x})["o"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_arenas_of_many_batch_sizes_are_not_all_kept_and_a_dropped_size_runs_again(loaded):
     """A loop over batch sizes keeps executor.BOUND arenas (it kept one per size: 2.1 GB
     for small_cnn at sizes 1 to 120), and a size whose arena was dropped binds a new one

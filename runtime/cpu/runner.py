@@ -175,9 +175,12 @@ class CompiledGraph:
         return self._outputs
 
     def _fallback(self, position: int) -> None:
-        """Kernel `position` by the NumPy references, node by node (allocates)."""
+        """Kernel `position` by the NumPy references, node by node (allocates). A parameter lent
+        to the kernels is read from the caller's array, as they read it: its arena view holds
+        nothing (a dropconnect layer at inference, run so, computed x @ 0 + 0)."""
         for node in self.kernels[position].nodes:
-            value = registry.get(node.op).reference(*(self.views[i] for i in node.inputs), **node.attr_dict)
+            ins = (self._lent.get(i, self.views[i]) for i in node.inputs)
+            value = registry.get(node.op).reference(*ins, **node.attr_dict)
             np.copyto(self.views[node.name], value, casting="same_kind")
 
 
