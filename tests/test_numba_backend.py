@@ -21,8 +21,8 @@ from dslc.passes.train_step import Optimizer
 from dslc.kernels.memory_plan import ALIGN
 from dslc.runtime.cpu.runner import aligned_zeros, compile_graph
 from dslc.stages import build
-from helpers import (HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, feeds_for, op_graph,
-                     relative_error)
+from helpers import (CXX, HOST_FALLBACKS, MODELS, SAMPLES, SMALL, TOL, TOO_BIG, arrays, check_cuda_on_host,
+                     feeds_for, op_graph, relative_error)
 
 
 
@@ -253,6 +253,44 @@ model m() {{
 }}""")
     model = dslc.load(path)
     check(build(model, "train_step", Optimizer("sgd", lr=0.1, momentum=0.9)), batch=3)
+
+
+@pytest.mark.parametrize("stage", ["train_step", "infer"])
+def test_a_residual_that_reads_the_convolutions_own_input(net, tmp_path, stage):
+    """relu(x + conv2d(x)): the convolution's epilogue reads x in its loop as well as in the
+    library call before it. Its index map was "host" (the call's alone), so both generators
+    found no value for x in the loop (a KeyError at compile, for any such residual)."""
+    path = net("""
+model m() {
+    input image : f32[N, 4, 6, 6]
+    input label : i64[N]
+    x = image |> conv2d(4, kernel=3, pad=1) |> relu
+    y = relu(x + (x |> conv2d(4, kernel=3, pad=1, bias=false) |> batchnorm))
+    z = y + (y |> conv2d(4, kernel=3, pad=1))
+    logits = z |> flatten |> linear(10)
+    loss cross_entropy(logits, label)
+}""")
+    graph = build(dslc.load(path), stage, Optimizer("sgd", lr=0.1))
+    check(graph, batch=3)
+    if CXX is not None:
+        from dslc.passes.pipeline import optimize
+        assert check_cuda_on_host(optimize(graph)[0], tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log")  # the reference's log(1 - 1.0)
+def test_a_sweep_reads_back_the_value_it_stores(net):
+    """bce(sigmoid(x), t) with the sigmoid saturated: sigmoid(30) is 1.0 in float32, and the
+    loss reads that 1.0 (log(1 - p) clamped at -100). The sweep computing sigmoid and 1 - p
+    (a gradient term) had taken 1 - p from the double 1 - 9e-14 (log: -30), so d loss / dt
+    was -10.0 where the loss computed has -100 / 3; it now reads p as stored, as the reference."""
+    m = dslc.load(net("model m {\n input x : f32[N, 3]\n input t : f32[N, 3]\n loss bce(sigmoid(x), t)\n}"))
+    feeds = {"x": np.array([[30.0, -30.0, 0.5]], np.float32), "t": np.array([[0.3, 0.6, 0.2]], np.float32)}
+    want_loss, want = m.compile("reference").grad({}, feeds, wrt=["x", "t"])
+    loss, got = m.compile("cpu").grad({}, feeds, wrt=["x", "t"])
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    assert want["t"][0, 0] == pytest.approx((-100.0 - 0.0) / 3, rel=1e-6)  # (log(1 - p) - log p) / count, clamped
+    for name in ("x", "t"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7)
 
 
 def test_a_reduce_over_broadcast_inputs_is_generated_by_both_backends():

@@ -153,7 +153,8 @@ def index_maps(node: Node, input_types: list[TensorType]) -> tuple[str, ...]:
 
     identity: same shape as the iteration space; scalar: one element for all; channel:
     a (C,) vector indexed by axis 1; broadcast: NumPy broadcasting (stride-0 axes);
-    host: consumed by an epilogue's library kernel (matmul, conv2d), not by the loop.
+    host: consumed by an epilogue's library kernel (matmul, conv2d), not by the loop. An input
+    the loop reads too (a residual `x + conv2d(x)` reads x in both) takes the loop's map.
     """
     body = node.attr("body") if node.op == "fused" else (node.replace(inputs=tuple(
         f"${k}" for k in range(len(node.inputs)))),)
@@ -161,12 +162,16 @@ def index_maps(node: Node, input_types: list[TensorType]) -> tuple[str, ...]:
     # A reduce loop iterates over its root's input, every other loop over the output.
     space = _body_type(body[-1].inputs[0], body, input_types).shape if kind == "reduce" else node.type.shape
     host_inputs: set[str] = set()
+    loop_inputs: set[str] = set()
     channel_inputs: set[str] = set()
     for b in body:
         if registry.epilogue_host(b.op):
             host_inputs.update(b.inputs)
-        elif b.op != "const" and registry.get(b.op).elementwise == "channel":
+            continue
+        loop_inputs.update(b.inputs)
+        if b.op != "const" and registry.get(b.op).elementwise == "channel":
             channel_inputs.update(b.inputs[1:])
+    host_inputs -= loop_inputs
     maps = []
     for k, t in enumerate(input_types):
         ref = f"${k}"
