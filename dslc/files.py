@@ -13,6 +13,8 @@ kernel cache) goes through `write_atomic`, which looks at what the path names fi
   the bytes are written into it, as a shell redirection would; the node is never replaced.
   A pipe with no reader is refused rather than waited on.
 - a directory, a block device or a socket: refused.
+`write_together` writes files that belong together (a .net model and its weights) the same
+way, every one staged before any is renamed: one that cannot be written leaves all as they were.
 A failure the user can act on (a missing directory, no permission, a full disk, a name too
 long) is a `CliError` naming the path and the reason: exit status 1, never a traceback.
 
@@ -113,17 +115,60 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) 
     fd = _own_fd(path)
     if fd is not None:
         return _write_fd(fd, data, path)
+    mode = _replaced_mode(path)
+    if mode is None:
+        return _write_into(path, data)
+    target = Path(os.path.realpath(path))
+    _commit(path, _stage(path, target, data, durable, mode), target, durable)
+
+
+def write_together(files: list[tuple[str | os.PathLike, bytes]], *, durable: bool = True) -> None:
+    """Write files that belong together (a model and its weights) as write_atomic writes each,
+    none replaced unless all can be: every target is looked at, and every regular one's bytes
+    are in a complete temporary sibling, before the first is renamed into place. A target
+    write_atomic refuses (a directory, a missing folder, a full disk) leaves every file as it
+    was. The renames follow one another with nothing written between; a character device or a
+    pipe among the targets is written into after them.
+
+        write_together([("m.net", text), ("m.safetensors", weights)])
+    """
+    plans = []
+    for path, data in files:
+        path = Path(path)
+        mode = None if _own_fd(path) is not None else _replaced_mode(path)
+        plans.append((path, data, mode))
+    staged: list[tuple[Path, str, Path]] = []  # (as given, temporary, target)
+    try:
+        for path, data, mode in plans:
+            if mode is not None:
+                target = Path(os.path.realpath(path))
+                staged.append((path, _stage(path, target, data, durable, mode), target))
+        while staged:
+            path, tmp, target = staged[0]
+            _commit(path, tmp, target, durable)
+            staged.pop(0)
+    finally:
+        for _, tmp, _ in staged:  # not renamed: a failure before or at its turn
+            Path(tmp).unlink(missing_ok=True)
+    for path, data, mode in plans:
+        if mode is None:
+            write_atomic(path, data, durable=durable)
+
+
+def _replaced_mode(path: Path) -> int | None:
+    """The permissions the file replacing `path` gets (a regular file's own, or the usual ones
+    for a new file); None for a character device or a pipe, which are written into; CliError
+    for what is neither."""
     try:
         st = os.stat(path)  # follows symlinks: what the path finally names
     except FileNotFoundError:
-        st = None
+        return 0o666 & ~_umask()
     except OSError as e:
         raise CliError(f"cannot write {path}: {reason(e)}") from None
-    if st is None or stat.S_ISREG(st.st_mode):
-        mode = 0o666 & ~_umask() if st is None else stat.S_IMODE(st.st_mode)
-        return _replace(path, Path(os.path.realpath(path)), data, durable, mode)
+    if stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
     if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-        return _write_into(path, data)
+        return None
     kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
             else "a socket")
     raise CliError(f"cannot write {path}: it is {kind}; give the name of a file")
@@ -158,8 +203,8 @@ def write_figure(fig, path: str | os.PathLike, dpi: int) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _replace(shown: Path, target: Path, data: bytes, durable: bool, mode: int) -> None:
-    """Write a temporary sibling of `target` and rename it over `target`; errors name `shown`."""
+def _stage(shown: Path, target: Path, data: bytes, durable: bool, mode: int) -> str:
+    """A complete temporary sibling of `target` holding `data`, by name; errors name `shown`."""
     tmp = None
     try:
         # The temporary's name is bounded, so a target name near the limit still gets one.
@@ -170,15 +215,27 @@ def _replace(shown: Path, target: Path, data: bytes, durable: bool, mode: int) -
             if durable:
                 os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; keep the old file's, or the usual
-        os.replace(tmp, target)
-        tmp = None
-        if durable:
-            fsync_dir(target.parent)
+        staged, tmp = tmp, None
+        return staged
     except OSError as e:
         raise CliError(f"cannot write {shown}: {_where(e, target)}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _commit(shown: Path, tmp: str, target: Path, durable: bool) -> None:
+    """Rename the temporary `tmp` over `target` (removed if that fails); errors name `shown`."""
+    try:
+        os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CliError(f"cannot write {shown}: {_where(e, target)}") from None
+    if durable:
+        try:
+            fsync_dir(target.parent)
+        except OSError as e:
+            raise CliError(f"cannot write {shown}: {_where(e, target)}") from None
 
 
 def _where(e: OSError, target: Path) -> str:

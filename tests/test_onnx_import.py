@@ -386,3 +386,101 @@ def test_an_imported_model_compiles_and_runs(round_trip):
     feeds = {"image": np.random.default_rng(5).standard_normal((3, 3, 8, 8)).astype(np.float32)}
     ours = model.compile("cpu").forward(load_torch_weights(model, back.with_suffix(".safetensors")), feeds)
     assert_close(ours, onnx_check.run_onnx(onnx.load(onnx_path), feeds))
+
+
+# ---- what a mistaken or failed import leaves on disk, and what it reports ----------------------
+
+def _small_classifier(path):
+    """x [N, 4] -> Gemm 3 -> Softmax: an import that writes a .net and its weights."""
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z"], name="fc", transB=1),
+             helper.make_node("Softmax", ["z"], ["y"], name="probs")]
+    return helper_model(path, nodes, ["N", 4], ["N", 3], [("w", np.ones((3, 4), np.float32)),
+                                                          ("b", np.zeros(3, np.float32))])
+
+
+def test_a_failed_import_replaces_neither_file(tmp_path, capsys):
+    """The .net and its weights are written together: a .net path that cannot be written (a
+    directory) leaves the weights file beside it as it was, and no temporary behind."""
+    path = _small_classifier(tmp_path / "g.onnx")
+    (tmp_path / "d.net").mkdir()
+    (tmp_path / "d.safetensors").write_text("precious")
+    assert main(["import", str(path), "-o", str(tmp_path / "d.net")]) == 1
+    assert f"cannot write {tmp_path / 'd.net'}: it is a directory" in capsys.readouterr().err
+    assert (tmp_path / "d.safetensors").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.net", "d.safetensors", "g.onnx"]
+    assert main(["import", str(path), "-o", str(tmp_path / "g.net")]) == 0  # a good -o: both written
+    assert (tmp_path / "g.net").exists() and (tmp_path / "g.safetensors").exists()
+
+
+def test_an_output_that_is_what_the_import_reads_or_writes_is_refused(tmp_path, capsys):
+    """-o naming the ONNX file, a weights file that would be the ONNX file, or an -o ending in
+    .safetensors (its weights would overwrite it) is a usage error (exit 2): nothing written."""
+    path = _small_classifier(tmp_path / "g.onnx")
+    original = path.read_bytes()
+    assert main(["import", str(path), "-o", str(path)]) == 2
+    assert f"-o {path} is {path}, which this command reads" in capsys.readouterr().err
+    (tmp_path / "m.safetensors").write_bytes(original)  # an ONNX file under a weights file's name
+    assert main(["import", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.net")]) == 2
+    assert "writes its weights to" in capsys.readouterr().err
+    assert main(["import", str(path), "-o", str(tmp_path / "w.safetensors")]) == 2
+    assert "cannot end in .safetensors" in capsys.readouterr().err
+    assert path.read_bytes() == original == (tmp_path / "m.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "m.safetensors"]
+
+
+def test_a_translation_that_does_not_compile_is_refused_naming_its_node(tmp_path, capsys):
+    """The .net text is compiled before anything is written: a Relu of int64 values, which
+    dslc's relu refuses, names the ONNX node (exit 1), not a .net file that `dslc check` fails."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="act")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, ["N", 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "i.onnx")
+    assert main(["import", str(tmp_path / "i.onnx"), "-o", str(tmp_path / "i.net")]) == 1
+    err = capsys.readouterr().err
+    assert "node 'act' (Relu): relu expects a floating-point tensor, got i64[N, 4] (E0302" in err
+    assert "Traceback" not in err and not (tmp_path / "i.net").exists()
+
+
+def test_what_failed_is_reported_once_with_its_shape_as_written(tmp_path, capsys):
+    """A node reading a refused input, or a chain (Floor of a Div) reading a refused node, is not
+    reported again; an input's symbolic sizes are shown by their ONNX names."""
+    path = helper_model(tmp_path / "d.onnx", [helper.make_node("Relu", ["x"], ["y"], name="act")],
+                        ["N", "C", 4], ["N", "C", 4])
+    assert main(["import", str(path), "-o", str(tmp_path / "d.net")]) == 1
+    err = capsys.readouterr().err
+    assert "1 node(s)" in err and "input 'x': shape [N, C, 4]: only the batch axis" in err and "'act'" not in err
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[0, 0, 1, 1]),
+             helper.make_node("Mul", ["c", "two"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "half"], ["q"], name="div"),
+             helper.make_node("Floor", ["q"], ["y"], name="floor")]
+    inits = [("w", np.ones((2, 1, 3, 3), np.float32)), ("two", np.float32(2)), ("half", np.float32(0.5))]
+    path = helper_model(tmp_path / "f.onnx", nodes, ["N", 1, 6, 6], ["N", 2, 5, 5], inits)
+    assert main(["import", str(path), "-o", str(tmp_path / "f.net")]) == 1
+    err = capsys.readouterr().err
+    assert "1 node(s)" in err and "node 'conv' (Conv): asymmetric pads [0, 0, 1, 1]" in err and "'floor'" not in err
+
+
+UNEVEN_SAME = """
+model uneven {
+    input image : f32[N, 2, 9, 9]
+    x = image |> conv2d(4, kernel=2, stride=2, pad=same) |> relu
+    x = x |> maxpool(kernel=2, stride=2, pad=same) |> avgpool(kernel=2, stride=2, pad=same)
+    output y = x |> flatten
+}
+"""
+
+
+def test_an_uneven_pad_same_comes_back_as_itself(net, tmp_path, capsys):
+    """dslc exports pad=same with a stride as the explicit pads SAME_UPPER gives (one more row
+    below than above on 9 rows): read back as pad=same, the same outputs as onnxruntime's."""
+    source = net(UNEVEN_SAME, "u.net")
+    assert main(["export", str(source), "-o", str(tmp_path / "u.onnx")]) == 0
+    pads = [list(a.ints) for n in onnx.load(tmp_path / "u.onnx").graph.node for a in n.attribute if a.name == "pads"]
+    assert [0, 0, 1, 1] in pads  # uneven: the test reads what it means to
+    assert main(["import", str(tmp_path / "u.onnx"), "-o", str(tmp_path / "back.net")]) == 0, capsys.readouterr().err
+    text = (tmp_path / "back.net").read_text()
+    for op in ("conv2d(4, kernel=2, stride=2, pad=same", "maxpool(kernel=2, stride=2, pad=same)",
+               "avgpool(kernel=2, stride=2, pad=same)"):
+        assert op in text, op
+    feeds = {"image": np.random.default_rng(6).standard_normal((3, 2, 9, 9)).astype(np.float32)}
+    assert_close(*imported_outputs(tmp_path / "back.net", tmp_path / "u.onnx", feeds))

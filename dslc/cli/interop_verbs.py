@@ -87,6 +87,7 @@ def register(verbs) -> None:
              "(exit status 1).",
              "  dslc import resnet.onnx -o resnet.net")
     p.add_argument("file", help="an .onnx file")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.net", help="the .net file to write")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.net",
+                   help="the .net file to write; its weights go beside it, to FILE.safetensors")
     p.add_argument("--name", help="name of the model in the .net file (default: from the ONNX graph)")
     p.set_defaults(run=cmd_import)

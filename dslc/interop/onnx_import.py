@@ -17,19 +17,27 @@ is computed (onnx_shapes.py: constants, and shape arithmetic such as PyTorch's
 GELU spelt with Erf, Floor of a Div). Simple ops are translated by the tables below, the rest
 by one reader each (onnx_readers.py). Whatever has no .net equivalent (an op dslc does not
 know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
-listed, every node at once, by name and op type, as a CliError (exit status 1).
+listed, every node at once, by name and op type, as a CliError (exit status 1). The .net text
+is then compiled as `dslc check` would (parse, names, shape inference), and a node whose
+statement does not compile (a Relu of int64 values) is named the same way.
+
+Nothing is written until all is known to be right: `-o` that is the ONNX file, or whose
+weights file would be (or that ends in .safetensors itself), is a usage error (exit status 2),
+and the .net file and its weights are written together (files.write_together): a destination
+that cannot be written leaves both files as they were.
 
     import_model("resnet.onnx", "resnet.net")   # [Path('resnet.net'), Path('resnet.safetensors')]
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from dslc.diagnostics import CliError
-from dslc.files import check_memory, read_limited, write_atomic
+from dslc.diagnostics import CliError, CompileError, UsageError
+from dslc.files import check_memory, read_limited, write_together
 from dslc.interop import onnx_patterns
 from dslc.interop.onnx_export import MAX_BYTES, require_onnx
 from dslc.interop.onnx_readers import READERS, Unsupported, number
@@ -53,6 +61,7 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
     """Write the .net model (and its weights beside it) translated from the ONNX file `path`."""
     onnx = require_onnx()
     path, output = Path(path), Path(output)
+    weights_file = _weights_beside(output, path)
     raw = read_limited(path, MAX_BYTES, "an ONNX file")  # a regular file, within protobuf's bound
     try:
         proto = onnx.load_from_string(raw)
@@ -74,16 +83,41 @@ def import_model(path, output, name: str | None = None) -> list[Path]:
             raise CliError(f"{path}: not a valid ONNX model ({str(e).strip().splitlines()[0]})") from None
         raise
     writer = _Writer(onnx, proto, path, read)
-    text = writer.program(name or proto.graph.name or output.stem, output.with_suffix(".safetensors").name)
-    written = [output]
+    text = writer.program(name or proto.graph.name or output.stem, weights_file.name)
+    writer.check(text, output)  # before anything is written
+    files = [(output, text.encode())]
     if writer.weights:
         from safetensors.numpy import save
 
+        files.insert(0, (weights_file, save({k: np.ascontiguousarray(v) for k, v in writer.weights.items()})))
+    write_together(files)  # both or neither: the weights renamed into place first, the .net last
+    return [output] + ([weights_file] if writer.weights else [])
+
+
+def _weights_beside(output: Path, source: Path) -> Path:
+    """The weights file of `-o output` (its name with .safetensors); UsageError when the two
+    would be one file, or either is the ONNX file `source` (which would be lost)."""
+    if output.suffix.lower() == ".safetensors":
+        raise UsageError(f"-o {output}: the weights are written beside the .net file, to NAME.safetensors, so -o "
+                         f"cannot end in .safetensors; give the .net file (-o {output.with_suffix('.net')})")
+    try:
         weights = output.with_suffix(".safetensors")
-        write_atomic(weights, save({k: np.ascontiguousarray(v) for k, v in writer.weights.items()}))
-        written.append(weights)
-    write_atomic(output, text.encode())
-    return written
+    except ValueError:  # "/" or "..": no file name to give a suffix
+        raise UsageError(f"-o {output} names no file; give the .net file to write") from None
+    if _same_file(output, source):
+        raise UsageError(f"-o {output} is {source}, which this command reads; choose another output file")
+    for other, what in ((source, "the file this command reads"), (output, "the .net file itself")):
+        if _same_file(weights, other):
+            raise UsageError(f"-o {output} writes its weights to {weights}, which is {what} ({other}); "
+                             "choose another output file")
+    return weights
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is absent or unreadable: not one existing file
+        return False
 
 
 def _check_external_size(onnx, proto, path: Path) -> None:
@@ -122,6 +156,8 @@ class _Writer:
         self.vars: dict[str, str] = {}
         self.squeezed: dict[str, int] = {}  # global_avgpool results standing for [N, C, 1, 1]: C
         self.lines: list[str] = []
+        self.origins: list[str] = []  # what each line translates: "node 'conv1' (Conv)", "input 'x'"
+        self.origin = "the model"
         self.weights: dict[str, np.ndarray] = {}
         self.taken = set(KEYWORDS) | set(registry.all_ops())
 
@@ -130,54 +166,86 @@ class _Writer:
     def program(self, name: str, weights_file: str) -> str:
         self.output_names = {o.name: self.fresh(o.name) for o in self.graph.output}  # outputs keep their names
         problems = []
+        failed: set[str] = set()  # what untranslated inputs and nodes compute
         for i in self.graph.input:
             if i.name not in self.consts:
+                self.origin = f"input '{i.name}'"
                 try:
                     self.declare_input(i.name)
                 except Unsupported as e:
-                    problems.append(f"  input '{i.name}': {e}")
+                    problems.append(f"  {self.origin}: {e}")
+                    failed.add(i.name)
         fused = onnx_patterns.find(self.graph, self.consts)
         inner = {k for chain in fused.values() for k in chain.inner}
-        failed: set[str] = set()  # what untranslated nodes compute
         for k, node in enumerate(self.graph.node):
             if k in inner:
                 continue  # written by the chain's last node
-            if not failed.isdisjoint(node.input) and node.op_type in QUIET:
+            reads = fused[k].inputs if k in fused else node.input  # a chain reads what its nodes read
+            if not failed.isdisjoint(reads) and node.op_type in QUIET:
                 failed.update(node.output)  # a readable op of what failed: the failure is reported once
                 continue
+            self.origin = f"node '{node.name or node.output[0]}' ({node.op_type})"
             try:
                 if k in fused:
                     self.assign(node, fused[k].expr.format(*map(self.var, fused[k].inputs)))
                 else:
                     self.translate(node)
             except Unsupported as e:
-                problems.append(f"  node '{node.name or node.output[0]}' ({node.op_type}): {e}")
+                problems.append(f"  {self.origin}: {e}")
                 failed.update(node.output)
         if problems:
             raise CliError(f"{self.source}: {len(problems)} node(s) have no .net equivalent:\n" + "\n".join(problems)
                            + "\n  (dslc import reads Conv, Gemm, MatMul, normalisations, pooling, Resize, activations, "
                              "softmax, arithmetic, reductions and shape ops; shapes computed from static sizes)")
-        self.lines += self.outputs()
+        self.outputs()
         header = [f"# Imported from {self.source.name} by `dslc import` ({self.read} ONNX nodes)."]
         if self.weights:
             header += [f"# Weights: {weights_file}, keyed as PyTorch would key them; a recipe loads them with",
                        f'#     init = torch_weights("{weights_file}")']
         body = "\n".join(f"    {line}" for line in self.lines)
+        self.first_line = len(header) + 3  # the body's, after a blank line and `model NAME {`
         return "\n".join(header) + f"\n\nmodel {self.fresh(name)} {{\n{body}\n}}\n"
 
-    def outputs(self) -> list[str]:
-        lines, outs = [], list(self.graph.output)
+    def outputs(self) -> None:
+        outs = list(self.graph.output)
         for o in outs:
-            lines.append(f"output {self.output_names[o.name]} = {self.var(o.name)}")
+            self.origin = f"output '{o.name}'"
+            self.emit(f"output {self.output_names[o.name]} = {self.var(o.name)}")
         if len(outs) == 1 and self.is_classifier(outs[0].name):
             producer = next((n for n in self.graph.node if outs[0].name in n.output), None)
             logits = self.var(producer.input[0]) if producer is not None and producer.op_type == "Softmax" \
                 else self.var(outs[0].name)
             label = self.fresh("label")
-            lines += ["# A classifier: the labels, its accuracy and the cross-entropy of its logits.",
-                      f"input {label} : i64[{self.dims(outs[0].name)[0]}]", f"metric accuracy({logits}, {label})",
-                      f"loss cross_entropy({logits}, {label})"]
-        return lines
+            self.origin = f"the label, metric and loss added for classifier output '{outs[0].name}'"
+            for line in ["# A classifier: the labels, its accuracy and the cross-entropy of its logits.",
+                         f"input {label} : i64[{self.dims(outs[0].name)[0]}]", f"metric accuracy({logits}, {label})",
+                         f"loss cross_entropy({logits}, {label})"]:
+                self.emit(line)
+
+    def emit(self, line: str) -> None:
+        """One line of the model's body, remembered as a translation of what is being read now."""
+        self.lines.append(line)
+        self.origins.append(self.origin)
+
+    def check(self, text: str, output: Path) -> None:
+        """Compile `text` as `dslc check` would (parse, names, shape inference); a statement that
+        does not compile (a float op of int64 values) is a CliError naming the ONNX node it translates."""
+        from dslc.model import load
+
+        try:
+            load(output, text=text)
+        except CompileError as e:
+            lines = text.splitlines()
+            problems = []
+            for d in e.diagnostics:
+                k = d.span.line - self.first_line if d.span is not None else -1
+                if 0 <= k < len(self.origins):
+                    statement = lines[d.span.line - 1].strip()
+                    problems.append(f"  {self.origins[k]}: {d.message} ({d.code}, in `{statement}`)")
+                else:
+                    problems.append(f"  {d.message} ({d.code})")
+            raise CliError(f"{self.source}: {len(problems)} statement(s) of its .net translation do not compile:\n"
+                           + "\n".join(problems)) from None
 
     def is_classifier(self, name: str) -> bool:
         dims = self.dims(name)
@@ -202,6 +270,14 @@ class _Writer:
             raise Unsupported(f"the shape of '{name}' is unknown (ONNX shape inference could not find it)")
         return [d.dim_value if d.HasField("dim_value") else "N" for d in self.types[name].shape.dim]
 
+    def shown(self, name: str) -> str:
+        """The shape of tensor `name` as the ONNX file writes it, for a message: `[N, C, 4]`
+        (a size without a name is `?`)."""
+        if name in self.consts or name not in self.types:
+            return str(self.dims(name))
+        return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?"
+                               for d in self.types[name].shape.dim) + "]"
+
     def dtype(self, name: str) -> str:
         return self.onnx_dtype(self.types[name].elem_type, f"'{name}' is ")
 
@@ -215,15 +291,15 @@ class _Writer:
     def declare_input(self, name: str) -> None:
         dims = self.dims(name)
         if any(not isinstance(d, int) for d in dims[1:]):
-            raise Unsupported(f"shape {dims}: only the batch axis (the first) may vary in a .net model")
+            raise Unsupported(f"shape {self.shown(name)}: only the batch axis (the first) may vary in a .net model")
         self.vars[name] = self.fresh(name)
-        self.lines.append(f"input {self.vars[name]} : {self.dtype(name)}[{', '.join(str(d) for d in dims)}]")
+        self.emit(f"input {self.vars[name]} : {self.dtype(name)}[{', '.join(str(d) for d in dims)}]")
 
     def var(self, name: str) -> str:
         """The .net expression of tensor `name`: a variable, a number, or a declared parameter."""
         if name in self.squeezed:  # a consumer that needs the [N, C, 1, 1] form after all
             c, four_d = self.squeezed.pop(name), self.fresh(f"{self.vars[name]}_4d")
-            self.lines.append(f"{four_d} = {self.vars[name]} |> reshape([-1, {c}, 1, 1])")
+            self.emit(f"{four_d} = {self.vars[name]} |> reshape([-1, {c}, 1, 1])")
             self.vars[name] = four_d
         if name in self.vars:
             return self.vars[name]
@@ -234,7 +310,7 @@ class _Writer:
             if str(value.dtype) not in DTYPES:
                 raise Unsupported(f"constant '{name}' is {value.dtype}; dslc computes in {', '.join(DTYPES)}")
             param = self.vars[name] = self.fresh(name)
-            self.lines.append(f"param {param} : {DTYPES[str(value.dtype)]}[{', '.join(map(str, value.shape))}] "
+            self.emit(f"param {param} : {DTYPES[str(value.dtype)]}[{', '.join(map(str, value.shape))}] "
                               "= zeros()")
             self.weights[param] = value
             return param
@@ -284,7 +360,7 @@ class _Writer:
     def assign(self, node, expr: str, params: dict[str, np.ndarray] | None = None) -> None:
         """`label: label = expr`: one statement per node; a layer's parameters under the label."""
         label = self.fresh(node.name or f"{node.op_type.lower()}")
-        self.lines.append(f"{label}: {label} = {expr}")
+        self.emit(f"{label}: {label} = {expr}")
         self.vars[node.output[0]] = label
         for slot, value in (params or {}).items():
             self.weights[f"{label}.{slot}"] = value

@@ -2,17 +2,20 @@
 
 A reader gets the translator `w` (onnx_import._Writer: `w.var(name)` is a tensor's .net
 expression, `w.const(name)` a constant's value, `w.dims(name)` its static shape with the
-batch as "N", `w.dtype(name)` its .net dtype, `w.opset` the graph's opset, `w.assign(node,
-expr, params)` writes the statement; `w.vars[output] = ...` makes a node an alias), the
-node and its attributes as Python values. It writes the node's statement, or raises Unsupported with
-what the .net language cannot say (an attribute value, a computed operand); the translator
-lists every such node at once.
+batch as "N" (`w.shown(name)` the shape as the file writes it, for messages), `w.dtype(name)`
+its .net dtype, `w.opset` the graph's opset, `w.assign(node, expr, params)` writes the
+statement; `w.vars[output] = ...` makes a node an alias), the node and its attributes as
+Python values. It writes the node's statement, or raises Unsupported with what the .net
+language cannot say (an attribute value, a computed operand); the translator lists every
+such node at once.
 
     READERS["Conv"](w, node, {"pads": [1, 1, 1, 1], ...})   # conv1: conv1 = x |> conv2d(64, ...)
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dslc.ops.conv import same_padding
 
 
 class Unsupported(Exception):
@@ -35,8 +38,9 @@ def _ints(values) -> str:
     return str(values[0]) if len(set(values)) == 1 else f"[{', '.join(map(str, values))}]"
 
 
-def _window(attrs, dims) -> str:
-    """kernel, stride, pad (and dilation) of a Conv or pooling node as .net attributes."""
+def _window(attrs, dims, size) -> str:
+    """kernel, stride, pad (and dilation) of a Conv or pooling node as .net attributes; `dims`
+    gives the kernel where no kernel_shape does (a Conv's weight), `size` is the input's [H, W]."""
     kernel = attrs.get("kernel_shape", dims[2:])
     if len(kernel) != 2:
         raise Unsupported(f"a {len(kernel)}-d window; dslc convolves and pools 2-d images")
@@ -44,14 +48,28 @@ def _window(attrs, dims) -> str:
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto not in ("NOTSET", "VALID", "SAME_UPPER"):
         raise Unsupported(f"auto_pad={auto}; dslc pads as SAME_UPPER (pad=same) or explicitly")
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    if pads[:2] != pads[2:]:
-        raise Unsupported(f"asymmetric pads {list(pads)}; dslc pads both sides of an axis alike")
-    pad = "same" if auto == "SAME_UPPER" else _ints(pads[:2])
-    text = f"kernel={_ints(kernel)}, stride={_ints(attrs.get('strides', [1, 1]))}, pad={pad}"
-    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        text += f", dilation={_ints(attrs['dilations'])}"
+    stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if auto == "SAME_UPPER" or pads[:2] == pads[2:]:
+        pad = "same" if auto == "SAME_UPPER" else _ints(pads[:2])
+    elif pads == _same_pads(size, kernel, stride, dilation):  # how dslc exports its own pad=same
+        pad = "same"
+    else:
+        raise Unsupported(f"asymmetric pads {pads}, not pad=same's for this input; dslc pads both sides of an "
+                          "axis alike, or as SAME_UPPER (pad=same)")
+    text = f"kernel={_ints(kernel)}, stride={_ints(stride)}, pad={pad}"
+    if any(d != 1 for d in dilation):
+        text += f", dilation={_ints(dilation)}"
     return text
+
+
+def _same_pads(size, kernel, stride, dilation) -> list[int] | None:
+    """ONNX's pads (top, left, bottom, right) of SAME_UPPER, which are dslc's pad=same, for an
+    input of spatial `size`; None when a size is not static."""
+    if len(size) != 2 or not all(isinstance(n, int) for n in size):
+        return None
+    (top, bottom), (left, right) = (same_padding(*axis) for axis in zip(size, kernel, stride, dilation))
+    return [top, left, bottom, right]
 
 
 def _conv(w, node, attrs) -> None:
@@ -62,8 +80,12 @@ def _conv(w, node, attrs) -> None:
         params["bias"] = w.const(node.input[2])
     group = attrs.get("group", 1)
     extra = (f", groups={group}" if group != 1 else "") + ("" if bias else ", bias=false")
-    w.assign(node, f"{w.var(node.input[0])} |> conv2d({weight.shape[0]}, {_window(attrs, weight.shape)}{extra})",
-             params)
+    try:
+        size = w.dims(node.input[0])[2:]  # needed only to read uneven pads as pad=same
+    except Unsupported:
+        size = []
+    window = _window(attrs, weight.shape, size)
+    w.assign(node, f"{w.var(node.input[0])} |> conv2d({weight.shape[0]}, {window}{extra})", params)
 
 
 def _pool(w, node, attrs) -> None:
@@ -72,7 +94,8 @@ def _pool(w, node, attrs) -> None:
     if node.op_type == "AveragePool" and not attrs.get("count_include_pad", 0) and any(attrs.get("pads", [0])):
         raise Unsupported("padding left out of the average (count_include_pad=0); dslc counts it, as PyTorch")
     op = "maxpool" if node.op_type == "MaxPool" else "avgpool"
-    w.assign(node, f"{w.var(node.input[0])} |> {op}({_window(attrs, w.dims(node.input[0]))})")
+    dims = w.dims(node.input[0])
+    w.assign(node, f"{w.var(node.input[0])} |> {op}({_window(attrs, dims, dims[2:])})")
 
 
 def _global_avgpool(w, node, attrs) -> None:
@@ -102,7 +125,7 @@ def _reshape(w, node, attrs) -> None:
         w.assign(node, f"{w.var(x)} |> flatten")
         return
     if sum(d == "N" for d in out) > 1:
-        raise Unsupported(f"a target shape {out} with two unknown sizes")
+        raise Unsupported(f"a target shape {w.shown(node.output[0])} with two unknown sizes")
     w.assign(node, f"{w.var(x)} |> reshape([{', '.join('-1' if d == 'N' else str(d) for d in out)}])")
 
 
