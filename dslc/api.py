@@ -45,11 +45,17 @@ class Model(front.Model):
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Examples as the checkpoint's run fed them: its training split's statistics applied
-        (no change without a checkpoint, or for a run that did not normalise)."""
+        (no change without a checkpoint, or for a run that did not normalise). Examples of
+        another shape holding as many numbers (digits_mlp's [n, 64] for its run's [n, 1, 8, 8])
+        are standardised as the run's examples were, and given back in their own shape."""
+        x = np.asarray(x, np.float32)
         if self.normalization is None:
-            return np.asarray(x, np.float32)
+            return x
         from dslc.runtime.data import normalize
-        return normalize.apply(np.asarray(x, np.float32), self.normalization)
+        run = tuple(self.checkpoint.state["example_shape"])
+        if x.ndim >= 1 and x.shape[1:] != run and np.prod(x.shape[1:]) == np.prod(run):
+            return normalize.apply(x.reshape((len(x), *run)), self.normalization).reshape(x.shape)
+        return normalize.apply(x, self.normalization)
 
 
 def load(path: str | os.PathLike, model: str | None = None, text: str | None = None,

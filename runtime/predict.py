@@ -36,18 +36,18 @@ from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare
 from dslc.runtime.data import DataError, Dataset, normalize
 from dslc.runtime.data.arrays import read_npy
 from dslc.runtime.data.dataset import first_non_finite
-from dslc.runtime.data.images import decode_image
+from dslc.runtime.data.images import IMAGE_SUFFIXES, decode_pixels
 from dslc.runtime.data.tabular import scaled
 from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
 from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
-from dslc.runtime.prepare import layout, layout_target, load_data, reads_labels
+from dslc.runtime.prepare import (example_shape as fitted_shape, flat_input, layout, layout_target, load_data,
+                                  reads_labels, shape_hint, split_changed)
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import SNAPSHOTS
 from dslc.runtime.tta import views as tta_views
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 USES = ("example_shape", "normalization", "classes")  # the state.json keys these commands read
 # The data calls whose loaders give a model the numbers of the file as they are (csv's
 # features): a .npy for a run trained on one is read so too. Every other loader scales uint8
@@ -158,7 +158,10 @@ def evaluate_checkpoint(model, recipe, ckpt: Checkpoint, split: str = "test", de
     if tta and not labels:
         raise DataError("test-time augmentation averages class probabilities; model "
                         f"'{model.name}' is a regression model")
-    data = load_data(recipe, stats=ckpt.state["normalization"], labels=labels)
+    data = load_data(recipe, stats=ckpt.state["normalization"], labels=labels, model=model)
+    stale = split_changed(ckpt.state, data.train) if "train_digest" not in ckpt.state else None
+    if stale and split != "train":  # a run of `classes=` saved before the split came first
+        warn(f"{ckpt.path}: {stale}; the {split} split may hold examples it was trained on")
     dataset = data.split(split)
     _stats_fit(ckpt, dataset.x)
     ev = Evaluator(model, layout(model, dataset), executor_for(device))
@@ -196,7 +199,7 @@ def ensemble(model, recipe, members: list[Checkpoint], split: str = "test", devi
         raise DataError(f"an ensemble averages class probabilities; model '{model.name}' is a regression model")
     for m in members:
         _warn_if_other_data(m, recipe, warn)
-    raw = load_data(recipe, stats={"kind": "none"}).split(split)
+    raw = load_data(recipe, stats={"kind": "none"}, model=model).split(split)
     ev = Evaluator(model, layout(model, raw), executor_for(device))
     rows, total = [], np.zeros((len(raw), raw.classes))
     for m in members:
@@ -216,9 +219,12 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 
-def read_input(file, example_shape: tuple[int, ...], as_is: bool = False) -> np.ndarray:
-    """Examples [n, *example_shape] float32 from a .npy (one example or a batch, possibly
-    flattened) or an image file (converted to the channels and size of the examples, 0..1).
+def read_input(file, example_shape: tuple[int, ...], as_is: bool = False, flat: bool = False) -> np.ndarray:
+    """Examples [n, *example_shape] float32 from a .npy (one example or a batch) or an image
+    file (converted to the channels and size of the examples, 0..1). A .npy's examples are
+    brought to `example_shape` by training's rule (prepare.example_shape): of that shape, or
+    without its unit channel axis ([H, W] for [1, H, W]); for a model whose input is `flat`
+    ([D], an MLP), of any shape holding as many numbers. Channels-last images are refused.
     A uint8 .npy is scaled to 0..1 as npz scales its x (tabular.scaled), unless `as_is` (a
     model trained on csv saw its numbers so); any other number type is used as it is.
     DataError for an empty batch or a value that is not finite, naming the example."""
@@ -231,16 +237,17 @@ def read_input(file, example_shape: tuple[int, ...], as_is: bool = False) -> np.
         raise DataError(f"cannot read {file.suffix or 'a file without suffix'}: give a .npy array or an image "
                         f"({', '.join(IMAGE_SUFFIXES)})", file)
     x = read_npy(file)
-    size = prod(example_shape)
-    if x.size == size:
-        x = x.reshape((1, *example_shape))
-    elif x.ndim >= 2 and prod(x.shape[1:]) == size and len(x):
-        x = x.reshape((len(x), *example_shape))
-    elif x.size == 0:
+    want = (prod(example_shape),) if flat else tuple(example_shape)
+    if x.size == 0:
         raise DataError(f"holds no examples (an array of shape {list(x.shape)})", file)
+    if fitted_shape(want, x.shape) is not None:
+        x = x.reshape((1, *example_shape))
+    elif x.ndim >= 1 and fitted_shape(want, x.shape[1:]) is not None:
+        x = x.reshape((len(x), *example_shape))
     else:
+        hint = shape_hint(want, x.shape[1:], training=False) or shape_hint(want, x.shape, training=False)
         raise DataError(f"array of shape {list(x.shape)} is neither one example of shape {list(example_shape)} "
-                        f"nor a batch of them", file)
+                        f"nor a batch of them" + (f": {hint}" if hint else ""), file)
     with np.errstate(over="ignore"):
         x = (x if as_is else scaled(x)).astype(np.float32)
     bad = first_non_finite(x)
@@ -253,14 +260,15 @@ def _read_image(file: Path, example_shape: tuple[int, ...]) -> np.ndarray:
     if len(example_shape) != 3 or example_shape[0] not in (1, 3):
         raise DataError(f"the model reads examples of shape {list(example_shape)}, not images", file)
     channels, height, width = example_shape
-    pixels = decode_image(file, "L" if channels == 1 else "RGB", (width, height)).astype(np.float32) / 255.0
+    pixels = decode_pixels(file, "L" if channels == 1 else "RGB", (width, height))
     return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
 
-def _model_input(ckpt: Checkpoint, input_file) -> np.ndarray:
+def _model_input(model, ckpt: Checkpoint, input_file) -> np.ndarray:
     """The examples of `input_file` as the model saw its training data: read as the
     checkpoint's data call read it, and normalised with its statistics."""
-    x = read_input(input_file, tuple(ckpt.state["example_shape"]), as_is=trained_on(ckpt) in AS_IS)
+    x = read_input(input_file, tuple(ckpt.state["example_shape"]), as_is=trained_on(ckpt) in AS_IS,
+                   flat=flat_input(model))
     _stats_fit(ckpt, x)
     return normalize.apply(x, ckpt.state["normalization"])
 
@@ -269,7 +277,7 @@ def predict_values(model, ckpt: Checkpoint, input_file, device: str = "cpu") -> 
     """A regression model's predictions for each example of `input_file`: its first output
     (or what its loss reads as the prediction), [n, ...]."""
     shape = tuple(ckpt.state["example_shape"])
-    x = _model_input(ckpt, input_file)
+    x = _model_input(model, ckpt, input_file)
     graph = inference(model.graph)
     step = executor_for(device).compile(graph)
     fit = layout(model, _Shaped(shape, 0, tuple(model.graph[layout_target(model)].type.shape[1:])))
@@ -283,7 +291,7 @@ def predict(model, ckpt: Checkpoint, input_file, top: int = 5, device: str = "cp
     with dropout on (mc_dropout.py), the masks drawn from `seed`."""
     shape = tuple(ckpt.state["example_shape"])
     names = ckpt.state.get("class_names") or [str(i) for i in range(ckpt.state["classes"])]
-    x = _model_input(ckpt, input_file)
+    x = _model_input(model, ckpt, input_file)
     fit = layout(model, _Shaped(shape, len(names)))
     if mc_samples:
         graph, output = stochastic_graph(model.graph)

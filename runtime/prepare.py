@@ -11,12 +11,20 @@ A recipe's data call may keep only some classes (`digits(classes=[5, 6, 7, 8, 9]
 examples of other classes are dropped and the labels renumbered 0..k-1 in the order given,
 so a 5-class head fits; the class names keep the original classes. That is what a
 transfer-learning recipe uses to train on one half of a dataset and fine-tune on the other.
+The data are split before the classes are kept, so a subset's validation and test examples
+are the ones the whole dataset holds out: a fine-tune never tests on its base run's training
+examples.
+
+Examples are brought to the model input's shape (`example_shape`) before the statistics are
+fitted and before augmentation, so both see the model's layout: grey images stored [H, W]
+become [1, H, W]; channels-last [H, W, C] images are refused, not reshaped (E0513).
 
 Relative data paths are read from the working directory, as every path on a command line is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from math import prod
 from typing import Protocol
 
@@ -81,10 +89,11 @@ def subset(data: Data, n: int, seed: int) -> Data:
     return Data(train.subset(keep, f"{train.name}[{n} examples]"), None, None, data.stats)
 
 
-def load_data(recipe, stats: dict | None = None, labels: bool = True) -> Data:
-    """Load `recipe["data"]` (class labels, or float targets when not `labels`), keep its
-    `classes`, split it as `recipe["split"]` says and fit the normalisation on the training
-    split, unless saved `stats` are given (evaluating a run)."""
+def load_data(recipe, stats: dict | None = None, labels: bool = True, model=None) -> Data:
+    """Load `recipe["data"]` (class labels, or float targets when not `labels`), split it as
+    `recipe["split"]` says, keep its `classes` in each split, bring the examples to `model`'s
+    input (`conform`, when a model is given) and fit the normalisation on the training split,
+    unless saved `stats` are given (evaluating a run)."""
     call = recipe["data"]
     args = call.kwargs
     classes = args.pop("classes", ())
@@ -92,17 +101,55 @@ def load_data(recipe, stats: dict | None = None, labels: bool = True) -> Data:
         raise DataError(f"classes={list(classes)}: a regression model reads float targets, not classes",
                         call.name)
     train, test = load(call.name, args, labels=labels)
-    if classes:
-        train = select_classes(train, classes)
-        test = None if test is None else select_classes(test, classes)
     split = recipe["split"]
-    parts: tuple[Dataset, Dataset | None, Dataset | None]
-    if split is None:
-        parts = (train, None, test)
-    else:
-        parts = partition(train, test, split["fraction"], split["test"], split["seed"])
-    stats = stats if stats is not None else normalize.fit(parts[0].x, recipe["normalize"])
-    return Data(*parts, stats)
+    val: Dataset | None = None
+    if split is not None:  # held out before the classes are kept: a subset's held-out examples are the whole's
+        train, val, test = partition(train, test, split["fraction"], split["test"], split["seed"])
+    if classes:
+        train = _kept(train, classes, "training")
+        val, test = (None if p is None else _kept(p, classes, which) for p, which in ((val, "validation"), (test, "test")))
+    if model is not None:
+        shape = conform(model, train)
+        train, val, test = (None if p is None else replace(p, x=p.x.reshape((len(p), *shape))) for p in (train, val, test))
+    stats = stats if stats is not None else normalize.fit(train.x, recipe["normalize"])
+    return Data(train, val, test, stats)
+
+
+def _kept(part: Dataset, classes, which: str) -> Dataset:
+    """The examples of `classes` in one split; DataError when it holds none of them."""
+    kept = select_classes(part, classes)
+    if not len(kept):
+        raise DataError(f"classes={list(classes)}: the {which} split holds no example of these classes "
+                        f"(of its {len(part):,})" + ("" if which == "training" else "; hold out a larger share"),
+                        part.name)
+    return kept
+
+
+def digest(dataset: Dataset) -> str:
+    """A fingerprint of a split's examples and labels (blake2b), stored with a run so that a
+    resumed run can tell its training split is still the one it was trained on."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(dataset.y).tobytes())
+    x = dataset.x.reshape(len(dataset), -1)
+    for i in range(0, len(x), 4096):  # a chunk at a time: no copy of the whole split
+        h.update(np.ascontiguousarray(x[i:i + 4096]).tobytes())
+    return h.hexdigest()
+
+
+def split_changed(saved: dict, train: Dataset) -> str | None:
+    """Why `train` is not the training split a run was saved with (`saved`: its state.json),
+    or None when it is, or when the run does not say and its split cannot have changed."""
+    recorded = saved.get("train_digest")
+    if recorded is None:  # saved before dslc recorded it: only `classes=` changed the split
+        entries = (saved.get("recipe") or {}).get("entries") or {}
+        data = entries.get("data") if isinstance(entries, dict) else None
+        if isinstance(data, dict) and (data.get("args") or {}).get("classes"):
+            return ("it was saved by a dslc that kept `classes=` before splitting the data, so its "
+                    "validation and test examples were others (some now in its training split)")
+        return None
+    if recorded != digest(train):
+        return f"its training split is not the same examples now ({len(train):,} in {train.name})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,20 +229,77 @@ def layout_target(model) -> str:
     return _inputs(model)[1].name
 
 
+def flat_input(model) -> bool:
+    """Whether the model reads its examples flattened, [N, D] (an MLP): then any example of D
+    numbers fits it (`example_shape`)."""
+    return len(_inputs(model)[0].type.shape) == 2
+
+
+def example_shape(want: tuple, have: tuple) -> tuple[int, ...] | None:
+    """The shape examples of shape `have` take, before normalisation and augmentation, for a
+    model input whose examples are `want`; None when they do not fit it:
+
+        want             have            the examples become
+        [C, H, W]        [C, H, W]       themselves
+        [1, H, W]        [H, W]          [1, H, W]: grey images stored without a channel axis
+        [D] (an MLP)     D numbers       themselves, [H, W] as [1, H, W]; flattened when fed
+        anything else                    None (E0513): [H, W, C] for [C, H, W] is channels-last
+
+    >>> example_shape((1, 8, 8), (8, 8)), example_shape((64,), (1, 8, 8)), example_shape((3, 4, 4), (4, 4, 3))
+    ((1, 8, 8), (1, 8, 8), None)
+    """
+    want, have = tuple(want), tuple(have)
+    if have == want or want == (1, *have):
+        return want
+    if len(want) == 1 and prod(have) == want[0]:
+        return (1, *have) if len(have) == 2 else have
+    return None
+
+
+def shape_hint(want: tuple, have: tuple, training: bool = True) -> str | None:
+    """The fix for examples of shape `have` that `example_shape` refuses for `want`, when they
+    look like a known other layout (channels-last images, or images short of channels);
+    `training` adds the model declaration that would fit, which a trained model cannot change."""
+    want, have = tuple(want), tuple(have)
+    if len(want) == 3 and have == (*want[1:], want[0]):
+        return ("the examples are channels-last [H, W, C] images; the model reads [C, H, W]: save "
+                "`np.transpose(x, (0, 3, 1, 2))` of a batch x [N, H, W, C] ((2, 0, 1) of one image)")
+    if len(want) == 3 and have == want[1:]:
+        return (f"the examples are grey images [H, W]; the model reads {want[0]} channels"
+                + (f": declare f32[N, 1, {want[1]}, {want[2]}], or give the data {want[0]} channels" if training
+                   else ""))
+    if prod(have) == prod(want) and len(want) > 1:
+        return (f"reshape the examples to [N, {', '.join(map(str, want))}] before saving them, if that is "
+                "their layout (dslc does not guess one)")
+    return None
+
+
+def conform(model, dataset: Shaped) -> tuple[int, ...]:
+    """The shape `dataset`'s examples take for `model`'s examples input (`example_shape`), or
+    the located E0513 error saying how they do not fit it."""
+    x = _inputs(model)[0]
+    want = x.type.shape[1:]
+    fitted = example_shape(want, dataset.shape) if all(isinstance(d, int) for d in want) else None
+    if fitted is None:
+        have = tuple(dataset.shape)
+        hint = shape_hint(want, have) if all(isinstance(d, int) for d in want) else None
+        raise _error(model, f"data {dataset.name} has examples of shape {list(have)} but input "
+                     f"'{x.name}' is {x.type.show()}", x,
+                     hint or f"declare `input {x.name} : {x.type.dtype}[N, {', '.join(map(str, have))}]`"
+                     + (f" or f32[N, {prod(have)}]" if len(have) > 1 else ""))
+    return fitted
+
+
 def layout(model, dataset: Shaped) -> Layout:
-    """Match a dataset to the model's inputs: one float input for the examples (whose shape must
-    equal the example shape, or hold as many numbers: images into an MLP are flattened) and one
-    integer input for the labels, with at least as many logits as classes, or a float input
-    for the targets, holding as many numbers per example as the data's targets. A mistake is
-    located at the input (or loss) it concerns, before any training starts."""
+    """Match a dataset to the model's inputs: one float input for the examples (which must fit
+    it by `example_shape`) and one integer input for the labels, with at least as many logits
+    as classes, or a float input for the targets, holding as many numbers per example as the
+    data's targets. A mistake is located at the input (or loss) it concerns, before any
+    training starts."""
     graph = model.graph
     x, y = _inputs(model)
+    conform(model, dataset)
     want = x.type.shape[1:]
-    if not all(isinstance(d, int) for d in want) or (want != dataset.shape and prod(want) != prod(dataset.shape)):
-        raise _error(model, f"data {dataset.name} has examples of shape {list(dataset.shape)} but input "
-                     f"'{x.name}' is {x.type.show()}", x,
-                     f"declare `input {x.name} : {x.type.dtype}[N, {', '.join(map(str, dataset.shape))}]`"
-                     + (f" or f32[N, {prod(dataset.shape)}]" if len(dataset.shape) > 1 else ""))
     if y.type.is_float:
         return Layout(x.name, y.name, tuple(want), 0, _target_shape(model, y, dataset))
     if y.type.shape[1:]:

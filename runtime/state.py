@@ -226,8 +226,13 @@ def _text(key: str) -> Callable[[Doc], None]:
     return check
 
 
+def _train_digest(doc: Doc) -> None:
+    doc.str("train_digest", optional=True)  # absent from checkpoints written before it was recorded
+
+
 CHECKS = {"progress": _progress, "rng": _rng, "batches": _batches, "recipe": _recipe,
           "example_shape": _example_shape, "normalization": _normalization, "classes": _classes,
+          "train_digest": _train_digest,
           **{key: _text(key) for key in ("model_hash", "recipe_hash", "optimizer", "model")}}
 TOP = ("step", "epoch", "dslc_version", "format", "class_names", *CHECKS)  # every key a trainer's state.json has
 

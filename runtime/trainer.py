@@ -64,7 +64,7 @@ from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
 from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
-from dslc.runtime.prepare import layout, load_data, reads_labels, subset
+from dslc.runtime.prepare import digest, layout, load_data, reads_labels, split_changed, subset
 from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, RESULT, SNAPSHOTS, Run, RunError, make_config
@@ -175,7 +175,7 @@ class Trainer:
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
-        self.data = load_data(recipe, labels=reads_labels(model))
+        self.data = load_data(recipe, labels=reads_labels(model), model=model)
         if options.examples is not None:
             self.data = subset(self.data, options.examples, recipe["seed"])
         self.fit = layout(model, self.data.train)
@@ -216,6 +216,7 @@ class Trainer:
         self.progress = state.Progress()
         self.watch = self._watched()
         self.saved: tuple[Path, int, int] | None = None  # the last `last` checkpoint: path, epoch, step
+        self._train_digest: str | None = None  # see _digest
         self.interrupted = False
         self.board: TensorBoard | None = None
         self.step_seconds = 0.0  # training time of the steps not yet flushed to the per-step log
@@ -305,7 +306,13 @@ class Trainer:
                              + "\n".join(f"  {c}" for c in changes) + "\npass --force to continue with the new recipe")
         if changes:
             self.echo("continuing with the changed recipe: " + "; ".join(changes))
-        else:  # the same data and recipe: the saved statistics are the ones fitted before
+        moved = split_changed(ckpt.state, self.data.train)
+        if moved and not force:  # the same recipe, other examples: data files, or how dslc splits them
+            raise TrainError(f"cannot resume {run_dir}: {moved}; it would go on training on other examples "
+                             "than it started with. Start a new run, or pass --force to continue on this split")
+        if moved:
+            self.echo(f"continuing on another training split: {moved}")
+        if not changes and not moved:  # the same data and recipe: the saved statistics are the ones fitted before
             self.data.stats = ckpt.state["normalization"]
         self.params.update(ckpt.weights)
         self.params.update(ckpt.optimizer)
@@ -357,6 +364,11 @@ class Trainer:
             impossible = f"'epoch' {p.epoch} does not fit the data stream's {b['epoch']} epochs"
         elif p.step > self.total and not changed:
             impossible = f"'step' {p.step} is beyond the recipe's {self.total} steps"
+        elif s["example_shape"] != list(self.data.train.shape) and math.prod(s["example_shape"]) == \
+                math.prod(self.data.train.shape):
+            impossible = (f"its examples were of shape {s['example_shape']}; dslc now brings them to the model "
+                          f"input's {list(self.data.train.shape)} before normalising and augmenting them, so its "
+                          "statistics do not fit (one per row of a grey image, not per channel): start a new run")
         elif s["classes"] != self.fit.classes or s["example_shape"] != list(self.data.train.shape):
             impossible = (f"'classes' {s['classes']} and 'example_shape' {s['example_shape']} are not the "
                           f"data's ({self.fit.classes} classes of shape {list(self.data.train.shape)})")
@@ -610,6 +622,12 @@ class Trainer:
         bottom = lambda k: rate(k) < rate(k - 1) and rate(k + 1) > rate(k)
         return (done and rate(-1) < rate(-2)) or bottom(-1) or bottom(0)
 
+    def _digest(self) -> str:
+        """The training split's fingerprint (prepare.digest), computed once: each save records it."""
+        if self._train_digest is None:
+            self._train_digest = digest(self.data.train)
+        return self._train_digest
+
     def _save(self, names: list[str]) -> None:
         """Write the checkpoints `names` (best, last) together: each is prepared in full before
         any is put in place, so a full disk, a read-only directory or a non-finite state leaves
@@ -620,7 +638,7 @@ class Trainer:
                  "rng": self.streams.state(),
                  "batches": self.batches.state(), "normalization": self.data.stats, "model": self.model.name,
                  "classes": self.fit.classes, "class_names": list(self.data.train.class_names or ()),
-                 "example_shape": list(self.data.train.shape)}
+                 "example_shape": list(self.data.train.shape), "train_digest": self._digest()}
         prepared = []
         try:
             for name in names:

@@ -66,6 +66,8 @@ def test_load_with_a_checkpoint_gives_its_parameters_and_running_statistics(load
         np.testing.assert_array_equal(value, saved.weights[name])
     x = digits().x[:3]
     assert loaded.normalize(x).shape == x.shape and not np.allclose(loaded.normalize(x), x)
+    # as the README's example gives them to digits_mlp: flattened, standardised as the run's [1, 8, 8]
+    np.testing.assert_array_equal(loaded.normalize(x.reshape(3, 64)), loaded.normalize(x).reshape(3, 64))
     with pytest.raises(TrainError, match="does not fit"):
         dslc.load(DIGITS_CNN, checkpoint=run, width=8, p=0.0)
 

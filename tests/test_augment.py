@@ -111,6 +111,22 @@ def test_cutout_zeroes_one_clipped_square():
     assert holes.max() == 16 and holes.min() >= 4  # whole inside, or clipped at a corner
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_cutout_square_is_size_by_size_for_both_parities(size):
+    """The hole spans rows cy - size//2 .. cy - size//2 + size - 1 (columns likewise): size x
+    size where it fits (an odd size cut (size-1) x (size-1), and cutout(1) nothing), centred
+    for an odd size, one row and column more above and left of the centre for an even one."""
+    ones = np.ones((300, 1, 11, 11), np.float32)
+    out = Cutout(size)(ones, rng(3))
+    g = rng(3)
+    cy, cx = g.integers(0, 11, 300), g.integers(0, 11, 300)  # the centres, drawn as Cutout draws them
+    for img, y, x in zip(out[:, 0], cy, cx):
+        want = np.ones((11, 11), np.float32)
+        want[max(0, y - size // 2):y - size // 2 + size, max(0, x - size // 2):x - size // 2 + size] = 0
+        assert np.array_equal(img, want)
+    assert (out[:, 0] == 0).sum(axis=(1, 2)).max() == size * size
+
+
 def test_mixup_blends_inputs_and_labels():
     y = np.arange(16)
     x, ya, yb, lam = Mixup(0.4)(X, y, rng(7))

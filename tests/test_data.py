@@ -342,9 +342,114 @@ def test_image_folder_failures(tmp_path):
     pytest.importorskip("PIL")
     _fails(lambda: image_folder(tmp_path, 4), "no class sub-folders")
     (tmp_path / "a").mkdir()
-    _fails(lambda: image_folder(tmp_path, 4), "no png/jpg/jpeg images")
+    _fails(lambda: image_folder(tmp_path, 4), "no image in this class folder", "*.png")
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     _fails(lambda: image_folder(tmp_path, 4), "not a readable image", "broken.png")
+
+
+def png16(path, samples: np.ndarray) -> None:
+    """A 16-bit PNG of grey [H, W] or RGB [H, W, 3] samples, written by hand: Pillow writes
+    16-bit grey but not 48-bit colour."""
+    import zlib
+
+    h, w = samples.shape[:2]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)  # filter 0 on each row
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", w, h, 16, 0 if samples.ndim == 2 else 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_image_folder_reads_every_suffix_and_sub_folders_in_torchvisions_order(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from dslc.runtime.data.images import IMAGE_SUFFIXES
+    from dslc.runtime.predict import IMAGE_SUFFIXES as PREDICT_READS
+
+    assert PREDICT_READS is IMAGE_SUFFIXES  # what predict takes, training reads
+    value = iter(range(10, 250, 5))  # each image one grey value, to tell which was read where
+
+    def save(path, fmt="PNG"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        v = next(value)
+        Image.fromarray(np.full((5, 5, 3), v, np.uint8)).save(path, fmt, lossless=True)
+        return v
+    order = {cls: [save(tmp_path / cls / f"{i}.{fmt.lower()}", fmt) for i in range(2)]
+             for cls, fmt in (("cat", "PNG"), ("dog", "BMP"), ("fox", "WEBP"), ("gnu", "GIF"), ("hen", "TIFF"),
+                              ("ibis", "PPM"), ("jay", "JPEG"))}
+    # torchvision sorts folders by path ("a" < "a-b" < "a/c"), then each folder's names
+    x, y, z = (save(tmp_path / "cat" / "a" / "c" / "x.png"), save(tmp_path / "cat" / "a-b" / "y.tif", "TIFF"),
+               save(tmp_path / "cat" / "a" / "z.png"))
+    order["cat"] += [save(tmp_path / "cat" / "2.PNG"), z, y, x]  # not a depth-first walk's z, x, y
+    for skipped in ("notes.txt", ".DS_Store", "._0.png", ".hidden/0.png"):  # not images, or hidden
+        (tmp_path / "cat" / skipped).parent.mkdir(exist_ok=True)
+        (tmp_path / "cat" / skipped).write_bytes(b"junk")
+    ds = image_folder(tmp_path, size=5)
+    assert ds.class_names == ("cat", "dog", "fox", "gnu", "hen", "ibis", "jay")
+    assert np.bincount(ds.y).tolist() == [6, 2, 2, 2, 2, 2, 2]
+    exact = ds.y != 6  # JPEG is lossy
+    want = np.array([v for vs in order.values() for v in vs], np.float32) / 255
+    np.testing.assert_allclose(ds.x[exact][:, 1, 2, 2], want[exact], atol=1e-6)
+
+
+def test_image_folder_class_without_images_is_an_error_naming_it(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "cat" / "0.png")
+    (tmp_path / "dog" / "sub").mkdir(parents=True)
+    (tmp_path / "dog" / "sub" / "notes.txt").write_text("no image here")
+    (tmp_path / "emu").mkdir()
+    e = _fails(lambda: image_folder(tmp_path, 4), "no image in this class folder or its sub-folders (nor in emu)",
+               "*.webp")
+    assert e.path == str(tmp_path / "dog")
+
+
+def test_image_folder_follows_folder_links_but_not_round_loops_and_is_bounded(tmp_path, monkeypatch):
+    Image = pytest.importorskip("PIL.Image")
+    from dslc.runtime.data import images
+
+    root, extra = tmp_path / "data", tmp_path / "extra"
+    for folder in (root / "cat", root / "dog", extra):
+        folder.mkdir(parents=True)
+        Image.fromarray(np.zeros((2, 2), np.uint8)).save(folder / "0.png")
+    (root / "cat" / "self").symlink_to(root / "cat", target_is_directory=True)  # loops: not followed
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)
+    (root / "dog" / "more").symlink_to(extra, target_is_directory=True)  # followed
+    ds = image_folder(root, 2)
+    assert np.bincount(ds.y).tolist() == [1, 2]
+    monkeypatch.setattr(images, "MAX_ENTRIES", 5)  # cat: 0.png self up; dog: 0.png more more/0.png
+    _fails(lambda: image_folder(root, 2), "more than 5 files and folders under the class folders", str(root))
+    monkeypatch.undo()
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link is named, not dropped
+    _fails(lambda: image_folder(root, 2), "no such file", "gone.png")
+
+
+def test_sixteen_bit_images_are_scaled_by_their_range_not_clipped(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from dslc.runtime.data.images import decode_pixels
+    from dslc.runtime.predict import read_input
+
+    grey = np.full((4, 4), 25700, np.uint16)  # 25700 / 65535 = 0.392, which clipping made 1.0
+    grey[0, :2] = 65535, 1
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "g.pgm").write_bytes(b"P5 4 4 65535\n" + grey.astype(">u2").tobytes())  # Pillow mode I
+    Image.fromarray(grey).save(tmp_path / "a" / "g.png")  # mode I;16
+    Image.fromarray(grey).save(tmp_path / "a" / "g.tif")
+    colour = np.stack([grey, grey // 2, grey // 4], axis=-1)
+    png16(tmp_path / "a" / "rgb.png", colour)  # Pillow decodes 48-bit PNGs to 8 bits a sample
+    ds = image_folder(tmp_path, 4)
+    np.testing.assert_allclose(ds.x[:3], np.broadcast_to(grey / 65535, (3, 3, 4, 4)), rtol=1e-6)
+    np.testing.assert_allclose(ds.x[3], colour.transpose(2, 0, 1) / 65535, atol=1 / 255)
+    assert ds.x[3, 0, 1, 1] > 0.38  # not clipped to 1, not taken as 8-bit
+    uniform = tmp_path / "u.png"
+    Image.fromarray(np.full((6, 6), 25700, np.uint16)).save(uniform)
+    np.testing.assert_allclose(decode_pixels(uniform, "L", (3, 3)), 25700 / 65535, rtol=1e-6)
+    np.testing.assert_allclose(read_input(uniform, (3, 2, 2)), 25700 / 65535, rtol=1e-6)  # predict --input
+    np.testing.assert_allclose(read_input(tmp_path / "a" / "g.png", (1, 4, 4))[0, 0], grey / 65535, rtol=1e-6)
+    Image.fromarray(grey.astype(np.int32) * 1000).save(tmp_path / "i32.tif")  # no range: refused
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "f.tif")
+    _fails(lambda: decode_pixels(tmp_path / "i32.tif", "RGB", None), "i32.tif", "32-bit integer pixels")
+    _fails(lambda: read_input(tmp_path / "f.tif", (1, 4, 4)), "f.tif", "floating-point pixels (Pillow mode F)")
 
 
 def test_load_rejects_unknown_calls():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dslc.runtime.data import npz
+from dslc.runtime.data import DataError, npz
 from dslc.runtime.data.tabular import scaled
 from dslc.runtime.predict import read_input
 from helpers import run_cli
@@ -83,8 +83,31 @@ def test_a_run_trained_on_csv_reads_integers_as_they_are(tiny, capsys):
 
 def test_read_input_and_npz_share_one_rule(tiny):
     u8 = np.load(tiny / "u8.npy")
-    np.testing.assert_array_equal(read_input(tiny / "u8.npy", (1, 4, 4)), scaled(u8).reshape(4, 1, 4, 4))
+    np.testing.assert_array_equal(read_input(tiny / "u8.npy", (1, 4, 4), flat=True), scaled(u8).reshape(4, 1, 4, 4))
     np.testing.assert_array_equal(read_input(tiny / "u8.npy", (16,), as_is=True), u8.astype(np.float32))
     np.testing.assert_array_equal(npz(tiny / "x.npz").x[:4].reshape(4, 16), scaled(u8))
     assert scaled(np.array([0, 51, 255], np.uint8)).tolist() == pytest.approx([0.0, 0.2, 1.0])
     assert scaled(np.array([0, 255], np.int64)).tolist() == [0, 255]  # only uint8 is pixels
+
+
+def test_read_input_brings_examples_to_the_checkpoints_shape_by_trainings_rule(tmp_path):
+    """As training does: a grey [H, W] gains its unit channel axis, a flat model takes any
+    example of as many numbers, and channels-last images are refused, not reshaped into
+    scrambled [C, H, W] ones."""
+    hwc = np.random.default_rng(0).random((2, 4, 4, 3), dtype=np.float32)
+    np.save(tmp_path / "hwc.npy", hwc)
+    with pytest.raises(DataError, match=r"channels-last \[H, W, C\].*np.transpose\(x, \(0, 3, 1, 2\)\)"):
+        read_input(tmp_path / "hwc.npy", (3, 4, 4))
+    np.save(tmp_path / "chw.npy", hwc.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(read_input(tmp_path / "chw.npy", (3, 4, 4)), hwc.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(read_input(tmp_path / "chw.npy", (3, 4, 4), flat=True), hwc.transpose(0, 3, 1, 2))
+    grey = hwc[..., 0]
+    np.save(tmp_path / "grey.npy", grey)
+    np.testing.assert_array_equal(read_input(tmp_path / "grey.npy", (1, 4, 4)), grey[:, None])
+    np.save(tmp_path / "one.npy", grey[0])
+    np.testing.assert_array_equal(read_input(tmp_path / "one.npy", (1, 4, 4)), grey[:1, None])
+    with pytest.raises(DataError, match=r"grey images \[H, W\]; the model reads 3 channels"):
+        read_input(tmp_path / "grey.npy", (3, 4, 4))
+    np.save(tmp_path / "flat.npy", grey.reshape(2, 16))
+    with pytest.raises(DataError, match=r"neither one example.*reshape the examples to \[N, 1, 4, 4\]"):
+        read_input(tmp_path / "flat.npy", (1, 4, 4))

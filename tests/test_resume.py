@@ -9,6 +9,7 @@ which sends it to itself right after a given step (not after a sleep, which land
 wherever the machine's load puts it)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -211,3 +212,28 @@ def test_an_early_stopped_run_resumed_with_a_changed_recipe_trains_on(tmp_path, 
     progress = load_checkpoint(run / "last").state["progress"]
     assert not progress["stopped"] and progress["best_epoch"] >= 3  # val_accuracy's best, judged from epoch 3
     capsys.readouterr()
+
+
+def test_a_run_resumed_on_another_training_split_is_refused(tmp_path, capsys):
+    """A checkpoint records its training split (state.json's train_digest): the same recipe
+    resumed on other examples is refused, not continued on them. A `classes=` run saved before
+    the record, when the classes were kept before the split (so its validation and test
+    examples were others), is refused too; --force continues on the new split."""
+    model, run = MODELS / "digits_mlp.net", tmp_path / "run"
+    sets = ["--epochs", "2", "--set", "data.classes=[5, 6, 7, 8, 9]", "--quiet"]
+    assert main(["train", str(model), *sets, "--out", str(run)]) == 0
+    state_file = run / "last" / "state.json"
+    saved = json.loads(state_file.read_text())
+    assert len(saved["train_digest"]) == 32
+    for digest, words in (("0" * 32, "its training split is not the same examples now"),
+                          (None, "kept `classes=` before splitting the data")):
+        state = {k: v for k, v in saved.items() if k != "train_digest"}
+        state_file.write_text(json.dumps(state if digest is None else {**state, "train_digest": digest}))
+        capsys.readouterr()
+        assert main(["train", str(model), *sets, "--resume", str(run)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot resume {run}: " in err and words in err and "--force" in err
+    # evaluating that old checkpoint on its test split warns: it may have trained on some of it
+    assert main(["eval", str(model), "--checkpoint", str(run / "last"), "--set", sets[3]]) == 0
+    assert "the test split may hold examples it was trained on" in capsys.readouterr().err
+    assert main(["train", str(model), *sets, "--resume", str(run), "--force"]) == 0

@@ -15,12 +15,12 @@ from dslc.diagnostics import CompileError
 from dslc.recipe import schema as R
 from dslc.passes.train_step import train_step
 from dslc.reference import run_outputs
-from dslc.runtime.data import Batch, DataError, digits
+from dslc.runtime.data import Batch, DataError, build_augment, digits
 from dslc.runtime.checkpoint import load_checkpoint
 from dslc.runtime.errors import DeviceError, TrainError
 from dslc.runtime.executor import ReferenceExecutor, executor_for
 from dslc.runtime.mixup import mix_feeds, mix_losses
-from dslc.runtime.prepare import layout, select_classes
+from dslc.runtime.prepare import layout, load_data, select_classes
 from dslc.runtime.recipes import model_and_recipe, split_sets
 from dslc.runtime.runs import read_records
 from dslc.runtime.trainer import Options, train
@@ -213,6 +213,73 @@ def test_data_that_does_not_fit_the_inputs_is_located(tmp_path):
     with pytest.raises(CompileError, match="10 classes but the loss reads"):
         layout(few, digits())
     assert layout(few, select_classes(digits(), [0, 1, 2])).classes == 3
+
+
+IMAGE_MODEL = """
+model m(classes: int = 3) {{
+    input image : f32[N, {shape}]
+    input label : i64[N]
+    logits = image |> flatten |> linear(classes)
+    metric accuracy(logits, label)
+    loss cross_entropy(logits, label)
+}}
+train m {{
+    data = npz("{data}")
+    split = validation(0.25, seed=0)
+    augment = [hflip(p=1.0)]
+}}
+"""
+
+
+def _image_model(tmp_path, shape: str, x: np.ndarray):
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(len(x)) % 3)
+    path = tmp_path / "m.net"
+    path.write_text(IMAGE_MODEL.format(shape=shape, data=tmp_path / "d.npz"))
+    return model_and_recipe(path)
+
+
+def test_examples_take_the_model_inputs_layout_before_normalisation(tmp_path):
+    """Grey images stored [N, H, W] (Keras's mnist.npz) for an f32[N, 1, H, W] input are one
+    channel: one mean and std, not one per row; hflip mirrors their width."""
+    rows = np.arange(8, dtype=np.float32)[:, None] * np.ones((40, 8, 8), np.float32) / 8  # row r holds r/8
+    rows[:, :, 0] = 1.0
+    model, recipe = _image_model(tmp_path, "1, 8, 8", rows)
+    data = load_data(recipe, model=model)
+    assert data.train.shape == (1, 8, 8) and len(data.stats["mean"]) == 1 == len(data.stats["std"])
+    np.testing.assert_allclose(data.stats["mean"], [rows.mean()], rtol=1e-6)
+    flipped = build_augment(recipe["augment"])(data.train.x[:2], data.train.y[:2], np.random.default_rng(0)).x
+    np.testing.assert_array_equal(flipped, data.train.x[:2, :, :, ::-1])
+    # a flat input keeps the data's layout for its statistics: digits' [1, 8, 8], one channel
+    digits_mlp = dslc.load(MODELS / "digits_mlp.net")
+    _, digits_recipe = model_and_recipe(MODELS / "digits_mlp.net")
+    assert len(load_data(digits_recipe, model=digits_mlp).stats["mean"]) == 1
+
+
+@pytest.mark.parametrize("shape, x, words", [
+    ("3, 8, 8", np.zeros((8, 8, 8, 3), np.float32), "np.transpose(x, (0, 3, 1, 2))"),  # NHWC, not scrambled
+    ("3, 8, 8", np.zeros((8, 8, 8), np.float32), "grey images [H, W]; the model reads 3 channels"),
+    ("1, 8, 8", np.zeros((8, 64), np.float32), "reshape the examples to [N, 1, 8, 8]"),
+])
+def test_examples_of_another_layout_are_located_not_reshaped(tmp_path, shape, x, words):
+    model, recipe = _image_model(tmp_path, shape, x)
+    with pytest.raises(CompileError) as err:
+        load_data(recipe, model=model)
+    d = err.value.diagnostics[0]
+    assert d.code == "E0513" and d.span.line == 3 and words in d.hint, d.hint
+
+
+def test_classes_are_kept_after_the_split_so_a_subset_holds_out_the_same_examples():
+    """A fine-tune on digits 5-9 validates and tests on examples the full run held out too:
+    never on its base run's training examples."""
+    _, full = model_and_recipe(MODELS / "digits_mlp.net")
+    _, part = model_and_recipe(MODELS / "digits_mlp.net", None, {"data": "digits(classes=[5, 6, 7, 8, 9])"})
+    whole, subset = load_data(full), load_data(part)
+    rows = lambda ds: {row.tobytes() for row in ds.x.reshape(len(ds), -1)}
+    for name in ("val", "test"):
+        kept = rows(subset.split(name))
+        assert kept and kept <= rows(whole.split(name)) and not kept & rows(whole.train), name
+    assert rows(subset.train) <= rows(whole.train)
+    assert subset.train.class_names == ("5", "6", "7", "8", "9") and set(subset.test.y.tolist()) == set(range(5))
 
 
 def test_set_pairs_split_between_recipe_and_model():

@@ -139,7 +139,9 @@ class Subject:
         if input:
             from dslc.runtime.predict import read_input
 
-            x = read_image(input, self.shape)[None] if _is_image(input) else read_input(input, self.shape)
+            flat = len(self.model.graph[self.image].type.shape) == 2  # an MLP takes [n, D] as well
+            x = read_image(input, self.shape)[None] if _is_image(input) else read_input(input, self.shape,
+                                                                                       flat=flat)
             return x, None, [f"{Path(input).name}[{i}]" for i in range(len(x))]
         return self.split_examples(split, as_name, index)
 
@@ -165,7 +167,7 @@ class Subject:
 
 
 def _is_image(path) -> bool:
-    from dslc.runtime.predict import IMAGE_SUFFIXES
+    from dslc.runtime.data.images import IMAGE_SUFFIXES
 
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
@@ -174,16 +176,15 @@ def read_image(path, shape: tuple[int, int, int]) -> np.ndarray:
     """An image file as pixels [C, H, W] in 0..1; DataError unless it has the model's size
     (a resized image would not be the image the explanation is about)."""
     from dslc.runtime.data import DataError
-    from dslc.runtime.data.images import decode_image
+    from dslc.runtime.data.images import decode_pixels
 
     channels, height, width = shape
     if channels not in (1, 3):
         raise DataError(f"the model reads examples of {channels} channels, not a grey or RGB image", path)
-    pixels = decode_image(path, "L" if channels == 1 else "RGB", None)
+    pixels = decode_pixels(path, "L" if channels == 1 else "RGB", None)
     if pixels.shape[:2] != (height, width):
         raise DataError(f"the image is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model reads "
                         f"{width}x{height} images: resize it first", path)
-    pixels = pixels.astype(np.float32) / 255.0
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 

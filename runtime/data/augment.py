@@ -154,16 +154,20 @@ def _grey(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Cutout:
     """Zero a size x size square centred on a random pixel, clipped at the borders (DeVries &
-    Taylor 2017, "Improved regularization of CNNs with cutout"; their code's placement)."""
+    Taylor 2017, "Improved regularization of CNNs with cutout"). The square spans rows
+    cy - size//2 .. cy - size//2 + size - 1 (columns likewise): centred for an odd size, one
+    more row above the centre than below it for an even one, which is their code's square
+    (y - size//2 to y + size//2, exclusive); theirs is a pixel short for an odd size."""
 
     size: int
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n, _, h, w = _images(x, "cutout")
         cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+        top, left = cy - self.size // 2, cx - self.size // 2
         ys, xs = np.arange(h), np.arange(w)
-        inside_y = (ys >= (cy - self.size // 2)[:, None]) & (ys < (cy + self.size // 2)[:, None])
-        inside_x = (xs >= (cx - self.size // 2)[:, None]) & (xs < (cx + self.size // 2)[:, None])
+        inside_y = (ys >= top[:, None]) & (ys < (top + self.size)[:, None])
+        inside_x = (xs >= left[:, None]) & (xs < (left + self.size)[:, None])
         hole = inside_y[:, None, :, None] & inside_x[:, None, None, :]
         return np.where(hole, 0.0, x).astype(x.dtype)
 
