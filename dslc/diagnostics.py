@@ -86,10 +86,34 @@ def quoted(text: str) -> str:
     return f"'{printable(text)}'"
 
 
+def _folded(name: str) -> str:
+    """`name` as it is compared for equality: lower case, no `_` or `-` (MaxPool, max_pool: maxpool)."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 def did_you_mean(word: str, candidates) -> str | None:
-    """A 'did you mean ...?' hint for a misspelt name, or None if nothing is close."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    """A 'did you mean ...?' hint for a misspelt name, or None if nothing is close. In order:
+    the same name but for case and `_`/`-` (`MAX`, `max_pool`); the same but for a `loss`
+    suffix, as PyTorch names losses (`mse_loss`, `MSELoss`: mse; `nll`: nll_loss); the only
+    name that the word (3 letters or more) begins (`cross`); the closest by difflib, ignoring
+    case (`lineer`: linear).
+
+        did_you_mean("mse_loss", ["l1_loss", "mse"]) == "did you mean 'mse'?"
+    """
+    names = sorted(set(candidates))
+    stem = lambda n: _folded(n).removesuffix("loss") or _folded(n)
+    for key in (_folded, stem):
+        same = [n for n in names if key(n) == key(word)]
+        if same:
+            return f"did you mean '{same[0]}'?"
+    begun = [n for n in names if len(word) >= 3 and _folded(n).startswith(_folded(word))]
+    if len(begun) == 1:
+        return f"did you mean '{begun[0]}'?"
+    lower: dict[str, str] = {}
+    for n in names:
+        lower.setdefault(n.lower(), n)
+    close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
+    return f"did you mean '{lower[close[0]]}'?" if close else None
 
 
 class SourceCache:

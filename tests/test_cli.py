@@ -93,6 +93,13 @@ def test_unknown_op_exits_1():
     assert done.returncode == 1 and "did you mean 'conv2d'?" in done.stderr
 
 
+@pytest.mark.parametrize("name,hint", [("mse_loss", "mse"), ("MSELoss", "mse"), ("nll", "nll_loss"),
+                                       ("MAX", "max"), ("cross", "cross_entropy"), ("max_pool", "maxpool")])
+def test_unknown_op_suggests_the_op_under_another_spelling(name, hint, capsys):
+    assert cli.main(["ops", name]) == 1
+    assert capsys.readouterr().err.strip() == f"dslc: error: unknown op '{name}'; did you mean '{hint}'?"
+
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
 def test_inspect_draws_svg(good, tmp_path):
     out = tmp_path / "g.svg"

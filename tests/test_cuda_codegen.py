@@ -104,6 +104,8 @@ def test_cuda_expressions_compute_what_the_cpu_expressions_do(tmp_path):
             want = eval(expression(name, operands, attrs), env, dict(zip(operands, args)))
         except (ValueError, ZeroDivisionError, OverflowError):
             continue  # outside the op's domain: the reference's NaN/inf, not compared
+        if isinstance(want, complex):
+            continue  # Python's ** of a negative base to a fractional power (Numba's, as NumPy's: NaN)
         cases.append((name, attrs, args, want, expression(name, operands, attrs, target="cuda")))
     lines = ["#include <cmath>", "#include <cstdio>", "using namespace std;"]
     lines += [f"#define {k} {v}" for k, v in CONSTANTS.items()]

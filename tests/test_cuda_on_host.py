@@ -14,6 +14,7 @@ at every width). What it cannot check is concurrency: 256 threads in one block s
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import dslc
@@ -48,3 +49,14 @@ def test_library_and_pointwise_kernels_of_every_op_sample_match_the_reference(tm
     wanted = [s for s in SAMPLES if s[0] in NEEDS or registry.get(s[0]).pointwise is not None]
     graph, feeds = samples_graph(wanted)
     assert check_cuda_on_host(optimize(graph)[0], tmp_path, feeds=feeds) >= len(wanted)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.25])
+def test_r2_of_a_constant_target_matches_the_reference(net, tmp_path, shift):
+    """Targets all equal: no spread to explain, so 1 for an exact prediction, else 0 (the
+    reference's rule, scikit-learn's force_finite), not 1 - R / 0."""
+    path = net("model fit {\n    input p : f32[N, 2]\n    input y : f32[N, 2]\n"
+               "    metric r2(p, y)\n    loss mse(p, y)\n}\n")
+    graph = optimize(build(dslc.load(path), "typed"))[0]
+    t = np.full((3, 2), 0.5, np.float32)
+    assert check_cuda_on_host(graph, tmp_path, feeds={"p": t + shift, "y": t}) == 2

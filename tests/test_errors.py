@@ -90,6 +90,15 @@ model m {
 """,
          [("3:21", 'E0202', "unknown op or block 'lineer'")],
          hint="did you mean 'linear'?"),
+    Case("unknown_op_named_as_pytorch_names_it", """\
+model m {
+    input p : f32[N, 4]
+    input y : f32[N, 4]
+    loss mse_loss(p, y)
+}
+""",
+         [("4:10", 'E0202', "unknown op or block 'mse_loss'")],
+         hint="did you mean 'mse'?"),
     Case("unknown_attribute", """\
 model m {
     input x : f32[N, 4]
@@ -127,6 +136,40 @@ model m {
 """,
          [("3:21", 'E0201', "unknown name 'imgae'")],
          hint="did you mean 'image'?"),
+    # A bare name among a variadic op's inputs is a misspelt tensor, not its first attribute.
+    Case("unknown_name_first_of_a_penalty", """\
+model m {
+    input x : f32[N, 4]
+    loss sum(x |> linear(2)) + l2(weightz)
+}
+""",
+         [("3:35", 'E0201', "unknown name 'weightz'")],
+         hint="did you mean 'weights'?"),
+    Case("unknown_name_after_a_penalty_input", """\
+model m {
+    input x : f32[N, 4]
+    fc: h = x |> linear(2)
+    loss sum(h) + l2(h, weightz)
+}
+""",
+         [("4:25", 'E0201', "unknown name 'weightz'")],
+         hint="did you mean 'weights'?"),
+    Case("unknown_name_before_a_stacked_tensor", """\
+model m {
+    input x : f32[N, 4]
+    output y = stack(xx, x)
+}
+""",
+         [("3:22", 'E0201', "unknown name 'xx'")],
+         hint="did you mean 'x'?"),
+    Case("unknown_name_concat", """\
+model m {
+    input x : f32[N, 4]
+    output y = concat(xx, axis=1)
+}
+""",
+         [("3:23", 'E0201', "unknown name 'xx'")],
+         hint="did you mean 'x'?"),
     Case("attribute_twice", """\
 model m {
     input x : f32[N, 4]
@@ -544,6 +587,49 @@ model m(b: float = -8.0) {
 }
 """,
          [("3:20", 'E0274', '-8.0 ** 0.5 is not a real number')]),
+    Case("fraction_meets_an_integer_tensor", """\
+model m(k: float = 0.5) {
+    input i : i64[N]
+    output y = i * 2.5
+    output z = maximum(i, k)
+    output w = i + 1e300
+}
+""",
+         [("3:20", 'E0275', '2.5 is not a whole number, and meets an i64 tensor (it would be truncated)'),
+          ("4:27", 'E0275', '0.5 is not a whole number, and meets an i64 tensor (it would be truncated)'),
+          ("5:20", 'E0275', '1e+300 is too large for a constant of an i64 tensor '
+                            '(at most 9007199254740991 in magnitude, held exactly)')],
+         hint="dslc has no cast from integers to floats: only a tensor declared as floats (f32, f64) computes in "
+              "floating point"),
+    Case("true_division_of_integers", """\
+model m {
+    input i : i64[N]
+    output y = i / 2
+}
+""",
+         [("3:16", 'E0302', "'/' divides floating-point tensors, got i64[N] and i64[]")],
+         hint="// is the floor division of integers (-7 // 2 is -4); dslc has no cast from integers to floats: "
+              "only a tensor declared as floats (f32, f64) divides"),
+    Case("integer_power", """\
+model m {
+    input i : i32[N]
+    output y = i ** -1
+    output z = pow(i, i)
+    output w = i ** 2 + i * 2.0
+}
+""",
+         [("3:21", 'E0276', 'the exponent of an integer power must be >= 0, got -1'),
+          ("4:16", 'E0276', "the exponent of an integer power must be a number, not the tensor 'i'")]),
+    Case("attribute_that_breaks_the_formula", """\
+model m {
+    input p : f32[N, 3]
+    input t : f32[N, 3]
+    output s = softplus(p, beta=0)
+    loss huber(p, t, delta=-1)
+}
+""",
+         [("4:16", 'E0310', 'softplus: beta must be positive, got 0'),
+          ("5:10", 'E0310', 'huber: delta must be positive, got -1')]),
     Case("no_output", """\
 model m {
     input x : f32[N, 4]
@@ -886,6 +972,17 @@ def test_block_errors_are_reported_once(tmp_path, monkeypatch):
     (d,) = _diagnostics(tmp_path, monkeypatch, source).diagnostics
     assert (_where(d.span), d.code) == ("2:17", "E0301")
     assert [_where(s) for s, _ in d.notes] == ["6:9"]
+
+
+@pytest.mark.parametrize("word,candidates,hint", [
+    ("mse_loss", ["l1_loss", "mse"], "mse"), ("nll", ["nll_loss", "l1"], "nll_loss"),
+    ("L1Loss", ["l1", "l1_loss"], "l1_loss"), ("l1loss", ["l1", "l1_loss"], "l1_loss"),
+    ("MAX", ["max", "maximum"], "max"), ("cross", ["cross_entropy", "zeros"], "cross_entropy"),
+    ("lineer", ["linear", "Lineage"], "linear"), ("Widht", ["width"], "width"),
+    ("so", ["softmax"], None), ("soft", ["softmax", "softplus"], "softmax"), ("qq", ["linear"], None)])
+def test_did_you_mean_matches_case_a_loss_suffix_and_a_prefix(word, candidates, hint):
+    from dslc.diagnostics import did_you_mean
+    assert did_you_mean(word, candidates) == (f"did you mean '{hint}'?" if hint else None)
 
 
 def test_render_all_counts_errors():

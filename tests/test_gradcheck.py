@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -157,6 +158,50 @@ def test_model_without_loss_is_a_located_error(net, capsys):
     assert main(["gradcheck", str(path)]) == 1
     msg = capsys.readouterr().err
     assert f"{path}:2:7: error[E0401]: model 'features' has no loss" in msg and "hint:" in msg
+
+
+DOMAIN = """
+model q {
+    input x : f32[N, 4]
+    input y : f32[N, 4]
+    loss sum(%s * y) + sum(y * y)
+}
+"""
+
+
+@pytest.mark.parametrize("term", ["log(x)", "sqrt(x)", "x ** 0.5"])
+def test_a_loss_that_is_not_finite_at_the_random_point_fails_and_says_where(net, term, capsys):
+    path = net(DOMAIN % term)
+    with pytest.raises(CompileError) as err:
+        gc.gradcheck(dslc.load(path))
+    d = err.value.diagnostics[0]
+    assert d.code == "E0407" and "the loss is nan at gradcheck's random point" in d.message
+    assert d.span.line == 5 and "--inputs positive" in d.hint and "input 'x'" in d.notes[0][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning of NumPy's
+        assert main(["gradcheck", str(path)]) == 1
+    out, msg = capsys.readouterr()
+    assert "passed" not in out and "error[E0407]" in msg and "RuntimeWarning" not in msg
+    assert main(["gradcheck", str(path), "--inputs", "positive", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+
+
+def test_a_tensor_whose_every_check_is_at_a_kink_is_not_checked_and_fails(net, monkeypatch, capsys):
+    monkeypatch.setattr(gc._Numeric, "check", lambda self, name, d, analytic: None)
+    rows = gc.gradcheck(dslc.load(net(DOMAIN % "x")))
+    assert [(r.passed, r.compared, r.kinks) for r in rows] == [(False, 0, 8)] * 2
+    table = gc.format_table(rows)
+    assert "not checked (8 at kinks, left out)" in table and "passed" not in table
+    assert "FAILED: 2 of 2 not checked, every check at a kink: x, y" in table
+    assert not gc.to_json(rows)["passed"]
+    assert main(["gradcheck", str(net(DOMAIN % "x"))]) == 1
+
+
+def test_a_gradient_that_is_not_finite_fails_rather_than_counting_as_a_kink(net):
+    # sqrt(relu(x)) is 0 where x < 0, and its rule's 0.5 / sqrt(0) * 0 is NaN there.
+    rows = {r.name: r for r in gc.gradcheck(dslc.load(net(DOMAIN % "sqrt(relu(x))")))}
+    assert not rows["x"].passed and rows["x"].max_rel_error == float("inf") and rows["x"].kinks == 0
+    assert rows["y"].passed
 
 
 # ---- Model.grad ------------------------------------------------------------------------

@@ -144,6 +144,10 @@ BAD = [
     ("relu", [T("i32", N, 3)], {}, "floating-point", None),
     ("add", [T("f32", N, 3), T("f32", N, 4)], {}, "do not broadcast", None),
     ("add", [T("f32", N, 3), T("f64", N, 3)], {}, "dtypes differ", None),
+    ("div", [T("i64", N, 3), T("i64")], {}, r"'/' divides floating-point tensors, got i64\[N, 3\]", "// is the floor"),
+    ("softplus", [T("f32", N, 3)], {"beta": 0.0}, "beta must be positive, got 0", "sharpness"),
+    ("huber", [T("f32", N, 3), T("f32", N, 3)], {"delta": 0.0}, "delta must be positive, got 0", "delta > 0"),
+    ("huber", [T("f32", N, 3), T("f32", N, 3)], {"delta": -1.0}, "delta must be positive, got -1", None),
     ("sum", [T("f32", N, 3)], {"axis": (1, -1)}, "repeats an axis", None),
     ("mean", [T("f32", N, 3)], {"axis": (2,)}, "out of range", None),
     ("matmul", [T("f32", N, 3, 4), T("f32", 4, 5)], {}, "expects rank 2", "flatten it first"),
@@ -216,6 +220,11 @@ def _vjp(f, x, g, *rest):
 
 def _deriv(f, x):
     return _vjp(f, x, torch.ones_like(x))
+
+
+def _broadcast(x, other):
+    """x expanded to the broadcast shape of x and other: one derivative per output element."""
+    return torch.broadcast_to(x, torch.broadcast_shapes(x.shape, other.shape))
 
 
 def _axes(x, axis):
@@ -317,6 +326,8 @@ def oracles() -> dict:
         "clip": lambda x, min, max: torch.clamp(x, min, max),  # noqa: A006
         "clip_mask": lambda x, min, max: _deriv(lambda v: torch.clamp(v, min, max), x),  # noqa: A006
         "pow": torch.pow, "floor_div": lambda x, y: torch.div(x, y, rounding_mode="floor"),
+        "pow_deriv_base": lambda x, y: _deriv(lambda v: torch.pow(v, y), _broadcast(x, y)),
+        "pow_deriv_exponent": lambda x, y: _deriv(lambda v: torch.pow(x, v), _broadcast(y, x)),
         "maximum": torch.maximum, "minimum": torch.minimum,
         "greater_share": lambda x, y: (x > y).to(x.dtype) + 0.5 * (x == y).to(x.dtype),
         "softplus": lambda x, beta: F.softplus(x, beta), "selu": F.selu,
@@ -379,6 +390,58 @@ def test_hinge_derivative_is_zero_on_the_margin():
     s, y = np.array([[1.0, 0.0, -5.0]]), np.array([0])
     assert registry.get("svm").reference(s, y, margin=1.0) == 0.0
     np.testing.assert_array_equal(registry.get("svm_grad").reference(s, y, np.array(1.0), margin=1.0), [[0, 0, 0]])
+
+
+POW_AT_ZERO = """
+model m {
+    input x : f32[N, 4]
+    param p : f32[4] = constant(2.0)
+    h = relu(x)
+    loss sum(h ** p) + sum(h ** 0) + sum(h ** 2) + sum(h ** 3)
+}
+"""
+
+
+@needs_torch
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_pow_gradient_at_base_zero_is_torchs(net, device):
+    """At x = 0, d/dx x^0 is 0 (not 0 * 0^-1 = NaN) and d/dy x^y is 0 for y >= 0 (not 0 * ln 0
+    = NaN, or 1 * -inf at y = 0): PyTorch's pow_backward rules, relu's zeros meeting a learned exponent."""
+    x = np.array([[-1.0, 0.0, 2.0, -3.0]], np.float32)
+    p = np.array([2.0, 0.0, 3.0, 1.5], np.float32)
+    loss, grads = dslc.load(net(POW_AT_ZERO)).compile(device).grad({"p": p}, {"x": x}, wrt=["x", "p"])
+    tx, tp = torch.tensor(x, requires_grad=True), torch.tensor(p, requires_grad=True)
+    h = torch.relu(tx)
+    want = (h ** tp).sum() + (h ** 0.0).sum() + (h ** 2.0).sum() + (h ** 3.0).sum()
+    want.backward()
+    assert loss == pytest.approx(want.item())
+    np.testing.assert_allclose(grads["x"], tx.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(grads["p"], tp.grad.numpy(), rtol=1e-6)
+
+
+@needs_torch
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_floor_div_is_exact_for_integers_and_pythons_for_floats(net, device):
+    """Integers divide exactly (2^53 + 3 is no double), flooring (-7 // 2 is -4), and x // 0 is
+    0 as in NumPy; floats as Python and PyTorch divide: 7.0 // 0.1 is 69, though 7.0 / 0.1 is 70.0."""
+    c = dslc.load(net("""
+model m {
+    input i : i64[N]
+    input j : i64[N]
+    input x : f64[N]
+    input y : f64[N]
+    output q = i // j
+    output h = i // 2
+    output r = x // y
+}
+""")).compile(device)
+    i, j = [2 ** 53 + 3, -7, 7, -7, 5, 0], [2, 2, -2, -2, 0, 3]
+    x, y = [7.0, -7.0, 1.0, 7.5, 0.3, -0.0], [0.1, 2.0, 0.0, -2.0, 0.1, 5.0]
+    got = c.forward({}, {"i": np.array(i), "j": np.array(j), "x": np.array(x), "y": np.array(y)})
+    assert got["q"].tolist() == [a // b if b else 0 for a, b in zip(i, j)]
+    assert got["h"].tolist() == [a // 2 for a in i]
+    want = torch.div(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64), rounding_mode="floor")
+    np.testing.assert_array_equal(got["r"], want.numpy())
 
 
 def test_softmax_is_stable_for_huge_logits():

@@ -113,3 +113,30 @@ def test_mixup_and_classes_are_refused_for_regression(net, tmp_path, capsys):
     chosen = net(text.replace("data      = curve()", "data      = digits(classes=[1, 2])"), name="b.net")
     code, _, err = run_cli(capsys, "train", chosen, "--out", tmp_path / "b")
     assert code == 1 and "reads float targets, not classes" in err
+
+
+R2 = """
+model fit {
+    input p : f32[N, 2]
+    input y : f32[N, 2]
+    metric r2(p, y)
+    loss mse(p, y)
+}
+"""
+
+
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_r2_of_a_constant_target_is_1_for_an_exact_prediction_else_0(net, device):
+    """A batch whose targets are all equal (a last batch of one) has nothing to explain: r2 is
+    scikit-learn's force_finite value, the same on every device, never a ZeroDivisionError or -inf."""
+    fit = dslc.load(net(R2)).compile(device)
+    t = np.full((3, 2), 0.5, np.float32)
+    r2 = lambda p, y: float(fit.forward({}, {"p": p, "y": y})["r2"])
+    assert r2(t, t) == 1.0 and r2(t + 0.25, t) == 0.0 and r2(t[:1] - 1, t[:1]) == 0.0
+    assert np.isnan(r2(np.where(np.eye(3, 2) > 0, np.nan, t).astype(np.float32), t))
+    spread = np.array([[0.5, 0.5], [0.5, 1.5], [0.5, 0.5]], np.float32)  # one target differs: the formula
+    assert r2(spread, spread) == 1.0 and abs(r2(np.full_like(spread, 2 / 3), spread)) < 1e-6  # the mean: 0
+    curve = dslc.load(CURVE)
+    out = curve.compile(device).forward(curve.init(0), {"x": np.ones((4, 2), np.float32),
+                                                        "y": np.full((4, 1), 0.5, np.float32)})
+    assert float(out["r2"]) == 0.0

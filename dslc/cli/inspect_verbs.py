@@ -138,7 +138,8 @@ def cmd_gradcheck(args) -> int:
     from dslc import gradcheck as gc  # float64 numerics: loaded only for this verb
 
     rows = gc.gradcheck(load_model(args), batch=args.batch, seed=args.seed, threshold=args.threshold,
-                        max_elements=args.max_elements, directions=args.directions, samples=args.samples)
+                        max_elements=args.max_elements, directions=args.directions, samples=args.samples,
+                        inputs=args.inputs)
     print(json.dumps(gc.to_json(rows, args.threshold), indent=2) if args.json
           else gc.format_table(rows, args.threshold))
     return 0 if all(r.passed for r in rows) else 1
@@ -199,7 +200,9 @@ def register(verbs) -> None:
               "input with central differences: every element of a small tensor; random directions "
               "(each testing the whole gradient at once) and a few random elements of a large one. A "
               "check whose perturbation crosses a kink (relu, max-pooling) is retried smaller, then left "
-              "out and counted. Exit status 1 if any tensor's max relative error reaches the threshold.",
+              "out and counted. Exit status 1 if any tensor's max relative error reaches the threshold, if "
+              "every check of a tensor crossed a kink (not checked), or if the loss is not finite at the "
+              "random point.",
               "  dslc gradcheck models/two_layer.net\n  dslc gradcheck models/small_cnn.net --set width=4 --json\n"
               "  dslc gradcheck models/resnet20.net --batch 2")
     add_model_args(p)
@@ -213,5 +216,8 @@ def register(verbs) -> None:
                    help="random directions checked in a larger tensor (default: 2)")
     p.add_argument("--samples", type=count, default=3, metavar="S",
                    help="random elements also checked in a larger tensor (default: 3)")
+    p.add_argument("--inputs", choices=("normal", "positive"), default="normal",
+                   help="draw the float inputs from a standard normal (default) or uniformly from [0.5, 2], "
+                        "for a model that takes their log, sqrt or a fractional power")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(run=cmd_gradcheck)

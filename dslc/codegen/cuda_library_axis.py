@@ -156,8 +156,10 @@ extern "C" __global__ void dslc_r2@(const scalar_t* pred, const scalar_t* target
     residual = dslc_block_sum(residual);
     s1 = dslc_block_sum(s1);
     s2 = dslc_block_sum(s2);
+    // A constant target (s2 == 0): 1 for a perfect prediction, else 0, NaN stays NaN (the reference's rule).
     if (threadIdx.x == 0)
-        out[0] = (scalar_t)(1.0 - residual / (s2 - s1 * s1 / n));
+        out[0] = (scalar_t)(s2 == 0.0 ? (residual != residual ? residual : residual == 0.0 ? 1.0 : 0.0)
+                                      : 1.0 - residual / (s2 - s1 * s1 / n));
 }
 """
 

@@ -144,7 +144,10 @@ def emit_body(src, nodes, resolve, names: Namer, lang: Lang, by_op: bool = False
 
     for n in nodes:
         if n.op == "const":
-            values[n.name] = lang.literal(float(n.attr("value")))
+            # an integer tensor's constant is an integer literal, so that `i // 2` and `i ** 3`
+            # compute in integers on the CPU (exactly), as the reference does
+            value = n.attr("value")
+            values[n.name] = lang.literal(float(value) if n.type.is_float else int(value))
         elif n.op == "fused":
             inner = emit_body(src, n.attr("body"), lambda r, n=n: get(n.inputs[int(r[1:])]), names, lang, by_op)
             values[n.name] = inner[n.attr("body")[-1].name]

@@ -250,6 +250,22 @@ class Sweep:
         self.elem[n.name] = value
         if self.stored(n.name):
             self.src.line(lang.put(self.element(n.name), value, self.gen.dtype(n.name)))
+            if self._read_as_stored(n.name):
+                local = self.names.fresh(tail(n.name))
+                self.src.line(lang.bind(local, self.element(n.name)))
+                self.elem[n.name] = local
+
+    def _read_as_stored(self, name: str) -> bool:
+        """Whether this pass's other members read `name` back as stored, rounded to its dtype.
+
+        Another kernel reads the stored value; the members of this one must too, or the sweep
+        computes other than its parts would one by one (the grouping's promise): sigmoid(30)
+        is 1.0 in float32 and 1 - 9e-14 in double, so bce(sigmoid(x), t), whose loss reads the
+        stored 1.0 (log(1 - p) clamped at -100), had a target gradient from log(9e-14) = -30."""
+        if name not in self.kernel.outputs or self.narrow or self.gen.dtype(name) == "f64":
+            return False
+        part = self.kernel.parts[self.phase[name]]
+        return any(name in self.by[m].inputs for m in part if m != name)
 
     def _accumulate(self, n, acc: str) -> None:
         target = self.acc(acc)

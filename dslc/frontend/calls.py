@@ -125,6 +125,7 @@ class Calls:
         n_in = len(op.inputs)
         if op.variadic:
             n_in = next((i for i, v in enumerate(values) if not isinstance(v, (Tensor, ParamGroup))), len(values))
+            self._misspelt_input(op, values, n_in, scope)
         tensors, positional = values[:n_in], values[n_in:]
         slots = op.inputs + (op.inputs[-1:] * len(tensors) if op.variadic else ())
         like = next((v for v in tensors if isinstance(v, Tensor)), None)
@@ -148,6 +149,22 @@ class Calls:
         name = self.builder.unique(scope.prefix + op.name)
         inputs += self._make_params(op, inputs, attrs, name, c, scope)
         return self.make_node(op.name, inputs, attrs, c.span, name, scope)
+
+    def _misspelt_input(self, op: registry.OpDef, values: list, n_in: int, scope: Scope) -> None:
+        """Unknown name for a bare name among a variadic op's inputs, where it can only be a
+        misspelt tensor: first (`l2(weightz)`), before a tensor (`stack(xx, x)`), or where no
+        attribute takes a name (`l2(W, weightz)`). Elsewhere it binds an attribute, as `pad=same` does."""
+        for i in range(n_in, len(values)):
+            v, k = values[i], i - n_in
+            if not isinstance(v, Symbol):
+                continue
+            takes_name = k < len(op.attrs) and op.attrs[k].kind.removeprefix("optional_") in _SYMBOL_KINDS
+            if n_in == 0 or not takes_name or any(isinstance(w, (Tensor, ParamGroup)) for w in values[i + 1:]):
+                if op.category != "regulariser":
+                    raise self.unknown_name(v, scope)
+                # `weights` is no variable but the group a regulariser takes: offered as well
+                names = [name for name, w in scope.vars.items() if w is not POISON] + ["weights"]
+                raise self.error(scope, "E0201", f"unknown name '{v.id}'", v.span, did_you_mean(v.id, names))
 
     def _bind_attrs(self, op: registry.OpDef, positional, spans, c: ast.Call, scope: Scope) -> dict:
         names = [a.name for a in op.attrs]

@@ -390,7 +390,7 @@ class Elaborator(Calls):
         if op == "matmul" and all(v.type.rank == 3 for v in values):
             op = "bmm"  # [B, n, k] @ [B, k, m]: one product per leading index
         dtype = next(v.type.dtype for v in values if isinstance(v, Tensor))
-        names = [v.name if isinstance(v, Tensor) else self.constant(v, dtype, span).name for v in values]
+        names = [v.name if isinstance(v, Tensor) else self.constant(v, dtype, s).name for v, s in zip(values, spans)]
         return self.make_node(op, names, {}, span, self.builder.unique(scope.prefix + op), scope)
 
     def constant(self, value, dtype: str, span: Span) -> Tensor:
@@ -400,11 +400,48 @@ class Elaborator(Calls):
 
     def make_node(self, op: str, inputs: list[str], attrs: dict, span: Span, name: str, scope: Scope) -> Tensor:
         """Append a node named `name` (already unique); a shape error becomes a diagnostic."""
+        self._integer_operands(op, [self.builder.index[i] for i in inputs], span, scope)
         try:
             node = self.builder.add(op, inputs, attrs, span, name=name)
         except registry.ShapeError as err:
             raise self.error(scope, err.code, err.message, span, err.hint) from None
         return Tensor(node, self.builder.type_of(node))
+
+    def _integer_operands(self, op: str, nodes, span: Span, scope: Scope) -> None:
+        """Numbers and exponents meeting an integer tensor (README, "Integer tensors").
+
+        A number takes the tensor's dtype (`constant`), so it must be a whole number the
+        constant holds exactly: `i * 2.5` would silently be `i * 2`. An integer power is
+        exact, and an integer, only for an exponent known to be a whole number >= 0:
+        `i ** -1` has no integer value (NumPy refuses it), and a tensor's are not known here.
+        """
+        for n in nodes:
+            if n.op != "const" or n.type.is_float:
+                continue
+            v, top = float(n.attr("value")), _EXACT_INT[n.type.dtype]
+            if not v.is_integer():
+                raise self.error(scope, "E0275", f"{v!r} is not a whole number, and meets an {n.type.dtype} tensor "
+                                 "(it would be truncated)", n.span, _NO_CAST)
+            if abs(v) > top:
+                raise self.error(scope, "E0275", f"{v:g} is too large for a constant of an {n.type.dtype} tensor "
+                                 f"(at most {top} in magnitude, held exactly)", n.span)
+        if op != "pow" or any(n.type.is_float for n in nodes):  # mixed dtypes: the shape rule says so
+            return
+        y = nodes[1]
+        if y.op != "const":
+            raise self.error(scope, "E0276", f"the exponent of an integer power must be a number, not the tensor "
+                             f"'{y.name}'", span, "an integer power is exact for a whole number >= 0 written in the "
+                             "program, such as i ** 2")
+        if y.attr("value") < 0:
+            raise self.error(scope, "E0276", f"the exponent of an integer power must be >= 0, got {y.attr('value'):g}",
+                             y.span, "i ** -1 is not an integer (NumPy refuses it too); " + _NO_CAST)
+
+
+# The largest constant of each integer dtype: constants are kept as float64, whose integers
+# are exact below 2^53 (2^53 + 1 would already be read as 2^53).
+_EXACT_INT = {"i32": 2 ** 31 - 1, "i64": 2 ** 53 - 1}
+_NO_CAST = ("dslc has no cast from integers to floats: only a tensor declared as floats (f32, f64) computes in "
+            "floating point")
 
 
 def _chain_notes(chain):

@@ -58,10 +58,10 @@ def _samples(*inputs, domain="any", **attrs) -> tuple[Sample, ...]:
 _BROADCAST = (Sample((_f32(3, 4), _f32(4))), Sample((_f32(2, 1, 3), _f32(4, 1))))
 
 
-def _binary(name: str, formula: str, fn, grad, scalar: Scalar, samples=_BROADCAST) -> OpDef:
+def _binary(name: str, formula: str, fn, grad, scalar: Scalar, samples=_BROADCAST, shape=None) -> OpDef:
     return register(OpDef(
         name, "arithmetic", ("x", "y"), (),
-        shape=lambda ins, attrs: broadcast(ins[0], ins[1], name),
+        shape=shape or (lambda ins, attrs: broadcast(ins[0], ins[1], name)),
         formula=formula, flops=_numel_flops(1), reference=fn, grad=grad, samples=samples, elementwise="broadcast",
         scalar=scalar))
 
@@ -70,10 +70,23 @@ _binary("add", "x + y", np.add, lambda b, n, g: (g, g), Scalar.both("{0} + {1}")
 _binary("sub", "x - y", np.subtract, lambda b, n, g: (g, b.neg(g)), Scalar.both("{0} - {1}"))
 _binary("mul", "x * y", np.multiply, lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])),
         Scalar.both("{0} * {1}"))
+
+
+def _div_shape(ins, attrs):
+    """True division has no integer result: 7 / 2 in an i64 tensor would be 3 (or 3.5 cut)."""
+    out = broadcast(ins[0], ins[1], "div")
+    if not out.is_float:
+        raise ShapeError(f"'/' divides floating-point tensors, got {ins[0].show()} and {ins[1].show()}",
+                         code="E0302", hint="// is the floor division of integers (-7 // 2 is -4); dslc has no "
+                         "cast from integers to floats: only a tensor declared as floats (f32, f64) divides")
+    return out
+
+
 # d(x/y)/dy = -x/y^2 = -(x/y)/y, reusing the forward result.
-_binary("div", "x / y", np.divide,
+_binary("div", "x / y  (floating-point tensors; // divides integers)", np.divide,
         lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.mul(g, b.div(n.name, n.inputs[1])))),
-        Scalar.both("{0} / {1}"), samples=tuple(Sample(s.inputs, domain="positive") for s in _BROADCAST))
+        Scalar.both("{0} / {1}"), samples=tuple(Sample(s.inputs, domain="positive") for s in _BROADCAST),
+        shape=_div_shape)
 
 
 def _same(what: str):
@@ -84,8 +97,8 @@ def _same(what: str):
 
 
 def _unary(name: str, formula: str, fn, grad, scalar: Scalar, attrs=(), flops: int = 1, category="activation",
-           domain="any") -> OpDef:
-    return register(OpDef(name, category, ("x",), attrs, shape=_same(name), formula=formula,
+           domain="any", shape=None) -> OpDef:
+    return register(OpDef(name, category, ("x",), attrs, shape=shape or _same(name), formula=formula,
                           flops=_numel_flops(flops), reference=fn, grad=grad,
                           samples=_samples((3, 5), domain=domain), elementwise="broadcast", scalar=scalar))
 
@@ -127,13 +140,21 @@ _unary("tanh", "tanh(x)", np.tanh, lambda b, n, g: (b.mul(g, b.tanh_deriv(n.name
 # softplus, computed as max(z, 0) + log1p(exp(-|z|)), z = beta x: never overflows. Its
 # derivative is sigmoid(beta x). PyTorch switches to the identity above a threshold; this
 # form is already exact there, so there is none.
+def _softplus_shape(ins, attrs):
+    if not attrs["beta"] > 0:  # 0 divides by zero (inf); a negative beta is a smooth min(x, 0), no relu
+        raise ShapeError(f"softplus: beta must be positive, got {attrs['beta']:g}", code="E0310",
+                         hint="beta is the sharpness: 1 is the usual softplus, larger is closer to relu")
+    return _same("softplus")(ins, attrs)
+
+
 _unary("softplus", "log(1 + exp(beta x)) / beta  (a smooth relu)",
        lambda x, beta: ((np.maximum(beta * x, 0) + np.log1p(np.exp(-np.abs(beta * x)))) / beta).astype(x.dtype),
        lambda b, n, g: (b.mul(g, b.sigmoid(n.inputs[0] if n.attr("beta") == 1.0 else
                                            b.mul(n.inputs[0], b.const(n.attr("beta"), n.type.dtype)))),),
        Scalar("(max({0} * {beta}, 0.0) + math.log1p(math.exp(-abs({0} * {beta})))) / {beta}",
               "(fmax({0} * {beta}, 0.0) + log1p(exp(-fabs({0} * {beta})))) / {beta}"),
-       attrs=(Attr("beta", "float", 1.0, doc="sharpness: larger is closer to relu"),), flops=6)
+       attrs=(Attr("beta", "float", 1.0, doc="sharpness, positive: larger is closer to relu"),), flops=6,
+       shape=_softplus_shape)
 
 # selu (Klambauer et al. 2017): scale * elu(x, alpha) with the paper's fixed constants, which
 # keep activations near zero mean and unit variance. At 0 the slope is scale * alpha, as elu's.

@@ -122,19 +122,52 @@ def _binary(name, formula, reference, grad, scalar: Scalar, flops=1, domain="any
 
 
 def _pow_grad(b, n, g):
-    x, y = n.inputs
-    one = b.const(1.0, n.type.dtype)
-    # d/dx x^y = y x^(y-1); d/dy x^y = x^y ln x (needed only when y is a tensor that is trained)
-    return b.mul(g, b.mul(y, b.pow(x, b.sub(y, one)))), b.mul(g, b.mul(n.name, b.log(x)))
+    # d/dx x^y = y x^(y-1), 0 where y = 0 (also at x = 0, where 0 * 0^-1 would be NaN);
+    # d/dy x^y = x^y ln x, 0 at x = 0 with y >= 0 (0 * -inf), as PyTorch's pow_backward rules
+    return b.mul(g, b.pow_deriv_base(*n.inputs)), b.mul(g, b.pow_deriv_exponent(*n.inputs))
+
+
+def _pow_deriv_base_ref(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y == 0, 0.0, y * np.power(x, y - 1)).astype(np.result_type(x, y))
+
+
+def _pow_deriv_exponent_ref(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((x == 0) & (y >= 0), 0.0, np.power(x, y) * np.log(x)).astype(np.result_type(x, y))
 
 
 _binary("pow", "x^y  (written x ** y; NaN for x < 0 and a fractional y)", np.power, _pow_grad,
-        Scalar("math.pow({0}, {1})", "pow({0}, {1})"), flops=8, domain="positive",
-        doc="`x ** 2`, `pow(x, 0.5)`; ** binds tighter than unary minus (-x ** 2 is -(x ** 2)).")
+        Scalar("{0} ** {1}", "pow({0}, {1})"), flops=8, domain="positive",
+        doc="`x ** 2`, `pow(x, 0.5)`; ** binds tighter than unary minus (-x ** 2 is -(x ** 2)). An integer "
+            "tensor's exponent is a whole number >= 0 written in the program: the power is exact.")
+_binary("pow_deriv_base", "y x^(y-1), 0 where y = 0", _pow_deriv_base_ref, None,
+        Scalar("0.0 if {1} == 0.0 else {1} * math.pow({0}, {1} - 1.0)", "({1} == 0.0 ? 0.0 : {1} * pow({0}, {1} - 1.0))"),
+        flops=9, domain="positive", category="derivative")
+_binary("pow_deriv_exponent", "x^y ln x, 0 where x = 0 and y >= 0", _pow_deriv_exponent_ref, None,
+        Scalar("0.0 if ({0} == 0.0 and {1} >= 0.0) else math.pow({0}, {1}) * math.log({0})",
+               "(({0} == 0.0 && {1} >= 0.0) ? 0.0 : pow({0}, {1}) * log({0}))"),
+        flops=12, domain="positive", category="derivative")
+
+
+def _floor_div_ref(x, y):
+    # NumPy's //: exact for integers, whose x // 0 is 0 (NumPy's value; its warning is not wanted)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.floor_divide(x, y).astype(np.result_type(x, y))
+
+
+# Python's (NumPy's, PyTorch's) floor division of doubles, as CPython's float_floor_div: fmod is
+# exact, d = (x - fmod(x, y)) / y is within rounding of the quotient's floor (less 1 where the
+# remainder's sign is not y's), and d's nearest integer, a tie going down, is the result.
+# floor(x / y) is not: 7.0 // 0.1 is 69, floor(7.0 / 0.1) is floor(70.0).
+_D = "(({0} - fmod({0}, {1})) / {1} - ((fmod({0}, {1}) != 0.0 && ({1} < 0.0) != (fmod({0}, {1}) < 0.0)) ? 1.0 : 0.0))"
+_FLOOR_DIV_CUDA = f"({{1}} == 0.0 ? {{0}} / {{1}} : floor({_D}) + ({_D} - floor({_D}) > 0.5 ? 1.0 : 0.0))"
+
 # Piecewise constant: its derivative is 0 wherever it exists, so no gradient flows through it.
-_binary("floor_div", "floor(x / y)  (written x // y)", lambda x, y: np.floor(x / y).astype(np.result_type(x, y)),
-        lambda b, n, g: (None, None), Scalar("np.floor({0} / {1})", "floor({0} / {1})"), flops=2,
-        domain="positive", doc="Rounds towards minus infinity: -7.0 // 2 is -4. No gradient flows through it.")
+_binary("floor_div", "floor(x / y)  (written x // y)", _floor_div_ref, lambda b, n, g: (None, None),
+        Scalar("{0} // {1}", _FLOOR_DIV_CUDA), flops=2, domain="positive",
+        doc="Rounds towards minus infinity, as Python's //: -7.0 // 2 is -4. Exact for integer tensors, where "
+            "x // 0 is 0 (as NumPy's). No gradient flows through it.")
 
 
 # d max(x, y)/dx: 1 where x wins, 0.5 at a tie (the gradient split evenly, as PyTorch does).

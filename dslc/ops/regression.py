@@ -74,6 +74,13 @@ def _huber_grad(b, n, g):
     return dp, b.neg(dp)
 
 
+def _huber_shape(ins, attrs):
+    if not attrs["delta"] > 0:  # 0 makes the loss 0, a negative delta makes it negative
+        raise ShapeError(f"huber: delta must be positive, got {attrs['delta']:g}", code="E0310",
+                         hint="delta is where the square turns linear (PyTorch's HuberLoss requires delta > 0)")
+    return _pair_shape("huber", "prediction")(ins, attrs)
+
+
 def _huber_ref(p, t, delta):
     d = np.abs(p - t)
     return _scalar(np.mean(np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))), p)
@@ -116,8 +123,8 @@ _PROBS = (Sample((_f32(3, 4), _f32(3, 4)), domain="probability"),)
 
 
 def _pair(name: str, category: str, formula: str, reference, grad, pointwise: Scalar, flops: int = 3, attrs=(),
-          samples=_PAIR_SAMPLES, doc: str = "", first: str = "prediction"):
-    register(OpDef(name, category, ("pred", "target"), attrs, shape=_pair_shape(name, first), formula=formula,
+          samples=_PAIR_SAMPLES, doc: str = "", first: str = "prediction", shape=None):
+    register(OpDef(name, category, ("pred", "target"), attrs, shape=shape or _pair_shape(name, first), formula=formula,
                    flops=lambda ins, out, a: flops * ins[0].numel(), reference=reference, grad=grad,
                    samples=samples, pointwise=pointwise, doc=doc))
 
@@ -130,8 +137,8 @@ _pair("huber", "loss", "mean of 0.5 d^2 if |d| < delta else delta * (|d| - delta
       _huber_ref, _huber_grad,
       Scalar("0.5 * ({0} - {1}) * ({0} - {1}) if abs({0} - {1}) < {delta} else {delta} * (abs({0} - {1}) - 0.5 * {delta})",
              "(fabs({0} - {1}) < {delta} ? 0.5 * ({0} - {1}) * ({0} - {1}) : {delta} * (fabs({0} - {1}) - 0.5 * {delta}))"),
-      flops=5, attrs=(Attr("delta", "float", 1.0, doc="where the square turns linear"),),
-      samples=tuple(Sample(s.inputs, {"delta": 0.5}, "kinks") for s in _PAIR_SAMPLES),
+      flops=5, attrs=(Attr("delta", "float", 1.0, doc="where the square turns linear (positive)"),),
+      samples=tuple(Sample(s.inputs, {"delta": 0.5}, "kinks") for s in _PAIR_SAMPLES), shape=_huber_shape,
       doc="PyTorch's HuberLoss (SmoothL1Loss times delta): quadratic near 0, linear beyond delta, robust to outliers.")
 _pair("bce", "loss", "mean of -(t log p + (1 - t) log(1 - p)),  p = pred in (0, 1), each log at least -100",
       _bce_ref, _bce_grad,
@@ -156,8 +163,12 @@ def _r2_ref(p, t):
     # in float64, as both kernels accumulate: 1 - R/T cancels where the fit is no better than
     # the mean, and float32 sums then lose four digits of the oracle
     p64, t64 = p.astype(np.float64), t.astype(np.float64)
+    residual = np.sum((p64 - t64) ** 2)
+    if np.sum((t64 - t64.flat[0]) ** 2) == 0:  # a constant target, tested as both kernels test it:
+        # nothing to explain, so 1 for a perfect prediction, else 0 (scikit-learn's force_finite)
+        return _scalar(residual if np.isnan(residual) else float(residual == 0), p)
     total = np.sum((t64 - t64.mean()) ** 2)
-    return _scalar(1.0 - np.sum((p64 - t64) ** 2) / total, p)
+    return _scalar(1.0 - residual / total, p)
 
 
 def _r2_grad(b, n, g):
@@ -178,4 +189,5 @@ register(OpDef(
     flops=lambda ins, out, a: 5 * ins[0].numel(), reference=_r2_ref, grad=_r2_grad, samples=_PAIR_SAMPLES,
     doc="1 is a perfect fit, 0 no better than predicting the mean target. Computed per batch and averaged over "
         "an epoch's batches (a validation split of at most 512 examples is one batch): with very small batches "
-        "it reads lower than the R^2 of the whole split."))
+        "it reads lower than the R^2 of the whole split. A batch whose targets are all equal (a batch of one) "
+        "has nothing to explain: r2 is 1 if every prediction is exact, else 0 (scikit-learn's force_finite)."))

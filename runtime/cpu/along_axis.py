@@ -149,10 +149,12 @@ def nll_loss_backward(logp, labels, g, dlogp):
             dlogp[i, k] = scale if k == labels[i] else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def r2(pred, target, out):
     """out[()] = 1 - sum (p - t)^2 / sum (t - mean t)^2 over every element. The target's
-    sums are shifted by its first element, so a large mean does not cancel its spread."""
+    sums are shifted by its first element, so a large mean does not cancel its spread.
+    A constant target (every t equals the first: s2 == 0) has no spread to explain: 1 for a
+    perfect prediction, else 0, NaN stays NaN (scikit-learn's force_finite; the reference's rule)."""
     p, t = pred.reshape(-1), target.reshape(-1)
     shift = np.float64(t[0])
     residual = s1 = s2 = 0.0
@@ -162,4 +164,7 @@ def r2(pred, target, out):
         u = t[i] - shift
         s1 += u
         s2 += u * u
-    out[()] = 1.0 - residual / (s2 - s1 * s1 / t.size)
+    if s2 == 0.0:
+        out[()] = residual if residual != residual else (1.0 if residual == 0.0 else 0.0)
+    else:
+        out[()] = 1.0 - residual / (s2 - s1 * s1 / t.size)
