@@ -62,6 +62,7 @@ from dslc.memory import array_bytes, require
 from dslc.model import Model
 from dslc.ops import registry
 from dslc.passes.autodiff import trainable_params
+from dslc.passes.dce import ancestors
 
 NOISE_FACTOR = 8.0  # rounding noise of a difference quotient, in units of u|L|/eps (measured <= 3)
 INPUTS = ("normal", "positive")  # what random float inputs are drawn from: N(0, 1), or uniform on [0.5, 2]
@@ -208,7 +209,7 @@ class _Numeric:
 
 def loss_subgraph(graph: Graph) -> Graph:
     """Only the loss and what it depends on (no gradients, metrics or state updates)."""
-    needed = _upstream(graph, graph.loss)
+    needed = ancestors(graph, [graph.loss])
     return graph.replace(nodes=[n for n in graph.nodes if n.name in needed], outputs=graph.outputs_of("loss"))
 
 
@@ -217,7 +218,7 @@ def _not_finite(forward: Graph, values: Mapping[str, np.ndarray], inputs: str = 
     (in graph order) whose value is not finite, and naming the inputs and parameters it reads."""
     loss = float(values[forward.loss])
     first = next(n for n in forward if not np.all(np.isfinite(values[n.name])))
-    fed = [forward[s] for s in sorted(_upstream(forward, first.name))]
+    fed = [forward[s] for s in sorted(ancestors(forward, [first.name]))]
     sources = [f"{s.op if s.op == 'input' else 'parameter'} '{s.name}'" for s in fed if s.op in ("input", "param")]
     d = Diagnostic("E0407", f"the loss is {loss} at gradcheck's random point: {first.op} here is the first "
                    "value that is not finite", first.span)
@@ -228,16 +229,6 @@ def _not_finite(forward: Graph, values: Mapping[str, np.ndarray], inputs: str = 
     else:
         d.hint = "keep the op's argument in its domain for every value, e.g. log(softplus(h)) or sqrt(h * h + 1e-6)"
     return CompileError([d])
-
-
-def _upstream(graph: Graph, name: str) -> set[str]:
-    reach, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        if n not in reach:
-            reach.add(n)
-            todo.extend(graph[n].inputs)
-    return reach
 
 
 def _downstream(graph: Graph, name: str) -> set[str]:

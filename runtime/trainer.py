@@ -208,6 +208,7 @@ class Trainer:
         self.per_epoch = len(self.batches)
         self._check_shards()
         self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
+        self._check_warmup()
         self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
         self.plateau = Plateau.from_recipe(recipe["schedule"], self.opt.lr)
         self.lr = 0.0  # the rate of the step being fed
@@ -222,6 +223,18 @@ class Trainer:
         self.step_seconds = 0.0  # training time of the steps not yet flushed to the per-step log
 
     # ---- setting up ------------------------------------------------------------------
+
+    def _check_warmup(self) -> None:
+        """A warm-up as long as training never reaches the rate. The recipe's check refuses it
+        against `epochs` (E0505); against `steps` only the data's batches per epoch tell, and
+        a few steps are how a recipe is tried out, so it is said, not refused (a 10-step run
+        of a cosine(warmup=1) peaked at a seventh of its rate, without a word)."""
+        sched, steps = self.recipe["schedule"], self.recipe["steps"]
+        warmup = sched["warmup"] * self.per_epoch
+        if steps and warmup >= steps:
+            self.warn(f"schedule {sched.name}(): the warm-up ({sched['warmup']:g} epochs, {warmup:g} steps of "
+                      f"{self.per_epoch} an epoch here) outlasts the run (steps = {steps}): the rate never "
+                      f"reaches the optimizer's lr")
 
     def _check_shards(self) -> None:
         """Every rank needs an example of every batch: refuse a batch (or an epoch's last,

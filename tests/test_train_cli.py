@@ -60,6 +60,13 @@ def test_train_default_run_directory_is_never_overwritten(tmp_path, capsys, monk
     assert code == 1 and "already holds a run" in err and "--force" in err
 
 
+def test_a_warm_up_that_outlasts_a_run_of_steps_is_said(tmp_path, capsys):
+    """The recipe's check refuses a warm-up as long as its epochs; one as long as `steps`
+    (known only with the data's batches per epoch) is a warning: a few steps try a recipe out."""
+    code, _, err = run(capsys, "train", MLP, "--set", "steps=10", "--out", tmp_path / "r", "--quiet")
+    assert code == 0 and "warm-up (1 epochs, 20 steps of 20 an epoch here) outlasts the run (steps = 10)" in err
+
+
 def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     """--force starts the run again: the old run's best/, snapshots and result are gone with
     its metrics, not left for eval and ensemble to read as the new run's."""
