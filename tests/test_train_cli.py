@@ -87,6 +87,7 @@ def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     ([MLP, "--set", "epochz=3"], 2, "epochz"),  # not a recipe key: a model hyper-parameter it lacks
     ([MLP, "--device", "gpu"], 1, "gpu"),
     ([MLP, "--resume", "nowhere"], 1, "nowhere"),
+    ([MLP, "--epochs", "1"], 2, "warmup (1 epochs) must be shorter than training (1 epochs); given --set epochs=1"),
     ([MLP, "--resume", "a", "--out", "b"], 2, "--out cannot go with it"),
     ([MLP, "--set", "augment=[random_crop(16)]"], 1, "random_crop(16, pad=0) does not fit images of 8x8"),
     # a flat input does not say the images' side: the first step names a crop of another size

@@ -162,5 +162,9 @@ def _train_def(recipe: Recipe, values: dict[str, Any], exprs: dict[str, Any]) ->
 
 
 def _message(d: Diagnostic) -> str:
+    """One line: where (an override, or the recipe's unchanged setting), the message, and the
+    overrides a note names (`--epochs 1` against the file's warm-up of 1 epoch)."""
     where = printable(d.span.file) if d.span else "recipe"
-    return f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else "")
+    settings = [printable(span.file) for span, _ in d.notes if span is not None and span.file.startswith("--set ")]
+    return (f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else "")
+            + (f"; given {', '.join(settings)}" if settings else ""))

@@ -279,8 +279,10 @@ def _cross_check(values: dict, given: dict[str, ast.RecipeEntry], train: ast.Tra
                                  f"optimizer's lr ({opt['lr']:g})", span))
     if values["epochs"] is not None and sched["warmup"] >= values["epochs"]:
         span = (arg_expr(where, SCHEDULES[sched.name], "warmup") or where or train).span
-        errors.append(Diagnostic("E0505", f"schedule {sched.name}(): warmup ({sched['warmup']:g} epochs) must be "
-                                 f"shorter than training ({values['epochs']} epochs)", span))
+        error = Diagnostic("E0505", f"schedule {sched.name}(): warmup ({sched['warmup']:g} epochs) must be "
+                           f"shorter than training ({values['epochs']} epochs)", span)
+        errors.append(error.with_note(given["epochs"].span, "training's epochs are set here") if "epochs" in given
+                      else error)
     keep = values["keep"]
     if keep is not None and keep.name == "restarts" and sched.name not in RESTARTING:
         errors.append(Diagnostic("E0506", f"keep = restarts, but schedule {sched.name}() never restarts, so only "
