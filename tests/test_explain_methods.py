@@ -174,6 +174,7 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
         (explain(run, "saliency"), 2, "give the examples with one of --image PNG, --input X.npy or --index N"),
         (explain(run, "saliency", "--index", "0", "-o", str(DIGITS_CNN)), 2, "a figure is written as .png, .pdf"),
         (explain(run, "saliency", "--image", str(big), "-o", str(big)), 2, "which this command reads"),
+        (explain(run, "saliency", "--image", str(big), "--npy", str(big)), 2, f"--npy {big} is {big}, which this"),
     ]
     truncated, wrong = tmp_path / "cut.png", tmp_path / "wrong.npy"
     truncated.write_bytes(big.read_bytes()[:30])

@@ -13,8 +13,8 @@ from dslc.explain.subject import Subject, open_subject
 
 def _subject(args) -> Subject:
     reads = [args.file] + [getattr(args, k, None) for k in ("image", "input", "style_image", "style_input")]
-    for out in (args.output, args.npy):
-        output_is_not(out, *[r for r in reads if r])
+    for flag, out in (("-o", args.output), ("--npy", args.npy)):
+        output_is_not(out, *[r for r in reads if r], flag=flag)
     if args.npy is not None and args.npy == args.output:
         raise UsageError(f"--npy {args.npy} and -o {args.output} name the same file")
     sets = checkpoint_sets(args, recipe=hasattr(args, "split"))  # the methods that read a split use its recipe
