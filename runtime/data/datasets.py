@@ -106,7 +106,7 @@ SCHEMA = family(
     _dataset("csv", "a CSV file with a header; one column is the class (or some are targets), the others features",
              _PATH, Arg("label", TEXT, "label", "name of the class column"),
              Arg("target", ListOf(TEXT), (), "for regression: the columns of float targets", positional=False)),
-    _dataset("image_folder", "one sub-folder of images per class, resized to size x size",
+    _dataset("image_folder", "one folder of images per class (its sub-folders included), resized to size x size",
              _DIR, Arg("size", INT_POS, doc="side of the square images in pixels")))
 
 # A reader: (arguments, root folder, whether the model reads class labels) -> (train, test or None).
