@@ -44,7 +44,7 @@ from pathlib import Path
 from io import BufferedReader
 
 from dslc import reading
-from dslc.diagnostics import CliError
+from dslc.diagnostics import CliError, UsageError
 from dslc.reading import human_bytes, memory_available
 
 _REASONS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "a part of the path is not a directory",
@@ -268,6 +268,22 @@ def _write_fd(fd: int, data: bytes, shown: Path) -> None:
             view = view[os.write(fd, view):]
     except OSError as e:
         raise CliError(f"cannot write {shown}: {reason(e)}") from None
+
+
+def same_file(a, b) -> bool:
+    """Whether `a` and `b` name one existing file (through links too); False where either is absent or unreadable."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_is_not(output, *inputs, flag: str = "-o") -> None:
+    """UsageError when `flag OUTPUT` (-o, or another option that writes) names a file the
+    command reads (`dslc inspect m.net -o m.net` would replace the model with its graph)."""
+    for given in inputs:
+        if output is not None and same_file(output, given):
+            raise UsageError(f"{flag} {output} is {given}, which this command reads; choose another output file")
 
 
 # ---- reading ---------------------------------------------------------------------------

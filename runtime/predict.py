@@ -43,7 +43,7 @@ from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
 from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
 from dslc.runtime.prepare import (example_shape as fitted_shape, flat_input, layout, layout_target, load_data,
-                                  reads_labels, shape_hint, split_changed)
+                                  reads_labels, saved_data_call, shape_hint, split_changed)
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import SNAPSHOTS
 from dslc.runtime.tta import views as tta_views
@@ -118,11 +118,8 @@ def _warn_if_other_data(ckpt: Checkpoint, recipe, warn) -> None:
 
 def trained_on(ckpt: Checkpoint) -> str | None:
     """The data call of the recipe `ckpt` was trained with ("npz", "csv" ...); None when its
-    state.json does not say (only the trainer writes one, but a person may edit it)."""
-    saved = ckpt.state.get("recipe")
-    entries = saved.get("entries") if isinstance(saved, dict) else None
-    data = entries.get("data") if isinstance(entries, dict) else None
-    call = data.get("call") if isinstance(data, dict) else None
+    state.json does not say (prepare.saved_data_call)."""
+    call = saved_data_call(ckpt.state).get("call")
     return call if isinstance(call, str) else None
 
 

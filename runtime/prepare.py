@@ -136,18 +136,28 @@ def digest(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def split_changed(saved: dict, train: Dataset) -> str | None:
+def saved_data_call(saved: dict) -> dict:
+    """The data call of the recipe a run was saved with (`saved`: its state.json), as the
+    checkpoint holds it ({"call": "npz", "args": {...}}); {} where it does not say (only the
+    trainer writes a state.json, but a person may edit it)."""
+    recipe = saved.get("recipe")
+    entries = recipe.get("entries") if isinstance(recipe, dict) else None
+    data = entries.get("data") if isinstance(entries, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def split_changed(saved: dict, train: Dataset, fingerprint: str | None = None) -> str | None:
     """Why `train` is not the training split a run was saved with (`saved`: its state.json),
-    or None when it is, or when the run does not say and its split cannot have changed."""
+    or None when it is, or when the run does not say and its split cannot have changed.
+    `fingerprint` is `digest(train)` where the caller has it already."""
     recorded = saved.get("train_digest")
     if recorded is None:  # saved before dslc recorded it: only `classes=` changed the split
-        entries = (saved.get("recipe") or {}).get("entries") or {}
-        data = entries.get("data") if isinstance(entries, dict) else None
-        if isinstance(data, dict) and (data.get("args") or {}).get("classes"):
+        args = saved_data_call(saved).get("args")
+        if isinstance(args, dict) and args.get("classes"):
             return ("it was saved by a dslc that kept `classes=` before splitting the data, so its "
                     "validation and test examples were others (some now in its training split)")
         return None
-    if recorded != digest(train):
+    if recorded != (fingerprint or digest(train)):
         return f"its training split is not the same examples now ({len(train):,} in {train.name})"
     return None
 
@@ -279,10 +289,11 @@ def conform(model, dataset: Shaped) -> tuple[int, ...]:
     the located E0513 error saying how they do not fit it."""
     x = _inputs(model)[0]
     want = x.type.shape[1:]
-    fitted = example_shape(want, dataset.shape) if all(isinstance(d, int) for d in want) else None
+    static = all(isinstance(d, int) for d in want)
+    fitted = example_shape(want, dataset.shape) if static else None
     if fitted is None:
         have = tuple(dataset.shape)
-        hint = shape_hint(want, have) if all(isinstance(d, int) for d in want) else None
+        hint = shape_hint(want, have) if static else None
         raise _error(model, f"data {dataset.name} has examples of shape {list(have)} but input "
                      f"'{x.name}' is {x.type.show()}", x,
                      hint or f"declare `input {x.name} : {x.type.dtype}[N, {', '.join(map(str, have))}]`"

@@ -319,7 +319,7 @@ class Trainer:
                              + "\n".join(f"  {c}" for c in changes) + "\npass --force to continue with the new recipe")
         if changes:
             self.echo("continuing with the changed recipe: " + "; ".join(changes))
-        moved = split_changed(ckpt.state, self.data.train)
+        moved = split_changed(ckpt.state, self.data.train, self._digest())  # each save records it too
         if moved and not force:  # the same recipe, other examples: data files, or how dslc splits them
             raise TrainError(f"cannot resume {run_dir}: {moved}; it would go on training on other examples "
                              "than it started with. Start a new run, or pass --force to continue on this split")

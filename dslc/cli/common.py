@@ -28,16 +28,6 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def output_is_not(output, *inputs, flag: str = "-o") -> None:
-    """UsageError when `flag OUTPUT` (-o, or another option that writes) names a file the
-    command reads (`dslc inspect m.net -o m.net` would replace the model with its graph)."""
-    for given in inputs:
-        try:
-            same = output is not None and os.path.samefile(output, given)
-        except OSError:  # either is absent or unreadable: not the same existing file
-            same = False
-        if same:
-            raise UsageError(f"{flag} {output} is {given}, which this command reads; choose another output file")
 # ---- argument types: a bad number is argparse's usage error (exit 2), never a traceback later
 
 def count(text: str) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslc.cli.common import checkpoint_sets, output_is_not
+from dslc.cli.common import checkpoint_sets
 from dslc.diagnostics import UsageError
 from dslc.explain import adversarial, features, gradients, objectives, occlusion, optimise
 from dslc.explain.images import Tile, stretch, to_json, write_grid, write_npy, write_scatter
 from dslc.explain.subject import Subject, open_subject
+from dslc.files import output_is_not
 
 
 def _subject(args) -> Subject:

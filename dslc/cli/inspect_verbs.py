@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dslc.cli.common import add_model_args, count, load_model, output_is_not, positive, seed, verb
+from dslc.cli.common import add_model_args, count, load_model, positive, seed, verb
 from dslc.diagnostics import CliError, UsageError, did_you_mean
-from dslc.files import write_atomic
+from dslc.files import output_is_not, write_atomic
 
 
 # ---- check ---------------------------------------------------------------------------

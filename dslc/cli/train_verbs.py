@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from dslc.cli.common import (add_checkpoint_args, add_recipe_args, checkpoint_sets, count, figure_file, load_model,
-                             model_and_recipe, output_is_not, positive, recipe_sets, seed, verb)
+                             model_and_recipe, positive, recipe_sets, seed, verb)
 from dslc.diagnostics import UsageError
+from dslc.files import output_is_not
 
 
 def cmd_train(args) -> int:

@@ -39,7 +39,7 @@ class Calls:
     error: Callable[..., Abort]
     eval: Callable[[Any, Scope], Any]
     want_tensor: Callable[[Any, Span, Scope, str], Tensor]
-    unknown_name: Callable[[Symbol, Scope], Abort]
+    unknown_name: Callable[..., Abort]  # (sym, scope, also=()): E0201 with its did-you-mean
     make_node: Callable[[str, list[str], dict, Span, str, Scope], Tensor]
     constant: Callable[[Any, str, Span], Tensor]
     block_body: Callable[[Any, Scope], None]
@@ -160,11 +160,7 @@ class Calls:
                 continue
             takes_name = k < len(op.attrs) and op.attrs[k].kind.removeprefix("optional_") in _SYMBOL_KINDS
             if n_in == 0 or not takes_name or any(isinstance(w, (Tensor, ParamGroup)) for w in values[i + 1:]):
-                if op.category != "regulariser":
-                    raise self.unknown_name(v, scope)
-                # `weights` is no variable but the group a regulariser takes: offered as well
-                names = [name for name, w in scope.vars.items() if w is not POISON] + ["weights"]
-                raise self.error(scope, "E0201", f"unknown name '{v.id}'", v.span, did_you_mean(v.id, names))
+                raise self.unknown_name(v, scope, ("weights",) if op.category == "regulariser" else ())
 
     def _bind_attrs(self, op: registry.OpDef, positional, spans, c: ast.Call, scope: Scope) -> dict:
         names = [a.name for a in op.attrs]

@@ -322,8 +322,10 @@ class Elaborator(Calls):
             raise self.unknown_name(value, scope)
         raise self.error(scope, "E0270", f"{what} must be a tensor, got {describe(value)}", span)
 
-    def unknown_name(self, sym: Symbol, scope: Scope) -> Abort:
-        candidates = [k for k, v in scope.vars.items() if v is not POISON]
+    def unknown_name(self, sym: Symbol, scope: Scope, also: tuple[str, ...] = ()) -> Abort:
+        """E0201 at `sym`, suggesting a variable in scope, or a name of `also` that is no
+        variable (`weights`, the group a regulariser takes)."""
+        candidates = [k for k, v in scope.vars.items() if v is not POISON] + list(also)
         return self.error(scope, "E0201", f"unknown name '{sym.id}'", sym.span, did_you_mean(sym.id, candidates))
 
     def eval(self, e, scope: Scope):

@@ -30,14 +30,13 @@ that cannot be written leaves both files as they were.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from dslc.diagnostics import CliError, CompileError, UsageError
-from dslc.files import check_memory, read_limited, write_together
+from dslc.files import check_memory, output_is_not, read_limited, same_file, write_together
 from dslc.interop import onnx_patterns
 from dslc.interop.onnx_export import MAX_BYTES, require_onnx
 from dslc.interop.onnx_readers import READERS, Unsupported, number
@@ -104,20 +103,12 @@ def _weights_beside(output: Path, source: Path) -> Path:
         weights = output.with_suffix(".safetensors")
     except ValueError:  # "/" or "..": no file name to give a suffix
         raise UsageError(f"-o {output} names no file; give the .net file to write") from None
-    if _same_file(output, source):
-        raise UsageError(f"-o {output} is {source}, which this command reads; choose another output file")
+    output_is_not(output, source)
     for other, what in ((source, "the file this command reads"), (output, "the .net file itself")):
-        if _same_file(weights, other):
+        if same_file(weights, other):
             raise UsageError(f"-o {output} writes its weights to {weights}, which is {what} ({other}); "
                              "choose another output file")
     return weights
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either is absent or unreadable: not one existing file
-        return False
 
 
 def _check_external_size(onnx, proto, path: Path) -> None:
