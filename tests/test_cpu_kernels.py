@@ -145,6 +145,7 @@ WINOGRAD_CASES = [
     (5, 16, 20, 20, 16, 3, 1, "same", 1, 1, True),     # several images per block, a remainder block
     (2, 16, 17, 19, 16, 3, 1, 1, 1, 1, True),          # wide (a column of padding tiles), odd sizes
     (2, 16, 18, 17, 16, 3, 1, 0, 1, 1, False),         # wide, valid: grad-input padded 2
+    (1, 17, 9, 8, 24, 3, 1, 1, 1, 1, True),            # one image: its channels split among the threads
 ]
 CONV_CASES += WINOGRAD_CASES
 # strided, undilated, sides multiples of the strides, output as wide as a phase plane:
@@ -169,6 +170,7 @@ DIRECT_CASES = [
     (2, 3, 6, 6, 16, (3, 5), 1, "same", 1, 1, True),   # rectangular kernel
     (1, 16, 9, 9, 8, 3, 1, "same", 1, 1, True),        # 3x3 with too few outputs for Winograd
     (2, 16, 6, 5, 16, 4, 1, "same", 1, 2, False),      # even kernel (padded one more after), groups
+    (1, 1, 9, 10, 20, 3, 1, "same", 1, 1, True),       # one image: its output channels split (taps.shares)
 ]
 CONV_CASES += DIRECT_CASES
 
@@ -323,10 +325,16 @@ def test_winograd_weights_are_g_w_gt_in_double_packed_for_tap_sums(dtype, o, c, 
     want = np.stack([v for a in range(4) for v in g(cols[0][a], cols[1][a], cols[2][a])]).astype(dtype)
     blocks = -(-p // OUTS)
     u = np.full(16 * blocks * OUTS * q + 5, np.nan, dtype)
-    winograd._weights(w, u, flip)
+    winograd._weights(w, u, flip, 0, p)
     packed = u[:-5].reshape(16, blocks, q, OUTS).transpose(0, 1, 3, 2).reshape(16, blocks * OUTS, q)
     np.testing.assert_array_equal(packed[:, :p], want)
     assert (packed[:, p:] == 0).all() and np.isnan(u[-5:]).all()
+    if p > OUTS:  # the filters of one part of a split (taps.shares), packed from its first
+        u = np.full(16 * (blocks - 1) * OUTS * q + 5, np.nan, dtype)
+        winograd._weights(w, u, flip, OUTS, p)
+        packed = u[:-5].reshape(16, blocks - 1, q, OUTS).transpose(0, 1, 3, 2).reshape(16, (blocks - 1) * OUTS, q)
+        np.testing.assert_array_equal(packed[:, :p - OUTS], want[:, OUTS:])
+        assert (packed[:, p - OUTS:] == 0).all() and np.isnan(u[-5:]).all()
 
 
 def test_conv2d_rejects_a_wrong_geometry_or_workspace():

@@ -41,19 +41,25 @@ single-threaded (blas.py) and kernels call it inside their own parallel loops, e
 thread on its own block, because a second pool (OpenBLAS's spinning workers) and
 Numba's fight over a small machine's cores. Numba's workers must not busy-wait after
 a parallel loop for long either, or they steal the cores the Python code between
-kernels needs: OMP_WAIT_POLICY=passive makes them sleep. Sleeping at once costs ~40 us
-per parallel loop, though, to wake them for the next kernel, a step's Python gap away:
-at batch 1 that was half of a saliency gradient's time. GOMP_SPINCOUNT=1000 lets them
-spin ~40 us first (measured on 2 cores), long enough to catch the next kernel of a step,
-short enough to sleep between steps. libgomp reads both once, when it is loaded, so they
-are set below before Numba is imported (a user's values win), and `openmp_env` gives
-them to the processes dslc starts (search trials, MPI ranks).
+kernels needs: OMP_WAIT_POLICY=passive makes them sleep. Sleeping at once costs ~22 us
+per parallel loop, though, to wake them for the next kernel, a step's Python gap away
+(more after a long sleep: 72 us after 400 us). GOMP_SPINCOUNT=3000 lets them spin 70-80
+us first (measured on the 2-core EPYC: an empty parallel loop took 1.5 us up to 60 us
+after the last one, 15-26 us from 80 us on; with 1000 the spin lasted 25-30 us), long
+enough to catch the next kernel of a step and the next call of the compiled API, whose
+Python between two steps (copying the feeds in and the gradient out, the prologue) is
+30-40 us: at 1000 a saliency gradient of small_cnn at batch 1 took 228-293 us in a
+loop, at 3000 184-223. A training loop's steps ran as fast at either (benchmarks/
+train_step.py, and digits_cnn's `dslc train`), and a worker still sleeps between
+epochs and while the trainer evaluates or saves. libgomp reads both once, when it is
+loaded, so they are set below before Numba is imported (a user's values win), and
+`openmp_env` gives them to the processes dslc starts (search trials, MPI ranks).
 """
 from __future__ import annotations
 
 import os
 
-OPENMP_WAITING = {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "1000"}
+OPENMP_WAITING = {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "3000"}
 
 
 def openmp_env() -> dict[str, str]:

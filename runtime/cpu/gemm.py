@@ -6,7 +6,8 @@ output is wider than tall) and each band is one BLAS call reading the operands i
 place, transposed or not, through its leading dimensions: no copy (with at most
 few_rows.FEW_ROWS rows, a linear layer at a small batch, the block is few_rows.py's loops,
 which read op(b) once where BLAS would pack it). Products below MIN_SPLIT multiply-adds
-run as one call, since waking the threads costs more.
+run as one call, since waking the threads costs more, unless they have few rows and a
+large op(b) to read (MIN_SPLIT_READ).
 
 linear's weight is (in, out), so y = x @ W + b; its backward pieces are
 dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
@@ -20,13 +21,19 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.runtime.cpu.blas import gemm_block, num_threads
+from dslc.runtime.cpu.few_rows import FEW_ROWS
 
 MIN_SPLIT = 1 << 19  # multiply-adds: about 50 us on one core, several times the cost of a parallel loop
+# elements of op(b) from which a product of few rows splits anyway: reading b is its time, and
+# two cores read it faster. small_cnn's fc at batch 1 (b 3136 x 128, 401k multiply-adds)
+# took 28 us forward and 24 for its input gradient on one core, 20 and 15 on two (the EPYC).
+MIN_SPLIT_READ = 1 << 17
 
 
 @njit(cache=True, inline="always")
 def _parts(m, n, k):
-    return num_threads() if m * n * k >= MIN_SPLIT and max(m, n) >= 2 * num_threads() else 1
+    large = m * n * k >= MIN_SPLIT or (m <= FEW_ROWS and n * k >= MIN_SPLIT_READ)
+    return num_threads() if large and max(m, n) >= 2 * num_threads() else 1
 
 
 @njit(inline="always")

@@ -21,11 +21,16 @@ the compiled API's forward and grad graphs) is read where the caller keeps it in
 its kernels' argument rebound to the caller's array: a saliency map of small_cnn copied
 its 1.6 MB of weights into the arena at every call, 0.17 of 3.6 ms at batch 32.
 
-A step of less than SERIAL_FLOPS runs on the calling thread alone (numba.set_num_threads(1)
-for its duration): each parallel loop wakes Numba's other workers, which costs more than
-sharing a few microseconds of work saves. Results do not change: the kernels split their
-work by the workspace's rows, not by the threads running them, and a GEMM's bands are
-computed alike.
+Every run uses Numba's threads, at any size: each kernel decides whether to split its
+work (gemm.py's MIN_SPLIT; a convolution of fewer images than threads splits its output
+channels, taps.shares), and a worker that has just finished a kernel spins a little
+before it sleeps (GOMP_SPINCOUNT, runtime/cpu/__init__.py), so the next kernel of a step
+finds it awake. Steps under 24 MFLOP used to run on one thread (each parallel loop woke
+a sleeping worker for more than it saved), and setting the threads to one and back cost
+3 us a run: small_cnn's saliency gradient at batch 1 took 248 us so, and 198-224 on two
+threads once its convolutions and fully connected layers split (the 2-core EPYC). The
+results do not depend on the threads: the kernels split their work by the workspace's
+rows or into whole blocks of output channels, and a GEMM's bands are computed alike.
 """
 from __future__ import annotations
 
@@ -38,7 +43,6 @@ from typing import Mapping
 
 import dslc.runtime.cpu  # noqa: F401  (sets OMP_WAIT_POLICY before Numba starts its threads)
 
-import numba
 import numpy as np
 
 from dslc import reference
@@ -61,10 +65,6 @@ from dslc.runtime.cpu.philox import draw_seed
 from dslc.runtime.cpu.profile import Profile
 from dslc.runtime.executor import arena_roles
 
-# FLOPs below which a step runs on one thread. Measured alternately on the 2-core EPYC:
-# small_cnn's saliency gradient at batch 1 (17 MFLOP) took 0.34 ms on one thread and 0.44-0.57
-# on two; at batch 2 (34 MFLOP) 0.69-0.73 on one and 0.48-0.51 on two.
-SERIAL_FLOPS = 24_000_000
 
 
 class CompiledGraph:
@@ -95,7 +95,6 @@ class CompiledGraph:
         self.rng = np.random.default_rng(0)
         self.fallbacks = tuple(module.FALLBACK)
         self._step = module.step
-        self._serial = sum(kg.flops(k, memory.batch) for k in kg.kernels) < SERIAL_FLOPS
         if debug_level() >= 2:  # time every kernel; the table is printed when the process exits
             collectives = any(k.kind == "extern" and k.op in COLLECTIVES for k in kg.kernels)
             self._step = Profile(module.step, current() if collectives else None)
@@ -161,15 +160,7 @@ class CompiledGraph:
                 np.copyto(view, randoms[name], casting="same_kind")
             else:
                 fill_mask(flat, draw_seed(rng or self.rng), attrs["p"], attrs["scale"])
-        if self._serial:
-            threads = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                self._step(*self._args)
-            finally:
-                numba.set_num_threads(threads)
-        else:
-            self._step(*self._args)
+        self._step(*self._args)
         for value, target in self._writebacks:
             np.copyto(target, value)
         return self._outputs

@@ -25,7 +25,10 @@ With stride 2 the planes come from the rows by lanes.deinterleave and go back by
 lanes.interleave; other strides move them element by element.
 
 Threads: a parallel loop over `parts` (the workspace's rows, at most N), part p taking
-images [N*p/parts, N*(p+1)/parts) in its own slot (geometry.phase_slot). The weight
+images [N*p/parts, N*(p+1)/parts) in its own slot (geometry.phase_slot); an ungrouped
+forward of fewer images than threads also splits each image's output channels
+(taps.shares): small_cnn's first layer at batch 1, 1 -> 32 channels at 28x28, had one
+thread. The weight
 gradient sums each part's images in its slot's lanes, then the parts in part order (the
 same result whichever thread finished first).
 """
@@ -37,7 +40,7 @@ from numba import njit, prange
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
-from dslc.runtime.cpu.taps import OUTS, tap_dots, tap_sums
+from dslc.runtime.cpu.taps import OUTS, share, shares, tap_dots, tap_sums
 
 _phased = njit(cache=True)(_geometry.phased)
 _layout = njit(cache=True)(_geometry.phase_layout)
@@ -221,21 +224,28 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
     blocks = (og + OUTS - 1) // OUTS
     xf, yf = x.reshape(-1), out.reshape(-1)
+    parts, split = shares(n, o, workspace.shape[0]) if groups == 1 else (parts, 1)
     for p in prange(parts):
         f = workspace[p]
         f[:planes] = 0
-        for i in range(n * p // parts, n * (p + 1) // parts):
+        lo, hi, o0, o1 = share(n, o, parts, split, p)  # o0, o1 = 0, o unless split
+        for i in range(lo, hi):
             for ci in range(c):
                 _phases(xf, (i * c + ci) * h * wd, h, wd, stride_h, stride_w, f,
                         ci * stride_h * stride_w * lay[3] + interior, lay[3], wq, np.bool_(False))
-            for g in range(groups):
-                tap_sums(f, wk, offs, f, u64(g * cg * stride_h * stride_w * lay[3]), u64(g * blocks * taps * OUTS),
-                         u64(0), u64(planes + g * og * run), u64(run), u64(run), u64(og), u64(taps))
-            for oi in range(o):
+            if split > 1:  # one group: this part's blocks of its outputs
+                tap_sums(f, wk, offs, f, u64(0), u64(o0 * taps), u64(0), u64(planes + o0 * run), u64(run), u64(run),
+                         u64(o1 - o0), u64(taps))
+            else:
+                for g in range(groups):
+                    tap_sums(f, wk, offs, f, u64(g * cg * stride_h * stride_w * lay[3]),
+                             u64(g * blocks * taps * OUTS), u64(0), u64(planes + g * og * run), u64(run), u64(run),
+                             u64(og), u64(taps))
+            for oi in range(o0, o1):
                 _rows_out(f, planes + oi * run, wq, yf, (i * o + oi) * ho * wo, ho, wo,
                           like(yf, 0.0 if b is None else b[oi]))
             if relu:
-                rectify(yf, i * o * ho * wo, o * ho * wo)
+                rectify(yf, (i * o + o0) * ho * wo, (o1 - o0) * ho * wo)
 
 
 @njit(cache=True)

@@ -32,15 +32,40 @@ fused (llvm.fma), taps summed in order, so the sums are those of a loop over t.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from dslc.kernels.geometry import TAP_OUTS
+from dslc.runtime.cpu.blas import num_threads
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, element_pointer, flat_floats, over_rows, splat
 
 OUTS = TAP_OUTS  # output channels per block of tap_sums (geometry.TAP_OUTS)
 DOTS_OUTS, DOTS_TAPS = 4, 6  # tap_dots' block: 24 accumulators of the 32 AVX-512 registers
+
+
+@njit(cache=True)
+def shares(n, c_out, rows):
+    """(parts, groups) of a convolution pass by tap_sums over n images into c_out channels,
+    with a workspace of `rows` slots: the images split among the slots, and with fewer
+    images than threads to run them, each image's output channels too, in `groups` runs of
+    whole OUTS blocks (share). A part then sets up its image's input itself (transforms or
+    pads it), work the groups repeat, so there are no more groups than threads. The values
+    do not depend on the split: each output channel is the same sums in the same order."""
+    if n >= rows:
+        return rows, 1
+    groups = max(1, min(min(rows, num_threads()) // n, -(-c_out // OUTS)))
+    return n * groups, groups
+
+
+@njit(cache=True)
+def share(n, c_out, parts, groups, p):
+    """Part p's images [lo, hi) and output channels [o0, o1) of `shares`' split."""
+    images = parts // groups
+    at, g = p // groups, p % groups
+    blocks = -(-c_out // OUTS)
+    return (n * at // images, n * (at + 1) // images, blocks * g // groups * OUTS,
+            min(c_out, blocks * (g + 1) // groups * OUTS))
 
 
 def lanes_of(itemsize: int) -> int:

@@ -81,7 +81,7 @@ from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
-from dslc.runtime.cpu.taps import OUTS, tap_sums
+from dslc.runtime.cpu.taps import OUTS, share, shares, tap_sums
 
 _images = njit(cache=True)(_geometry.winograd_images)
 _columns = njit(cache=True)(_geometry.winograd_columns)
@@ -142,9 +142,10 @@ def _g_row(s, a, b, c, d, o, n, k):
 
 
 @njit(cache=True)
-def _weights(w, u, flip):
-    """U[xi][p, q] = (G w[p, q] G^T)[xi]; with flip, of w[q, p] rotated by 180 degrees: the
-    weights of the input gradient's convolution (w is [O, C, 3, 3] either way). u is flat,
+def _weights(w, u, flip, p0, p1):
+    """U[xi][p - p0, q] = (G w[p, q] G^T)[xi] for the filters p0 <= p < p1 of the convolution;
+    with flip, of w[q, p] rotated by 180 degrees: the weights of the input gradient's
+    convolution (w is [O, C, 3, 3] either way). u is flat,
     each U[xi] packed as taps.tap_sums reads its weights: [P / OUTS, Q, OUTS], that is
     u[(xi * blocks + p // OUTS) * Q * OUTS + q * OUTS + p % OUTS]; a block's lanes past P
     are zeros.
@@ -159,7 +160,8 @@ def _weights(w, u, flip):
     the EPYC, one thread: 64x32 filters 30 -> 11 us, 64x64 59 -> 21 (a saliency gradient
     of small_cnn at batch 1 transforms 64x32 twice); the values are the same, each an
     output of the same double operations."""
-    n_p, n_q = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+    total, n_q = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+    n_p = p1 - p0
     stride = u64(_outs(n_p) * n_q)  # one U[xi]
     row = u64(_RUN * OUTS + 8)
     s = np.empty(15 * (_RUN * OUTS + 8), np.float64)  # rows 0-8: the taps (a, b) at 3a + b;
@@ -172,7 +174,7 @@ def _weights(w, u, flip):
                 for lane in range(OUTS):
                     p = pb * OUTS + lane
                     at = u64((q - q0) * OUTS + lane)
-                    src = u64((q * n_p + p) * 9) if flip else u64((p * n_q + q) * 9)
+                    src = u64((q * total + p0 + p) * 9) if flip else u64(((p0 + p) * n_q + q) * 9)
                     for t in range(9):
                         tap = wf[src + u64(t)] if p < n_p else 0.0
                         s[u64(8 - t if flip else t) * row + at] = tap
@@ -297,13 +299,13 @@ def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
 
 
 @njit(cache=True)
-def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias):
-    """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o]) of every tile of one image, through the planes."""
+def _output_transform(f, lay, tb, c_out, base, th, tw, y, at, ho, wo, bias, o0):
+    """y[at:] ([O, Ho, Wo]) = A^T M A (+ bias[o0 + o]) of every tile of one image, through the planes."""
     at_p, _, at_m, plane, _, we = lay
     outs = _plane_starts(at_p, plane)
     for o in range(c_out):
         _output_map(f, th * we, _regions(at_m, c_out, o, tb, base), outs)
-        add = like(y, 0.0 if bias is None else bias[o])
+        add = like(y, 0.0 if bias is None else bias[o0 + o])
         for i in range(min(ho, 2)):  # interleave the four planes into the image's rows, each parity's
             even = u64(at_p + 2 * i * plane)
             interleave(y, u64(at + (o * ho + i) * wo), u64(2 * wo), f, even, even + u64(plane), u64(we), wo // 2,
@@ -357,19 +359,21 @@ def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
 
 
 @njit(cache=True)
-def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p):
-    """Part p's images of the Winograd forward (the module docstring's forward): U of w
-    (flipped for the input gradient), then per block of images V, the 16 products, y."""
+def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p, parts, groups):
+    """Part p's images and output channels (taps.shares) of the Winograd forward (the module
+    docstring's forward): U of w's filters (flipped for the input gradient), then per block
+    of images V, the 16 products, y."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    th, tw, grid, per, tb, lay, parts = _plan(x.shape, c_out, ho, wo, workspace)
-    xf, yf = x.reshape(-1), out.reshape(-1)
-    f, _, _, _, lo, hi = _slot(workspace, p, n, c_in, c_out, tb, lay, parts)
-    _weights(w, f, flip)
+    th, tw, grid, per, tb = _plan(x.shape, c_out, ho, wo, workspace)[:5]
+    lo, hi, o0, o1 = share(n, c_out, parts, groups, p)
+    lay = _layout(c_in, o1 - o0, th, tw, tb)  # within the slot planned for all c_out channels
+    xf, yf, f = x.reshape(-1), out.reshape(-1), workspace[p]
+    _weights(w, f, flip, o0, o1)
     rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
     for c in range(c_in):
         rows[c] = c * tb
-    packed = _outs(c_out) * c_in
+    packed = _outs(o1 - o0) * c_in
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
@@ -377,11 +381,12 @@ def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p):
         cols = (i1 - i0) * grid
         for xi in range(16):  # M[xi] = U[xi] @ V[xi]
             tap_sums(f, f, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * packed), u64(0),
-                     u64(lay[2] + xi * c_out * tb), u64(cols), u64(tb), u64(c_out), u64(c_in))
+                     u64(lay[2] + xi * (o1 - o0) * tb), u64(cols), u64(tb), u64(o1 - o0), u64(c_in))
         for i in range(i0, i1):
-            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, yf, i * c_out * ho * wo, ho, wo, b)
+            at = (i * c_out + o0) * ho * wo
+            _output_transform(f, lay, tb, o1 - o0, (i - i0) * grid, th, tw, yf, at, ho, wo, b, o0)
             if relu:
-                rectify(yf, i * c_out * ho * wo, c_out * ho * wo)
+                rectify(yf, at, (o1 - o0) * ho * wo)
 
 
 # ---- the entry points: conv.py's signatures and checks -----------------------------------
@@ -390,12 +395,21 @@ def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p):
 def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
                    relu):
     """out = conv2d(x, w) + b (b may be None), NCHW, then max(out, 0) with relu (conv.rectify),
-    for a convolution geometry.winograd accepts."""
+    for a convolution geometry.winograd accepts.
+
+    With fewer images than threads each image's output channels are split too (taps.shares),
+    each part transforming the image itself: at batch 1 the second thread had nothing to do.
+    Measured on the 2-core EPYC, small_cnn's 32 -> 64 channel forward at 14x14 took 57 us on
+    one thread and 34-44 us on two, its input gradient 61 and 38-49. Splitting the image's
+    transform between the parts as well, a second parallel loop doing the products once
+    the transforms were done, took longer: 42-58 and 52-66 us."""
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], w.shape[0])
-    parts = _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)[6]  # raises before the threads
+    _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)  # raises before the threads
+    parts, split = shares(x.shape[0], out.shape[1], workspace.shape[0])
     for p in prange(parts):
-        _forward_part(x, w, b, out, pad_t, pad_l, np.bool_(False), np.bool_(relu), workspace, np.int64(p))
+        _forward_part(x, w, b, out, pad_t, pad_l, np.bool_(False), np.bool_(relu), workspace, np.int64(p),
+                      np.int64(parts), np.int64(split))
 
 
 @njit(cache=True, parallel=True)
@@ -403,10 +417,11 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
-    parts = _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)[6]
+    _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)
+    parts, split = shares(g.shape[0], dx.shape[1], workspace.shape[0])
     for p in prange(parts):
         _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(True), np.bool_(False), workspace,
-                      np.int64(p))
+                      np.int64(p), np.int64(parts), np.int64(split))
 
 
 @njit(cache=True)
