@@ -139,14 +139,14 @@ def outputs_graph(graph: Graph, names: Sequence[str]) -> Graph:
 
 
 def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
-                    rules: Mapping[str, Callable] | None = None, fold: bool = False) -> Graph:
+                    rules: Mapping[str, Callable] | None = None, fold: tuple[str, ...] = ()) -> Graph:
     """`graph` with the objective sum over terms (each its node's elements times the weight input
     `weight.NODE`, or 0.5 * the squares) as output "objective" and one Output("grad") per name
     of `wrt`; only what they need is kept. `rules` replaces some ops' gradient rules (autodiff's
-    `differentiate`). With `fold`, batchnorm on running statistics is folded into the layer
-    before it (dslc/passes/fold_batchnorm.py) before differentiating, which changes no value:
-    the compiled API's graphs; the front end's oracle (Model.grad) differentiates the graph
-    as written."""
+    `differentiate`). Batchnorm on running statistics after a layer of an op in `fold` is
+    folded into it (dslc/passes/fold_batchnorm.py) before differentiating, which changes no
+    value: the compiled API's graphs; the front end's oracle (Model.grad) differentiates the
+    graph as written."""
     b = GraphBuilder(graph.nodes)
     total = None
     for term in terms:
@@ -164,7 +164,7 @@ def objective_graph(graph: Graph, terms: Sequence[Term], wrt: Sequence[str],
         raise UsageError("grad: `of` names nothing")
     weighted = b.graph(graph.name, [Output("output", OBJECTIVE, total)], graph.stage)
     if fold:
-        weighted = fold_batchnorm(weighted)[0]
+        weighted = fold_batchnorm(weighted, fold)[0]
     return prune(differentiate(weighted, list(wrt), loss=total, rules=rules))
 
 

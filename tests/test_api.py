@@ -191,6 +191,21 @@ def test_compiled_graphs_fold_batchnorm_and_keep_every_node_asked_for(loaded, co
         close(got[name], want[name], name)
 
 
+def test_compiled_graphs_leave_a_linear_layers_batchnorm_unfolded():
+    """A fold is recomputed at every call (the caller's parameters may have changed), and a
+    linear layer's weight is large beside its output: the compiled API folds batchnorm into
+    convolutions only (compiled.FOLDED), and the unfolded layer gives the reference's values."""
+    model = dslc.load(MODELS / "mlp_bn.net", h1=16, h2=8)
+    params = model.init(0)
+    params["hidden1.hidden_layer.batchnorm.running_var"] = np.linspace(0.5, 2, 16, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((3, 784)).astype(np.float32)
+    c = model.compile("cpu")
+    got = c.forward(params, {"image": x}, outputs=["out"])["out"]
+    (graph,) = [s.graph for s in c._steps.values()]
+    assert len(graph.of_op("batchnorm")) == 2
+    close(got, model.compile("reference").forward(params, {"image": x}, outputs=["out"])["out"], "out")
+
+
 def test_step_is_one_reference_training_step(loaded, compiled):
     params = {k: v.copy() for k, v in loaded.params.items()}
     opt = Optimizer("sgd", lr=0.05, momentum=0.9)

@@ -28,17 +28,21 @@ _STATE = Pat("param", where=lambda n: n.attr("role") == "state")
 _PARAM = Pat("param")
 
 
-def _foldable(graph: Graph):
+LAYERS = ("conv2d", "linear")
+
+
+def _foldable(graph: Graph, layers: tuple[str, ...]):
     users = {name: len(nodes) for name, nodes in graph.consumers().items()}
     for o in graph.outputs:
         users[o.value] += 1
-    layer = Pat(("conv2d", "linear"), inputs=(Pat(), _PARAM), name="layer",
+    layer = Pat(layers, inputs=(Pat(), _PARAM), name="layer",
                 where=lambda n: users[n.name] == 1 and all(graph[i].op == "param" for i in n.inputs[1:]))
     return Pat("batchnorm", inputs=(layer, _PARAM, _PARAM, _STATE, _STATE), name="bn")
 
 
-def fold_batchnorm(graph: Graph) -> tuple[Graph, str]:
-    pattern = _foldable(graph)
+def fold_batchnorm(graph: Graph, layers: tuple[str, ...] = LAYERS) -> tuple[Graph, str]:
+    """`graph` with each foldable batchnorm after one of `layers` (ops) folded into it."""
+    pattern = _foldable(graph, layers)
 
     def visit(node, ctx: Ctx):
         caps = match(pattern, node, ctx.graph)
