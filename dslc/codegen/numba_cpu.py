@@ -32,7 +32,7 @@ import ast
 from dslc.codegen import externs, numba_loops, numba_sweep, shared
 from dslc.codegen.cache import numba_version
 from dslc.codegen.emit import Emitter, Lang, form
-from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.scalar import CONSTANTS, CPU_IMPORT
 from dslc.codegen.source import Source, kernel_header, where
 from dslc.ir.types import NUMPY_DTYPE, concrete
 from dslc.kernels.graph import Kernel, KernelGraph, float_dtype
@@ -171,6 +171,7 @@ def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
     src.line("from numba import njit, prange")
     src.blank()
     src.line(externs.IMPORTS)
+    src.line(CPU_IMPORT)
     src.blank()
     for name, value in CONSTANTS.items():
         src.line(f"{name} = {value}")

@@ -31,6 +31,9 @@ TARGETS = ("cpu", "cuda")
 # Constants the expressions name, defined at the top of every generated module (as Python
 # globals on the CPU, `constexpr double` in CUDA).
 CONSTANTS = {"SQRT1_2": "0.7071067811865476", "INV_SQRT_2PI": "0.3989422804014327"}
+# The module of functions the CPU expressions name besides math's (elementary.tanh: a tanh
+# the loops vectorise), imported by every generated module.
+CPU_IMPORT = "from dslc.runtime.cpu import elementary"
 
 
 def _table(target: str) -> dict[str, str | Callable[[Mapping], str]]:

@@ -27,15 +27,27 @@ from pathlib import Path
 from types import ModuleType
 
 from dslc.codegen.cache import numba_version
-from dslc.codegen.scalar import CONSTANTS
+from dslc.codegen.scalar import CONSTANTS, CPU_IMPORT
 from dslc.debug import cache_dir
 from dslc.files import write_atomic
 from dslc.version import __version__
 
-# What a kernel may use besides its own names: the header of every shared module.
+
+
+def _source_digest(module: str) -> str:
+    """A hash of `module`'s source: Numba revalidates a cached kernel against its own file
+    only, not the functions it inlined from others (runtime/cpu/kernel_cache.py)."""
+    origin = importlib.util.find_spec(module).origin
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:20]
+
+
+# What a kernel may use besides its own names: the header of every shared module. It is part
+# of the kernel's key, with the source of the functions its expressions inline (elementary's),
+# so a kernel compiled against an older one is not reused.
 HEADER = "\n".join([
     "# A dslc kernel, shared by every generated kernel with this text (dslc/codegen/shared.py).",
-    "import math", "", "import numpy as np", "from numba import njit, prange", "",
+    f"# It inlines dslc.runtime.cpu.elementary {_source_digest('dslc.runtime.cpu.elementary')}.",
+    "import math", "", "import numpy as np", "from numba import njit, prange", "", CPU_IMPORT, "",
     *(f"{name} = {value}" for name, value in CONSTANTS.items()), "", ""])
 
 
@@ -88,8 +100,8 @@ def canonical(unit: str) -> str:
 
 
 def key(text: str) -> str:
-    """The hash naming a canonical kernel's file: its text, dslc's and Numba's versions."""
-    return hashlib.sha256("\0".join((__version__, numba_version(), text)).encode()).hexdigest()[:20]
+    """The hash naming a canonical kernel's file: its header and text, dslc's and Numba's versions."""
+    return hashlib.sha256("\0".join((__version__, numba_version(), HEADER, text)).encode()).hexdigest()[:20]
 
 
 def path_for(text: str) -> Path:

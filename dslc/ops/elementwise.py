@@ -133,8 +133,10 @@ _unary("sigmoid", "1 / (1 + exp(-x))", lambda x: _sigmoid(x),
        lambda b, n, g: (b.mul(g, b.sigmoid_deriv(n.name)),),
        Scalar("1.0 / (1.0 + math.exp(-{0})) if {0} >= 0.0 else math.exp({0}) / (1.0 + math.exp({0}))",
               "({0} >= 0.0 ? 1.0 / (1.0 + exp(-{0})) : exp({0}) / (1.0 + exp({0})))"), flops=4)
+# On the CPU a float32 element's tanh is a rational function the loop vectorises (libm's
+# tanh, called per element, does not): dslc/runtime/cpu/elementary.py.
 _unary("tanh", "tanh(x)", np.tanh, lambda b, n, g: (b.mul(g, b.tanh_deriv(n.name)),),
-       Scalar("math.tanh({0})", "tanh({0})"), flops=4)
+       Scalar("elementary.tanh({0})", "tanh({0})"), flops=4)
 
 
 # softplus, computed as max(z, 0) + log1p(exp(-|z|)), z = beta x: never overflows. Its
