@@ -354,6 +354,7 @@ def test_conv2d_rejects_a_wrong_geometry_or_workspace():
 POOL_CASES = [
     (2, 3, 4, 4, 2, None, 0),                  # the 2x2 stride-2 fast path
     (2, 3, 5, 7, 2, 2, 0),                     # ... with an odd last row and column in no window
+    (1, 2, 29, 35, 2, 2, 0),                   # ... rows of 17 windows: a whole vector of them and a masked run
     (1, 2, 5, 7, 3, 2, 1),
     (2, 2, 7, 6, (2, 3), (1, 2), (1, 0)),
     (1, 3, 7, 5, 3, 2, "same"),

@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from dslc.kernels.geometry import pool_geometry  # noqa: F401  (the kernels' geometry, re-exported)
 from dslc.runtime.cpu.lanes import u64
-from dslc.runtime.cpu.pool_lanes import max_2x2, route_2x2
+from dslc.runtime.cpu.pool_lanes import max_2x2, mean_2x2, route_2x2, spread_2x2
 
 
 @njit(cache=True, inline="always")
@@ -132,8 +132,39 @@ def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l, positiv
 
 
 @njit(cache=True, parallel=True)
+def _avgpool_2x2_forward(x, out):
+    """Each window's mean, a plane's rows of windows at a time as explicit vectors
+    (pool_lanes.mean_2x2)."""
+    planes, h, w = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    for t in prange(planes):
+        mean_2x2(xf, of, u64(t * h * w), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+
+
+@njit(cache=True, parallel=True)
+def _avgpool_2x2_backward(g, dx):
+    """A quarter of each g in its window's four cells as explicit vectors (pool_lanes.spread_2x2);
+    an odd last row or column, in no window, zeros."""
+    planes, h, w = dx.shape[0] * dx.shape[1], dx.shape[2], dx.shape[3]
+    ho, wo = g.shape[2], g.shape[3]
+    gf, df = g.reshape(g.size), dx.reshape(dx.size)
+    for t in prange(planes):
+        start = t * h * w
+        spread_2x2(df, gf, u64(start), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+        for q in range(start + 2 * ho * w, start + h * w):  # an odd last row
+            df[q] = 0
+        if 2 * wo < w:  # an odd last column
+            for r in range(2 * ho):
+                df[start + r * w + w - 1] = 0
+
+
+@njit(cache=True, parallel=True)
 def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """out[n, c, i, j] = sum of the window's in-image values / (kh*kw)."""
+    if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
+        _avgpool_2x2_forward(x, out)
+        return
     n, ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
     scale = 1.0 / (kh * kw)
@@ -153,6 +184,9 @@ def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
 @njit(cache=True, parallel=True)
 def avgpool_backward(g, dx, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """dx = each g[n, c, i, j] / (kh*kw) spread over its window's in-image positions."""
+    if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
+        _avgpool_2x2_backward(g, dx)
+        return
     n, ch, h, w = dx.shape
     ho, wo = g.shape[2], g.shape[3]
     scale = 1.0 / (kh * kw)
