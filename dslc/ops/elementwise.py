@@ -128,10 +128,11 @@ _unary("gelu", "x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact, not the tanh a
        lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))).astype(x.dtype),
        lambda b, n, g: (b.mul(g, b.gelu_deriv(n.inputs[0])),),
        Scalar("0.5 * {0} * (1.0 + math.erf({0} * SQRT1_2))", "0.5 * {0} * (1.0 + erf({0} * SQRT1_2))"), flops=8)
-# Two branches so that exp never overflows, as in the reference.
+# Two branches so that exp never overflows, as in the reference. On the CPU a float32
+# element's exp is one the loop vectorises (dslc/runtime/cpu/elementary.py), as tanh's.
 _unary("sigmoid", "1 / (1 + exp(-x))", lambda x: _sigmoid(x),
        lambda b, n, g: (b.mul(g, b.sigmoid_deriv(n.name)),),
-       Scalar("1.0 / (1.0 + math.exp(-{0})) if {0} >= 0.0 else math.exp({0}) / (1.0 + math.exp({0}))",
+       Scalar("1.0 / (1.0 + elementary.exp(-{0})) if {0} >= 0.0 else elementary.exp({0}) / (1.0 + elementary.exp({0}))",
               "({0} >= 0.0 ? 1.0 / (1.0 + exp(-{0})) : exp({0}) / (1.0 + exp({0})))"), flops=4)
 # On the CPU a float32 element's tanh is a rational function the loop vectorises (libm's
 # tanh, called per element, does not): dslc/runtime/cpu/elementary.py.

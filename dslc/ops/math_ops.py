@@ -42,7 +42,7 @@ def _two(b, dtype: str, value: float) -> str:
     return b.const(value, dtype)
 
 
-_unary("exp", "e^x", np.exp, lambda b, n, g: (b.mul(g, n.name),), Scalar("math.exp({0})", "exp({0})"), flops=4)
+_unary("exp", "e^x", np.exp, lambda b, n, g: (b.mul(g, n.name),), Scalar("elementary.exp({0})", "exp({0})"), flops=4)
 # log and sqrt of a negative number are NaN, as in NumPy; their samples stay positive.
 _unary("log", "ln x  (natural logarithm; NaN below 0, -inf at 0)", np.log,
        lambda b, n, g: (b.div(g, n.inputs[0]),), Scalar("math.log({0})", "log({0})"), flops=4, domain="positive")
