@@ -88,7 +88,16 @@ def resnet20(opt, n: int = 3, width: int = 16):
     return net, _optimizer(_decayed_groups(net, opt.weight_decay), opt), nn.CrossEntropyLoss()
 
 
-BUILDERS = {"mlp": mlp_bn, "small_cnn": small_cnn, "cifar_cnn": cifar_cnn, "resnet20": resnet20}
+def lenet5(opt):
+    """models/lenet5.net: conv 6 (5x5, pad 2) -> tanh -> avgpool, conv 16 (5x5) -> tanh ->
+    avgpool, fc 120 and 84 with tanh, 10 classes."""
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+                        nn.Linear(84, 10))
+    return net, _optimizer(net.parameters(), opt), nn.CrossEntropyLoss()
+
+
+BUILDERS = {"mlp": mlp_bn, "small_cnn": small_cnn, "cifar_cnn": cifar_cnn, "resnet20": resnet20, "lenet5": lenet5}
 
 
 def step_function(name: str, opt, x, y, device: str = "cpu", compile: bool = False):

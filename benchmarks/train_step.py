@@ -1,6 +1,6 @@
 """Time whole training steps: dslc's CPU step against PyTorch eager, torch.compile and the FLOP floor.
 
-    python -m benchmarks.train_step [--json] [--models mlp,small_cnn,cifar_cnn,resnet20] [--steps 30]
+    python -m benchmarks.train_step [--json] [--models mlp,small_cnn,cifar_cnn,resnet20,lenet5] [--steps 30]
                                     [--block 5] [--no-compile] [--device gpu]
 
 For each benchmark model, in one run:
@@ -68,6 +68,7 @@ BENCHES = {
     "small_cnn": Bench("models/small_cnn.net", 64, dict(kind="sgd", lr=0.01, momentum=0.9)),
     "cifar_cnn": Bench("models/cifar_cnn.net", 128, dict(kind="sgd", lr=0.05, momentum=0.9, nesterov=True)),
     "resnet20": Bench("models/resnet20.net", 128, dict(kind="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)),
+    "lenet5": Bench("models/lenet5.net", 128, dict(kind="sgd", lr=0.05, momentum=0.9)),
 }
 
 
