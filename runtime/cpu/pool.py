@@ -53,15 +53,29 @@ def _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
 
 
 @njit(cache=True, parallel=True)
-def _maxpool_2x2_forward(x, out):
-    """Each window's maximum (a NaN where it holds one), a plane's rows of windows at a
-    time as explicit vectors (pool_lanes.max_2x2): 1.1-2x faster than the loops it
-    replaced, which vectorised only from 16 windows a row."""
+def _pool_2x2_forward(x, out, mean):
+    """Each window's maximum (a NaN where it holds one), or with `mean` its mean, a plane's
+    rows of windows at a time as explicit vectors (pool_lanes.max_2x2, mean_2x2): the max
+    pool 1.1-2x faster than the loops it replaced, which vectorised only from 16 windows a
+    row; LeNet-5's average pool at batch 128 0.68 -> 0.48 ms."""
     planes, h, w = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
     ho, wo = out.shape[2], out.shape[3]
     xf, of = x.reshape(x.size), out.reshape(out.size)
     for t in prange(planes):
-        max_2x2(xf, of, u64(t * h * w), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+        if mean:
+            mean_2x2(xf, of, u64(t * h * w), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+        else:
+            max_2x2(xf, of, u64(t * h * w), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
+
+
+@njit(cache=True, inline="always")
+def _zero_past_windows(df, start, h, w, ho, wo):
+    """Zeros in a plane's odd last row and column (at df[start:], h x w), which no 2x2 window covers."""
+    for q in range(start + 2 * ho * w, start + h * w):
+        df[q] = 0
+    if 2 * wo < w:
+        for r in range(2 * ho):
+            df[start + r * w + w - 1] = 0
 
 
 @njit(cache=True, parallel=True)
@@ -79,18 +93,14 @@ def _maxpool_2x2_backward(g, x, dx, positive):
     for t in prange(planes):
         start = t * h * w
         route_2x2(xf, gf, df, u64(start), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho), positive)
-        for q in range(start + 2 * ho * w, start + h * w):  # an odd last row
-            df[q] = 0
-        if 2 * wo < w:  # an odd last column
-            for r in range(2 * ho):
-                df[start + r * w + w - 1] = 0
+        _zero_past_windows(df, start, h, w, ho, wo)
 
 
 @njit(cache=True, parallel=True)
 def maxpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """out[n, c, i, j] = max of the window at (i*sh - pt, j*sw - pl), padding excluded."""
     if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
-        _maxpool_2x2_forward(x, out)
+        _pool_2x2_forward(x, out, False)
         return
     n, ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
@@ -132,17 +142,6 @@ def maxpool_backward(g, x, dx, kh, kw, stride_h, stride_w, pad_t, pad_l, positiv
 
 
 @njit(cache=True, parallel=True)
-def _avgpool_2x2_forward(x, out):
-    """Each window's mean, a plane's rows of windows at a time as explicit vectors
-    (pool_lanes.mean_2x2)."""
-    planes, h, w = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
-    ho, wo = out.shape[2], out.shape[3]
-    xf, of = x.reshape(x.size), out.reshape(out.size)
-    for t in prange(planes):
-        mean_2x2(xf, of, u64(t * h * w), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
-
-
-@njit(cache=True, parallel=True)
 def _avgpool_2x2_backward(g, dx):
     """A quarter of each g in its window's four cells as explicit vectors (pool_lanes.spread_2x2);
     an odd last row or column, in no window, zeros."""
@@ -152,18 +151,14 @@ def _avgpool_2x2_backward(g, dx):
     for t in prange(planes):
         start = t * h * w
         spread_2x2(df, gf, u64(start), u64(t * ho * wo), u64(w), u64(wo), u64(wo), u64(ho))
-        for q in range(start + 2 * ho * w, start + h * w):  # an odd last row
-            df[q] = 0
-        if 2 * wo < w:  # an odd last column
-            for r in range(2 * ho):
-                df[start + r * w + w - 1] = 0
+        _zero_past_windows(df, start, h, w, ho, wo)
 
 
 @njit(cache=True, parallel=True)
 def avgpool_forward(x, out, kh, kw, stride_h, stride_w, pad_t, pad_l):
     """out[n, c, i, j] = sum of the window's in-image values / (kh*kw)."""
     if _is_2x2(kh, kw, stride_h, stride_w, pad_t, pad_l):
-        _avgpool_2x2_forward(x, out)
+        _pool_2x2_forward(x, out, True)
         return
     n, ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]

@@ -146,15 +146,21 @@ def _offsets(*ints):
     return all(isinstance(t, types.Integer) for t in ints)
 
 
+def _rows_of_windows(a, b, offsets, chunk, flags=()):
+    """The typing of an intrinsic over rows of windows (_window_rows): two arrays of one float
+    dtype, six integer offsets, boolean flags; None for other argument types."""
+    if not (flat_floats(a, b) and a.dtype == b.dtype and _offsets(*offsets)
+            and all(isinstance(f, types.Boolean) for f in flags)):
+        return None
+    sig = types.none(a, b, *offsets, *flags)
+    return sig, lambda context, builder, sig, args: _window_rows(context, builder, sig, args, chunk(builder))
+
+
 @intrinsic
 def max_2x2(typingctx, x, out, x_start, out_start, width, out_width, windows, rows):
     """out[out_start + r out_width + j] = the maximum of window j of window row r (see the
     module docstring), for j < windows, r < rows."""
-    if not (flat_floats(x, out) and x.dtype == out.dtype and _offsets(x_start, out_start, width, out_width,
-                                                                          windows, rows)):
-        return None
-    sig = types.none(x, out, x_start, out_start, width, out_width, windows, rows)
-    return sig, lambda context, builder, sig, args: _window_rows(context, builder, sig, args, _max_chunk(builder))
+    return _rows_of_windows(x, out, (x_start, out_start, width, out_width, windows, rows), _max_chunk)
 
 
 @intrinsic
@@ -173,19 +179,11 @@ def route_2x2(typingctx, x, g, dx, x_start, g_start, width, g_width, windows, ro
 def mean_2x2(typingctx, x, out, x_start, out_start, width, out_width, windows, rows):
     """out[out_start + r out_width + j] = the mean of window j of window row r (see the
     module docstring), for j < windows, r < rows."""
-    if not (flat_floats(x, out) and x.dtype == out.dtype and _offsets(x_start, out_start, width, out_width,
-                                                                          windows, rows)):
-        return None
-    sig = types.none(x, out, x_start, out_start, width, out_width, windows, rows)
-    return sig, lambda context, builder, sig, args: _window_rows(context, builder, sig, args, _mean_chunk(builder))
+    return _rows_of_windows(x, out, (x_start, out_start, width, out_width, windows, rows), _mean_chunk)
 
 
 @intrinsic
 def spread_2x2(typingctx, dx, g, dx_start, g_start, width, g_width, windows, rows):
     """dx over the window rows r < rows (two rows of `width` each, from dx_start): a quarter
     of g[g_start + r g_width + j] in each cell of window j (see the module docstring)."""
-    if not (flat_floats(dx, g) and dx.dtype == g.dtype and _offsets(dx_start, g_start, width, g_width,
-                                                                        windows, rows)):
-        return None
-    sig = types.none(dx, g, dx_start, g_start, width, g_width, windows, rows)
-    return sig, lambda context, builder, sig, args: _window_rows(context, builder, sig, args, _spread_chunk(builder))
+    return _rows_of_windows(dx, g, (dx_start, g_start, width, g_width, windows, rows), _spread_chunk)
