@@ -108,7 +108,7 @@ class LocalProcesses:
 
     def _start(self, task: Task) -> subprocess.Popen:
         try:
-            with open(task.log, "wb") as out:
+            with open(task.log, "ab") as out:  # appended: a resumed trial keeps its first part's output
                 return subprocess.Popen([sys.executable, "-m", "dslc.cli", *task.argv], stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
                                         start_new_session=True,  # Ctrl-C reaches a trial once, from run()
@@ -152,7 +152,7 @@ class LocalProcesses:
 def run_trial(argv: tuple[str, ...], log: str, cwd: str, env: dict) -> int:
     """One trial in a subprocess (on a Ray worker): its exit status. A cancelled task (Ctrl-C
     of the search) passes SIGINT on, so the trial writes its checkpoint, and waits for it."""
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # appended, as LocalProcesses does
         proc = subprocess.Popen([sys.executable, "-m", "dslc.cli", *argv], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=cwd, env={**os.environ, **env},
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)

@@ -35,8 +35,8 @@ def setup(model, recipe, n: int, epochs_given: bool = False):
     warmup = recipe["schedule"]["warmup"]
     sets: dict = {"augment": "[]", "optimizer.weight_decay": 0.0, "batch": batch, "checkpoint": "none",
                   "stop": "none", "keep": "none", "schedule": f"constant(warmup={warmup!r})"}
-    if not epochs_given:
-        sets["epochs"] = math.ceil(STEPS / math.ceil(n / batch))
+    if not epochs_given:  # and longer than the warmup kept, which a large N would not be
+        sets["epochs"] = max(math.ceil(STEPS / math.ceil(n / batch)), math.floor(warmup) + 1)
     recipe = apply_overrides(recipe, sets, model.graph)
     graph, changed = unregularised(model.graph)
     changes = [f"{n} training examples", f"batch {batch}", "a constant rate", "augmentation off", "weight decay 0"]

@@ -145,8 +145,15 @@ class Search:
             self._read_outcome(t)
         self._run_pending()
         if self.settings.refine and not any(t.round == 2 for t in self.trials):
-            finer = sampling.refine(self.space, [(t.params, t.best) for t in self.trials if t.status == "done"],
-                                    self.mode)
+            # refined from every first-round result: not while a trial killed on its own (a signal,
+            # out of memory) waits to be resumed; the run that finishes it plans the round
+            stopped = sum(t.status == "pending" for t in self.trials)
+            if stopped:
+                self.echo(f"{stopped} trial(s) stopped before the end: run the same command to continue them; "
+                          "the refining round is planned once every first-round trial has finished")
+                return self.ranked()
+            finer = sampling.refine(self.space, [(t.params, t.best) for t in self.trials
+                                                 if t.status == "done" and t.best is not None], self.mode)
             self.echo("refining: " + ", ".join(f"{d.key} {d.show()}" for d in finer))
             self._plan_round(2, finer, self.settings.refine)
             self._run_pending()
@@ -164,7 +171,7 @@ class Search:
             t = by_id[outcome.id]
             self._finished(t, outcome)
             finished = sum(x.status != "pending" for x in self.trials)
-            what = (f"{self.metric} {t.best:.4f} (epoch {t.best_epoch}, {t.seconds:.1f}s)" if t.status == "done"
+            what = (f"{self.metric} {_score(t.best)} (epoch {t.best_epoch}, {t.seconds:.1f}s)" if t.status == "done"
                     else f"failed: {t.error}" if t.status == "failed" else f"stopped (status {outcome.status})")
             self.echo(f"[{finished}/{total}] {t.id} {_point(t.params)}: {what}")
             self.write_results()
@@ -190,6 +197,8 @@ class Search:
     def _finished(self, t: Trial, outcome: Outcome) -> None:
         if outcome.status == 0:
             self._read_outcome(t)
+            if t.status == "done":  # trial.json says how it ended, not the "pending" it started with
+                self._write_trial(t)
         elif outcome.status in FAILED and BUSY not in outcome.error:
             t.status, t.error = "failed", outcome.error
             self._write_trial(t)
@@ -231,7 +240,7 @@ class Search:
 
     def report(self) -> dict:
         rows = [t.row(self.out) for t in self.ranked()]
-        done = [r for r in rows if r["status"] == "done"]
+        done = [r for r in rows if r["status"] == "done" and r["best"] is not None]  # null: not finite
         return {"search": str(self.out), "recipe": self.recipe.name, "metric": self.metric, "mode": self.mode,
                 "epochs": self.settings.epochs or self.recipe["epochs"],
                 "space": [{**d.to_json(), "log": d.log} for d in self.space], "trials": rows,
@@ -249,6 +258,11 @@ def _differences(saved, key: dict) -> list[str]:
         elif was != v:
             out.append(f"its {k} changed" if k in ("file_sha256", "space") else f"{k}: {was!r} -> {v!r}")
     return out
+
+
+def _score(best: float | None) -> str:
+    """A trial's best metric for the progress line; result.json holds null for a non-finite one."""
+    return "not finite" if best is None else f"{best:.4f}"
 
 
 def _point(params: dict) -> str:

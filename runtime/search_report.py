@@ -43,7 +43,8 @@ def table(report: dict) -> str:
              f"better), {report['epochs']} epochs each; in {report['search']}")
     best = report["best"]
     verdict = (f"best: {best['id']} ({', '.join(f'{k}={_cell(v)}' for k, v in best['params'].items())}): {metric} "
-               f"{best['best']:.4f}; its run is {best['run']}" if best else "no trial has finished")
+               f"{best['best']:.4f}; its run is {best['run']}" if best
+               else f"no finished trial has a finite {metric}" if done else "no trial has finished")
     return "\n".join([title, *(line.rstrip() for line in lines), verdict])
 
 

@@ -176,6 +176,22 @@ def test_overfit_that_cannot_get_there_says_so(tmp_path, capsys):
     assert code == 2 and "--test cannot go with it" in err
 
 
+def test_overfit_of_many_examples_trains_past_the_warmup_it_keeps(tmp_path, capsys):
+    """--overfit keeps the recipe's warmup and shortens the run to about 300 steps: on 1,200
+    examples (19 steps an epoch) that was 16 epochs under a 20-epoch warmup, refused with a
+    --set schedule=... the user never wrote, and N beyond the training split was blamed on
+    the warmup instead of on N."""
+    from dslc.runtime import overfit
+
+    model, recipe = model_and_recipe(MLP, sets={"schedule": "cosine(warmup=20)"})
+    _, short, _ = overfit.setup(model, recipe, 1200)
+    assert short["epochs"] == 21 and short["schedule"]["warmup"] == 20
+    model, recipe = model_and_recipe(MLP)
+    assert overfit.setup(model, recipe, 100_000)[1]["epochs"] == 2
+    code, _, err = run(capsys, "train", MLP, "--overfit", "100000", "--out", tmp_path / "o", *REF)
+    assert code == 1 and "cannot take 100000 examples of 1,258 in the training split" in err, err
+
+
 # ---- schedules and snapshots in a run -----------------------------------------------------------
 
 def test_reduce_on_plateau_lowers_the_rate_of_a_run(tmp_path):

@@ -18,8 +18,11 @@ import dslc
 from dslc.diagnostics import CompileError
 from dslc.frontend.recipe_search import Dimension
 from dslc.runtime import sampling
+from dslc.runtime.engines import Outcome
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
+from dslc.runtime.search import Search, Settings
+from dslc.runtime.search_report import table
 from helpers import MODELS, SEARCH_MLP, run_cli as run, search_net
 
 SPACE = "lr = loguniform(1e-3, 1e-1)\n        batch = choice(32, 64)"
@@ -184,3 +187,113 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
         assert (out / name / "result.json").stat().st_mtime_ns == mtime
     assert len(list(out.glob("trial-*/result.json"))) == 4
     assert "--resume" in json.loads((out / "trial-002" / "trial.json").read_text())["command"]
+
+
+# ---- mistakes found in review: --set epochs, shorthand keys, non-finite metrics, refining ------
+
+def test_set_epochs_reaches_every_trial(tmp_path, capsys):
+    """`--set epochs=N` is `--epochs N` (dslc train's help says so): the search popped it from
+    the trials' --set pairs without making it their --epochs, so each trained the recipe's
+    epochs while the table said N."""
+    path = search_net(tmp_path, "lr = loguniform(1e-3, 1e-1)")
+    code, stdout, stderr = run(capsys, "search", path, "--trials", "1", "--set", "epochs=1", "--set",
+                               "schedule=constant()", "--out", tmp_path / "s", "--json", *REF)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["epochs"] == 1
+    assert json.loads((tmp_path / "s" / "trial-001" / "result.json").read_text())["epochs"] == 1
+
+
+def test_epochs_searched_and_given_is_refused(tmp_path, capsys):
+    """Every trial is given --epochs N after its point's --set epochs=E, and --epochs wins: all
+    trained N epochs while the table ranked them by the E they never trained."""
+    path = search_net(tmp_path, "epochs = choice(1, 2)")
+    code, _, err = run(capsys, "search", path, "--epochs", "3", "--out", tmp_path / "s", *REF)
+    assert code == 2 and "the space searches epochs: drop one" in err and not (tmp_path / "s").exists()
+
+
+def test_space_replaces_the_dimension_of_a_shorthand():
+    """`lr` is `optimizer.lr`: a --space of one replaced nothing when the block searched the
+    other, so the trials were given both and the table and plot showed a rate never used."""
+    from dslc.cli.search_verb import space_of
+
+    model, recipe = model_and_recipe(MODELS / "digits_mlp.net")
+    space = space_of(model, recipe, ["optimizer.lr=loguniform(1e-3, 1e-2)"])
+    assert [(d.key, d.low) for d in space if d.kind != "choice"] == [("optimizer.lr", 1e-3)]
+    assert [d.key for d in space] == ["optimizer.lr", "hidden"]
+
+
+class Scripted:
+    """An engine that trains nothing: each trial's result.json says `best(lr)`, and the trials
+    in `killed` end as if killed by a signal (status -9, nothing written)."""
+
+    name = "scripted"
+
+    def __init__(self, best, killed=()):
+        self.best, self.killed = best, set(killed)
+
+    def run(self, tasks, done):
+        for task in tasks:
+            if task.id in self.killed:
+                done(Outcome(task.id, -signal.SIGKILL))
+                continue
+            lr = float(next(a for a in task.argv if a.startswith("lr=")).partition("=")[2])
+            result = {"epochs": 1, "steps": 20, "train_seconds": 0.1, "best_epoch": 1, "stopped_early": False,
+                      "metric": "val_loss", "mode": "min", "best": self.best(lr)}
+            (task.log.parent / "result.json").write_text(json.dumps(result))
+            done(Outcome(task.id, 0))
+
+
+def _search(tmp_path, engine, refine=0, trials=3, lines=None):
+    path = search_net(tmp_path, "lr = loguniform(1e-3, 1e-1)")
+    model, recipe = model_and_recipe(path)
+    return Search(path, recipe, {}, recipe.space, Settings(trials=trials, epochs=1, refine=refine), tmp_path / "s",
+                  engine, ("val_loss", "min"), echo=(lines if lines is not None else []).append)
+
+
+def test_a_trial_whose_metric_is_not_finite_is_shown_not_a_traceback(tmp_path):
+    """A run whose watched metric was NaN every epoch (a val_loss of a diverging rate while the
+    training loss stayed finite) writes `"best": null`: the progress line formatted it as a
+    number, a TypeError that stopped every rerun of the search too."""
+    lines: list[str] = []
+    search = _search(tmp_path, Scripted(lambda lr: None), refine=1, lines=lines)
+    search.run()
+    assert "[1/3] trial-001 lr=" in lines[1] and lines[1].endswith("val_loss not finite (epoch 1, 0.1s)")
+    report = search.report()
+    assert report["best"] is None and len(report["trials"]) == 4  # refined from no finite result: the space
+    assert table(report).splitlines()[-1] == "no finished trial has a finite val_loss"
+
+
+def test_refining_waits_for_a_first_round_trial_killed_on_its_own(tmp_path):
+    """A first-round trial killed by a signal (out of memory) stays pending for the next run;
+    the refining round was planned at once without it and never revised when it finished."""
+    lines: list[str] = []
+    first = _search(tmp_path, Scripted(lambda lr: lr, killed={"trial-002"}), refine=2, lines=lines)
+    first.run()
+    assert [t.round for t in first.trials] == [1, 1, 1] and "run the same command to continue" in lines[-1]
+    again = _search(tmp_path, Scripted(lambda lr: lr), refine=2)
+    again.run()
+    assert [t.round for t in again.trials] == [1, 1, 1, 2, 2] and all(t.status == "done" for t in again.trials)
+
+
+def test_trial_json_says_how_a_trial_ended(tmp_path):
+    """trial.json holds "the trial's point, its command, and how it ended" (search.py): a
+    finished trial's still said "pending" with no metric, as written before it started."""
+    search = _search(tmp_path, Scripted(lambda lr: lr), trials=2)
+    search.run()
+    for t in search.trials:
+        saved = json.loads((tmp_path / "s" / t.id / "trial.json").read_text())
+        assert (saved["status"], saved["best"], saved["best_epoch"]) == ("done", t.params["lr"], 1)
+
+
+def test_a_resumed_trial_keeps_the_output_of_its_first_part(tmp_path):
+    """A trial's train.log was opened for writing anew each time it ran, so resuming a trial
+    cut short replaced what its first part printed (its sanity block, where it stopped)."""
+    from dslc.runtime.engines import LocalProcesses, Task
+
+    log = tmp_path / "train.log"
+    log.write_text("dslc: interrupted at step 7; checkpoint written\n")
+    ended: list[Outcome] = []
+    LocalProcesses(1).run([Task("trial-001", ("--version",), log)], ended.append)
+    assert ended == [Outcome("trial-001", 0)]
+    assert log.read_text().splitlines() == ["dslc: interrupted at step 7; checkpoint written", f"dslc {dslc.__version__}"]

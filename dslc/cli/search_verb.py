@@ -21,7 +21,8 @@ def space_of(model, recipe, texts: list[str]):
     from dslc.frontend.recipe_search import dimension
     from dslc.diagnostics import CompileError, Span
 
-    dims = {d.key: d for d in recipe.space}
+    # `lr` and `optimizer.lr` name one setting: a --space of either replaces the block's other
+    dims = {_setting(d.key, R.KEYS): d for d in recipe.space}
     hyper = {f.name: f.type for f in model.program.models[model.name].formals if f.type is not None}
     for text in texts:
         key, eq, value = text.partition("=")
@@ -37,8 +38,15 @@ def space_of(model, recipe, texts: list[str]):
         if dim is None:
             d = errors[0]
             raise UsageError(f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else ""))
-        dims[dim.key] = dim
+        dims[_setting(dim.key, R.KEYS)] = dim
     return tuple(dims.values())
+
+
+def _setting(key: str, keys) -> str:
+    """The setting a space's key names: a shorthand (`lr`) as the call argument it moves to
+    (`optimizer.lr`); any other key as it is."""
+    spec = keys.get(key)
+    return ".".join(spec.moves_to) if spec is not None and spec.moves_to else key
 
 
 def cmd_search(args) -> int:
@@ -58,11 +66,14 @@ def cmd_search(args) -> int:
     sets = recipe_sets(args)
     # checked with --epochs, as every trial trains with it (a warmup as long would fail each one)
     model, recipe = model_and_recipe(args.file, args.as_name, sets)
-    sets.pop("epochs", None)  # --epochs is the trials' setting, recorded as such
+    if args.epochs is not None:  # --epochs is the trials' setting, recorded as such; a --set epochs=N
+        sets.pop("epochs")  # stays one of the --set pairs every trial is given
     space = space_of(model, recipe, args.space or [])
     if not space:
         raise UsageError(f"recipe '{recipe.name}' of {args.file} has no search block and no --space was given; "
                          "add e.g. `search { lr = loguniform(1e-4, 1e-1) }` to its train block")
+    if args.epochs is not None and any(d.key == "epochs" for d in space):  # the trials' --epochs would win
+        raise UsageError("--epochs trains every trial that many epochs, and the space searches epochs: drop one")
     if recipe["split"] is None:
         raise TrainError(f"recipe '{recipe.name}' holds out no validation data (split = none): a search compares "
                          "trials on validation data, never on the test set")
