@@ -739,9 +739,11 @@ class Trainer:
 
 def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:
     """|new - old| / |old| (Frobenius norms); None for an all-zero parameter. Once an epoch,
-    so GPU parameters are simply copied to the host for it."""
+    so GPU parameters are simply copied to the host for it. Weights that blew up give inf or
+    NaN, which the anomaly report explains, not a bare NumPy overflow warning."""
     new, old = to_host(new), to_host(old)
-    norm = float(np.linalg.norm(old))
-    return float(np.linalg.norm(new - old)) / norm if norm else None
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.linalg.norm(old))
+        return float(np.linalg.norm(new - old)) / norm if norm else None
 
 

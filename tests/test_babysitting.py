@@ -277,3 +277,15 @@ def test_plot_ratios_draws_every_parameter(dropout_run, tmp_path, capsys):
     _, r = dropout_run
     code, out, _ = run(capsys, "plot", r, "--ratios", "-o", tmp_path / "ratios.png")
     assert code == 0 and (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_update_ratio_of_blown_up_weights_is_not_finite_without_a_numpy_warning():
+    """Weights whose norm overflows give a ratio that is not finite (the anomaly report says
+    why), not a bare `RuntimeWarning: overflow encountered` on the terminal."""
+    import warnings
+
+    from dslc.runtime.trainer import _ratio
+    old = np.full(1000, 3e38, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not np.isfinite(_ratio(old * 0.5, old))
