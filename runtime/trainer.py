@@ -583,7 +583,7 @@ class Trainer:
             p.plateau = self.plateau.update(p.plateau, record)
         metric, mode, min_delta, patience = self.watch
         value = record.get(metric, float("nan"))
-        improved = p.best is None or (value < p.best - min_delta if mode == "min" else value > p.best + min_delta)
+        improved = improves(value, p.best, mode, min_delta)
         if improved:
             p.best, p.best_epoch, p.bad_epochs = value, p.epoch, 0
         else:
@@ -735,6 +735,16 @@ class Trainer:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in test.record("test").items())
         self.echo(f"{shown}  ({test.examples:,} examples, weights of epoch {best_epoch})")
         return test
+
+
+def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    """Whether an epoch's watched value is the run's new best: the first epoch's always, a
+    number over a NaN best (a first epoch whose metric was NaN kept `best/` and the early
+    stop's count for the whole run: no number compares above NaN), and otherwise a move of
+    more than min_delta in the mode's direction (never a NaN)."""
+    if best is None or (best != best and value == value):
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
 def _ratio(new: np.ndarray, old: np.ndarray) -> float | None:

@@ -289,3 +289,14 @@ def test_update_ratio_of_blown_up_weights_is_not_finite_without_a_numpy_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not np.isfinite(_ratio(old * 0.5, old))
+
+
+def test_a_number_improves_on_a_nan_best():
+    """A run whose first epoch's watched metric is NaN moves its best (`best/`, the early
+    stop's count) to the first later epoch with a number; a NaN never improves on a number."""
+    from dslc.runtime.trainer import improves
+    nan = float("nan")
+    assert improves(nan, None, "min", 0.0) and improves(0.7, None, "max", 0.0)
+    assert improves(2.5, nan, "min", 0.0) and improves(0.1, nan, "max", 0.0)
+    assert not improves(nan, 2.5, "min", 0.0) and not improves(nan, nan, "min", 0.0)
+    assert improves(2.4, 2.5, "min", 0.0) and not improves(2.45, 2.5, "min", 0.1)
