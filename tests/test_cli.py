@@ -285,3 +285,157 @@ def test_a_ctrl_c_python_wrapped_in_another_error_is_still_ctrl_c(monkeypatch):
     monkeypatch.setattr(cli, "_watched", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["ops"])
+
+
+# ---- hostile flags and outputs: compile, export, inspect, explain ------------------------
+
+def _digest(*paths) -> list[bytes]:
+    return [p.read_bytes() for p in paths]
+
+
+def test_compile_refuses_a_warm_up_batch_beyond_memory(capsys, good, tmp_path, monkeypatch):
+    """--batch beyond NumPy's largest dimension was a ValueError traceback from the arena's
+    allocation; now the warm-up run's memory is asked for first, in a fresh cache (a model
+    already built needs no warm-up run at all)."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    for batch in ("99999999999999999999", "1000000000000"):
+        code, _, err = run(capsys, "compile", good, "--stage", "infer", "--batch", batch)
+        assert code == 1 and "the warm-up run of 'tiny'" in err and "available" in err, err
+
+
+def test_inspect_never_writes_over_a_file_the_model_imports(capsys, tmp_path):
+    """-o was compared with the file named on the command line only: a model's imported
+    blocks were replaced by its graph."""
+    lib = tmp_path / "lib.net"
+    lib.write_text("block dense(x, n: int) {\n    return x |> linear(n) |> relu\n}\n")
+    main = tmp_path / "main.net"
+    main.write_text('import "lib.net"\nmodel m {\n    input x: f32[N, 4]\n    output y = dense(x, 8) |> linear(2)\n}\n')
+    before = _digest(lib)
+    code, _, err = run(capsys, "inspect", main, "--format", "text", "-o", lib)
+    assert code == 2 and "which this command reads" in err and _digest(lib) == before
+
+
+@pytest.fixture
+def saved_mlp(tmp_path):
+    """A checkpoint of digits_mlp's fresh weights, as export reads it (weights and recipe)."""
+    from dslc.runtime.checkpoint import save_checkpoint
+    from dslc.runtime.recipes import model_and_recipe
+
+    model, recipe = model_and_recipe(MODELS / "digits_mlp.net", None, {})
+    save_checkpoint(tmp_path / "run" / "best", model.init(0), {}, {"recipe": recipe.to_json()})
+    return tmp_path / "run"
+
+
+def test_export_checks_its_numeric_flags(capsys, tmp_path):
+    """A NaN --tolerance passed every --check (no difference is > NaN) and a --batch beyond
+    NumPy's largest dimension was a traceback: both are refused, nothing written."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out, mlp = tmp_path / "m.onnx", MODELS / "digits_mlp.net"
+    assert run(capsys, "export", mlp, "-o", out, "--check", "--tolerance", "nan")[0] == 2
+    assert run(capsys, "export", mlp, "-o", out, "--check", "--batch", "0")[0] == 2
+    code, _, err = run(capsys, "export", mlp, "-o", out, "--check", "--batch", "99999999999999999999")
+    assert code == 1 and "a random batch of 99,999,999,999,999,999,999" in err and not out.exists()
+
+
+def test_export_never_writes_over_what_it_reads(capsys, tmp_path, saved_mlp):
+    """`export -o` onto the checkpoint's weights (or its state, the run's config.json, the .net
+    file) replaced them with the ONNX file: refused, exit 2, every byte kept."""
+    pytest.importorskip("onnx")
+    net = tmp_path / "m.net"
+    net.write_text((MODELS / "digits_mlp.net").read_text())
+    best = saved_mlp / "best"
+    kept = [best / "weights.safetensors", best / "state.json", net]
+    before = _digest(*kept)
+    for target in kept:
+        code, _, err = run(capsys, "export", net, "--checkpoint", saved_mlp, "-o", target)
+        assert code == 2 and "which this command reads" in err, err
+    assert _digest(*kept) == before
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    """digits_mlp trained two epochs by the NumPy reference (about a second, nothing compiled)."""
+    out = tmp_path_factory.mktemp("explain") / "run"
+    assert cli.main(["train", str(MODELS / "digits_mlp.net"), "--device", "reference", "--epochs", "2",
+                     "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _explain(run_dir, method, *flags):
+    return ("explain", method, MODELS / "digits_mlp.net", "--checkpoint", run_dir, "--device", "reference",
+            "--quiet", *flags)
+
+
+def test_explain_never_writes_over_the_checkpoint(capsys, tmp_path, mlp_run):
+    """--npy onto the checkpoint's weights replaced them with the .npy (and `--npy ./f.png -o
+    f.png`, one file spelled two ways, wrote the figure over the numbers)."""
+    kept = [mlp_run / "best" / "weights.safetensors", mlp_run / "config.json"]
+    before = _digest(*kept)
+    for target in kept:
+        code, _, err = run(capsys, *_explain(mlp_run, "filters", "-o", tmp_path / "f.png", "--npy", target))
+        assert code == 2 and "which this command reads" in err, err
+    assert _digest(*kept) == before
+    code, _, err = run(capsys, *_explain(mlp_run, "filters", "-o", tmp_path / "f.png",
+                                         "--npy", f"{tmp_path}/./f.png"))
+    assert code == 2 and "name the same file" in err
+
+
+@pytest.mark.parametrize("method, flags, message", [
+    ("style", ["--index", "0", "--style-index", "1", "--style-layers", ",", "--content-layer", "fc1"],
+     "--style-layers ',' names no layer"),  # was a ZeroDivisionError
+    ("style", ["--index", "0", "--style-layers", "fc1", "--content-layer", "fc1"],
+     "give the style example with one of --style-image"),  # named the content's flags
+    ("occlusion", ["--index", "0", "--patch", "2", "--stride", "3"],
+     "--stride 3 is larger than --patch 2"),  # a map of NaN between the patches
+    ("dream", ["--index", "0", "--layer", "fc1", "--steps", "2", "--octaves", "100000"],
+     "--octaves 100000 is more than --steps 2"),  # an OverflowError
+    ("dream", ["--index", "0", "--layer", "fc1", "--steps", "200", "--octaves", "100"],
+     "at most 5 octaves"),  # an OverflowError
+    ("dream", ["--index", "0", "--layer", "fc1", "--steps", "2", "--octave-scale", "1e-300"],
+     "the ratio between octaves is at least 1"),  # a grid too large for NumPy
+    ("dream", ["--index", "0", "--layer", "fc1", "--steps", "2", "--octave-scale", "1e300"],
+     "at most 1 octave"),  # an OverflowError
+    ("invert", ["--index", "0", "--layer", "fc1", "--tv", "-1"], "must be a finite number >= 0"),
+])
+def test_explain_refuses_flags_that_cannot_work(capsys, tmp_path, mlp_run, method, flags, message):
+    code, _, err = run(capsys, *_explain(mlp_run, method, "-o", tmp_path / "x.png", *flags))
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_explain_penalty_weights_take_zero_however_written():
+    from dslc.cli.explain_verbs import nonnegative
+
+    assert nonnegative("0e0") == 0.0 and nonnegative("0.00") == 0.0 and nonnegative("1e-3") == 1e-3
+
+
+@pytest.mark.parametrize("flags, why", [
+    (["--stage", "infer", "-O", "0", "--after", "fold-batchnorm"], "it runs from -O2, not at -O0"),
+    (["--stage", "infer", "-O", "1", "--after", "fuse"], "it runs from -O2, not at -O1"),
+    (["--stage", "infer", "--after", "cse", "--disable-pass", "cse"], "--disable-pass leaves it out"),
+    (["--stage", "train_step", "--after", "fold-batchnorm"], "it runs on stage infer only, not train_step"),
+])
+def test_inspect_after_a_pass_that_does_not_run_is_refused(capsys, flags, why):
+    """--after a pass that its -O level, --disable-pass or the stage skips printed the graph
+    before it, as if after it, without a word."""
+    code, out, err = run(capsys, "inspect", MODELS / "small_cnn.net", *flags)
+    assert code == 2 and why in err and out == "", err
+    assert run(capsys, "inspect", MODELS / "small_cnn.net", "--stage", "infer", "-O", "1", "--after", "cse")[0] == 0
+
+
+def test_checkpoint_dot_from_inside_it_and_an_empty_checkpoint(capsys, tmp_path, mlp_run, monkeypatch):
+    """`--checkpoint .` read from inside the checkpoint was a ValueError traceback (the reader
+    names `.NAME.old` from the last component, which `.` lacks); `--checkpoint ''` too, and
+    export took '' for no checkpoint and wrote fresh weights."""
+    import numpy as np
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 64), np.float32))
+    monkeypatch.chdir(mlp_run / "best")
+    code, out, _ = run(capsys, "predict", MODELS / "digits_mlp.net", "--checkpoint", ".", "--input", x,
+                       "--device", "reference")
+    assert code == 0 and out.startswith("0: ")
+    assert run(capsys, "predict", MODELS / "digits_mlp.net", "--checkpoint", "", "--input", x)[0] == 2
+    assert run(capsys, "export", MODELS / "digits_mlp.net", "--checkpoint", "", "-o", tmp_path / "m.onnx")[0] == 2
+    assert not (tmp_path / "m.onnx").exists()

@@ -54,6 +54,22 @@ def positive(text: str) -> float:
     return value
 
 
+def checkpoint_dir(text: str) -> str:
+    """A --checkpoint path as written, except that `.` (a checkpoint read from inside it) is
+    made absolute: the checkpoint reader names siblings from the last component, which `.`
+    lacks (a ValueError traceback; runtime/checkpoint.py's `_siblings`). An empty path is
+    refused rather than taken for no checkpoint (export fell back to fresh weights).
+
+        checkpoint_dir(".")   # '/home/me/runs/a/best', run from inside it
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("expected a checkpoint or run directory, got ''")
+    path = text if os.path.basename(os.path.normpath(text)) not in ("", ".") else os.path.abspath(text)
+    if not os.path.basename(path):
+        raise argparse.ArgumentTypeError(f"{printable(text)!r} is no checkpoint or run directory")
+    return path
+
+
 def figure_file(text: str) -> str:
     """The name of a figure to write, its format from its suffix (files.figure_format): a
     suffix no figure has is refused before anything is computed."""
@@ -96,6 +112,24 @@ def checkpoint_sets(args, checkpoints=None, recipe: bool = False) -> dict[str, A
     return {**taken.pairs, **given}
 
 
+def checkpoint_files(checkpoint) -> list:
+    """The files a verb reads from `--checkpoint` (a checkpoint directory or a run): its
+    weights, optimizer state and state.json, and the run's config.json. A verb that writes
+    (-o, --npy) refuses these names, as it refuses its .net file: `export -o
+    runs/a/best/weights.safetensors` replaced the checkpoint with an ONNX file.
+
+        output_is_not(args.output, args.file, *checkpoint_files(args.checkpoint))
+    """
+    if checkpoint is None:
+        return []
+    from dslc.runtime.checkpoint import OPTIMIZER, STATE, WEIGHTS
+    from dslc.runtime.transfer import resolve
+
+    where = resolve(checkpoint)
+    return [where / WEIGHTS, where / OPTIMIZER, where / STATE, where.parent / "config.json",
+            os.path.join(checkpoint, "config.json")]
+
+
 def recipe_sets(args) -> dict[str, Any]:
     sets = parse_sets(args.set)
     if getattr(args, "epochs", None) is not None:
@@ -136,6 +170,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, many: bool = False, recipe: 
                         required: bool = True) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", required=required, metavar="DIR", action="append" if many else "store",
+                   type=checkpoint_dir,
                    help="a checkpoint directory, or a run directory (its best checkpoint, else its last); "
                         "a run's checkpoint is used with the run's own --set, under yours"
                         + ("; repeat for each member" if many else ""))

@@ -150,7 +150,14 @@ def _compile(graph, batch: int, build_it: bool):
     import numpy as np
 
     from dslc.ir.types import NUMPY_DTYPE
+    from dslc.kernels.memory_plan import plan
+    from dslc.memory import array_bytes, require
     from dslc.runtime.cpu.runner import compile_kernels
+    # asked before the arena and the zeros are allocated: `--batch` is anyone's number, and
+    # NumPy fails on one beyond its largest dimension with a traceback
+    inputs = [b.type for b in kg.buffers if b.role == "input"]
+    require(plan(kg, batch).arena_bytes + array_bytes(inputs, {"N": batch}),
+            f"the warm-up run of '{graph.name}' at --batch {batch:,}")
     cg = compile_kernels(kg, batch, (gen, source))
     feeds = {}
     for b in cg.kg.buffers:

@@ -2,9 +2,12 @@
 read the examples, call dslc/explain, draw the picture, print the report."""
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
-from dslc.cli.common import checkpoint_sets
+from dslc.cli.common import checkpoint_files, checkpoint_sets
 from dslc.diagnostics import UsageError
 from dslc.explain import adversarial, features, gradients, objectives, occlusion, optimise
 from dslc.explain.images import Tile, stretch, to_json, write_grid, write_npy, write_scatter
@@ -14,9 +17,11 @@ from dslc.files import output_is_not
 
 def _subject(args) -> Subject:
     reads = [args.file] + [getattr(args, k, None) for k in ("image", "input", "style_image", "style_input")]
+    reads += checkpoint_files(args.checkpoint)  # --npy runs/a/best/weights.safetensors replaced the weights
     for flag, out in (("-o", args.output), ("--npy", args.npy)):
         output_is_not(out, *[r for r in reads if r], flag=flag)
-    if args.npy is not None and args.npy == args.output:
+    # by path, not by spelling: `--npy ./x.png -o x.png` wrote the figure over the numbers
+    if args.npy is not None and os.path.abspath(args.npy) == os.path.abspath(args.output):
         raise UsageError(f"--npy {args.npy} and -o {args.output} name the same file")
     sets = checkpoint_sets(args, recipe=hasattr(args, "split"))  # the methods that read a split use its recipe
     return open_subject(args.file, args.checkpoint, args.device, args.model, sets, args.force, args.quiet)
@@ -72,6 +77,9 @@ def cmd_saliency(args) -> int:
 
 
 def cmd_occlusion(args) -> int:
+    if args.stride > args.patch:  # the pixels between two patches would be covered by none: a NaN map
+        raise UsageError(f"--stride {args.stride} is larger than --patch {args.patch}: the pixels between "
+                         "patches would never be occluded; take a stride of at most the patch")
     s = _subject(args)
     x, _, names = _examples(s, args)
     classes = _classes(s, args, x)
@@ -137,9 +145,11 @@ def cmd_invert(args) -> int:
 
 
 def cmd_dream(args) -> int:
+    _check_octaves(args, None)  # the flags alone, before the model is loaded
     s = _subject(args)
     x, _, names = _examples(s, args)
     layer = s.layer(args.layer)
+    _check_octaves(args, x.shape[-2:])
     settings = optimise.Settings(args.steps, args.lr, args.jitter, octaves=args.octaves,
                                  octave_scale=args.octave_scale, seed=args.seed)
     loss = objectives.dream_loss(s, layer)
@@ -149,13 +159,38 @@ def cmd_dream(args) -> int:
     return _finish(args, report, out, rows, f"{s.model.name}: DeepDream")
 
 
+def _check_octaves(args, shape: tuple[int, int] | None) -> None:
+    """UsageError unless each octave gets a step and (given the image's `shape`) the coarsest
+    octave's grid, the image's side / scale^(octaves-1), is at least 2 pixels: past that the
+    octaves only repeat the 2-pixel grid, and the power itself overflows (`--octaves 100000`
+    was an OverflowError, `--octave-scale 1e-300` a grid too large for NumPy). Compared as
+    logarithms, which cannot overflow."""
+    if args.octave_scale < 1:
+        raise UsageError(f"--octave-scale {args.octave_scale:g}: the ratio between octaves is at least 1 "
+                         "(each octave's grid is coarser than the next)")
+    if args.octaves > args.steps:
+        raise UsageError(f"--octaves {args.octaves} is more than --steps {args.steps}: each octave takes steps")
+    if shape is None or args.octave_scale == 1:
+        return
+    most = max(1, 1 + math.floor(math.log(min(shape) / 2, args.octave_scale)))
+    if args.octaves > most:
+        raise UsageError(f"--octaves {args.octaves} at --octave-scale {args.octave_scale:g}: on a "
+                         f"{shape[1]}x{shape[0]} image the coarsest grid would be under 2 pixels; "
+                         f"at most {most} octave{'s' * (most > 1)}")
+
+
 def cmd_style(args) -> int:
+    given = [name.strip() for name in args.style_layers.split(",") if name.strip()]
+    if not given:  # else a division by their number
+        raise UsageError(f"--style-layers {args.style_layers!r} names no layer; give some, e.g. conv1,conv2")
+    if not (args.style_image or args.style_input or args.style_index):  # not the content's flags
+        raise UsageError("give the style example with one of --style-image PNG, --style-input X.npy or "
+                         "--style-index N")
     s = _subject(args)
     content, _, names = _examples(s, args)
     style, _, style_names = s.examples(args.style_image, args.style_input, args.style_index, args.split, args.as_name)
     if len(content) != 1 or len(style) != 1:
         raise UsageError("style transfer takes one content and one style example")
-    given = [name.strip() for name in args.style_layers.split(",") if name.strip()]
     layers = [s.layer(name) for name in given]
     for name, node in zip(given, layers):
         if len(s.model.graph[node].type.shape) not in (3, 4):

@@ -7,6 +7,7 @@ are in explain_run.py; this module declares the command line.
 from __future__ import annotations
 
 import argparse
+import math
 
 from dslc.cli.common import add_checkpoint_args, count, figure_file, positive, seed, verb
 
@@ -33,7 +34,13 @@ def fraction(text: str) -> float:
 
 
 def nonnegative(text: str) -> float:
-    value = 0.0 if text.strip() in ("0", "0.0") else positive(text)
+    """A finite number >= 0 (a penalty's weight; 0 turns it off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):  # the message said "> 0" though 0 was allowed
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 

@@ -67,7 +67,11 @@ def cmd_inspect(args) -> int:
     pipeline.check_pass_names(list(args.disable_pass or []) + ([args.after] if args.after else []))
     fmt, image = _output_kind(args.format, args.output)
     output_is_not(args.output, args.file)
-    graph = maybe_check(build(load_model(args), args.stage), f"building stage {args.stage}")
+    model = load_model(args)
+    output_is_not(args.output, *model.program.modules)  # the files it imports are read too
+    graph = maybe_check(build(model, args.stage), f"building stage {args.stage}")
+    if args.after:
+        _after_runs(args.after, graph, 2 if args.opt is None else args.opt, args.disable_pass or ())
     if args.passes or args.verify:
         print(_pass_table(graph, args))
         return 0
@@ -80,6 +84,19 @@ def cmd_inspect(args) -> int:
         return 0
     write_atomic(args.output, render_dot(text, image, args.output) if image else text.encode())
     return 0
+
+
+def _after_runs(after: str, graph, level: int, disabled) -> None:
+    """UsageError when pass `after` would not run (its -O level, --disable-pass, or a stage it
+    does not apply to): `-O0 --after fuse` printed the unoptimised graph as if after fuse."""
+    from dslc.passes import pipeline
+
+    p = next(p for p in pipeline.PIPELINE if p.name == after)
+    if p.applies(graph, level, disabled):
+        return
+    why = ("--disable-pass leaves it out" if after in disabled else f"it runs from -O{p.level}, not at -O{level}"
+           if level < p.level else f"it runs on stage {', '.join(p.stages)} only, not {graph.stage}")
+    raise UsageError(f"--after {after}: that pass does not run here ({why})")
 
 
 def _pass_table(graph, args) -> str:

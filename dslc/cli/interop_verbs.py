@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dslc.cli.common import add_model_args, load_model, verb
-from dslc.diagnostics import CliError, UsageError
+from dslc.cli.common import add_model_args, checkpoint_dir, checkpoint_files, count, load_model, positive, verb
+from dslc.diagnostics import CliError
+from dslc.files import output_is_not
 
 
 def cmd_export(args) -> int:
@@ -15,11 +16,12 @@ def cmd_export(args) -> int:
     from dslc.runtime import transfer
     from dslc.runtime.predict import fit_model
 
-    if args.batch < 1 or args.tolerance <= 0:
-        raise UsageError("--batch must be at least 1 and --tolerance positive")
     onnx_export.require_onnx()
     model = load_model(args)
     output = Path(args.output or f"{model.name}.onnx")
+    # the weights are read before the ONNX file is written: -o naming one of them (or the
+    # .net files) would replace what the run saved
+    output_is_not(output, args.file, *model.program.modules, *checkpoint_files(args.checkpoint))
     if not output.parent.is_dir():  # before minutes of work, not after
         raise CliError(f"cannot write {output}: no directory {output.parent}")
     if args.checkpoint:
@@ -64,7 +66,7 @@ def register(verbs) -> None:
              "  dslc export models/digits_mlp.net --checkpoint runs/digits_mlp -o digits_mlp.onnx\n"
              "  dslc export models/resnet20.net -O0 --check -o resnet20.onnx")
     add_model_args(p)
-    p.add_argument("--checkpoint", metavar="DIR",
+    p.add_argument("--checkpoint", metavar="DIR", type=checkpoint_dir,
                    help="a checkpoint or run directory, used with the run's own --set hyper-parameters "
                         "(default: the fresh initialisation, seed 0)")
     p.add_argument("-o", "--output", metavar="FILE", help="the .onnx file to write (default: MODEL.onnx)")
@@ -72,8 +74,9 @@ def register(verbs) -> None:
                    help="optimisation level: 2 folds batchnorm (default), 0 exports the graph as written")
     p.add_argument("--check", action="store_true",
                    help="run the exported model in onnxruntime and compare it with dslc's inference")
-    p.add_argument("--batch", type=int, default=2, help="batch size of --check (default: 2)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--batch", type=count, default=2, help="batch size of --check (default: 2)")
+    # positive: a NaN tolerance passed every check (no difference is > NaN)
+    p.add_argument("--tolerance", type=positive, default=1e-4,
                    help="largest difference --check accepts, absolute or relative to outputs above 1 "
                         "(default: 1e-4)")
     p.set_defaults(run=cmd_export)

@@ -13,6 +13,7 @@ values of order one (probabilities, logits), relative for large ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from dslc import reference
 from dslc.diagnostics import CliError
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.memory import require
 from dslc.stages import build
 
 
@@ -38,12 +40,17 @@ class Difference:
 
 
 def random_feeds(graph: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """One random array per input of `graph`, every symbolic dimension bound to `batch`."""
+    """One random array per input of `graph`, every symbolic dimension bound to `batch`.
+    Their memory is asked for first (`--batch` is anyone's number): NumPy would fail on a
+    batch beyond its largest dimension with a traceback, and on a large one after trying."""
     rng = np.random.default_rng(seed)
+    shapes = {node.name: tuple(d if isinstance(d, int) else batch * d.coef for d in node.type.shape)
+              for node in graph.inputs}
+    # float64 first: the normal draws are made in double precision, then cast
+    require(sum(8 * math.prod(shape) for shape in shapes.values()), f"a random batch of {batch:,} for '{graph.name}'")
     feeds = {}
     for node in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else batch * d.coef for d in node.type.shape)
-        dtype = NUMPY_DTYPE[node.type.dtype]
+        shape, dtype = shapes[node.name], NUMPY_DTYPE[node.type.dtype]
         feeds[node.name] = (rng.standard_normal(shape) if node.type.is_float else rng.integers(0, 2, shape)).astype(dtype)
     return feeds
 
