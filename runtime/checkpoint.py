@@ -95,7 +95,13 @@ def _decode(obj: dict):
 # ---- save and load ---------------------------------------------------------------------
 
 def _siblings(path: Path) -> tuple[Path, Path]:
-    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    """`.NAME.tmp` and `.NAME.old` beside the checkpoint directory `path`. A path without a
+    last component (`.`, from inside the checkpoint) is named by its absolute form: `.`
+    had no name to put them under (a ValueError traceback from `dslc predict --checkpoint .`)."""
+    named = path if path.name else Path(os.path.abspath(path))
+    if not named.name:
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    return named.with_name(f".{named.name}.tmp"), named.with_name(f".{named.name}.old")
 
 
 def _arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

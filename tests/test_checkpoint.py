@@ -321,3 +321,15 @@ def test_rng_streams_are_independent_and_stable():
     assert not np.array_equal(Streams(1)["shuffle"].random(4), Streams(1)["init"].random(4))
     with pytest.raises(ValueError, match="unknown bit generator"):
         Streams.restore(1, {"x": {"bit_generator": "os.system"}})
+
+
+def test_a_checkpoint_is_found_from_inside_it(tmp_path, monkeypatch):
+    """`.` (a checkpoint named from inside its directory) is found and read as its absolute
+    path; `/` is no checkpoint. Both used to end in a ValueError from Path.with_name."""
+    from dslc.runtime.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+    where = save_checkpoint(tmp_path / "best", {"w": np.ones(3, np.float32)}, {}, {"epoch": 1})
+    monkeypatch.chdir(where)
+    assert find_checkpoint(".").resolve() == where.resolve()
+    np.testing.assert_array_equal(load_checkpoint(".").weights["w"], np.ones(3, np.float32))
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        find_checkpoint("/")
