@@ -452,6 +452,21 @@ def test_sixteen_bit_images_are_scaled_by_their_range_not_clipped(tmp_path):
     _fails(lambda: read_input(tmp_path / "f.tif", (1, 4, 4)), "f.tif", "floating-point pixels (Pillow mode F)")
 
 
+def test_an_image_over_pillows_limit_is_refused_without_pillows_warning(tmp_path, monkeypatch):
+    """An image of more pixels than Pillow's limit (and less than twice it, where Pillow only
+    warns) is dslc's one-line DataError naming the file and the limit, without Pillow's
+    DecompressionBombWarning printed before it."""
+    import warnings
+    Image = pytest.importorskip("PIL.Image")
+    from dslc.runtime.data.images import decode_pixels
+
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: between the limit and twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fails(lambda: decode_pixels(tmp_path / "big.png", "L", None), "big.png", "more than Pillow's limit of 100")
+
+
 def test_load_rejects_unknown_calls():
     _fails(lambda: load("imagenet", {}), "unknown dataset 'imagenet'")
     _fails(lambda: load("mnist", {}), "needs the argument(s) dir")

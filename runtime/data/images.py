@@ -30,6 +30,7 @@ million: a decompression bomb) is refused before it is decoded.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,16 @@ def decode_pixels(path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with open_regular(path) as f, Image.open(f) as image:
-            width, height = image.size
-            if width * height > Image.MAX_IMAGE_PIXELS:
-                raise DataError(f"the image claims {width:,} x {height:,} pixels, more than Pillow's limit of "
-                                f"{Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)", path)
-            return _pixels(image, mode, size, path)
+        with open_regular(path) as f, warnings.catch_warnings():
+            # dslc's own message below names the file and the limit; Pillow's warning, for an
+            # image between its limit and twice it, printed two lines and a source path first
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as image:
+                width, height = image.size
+                if width * height > Image.MAX_IMAGE_PIXELS:
+                    raise DataError(f"the image claims {width:,} x {height:,} pixels, more than Pillow's limit "
+                                    f"of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)", path)
+                return _pixels(image, mode, size, path)
     except UnreadableFile as e:
         raise DataError(e.reason, path) from None
     except Image.DecompressionBombError as e:
