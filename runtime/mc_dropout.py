@@ -36,6 +36,16 @@ def stochastic_graph(graph: Graph) -> tuple[Graph, str]:
 
 def mc_probabilities(step, feeds, params, graph: Graph, output: str, samples: int,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, standard deviation) over `samples` passes of the class probabilities [N, classes]."""
-    draws = np.stack([as_probabilities(graph, output, step(feeds, params, rng)[output]) for _ in range(samples)])
-    return draws.mean(axis=0), draws.std(axis=0)
+    """(mean, standard deviation) over `samples` passes of the class probabilities [N, classes],
+    kept as running sums (Welford's, in float64) rather than every pass at once: `--mc-samples`
+    is the user's number, and K passes over N examples stacked took K x N x classes floats."""
+    mean = spread = None
+    for k in range(1, samples + 1):
+        draw = as_probabilities(graph, output, step(feeds, params, rng)[output])
+        if mean is None:
+            mean, spread, dtype = draw.astype(np.float64), np.zeros(draw.shape), draw.dtype
+            continue
+        delta = draw - mean
+        mean += delta / k
+        spread += delta * (draw - mean)
+    return mean.astype(dtype), np.sqrt(spread / samples).astype(dtype)

@@ -300,3 +300,27 @@ def test_a_number_improves_on_a_nan_best():
     assert improves(2.5, nan, "min", 0.0) and improves(0.1, nan, "max", 0.0)
     assert not improves(nan, 2.5, "min", 0.0) and not improves(nan, nan, "min", 0.0)
     assert improves(2.4, 2.5, "min", 0.0) and not improves(2.45, 2.5, "min", 0.1)
+
+
+def test_monte_carlo_dropout_keeps_running_sums_not_every_pass(monkeypatch):
+    """mc_probabilities' mean and standard deviation are those of all the passes stacked
+    (within float32 rounding), computed without keeping the passes: --mc-samples K is the
+    user's number, and K x N x classes floats took all memory for a large K."""
+    from dslc.runtime import mc_dropout
+    monkeypatch.setattr(mc_dropout, "as_probabilities", lambda graph, output, value: value)
+    draws = np.random.default_rng(0).random((50, 4, 3)).astype(np.float32)
+    passes = iter(draws)
+    mean, std = mc_dropout.mc_probabilities(lambda feeds, params, rng: {"p": next(passes)}, {}, {}, None, "p",
+                                            samples=50, rng=None)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_allclose(mean, draws.astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std, draws.astype(np.float64).std(axis=0), rtol=1e-5)
+    import tracemalloc
+    one = np.ones((100, 10), np.float32)  # 4 KB a pass: 2000 passes stacked are 8 MB
+    tracemalloc.start()
+    try:
+        mc_dropout.mc_probabilities(lambda feeds, params, rng: {"p": one}, {}, {}, None, "p", samples=2000, rng=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
