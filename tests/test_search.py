@@ -47,6 +47,8 @@ def test_the_shipped_digits_mlp_carries_a_log_rate_and_a_width():
     ("lr = 0.01", "E0515", 17, "lr must be a distribution"),
     ("lr = choice(0.01)", "E0515", 17, "choice() needs at least two values"),
     ("lr = choice(0.1, 0.2)\n        lr = choice(0.3, 0.4)", "E0508", 18, "'lr' is searched twice"),
+    ("lr = choice(0.1, 0.2)\n        optimizer.lr = choice(0.3, 0.4)", "E0508", 18,
+     "'lr' and 'optimizer.lr' are one setting, searched twice"),
 ])
 def test_search_block_mistakes_are_located(tmp_path, space, code, line, message):
     with pytest.raises(CompileError) as err:

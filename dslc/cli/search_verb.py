@@ -18,11 +18,11 @@ def space_of(model, recipe, texts: list[str]):
     a dimension); UsageError naming the --space that is wrong."""
     from dslc.recipe import schema as R
     from dslc.frontend.parse import parse_expression
-    from dslc.frontend.recipe_search import dimension
+    from dslc.frontend.recipe_search import dimension, setting_key
     from dslc.diagnostics import CompileError, Span
 
     # `lr` and `optimizer.lr` name one setting: a --space of either replaces the block's other
-    dims = {_setting(d.key, R.KEYS): d for d in recipe.space}
+    dims = {setting_key(d.key, R.KEYS): d for d in recipe.space}
     hyper = {f.name: f.type for f in model.program.models[model.name].formals if f.type is not None}
     for text in texts:
         key, eq, value = text.partition("=")
@@ -38,15 +38,8 @@ def space_of(model, recipe, texts: list[str]):
         if dim is None:
             d = errors[0]
             raise UsageError(f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else ""))
-        dims[_setting(dim.key, R.KEYS)] = dim
+        dims[setting_key(dim.key, R.KEYS)] = dim
     return tuple(dims.values())
-
-
-def _setting(key: str, keys) -> str:
-    """The setting a space's key names: a shorthand (`lr`) as the call argument it moves to
-    (`optimizer.lr`); any other key as it is."""
-    spec = keys.get(key)
-    return ".".join(spec.moves_to) if spec is not None and spec.moves_to else key
 
 
 def cmd_search(args) -> int:

@@ -105,14 +105,24 @@ def check_space(blocks: tuple[ast.SearchBlock, ...], values: Mapping[str, Any], 
                                      "the one block a recipe holds is `search { KEY = DISTRIBUTION ... }`"))
             continue
         for entry in block.entries:
-            if entry.key in dims:
-                errors.append(Diagnostic("E0508", f"'{entry.key}' is searched twice", entry.key_span)
-                              .with_note(dims[entry.key].span, "first here"))
+            setting = setting_key(entry.key, keys)  # `lr` and `optimizer.lr` are one setting
+            if setting in dims:
+                first = dims[setting]
+                what = (f"'{entry.key}' is searched twice" if first.key == entry.key
+                        else f"'{first.key}' and '{entry.key}' are one setting, searched twice")
+                errors.append(Diagnostic("E0508", what, entry.key_span).with_note(first.span, "first here"))
                 continue
             dim = dimension(entry.key, entry.value, entry.key_span, values, keys, hyper, errors)
             if dim is not None:
-                dims[entry.key] = dim
+                dims[setting] = dim
     return tuple(dims.values()), errors
+
+
+def setting_key(key: str, keys: Mapping) -> str:
+    """The setting a search key names: a shorthand (`lr`) as the call argument it moves to
+    (`optimizer.lr`), any other key as it is. Two keys of one setting are one dimension."""
+    spec = keys.get(key)
+    return ".".join(spec.moves_to) if spec is not None and spec.moves_to else key
 
 
 def setting_type(key: str, values: Mapping[str, Any], keys: Mapping, hyper: Mapping[str, str] | None):
