@@ -33,8 +33,8 @@ from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.memory import array_bytes, require
-from dslc.objective import (OBJECTIVE, default_outputs, names_of, objective_graph, outputs_graph, parse_of,
-                            weight_feeds)
+from dslc.objective import (OBJECTIVE, check_call, default_outputs, names_of, objective_graph, outputs_graph,
+                            parse_of, weight_feeds)
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -103,6 +103,7 @@ class Model:
         compiled forward: objective.default_outputs). train=True runs the training-mode graph:
         dropout masks drawn from `seed`, batchnorm on batch statistics (running statistics
         untouched)."""
+        check_call(params, inputs)
         graph = train_mode.lower(self.graph) if train else self.graph
         names = names_of(outputs) if outputs is not None else default_outputs(graph, inputs)
         out = reference.run_outputs(outputs_graph(graph, names), inputs, params, rng=np.random.default_rng(seed))
@@ -116,6 +117,7 @@ class Model:
         or the parameters and float inputs named in `wrt` (saliency: wrt=["image"]). `train`:
         training-mode semantics, by default for the loss only. `rules` replaces some ops'
         gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
+        check_call(params, inputs)
         train = (of == "loss") if train is None else train
         if of == "loss" and train and not rules:
             out = reference.run_outputs(self.grad_graph(wrt, True), inputs, params, rng=np.random.default_rng(seed))

@@ -59,6 +59,19 @@ def names_of(names: str | Sequence[str]) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+def check_call(params, inputs) -> None:
+    """A UsageError unless `params` and `inputs` are mappings by name, as every forward, grad
+    and step takes them: `m.params` is None for a model loaded without a checkpoint, and
+    `forward(params, x)` passes one array; each failed in Python's words ('NoneType' object is
+    not iterable, unhashable type: 'numpy.ndarray')."""
+    if not isinstance(params, Mapping):
+        raise UsageError(f"params is a dict of arrays by parameter name (m.init(seed), or m.params of a model "
+                         f"loaded with checkpoint=), not {type(params).__name__}")
+    if not isinstance(inputs, Mapping):
+        raise UsageError(f"inputs is a dict of arrays by input name (e.g. {{'image': x}}), not "
+                         f"{type(inputs).__name__}")
+
+
 def parse_of(of) -> list[Term]:
     """The terms `of` names (see the module docstring); UsageError for a malformed spec."""
     if isinstance(of, str):
@@ -72,8 +85,12 @@ def parse_of(of) -> list[Term]:
             if weight not in ("sum", "l2"):
                 raise UsageError(f"grad: the weighting of '{node}' is an array, 'sum' or 'l2', not {weight!r}")
             terms.append(Term(node, "l2") if weight == "l2" else Term(node, "mask"))
-        else:
-            terms.append(Term(node, "array", array=np.asarray(weight)))
+        else:  # a cotangent: real numbers (None, text or complex numbers cast to NaN, an error or their real part)
+            array = np.asarray(weight)
+            if array.dtype.kind not in "fiub":
+                given = repr(weight) if array.ndim == 0 else f"an array of dtype {array.dtype}"
+                raise UsageError(f"grad: the weighting of '{node}' is an array of numbers, 'sum' or 'l2', not {given}")
+            terms.append(Term(node, "array", array=array))
     return terms
 
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from dslc.diagnostics import UsageError
 from dslc.ir.graph import Graph
-from dslc.objective import (OBJECTIVE, default_outputs, names_of, objective_graph, outputs_graph, parse_of,
-                            weight_feeds)
+from dslc.objective import (OBJECTIVE, check_call, default_outputs, names_of, objective_graph, outputs_graph,
+                            parse_of, weight_feeds)
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
@@ -102,6 +102,7 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
+        check_call(params, inputs)
         names = names_of(outputs) if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
         self._compiled(key, lambda: self._forward_graph(names, train))
@@ -130,6 +131,7 @@ class Compiled:
         respect to the inputs and parameters in `wrt` (default: every trainable parameter).
         `train` defaults to training semantics for the loss and inference for anything else.
         `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation)."""
+        check_call(params, inputs)
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
         names = names_of(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
@@ -164,6 +166,7 @@ class Compiled:
         """One training step with the recipe's optimizer (or `optimizer` given to compile, or
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
+        check_call(params, inputs)
         if lr is not None and not (isinstance(lr, (int, float, np.number)) and 0 <= lr < np.inf):
             raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")
         opt = self.optimizer or recipe_settings(self.model)[0]
@@ -172,6 +175,10 @@ class Compiled:
         for node in step.graph.params:  # optimizer state starts at zero
             if node.name not in params and node.name not in model:
                 params[node.name] = np.zeros(node.type.bind({}), np.dtype(_numpy(node.type.dtype)))
+                # and so does its count of steps (Adam's t): fresh parameters stepped by the same
+                # compiled model after others (m.init(1) after a run from m.init(0)) took their
+                # first step at the old t, without bias correction, 3x Adam's first update
+                self._updates = 0
         dtype = _numpy(step.graph[LR].type.dtype)
         feeds = dict(inputs)
         feeds[LR] = np.asarray(opt.lr if lr is None else lr, dtype)

@@ -103,7 +103,12 @@ class ArenaStep:
         self.compile_seconds = 0.0
         self.compiled: dict[tuple, object] = {}
         self._updates = [(o.name, o.kind) for o in graph.outputs if o.kind in UPDATES]
-        self._results = [(o.kind, o.name) for o in graph.outputs if o.kind not in UPDATES]
+        # A result that is a parameter itself (forward(outputs=["fc2.weight"])) is the caller's
+        # array: a parameter the runner lends its kernels is read where the caller keeps it, and
+        # its arena view holds nothing (such a result came back as zeros).
+        kinds = {b.name: b.role for b in self.kernels.buffers}
+        self._results = [(o.kind, o.name, o.value if kinds.get(o.value) in UPDATES else None)
+                         for o in self.kernels.outputs if o.kind not in UPDATES]
         self._checked: tuple = ((), {}, ())  # the last feeds' (names, shapes, kinds of dtype), sizes, their key
 
     def _sizes(self, feeds) -> tuple[dict[str, int], tuple]:
@@ -139,7 +144,8 @@ class ArenaStep:
         out = bound.run(feeds, rng=rng)
         for name, kind in self._updates:
             params[name] = out[kind, name]
-        return {name: to_host(out[kind, name]) for kind, name in self._results}
+        return {name: to_host(out[kind, name] if param is None else params[param])
+                for kind, name, param in self._results}
 
 
 def arena_roles(kg, views, memory) -> tuple[list, list, dict, dict]:

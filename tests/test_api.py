@@ -424,3 +424,62 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_a_parameter_asked_for_as_an_output_is_its_value(loaded, compiled):
+    """forward(outputs=[a parameter or running statistic]) gives the caller's array: such a
+    parameter is lent to the kernels (read where the caller keeps it), and its arena view,
+    which the result was read from, held zeros."""
+    names = [n for n in loaded.params if n.endswith(("weight", "running_var"))][:2]
+    got = compiled.forward(loaded.params, {"image": batch()["image"]}, outputs=names + ["out"])
+    for name in names:
+        assert np.abs(loaded.params[name]).max() > 0
+        np.testing.assert_array_equal(got[name], loaded.params[name])
+    close(got["out"], loaded.forward(loaded.params, batch(), outputs="out")["out"], "out")
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_params_or_inputs_that_are_not_dicts_are_named(loaded, device):
+    """`m.params` of a model loaded without a checkpoint is None, and `forward(params, x)`
+    passes one array: each is a UsageError saying what to pass, in every call and in the
+    front end's (they were TypeErrors: 'NoneType' object is not iterable, unhashable type)."""
+    c, image = loaded.compile(device=device), batch()["image"]
+    calls = [c.forward, lambda p, i: c.grad(p, i, of="out[:, 3]"), lambda p, i: c.step(p, i), loaded.forward,
+             lambda p, i: loaded.grad(p, i, of="out[:, 3]")]
+    for call in calls:
+        with pytest.raises(UsageError, match="params is a dict of arrays .* not NoneType"):
+            call(None, {"image": image})
+        with pytest.raises(UsageError, match="inputs is a dict of arrays .* not ndarray"):
+            call(dict(loaded.params), image)
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_a_weighting_that_is_not_numbers_is_refused(loaded, device):
+    """A cotangent of None was cast to NaN (the objective and every gradient NaN), text failed
+    as a shape mismatch, and complex numbers lost their imaginary part with only a warning."""
+    c, image = loaded.compile(device=device), batch()["image"]
+    for weight, shown in ((None, "None"), (np.full(10, "a"), "an array of dtype <U1"),
+                          (np.ones(10, complex), "an array of dtype complex128")):
+        with pytest.raises(UsageError, match=f"weighting of 'out' is an array of numbers, 'sum' or 'l2', not {shown}"):
+            c.grad(loaded.params, {"image": image}, of={"out": weight}, wrt="image")
+    value, g = c.grad(loaded.params, {"image": image}, of={"out": np.arange(10) % 2 == 0}, wrt="image")  # a mask
+    want, g_want = loaded.grad(loaded.params, {"image": image}, of={"out": np.arange(10) % 2 == 0}, wrt="image")
+    close(value, want, "a boolean mask's objective")
+    close(g["image"], g_want["image"], "a boolean mask's gradient")
+
+
+def test_fresh_parameters_stepped_after_others_start_adams_count_again(loaded):
+    """digits_cnn's recipe trains with Adam: the step count fed to its bias correction was the
+    compiled model's, so new parameters (whose optimizer state `step` adds as zeros) stepped
+    after another run took their first step at its t, not at 1."""
+    data = digits()
+    feeds = {"image": data.x[:6], "label": data.y[:6]}
+    c = loaded.compile(device="cpu")
+    for _ in range(3):
+        c.step({k: v.copy() for k, v in loaded.params.items()}, feeds)
+    again = {k: v.copy() for k, v in loaded.params.items()}
+    fresh = {k: v.copy() for k, v in loaded.params.items()}
+    c.step(again, feeds)
+    loaded.compile(device="reference").step(fresh, feeds)
+    for name in fresh:
+        close(again[name], fresh[name], name)
