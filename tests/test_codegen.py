@@ -112,6 +112,55 @@ def test_cache_writes_once_and_keys_on_the_graph(tmp_path, monkeypatch):
     assert cache.path_for(other, generate(other)) != path
 
 
+def test_a_damaged_cached_module_is_written_again(tmp_path, monkeypatch):
+    """A generated module cut short (a full disk, a crash before its data reached the disk)
+    was imported as it was on every later run: an AttributeError traceback for ever. A file
+    whose bytes are not the source its name promises is replaced; an intact one is left as it is."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    kg = kernel_graph("two_layer.net", hidden=8)
+    src = generate(kg)
+    path = cache.store(kg, src)
+    path.write_text(src[: len(src) // 3])
+    assert cache.store(kg, src) == path and path.read_text() == src
+    stamp = path.stat().st_mtime_ns
+    cache.store(kg, src)
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_a_file_in_the_way_of_the_caches_folders_is_a_usage_error(tmp_path, monkeypatch):
+    """A file where the cache keeps its kernels was a FileExistsError traceback; it is a
+    CliError naming the path. Where build notes cannot be written (a file in the way of
+    `built/`, a read-only cache) none is: a traceback, or `dslc compile` printing its result
+    and then exiting 1, for a note that only spares later work."""
+    from dslc.codegen import shared
+    from dslc.diagnostics import CliError
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "kernels").write_text("not a folder")
+    with pytest.raises(CliError, match="kernels: a file of that name is in the way; set DSLC_CACHE"):
+        shared.store(shared.canonical("def f(a):\n    return a\n"))
+    (tmp_path / "cache" / "built").write_text("not a folder")
+    cache.write_built(("dslc.runtime.cpu.pool", "f"), ("int",), str(tmp_path / "f.nbi"))
+    cache.write_record(cache.record_path({"file": "x.net"}), [], [], [])
+    assert (tmp_path / "cache" / "built").read_text() == "not a folder"
+
+
+def test_a_damaged_build_note_means_not_built(tmp_path, monkeypatch):
+    """A build record or built-kernel marker that is not what dslc writes (garbage bytes, JSON
+    of another shape) was a UnicodeDecodeError or TypeError traceback from `dslc compile`; it
+    now reads as absent: the request is compiled and the note written again."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    where, types = ("dslc.runtime.cpu.pool", "f"), ("int",)
+    cache.write_built(where, types, str(tmp_path / "f.nbi"))
+    cache._built_path(where, types).write_bytes(b"\xff\xfe garbage")
+    assert cache.built_index(where, types) is None
+    record = cache.record_path({"file": "x.net"})
+    for junk in ("[]", '{"inputs": 3}', "null", '{"inputs": {}, "artefacts": [1]}'):
+        cache.write_record(record, [], [], [])
+        record.write_text(junk)
+        assert cache.read_record(record) is None
+
+
 def test_compile_emits_identical_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
     for out in ("a", "b"):

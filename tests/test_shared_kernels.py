@@ -161,3 +161,70 @@ def test_importing_any_kernel_module_first_drops_the_packages_stale_cached_kerne
     cached.write_text("stale")
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
     assert not cached.exists() and stamp.read_text() != "an older source tree"
+
+
+def test_a_damaged_shared_kernel_file_is_written_again(tmp_path, monkeypatch):
+    """A shared kernel file cut short was imported as it was by every later run (a
+    SyntaxError, or a module without `kernel`): one whose bytes differ from its text is replaced."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path))
+    text = shared.canonical("def f(a, b):\n    b[0] = a[0] + 1.0\n")
+    path = shared.store(text)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    assert shared.store(text) == path and path.read_bytes() == whole
+    assert callable(shared.load(text))
+
+
+def test_a_truncated_numba_cache_file_is_compiled_again(tmp_path):
+    """Numba unpickles its index (.nbi) and data (.nbc) files unguarded: one cut short was an
+    UnpicklingError on every later run (here at few_rows.py's import, which compiles its
+    cfuncs). kernel_cache.py makes such a file a cache miss, rewritten by the compile."""
+    import os
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    script = "import dslc.runtime.cpu.few_rows"
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
+    files = [*tmp_path.rglob("few_rows.*.nbi"), *tmp_path.rglob("few_rows.*.nbc")]
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:20])
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(f.stat().st_size > 20 for f in files)
+
+
+def test_numba_saves_into_one_cache_one_process_at_a_time(tmp_path):
+    """Numba's save picks the first data file name its index does not list: two processes
+    saving two signatures of one function at once both took `.1.nbc`, and a later run loaded
+    one's machine code for the other's types ("can't unbox array"). kernel_cache.py holds an
+    exclusive lock on `<index>.lock` while saving: another process's lock is refused then."""
+    import fcntl
+    import os
+
+    import numpy as np
+    from numba.core.caching import IndexDataCacheFile
+
+    from dslc.runtime.cpu import kernel_cache  # noqa: F401
+    (tmp_path / "fmod.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    sys.path.insert(0, str(tmp_path))
+    refused = []
+    save_data = IndexDataCacheFile._save_data
+
+    def probe(self, name, data):
+        fd = os.open(self._index_path + ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            refused.append(name)
+        finally:
+            os.close(fd)
+        return save_data(self, name, data)
+
+    try:
+        IndexDataCacheFile._save_data = probe
+        import fmod
+        fmod.f(np.zeros(2))
+    finally:
+        IndexDataCacheFile._save_data = save_data
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fmod", None)
+    assert refused

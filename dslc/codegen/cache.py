@@ -6,7 +6,7 @@ modules, and what is known to be built.
 A generated module is keyed by the kernel graph's deterministic text, its source, the
 dslc and Numba versions and the library kernels' sources; it holds the drivers the runner
 calls and the readable kernels, each of which runs as its shared compiled copy (one file
-per distinct kernel text, shared.py). A file is written once and never rewritten: Numba's
+per distinct kernel text, shared.py). A file is written once and never rewritten (unless damaged: `write_once`): Numba's
 own cache (`cache=True`) is invalidated by the source file's modification time, so
 leaving an existing file untouched is what lets a second process load compiled kernels.
 
@@ -31,6 +31,7 @@ from types import ModuleType
 
 from dslc.codegen.source import identifier
 from dslc.debug import cache_dir
+from dslc.diagnostics import CliError
 from dslc.files import ensure_dir, write_atomic
 from dslc.kernels.graph import KernelGraph
 from dslc.version import __version__
@@ -77,13 +78,39 @@ def path_for(kg: KernelGraph, source: str) -> Path:
     return cache_dir() / f"{identifier(kg.name)}_{kg.stage}_{key(kg, source)}.py"
 
 
+def write_once(path: Path, data: bytes) -> None:
+    """Write `data` at `path` unless the file there already holds exactly it (then it is left
+    untouched, its modification time too). A file whose bytes differ from what its name
+    promises (cut short by a full disk or a crash before the data reached the disk, or edited)
+    is replaced: left alone, it failed to import, or ran the wrong code, on every run."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    try:  # a concurrent process sees either no file or the whole file; no fsync: it can be remade
+        write_atomic(path, data, durable=False)
+    except CliError as e:
+        raise CliError(f"{e}{WHAT_TO_DO}") from None
+
+
+# What a user whose cache cannot be written can do (a read-only home, a file in the way).
+WHAT_TO_DO = "; set DSLC_CACHE to a writable directory for dslc's kernel cache (default ~/.cache/dslc)"
+
+
+def folder(path: Path) -> Path:
+    """Create the cache folder `path`; a CliError saying what to do when it cannot be one."""
+    try:
+        return ensure_dir(path)
+    except CliError as e:
+        raise CliError(f"{e}{WHAT_TO_DO}") from None
+
+
 def store(kg: KernelGraph, source: str) -> Path:
-    """The cache file for `source`, written first if it is not there."""
+    """The cache file for `source`, written first if it is not there (write_once)."""
     path = path_for(kg, source)
-    ensure_dir(path.parent)  # first: a cache directory that cannot be one is said so
-    if not path.exists():
-        # A concurrent process sees either no file or the whole file; no fsync: it can be remade.
-        write_atomic(path, source.encode(), durable=False)
+    folder(path.parent)  # first: a cache directory that cannot be one is said so
+    write_once(path, source.encode())
     return path
 
 
@@ -131,8 +158,19 @@ def write_record(path: Path, inputs, artefacts, lines: list) -> None:
     (generated modules, Numba's cache indexes) and the lines it printed."""
     record = {"inputs": {str(Path(f).resolve()): _sha(f) for f in inputs},
               "artefacts": sorted({str(Path(f).resolve()) for f in artefacts}), "lines": lines}
-    ensure_dir(path.parent)
-    write_atomic(path, json.dumps(record, indent=1).encode(), durable=False)
+    _note(path, json.dumps(record, indent=1).encode())
+
+
+def _note(path: Path, data: bytes) -> None:
+    """Write a build note (a record, a built-kernel marker), or nothing where the cache cannot
+    hold it (read-only, a file in the way of `built/`): a note only spares later work, and
+    failing for it made `dslc compile` of a model built in a read-only cache print its
+    result, then exit 1, and a run there stop before its first step."""
+    try:
+        ensure_dir(path.parent)
+        write_atomic(path, data, durable=False)
+    except CliError:
+        pass
 
 
 def read_record(path: Path) -> dict | None:
@@ -140,11 +178,11 @@ def read_record(path: Path) -> dict | None:
     every artefact still there; else None (the request must be compiled)."""
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if any(_sha(f) != h for f, h in record["inputs"].items()):
-        return None
-    if not all(Path(f).exists() for f in record["artefacts"]):
+        if any(_sha(f) != h for f, h in record["inputs"].items()):
+            return None
+        if not all(Path(f).exists() for f in record["artefacts"]):
+            return None
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):  # unreadable, or not a record
         return None
     return record
 
@@ -165,8 +203,7 @@ def write_built(where, types, index: str | None) -> None:
     """Note that `where` is compiled for `types`, its machine code indexed by Numba's file `index`."""
     path = _built_path(where, types)
     if index and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, index.encode(), durable=False)
+        _note(path, index.encode())
 
 
 def built_index(where, types) -> Path | None:
@@ -174,6 +211,6 @@ def built_index(where, types) -> Path | None:
     still there; else None (it must be compiled, or at least loaded, to know)."""
     try:
         index = Path(_built_path(where, types).read_text())
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not UTF-8 text, a damaged marker
         return None
     return index if index.exists() else None

@@ -26,10 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-from dslc.codegen.cache import numba_version
+from dslc.codegen.cache import folder, numba_version, write_once
 from dslc.codegen.scalar import CONSTANTS, CPU_IMPORT
 from dslc.debug import cache_dir
-from dslc.files import write_atomic
 from dslc.version import __version__
 
 
@@ -115,11 +114,10 @@ def path_of(stem: str) -> Path:
 
 def store(text: str) -> Path:
     """The shared module of canonical kernel `text`, written first if it is not there
-    (never rewritten: Numba's cache is keyed by the file's modification time)."""
+    (never rewritten unless damaged: Numba's cache is keyed by the file's modification time)."""
     path = path_for(text)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (HEADER + text).encode(), durable=False)
+    folder(path.parent)  # a file in the way is said so (CliError), not a traceback
+    write_once(path, (HEADER + text).encode())  # a damaged file is rewritten
     return path
 
 

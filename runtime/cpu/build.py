@@ -192,7 +192,10 @@ def _compile_one(where, types) -> float:
 
 def _worker() -> None:
     """`python -m dslc.runtime.cpu.build`: compile the units on stdin, one per line
-    ([[index, where, types], ...]), printing [index, seconds] as each task is done."""
+    ([[index, where, types], ...]), printing [index, seconds] as each task is done. Numba's
+    cache is made safe to share first (kernel_cache.py): a worker given shared kernels only
+    would otherwise never import it."""
+    from dslc.runtime.cpu import kernel_cache  # noqa: F401
     for line in sys.stdin:
         for k, where, types in json.loads(line):
             seconds = _compile_one(tuple(where), tuple(tuple(t) if isinstance(t, list) else t for t in types))

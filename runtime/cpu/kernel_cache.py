@@ -9,11 +9,22 @@ that others inline from is imported (blas.py, lanes.py, dropout_masks.py import 
 first), before any of their kernels is loaded: until 2026-12-06 it ran only in blas.py,
 and a script importing pool.py alone ran the max pool's stale kernels after lanes.py
 had changed.
+
+It also makes a damaged cache file a cache miss, and saves into one function's cache one
+process at a time (`tolerate_damaged_files`): Numba raises
+from unpickling an index or data file cut short (a full disk, a crash before the data
+reached the disk) or overwritten, on every later run, until someone finds and deletes it.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: saves are not serialised (Numba's own behaviour)
+    fcntl = None
 
 _STAMP = "dslc-sources.sha256"
 
@@ -48,4 +59,58 @@ def drop_stale() -> None:
         pass
 
 
+def tolerate_damaged_files() -> None:
+    """Read a Numba cache file that cannot be unpickled as a missing one (numba 0.68's
+    IndexDataCacheFile: `_load_index` feeds both loading and saving, `load` reads the data
+    file), so the function is compiled again and its index rewritten: without this, a
+    truncated `.nbi` or `.nbc` was an UnpicklingError traceback on every run from then on.
+    Patched once per process, for every Numba cache (the shared kernels' too)."""
+    from numba.core.caching import IndexDataCacheFile
+    if getattr(IndexDataCacheFile, "_dslc_tolerant", False):
+        return
+    if not all(hasattr(IndexDataCacheFile, name) for name in ("_load_index", "load", "save")):
+        return  # another Numba's internals: its caches as they are
+    load_index, load = IndexDataCacheFile._load_index, IndexDataCacheFile.load
+
+    def _load_index(self):
+        try:
+            return load_index(self)
+        except OSError:
+            raise
+        except Exception:  # any unpickling failure (truncated, garbage): as if there were no index
+            return {}
+
+    def _load(self, key):
+        try:
+            return load(self, key)
+        except OSError:
+            raise
+        except Exception:  # a damaged data file: compile again, the index then names a new one
+            return None
+
+    save = IndexDataCacheFile.save
+
+    def _save(self, key, data):
+        """Numba's save reads the index, picks the first data file name it does not list and
+        writes both: two processes saving two signatures of one function at once (two models
+        compiling, a build's workers) both took `.1.nbc`, one index entry then named the
+        other's machine code, and a later run loaded it for the wrong types ("can't unbox
+        array", or wrong numbers). An exclusive lock on `<index>.lock` makes saves one at a time."""
+        if fcntl is None:
+            return save(self, key, data)
+        try:
+            lock = os.open(self._index_path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a cache that cannot hold a lock cannot hold the save either: Numba says so
+            return save(self, key, data)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return save(self, key, data)
+        finally:
+            os.close(lock)
+
+    for name, value in (("_load_index", _load_index), ("load", _load), ("save", _save), ("_dslc_tolerant", True)):
+        setattr(IndexDataCacheFile, name, value)
+
+
+tolerate_damaged_files()
 drop_stale()
