@@ -34,6 +34,7 @@ from dslc.diagnostics import UsageError
 from dslc.ir.graph import Graph
 from dslc.objective import (OBJECTIVE, check_call, default_outputs, names_of, objective_graph, outputs_graph,
                             parse_of, weight_feeds)
+from dslc.ops.norm import over_examples_alone
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
 from dslc.passes.dce import prune
@@ -169,6 +170,7 @@ class Compiled:
         check_call(params, inputs)
         if lr is not None and not (isinstance(lr, (int, float, np.number)) and 0 <= lr < np.inf):
             raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")
+        self._check_batch_statistics(inputs)
         opt = self.optimizer or recipe_settings(self.model)[0]
         step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
         model = {node.name for node in self.model.graph.params}  # the caller's to give: checked by the step
@@ -189,6 +191,17 @@ class Compiled:
         for name in [o.name for o in step.graph.outputs if o.kind in ("param", "state")]:
             params[name] = np.array(to_host(params[name]))  # the caller's copy, not an arena view
         return {name: float(v) for name, v in out.items()}
+
+    def _check_batch_statistics(self, inputs: Arrays) -> None:
+        """A UsageError for a step on one example of a model with a batchnorm over the examples
+        alone (norm.over_examples_alone): its running variance would become NaN (0/0), as
+        PyTorch refuses it too."""
+        names = over_examples_alone(self.model.graph)
+        sizes = [np.shape(inputs[n.name])[:1] for n in self.model.graph.inputs if n.name in inputs]
+        if names and (1,) in sizes:
+            raise UsageError(f"step: batchnorm '{names[0]}' takes its statistics over the examples of a batch "
+                             "alone, and one example has no variance (its running variance would be NaN); "
+                             "step on 2 examples or more")
 
     def _run(self, key: tuple, feeds: Arrays, params: Arrays, rng) -> dict[str, np.ndarray]:
         """The compiled request `key` run on `feeds` (those its graph reads) and `params`."""

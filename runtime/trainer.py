@@ -52,6 +52,7 @@ import numpy as np
 from dslc.collective import current
 from dslc.recipe.schema import Recipe, select_params
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.ops.norm import over_examples_alone
 from dslc.passes.data_parallel import DataParallel
 from dslc.passes.train_step import LR, STEP, Optimizer, train_step
 from dslc.diagnostics import CliError
@@ -207,6 +208,7 @@ class Trainer:
                                augment=augment, transform=self.data.transform, shard=(group.rank, group.size))
         self.per_epoch = len(self.batches)
         self._check_shards()
+        self._check_single_examples()
         self.total = recipe["steps"] or recipe["epochs"] * self.per_epoch
         self._check_warmup()
         self.schedule = schedule_from_recipe(recipe["schedule"], self.opt.lr, self.total / self.per_epoch)
@@ -246,6 +248,28 @@ class Trainer:
                              + (f"batch = {b}" if b < ranks else f"the last batch of an epoch holds {smallest} "
                                 f"({len(self.data.train):,} examples in batches of {b})")
                              + "; choose a batch size that leaves every rank an example")
+
+    def _check_single_examples(self) -> None:
+        """A batchnorm over the examples alone (after a linear layer) has no variance for a
+        batch of one: its running variance became NaN, silently, and every prediction after
+        it with it (as a train split of 1,601 examples in batches of 100 would, its last batch
+        one example). A batch of one is refused; an epoch's last batch of one is left out of it (a
+        different example each epoch, the order being shuffled), and said so."""
+        names = over_examples_alone(self.model.graph)
+        if not names:
+            return
+        ranks, b = self.group.size, self.recipe["batch"]
+        each = (lambda k: k) if ranks == 1 or self.recipe["sync_batchnorm"] else (lambda k: k // ranks)
+        first = self.batches.total(0)
+        if each(first) < 2:
+            raise TrainError(f"batchnorm '{names[0]}' takes its statistics over the examples of a batch alone, and "
+                             f"a batch of {each(first)} example has no variance (its running variance would be NaN)"
+                             f"; train with at least 2 examples a batch{' on each rank' if each(2) < 2 else ''}")
+        if each(self.batches.total(self.per_epoch - 1)) < 2:
+            self.batches.drop_last = True
+            self.per_epoch = len(self.batches)
+            self.warn(f"the last batch of each epoch would hold one example ({len(self.data.train):,} in batches of "
+                      f"{b}), which batchnorm '{names[0]}' cannot take statistics of: it is left out of the epoch")
 
     def _dropout(self) -> np.random.Generator:
         """Rank 0 draws dropout masks from the run's checkpointed stream; another rank from its

@@ -245,3 +245,45 @@ def test_lr_find_suggests_a_rate(tmp_path, capsys):
     assert 1e-5 < suggested < 1.0
     code, _, err = run(capsys, "lr-find", MLP, "--start", "1", "--end", "0.1")
     assert code == 2 and "start < end" in err
+
+
+BATCHNORM_MLP = """
+model bnmlp(hidden: int = 8) {
+    input image : f32[N, 64]
+    input label : i64[N]
+    fc1: h = image |> linear(hidden, bias=false) |> batchnorm |> relu
+    fc2: logits = h |> linear(10)
+    metric accuracy(logits, label)
+    loss   cross_entropy(logits, label)
+}
+
+train bnmlp {
+    data      = digits()
+    split     = validation(0.1, test=0.2, seed=0)
+    batch     = 64
+    epochs    = 2
+    optimizer = adam(lr=3e-3)
+}
+"""
+
+
+def test_a_batch_of_one_example_never_reaches_a_batchnorm_over_examples(tmp_path, capsys):
+    """A batchnorm after a linear layer takes its statistics over the examples alone, and one
+    example has no variance: the running variance became NaN (0/0), silently, when an epoch's
+    last batch held one example (1,258 training examples in batches of 419). That batch is
+    now left out, and said so; a batch of one is refused; the compiled step refuses one too."""
+    import dslc
+    from dslc.diagnostics import UsageError
+    from dslc.runtime.checkpoint import load_checkpoint
+    path = tmp_path / "bn.net"
+    path.write_text(BATCHNORM_MLP)
+    code, out, err = run(capsys, "train", path, "--set", "batch=419", "--out", tmp_path / "r")
+    assert code == 0 and "left out of the epoch" in out + err
+    state = load_checkpoint(tmp_path / "r" / "last").weights
+    assert np.isfinite(state["fc1.batchnorm.running_var"]).all()
+    code, _, err = run(capsys, "train", path, "--set", "batch=1", "--out", tmp_path / "one")
+    assert code != 0 and "a batch of 1 example has no variance" in err and "Traceback" not in err
+    model = dslc.load(path)
+    params, x = model.init(0), digits().x[:1]
+    with pytest.raises(UsageError, match="one example has no variance"):
+        model.compile("cpu").step(params, {"image": x, "label": np.zeros(1, np.int64)})

@@ -142,6 +142,14 @@ def _bn_train(b, node):
                (running_var, b.add(b.mul(keep, running_var), b.mul(take, unbiased)))]
 
 
+def over_examples_alone(graph) -> list[str]:
+    """The batchnorms of `graph` whose statistics are over the batch axis alone (an input of
+    rank 2, [N, C], as after a linear layer): a training batch of one example gives each of
+    them a variance of 0/0 for its running variance (n / (n - 1)), NaN from then on, which
+    the trainer and the compiled API's step refuse (PyTorch raises the same way)."""
+    return [n.name for n in graph.of_op("batchnorm") if graph[n.inputs[0]].type.rank == 2]
+
+
 register(OpDef(
     "batchnorm", "norm", ("x",), (Attr("momentum", "float", 0.1), Attr("eps", "float", 1e-5)),
     params=_AFFINE("batchnorm") + (ParamSlot("running_mean", "state", _C("batchnorm"), Init("zeros")),
