@@ -256,6 +256,8 @@ def test_eval_with_test_time_augmentation(dropout_run, capsys):
     assert code == 0 and "averaged over 5 views" in out and "without test-time augmentation" in out
     code, _, err = run(capsys, "eval", path, "--checkpoint", r, "--tta", "rotate")
     assert code == 2 and "flip, crops" in err
+    code, _, err = run(capsys, "eval", path, "--checkpoint", r, "--tta", "")  # was no augmentation, silently
+    assert code == 2 and "flip, crops" in err
 
 
 def test_predict_with_monte_carlo_dropout(dropout_run, tmp_path, capsys):

@@ -397,6 +397,7 @@ def test_explain_never_writes_over_the_checkpoint(capsys, tmp_path, mlp_run):
     ("dream", ["--index", "0", "--layer", "fc1", "--steps", "2", "--octave-scale", "1e300"],
      "at most 1 octave"),  # an OverflowError
     ("invert", ["--index", "0", "--layer", "fc1", "--tv", "-1"], "must be a finite number >= 0"),
+    ("classviz", ["--class", "3", "--blur-every", "-1"], "must be 0 (never) or more"),  # meant never too
 ])
 def test_explain_refuses_flags_that_cannot_work(capsys, tmp_path, mlp_run, method, flags, message):
     code, _, err = run(capsys, *_explain(mlp_run, method, "-o", tmp_path / "x.png", *flags))

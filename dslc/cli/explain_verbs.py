@@ -44,6 +44,17 @@ def nonnegative(text: str) -> float:
     return value
 
 
+def steps_apart(text: str) -> int:
+    """An integer >= 0 (every how many steps; 0 never): a negative --blur-every meant never too."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or more, got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, method: str, examples: bool = True, layer: str | None = None) -> None:
     """The flags every method takes; `layer`: the example of a required --layer."""
     add_checkpoint_args(p)
@@ -156,7 +167,8 @@ def register(verbs) -> None:
                    help="the class (number or name); several as 0,3,8 or by repeating it")
     _optimiser(q, 200, 0.05)
     q.add_argument("--l2", type=nonnegative, default=1e-3, help="weight of |x - mean image|^2 (default: 1e-3)")
-    q.add_argument("--blur-every", type=int, default=10, metavar="N", help="blur every N steps, 0 never (default: 10)")
+    q.add_argument("--blur-every", type=steps_apart, default=10, metavar="N",
+                   help="blur every N steps, 0 never (default: 10)")
     q.add_argument("--blur-sigma", type=positive, default=0.3, help="blur width in pixels (default: 0.3)")
     q.set_defaults(run=run.cmd_classviz)
 

@@ -89,7 +89,7 @@ def cmd_eval(args) -> int:
                                                  checkpoint_sets(args, recipe=True))
     predict.fit_model(ckpt, model, args.force)
     report = predict.evaluate_checkpoint(model, recipe, ckpt, args.split, args.device,
-                                         tta=tta.parse(args.tta) if args.tta else ())
+                                         tta=tta.parse(args.tta) if args.tta is not None else ())  # --tta '': refused
     print(json.dumps(report, indent=2) if args.json else predict.format_eval(report))
     return 0
 
