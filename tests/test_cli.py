@@ -406,7 +406,7 @@ def test_explain_refuses_flags_that_cannot_work(capsys, tmp_path, mlp_run, metho
 
 
 def test_explain_penalty_weights_take_zero_however_written():
-    from dslc.cli.explain_verbs import nonnegative
+    from dslc.cli.common import nonnegative
 
     assert nonnegative("0e0") == 0.0 and nonnegative("0.00") == 0.0 and nonnegative("1e-3") == 1e-3
 

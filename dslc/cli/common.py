@@ -54,6 +54,22 @@ def positive(text: str) -> float:
     return value
 
 
+def nonnegative(text: str) -> float:
+    """A finite number >= 0 (a penalty's weight; 0 turns it off)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value >= 0):  # the message said "> 0" though 0 was allowed
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def steps_apart(text: str) -> int:
+    """An integer >= 0 (every how many steps; 0 never): a negative --blur-every meant never too."""
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or more, got {text!r}")
+    return value
+
+
 def checkpoint_dir(text: str) -> str:
     """A --checkpoint path as written, except that `.` (a checkpoint read from inside it) is
     made absolute: the checkpoint reader names siblings from the last component, which `.`

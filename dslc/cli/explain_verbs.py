@@ -7,9 +7,8 @@ are in explain_run.py; this module declares the command line.
 from __future__ import annotations
 
 import argparse
-import math
 
-from dslc.cli.common import add_checkpoint_args, count, figure_file, positive, seed, verb
+from dslc.cli.common import add_checkpoint_args, count, figure_file, nonnegative, positive, seed, steps_apart, verb
 
 RUN = "runs/digits_cnn"
 M = "models/digits_cnn.net"
@@ -30,28 +29,6 @@ def fraction(text: str) -> float:
     value = positive(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
-
-
-def nonnegative(text: str) -> float:
-    """A finite number >= 0 (a penalty's weight; 0 turns it off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):  # the message said "> 0" though 0 was allowed
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def steps_apart(text: str) -> int:
-    """An integer >= 0 (every how many steps; 0 never): a negative --blur-every meant never too."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (never) or more, got {text!r}")
     return value
 
 
