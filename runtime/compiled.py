@@ -80,6 +80,7 @@ class Compiled:
         self._needs: dict[tuple, frozenset] = {}  # request -> the names of its graph's inputs
         self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = FOLDED if executor.name != "reference" else ()  # the oracle runs the graph as written
+        self._over_examples = over_examples_alone(model.graph)  # batchnorms a step of one example would break
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
         self._defaults: tuple = (None, ())  # the last forward's input names and its default outputs
 
@@ -196,7 +197,7 @@ class Compiled:
         """A UsageError for a step on one example of a model with a batchnorm over the examples
         alone (norm.over_examples_alone): its running variance would become NaN (0/0), as
         PyTorch refuses it too."""
-        names = over_examples_alone(self.model.graph)
+        names = self._over_examples
         sizes = [np.shape(inputs[n.name])[:1] for n in self.model.graph.inputs if n.name in inputs]
         if names and (1,) in sizes:
             raise UsageError(f"step: batchnorm '{names[0]}' takes its statistics over the examples of a batch "

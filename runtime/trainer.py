@@ -252,20 +252,20 @@ class Trainer:
     def _check_single_examples(self) -> None:
         """A batchnorm over the examples alone (after a linear layer) has no variance for a
         batch of one: its running variance became NaN, silently, and every prediction after
-        it with it (as a train split of 1,601 examples in batches of 100 would, its last batch
-        one example). A batch of one is refused; an epoch's last batch of one is left out of it (a
-        different example each epoch, the order being shuffled), and said so."""
+        it with it (as a train split of 1,601 examples in batches of 100 would: its last batch
+        holds one). A batch of one is refused; an epoch's last batch of one is left out of it
+        (a different example each epoch, the order being shuffled), and said so."""
         names = over_examples_alone(self.model.graph)
         if not names:
             return
         ranks, b = self.group.size, self.recipe["batch"]
-        each = (lambda k: k) if ranks == 1 or self.recipe["sync_batchnorm"] else (lambda k: k // ranks)
-        first = self.batches.total(0)
-        if each(first) < 2:
+        share = 1 if ranks == 1 or self.recipe["sync_batchnorm"] else ranks  # what one batchnorm sees of a batch
+        first = self.batches.total(0) // share
+        if first < 2:
             raise TrainError(f"batchnorm '{names[0]}' takes its statistics over the examples of a batch alone, and "
-                             f"a batch of {each(first)} example has no variance (its running variance would be NaN)"
-                             f"; train with at least 2 examples a batch{' on each rank' if each(2) < 2 else ''}")
-        if each(self.batches.total(self.per_epoch - 1)) < 2:
+                             f"a batch of {first} example has no variance (its running variance would be NaN)"
+                             f"; train with at least 2 examples a batch{' on each rank' if share > 1 else ''}")
+        if self.batches.total(self.per_epoch - 1) // share < 2:
             self.batches.drop_last = True
             self.per_epoch = len(self.batches)
             self.warn(f"the last batch of each epoch would hold one example ({len(self.data.train):,} in batches of "

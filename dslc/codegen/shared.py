@@ -32,7 +32,6 @@ from dslc.debug import cache_dir
 from dslc.version import __version__
 
 
-
 def _source_digest(module: str) -> str:
     """A hash of `module`'s source: Numba revalidates a cached kernel against its own file
     only, not the functions it inlined from others (runtime/cpu/kernel_cache.py)."""

@@ -28,9 +28,8 @@ Threads: a parallel loop over `parts` (the workspace's rows, at most N), part p 
 images [N*p/parts, N*(p+1)/parts) in its own slot (geometry.phase_slot); an ungrouped
 forward of fewer images than threads also splits each image's output channels
 (taps.shares): small_cnn's first layer at batch 1, 1 -> 32 channels at 28x28, had one
-thread. The weight
-gradient sums each part's images in its slot's lanes, then the parts in part order (the
-same result whichever thread finished first).
+thread. The weight gradient sums each part's images in its slot's lanes, then the parts
+in part order (the same result whichever thread finished first).
 """
 from __future__ import annotations
 
