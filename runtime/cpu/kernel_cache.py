@@ -11,9 +11,9 @@ and a script importing pool.py alone ran the max pool's stale kernels after lane
 had changed.
 
 It also makes a damaged cache file a cache miss, and saves into one function's cache one
-process at a time (`tolerate_damaged_files`): Numba raises
-from unpickling an index or data file cut short (a full disk, a crash before the data
-reached the disk) or overwritten, on every later run, until someone finds and deletes it.
+process at a time (`tolerate_damaged_files`): Numba raises from unpickling an index or
+data file cut short (a full disk, a crash before the data reached the disk) or
+overwritten, on every later run, until someone finds and deletes it.
 """
 from __future__ import annotations
 
@@ -59,6 +59,19 @@ def drop_stale() -> None:
         pass
 
 
+def _or_missing(method, missing):
+    """`method` returning `missing()` where it raises anything but an OSError (a file that
+    cannot be read is Numba's to report)."""
+    def tolerant(self, *args):
+        try:
+            return method(self, *args)
+        except OSError:
+            raise
+        except Exception:
+            return missing()
+    return tolerant
+
+
 def tolerate_damaged_files() -> None:
     """Read a Numba cache file that cannot be unpickled as a missing one (numba 0.68's
     IndexDataCacheFile: `_load_index` feeds both loading and saving, `load` reads the data
@@ -70,23 +83,10 @@ def tolerate_damaged_files() -> None:
         return
     if not all(hasattr(IndexDataCacheFile, name) for name in ("_load_index", "load", "save")):
         return  # another Numba's internals: its caches as they are
-    load_index, load = IndexDataCacheFile._load_index, IndexDataCacheFile.load
-
-    def _load_index(self):
-        try:
-            return load_index(self)
-        except OSError:
-            raise
-        except Exception:  # any unpickling failure (truncated, garbage): as if there were no index
-            return {}
-
-    def _load(self, key):
-        try:
-            return load(self, key)
-        except OSError:
-            raise
-        except Exception:  # a damaged data file: compile again, the index then names a new one
-            return None
+    # an index that cannot be unpickled (truncated, garbage) is no index; a data file, no entry:
+    # compiled again, the index then names a new one
+    _load_index = _or_missing(IndexDataCacheFile._load_index, dict)
+    _load = _or_missing(IndexDataCacheFile.load, lambda: None)
 
     save = IndexDataCacheFile.save
 
