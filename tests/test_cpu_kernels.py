@@ -12,10 +12,12 @@ The first run compiles every kernel (about a minute); later runs load Numba's ca
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
+import numba
 from numba import njit
 
 from dslc.kernels import geometry
@@ -42,6 +44,17 @@ def close(got, want, dtype):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(initial=0.0), 1e-30))
 
 
+@contextlib.contextmanager
+def numba_threads(n: int):
+    """Numba's parallel loops on n threads inside the block."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def randn(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
@@ -65,8 +78,9 @@ def test_few_row_products_read_b_in_place(dtype, tb):
     """Up to FEW_ROWS rows times op(b) go to few_rows.py's loops (but one row times b, a BLAS
     GEMV), one row more to BLAS's GEMM: every product, from a band of a wider b (its leading dimension) into a band of columns of a
     wider output, through gemm's split of the columns over threads (rows x 4096 x 300: bands
-    apart by whole cache lines; 8 or 9 x 4096 x 20: too few columns for that), with k and n
-    not multiples of the loops' 4."""
+    apart by whole cache lines; 8 or 9 x 4096 x 20: too few columns for that) or, op(b)
+    taller than wide, of its depth (gemm.DEPTH_PARTS partial products: the same bits on one
+    thread), with k and n not multiples of the loops' 4."""
     rng = np.random.default_rng(3)
     for m in (1, 2, 3, 5, few_rows.FEW_ROWS, few_rows.FEW_ROWS + 1):
         for k, n in [(1, 1), (6, 7), (301, 40), (4096, 300), (4096, 20)]:
@@ -78,6 +92,11 @@ def test_few_row_products_read_b_in_place(dtype, tb):
             close(out[:, 1:n + 1], ref("matmul", a, np.ascontiguousarray(b), transpose_a=False, transpose_b=tb),
                   dtype)
             assert (out[:, 0] == 7).all() and (out[:, n + 1:] == 7).all()
+            if m <= few_rows.FEW_ROWS and not tb and k > n:  # a depth split: the same bits on one thread
+                alone = np.empty((m, n), dtype)
+                with numba_threads(1):
+                    gemm.gemm(a, b, alone, False, tb)
+                np.testing.assert_array_equal(alone, out[:, 1:n + 1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -9,6 +9,13 @@ which read op(b) once where BLAS would pack it). Products below MIN_SPLIT multip
 run as one call, since waking the threads costs more, unless they have few rows and a
 large op(b) to read (MIN_SPLIT_READ).
 
+A product of few rows with op(b) taller than wide (a linear layer's forward at a small
+batch: 3136 x 128 in small_cnn) splits its depth instead: each of DEPTH_PARTS parts
+multiplies a run of op(b)'s rows, read in place as one contiguous block, into a partial
+product, and the partials are added in part order. Bands of columns would give each thread
+a strided half of every row of b. The parts are as many whatever the threads, so the sums
+are the same bits on one thread as on all (where one thread runs them in turn).
+
 linear's weight is (in, out), so y = x @ W + b; its backward pieces are
 dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
 
@@ -22,12 +29,17 @@ from numba import njit, prange
 
 from dslc.runtime.cpu.blas import gemm_block, num_threads
 from dslc.runtime.cpu.few_rows import FEW_ROWS
+from dslc.runtime.cpu.lanes import u64
 
 MIN_SPLIT = 1 << 19  # multiply-adds: about 50 us on one core, several times the cost of a parallel loop
 # elements of op(b) from which a product of few rows splits anyway: reading b is its time, and
 # two cores read it faster. small_cnn's fc at batch 1 (b 3136 x 128, 401k multiply-adds)
 # took 28 us forward and 24 for its input gradient on one core, 20 and 15 on two (the EPYC).
 MIN_SPLIT_READ = 1 << 17
+# partial products of a depth split (the module docstring): a multiple of the usual thread
+# counts. small_cnn's fc forward at batch 1 took 13 us so against 18 in column bands, and at
+# 4 rows 21 against 26, on two threads of the EPYC (buffers aligned as the arena's).
+DEPTH_PARTS = 8
 
 
 @njit(cache=True, inline="always")
@@ -63,7 +75,9 @@ def gemm(a, b, out, trans_a, trans_b):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     parts = _parts(m, n, k)
-    if parts == 1:
+    if m <= FEW_ROWS and not trans_b and k > n and n * k >= MIN_SPLIT_READ:  # on one thread too
+        _depth_split(a, b, out, trans_a)
+    elif parts == 1:
         gemm_block(a, b, out, trans_a, trans_b, False)
     elif m >= n:  # bands of rows of out: rows of op(a)
         for p in prange(parts):
@@ -79,6 +93,26 @@ def gemm(a, b, out, trans_a, trans_b):
                 gemm_block(a, b[lo:hi], out[:, lo:hi], trans_a, True, False)
             else:
                 gemm_block(a, b[:, lo:hi], out[:, lo:hi], trans_a, False, False)
+
+
+@njit(inline="always")
+def _depth_split(a, b, out, trans_a):
+    """out = op(a) @ b as DEPTH_PARTS partial products over runs of b's rows, added in order."""
+    m, n = out.shape
+    k = b.shape[0]
+    partial = np.empty((DEPTH_PARTS, m, n), out.dtype)
+    for p in prange(DEPTH_PARTS):
+        lo, hi = _band(k, np.int64(p), DEPTH_PARTS)
+        if trans_a:
+            gemm_block(a[lo:hi], b[lo:hi], partial[p], True, False, False)
+        else:
+            gemm_block(a[:, lo:hi], b[lo:hi], partial[p], False, False, False)
+    for i in range(m):  # loops, not array expressions: each of those is a parallel loop of its own here
+        for j in range(u64(n)):
+            total = partial[0, i, j]
+            for p in range(1, DEPTH_PARTS):
+                total += partial[p, i, j]
+            out[i, j] = total
 
 
 @njit(cache=True)
