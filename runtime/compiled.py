@@ -54,6 +54,10 @@ Arrays = Mapping[str, np.ndarray]
 # layers folded (784 x 512 weights scaled at every call) and 47 us without, at batch 16 538
 # and 255, at 64 865 and 791, at 128 1522 and 1597 (measured alternately, the 2-core EPYC).
 FOLDED = ("conv2d",)
+# Compiled requests a Compiled keeps, the most recently used: each holds its kernels' arenas,
+# and a caller making a new request at every call (a fresh lambda in `rules`, which is keyed
+# by identity as JAX keys a static function) would otherwise keep them all.
+REQUESTS = 32
 
 
 def _one_call_at_a_time(method):
@@ -89,10 +93,17 @@ class Compiled:
         return self.executor.name
 
     def _compiled(self, key: tuple, make):
-        if key not in self._steps:
-            step = self._steps[key] = self.executor.compile(make())
+        """The compiled Step of request `key` (compiled by `make` the first time), now the most
+        recently used of the REQUESTS kept."""
+        step = self._steps.pop(key, None)
+        if step is None:
+            while len(self._steps) >= REQUESTS:  # the least recently used first (the dict's order)
+                oldest = next(iter(self._steps))
+                del self._steps[oldest], self._needs[oldest]
+            step = self.executor.compile(make())
             self._needs[key] = frozenset(n.name for n in step.graph.inputs)
-        return self._steps[key]
+        self._steps[key] = step
+        return step
 
     def _base(self, train: bool) -> Graph:
         return train_mode.lower(self.model.graph) if train else self.model.graph
@@ -132,7 +143,9 @@ class Compiled:
         (dslc/objective.py: "loss", "fc8", "fc8[:, 3]", {"conv3": "l2", "conv5": dL}) with
         respect to the inputs and parameters in `wrt` (default: every trainable parameter).
         `train` defaults to training semantics for the loss and inference for anything else.
-        `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation)."""
+        `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation); a
+        rule is known by its identity, so define it once: a new lambda at every call compiles
+        the request again."""
         check_call(params, inputs)
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
@@ -169,7 +182,8 @@ class Compiled:
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
         check_call(params, inputs)
-        if lr is not None and not (isinstance(lr, (int, float, np.number)) and 0 <= lr < np.inf):
+        if lr is not None and not (isinstance(lr, (int, float, np.number)) and not isinstance(lr, (bool, np.bool_))
+                                   and 0 <= lr < np.inf):
             raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")
         self._check_batch_statistics(inputs)
         opt = self.optimizer or recipe_settings(self.model)[0]

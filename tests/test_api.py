@@ -176,6 +176,23 @@ def test_the_front_ends_forward_and_grad_take_the_compiled_calls_arguments(loade
     assert not np.allclose(got["image"], plain["image"])  # the rule was used
 
 
+def test_the_most_recent_requests_are_kept(loaded, monkeypatch):
+    """A rule is known by its identity: a fresh lambda at each call is a new request, compiled
+    again; only the REQUESTS most recently used stay compiled, and a request dropped is
+    compiled again when asked for, with the same values."""
+    from dslc.runtime import compiled as module
+    monkeypatch.setattr(module, "REQUESTS", 2)
+    c, x = loaded.compile(device="reference"), batch()["image"]
+    call = dict(of="out[:, 1]", wrt="image")
+    first = c.grad(loaded.params, {"image": x}, **call)[1]["image"]
+    for _ in range(3):  # a new lambda each time (guided backpropagation's rule)
+        rule = lambda b, n, g: (b.mul(b.relu(g), b.step(n.inputs[0])),)  # noqa: E731
+        got = c.grad(loaded.params, {"image": x}, rules={"relu": rule}, **call)[1]["image"]
+        assert len(c._steps) <= 2
+    np.testing.assert_array_equal(c.grad(loaded.params, {"image": x}, **call)[1]["image"], first)
+    assert len(c._steps) == 2 and not np.allclose(got, first)
+
+
 def test_compiled_graphs_fold_batchnorm_and_keep_every_node_asked_for(loaded, compiled):
     """On the compiled devices inference batchnorm is folded into the convolution before
     differentiating (no batchnorm, no scale pass left in the saliency graph); a node asked
@@ -268,7 +285,7 @@ def test_mistakes_are_named(loaded, compiled):
         compiled.grad(loaded.params, {"image": image}, of="loss", wrt=["image"])
     with pytest.raises(dslc.CompileError, match="labels have no gradient"):
         compiled.grad(loaded.params, batch(), wrt=["label"])
-    for lr in (-1e-3, float("nan"), float("inf"), "0.1"):
+    for lr in (-1e-3, float("nan"), float("inf"), "0.1", True):
         params = dict(loaded.params)
         with pytest.raises(UsageError, match="step: lr is a finite number >= 0"):
             compiled.step(params, batch(), lr=lr)

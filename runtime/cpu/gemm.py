@@ -9,8 +9,8 @@ which read op(b) once where BLAS would pack it). Products below MIN_SPLIT multip
 run as one call, since waking the threads costs more, unless they have few rows and a
 large op(b) to read (MIN_SPLIT_READ).
 
-A product of few rows with op(b) taller than wide (a linear layer's forward at a small
-batch: 3136 x 128 in small_cnn) splits its depth instead: each of DEPTH_PARTS parts
+A product of few rows with b (not transposed, nor a) taller than wide (a linear layer's
+forward at a small batch: 3136 x 128 in small_cnn) splits its depth instead: each of DEPTH_PARTS parts
 multiplies a run of op(b)'s rows, read in place as one contiguous block, into a partial
 product, and the partials are added in part order. Bands of columns would give each thread
 a strided half of every row of b. The parts are as many whatever the threads, so the sums
@@ -75,8 +75,8 @@ def gemm(a, b, out, trans_a, trans_b):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     parts = _parts(m, n, k)
-    if m <= FEW_ROWS and not trans_b and k > n and n * k >= MIN_SPLIT_READ:  # on one thread too
-        _depth_split(a, b, out, trans_a)
+    if m <= FEW_ROWS and not (trans_a or trans_b) and k > n and n * k >= MIN_SPLIT_READ:  # on one thread too
+        _depth_split(a, b, out)
     elif parts == 1:
         gemm_block(a, b, out, trans_a, trans_b, False)
     elif m >= n:  # bands of rows of out: rows of op(a)
@@ -96,17 +96,14 @@ def gemm(a, b, out, trans_a, trans_b):
 
 
 @njit(inline="always")
-def _depth_split(a, b, out, trans_a):
-    """out = op(a) @ b as DEPTH_PARTS partial products over runs of b's rows, added in order."""
+def _depth_split(a, b, out):
+    """out = a @ b as DEPTH_PARTS partial products over runs of b's rows, added in order."""
     m, n = out.shape
     k = b.shape[0]
     partial = np.empty((DEPTH_PARTS, m, n), out.dtype)
     for p in prange(DEPTH_PARTS):
         lo, hi = _band(k, np.int64(p), DEPTH_PARTS)
-        if trans_a:
-            gemm_block(a[lo:hi], b[lo:hi], partial[p], True, False, False)
-        else:
-            gemm_block(a[:, lo:hi], b[lo:hi], partial[p], False, False, False)
+        gemm_block(a[:, lo:hi], b[lo:hi], partial[p], False, False, False)
     for i in range(m):  # loops, not array expressions: each of those is a parallel loop of its own here
         for j in range(u64(n)):
             total = partial[0, i, j]
