@@ -168,7 +168,7 @@ class Model:
 def load(path: str | os.PathLike, model: str | None = None, text: str | None = None, **overrides) -> Model:
     """Parse, resolve and shape-check a model; raises CompileError for a user mistake."""
     program = load_program(path, text)
-    name = model or program.default_model()
+    name = program.default_model() if model is None else model  # '' names no model (E0242), not the first
     if name is None:
         raise CompileError.single("E0241", f"{program.root} defines no model")
     if name not in program.models:

@@ -194,6 +194,9 @@ def find_checkpoint(path) -> Path:
     old = _siblings(path)[1]
     if (path / "last").is_dir() and not (path / STATE).exists():
         raise CheckpointError(f"{path} is a run directory; its checkpoints are {path / 'last'} and {path / 'best'}")
+    if (path / "config.json").is_file() and not (path / STATE).exists():  # a run's config.json (runs.CONFIG)
+        raise CheckpointError(f"{path} is a run directory with no checkpoint yet (no best/ or last/): its "
+                              "training stopped before the first was saved")
     if path.is_dir():
         return path
     if not path.exists() and old.is_dir():

@@ -41,7 +41,10 @@ def model_and_recipe(file, as_name: str | None = None, sets: dict[str, Any] | No
             raise TrainError(f"{file}: no recipe named '{as_name}'; {hint}")
         model_name = trains[as_name].model
     else:
-        model_name = model or program.default_model()
+        model_name = program.default_model() if model is None else model
+        if model_name not in program.models:  # (a train block's model is checked by load below)
+            hint = did_you_mean(model_name, program.models) or f"it defines: {', '.join(program.models)}"
+            raise TrainError(f"{file}: no model named '{model_name}'; {hint}")
         mine = sorted((t for t in program.trains if t.model == model_name), key=lambda t: t.alias is not None)
         if not mine:
             raise TrainError(f"{file}: no `train` block for model '{model_name}'; add one, e.g. "

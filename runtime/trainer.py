@@ -330,6 +330,9 @@ class Trainer:
                 self.out.lock()
             except RunError as e:
                 raise TrainError(f"cannot resume: {e}") from None
+        if (run_dir / "config.json").is_file() and not any((run_dir / d).is_dir() for d in ("last", ".last.old")):
+            raise TrainError(f"cannot resume {run_dir}: it has no checkpoint yet (its training stopped before "
+                             f"the first was saved); train it again with --out {run_dir} --force")
         ckpt = load_checkpoint(run_dir / "last")
         state.check(ckpt)
         problems = state.model_changes(ckpt, self.model.graph, self.opt.kind)

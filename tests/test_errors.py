@@ -963,6 +963,8 @@ def test_no_model_and_unknown_model(tmp_path, monkeypatch):
     assert [d.code for d in err.diagnostics] == ["E0241"]
     err = _diagnostics(tmp_path, monkeypatch, HYPER, model="mm")
     assert [(d.code, d.message) for d in err.diagnostics] == [("E0242", "test.net has no model 'mm'")]
+    err = _diagnostics(tmp_path, monkeypatch, HYPER, model="")  # not the first model: no model's name
+    assert [(d.code, d.message) for d in err.diagnostics] == [("E0242", "test.net has no model ''")]
 
 
 def test_block_errors_are_reported_once(tmp_path, monkeypatch):

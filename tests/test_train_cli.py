@@ -173,6 +173,20 @@ def test_eval_mistakes(runs, tmp_path, capsys):
     (tmp_path / "broken" / "state.json").write_text("{")
     code, _, err = run(capsys, "eval", MLP, "--checkpoint", tmp_path / "broken")
     assert code == 1 and "bad JSON" in err
+    code, _, err = run(capsys, "eval", MLP, "--checkpoint", runs[0], "--model", "")  # '' is no model's name
+    assert code == 1 and "no model named ''; it defines: digits_mlp" in err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_so(runs, tmp_path, capsys):
+    """A run directory holding only its config.json (killed before the first epoch ended) is
+    named as such by eval and by train --resume, not as a checkpoint missing its state.json."""
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.json").write_bytes((runs[0] / "config.json").read_bytes())
+    code, _, err = run(capsys, "eval", MLP, "--checkpoint", tmp_path / "early")
+    assert code == 1 and "is a run directory with no checkpoint yet" in err
+    code, _, err = run(capsys, "train", MLP, "--resume", tmp_path / "early")
+    assert code == 1 and "it has no checkpoint yet" in err and "--force" in err
+    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == ["config.json"]  # nothing written
 
 
 def test_predict_npy_and_image(runs, tmp_path, capsys):
