@@ -54,7 +54,9 @@ def drop_stale() -> None:
             if f.name.split(".")[0] in stems:
                 f.unlink(missing_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest)
+        staged = stamp.with_name(f"{_STAMP}.{os.getpid()}.tmp")  # renamed whole: another process may read it
+        staged.write_text(digest)
+        os.replace(staged, stamp)
     except (OSError, RuntimeError):  # no writable cache: Numba compiles in memory, nothing is stale
         pass
 
