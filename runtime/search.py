@@ -13,10 +13,11 @@ recipe's `stop` metric if it has one), read from the result.json `dslc train` le
 test split is never evaluated. The plan is fixed before anything runs (random points from
 the seed, or a grid), so a search killed at any moment is continued by the same command:
 finished trials are kept, a trial that failed (a diverged loss) stays failed, and a trial
-that was cut short resumes from its last checkpoint (`dslc train --resume`). A different
-command on the same directory is refused with what differs, unless --force, which starts
-over. `--refine N` adds a second round of N trials in the region of the best first-round
-trials (sampling.refine), planned once the first round has finished.
+that was cut short (Ctrl-C, a signal, an environment it could not run in) resumes from its
+last checkpoint (`dslc train --resume`) or starts again. A different command on the same
+directory is refused with what differs, unless --force, which starts over. `--refine N`
+adds a second round of N trials in the region of the best first-round trials
+(sampling.refine), planned once the first round has finished.
 
 Where trials run is an Engine (engines.py): local processes here; the plan, the table and
 resuming do not depend on it.
@@ -30,28 +31,35 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from dslc.files import UnreadableFile, ensure_dir, read_json, read_limited, write_atomic
-from dslc.frontend.recipe_search import Dimension, value_text
+from dslc.frontend.recipe_search import Dimension, shown, value_text
 from dslc.runtime import sampling
 from dslc.runtime.engines import Engine, Outcome, Task
 from dslc.runtime.errors import TrainError
-from dslc.runtime.jsondoc import Doc
+from dslc.runtime.jsondoc import Doc, is_int, is_number
 from dslc.runtime.runs import RESULT
 
-SEARCH, TRIAL = "search.json", "trial.json"
+SEARCH, TRIAL, LOG = "search.json", "trial.json", "train.log"
 JSON_LIMIT = 64 << 20
 BUSY = "is being written by another dslc process"  # a trial still running elsewhere: not a failure
 # Exit statuses of a trial that failed for good: 1 a mistake (data, a diverged run ...), 2 a command
-# line its point makes invalid (a warmup as long as the --epochs given). Others (130: Ctrl-C,
-# a signal) leave it pending, resumed by the next run; a status 2 was, and failed again each time.
+# line its point makes invalid (a warmup as long as the --epochs given), each once its `dslc train` has
+# said why (REPORTED, in what this run of it printed: `dslc: error:`, argparse's `dslc train: error:`, a
+# located `m.net:3:18: error[E0202]`). Others (130: Ctrl-C, a signal) leave it pending, resumed by the
+# next run; a status 2 was, and failed again each time. So does a 1 or 2 that dslc did not report: the
+# environment's (a Python that cannot start, `No module named dslc` on a node, a traceback), which
+# had failed for good, never tried again.
 FAILED = (1, 2)
+REPORTED = re.compile(rb"^dslc(?: train)?: error: |: error\[E", re.MULTILINE)
+TAIL = 64 << 10  # bytes of a trial's output searched for REPORTED: dslc's report ends it
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Search:
         self.file, self.recipe, self.sets, self.space = str(file), recipe, dict(sets), space
         self.settings, self.out, self.engine, self.force, self.echo = settings, Path(out), engine, force, echo
         self.trials: list[Trial] = []
+        self.output_from: dict[str, int] = {}  # where in its log each running trial's output begins
         self.metric, self.mode = watched  # what each trial's run watches (trainer.watched_metric)
 
     # ---- the plan ------------------------------------------------------------------------
@@ -109,17 +118,18 @@ class Search:
     def _load_or_plan(self) -> None:
         path = self.out / SEARCH
         if os.path.lexists(path) and not self.force:
-            saved = _read(path)
-            differs = _differences(saved.get("key"), self.key())
+            # a search.json edited or cut short is a TrainError naming it and the key, nothing rewritten
+            saved, key = Doc(_read(path), path, TrainError), self.key()
+            differs = _differences(_saved_key(saved, key), key)
             if differs:
                 raise TrainError(f"{self.out} holds another search ({'; '.join(differs)}); run its command to "
                                  "continue it, choose another --out, or pass --force to start over")
-            self.trials = [_trial(t, path) for t in saved.get("trials", [])]
+            self.trials = _saved_trials(saved, self.space)
             return
         if os.path.lexists(path):  # --force: the old plan's trials go with it
             trials = _read(path).get("trials")
             for t in trials if isinstance(trials, list) else []:
-                shutil.rmtree(self.out / _trial(t, path).id, ignore_errors=True)
+                shutil.rmtree(self.out / _trial_id(Doc(t, path, TrainError, "trials.")), ignore_errors=True)
         ensure_dir(self.out)
         self._plan_round(1, self.space, self.settings.trials)
 
@@ -172,7 +182,8 @@ class Search:
             self._finished(t, outcome)
             finished = sum(x.status != "pending" for x in self.trials)
             what = (f"{self.metric} {_score(t.best)} (epoch {t.best_epoch}, {t.seconds:.1f}s)" if t.status == "done"
-                    else f"failed: {t.error}" if t.status == "failed" else f"stopped (status {outcome.status})")
+                    else f"failed: {t.error}" if t.status == "failed"
+                    else f"stopped (status {outcome.status}{f': {outcome.error}' if outcome.status in FAILED else ''})")
             self.echo(f"[{finished}/{total}] {t.id} {_point(t.params)}: {what}")
             self.write_results()
 
@@ -192,17 +203,20 @@ class Search:
         t.command = ["dslc", *argv]
         ensure_dir(run)
         self._write_trial(t)
-        return Task(t.id, tuple(argv), run / "train.log")
+        log = run / LOG
+        self.output_from[t.id] = log.stat().st_size if log.exists() else 0  # appended: a resume's comes after
+        return Task(t.id, tuple(argv), log)
 
     def _finished(self, t: Trial, outcome: Outcome) -> None:
         if outcome.status == 0:
             self._read_outcome(t)
             if t.status == "done":  # trial.json says how it ended, not the "pending" it started with
                 self._write_trial(t)
-        elif outcome.status in FAILED and BUSY not in outcome.error:
+        elif (outcome.status in FAILED and BUSY not in outcome.error
+              and _reported(self.out / t.id / LOG, self.output_from[t.id])):
             t.status, t.error = "failed", outcome.error
             self._write_trial(t)
-        # anything else (Ctrl-C, a kill): still pending, resumed by the next run
+        # anything else (Ctrl-C, a kill, the environment): still pending, resumed by the next run
 
     def _write_trial(self, t: Trial) -> None:
         write_atomic(self.out / t.id / TRIAL, json.dumps(asdict(t), indent=2).encode())
@@ -241,8 +255,9 @@ class Search:
     def report(self) -> dict:
         rows = [t.row(self.out) for t in self.ranked()]
         done = [r for r in rows if r["status"] == "done" and r["best"] is not None]  # null: not finite
+        epochs = self.settings.epochs or self.recipe["epochs"]  # null for a recipe of `steps = N`
         return {"search": str(self.out), "recipe": self.recipe.name, "metric": self.metric, "mode": self.mode,
-                "epochs": self.settings.epochs or self.recipe["epochs"],
+                "epochs": epochs, "steps": None if epochs else self.recipe["steps"],
                 "space": [{**d.to_json(), "log": d.log} for d in self.space], "trials": rows,
                 "best": done[0] if done else None}
 
@@ -266,7 +281,18 @@ def _score(best: float | None) -> str:
 
 
 def _point(params: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return " ".join(f"{k}={shown(v)}" for k, v in params.items())
+
+
+def _reported(log: Path, start: int) -> bool:
+    """Whether a trial's output from byte `start` of its log (this run of it: a resumed trial's log
+    holds its earlier parts too) holds dslc's report of an error (REPORTED); not when unreadable."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(start, os.fstat(f.fileno()).st_size - TAIL))
+            return REPORTED.search(f.read()) is not None
+    except OSError:
+        return False
 
 
 def _read(path) -> dict:
@@ -279,9 +305,44 @@ def _read(path) -> dict:
     return value
 
 
-def _trial(d, path) -> Trial:
-    doc = Doc(d, path, TrainError, "trials.")
+def _saved_key(saved: Doc, key: dict) -> dict:
+    """search.json's key, holding every part `key` has: one missing is a damaged file, not another search."""
+    doc = saved.obj("key")
+    for part in key:
+        doc.get(part, lambda v: True, "present")
+    return doc.value
+
+
+def _saved_trials(saved: Doc, space: tuple[Dimension, ...]) -> list[Trial]:
+    """The trials search.json plans, each point checked against the space: a point missing a
+    dimension reached the plot as a KeyError, a text where a number belongs as a TypeError."""
+    trials = [_trial(Doc(d, saved.file, TrainError, "trials."), space)
+              for d in saved.list("trials", lambda v: isinstance(v, dict), "objects")]
+    ids = [t.id for t in trials]
+    twice = next((tid for tid in ids if ids.count(tid) > 1), None)
+    if twice:
+        raise TrainError(f"{saved.file}: trial '{twice}' is planned twice")
+    return trials
+
+
+def _trial(doc: Doc, space: tuple[Dimension, ...]) -> Trial:
+    params = doc.obj("params")
+    params.exactly([d.key for d in space])
+    for d in space:
+        params.get(d.key, *_holds(d))
+    return Trial(_trial_id(doc), doc.int("round", lo=1), params.value)
+
+
+def _trial_id(doc: Doc) -> str:
     tid = doc.str("id")
     if not tid.startswith("trial-") or "/" in tid or tid in (".", ".."):
-        raise TrainError(f"{path}: 'trials.id' must name a trial directory, got {tid!r}")
-    return Trial(tid, doc.int("round", lo=1), doc.obj("params").value)
+        raise TrainError(f"{doc.file}: 'trials.id' must name a trial directory, got {tid!r}")
+    return tid
+
+
+def _holds(d: Dimension) -> tuple[Callable[[Any], bool], str]:
+    """A check of a saved point's value of `d`, and what it wants (for the message)."""
+    if d.kind == "choice":
+        return (lambda v: any(type(v) is type(c) and v == c for c in d.choices),
+                "one of " + ", ".join(map(value_text, d.choices)))
+    return (is_int, "an integer") if d.integer else (is_number, "a finite number")

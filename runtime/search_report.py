@@ -11,12 +11,8 @@ import csv
 import io
 import math
 
-from dslc.frontend.recipe_search import Dimension, value_text
+from dslc.frontend.recipe_search import Dimension, shown, value_text
 from dslc.runtime.plots import figure, save_figure
-
-
-def _cell(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else value_text(v)
 
 
 def table(report: dict) -> str:
@@ -31,7 +27,7 @@ def table(report: dict) -> str:
             tail = [f"{t['best']:.4f}" if t["best"] is not None else "-", str(t["best_epoch"]), f"{t['seconds']:.1f}s"]
         else:
             tail = [t["status"] + (f": {t['error']}" if t["error"] else ""), "", ""]
-        body.append([str(rank) if t["status"] == "done" else "-", t["id"], *(_cell(t["params"].get(k)) for k in keys),
+        body.append([str(rank) if t["status"] == "done" else "-", t["id"], *(shown(t["params"].get(k)) for k in keys),
                      *tail])
     done_rows = [head] + [row for row in body if row[0] != "-"]  # a failure's message runs on past the columns
     widths = [max(len(row[c]) for row in (done_rows if c >= len(head) - 3 else [head] + body))
@@ -40,12 +36,21 @@ def table(report: dict) -> str:
     direction = "higher" if report["mode"] == "max" else "lower"
     done = sum(t["status"] == "done" for t in report["trials"])
     title = (f"search of {report['recipe']}: {len(report['trials'])} trials ({done} done), {metric} ({direction} is "
-             f"better), {report['epochs']} epochs each; in {report['search']}")
+             f"better), {_length(report)}; in {report['search']}")
     best = report["best"]
-    verdict = (f"best: {best['id']} ({', '.join(f'{k}={_cell(v)}' for k, v in best['params'].items())}): {metric} "
+    verdict = (f"best: {best['id']} ({', '.join(f'{k}={shown(v)}' for k, v in best['params'].items())}): {metric} "
                f"{best['best']:.4f}; its run is {best['run']}" if best
                else f"no finished trial has a finite {metric}" if done else "no trial has finished")
     return "\n".join([title, *(line.rstrip() for line in lines), verdict])
+
+
+def _length(report: dict) -> str:
+    """How long each trial trains, for the title: its epochs, or its steps for a recipe of
+    `steps = N` (epochs is null then), or its point's when the space searches either."""
+    searched = [d["key"] for d in report["space"] if d["key"] in ("epochs", "steps")]
+    if searched:
+        return f"{searched[0]} as each point says"
+    return f"{report['epochs']} epochs each" if report["epochs"] is not None else f"{report['steps']} steps each"
 
 
 def to_csv(report: dict) -> str:

@@ -18,7 +18,7 @@ import dslc
 from dslc.diagnostics import CompileError
 from dslc.frontend.recipe_search import Dimension
 from dslc.runtime import sampling
-from dslc.runtime.engines import Outcome
+from dslc.runtime.engines import LocalProcesses, Outcome
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import read_records
 from dslc.runtime.search import Search, Settings
@@ -226,18 +226,24 @@ def test_space_replaces_the_dimension_of_a_shorthand():
 
 
 class Scripted:
-    """An engine that trains nothing: each trial's result.json says `best(lr)`, and the trials
-    in `killed` end as if killed by a signal (status -9, nothing written)."""
+    """An engine that trains nothing: each trial's result.json says `best(lr)`, the trials in
+    `killed` end as if killed by a signal (status -9, nothing written), and those in `failed`
+    as if their training failed (status 1 after dslc's `dslc: error:` line)."""
 
     name = "scripted"
 
-    def __init__(self, best, killed=()):
-        self.best, self.killed = best, set(killed)
+    def __init__(self, best, killed=(), failed=()):
+        self.best, self.killed, self.failed = best, set(killed), set(failed)
 
     def run(self, tasks, done):
         for task in tasks:
             if task.id in self.killed:
                 done(Outcome(task.id, -signal.SIGKILL))
+                continue
+            if task.id in self.failed:
+                with open(task.log, "a") as log:
+                    log.write("dslc: error: the loss is not finite at step 3\n")
+                done(Outcome(task.id, 1, "the loss is not finite at step 3"))
                 continue
             lr = float(next(a for a in task.argv if a.startswith("lr=")).partition("=")[2])
             result = {"epochs": 1, "steps": 20, "train_seconds": 0.1, "best_epoch": 1, "stopped_early": False,
@@ -291,7 +297,7 @@ def test_trial_json_says_how_a_trial_ended(tmp_path):
 def test_a_resumed_trial_keeps_the_output_of_its_first_part(tmp_path):
     """A trial's train.log was opened for writing anew each time it ran, so resuming a trial
     cut short replaced what its first part printed (its sanity block, where it stopped)."""
-    from dslc.runtime.engines import LocalProcesses, Task
+    from dslc.runtime.engines import Task
 
     log = tmp_path / "train.log"
     log.write_text("dslc: interrupted at step 7; checkpoint written\n")
@@ -299,3 +305,83 @@ def test_a_resumed_trial_keeps_the_output_of_its_first_part(tmp_path):
     LocalProcesses(1).run([Task("trial-001", ("--version",), log)], ended.append)
     assert ended == [Outcome("trial-001", 0)]
     assert log.read_text().splitlines() == ["dslc: interrupted at step 7; checkpoint written", f"dslc {dslc.__version__}"]
+
+
+# ---- mistakes found in review: steps recipes, refined bounds, damaged plans, the environment ----
+
+def test_a_recipe_trained_by_steps_says_so_in_the_title(tmp_path):
+    """A recipe of `steps = N` has no epochs: the table's title said "None epochs each"."""
+    path = search_net(tmp_path, "lr = loguniform(1e-3, 1e-1)")
+    path.write_text(path.read_text().replace("epochs = 2\n", "steps = 30\n"))
+    _, recipe = model_and_recipe(path)
+
+    def report(epochs, space=recipe.space):
+        return Search(path, recipe, {}, space, Settings(epochs=epochs), tmp_path / "s", Scripted(lambda lr: lr),
+                      ("val_loss", "min")).report()
+
+    by_steps = report(None)
+    assert (by_steps["epochs"], by_steps["steps"]) == (None, 30)
+    assert ", 30 steps each; in " in table(by_steps).splitlines()[0]
+    assert ", 3 epochs each; in " in table(report(3)).splitlines()[0]  # --epochs 3
+    searched = report(None, (Dimension("steps", "int_uniform", 10, 40),))
+    assert ", steps as each point says; in " in table(searched).splitlines()[0]
+
+
+def test_steps_searched_and_epochs_given_is_refused(tmp_path, capsys):
+    """A trial given --epochs (or --set epochs) and its point's --set steps has both, which
+    exclude each other: every trial failed with that message."""
+    path = search_net(tmp_path, "steps = int_uniform(5, 10)")
+    code, _, err = run(capsys, "search", path, "--epochs", "1", "--trials", "1", "--out", tmp_path / "s", *REF)
+    assert code == 2 and "the space searches steps (a recipe trains epochs or steps, not both): drop one" in err
+    code, _, err = run(capsys, "search", path, "--set", "epochs=1", "--trials", "1", "--out", tmp_path / "s", *REF)
+    assert code == 2 and "--set epochs trains every trial that many epochs, and the space searches steps" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_refined_bounds_are_shown_rounded(tmp_path):
+    """The refining round's bounds are any floats: the progress line printed them in full,
+    loguniform(0.011162457230450255, 0.0701406315684866)."""
+    lines: list[str] = []
+    _search(tmp_path, Scripted(lambda lr: lr), refine=2, lines=lines).run()
+    assert "refining: lr loguniform(0.01116, 0.07014)" in lines
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda plan: plan["trials"][0]["params"].clear(), "'trials.params.lr' is missing"),  # a KeyError in the plot
+    (lambda plan: plan["trials"][1]["params"].update(lr="fast"), "'trials.params.lr' must be a finite number"),
+    (lambda plan: plan.pop("trials"), "'trials' is missing"),  # planned anew over the trials there
+    (lambda plan: plan["key"].pop("settings"), "'key.settings' is missing"),  # "holds another search"
+    (lambda plan: plan["trials"][2].update(id="trial-001"), "trial 'trial-001' is planned twice"),
+])
+def test_a_damaged_search_json_is_named_and_nothing_is_lost(tmp_path, capsys, damage, message):
+    """A hand-edited search.json is a message naming it and its key, exit status 1: a point
+    missing a dimension was a KeyError traceback from the plot, a plan without trials was
+    planned again over the trials there."""
+    _search(tmp_path, Scripted(lambda lr: lr), refine=1).run()
+    out = tmp_path / "s"
+    plan = json.loads((out / "search.json").read_text())
+    damage(plan)
+    (out / "search.json").write_text(json.dumps(plan))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = run(capsys, "search", tmp_path / "m.net", "--trials", "3", "--epochs", "1", "--refine", "1",
+                       "--out", out)
+    assert code == 1 and err.startswith(f"dslc: error: {out / 'search.json'}: {message}"), err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_trial_its_environment_stopped_is_tried_again(tmp_path):
+    """A trial that ends with status 1 that dslc did not report (here Python cannot start: a
+    PYTHONHOME with no standard library) failed for good, like a diverged one, and no rerun
+    tried it again. A failure dslc reported stays failed, a finished trial stays done."""
+    broken = LocalProcesses(1)
+    broken.env["PYTHONHOME"] = str(tmp_path / "nowhere")
+    lines: list[str] = []
+    first = _search(tmp_path, broken, trials=2, lines=lines)
+    first.run()
+    assert [t.status for t in first.trials] == ["pending", "pending"] and "stopped (status 1: " in lines[1]
+    again = _search(tmp_path, Scripted(lambda lr: lr, failed={"trial-002"}), trials=2)
+    again.run()
+    assert [(t.status, t.error) for t in again.trials] == [("done", ""), ("failed", "the loss is not finite at step 3")]
+    third = _search(tmp_path, Scripted(lambda lr: 1 / 0), trials=2)  # trains nothing: nothing is left
+    third.run()
+    assert [t.status for t in third.trials] == ["done", "failed"]

@@ -42,6 +42,20 @@ def space_of(model, recipe, texts: list[str]):
     return tuple(dims.values())
 
 
+def _length_clash(epochs_flag: bool, sets: dict, space) -> str | None:
+    """Why the trials' length given on the command line (--epochs, --set epochs or steps) cannot
+    go with the space's, if it cannot: every trial is given --epochs after its point, so it wins
+    over a searched epochs; and epochs beside steps, either way round, failed every trial, as a
+    recipe trains one or the other."""
+    searched = next((d.key for d in space if d.key in ("epochs", "steps")), None)
+    given = "epochs" if epochs_flag else next((k for k in ("epochs", "steps") if k in sets and k != searched), None)
+    if searched is None or given is None:
+        return None
+    both = "" if given == searched else " (a recipe trains epochs or steps, not both)"
+    return (f"{'--epochs' if epochs_flag else f'--set {given}'} trains every trial that many {given}, and the space "
+            f"searches {searched}{both}: drop one")
+
+
 def cmd_search(args) -> int:
     from pathlib import Path
 
@@ -65,8 +79,9 @@ def cmd_search(args) -> int:
     if not space:
         raise UsageError(f"recipe '{recipe.name}' of {args.file} has no search block and no --space was given; "
                          "add e.g. `search { lr = loguniform(1e-4, 1e-1) }` to its train block")
-    if args.epochs is not None and any(d.key == "epochs" for d in space):  # the trials' --epochs would win
-        raise UsageError("--epochs trains every trial that many epochs, and the space searches epochs: drop one")
+    clash = _length_clash(args.epochs is not None, sets, space)
+    if clash:
+        raise UsageError(clash)
     if recipe["split"] is None:
         raise TrainError(f"recipe '{recipe.name}' holds out no validation data (split = none): a search compares "
                          "trials on validation data, never on the test set")

@@ -62,9 +62,11 @@ class Dimension:
         return self.kind.startswith("int_")
 
     def show(self) -> str:
+        """The distribution for people to read, numbers to 4 significant digits: a refined
+        round's bounds are any floats (0.0031622776601683794); the values sampled stay exact."""
         if self.kind == "choice":
-            return f"choice({', '.join(map(value_text, self.choices))})"
-        return f"{self.kind}({value_text(self.low)}, {value_text(self.high)})"
+            return f"choice({', '.join(map(shown, self.choices))})"
+        return f"{self.kind}({shown(self.low)}, {shown(self.high)})"
 
     def to_json(self) -> dict:
         return {"key": self.key, "kind": self.kind, "low": self.low, "high": self.high, "choices": list(self.choices)}
@@ -76,6 +78,11 @@ class Dimension:
 
 def _numeric(values) -> bool:
     return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def shown(v) -> str:
+    """A point's value for people to read (a table, a progress line): floats to 4 significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else value_text(v)
 
 
 def value_text(v) -> str:
