@@ -10,11 +10,11 @@ run as one call, since waking the threads costs more, unless they have few rows 
 large op(b) to read (MIN_SPLIT_READ).
 
 A product of few rows with b (not transposed, nor a) taller than wide (a linear layer's
-forward at a small batch: 3136 x 128 in small_cnn) splits its depth instead: each of DEPTH_PARTS parts
-multiplies a run of op(b)'s rows, read in place as one contiguous block, into a partial
-product, and the partials are added in part order. Bands of columns would give each thread
-a strided half of every row of b. The parts are as many whatever the threads, so the sums
-are the same bits on one thread as on all (where one thread runs them in turn).
+forward at a small batch: 3136 x 128 in small_cnn) splits its depth instead: each of
+DEPTH_PARTS parts multiplies a run of b's rows, read in place as one contiguous block, into
+a partial product, and the partials are added in part order. Bands of columns would give
+each thread a strided half of every row of b. The parts are as many whatever the threads,
+so the sums are the same bits on one thread as on all (where one thread runs them in turn).
 
 linear's weight is (in, out), so y = x @ W + b; its backward pieces are
 dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
