@@ -104,7 +104,10 @@ def load_data(recipe, stats: dict | None = None, labels: bool = True, model=None
     split = recipe["split"]
     val: Dataset | None = None
     if split is not None:  # held out before the classes are kept: a subset's held-out examples are the whole's
-        train, val, test = partition(train, test, split["fraction"], split["test"], split["seed"])
+        try:
+            train, val, test = partition(train, test, split["fraction"], split["test"], split["seed"])
+        except DataError as e:
+            raise _split_error(recipe, e) from None
     if classes:
         train = _kept(train, classes, "training")
         val, test = (None if p is None else _kept(p, classes, which) for p, which in ((val, "validation"), (test, "test")))
@@ -113,6 +116,15 @@ def load_data(recipe, stats: dict | None = None, labels: bool = True, model=None
         train, val, test = (None if p is None else replace(p, x=p.x.reshape((len(p), *shape))) for p in (train, val, test))
     stats = stats if stats is not None else normalize.fit(train.x, recipe["normalize"])
     return Data(train, val, test, stats)
+
+
+def _split_error(recipe, e: DataError) -> CompileError:
+    """A split the data is too small for, as the recipe mistake it is (E0505, located at the
+    train block: the setting may come from the file or a --set), with the split as given: the
+    data's size is known only once read, so the recipe's check cannot refuse it earlier."""
+    split = recipe["split"]
+    given = ", ".join(f"{k}={v:g}" for k, v in split.args)
+    return CompileError.single("E0505", f"split = {split.name}({given}) does not fit {e}", recipe.span)
 
 
 def _kept(part: Dataset, classes, which: str) -> Dataset:
