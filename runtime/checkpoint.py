@@ -187,6 +187,19 @@ def _non_finite(arrays: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
+def saved(run: Path, name: str) -> bool:
+    """Whether run directory `run` holds its checkpoint `name` (best, last), or the `.NAME.old`
+    a save killed between its two renames left (find_checkpoint reads that one)."""
+    return (run / name).is_dir() or _siblings(run / name)[1].is_dir()
+
+
+def unsaved_run(path: Path) -> bool:
+    """Whether `path` is a run directory (its config.json, runs.CONFIG) whose training stopped
+    before its first checkpoint was saved: said so, rather than as a checkpoint missing files."""
+    return ((path / "config.json").is_file() and not (path / STATE).exists()
+            and not any(saved(path, name) for name in ("best", "last")))
+
+
 def find_checkpoint(path) -> Path:
     """The complete checkpoint directory for `path`: itself, or `.NAME.old` when a save was
     killed between its two renames. Raises CheckpointError when there is neither."""
@@ -194,7 +207,7 @@ def find_checkpoint(path) -> Path:
     old = _siblings(path)[1]
     if (path / "last").is_dir() and not (path / STATE).exists():
         raise CheckpointError(f"{path} is a run directory; its checkpoints are {path / 'last'} and {path / 'best'}")
-    if (path / "config.json").is_file() and not (path / STATE).exists():  # a run's config.json (runs.CONFIG)
+    if unsaved_run(path):
         raise CheckpointError(f"{path} is a run directory with no checkpoint yet (no best/ or last/): its "
                               "training stopped before the first was saved")
     if path.is_dir():

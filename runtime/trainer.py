@@ -330,7 +330,7 @@ class Trainer:
                 self.out.lock()
             except RunError as e:
                 raise TrainError(f"cannot resume: {e}") from None
-        if (run_dir / "config.json").is_file() and not any((run_dir / d).is_dir() for d in ("last", ".last.old")):
+        if checkpoint.unsaved_run(run_dir):
             raise TrainError(f"cannot resume {run_dir}: it has no checkpoint yet (its training stopped before "
                              f"the first was saved); train it again with --out {run_dir} --force")
         ckpt = load_checkpoint(run_dir / "last")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dslc.recipe.schema import select_params
-from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare, load_checkpoint
+from dslc.runtime.checkpoint import Checkpoint, CheckpointError, compare, load_checkpoint, saved
 from dslc.runtime.torch_weights import load_torch_weights
 
 
@@ -26,7 +26,7 @@ def resolve(path) -> Path:
     """The checkpoint directory `path` means: itself, or a run's best (else last) checkpoint."""
     path = Path(path)
     for name in ("best", "last"):
-        if (path / name).is_dir() or (path / f".{name}.old").is_dir():
+        if saved(path, name):
             return path / name
     return path
 
