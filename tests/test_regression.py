@@ -140,3 +140,16 @@ def test_r2_of_a_constant_target_is_1_for_an_exact_prediction_else_0(net, device
     out = curve.compile(device).forward(curve.init(0), {"x": np.ones((4, 2), np.float32),
                                                         "y": np.full((4, 1), 0.5, np.float32)})
     assert float(out["r2"]) == 0.0
+
+
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_r2_of_a_constant_target_has_a_zero_gradient(net, device):
+    """r2 of a constant target is the constant 1 or 0, so its gradient is 0, not the infinity or
+    NaN that dividing by sum (t - mean t)^2 = 0 gave; targets that differ keep the formula's."""
+    fit = dslc.load(net(R2)).compile(device)
+    t = np.full((3, 2), 0.1, np.float32)  # 0.1: the mean of its copies need not be exactly 0.1
+    value, g = fit.grad({}, {"p": t + 0.25, "y": t}, of="r2", wrt=["p", "y"])
+    assert value == 0.0 and not np.any(g["p"]) and not np.any(g["y"])
+    spread = np.array([[0.5, 0.5], [0.5, 1.5], [0.5, 0.5]], np.float32)  # T = 5/6: d r2/dp = -2 (p - t) / T
+    value, g = fit.grad({}, {"p": spread + 0.1, "y": spread}, of="r2", wrt=["p"])
+    assert np.allclose(g["p"], -0.24, rtol=1e-5)

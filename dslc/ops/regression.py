@@ -175,9 +175,12 @@ def _r2_grad(b, n, g):
     p, t = n.inputs
     # r2 = 1 - R / T, R = sum (p - t)^2, T = sum (t - mean t)^2 (whose mean term sums to 0 in dT/dt):
     # d r2/dp = -2 (p - t) / T;  d r2/dt = 2 (p - t) / T + 2 R (t - mean t) / T^2
+    # A constant target (max t = min t, the value's own test) makes r2 a constant 1 or 0: its
+    # gradient is 0 there, and T (0, or rounding's speck) is replaced by 1 so nothing divides by it.
     d, centred = b.sub(p, t), b.sub(t, b.mean(t))
-    total = b.sum(b.mul(centred, centred))
-    two = b.div(b.mul(g, _const(b, n, 2.0)), total)
+    varies = b.step(b.sub(b.max(t), b.min(t)))  # 1 if the targets differ, else 0 (NaN: 0, T stays NaN)
+    total = b.add(b.sum(b.mul(centred, centred)), b.sub(_const(b, n, 1.0), varies))
+    two = b.div(b.mul(b.mul(g, _const(b, n, 2.0)), varies), total)
     dp = b.mul(b.neg(d), two)
     dt = b.mul(b.add(d, b.mul(centred, b.div(b.sum(b.mul(d, d)), total))), two)
     return dp, dt
