@@ -119,17 +119,21 @@ class Search:
         path = self.out / SEARCH
         if os.path.lexists(path) and not self.force:
             # a search.json edited or cut short is a TrainError naming it and the key, nothing rewritten
-            saved, key = Doc(_read(path), path, TrainError), self.key()
-            differs = _differences(_saved_key(saved, key), key)
+            key = self.key()
+            try:
+                saved = Doc(_read(path), path, TrainError)
+                differs = _differences(_saved_key(saved, key), key)
+                self.trials = [] if differs else _saved_trials(saved, self.space)
+            except TrainError as e:
+                raise TrainError(f"{e}; mend it, or pass --force to start the search over") from None
             if differs:
                 raise TrainError(f"{self.out} holds another search ({'; '.join(differs)}); run its command to "
                                  "continue it, choose another --out, or pass --force to start over")
-            self.trials = _saved_trials(saved, self.space)
             return
-        if os.path.lexists(path):  # --force: the old plan's trials go with it
-            trials = _read(path).get("trials")
-            for t in trials if isinstance(trials, list) else []:
-                shutil.rmtree(self.out / _trial_id(Doc(t, path, TrainError, "trials.")), ignore_errors=True)
+        if os.path.lexists(path):  # --force: the old plan's trials go with it, whatever its state
+            for run in self.out.glob("trial-*"):
+                if (run / TRIAL).is_file():  # a trial this search started (_task writes it first)
+                    shutil.rmtree(run, ignore_errors=True)
         ensure_dir(self.out)
         self._plan_round(1, self.space, self.settings.trials)
 

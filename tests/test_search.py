@@ -369,6 +369,24 @@ def test_a_damaged_search_json_is_named_and_nothing_is_lost(tmp_path, capsys, da
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_force_starts_over_from_a_search_json_it_cannot_read(tmp_path, capsys):
+    """--force starts over, whatever the old plan's state: a search.json cut short was the same
+    TrainError with --force as without, and only deleting it by hand went on. The old trials
+    go with it (a new trial-001 would otherwise resume the old one's checkpoint)."""
+    _search(tmp_path, Scripted(lambda lr: lr)).run()
+    out = tmp_path / "s"
+    (out / "search.json").write_text('{"key": {"file": ')
+    (out / "trial-002" / "mark").write_text("old")
+    argv = ("search", tmp_path / "m.net", "--trials", "1", "--epochs", "1", "--out", out, *REF)
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and err.startswith(f"dslc: error: {out / 'search.json'}: bad JSON at line 1")
+    assert err.rstrip().endswith("; mend it, or pass --force to start the search over")
+    code, _, err = run(capsys, *argv, "--force")
+    assert code == 0, err
+    assert len(json.loads((out / "search.json").read_text())["trials"]) == 1
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-001"] and not (out / "trial-002").exists()
+
+
 def test_a_trial_its_environment_stopped_is_tried_again(tmp_path):
     """A trial that ends with status 1 that dslc did not report (here Python cannot start: a
     PYTHONHOME with no standard library) failed for good, like a diverged one, and no rerun
