@@ -181,10 +181,12 @@ PHASED_CASES = [
     (1, 64, 40, 40, 2, 3, 2, 1, 1, 1, False),          # im2col in 2 blocks of rows (> COL_BLOCK)
 ]
 CONV_CASES += PHASED_CASES
-# stride 1 padded `same`, a block of geometry.TAP_OUTS outputs per group or more: the forward
-# directly from the zero-padded image (strided.py with one plane), the input gradient too
-# with TAP_OUTS input channels per group or more (geometry.pass_modules)
+# stride 1, any padding: the forward directly from the zero-padded image (strided.py with
+# one plane), the gradients too with enough channels or taps (geometry.pass_modules)
 DIRECT_CASES = [
+    (2, 6, 14, 14, 16, 5, 1, 0, 1, 1, True),         # LeNet-5's C3, unpadded: all three directly
+    (2, 8, 8, 7, 6, 3, 1, 2, 1, 1, False),           # padded 2: outputs wider than the image
+    (1, 3, 9, 8, 4, (3, 5), 1, (1, 0), 1, 1, True),  # one-sided padding, fewer outputs than a block
     (2, 1, 7, 9, 8, 3, 1, "same", 1, 1, True),         # a first layer's one channel: input gradient by im2col
     (2, 8, 6, 7, 8, 5, 1, "same", 1, 1, False),        # 5x5: both directly
     (3, 8, 5, 6, 16, 1, 1, 0, 1, 1, True),             # 1x1

@@ -68,14 +68,18 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
 
 def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
     """Whether a convolution can run directly from its input's phase planes
-    (dslc.runtime.cpu.strided): undilated, the input's sides multiples of the strides and
-    the output as wide as a plane (w / sw == wo), as for a 3x3 stride-2 convolution padded
-    1, a 1x1 stride-2 one unpadded, a 7x7 stride-2 stem padded 3 on even sizes, or any
-    stride-1 convolution padded `same` (one plane: the image itself, zero-padded).
-    >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 8, 8, 8)
+    (dslc.runtime.cpu.strided): undilated and either of stride 1, any padding (one plane:
+    the image itself, zero-padded, as wide as the output needs: phase_layout's wq), or with
+    the input's sides multiples of the strides and the output as wide as a plane
+    (w / sw == wo), as for a 3x3 stride-2 convolution padded 1, a 1x1 stride-2 one
+    unpadded, a 7x7 stride-2 stem padded 3 on even sizes. Stride 1 used to need `same`
+    padding as well, which left LeNet-5's unpadded 5x5 convolutions to im2col; all three
+    passes agree with conv.py's for unpadded, over-padded and one-sided padding
+    (tests/test_cpu_kernels.py: DIRECT_CASES).
+    >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 14, 14, 10)
     (True, False, True)
     """
-    return dh == 1 and dw == 1 and h % sh == 0 and w % sw == 0 and w // sw == wo
+    return dh == 1 and dw == 1 and (sh == sw == 1 or (h % sh == 0 and w % sw == 0 and w // sw == wo))
 
 
 def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, ho: int, wo: int,
@@ -133,19 +137,26 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w:
 
     - 3x3 stride 1 with enough channels: all three by Winograd (`winograd`).
     - strided and `phased`: all three directly from the phase planes (strided.py).
-    - stride 1 and `phased`: the forward directly from the zero-padded image when a group
-      has a block of TAP_OUTS outputs or more (tap_sums computes outputs in such blocks),
-      the input gradient likewise when it has TAP_OUTS input channels or more; the weight
-      gradient by im2col. Against im2col + GEMM, whose GEMM is thin when C*kh*kw is small,
-      measured alternately on two threads of the EPYC: forward 1x32 3x3 at 28x28 (batch
-      32) 0.18-0.30 -> 0.13-0.25 ms, 3x32 3x3 at 32x32 (batch 128) 2.74 -> 1.64, 3x64 7x7
-      21.5 -> 15.1, 64x256 1x1 at 8x8 (batch 64) 0.98 -> 0.81; input gradient 64x256 1x1
-      0.95 -> 0.81, 8x32 5x5 7.6 -> 4.4, but 1x32 3x3 0.095 -> 0.60 (a block of 8 input
-      channels holding one). The weight gradient went either way (1x1: 0.75 -> 1.19; 5x5:
-      8.6 -> 4.8).
+    - stride 1 (always `phased`): the forward directly from the zero-padded image; the input
+      gradient likewise when a group has at least 3/4 of a block of TAP_OUTS input channels
+      (tap_sums computes that gradient's channels in such blocks); the weight gradient
+      likewise for kernels of 25 taps or more, or TAP_OUTS outputs per group or fewer.
+      Against im2col + GEMM, whose GEMM is thin when C*kh*kw is small, measured
+      alternately on two threads of the EPYC (batch 128 unless said): forward 1x32 3x3 at
+      28x28 (batch 32) 0.18-0.30 -> 0.13-0.25 ms, 3x32 3x3 at 32x32 2.74 -> 1.64, 3x64 7x7
+      21.5 -> 15.1, 64x256 1x1 at 8x8 (batch 64) 0.98 -> 0.81, and with fewer outputs than
+      a block 1x6 5x5 at 28x28 0.47 -> 0.26, 3x4 3x3 0.59 -> 0.33, 16x2 3x3 0.79 -> 0.43;
+      input gradient 64x256 1x1 0.95 -> 0.81, 8x32 5x5 7.6 -> 4.4, 6x16 5x5 unpadded at
+      14x14 (LeNet-5's C3) 1.48 -> 0.80, but 1x32 3x3 0.42 -> 2.77 and 3x32 3x3 1.74 ->
+      3.47 (blocks of 8 input channels holding one or three); weight gradient 6x16 5x5
+      unpadded 1.97 -> 0.58, 3x16 5x5 9.4 -> 3.0, 1x6 5x5 0.77 -> 0.55, 3x4 3x3 0.70 ->
+      0.44, 16x2 3x3 0.88 -> 0.29, but 1x32 3x3 2.0 -> 2.3, 3x32 3x3 3.8 -> 3.7 and
+      64x256 1x1 1.25 -> 2.11.
     - otherwise im2col + GEMM (conv.py).
     >>> pass_modules(3, 3, (1, 1, 1, 1, 1, 1, 1, 1), 1, 1, 32, 28, 28, 28)
     ('strided', 'conv', 'conv')
+    >>> pass_modules(5, 5, (1, 1, 0, 0, 0, 0, 1, 1), 1, 6, 16, 14, 14, 10)
+    ('strided', 'strided', 'strided')
     """
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     if winograd(kh, kw, sh, sw, dh, dw, groups, pt, pb, pl, pr, c, o):
@@ -154,8 +165,8 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w:
         return "conv", "conv", "conv"
     if sh > 1 or sw > 1:
         return "strided", "strided", "strided"
-    return ("strided" if o // groups >= TAP_OUTS else "conv", "strided" if c // groups >= TAP_OUTS else "conv",
-            "conv")
+    direct = lambda yes: "strided" if yes else "conv"
+    return "strided", direct(4 * (c // groups) >= 3 * TAP_OUTS), direct(kh * kw >= 25 or o // groups <= TAP_OUTS)
 
 
 def conv_modules(attrs, size, c_in: int, c_out: int) -> tuple[str, str, str]:

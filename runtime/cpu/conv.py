@@ -18,8 +18,8 @@ For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo p
     grad-weight  col = im2col(x_i);  dW_g += g_i[g][:, block] @ col_g^T
 
 A strided convolution whose input splits into phase planes as wide as its output runs
-by strided.py instead, directly from those planes, and so does the forward of a stride-1
-one padded `same` with a block of outputs (geometry.pass_modules: measured faster).
+by strided.py instead, directly from those planes, and so do the forward of a stride-1
+one and, with enough channels or taps, its gradients (geometry.pass_modules: measured faster).
 
 Rows of col are channel-major, so group g's rows are one contiguous block, as are its
 weights in W.reshape(O, C/G*kh*kw). Because an image's output is already [O, pixels],
