@@ -33,8 +33,8 @@ from dslc.frontend.resolve import elaborate
 from dslc.ir.graph import Graph, Init
 from dslc.ir.types import NUMPY_DTYPE
 from dslc.memory import array_bytes, require
-from dslc.objective import (OBJECTIVE, check_call, default_outputs, names_of, objective_graph, outputs_graph,
-                            parse_of, weight_feeds)
+from dslc.objective import (OBJECTIVE, check_call, check_grad_options, default_outputs, names_of, objective_graph,
+                            outputs_graph, parse_of, weight_feeds)
 from dslc.ops.init import sample
 from dslc.passes import train_mode
 from dslc.passes.autodiff import differentiate, trainable_params
@@ -118,6 +118,7 @@ class Model:
         training-mode semantics, by default for the loss only. `rules` replaces some ops'
         gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
         check_call(params, inputs)
+        check_grad_options(rules, train)
         train = (of == "loss") if train is None else train
         if of == "loss" and train and not rules:
             out = reference.run_outputs(self.grad_graph(wrt, True), inputs, params, rng=np.random.default_rng(seed))

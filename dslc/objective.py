@@ -29,6 +29,7 @@ from dslc.diagnostics import UsageError, did_you_mean
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Output
 from dslc.ir.types import NUMPY_DTYPE, concrete
+from dslc.ops import registry
 from dslc.passes.autodiff import differentiate
 from dslc.passes.dce import prune
 from dslc.passes.fold_batchnorm import fold_batchnorm
@@ -71,6 +72,28 @@ def check_call(params, inputs) -> None:
     if not isinstance(inputs, Mapping):
         raise UsageError(f"inputs is a dict of arrays by input name (e.g. {{'image': x}}), not "
                          f"{type(inputs).__name__}")
+
+
+def check_grad_options(rules, train) -> None:
+    """A UsageError unless `rules` is None or maps op names to functions (b, node, g) -> the
+    gradients of the node's inputs, and `train` is None or a bool: a name no op has ('Relu')
+    was ignored, the gradient left as it was, with no word; a rule that is no function failed
+    inside differentiation ('int' object is not callable); train="no" meant training."""
+    if train is not None and not isinstance(train, (bool, np.bool_)):
+        raise UsageError(f"grad: train is True, False or None (the default for `of`), not {train!r}")
+    if rules is None:
+        return
+    if not isinstance(rules, Mapping):
+        raise UsageError(f"grad: rules is a dict of op names to gradient rules ({{'relu': rule}}), "
+                         f"not {type(rules).__name__}")
+    ops = registry.all_ops()
+    for name, rule in rules.items():
+        if name not in ops:
+            raise UsageError(f"grad: rules names {name!r}, which is no op; "
+                             + (did_you_mean(str(name), ops) or "`dslc ops` lists them"))
+        if not callable(rule):
+            raise UsageError(f"grad: the rule for '{name}' is {type(rule).__name__}, not a function "
+                             "(b, node, g) -> the gradients of the node's inputs")
 
 
 def parse_of(of) -> list[Term]:

@@ -32,8 +32,8 @@ import numpy as np
 
 from dslc.diagnostics import UsageError
 from dslc.ir.graph import Graph
-from dslc.objective import (OBJECTIVE, check_call, default_outputs, names_of, objective_graph, outputs_graph,
-                            parse_of, weight_feeds)
+from dslc.objective import (OBJECTIVE, check_call, check_grad_options, default_outputs, names_of, objective_graph,
+                            outputs_graph, parse_of, weight_feeds)
 from dslc.ops.norm import over_examples_alone
 from dslc.passes import train_mode
 from dslc.passes.autodiff import trainable_params
@@ -147,6 +147,7 @@ class Compiled:
         rule is known by its identity, so define it once: a new lambda at every call compiles
         the request again."""
         check_call(params, inputs)
+        check_grad_options(rules, train)
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
         names = names_of(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))

@@ -290,6 +290,14 @@ def test_mistakes_are_named(loaded, compiled):
         with pytest.raises(UsageError, match="step: lr is a finite number >= 0"):
             compiled.step(params, batch(), lr=lr)
         assert params.keys() == loaded.params.keys()  # refused before any optimizer state is added
+    call = dict(of="out[:, 3]", wrt=["image"])
+    for grad in (compiled.grad, loaded.grad):  # the compiled device's and the reference's
+        with pytest.raises(UsageError, match="rules names 'Relu', which is no op; did you mean 'relu'"):
+            grad(loaded.params, {"image": image}, rules={"Relu": lambda b, n, g: (g,)}, **call)  # was ignored
+        with pytest.raises(UsageError, match="the rule for 'relu' is int, not a function"):
+            grad(loaded.params, {"image": image}, rules={"relu": 3}, **call)  # was "'int' object is not callable"
+        with pytest.raises(UsageError, match="train is True, False or None"):
+            grad(loaded.params, {"image": image}, train="no", **call)  # was training semantics
 
 
 @pytest.mark.parametrize("device", ["cpu", "reference"])
