@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dslc import reference
-from dslc.diagnostics import CompileError, did_you_mean
+from dslc.diagnostics import CompileError, UsageError, did_you_mean
 from dslc.recipe import schema as recipe
 from dslc.frontend.program import Program, load_program
 from dslc.frontend.resolve import elaborate
@@ -88,7 +88,10 @@ class Model:
 
     def init(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Fresh parameters (and running statistics) from their initialisers, drawn in graph order;
-        memory.OutOfMemory, before allocating anything, when they cannot fit."""
+        memory.OutOfMemory, before allocating anything, when they cannot fit. The seed is a
+        whole number >= 0, as NumPy's generators take it (a UsageError here, not their TypeError)."""
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"init: the seed is a whole number >= 0, not {seed!r}")
         count = sum(math.prod(p.type.bind({})) for p in self.graph.params)
         require(array_bytes([p.type for p in self.graph.params], {}),
                 f"model '{self.name}' ({self.program.root}) has {count:,} parameters, which")
@@ -168,6 +171,8 @@ class Model:
 
 def load(path: str | os.PathLike, model: str | None = None, text: str | None = None, **overrides) -> Model:
     """Parse, resolve and shape-check a model; raises CompileError for a user mistake."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"load: the path of a .net file, not {type(path).__name__}")
     program = load_program(path, text)
     name = program.default_model() if model is None else model  # '' names no model (E0242), not the first
     if name is None:

@@ -290,6 +290,11 @@ def test_mistakes_are_named(loaded, compiled):
         with pytest.raises(UsageError, match="step: lr is a finite number >= 0"):
             compiled.step(params, batch(), lr=lr)
         assert params.keys() == loaded.params.keys()  # refused before any optimizer state is added
+    for seed in ("x", -1, 1.5, True):  # NumPy's TypeError or ValueError in its own words
+        with pytest.raises(UsageError, match="init: the seed is a whole number >= 0"):
+            loaded.init(seed)
+    with pytest.raises(UsageError, match="load: the path of a .net file, not int"):
+        dslc.load(3)
     call = dict(of="out[:, 3]", wrt=["image"])
     for grad in (compiled.grad, loaded.grad):  # the compiled device's and the reference's
         with pytest.raises(UsageError, match="rules names 'Relu', which is no op; did you mean 'relu'"):
