@@ -13,7 +13,7 @@ from typing import Any
 import dslc
 from dslc.diagnostics import UsageError, printable
 from dslc.files import figure_format
-from dslc.frontend.values import literals
+from dslc.frontend.values import INT_MAX, literals
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -98,9 +98,14 @@ def figure_file(text: str) -> str:
 
 def _number(text: str, kind, what: str):
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    # as --set reads it: an integer beyond int64 (--epochs 10**23) ran "forever" or failed
+    # deep inside (a matplotlib TypeError traceback from `dslc lr`)
+    if kind is int and abs(value) > INT_MAX:
+        raise argparse.ArgumentTypeError(f"the integer {text} is too large (at most {INT_MAX})")
+    return value
 
 
 def load_model(args) -> dslc.Model:
