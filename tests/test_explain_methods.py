@@ -184,6 +184,11 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
         (explain(run, "saliency", "--image", str(truncated)), 1, f"{truncated}: not a readable image"),
         (explain(run, "saliency", "--input", str(wrong)), 1, f"{wrong}: array of shape [2, 7, 7] is neither"),
         (explain(run, "saliency", "--index", "0", "--image", str(big)), 2, "not --image and --index"),
+        # the style example's flags are named as given (both said --index, --input)
+        (explain(run, "style", "--index", "0", "--style-index", "400", "--style-layers", "conv1",
+                 "--content-layer", "conv2"), 1, "--style-index 400: the test split (digits-test) has 359"),
+        (explain(run, "style", "--index", "0", "--style-index", "1", "--style-image", str(big), "--style-layers",
+                 "conv1", "--content-layer", "conv2"), 2, "not --style-image and --style-index"),
         (explain(run, "saliency", "--index", "0", "-o", str(tmp_path)), 1, f"{tmp_path}"),
         (explain(run, "saliency", "--index", "0", "-o", str(tmp_path / "no" / "s.png")), 1, "no such directory"),
     ]

@@ -188,7 +188,8 @@ def cmd_style(args) -> int:
                          "--style-index N")
     s = _subject(args)
     content, _, names = _examples(s, args)
-    style, _, style_names = s.examples(args.style_image, args.style_input, args.style_index, args.split, args.as_name)
+    style, _, style_names = s.examples(args.style_image, args.style_input, args.style_index, args.split, args.as_name,
+                                       flags="--style-")
     if len(content) != 1 or len(style) != 1:
         raise UsageError("style transfer takes one content and one style example")
     layers = [s.layer(name) for name in given]

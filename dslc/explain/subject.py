@@ -126,13 +126,14 @@ class Subject:
     # ---- examples -------------------------------------------------------------------------
 
     def examples(self, image=None, input=None, index: Sequence[int] = (), split: str = "test",
-                 as_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                 as_name: str | None = None, flags: str = "--") -> tuple[np.ndarray, np.ndarray | None, list[str]]:
         """(pixels [n, C, H, W], labels or None, a caption per example) from an image file (its
         size must be the model's), a .npy (one example or a batch), or examples of the recipe's
-        `split` by index. Exactly one source."""
-        given = [k for k, v in (("--image", image), ("--input", input), ("--index", index)) if v]
+        `split` by index. Exactly one source. `flags` prefixes the flags messages name: style's
+        second example comes from --style-image, --style-input or --style-index."""
+        given = [f"{flags}{k}" for k, v in (("image", image), ("input", input), ("index", index)) if v]
         if len(given) != 1:
-            raise UsageError("give the examples with one of --image PNG, --input X.npy or --index N"
+            raise UsageError(f"give the examples with one of {flags}image PNG, {flags}input X.npy or {flags}index N"
                              + (f", not {' and '.join(given)}" if given else ""))
         if image:
             return read_image(image, self.shape)[None], None, [Path(image).name]
@@ -143,7 +144,7 @@ class Subject:
             x = read_image(input, self.shape)[None] if _is_image(input) else read_input(input, self.shape,
                                                                                        flat=flat)
             return x, None, [f"{Path(input).name}[{i}]" for i in range(len(x))]
-        return self.split_examples(split, as_name, index)
+        return self.split_examples(split, as_name, index, flags)
 
     def dataset(self, split: str = "test", as_name: str | None = None):
         """The raw (not normalised) `split` of the data of the .net file's recipe for this run."""
@@ -155,11 +156,11 @@ class Subject:
         data = load_data(recipe, stats={"kind": "none"})
         return data.split(split)
 
-    def split_examples(self, split: str, as_name: str | None, index: Sequence[int]):
+    def split_examples(self, split: str, as_name: str | None, index: Sequence[int], flags: str = "--"):
         data = self.dataset(split, as_name)
         for i in index:
             if not 0 <= i < len(data):
-                raise CliError(f"--index {i}: the {split} split ({data.name}) has {len(data):,} examples "
+                raise CliError(f"{flags}index {i}: the {split} split ({data.name}) has {len(data):,} examples "
                                f"(0 to {len(data) - 1})")
         picked = np.asarray(index, np.int64)
         x = data.x[picked].reshape((len(picked), *self.shape))
