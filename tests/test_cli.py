@@ -451,3 +451,12 @@ def test_integer_flags_beyond_int64_are_refused_as_set_refuses_them(capsys, tmp_
     assert not out.exists()
     code, _, err = run(capsys, "gradcheck", MODELS / "two_layer.net", "--directions", big)
     assert code == 2 and "argument --directions: the integer" in err, err
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped(capsys, tmp_path):
+    """A path holding a byte that is not UTF-8 (Python's lone surrogate '\\udcff') printed on
+    standard output under a strict UTF-8 locale was a UnicodeEncodeError traceback ("wrote
+    ...", "run saved in ..."), after the work was done; it is escaped, as standard error does."""
+    out = tmp_path / "l\udcff.png"
+    code, printed, _ = run(capsys, "lr", MODELS / "digits_mlp.net", "-o", out)
+    assert code == 0 and "l\\udcff.png" in printed and out.stat().st_size

@@ -29,7 +29,14 @@ class Watched:
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
-        return self._guard(self._stream.write, text)
+        try:
+            return self._guard(self._stream.write, text)
+        except UnicodeEncodeError:
+            # A name that is not UTF-8 ('r\udcff', a byte Python could not decode) under a
+            # strict locale, or an accent in an ASCII one: escaped, as standard error does.
+            # It was a UnicodeEncodeError traceback after training ("run saved in ...").
+            encoding = getattr(self._stream, "encoding", None) or "utf-8"
+            return self._guard(self._stream.write, text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self) -> None:
         self._guard(self._stream.flush)
