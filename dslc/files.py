@@ -195,9 +195,21 @@ def figure_format(path: str | os.PathLike) -> str:
     return FIGURE_FORMATS[suffix]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def write_figure(fig, path: str | os.PathLike, dpi: int) -> None:
     """Render a matplotlib Figure in the format its name asks for (figure_format) and write it
     atomically: a viewer never reads half a file."""
+    from matplotlib.text import Text
+
+    # A name from the command line may hold bytes that are not UTF-8, which Python keeps as
+    # lone surrogates ('r\udcff') and FreeType cannot draw: a run directory so named was a
+    # TypeError traceback at its curves.png, after training. They are shown escaped, as in messages.
+    for text in fig.findobj(Text):
+        shown = _SURROGATE.sub(lambda m: ascii(m.group())[1:-1], text.get_text())
+        if shown != text.get_text():
+            text.set_text(shown)
     buf = io.BytesIO()
     fig.savefig(buf, format=figure_format(path), dpi=dpi)
     write_atomic(path, buf.getvalue())

@@ -239,6 +239,18 @@ def test_plot_runs(runs, tmp_path, capsys):
     assert code == 1 and "nothing" in err
 
 
+def test_names_that_are_not_utf8_are_drawn_escaped(runs, tmp_path, capsys):
+    """A run directory whose name holds a byte that is not UTF-8 (Python's lone surrogate
+    '\udcff') was a matplotlib TypeError traceback when its curves.png was drawn, after the
+    last epoch; `dslc plot` of such a run too (explain's captions also: every figure is written by
+    files.write_figure)."""
+    out = tmp_path / "r\udcff"
+    assert run(capsys, "train", MLP, "--epochs", "2", "--out", out, "--quiet", "--device", "reference")[0] == 0
+    assert (out / "curves.png").stat().st_size and (out / "best" / "state.json").exists()
+    assert run(capsys, "plot", out, runs[0], "-o", tmp_path / "both.png")[0] == 0
+    assert run(capsys, "plot", out, "--ratios", "-o", tmp_path / "ratios.png")[0] == 0
+
+
 def test_lr_plots_the_schedule(tmp_path, capsys):
     code, out, _ = run(capsys, "lr", MLP, "-o", tmp_path / "lr.png")
     assert code == 0 and (tmp_path / "lr.png").exists()
