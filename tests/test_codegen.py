@@ -50,6 +50,19 @@ def test_kernels_are_named_after_layers_with_headers_pointing_at_the_source():
     assert "FALLBACK = ()" in src
 
 
+def test_a_source_name_that_is_not_utf8_is_escaped_in_the_headers(tmp_path, monkeypatch):
+    """A .net file whose name holds a byte that is not UTF-8 (Python's lone surrogate) put
+    that surrogate into the kernel headers: the cache key's encode() failed, a traceback at
+    `dslc train` and `dslc compile` of such a file."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    net = tmp_path / "m\udcff.net"
+    net.write_bytes((MODELS / "two_layer.net").read_bytes())
+    kg = lower(optimize(build(dslc.load(net), "train_step"))[0])
+    src = generate(kg)
+    assert "m\\udcff.net:" in src and src.isascii()
+    assert cache.path_for(kg, src).name.startswith("two_layer_train_step_")
+
+
 def test_a_relu_after_a_convolution_or_linear_layer_is_applied_by_its_library_call():
     """An epilogue whose whole tail is a relu is the library call with its relu flag
     (externs.RELU_LAST): no generated pass over the output. Compiled results against the

@@ -19,6 +19,8 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+from dslc.diagnostics import printable
+
 INDENT = "    "
 WIDTH = 110
 
@@ -152,8 +154,10 @@ class Namer:
 
 def where(span) -> str:
     """`file.net:LINE` of a span (the file's name only, so the text does not depend on the
-    directory the model was loaded from), or `-` for nodes made by a pass."""
-    return f"{Path(span.file).name}:{span.line}" if span is not None else "-"
+    directory the model was loaded from), or `-` for nodes made by a pass. The name is
+    escaped as messages show it: one with a byte that is not UTF-8 ('m\\udcff.net') made
+    source that could not be encoded, a traceback at `dslc train` and `dslc compile`."""
+    return f"{printable(Path(span.file).name)}:{span.line}" if span is not None else "-"
 
 
 
