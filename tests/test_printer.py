@@ -104,6 +104,15 @@ def test_text_is_deterministic(net):
     assert to_dot(first) == to_dot(second)
 
 
+def test_text_escapes_a_file_name_that_is_not_utf8(tmp_path):
+    """The `# file:line` of a .net file named with a byte that is not UTF-8 (a lone surrogate
+    in Python) was written as is: `dslc inspect -o g.txt` failed to encode it (a traceback)."""
+    net = tmp_path / "m\udcff.net"
+    net.write_bytes((MODELS / "two_layer.net").read_bytes())
+    text = to_text(build(dslc.load(net), "typed"))
+    assert "# m\\udcff.net:" in text.replace(str(tmp_path) + "/", "") and text.encode()
+
+
 @pytest.mark.parametrize("value, shown", [
     (True, "true"), (None, "none"), (3, "3"), (1.0, "1.0"), (1e-05, "1e-05"), ("same", "same"),
     ("two words", '"two words"'), ((3, 5), "[3, 5]"), (Init("kaiming", (("mode", "fan_out"),)), "kaiming(mode=fan_out)"),

@@ -20,7 +20,7 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-from dslc.diagnostics import Span
+from dslc.diagnostics import Span, printable
 from dslc.ir.graph import Graph, Init, Node, Output
 from dslc.ir.types import Sym, TensorType, dim_json, parse_dim
 
@@ -59,8 +59,8 @@ def node_line(n: Node, spans: bool = True) -> str:
         line += f"({', '.join(_ref(i) for i in n.inputs)})"
     if n.attrs:
         line += " {" + ", ".join(f"{k}={show_value(v)}" for k, v in n.attrs) + "}"
-    if n.span and spans:
-        line += f"  # {n.span.file}:{n.span.line}"
+    if n.span and spans:  # the file escaped as messages show it: a byte not UTF-8 could not be written (-o)
+        line += f"  # {printable(n.span.file)}:{n.span.line}"
     return line
 
 
