@@ -61,6 +61,20 @@ def test_a_dslc_export_comes_back(tmp_path, level, capsys):
         assert imported.summary().params == model.summary().params
 
 
+def test_names_that_are_not_utf8_go_through_export_and_import(tmp_path, capsys):
+    """A .net file, an .onnx file or an -o named with a byte that is not UTF-8 (a lone
+    surrogate in Python) was a UnicodeEncodeError traceback: export put the name into the
+    ONNX metadata (protobuf strings are UTF-8), import into the .net file's header comments."""
+    net, onnx_file, out = tmp_path / "m\udcff.net", tmp_path / "o\udcff.onnx", tmp_path / "b\udcff.net"
+    net.write_bytes((MODELS / "two_layer.net").read_bytes())
+    assert main(["export", str(net), "-o", str(onnx_file)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["dslc.source"].endswith("m\\udcff.net")
+    assert main(["import", str(onnx_file), "-o", str(out)]) == 0
+    assert "Imported from o\\udcff.onnx" in out.read_text() and dslc.load(out).graph.loss is not None
+    capsys.readouterr()
+
+
 def test_a_pytorch_export_comes_back(tmp_path):
     torch = pytest.importorskip("torch")
     nn = torch.nn

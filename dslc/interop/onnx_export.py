@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from dslc.model import Model
 from dslc.version import __version__
 from dslc import reference
-from dslc.diagnostics import CliError, CompileError, Diagnostic
+from dslc.diagnostics import CliError, CompileError, Diagnostic, printable
 from dslc.files import write_atomic
 from dslc.interop.onnx_ops import OPSET, Refused, Site, lowering
 from dslc.ir.graph import Graph, Node
@@ -65,7 +66,7 @@ def export(model: Model, weights, level: int = 2, checkpoint: str | None = None)
     graph = located_at_model(model, lambda: inference_graph(model, level))
     try:
         return to_onnx(graph, weights, metadata(model, level, checkpoint),
-                       f"{model.name} from {model.program.root}, inference graph at -O{level}")
+                       f"{model.name} from {printable(str(model.program.root))}, inference graph at -O{level}")
     except CompileError as err:
         err.sources = model.program.sources
         raise
@@ -122,11 +123,13 @@ def save(proto, path) -> int:
 
 def metadata(model: Model, level: int, checkpoint: str | None) -> dict[str, str]:
     """What a reader of the ONNX file needs to trace it back: model, source, settings, weights."""
-    props = {"dslc.model": model.name, "dslc.source": str(model.program.root),
+    # paths escaped as messages show them: protobuf's strings are UTF-8, and a name with a
+    # byte that is not (Python's lone surrogate, 'm\\udcff.net') was a traceback
+    props = {"dslc.model": model.name, "dslc.source": printable(str(model.program.root)),
              "dslc.source_sha256": source_digest(model), "dslc.hyperparameters": json.dumps(hyperparameters(model)),
              "dslc.opt_level": str(level), "dslc.version": __version__}
     if checkpoint is not None:
-        props["dslc.checkpoint"] = str(checkpoint)
+        props["dslc.checkpoint"] = printable(str(checkpoint))
     return props
 
 
@@ -134,7 +137,7 @@ def source_digest(model: Model) -> str:
     """sha256 of the .net files the model was read from (the root and its imports, by path)."""
     h = hashlib.sha256()
     for path in sorted(model.program.modules):
-        h.update(path.encode() + b"\0")
+        h.update(os.fsencode(path) + b"\0")  # the name's bytes, UTF-8 or not
         try:
             h.update(Path(path).read_bytes())
         except OSError:  # a model given as text (dslc.load(text=...)) has no file to read

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dslc.diagnostics import CliError, CompileError, UsageError
+from dslc.diagnostics import CliError, CompileError, UsageError, printable
 from dslc.files import check_memory, output_is_not, read_limited, same_file, write_together
 from dslc.interop import onnx_patterns
 from dslc.interop.onnx_export import MAX_BYTES, require_onnx
@@ -189,7 +189,10 @@ class _Writer:
                            + "\n  (dslc import reads Conv, Gemm, MatMul, normalisations, pooling, Resize, activations, "
                              "softmax, arithmetic, reductions and shape ops; shapes computed from static sizes)")
         self.outputs()
-        header = [f"# Imported from {self.source.name} by `dslc import` ({self.read} ONNX nodes)."]
+        # names escaped as messages show them: a byte that is not UTF-8 (a lone surrogate in
+        # Python) cannot be written into a .net file, which is UTF-8 (it was a traceback)
+        source, weights_file = printable(self.source.name), printable(weights_file)
+        header = [f"# Imported from {source} by `dslc import` ({self.read} ONNX nodes)."]
         if self.weights:
             header += [f"# Weights: {weights_file}, keyed as PyTorch would key them; a recipe loads them with",
                        f'#     init = torch_weights("{weights_file}")']
