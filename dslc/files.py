@@ -108,6 +108,19 @@ def _own_fd(path: Path) -> int | None:
     return {"out": 1, "err": 2}[std] if std else int(next(n for n in numbers if n))
 
 
+def written_into(path: str | os.PathLike) -> bool:
+    """Whether write_atomic writes into `path` rather than putting a file there: a descriptor
+    of this process (/dev/stdout), a character device or a pipe (through symbolic links)."""
+    path = Path(path)
+    if _own_fd(path) is not None:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path`: replace a regular file atomically, write into a character device
     or a pipe, refuse anything else (see the module docstring)."""

@@ -75,6 +75,22 @@ def test_names_that_are_not_utf8_go_through_export_and_import(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_an_output_that_is_written_into_is_refused(tmp_path, capsys):
+    """-o a FIFO nobody reads refused the .net file but left its weights beside it (written
+    first); -o /dev/null (here a link to it) made a stray NAME.safetensors beside it. Both are
+    refused before anything is written: import writes two files, so -o names a file."""
+    import os
+
+    model = dslc.load(MODELS / "two_layer.net")
+    onnx_export.save(onnx_export.export(model, trained_like(model)), tmp_path / "t.onnx")
+    os.mkfifo(tmp_path / "pipe.net")
+    (tmp_path / "null.net").symlink_to(os.devnull)
+    for name in ("pipe.net", "null.net"):
+        assert main(["import", str(tmp_path / "t.onnx"), "-o", str(tmp_path / name)]) == 1
+        assert "so -o names a file, not a device, a pipe or standard output" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null.net", "pipe.net", "t.onnx"]
+
+
 def test_a_pytorch_export_comes_back(tmp_path):
     torch = pytest.importorskip("torch")
     nn = torch.nn

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from dslc.diagnostics import CliError, CompileError, UsageError, printable
-from dslc.files import check_memory, output_is_not, read_limited, same_file, write_together
+from dslc.files import check_memory, output_is_not, read_limited, same_file, write_together, written_into
 from dslc.interop import onnx_patterns
 from dslc.interop.onnx_export import MAX_BYTES, require_onnx
 from dslc.interop.onnx_readers import READERS, Unsupported, number
@@ -104,6 +104,11 @@ def _weights_beside(output: Path, source: Path) -> Path:
     except ValueError:  # "/" or "..": no file name to give a suffix
         raise UsageError(f"-o {output} names no file; give the .net file to write") from None
     output_is_not(output, source)
+    if written_into(output):
+        # -o /dev/null made /dev/null.safetensors, and a FIFO nobody read left its weights
+        # file behind (written first), though the .net file was refused
+        raise CliError(f"cannot write {output}: import writes the .net file and its weights beside it ({weights}), "
+                       "so -o names a file, not a device, a pipe or standard output")
     for other, what in ((source, "the file this command reads"), (output, "the .net file itself")):
         if same_file(weights, other):
             raise UsageError(f"-o {output} writes its weights to {weights}, which is {what} ({other}); "
