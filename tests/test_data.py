@@ -304,6 +304,10 @@ def test_csv_failures(tmp_path):
     _fails(lambda: csv(path), "no label column 'label'", "y, f")
     path.write_bytes(b"label,f\n\xff\xfe,1\n")
     _fails(lambda: csv(path), "not UTF-8")
+    path.write_text("label,f,label\n1,2,1\n")  # the second label column was read as a feature
+    _fails(lambda: csv(path), "names the label column 'label' more than once (columns 0, 2, from 0)")
+    path.write_text("a,y,y\n1,2.5,2.5\n")
+    _fails(lambda: csv(path, target=["y"]), "names the target column 'y' more than once")
 
 
 def test_csv_rows_are_named_by_the_file_line_they_start_on(tmp_path):

@@ -958,6 +958,23 @@ def test_not_utf8(tmp_path, monkeypatch):
     assert info.value.diagnostics[0].message == "cannot read bin.net: not UTF-8 text (byte 6)"
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path, monkeypatch):
+    """Windows' Notepad opens a UTF-8 file with a byte-order mark: it was E0101 "unexpected
+    character '\\ufeff'" at 1:1. Spans are as without it, and a mark later in the file is
+    still a character the language has not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bom.net").write_bytes("\ufeff".encode() + HYPER.encode())
+    assert dslc.load("bom.net").name == dslc.load("bom.net", text=HYPER).name
+    (tmp_path / "late.net").write_bytes(HYPER.encode() + "\ufeff".encode())
+    with pytest.raises(CompileError, match="unexpected character"):
+        dslc.load("late.net")
+    err = _diagnostics(tmp_path, monkeypatch, "model m {\n    input x : f32[N, 4]\n    output y = x |> nope\n}\n")
+    (tmp_path / "bom2.net").write_bytes("\ufeff".encode() + (tmp_path / "test.net").read_bytes())
+    with pytest.raises(CompileError) as info:
+        dslc.load("bom2.net")
+    assert [_where(d.span) for d in info.value.diagnostics] == [_where(d.span) for d in err.diagnostics]
+
+
 def test_no_model_and_unknown_model(tmp_path, monkeypatch):
     err = _diagnostics(tmp_path, monkeypatch, "block b(x) { return x }\n")
     assert [d.code for d in err.diagnostics] == ["E0241"]

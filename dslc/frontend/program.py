@@ -91,9 +91,11 @@ def load_program(path: str | os.PathLike, text: str | None = None) -> Program:
 
 def _read(path: Path) -> str | OSError | UnicodeDecodeError:
     """The text of a file, or the reason it cannot be read (a value, so callers word the error).
-    Only a regular file of at most MAX_SOURCE_BYTES is read (a FIFO or /dev/zero is refused)."""
+    Only a regular file of at most MAX_SOURCE_BYTES is read (a FIFO or /dev/zero is refused).
+    A byte-order mark opening it, as Windows' Notepad writes UTF-8, is dropped (utf-8-sig):
+    it was E0101 "unexpected character '\\ufeff'" at 1:1, a character no editor shows."""
     try:
-        return read_bounded(path, MAX_SOURCE_BYTES).decode("utf-8")
+        return read_bounded(path, MAX_SOURCE_BYTES).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         return e
 

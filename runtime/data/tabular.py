@@ -121,6 +121,10 @@ def _name(header: list[str], i: int) -> str:
 
 
 def _column(header: list[str], label, path, what: str = "label") -> int:
+    if header.count(str(label)) > 1:  # the first was read, the others were features: the answer among them
+        twice = [str(i) for i, h in enumerate(header) if h == str(label)]
+        raise DataError(f"the header names the {what} column '{label}' more than once (columns "
+                        f"{', '.join(twice)}, from 0); rename the others", path)
     if str(label) in header:
         return header.index(str(label))
     if str(label).lstrip("-").isdigit() and -len(header) <= int(label) < len(header):
