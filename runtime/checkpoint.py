@@ -207,6 +207,9 @@ def find_checkpoint(path) -> Path:
     old = _siblings(path)[1]
     if (path / "last").is_dir() and not (path / STATE).exists():
         raise CheckpointError(f"{path} is a run directory; its checkpoints are {path / 'last'} and {path / 'best'}")
+    if (path / "search.json").is_file() and not (path / STATE).exists():  # search.SEARCH: `dslc search --out`
+        raise CheckpointError(f"{path} is a search directory; each trial is a run with its checkpoints, e.g. "
+                              f"{path / 'trial-001' / 'best'} (results.csv ranks the trials)")
     if unsaved_run(path):
         raise CheckpointError(f"{path} is a run directory with no checkpoint yet (no best/ or last/): its "
                               "training stopped before the first was saved")

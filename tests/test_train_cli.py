@@ -192,6 +192,18 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so(runs, tmp_path, capsy
     assert sorted(p.name for p in (tmp_path / "early").iterdir()) == ["config.json"]  # nothing written
 
 
+def test_a_search_directory_given_as_a_checkpoint_points_at_its_trials(tmp_path, capsys):
+    """`dslc search --out S` then `dslc eval --checkpoint S` said 'S/state.json: missing; the
+    checkpoint is incomplete'; a search directory's checkpoints are its trials'."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "search.json").write_text("{}")
+    for verb in ("eval", "predict"):
+        code, _, err = run(capsys, verb, MLP, "--checkpoint", tmp_path / "s",
+                           *(["--input", tmp_path / "x.npy"] if verb == "predict" else []))
+        assert code == 1 and f"is a search directory; each trial is a run with its checkpoints, e.g. " \
+                             f"{tmp_path / 's' / 'trial-001' / 'best'}" in err, err
+
+
 def test_predict_npy_and_image(runs, tmp_path, capsys):
     data = digits()
     np.save(tmp_path / "x.npy", data.x[:4])
