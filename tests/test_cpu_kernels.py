@@ -169,9 +169,12 @@ WINOGRAD_CASES = [
     (1, 17, 9, 8, 24, 3, 1, 1, 1, 1, True),            # one image: its channels split among the threads
 ]
 CONV_CASES += WINOGRAD_CASES
-# strided, undilated, sides multiples of the strides, output as wide as a phase plane:
-# im2col through the input's phase planes (geometry.phased)
+# strided, undilated, sides multiples of the strides: directly from the input's phase
+# planes (geometry.phased), the input gradient with enough input channels
 PHASED_CASES = [
+    (2, 8, 8, 8, 4, 3, 2, 0, 1, 1, True),              # unpadded: outputs narrower than a plane
+    (2, 2, 12, 12, 3, 11, 4, 0, 1, 1, False),          # AlexNet's 11x11 stride 4, unpadded
+    (2, 3, 8, 8, 4, 3, 2, 3, 1, 1, True),              # padded 3: outputs wider than a plane
     (2, 3, 8, 8, 4, 3, 2, 1, 1, 1, True),              # 3x3 stride 2 pad 1 (resnet's downsampling)
     (3, 4, 8, 10, 3, 1, 2, 0, 1, 1, False),            # 1x1 stride 2 (its shortcut)
     (1, 2, 12, 12, 3, 7, 2, 3, 1, 1, True),            # 7x7 stride 2 pad 3 (a ResNet stem): shifts of -2..+1
@@ -268,7 +271,8 @@ def test_winograd_cases_run_by_winograd(case):
 @pytest.mark.parametrize("case", PHASED_CASES)
 def test_phased_cases_read_phase_planes(case):
     x_shape, w_shape, attrs, _ = _conv_args(case)
-    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0]) == ("strided",) * 3
+    grad_input = "strided" if 4 * (x_shape[1] // attrs["groups"]) >= 3 * geometry.TAP_OUTS else "conv"
+    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0]) == ("strided", grad_input, "strided")
 
 
 @pytest.mark.parametrize("case", DIRECT_CASES)

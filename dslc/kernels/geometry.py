@@ -68,18 +68,22 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
 
 def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
     """Whether a convolution can run directly from its input's phase planes
-    (dslc.runtime.cpu.strided): undilated and either of stride 1, any padding (one plane:
-    the image itself, zero-padded, as wide as the output needs: phase_layout's wq), or with
-    the input's sides multiples of the strides and the output as wide as a plane
-    (w / sw == wo), as for a 3x3 stride-2 convolution padded 1, a 1x1 stride-2 one
-    unpadded, a 7x7 stride-2 stem padded 3 on even sizes. Stride 1 used to need `same`
-    padding as well, which left LeNet-5's unpadded 5x5 convolutions to im2col; all three
-    passes agree with conv.py's for unpadded, over-padded and one-sided padding
-    (tests/test_cpu_kernels.py: DIRECT_CASES).
+    (dslc.runtime.cpu.strided): undilated, and of stride 1 (one plane: the image itself,
+    zero-padded) or with the input's sides multiples of the strides (resnet's 3x3 stride-2
+    convolutions padded 1, a 1x1 stride-2 shortcut, a 7x7 stride-2 stem on even sizes), any
+    padding: the planes are as wide as the output needs (phase_layout's wq) and the columns
+    past it are computed and dropped. Until 2026-12-07 the output had to be exactly as wide
+    as a plane (w / sw == wo), which left LeNet-5's unpadded 5x5 convolutions and any
+    unpadded strided one to im2col; all three passes agree with conv.py's for unpadded,
+    over-padded and one-sided padding (tests/test_cpu_kernels.py: DIRECT_CASES,
+    PHASED_CASES). Sides that are no multiple of the stride (AlexNet's 11x11 stride 4 on
+    227) would need planes of unequal heights, which the split does not make.
     >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 14, 14, 10)
     (True, False, True)
+    >>> phased(2, 2, 1, 1, 8, 8, 3), phased(4, 4, 1, 1, 228, 228, 55)
+    (True, True)
     """
-    return dh == 1 and dw == 1 and (sh == sw == 1 or (h % sh == 0 and w % sw == 0 and w // sw == wo))
+    return dh == 1 and dw == 1 and (sh == sw == 1 or (h % sh == 0 and w % sw == 0))
 
 
 def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, ho: int, wo: int,
@@ -136,7 +140,12 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w:
     `geometry` (strides, pads, dilations).
 
     - 3x3 stride 1 with enough channels: all three by Winograd (`winograd`).
-    - strided and `phased`: all three directly from the phase planes (strided.py).
+    - strided and `phased`: all three directly from the phase planes (strided.py), the
+      input gradient only with enough input channels, as at stride 1: measured (batch 128
+      unless said) 3x32 3x3 stride 2 unpadded 0.70 -> 0.80 ms, 3x96 11x11 stride 4 at
+      228x228 (batch 16) 27.8 -> 44.5, but 16x32 3x3 stride 2 1.00 -> 0.44. (The forward
+      went 0.75 -> 0.38, 0.97 -> 0.43 and 27.9 -> 16.5, the weight gradient 0.81 -> 0.52,
+      1.13 -> 0.67 and 27.9 -> 17.8.)
     - stride 1 (always `phased`): the forward directly from the zero-padded image; the input
       gradient likewise when a group has at least 3/4 of a block of TAP_OUTS input channels
       (tap_sums computes that gradient's channels in such blocks); the weight gradient
@@ -163,10 +172,11 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w:
         return "winograd", "winograd", "winograd"
     if not phased(sh, sw, dh, dw, h, w, wo):
         return "conv", "conv", "conv"
-    if sh > 1 or sw > 1:
-        return "strided", "strided", "strided"
     direct = lambda yes: "strided" if yes else "conv"
-    return "strided", direct(4 * (c // groups) >= 3 * TAP_OUTS), direct(kh * kw >= 25 or o // groups <= TAP_OUTS)
+    grad_input = direct(4 * (c // groups) >= 3 * TAP_OUTS)
+    if sh > 1 or sw > 1:
+        return "strided", grad_input, "strided"
+    return "strided", grad_input, direct(kh * kw >= 25 or o // groups <= TAP_OUTS)
 
 
 def conv_modules(attrs, size, c_in: int, c_out: int) -> tuple[str, str, str]:
@@ -258,8 +268,8 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     A slot holds one im2col block and one weight-gradient partial, or, where the
     convolution runs by strided.py (`phased`) or by Winograd, what its forward, input and
     weight gradient need.
-    >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)
-    (2, 74880)
+    >>> workspace_shape((64, 32, 15, 15), (64, 32, 3, 3), (8, 8), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)  # im2col
+    (2, 36864)
     """
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
