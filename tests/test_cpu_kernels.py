@@ -169,11 +169,14 @@ WINOGRAD_CASES = [
     (1, 17, 9, 8, 24, 3, 1, 1, 1, 1, True),            # one image: its channels split among the threads
 ]
 CONV_CASES += WINOGRAD_CASES
-# strided, undilated, sides multiples of the strides: directly from the input's phase
-# planes (geometry.phased), the input gradient with enough input channels
+# strided, undilated: directly from the input's phase planes (geometry.phased), the input
+# gradient with enough input channels
 PHASED_CASES = [
     (2, 8, 8, 8, 4, 3, 2, 0, 1, 1, True),              # unpadded: outputs narrower than a plane
     (2, 2, 12, 12, 3, 11, 4, 0, 1, 1, False),          # AlexNet's 11x11 stride 4, unpadded
+    (2, 3, 27, 27, 4, 11, 4, 0, 1, 1, True),           # on sides no multiple of 4 (AlexNet's 227)
+    (3, 16, 15, 15, 8, 3, 2, 1, 1, 1, True),           # odd sides: the last phases a row and column short
+    (2, 4, 7, 7, 5, 1, 2, 0, 1, 1, False),             # 1x1 stride 2 on odd sides: the last column read
     (2, 3, 8, 8, 4, 3, 2, 3, 1, 1, True),              # padded 3: outputs wider than a plane
     (2, 3, 8, 8, 4, 3, 2, 1, 1, 1, True),              # 3x3 stride 2 pad 1 (resnet's downsampling)
     (3, 4, 8, 10, 3, 1, 2, 0, 1, 1, False),            # 1x1 stride 2 (its shortcut)
@@ -271,8 +274,10 @@ def test_winograd_cases_run_by_winograd(case):
 @pytest.mark.parametrize("case", PHASED_CASES)
 def test_phased_cases_read_phase_planes(case):
     x_shape, w_shape, attrs, _ = _conv_args(case)
-    grad_input = "strided" if 4 * (x_shape[1] // attrs["groups"]) >= 3 * geometry.TAP_OUTS else "conv"
-    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0]) == ("strided", grad_input, "strided")
+    direct = lambda yes: "strided" if yes else "conv"
+    grad_input = direct(4 * (x_shape[1] // attrs["groups"]) >= 3 * geometry.TAP_OUTS)
+    grad_weight = direct(w_shape[2] * w_shape[3] > 1 or w_shape[0] // attrs["groups"] <= geometry.TAP_OUTS)
+    assert geometry.conv_modules(attrs, x_shape[2:], x_shape[1], w_shape[0]) == ("strided", grad_input, grad_weight)
 
 
 @pytest.mark.parametrize("case", DIRECT_CASES)
@@ -309,12 +314,12 @@ def test_strided_weight_gradient_ignores_pixels_no_window_reads(kernel, pad):
 
 
 def test_strided_kernels_refuse_what_they_do_not_compute():
-    x, w = np.zeros((2, 3, 7, 7)), np.zeros((4, 3, 3, 3))  # odd sides: no phase planes
-    y = np.zeros((2, 4, 4, 4))
-    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (4, 4), (2, 2, 1, 1, 1, 1, 1, 1)))
+    x, w = np.zeros((2, 3, 7, 7)), np.zeros((4, 3, 3, 3))  # dilated: no phase planes
+    y = np.zeros((2, 4, 7, 7))
+    ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (7, 7), (1, 1, 2, 2, 2, 2, 2, 2)))
     with pytest.raises(ValueError, match="not a phased"):
-        strided.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)
-    conv.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)  # conv.py's kernels do
+        strided.conv2d_forward(x, w, None, y, 1, 1, 2, 2, 2, 2, 2, 2, 1, ws, False)
+    conv.conv2d_forward(x, w, None, y, 1, 1, 2, 2, 2, 2, 2, 2, 1, ws, False)  # conv.py's kernels do
 
 
 def test_winograd_refuses_what_it_does_not_compute():

@@ -66,24 +66,22 @@ def tile_rows(k: int, ho: int, wo: int) -> int:
     return -(-ho // tiles)
 
 
-def phased(sh: int, sw: int, dh: int, dw: int, h: int, w: int, wo: int) -> bool:
+def phased(dh: int, dw: int) -> bool:
     """Whether a convolution can run directly from its input's phase planes
-    (dslc.runtime.cpu.strided): undilated, and of stride 1 (one plane: the image itself,
-    zero-padded) or with the input's sides multiples of the strides (resnet's 3x3 stride-2
-    convolutions padded 1, a 1x1 stride-2 shortcut, a 7x7 stride-2 stem on even sizes), any
-    padding: the planes are as wide as the output needs (phase_layout's wq) and the columns
-    past it are computed and dropped. Until 2026-12-07 the output had to be exactly as wide
-    as a plane (w / sw == wo), which left LeNet-5's unpadded 5x5 convolutions and any
-    unpadded strided one to im2col; all three passes agree with conv.py's for unpadded,
-    over-padded and one-sided padding (tests/test_cpu_kernels.py: DIRECT_CASES,
-    PHASED_CASES). Sides that are no multiple of the stride (AlexNet's 11x11 stride 4 on
-    227) would need planes of unequal heights, which the split does not make.
-    >>> phased(2, 2, 1, 1, 32, 32, 16), phased(2, 2, 1, 1, 7, 7, 4), phased(1, 1, 1, 1, 14, 14, 10)
-    (True, False, True)
-    >>> phased(2, 2, 1, 1, 8, 8, 3), phased(4, 4, 1, 1, 228, 228, 55)
-    (True, True)
+    (dslc.runtime.cpu.strided): undilated, any stride, padding and size. With stride 1 there
+    is one plane, the image itself zero-padded; with stride s, s x s planes (resnet's 3x3
+    stride-2 convolutions padded 1, a 1x1 stride-2 shortcut, a 7x7 stride-2 stem), the later
+    ones a row or column short where a side is no multiple of the stride (AlexNet's 11x11
+    stride 4 on 227: phases of 57, 57, 57 and 56 rows). The planes are as wide as the
+    output needs (phase_layout's wq) and the columns past it are computed and dropped.
+    Until 2026-12-07 the sides had to be multiples of the strides and the output exactly as
+    wide as a plane (w / sw == wo), which left LeNet-5's unpadded 5x5 convolutions and
+    AlexNet's first to im2col; all three passes agree with conv.py's for these
+    (tests/test_cpu_kernels.py: DIRECT_CASES, PHASED_CASES).
+    >>> phased(1, 1), phased(2, 2)
+    (True, False)
     """
-    return dh == 1 and dw == 1 and (sh == sw == 1 or (h % sh == 0 and w % sw == 0))
+    return dh == 1 and dw == 1
 
 
 def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w: int, ho: int, wo: int,
@@ -107,7 +105,7 @@ def phase_layout(kh: int, kw: int, sh: int, sw: int, pt: int, pl: int, h: int, w
     >>> phase_layout(3, 3, 2, 2, 1, 1, 32, 32, 16, 16, 16, 32, 128)
     (1, 1, 17, 289, 272, 272, 18, 18786, 307, 4)
     """
-    hp, wp = h // sh, w // sw
+    hp, wp = -(-h // sh), -(-w // sw)  # the first phases' rows and columns (later ones may be one short)
     top, left = -((-pt) // sh), -((-pl) // sw)  # the most a tap reads above or left of a plane
     below, right = (kh - 1 - pt) // sh, (kw - 1 - pl) // sw  # and below or right of an output pixel
     hq, wq = top + max(hp, ho + below), left + max(wp, wo + right)
@@ -134,19 +132,23 @@ def phase_need(layout, c: int, o: int, taps: int, phases: int) -> int:
     return max(planes + o * run, o * row + c * phases * run_in, images * (planes + o * row) + o * taps * RUN_LANES)
 
 
-def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w: int, wo: int) -> tuple[str, str, str]:
+def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[str, str, str]:
     """The library modules (dslc.runtime.cpu) of a convolution's forward, input gradient and
-    weight gradient, from c to o channels on an h x w input with outputs wo wide; geom is its
+    weight gradient, from c to o channels; geom is its
     `geometry` (strides, pads, dilations).
 
     - 3x3 stride 1 with enough channels: all three by Winograd (`winograd`).
-    - strided and `phased`: all three directly from the phase planes (strided.py), the
-      input gradient only with enough input channels, as at stride 1: measured (batch 128
-      unless said) 3x32 3x3 stride 2 unpadded 0.70 -> 0.80 ms, 3x96 11x11 stride 4 at
-      228x228 (batch 16) 27.8 -> 44.5, but 16x32 3x3 stride 2 1.00 -> 0.44. (The forward
-      went 0.75 -> 0.38, 0.97 -> 0.43 and 27.9 -> 16.5, the weight gradient 0.81 -> 0.52,
-      1.13 -> 0.67 and 27.9 -> 17.8.)
-    - stride 1 (always `phased`): the forward directly from the zero-padded image; the input
+    - strided and undilated: the forward directly from the phase planes (strided.py);
+      the input gradient likewise with enough input channels, as at stride 1, and the
+      weight gradient unless the kernel is 1x1 with more than TAP_OUTS outputs. Measured
+      (batch 128 unless said): forward 3x32 3x3 stride 2 unpadded 0.75 -> 0.38 ms, 16x32
+      0.97 -> 0.43, 16x32 at 15x15 padded 1 1.37 -> 0.54, 32x64 at 7x7 1.04 -> 0.82, 64x128
+      1x1 at 15x15 (batch 64) 0.68 -> 0.54, 3x96 11x11 stride 4 at 227x227 (batch 16, AlexNet's
+      first) 27.6 -> 16.2; input gradient 16x32 1.00 -> 0.44, 1.13 -> 0.53, 32x64 0.85 ->
+      0.84, but 3x32 0.70 -> 0.80, 3x96 11x11 27.1 -> 44.3 and 64x128 1x1 0.54 -> 0.59;
+      weight gradient 0.81 -> 0.52, 1.13 -> 0.67, 1.59 -> 0.61, 1.21 -> 1.10, 27.7 -> 17.6,
+      but 64x128 1x1 0.77 -> 1.04 and 32x64 1x1 at 16x16 0.50 -> 0.71.
+    - stride 1 and undilated: the forward directly from the zero-padded image; the input
       gradient likewise when a group has at least 3/4 of a block of TAP_OUTS input channels
       (tap_sums computes that gradient's channels in such blocks); the weight gradient
       likewise for kernels of 25 taps or more, or TAP_OUTS outputs per group or fewer.
@@ -162,20 +164,20 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int, h: int, w:
       0.44, 16x2 3x3 0.88 -> 0.29, but 1x32 3x3 2.0 -> 2.3, 3x32 3x3 3.8 -> 3.7 and
       64x256 1x1 1.25 -> 2.11.
     - otherwise im2col + GEMM (conv.py).
-    >>> pass_modules(3, 3, (1, 1, 1, 1, 1, 1, 1, 1), 1, 1, 32, 28, 28, 28)
+    >>> pass_modules(3, 3, (1, 1, 1, 1, 1, 1, 1, 1), 1, 1, 32)
     ('strided', 'conv', 'conv')
-    >>> pass_modules(5, 5, (1, 1, 0, 0, 0, 0, 1, 1), 1, 6, 16, 14, 14, 10)
+    >>> pass_modules(5, 5, (1, 1, 0, 0, 0, 0, 1, 1), 1, 6, 16)
     ('strided', 'strided', 'strided')
     """
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     if winograd(kh, kw, sh, sw, dh, dw, groups, pt, pb, pl, pr, c, o):
         return "winograd", "winograd", "winograd"
-    if not phased(sh, sw, dh, dw, h, w, wo):
+    if not phased(dh, dw):
         return "conv", "conv", "conv"
     direct = lambda yes: "strided" if yes else "conv"
     grad_input = direct(4 * (c // groups) >= 3 * TAP_OUTS)
     if sh > 1 or sw > 1:
-        return "strided", grad_input, "strided"
+        return "strided", grad_input, direct(kh * kw > 1 or o // groups <= TAP_OUTS)
     return "strided", grad_input, direct(kh * kw >= 25 or o // groups <= TAP_OUTS)
 
 
@@ -187,7 +189,7 @@ def conv_modules(attrs, size, c_in: int, c_out: int) -> tuple[str, str, str]:
     """
     win = window(attrs, tuple(size), "conv2d")
     (kh, kw) = win.kernel
-    return pass_modules(kh, kw, geometry(attrs, size), attrs["groups"], c_in, c_out, size[0], size[1], win.out[1])
+    return pass_modules(kh, kw, geometry(attrs, size), attrs["groups"], c_in, c_out)
 
 
 def winograd(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, groups: int, pt: int, pb: int, pl: int, pr: int,
@@ -268,15 +270,15 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     A slot holds one im2col block and one weight-gradient partial, or, where the
     convolution runs by strided.py (`phased`) or by Winograd, what its forward, input and
     weight gradient need.
-    >>> workspace_shape((64, 32, 15, 15), (64, 32, 3, 3), (8, 8), (2, 2, 1, 1, 1, 1, 1, 1), parts=2)  # im2col
-    (2, 36864)
+    >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (1, 1, 2, 2, 2, 2, 2, 2), parts=2)  # dilated: im2col
+    (2, 74880)
     """
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
     k = c * kh * kw
     slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
     sh, sw, pt, pb, pl, pr, dh, dw = geom
-    modules = pass_modules(kh, kw, geom, c // cg, c, o, h, w, out_hw[1])
+    modules = pass_modules(kh, kw, geom, c // cg, c, o)
     if set(modules) == {"strided"}:
         slot = 0  # no im2col block
     if "strided" in modules:

@@ -54,7 +54,7 @@ def _plan(x_shape, w_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, w
     _check(x_shape, w_shape, out_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups)
     c, h, w, out_hw = x_shape[1], x_shape[2], x_shape[3], out_shape[2:]
     o, cg, kh, kw = w_shape
-    if not _phased(sh, sw, dh, dw, h, w, out_hw[1]):
+    if not _phased(dh, dw):
         raise ValueError("conv2d: not a phased convolution (geometry.phased); use conv.py's kernels")
     lay = _layout(kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], c, o, x_shape[0])
     if workspace.shape[0] < 1 or workspace.shape[1] < _need(lay, c, o, cg * kh * kw, sh * sw):
@@ -88,21 +88,30 @@ def _phases(img, at, h, w, sh, sw, f, first, plane, wq, back):
     """One channel's image (img[at:], h x w) into its sh*sw phase planes, phase (ph, pw)'s
     first data element at f[first + (ph*sw + pw)*plane] and its rows wq apart (only that
     data is written: the padding stays as zeroed); with `back`, the planes back into the
-    image, every element of which is written (the input gradient's)."""
-    hp, wp = h // sh, w // sw
-    for ph in range(sh):
+    image, every element of which is written (the input gradient's). Where a side is no
+    multiple of its stride the later phases are a row or a column short (227 rows in
+    phases of 4: 57, 57, 57 and 56 rows), the place past them left as padding."""
+    for ph in range(min(sh, h)):
+        rows = (h - ph + sh - 1) // sh
         even = first + ph * sw * plane
         if sw == 2:
             if back:
-                interleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq), u64(wp),
-                           u64(hp), like(img, 0.0))
+                interleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq),
+                           u64(w // 2), u64(rows), like(img, 0.0))
             else:
-                deinterleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq), u64(wp),
-                             u64(hp))
+                deinterleave(img, u64(at + ph * w), u64(sh * w), f, u64(even), u64(even + plane), u64(wq),
+                             u64(w // 2), u64(rows))
+            if w % 2:  # an odd width's last column: the even phase's last
+                for r in range(rows):
+                    k, j = u64(even + r * wq + w // 2), u64(at + (r * sh + ph) * w + w - 1)
+                    if back:
+                        img[j] = f[k]
+                    else:
+                        f[k] = img[j]
             continue
-        for pw in range(sw):
-            for r in range(hp):
-                for q in range(wp):
+        for pw in range(min(sw, w)):
+            for r in range(rows):
+                for q in range((w - pw + sw - 1) // sw):
                     k, j = u64(even + pw * plane + r * wq + q), u64(at + (r * sh + ph) * w + q * sw + pw)
                     if back:
                         img[j] = f[k]
@@ -301,7 +310,7 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     at_g, at_acc = per * planes, per * (planes + o * row)  # [planes of `per` images | their gradients | lanes]
     offs = _tap_offsets(kh, kw, stride_h, stride_w, pad_t, pad_l, lay, cg)
     xf, gf = x.reshape(-1), g.reshape(-1)
-    hp, wp = h // stride_h, wd // stride_w
+    hp, wp = -(-h // stride_h), -(-wd // stride_w)  # phase_layout's: the first phases' rows and columns
     rows, cols = _reached(kh, stride_h, pad_t, ho, hp), _reached(kw, stride_w, pad_l, wo, wp)
     unread = rows[0].min() > 0 or rows[1].min() < hp or cols[0].min() > 0 or cols[1].min() < wp
     for p in prange(parts):
