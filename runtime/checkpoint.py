@@ -207,7 +207,7 @@ def find_checkpoint(path) -> Path:
     old = _siblings(path)[1]
     if (path / "last").is_dir() and not (path / STATE).exists():
         raise CheckpointError(f"{path} is a run directory; its checkpoints are {path / 'last'} and {path / 'best'}")
-    if (path / "search.json").is_file() and not (path / STATE).exists():  # search.SEARCH: `dslc search --out`
+    if (path / "search.json").is_file() and not (path / STATE).exists():  # runs.SEARCH: `dslc search --out`
         raise CheckpointError(f"{path} is a search directory; each trial is a run with its checkpoints, e.g. "
                               f"{path / 'trial-001' / 'best'} (results.csv ranks the trials)")
     if unsaved_run(path):

@@ -55,6 +55,7 @@ from dslc.runtime.jsondoc import Doc, is_int, lines_of
 CONFIG, JSONL, CSV, CURVES, STEPS = "config.json", "metrics.jsonl", "metrics.csv", "curves.png", steplog.STEPS
 SNAPSHOTS = "snapshots"  # RUN/snapshots/epoch-NNNN: the checkpoints `keep` asks for
 RESULT = "result.json"  # the trainer's summary of a finished run (what a search reads of its trials)
+SEARCH = "search.json"  # a search directory's plan (runtime/search.py): no run is made beside one
 LEFT = ("last", "best", SNAPSHOTS, RESULT, tensorboard.FOLDER)  # what else a run leaves: checkpoints, events
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # what write_atomic and checkpoints write before renaming
 DRAW_SECONDS = 2.0  # curves.png is redrawn at most this often (and at the end): epochs can be faster than a plot
@@ -222,6 +223,8 @@ class Run(RunPaths):
         checkpoints, snapshots, result, event files): a `best/` or snapshot of the old run
         left beside the new one was read by eval and ensemble as the new run's."""
         run = cls(path)
+        if os.path.lexists(run.path / SEARCH):  # its trials are the runs; --force clears no search
+            raise RunError(f"{run.path} holds a search ({SEARCH}), whose trials are runs; choose another name")
         if os.path.lexists(run.path / CONFIG) and not overwrite:
             raise RunError(f"{run.path} already holds a run; resume it or choose another name")
         ensure_dir(run.path)

@@ -45,9 +45,9 @@ from dslc.runtime import sampling
 from dslc.runtime.engines import Engine, Outcome, Task
 from dslc.runtime.errors import TrainError
 from dslc.runtime.jsondoc import Doc, is_int, is_number
-from dslc.runtime.runs import RESULT
+from dslc.runtime.runs import CONFIG, RESULT, SEARCH
 
-SEARCH, TRIAL, LOG = "search.json", "trial.json", "train.log"
+TRIAL, LOG = "trial.json", "train.log"
 JSON_LIMIT = 64 << 20
 BUSY = "is being written by another dslc process"  # a trial still running elsewhere: not a failure
 # Exit statuses of a trial that failed for good: 1 a mistake (data, a diverged run ...), 2 a command
@@ -117,6 +117,8 @@ class Search:
 
     def _load_or_plan(self) -> None:
         path = self.out / SEARCH
+        if os.path.lexists(self.out / CONFIG):  # a training run's directory: --force starts no search there
+            raise TrainError(f"{self.out} holds a training run ({CONFIG}); choose another --out for the search")
         if os.path.lexists(path) and not self.force:
             # a search.json edited or cut short is a TrainError naming it and the key, nothing rewritten
             key = self.key()

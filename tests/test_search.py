@@ -387,6 +387,27 @@ def test_force_starts_over_from_a_search_json_it_cannot_read(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-001"] and not (out / "trial-002").exists()
 
 
+def test_a_search_and_a_training_run_keep_to_their_own_directories(tmp_path, capsys):
+    """`dslc search --out RUN` planned its trials beside a training run's files, and `dslc train
+    --out SEARCH` wrote a run beside a search's plan: each now names what is there, exit 1,
+    with --force too (which starts over a search or a run, not the other), nothing written."""
+    _search(tmp_path, Scripted(lambda lr: lr), trials=1).run()
+    out = tmp_path / "s"
+    before = sorted(p.name for p in out.iterdir())
+    for force in ((), ("--force",)):
+        code, _, err = run(capsys, "train", tmp_path / "m.net", "--out", out, "--epochs", "1", *REF, *force)
+        assert code == 1 and "holds a search (search.json), whose trials are runs; choose another name" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before
+    trained = tmp_path / "trial-001-copy"
+    (trained).mkdir()
+    (trained / "config.json").write_text("{}")
+    for force in ((), ("--force",)):
+        code, _, err = run(capsys, "search", tmp_path / "m.net", "--trials", "1", "--epochs", "1", "--out", trained,
+                           *REF, *force)
+        assert code == 1 and "holds a training run (config.json); choose another --out for the search" in err, err
+    assert sorted(p.name for p in trained.iterdir()) == ["config.json"]
+
+
 def test_a_trial_its_environment_stopped_is_tried_again(tmp_path):
     """A trial that ends with status 1 that dslc did not report (here Python cannot start: a
     PYTHONHOME with no standard library) failed for good, like a diverged one, and no rerun
