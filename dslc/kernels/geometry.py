@@ -134,14 +134,15 @@ def phase_need(layout, c: int, o: int, taps: int, phases: int) -> int:
 
 def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[str, str, str]:
     """The library modules (dslc.runtime.cpu) of a convolution's forward, input gradient and
-    weight gradient, from c to o channels; geom is its
-    `geometry` (strides, pads, dilations).
+    weight gradient, from c to o channels; geom is its `geometry` (strides, pads, dilations).
+    Each pass goes where it was measured faster, im2col + GEMM -> direct, timed alternately
+    on two threads of the EPYC:
 
     - 3x3 stride 1 with enough channels: all three by Winograd (`winograd`).
     - strided and undilated: the forward directly from the phase planes (strided.py);
       the input gradient likewise with enough input channels, as at stride 1, and the
-      weight gradient unless the kernel is 1x1 with more than TAP_OUTS outputs. Measured
-      (batch 128 unless said): forward 3x32 3x3 stride 2 unpadded 0.75 -> 0.38 ms, 16x32
+      weight gradient unless the kernel is 1x1 with more than TAP_OUTS outputs (batch 128
+      unless said): forward 3x32 3x3 stride 2 unpadded 0.75 -> 0.38 ms, 16x32
       0.97 -> 0.43, 16x32 at 15x15 padded 1 1.37 -> 0.54, 32x64 at 7x7 1.04 -> 0.82, 64x128
       1x1 at 15x15 (batch 64) 0.68 -> 0.54, 3x96 11x11 stride 4 at 227x227 (batch 16, AlexNet's
       first) 27.6 -> 16.2; input gradient 16x32 1.00 -> 0.44, 1.13 -> 0.53, 32x64 0.85 ->
@@ -152,8 +153,7 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[s
       gradient likewise when a group has at least 3/4 of a block of TAP_OUTS input channels
       (tap_sums computes that gradient's channels in such blocks); the weight gradient
       likewise for kernels of 25 taps or more, or TAP_OUTS outputs per group or fewer.
-      Against im2col + GEMM, whose GEMM is thin when C*kh*kw is small, measured
-      alternately on two threads of the EPYC (batch 128 unless said): forward 1x32 3x3 at
+      im2col's GEMM is thin when C*kh*kw is small (batch 128 unless said): forward 1x32 3x3 at
       28x28 (batch 32) 0.18-0.30 -> 0.13-0.25 ms, 3x32 3x3 at 32x32 2.74 -> 1.64, 3x64 7x7
       21.5 -> 15.1, 64x256 1x1 at 8x8 (batch 64) 0.98 -> 0.81, and with fewer outputs than
       a block 1x6 5x5 at 28x28 0.47 -> 0.26, 3x4 3x3 0.59 -> 0.33, 16x2 3x3 0.79 -> 0.43;
