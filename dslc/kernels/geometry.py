@@ -152,7 +152,8 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[s
     - stride 1 and undilated: the forward directly from the zero-padded image; the input
       gradient likewise when a group has at least 3/4 of a block of TAP_OUTS input channels
       (tap_sums computes that gradient's channels in such blocks); the weight gradient
-      likewise for kernels of 25 taps or more, or TAP_OUTS outputs per group or fewer.
+      likewise for kernels of 25 taps or more with at most 64 outputs per group, or for
+      TAP_OUTS outputs per group or fewer.
       im2col's GEMM is thin when C*kh*kw is small (batch 128 unless said): forward 1x32 3x3 at
       28x28 (batch 32) 0.18-0.30 -> 0.13-0.25 ms, 3x32 3x3 at 32x32 2.74 -> 1.64, 3x64 7x7
       21.5 -> 15.1, 64x256 1x1 at 8x8 (batch 64) 0.98 -> 0.81, and with fewer outputs than
@@ -161,8 +162,9 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[s
       14x14 (LeNet-5's C3) 1.48 -> 0.80, but 1x32 3x3 0.42 -> 2.77 and 3x32 3x3 1.74 ->
       3.47 (blocks of 8 input channels holding one or three); weight gradient 6x16 5x5
       unpadded 1.97 -> 0.58, 3x16 5x5 9.4 -> 3.0, 1x6 5x5 0.77 -> 0.55, 3x4 3x3 0.70 ->
-      0.44, 16x2 3x3 0.88 -> 0.29, but 1x32 3x3 2.0 -> 2.3, 3x32 3x3 3.8 -> 3.7 and
-      64x256 1x1 1.25 -> 2.11.
+      0.44, 16x2 3x3 0.88 -> 0.29, 32x64 5x5 at 16x16 (batch 64) 23.0 -> 19.5, but 1x32 3x3
+      2.0 -> 2.3, 3x32 3x3 3.8 -> 3.7, 64x256 1x1 1.25 -> 2.11 and 96x256 5x5 at 27x27
+      (batch 16, AlexNet's second) 134 -> 148.
     - otherwise im2col + GEMM (conv.py).
     >>> pass_modules(3, 3, (1, 1, 1, 1, 1, 1, 1, 1), 1, 1, 32)
     ('strided', 'conv', 'conv')
@@ -178,7 +180,7 @@ def pass_modules(kh: int, kw: int, geom, groups: int, c: int, o: int) -> tuple[s
     grad_input = direct(4 * (c // groups) >= 3 * TAP_OUTS)
     if sh > 1 or sw > 1:
         return "strided", grad_input, direct(kh * kw > 1 or o // groups <= TAP_OUTS)
-    return "strided", grad_input, direct(kh * kw >= 25 or o // groups <= TAP_OUTS)
+    return "strided", grad_input, direct((kh * kw >= 25 and o // groups <= 64) or o // groups <= TAP_OUTS)
 
 
 def conv_modules(attrs, size, c_in: int, c_out: int) -> tuple[str, str, str]:
