@@ -17,9 +17,9 @@ For one image and a block of its output rows [r0, r1), with P = (r1 - r0) * Wo p
     grad-input   col_g = W_g^T @ g_i[g][:, block];  dx_i += col2im(col)
     grad-weight  col = im2col(x_i);  dW_g += g_i[g][:, block] @ col_g^T
 
-A strided convolution whose input's sides are multiples of its strides runs by strided.py
-instead, directly from the input's phase planes, and so do the forward of a stride-1
-one and, with enough channels or taps, its gradients (geometry.pass_modules: measured faster).
+An undilated convolution runs by strided.py instead, directly from the input's phase
+planes: its forward, and its gradients with enough channels or taps (geometry.pass_modules:
+measured faster).
 
 Rows of col are channel-major, so group g's rows are one contiguous block, as are its
 weights in W.reshape(O, C/G*kh*kw). Because an image's output is already [O, pixels],

@@ -2,14 +2,14 @@
 zero-padded phase planes (no im2col, no BLAS): strided convolutions, and the passes of
 stride-1 ones that im2col + GEMM would make too thin.
 
-`geometry.pass_modules` chooses this module for each pass where the call is generated (the
-static shapes: undilated, and strided only with the input's sides multiples of the
-strides: resnet's 3x3 stride-2 convolutions padded 1, a 1x1 stride-2 shortcut, a 7x7
-stride-2 stem, their forward and weight gradient, and with enough input channels their
-input gradient; a first layer's 3x3 from 1 or 3 channels, its forward; LeNet-5's
-unpadded 5x5 convolutions, all three), as it chooses winograd.py. With stride 1 there is one plane, the image itself
-padded, so a convolution with few input channels is a few long runs of multiply-adds
-where im2col + GEMM made a GEMM too thin (K = C*kh*kw) to pay for its packing.
+`geometry.pass_modules` chooses this module for each pass of an undilated convolution
+where the call is generated, as it chooses winograd.py: resnet's 3x3 stride-2 convolutions
+padded 1, a 1x1 stride-2 shortcut, a 7x7 stride-2 stem and AlexNet's 11x11 stride 4 on 227
+(their forward and weight gradient, and with enough input channels their input gradient);
+a first layer's 3x3 from 1 or 3 channels, its forward; LeNet-5's unpadded 5x5
+convolutions, all three. With stride 1 there is one plane, the image itself padded, so a
+convolution with few input channels is a few long runs of multiply-adds where im2col +
+GEMM made a GEMM too thin (K = C*kh*kw) to pay for its packing.
 
 Each channel of an image splits into its sh*sw phase planes P[ph, pw][r, q] = x[r*sh + ph,
 q*sw + pw], stored zero-padded (geometry.phase_layout) so that every tap (u, v) of every
