@@ -91,7 +91,7 @@ def _phases(img, at, h, w, sh, sw, f, first, plane, wq, back):
     image, every element of which is written (the input gradient's). Where a side is no
     multiple of its stride the later phases are a row or a column short (227 rows in
     phases of 4: 57, 57, 57 and 56 rows), the place past them left as padding."""
-    for ph in range(min(sh, h)):
+    for ph in range(sh):  # a phase past a side smaller than the stride has no rows
         rows = (h - ph + sh - 1) // sh
         even = first + ph * sw * plane
         if sw == 2:
@@ -109,7 +109,7 @@ def _phases(img, at, h, w, sh, sw, f, first, plane, wq, back):
                     else:
                         f[k] = img[j]
             continue
-        for pw in range(min(sw, w)):
+        for pw in range(sw):
             for r in range(rows):
                 for q in range((w - pw + sw - 1) // sw):
                     k, j = u64(even + pw * plane + r * wq + q), u64(at + (r * sh + ph) * w + q * sw + pw)
