@@ -6,14 +6,15 @@ with respect to the input images of models/small_cnn.net (a saliency map).
 For each batch size: `m.compile(device).grad(params, {"image": x}, of="out[:, 3]",
 wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are
 run in rounds: `--block` calls of one, then as many of the other, so a load that comes
-and goes weighs on both, and each is timed as a loop of saliency maps runs it, call after
-call. The figures are the medians over all the calls, after one warm-up call each (the
-compiled one compiles then). `after ref` is the median of the compiled calls that come
-right after the reference's: those start with the caches the reference's large NumPy
-temporaries left, and on the 2-core EPYC took 10-25% longer (with --block 1 every call
-is one of them). The gradients must agree within 1e-4 of their largest entry (exit
-status 1 otherwise). Both run in this process with the BLAS threading the CPU executor
-sets (one BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
+and goes weighs on both, and each is timed as a loop of saliency maps runs it, call
+after call. The figures are the medians over all the calls, after one warm-up call each
+(the compiled one compiles then). `after ref` is the median of the compiled calls that
+come right after the reference's: on the 2-core EPYC the first took 2-3 times as long,
+and the next few 10-30% longer, after any 17 ms of other work, even a sleep (the VM's
+idle core waking, not the reference's temporaries; with --block 1 every call is one of
+them). The gradients must agree within 1e-4 of their largest entry (exit status 1
+otherwise). Both run in this process with the BLAS threading the CPU executor sets (one
+BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
 
 On the CPU the table also gives the floor: the compiled graph's FLOPs (the op registry's
 count over its kernels; a multiply-add is two) at the machine's float32 GEMM rate,
