@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -10,7 +11,7 @@ from dslc.frontend import ast
 from dslc.recipe import schema as R
 from dslc.frontend.parse import parse
 from dslc.frontend.program import load_program
-from dslc.recipe.overrides import apply_overrides
+from dslc.recipe.overrides import Flagged, apply_overrides
 from dslc.frontend.resolve import elaborate
 from helpers import FIXTURES
 
@@ -323,6 +324,20 @@ def test_override_errors(base, sets, words):
     with pytest.raises(UsageError) as err:
         apply_overrides(base, sets)
     assert words in str(err.value)
+
+
+def test_a_flag_given_setting_is_named_by_its_flag(base):
+    """`--epochs 1` is reported as typed, not as `--set epochs=1`; its value is an int to
+    everything else, and a copy (pickle, deepcopy: a worker's) keeps the flag."""
+    epochs = Flagged(1, "--epochs")
+    with pytest.raises(UsageError) as err:
+        apply_overrides(base, {"epochs": epochs, "steps": 5})
+    assert "given --epochs 1" in str(err.value) and "--set epochs" not in str(err.value)
+    with pytest.raises(UsageError, match=r"warmup \(2 epochs\) must be shorter than training \(1 epochs\); given --epochs 1$"):
+        apply_overrides(base, {"schedule": "cosine(warmup=2)", "epochs": epochs})
+    assert apply_overrides(base, {"epochs": Flagged(3, "--epochs")})["epochs"] == 3
+    again = pickle.loads(pickle.dumps(epochs))
+    assert (again, again.flag, json.dumps(again)) == (1, "--epochs", "1")
 
 
 def test_override_globs_are_checked_against_the_model(base, mlp_graph):

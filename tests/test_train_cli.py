@@ -87,7 +87,9 @@ def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     ([MLP, "--set", "epochz=3"], 2, "epochz"),  # not a recipe key: a model hyper-parameter it lacks
     ([MLP, "--device", "gpu"], 1, "gpu"),
     ([MLP, "--resume", "nowhere"], 1, "nowhere"),
-    ([MLP, "--epochs", "1"], 2, "warmup (1 epochs) must be shorter than training (1 epochs); given --set epochs=1"),
+    # the note names the override as typed: the flag, or --set
+    ([MLP, "--epochs", "1"], 2, "warmup (1 epochs) must be shorter than training (1 epochs); given --epochs 1"),
+    ([MLP, "--set", "epochs=1"], 2, "warmup (1 epochs) must be shorter than training (1 epochs); given --set epochs=1"),
     ([MLP, "--resume", "a", "--out", "b"], 2, "--out cannot go with it"),
     # the data's size is known once read: located at the train block, the split as given
     ([MLP, "--set", "split=validation(0.9999)"], 1, "digits_mlp.net:17:1: error[E0505]: split = "

@@ -152,9 +152,11 @@ def checkpoint_files(checkpoint) -> list:
 
 
 def recipe_sets(args) -> dict[str, Any]:
-    sets = parse_sets(args.set)
+    from dslc.recipe.overrides import Flagged
+
+    sets: dict[str, Any] = parse_sets(args.set)
     if getattr(args, "epochs", None) is not None:
-        sets["epochs"] = args.epochs
+        sets["epochs"] = Flagged(args.epochs, "--epochs")
     return sets
 
 

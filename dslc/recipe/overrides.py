@@ -68,7 +68,24 @@ def read_setting(key: str, raw: Any) -> Any:
     return _converted(spec, value_expr(raw, spec.type, where), where)
 
 
+class Flagged(int):
+    """A setting's value given by a flag of its own (`--epochs 3`): an int wherever it goes
+    (config.json records 3), but messages name the flag the user typed, not `--set epochs=3`."""
+
+    flag: str
+
+    def __new__(cls, value: int, flag: str):
+        self = super().__new__(cls, value)
+        self.flag = flag
+        return self
+
+    def __getnewargs__(self):  # what pickle and deepcopy pass __new__: the flag too, not the int alone
+        return int(self), self.flag
+
+
 def _label(dotted: str, raw: Any) -> str:
+    if isinstance(raw, Flagged):
+        return f"{raw.flag} {int(raw)}"
     return f"--set {dotted}={printable(str(raw))}"
 
 
@@ -165,6 +182,6 @@ def _message(d: Diagnostic) -> str:
     """One line: where (an override, or the recipe's unchanged setting), the message, and the
     overrides a note names (`--epochs 1` against the file's warm-up of 1 epoch)."""
     where = printable(d.span.file) if d.span else "recipe"
-    settings = [printable(span.file) for span, _ in d.notes if span is not None and span.file.startswith("--set ")]
+    settings = [printable(span.file) for span, _ in d.notes if span is not None and span.file.startswith("--")]
     return (f"{where}: {d.message}" + (f" ({d.hint})" if d.hint else "")
             + (f"; given {', '.join(settings)}" if settings else ""))
