@@ -26,7 +26,6 @@ or node died is left pending, and the same command resumes it.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from typing import Callable, Protocol, Sequence
 
 from dslc.files import reason
 from dslc.runtime.cpu import openmp_env
+from dslc.runtime.parent_death import on_parent_death_preexec
 from dslc.runtime.errors import TrainError
 
 RAY = "install the `ray` extra (pip install 'dslc[ray]')"
@@ -75,13 +75,6 @@ class Engine(Protocol):
         ...
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the trial may outlive a killed search
-        pass
-
-
 def last_error(log: Path) -> str:
     """The last `dslc: error:` line of a trial's output, else the first line of a located
     diagnostic, else its last line, for the table."""
@@ -112,7 +105,7 @@ class LocalProcesses:
                 return subprocess.Popen([sys.executable, "-m", "dslc.cli", *task.argv], stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
                                         start_new_session=True,  # Ctrl-C reaches a trial once, from run()
-                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                        preexec_fn=on_parent_death_preexec())
         except OSError as e:
             raise TrainError(f"cannot start trial {task.id}: {reason(e)}") from None
 
@@ -155,7 +148,7 @@ def run_trial(argv: tuple[str, ...], log: str, cwd: str, env: dict) -> int:
     with open(log, "ab") as out:  # appended, as LocalProcesses does
         proc = subprocess.Popen([sys.executable, "-m", "dslc.cli", *argv], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=cwd, env={**os.environ, **env},
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=on_parent_death_preexec())
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,6 +144,43 @@ assert cg.kernels
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert runs.read_text() == "ran\n" and "compiled" in done.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_that_asks_to_dies_with_its_parent(tmp_path):
+    """parent_death.die_with_parent: a child of a SIGKILLed process ends at once (a compile
+    worker went on with its unit for 25 s), and one whose parent has already changed exits."""
+    child = ("import sys, time; from dslc.runtime.parent_death import die_with_parent; "
+             "die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
+    middle = tmp_path / "middle.py"
+    middle.write_text(f"""
+import os, subprocess, sys, time
+proc = subprocess.Popen([sys.executable, "-c", {child!r}, str(os.getpid())], stdout=subprocess.PIPE, text=True)
+assert proc.stdout.readline() == "ready\\n"
+print(proc.pid, flush=True)
+time.sleep(120)
+""")
+    parent = subprocess.Popen([sys.executable, str(middle)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    # a compile worker told a parent that is not its own (pid 1) exits before it reads a unit
+    worker = subprocess.run([sys.executable, "-m", "dslc.runtime.cpu.build", "1"], input="", cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 1 and worker.stdout == ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize("module", ["pool", "strided", "dropout_masks", "gemm"])

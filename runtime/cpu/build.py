@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from dslc.codegen import cache, shared
 from dslc.codegen.numba_cpu import Generator, driver_calls
 from dslc.debug import compile_workers, debug_level
+from dslc.runtime.parent_death import die_with_parent
 
 # Rough compile seconds, to start the slowest first and to judge whether starting
 # processes (about a second each, Numba's start included) pays: library kernels are the largest.
@@ -164,8 +165,8 @@ def _compile(pending, tell) -> tuple[int, list[float]]:
 
     feeders = []
     for _ in range(spawn):
-        proc = subprocess.Popen([sys.executable, "-m", "dslc.runtime.cpu.build"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "dslc.runtime.cpu.build", str(os.getpid())],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         feeder = threading.Thread(target=feed, args=(proc,), daemon=True)
         feeder.start()
         feeders.append((proc, feeder))
@@ -190,11 +191,14 @@ def _compile_one(where, types) -> float:
     return time.perf_counter() - start
 
 
-def _worker() -> None:
-    """`python -m dslc.runtime.cpu.build`: compile the units on stdin, one per line
+def _worker(parent: int) -> None:
+    """`python -m dslc.runtime.cpu.build PARENT_PID`: compile the units on stdin, one per line
     ([[index, where, types], ...]), printing [index, seconds] as each task is done. Numba's
     cache is made safe to share first (kernel_cache.py): a worker given shared kernels only
-    would otherwise never import it."""
+    would otherwise never import it. It ends with its parent (parent_death.py): when a
+    `dslc compile` was killed, it went on compiling its unit for up to 25 s, then found its
+    stdin closed."""
+    die_with_parent(parent)
     from dslc.runtime.cpu import kernel_cache  # noqa: F401
     for line in sys.stdin:
         for k, where, types in json.loads(line):
@@ -276,4 +280,4 @@ class _Progress:
 
 
 if __name__ == "__main__":
-    _worker()
+    _worker(int(sys.argv[1]))
