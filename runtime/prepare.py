@@ -48,15 +48,23 @@ def select_classes(dataset: Dataset, classes) -> Dataset:
     (2, ('5', '6'), [0, 1])
     """
     classes = [int(c) for c in classes]
-    bad = [c for c in classes if not 0 <= c < dataset.classes]
-    if bad or len(set(classes)) != len(classes):
-        what = f"class {bad[0]} is not one of 0..{dataset.classes - 1}" if bad else "a class is listed twice"
+    what = classes_problem(classes, dataset.classes)
+    if what:
         raise DataError(f"classes={classes}: {what}", dataset.name)
     relabel = np.full(dataset.classes, -1, np.int64)
     relabel[classes] = np.arange(len(classes))
     keep = np.flatnonzero(relabel[dataset.y] >= 0)
     names = tuple(dataset.class_names[c] if dataset.class_names else str(c) for c in classes)
     return Dataset(dataset.x[keep], relabel[dataset.y[keep]], len(classes), dataset.name, names)
+
+
+def classes_problem(classes: list[int], n: int) -> str | None:
+    """Why `classes` cannot be kept of a dataset of n classes (one is not a class of it, or
+    one is listed twice), else None."""
+    bad = [c for c in classes if not 0 <= c < n]
+    if bad:
+        return f"class {bad[0]} is not one of 0..{n - 1}"
+    return "a class is listed twice" if len(set(classes)) != len(classes) else None
 
 
 @dataclass
@@ -109,6 +117,7 @@ def load_data(recipe, stats: dict | None = None, labels: bool = True, model=None
         except DataError as e:
             raise _split_error(recipe, e) from None
     if classes:
+        _check_classes(recipe, [int(c) for c in classes], train)
         train = _kept(train, classes, "training")
         val, test = (None if p is None else _kept(p, classes, which) for p, which in ((val, "validation"), (test, "test")))
     if model is not None:
@@ -125,6 +134,16 @@ def _split_error(recipe, e: DataError) -> CompileError:
     split = recipe["split"]
     given = ", ".join(f"{k}={v:g}" for k, v in split.args)
     return CompileError.single("E0505", f"split = {split.name}({given}) does not fit {e}", recipe.span)
+
+
+def _check_classes(recipe, classes: list[int], data: Dataset) -> None:
+    """A `classes=` a csv, npz or image folder cannot give, as the recipe mistake it is (E0505,
+    located at the train block, as _split_error): how many classes the data have is known
+    only once read (the built-in datasets' are checked with the recipe)."""
+    what = classes_problem(classes, data.classes)
+    if what:
+        raise CompileError.single("E0505", f"data = {recipe['data'].name}(classes={classes}): {what} "
+                                  f"({data.name} has {data.classes} classes)", recipe.span)
 
 
 def _kept(part: Dataset, classes, which: str) -> Dataset:

@@ -113,6 +113,29 @@ def test_train_data_that_does_not_fit_is_located(tmp_path, capsys):
     assert code == 1 and f"{bad}:5:" in err and "E0513" in err and "[1, 8, 8]" in err
 
 
+def test_classes_a_data_file_lacks_are_located_at_the_train_block(tmp_path, capsys):
+    """An npz's (or csv's, or image folder's) number of classes is known once it is read, so a
+    `classes=` beyond it is refused then, as the recipe mistake it is: located at the train
+    block (as a split too large for the data), exit 1, no traceback."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((40, 4)).astype(np.float32), y=rng.integers(0, 3, 40))
+    net = tmp_path / "m.net"
+    net.write_text(f"""model m {{
+    input x : f32[N, 4]
+    input y : i64[N]
+    param W : f32[4, 3] = kaiming()
+    loss cross_entropy(x @ W, y)
+}}
+train m {{
+    data = npz("{tmp_path / 'd.npz'}", classes=[0, 7])
+    epochs = 1
+}}
+""")
+    code, _, err = run(capsys, "train", net, "--out", tmp_path / "r")
+    assert code == 1 and "Traceback" not in err
+    assert f"{net}:7:1: error[E0505]: data = npz(classes=[0, 7]): class 7 is not one of 0..2 (d has 3 classes)" in err
+
+
 @pytest.mark.parametrize("setting, code, at, words", [
     ("augment = [hflip(), random_crop(6)]", "E0513", "6)]", "random_crop(6) gives 6x6 images, but input 'image'"),
     ("augment = [random_resized_crop(5)]", "E0513", "5)]", "random_resized_crop(5) gives 5x5 images"),
