@@ -108,7 +108,7 @@ class Model:
         untouched)."""
         check_call(params, inputs)
         graph = train_mode.lower(self.graph) if train else self.graph
-        names = names_of(outputs) if outputs is not None else default_outputs(graph, inputs)
+        names = names_of(outputs, "forward: outputs") if outputs is not None else default_outputs(graph, inputs)
         out = reference.run_outputs(outputs_graph(graph, names), inputs, params, rng=np.random.default_rng(seed))
         return {name: v for (_, name), v in out.items()}
 
@@ -128,7 +128,7 @@ class Model:
             loss = next(v for (kind, _), v in out.items() if kind == "loss")
             return float(loss), {name: v for (kind, name), v in out.items() if kind == "grad"}
         terms = parse_of(of)
-        names = list(names_of(wrt)) if wrt is not None else [p.name for p in trainable_params(self.graph)]
+        names = list(names_of(wrt, "grad: wrt")) if wrt is not None else [p.name for p in trainable_params(self.graph)]
         for name in names:
             self.check_wrt(name)
         graph = objective_graph(train_mode.lower(self.graph) if train else self.graph, terms, names, rules)
@@ -142,7 +142,7 @@ class Model:
         if self.graph.loss is None:
             raise self._error("E0401", f"model '{self.name}' has no loss to differentiate",
                               "declare one, e.g. `loss cross_entropy(logits, label)`")
-        names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(names_of(wrt))
+        names = [p.name for p in trainable_params(self.graph)] if wrt is None else list(names_of(wrt, "grad: wrt"))
         for name in names:
             self.check_wrt(name)
         return differentiate(train_mode.lower(self.graph) if train else self.graph, names)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Callable, Sequence
 
 import numpy as np
@@ -55,10 +55,21 @@ class Term:
         return self.node, "l2" if self.kind == "l2" else "weighted"
 
 
-def names_of(names: str | Sequence[str]) -> tuple[str, ...]:
-    """The node names of `wrt=` or `outputs=`: a list of them, or one name alone (a string
-    is not read as a list of one-letter names)."""
-    return (names,) if isinstance(names, str) else tuple(names)
+def names_of(names: str | Sequence[str], what: str) -> tuple[str, ...]:
+    """The node names of `wrt=` or `outputs=` (`what`): a list of them, or one name alone (a
+    string is not read as a list of one-letter names). Anything else is a UsageError naming
+    the argument: outputs=3 failed as "'int' object is not iterable", outputs=[3] inside the
+    name lookup ("unsupported operand type(s) for +: 'int' and 'str'")."""
+    if isinstance(names, str):
+        return (names,)
+    if isinstance(names, (Mapping, bytes)) or not isinstance(names, Iterable):
+        raise UsageError(f"{what} is a node name or a list of them, not {type(names).__name__}")
+    out = tuple(names)
+    for name in out:
+        if not isinstance(name, str):
+            raise UsageError(f"{what} is a node name or a list of them; it holds {name!r} "
+                             f"({type(name).__name__})")
+    return out
 
 
 def check_call(params, inputs) -> None:
@@ -105,6 +116,9 @@ def parse_of(of) -> list[Term]:
                          f"got {of!r}")
     terms = []
     for node, weight in of.items():
+        if not isinstance(node, str):  # else a TypeError inside the name lookup
+            raise UsageError(f"grad: `of` maps node names to weightings; it holds the key {node!r} "
+                             f"({type(node).__name__})")
         if isinstance(weight, str):
             if weight not in ("sum", "l2"):
                 raise UsageError(f"grad: the weighting of '{node}' is an array, 'sum' or 'l2', not {weight!r}")

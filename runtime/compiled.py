@@ -116,7 +116,7 @@ class Compiled:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
         check_call(params, inputs)
-        names = names_of(outputs) if outputs is not None else self._default_outputs(inputs)
+        names = names_of(outputs, "forward: outputs") if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
         self._compiled(key, lambda: self._forward_graph(names, train))
         return self._run(key, inputs, params, rng)
@@ -150,7 +150,7 @@ class Compiled:
         check_grad_options(rules, train)
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
-        names = names_of(wrt) if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
+        names = names_of(wrt, "grad: wrt") if wrt is not None else tuple(p.name for p in trainable_params(self.model.graph))
         key = ("grad", tuple(t.key for t in terms), names, train, tuple(sorted((rules or {}).items())))
         if key not in self._steps:  # checked once, when the request is first compiled
             for name in names:

@@ -513,3 +513,22 @@ def test_fresh_parameters_stepped_after_others_start_adams_count_again(loaded):
     loaded.compile(device="reference").step(fresh, feeds)
     for name in fresh:
         close(again[name], fresh[name], name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_outputs_wrt_and_of_that_are_not_names_are_named(loaded, device):
+    """outputs=3 and wrt=3 were TypeErrors ('int' object is not iterable), outputs=[3] and
+    of={3: "sum"} TypeErrors from inside the name lookup (unsupported operand type(s) for +)."""
+    c, image = loaded.compile(device=device), batch()["image"]
+    for forward in (c.forward, loaded.forward):
+        with pytest.raises(UsageError, match="forward: outputs is a node name or a list of them, not int"):
+            forward(loaded.params, {"image": image}, outputs=3)
+        with pytest.raises(UsageError, match=r"forward: outputs is a node name or a list of them; it holds 3 \(int\)"):
+            forward(loaded.params, {"image": image}, outputs=["out", 3])
+    for grad in (c.grad, loaded.grad):
+        with pytest.raises(UsageError, match="grad: wrt is a node name or a list of them, not int"):
+            grad(loaded.params, {"image": image}, of="out[:, 3]", wrt=3)
+        with pytest.raises(UsageError, match="grad: wrt is a node name or a list of them, not bytes"):
+            grad(loaded.params, {"image": image}, of="out[:, 3]", wrt=b"image")
+        with pytest.raises(UsageError, match=r"grad: `of` maps node names to weightings; it holds the key 3 \(int\)"):
+            grad(loaded.params, {"image": image}, of={3: "sum"}, wrt="image")
