@@ -101,13 +101,23 @@ def optimizer_changes(ckpt, step_graph) -> list[str]:
 RESUMABLE = ("ranks",)
 
 
+def saved_recipe(saved: dict) -> Recipe:
+    """The Recipe of a saved Recipe JSON (checked by `check`), a setting newer than the
+    checkpoint (or deleted from it by hand) at its default: the trainer reads every setting
+    of a run's old recipe by key (its `stop`, to judge a resumed run anew), and a missing one
+    was a KeyError traceback."""
+    before = Recipe.from_json(saved)
+    entries = dict(before.entries)
+    for key in KEYS:
+        if key not in entries:
+            entries[key] = KEYS[key].default
+    return Recipe(before.model, before.name, tuple(entries.items()))
+
+
 def recipe_changes(saved: dict, recipe) -> list[str]:
     """The settings that differ between a saved Recipe JSON (checked by `check`) and `recipe`:
     'epochs: 10 -> 20' (RESUMABLE ones aside). A setting newer than the checkpoint had its default."""
-    before, after = dict(Recipe.from_json(saved).entries), dict(recipe.entries)
-    for key in after:
-        if key in KEYS and key not in before:
-            before[key] = KEYS[key].default
+    before, after = dict(saved_recipe(saved).entries), dict(recipe.entries)
     out = []
     for key in dict.fromkeys([*before, *after]):
         if key not in RESUMABLE and before.get(key) != after.get(key):
@@ -182,6 +192,18 @@ def _recipe(doc: Doc) -> None:
     entries = r.obj("entries")
     entries.exactly(KEYS)
     entries.values(_recipe_value, "a recipe value (a call, a list, a string, a number or a boolean)")
+    entries.get("stop", _stop, "null or an early(metric, patience, mode, min_delta) call", optional=True)
+
+
+def _stop(v) -> bool:
+    """A saved `stop` the trainer can read (trainer.watched_metric judges a run resumed with a
+    changed recipe by it): `"stop": "x"` was a TypeError traceback there."""
+    if v is None:
+        return True
+    args = v.get("args") if isinstance(v, dict) else None
+    return isinstance(args, dict) and v.get("call") == "early" and isinstance(args.get("metric"), str) \
+        and args.get("mode") in ("min", "max") and is_number(args.get("min_delta")) \
+        and is_int(args.get("patience"))
 
 
 def _normalization(doc: Doc) -> None:

@@ -365,7 +365,7 @@ class Trainer:
         self.progress = state.Progress.from_json(ckpt.state["progress"])
         self._check_progress(ckpt, changed=bool(changes))
         if changes:
-            self._judge_anew(Recipe.from_json(ckpt.state["recipe"]))
+            self._judge_anew(state.saved_recipe(ckpt.state["recipe"]))
         self.saved = (ckpt.path, self.progress.epoch, self.progress.step)
         if self.group.rank:  # rank 0 continues the run directory
             self.out = Follower(run_dir)

@@ -237,3 +237,27 @@ def test_a_run_resumed_on_another_training_split_is_refused(tmp_path, capsys):
     assert main(["eval", str(model), "--checkpoint", str(run / "last"), "--set", sets[3]]) == 0
     assert "the test split may hold examples it was trained on" in capsys.readouterr().err
     assert main(["train", str(model), *sets, "--resume", str(run), "--force"]) == 0
+
+
+def test_a_saved_recipe_edited_by_hand_is_named_or_read_with_its_defaults(tmp_path, capsys):
+    """The trainer reads the saved recipe's `stop` to judge a run resumed with a changed one:
+    a `stop` that was no early() call was a TypeError traceback, and one deleted (as a newer
+    setting is absent from an older checkpoint) a KeyError; the first is now refused naming
+    the key, the second read at its default."""
+    model, run = MODELS / "digits_mlp.net", tmp_path / "run"
+    assert main(["train", str(model), "--epochs", "2", "--device", "reference", "--out", str(run), "--quiet"]) == 0
+    state_file = run / "last" / "state.json"
+    saved = json.loads(state_file.read_text())
+    for stop in ("x", 3, {"call": "early", "args": {}}):
+        saved["recipe"]["entries"]["stop"] = stop
+        state_file.write_text(json.dumps(saved))
+        capsys.readouterr()
+        assert main(["train", str(model), "--resume", str(run), "--epochs", "3", "--force", "--device",
+                     "reference", "--quiet"]) == 1
+        assert f"{state_file}: 'recipe.entries.stop' must be null or an early(" in capsys.readouterr().err
+    del saved["recipe"]["entries"]["stop"]
+    state_file.write_text(json.dumps(saved))
+    assert main(["train", str(model), "--resume", str(run), "--epochs", "3", "--force", "--device", "reference",
+                 "--quiet"]) == 0
+    assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == [1, 2, 3]
+    capsys.readouterr()
