@@ -359,7 +359,7 @@ class Trainer:
         try:
             self.batches.restore(ckpt.state["batches"])
             self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a count beyond uint64
             raise TrainError(f"cannot continue the random streams of {run_dir} from {ckpt.path / 'state.json'}: "
                              f"{e}") from None
         self.progress = state.Progress.from_json(ckpt.state["progress"])

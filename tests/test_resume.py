@@ -261,3 +261,21 @@ def test_a_saved_recipe_edited_by_hand_is_named_or_read_with_its_defaults(tmp_pa
                  "--quiet"]) == 0
     assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == [1, 2, 3]
     capsys.readouterr()
+
+
+def test_random_streams_edited_beyond_their_ranges_are_named(tmp_path, capsys):
+    """A generator's state holds unsigned counters: -1 or 2**64 in state.json was an
+    OverflowError traceback from NumPy's PCG64, not the message other bad states get."""
+    model, run = MODELS / "digits_mlp.net", tmp_path / "run"
+    assert main(["train", str(model), "--epochs", "2", "--device", "reference", "--out", str(run), "--quiet"]) == 0
+    state_file = run / "last" / "state.json"
+    saved = json.loads(state_file.read_text())
+    for stream, key, value in (("batches", "uinteger", -1), ("batches", "has_uint32", 2**64),
+                               ("rng", "uinteger", 2**64)):
+        state = json.loads(json.dumps(saved))
+        target = state["batches"]["rng"] if stream == "batches" else state["rng"]["dropout"]
+        target[key] = value
+        state_file.write_text(json.dumps(state))
+        capsys.readouterr()
+        assert main(["train", str(model), "--resume", str(run), "--device", "reference", "--quiet"]) == 1
+        assert f"cannot continue the random streams of {run} from {state_file}" in capsys.readouterr().err
