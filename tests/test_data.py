@@ -7,6 +7,7 @@ import json
 import pickle
 import struct
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -308,6 +309,11 @@ def test_csv_failures(tmp_path):
     _fails(lambda: csv(path), "names the label column 'label' more than once (columns 0, 2, from 0)")
     path.write_text("a,y,y\n1,2.5,2.5\n")
     _fails(lambda: csv(path, target=["y"]), "names the target column 'y' more than once")
+    for big in ("99999999999999999999", "-1e300"):  # cast to int64 they were -2**63: 'must be >= 0, found -922...'
+        path.write_text(f"label,f\n1,2\n{big},3\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy's 'invalid value encountered in cast' came first
+            _fails(lambda: csv(path), "row 3, column 1 ('label'): a label beyond int64's range")
 
 
 def test_csv_rows_are_named_by_the_file_line_they_start_on(tmp_path):

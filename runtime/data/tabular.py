@@ -92,7 +92,10 @@ def csv(path, label: str | int = "label", target=(), targets: bool = False) -> D
         y = _numbers(body, lines, header, cols, path)
         return checked_targets(x, y if target else y[:, 0], path.stem, path)
     y, names = _labels([r[cols[0]].strip() for r in body])
-    return checked(x, y, path.stem, path, None if names is None else len(names), names)
+    if names is None and len(y) and (beyond := np.flatnonzero(np.abs(y) >= 2.0**63)).size:
+        raise DataError(f"row {lines[beyond[0]]}, column {_name(header, cols[0])}: a label beyond int64's range "
+                        "(a class index counts from 0 to the classes less one)", path)
+    return checked(x, y.astype(np.int64), path.stem, path, None if names is None else len(names), names)
 
 
 def _numbers(body: list[list[str]], lines: list[int], header: list[str], columns: list[int], path) -> np.ndarray:
@@ -135,11 +138,14 @@ def _column(header: list[str], label, path, what: str = "label") -> int:
 
 
 def _labels(cells: list[str]):
-    """(int labels, None) when every cell is a whole number, else (indices, sorted class names)."""
+    """(whole-number labels, as floats, None) when every cell is a whole number, else
+    (indices, sorted class names). The caller casts the first to int64 once it has refused
+    one beyond int64's range: the cast made 1e20 -9223372036854775808, with NumPy's
+    RuntimeWarning, and the message then said 'labels must be >= 0, found -9223372036854775808'."""
     try:
         values = np.array([float(c) for c in cells])
         if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
-            return values.astype(np.int64), None
+            return values, None
     except ValueError:
         pass
     names = sorted(set(cells))
