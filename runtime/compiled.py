@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import MutableMapping
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -183,6 +184,9 @@ class Compiled:
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
         check_call(params, inputs)
+        if not isinstance(params, MutableMapping):  # else a TypeError at the first assignment, perhaps after the step
+            raise UsageError(f"step: params is updated in place, so it is a dict of arrays (m.init(seed), or a "
+                             f"copy: dict(m.params)), not {type(params).__name__}")
         if lr is not None and not (isinstance(lr, (int, float, np.number)) and not isinstance(lr, (bool, np.bool_))
                                    and 0 <= lr < np.inf):
             raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")

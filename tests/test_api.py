@@ -532,3 +532,15 @@ def test_outputs_wrt_and_of_that_are_not_names_are_named(loaded, device):
             grad(loaded.params, {"image": image}, of="out[:, 3]", wrt=b"image")
         with pytest.raises(UsageError, match=r"grad: `of` maps node names to weightings; it holds the key 3 \(int\)"):
             grad(loaded.params, {"image": image}, of={3: "sum"}, wrt="image")
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_step_on_parameters_it_cannot_update_is_named(loaded, device):
+    """step updates `params` in place: a read-only mapping (types.MappingProxyType) was a
+    TypeError ('mappingproxy' object does not support item assignment) from inside the call."""
+    import types
+    c, params = loaded.compile(device=device), dict(loaded.params)
+    with pytest.raises(UsageError, match="step: params is updated in place, so it is a dict of arrays .* "
+                                         "not mappingproxy"):
+        c.step(types.MappingProxyType(params), batch())
+    assert params.keys() == loaded.params.keys()
