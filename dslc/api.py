@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dslc import model as front
+from dslc.diagnostics import UsageError
 from dslc.passes.train_step import Optimizer
 
 
@@ -66,6 +67,9 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     and dtype (TrainError otherwise), and, unless `force`, the same graph. A checkpoint of a
     run trained with `--set` builds the model with the run's hyper-parameters (RUN/config.json),
     under the keyword `overrides` given here, as the CLI's verbs do (runtime/run_settings.py)."""
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):  # else a TypeError from pathlib
+        raise UsageError(f"load: checkpoint is the path of a run or checkpoint directory, not "
+                         f"{type(checkpoint).__name__}")
     if checkpoint is not None and text is None:
         overrides = {**_run_overrides(path, model, checkpoint, overrides), **overrides}
     loaded = Model.of(front.load(path, model, text, **overrides))

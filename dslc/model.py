@@ -173,6 +173,11 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
     """Parse, resolve and shape-check a model; raises CompileError for a user mistake."""
     if not isinstance(path, (str, os.PathLike)):
         raise UsageError(f"load: the path of a .net file, not {type(path).__name__}")
+    # model=3 was an AttributeError inside did_you_mean, text=b"..." a TypeError inside the lexer
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"load: model is the name of a model in the file, not {type(model).__name__}")
+    if text is not None and not isinstance(text, str):
+        raise UsageError(f"load: text is the .net source as a str, not {type(text).__name__}")
     program = load_program(path, text)
     name = program.default_model() if model is None else model  # '' names no model (E0242), not the first
     if name is None:

@@ -544,3 +544,14 @@ def test_step_on_parameters_it_cannot_update_is_named(loaded, device):
                                          "not mappingproxy"):
         c.step(types.MappingProxyType(params), batch())
     assert params.keys() == loaded.params.keys()
+
+
+def test_load_arguments_of_the_wrong_type_are_named(run):
+    """model=3 was an AttributeError from inside did_you_mean, text=b"..." a TypeError from the
+    lexer, checkpoint=3 or a bytes path a TypeError from pathlib."""
+    for kwargs, words in ((dict(model=3), "load: model is the name of a model in the file, not int"),
+                          (dict(text=b"model m() {}"), "load: text is the .net source as a str, not bytes"),
+                          (dict(checkpoint=3), "load: checkpoint is the path of a run or checkpoint directory, not int"),
+                          (dict(checkpoint=str(run).encode()), "load: checkpoint is the path .* not bytes")):
+        with pytest.raises(UsageError, match=words):
+            dslc.load(DIGITS_CNN, **kwargs)
