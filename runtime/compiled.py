@@ -244,4 +244,9 @@ def _numpy(dtype: str):
 def compile_model(model, device: str = "cpu", optimizer: Optimizer | None = None) -> Compiled:
     """The compiled callables of `model` on `device` (cpu, gpu, auto, reference); a
     DeviceError for a GPU that cannot be used."""
+    if optimizer is not None and not isinstance(optimizer, Optimizer):  # optimizer="adam" failed at the first step,
+        # as "unknown optimizer settings ['a', 'd', 'm']"
+        given = repr(optimizer) if isinstance(optimizer, str) else type(optimizer).__name__
+        raise UsageError(f"compile: optimizer is an Optimizer (dslc.passes.train_step.Optimizer(\"adam\", lr=1e-3)) "
+                         f"or None for the recipe's, not {given}")
     return Compiled(model, executor_for(device), optimizer)

@@ -555,3 +555,11 @@ def test_load_arguments_of_the_wrong_type_are_named(run):
                           (dict(checkpoint=str(run).encode()), "load: checkpoint is the path .* not bytes")):
         with pytest.raises(UsageError, match=words):
             dslc.load(DIGITS_CNN, **kwargs)
+
+
+def test_an_optimizer_that_is_no_optimizer_is_named_at_compile(loaded):
+    """compile(optimizer="adam") was accepted and failed at the first step as 'unknown
+    optimizer settings ['a', 'd', 'm']'."""
+    for optimizer, shown in (("adam", "'adam'"), ({"kind": "adam"}, "dict")):
+        with pytest.raises(UsageError, match=f"compile: optimizer is an Optimizer .* not {shown}"):
+            loaded.compile(device="reference", optimizer=optimizer)
