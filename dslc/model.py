@@ -178,6 +178,9 @@ def load(path: str | os.PathLike, model: str | None = None, text: str | None = N
         raise UsageError(f"load: model is the name of a model in the file, not {type(model).__name__}")
     if text is not None and not isinstance(text, str):
         raise UsageError(f"load: text is the .net source as a str, not {type(text).__name__}")
+    # a NumPy scalar (hidden=np.int64(4), from an array or a sweep) is its Python value, as
+    # PyTorch takes one for a size: it was refused as "hyper-parameter 'hidden' is int"
+    overrides = {k: v.item() if isinstance(v, np.generic) else v for k, v in overrides.items()}
     program = load_program(path, text)
     name = program.default_model() if model is None else model  # '' names no model (E0242), not the first
     if name is None:

@@ -557,6 +557,16 @@ def test_load_arguments_of_the_wrong_type_are_named(run):
             dslc.load(DIGITS_CNN, **kwargs)
 
 
+def test_numpy_scalars_are_hyper_parameters_as_their_values():
+    """hidden=np.int64(16) (from an array or a sweep) was refused: "hyper-parameter 'hidden'
+    is int, got np.int64(16)". A NumPy float for an int is still refused, as a Python one is."""
+    m = dslc.load(MODELS / "small_cnn.net", hidden=np.int64(16), width=np.int32(8))
+    assert m.overrides == {"hidden": 16, "width": 8} and type(m.overrides["hidden"]) is int
+    assert m.graph["fc.linear.weight"].type.shape == (2 * 8 * 7 * 7, 16)  # stage 2 has twice the width
+    with pytest.raises(UsageError, match="hyper-parameter 'hidden' is int, got the float 1.5"):
+        dslc.load(MODELS / "small_cnn.net", hidden=np.float64(1.5))
+
+
 def test_an_optimizer_that_is_no_optimizer_is_named_at_compile(loaded):
     """compile(optimizer="adam") was accepted and failed at the first step as 'unknown
     optimizer settings ['a', 'd', 'm']'."""
