@@ -49,14 +49,21 @@ class Model(front.Model):
         (no change without a checkpoint, or for a run that did not normalise). Examples of
         another shape holding as many numbers (digits_mlp's [n, 64] for its run's [n, 1, 8, 8])
         are standardised as the run's examples were, and given back in their own shape."""
-        x = np.asarray(x, np.float32)
+        try:
+            x = np.asarray(x, np.float32)
+        except (TypeError, ValueError) as e:  # NumPy's "could not convert string to float: 'abc'"
+            raise UsageError(f"normalize: examples are an array of numbers, not {type(x).__name__} ({e})") from None
         if self.normalization is None:
             return x
         from dslc.runtime.data import normalize
         run = tuple(self.checkpoint.state["example_shape"])
         if x.ndim >= 1 and x.shape[1:] != run and np.prod(x.shape[1:]) == np.prod(run):
             return normalize.apply(x.reshape((len(x), *run)), self.normalization).reshape(x.shape)
-        return normalize.apply(x, self.normalization)
+        try:
+            return normalize.apply(x, self.normalization)
+        except ValueError as e:  # NumPy's or normalize's words alone did not say what the run fed
+            raise UsageError(f"normalize: examples of shape {list(x.shape)} do not fit the run's, "
+                             f"[N, {', '.join(map(str, run))}] ({e})") from None
 
 
 def load(path: str | os.PathLike, model: str | None = None, text: str | None = None,

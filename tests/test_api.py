@@ -68,6 +68,11 @@ def test_load_with_a_checkpoint_gives_its_parameters_and_running_statistics(load
     assert loaded.normalize(x).shape == x.shape and not np.allclose(loaded.normalize(x), x)
     # as the README's example gives them to digits_mlp: flattened, standardised as the run's [1, 8, 8]
     np.testing.assert_array_equal(loaded.normalize(x.reshape(3, 64)), loaded.normalize(x).reshape(3, 64))
+    # anything else is named (it was NumPy's ValueError: "1 channel means do not fit inputs of shape (5,)")
+    with pytest.raises(UsageError, match=r"normalize: examples of shape \[2, 5\] do not fit the run's, \[N, 1, 8, 8\]"):
+        loaded.normalize(np.zeros((2, 5)))
+    with pytest.raises(UsageError, match="normalize: examples are an array of numbers, not str"):
+        loaded.normalize("abc")
     with pytest.raises(TrainError, match="does not fit"):
         dslc.load(DIGITS_CNN, checkpoint=run, width=8, p=0.0)
 
