@@ -630,6 +630,24 @@ model m {
 """,
          [("4:16", 'E0310', 'softplus: beta must be positive, got 0'),
           ("5:10", 'E0310', 'huber: delta must be positive, got -1')]),
+    Case("tensor_beyond_any_memory", """\
+model m {
+    input x : f32[N, 1, 8, 8]
+    input i : i64[N]
+    a = x |> conv2d(4, pad=9223372036854775807)
+    b = x |> upsample(scale=134217728)
+    output c = one_hot(i, 9223372036854775807)
+    output d = x |> upsample(scale=67108864)
+}
+""",
+         [("4:14", 'E0315', 'conv2d: its result f32[N, 4, 18446744073709551620, 18446744073709551620] would hold '
+           '1,361,129,467,683,753,854,443,794,240,085,778,497,600 elements per example, more than a 64-bit machine '
+           'can address (at most 1,152,921,504,606,846,975)'),
+          ("5:14", 'E0315', 'upsample: its result f32[N, 1, 1073741824, 1073741824] would hold '
+           '1,152,921,504,606,846,976 elements per example, more than a 64-bit machine can address '
+           '(at most 1,152,921,504,606,846,975)'),
+          ("6:16", 'E0315', 'one_hot: its result f32[N, 9223372036854775807] would hold 9,223,372,036,854,775,807 '
+           'elements per example, more than a 64-bit machine can address (at most 1,152,921,504,606,846,975)')]),
     Case("no_output", """\
 model m {
     input x : f32[N, 4]

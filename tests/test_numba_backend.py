@@ -195,6 +195,17 @@ def test_every_buffer_and_thread_slot_starts_on_a_cache_line():
     assert slots.shape == (3, ALIGN // 4) and not slots.any() and all(r.ctypes.data % ALIGN == 0 for r in slots)
 
 
+def test_an_arena_no_machine_can_address_is_out_of_memory():
+    """A model whose every tensor fits a 64-bit machine (E0315) may still need an arena beyond
+    one at its batch: upsample(scale=2**26) of 8x8 images at batch 8 is 2**63 bytes. NumPy
+    refuses that with a ValueError, which `dslc train` showed as a traceback; it is the
+    MemoryError the CLI reports in one line ('dslc: error: out of memory: ...', exit 1)."""
+    with pytest.raises(MemoryError, match="Unable to allocate 8 EiB"):
+        aligned_zeros(2**63, np.uint8)
+    with pytest.raises(MemoryError, match="Unable to allocate 8 EiB"):
+        aligned_zeros((4, 2**59), np.float32)
+
+
 
 @pytest.mark.slow
 def test_batchnorm_sweeps_over_rows_in_channel_blocks():

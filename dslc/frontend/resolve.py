@@ -24,7 +24,7 @@ from dslc.frontend.values import (HYPER_TYPES, POISON, Abort, FoldError, ParamGr
                                   as_hyper, describe, fold, poisoned)
 from dslc.ir.builder import GraphBuilder
 from dslc.ir.graph import Graph, Output
-from dslc.ir.types import DTYPES, Dim, Sym, TensorType
+from dslc.ir.types import DTYPES, MAX_ELEMENTS, Dim, Sym, TensorType
 from dslc.ops import registry
 
 # A parameter's role decides what treats it as a weight: l1/l2(weights), weight decay (the
@@ -407,6 +407,10 @@ class Elaborator(Calls):
             node = self.builder.add(op, inputs, attrs, span, name=name)
         except registry.ShapeError as err:
             raise self.error(scope, err.code, err.message, span, err.hint) from None
+        type_ = self.builder.type_of(node)
+        if type_.numel() > MAX_ELEMENTS:  # `pad=9223372036854775807`, `upsample(scale=2**40)`, `one_hot(i, 2**62)`
+            raise self.error(scope, "E0315", f"{op}: its result {type_.show()} would hold {type_.numel():,} elements "
+                             f"per example, more than a 64-bit machine can address (at most {MAX_ELEMENTS:,})", span)
         return Tensor(node, self.builder.type_of(node))
 
     def _integer_operands(self, op: str, nodes, span: Span, scope: Scope) -> None:

@@ -16,6 +16,11 @@ from typing import Union
 DTYPES = ("f32", "f64", "i32", "i64")
 FLOAT_DTYPES = ("f32", "f64")
 NUMPY_DTYPE = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64"}
+# The most elements one example of a tensor may hold. NumPy indexes bytes with a signed
+# 64-bit ssize_t and refuses a larger array with a ValueError ("Maximum allowed dimension
+# exceeded"), not a MemoryError; and any float tensor may be computed in float64
+# (gradcheck), 8 bytes an element. A larger tensor is a shape no machine can run.
+MAX_ELEMENTS = (2**63 - 1) // 8
 
 
 @dataclass(frozen=True, slots=True, order=True)

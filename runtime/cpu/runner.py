@@ -35,6 +35,7 @@ rows or into whole blocks of output channels, and a GEMM's bands are computed al
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from dslc.codegen.numba_cpu import Generator, generate_with
 from dslc.debug import debug_level
 from dslc.ir.graph import Graph
 from dslc.ir.types import NUMPY_DTYPE
+from dslc.reading import human_bytes
 from dslc.kernels import lower
 from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
@@ -219,7 +221,9 @@ def aligned_zeros(shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if isinstance(shape, tuple):
         shape = (shape[0], aligned(shape[1] * dtype.itemsize) // dtype.itemsize)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = (math.prod(shape) if isinstance(shape, tuple) else shape) * dtype.itemsize
+    if nbytes + ALIGN > sys.maxsize:  # NumPy would raise a ValueError ("Maximum allowed dimension exceeded")
+        raise MemoryError(f"Unable to allocate {human_bytes(nbytes)}, more than one array can span on this machine")
     raw = np.zeros(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
