@@ -165,6 +165,12 @@ def test_bad_input_is_one_located_message(run, tmp_path, capsys):
     cases = [
         (explain(run, "saliency", "--image", str(big)), 1, f"{big}: the image is 12x10 pixels; the model reads 8x8"),
         (explain(run, "activations", "--index", "0", "--layer", "conv4"), 1, "model 'digits_cnn' has no layer 'conv4'; did you mean"),
+        # the labels, the loss and metrics are no layers of the image (they were the compiled
+        # API's "this needs the input(s) label", exit 2)
+        (explain(run, "activations", "--index", "0", "--layer", "label"), 1,
+         "no layer 'label' computed from the image alone ('label' is another input); its layers are conv1"),
+        (explain(run, "invert", "--index", "0", "--layer", "loss"), 1,
+         "no layer 'loss' computed from the image alone ('loss' reads the input label); its layers are conv1"),
         (["explain", "saliency", str(FIXTURES / "explain_tiny.net"), "--checkpoint", str(run), "--index", "0"], 1,
          "does not fit model 'explain_tiny'"),
         (explain(run, "saliency", "--index", "400"), 1, "--index 400: the test split (digits-test) has 359 examples"),

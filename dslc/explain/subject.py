@@ -108,13 +108,31 @@ class Subject:
         """The node a layer name (a label, node or output) means; CliError naming the file and
         the nearest names when there is none."""
         graph = self.model.graph
+        # Only what the image alone computes can be explained: the loss, a metric or a label
+        # input read inputs no verb feeds (they were the compiled API's UsageError, "this
+        # needs the input(s) label", exit 2), so they are not among the layers.
+        others = self._other_inputs()
+        named = [n.name for n in graph.nodes if n.op not in ("param", "const", "input") and not others[n.name]]
+        labels = list(dict.fromkeys(n.split(".")[0] for n in named))
         try:
-            return node_of(graph, name)
+            node = node_of(graph, name)
         except UsageError:
-            named = [n.name for n in graph.nodes if n.op not in ("param", "const", "input")]
-            labels = list(dict.fromkeys(n.split(".")[0] for n in named))
+            node = None
+        if node is None or others[node]:
             hint = did_you_mean(name, labels + named) or f"its layers are {', '.join(labels)}"
-            raise CliError(f"{self.file}: model '{self.model.name}' has no layer '{printable(name)}'; {hint}") from None
+            reads = ("" if node is None else " computed from the image alone ('{}' {})".format(
+                printable(name), "is another input" if graph[node].op == "input"
+                else f"reads the input {', '.join(sorted(others[node]))}"))
+            raise CliError(f"{self.file}: model '{self.model.name}' has no layer '{printable(name)}'{reads}; {hint}")
+        return node
+
+    def _other_inputs(self) -> dict[str, set[str]]:
+        """For every node, the inputs other than the image that it is computed from."""
+        reads: dict[str, set[str]] = {}
+        for n in self.model.graph.nodes:
+            own = {n.name} if n.op == "input" and n.name != self.image else set()
+            reads[n.name] = own.union(*(reads[i] for i in n.inputs))
+        return reads
 
     def progress(self, total: int, what: str):
         """A tqdm bar on standard error, as the trainer's: only on a terminal and not --quiet."""
