@@ -11,6 +11,8 @@ import csv
 import io
 import math
 
+import numpy as np
+
 from dslc.frontend.recipe_search import Dimension, shown, value_text
 from dslc.runtime.plots import figure, save_figure
 
@@ -90,8 +92,7 @@ def plot(report: dict, space: tuple[Dimension, ...], path) -> None:
         if dim.log:
             ax.set_xscale("log")
         if dim.kind != "choice":  # the whole range searched, so a crowded corner shows as one
-            pad = (dim.high / dim.low) ** 0.03 if dim.log else (dim.high - dim.low) * 0.03
-            ax.set_xlim(*((dim.low / pad, dim.high * pad) if dim.log else (dim.low - pad, dim.high + pad)))
+            ax.set_xlim(*_padded(dim))
         elif numeric:
             ax.set_xticks(list(dim.choices), labels)
             ax.minorticks_off()
@@ -100,6 +101,26 @@ def plot(report: dict, space: tuple[Dimension, ...], path) -> None:
         ax.set(xlabel=dim.key + (" (log scale)" if dim.log else ""), ylabel=report["metric"],
                title=f"{report['metric']} against {dim.key}")
     save_figure(fig, path)
+
+
+# The widest axes matplotlib draws: past them its tick locators overflow (decades of 1e400,
+# an arange of 2e308 / step), a ValueError or OverflowError when the figure is saved.
+LOG_AXIS, LINEAR_AXIS = (1e-200, 1e200), (-1e300, 1e300)
+
+
+def _padded(dim: Dimension) -> tuple[float, float]:
+    """The axis of a range: 3% wider on each side (of its logarithm on a log scale), within
+    what matplotlib can draw. loguniform(1e-300, 1e300) or uniform(-1e308, 1e308) made
+    infinite limits, or ticks past float's end, and a traceback ended the search after its
+    trials had trained; a trial beyond those axes is off its panel (the table lists it)."""
+    with np.errstate(over="ignore", under="ignore"):
+        if dim.log:
+            pad = np.exp(0.03 * (np.log(dim.high) - np.log(dim.low)))
+            low, high, (least, most) = dim.low / pad, dim.high * pad, LOG_AXIS
+        else:
+            pad = 0.03 * (np.float64(dim.high) - np.float64(dim.low))
+            low, high, (least, most) = dim.low - pad, dim.high + pad, LINEAR_AXIS
+    return float(np.clip(low, least, most)), float(np.clip(high, least, most))
 
 
 def _x(value, numeric: bool, labels: list[str]):

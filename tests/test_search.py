@@ -272,6 +272,19 @@ def test_a_trial_whose_metric_is_not_finite_is_shown_not_a_traceback(tmp_path):
     assert table(report).splitlines()[-1] == "no finished trial has a finite val_loss"
 
 
+@pytest.mark.parametrize("space", ["lr = loguniform(1e-300, 1e300)", "lr = uniform(1e-3, 1.7e308)"])
+def test_a_range_near_the_ends_of_float_is_plotted(tmp_path, space):
+    """search.png's axis is the range searched, 3% wider: for these ranges the widened limits
+    overflowed to infinity or went past what matplotlib draws ('Axis limits cannot be NaN or
+    Inf', 'arange: cannot compute length'), a traceback after the trials had trained."""
+    path = search_net(tmp_path, space)
+    model, recipe = model_and_recipe(path)
+    search = Search(path, recipe, {}, recipe.space, Settings(trials=2, epochs=1), tmp_path / "s",
+                    Scripted(lambda lr: 0.5), ("val_loss", "min"), echo=[].append)
+    search.run()
+    assert (tmp_path / "s" / "search.png").stat().st_size > 0
+
+
 def test_refining_waits_for_a_first_round_trial_killed_on_its_own(tmp_path):
     """A first-round trial killed by a signal (out of memory) stays pending for the next run;
     the refining round was planned at once without it and never revised when it finished."""
