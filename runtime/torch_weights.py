@@ -59,11 +59,27 @@ def load_torch_weights(model, path, skip=(), mapping: str | None = None) -> dict
     state = read_state_dict(path)
     pairs = match(model, {k: v.shape for k, v in state.items()}, skip, mapping, str(path))
     params = {p.name: p for p in model.graph.params}
-    out = {}
+    out, problems = {}, []
     for name, key in pairs.items():
         value = state[key].T if _transposed(model.graph, name) else state[key]
-        out[name] = np.ascontiguousarray(value, dtype=NUMPY_DTYPE[params[name].type.dtype])
+        dtype = NUMPY_DTYPE[params[name].type.dtype]
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[name] = np.ascontiguousarray(value, dtype=dtype)
+        # A diverged run's weights (or a float64 beyond float32) would train from NaN: the
+        # first step's loss was "nan", blamed on the run, not on the file it started from.
+        if out[name].dtype.kind == "f" and not np.isfinite(out[name]).all():
+            bad = int((~np.isfinite(out[name])).sum())
+            why = (f"{bad:,} NaN or infinite value{'s' if bad > 1 else ''}" if not _finite(value)
+                   else f"values beyond {dtype}'s range")
+            problems.append(f"'{key}' (for {name}) holds {why}")
+    if problems:
+        raise CheckpointError(f"init = torch_weights({str(path)!r}): weights that are not finite cannot be trained "
+                              "from:\n" + "\n".join(f"  {p}" for p in problems))
     return out
+
+
+def _finite(value: np.ndarray) -> bool:
+    return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
 
 
 def match(model, shapes: Mapping[str, tuple], skip=(), mapping: str | None = None,

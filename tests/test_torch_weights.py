@@ -248,6 +248,24 @@ def test_missing_extra_and_misshapen_keys_are_listed_at_once(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_weights_that_are_not_finite_are_refused_by_name(tmp_path, capsys):
+    """A state_dict of a diverged run (or float64 values beyond float32) loaded silently, and
+    the run stopped at its first step: 'the loss is nan at step 1', blamed on the training."""
+    state = randomized(Small(classes=5)).state_dict()
+    state["fc.weight"][0, :3] = float("nan")
+    state["conv1.weight"] = state["conv1.weight"].double() * 1e300
+    save_file(state, tmp_path / "w.safetensors")
+    path = tmp_path / "small.net"
+    path.write_text(SMALL.format(init=f'torch_weights("{tmp_path / "w.safetensors"}")'))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet", "--device", "reference"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dslc: error: init = torch_weights('{tmp_path / 'w.safetensors'}'): weights that are "
+                          "not finite cannot be trained from:\n")
+    assert "  'fc.weight' (for fc.weight) holds 3 NaN or infinite values\n" in err
+    assert "  'conv1.weight' (for conv1.weight) holds values beyond float32's range" in err
+    assert "Traceback" not in err and "RuntimeWarning" not in err and not (tmp_path / "run").exists()
+
+
 def test_a_mapping_file_renames_and_ignores_keys(tmp_path):
     state = randomized(Small(classes=5)).state_dict()
     renamed = {k.replace("conv1", "stem.conv").replace("fc", "head"): v for k, v in state.items()}
