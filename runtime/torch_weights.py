@@ -97,9 +97,9 @@ def match(model, shapes: Mapping[str, tuple], skip=(), mapping: str | None = Non
         if key not in shapes:
             hint = did_you_mean(key, unused)
             problems.append(f"missing: '{key}' (for {name}) is not in the file" + (f"; {hint}" if hint else ""))
-        elif tuple(shapes[key]) != _torch_shape(graph, name):
+        elif tuple(shapes[key]) != torch_shape(graph, name):
             problems.append(f"shape: '{key}' is {list(shapes[key])}, {name} needs "
-                            f"{list(_torch_shape(graph, name))}" + (" (PyTorch's (out, in) layout)"
+                            f"{list(torch_shape(graph, name))}" + (" (PyTorch's (out, in) layout)"
                                                                    if _transposed(graph, name) else ""))
     missing = [key for key in pairs.values() if key not in shapes]
     for key in unused:
@@ -128,7 +128,8 @@ def _transposed(graph, param: str) -> bool:
     return layer in graph and TRANSPOSED.get(graph[layer].op) == slot
 
 
-def _torch_shape(graph, param: str) -> tuple[int, ...]:
+def torch_shape(graph, param: str) -> tuple[int, ...]:
+    """The shape PyTorch gives the dslc parameter `param` (a linear weight's transposed)."""
     shape = tuple(graph[param].type.shape)
     return shape[::-1] if _transposed(graph, param) else shape
 

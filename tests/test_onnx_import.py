@@ -471,6 +471,27 @@ def test_a_translation_that_does_not_compile_is_refused_naming_its_node(tmp_path
     assert "Traceback" not in err and not (tmp_path / "i.net").exists()
 
 
+def test_weights_that_do_not_fit_their_graph_are_refused_naming_their_node(tmp_path, capsys):
+    """The ONNX checker does not compare an initializer's shape with the tensors it meets: a
+    Gemm weight of 5 rows on 4 features, or a BatchNormalization scale of 3 on 2 channels,
+    was written beside a .net file that torch_weights then refused to initialise (exit 0)."""
+    gemm = helper_model(tmp_path / "g.onnx", [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")],
+                        ["N", 4], ["N", 3], [("w", np.ones((5, 3), np.float32))])
+    assert main(["import", str(gemm), "-o", str(tmp_path / "g.net")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"dslc: error: {gemm}: 1 tensor(s) do not fit the shapes of the graph they are in:\n"
+                   "  node 'fc' (Gemm): its tensor for 'fc.weight' is [3, 5], but the .net layer it becomes needs "
+                   "[3, 4]\n")
+    ones, twos = np.ones(2, np.float32), np.ones(3, np.float32)
+    norm = helper_model(tmp_path / "b.onnx", [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                                               name="bn")],
+                        ["N", 2, 4, 4], ["N", 2, 4, 4], [("s", twos), ("b", ones), ("m", ones), ("v", ones)])
+    assert main(["import", str(norm), "-o", str(tmp_path / "b.net")]) == 1
+    err = capsys.readouterr().err
+    assert "1 tensor(s) do not fit" in err and "node 'bn' (BatchNormalization): its tensor for 'bn.weight' is [3]" in err
+    assert not list(tmp_path.glob("*.net")) and not list(tmp_path.glob("*.safetensors"))
+
+
 def test_what_failed_is_reported_once_with_its_shape_as_written(tmp_path, capsys):
     """A node reading a refused input, or a chain (Floor of a Div) reading a refused node, is not
     reported again; an input's symbolic sizes are shown by their ONNX names."""

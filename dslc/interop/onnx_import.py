@@ -19,7 +19,9 @@ by one reader each (onnx_readers.py). Whatever has no .net equivalent (an op dsl
 know, an attribute value it does not support: asymmetric padding, ceil-mode pooling) is
 listed, every node at once, by name and op type, as a CliError (exit status 1). The .net text
 is then compiled as `dslc check` would (parse, names, shape inference), and a node whose
-statement does not compile (a Relu of int64 values) is named the same way.
+statement does not compile (a Relu of int64 values) is named the same way, as is one whose
+weight does not fit its layer's parameter (a Gemm weight of 5 rows on 4 features: the ONNX
+checker does not compare initializers with the tensors they meet).
 
 Nothing is written until all is known to be right: `-o` that is the ONNX file, or whose
 weights file would be (or that ends in .safetensors itself), is a usage error (exit status 2),
@@ -155,6 +157,7 @@ class _Writer:
         self.origins: list[str] = []  # what each line translates: "node 'conv1' (Conv)", "input 'x'"
         self.origin = "the model"
         self.weights: dict[str, np.ndarray] = {}
+        self.weight_origins: dict[str, str] = {}  # the node each weight comes from, for messages
         self.taken = set(KEYWORDS) | set(registry.all_ops())
 
     # ---- the program ----------------------------------------------------------------------
@@ -232,7 +235,7 @@ class _Writer:
         from dslc.model import load
 
         try:
-            load(output, text=text)
+            model = load(output, text=text)
         except CompileError as e:
             lines = text.splitlines()
             problems = []
@@ -245,6 +248,23 @@ class _Writer:
                     problems.append(f"  {d.message} ({d.code})")
             raise CliError(f"{self.source}: {len(problems)} statement(s) of its .net translation do not compile:\n"
                            + "\n".join(problems)) from None
+        self.check_weights(model)
+
+    def check_weights(self, model) -> None:
+        """Each weight written has the shape its layer's parameter has in the compiled model, as
+        torch_weights will require: a Gemm's weight of 5 rows on 4 features (the ONNX checker
+        does not compare them) was written beside a .net file it could never initialise."""
+        from dslc.runtime.torch_weights import torch_name, torch_shape
+
+        graph, problems = model.graph, []
+        for p in graph.params:
+            key = torch_name(graph, p.name, {}, {})
+            if key in self.weights and tuple(self.weights[key].shape) != torch_shape(graph, p.name):
+                problems.append(f"  {self.weight_origins[key]}: its tensor for '{key}' is {list(self.weights[key].shape)}"
+                                f", but the .net layer it becomes needs {list(torch_shape(graph, p.name))}")
+        if problems:
+            raise CliError(f"{self.source}: {len(problems)} tensor(s) do not fit the shapes of the graph they are "
+                           "in:\n" + "\n".join(problems))
 
     def is_classifier(self, name: str) -> bool:
         dims = self.dims(name)
@@ -363,6 +383,7 @@ class _Writer:
         self.vars[node.output[0]] = label
         for slot, value in (params or {}).items():
             self.weights[f"{label}.{slot}"] = value
+            self.weight_origins[f"{label}.{slot}"] = self.origin
 
 
 
