@@ -63,6 +63,9 @@ def load_torch_weights(model, path, skip=(), mapping: str | None = None) -> dict
     for name, key in pairs.items():
         value = state[key].T if _transposed(model.graph, name) else state[key]
         dtype = NUMPY_DTYPE[params[name].type.dtype]
+        if value.dtype.kind == "c":  # the cast would drop the imaginary parts, with a ComplexWarning
+            problems.append(f"'{key}' (for {name}) holds complex numbers")
+            continue
         with np.errstate(over="ignore", invalid="ignore"):
             out[name] = np.ascontiguousarray(value, dtype=dtype)
         # A diverged run's weights (or a float64 beyond float32) would train from NaN: the
@@ -73,8 +76,8 @@ def load_torch_weights(model, path, skip=(), mapping: str | None = None) -> dict
                    else f"values beyond {dtype}'s range")
             problems.append(f"'{key}' (for {name}) holds {why}")
     if problems:
-        raise CheckpointError(f"init = torch_weights({str(path)!r}): weights that are not finite cannot be trained "
-                              "from:\n" + "\n".join(f"  {p}" for p in problems))
+        raise CheckpointError(f"init = torch_weights({str(path)!r}): weights that are not finite real numbers "
+                              "cannot be trained from:\n" + "\n".join(f"  {p}" for p in problems))
     return out
 
 
@@ -224,8 +227,19 @@ def _read_pickle(file: Path) -> dict[str, np.ndarray]:
             data = data[nested]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{file}: holds {type(data).__name__}, not a state_dict of tensors")
-    # bfloat16 has no NumPy dtype; the weights are cast to the model's dtype anyway.
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy() for k, v in data.items()}
+    named = [k for k in data if not isinstance(k, str)]
+    if named:
+        raise CheckpointError(f"{file}: a state_dict's keys are parameter names, but it holds the key {named[0]!r}")
+    out = {}
+    for k, v in data.items():
+        # bfloat16 has no NumPy dtype; the weights are cast to the model's dtype anyway. A sparse,
+        # quantized or float8 tensor has no NumPy form at all (it was a TypeError traceback).
+        try:
+            out[k] = (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy()
+        except (TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{file}: '{k}' ({v.dtype}, {str(v.layout).removeprefix('torch.')}) cannot be read "
+                                  f"as an array ({str(e).splitlines()[0]}); save it as a dense float tensor") from None
+    return out
 
 
 def _unpickler_reason(error: Exception) -> str:

@@ -260,10 +260,34 @@ def test_weights_that_are_not_finite_are_refused_by_name(tmp_path, capsys):
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet", "--device", "reference"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"dslc: error: init = torch_weights('{tmp_path / 'w.safetensors'}'): weights that are "
-                          "not finite cannot be trained from:\n")
+                          "not finite real numbers cannot be trained from:\n")
     assert "  'fc.weight' (for fc.weight) holds 3 NaN or infinite values\n" in err
     assert "  'conv1.weight' (for conv1.weight) holds values beyond float32's range" in err
     assert "Traceback" not in err and "RuntimeWarning" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value,message", [
+    ({"w": torch.ones(2, 3, dtype=torch.float8_e4m3fn)}, r"'w' \(torch.float8_e4m3fn, strided\) cannot be read as an "
+                                                           r"array \(Got unsupported ScalarType Float8_e4m3fn\)"),
+    ({"w": torch.ones(2, 3).to_sparse()}, r"'w' \(torch.float32, sparse_coo\) cannot be read as an array"),
+    ({3: torch.ones(2, 3)}, r"a state_dict's keys are parameter names, but it holds the key 3"),
+])
+def test_a_pt_tensor_numpy_cannot_hold_is_named(tmp_path, value, message):
+    """A float8 or sparse tensor, or a key that is no name, was a TypeError or AttributeError
+    traceback from the conversion (`dslc train` of a recipe starting from such a file)."""
+    torch.save(value, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=f"w.pt: {message}"):
+        read_state_dict(tmp_path / "w.pt")
+
+
+def test_complex_weights_are_refused_not_made_real(tmp_path):
+    """NumPy's cast to float32 dropped the imaginary parts (with a ComplexWarning) and trained on."""
+    state = randomized(Small(classes=5)).state_dict()
+    state["fc.bias"] = state["fc.bias"].to(torch.complex64)
+    save_file(state, tmp_path / "w.safetensors")
+    (tmp_path / "s.net").write_text(SMALL.format(init="none"))
+    with pytest.raises(CheckpointError, match=r"'fc.bias' \(for fc.bias\) holds complex numbers"):
+        load_torch_weights(dslc.load(tmp_path / "s.net"), tmp_path / "w.safetensors")
 
 
 def test_a_mapping_file_renames_and_ignores_keys(tmp_path):
