@@ -117,6 +117,7 @@ class Compiled:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
         check_call(params, inputs)
+        _check_rng(rng, "forward")
         names = names_of(outputs, "forward: outputs") if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
         self._compiled(key, lambda: self._forward_graph(names, train))
@@ -148,6 +149,7 @@ class Compiled:
         rule is known by its identity, so define it once: a new lambda at every call compiles
         the request again."""
         check_call(params, inputs)
+        _check_rng(rng, "grad")
         check_grad_options(rules, train)
         terms = parse_of(of)
         train = (of == "loss") if train is None else train
@@ -184,6 +186,7 @@ class Compiled:
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
         check_call(params, inputs)
+        _check_rng(rng, "step")
         if not isinstance(params, MutableMapping):  # else a TypeError at the first assignment, perhaps after the step
             raise UsageError(f"step: params is updated in place, so it is a dict of arrays (m.init(seed), or a "
                              f"copy: dict(m.params)), not {type(params).__name__}")
@@ -234,6 +237,15 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<Compiled {self.model.name} on {self.device}: {len(self._steps)} graphs compiled>"
+
+
+def _check_rng(rng, call: str) -> None:
+    """A UsageError unless `rng` is None or a NumPy Generator: a seed (rng=3) or a legacy
+    RandomState was an AttributeError from inside the executor ('int' object has no attribute
+    'integers'), and only for a model with dropout, where masks are drawn."""
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise UsageError(f"{call}: rng is a NumPy Generator (np.random.default_rng(seed)) or None, not "
+                         f"{type(rng).__name__}")
 
 
 def _numpy(dtype: str):

@@ -357,6 +357,23 @@ def test_the_reference_device_draws_dropout_masks_when_no_generator_is_given():
     assert np.isfinite(value) and grads
 
 
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_an_rng_that_is_no_generator_is_a_usage_error(device):
+    """A seed (rng=3) or a legacy RandomState given where a Generator is taken was an
+    AttributeError from inside the executor ('int' object has no attribute 'integers'), and
+    only on a model with dropout, whose masks are drawn."""
+    m = dslc.load(DIGITS_CNN, width=4)
+    c = m.compile(device=device)
+    for call in (lambda rng: c.step(m.init(0), batch(), rng=rng),
+                 lambda rng: c.forward(m.init(0), batch(), train=True, rng=rng),
+                 lambda rng: c.grad(m.init(0), batch(), rng=rng)):
+        for rng in (3, np.random.RandomState(0)):
+            with pytest.raises(UsageError, match=r"rng is a NumPy Generator \(np.random.default_rng\(seed\)\) or "
+                                                 f"None, not {type(rng).__name__}"):
+                call(rng)
+    assert np.isfinite(c.step(m.init(0), batch(), rng=np.random.default_rng(1))["loss"])
+
+
 def test_a_kernel_run_by_its_reference_reads_the_parameters_lent_to_the_kernels():
     """dropconnect at inference is linear, run by its NumPy reference on the CPU (a fallback):
     it read the arena's copy of the weights, which a lent parameter leaves empty, and gave
