@@ -90,8 +90,7 @@ class Model:
         """Fresh parameters (and running statistics) from their initialisers, drawn in graph order;
         memory.OutOfMemory, before allocating anything, when they cannot fit. The seed is a
         whole number >= 0, as NumPy's generators take it (a UsageError here, not their TypeError)."""
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise UsageError(f"init: the seed is a whole number >= 0, not {seed!r}")
+        _check_seed(seed, "init")
         count = sum(math.prod(p.type.bind({})) for p in self.graph.params)
         require(array_bytes([p.type for p in self.graph.params], {}),
                 f"model '{self.name}' ({self.program.root}) has {count:,} parameters, which")
@@ -107,6 +106,7 @@ class Model:
         dropout masks drawn from `seed`, batchnorm on batch statistics (running statistics
         untouched)."""
         check_call(params, inputs)
+        _check_seed(seed, "forward")
         graph = train_mode.lower(self.graph) if train else self.graph
         names = names_of(outputs, "forward: outputs") if outputs is not None else default_outputs(graph, inputs)
         out = reference.run_outputs(outputs_graph(graph, names), inputs, params, rng=np.random.default_rng(seed))
@@ -122,6 +122,7 @@ class Model:
         gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
         check_call(params, inputs)
         check_grad_options(rules, train)
+        _check_seed(seed, "grad")
         train = (of == "loss") if train is None else train
         if of == "loss" and train and not rules:
             out = reference.run_outputs(self.grad_graph(wrt, True), inputs, params, rng=np.random.default_rng(seed))
@@ -167,6 +168,13 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<Model {self.name} from {self.program.root}: {len(self.graph)} nodes>"
+
+
+def _check_seed(seed, call: str) -> None:
+    """A UsageError unless `seed` is a whole number >= 0, as NumPy's generators take it: their
+    TypeError ("SeedSequence expects int or sequence of ints") named neither the call nor the value."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"{call}: the seed is a whole number >= 0, not {seed!r}")
 
 
 def load(path: str | os.PathLike, model: str | None = None, text: str | None = None, **overrides) -> Model:

@@ -298,6 +298,10 @@ def test_mistakes_are_named(loaded, compiled):
     for seed in ("x", -1, 1.5, True):  # NumPy's TypeError or ValueError in its own words
         with pytest.raises(UsageError, match="init: the seed is a whole number >= 0"):
             loaded.init(seed)
+        with pytest.raises(UsageError, match="forward: the seed is a whole number >= 0"):
+            loaded.forward(loaded.params, batch(), train=True, seed=seed)
+        with pytest.raises(UsageError, match="grad: the seed is a whole number >= 0"):
+            loaded.grad(loaded.params, batch(), seed=seed)
     with pytest.raises(UsageError, match="load: the path of a .net file, not int"):
         dslc.load(3)
     call = dict(of="out[:, 3]", wrt=["image"])
