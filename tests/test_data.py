@@ -222,6 +222,26 @@ def test_cifar100_python_version(tmp_path):
     assert cifar100(tmp_path, "coarse")[1].y.tolist() == [19, 19]
 
 
+def _cifar10_py(folder, test_batch=None, meta=None):
+    """The python version of CIFAR-10 in `folder`, two images a batch; `test_batch` and
+    `meta` replace test_batch's and batches.meta's dicts."""
+    folder.mkdir(exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+        (folder / name).write_bytes(pickle.dumps(test_batch if name == "test_batch" and test_batch else batch, 2))
+    if meta is not None:
+        (folder / "batches.meta").write_bytes(pickle.dumps(meta, 2))
+
+
+def test_cifar_python_meta_without_a_list_of_names_is_ignored(tmp_path):
+    # label_names of 5, of an array or of undecodable bytes was a TypeError/ValueError/UnicodeDecodeError
+    for names in (5, 1.5, np.arange(10), [None] * 10):
+        _cifar10_py(tmp_path, meta={"label_names": names})
+        assert cifar10(tmp_path)[0].class_names is None
+    _cifar10_py(tmp_path, meta={"label_names": [b"\xffcat"] + [b"x"] * 9})
+    assert cifar10(tmp_path)[0].class_names[0] == "\ufffdcat"
+
+
 class _Evil:
     """Unpickling this with the plain pickle module would create the file `target`."""
 

@@ -133,11 +133,15 @@ def _text_names(path: Path, classes: int):
 
 
 def _pickled_names(path: Path, key: str, classes: int):
+    """Like `_text_names`, from the python version's pickled meta file: None also when its
+    `key` is not a list of names (strings, or bytes decoded as `_text_names` decodes)."""
     if not path.is_file():
         return None
     meta = safe_unpickle(read_bytes(path, NAMES_LIMIT, "a CIFAR meta file"), path)
-    names = meta.get(key) or [] if isinstance(meta, dict) else []
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        return None
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
     return tuple(names) if len(names) == classes else None
 
 
