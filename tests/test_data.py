@@ -233,6 +233,14 @@ def _cifar10_py(folder, test_batch=None, meta=None):
         (folder / "batches.meta").write_bytes(pickle.dumps(meta, 2))
 
 
+def test_cifar_python_labels_beyond_int64_are_refused(tmp_path):
+    # the cast to int64 was an OverflowError traceback, or wrapped 2**63 + 5 to a negative label
+    for labels in ([0, 2 ** 70], np.array([0, 2 ** 63 + 5], np.uint64)):
+        _cifar10_py(tmp_path, {"data": np.zeros((2, 3072), np.uint8), "labels": labels})
+        _fails(lambda: cifar10(tmp_path), f"label {int(labels[1])} in 'labels' is beyond int64's range",
+               "test_batch")
+
+
 def test_cifar_python_meta_without_a_list_of_names_is_ignored(tmp_path):
     # label_names of 5, of an array or of undecodable bytes was a TypeError/ValueError/UnicodeDecodeError
     for names in (5, 1.5, np.arange(10), [None] * 10):

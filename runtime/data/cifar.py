@@ -111,6 +111,13 @@ def _labels(value, key: str, count: int, path) -> np.ndarray:
         raise DataError(f"'{key}' must be a list of integers, one per image, got {got}", path)
     if len(value) != count:
         raise DataError(f"{count} images but {len(value)} labels in '{key}'", path)
+    # int64 cannot hold every Python int or uint64: the cast would fail, or wrap 2**63 to -2**63
+    if isinstance(value, np.ndarray):
+        beyond = int(value.max()) if value.dtype == np.uint64 and count and value.max() >= 2 ** 63 else None
+    else:
+        beyond = next((v for v in value if not -2 ** 63 <= v < 2 ** 63), None)
+    if beyond is not None:
+        raise DataError(f"label {beyond} in '{key}' is beyond int64's range", path)
     return np.asarray(value, np.int64).reshape(count)
 
 
