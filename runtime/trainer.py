@@ -70,7 +70,7 @@ from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, RESULT, SNAPSHOTS, Run, RunError, make_config
 from dslc.runtime.schedules import Plateau, schedule_from_recipe
-from dslc.runtime.tensorboard import TensorBoard
+from dslc.runtime.tensorboard import TensorBoard, writer_class
 from dslc.runtime.transfer import init_from
 from dslc.stages import located_at_model
 from dslc.summary import summarize
@@ -175,6 +175,10 @@ class Trainer:
             quiet, echo, warn = True, lambda text: None, lambda text: None
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
+        if options.tensorboard and not group.rank:
+            # a missing extra is said before the data are read and the kernels compiled, and
+            # before the run directory is made, or (--force) an old run in it cleared
+            writer_class()
         self.opt = Optimizer.from_recipe(recipe["optimizer"])
         self.data = load_data(recipe, labels=reads_labels(model), model=model)
         if options.examples is not None:

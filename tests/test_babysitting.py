@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -144,6 +145,20 @@ def test_tensorboard_events_are_read_by_tensorboards_reader(tmp_path, capsys):
     assert events.Scalars("accuracy/val")[-1].value == pytest.approx(val)
     assert {"weights/fc1.linear.weight", "update_ratio"} <= set(tags["histograms"])
     assert tags["graph"] and any(n.name == "fc1/linear" and n.op == "linear" for n in events.Graph().node)
+
+
+def test_tensorboard_without_its_extra_is_said_before_a_run_is_made_or_cleared(tmp_path, capsys, monkeypatch):
+    # the run directory was made (a second try was told it 'already holds a run'), and with
+    # --force an old run's checkpoints and metrics were cleared, before the extra was missed
+    path = write(tmp_path, epochs=2)
+    assert run(capsys, "train", path, "--out", tmp_path / "old", "--quiet", *REF)[0] == 0
+    before = sorted(p.relative_to(tmp_path / "old") for p in (tmp_path / "old").rglob("*"))
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` raises ImportError
+    for out, force in ((tmp_path / "new", ()), (tmp_path / "old", ("--force",))):
+        code, _, err = run(capsys, "train", path, "--out", out, "--tensorboard", "--quiet", *force, *REF)
+        assert code == 1 and "--tensorboard needs tensorboardX" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.relative_to(tmp_path / "old") for p in (tmp_path / "old").rglob("*")) == before
 
 
 # ---- overfitting a few examples -----------------------------------------------------------------
