@@ -40,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -147,13 +148,21 @@ def read_records(path) -> list[dict]:
 
 def _checked_record(record, where: str) -> dict:
     """A metrics record as the plots and `resume` read it: an object with an integer epoch,
-    every train_/val_ value a number or null."""
+    every train_/val_ value a number or null, and `update_ratio`, when there, an object of
+    them (`dslc plot --ratios`). A number is one matplotlib can draw: an integer beyond
+    float's range (1e400 written out) is none."""
     doc = Doc(record, where, RunError)
     doc.int("epoch", lo=0)
     for key, value in record.items():
-        if key.startswith(("train_", "val_")) and not (value is None or is_int(value) or isinstance(value, float)):
+        if key.startswith(("train_", "val_")) and not _plottable(value):
             raise doc.fail(key, "a number or null", value)
+    if record.get("update_ratio") is not None:
+        Doc(record["update_ratio"], where, RunError, "update_ratio.").values(_plottable, "a number or null")
     return record
+
+
+def _plottable(value) -> bool:
+    return value is None or isinstance(value, float) or (is_int(value) and abs(value) <= sys.float_info.max)
 
 
 # ---- plots ---------------------------------------------------------------------------------

@@ -141,6 +141,25 @@ def test_a_damaged_middle_line_is_an_error(run):
         run.history()
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"update_ratio": "x"}, "'update_ratio' must be a JSON object, got a string"),
+    ({"update_ratio": [1e-3]}, "'update_ratio' must be a JSON object, got a list"),
+    ({"update_ratio": {"fc1.weight": "x"}}, "'update_ratio.fc1.weight' must be a number or null, got a string"),
+    ({"train_loss": 10 ** 400}, "'train_loss' must be a number or null, got a 401-digit number")])
+def test_hand_edited_records_the_plots_cannot_draw_are_named(tmp_path, edit, message):
+    # an update_ratio that is no object was an AttributeError traceback from plot --ratios,
+    # and an integer beyond float's range an OverflowError from matplotlib
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps(record(1)) + "\n" + json.dumps(record(2, **edit)) + "\n")
+    for draw in (runs.plot_runs, runs.plot_run_ratios):
+        with pytest.raises(RunError) as e:
+            draw([tmp_path / "r"], tmp_path / "out.png")
+        assert str(e.value) == f"{tmp_path / 'r' / 'metrics.jsonl'}:2: {message}"
+    assert not (tmp_path / "out.png").exists()
+    (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps(record(1, update_ratio=None)) + "\n")
+    runs.plot_run_ratios([tmp_path / "r"], tmp_path / "out.png")  # null: no ratios that epoch
+
+
 def test_plot_runs_draws_several_runs(tmp_path):
     for name, scale in (("adam", 1.0), ("sgd", 1.4)):  # written directly: log() is tested above
         (tmp_path / name).mkdir()
