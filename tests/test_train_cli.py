@@ -67,6 +67,20 @@ def test_a_warm_up_that_outlasts_a_run_of_steps_is_said(tmp_path, capsys):
     assert code == 0 and "warm-up (1 epochs, 20 steps of 20 an epoch here) outlasts the run (steps = 10)" in err
 
 
+def test_train_a_model_with_nothing_to_train_is_one_located_error(tmp_path, capsys):
+    """Every parameter `as state`: one message at the model (exit 1), no traceback, no run directory."""
+    text = MLP.read_text().replace("fc1: h      = image |> linear(hidden) |> relu",
+                                   "param W : f32[64, 10] = kaiming() as state")
+    text = text.replace("fc2: logits = h |> linear(classes, init=xavier)", "logits = image @ W")
+    assert "as state" in text and "logits = image @ W" in text
+    path = tmp_path / "frozen.net"
+    path.write_text(text)
+    for verb in (("train", "--out", tmp_path / "r", "--quiet"), ("lr-find",)):
+        code, _, err = run(capsys, verb[0], path, *verb[1:])
+        assert code == 1 and "frozen.net:4:7: error[E0408]: model 'digits_mlp' has nothing to train" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     """--force starts the run again: the old run's best/, snapshots and result are gone with
     its metrics, not left for eval and ensemble to read as the new run's."""

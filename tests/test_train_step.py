@@ -367,6 +367,20 @@ def test_errors_are_located(net):
     assert err.value.diagnostics[0].code == "E0402"
 
 
+def test_a_model_with_nothing_to_train_is_refused(tiny, net):
+    """A step that updates nothing has no `lr` input: the trainer and the API's step read it
+    (a KeyError traceback), so it is an error that says why there is nothing to train."""
+    state = dslc.load(net("model m {\n    input x : f64[N, 4]\n    input y : i64[N]\n"
+                          "    param W : f64[4, 3] = kaiming() as state\n"
+                          "    loss cross_entropy(x @ W, y)\n}\n"))
+    with pytest.raises(CompileError, match="nothing to train: every parameter is declared `as state`") as err:
+        train_step(state.graph, Optimizer())
+    assert err.value.diagnostics[0].code == "E0408"
+    every = {p.name for p in tiny.graph.params}
+    with pytest.raises(CompileError, match="nothing to train: every trainable parameter is frozen"):
+        train_step(tiny.graph, Optimizer(), frozen=every)
+
+
 def test_bad_requests(tiny, net):
     with pytest.raises(CompileError, match="cannot freeze 'fc1.wieght'") as err:
         train_step(tiny.graph, Optimizer(), frozen={"fc1.wieght"})

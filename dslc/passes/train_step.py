@@ -217,6 +217,13 @@ def _check(graph: Graph, frozen: set[str]) -> None:
     if unknown:
         raise CompileError.single("E0405", f"cannot freeze '{unknown[0]}': model '{graph.name}' has no such "
                                   "parameter", hint=did_you_mean(unknown[0], params))
+    trainable = {p.name for p in trainable_params(graph)}
+    if not trainable - frozen:  # the step would update nothing, and has no `lr` input to feed
+        why = ("every trainable parameter is frozen" if trainable else
+               "every parameter is declared `as state`" if params else "it has no parameters")
+        raise CompileError.single("E0408", f"model '{graph.name}' has nothing to train: {why}",
+                                  hint="declare a trainable `param` (a weight, bias, scale or shift), "
+                                  "or freeze fewer parameters")
     taken = [n for n in graph if n.name in (LR, STEP) or n.name.startswith("opt.")]
     if taken:
         raise CompileError.single("E0406", f"'{taken[0].name}' is a name the training step gives its own "
