@@ -47,6 +47,21 @@ def test_csv_target_columns_and_npz_float_targets(tmp_path):
         npz(tmp_path / "bad.npz", targets=True)
 
 
+def test_csv_target_naming_a_column_twice_or_leaving_no_feature_is_refused(tmp_path):
+    """target=["y", "y"] (or a name and its index) made y [N, 2] of one column, reported as a
+    shape mismatch pointing at the model; every column a target made x [N, 0], and the hint
+    then said to declare `input x : f32[N, 0]`."""
+    (tmp_path / "t.csv").write_text("a,b,y1,y2\n1,2,0.5,1.5\n3,4,2.5,-1\n")
+    for twice in (["y1", "y1"], ["y1", "2"]):
+        with pytest.raises(DataError, match=r"target names column 3 \('y1'\) twice"):
+            csv(tmp_path / "t.csv", target=twice)
+    with pytest.raises(DataError, match="no feature column: every column is a target"):
+        csv(tmp_path / "t.csv", target=["a", "b", "y1", "y2"])
+    (tmp_path / "l.csv").write_text("label\n1\n0\n")
+    with pytest.raises(DataError, match="no feature column: the only column is the label"):
+        csv(tmp_path / "l.csv")
+
+
 def test_a_regression_model_reads_labels_as_numbers_and_a_classifier_refuses_targets():
     digits, _ = load("digits", {}, labels=False)
     assert digits.regression and digits.y.dtype == np.float32 and digits.classes == 0

@@ -13,7 +13,8 @@ used as it is (never scaled): x float32 [N, F]. Labels that are all whole number
 class indices; otherwise each distinct label text is a class, numbered in sorted order and
 kept as class_names. For regression, `target` names the columns of float targets instead
 (y [N, len(target)], the other columns features), or `targets` reads the label column as
-one float [N].
+one float [N]. A column named twice among the targets, and a table with no column left
+for features, are refused.
 
 Every value must be finite (no NaN, no infinity, nothing beyond float32's range): a bad
 value is reported at load with its row and column, not as a NaN loss at step 1. A row is
@@ -82,6 +83,12 @@ def csv(path, label: str | int = "label", target=(), targets: bool = False) -> D
         raise DataError("empty file: expected a header row", path)
     header, body, lines = [h.strip() for h in rows[0]], rows[1:], lines[1:]
     cols = [_column(header, t, path, "target") for t in target] if target else [_column(header, label, path)]
+    twice = next((c for i, c in enumerate(cols) if c in cols[:i]), None)
+    if twice is not None:  # by name or by index: y would hold one column twice, a model output fit to a copy
+        raise DataError(f"target names column {_name(header, twice)} twice", path)
+    if len(cols) == len(header):  # x [N, 0]: the model's input would be told to read no numbers
+        raise DataError("no feature column: " + ("every column is a target" if target
+                                                 else "the only column is the label"), path)
     for n, r in zip(lines, body):
         if len(r) != len(header):
             raise DataError(f"row {n} has {len(r)} fields, the header {len(header)}", path)
