@@ -109,6 +109,8 @@ def test_train_force_leaves_nothing_of_the_run_it_replaces(tmp_path, capsys):
     ([MLP, "--set", "split=validation(0.9999)"], 1, "digits_mlp.net:17:1: error[E0505]: split = "
      "validation(fraction=0.9999, test=0, seed=0) does not fit digits: cannot hold out 0.9999 of 1797 examples"),
     ([MLP, "--set", "augment=[random_crop(16)]"], 1, "random_crop(16, pad=0) does not fit images of 8x8"),
+    # a cutout wider than the image blanked most or all of every image, without a word
+    ([MLP, "--set", "augment=[cutout(9)]"], 1, "cutout(9) does not fit images of 8x8"),
     # a flat input does not say the images' side: the first step names a crop of another size
     ([MLP, "--set", "augment=[random_crop(6)]"], 1, "examples of shape [1, 6, 6] do not fit input 'image'"),
 ])

@@ -163,6 +163,9 @@ class Cutout:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n, _, h, w = _images(x, "cutout")
+        if self.size > min(h, w):  # a square wider than the image blanked most or all of every one
+            raise ValueError(f"cutout({self.size}) does not fit images of {h}x{w}: the square is wider than the "
+                             "image (the paper cuts half of it: cutout(16) on 32x32)")
         cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
         top, left = cy - self.size // 2, cx - self.size // 2
         ys, xs = np.arange(h), np.arange(w)
