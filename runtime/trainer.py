@@ -360,8 +360,15 @@ class Trainer:
             self.data.stats = ckpt.state["normalization"]
         self.params.update(ckpt.weights)
         self.params.update(ckpt.optimizer)
+        saved, now = ckpt.state["batches"], (len(self.batches.dataset), self.batches.batch)
+        if isinstance(saved, dict) and (saved.get("examples"), saved.get("batch")) != now:
+            # --force takes a changed recipe, but a data stream goes on only as it was cut
+            raise TrainError(f"cannot continue the data stream of {run_dir}: it was cut in batches of "
+                             f"{saved.get('batch')} from {saved.get('examples')} training examples, and this "
+                             f"recipe cuts {now[1]} from {now[0]}. Start a new run from its weights instead: "
+                             f"init = checkpoint(\"{ckpt.path}\")")
         try:
-            self.batches.restore(ckpt.state["batches"])
+            self.batches.restore(saved)
             self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
         except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a count beyond uint64
             raise TrainError(f"cannot continue the random streams of {run_dir} from {ckpt.path / 'state.json'}: "

@@ -263,6 +263,24 @@ def test_a_saved_recipe_edited_by_hand_is_named_or_read_with_its_defaults(tmp_pa
     capsys.readouterr()
 
 
+def test_a_resume_that_cuts_the_data_otherwise_says_how_to_start_from_its_weights(tmp_path, capsys):
+    """--force takes a changed recipe, but a run's data stream goes on only in the batches it
+    was cut in: another batch size was refused as "saved batches are of 64 from 1258
+    examples, these of 1000 from 1258", with no way out; it now names init = checkpoint(...).
+    Nothing of the run is touched."""
+    model, run = MODELS / "digits_mlp.net", tmp_path / "run"
+    assert main(["train", str(model), "--epochs", "2", "--device", "reference", "--out", str(run), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", str(model), "--resume", str(run), "--set", "batch=1000", "--epochs", "3", "--force",
+                 "--device", "reference", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert (f"cannot continue the data stream of {run}: it was cut in batches of 64 from 1258 training examples, "
+            f"and this recipe cuts 1000 from 1258. Start a new run from its weights instead: "
+            f'init = checkpoint("{run / "last"}")') in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_random_streams_edited_beyond_their_ranges_are_named(tmp_path, capsys):
     """A generator's state holds unsigned counters: -1 or 2**64 in state.json was an
     OverflowError traceback from NumPy's PCG64, not the message other bad states get."""
