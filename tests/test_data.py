@@ -132,6 +132,12 @@ def test_idx_failures_name_the_file(tmp_path):
     _fails(lambda: mnist(tmp_path), "5 images", "4 labels")
     labels.write_bytes(idx_bytes(np.full(5, 10, np.uint8)))
     _fails(lambda: mnist(tmp_path), "label 10 out of range for 10 classes", str(labels))
+    labels.write_bytes(idx_bytes(np.zeros(5, np.uint8)))
+    # float images (IDX type 0x0D) holding an infinity: the images file is named, not the labels'
+    pixels = np.zeros((5, 28, 28), ">f4")
+    pixels[2, 3, 4] = np.inf
+    images.write_bytes(bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 5, 28, 28) + pixels.tobytes())
+    assert _fails(lambda: mnist(tmp_path), "example 2", "not a finite float32 number").path == str(images)
 
 
 def test_idx_gzip_and_missing_failures(tmp_path):

@@ -95,11 +95,13 @@ class Batch(NamedTuple):
 
 
 def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None = None,
-            class_names=None) -> Dataset:
+            class_names=None, x_path=None) -> Dataset:
     """A Dataset from loaded arrays, or DataError (naming `path`) when they cannot be one.
 
     `classes` defaults to max(y) + 1; labels must be whole numbers in 0..classes-1; every
-    input must be finite once in float32 (NaN, infinity or 1e400 are named by example).
+    input must be finite once in float32 (NaN, infinity or 1e400 are named by example, in
+    `x_path` where the inputs have a file of their own: MNIST's images, whose infinities
+    were blamed on its labels file).
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or len(x) == 0:
@@ -126,7 +128,7 @@ def checked(x: np.ndarray, y: np.ndarray, name: str, path, classes: int | None =
     bad = first_non_finite(x)
     if bad is not None:
         raise DataError(f"example {bad} (counting from 0) holds a value that is not a finite float32 number "
-                        "(NaN, infinity, or beyond 3.4e38)", path)
+                        "(NaN, infinity, or beyond 3.4e38)", path if x_path is None else x_path)
     return Dataset(x, y, classes, name, names)
 
 

@@ -61,7 +61,7 @@ def _split(folder, prefix: str, name: str, class_names) -> Dataset:
     x, y = read_idx(images, 3), read_idx(labels, 1)
     if len(x) != len(y):
         raise DataError(f"{len(x)} images but {labels.name} has {len(y)} labels", images)
-    return checked(x[:, None].astype(np.float32) / 255.0, y, name, labels, 10, class_names)
+    return checked(x[:, None].astype(np.float32) / 255.0, y, name, labels, 10, class_names, x_path=images)
 
 
 def mnist(dir, name: str = "mnist", class_names=None) -> tuple[Dataset, Dataset]:
