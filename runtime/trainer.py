@@ -60,6 +60,7 @@ from dslc.files import ensure_dir, write_atomic
 from dslc.runtime import anomaly, checkpoint, sanity, state
 from dslc.runtime.checkpoint import CheckpointError, load_checkpoint, model_hash, recipe_hash
 from dslc.runtime.data import Batches, build_augment
+from dslc.runtime.data.batches import OtherCut
 from dslc.runtime.errors import Interrupted, RankStopped, TrainError
 from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
@@ -360,16 +361,14 @@ class Trainer:
             self.data.stats = ckpt.state["normalization"]
         self.params.update(ckpt.weights)
         self.params.update(ckpt.optimizer)
-        saved, now = ckpt.state["batches"], (len(self.batches.dataset), self.batches.batch)
-        if isinstance(saved, dict) and (saved.get("examples"), saved.get("batch")) != now:
-            # --force takes a changed recipe, but a data stream goes on only as it was cut
-            raise TrainError(f"cannot continue the data stream of {run_dir}: it was cut in batches of "
-                             f"{saved.get('batch')} from {saved.get('examples')} training examples, and this "
-                             f"recipe cuts {now[1]} from {now[0]}. Start a new run from its weights instead: "
-                             f"init = checkpoint(\"{ckpt.path}\")")
         try:
-            self.batches.restore(saved)
+            self.batches.restore(ckpt.state["batches"])
             self.streams = Streams.restore(self.recipe["seed"], ckpt.state["rng"])
+        except OtherCut as e:  # --force takes a changed recipe, but a data stream goes on only as it was cut
+            raise TrainError(f"cannot continue the data stream of {run_dir}: it was cut in batches of "
+                             f"{e.saved[1]} from {e.saved[0]} training examples, and this recipe cuts {e.now[1]} "
+                             f"from {e.now[0]}. Start a new run from its weights instead: "
+                             f"init = checkpoint(\"{ckpt.path}\")") from None
         except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a count beyond uint64
             raise TrainError(f"cannot continue the random streams of {run_dir} from {ckpt.path / 'state.json'}: "
                              f"{e}") from None

@@ -31,6 +31,15 @@ import numpy as np
 from dslc.runtime.data.dataset import Batch, Dataset
 
 
+class OtherCut(ValueError):
+    """A saved stream cut in another batch size, or from another number of examples, than this
+    one: (examples, batch) `saved` and `now`. It cannot go on (Batches.restore)."""
+
+    def __init__(self, saved: tuple, now: tuple):
+        super().__init__(f"saved batches are of {saved[1]} from {saved[0]} examples, these of {now[1]} from {now[0]}")
+        self.saved, self.now = saved, now
+
+
 class Batches:
     """Mini-batches of `dataset`, one epoch per iteration.
 
@@ -75,8 +84,7 @@ class Batches:
     def restore(self, state: dict) -> None:
         """Continue the stream from `state()`, which must come from the same data and batch size."""
         if (state["examples"], state["batch"]) != (len(self.dataset), self.batch):
-            raise ValueError(f"saved batches are of {state['batch']} from {state['examples']} examples, "
-                             f"these of {self.batch} from {len(self.dataset)}")
+            raise OtherCut((state["examples"], state["batch"]), (len(self.dataset), self.batch))
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
         self._epoch_start = copy.deepcopy(state["rng"])
         self.epoch, self.position = state["epoch"], state["position"]
