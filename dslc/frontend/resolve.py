@@ -408,10 +408,11 @@ class Elaborator(Calls):
         except registry.ShapeError as err:
             raise self.error(scope, err.code, err.message, span, err.hint) from None
         type_ = self.builder.type_of(node)
-        if type_.numel() > MAX_ELEMENTS:  # `pad=9223372036854775807`, `upsample(scale=2**40)`, `one_hot(i, 2**62)`
-            raise self.error(scope, "E0315", f"{op}: its result {type_.show()} would hold {type_.numel():,} elements "
+        count = type_.numel()
+        if count > MAX_ELEMENTS:  # `pad=9223372036854775807`, `upsample(scale=2**40)`, `one_hot(i, 2**62)`
+            raise self.error(scope, "E0315", f"{op}: its result {type_.show()} would hold {count:,} elements "
                              f"per example, more than a 64-bit machine can address (at most {MAX_ELEMENTS:,})", span)
-        return Tensor(node, self.builder.type_of(node))
+        return Tensor(node, type_)
 
     def _integer_operands(self, op: str, nodes, span: Span, scope: Scope) -> None:
         """Numbers and exponents meeting an integer tensor (README, "Integer tensors").
