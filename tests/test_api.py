@@ -154,6 +154,46 @@ def test_grad_reads_the_callers_parameters_as_they_are_at_each_call(loaded, comp
     check("float64")
 
 
+def test_the_prologue_runs_again_only_when_what_it_reads_has_changed():
+    """The prologue (small_cnn's batchnorms folded into its convolutions, then its second
+    convolution's Winograd tables) runs at the first call and is skipped while the parameters
+    it reads hold the same bytes (runtime/cpu/runner.py): a change in place to any of them,
+    or a new array of other values, runs it again; a parameter it does not read changes
+    nothing of it. Each result is the reference's."""
+    model = dslc.load(MODELS / "small_cnn.net", width=16, hidden=16)
+    params, compiled = model.init(0), model.compile("cpu")
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    call = dict(of="out[:, 3]", wrt=["image"])
+    compiled.grad(params, {"image": x}, **call)
+    bound = next(iter(next(iter(compiled._steps.values())).compiled.values()))
+    assert len(bound.tables) == 2  # the forward's and the input gradient's
+    runs = []
+    prologue = bound.module.prologue
+    bound.module.prologue = lambda *args: (runs.append(1), prologue(*args))
+
+    def check(what, runs_now):
+        runs.clear()
+        _, got = compiled.grad(params, {"image": x}, **call)
+        _, want = model.grad(params, {"image": x}, **call)
+        close(got["image"], want["image"], what)
+        assert len(runs) == runs_now, what
+        return got["image"]
+
+    try:
+        before = check("the same parameters", 0)
+        for name in ("stage2.conv_bn_relu.conv2d.weight", "stage2.conv_bn_relu.batchnorm.running_var",
+                     "stage1.conv_bn_relu.batchnorm.gamma"):
+            params[name] *= 1.5  # in place: the same array object
+            assert not np.allclose(check(f"{name} changed in place", 1), before)
+            check(f"{name} as it is now", 0)
+            params[name] = params[name] / np.float32(1.5)  # a new array
+            np.testing.assert_allclose(check(f"{name} a new array", 1), before, rtol=1e-5, atol=1e-6)
+        params["fc.linear.weight"] *= 2.0  # read by the step alone
+        assert not np.allclose(check("fc.linear.weight changed in place", 0), before)
+    finally:
+        bound.module.prologue = prologue
+
+
 def test_grad_on_the_reference_device_agrees(loaded):
     c = loaded.compile(device="reference")
     value, got = c.grad(loaded.params, {"image": batch()["image"]}, of="out[:, 1]", wrt=["image"])

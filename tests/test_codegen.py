@@ -76,6 +76,25 @@ def test_a_relu_after_a_convolution_or_linear_layer_is_applied_by_its_library_ca
     assert "16 kernels: 6 generated, 7 library calls" in src  # the header counts them as library calls
 
 
+def test_winograd_filters_are_transformed_once_per_load_where_they_never_change():
+    """A Winograd pass reads a table of its transformed filters (winograd.transform_weights),
+    filled by the prologue where the filters depend only on parameters no step updates (at
+    inference, batchnorm folded into them), and by the step itself, before the pass, where
+    each step changes them (training)."""
+    def drivers(stage):
+        src = generate(kernel_graph(stage=stage))
+        prologue, step = src.split("\ndef prologue(")[1].split("\ndef step(")
+        return prologue, step
+    prologue, step = drivers("infer")
+    assert "winograd.transform_weights(stage2_conv_bn_relu_batchnorm_folded_weight_, " in prologue
+    assert "transform_weights" not in step
+    prologue, step = drivers("train_step")
+    assert "transform_weights" not in prologue
+    order = [step.index(call) for call in ("transform_weights(stage2_conv_bn_relu_conv2d_weight_, stage2", "winograd.conv2d_forward(",
+                                           "transform_weights(stage2_conv_bn_relu_conv2d_weight_, grad", "winograd.conv2d_grad_input(")]
+    assert order == sorted(order)
+
+
 def test_a_batchnorm_folded_into_a_convolution_is_one_run_per_output_channel():
     """[O, C, 3, 3] * [O, 1, 1, 1] as loops over [O, C*9] (numba_loops' rows form): the inner
     loop is a run that vectorises, not nd's innermost axis of 3."""

@@ -227,14 +227,14 @@ def test_conv2d(case, parts, dtype):
                                                                                   w_shape[0]))
 
     y = np.empty(want.shape, dtype)
-    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws, False)
+    forward.conv2d_forward(x, *filters(forward, w), b, y, *geo, attrs["groups"], ws, False)
     close(y, want, dtype)
-    forward.conv2d_forward(x, w, b, y, *geo, attrs["groups"], ws, True)  # a fused relu epilogue
+    forward.conv2d_forward(x, *filters(forward, w), b, y, *geo, attrs["groups"], ws, True)  # a fused relu epilogue
     close(y, np.maximum(want, 0), dtype)
 
     g = randn(rng, want.shape, dtype)
     dx = np.full(x_shape, np.nan, dtype)  # every element must be written
-    grad_input.conv2d_grad_input(g, w, dx, *geo, attrs["groups"], ws)
+    grad_input.conv2d_grad_input(g, *filters(grad_input, w, flip=True), dx, *geo, attrs["groups"], ws)
     close(dx, ref("conv2d_grad_input", g, w, size=x_shape[2:], **attrs), dtype)
 
     dw, db = np.full(w_shape, np.nan, dtype), np.full(w_shape[:1], np.nan, dtype)
@@ -259,8 +259,8 @@ def test_a_fused_relu_keeps_nan_as_np_maximum_does(module, c):
         assert module.__name__.endswith(geometry.conv_modules(attrs, (6, 6), c, 16)[0])
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), geo, 2), np.float32)
     plain, rectified = np.empty((2, 16, 6, 6), np.float32), np.empty((2, 16, 6, 6), np.float32)
-    module.conv2d_forward(x, w, None, plain, *geo, 1, ws, False)
-    module.conv2d_forward(x, w, None, rectified, *geo, 1, ws, True)
+    module.conv2d_forward(x, *filters(module, w), None, plain, *geo, 1, ws, False)
+    module.conv2d_forward(x, *filters(module, w), None, rectified, *geo, 1, ws, True)
     assert np.isnan(plain).any() and (plain < 0).any()
     np.testing.assert_array_equal(rectified, np.maximum(plain, 0))  # NaN where plain is NaN
 
@@ -325,13 +325,29 @@ def test_strided_kernels_refuse_what_they_do_not_compute():
 def test_winograd_refuses_what_it_does_not_compute():
     x, w, y = np.zeros((2, 16, 6, 6)), np.zeros((16, 16, 3, 3)), np.zeros((2, 16, 3, 3))
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
+    w, u = filters(winograd, w)
     with pytest.raises(ValueError, match="not a Winograd"):  # stride 2
-        winograd.conv2d_forward(x, w, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)
+        winograd.conv2d_forward(x, w, u, None, y, 2, 2, 1, 1, 1, 1, 1, 1, 1, ws, False)
     with pytest.raises(ValueError, match="output shape"):
-        winograd.conv2d_forward(x, w, None, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, ws, False)
+        winograd.conv2d_forward(x, w, u, None, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, ws, False)
     with pytest.raises(ValueError, match="workspace"):
-        winograd.conv2d_forward(x, w, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        winograd.conv2d_forward(x, w, u, None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1,
                                  np.zeros((2, 100)), False)
+    with pytest.raises(ValueError, match="table is too small"):
+        winograd.conv2d_forward(x, w, u[:-1], None, np.zeros((2, 16, 6, 6)), 1, 1, 1, 1, 1, 1, 1, 1, 1, ws, False)
+    with pytest.raises(ValueError, match="table is too small"):
+        winograd.transform_weights(np.zeros((16, 17, 3, 3)), u, True)
+
+
+def filters(module, w, flip: bool = False) -> tuple:
+    """The filters as `module`'s forward (or with flip its input gradient) takes them: w, and for
+    Winograd its table of transformed filters after them (winograd.transform_weights)."""
+    if module is not winograd:
+        return (w,)
+    p, q = (w.shape[1], w.shape[0]) if flip else w.shape[:2]
+    u = np.full(geometry.winograd_table(p, q), np.nan, w.dtype)
+    winograd.transform_weights(w, u, flip)
+    return w, u
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

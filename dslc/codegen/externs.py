@@ -4,14 +4,16 @@
 `args` are the identifiers of the node's inputs followed by its output, `shapes` the
 inputs' static shapes (geometry needs H and W, which are never symbolic). Convolutions
 share one `workspace` [threads, slot] (im2col blocks); `workspace_slot` sizes a slot
-for a bound batch. An op missing here has no library kernel yet: the generator runs its NumPy
-reference instead (it allocates), see `numba_cpu.py`.
+for a bound batch. A convolution pass by Winograd also reads a table of its transformed
+weights, its own (`weight_table` sizes it), which the driver fills before it. An op
+missing here has no library kernel yet: the generator runs its NumPy reference instead
+(it allocates), see `numba_cpu.py`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from dslc.kernels.geometry import conv_modules, geometry, pool_geometry, workspace_shape
+from dslc.kernels.geometry import conv_modules, geometry, pool_geometry, winograd_table, workspace_shape
 from dslc.ops.registry import pair
 from dslc.ops.shape import pad_pairs
 
@@ -155,15 +157,31 @@ def has_library(op: str) -> bool:
     return op in CALLS
 
 
-def call(node, args: list[str], shapes: list[tuple[int, ...]], relu: bool = False) -> list[str]:
+def call(node, args: list[str], shapes: list[tuple[int, ...]], relu: bool = False,
+         table: str | None = None) -> list[str]:
     """The driver's lines running extern `node`: one call, or one per input (stack); for an op
-    of RELU_LAST, with `relu` as its last argument."""
+    of RELU_LAST, with `relu` as its last argument; for a Winograd pass, with its `table` of
+    transformed weights right after the weights (weight_table)."""
+    if table is not None:
+        args = [args[0], f"{args[1]}, {table}", *args[2:]]
     lines = CALLS[node.op](node, args, shapes).split("\n")
     if node.op in RELU_LAST:
         lines[0] = f"{lines[0][:-1]}, {relu})"
     elif relu:
         raise ValueError(f"the library kernel of {node.op} applies no relu")
     return lines
+
+
+def weight_table(node, shapes: list[tuple[int, ...]]) -> tuple[bool, int] | None:
+    """(flip, elements) of the table of transformed weights that `node` reads when it is a
+    convolution's forward or input gradient by Winograd (runtime/cpu/winograd.py: flip for the
+    input gradient's), else None. The driver fills it with winograd.transform_weights."""
+    if node.op == "conv2d" and _conv(node, shapes[0][2:], shapes[0][1], shapes[1][0], 0) == "winograd":
+        return False, winograd_table(shapes[1][0], shapes[1][1])
+    if node.op == "conv2d_grad_input" and \
+            _conv(node, node.attr("size"), shapes[1][1] * node.attr("groups"), shapes[1][0], 1) == "winograd":
+        return True, winograd_table(shapes[1][1], shapes[1][0])
+    return None
 
 
 # op -> (node, input shapes, output shape) -> elements of one thread's workspace slot: the

@@ -6,13 +6,14 @@ The module holds one `@njit` function per generated kernel, named after its laye
 (`k_stage1_conv_bn_relu_sweep`), each under a header naming the ops it fuses and the
 `.net` lines they came from, and two drivers:
 
-    step(<every argument>, workspace, scratch, fallback)       the kernels in order
-    prologue(<every argument>, workspace, scratch, fallback)   kernels of never-updated parameters
+    step(<every argument>, <tables>, workspace, scratch, fallback)       the kernels in order
+    prologue(<every argument>, <tables>, workspace, scratch, fallback)   kernels of never-updated parameters
 
 The drivers' arguments are the module's `ARGS`: every buffer of the kernel graph, then
 the views of buffers the kernels read (VIEWS: flat, [N, C, S], [N, C], [d0, rest]), which the runner
-(dslc/runtime/cpu/runner.py) binds once to the memory plan's arena; nothing in the
-module allocates. So a kernel is generic in its sizes: its text depends on the form of
+(dslc/runtime/cpu/runner.py) binds once to the memory plan's arena, then its `TABLES`, each
+Winograd pass's transformed filters (Generator.library), which the runner allocates; nothing
+in the module allocates. So a kernel is generic in its sizes: its text depends on the form of
 its loops only, and `gen.units` holds each kernel's text (with the chain functions it
 calls), which the runner compiles once per machine, content-addressed, for every model
 that has it (dslc/codegen/cache.py). Extern kernels call the library in
@@ -75,6 +76,14 @@ class Generator(Emitter):
         self.fallback: list[int] = []
         self.kernels: list[Kernel] = list(kg.kernels)
         self.scratch_slots = 0  # float64 slots per thread that rows-layout sweeps use (numba_sweep.py)
+        # Winograd passes' tables of transformed weights: argument -> (weights buffer, elements,
+        # filled in the prologue), and the prologue's lines filling them (library)
+        self.tables: dict[str, tuple[str, int, bool]] = {}
+        self.prologue_lines: list[str] = []
+        made = {o: k for k in kg.kernels for o in k.outputs}
+        updated = {b.updates for b in kg.buffers if b.updates}
+        self.static = frozenset(b.name for b in kg.buffers if (made[b.name].prologue if b.name in made else
+                                                               b.role in ("param", "const") and b.name not in updated))
 
     def view(self, buffer: str, kind: str = "") -> str:
         """The driver argument holding `buffer` seen as `kind` (VIEWS), named on first use."""
@@ -90,6 +99,24 @@ class Generator(Emitter):
         """A line of the driver for `kernel` (after a comment, if given): a library call's text,
         or (function, arguments) of a generated kernel's call, wrapped where the driver writes it."""
         self.calls.setdefault(kernel.name, []).extend(([f"# {comment}"] if comment else []) + [line])
+
+    def library(self, kernel: Kernel, node, buffers: list[str], relu: bool = False) -> list[str]:
+        """The driver's lines calling the library kernel of `node` (an extern, or an epilogue's
+        host) on `buffers` (its inputs, then its output): externs.call's, with the table of a
+        Winograd pass (externs.weight_table), which winograd.transform_weights fills first: in
+        the prologue where the weights never change (a model's parameters in the compiled API's
+        forward and grad), else in the step, once per run rather than once per thread."""
+        args = [self.arg(b) for b in buffers]
+        shapes = [self.bound(b) for b in buffers[:-1]]
+        table = externs.weight_table(node, shapes)
+        lines: list[str] = []
+        name: str | None = None
+        if table is not None:
+            name = self.names.get(f"{node.name} winograd")
+            self.tables[name] = (buffers[1], table[1], buffers[1] in self.static)
+            fill = f"winograd.transform_weights({args[1]}, {name}, {table[0]})"
+            (self.prologue_lines if buffers[1] in self.static else lines).append(fill)
+        return lines + externs.call(node, args, shapes, relu, name)
 
     def decorator(self, kernel: Kernel, parallel: bool, accumulate: bool = False) -> str:
         """fastmath only for float32 graphs, and only contraction (and reassociation of
@@ -148,7 +175,7 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
         return False
     if how == "library":
         node = k.nodes[0]  # its own inputs, in order: a kernel's are listed once each (x @ x reads x twice)
-        lines = externs.call(node, [gen.arg(b) for b in node.inputs + (node.name,)], [gen.bound(i) for i in node.inputs])
+        lines = gen.library(k, node, list(node.inputs + (node.name,)))
         gen.call(k, lines[0], comment=f"{k.name}: {node.op}, {where(node.span)}")
         for line in lines[1:]:
             gen.call(k, line)
@@ -178,6 +205,10 @@ def _module_header(src: Source, kg: KernelGraph, gen: Generator) -> None:
     src.comment("The drivers' arguments, in order: (buffer, view) pairs the runner binds to the arena once.")
     args = [repr(key) for key in gen.views]
     src.line(src.wrapped("ARGS = (", args, ",)" if len(args) == 1 else ")"))
+    src.comment("Winograd passes' tables of transformed weights, (argument, elements), after ARGS; each")
+    src.comment("filled by winograd.transform_weights in the prologue, or in the step before its pass.")
+    tables = [repr((name, size)) for name, (_, size, _) in gen.tables.items()]
+    src.line(src.wrapped("TABLES = (", tables, ",)" if len(tables) == 1 else ")"))
     src.comment("Kernels (by position in the kernel graph) run by the NumPy references: they allocate.")
     src.line(f"FALLBACK = ({', '.join(str(p) for p in gen.fallback)}{',' if len(gen.fallback) == 1 else ''})")
 
@@ -193,7 +224,7 @@ def counts(gen: Generator) -> tuple[int, int]:
 
 
 def _driver(src: Source, gen: Generator, name: str, prologue: bool) -> None:
-    params = list(gen.views.values()) + ["workspace", "scratch", "fallback"]
+    params = list(gen.views.values()) + list(gen.tables) + ["workspace", "scratch", "fallback"]
     with src.block(src.wrapped(f"def {name}(", params, "):")):
         src.line('"""' + ("Kernels that read only never-updated parameters: once per parameter load."
                           if prologue else "One run of the graph: every kernel in order.") + '"""')
@@ -207,6 +238,9 @@ def _driver(src: Source, gen: Generator, name: str, prologue: bool) -> None:
             else:
                 for line in gen.calls[k.name]:
                     src.line(line if isinstance(line, str) else src.wrapped(f"{line[0]}(", line[1], ")"))
+        if prologue:
+            for line in gen.prologue_lines:
+                src.line(line)
         src.line("return None")
 
 
@@ -236,12 +270,12 @@ def driver_calls(gen: Generator) -> list[tuple[tuple[str, str], tuple]]:
     arrays = {name: (NUMPY_DTYPE[gen.kg.buffer(b).dtype], NDIM.get(kind, len(gen.kg.buffer(b).shape)))
               for (b, kind), name in gen.views.items()}
     arrays.update(workspace=(float_dtype(gen.kg), 2), scratch=("float64", 2))
+    arrays.update({name: (NUMPY_DTYPE[gen.kg.buffer(w).dtype], 1) for name, (w, _, _) in gen.tables.items()})
     entries = {name: shared.path_for(shared.canonical(unit)).stem for name, unit in gen.units.items()}
     out: dict[tuple, None] = {}  # in first-call order, once each
-    for pos, k in enumerate(gen.kernels):
-        if k.kind == "view" or pos in gen.fallback:
-            continue
-        for line in gen.calls[k.name]:
+    runs = [gen.calls[k.name] for pos, k in enumerate(gen.kernels) if k.kind != "view" and pos not in gen.fallback]
+    for lines in runs + [gen.prologue_lines]:
+        for line in lines:
             if isinstance(line, tuple):
                 where, args = (entries[line[0]], "kernel"), [ast.Name(a) for a in line[1]]
             elif line.startswith("#"):

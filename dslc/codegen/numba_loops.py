@@ -153,10 +153,8 @@ def elementwise(gen, src, kernel) -> None:
     body = kernel.nodes[0].attr("body")
     host = host_of(body)
     if host is not None:  # the library writes the host's value into the output first
-        args = [gen.arg(kernel.inputs[int(r[1:])]) for r in host.inputs] + [gen.arg(out_name)]
-        shapes = [gen.bound(kernel.inputs[int(r[1:])]) for r in host.inputs]
         relu = _relu_tail(body, host) and host.op in externs.RELU_LAST
-        for line in externs.call(host, args, shapes, relu):
+        for line in gen.library(kernel, host, [kernel.inputs[int(r[1:])] for r in host.inputs] + [out_name], relu):
             gen.call(kernel, line)
         if relu:  # the library kernel applies it: no loop of our own
             return

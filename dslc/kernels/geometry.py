@@ -252,6 +252,13 @@ def winograd_outs(c_out: int) -> int:
     return -(-c_out // TAP_OUTS) * TAP_OUTS
 
 
+def winograd_table(c_out: int, c_in: int) -> int:
+    """Elements of a Winograd pass's table of transformed weights, U for c_out filters of c_in
+    channels each (runtime/cpu/winograd.transform_weights): 16 values per filter, in whole
+    TAP_OUTS blocks of filters."""
+    return 16 * winograd_outs(c_out) * c_in
+
+
 def winograd_slot(c_in: int, c_out: int, out_hw, n: int) -> int:
     """Elements of one thread's slot for a Winograd convolution from c_in to c_out channels
     with output out_hw at batch n: [U | P | V | M] (runtime/cpu/winograd.py)."""
@@ -259,7 +266,7 @@ def winograd_slot(c_in: int, c_out: int, out_hw, n: int) -> int:
     we = winograd_columns(tw)
     grid = th * we
     count, plane = winograd_planes(th, tw, we)
-    return (16 * winograd_outs(c_out) * c_in + count * plane
+    return (winograd_table(c_out, c_in) + count * plane
             + 16 * (c_in + c_out) * winograd_images(c_in, c_out, grid, n) * grid)
 
 

@@ -45,7 +45,10 @@ split into planes and the interleave back into rows move a row's column pairs as
 (lanes.deinterleave, lanes.interleave). A padding tile's outputs are never written, its
 gradients are zeros. Each thread takes a run of images, a block of `images` at a
 time (geometry.winograd_images: V and M of a block stay near the core's L2); its
-workspace slot holds [U or dU | P | V | M] (geometry.winograd_slot).
+workspace slot holds [dU | P | V | M] (geometry.winograd_slot; the dU region is the weight
+gradient's). The forward and the input gradient read U from a table of their own that
+transform_weights fills (geometry.winograd_table), which the generated drivers run before
+the pass, or in their prologue where the weights never change.
 
 The passes index the flat slot with unsigned offsets rather than slicing it: a slice is
 a new view whose reference count lives on the workspace's, which two threads would
@@ -359,28 +362,50 @@ def _require(w_shape, sh, sw, pt, pb, pl, pr, dh, dw, groups, c_in, c_out):
 
 
 @njit(cache=True)
-def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p, parts, groups):
+def _check_table(u, n_p, n_q):
+    """A ValueError unless u holds a table of n_p filters of n_q channels (geometry.winograd_table)."""
+    if u.size < 16 * _outs(n_p) * n_q:
+        raise ValueError("conv2d: the Winograd table is too small; size it with geometry.winograd_table")
+
+
+@njit(cache=True)
+def transform_weights(w, u, flip):
+    """u = U of every filter of w, packed as _weights packs it: the forward's table, or with
+    flip the input gradient's (w rotated by 180 degrees, its channels swapped), which
+    conv2d_forward and conv2d_grad_input read. The generated drivers run it once per step,
+    or once per parameter load where w never changes (their prologue): the compiled API's
+    calls with the same parameters then transform nothing. Each part of a pass transformed
+    its own filters at every call before, 5 us for 32 x 32 filters on one core of the EPYC,
+    twice in a saliency gradient of small_cnn at batch 1 (10 of its 180 us)."""
+    n_p, n_q = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+    if w.shape[2] != 3 or w.shape[3] != 3:
+        raise ValueError("winograd: transform_weights takes 3x3 filters")
+    _check_table(u, n_p, n_q)
+    _weights(w, u, np.bool_(flip), np.int64(0), np.int64(n_p))
+
+
+@njit(cache=True)
+def _forward_part(x, w, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     """Part p's images and output channels (taps.shares) of the Winograd forward (the module
-    docstring's forward): U of w's filters (flipped for the input gradient), then per block
-    of images V, the 16 products, y."""
+    docstring's forward): per block of images V, the 16 products with the table u's U of the
+    part's filters (transform_weights; w's or, for the input gradient, the flipped ones), y."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     th, tw, grid, per, tb = _plan(x.shape, c_out, ho, wo, workspace)[:5]
     lo, hi, o0, o1 = share(n, c_out, parts, groups, p)
     lay = _layout(c_in, o1 - o0, th, tw, tb)  # within the slot planned for all c_out channels
     xf, yf, f = x.reshape(-1), out.reshape(-1), workspace[p]
-    _weights(w, f, flip, o0, o1)
     rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
     for c in range(c_in):
         rows[c] = c * tb
-    packed = _outs(o1 - o0) * c_in
+    table, first = _outs(c_out) * c_in, o0 * c_in  # one U[xi]; where the part's filters start in it
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
             _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
         cols = (i1 - i0) * grid
         for xi in range(16):  # M[xi] = U[xi] @ V[xi]
-            tap_sums(f, f, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * packed), u64(0),
+            tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + first), u64(0),
                      u64(lay[2] + xi * (o1 - o0) * tb), u64(cols), u64(tb), u64(o1 - o0), u64(c_in))
         for i in range(i0, i1):
             at = (i * c_out + o0) * ho * wo
@@ -392,10 +417,10 @@ def _forward_part(x, w, b, out, pt, pl, flip, relu, workspace, p, parts, groups)
 # ---- the entry points: conv.py's signatures and checks -----------------------------------
 
 @njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
+def conv2d_forward(x, w, u, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace,
                    relu):
     """out = conv2d(x, w) + b (b may be None), NCHW, then max(out, 0) with relu (conv.rectify),
-    for a convolution geometry.winograd accepts.
+    for a convolution geometry.winograd accepts; u is w's table (transform_weights(w, u, False)).
 
     With fewer images than threads each image's output channels are split too (taps.shares),
     each part transforming the image itself: at batch 1 the second thread had nothing to do.
@@ -406,22 +431,25 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
     _check(x.shape, w.shape, out.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], w.shape[0])
     _plan(x.shape, out.shape[1], out.shape[2], out.shape[3], workspace)  # raises before the threads
+    _check_table(u, w.shape[0], w.shape[1])
     parts, split = shares(x.shape[0], out.shape[1], workspace.shape[0])
     for p in prange(parts):
-        _forward_part(x, w, b, out, pad_t, pad_l, np.bool_(False), np.bool_(relu), workspace, np.int64(p),
-                      np.int64(parts), np.int64(split))
+        _forward_part(x, w, u, b, out, pad_t, pad_l, np.bool_(relu), workspace, np.int64(p), np.int64(parts),
+                      np.int64(split))
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad."""
+def conv2d_grad_input(g, w, u, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad
+    (u: the flipped filters' table, transform_weights(w, u, True))."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
     _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)
+    _check_table(u, w.shape[1], w.shape[0])
     parts, split = shares(g.shape[0], dx.shape[1], workspace.shape[0])
     for p in prange(parts):
-        _forward_part(g, w, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(True), np.bool_(False), workspace,
-                      np.int64(p), np.int64(parts), np.int64(split))
+        _forward_part(g, w, u, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(False), workspace, np.int64(p),
+                      np.int64(parts), np.int64(split))
 
 
 @njit(cache=True)
