@@ -16,6 +16,7 @@ softmax with its loss) is a model-independent kernel here, one module per family
     batchnorm.py  batchnorm training forward (batch statistics), backward, inference
     softmax.py    softmax, log_softmax, softmax-cross-entropy forward and backward
     runner.py     a generated module bound to one planned arena (CompiledGraph)
+    bound_calls.py  a driver's calls bound once to their arguments and compiled entry points
     build.py      the kernels a module calls, compiled before its first step, in worker processes
     executor.py   the trainer's Executor interface on top of the runner
     profile.py    per-kernel timing of a step (DSLC_DEBUG>=2)
