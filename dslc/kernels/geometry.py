@@ -276,7 +276,7 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
 
     x_shape [N, C, H, W], w_shape [O, C/G, kh, kw], out_hw (Ho, Wo), geom the convolution's
     `geometry` (strides, pads, dilations); parts: the threads (default: default_parts()).
-    A slot holds one im2col block and one weight-gradient (or at batch 1 input-gradient) partial, or, where the
+    A slot holds one im2col block and one weight-gradient partial, or, where the
     convolution runs by strided.py (`phased`) or by Winograd, what its forward, input and
     weight gradient need.
     >>> workspace_shape((64, 32, 14, 14), (64, 32, 3, 3), (14, 14), (1, 1, 2, 2, 2, 2, 2, 2), parts=2)  # dilated: im2col
@@ -285,8 +285,7 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
     k = c * kh * kw
-    # after the im2col block: a weight gradient's partial, or at batch 1 an input gradient's (conv.DEPTH)
-    slot = k * tile_rows(k, *out_hw) * out_hw[1] + max(o * cg * kh * kw, c * h * w if n == 1 else 0)
+    slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     modules = pass_modules(kh, kw, geom, c // cg, c, o)
     if set(modules) == {"strided"}:

@@ -33,8 +33,8 @@ each part's images into the part's own partial, then adds the partials in part o
 so the result does not depend on which thread ran first. A 1x1 convolution with stride
 1 and no padding needs no im2col: x_i itself is col.
 
-The workspace is [parts, slot]: one row per part holding [col block | dW partial, or one
-image's input-gradient partial] (`workspace_shape`); a slot sized for the largest convolution serves them all. The
+The workspace is [parts, slot]: one row per part holding [col block | dW partial]
+(`workspace_shape`); a slot sized for the largest convolution serves them all. The
 number of parts comes from the workspace, not from Numba's thread count (reading that
 inside a kernel keeps Numba from caching it). Kernels check the geometry against the array shapes and
 raise ValueError on a mismatch instead of reading out of bounds.
@@ -47,8 +47,6 @@ from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
 from dslc.runtime.cpu.lanes import u64
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
-
-DEPTH = 2  # parts of one image's input gradient (conv2d_grad_input): a constant, so the sums are the same on any threads
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
 
@@ -249,14 +247,7 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 @njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input).
-
-    One image (ungrouped, not 1x1) is split by g's channels instead, DEPTH parts each adding
-    its channels' col2im into a partial in its slot, the partials then added in part order:
-    the same sums whatever the threads. One part per image left the second thread idle at
-    batch 1, where this is the last pass of a saliency gradient (small_cnn's 32 -> 1 at
-    28x28, 9 us on one core of the EPYC), and each part reads the channels of g that the
-    max pool's backward before it wrote on the same thread."""
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -266,18 +257,6 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     w2 = w.reshape(o, kg)
     direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
-    size = c * dx.shape[2] * dx.shape[3]
-    if n == 1 and groups == 1 and not direct and o >= DEPTH and workspace.shape[0] >= DEPTH \
-            and workspace.shape[1] >= cols + size:
-        gi = g[0].reshape(o, hw)
-        for p in prange(DEPTH):
-            partial = workspace[p, cols:cols + size].reshape(dx.shape[1:])
-            partial[:] = 0
-            _grad_input_rows(gi[o * p // DEPTH:o * (p + 1) // DEPTH], w2[o * p // DEPTH:o * (p + 1) // DEPTH],
-                             partial, workspace[p, :cols], rows, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h,
-                             dil_w, ho, wo)
-        sum_parts(workspace, cols, size, DEPTH, dx.reshape(-1))
-        return
     for p in prange(parts):
         block = workspace[p, :cols]
         for i in range(n * p // parts, n * (p + 1) // parts):
@@ -289,22 +268,13 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
                                col[grp * kg:(grp + 1) * kg], True, False, False)
                 continue
             dx[i][:] = 0
-            for grp in range(groups):
-                _grad_input_rows(gi[grp * og:(grp + 1) * og], w2[grp * og:(grp + 1) * og],
-                                 dx[i][grp * (c // groups):(grp + 1) * (c // groups)], block, rows, kh, kw, stride_h,
-                                 stride_w, pad_t, pad_l, dil_h, dil_w, ho, wo)
-
-
-@njit(cache=True)
-def _grad_input_rows(gi, w2, dst, block, rows, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """dst [C, H, W] += col2im(w2^T @ gi), one block of `rows` output rows at a time in
-    `block`: the input gradient from the channels of g in gi [O', Ho*Wo] (w2 [O', C*kh*kw])."""
-    k = w2.shape[1]
-    for r0 in range(0, ho, rows):
-        r1 = min(ho, r0 + rows)
-        col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-        gemm_block(w2, gi[:, r0 * wo:r1 * wo], col, True, False, False)
-        _col2im(col, dst, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, wo)
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+                for grp in range(groups):
+                    gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
+                               col[grp * kg:(grp + 1) * kg], True, False, False)
+                _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
 @njit(cache=True, parallel=True)
