@@ -47,13 +47,15 @@ from dslc.stages import build, recipe_settings
 
 Arrays = Mapping[str, np.ndarray]
 # The layers whose batchnorm on running statistics the compiled devices fold into them. The
-# fold runs in the prologue (it reads only parameters), which runs at every call: the
-# parameters are the caller's arrays, read where they are, and may have changed since the
-# last. A convolution's weight is small beside its output, so the fold saves the per-channel
-# scale passes for a few microseconds; a linear layer's weight is large beside its output
-# (in x out against out per example): mlp_bn's forward took 288 us at batch 1 with its linear
-# layers folded (784 x 512 weights scaled at every call) and 47 us without, at batch 16 538
-# and 255, at 64 865 and 791, at 128 1522 and 1597 (measured alternately, the 2-core EPYC).
+# fold runs in the prologue (it reads only parameters), which runs again whenever what it
+# reads has changed: the parameters are the caller's arrays, read where they are, so the CPU
+# runner compares their bytes at every call (runtime/cpu/runner.py). A convolution's weight
+# is small beside its output, so the fold saves the per-channel scale passes for a few
+# microseconds; a linear layer's weight is large beside its output (in x out against out per
+# example): mlp_bn's forward took 288 us at batch 1 with its linear layers folded (784 x 512
+# weights scaled at every call, before the comparison) and 47 us without, at batch 16 538
+# and 255, at 64 865 and 791, at 128 1522 and 1597 (measured alternately, the 2-core EPYC),
+# and comparing such weights would cost much of what the fold saves.
 FOLDED = ("conv2d",)
 # Compiled requests a Compiled keeps, the most recently used: each holds its kernels' arenas,
 # and a caller making a new request at every call (a fresh lambda in `rules`, which is keyed
