@@ -204,6 +204,17 @@ def test_compile_emits_identical_files(tmp_path, capsys, monkeypatch):
     assert "mlp_bn train_step:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags,said", [(["--emit", ""], "--emit: give the directory"),
+                                         (["--arch", "sm_90"], "--arch sm_90: the nvcc architecture of --target gpu")])
+def test_compile_flags_that_would_do_nothing_are_refused(flags, said, tmp_path, capsys, monkeypatch):
+    """`--emit ''` emitted nothing and `--arch` with the CPU target was ignored, each without a
+    word: now a usage error (exit 2) before anything is generated."""
+    monkeypatch.setenv("DSLC_CACHE", str(tmp_path / "cache"))
+    assert main(["compile", str(MODELS / "mlp_bn.net"), "--no-build", *flags]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow
 def test_compile_again_is_answered_from_the_build_record(tmp_path, capsys, monkeypatch):
     """A second compile of an unchanged model finds its kernels built; so does an edit, or new

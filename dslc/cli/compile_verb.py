@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from dslc.cli.common import add_model_args, count, load_model, verb
-from dslc.diagnostics import CliError
+from dslc.diagnostics import CliError, UsageError, printable
 from dslc.files import ensure_dir, write_atomic
 
 STAGES = ("train_step", "infer")
@@ -65,6 +65,7 @@ def register(verbs) -> None:
 
 def cmd_compile(args) -> int:
     from dslc.codegen import cache
+    _check_flags(args)
     if args.target == "gpu":
         return _compile_gpu(args)
     start = time.perf_counter()
@@ -101,6 +102,16 @@ def cmd_compile(args) -> int:
     if not args.no_build:
         cache.write_record(record_at, model.program.modules, artefacts, lines)
     return 0
+
+
+def _check_flags(args) -> None:
+    """A UsageError for a flag that would do nothing: `--emit ''` emitted nothing, and `--arch`
+    with the CPU target was ignored, each without a word."""
+    if args.emit is not None and not args.emit.strip():
+        raise UsageError("--emit: give the directory to write the generated modules to (it was empty)")
+    if args.arch is not None and args.target != "gpu":
+        raise UsageError(f"--arch {printable(args.arch)}: the nvcc architecture of --target gpu; the CPU target "
+                         "compiles for this machine")
 
 
 def _fallbacks(notes: list[str], kind: str) -> None:
