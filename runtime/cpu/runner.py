@@ -110,10 +110,9 @@ class CompiledGraph:
         self._prologue_done = False
         reads = {i for k in kg.kernels if k.prologue for i in k.inputs} | {w for w, _, pro in gen.tables.values() if pro}
         self._names = tuple(self.param_types)
-        self._prologue_reads = frozenset(reads.intersection(self._names))
-        self._read_at = [i for i, name in enumerate(self._names) if name in reads]  # their places in _names
-        self._read: dict[str, tuple] = {}  # parameter -> (dtype, shape, bytes) the prologue last read of it
-        self._read_bytes: list[bytes] = []  # and those bytes in _read_at's order
+        self._read_at = [i for i, name in enumerate(self._names) if name in reads]  # the prologue's, in _names
+        self._read_place = {self._names[i]: k for k, i in enumerate(self._read_at)}  # name -> its place there
+        self._read_bytes: list[bytes] = []  # in _read_at's order, what the prologue last read of them
         self._kept: tuple | None = None  # the arrays of the last load, when each was lent or the arena's
         self._layouts: list = []  # and their (shape, strides)
 
@@ -142,10 +141,8 @@ class CompiledGraph:
             self._load(params, given)
         if not self._prologue_done:
             self.module.prologue(*self._args)
-            read = [self._lent.get(self._names[i], self.views[self._names[i]]) for i in self._read_at]
-            self._read_bytes = [value.tobytes() for value in read]  # what it read, for the next load
-            self._read = {self._names[i]: (value.dtype, value.shape, data)
-                          for i, value, data in zip(self._read_at, read, self._read_bytes)}
+            self._read_bytes = [self._lent.get(self._names[i], self.views[self._names[i]]).tobytes()
+                                for i in self._read_at]  # what it read, for the next load
             self._prologue_done = True
 
     def _load(self, params: Mapping[str, np.ndarray], given: tuple) -> None:
@@ -174,7 +171,7 @@ class CompiledGraph:
                     del self._lent[name]
                 copied = True
                 value = reference.given("param", name, self.param_types[name], params, "params", arena.shape)
-                if name not in self._prologue_reads or self._changed(name, value):
+                if name not in self._read_place or self._changed(name, value):
                     np.copyto(arena, value, casting="same_kind")
         finally:  # the kernels' arguments follow _lent, whatever stopped the loop
             if args is not None:
@@ -184,17 +181,18 @@ class CompiledGraph:
 
     def _changed(self, name: str, given) -> bool:
         """Whether `given` changes what the prologue reads of parameter `name`: true unless the
-        prologue does not read it, or it holds the bytes the prologue last read of it (_read).
+        prologue does not read it, or it has the arena's dtype and shape (as what the prologue
+        read has) and holds the bytes the prologue last read of it (_read_bytes).
         When true, the prologue is due (at once: a later parameter's error leaves it to the
         next load). The compiled API passes the same parameters call after call: small_cnn's
         saliency gradient at batch 1 refolded its batchnorms into the convolutions' weights
         every time, 9 of its 180 us (31 of 270 where the VM made writing what both cores had
         read slow), where comparing the 19k values they fold takes 3 (bytes: memcmp)."""
-        if name not in self._prologue_reads:
+        if name not in self._read_place:
             return False
-        read = self._read.get(name)
-        same = (read is not None and isinstance(given, np.ndarray) and given.dtype == read[0]
-                and given.shape == read[1] and given.tobytes() == read[2])
+        arena = self.views[name]
+        same = (bool(self._read_bytes) and isinstance(given, np.ndarray) and given.dtype == arena.dtype
+                and given.shape == arena.shape and given.tobytes() == self._read_bytes[self._read_place[name]])
         if not same:
             self._prologue_done = False
         return not same

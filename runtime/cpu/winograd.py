@@ -385,10 +385,11 @@ def transform_weights(w, u, flip):
 
 
 @njit(cache=True)
-def _forward_part(x, w, u, b, out, pt, pl, relu, workspace, p, parts, groups):
+def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     """Part p's images and output channels (taps.shares) of the Winograd forward (the module
     docstring's forward): per block of images V, the 16 products with the table u's U of the
-    part's filters (transform_weights; w's or, for the input gradient, the flipped ones), y."""
+    part's filters (transform_weights: the weights', or for the input gradient the flipped
+    ones), y."""
     n, c_in, h, wd = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     th, tw, grid, per, tb = _plan(x.shape, c_out, ho, wo, workspace)[:5]
@@ -434,7 +435,7 @@ def conv2d_forward(x, w, u, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad
     _check_table(u, w.shape[0], w.shape[1])
     parts, split = shares(x.shape[0], out.shape[1], workspace.shape[0])
     for p in prange(parts):
-        _forward_part(x, w, u, b, out, pad_t, pad_l, np.bool_(relu), workspace, np.int64(p), np.int64(parts),
+        _forward_part(x, u, b, out, pad_t, pad_l, np.bool_(relu), workspace, np.int64(p), np.int64(parts),
                       np.int64(split))
 
 
@@ -448,7 +449,7 @@ def conv2d_grad_input(g, w, u, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_
     _check_table(u, w.shape[1], w.shape[0])
     parts, split = shares(g.shape[0], dx.shape[1], workspace.shape[0])
     for p in prange(parts):
-        _forward_part(g, w, u, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(False), workspace, np.int64(p),
+        _forward_part(g, u, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(False), workspace, np.int64(p),
                       np.int64(parts), np.int64(split))
 
 
