@@ -1,20 +1,22 @@
 """The compiled Python API's grad against the NumPy reference's: a class score's gradient
 with respect to the input images of models/small_cnn.net (a saliency map).
 
-    python -m benchmarks.api_grad [--batch 1 16 64] [--rounds 9] [--block 5] [--device cpu]
+    python -m benchmarks.api_grad [--batch 1 16 64] [--rounds 15] [--block-ms 20] [--device cpu]
 
 For each batch size: `m.compile(device).grad(params, {"image": x}, of="out[:, 3]",
 wrt=["image"])` and `m.grad(...)` (the NumPy reference interpreter, the same graph) are
-run in rounds: `--block` calls of one, then as many of the other, so a load that comes
-and goes weighs on both, and each is timed as a loop of saliency maps runs it, call
-after call. The figures are the medians over all the calls, after one warm-up call each
-(the compiled one compiles then). `after ref` is the median of the compiled calls that
-come right after the reference's: on the 2-core EPYC the first took 2-3 times as long,
-and the next few 10-30% longer, after any 17 ms of other work, even a sleep (the VM's
-idle core waking, not the reference's temporaries; with --block 1 every call is one of
-them). The gradients must agree within 1e-4 of their largest entry (exit status 1
-otherwise). Both run in this process with the BLAS threading the CPU executor sets (one
-BLAS thread per Numba thread: dslc/runtime/cpu/blas.py), as `dslc train` does.
+run in rounds: calls of one for `--block-ms` milliseconds, then of the other as long, so
+a load that comes and goes weighs on both, and each is timed as a loop of saliency maps
+runs it, call after call. The figures are the medians over all the calls, after one
+warm-up call each (the compiled one compiles then). `after ref` is the median of the
+compiled calls that come right after the reference's: on the 2-core EPYC the first took
+2-3 times as long, and the next few 10-30% longer, after any 17 ms of other work, even a
+sleep (the VM's idle core waking, not the reference's temporaries). Until 2026-12-08 the
+blocks were five calls of each, so one compiled call in five was such a first call and
+two more were slowed: at batch 1 the median was 10-20% above a loop's. The gradients must
+agree within 1e-4 of their largest entry (exit status 1 otherwise). Both run in this
+process with the BLAS threading the CPU executor sets (one BLAS thread per Numba thread:
+dslc/runtime/cpu/blas.py), as `dslc train` does.
 
 On the CPU the table also gives the floor: the compiled graph's FLOPs (the op registry's
 count over its kernels; a multiply-add is two) at the machine's float32 GEMM rate,
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.train_step import at_least_one, sgemm_gflops, timed_rounds
+from benchmarks.train_step import at_least_one, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -47,7 +49,25 @@ def graph_gflop(compiled, batch: int) -> float:
     return total / 1e9
 
 
-def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> dict:
+def timed_blocks(fns, rounds: int, seconds: float) -> tuple[list[list[float]], list[list[int]]]:
+    """Each function's call times in seconds, over `rounds` rounds of calls of each function
+    in turn for `seconds` (at least one call), and the indices of each block's first call."""
+    times: list[list[float]] = [[] for _ in fns]
+    firsts: list[list[int]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent, first in zip(fns, times, firsts):
+            first.append(len(spent))
+            end = time.perf_counter() + seconds
+            while True:
+                start = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - start)
+                if start + spent[-1] >= end:
+                    break
+    return times, firsts
+
+
+def measure(batch: int, rounds: int, block_ms: float, device: str, seed: int = 0) -> dict:
     import dslc
     m = dslc.load(ROOT / "models" / "small_cnn.net")
     params = m.init(seed)
@@ -58,9 +78,10 @@ def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> 
     value, got = c.grad(params, {"image": x}, **call)
     first = time.perf_counter() - start
     ref_value, want = m.grad(params, {"image": x}, **call)
-    compiled, reference = timed_rounds([lambda: c.grad(params, {"image": x}, **call),
-                                        lambda: m.grad(params, {"image": x}, **call)], rounds, block)
-    after = compiled[::block]  # each round's first: right after the reference's calls
+    (compiled, reference), (firsts, _) = timed_blocks([lambda: c.grad(params, {"image": x}, **call),
+                                                       lambda: m.grad(params, {"image": x}, **call)],
+                                                      rounds, block_ms / 1e3)
+    after = [compiled[i] for i in firsts]  # each block's first: right after the reference's calls
     err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
     ms = lambda times: 1e3 * float(np.median(times))
     return {"batch": batch, "first_s": first, "compiled_ms": ms(compiled), "after_ms": ms(after),
@@ -69,11 +90,23 @@ def measure(batch: int, rounds: int, block: int, device: str, seed: int = 0) -> 
             "gflop": graph_gflop(c, batch) if device == "cpu" else None}
 
 
+def positive_ms(text: str) -> float:
+    """An argparse type: a duration in milliseconds, above 0 and finite (a usage error otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected milliseconds above 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--rounds", type=at_least_one, default=9)
-    parser.add_argument("--block", type=at_least_one, default=5, help="calls of each per round")
+    parser.add_argument("--rounds", type=at_least_one, default=15)
+    parser.add_argument("--block-ms", type=positive_ms, default=20.0,
+                        help="milliseconds of calls of each per round (default 20)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from dslc.runtime.errors import DeviceError
@@ -85,14 +118,14 @@ def main(argv=None) -> int:
         return 1
     sgemm = sgemm_gflops()["dslc"] if args.device == "cpu" else None  # dslc's GEMM, as its kernels run
     print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
-          f"(medians of {args.rounds} rounds of {args.block} calls of each; load average {os.getloadavg()[0]:.1f})")
+          f"(medians over {args.rounds} rounds of {args.block_ms:g} ms of calls of each; load average {os.getloadavg()[0]:.1f})")
     if sgemm:
         print(f"floor: the graph's FLOPs at {sgemm:.1f} GFLOP/s (dslc's sgemm, this run); best: reference / floor")
     print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'after ref':>9}  "
           f"{'max rel diff':>12}  {'first call s':>12}" + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}" if sgemm else ""))
     ok = True
     for batch in args.batch:
-        r = measure(batch, args.rounds, args.block, args.device)
+        r = measure(batch, args.rounds, args.block_ms, args.device)
         ok &= r["rel_err"] <= TOL and r["value_err"] <= TOL
         line = (f"{batch:>5}  {r['compiled_ms']:>11.2f}  {r['reference_ms']:>12.2f}  "
                 f"{r['reference_ms'] / r['compiled_ms']:>7.1f}x  {r['reference_ms'] / r['after_ms']:>8.1f}x  "
