@@ -13,6 +13,7 @@ fixed, and running out of it is a crash rather than a RecursionError.)
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 import threading
@@ -25,17 +26,20 @@ _inside = threading.local()
 
 def deep(fn):
     """`fn` run on a thread with STACK_BYTES of stack and RECURSION_LIMIT frames (directly
-    when already on one); its result is returned and its exception re-raised here."""
+    when already on one), in a copy of the caller's context (a thread starts with an empty
+    one: the command line's GIVEN_AS was lost there); its result is returned and its
+    exception re-raised here."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         if getattr(_inside, "active", False):
             return fn(*args, **kwargs)
         outcome: dict = {}
+        context = contextvars.copy_context()
 
         def target() -> None:
             _inside.active = True
             try:
-                outcome["value"] = fn(*args, **kwargs)
+                outcome["value"] = context.run(fn, *args, **kwargs)
             except BaseException as e:  # re-raised in the caller's thread
                 outcome["error"] = e
 

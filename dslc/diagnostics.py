@@ -15,6 +15,7 @@ Codes are listed with explanations in docs/errors.md (a test keeps the two in st
 from __future__ import annotations
 
 import difflib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from dslc.reading import read_bounded
@@ -182,3 +183,20 @@ def render_all(diagnostics: list[Diagnostic], sources: SourceCache | None = None
     if errors > 1:
         body += f"\n{errors} errors"
     return body
+
+
+# How a message names a hyper-parameter given from outside the file: the keyword argument of
+# dslc.load that gave it, or, while a command of the command line runs (dslc.cli sets this),
+# its --set flag. A Python caller told "--set widht" had written no flag.
+GIVEN_AS: ContextVar[str] = ContextVar("dslc_hyper_given_as", default="keyword")
+
+
+def given_as(name: str) -> str:
+    """How the caller names hyper-parameter `name` it gave: its --set flag on the command
+    line, else the keyword argument of dslc.load."""
+    return f"--set {name}" if GIVEN_AS.get() == "flag" else f"dslc.load: keyword {name}"
+
+
+def give_as(name: str) -> str:
+    """How the caller gives hyper-parameter `name` a value, for a message that asks for one."""
+    return f"--set {name}=VALUE" if GIVEN_AS.get() == "flag" else f"dslc.load(..., {name}=VALUE)"

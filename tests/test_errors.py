@@ -517,7 +517,7 @@ model m(width: int) {
     output y = x
 }
 """,
-         [("1:9", 'E0232', "hyper-parameter 'width' has no default; give one with --set width=VALUE")]),
+         [("1:9", 'E0232', "hyper-parameter 'width' has no default; give one with dslc.load(..., width=VALUE)")]),
     Case("input_clashes_layer", """\
 model m {
     input x : f32[N, 4]
@@ -923,13 +923,14 @@ model m(width: int = 3, rate: float = 0.5) {
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"widht": 8}, "--set widht: model 'm' has no hyper-parameter 'widht'; did you mean 'width'?"),
-    ({"width": "abc"}, "--set width: hyper-parameter 'width' is int, got the string 'abc'"),
-    ({"width": 2**63}, "--set width: hyper-parameter 'width' is int, got the int 9223372036854775808"),
-    ({"rate": float("nan")}, "--set rate: hyper-parameter 'rate' is float, got the float nan"),
+    ({"widht": 8}, "dslc.load: keyword widht: model 'm' has no hyper-parameter 'widht'; did you mean 'width'?"),
+    ({"width": "abc"}, "dslc.load: keyword width: hyper-parameter 'width' is int, got the string 'abc'"),
+    ({"width": 2**63}, "dslc.load: keyword width: hyper-parameter 'width' is int, got the int 9223372036854775808"),
+    ({"rate": float("nan")}, "dslc.load: keyword rate: hyper-parameter 'rate' is float, got the float nan"),
 ])
 def test_set_mistakes_are_usage_errors(tmp_path, monkeypatch, overrides, message):
-    """A wrong override is the caller's mistake, not the file's: a UsageError (exit status 2)."""
+    """A wrong override is the caller's mistake, not the file's: a UsageError (exit status 2),
+    naming the keyword of dslc.load that gave it (the command line's name its --set flag)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "test.net").write_text(HYPER)
     with pytest.raises(UsageError) as info:
@@ -956,6 +957,19 @@ def test_cli_set_errors(tmp_path):
     assert run.stderr.splitlines() == [
         "dslc: error: --set widht: model 'm' has no hyper-parameter 'widht'; did you mean 'width'?",
         "--set rate: hyper-parameter 'rate' is float, got the string 'fast'"]
+
+
+def test_a_hyper_parameter_without_default_is_asked_for_as_the_caller_gives_it(tmp_path, monkeypatch, capsys):
+    """E0232 says how to give the missing value: dslc.load's keyword from Python, --set from
+    the command line (whose setting ends with the command: a load after it says keyword)."""
+    from dslc.cli import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test.net").write_text("model m(width: int) {\n    input x : f32[N, width]\n    output y = x\n}\n")
+    assert main(["check", "test.net"]) == 1
+    assert "give one with --set width=VALUE" in capsys.readouterr().err
+    with pytest.raises(CompileError) as info:
+        dslc.load("test.net")
+    assert "give one with dslc.load(..., width=VALUE)" in str(info.value.diagnostics[0].message)
 
 
 # ---- model selection and files -------------------------------------------------------------

@@ -113,7 +113,7 @@ def _watched(argv: list[str] | None) -> int:
 
 def _dispatch(argv: list[str] | None) -> int:
     from dslc.cli.stdout import StdoutError
-    from dslc.diagnostics import CliError, CompileError, UsageError
+    from dslc.diagnostics import GIVEN_AS, CliError, CompileError, UsageError
     from dslc.runtime.checkpoint import CheckpointError
     from dslc.runtime.data import DataError
     from dslc.runtime.errors import DeviceError, Interrupted, RankStopped, TrainError
@@ -128,6 +128,7 @@ def _dispatch(argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # what `dslc train --ranks N` passes on
+    given = GIVEN_AS.set("flag")  # a hyper-parameter is given here by --set (its messages say so)
     try:
         return args.run(args)
     except CompileError as e:
@@ -149,3 +150,5 @@ def _dispatch(argv: list[str] | None) -> int:
     except UsageError as e:
         print(f"dslc: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        GIVEN_AS.reset(given)

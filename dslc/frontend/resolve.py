@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dslc.deep import deep
-from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean
+from dslc.diagnostics import CompileError, Diagnostic, Span, UsageError, did_you_mean, give_as, given_as
 from dslc.frontend import ast
 from dslc.frontend.calls import Calls
 from dslc.frontend.check_blocks import check_uncalled
@@ -108,7 +108,7 @@ class Elaborator(Calls):
                 continue
             if f.default is None:
                 self.error(scope, "E0232", f"hyper-parameter '{f.name}' has no default; give one with "
-                           f"--set {f.name}=VALUE", f.span)
+                           f"{give_as(f.name)}", f.span)
                 continue
             try:
                 value = self.tensor_or_value(f.default, scope)
@@ -465,21 +465,24 @@ def _chain_notes(chain):
 @deep
 def elaborate(program: Program, model: str, overrides: dict[str, Any] | None = None) -> Graph:
     """The typed graph of `model`; raises CompileError with every mistake found, and
-    UsageError when `overrides` (--set) name or give a hyper-parameter wrongly."""
+    UsageError when `overrides` (--set, or dslc.load's keywords) name or give a
+    hyper-parameter wrongly."""
     return Elaborator(program).model(program.models[model], overrides or {})
 
 
 def check_overrides(mdef: ast.ModelDef, overrides: dict[str, Any]) -> None:
-    """Every --set of a hyper-parameter names one of the model's, with a value of its type;
-    a mistake is the command line's (UsageError), all of them in one message."""
+    """Every hyper-parameter given from outside (--set, or dslc.load's keywords) names one of
+    the model's, with a value of its type; a mistake is the caller's (UsageError), all of
+    them in one message, each named as it was given (diagnostics.given_as)."""
     declared = {f.name: f.type for f in mdef.formals}
     problems = []
     for key, value in overrides.items():
+        named = given_as(key)
         if key not in declared:
             hint = did_you_mean(key, declared) or (f"'{mdef.name}' takes: {', '.join(sorted(declared))}" if declared
                                                    else f"'{mdef.name}' has no hyper-parameters")
-            problems.append(f"--set {key}: model '{mdef.name}' has no hyper-parameter '{key}'; {hint}")
+            problems.append(f"{named}: model '{mdef.name}' has no hyper-parameter '{key}'; {hint}")
         elif declared[key] in HYPER_TYPES and as_hyper(value, declared[key]) is None:
-            problems.append(f"--set {key}: hyper-parameter '{key}' is {declared[key]}, got {describe(value)}")
+            problems.append(f"{named}: hyper-parameter '{key}' is {declared[key]}, got {describe(value)}")
     if problems:
         raise UsageError("\n".join(problems))
