@@ -41,6 +41,7 @@ raise ValueError on a mismatch instead of reading out of bounds.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
@@ -247,34 +248,52 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 
 @njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
-    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input)."""
+    """dx = the transposed convolution of g by w (the registry's conv2d_grad_input).
+
+    One part (one image: a saliency map's first layer) runs on the calling thread: a parallel
+    loop of one part still starts the threads, 1.45 us on the 2-core EPYC, against the 7.4
+    of small_cnn's 32 -> 1 channel input gradient at 28x28."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
+    o, k = w.shape[0], dx.shape[1] * w.shape[2] * w.shape[3]
+    direct = _is_direct(w.shape[2], w.shape[3], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
+    parts = _plan(workspace, dx.shape[0], k, o, k // groups, g.shape[2], g.shape[3], direct)[0]
+    if parts == 1:
+        _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
+                         np.int64(0))
+        return
+    for p in prange(parts):
+        _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
+                         np.int64(p))
+
+
+@njit(cache=True)
+def _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct, p):
+    """Part p's images of conv2d_grad_input: w^T @ g per block of output rows, then col2im
+    (or straight into dx for a 1x1 convolution, whose col is the image)."""
     n, c = dx.shape[0], dx.shape[1]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     ho, wo = g.shape[2], g.shape[3]
     k, hw = c * kh * kw, ho * wo
     kg, og = k // groups, o // groups
     w2 = w.reshape(o, kg)
-    direct = _is_direct(kh, kw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     parts, rows, cols = _plan(workspace, n, k, o, kg, ho, wo, direct)
-    for p in prange(parts):
-        block = workspace[p, :cols]
-        for i in range(n * p // parts, n * (p + 1) // parts):
-            gi = g[i].reshape(o, hw)
-            if direct:
-                col = dx[i].reshape(k, hw)
-                for grp in range(groups):
-                    gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og],
-                               col[grp * kg:(grp + 1) * kg], True, False, False)
-                continue
-            dx[i][:] = 0
-            for r0 in range(0, ho, rows):
-                r1 = min(ho, r0 + rows)
-                col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-                for grp in range(groups):
-                    gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
-                               col[grp * kg:(grp + 1) * kg], True, False, False)
-                _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+    block = workspace[p, :cols]
+    for i in range(n * p // parts, n * (p + 1) // parts):
+        gi = g[i].reshape(o, hw)
+        if direct:
+            col = dx[i].reshape(k, hw)
+            for grp in range(groups):
+                gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og],
+                           col[grp * kg:(grp + 1) * kg], True, False, False)
+            continue
+        dx[i][:] = 0
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            col = block[:k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+            for grp in range(groups):
+                gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
+                           col[grp * kg:(grp + 1) * kg], True, False, False)
+            _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
 @njit(cache=True, parallel=True)
