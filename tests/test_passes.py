@@ -12,6 +12,7 @@ from dslc.passes.cse import cse
 from dslc.passes.dce import dce
 from dslc.passes.pipeline import PASS_NAMES, optimize
 from dslc.passes.simplify import simplify
+from dslc.objective import objective_graph, parse_of
 from helpers import MODELS
 
 
@@ -65,6 +66,25 @@ def test_simplify_reshape_and_transpose_chains(net):
     assert ops(out) == ["reshape"]
     assert out[out.outputs[1].value].op == "input"
 
+
+
+def test_simplify_drops_the_seed_broadcast_of_a_weighted_objective(net):
+    """grad(of="y[:, 1]") seeds the objective's gradient with ones broadcast to y (expand of 1)
+    times the mask: the product is the mask itself, two kernels fewer at every call. A mean's
+    expand divides by the count, and stays."""
+    m = dslc.load(net("""model m {
+        input x : f32[N, 4]
+        param w : f32[4, 3] = kaiming()
+        output y = x @ w
+        output z = mean(tanh(x @ w))
+    }"""))
+    g = objective_graph(m.graph, parse_of("y[:, 1]"), ["x"])
+    out, _ = dce(simplify(g)[0])
+    assert "expand" in ops(g) and "expand" not in ops(out)
+    check(out)
+    assert max_rel_difference(g, out, *random_bindings(g)) < 1e-6
+    mean = dce(simplify(objective_graph(m.graph, parse_of("z"), ["x"]))[0])[0]
+    assert [n.attr("mean") for n in mean.of_op("expand")] == [True]
 
 SMALL = sorted(p.name for p in MODELS.glob("*.net") if p.stem not in ("alexnet", "vgg16", "resnet18"))
 

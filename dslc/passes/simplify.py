@@ -3,6 +3,8 @@
 Rewrites, each applied only where the result type is unchanged:
     c1 op c2 -> c                 (scalar constants, rounded to the node's dtype)
     x * 1, 1 * x, x / 1 -> x      x + 0, 0 + x, x - 0 -> x      -(-x) -> x
+    x * expand(1), expand(1) * x -> x   (ones broadcast to x's shape: a gradient's seed times a
+                                  weighting, the masks of `grad(of="fc8[:, 3]")`: two kernels)
     reshape(reshape(x)) -> reshape(x)       reshape(x) of x's own shape -> x
     transpose(transpose(x)) -> transpose(x, composed)  (-> x when the composition is the identity)
 x * 0 is deliberately not folded to 0: it would turn NaN and Inf into 0.
@@ -19,7 +21,7 @@ from dslc.passes.rewrite import Ctx, rewrite
 _ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
 X = Pat(name="x")
 _IDENTITIES = (
-    Pat("mul", (X, is_const(1.0))), Pat("mul", (is_const(1.0), X)), Pat("div", (X, is_const(1.0))),
+    Pat("div", (X, is_const(1.0))),
     Pat("add", (X, is_const(0.0))), Pat("add", (is_const(0.0), X)), Pat("sub", (X, is_const(0.0))),
     Pat("neg", (Pat("neg", (X,)),)),
 )
@@ -44,6 +46,11 @@ def _fold(node: Node, ctx: Ctx) -> str | None:
         caps = match(pat, node, ctx.graph)
         if caps and caps["x"].type == node.type:
             return ctx.new(caps["x"].name)
+    if node.op == "mul":
+        a, b = node.inputs
+        for one, x in ((b, a), (a, b)):
+            if _ones(ctx.graph[one], ctx.graph) and ctx.graph[x].type == node.type:
+                return ctx.new(x)
     if node.op == "reshape":
         inner = ctx.graph[node.inputs[0]]
         if inner.type == node.type:
@@ -59,6 +66,14 @@ def _fold(node: Node, ctx: Ctx) -> str | None:
                 return ctx.new(inner.inputs[0])
             return ctx.copy(node, inputs=inner.inputs, attrs=(("perm", composed),))
     return None
+
+
+def _ones(node: Node, graph: Graph) -> bool:
+    """Whether `node` is all ones: the scalar constant 1, or it broadcast by expand (not a
+    mean's, which divides it by the count)."""
+    if node.op == "expand" and not node.attr("mean"):
+        node = graph[node.inputs[0]]
+    return node.op == "const" and node.attr("value") == 1.0
 
 
 def simplify(graph: Graph) -> tuple[Graph, str]:
