@@ -11,7 +11,7 @@ runs it, call after call. The figures are the medians over all the calls, after 
 warm-up call each (the compiled one compiles then). `after ref` is the median of the
 compiled calls that come right after the reference's: on the 2-core EPYC the first took
 2-3 times as long, and the next few 10-30% longer, after any 17 ms of other work, even a
-sleep (the VM's idle core waking, not the reference's temporaries). Until 2026-12-08 the
+sleep (the VM's idle core waking, not the reference's temporaries). Until 486ba70 the
 blocks were five calls of each, so one compiled call in five was such a first call and
 two more were slowed: at batch 1 the median was 10-20% above a loop's. The gradients must
 agree within 1e-4 of their largest entry (exit status 1 otherwise). Both run in this

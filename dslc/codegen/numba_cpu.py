@@ -100,7 +100,7 @@ class Generator(Emitter):
         or (function, arguments) of a generated kernel's call, wrapped where the driver writes it."""
         self.calls.setdefault(kernel.name, []).extend(([f"# {comment}"] if comment else []) + [line])
 
-    def library(self, kernel: Kernel, node, buffers: list[str], relu: bool = False) -> list[str]:
+    def library(self, node, buffers: list[str], relu: bool = False) -> list[str]:
         """The driver's lines calling the library kernel of `node` (an extern, or an epilogue's
         host) on `buffers` (its inputs, then its output): externs.call's, with the table of a
         Winograd pass (externs.weight_table), which winograd.transform_weights fills first: in
@@ -175,7 +175,7 @@ def _emit(gen: Generator, src: Source, k: Kernel) -> bool:
         return False
     if how == "library":
         node = k.nodes[0]  # its own inputs, in order: a kernel's are listed once each (x @ x reads x twice)
-        lines = gen.library(k, node, list(node.inputs + (node.name,)))
+        lines = gen.library(node, list(node.inputs + (node.name,)))
         gen.call(k, lines[0], comment=f"{k.name}: {node.op}, {where(node.span)}")
         for line in lines[1:]:
             gen.call(k, line)

@@ -154,7 +154,7 @@ def elementwise(gen, src, kernel) -> None:
     host = host_of(body)
     if host is not None:  # the library writes the host's value into the output first
         relu = _relu_tail(body, host) and host.op in externs.RELU_LAST
-        for line in gen.library(kernel, host, [kernel.inputs[int(r[1:])] for r in host.inputs] + [out_name], relu):
+        for line in gen.library(host, [kernel.inputs[int(r[1:])] for r in host.inputs] + [out_name], relu):
             gen.call(kernel, line)
         if relu:  # the library kernel applies it: no loop of our own
             return
