@@ -23,6 +23,11 @@ count over its kernels; a multiply-add is two) at the machine's float32 GEMM rat
 measured in the same run with dslc's GEMM on every Numba thread. No implementation of
 this graph can beat it by much, so `best` = reference / floor bounds the speed-up any
 CPU kernels could show against this reference on this machine.
+
+`core trip` is a cache line's round trip between two of Numba's threads, measured at the
+start of each round (benchmarks/core_latency.py): 50-110 ns where this VM's two vCPUs
+share an L3, 310-420 where they do not, and the compiled call's time follows it (small_cnn
+at batch 1: 0.15 ms a call against 0.24 on 2026-12-07, the reference's 3.4-3.6 ms in both).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.core_latency import round_trip_ns
 from benchmarks.train_step import at_least_one, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +55,16 @@ def graph_gflop(compiled, batch: int) -> float:
     return total / 1e9
 
 
-def timed_blocks(fns, rounds: int, seconds: float) -> tuple[list[list[float]], list[list[int]]]:
+def timed_blocks(fns, rounds: int, seconds: float, probe=None) -> tuple[list[list[float]], list[list[int]], list]:
     """Each function's call times in seconds, over `rounds` rounds of calls of each function
-    in turn for `seconds` (at least one call), and the indices of each block's first call."""
+    in turn for `seconds` (at least one call), the indices of each block's first call, and
+    what `probe()` gave at the start of each round (none without one)."""
     times: list[list[float]] = [[] for _ in fns]
     firsts: list[list[int]] = [[] for _ in fns]
+    probes = []
     for _ in range(rounds):
+        if probe is not None:
+            probes.append(probe())
         for fn, spent, first in zip(fns, times, firsts):
             first.append(len(spent))
             end = time.perf_counter() + seconds
@@ -64,7 +74,7 @@ def timed_blocks(fns, rounds: int, seconds: float) -> tuple[list[list[float]], l
                 spent.append(time.perf_counter() - start)
                 if start + spent[-1] >= end:
                     break
-    return times, firsts
+    return times, firsts, probes
 
 
 def measure(batch: int, rounds: int, block_ms: float, device: str, seed: int = 0) -> dict:
@@ -78,16 +88,17 @@ def measure(batch: int, rounds: int, block_ms: float, device: str, seed: int = 0
     value, got = c.grad(params, {"image": x}, **call)
     first = time.perf_counter() - start
     ref_value, want = m.grad(params, {"image": x}, **call)
-    (compiled, reference), (firsts, _) = timed_blocks([lambda: c.grad(params, {"image": x}, **call),
-                                                       lambda: m.grad(params, {"image": x}, **call)],
-                                                      rounds, block_ms / 1e3)
+    (compiled, reference), (firsts, _), trips = timed_blocks(
+        [lambda: c.grad(params, {"image": x}, **call), lambda: m.grad(params, {"image": x}, **call)],
+        rounds, block_ms / 1e3, probe=round_trip_ns if device == "cpu" else None)
     after = [compiled[i] for i in firsts]  # each block's first: right after the reference's calls
     err = float(np.abs(got["image"] - want["image"]).max() / np.abs(want["image"]).max())
     ms = lambda times: 1e3 * float(np.median(times))
     return {"batch": batch, "first_s": first, "compiled_ms": ms(compiled), "after_ms": ms(after),
             "reference_ms": ms(reference), "rel_err": err,
             "value_err": abs(value - ref_value) / max(abs(ref_value), 1e-12),
-            "gflop": graph_gflop(c, batch) if device == "cpu" else None}
+            "gflop": graph_gflop(c, batch) if device == "cpu" else None,
+            "round_trips": [t for t in trips if t is not None]}
 
 
 def positive_ms(text: str) -> float:
@@ -117,12 +128,17 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 1
     sgemm = sgemm_gflops()["dslc"] if args.device == "cpu" else None  # dslc's GEMM, as its kernels run
+    if sgemm:
+        round_trip_ns(100)  # compiles the probe
     print(f"small_cnn: grad of the class-3 score w.r.t. the images, {args.device} vs the NumPy reference "
           f"(medians over {args.rounds} rounds of {args.block_ms:g} ms of calls of each; load average {os.getloadavg()[0]:.1f})")
     if sgemm:
         print(f"floor: the graph's FLOPs at {sgemm:.1f} GFLOP/s (dslc's sgemm, this run); best: reference / floor")
+        print("core trip: a cache line's round trip between two threads at each round's start, median "
+              "(min-max) in ns (benchmarks/core_latency.py)")
     print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'after ref':>9}  "
-          f"{'max rel diff':>12}  {'first call s':>12}" + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}" if sgemm else ""))
+          f"{'max rel diff':>12}  {'first call s':>12}"
+          + (f"  {'GFLOP':>6}  {'floor ms':>8}  {'best':>6}  {'core trip':>13}" if sgemm else ""))
     ok = True
     for batch in args.batch:
         r = measure(batch, args.rounds, args.block_ms, args.device)
@@ -133,6 +149,8 @@ def main(argv=None) -> int:
         if sgemm:
             floor = r["gflop"] / sgemm * 1e3
             line += f"  {r['gflop']:>6.3f}  {floor:>8.2f}  {r['reference_ms'] / floor:>5.1f}x"
+            trips = r["round_trips"]
+            line += f"  {np.median(trips):>4.0f} ({min(trips):.0f}-{max(trips):.0f})" if trips else "  (one thread)"
         print(line)
     if not ok:
         print(f"the compiled gradient differs from the reference's by more than {TOL}", file=sys.stderr)

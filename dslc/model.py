@@ -105,7 +105,7 @@ class Model:
         compiled forward: objective.default_outputs). train=True runs the training-mode graph:
         dropout masks drawn from `seed`, batchnorm on batch statistics (running statistics
         untouched)."""
-        check_call(params, inputs)
+        check_call(params, inputs, frozenset(n.name for n in self.graph.inputs), self.name)
         _check_seed(seed, "forward")
         graph = train_mode.lower(self.graph) if train else self.graph
         names = names_of(outputs, "forward: outputs") if outputs is not None else default_outputs(graph, inputs)
@@ -120,7 +120,7 @@ class Model:
         or the parameters and float inputs named in `wrt` (saliency: wrt=["image"]). `train`:
         training-mode semantics, by default for the loss only. `rules` replaces some ops'
         gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
-        check_call(params, inputs)
+        check_call(params, inputs, frozenset(n.name for n in self.graph.inputs), self.name)
         check_grad_options(rules, train)
         _check_seed(seed, "grad")
         train = (of == "loss") if train is None else train

@@ -72,17 +72,24 @@ def names_of(names: str | Sequence[str], what: str) -> tuple[str, ...]:
     return out
 
 
-def check_call(params, inputs) -> None:
+def check_call(params, inputs, known: frozenset[str], model: str) -> None:
     """A UsageError unless `params` and `inputs` are mappings by name, as every forward, grad
-    and step takes them: `m.params` is None for a model loaded without a checkpoint, and
-    `forward(params, x)` passes one array; each failed in Python's words ('NoneType' object is
-    not iterable, unhashable type: 'numpy.ndarray')."""
+    and step takes them, and each input is one of `known`, model `model`'s inputs: `m.params` is None for
+    a model loaded without a checkpoint, and `forward(params, x)` passes one array; each failed
+    in Python's words ('NoneType' object is not iterable, unhashable type: 'numpy.ndarray'). A
+    misspelt input beside the right one ({"image": x, "lable": y}) was ignored, and the loss
+    it meant to ask for silently left out."""
     if not isinstance(params, Mapping):
         raise UsageError(f"params is a dict of arrays by parameter name (m.init(seed), or m.params of a model "
                          f"loaded with checkpoint=), not {type(params).__name__}")
     if not isinstance(inputs, Mapping):
         raise UsageError(f"inputs is a dict of arrays by input name (e.g. {{'image': x}}), not "
                          f"{type(inputs).__name__}")
+    if not inputs.keys() <= known:
+        name = next(k for k in inputs if k not in known)
+        hint = did_you_mean(name, known) if isinstance(name, str) else None
+        raise UsageError(f"inputs names {name!r}, which is no input of model '{model}' (its inputs: "
+                         f"{', '.join(sorted(known))})" + (f"; {hint}" if hint else ""))
 
 
 def check_grad_options(rules, train) -> None:

@@ -91,6 +91,7 @@ class Compiled:
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
         self._requests: dict[tuple, tuple] = {}  # grad's spelled requests, read (_request)
         self._defaults: tuple = (None, ())  # the last forward's input names and its default outputs
+        self._inputs = frozenset(n.name for n in model.graph.inputs)  # what a call's inputs may name
 
     @property
     def device(self) -> str:
@@ -119,7 +120,7 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
-        check_call(params, inputs)
+        check_call(params, inputs, self._inputs, self.model.name)
         _check_rng(rng, "forward")
         names = names_of(outputs, "forward: outputs") if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
@@ -151,7 +152,7 @@ class Compiled:
         `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation); a
         rule is known by its identity, so define it once: a new lambda at every call compiles
         the request again."""
-        check_call(params, inputs)
+        check_call(params, inputs, self._inputs, self.model.name)
         _check_rng(rng, "grad")
         key, terms, names, train = self._request(of, wrt, train, rules)
         step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
@@ -202,7 +203,7 @@ class Compiled:
         """One training step with the recipe's optimizer (or `optimizer` given to compile, or
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call; returns the loss and metrics of the batch."""
-        check_call(params, inputs)
+        check_call(params, inputs, self._inputs, self.model.name)
         _check_rng(rng, "step")
         if not isinstance(params, MutableMapping):  # else a TypeError at the first assignment, perhaps after the step
             raise UsageError(f"step: params is updated in place, so it is a dict of arrays (m.init(seed), or a "

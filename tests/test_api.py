@@ -550,6 +550,25 @@ def test_params_or_inputs_that_are_not_dicts_are_named(loaded, device):
 
 
 @pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_an_input_the_model_does_not_have_is_named(loaded, device):
+    """An input name the model does not declare ({"image": x, "lable": y}) was ignored in
+    every call: forward left out the loss it was fed the labels for, with no word. Now each
+    call, the front end's too, names it with the model's inputs and the closest of them; an
+    input the model has but the request does not read (labels to a saliency map) is fine."""
+    c, data = loaded.compile(device=device), batch()
+    calls = [c.forward, lambda p, i: c.grad(p, i, of="out[:, 3]"), lambda p, i: c.step(dict(p), i),
+             loaded.forward, lambda p, i: loaded.grad(p, i, of="out[:, 3]")]
+    for call in calls:
+        with pytest.raises(UsageError, match=r"inputs names 'lable', which is no input of model 'digits_cnn' "
+                                             r"\(its inputs: image, label\); did you mean 'label'\?"):
+            call(loaded.params, {"image": data["image"], "lable": data["label"]})
+        with pytest.raises(UsageError, match=r"inputs names 0, which is no input .*label\)$"):
+            call(loaded.params, {0: data["image"]})
+    value, _ = c.grad(loaded.params, data, of="out[:, 3]", wrt="image")
+    close(value, loaded.grad(loaded.params, {"image": data["image"]}, of="out[:, 3]", wrt="image")[0], "objective")
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
 def test_a_weighting_that_is_not_numbers_is_refused(loaded, device):
     """A cotangent of None was cast to NaN (the objective and every gradient NaN), text failed
     as a shape mismatch, and complex numbers lost their imaginary part with only a warning."""
