@@ -214,10 +214,29 @@ def find_checkpoint(path) -> Path:
         raise CheckpointError(f"{path} is a run directory with no checkpoint yet (no best/ or last/): its "
                               "training stopped before the first was saved")
     if path.is_dir():
+        if not any(os.path.lexists(path / name) for name in (STATE, WEIGHTS, OPTIMIZER)):
+            raise CheckpointError(_not_a_checkpoint(path))
         return path
     if not path.exists() and old.is_dir():
         return old
     raise CheckpointError(f"{path}: {'not a checkpoint directory' if path.exists() else 'no checkpoint there'}")
+
+
+def _not_a_checkpoint(path: Path, shown: int = 3) -> str:
+    """What a directory holding none of a checkpoint's files is: the runs directory that
+    `dslc train --out runs/NAME` fills (`init = checkpoint("runs")`), named with the runs it
+    holds, or something else. It was "runs/state.json: missing; the checkpoint is
+    incomplete", as if a save had lost a file."""
+    try:
+        runs = sorted(entry.name for entry in os.scandir(path)
+                      if entry.is_dir() and (saved(Path(entry.path), "best") or saved(Path(entry.path), "last")))
+    except OSError:
+        runs = []
+    if not runs:
+        return f"{path}: not a checkpoint directory (no {STATE}, {WEIGHTS} or {OPTIMIZER})"
+    more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+    return (f"{path} holds runs, not a checkpoint: {', '.join(runs[:shown])}{more}; name one, e.g. "
+            f"{path / runs[0]} (its best checkpoint, else its last)")
 
 
 def _read_state(file: Path) -> dict:

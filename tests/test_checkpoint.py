@@ -208,6 +208,25 @@ def test_missing_checkpoint_and_run_directory_hint(tmp_path):
         C.load_checkpoint(tmp_path / "run" / "best")
 
 
+def test_a_directory_of_runs_or_of_anything_else_is_not_called_an_incomplete_checkpoint(tmp_path):
+    """`init = checkpoint("runs")` named the directory `dslc train --out runs/NAME` fills, and
+    was told "runs/state.json: missing; the checkpoint is incomplete", as if a save had lost
+    a file: it now lists the runs there, and any other directory is no checkpoint."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(C.CheckpointError, match=r"empty: not a checkpoint directory \(no state.json, "):
+        C.load_checkpoint(tmp_path / "empty")
+    for name in ("b", "a", "c", "d"):
+        save(tmp_path / "runs" / name / "last", 1)
+    (tmp_path / "runs" / "notes").mkdir()
+    with pytest.raises(C.CheckpointError, match=r"runs holds runs, not a checkpoint: a, b, c and 1 more; name "
+                                                r"one, e.g. .*runs/a \(its best checkpoint, else its last\)"):
+        C.load_checkpoint(tmp_path / "runs")
+    path = save(tmp_path / "c", 1)
+    (path / "state.json").unlink()  # a checkpoint that lost a file is still said to be incomplete
+    with pytest.raises(C.CheckpointError, match=r"state.json: missing; the checkpoint is incomplete"):
+        C.load_checkpoint(path)
+
+
 @pytest.mark.parametrize("name", ["state.json", "weights.safetensors", "optimizer.safetensors"])
 def test_missing_file_is_named(tmp_path, name):
     path = save(tmp_path / "c", 1)
