@@ -24,8 +24,8 @@ measured in the same run with dslc's GEMM on every Numba thread. No implementati
 this graph can beat it by much, so `best` = reference / floor bounds the speed-up any
 CPU kernels could show against this reference on this machine.
 
-`core trip` is a cache line's round trip between two of Numba's threads, measured at the
-start of each round (benchmarks/core_latency.py): 50-110 ns where this VM's two vCPUs
+`core trip` is a cache line's round trip between two of Numba's threads, measured after
+each round's compiled block (benchmarks/core_latency.py): 50-110 ns where this VM's two vCPUs
 share an L3, 310-420 where they do not, and the compiled call's time follows it (small_cnn
 at batch 1: 0.15 ms a call against 0.24 on 2026-12-07, the reference's 3.4-3.6 ms in both).
 """
@@ -58,14 +58,15 @@ def graph_gflop(compiled, batch: int) -> float:
 def timed_blocks(fns, rounds: int, seconds: float, probe=None) -> tuple[list[list[float]], list[list[int]], list]:
     """Each function's call times in seconds, over `rounds` rounds of calls of each function
     in turn for `seconds` (at least one call), the indices of each block's first call, and
-    what `probe()` gave at the start of each round (none without one)."""
+    what `probe()` gave after each round's first block (none without one): there, so that
+    each first block still follows the last function's block of the round before."""
     times: list[list[float]] = [[] for _ in fns]
     firsts: list[list[int]] = [[] for _ in fns]
     probes = []
     for _ in range(rounds):
-        if probe is not None:
-            probes.append(probe())
-        for fn, spent, first in zip(fns, times, firsts):
+        for i, (fn, spent, first) in enumerate(zip(fns, times, firsts)):
+            if i == 1 and probe is not None:
+                probes.append(probe())
             first.append(len(spent))
             end = time.perf_counter() + seconds
             while True:
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
           f"(medians over {args.rounds} rounds of {args.block_ms:g} ms of calls of each; load average {os.getloadavg()[0]:.1f})")
     if sgemm:
         print(f"floor: the graph's FLOPs at {sgemm:.1f} GFLOP/s (dslc's sgemm, this run); best: reference / floor")
-        print("core trip: a cache line's round trip between two threads at each round's start, median "
+        print("core trip: a cache line's round trip between two threads after each round's compiled calls, median "
               "(min-max) in ns (benchmarks/core_latency.py)")
     print(f"{'batch':>5}  {'compiled ms':>11}  {'reference ms':>12}  {'speed-up':>8}  {'after ref':>9}  "
           f"{'max rel diff':>12}  {'first call s':>12}"
