@@ -171,6 +171,9 @@ def _read_runs(run_dirs: Iterable) -> list[tuple[str, list[dict]]]:
     runs = []
     for d in map(Path, run_dirs):
         if not (d / JSONL).exists():
+            if (d / CONFIG).is_file():  # a run that stopped (a NaN loss, Ctrl-C) before its first epoch ended
+                raise RunError(f"{d}: a run directory with no epoch to plot (no {JSONL}): its training "
+                               "stopped before the first epoch ended")
             raise RunError(f"{d}: no {JSONL}; is it a run directory?")
         runs.append((d.name, read_records(d / JSONL)))
     return runs

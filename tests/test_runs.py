@@ -169,8 +169,12 @@ def test_plot_runs_draws_several_runs(tmp_path):
     out = tmp_path / "compare.png"
     runs.plot_runs([tmp_path / "adam", tmp_path / "sgd"], out)
     assert png_size(out) == (1100, 400) and out.stat().st_size > 10_000
-    with pytest.raises(RunError, match="no metrics.jsonl"):
+    with pytest.raises(RunError, match="missing: no metrics.jsonl; is it a run directory"):
         runs.plot_runs([tmp_path / "missing"], out)
+    (tmp_path / "stopped").mkdir()  # a run whose loss became NaN in its first epoch: config.json alone
+    (tmp_path / "stopped" / "config.json").write_text("{}")
+    with pytest.raises(RunError, match="stopped: a run directory with no epoch to plot .* stopped before the first"):
+        runs.plot_runs([tmp_path / "adam", tmp_path / "stopped"], out)
 
 
 def test_records_need_an_epoch(run):
