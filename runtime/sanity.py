@@ -31,6 +31,9 @@ FAR = 2.5  # the initial loss is "far off" beyond FAR times, or below 1/FAR of, 
 FLOP_BUDGET = 2e10  # forward FLOPs of the host-side sample; a larger model is sampled smaller or not at all
 SAMPLE = 64  # examples in the sample at most
 REG_FACTOR = 10.0  # regularisation is turned up this many times for the second check
+# CS231n's rule when searching hyper-parameters: "if the cost is ever > 3 * original cost,
+# break out early" -- a loss that far above where it started has diverged.
+DIVERGED = 3.0
 
 
 @dataclass
@@ -39,6 +42,20 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     initial_loss: float | None = None
     expected: float | None = None
+    initial_total: float | None = None  # with the regularisation: what the step reports as its loss
+
+
+def diverged(epoch: int, train_loss: float, initial: float | None) -> str | None:
+    """The warning for an epoch whose mean training loss is over DIVERGED times the loss the
+    sanity check measured before training (`initial`, the step's loss: regularisation
+    included), else None. A learning rate far too high makes a run's loss grow by orders of
+    magnitude (digits_mlp at sgd(lr=1e4): 2.9 before training, 2.5e15 over its first epoch), and it went on
+    to its last epoch without a word unless the loss became NaN."""
+    if initial is None or not 0 < initial < math.inf or not train_loss > DIVERGED * initial:
+        return None
+    return (f"epoch {epoch}: the training loss {train_loss:.4g} is over {DIVERGED:g} times its value before "
+            f"training ({initial:.4g}): the run has diverged. The learning rate is likely too high "
+            "(`dslc lr-find` suggests one), or the gradients need clipping (clip = norm(...))")
 
 
 def sample_size(flops_per_example: float, batch: int, available: int) -> int:
@@ -79,7 +96,7 @@ def check(model, feeds: dict[str, np.ndarray], n: int, regularisation: bool = Fa
     with np.errstate(all="ignore"):
         values = reference.evaluate(graph, feeds, params, rng=rng)
     loss, total = float(values[data]), float(values[graph.loss])
-    report.initial_loss = loss
+    report.initial_loss, report.initial_total = loss, total
     op = graph[data].op
     shown = f"initial {op} loss {loss:.4g} on {n} training examples"
     if penalties:

@@ -176,6 +176,7 @@ class Trainer:
             quiet, echo, warn = True, lambda text: None, lambda text: None
         self.model, self.recipe, self.quiet, self.detect, self.echo = model, recipe, quiet, detect_anomaly, echo
         self.options, self.warn = options, warn or (lambda text: print(f"dslc: warning: {text}", file=sys.stderr))
+        self.start_loss: float | None = None  # the sanity check's loss before training (not on a resume)
         if options.tensorboard and not group.rank:
             # a missing extra is said before the data are read and the kernels compiled, and
             # before the run directory is made, or (--force) an old run in it cleared
@@ -458,6 +459,7 @@ class Trainer:
                                   init["path"] if init is not None else None, self.opt.weight_decay,
                                   {k: to_host(v) for k, v in self.params.items()})
             lines, warnings = report.lines, report.warnings
+            self.start_loss = report.initial_total
         if not self.quiet:
             self.echo("sanity checks:\n" + "\n".join(f"  {line}" for line in lines))
         for text in warnings:
@@ -650,6 +652,10 @@ class Trainer:
                    + [f"{SNAPSHOTS}/epoch-{p.epoch:04d}"] * self._snapshot_due(done))
         if not self.quiet:
             self.echo(self._summary(record, improved))
+        warning = sanity.diverged(p.epoch, record["train_loss"], self.start_loss)
+        if warning is not None:
+            self.warn(warning)
+            self.start_loss = None  # said once a run
         if reached:
             self.echo(f"stopping: the training loss {record['train_loss']:.4g} is below {below:g}")
         elif p.stopped:

@@ -106,6 +106,27 @@ def test_train_prints_the_sanity_block_and_warns(tmp_path, capsys):
     assert "dslc: warning: the initial loss" in err
 
 
+def test_a_loss_over_three_times_its_start_is_called_diverged():
+    """CS231n's rule: a loss above 3x where it started has diverged (the sanity check's loss,
+    regularisation included, as the step reports it)."""
+    assert sanity.diverged(2, 6.8, 2.3) is None and sanity.diverged(2, float("nan"), 2.3) is None
+    assert sanity.diverged(1, 1e9, None) is None and sanity.diverged(1, 1e9, float("nan")) is None
+    warning = sanity.diverged(4, 6.91, 2.3)
+    assert warning.startswith("epoch 4: the training loss 6.91 is over 3 times its value before training (2.3)")
+    assert "dslc lr-find" in warning
+
+
+def test_train_warns_once_when_the_loss_diverges_and_not_otherwise(tmp_path, capsys):
+    """A learning rate far too high ran to its last epoch without a word (digits_mlp's loss
+    went from 2.9 to 2.5e15 at sgd(lr=1e4)): the run now says once that it diverged."""
+    code, _, err = run(capsys, "train", write(tmp_path, epochs=3, extra="optimizer = sgd(lr=1e4)"), "--out",
+                       tmp_path / "r", "--quiet", *REF)
+    assert code == 0 and err.count("the run has diverged") == 1 and "epoch 1: the training loss" in err, err
+    code, _, err = run(capsys, "train", write(tmp_path, epochs=3, name="fine.net"), "--out", tmp_path / "f",
+                       "--quiet", *REF)
+    assert code == 0 and "diverged" not in err, err
+
+
 # ---- the per-step log --------------------------------------------------------------------------
 
 def test_every_step_is_logged_and_drawn_under_the_epoch_curves(tmp_path):
