@@ -247,6 +247,21 @@ def test_cifar_python_labels_beyond_int64_are_refused(tmp_path):
                "test_batch")
 
 
+def test_a_cifar_file_of_no_images_is_said_to_hold_none(tmp_path):
+    """A batch of no images was refused as an unsafe pickle (protocol 2 writes its empty data
+    as __builtin__.bytes(), which the unpickler did not know), and an empty binary file as
+    "0 bytes is not a whole number of 3073-byte records", which it is."""
+    _cifar10_py(tmp_path / "py", {"data": np.zeros((0, 3072), np.uint8), "labels": []})
+    _fails(lambda: cifar10(tmp_path / "py"), "a batch of no images (data is [0, 3072])", "test_batch")
+    cifar10_bin(tmp_path / "bin")
+    (tmp_path / "bin" / "test_batch.bin").write_bytes(b"")
+    _fails(lambda: cifar10(tmp_path / "bin"), "an empty file, no images (a CIFAR binary file holds a 3073-byte",
+           "test_batch.bin")
+    for pickled in (b"\x80\x02c__builtin__\nbytes\nK\x05\x85R.", b"\x80\x03cbuiltins\nbytes\nJ\x00\xca\x9a;\x85R."):
+        (tmp_path / "py" / "test_batch").write_bytes(pickled)  # bytes(5), bytes(10**9): refused, not allocated
+        _fails(lambda: cifar10(tmp_path / "py"), "only bytes() of nothing is allowed", "test_batch")
+
+
 def test_cifar_python_meta_without_a_list_of_names_is_ignored(tmp_path):
     # label_names of 5, of an array or of undecodable bytes was a TypeError/ValueError/UnicodeDecodeError
     for names in (5, 1.5, np.arange(10), [None] * 10):

@@ -77,7 +77,10 @@ def _binary(path: Path, label_bytes: int):
     """(uint8 images [N, 3, 32, 32], uint8 labels [N, label_bytes], path) of one binary file."""
     record = label_bytes + _PIXELS
     raw = read_bytes(path, _MOST * record, "a CIFAR binary file")
-    if not raw or len(raw) % record:
+    if not raw:
+        raise DataError(f"an empty file, no images (a CIFAR binary file holds a {record}-byte record per image)",
+                        path)
+    if len(raw) % record:
         raise DataError(f"truncated or not a CIFAR binary file: {len(raw)} bytes is not a whole "
                         f"number of {record}-byte records", path)
     rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
@@ -94,6 +97,8 @@ def _pickled(path: Path, *label_keys: str):
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"data must be a uint8 array [N, {_PIXELS}], got {got}", path)
+    if not len(data):
+        raise DataError(f"a batch of no images (data is [0, {_PIXELS}])", path)
     labels = np.stack([_labels(batch[k], k, len(data), path) for k in label_keys], axis=1)
     return data.reshape(-1, 3, 32, 32), labels, path
 
@@ -190,6 +195,13 @@ def _frombuffer(buf, dtype, shape, order):
     return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order)
 
 
+def _empty_bytes(*args):
+    # how protocol 2 writes b"" (an array of no elements' data): __builtin__.bytes()
+    if args:
+        raise pickle.UnpicklingError("only bytes() of nothing is allowed")
+    return b""
+
+
 def _latin1(text, encoding="latin1"):
     # how Python 3 writes bytes in protocol 2: _codecs.encode(text, "latin1")
     if not isinstance(text, str) or encoding != "latin1":
@@ -203,6 +215,7 @@ _STANDINS = {
     **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
     ("numpy", "ndarray"): None, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
 }
 
 
