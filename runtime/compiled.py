@@ -227,6 +227,7 @@ class Compiled:
         feeds[LR] = np.asarray(opt.lr if lr is None else lr, dtype)
         if STEP in step.graph:
             feeds[STEP] = np.asarray(self._updates + 1, dtype)
+        self._check_fed(("step", opt), feeds)
         out = step(feeds, params, rng)
         self._updates += 1
         for name in [o.name for o in step.graph.outputs if o.kind in ("param", "state")]:
@@ -246,12 +247,18 @@ class Compiled:
 
     def _run(self, key: tuple, feeds: Arrays, params: Arrays, rng) -> dict[str, np.ndarray]:
         """The compiled request `key` run on `feeds` (those its graph reads) and `params`."""
-        step, needed = self._steps[key], self._needs[key]
+        step, needed = self._steps[key], self._check_fed(key, feeds)
+        out = step({k: np.asarray(v) for k, v in feeds.items() if k in needed}, dict(params), rng)
+        return {name: np.array(to_host(v)) for name, v in out.items()}
+
+    def _check_fed(self, key: tuple, feeds: Arrays) -> frozenset:
+        """The names of the inputs request `key`'s graph reads; a UsageError naming those
+        `feeds` lack (a step without its labels named the rate and step count it is fed too)."""
+        needed = self._needs[key]
         if not needed.issubset(feeds):
             missing = sorted(needed - set(feeds))
             raise UsageError(f"model '{self.model.name}': this needs the input(s) {', '.join(missing)}")
-        out = step({k: np.asarray(v) for k, v in feeds.items() if k in needed}, dict(params), rng)
-        return {name: np.array(to_host(v)) for name, v in out.items()}
+        return needed
 
     def __repr__(self) -> str:
         return f"<Compiled {self.model.name} on {self.device}: {len(self._steps)} graphs compiled>"

@@ -569,6 +569,15 @@ def test_an_input_the_model_does_not_have_is_named(loaded, device):
 
 
 @pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_a_step_without_its_labels_names_only_them(loaded, device):
+    """A step fed the images alone was a ValueError listing the feeds given, the rate and step
+    count it adds itself among them ("feeds given: ['image', 'lr', 'step']")."""
+    c = loaded.compile(device=device)
+    with pytest.raises(UsageError, match=r"^model 'digits_cnn': this needs the input\(s\) label$"):
+        c.step(dict(loaded.params), {"image": batch()["image"]})
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
 def test_a_weighting_that_is_not_numbers_is_refused(loaded, device):
     """A cotangent of None was cast to NaN (the objective and every gradient NaN), text failed
     as a shape mismatch, and complex numbers lost their imaginary part with only a warning."""
