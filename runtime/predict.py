@@ -42,8 +42,9 @@ from dslc.runtime.errors import TrainError
 from dslc.runtime.evaluate import Evaluator, as_probabilities
 from dslc.runtime.executor import executor_for
 from dslc.runtime.mc_dropout import mc_probabilities, stochastic_graph
-from dslc.runtime.prepare import (example_shape as fitted_shape, flat_input, layout, layout_target, load_data,
-                                  reads_labels, saved_data_call, shape_hint, split_changed)
+from dslc.runtime.layout import (example_shape as fitted_shape, flat_input, layout, layout_target, reads_labels,
+                                 shape_hint)
+from dslc.runtime.prepare import load_data, saved_data_call, split_changed
 from dslc.runtime.recipes import model_and_recipe
 from dslc.runtime.runs import SNAPSHOTS
 from dslc.runtime.tta import views as tta_views
@@ -219,7 +220,7 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
 def read_input(file, example_shape: tuple[int, ...], as_is: bool = False, flat: bool = False) -> np.ndarray:
     """Examples [n, *example_shape] float32 from a .npy (one example or a batch) or an image
     file (converted to the channels and size of the examples, 0..1). A .npy's examples are
-    brought to `example_shape` by training's rule (prepare.example_shape): of that shape, or
+    brought to `example_shape` by training's rule (layout.example_shape): of that shape, or
     without its unit channel axis ([H, W] for [1, H, W]); for a model whose input is `flat`
     ([D], an MLP), of any shape holding as many numbers. Channels-last images are refused.
     A uint8 .npy is scaled to 0..1 as npz scales its x (tabular.scaled), unless `as_is` (a

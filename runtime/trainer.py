@@ -66,7 +66,8 @@ from dslc.runtime.evaluate import Evaluation, Evaluator
 from dslc.runtime.executor import executor_for
 from dslc.runtime.host import to_host
 from dslc.runtime.mixup import LABEL as MIX_LABEL, mix_feeds, mix_losses
-from dslc.runtime.prepare import digest, layout, load_data, reads_labels, split_changed, subset
+from dslc.runtime.layout import layout, reads_labels
+from dslc.runtime.prepare import digest, load_data, split_changed, subset
 from dslc.runtime.ranks import Follower, coordinated, on_rank0, together
 from dslc.runtime.rng import Streams, stream
 from dslc.runtime.runs import CONFIG, RESULT, SNAPSHOTS, Run, RunError, make_config

@@ -56,7 +56,8 @@ def write(tmp_path, init="", penalty="", epochs=3, extra="optimizer = adam(lr=3e
 
 def _initial(path, n=64, **sets):
     model, recipe = model_and_recipe(path, sets=sets)
-    from dslc.runtime.prepare import layout, load_data
+    from dslc.runtime.layout import layout
+    from dslc.runtime.prepare import load_data
     data = load_data(recipe)
     fit = layout(model, data.train)
     feeds = fit.feeds(data.transform(data.train.x[:n]), data.train.y[:n])

@@ -17,7 +17,7 @@ from dslc.diagnostics import CompileError
 from dslc.runtime.data import DataError, load
 from dslc.runtime.data.datasets import CURVE_FILE, curve, curve_function, make_curve
 from dslc.runtime.data.tabular import csv, npz
-from dslc.runtime.prepare import layout
+from dslc.runtime.layout import layout
 from helpers import MODELS, run_cli
 
 CURVE = MODELS / "curve_mlp.net"

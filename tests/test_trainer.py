@@ -20,7 +20,8 @@ from dslc.runtime.checkpoint import load_checkpoint
 from dslc.runtime.errors import DeviceError, TrainError
 from dslc.runtime.executor import ReferenceExecutor, executor_for
 from dslc.runtime.mixup import mix_feeds, mix_losses
-from dslc.runtime.prepare import layout, load_data, select_classes
+from dslc.runtime.layout import layout
+from dslc.runtime.prepare import load_data, select_classes
 from dslc.runtime.recipes import model_and_recipe, split_sets
 from dslc.runtime.runs import read_records
 from dslc.runtime.trainer import Options, train

@@ -96,7 +96,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from dslc.runtime import predict
-    from dslc.runtime.prepare import reads_labels
+    from dslc.runtime.layout import reads_labels
 
     model = load_model(args)
     ckpt = predict.open_checkpoint(args.checkpoint)

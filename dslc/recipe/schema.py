@@ -342,7 +342,7 @@ def _graph_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors)
 def _crop_check(values: dict, given: dict[str, ast.RecipeEntry], graph, errors) -> None:
     """A crop's images are `size` x `size` (augment.SIZED), and the model reads them as they
     come: `size` must be the H x W of its image input [N, C, H, W]. A flattened input (an
-    MLP's f32[N, 64]) does not say the side: Layout.feeds (runtime/prepare.py) names that
+    MLP's f32[N, 64]) does not say the side: Layout.feeds (runtime/layout.py) names that
     mistake at the first step."""
     images = [n for n in graph.inputs if n.type.is_float and n.type.rank == 4]
     if len(images) != 1 or not all(isinstance(d, int) for d in images[0].type.shape[2:]):
