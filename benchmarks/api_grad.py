@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             floor = r["gflop"] / sgemm * 1e3
             line += f"  {r['gflop']:>6.3f}  {floor:>8.2f}  {r['reference_ms'] / floor:>5.1f}x"
             trips = r["round_trips"]
-            line += f"  {np.median(trips):>4.0f} ({min(trips):.0f}-{max(trips):.0f})" if trips else "  (one thread)"
+            line += f"  {np.median(trips):>4.0f} ({min(trips):.0f}-{max(trips):.0f})" if trips else "  (not measured)"
         print(line)
     if not ok:
         print(f"the compiled gradient differs from the reference's by more than {TOL}", file=sys.stderr)

@@ -20,13 +20,16 @@ minute a figure came from.
 
 The loads and stores are atomic (acquire and release, through llvmlite), so LLVM cannot
 hoist a load out of its wait loop. The two sides are the two iterations of a `prange`,
-which Numba's static schedule gives to two threads; each wait gives up after
-`SPIN_LIMIT` polls (None is returned then: with one thread, both iterations run in turn
-and the first waits forever otherwise).
+which Numba's static schedule gives to two threads. Each side gives up after
+`SPIN_BUDGET` polls in all (half a second or so), and None is returned: the two threads
+were not running at once. Two of Numba's threads on one core take a time slice of the
+scheduler for each pass of the line, minutes for a probe; a process held to one CPU (by
+`taskset`, a cpuset) is not probed at all.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -36,7 +39,10 @@ from dslc.runtime.cpu import kernel_cache  # noqa: F401  (sets the threading up 
 from numba import get_num_threads, njit, prange, types
 from numba.extending import intrinsic
 
-SPIN_LIMIT = 1 << 26  # polls of one wait: about 0.1 s at 2 ns a poll, far beyond any transfer
+# Polls of one side's waits in one probe: about 0.5 s. A poll hits the core's own copy of
+# the line until the other core writes it, so polls run at about two a cycle: 100000 round
+# trips of 80 ns took 2^25 of them.
+SPIN_BUDGET = 1 << 31
 
 
 @intrinsic
@@ -59,37 +65,39 @@ def _store_release(typingctx, flags, value):
 
 
 @njit(inline="always")
-def _wait_for(flags, value):
-    """Whether flags[0] became `value` within SPIN_LIMIT polls."""
-    for _ in range(SPIN_LIMIT):
+def _wait_for(flags, value, budget):
+    """The polls it took for flags[0] to become `value`, or -1 when `budget` polls did not see it."""
+    for spent in range(budget):
         if _load_acquire(flags) == value:
-            return True
-    return False
+            return spent
+    return -1
 
 
 @njit(parallel=True)
 def _ping_pong(flags, rounds, done):
     """`rounds` round trips of flags[0] between the two iterations' threads; done[side] = 1
-    when that side finished them all (0: a wait gave up)."""
+    when that side finished them all within SPIN_BUDGET polls (0: it gave up)."""
     for side in prange(2):
-        ok = True
+        left, spent = SPIN_BUDGET, 0
         for r in range(rounds):
             if side == 0:
                 _store_release(flags, 2 * r + 1)
-                ok = _wait_for(flags, 2 * r + 2)
+                spent = _wait_for(flags, 2 * r + 2, left)
             else:
-                ok = _wait_for(flags, 2 * r + 1)
+                spent = _wait_for(flags, 2 * r + 1, left)
                 _store_release(flags, 2 * r + 2)
-            if not ok:
+            if spent < 0:
                 break
-        done[side] = 1 if ok else 0
+            left -= spent
+        done[side] = 1 if left > 0 and spent >= 0 else 0
 
 
 def round_trip_ns(rounds: int = 20000) -> float | None:
     """Nanoseconds of one round trip of a cache line between two of Numba's threads (the
     whole call over `rounds`: waking the second thread is under 0.1 us a round at 20000);
-    None with fewer than two threads, or when the two sides did not run at once."""
-    if get_num_threads() < 2:
+    None for no rounds, with fewer than two threads or CPUs, or when the two sides did not
+    run at once."""
+    if rounds < 1 or get_num_threads() < 2 or len(os.sched_getaffinity(0)) < 2:  # each thread on a core of its own
         return None
     flags = np.zeros(16, np.int64)  # 128 bytes: the counter alone on its line, wherever it starts
     done = np.zeros(2, np.int64)
@@ -107,8 +115,8 @@ def main(argv=None) -> int:
     round_trip_ns(100)  # compiles
     times = [round_trip_ns(max(1, args.rounds)) for _ in range(max(1, args.samples))]
     if None in times:
-        print("core_latency: needs two of Numba's threads running at once (NUMBA_NUM_THREADS >= 2)",
-              file=sys.stderr)
+        print("core_latency: needs two of Numba's threads running at once, on two CPUs (NUMBA_NUM_THREADS >= 2, "
+              "and no taskset to one CPU)", file=sys.stderr)
         return 1
     print(f"round trip of a cache line between two threads: {' '.join(f'{t:.0f}' for t in times)} ns")
     return 0
