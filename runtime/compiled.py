@@ -4,7 +4,8 @@
     out = c.forward(params, {"image": x})              # declared outputs (+ loss, metrics with labels)
     out = c.forward(params, {"image": x}, outputs=["stage2.conv_bn_relu", "fc8"])  # any named nodes
     value, g = c.grad(params, {"image": x}, of="fc8[:, 3]", wrt=["image"])   # saliency of class 3
-    loss = c.step(params, {"image": x, "label": y})    # one training step; params updated in place
+    loss = c.step(params, {"image": x, "label": y})    # one training step; params updated in place,
+                                                       # with the optimizer's state and count (TAKEN)
 
 Each distinct request (the outputs asked for, the `of` terms and `wrt` names, training or
 inference semantics) builds its graph once and compiles it with the device's executor
@@ -61,6 +62,11 @@ FOLDED = ("conv2d",)
 # and a caller making a new request at every call (a fresh lambda in `rules`, which is keyed
 # by identity as JAX keys a static function) would otherwise keep them all.
 REQUESTS = 32
+# The entry of `params` that `step` keeps its count of steps taken in (Adam's t, for its bias
+# correction), under the optimizer state's reserved prefix: a count per set of parameters,
+# as PyTorch keeps one per parameter in the optimizer's state. It was the Compiled's: two
+# dicts stepped in turn by one compiled model each took the other's steps as their own.
+TAKEN = "opt.step"
 
 
 def _one_call_at_a_time(method):
@@ -85,7 +91,6 @@ class Compiled:
         self.optimizer = optimizer
         self._steps: dict[tuple, Step] = {}  # request -> its compiled Step
         self._needs: dict[tuple, frozenset] = {}  # request -> the names of its graph's inputs
-        self._updates = 0  # training steps taken by `step` (Adam's t)
         self._fold = FOLDED if executor.name != "reference" else ()  # the oracle runs the graph as written
         self._over_examples = over_examples_alone(model.graph)  # batchnorms a step of one example would break
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
@@ -202,7 +207,8 @@ class Compiled:
              rng: np.random.Generator | None = None) -> dict[str, float]:
         """One training step with the recipe's optimizer (or `optimizer` given to compile, or
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
-        first call; returns the loss and metrics of the batch."""
+        first call, and for Adam the count of steps taken (params[TAKEN]); returns the loss and
+        metrics of the batch."""
         check_call(params, inputs, self._inputs, self.model.name)
         _check_rng(rng, "step")
         if not isinstance(params, MutableMapping):  # else a TypeError at the first assignment, perhaps after the step
@@ -215,21 +221,20 @@ class Compiled:
         opt = self.optimizer or recipe_settings(self.model)[0]
         step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
         model = {node.name for node in self.model.graph.params}  # the caller's to give: checked by the step
+        taken = _steps_taken(params)
         for node in step.graph.params:  # optimizer state starts at zero
             if node.name not in params and node.name not in model:
                 params[node.name] = np.zeros(node.type.bind({}), np.dtype(_numpy(node.type.dtype)))
-                # and so does its count of steps (Adam's t): fresh parameters stepped by the same
-                # compiled model after others (m.init(1) after a run from m.init(0)) took their
-                # first step at the old t, without bias correction, 3x Adam's first update
-                self._updates = 0
+                taken = 0  # and so does its count of steps (Adam's t)
         dtype = _numpy(step.graph[LR].type.dtype)
         feeds = dict(inputs)
         feeds[LR] = np.asarray(opt.lr if lr is None else lr, dtype)
         if STEP in step.graph:
-            feeds[STEP] = np.asarray(self._updates + 1, dtype)
+            feeds[STEP] = np.asarray(taken + 1, dtype)
         self._check_fed(("step", opt), feeds)
         out = step(feeds, params, rng)
-        self._updates += 1
+        if STEP in step.graph:
+            params[TAKEN] = np.asarray(taken + 1, np.int64)
         for name in [o.name for o in step.graph.outputs if o.kind in ("param", "state")]:
             params[name] = np.array(to_host(params[name]))  # the caller's copy, not an arena view
         return {name: float(v) for name, v in out.items()}
@@ -274,6 +279,19 @@ def _spelling(of, wrt, train, rules) -> tuple | None:
     if isinstance(wrt, (list, tuple)) and all(isinstance(name, str) for name in wrt):
         return of, tuple(wrt), train
     return None
+
+
+def _steps_taken(params) -> int:
+    """The steps `params` has taken (TAKEN), 0 before the first; a UsageError for a count
+    that is no whole number >= 0."""
+    count = params.get(TAKEN)
+    if count is None:
+        return 0
+    value = np.asarray(count)
+    if value.ndim or value.dtype.kind not in "iu" or value < 0:
+        raise UsageError(f"step: params['{TAKEN}'] is the count of steps taken (Adam's t), a whole number >= 0, "
+                         f"not {count!r}")
+    return int(value)
 
 
 def _check_rng(rng, call: str) -> None:

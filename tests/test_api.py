@@ -610,6 +610,31 @@ def test_fresh_parameters_stepped_after_others_start_adams_count_again(loaded):
 
 
 @pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_two_sets_of_parameters_stepped_in_turn_each_keep_their_own_count(loaded, device):
+    """Adam's t was the compiled model's: two dicts stepped in turn each took the other's
+    steps as their own (their second step at t = 3, their third at 5). Each now counts its
+    own (params['opt.step'], as PyTorch keeps a step per parameter), and matches a dict
+    stepped alone; a count that is no whole number >= 0 is a UsageError."""
+    data = digits()
+    batches = [{"image": data.x[i:i + 6], "label": data.y[i:i + 6]} for i in (0, 6, 12)]
+    c = loaded.compile(device=device)
+    a, b, alone = ({k: v.copy() for k, v in loaded.params.items()} for _ in range(3))
+    for feeds in batches:
+        c.step(a, feeds)
+        c.step(b, feeds)
+    solo = loaded.compile(device=device)
+    for feeds in batches:
+        solo.step(alone, feeds)
+    assert int(a["opt.step"]) == int(b["opt.step"]) == int(alone["opt.step"]) == 3
+    for name in loaded.params:
+        close(a[name], alone[name], name)
+        close(b[name], alone[name], name)
+    for bad in (np.float32(2.0), np.array([1, 2]), -1, "3"):
+        with pytest.raises(UsageError, match=r"params\['opt.step'\] is the count of steps taken"):
+            c.step({**a, "opt.step": bad}, batches[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
 def test_outputs_wrt_and_of_that_are_not_names_are_named(loaded, device):
     """outputs=3 and wrt=3 were TypeErrors ('int' object is not iterable), outputs=[3] and
     of={3: "sum"} TypeErrors from inside the name lookup (unsupported operand type(s) for +)."""
