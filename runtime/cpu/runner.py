@@ -62,7 +62,7 @@ from dslc.kernels.graph import KernelGraph, bindings, float_dtype
 from dslc.ops import registry
 from dslc.kernels.memory_plan import ALIGN, MemoryPlan, aligned, plan
 from dslc.kernels.geometry import default_parts
-from dslc.runtime.cpu.bound_calls import bind as bind_calls, run as run_calls
+from dslc.runtime.cpu.bound_calls import bind as bind_calls, rebind as rebind_calls, run as run_calls
 from dslc.runtime.cpu.build import Report, build
 from dslc.runtime.cpu.collective import COLLECTIVES, check_buckets
 from dslc.runtime.cpu.dropout_masks import fill_mask
@@ -175,7 +175,9 @@ class CompiledGraph:
                     np.copyto(arena, value, casting="same_kind")
         finally:  # the kernels' arguments follow _lent, whatever stopped the loop
             if args is not None:
-                self._args, self._calls = tuple(args), None
+                self._args = tuple(args)
+                if self._calls is not None:  # the entry points kept where the new arrays fit them
+                    self._calls = rebind_calls(self.module.step, self._args, self._calls)
         if not copied:
             self._kept, self._layouts = given, list(map(_LAYOUT, given))
 
