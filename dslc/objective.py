@@ -74,11 +74,11 @@ def names_of(names: str | Sequence[str], what: str) -> tuple[str, ...]:
 
 def check_call(params, inputs, known: frozenset[str], model: str) -> None:
     """A UsageError unless `params` and `inputs` are mappings by name, as every forward, grad
-    and step takes them, and each input is one of `known`, model `model`'s inputs: `m.params` is None for
-    a model loaded without a checkpoint, and `forward(params, x)` passes one array; each failed
-    in Python's words ('NoneType' object is not iterable, unhashable type: 'numpy.ndarray'). A
-    misspelt input beside the right one ({"image": x, "lable": y}) was ignored, and the loss
-    it meant to ask for silently left out."""
+    and step takes them, and each input is one of `known`, the inputs of model `model`.
+    `m.params` is None for a model loaded without a checkpoint, and `forward(params, x)`
+    passes one array: each failed in Python's words ('NoneType' object is not iterable,
+    unhashable type: 'numpy.ndarray'). A misspelt input beside the right one ({"image": x,
+    "lable": y}) was ignored, and the loss it meant to ask for silently left out."""
     if not isinstance(params, Mapping):
         raise UsageError(f"params is a dict of arrays by parameter name (m.init(seed), or m.params of a model "
                          f"loaded with checkpoint=), not {type(params).__name__}")

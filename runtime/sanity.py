@@ -49,8 +49,8 @@ def diverged(epoch: int, train_loss: float, initial: float | None) -> str | None
     """The warning for an epoch whose mean training loss is over DIVERGED times the loss the
     sanity check measured before training (`initial`, the step's loss: regularisation
     included), else None. A learning rate far too high makes a run's loss grow by orders of
-    magnitude (digits_mlp at sgd(lr=1e4): 2.9 before training, 2.5e15 over its first epoch), and it went on
-    to its last epoch without a word unless the loss became NaN."""
+    magnitude (digits_mlp at sgd(lr=1e4): 2.9 before training, 2.5e15 over its first
+    epoch), and the run went on to its last epoch without a word unless the loss became NaN."""
     if initial is None or not 0 < initial < math.inf or not train_loss > DIVERGED * initial:
         return None
     return (f"epoch {epoch}: the training loss {train_loss:.4g} is over {DIVERGED:g} times its value before "
