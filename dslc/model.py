@@ -18,6 +18,7 @@ the generated kernels, and which reads a run's checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Model:
     def __init__(self, program: Program, name: str, graph: Graph, overrides: dict[str, Any]):
         self.program, self.name, self.graph, self.overrides = program, name, graph, overrides
         self.warnings: list = []  # diagnostics of severity "warning" found while loading
+
+    @functools.cached_property
+    def input_names(self) -> frozenset[str]:
+        """The names of the model's inputs: all a call's `inputs` may name (objective.check_call)."""
+        return frozenset(n.name for n in self.graph.inputs)
 
     @property
     def param_specs(self) -> dict[str, ParamSpec]:
@@ -105,7 +111,7 @@ class Model:
         compiled forward: objective.default_outputs). train=True runs the training-mode graph:
         dropout masks drawn from `seed`, batchnorm on batch statistics (running statistics
         untouched)."""
-        check_call(params, inputs, frozenset(n.name for n in self.graph.inputs), self.name)
+        check_call(params, inputs, self.input_names, self.name)
         _check_seed(seed, "forward")
         graph = train_mode.lower(self.graph) if train else self.graph
         names = names_of(outputs, "forward: outputs") if outputs is not None else default_outputs(graph, inputs)
@@ -120,7 +126,7 @@ class Model:
         or the parameters and float inputs named in `wrt` (saliency: wrt=["image"]). `train`:
         training-mode semantics, by default for the loss only. `rules` replaces some ops'
         gradient rules ({"relu": rule}: guided backpropagation), as the compiled grad's do."""
-        check_call(params, inputs, frozenset(n.name for n in self.graph.inputs), self.name)
+        check_call(params, inputs, self.input_names, self.name)
         check_grad_options(rules, train)
         _check_seed(seed, "grad")
         train = (of == "loss") if train is None else train

@@ -96,9 +96,7 @@ class Compiled:
         self._masks: tuple = ((), {})  # the last grad call's (request, terms, input shapes) and mask feeds
         self._requests: dict[tuple, tuple] = {}  # grad's spelled requests, read (_request)
         self._defaults: tuple = (None, ())  # the last forward's input names and its default outputs
-        self._inputs = frozenset(n.name for n in model.graph.inputs)  # what a call's inputs may name
         self._params = frozenset(n.name for n in model.graph.params)  # the caller's to give (step adds the rest)
-        self._recipe_optimizer: Optimizer | None = None  # the recipe's, read at the first step that needs it
         self._states: dict[tuple, tuple] = {}  # step request -> (its state nodes, the names it updates)
 
     @property
@@ -129,7 +127,7 @@ class Compiled:
                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The values of `outputs` (node or output names), by name; by default the declared
         outputs and, when `inputs` hold what they read, the loss and metrics."""
-        check_call(params, inputs, self._inputs, self.model.name)
+        check_call(params, inputs, self.model.input_names, self.model.name)
         _check_rng(rng, "forward")
         names = names_of(outputs, "forward: outputs") if outputs is not None else self._default_outputs(inputs)
         key = ("forward", names, train)
@@ -161,7 +159,7 @@ class Compiled:
         `rules` replaces some ops' gradient rules ({"relu": rule}: guided backpropagation); a
         rule is known by its identity, so define it once: a new lambda at every call compiles
         the request again."""
-        check_call(params, inputs, self._inputs, self.model.name)
+        check_call(params, inputs, self.model.input_names, self.model.name)
         _check_rng(rng, "grad")
         key, terms, names, train = self._request(of, wrt, train, rules)
         step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
@@ -213,7 +211,7 @@ class Compiled:
         plain SGD): updates `params` in place, adding the optimizer's state (zeros) on the
         first call, and for Adam the count of steps taken (params[TAKEN]); returns the loss and
         metrics of the batch."""
-        check_call(params, inputs, self._inputs, self.model.name)
+        check_call(params, inputs, self.model.input_names, self.model.name)
         _check_rng(rng, "step")
         if not isinstance(params, MutableMapping):  # else a TypeError at the first assignment, perhaps after the step
             raise UsageError(f"step: params is updated in place, so it is a dict of arrays (m.init(seed), or a "
@@ -222,7 +220,7 @@ class Compiled:
                                    and 0 <= lr < np.inf):
             raise UsageError(f"step: lr is a finite number >= 0 (as PyTorch's optimizers take it), not {lr!r}")
         self._check_batch_statistics(inputs)
-        opt = self.optimizer or self._default_optimizer()
+        opt = self.optimizer or self._recipe_optimizer
         step = self._compiled(("step", opt), lambda: build(self.model, "train_step", opt))
         states, updated = self._step_state(("step", opt), step.graph)
         taken = _steps_taken(params)
@@ -243,12 +241,11 @@ class Compiled:
             params[name] = np.array(to_host(params[name]))  # the caller's copy, not an arena view
         return {name: float(v) for name, v in out.items()}
 
-    def _default_optimizer(self) -> Optimizer:
+    @functools.cached_property
+    def _recipe_optimizer(self) -> Optimizer:
         """The model's recipe's optimizer, read once: reading the recipe again at each step
         took 100 of a 1 ms step of small_cnn at batch 1."""
-        if self._recipe_optimizer is None:
-            self._recipe_optimizer = recipe_settings(self.model)[0]
-        return self._recipe_optimizer
+        return recipe_settings(self.model)[0]
 
     def _step_state(self, key: tuple, graph: Graph) -> tuple:
         """(the optimizer state nodes of step request `key`'s graph, the names of the

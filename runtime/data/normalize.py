@@ -7,9 +7,10 @@
     none         x' = x
 
 The examples are in the model input's layout when they are fitted (runtime/prepare.py
-brings them to it first, by runtime/layout.py's rule: grey images stored [N, H, W] become [N, 1, H, W], one channel, not
-H rows). For a flat model input (an MLP) they keep the data's layout, [N, C, H, W] images
-or [N, F] features ([N, H, W] again as [N, 1, H, W]), and are flattened only when fed.
+brings them to it first, by runtime/layout.py's rule: grey images stored [N, H, W] become
+[N, 1, H, W], one channel, not H rows). For a flat model input (an MLP) they keep the
+data's layout, [N, C, H, W] images or [N, F] features ([N, H, W] again as [N, 1, H, W]),
+and are flattened only when fed.
 
 Statistics come from the training split (never validation or test data, which would leak
 them); the same dict is applied at evaluation time, so a saved run reproduces its inputs.
