@@ -285,7 +285,10 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
     k = c * kh * kw
-    slot = k * tile_rows(k, *out_hw) * out_hw[1] + o * cg * kh * kw
+    slots = max(1, parts or default_parts())
+    # beside the block: a weight-gradient partial, or with fewer images than slots the
+    # input gradient's partial image (conv.py's _channel_share)
+    slot = k * tile_rows(k, *out_hw) * out_hw[1] + max(o * cg * kh * kw, c * h * w if n < slots else 0)
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     modules = pass_modules(kh, kw, geom, c // cg, c, o)
     if set(modules) == {"strided"}:
@@ -294,4 +297,4 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
         slot = max(slot, phase_slot(c, o, cg, kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], n))
     if "winograd" in modules:
         slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n))
-    return max(1, parts or default_parts()), slot
+    return slots, slot

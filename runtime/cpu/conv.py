@@ -30,11 +30,13 @@ Threads: each kernel is a parallel loop over `parts` (the threads, at most N), p
 taking images [N*p/parts, N*(p+1)/parts) with its own slot of the workspace; its GEMMs
 are single-threaded BLAS calls (dslc/runtime/cpu/blas.py). The weight gradient sums
 each part's images into the part's own partial, then adds the partials in part order,
-so the result does not depend on which thread ran first. A 1x1 convolution with stride
+so the result does not depend on which thread ran first. With fewer images than slots
+the input gradient splits each image's sum over channels among the slots instead, and
+adds their partial images the same way (conv2d_grad_input). A 1x1 convolution with stride
 1 and no padding needs no im2col: x_i itself is col.
 
-The workspace is [parts, slot]: one row per part holding [col block | dW partial]
-(`workspace_shape`); a slot sized for the largest convolution serves them all. The
+The workspace is [parts, slot]: one row per part holding [col block | dW partial, or the
+input gradient's partial image] (`workspace_shape`); a slot sized for the largest convolution serves them all. The
 number of parts comes from the workspace, not from Numba's thread count (reading that
 inside a kernel keeps Numba from caching it). Kernels check the geometry against the array shapes and
 raise ValueError on a mismatch instead of reading out of bounds.
@@ -50,6 +52,9 @@ from dslc.runtime.cpu.lanes import u64
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
+# rows of col (C*kh*kw) below which a part's share of the input gradient is _weighted_rows'
+# loops, not sgemm, whose packing pays from about 16 rows (few_rows.py)
+FEW_PRODUCTS = 16
 
 
 @njit(cache=True, inline="always")
@@ -250,14 +255,30 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
 def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """dx = the transposed convolution of g by w (the registry's conv2d_grad_input).
 
-    One part (one image: a saliency map's first layer) runs on the calling thread: a parallel
-    loop of one part still starts the threads, 1.45 us on the 2-core EPYC, against the 7.4
-    of small_cnn's 32 -> 1 channel input gradient at 28x28."""
+    With fewer images than slots (a saliency map's first layer: one image, 32 -> 1
+    channels), each image's sum over g's channels is split instead (_channel_share): part p
+    takes a run of the channels into a partial dx of its own, and the partials are added in
+    part order. Each thread then reads only the channels of g it wrote itself in the
+    backward before (a max pool's, split by planes). Read whole by one thread, half of g
+    came from the other core, and that core's next write of it had to take the lines back.
+    Timed in small_cnn's saliency gradient at batch 1, old and new alternately in one
+    process (2026-12-07): where the EPYC's two vCPUs sat apart (a cache line's round trip
+    310-420 ns) the step took 197 us against 222, the max pool's backward 9.5 against 35.8
+    and this gradient 12.4 against 11.5; where they shared a cache (50-110 ns) 139 against
+    138. On one thread the parts run in turn: 12.5 us against 7.1 (the step 207 against 202)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
-    o, k = w.shape[0], dx.shape[1] * w.shape[2] * w.shape[3]
+    n, o, k = dx.shape[0], w.shape[0], dx.shape[1] * w.shape[2] * w.shape[3]
     direct = _is_direct(w.shape[2], w.shape[3], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
-    parts = _plan(workspace, dx.shape[0], k, o, k // groups, g.shape[2], g.shape[3], direct)[0]
-    if parts == 1:
+    parts, rows, cols = _plan(workspace, n, k, o, k // groups, g.shape[2], g.shape[3], direct)
+    slots, plane = workspace.shape[0], dx[0].size
+    if parts < slots and groups == 1 and not direct and o >= 2 * slots and workspace.shape[1] >= cols + plane:
+        for i in range(n):
+            for p in prange(slots):
+                _channel_share(g, w, workspace, i, np.int64(p), slots, rows, cols, dx.shape[1:], stride_h, stride_w,
+                               pad_t, pad_l, dil_h, dil_w)
+            sum_parts(workspace, cols, plane, slots, dx[i].reshape(-1))
+        return
+    if parts == 1:  # a parallel loop of one part still starts the threads (1.45 us on the EPYC)
         _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
                          np.int64(0))
         return
@@ -294,6 +315,58 @@ def _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, g
                 gemm_block(w2[grp * og:(grp + 1) * og], gi[grp * og:(grp + 1) * og, r0 * wo:r1 * wo],
                            col[grp * kg:(grp + 1) * kg], True, False, False)
             _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+
+
+@njit(cache=True, inline="always")
+def _weighted_rows(w2, g, col, o0, o1, at):
+    """col[r, :] = sum over c in [o0, o1) of w2[c, r] * g[c, at:at + n], col [k, n]: w2[o0:o1]^T @ g's
+    block, four channels of g at a time (each row of col loaded and stored once per four).
+    Not sgemm, nor taps.tap_sums: run on both threads at once right after small_cnn's first
+    max pool backward, where the EPYC's vCPUs sat apart, either left that backward taking
+    19.7-28.9 us against 7.7 after these loops (7.6 alone), for reasons not found (both read
+    only the part's own channels of g, as these loops do)."""
+    k, n = col.shape
+    for r in range(k):
+        for j in range(u64(n)):
+            col[r, j] = 0
+    fours = o0 + (o1 - o0) // 4 * 4
+    for c in range(o0, fours, 4):
+        x0, x1, x2, x3 = g[c], g[c + 1], g[c + 2], g[c + 3]
+        for r in range(k):
+            a0, a1, a2, a3 = w2[c, r], w2[c + 1, r], w2[c + 2, r], w2[c + 3, r]
+            for j in range(u64(n)):
+                col[r, j] += a0 * x0[at + j] + a1 * x1[at + j] + a2 * x2[at + j] + a3 * x3[at + j]
+    for c in range(fours, o1):
+        x0 = g[c]
+        for r in range(k):
+            a0 = w2[c, r]
+            for j in range(u64(n)):
+                col[r, j] += a0 * x0[at + j]
+
+
+@njit(cache=True)
+def _channel_share(g, w, workspace, i, p, slots, rows, cols, dx_shape, stride_h, stride_w, pad_t, pad_l, dil_h,
+                   dil_w):
+    """Part p's run of g's channels [o0, o1) of image i's input gradient (ungrouped, not 1x1
+    direct), into the partial dx at workspace[p, cols:]: w[o0:o1]^T @ g per block of output
+    rows, then col2im."""
+    o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = g.shape[2], g.shape[3]
+    c, h, wd = dx_shape
+    k = c * kh * kw
+    o0, o1 = o * p // slots, o * (p + 1) // slots
+    w2 = w.reshape(o, k)
+    gi = g[i].reshape(o, ho * wo)
+    partial = workspace[p, cols:cols + c * h * wd]
+    partial[:] = 0
+    for r0 in range(0, ho, rows):
+        r1 = min(ho, r0 + rows)
+        col = workspace[p, :k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+        if k < FEW_PRODUCTS:
+            _weighted_rows(w2, gi, col, o0, o1, u64(r0 * wo))
+        else:
+            gemm_block(w2[o0:o1], gi[o0:o1, r0 * wo:r1 * wo], col, True, False, False)
+        _col2im(col, partial.reshape(c, h, wd), r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
 @njit(cache=True, parallel=True)
