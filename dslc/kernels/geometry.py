@@ -287,8 +287,8 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     k = c * kh * kw
     slots = max(1, parts or default_parts())
     # beside the block: a weight-gradient partial, or with fewer images than slots the
-    # input gradient's partial image (conv.py's _channel_share)
-    slot = k * tile_rows(k, *out_hw) * out_hw[1] + max(o * cg * kh * kw, c * h * w if n < slots else 0)
+    # input gradient's partial images (conv.py's _channel_share)
+    slot = k * tile_rows(k, *out_hw) * out_hw[1] + max(o * cg * kh * kw, n * c * h * w if n < slots else 0)
     sh, sw, pt, pb, pl, pr, dh, dw = geom
     modules = pass_modules(kh, kw, geom, c // cg, c, o)
     if set(modules) == {"strided"}:

@@ -271,20 +271,22 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
     direct = _is_direct(w.shape[2], w.shape[3], stride_h, stride_w, pad_t, pad_b, pad_l, pad_r)
     parts, rows, cols = _plan(workspace, n, k, o, k // groups, g.shape[2], g.shape[3], direct)
     slots, plane = workspace.shape[0], dx[0].size
-    if parts < slots and groups == 1 and not direct and o >= 2 * slots and workspace.shape[1] >= cols + plane:
-        for i in range(n):
-            for p in prange(slots):
-                _channel_share(g, w, workspace, i, np.int64(p), slots, rows, cols, dx.shape[1:], stride_h, stride_w,
-                               pad_t, pad_l, dil_h, dil_w)
-            sum_parts(workspace, cols, plane, slots, dx[i].reshape(-1))
-        return
-    if parts == 1:  # a parallel loop of one part still starts the threads (1.45 us on the EPYC)
+    split = parts < slots and groups == 1 and not direct and o >= 2 * slots and workspace.shape[1] >= cols + n * plane
+    if parts == 1 and not split:  # a parallel loop of one part still starts the threads (1.45 us on the EPYC)
         _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
                          np.int64(0))
         return
-    for p in prange(parts):
-        _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
-                         np.int64(p))
+    count = slots if split else parts
+    for p in prange(count):  # one loop for both: compiling the kernel took 12.2 s with two, 9.3 with one
+        if split:
+            _channel_share(g, w, workspace, np.int64(p), slots, rows, cols, dx.shape[1:], stride_h, stride_w, pad_t,
+                           pad_l, dil_h, dil_w)
+        else:
+            _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups, workspace, direct,
+                             np.int64(p))
+    if split:
+        for i in range(n):
+            sum_parts(workspace, cols + i * plane, plane, slots, dx[i].reshape(-1))
 
 
 @njit(cache=True)
@@ -345,28 +347,29 @@ def _weighted_rows(w2, g, col, o0, o1, at):
 
 
 @njit(cache=True)
-def _channel_share(g, w, workspace, i, p, slots, rows, cols, dx_shape, stride_h, stride_w, pad_t, pad_l, dil_h,
-                   dil_w):
-    """Part p's run of g's channels [o0, o1) of image i's input gradient (ungrouped, not 1x1
-    direct), into the partial dx at workspace[p, cols:]: w[o0:o1]^T @ g per block of output
-    rows, then col2im."""
+def _channel_share(g, w, workspace, p, slots, rows, cols, dx_shape, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w):
+    """Part p's run of g's channels [o0, o1) of each image's input gradient (ungrouped, not
+    1x1 direct), into partial images at workspace[p, cols:], one after another: w[o0:o1]^T @ g
+    per block of output rows, then col2im."""
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     ho, wo = g.shape[2], g.shape[3]
     c, h, wd = dx_shape
-    k = c * kh * kw
+    k, plane = c * kh * kw, c * h * wd
     o0, o1 = o * p // slots, o * (p + 1) // slots
     w2 = w.reshape(o, k)
-    gi = g[i].reshape(o, ho * wo)
-    partial = workspace[p, cols:cols + c * h * wd]
-    partial[:] = 0
-    for r0 in range(0, ho, rows):
-        r1 = min(ho, r0 + rows)
-        col = workspace[p, :k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-        if k < FEW_PRODUCTS:
-            _weighted_rows(w2, gi, col, o0, o1, u64(r0 * wo))
-        else:
-            gemm_block(w2[o0:o1], gi[o0:o1, r0 * wo:r1 * wo], col, True, False, False)
-        _col2im(col, partial.reshape(c, h, wd), r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
+    for i in range(g.shape[0]):
+        gi = g[i].reshape(o, ho * wo)
+        partial = workspace[p, cols + i * plane:cols + (i + 1) * plane]
+        partial[:] = 0
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            col = workspace[p, :k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
+            if k < FEW_PRODUCTS:
+                _weighted_rows(w2, gi, col, o0, o1, u64(r0 * wo))
+            else:
+                gemm_block(w2[o0:o1], gi[o0:o1, r0 * wo:r1 * wo], col, True, False, False)
+            _col2im(col, partial.reshape(c, h, wd), r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w,
+                    wo)
 
 
 @njit(cache=True, parallel=True)
