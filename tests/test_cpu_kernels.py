@@ -157,7 +157,7 @@ CONV_CASES = [
     (1, 64, 30, 31, 2, 3, 1, 1, 2, 1, False),          # 4 blocks, dilation 2
     # fewer images than parts: the input gradient's sum over channels split (conv._channel_share)
     (1, 4, 9, 9, 8, 3, 1, 2, 2, 1, False),             # 36 rows of col: sgemm
-    (2, 1, 12, 12, 9, 3, 1, 2, 2, 1, True),            # 9 rows: _weighted_rows, runs of 3 channels
+    (2, 1, 12, 12, 9, 3, 1, 2, 2, 1, True),            # 9 rows: few_rows in blocks of 4 and 5, runs of 3 channels
 ]
 # 3x3 stride 1 with at least geometry.WINOGRAD_MIN_CHANNELS in and out: Winograd F(2x2, 3x3)
 WINOGRAD_CASES = [

@@ -48,13 +48,14 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
+from dslc.runtime.cpu.few_rows import FEW_ROWS
 from dslc.runtime.cpu.lanes import u64
 from dslc.kernels.geometry import geometry, workspace_shape  # noqa: F401  (the kernels' sizes, re-exported)
 
 _tile_rows = njit(cache=True)(_geometry.tile_rows)
-# rows of col (C*kh*kw) below which a part's share of the input gradient is _weighted_rows'
-# loops, not sgemm, whose packing pays from about 16 rows (few_rows.py)
-FEW_PRODUCTS = 16
+# rows of col (C*kh*kw) below which a part's share of the input gradient goes to few_rows.py's
+# loops in blocks of FEW_ROWS (_channel_share), not to sgemm, whose packing pays from about 16
+FEW_PRODUCTS = 2 * FEW_ROWS
 
 
 @njit(cache=True, inline="always")
@@ -319,44 +320,30 @@ def _grad_input_part(g, w, dx, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, g
             _col2im(col, dx[i], r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, wo)
 
 
-@njit(cache=True, inline="always")
-def _weighted_rows(w2, g, col, o0, o1, at):
-    """col[r, :] = sum over c in [o0, o1) of w2[c, r] * g[c, at:at + n], col [k, n]: w2[o0:o1]^T @ g's
-    block, four channels of g at a time (each row of col loaded and stored once per four).
-    Not sgemm, nor taps.tap_sums: run on both threads at once right after small_cnn's first
-    max pool backward, where the EPYC's vCPUs sat apart, either left that backward taking
-    19.7-28.9 us against 7.7 after these loops (7.6 alone), for reasons not found (both read
-    only the part's own channels of g, as these loops do)."""
-    k, n = col.shape
-    for r in range(k):
-        for j in range(u64(n)):
-            col[r, j] = 0
-    fours = o0 + (o1 - o0) // 4 * 4
-    for c in range(o0, fours, 4):
-        x0, x1, x2, x3 = g[c], g[c + 1], g[c + 2], g[c + 3]
-        for r in range(k):
-            a0, a1, a2, a3 = w2[c, r], w2[c + 1, r], w2[c + 2, r], w2[c + 3, r]
-            for j in range(u64(n)):
-                col[r, j] += a0 * x0[at + j] + a1 * x1[at + j] + a2 * x2[at + j] + a3 * x3[at + j]
-    for c in range(fours, o1):
-        x0 = g[c]
-        for r in range(k):
-            a0 = w2[c, r]
-            for j in range(u64(n)):
-                col[r, j] += a0 * x0[at + j]
-
-
 @njit(cache=True)
 def _channel_share(g, w, workspace, p, slots, rows, cols, dx_shape, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w):
     """Part p's run of g's channels [o0, o1) of each image's input gradient (ungrouped, not
     1x1 direct), into partial images at workspace[p, cols:], one after another: w[o0:o1]^T @ g
-    per block of output rows, then col2im."""
+    per block of output rows, then col2im.
+
+    The product's rows are the part's weights transposed, so that below FEW_PRODUCTS rows
+    gemm_block gives blocks of at most FEW_ROWS of them to few_rows.py's loops, not to sgemm:
+    run on both threads at once right after small_cnn's first max pool backward, where the
+    EPYC's vCPUs sat apart, sgemm (and taps.tap_sums) left that backward taking 19.7-28.9 us
+    against 7.2 after few_rows (7.4 alone), for reasons not found; all read only the part's
+    own channels of g. few_rows also took 10.2 us for both parts against 10.9 for loops of
+    this module's own (one thread: 9.4 against 11.5)."""
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     ho, wo = g.shape[2], g.shape[3]
     c, h, wd = dx_shape
     k, plane = c * kh * kw, c * h * wd
     o0, o1 = o * p // slots, o * (p + 1) // slots
     w2 = w.reshape(o, k)
+    w_t = np.empty((k, o1 - o0), w.dtype)
+    for r in range(k):
+        for t in range(o1 - o0):
+            w_t[r, t] = w2[o0 + t, r]
+    blocks = -(-k // FEW_ROWS) if k < FEW_PRODUCTS else 1
     for i in range(g.shape[0]):
         gi = g[i].reshape(o, ho * wo)
         partial = workspace[p, cols + i * plane:cols + (i + 1) * plane]
@@ -364,10 +351,9 @@ def _channel_share(g, w, workspace, p, slots, rows, cols, dx_shape, stride_h, st
         for r0 in range(0, ho, rows):
             r1 = min(ho, r0 + rows)
             col = workspace[p, :k * (r1 - r0) * wo].reshape(k, (r1 - r0) * wo)
-            if k < FEW_PRODUCTS:
-                _weighted_rows(w2, gi, col, o0, o1, u64(r0 * wo))
-            else:
-                gemm_block(w2[o0:o1], gi[o0:o1, r0 * wo:r1 * wo], col, True, False, False)
+            for b in range(blocks):
+                lo, hi = k * b // blocks, k * (b + 1) // blocks
+                gemm_block(w_t[lo:hi], gi[o0:o1, r0 * wo:r1 * wo], col[lo:hi], False, False, False)
             _col2im(col, partial.reshape(c, h, wd), r0, r1, kh, kw, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w,
                     wo)
 
