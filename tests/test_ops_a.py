@@ -422,8 +422,9 @@ def test_pow_gradient_at_base_zero_is_torchs(net, device):
 @needs_torch
 @pytest.mark.parametrize("device", ["reference", "cpu"])
 def test_floor_div_is_exact_for_integers_and_pythons_for_floats(net, device):
-    """Integers divide exactly (2^53 + 3 is no double), flooring (-7 // 2 is -4), and x // 0 is
-    0 as in NumPy; floats as Python and PyTorch divide: 7.0 // 0.1 is 69, though 7.0 / 0.1 is 70.0."""
+    """Integers divide exactly (2^53 + 3 is no double), flooring (-7 // 2 is -4), x // 0 is 0
+    and -2^63 // -1 wraps to -2^63 as in NumPy (the compiled // gave 0); floats as Python and
+    PyTorch divide: 7.0 // 0.1 is 69, though 7.0 / 0.1 is 70.0, and 2.5 // -1.0 is -3.0."""
     c = dslc.load(net("""
 model m {
     input i : i64[N]
@@ -435,10 +436,11 @@ model m {
     output r = x // y
 }
 """)).compile(device)
-    i, j = [2 ** 53 + 3, -7, 7, -7, 5, 0], [2, 2, -2, -2, 0, 3]
-    x, y = [7.0, -7.0, 1.0, 7.5, 0.3, -0.0], [0.1, 2.0, 0.0, -2.0, 0.1, 5.0]
+    i, j = [2 ** 53 + 3, -7, 7, -7, 5, 0, -2 ** 63, 9], [2, 2, -2, -2, 0, 3, -1, -1]
+    x, y = [7.0, -7.0, 1.0, 7.5, 0.3, -0.0, 2.5, 0.0], [0.1, 2.0, 0.0, -2.0, 0.1, 5.0, -1.0, -1.0]
     got = c.forward({}, {"i": np.array(i), "j": np.array(j), "x": np.array(x), "y": np.array(y)})
-    assert got["q"].tolist() == [a // b if b else 0 for a, b in zip(i, j)]
+    wrap = lambda v: (v + 2 ** 63) % 2 ** 64 - 2 ** 63  # into int64, as NumPy's // wraps
+    assert got["q"].tolist() == [wrap(a // b) if b else 0 for a, b in zip(i, j)]
     assert got["h"].tolist() == [a // 2 for a in i]
     want = torch.div(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64), rounding_mode="floor")
     np.testing.assert_array_equal(got["r"], want.numpy())

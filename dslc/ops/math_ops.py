@@ -151,8 +151,9 @@ _binary("pow_deriv_exponent", "x^y ln x, 0 where x = 0 and y >= 0", _pow_deriv_e
 
 
 def _floor_div_ref(x, y):
-    # NumPy's //: exact for integers, whose x // 0 is 0 (NumPy's value; its warning is not wanted)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # NumPy's //: exact for integers, whose x // 0 is 0 and -2^63 // -1 wraps to -2^63 (NumPy's
+    # values; its warnings are not wanted)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.floor_divide(x, y).astype(np.result_type(x, y))
 
 
@@ -164,10 +165,14 @@ _D = "(({0} - fmod({0}, {1})) / {1} - ((fmod({0}, {1}) != 0.0 && ({1} < 0.0) != 
 _FLOOR_DIV_CUDA = f"({{1}} == 0.0 ? {{0}} / {{1}} : floor({_D}) + ({_D} - floor({_D}) > 0.5 ? 1.0 : 0.0))"
 
 # Piecewise constant: its derivative is 0 wherever it exists, so no gradient flows through it.
+# On the CPU x // -1 is -x // 1: the most negative integer's quotient by -1 does not fit, and
+# NumPy's wraps to that integer, where Numba's // gave 0; for floats -x // 1 is x // -1 bit
+# for bit (x / -1 is -x exactly; a signed zero, NaN and infinity come out alike).
 _binary("floor_div", "floor(x / y)  (written x // y)", _floor_div_ref, lambda b, n, g: (None, None),
-        Scalar("{0} // {1}", _FLOOR_DIV_CUDA), flops=2, domain="positive",
+        Scalar("((-({0})) // 1 if {1} == -1 else {0} // {1})", _FLOOR_DIV_CUDA), flops=2, domain="positive",
         doc="Rounds towards minus infinity, as Python's //: -7.0 // 2 is -4. Exact for integer tensors, where "
-            "x // 0 is 0 (as NumPy's). No gradient flows through it.")
+            "x // 0 is 0 and the most negative integer // -1 is itself (as NumPy's, wrapping). No gradient "
+            "flows through it.")
 
 
 # d max(x, y)/dx: 1 where x wins, 0.5 at a tie (the gradient split evenly, as PyTorch does).
