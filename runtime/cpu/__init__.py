@@ -54,11 +54,11 @@ after the last one, 15-26 us from 80 us on); on the Xeon 3000 spun 45 us and 100
 and waking a worker there cost 40-50 us. At 3000 the Xeon's worker slept between two
 saliency gradients of small_cnn at batch 1: 0.28-0.45 ms a call
 against 0.26-0.35 at 10000, alternated run by run (benchmarks/api_grad.py). Training
-steps ran as fast or faster (benchmarks/train_step.py: small_cnn 14.1 -> 11.0 ms, mlp
-3.3 -> 3.5, lenet5 3.9 -> 3.8), and so did the test suite, two processes on the two
-cores (9:56 and 10:43 at 3000, 9:47 at 10000). A worker still sleeps between epochs and
-while the trainer evaluates or saves. libgomp reads both once, when it is
-loaded, so they are set below before Numba is imported (a user's values win), and
+steps were no slower beyond the noise (benchmarks/train_step.py, one run each: small_cnn
+14.1 -> 11.0 ms, mlp 3.3 -> 3.5, lenet5 3.9 -> 3.8), nor was the test suite, two
+processes on the two cores (9:56 and 10:43 at 3000, 9:47 at 10000). A worker still
+sleeps between epochs and while the trainer evaluates or saves. libgomp reads both once,
+when it is loaded, so they are set below before Numba is imported (a user's values win), and
 `openmp_env` gives them to the processes dslc starts (search trials, MPI ranks).
 """
 from __future__ import annotations
