@@ -48,17 +48,17 @@ per parallel loop, though, to wake them for the next kernel, a step's Python gap
 first, long enough to catch the next kernel of a step and the next call of the compiled
 API, whose Python between two calls (copying the feeds in and the gradient out,
 comparing what the prologue reads) is 30-40 us on the 2-core EPYC and 45-65 on the
-2-core Xeon (2.3 GHz, Python twice as slow). A spin count is iterations, not time: 1000
-spun 25-30 us on the EPYC and 3000 70-80 (an empty parallel loop took 1.5 us up to 60 us
-after the last one, 15-26 us from 80 us on); on the Xeon 3000 spun 45 us and 10000 170,
-and waking a worker there cost 40-50 us. At 3000 the Xeon's worker slept between two
-saliency gradients of small_cnn at batch 1: 0.28-0.45 ms a call
-against 0.26-0.35 at 10000, alternated run by run (benchmarks/api_grad.py). Training
-steps were no slower beyond the noise (benchmarks/train_step.py, one run each: small_cnn
-14.1 -> 11.0 ms, mlp 3.3 -> 3.5, lenet5 3.9 -> 3.8), nor was the test suite, two
-processes on the two cores (9:56 and 10:43 at 3000, 9:47 at 10000). A worker still
-sleeps between epochs and while the trainer evaluates or saves. libgomp reads both once,
-when it is loaded, so they are set below before Numba is imported (a user's values win), and
+2-core Xeon (2.3 GHz, Python about 1.7 times as slow). A spin count is iterations, not
+time: 1000 spun 25-30 us on the EPYC and 3000 70-80 (an empty parallel loop took 1.5 us
+up to 60 us after the last one, 15-26 us from 80 us on); on the Xeon 3000 spun 45 us and
+10000 170, and waking a worker there cost 40-50 us. At 3000 the Xeon's worker slept
+between two saliency gradients of small_cnn at batch 1: 0.28-0.45 ms a call against
+0.26-0.35 at 10000, alternated run by run (benchmarks/api_grad.py). Training steps were
+no slower beyond the noise (benchmarks/train_step.py, one run each: small_cnn 14.1 ->
+11.0 ms, mlp 3.3 -> 3.5, lenet5 3.9 -> 3.8), nor was the test suite, two processes on the
+two cores (9:56 and 10:43 at 3000, 9:47 at 10000). A worker still sleeps between epochs
+and while the trainer evaluates or saves. libgomp reads both once, when it is loaded, so
+they are set below before Numba is imported (a user's values win), and
 `openmp_env` gives them to the processes dslc starts (search trials, MPI ranks).
 """
 from __future__ import annotations
