@@ -60,10 +60,18 @@ def _optimiser(p: argparse.ArgumentParser, steps: int, lr: float, jitter: int = 
     p.add_argument("--seed", type=seed, default=0, help="seed of the start and the jitter (default: 0)")
 
 
+def _method(name: str):
+    """The command `name` of explain_run.py, imported when it runs: the methods bring in the
+    explain package, the objectives and the op registry, 80 ms of every other command's start
+    (`dslc --help` included) when they were imported to build the parser."""
+    def method(args) -> int:
+        from dslc.cli import explain_run
+        return getattr(explain_run, name)(args)
+    return method
+
+
 def register(verbs) -> None:
     """Add `explain` and its methods to the CLI's subparsers."""
-    from dslc.cli import explain_run as run
-
     p = verb(verbs, "explain", "see what a trained network learned: saliency, classviz, adversarial, style ...",
              "Pictures of what a trained classifier computes, from its run's checkpoint, on the compiled "
              "executor: filters, activations, neighbors, embed, occlusion, saliency, classviz, adversarial, "
@@ -83,14 +91,14 @@ def register(verbs) -> None:
              f"  dslc explain filters {M} --checkpoint {RUN} -o filters.png")
     _common(q, "filters", examples=False)
     q.add_argument("--layer", help="a convolution's label (default: the first convolution)")
-    q.set_defaults(run=run.cmd_filters)
+    q.set_defaults(run=_method("cmd_filters"))
 
     q = verb(methods, "activations", "a layer's feature maps for an input",
              "Draw each channel of a layer's values for each example (a dense layer as one square map).",
              f"  dslc explain activations {M} --checkpoint {RUN} --index 0 --layer conv1")
     _common(q, "activations", layer="conv1")
     q.add_argument("--channels", type=count, default=16, help="channels drawn per example (default: 16)")
-    q.set_defaults(run=run.cmd_activations)
+    q.set_defaults(run=_method("cmd_activations"))
 
     q = verb(methods, "neighbors", "nearest training images in a layer's feature space, and in pixel space",
              "For each example, the k training images nearest to it in a layer's features (Euclidean), and "
@@ -100,7 +108,7 @@ def register(verbs) -> None:
     q.add_argument("-k", type=count, default=5, help="neighbours per example (default: 5)")
     q.add_argument("--limit", type=count, default=5000,
                    help="search the first LIMIT training images at most (default: 5000)")
-    q.set_defaults(run=run.cmd_neighbors)
+    q.set_defaults(run=_method("cmd_neighbors"))
 
     q = verb(methods, "embed", "a 2-D map of a layer's features (t-SNE or PCA, scikit-learn)",
              "Place a few hundred examples of a split on a plane by their features at a layer, with "
@@ -112,7 +120,7 @@ def register(verbs) -> None:
     q.add_argument("--split", choices=("test", "val", "train"), default="test", help="(default: test)")
     q.add_argument("--as", dest="as_name", metavar="NAME", help="the recipe whose data to read")
     q.add_argument("--seed", type=seed, default=0, help="t-SNE's seed (default: 0)")
-    q.set_defaults(run=run.cmd_embed)
+    q.set_defaults(run=_method("cmd_embed"))
 
     q = verb(methods, "occlusion", "the class probability as a grey patch slides over the image",
              "A heat map, of the image's size, of the probability of the class (default: the predicted one) "
@@ -122,7 +130,7 @@ def register(verbs) -> None:
     q.add_argument("--class", dest="cls", help="the class (number or name; default: each example's predicted)")
     q.add_argument("--patch", type=count, default=3, help="patch side in pixels (default: 3)")
     q.add_argument("--stride", type=count, default=1, help="patch step in pixels (default: 1)")
-    q.set_defaults(run=run.cmd_occlusion)
+    q.set_defaults(run=_method("cmd_occlusion"))
 
     q = verb(methods, "saliency", "the input gradient of the class score (max over channels of |gradient|)",
              "Saliency maps (Simonyan et al. 2014): how much each pixel changes the class score. With "
@@ -133,7 +141,7 @@ def register(verbs) -> None:
     _common(q, "saliency")
     q.add_argument("--class", dest="cls", help="the class (number or name; default: each example's predicted)")
     q.add_argument("--guided", action="store_true", help="guided backpropagation")
-    q.set_defaults(run=run.cmd_saliency)
+    q.set_defaults(run=_method("cmd_saliency"))
 
     q = verb(methods, "classviz", "an image that maximises a class score, by gradient ascent",
              "Class visualisation: start from the mean image and ascend the class score minus an L2 penalty, "
@@ -147,7 +155,7 @@ def register(verbs) -> None:
     q.add_argument("--blur-every", type=steps_apart, default=10, metavar="N",
                    help="blur every N steps, 0 never (default: 10)")
     q.add_argument("--blur-sigma", type=positive, default=0.3, help="blur width in pixels (default: 0.3)")
-    q.set_defaults(run=run.cmd_classviz)
+    q.set_defaults(run=_method("cmd_classviz"))
 
     q = verb(methods, "adversarial", "fast gradient sign method, or an iterative 'fool it into class k'",
              "Without --target: FGSM, every pixel moved --epsilon against the gradient of its class's "
@@ -162,7 +170,7 @@ def register(verbs) -> None:
     q.add_argument("--confidence", type=fraction, default=0.9, help="stop at P(target) above this (default: 0.9)")
     q.add_argument("--steps", type=count, default=200, help="at most this many steps with --target (default: 200)")
     q.add_argument("--lr", type=positive, default=0.05, help="L2 length of each --target step (default: 0.05)")
-    q.set_defaults(run=run.cmd_adversarial)
+    q.set_defaults(run=_method("cmd_adversarial"))
 
     q = verb(methods, "invert", "reconstruct an image from a layer's features (with total variation)",
              "Feature inversion: from noise, find an image whose features at --layer match the example's, "
@@ -172,7 +180,7 @@ def register(verbs) -> None:
     _optimiser(q, 300, 0.05, jitter=0)
     q.add_argument("--tv", type=nonnegative, default=1e-2, help="total-variation weight (default: 1e-2)")
     q.add_argument("--l2", type=nonnegative, default=0.0, help="weight of |x - mean image|^2 (default: 0)")
-    q.set_defaults(run=run.cmd_invert)
+    q.set_defaults(run=_method("cmd_invert"))
 
     q = verb(methods, "dream", "DeepDream: amplify a layer's activations, with octaves and jitter",
              "Gradient ascent on half the squared activations of --layer from the example, in --octaves "
@@ -182,7 +190,7 @@ def register(verbs) -> None:
     _optimiser(q, 30, 0.01)
     q.add_argument("--octaves", type=count, default=2, help="bands of detail, coarse to fine (default: 2)")
     q.add_argument("--octave-scale", type=positive, default=1.4, help="size ratio between octaves (default: 1.4)")
-    q.set_defaults(run=run.cmd_dream)
+    q.set_defaults(run=_method("cmd_dream"))
 
     q = verb(methods, "style", "neural style transfer with Gram matrices at chosen layers",
              "Start from the content example (--image/--input/--index) and minimise a content loss at "
@@ -201,4 +209,4 @@ def register(verbs) -> None:
     q.add_argument("--content-weight", type=nonnegative, default=1.0, help="weight of the content loss (default: 1)")
     q.add_argument("--tv", type=nonnegative, default=1e-3, help="total-variation weight (default: 1e-3)")
     _optimiser(q, 200, 0.02, jitter=0)
-    q.set_defaults(run=run.cmd_style)
+    q.set_defaults(run=_method("cmd_style"))
