@@ -61,10 +61,17 @@ def conv_rows(n, c_in, c_out, h, rng):
     modules = dict(conv=conv, strided=strided, winograd=winograd)  # each pass as dslc's generated code chooses
     forward, grad_input, grad_weight = (modules[m] for m in conv_modules(attrs, (h, h), c_in, c_out))
 
+    def filters(module, flip):
+        """w, and for Winograd its table, transformed at every call as a training step's driver does."""
+        return (w, winograd.table(w, flip)) if module is winograd else (w,)
+
+    def ours_fwd():
+        forward.conv2d_forward(x, *filters(forward, False), None, y, *geo, ws, False)
+
     def ours_step():
-        forward.conv2d_forward(x, w, None, y, *geo, ws, False)
-        grad_input.conv2d_grad_input(g, w, dx, *geo, ws)
-        grad_weight.conv2d_grad_weight(g, x, dw, None, *geo, ws)
+        ours_fwd()
+        grad_input.conv2d_grad_input(g, *filters(grad_input, True), dx, *geo, ws)
+        grad_weight.conv2d_grad_weight(g, x, dw, *geo, ws)
 
     def numpy_step():
         ref("conv2d")(x, w, **attrs)
@@ -82,8 +89,7 @@ def conv_rows(n, c_in, c_out, h, rng):
                                                 [True, True, False])
 
     name = f"conv2d {c_in}->{c_out} {h}x{h}"
-    return [(f"{name} fwd", lambda: forward.conv2d_forward(x, w, None, y, *geo, ws, False),
-             lambda: ref("conv2d")(x, w, **attrs), torch_fwd),
+    return [(f"{name} fwd", ours_fwd, lambda: ref("conv2d")(x, w, **attrs), torch_fwd),
             (f"{name} fwd+bwd", ours_step, numpy_step, torch_step)]
 
 

@@ -90,7 +90,7 @@ CALLS: dict[str, Callable] = {
                                           f".conv2d_grad_input({a[0]}, {a[1]}, {a[-1]}, "
                                           f"{_geom(n, tuple(n.attr('size')))}, workspace)"),
     "conv2d_grad_weight": lambda n, a, s: (f"{_conv(n, s[1][2:], s[1][1], s[0][1], 2)}.conv2d_grad_weight({a[0]}, "
-                                           f"{a[1]}, {a[-1]}, None, {_geom(n, s[1][2:])}, workspace)"),
+                                           f"{a[1]}, {a[-1]}, {_geom(n, s[1][2:])}, workspace)"),
     "maxpool": lambda n, a, s: f"pool.maxpool_forward({a[0]}, {a[-1]}, {_pool(n, s[0][2:], 'maxpool')})",
     "maxpool_grad": lambda n, a, s: (f"pool.maxpool_backward({a[0]}, {a[1]}, {a[-1]}, "
                                      f"{_pool(n, s[1][2:], 'maxpool')}, {n.attr('positive')})"),

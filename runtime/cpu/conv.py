@@ -359,9 +359,9 @@ def _channel_share(g, w, workspace, p, slots, rows, cols, dx_shape, stride_h, st
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace):
-    """dw = sum over images and pixels of g x window^T; db = sum of g over (N, Ho, Wo), or None."""
+def conv2d_grad_weight(g, x, dw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dw = sum over images and pixels of g x window^T. (A bias's gradient is the graph's own
+    sum over (N, Ho, Wo), a generated kernel: dslc/ops/conv.py.)"""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     n, c = x.shape[0], x.shape[1]
     o, kh, kw = dw.shape[0], dw.shape[2], dw.shape[3]
@@ -388,8 +388,6 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
                                partial[grp * og:(grp + 1) * og], False, True, not first)
                 first = False
     sum_parts(workspace, cols, o * kg, parts, dw.reshape(-1))
-    if db is not None:
-        conv2d_grad_bias(g, db)
 
 
 @njit(cache=True)
@@ -400,14 +398,3 @@ def sum_parts(workspace, at, size, parts, out):
     for p in range(1, parts):
         out += workspace[p, at:at + size]
 
-
-@njit(cache=True, parallel=True)
-def conv2d_grad_bias(g, db):
-    """db[o] = sum_{n, i, j} g[n, o, i, j], accumulated in float64; parallel over channels."""
-    flat = g.reshape(g.shape[0], g.shape[1], -1)
-    for o in prange(g.shape[1]):
-        s = 0.0
-        for i in range(g.shape[0]):
-            for j in range(flat.shape[2]):
-                s += flat[i, o, j]
-        db[o] = s

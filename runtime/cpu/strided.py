@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
+from dslc.runtime.cpu.conv import _check, rectify, sum_parts
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
 from dslc.runtime.cpu.taps import OUTS, share, shares, tap_dots, tap_sums
 
@@ -296,9 +296,8 @@ def conv2d_grad_input(g, w, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, 
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace):
-    """dw = the weight gradient; db = sum of g over (N, Ho, Wo), or None."""
+def conv2d_grad_weight(g, x, dw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dw = the weight gradient."""
     lay, parts = _plan(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w,
                        groups, workspace)
     n, c, h, wd = x.shape
@@ -338,5 +337,3 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
                 s += f[at_acc + k * lanes + lane]
             f[at_acc + k] = s
     sum_parts(workspace, at_acc, o * taps, parts, dw.reshape(-1))
-    if db is not None:
-        conv2d_grad_bias(g, db)

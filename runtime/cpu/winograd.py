@@ -82,7 +82,7 @@ from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
 from dslc.runtime.cpu.blas import gemm_block
-from dslc.runtime.cpu.conv import _check, conv2d_grad_bias, rectify, sum_parts
+from dslc.runtime.cpu.conv import _check, rectify, sum_parts
 from dslc.runtime.cpu.lanes import deinterleave, interleave, like, signed_sums, u64
 from dslc.runtime.cpu.taps import OUTS, share, shares, tap_sums
 
@@ -384,6 +384,17 @@ def transform_weights(w, u, flip):
     _weights(w, u, np.bool_(flip), np.int64(0), np.int64(n_p))
 
 
+def table(w: np.ndarray, flip: bool = False) -> np.ndarray:
+    """A new table of w's filters (transform_weights) for conv2d_forward, or with flip for
+    conv2d_grad_input: for callers outside the generated drivers, which fill tables the
+    runner allocates (the tests, benchmarks/kernels.py). It starts as NaN, so that an entry
+    transform_weights failed to write poisons what reads it."""
+    n_p, n_q = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+    u = np.full(_geometry.winograd_table(n_p, n_q), np.nan, w.dtype)
+    transform_weights(w, u, flip)
+    return u
+
+
 @njit(cache=True)
 def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     """Part p's images and output channels (taps.shares) of the Winograd forward (the module
@@ -472,9 +483,8 @@ def _grad_weight_part(g, x, pt, pl, workspace, p):
 
 
 @njit(cache=True, parallel=True)
-def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups,
-                       workspace):
-    """dw = the weight gradient [O, C, 3, 3] for output gradient g; db = sum of g over (N, Ho, Wo), or None."""
+def conv2d_grad_weight(g, x, dw, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
+    """dw = the weight gradient [O, C, 3, 3] for output gradient g."""
     _check(x.shape, dw.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(dw.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, x.shape[1], dw.shape[0])
     c_out, c_in = dw.shape[0], dw.shape[1]
@@ -484,5 +494,3 @@ def conv2d_grad_weight(g, x, dw, db, stride_h, stride_w, pad_t, pad_b, pad_l, pa
     sum_parts(workspace, 0, 16 * c_out * c_in, parts, workspace[0, :16 * c_out * c_in])
     total = workspace[0, :16 * c_out * c_in].reshape(16, c_out, c_in)
     _unweights(total, dw, workspace[0, lay[1]:lay[2]])  # part 0's V region: done with
-    if db is not None:
-        conv2d_grad_bias(g, db)
