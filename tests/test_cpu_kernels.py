@@ -323,6 +323,23 @@ def test_strided_kernels_refuse_what_they_do_not_compute():
     conv.conv2d_forward(x, w, None, y, 1, 1, 2, 2, 2, 2, 2, 2, 1, ws, False)  # conv.py's kernels do
 
 
+@pytest.mark.parametrize("c_in, c_out, modules", [(1, 8, ("strided", "conv", "strided")),
+                                                   (16, 16, ("winograd",) * 3)], ids=["direct", "winograd"])
+def test_the_kernel_benchmark_calls_the_kernels_as_they_are(c_in, c_out, modules):
+    """Every row of benchmarks/kernels.py runs, small, against the library's signatures: its
+    convolution rows called Winograd without the table of transformed filters (one argument
+    short) from when the table was added until 2026-12-08, unnoticed outside the suite."""
+    from benchmarks import kernels
+    attrs = dict(kernel=3, stride=1, pad="same", dilation=1, groups=1)
+    assert geometry.conv_modules(attrs, (8, 8), c_in, c_out) == modules
+    rng = np.random.default_rng(0)
+    rows = (kernels.conv_rows(2, c_in, c_out, 8, rng) + kernels.map_rows(2, 4, 8, rng)
+            + kernels.linear_rows(2, 6, 3, rng) + kernels.loss_rows(2, 3, rng))
+    for _, ours, numpy_step, _ in rows:
+        ours()
+        numpy_step()
+
+
 def test_winograd_refuses_what_it_does_not_compute():
     x, w, y = np.zeros((2, 16, 6, 6)), np.zeros((16, 16, 3, 3)), np.zeros((2, 16, 3, 3))
     ws = np.zeros(conv.workspace_shape(x.shape, w.shape, (6, 6), (1, 1, 1, 1, 1, 1, 1, 1)))
