@@ -6,14 +6,13 @@ softmax with its loss) is a model-independent kernel here, one module per family
 
     blas.py       single-threaded BLAS GEMM on row-major blocks, for kernels that thread themselves
     few_rows.py   products of at most 8 rows (a linear layer at a small batch) that read op(b) in place
-    gemm.py       GEMM with transpose flags, linear forward (+ bias, relu) and backward
-    conv.py       conv2d forward, grad-input, grad-weight, bias grad (im2col + GEMM); workspace sizes
+    gemm.py       GEMM with transpose flags, linear forward (+ bias, relu)
+    conv.py       conv2d forward, grad-input, grad-weight (im2col + GEMM); workspace sizes
     winograd.py   3x3 stride-1 convolutions by Winograd F(2x2, 3x3), same signatures as conv.py's
     strided.py    convolutions computed directly from their input's phase planes (strided; stride-1 forwards)
     taps.py       register-blocked sums over a convolution's taps (strided.py's inner loops)
     lanes.py      explicit-vector passes over runs of a flat array (Winograd's transforms), u64
     pool.py       max/avg pooling and global average pooling, forward and backward
-    batchnorm.py  batchnorm training forward (batch statistics), backward, inference
     softmax.py    softmax, log_softmax, softmax-cross-entropy forward and backward
     runner.py     a generated module bound to one planned arena (CompiledGraph)
     bound_calls.py  a driver's calls bound once to their arguments and compiled entry points

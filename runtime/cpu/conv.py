@@ -1,4 +1,4 @@
-"""conv2d forward, input gradient and weight/bias gradient: im2col + GEMM, one image per thread.
+"""conv2d forward, input gradient and weight gradient: im2col + GEMM, one image per thread.
 
 3x3 stride-1 ungrouped convolutions with enough channels run by Winograd instead
 (dslc/runtime/cpu/winograd.py: the same three entry points); `geometry.uses_winograd`

@@ -16,11 +16,12 @@ a partial product, and the partials are added in part order. Bands of columns wo
 each thread a strided half of every row of b. The parts are as many whatever the threads,
 so the sums are the same bits on one thread as on all (where one thread runs them in turn).
 
-linear's weight is (in, out), so y = x @ W + b; its backward pieces are
-dx = g @ W^T, dW = x^T @ g, db = sum_n g (the registry's `matmul` and `sum`).
+linear's weight is (in, out), so y = x @ W + b. Its backward is no kernel of its own: the
+graph differentiates it into dx = g @ W^T and dW = x^T @ g (`gemm` with transpose flags)
+and db = sum_n g (a generated kernel), as the registry's `matmul` and `sum`.
 
+    gemm(a, b, out, trans_a, trans_b)            # out = op(a) @ op(b)
     linear_forward(x, w, b, y, relu=True)        # y = max(x @ w + b, 0)
-    linear_backward(x, w, g, dx, dw, db)         # any of dx, db may be None
 """
 from __future__ import annotations
 
@@ -131,34 +132,6 @@ def linear_forward(x, w, b, out, relu):
             if b is not None:
                 v += b[j]
             out[i, j] = 0 if relu and v < 0 else v
-
-
-@njit(cache=True)
-def bias_grad(g, db):
-    """db[j] = sum_i g[i, j]: the bias gradient of linear, accumulated in float64.
-
-    Column by column with a scalar accumulator: no temporary array, and a batch of
-    rows (N <= a few hundred) stays in L1 across the columns.
-    """
-    for j in range(g.shape[1]):
-        s = 0.0
-        for i in range(g.shape[0]):
-            s += g[i, j]
-        db[j] = s
-
-
-@njit(cache=True)
-def linear_backward(x, w, g, dx, dw, db):
-    """dx = g @ w^T, dw = x^T @ g, db = sum_n g, for y = x @ w + b.
-
-    dx is None for a layer fed by data (no input gradient wanted); db is None
-    without a bias. A fused relu's mask is applied to g by the caller beforehand.
-    """
-    if dx is not None:
-        gemm(g, w, dx, _no(g), not _no(g))
-    gemm(x, g, dw, not _no(g), _no(g))
-    if db is not None:
-        bias_grad(g, db)
 
 
 @njit(cache=True, parallel=True)

@@ -208,12 +208,3 @@ def global_avgpool_forward(x, out):
         for k in range(size):
             s += flat[t // ch, t % ch, k]
         out[t // ch, t % ch] = s / size
-
-
-@njit(cache=True, parallel=True)
-def global_avgpool_backward(g, dx):
-    """dx[n, c, ...] = g[n, c] / (number of spatial positions)."""
-    flat = dx.reshape(dx.shape[0], dx.shape[1], -1)
-    ch, size = flat.shape[1], flat.shape[2]
-    for t in prange(flat.shape[0] * ch):
-        flat[t // ch, t % ch, :] = g[t // ch, t % ch] / size
