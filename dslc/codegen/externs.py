@@ -153,10 +153,6 @@ HOST_MODULES = ("collective",)
 RELU_LAST = frozenset({"conv2d", "linear"})
 
 
-def has_library(op: str) -> bool:
-    return op in CALLS
-
-
 def call(node, args: list[str], shapes: list[tuple[int, ...]], relu: bool = False,
          table: str | None = None) -> list[str]:
     """The driver's lines running extern `node`: one call, or one per input (stack); for an op
