@@ -119,8 +119,8 @@ def _user_errors(*always: type[BaseException]) -> tuple[type[BaseException], ...
     exception reaches the `except` naming them: a class whose module was never imported was
     never raised, and importing those modules to name their classes took 0.1 s of every
     command, `dslc --help` and a `dslc check` that fails at once included."""
-    return always + tuple(getattr(sys.modules[module], name) for module, name in _IMPORTED_LATE
-                          if module in sys.modules)
+    late = (getattr(sys.modules.get(module), name, None) for module, name in _IMPORTED_LATE)
+    return always + tuple(error for error in late if error is not None)  # None: not imported, or not that far
 
 
 def _dispatch(argv: list[str] | None) -> int:
