@@ -291,12 +291,13 @@ def _plane_starts(at_p, plane):
 
 
 @njit(cache=True)
-def _input_transform(x, at, c_in, h, w, f, lay, tb, base, th, tw, pt, pl):
-    """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of one image (x[at:], [C, H, W])."""
+def _input_transform(x, at, c_in, c0, c1, h, w, f, lay, tb, base, th, tw, pt, pl):
+    """V[xi, c, base + q] = (B^T d B)[xi] of every tile q of channels c0 <= c < c1 of one image
+    (x[at:], [C, H, W])."""
     at_p, at_v, _, plane, _, we = lay
     shifted = we == tw  # no padding tiles: the planes have shifted copies
     ins = _patches(at_p, plane, we, np.int64(shifted))
-    for c in range(c_in):
+    for c in range(c0, c1):
         _split(x, at + c * h * w, h, w, pt, pl, f, at_p, plane, th, we, shifted)
         _data_map(f, th * we, ins, _regions(at_v, c_in, c, tb, base))
 
@@ -414,7 +415,7 @@ def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _input_transform(xf, i * c_in * h * wd, c_in, 0, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
         cols = (i1 - i0) * grid
         for xi in range(16):  # M[xi] = U[xi] @ V[xi]
             tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + first), u64(0),
@@ -453,15 +454,76 @@ def conv2d_forward(x, w, u, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad
 @njit(cache=True, parallel=True)
 def conv2d_grad_input(g, w, u, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, workspace):
     """dx = the transposed convolution of g by w: the forward of g by w flipped, padded 2 - pad
-    (u: the flipped filters' table, transform_weights(w, u, True))."""
+    (u: the flipped filters' table, transform_weights(w, u, True)).
+
+    With fewer images than slots and at least two of g's channels per slot, each image's sum
+    over g's channels is split instead (_channel_part), as conv.py's input gradient does:
+    part p transforms a run of the channels and sums their products into a partial dx of its
+    own, and the partials are added in part order. Each thread then transforms only the
+    channels of g it wrote itself in the backward before (a max pool's, split by planes),
+    where split by output channels each part transformed all of them, half from the other
+    core. Measured on the 2-core Xeon, small_cnn's 64 -> 32 channel input gradient at 14x14
+    and batch 1: each part's transform of all 64 channels had taken 30 of its 55 us, and the
+    pass 66-70 us alone, 53-57 so. In the saliency gradient, old and new alternately in one
+    process (2026-12-08, a fast minute and a slow one): this pass 54 against 63 us and 69
+    against 79, the whole step 203 against 215 and 286 against 290. The partials are added
+    by each part for a run of dx's channels, the planes the max pool's backward after it
+    gives that thread: added by one thread, that backward read half of them from the other
+    core and the step gained nothing (184 against 183)."""
     _check(dx.shape, w.shape, g.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups)
     _require(w.shape, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r, dil_h, dil_w, groups, dx.shape[1], w.shape[0])
-    _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)
+    n, slots, plane = g.shape[0], workspace.shape[0], dx[0].size
+    lay = _plan(g.shape, dx.shape[1], dx.shape[2], dx.shape[3], workspace)[5]
     _check_table(u, w.shape[1], w.shape[0])
-    parts, split = shares(g.shape[0], dx.shape[1], workspace.shape[0])
-    for p in prange(parts):
-        _forward_part(g, u, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(False), workspace, np.int64(p),
-                      np.int64(parts), np.int64(split))
+    split = n < slots and g.shape[1] >= 2 * slots and workspace.shape[1] >= lay[4] + n * plane
+    parts, groups_ = shares(n, dx.shape[1], slots)
+    count = slots if split else parts
+    for p in prange(count):  # one loop for both, as conv.py's (one compile of the loop)
+        if split:
+            _channel_part(g, u, dx, 2 - pad_t, 2 - pad_l, workspace, np.int64(p), np.int64(slots))
+        else:
+            _forward_part(g, u, None, dx, 2 - pad_t, 2 - pad_l, np.bool_(False), workspace, np.int64(p),
+                          np.int64(parts), np.int64(groups_))
+    if split:  # each part adds the partials of a run of dx's channels: those it will read next
+        for p in prange(slots):
+            run, at = _channel_run(dx.shape[1], slots, p, dx[0, 0].size)
+            for i in range(n):
+                sum_parts(workspace, lay[4] + i * plane + at, run, slots, dx[i].reshape(-1)[at:at + run])
+
+
+@njit(cache=True)
+def _channel_run(channels, slots, p, size):
+    """(elements, first element) of part p's run of `channels` planes of `size` elements each."""
+    c0, c1 = channels * p // slots, channels * (p + 1) // slots
+    return (c1 - c0) * size, c0 * size
+
+
+@njit(cache=True)
+def _channel_part(g, u, dx, pt, pl, workspace, p, slots):
+    """Part p's run of g's channels [c0, c1) of the input gradient of every image, into its
+    slot's partial images after the layout (conv2d_grad_input): V of the run's channels,
+    the 16 products over them (taps.tap_sums, a block of OUTS outputs at a time: the table
+    packs each block's weights over all the channels), y = A^T M A."""
+    n, c_in, h, wd = g.shape
+    c_out, ho, wo = dx.shape[1], dx.shape[2], dx.shape[3]
+    th, tw, grid, per, tb, lay, _ = _plan(g.shape, c_out, ho, wo, workspace)
+    c0, c1 = c_in * p // slots, c_in * (p + 1) // slots
+    gf, f, plane = g.reshape(-1), workspace[p], c_out * ho * wo
+    rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
+    for c in range(c_in):
+        rows[c] = c * tb
+    table = _outs(c_out) * c_in  # one U[xi]
+    for i0 in range(0, n, per):
+        i1 = min(n, i0 + per)
+        for i in range(i0, i1):
+            _input_transform(gf, i * c_in * h * wd, c_in, c0, c1, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+        for xi in range(16):
+            for o0 in range(0, c_out, OUTS):
+                tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + o0 * c_in + c0 * OUTS),
+                         u64(c0), u64(lay[2] + (xi * c_out + o0) * tb), u64((i1 - i0) * grid), u64(tb),
+                         u64(min(OUTS, c_out - o0)), u64(c1 - c0))
+        for i in range(i0, i1):
+            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, f, lay[4] + i * plane, ho, wo, None, 0)
 
 
 @njit(cache=True)
@@ -475,7 +537,7 @@ def _grad_weight_part(g, x, pt, pl, workspace, p):
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _input_transform(xf, i * c_in * h * wd, c_in, 0, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
             _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
         cols = (i1 - i0) * grid
         for xi in range(16):
