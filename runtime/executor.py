@@ -47,6 +47,8 @@ class Step(Protocol):
     def __call__(self, feeds: Mapping[str, np.ndarray], params: MutableMapping[str, np.ndarray],
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]: ...
 
+    def again(self, feeds: Mapping[str, np.ndarray], params: MutableMapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
 
 class Executor(Protocol):
     name: str
@@ -66,6 +68,10 @@ class ReferenceStep:
 
     def prepare(self, quiet: bool = False) -> None:
         """Nothing to compile: the references are NumPy."""
+
+    def again(self, feeds, params):
+        """A call like the last (ArenaStep.again): the reference has nothing to skip."""
+        return self(feeds, params)
 
     def __call__(self, feeds, params, rng=None):
         values = reference.evaluate(self.graph, feeds, params, rng or self.rng)
@@ -140,6 +146,15 @@ class ArenaStep:
                 del self.compiled[next(iter(self.compiled))]
             bound = self.bind(self.prepare(), sizes or {"N": 1})
         self.compiled[key] = bound  # (again) the most recently used
+        return self._run(bound, feeds, params, rng)
+
+    def again(self, feeds, params):
+        """A call on feeds of the names, shapes and kinds of dtype of the last call's, with no
+        generator: the last call's arena, found without _sizes and the bound arenas' order
+        (the compiled API's grad called again alike: Compiled.grad)."""
+        return self._run(self.compiled[next(reversed(self.compiled))], feeds, params, None)
+
+    def _run(self, bound, feeds, params, rng):
         bound.load_params(params)  # copies only arrays that are not already the arena's
         out = bound.run(feeds, rng=rng)
         for name, kind in self._updates:

@@ -328,6 +328,49 @@ def test_calls_in_a_row_are_weighted_and_checked_each_afresh(loaded, compiled):
         compiled.grad(loaded.params, {"image": x[:, :, :3]}, of="out[:, 5]", wrt=["image"])
 
 
+def test_a_grad_asked_as_the_last_was_runs_that_step_again_on_what_it_is_given(loaded, monkeypatch):
+    """A grad call spelled as the last one, with inputs of the same names, shapes and dtypes,
+    runs the last call's Step again (Compiled.grad, ArenaStep.again) without deriving the
+    request, the weight feeds and the arena again: it still reads the new image and the
+    parameters as they are now, and names a missing parameter; another dtype, an extra
+    input, a generator or another index go the whole way."""
+    from dslc.runtime.executor import ArenaStep
+    again = []
+    monkeypatch.setattr(ArenaStep, "again", lambda self, *a, _f=ArenaStep.again: again.append(1) or _f(self, *a))
+    compiled = loaded.compile(device="cpu")
+    x = loaded.normalize(batch()["image"]).astype(np.float32)
+    params = {k: v.copy() for k, v in loaded.params.items()}
+    call = dict(of="out[:, 3]", wrt=["image"])
+
+    def check(inputs, what, **options):
+        value, got = compiled.grad(params, inputs, **{**call, **options})
+        want_value, want = loaded.grad(params, inputs, **{**call, "of": options.get("of", call["of"])})
+        close(value, want_value, what)
+        close(got["image"], want["image"], what)
+        return got["image"]
+
+    first = check({"image": x}, "first")
+    assert not again
+    np.testing.assert_array_equal(check({"image": x}, "again"), first)
+    assert len(again) == 1
+    assert not np.allclose(check({"image": x[::-1].copy()}, "other images"), first)
+    params["conv1.conv_bn_relu.conv2d.weight"] *= 2.0  # in place
+    assert not np.allclose(check({"image": x}, "changed in place"), first)
+    assert len(again) == 3
+    for inputs, options in (({"image": x.astype(np.float64)}, {}), ({"image": x, "label": batch()["label"]}, {}),
+                            ({"image": x}, {"rng": np.random.default_rng(0)}), ({"image": x}, {"of": "out[:, 4]"})):
+        check(inputs, f"{sorted(inputs)}, {options}", **options)
+    assert len(again) == 3
+    labelled = {"image": x, "label": batch()["label"]}  # a label is read by no saliency map
+    check(labelled, "with labels")
+    check(labelled, "again with labels")
+    assert len(again) == 4
+    del params["conv1.conv_bn_relu.conv2d.weight"]
+    with pytest.raises(ValueError, match="conv1.conv_bn_relu.conv2d.weight"):
+        compiled.grad(params, labelled, **call)
+    assert len(again) == 5
+
+
 def test_a_saliency_gradient_is_the_same_on_one_thread_as_on_all():
     """With fewer images than threads the kernels split each image's convolutions by output
     channels (taps.shares: small_cnn's strided first layer and its Winograd second, forward
