@@ -115,59 +115,66 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
         xs, ws, os_, ys, total, row, nouts, ntaps = _uints(context, builder, sig, args, 4)
         const = lambda v: ir.Constant(total.type, v)
         blocks = builder.udiv(builder.add(nouts, const(OUTS - 1)), const(OUTS))
-        accs = {}  # lanes -> OUTS accumulators of that width
+        accs = {}  # lanes -> the accumulators of a chunk of that many positions
 
-        def chunk(_, q, lanes):
-            if lanes < OUTS:
-                return across(q, lanes)
-            item, size, kind, fma = _vector_tools(context, builder, dtype, lanes)
-            slots = accs.setdefault(lanes, [cgutils.alloca_once(builder, kind) for _ in range(OUTS)])
-            x_q = builder.add(xs, q)
+        def sums(kind, count, lanes, tap, finish):
+            """For each block of OUTS outputs: `count` accumulators of type `kind` from zero,
+            tap(slots, w_t, off) at each tap (w_t: where the block's weights for the tap start,
+            off: where the tap reads x), then finish(slots, the block's first output)."""
+            slots = accs.setdefault(lanes, [cgutils.alloca_once(builder, kind) for _ in range(count)])
             with cgutils.for_range(builder, blocks) as ob:
                 for acc in slots:
                     builder.store(ir.Constant(kind, None), acc)
                 w_block = builder.add(ws, builder.mul(ob.index, builder.mul(ntaps, const(OUTS))))
                 with cgutils.for_range(builder, ntaps) as t:
                     off = builder.load(element_pointer(builder, od, builder.add(os_, t.index), total.type))
-                    xv = builder.load(element_pointer(builder, xd, builder.add(x_q, off), kind), align=size)
-                    w_t = builder.add(w_block, builder.mul(t.index, const(OUTS)))
-                    for j, acc in enumerate(slots):
-                        wv = splat(builder, builder.load(element_pointer(builder, wd, builder.add(w_t, const(j)), item)),
-                                   lanes)
-                        builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+                    tap(slots, builder.add(w_block, builder.mul(t.index, const(OUTS))), off)
+                finish(slots, builder.mul(ob.index, const(OUTS)))
+
+        def stored(o, at, value, kind, size):
+            """value stored at y[ys + o*row + at] if o is one of the outputs."""
+            with builder.if_then(builder.icmp_unsigned("<", o, nouts)):
+                where = builder.add(builder.add(ys, builder.mul(o, row)), at)
+                builder.store(value, element_pointer(builder, yd, where, kind), align=size)
+
+        def chunk(_, q, lanes):
+            if lanes < OUTS:
+                return across(q, lanes)
+            item, size, kind, fma = _vector_tools(context, builder, dtype, lanes)
+            x_q = builder.add(xs, q)
+
+            def tap(slots, w_t, off):
+                xv = builder.load(element_pointer(builder, xd, builder.add(x_q, off), kind), align=size)
                 for j, acc in enumerate(slots):
-                    o = builder.add(builder.mul(ob.index, const(OUTS)), const(j))
-                    with builder.if_then(builder.icmp_unsigned("<", o, nouts)):
-                        at = builder.add(builder.add(ys, builder.mul(o, row)), q)
-                        builder.store(builder.load(acc), element_pointer(builder, yd, at, kind), align=size)
+                    wv = splat(builder, builder.load(element_pointer(builder, wd, builder.add(w_t, const(j)), item)), lanes)
+                    builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+
+            def finish(slots, first):
+                for j, acc in enumerate(slots):
+                    stored(builder.add(first, const(j)), q, builder.load(acc), kind, size)
+            sums(kind, OUTS, lanes, tap, finish)
 
         def across(q, lanes):
             """Columns q to q + lanes (a row's last few, fewer than OUTS), each as one vector of
             the block's OUTS outputs: per tap one load of the block's weights, and per column one
             value of x broadcast, and one multiply-add."""
             item, size, kind, fma = _vector_tools(context, builder, dtype, OUTS)
-            slots = accs.setdefault(-lanes, [cgutils.alloca_once(builder, kind) for _ in range(lanes)])
             x_q = builder.add(xs, q)
-            with cgutils.for_range(builder, blocks) as ob:
-                for acc in slots:
-                    builder.store(ir.Constant(kind, None), acc)
-                w_block = builder.add(ws, builder.mul(ob.index, builder.mul(ntaps, const(OUTS))))
-                with cgutils.for_range(builder, ntaps) as t:
-                    off = builder.load(element_pointer(builder, od, builder.add(os_, t.index), total.type))
-                    wv = builder.load(element_pointer(builder, wd, builder.add(w_block, builder.mul(t.index, const(OUTS))),
-                                                      kind), align=size)
-                    at = builder.add(x_q, off)
-                    for c, acc in enumerate(slots):
-                        xv = splat(builder, builder.load(element_pointer(builder, xd, builder.add(at, const(c)), item)), OUTS)
-                        builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+
+            def tap(slots, w_t, off):
+                wv = builder.load(element_pointer(builder, wd, w_t, kind), align=size)
+                at = builder.add(x_q, off)
+                for c, acc in enumerate(slots):
+                    xv = splat(builder, builder.load(element_pointer(builder, xd, builder.add(at, const(c)), item)), OUTS)
+                    builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+
+            def finish(slots, first):
                 for c, acc in enumerate(slots):
                     value = builder.load(acc)
                     for j in range(OUTS):
-                        o = builder.add(builder.mul(ob.index, const(OUTS)), const(j))
-                        with builder.if_then(builder.icmp_unsigned("<", o, nouts)):
-                            at = builder.add(builder.add(ys, builder.mul(o, row)), builder.add(q, const(c)))
-                            builder.store(builder.extract_element(value, ir.Constant(ir.IntType(32), j)),
-                                          element_pointer(builder, yd, at, item), align=size)
+                        stored(builder.add(first, const(j)), builder.add(q, const(c)),
+                               builder.extract_element(value, ir.Constant(ir.IntType(32), j)), item, size)
+            sums(kind, lanes, -lanes, tap, finish)
 
         item_size = context.get_abi_sizeof(context.get_data_type(dtype))
         over_rows(builder, const(1), total, lanes_of(item_size), chunk)
