@@ -163,19 +163,15 @@ class Compiled:
         signature = _signature(params, inputs, of, wrt, train, rng, rules)
         if signature is not None and signature == self._again[0]:  # asked as the last call was
             step, weights = self._again[1]
-            feeds = dict(inputs)
-            feeds.update(weights)
-            out = _owned(step.again(feeds, dict(params)))
-            return float(out.pop(OBJECTIVE)), out
-        check_call(params, inputs, self.model.input_names, self.model.name)
-        _check_rng(rng, "grad")
-        key, terms, names, train = self._request(of, wrt, train, rules)
-        step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
-        weights = self._weights(key, step, terms, inputs)
-        feeds = dict(inputs)
-        feeds.update(weights)
-        out = self._run(key, feeds, params, rng)
-        self._again = (signature, (step, weights)) if signature is not None else (None, ())
+            out = _owned(step.again({**inputs, **weights}, dict(params)))
+        else:
+            check_call(params, inputs, self.model.input_names, self.model.name)
+            _check_rng(rng, "grad")
+            key, terms, names, train = self._request(of, wrt, train, rules)
+            step = self._compiled(key, lambda: objective_graph(self._base(train), terms, names, rules, self._fold))
+            weights = self._weights(key, step, terms, inputs)
+            out = self._run(key, {**inputs, **weights}, params, rng)
+            self._again = (signature, (step, weights)) if signature is not None else (None, ())
         return float(out.pop(OBJECTIVE)), out
 
     def _request(self, of, wrt, train, rules) -> tuple:

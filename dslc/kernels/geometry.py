@@ -296,7 +296,6 @@ def workspace_shape(x_shape, w_shape, out_hw, geom, parts: int | None = None) ->
     if "strided" in modules:
         slot = max(slot, phase_slot(c, o, cg, kh, kw, sh, sw, pt, pl, h, w, out_hw[0], out_hw[1], n))
     if "winograd" in modules:
-        # the input gradient's partial images with fewer images than slots (winograd._channel_part)
-        slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n) + (n * c * h * w if n < slots
-                                                                                         else 0))
+        partials = n * c * h * w if n < slots else 0  # the input gradient's (winograd._channel_part)
+        slot = max(slot, winograd_slot(c, o, out_hw, n), winograd_slot(o, c, (h, w), n) + partials)
     return slots, slot

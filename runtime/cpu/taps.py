@@ -23,8 +23,9 @@ grid of 7 x 7 tiles (a 14x14 image at batch 1: 49 positions, 32 outputs, 32 taps
 0.79 us against 0.64 for 48 positions so, and 1.01 against 0.75 before (one thread, the
 Xeon); in small_cnn's saliency gradient, alternated in one process, the two Winograd passes
 36.4 and 40.2 us against 37.2 and 42.4, the same bits. So the packed weights are whole
-blocks, zeros past the last output, as the three packers make them. tap_dots is its adjoint with respect to the weights (the weight gradient):
-DOTS_OUTS x DOTS_TAPS accumulators of lanes, the sums over positions kept per lane in
+blocks, zeros past the last output, as the three packers make them.
+
+tap_dots is tap_sums' adjoint with respect to the weights (the weight gradient): DOTS_OUTS x DOTS_TAPS accumulators of lanes, the sums over positions kept per lane in
 `acc` (the caller adds the lanes at the end), over a block of images per block of
 accumulators: an 8x8 image's run is 5 vectors, too few to pay for loading the block.
 

@@ -397,6 +397,15 @@ def table(w: np.ndarray, flip: bool = False) -> np.ndarray:
 
 
 @njit(cache=True)
+def _v_rows(c_in, tb):
+    """Where each channel's row of V[xi] starts, from V[xi]'s start: tap_sums' offsets."""
+    rows = np.empty(c_in, np.uint64)
+    for c in range(c_in):
+        rows[c] = c * tb
+    return rows
+
+
+@njit(cache=True)
 def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     """Part p's images and output channels (taps.shares) of the Winograd forward (the module
     docstring's forward): per block of images V, the 16 products with the table u's U of the
@@ -408,9 +417,7 @@ def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     lo, hi, o0, o1 = share(n, c_out, parts, groups, p)
     lay = _layout(c_in, o1 - o0, th, tw, tb)  # within the slot planned for all c_out channels
     xf, yf, f = x.reshape(-1), out.reshape(-1), workspace[p]
-    rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
-    for c in range(c_in):
-        rows[c] = c * tb
+    rows = _v_rows(c_in, tb)
     table, first = _outs(c_out) * c_in, o0 * c_in  # one U[xi]; where the part's filters start in it
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
@@ -486,16 +493,17 @@ def conv2d_grad_input(g, w, u, dx, stride_h, stride_w, pad_t, pad_b, pad_l, pad_
                           np.int64(parts), np.int64(groups_))
     if split:  # each part adds the partials of a run of dx's channels: those it will read next
         for p in prange(slots):
-            run, at = _channel_run(dx.shape[1], slots, p, dx[0, 0].size)
+            c0, c1 = _channel_run(dx.shape[1], slots, p)
+            at, run = c0 * dx[0, 0].size, (c1 - c0) * dx[0, 0].size
             for i in range(n):
                 sum_parts(workspace, lay[4] + i * plane + at, run, slots, dx[i].reshape(-1)[at:at + run])
 
 
 @njit(cache=True)
-def _channel_run(channels, slots, p, size):
-    """(elements, first element) of part p's run of `channels` planes of `size` elements each."""
-    c0, c1 = channels * p // slots, channels * (p + 1) // slots
-    return (c1 - c0) * size, c0 * size
+def _channel_run(channels, slots, p):
+    """Part p's run [c0, c1) of `channels` split among `slots` parts: the channels of g it
+    transforms, and the planes of dx whose partials it adds (conv2d_grad_input)."""
+    return channels * p // slots, channels * (p + 1) // slots
 
 
 @njit(cache=True)
@@ -507,11 +515,9 @@ def _channel_part(g, u, dx, pt, pl, workspace, p, slots):
     n, c_in, h, wd = g.shape
     c_out, ho, wo = dx.shape[1], dx.shape[2], dx.shape[3]
     th, tw, grid, per, tb, lay, _ = _plan(g.shape, c_out, ho, wo, workspace)
-    c0, c1 = c_in * p // slots, c_in * (p + 1) // slots
+    c0, c1 = _channel_run(c_in, slots, p)
     gf, f, plane = g.reshape(-1), workspace[p], c_out * ho * wo
-    rows = np.empty(c_in, np.uint64)  # where each channel's row of V[xi] starts
-    for c in range(c_in):
-        rows[c] = c * tb
+    rows = _v_rows(c_in, tb)
     table = _outs(c_out) * c_in  # one U[xi]
     for i0 in range(0, n, per):
         i1 = min(n, i0 + per)
