@@ -15,7 +15,7 @@ and a kernel offset) of a weight times x at q + offs[t]. tap_sums keeps OUTS out
 channels of one vector of positions in registers while it walks the taps: each tap is
 one load of x and OUTS multiply-adds with a weight broadcast from memory, so x is read
 from cache once per OUTS outputs and the weights, packed [outs // OUTS, taps, OUTS], as
-one stream. A row's last positions, fewer than OUTS, go the other way round (`across`):
+one stream. A row's last position, where one is left over, goes the other way round (`across`):
 each position is one vector of the block's OUTS outputs, so a tap is one load of the
 block's weights and per position one value of x broadcast and one multiply-add, where
 one position at a time had made each tap OUTS scalar loads and multiply-adds. A Winograd
@@ -23,7 +23,9 @@ grid of 7 x 7 tiles (a 14x14 image at batch 1: 49 positions, 32 outputs, 32 taps
 0.79 us against 0.64 for 48 positions so, and 1.01 against 0.75 before (one thread, the
 Xeon); in small_cnn's saliency gradient, alternated in one process, the two Winograd passes
 36.4 and 40.2 us against 37.2 and 42.4, the same bits. So the packed weights are whole
-blocks, zeros past the last output, as the three packers make them.
+blocks, zeros past the last output, as the three packers make them. Only a last single
+position goes so: taking the last 2 and 4 too added about 3 s to compiling a Winograd
+forward and 5 to its input gradient, where tap_sums is inlined.
 
 tap_dots is tap_sums' adjoint with respect to the weights (the weight gradient): DOTS_OUTS x DOTS_TAPS accumulators of lanes, the sums over positions kept per lane in
 `acc` (the caller adds the lanes at the end), over a block of images per block of
@@ -139,7 +141,7 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
                 builder.store(value, element_pointer(builder, yd, where, kind), align=size)
 
         def chunk(_, q, lanes):
-            if lanes < OUTS:
+            if lanes == 1:
                 return across(q, lanes)
             item, size, kind, fma = _vector_tools(context, builder, dtype, lanes)
             x_q = builder.add(xs, q)
@@ -156,7 +158,7 @@ def tap_sums(typingctx, x, wk, offs, y, x_at, w_at, offs_at, y_at, length, y_row
             sums(kind, OUTS, lanes, tap, finish)
 
         def across(q, lanes):
-            """Columns q to q + lanes (a row's last few, fewer than OUTS), each as one vector of
+            """Columns q to q + lanes (a row's last one), each as one vector of
             the block's OUTS outputs: per tap one load of the block's weights, and per column one
             value of x broadcast, and one multiply-add."""
             item, size, kind, fma = _vector_tools(context, builder, dtype, OUTS)

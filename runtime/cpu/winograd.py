@@ -406,6 +406,20 @@ def _v_rows(c_in, tb):
 
 
 @njit(cache=True)
+def _products(f, u, rows, lay, tb, cols, c_in, c_out, o0, o1, c0, c1):
+    """M[xi][o - o0] = the sum over channels c0 <= c < c1 of U[xi][o, c] V[xi][c] for the outputs
+    o0 <= o < o1 (o0 a multiple of OUTS) and `cols` tiles: taps.tap_sums a block of OUTS outputs
+    at a time, since the table u packs a block's weights over all c_in channels. One function
+    for _forward_part and _channel_part, so that tap_sums' code is compiled once for both."""
+    table = _outs(c_out) * c_in  # one U[xi]
+    for xi in range(16):
+        for b0 in range(o0, o1, OUTS):
+            tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + b0 * c_in + c0 * OUTS), u64(c0),
+                     u64(lay[2] + (xi * (o1 - o0) + b0 - o0) * tb), u64(cols), u64(tb), u64(min(OUTS, o1 - b0)),
+                     u64(c1 - c0))
+
+
+@njit(cache=True)
 def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     """Part p's images and output channels (taps.shares) of the Winograd forward (the module
     docstring's forward): per block of images V, the 16 products with the table u's U of the
@@ -418,15 +432,11 @@ def _forward_part(x, u, b, out, pt, pl, relu, workspace, p, parts, groups):
     lay = _layout(c_in, o1 - o0, th, tw, tb)  # within the slot planned for all c_out channels
     xf, yf, f = x.reshape(-1), out.reshape(-1), workspace[p]
     rows = _v_rows(c_in, tb)
-    table, first = _outs(c_out) * c_in, o0 * c_in  # one U[xi]; where the part's filters start in it
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, 0, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
-        cols = (i1 - i0) * grid
-        for xi in range(16):  # M[xi] = U[xi] @ V[xi]
-            tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + first), u64(0),
-                     u64(lay[2] + xi * (o1 - o0) * tb), u64(cols), u64(tb), u64(o1 - o0), u64(c_in))
+            _input_transform(xf, i * c_in * h * wd, c_in, np.int64(0), c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+        _products(f, u, rows, lay, tb, (i1 - i0) * grid, c_in, c_out, o0, o1, np.int64(0), c_in)
         for i in range(i0, i1):
             at = (i * c_out + o0) * ho * wo
             _output_transform(f, lay, tb, o1 - o0, (i - i0) * grid, th, tw, yf, at, ho, wo, b, o0)
@@ -518,18 +528,14 @@ def _channel_part(g, u, dx, pt, pl, workspace, p, slots):
     c0, c1 = _channel_run(c_in, slots, p)
     gf, f, plane = g.reshape(-1), workspace[p], c_out * ho * wo
     rows = _v_rows(c_in, tb)
-    table = _outs(c_out) * c_in  # one U[xi]
     for i0 in range(0, n, per):
         i1 = min(n, i0 + per)
         for i in range(i0, i1):
             _input_transform(gf, i * c_in * h * wd, c_in, c0, c1, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
-        for xi in range(16):
-            for o0 in range(0, c_out, OUTS):
-                tap_sums(f, u, rows, f, u64(lay[1] + xi * c_in * tb), u64(xi * table + o0 * c_in + c0 * OUTS),
-                         u64(c0), u64(lay[2] + (xi * c_out + o0) * tb), u64((i1 - i0) * grid), u64(tb),
-                         u64(min(OUTS, c_out - o0)), u64(c1 - c0))
+        _products(f, u, rows, lay, tb, (i1 - i0) * grid, c_in, c_out, np.int64(0), c_out, c0, c1)
         for i in range(i0, i1):
-            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, f, lay[4] + i * plane, ho, wo, None, 0)
+            _output_transform(f, lay, tb, c_out, (i - i0) * grid, th, tw, f, lay[4] + i * plane, ho, wo, None,
+                              np.int64(0))
 
 
 @njit(cache=True)
@@ -543,7 +549,7 @@ def _grad_weight_part(g, x, pt, pl, workspace, p):
     for i0 in range(lo, hi, per):
         i1 = min(hi, i0 + per)
         for i in range(i0, i1):
-            _input_transform(xf, i * c_in * h * wd, c_in, 0, c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
+            _input_transform(xf, i * c_in * h * wd, c_in, np.int64(0), c_in, h, wd, f, lay, tb, (i - i0) * grid, th, tw, pt, pl)
             _grad_transform(gf, i * c_out * ho * wo, c_out, ho, wo, f, lay, tb, (i - i0) * grid, th, tw)
         cols = (i1 - i0) * grid
         for xi in range(16):
